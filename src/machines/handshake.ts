@@ -1,0 +1,479 @@
+/**
+ * The handshake (option haggling) phase as an xstate v5 machine.
+ *
+ * greeting → awaitingClientFlags → options ⇄ upgradingTls → negotiated
+ *                                        ↘ aborted | rejected | disconnected
+ *
+ * Every reply goes out through the emitted `send` effect; the machine never
+ * touches a socket. Guards carry the spec's rule numbers from
+ * ../shared/docs/protocol.md §1.18.
+ */
+import { assign, emit, setup, enqueueActions } from 'xstate';
+import {
+  BASE_ALLOCATION,
+  CLIENT_FLAGS,
+  FLAG,
+  HANDSHAKE_FLAGS,
+  INFO,
+  OPT,
+  type RepErrName,
+} from '../protocol/constants.js';
+import {
+  encodeAck,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoDescription,
+  encodeInfoExport,
+  encodeInfoName,
+  encodeMetaContext,
+  encodeOptionError,
+  encodeRepServer,
+  withHasFlags,
+} from '../protocol/encoder.js';
+import type {
+  ExportNameOption,
+  InfoGoOption,
+  MetaContextOption,
+  OptionFrame,
+  SimpleOption,
+} from '../protocol/frames.js';
+import type {
+  ExportDescriptor,
+  HandshakeEmitted,
+  HandshakeEvent,
+  HandshakeOutcome,
+  MetaContextSelection,
+  Negotiated,
+  TlsPolicy,
+} from './types.js';
+
+export interface HandshakeInput {
+  readonly exports: readonly ExportDescriptor[];
+  /** Name of the export served for the empty name; undefined ⇒ no default export. */
+  readonly defaultExport?: string;
+  /** TLS policy (protocol.md §1.10): off = NOTLS, optional = SELECTIVETLS, required = FORCEDTLS. */
+  readonly tls?: TlsPolicy;
+  /** DoS guard: options accepted before a hard disconnect (nbdkit: 32). */
+  readonly maxOptions?: number;
+  /** Offer NBD_OPT_EXTENDED_HEADERS (experimental). */
+  readonly extendedHeaders?: boolean;
+  /** Offer NBD_OPT_STRUCTURED_REPLY. */
+  readonly structuredReplies?: boolean;
+  /** The connection is already TLS (e.g. a TLS listener), rarely used. */
+  readonly tlsActive?: boolean;
+}
+
+export interface HandshakeContext {
+  readonly exports: readonly ExportDescriptor[];
+  readonly defaultExport: string | undefined;
+  readonly tlsPolicy: TlsPolicy;
+  readonly maxOptions: number;
+  readonly offerExtendedHeaders: boolean;
+  readonly offerStructuredReplies: boolean;
+  /** Client flags as received. */
+  clientFlags: number;
+  fixedNewstyle: boolean;
+  noZeroes: boolean;
+  tls: boolean;
+  structuredReplies: boolean;
+  extendedHeaders: boolean;
+  /** SET_META_CONTEXT result, tied to the export name it was made for (rule 13). */
+  metaContexts: { readonly exportName: string; readonly contexts: readonly MetaContextSelection[] } | null;
+  optionCount: number;
+  shuttingDown: boolean;
+  outcome: HandshakeOutcome | null;
+}
+
+/** The id we hand out for base:allocation. Transient per the spec; fixed here. */
+export const BASE_ALLOCATION_ID = 1;
+
+const SERVER_HANDSHAKE_FLAGS = HANDSHAKE_FLAGS.NBD_FLAG_FIXED_NEWSTYLE | HANDSHAKE_FLAGS.NBD_FLAG_NO_ZEROES;
+const KNOWN_CLIENT_FLAGS = CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES;
+
+// ── pure helpers (also used by tests) ──────────────────────────────────
+
+/** Resolve a requested name to an export ("" ⇒ the default export). */
+export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
+  const wanted = name === '' ? ctx.defaultExport : name;
+  if (wanted === undefined) return undefined;
+  return ctx.exports.find((e) => e.name === wanted);
+}
+
+/** Transmission flags as advertised on this connection (rule 19). */
+export function advertisedFlags(exp: ExportDescriptor, structuredReplies: boolean): number {
+  let flags = withHasFlags(exp.flags);
+  // SEND_DF iff structured replies (§1.8); never BLOCK_STATUS_PAYLOAD / RESIZE (unsupported).
+  flags &= ~(FLAG.NBD_FLAG_SEND_DF | FLAG.NBD_FLAG_BLOCK_STATUS_PAYLOAD | FLAG.NBD_FLAG_SEND_RESIZE);
+  if (structuredReplies) flags |= FLAG.NBD_FLAG_SEND_DF;
+  // SEND_FAST_ZERO only with SEND_WRITE_ZEROES; nothing writable on a read-only export.
+  if (!(flags & FLAG.NBD_FLAG_SEND_WRITE_ZEROES)) flags &= ~FLAG.NBD_FLAG_SEND_FAST_ZERO;
+  return flags;
+}
+
+/** Contexts a LIST/SET query selects (rule 13). Unknown namespaces and leaves are ignored. */
+export function matchMetaContexts(queries: readonly string[], mode: 'list' | 'set'): string[] {
+  if (queries.length === 0) return mode === 'list' ? [BASE_ALLOCATION] : [];
+  const out = new Set<string>();
+  for (const q of queries) {
+    if (q === BASE_ALLOCATION) out.add(BASE_ALLOCATION);
+    // `base:` is a wildcard in LIST (MUST be supported) and ignored in SET.
+    else if (q === 'base:' && mode === 'list') out.add(BASE_ALLOCATION);
+  }
+  return [...out];
+}
+
+function isTlsBlocked(ctx: HandshakeContext): boolean {
+  return ctx.tlsPolicy === 'required' && !ctx.tls;
+}
+
+function exportTlsBlocked(ctx: HandshakeContext, exp: ExportDescriptor | undefined): boolean {
+  return !!exp?.tlsOnly && !ctx.tls && ctx.tlsPolicy !== 'off';
+}
+
+type OptEvent<O extends OptionFrame['opt']> = { type: `opt.${O}`; frame: Extract<OptionFrame, { opt: O }> };
+
+function frameOf(event: HandshakeEvent): OptionFrame {
+  return (event as { frame: OptionFrame }).frame;
+}
+
+function sendOf(frame: ReturnType<typeof encodeAck>, label: string): HandshakeEmitted {
+  return { type: 'send', frame, label };
+}
+
+function errorReply(option: number, error: RepErrName, message?: string): HandshakeEmitted {
+  return sendOf(encodeOptionError(option, error, message), `${error}${message ? `: ${message}` : ''}`);
+}
+
+/** Build the INFO/GO reply sequence (rule 8, 10, 11). */
+function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {
+  const out: HandshakeEmitted[] = [];
+  const flags = advertisedFlags(exp, ctx.structuredReplies || ctx.extendedHeaders);
+  // NBD_INFO_EXPORT always, even if not requested (qemu relies on it).
+  out.push(sendOf(encodeInfoExport(frame.code, exp.size, flags), 'NBD_REP_INFO(EXPORT)'));
+  const seen = new Set<number>();
+  for (const info of frame.requests) {
+    if (seen.has(info)) continue;
+    seen.add(info);
+    switch (info) {
+      case INFO.NBD_INFO_NAME:
+        out.push(sendOf(encodeInfoName(frame.code, exp.name), 'NBD_REP_INFO(NAME)'));
+        break;
+      case INFO.NBD_INFO_DESCRIPTION:
+        if (exp.description !== undefined) out.push(sendOf(encodeInfoDescription(frame.code, exp.description), 'NBD_REP_INFO(DESCRIPTION)'));
+        break;
+      case INFO.NBD_INFO_BLOCK_SIZE:
+        out.push(sendOf(encodeInfoBlockSize(frame.code, exp.blockSizes), 'NBD_REP_INFO(BLOCK_SIZE)'));
+        break;
+      default:
+        // Unknown info requests MUST be ignored (§1.5.1).
+        break;
+    }
+  }
+  out.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+  return out;
+}
+
+function negotiatedFrom(ctx: HandshakeContext, exp: ExportDescriptor, viaExportName: boolean): Negotiated {
+  const sr = ctx.structuredReplies || ctx.extendedHeaders;
+  const metaContexts = ctx.metaContexts && ctx.metaContexts.exportName === exp.name && sr ? ctx.metaContexts.contexts : [];
+  return {
+    export: exp,
+    flags: advertisedFlags(exp, sr),
+    structuredReplies: sr,
+    extendedHeaders: ctx.extendedHeaders,
+    metaContexts,
+    tls: ctx.tls,
+    viaExportName,
+  };
+}
+
+// ── option routing table ───────────────────────────────────────────────
+
+type Transition = {
+  guard?: string;
+  target?: string;
+  actions: ReadonlyArray<string | { type: string; params: Record<string, unknown> }>;
+};
+
+const err = (error: RepErrName) => ({ type: 'replyError', params: { error } });
+const rej = (reason: string) => ({ type: 'reject', params: { reason } });
+
+/**
+ * Each option's guarded transitions, in the order the spec's rules apply.
+ * Every one of them counts the option first (DoS guard, §1.7 (c)).
+ */
+function optionTransitions() {
+  const counted = (list: Transition[]): Transition[] =>
+    list.map((t) => (t.target === 'rejected' ? t : { ...t, actions: ['countOption', ...t.actions] }));
+  // Rules that come before any option-specific one.
+  const prelude = (opts: { clear?: boolean } = {}): Transition[] => {
+    const pre = opts.clear ? ['clearMetaContexts'] : [];
+    return [
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
+      { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN')] },
+      { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID')] },
+      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG')] },
+      // FORCEDTLS: everything but STARTTLS / ABORT gets ERR_TLS_REQD (§1.10, rule 16).
+      { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD')] },
+    ];
+  };
+  return {
+    'opt.abort': counted([
+      // rule 7: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
+      { target: 'aborted', actions: ['replyAck', 'recordAbort', 'closeSoft'] },
+    ]),
+    'opt.exportName': counted([
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
+      // rule 6: EXPORT_NAME cannot be answered with an error: terminate.
+      { guard: 'shuttingDown', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME while shutting down')] },
+      { guard: 'optionMalformed', target: 'rejected', actions: [rej('rule 6: malformed EXPORT_NAME')] },
+      { guard: 'optionTooBig', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME too long')] },
+      { guard: 'tlsRequiredNotActive', target: 'rejected', actions: [rej('rule 16: EXPORT_NAME before TLS in FORCEDTLS mode')] },
+      { guard: 'extendedHeadersOn', target: 'rejected', actions: [rej('EXPORT_NAME after EXTENDED_HEADERS')] },
+      { guard: 'exportUnknown', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME for an unknown export')] },
+      { guard: 'exportTlsOnly', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME for a TLS-only export without TLS')] },
+      { target: 'negotiated', actions: ['replyExportName'] },
+    ]),
+    'opt.starttls': counted([
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
+      { guard: 'shuttingDown', actions: [err('NBD_REP_ERR_SHUTDOWN')] },
+      { guard: 'notFixedNewstyle', actions: [err('NBD_REP_ERR_INVALID')] },
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] },
+      // §1.10: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
+      { guard: 'tlsActive', actions: [err('NBD_REP_ERR_INVALID')] },
+      // NOTLS mode: ERR_POLICY, never ERR_TLS_REQD (rule 16).
+      { guard: 'tlsPolicyOff', actions: [err('NBD_REP_ERR_POLICY')] },
+      { target: 'upgradingTls', actions: ['replyAck', 'requestTlsUpgrade'] },
+    ]),
+    'opt.list': counted([
+      ...prelude(),
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
+      { actions: ['replyList'] },
+    ]),
+    'opt.info': counted([
+      ...prelude(),
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 8
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      { actions: ['replyInfo'] },
+    ]),
+    'opt.go': counted([
+      ...prelude(),
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 8
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      // rule 9: after the ACK the next bytes are requests.
+      { target: 'negotiated', actions: ['replyInfo', 'recordGo'] },
+    ]),
+    'opt.structuredReply': counted([
+      ...prelude(),
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
+      { guard: 'structuredRepliesNotOffered', actions: [err('NBD_REP_ERR_UNSUP')] },
+      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_EXT_HEADER_REQD')] },
+      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID')] }, // MAY on repeat
+      { actions: ['replyAck', 'enableStructuredReplies'] },
+    ]),
+    'opt.extendedHeaders': counted([
+      ...prelude(),
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
+      { guard: 'extendedHeadersNotOffered', actions: [err('NBD_REP_ERR_UNSUP')] },
+      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID')] },
+      { actions: ['replyAck', 'enableExtendedHeaders'] },
+    ]),
+    'opt.listMetaContext': counted([
+      ...prelude(),
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 13
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      { actions: ['replyListMetaContext'] },
+    ]),
+    'opt.setMetaContext': counted([
+      ...prelude({ clear: true }),
+      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID')] }, // rule 13
+      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID')] }, // rule 14
+      { guard: 'exportUnknown', actions: ['clearMetaContexts', err('NBD_REP_ERR_UNKNOWN')] },
+      { guard: 'exportTlsOnly', actions: ['clearMetaContexts', err('NBD_REP_ERR_TLS_REQD')] },
+      { actions: ['replySetMetaContext'] },
+    ]),
+    'opt.unknown': counted([
+      ...prelude(),
+      // rule 5: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
+      { actions: [err('NBD_REP_ERR_UNSUP')] },
+    ]),
+  };
+}
+
+// ── the machine ────────────────────────────────────────────────────────
+
+export const handshakeMachine = setup({
+  types: {
+    context: {} as HandshakeContext,
+    events: {} as HandshakeEvent,
+    input: {} as HandshakeInput,
+    emitted: {} as HandshakeEmitted,
+    output: {} as HandshakeOutcome,
+  },
+  guards: {
+    // rule 2: unknown or un-advertised client flag bits ⇒ drop the connection.
+    clientFlagsInvalid: ({ event }) =>
+      event.type === 'wire.clientFlags' && (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0,
+    // DoS guard (§1.7 (c)): too many options on one connection.
+    tooManyOptions: ({ context }) => context.optionCount >= context.maxOptions,
+    // rule 18: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
+    shuttingDown: ({ context }) => context.shuttingDown,
+    // Without fixed newstyle only EXPORT_NAME is legal (§1.5 general rules).
+    notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
+    // The option data could not be parsed (rule 8, 13, 17) or was too big.
+    optionMalformed: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_INVALID',
+    optionTooBig: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_TOO_BIG',
+    // rule 12: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
+    optionHasData: ({ event }) => (frameOf(event) as SimpleOption).hasData === true,
+    // rule 16 / §1.10: FORCEDTLS and no TLS yet.
+    tlsRequiredNotActive: ({ context }) => isTlsBlocked(context),
+    tlsActive: ({ context }) => context.tls,
+    tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
+    exportUnknown: ({ context, event }) => findExport(context, (frameOf(event) as InfoGoOption).name) === undefined,
+    exportTlsOnly: ({ context, event }) => exportTlsBlocked(context, findExport(context, (frameOf(event) as InfoGoOption).name)),
+    extendedHeadersOn: ({ context }) => context.extendedHeaders,
+    structuredRepliesOn: ({ context }) => context.structuredReplies,
+    structuredRepliesNotOffered: ({ context }) => !context.offerStructuredReplies,
+    extendedHeadersNotOffered: ({ context }) => !context.offerExtendedHeaders,
+    structuredRepliesOff: ({ context }) => !context.structuredReplies && !context.extendedHeaders,
+  },
+  actions: {
+    sendGreeting: emit(() => sendOf([encodeGreeting(SERVER_HANDSHAKE_FLAGS)], 'greeting')),
+    recordClientFlags: assign(({ event }) => {
+      const flags = (event as { flags: number }).flags;
+      return {
+        clientFlags: flags,
+        fixedNewstyle: (flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) !== 0,
+        // rule 3: NO_ZEROES only when both sides set it (the server always offers it).
+        noZeroes: (flags & CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES) !== 0,
+      };
+    }),
+    countOption: assign({ optionCount: ({ context }) => context.optionCount + 1 }),
+    reject: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
+      const detail = event.type.startsWith('opt.') ? ` (${event.type})` : event.type === 'wire.fatal' ? `: ${(event as { message: string }).message}` : '';
+      enqueue.assign({ outcome: { outcome: 'rejected', reason: params.reason + detail } });
+      enqueue.emit({ type: 'close', hard: true, reason: params.reason + detail });
+    }),
+    replyError: emit(({ event }, params: { error: RepErrName; message?: string }) =>
+      errorReply(frameOf(event).code, params.error, params.message ?? frameOf(event).problem?.message),
+    ),
+    replyAck: emit(({ event }) => sendOf(encodeAck(frameOf(event).code), 'NBD_REP_ACK')),
+    recordAbort: assign({ outcome: () => ({ outcome: 'aborted' }) as const }),
+    closeSoft: emit(() => ({ type: 'close', hard: false, reason: 'client sent NBD_OPT_ABORT' }) as const),
+    enableStructuredReplies: assign({ structuredReplies: true }),
+    enableExtendedHeaders: assign({ extendedHeaders: true, structuredReplies: true }),
+    replyList: enqueueActions(({ enqueue, context, event }) => {
+      const code = frameOf(event).code;
+      for (const exp of context.exports) {
+        // SELECTIVETLS: LIST MAY hide TLS-only exports before TLS.
+        if (exportTlsBlocked(context, exp)) continue;
+        enqueue.emit(sendOf(encodeRepServer(code, exp.name, exp.description), `NBD_REP_SERVER(${exp.name})`));
+      }
+      enqueue.emit(sendOf(encodeAck(code), 'NBD_REP_ACK'));
+    }),
+    replyInfo: enqueueActions(({ enqueue, context, event }) => {
+      const frame = frameOf(event) as InfoGoOption;
+      const exp = findExport(context, frame.name)!;
+      for (const e of infoReplies(context, frame, exp)) enqueue.emit(e);
+    }),
+    recordGo: assign(({ context, event }) => {
+      const exp = findExport(context, (frameOf(event) as InfoGoOption).name)!;
+      return { outcome: { outcome: 'negotiated', negotiated: negotiatedFrom(context, exp, false) } as const };
+    }),
+    replyExportName: enqueueActions(({ enqueue, context, event }) => {
+      const exp = findExport(context, (frameOf(event) as ExportNameOption).name)!;
+      const negotiated = negotiatedFrom(context, exp, true);
+      enqueue.assign({ outcome: { outcome: 'negotiated', negotiated } });
+      enqueue.emit(
+        sendOf([encodeExportNameReply(exp.size, negotiated.flags, context.noZeroes)], context.noZeroes ? 'export reply (10 bytes)' : 'export reply (134 bytes)'),
+      );
+    }),
+    replyListMetaContext: enqueueActions(({ enqueue, event }) => {
+      const frame = frameOf(event) as MetaContextOption;
+      // LIST replies carry context id 0 (§1.5 table: "context id SHOULD be 0").
+      for (const name of matchMetaContexts(frame.queries, 'list')) {
+        enqueue.emit(sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
+      }
+      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+    }),
+    // rule 13: SET replaces the previous selection, even when it fails.
+    clearMetaContexts: assign({ metaContexts: null }),
+    replySetMetaContext: enqueueActions(({ enqueue, context, event }) => {
+      const frame = frameOf(event) as MetaContextOption;
+      const exp = findExport(context, frame.name)!;
+      const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
+      enqueue.assign({ metaContexts: { exportName: exp.name, contexts } });
+      for (const c of contexts) enqueue.emit(sendOf(encodeMetaContext(frame.code, c.id, c.name), `NBD_REP_META_CONTEXT(${c.name})`));
+      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+    }),
+    requestTlsUpgrade: emit({ type: 'startTls' } as const),
+    // rule 15: STARTTLS success ⇒ forget everything negotiated so far.
+    forgetNegotiation: assign({
+      tls: true,
+      structuredReplies: false,
+      extendedHeaders: false,
+      metaContexts: null,
+    }),
+    markShuttingDown: assign({ shuttingDown: true }),
+    recordDisconnect: assign({ outcome: () => ({ outcome: 'disconnected' }) as const }),
+  },
+}).createMachine({
+  id: 'handshake',
+  context: ({ input }) => ({
+    exports: input.exports,
+    defaultExport: input.defaultExport,
+    tlsPolicy: input.tls ?? 'off',
+    maxOptions: input.maxOptions ?? 128,
+    offerExtendedHeaders: input.extendedHeaders ?? true,
+    offerStructuredReplies: input.structuredReplies ?? true,
+    clientFlags: 0,
+    fixedNewstyle: false,
+    noZeroes: false,
+    tls: input.tlsActive ?? false,
+    structuredReplies: false,
+    extendedHeaders: false,
+    metaContexts: null,
+    optionCount: 0,
+    shuttingDown: false,
+    outcome: null,
+  }),
+  initial: 'greeting',
+  on: {
+    'socket.closed': { target: '.disconnected', actions: 'recordDisconnect' },
+    'wire.fatal': { target: '.rejected', actions: { type: 'reject', params: { reason: 'protocol violation' } } },
+    'server.shutdown': { actions: 'markShuttingDown' },
+  },
+  states: {
+    greeting: {
+      // §1.3.2 step 1: 18 bytes, handshake flags with only bits 0–1 (rule 1).
+      entry: 'sendGreeting',
+      always: 'awaitingClientFlags',
+    },
+    awaitingClientFlags: {
+      on: {
+        'wire.clientFlags': [
+          { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { reason: 'rule 2: unknown client flags' } } },
+          { target: 'options', actions: 'recordClientFlags' },
+        ],
+      },
+    },
+    options: {
+      on: optionTransitions() as never,
+    },
+    upgradingTls: {
+      on: {
+        'tls.established': { target: 'options', actions: 'forgetNegotiation' },
+        'tls.failed': { target: 'rejected', actions: { type: 'reject', params: { reason: 'TLS handshake failed' } } },
+      },
+    },
+    negotiated: { type: 'final' },
+    aborted: { type: 'final' },
+    rejected: { type: 'final' },
+    disconnected: { type: 'final' },
+  },
+  output: ({ context }) => context.outcome ?? { outcome: 'disconnected' },
+});

@@ -1,0 +1,4 @@
+export * from './types.js';
+export * from './handshake.js';
+export * from './transmission.js';
+export * from './connection.js';

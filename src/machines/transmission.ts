@@ -1,0 +1,272 @@
+/**
+ * The transmission phase as an xstate v5 machine.
+ *
+ *   open: { serving ⇄ throttled } → draining → closed
+ *
+ * One machine event per request (`request`): the guards below validate it
+ * against the spec's server rules (../shared/docs/protocol.md §1.18, rules
+ * 19–38; nbdkit's order of checks, §3.5) and the request is either emitted
+ * to the application (`request`) or refused with its errno (`refuse`).
+ * Completion bookkeeping stays outside the machine: the transport counts
+ * requests in flight and only reports the crossings (`inflight.high`,
+ * `inflight.low`, `inflight.idle`), which keeps the hot path to one event
+ * (design.md §2).
+ */
+import { emit, setup, assign } from 'xstate';
+import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
+import type { RequestFrame } from '../protocol/frames.js';
+import type { Negotiated, TransmissionEmitted, TransmissionEvent } from './types.js';
+
+export interface TransmissionInput {
+  readonly negotiated: Negotiated;
+  /** Largest READ length / WRITE payload served (our limit, ≥ the advertised maximum). */
+  readonly maxPayload?: number;
+}
+
+export interface TransmissionContext {
+  readonly exportName: string;
+  readonly size: number;
+  readonly flags: number;
+  readonly minimumBlock: number;
+  readonly maxPayload: number;
+  readonly structuredReplies: boolean;
+  readonly extendedHeaders: boolean;
+  readonly metaContextIds: readonly number[];
+  /** Why we are draining / closed. */
+  reason: string | null;
+}
+
+/** Command flags this server understands at all (PAYLOAD_LEN only with extended headers). */
+const KNOWN_FLAGS =
+  CMD_FLAG.NBD_CMD_FLAG_FUA |
+  CMD_FLAG.NBD_CMD_FLAG_NO_HOLE |
+  CMD_FLAG.NBD_CMD_FLAG_DF |
+  CMD_FLAG.NBD_CMD_FLAG_REQ_ONE |
+  CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO;
+
+/** Commands that write (refused on a read-only export, rule 25). */
+const WRITES = new Set<number>([CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES]);
+/** Commands whose offset/length address the export (rule 26). */
+const RANGED = new Set<number>([
+  CMD.NBD_CMD_READ,
+  CMD.NBD_CMD_WRITE,
+  CMD.NBD_CMD_TRIM,
+  CMD.NBD_CMD_CACHE,
+  CMD.NBD_CMD_WRITE_ZEROES,
+  CMD.NBD_CMD_BLOCK_STATUS,
+]);
+/** Commands the transmission phase serves (RESIZE is an experimental extension we do not offer). */
+const SERVED = new Set<number>([
+  CMD.NBD_CMD_READ,
+  CMD.NBD_CMD_WRITE,
+  CMD.NBD_CMD_DISC,
+  CMD.NBD_CMD_FLUSH,
+  CMD.NBD_CMD_TRIM,
+  CMD.NBD_CMD_CACHE,
+  CMD.NBD_CMD_WRITE_ZEROES,
+  CMD.NBD_CMD_BLOCK_STATUS,
+]);
+
+type Ctx = TransmissionContext;
+const req = (event: TransmissionEvent): RequestFrame => (event as { frame: RequestFrame }).frame;
+const has = (ctx: Ctx, flag: number) => (ctx.flags & flag) !== 0;
+
+/**
+ * The named guards, as plain predicates. Exported so tests and tools can
+ * evaluate them without running the machine.
+ */
+export const requestGuards = {
+  isDisc: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_DISC,
+  // rule 27: unknown command ⇒ EINVAL.
+  commandUnknown: (_c: Ctx, r: RequestFrame) => !SERVED.has(r.type),
+  // rule 24 / §1.14: a payload over our limit was consumed unbuffered; refuse it.
+  payloadTooLarge: (_c: Ctx, r: RequestFrame) => r.payloadDiscarded,
+  // §1.9.4: PAYLOAD_LEN on a command that takes no payload ⇒ consume it, EINVAL.
+  payloadUnexpected: (_c: Ctx, r: RequestFrame) => r.payload !== undefined && r.type !== CMD.NBD_CMD_WRITE,
+  // rule 25: read-only export ⇒ EPERM for WRITE / TRIM / WRITE_ZEROES (checked first, as nbdkit).
+  writeOnReadOnly: (c: Ctx, r: RequestFrame) => WRITES.has(r.type) && has(c, FLAG.NBD_FLAG_READ_ONLY),
+  // rule 27: unknown flag bits (PAYLOAD_LEN is known only with extended headers).
+  flagsUnknown: (c: Ctx, r: RequestFrame) =>
+    (r.flags & ~(KNOWN_FLAGS | (c.extendedHeaders ? CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN : 0))) !== 0,
+  // rule 27: a flag not valid for this command.
+  flagNotForCommand: (_c: Ctx, r: RequestFrame) =>
+    ((r.flags & (CMD_FLAG.NBD_CMD_FLAG_NO_HOLE | CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO)) !== 0 && r.type !== CMD.NBD_CMD_WRITE_ZEROES) ||
+    ((r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && r.type !== CMD.NBD_CMD_READ) ||
+    ((r.flags & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0 && r.type !== CMD.NBD_CMD_BLOCK_STATUS),
+  // §1.11.1: a flag whose transmission flag was not advertised ⇒ EINVAL.
+  fuaNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FUA),
+  dfNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_DF),
+  fastZeroNotNegotiated: (c: Ctx, r: RequestFrame) =>
+    (r.flags & CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FAST_ZERO),
+  // §1.11: a command whose transmission flag was not advertised ⇒ EINVAL.
+  commandNotNegotiated: (c: Ctx, r: RequestFrame) => {
+    switch (r.type) {
+      case CMD.NBD_CMD_FLUSH:
+        return !has(c, FLAG.NBD_FLAG_SEND_FLUSH);
+      case CMD.NBD_CMD_TRIM:
+        return !has(c, FLAG.NBD_FLAG_SEND_TRIM);
+      case CMD.NBD_CMD_WRITE_ZEROES:
+        return !has(c, FLAG.NBD_FLAG_SEND_WRITE_ZEROES);
+      case CMD.NBD_CMD_CACHE:
+        return !has(c, FLAG.NBD_FLAG_SEND_CACHE);
+      default:
+        return false;
+    }
+  },
+  // rule 33: BLOCK_STATUS needs structured replies and a selected meta context.
+  blockStatusWithoutContext: (c: Ctx, r: RequestFrame) =>
+    r.type === CMD.NBD_CMD_BLOCK_STATUS && (!c.structuredReplies || c.metaContextIds.length === 0),
+  // rule 27 (nbdkit): FLUSH with a non-zero offset or length ⇒ EINVAL.
+  flushWithRange: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_FLUSH && (r.offset !== 0 || r.length !== 0),
+  // rule 26: past the end of the export. WRITE / WRITE_ZEROES ⇒ ENOSPC, others ⇒ EINVAL.
+  writePastEnd: (c: Ctx, r: RequestFrame) =>
+    (r.type === CMD.NBD_CMD_WRITE || r.type === CMD.NBD_CMD_WRITE_ZEROES) && (r.huge || r.offset + r.length > c.size),
+  rangePastEnd: (c: Ctx, r: RequestFrame) => RANGED.has(r.type) && (r.huge || r.offset + r.length > c.size),
+  // rule 26 / §1.14: offset and length must be multiples of the advertised minimum block.
+  misaligned: (c: Ctx, r: RequestFrame) =>
+    c.minimumBlock > 1 && RANGED.has(r.type) && (r.offset % c.minimumBlock !== 0 || r.length % c.minimumBlock !== 0),
+  // §1.14: READ longer than we serve ⇒ EINVAL (EOVERFLOW is reserved for DF).
+  readTooLarge: (c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_READ && r.length > c.maxPayload,
+} as const;
+
+export type RequestGuardName = keyof typeof requestGuards;
+
+/** The refusal table: guard → errno and the rule it enforces, in evaluation order. */
+export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; rule: string }> = [
+  { guard: 'commandUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command' },
+  { guard: 'payloadTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'rule 24: payload over the size limit (consumed)' },
+  { guard: 'payloadUnexpected', errno: ERRNO.NBD_EINVAL, rule: '§1.9.4: payload on a command without one (consumed)' },
+  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'rule 25: write to a read-only export' },
+  { guard: 'flagsUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command flag' },
+  { guard: 'flagNotForCommand', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: flag not valid for this command' },
+  { guard: 'fuaNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 28: FUA without SEND_FUA' },
+  { guard: 'dfNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 32: DF without SEND_DF' },
+  { guard: 'fastZeroNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 31: FAST_ZERO without SEND_FAST_ZERO' },
+  { guard: 'commandNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 19: command not advertised' },
+  { guard: 'blockStatusWithoutContext', errno: ERRNO.NBD_EINVAL, rule: 'rule 33: BLOCK_STATUS without a meta context' },
+  { guard: 'flushWithRange', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: FLUSH with offset or length' },
+  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'rule 26: write past the end of the export' },
+  { guard: 'rangePastEnd', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: request past the end of the export' },
+  { guard: 'misaligned', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: not aligned to the minimum block size' },
+  { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: '§1.14: read larger than the maximum payload' },
+];
+
+/** Pure validation with the same table the machine uses: errno and rule, or null when acceptable. */
+export function validateRequest(ctx: Ctx, r: RequestFrame): { errno: number; rule: string } | null {
+  for (const { guard, errno, rule } of REFUSALS) if (requestGuards[guard](ctx, r)) return { errno, rule };
+  return null;
+}
+
+type GuardFns = { [K in RequestGuardName]: (a: { context: Ctx; event: TransmissionEvent }) => boolean };
+const machineGuards = Object.fromEntries(
+  Object.entries(requestGuards).map(([name, fn]) => [name, ({ context, event }: { context: Ctx; event: TransmissionEvent }) => fn(context, req(event))]),
+) as GuardFns;
+
+export function transmissionContext(input: TransmissionInput): TransmissionContext {
+  const n = input.negotiated;
+  return {
+    exportName: n.export.name,
+    size: n.export.size,
+    flags: n.flags,
+    minimumBlock: n.export.blockSizes.minimum,
+    maxPayload: input.maxPayload ?? 64 * 1024 * 1024,
+    structuredReplies: n.structuredReplies || n.extendedHeaders,
+    extendedHeaders: n.extendedHeaders,
+    metaContextIds: n.metaContexts.map((m) => m.id),
+    reason: null,
+  };
+}
+
+const refusalTransitions = REFUSALS.map(({ guard, errno, rule }) => ({
+  guard,
+  actions: { type: 'refuse' as const, params: { errno, rule } },
+}));
+
+export const transmissionMachine = setup({
+  types: {
+    context: {} as TransmissionContext,
+    events: {} as TransmissionEvent,
+    input: {} as TransmissionInput,
+    emitted: {} as TransmissionEmitted,
+    output: {} as { reason: string },
+  },
+  guards: {
+    ...machineGuards,
+    requestAcceptable: ({ context, event }: { context: Ctx; event: TransmissionEvent }) => {
+      const r = req(event);
+      return r.type !== CMD.NBD_CMD_DISC && validateRequest(context, r) === null;
+    },
+  },
+  actions: {
+    deliver: emit(({ event }) => ({ type: 'request', frame: req(event) }) as const),
+    refuse: emit(({ event }, params: { errno: number; rule: string }) => ({
+      type: 'refuse' as const,
+      frame: req(event),
+      errno: params.errno,
+      message: params.rule,
+    })),
+    // rule 37: while draining, anything new gets ESHUTDOWN.
+    refuseShutdown: emit(({ event }) => ({
+      type: 'refuse' as const,
+      frame: req(event),
+      errno: ERRNO.NBD_ESHUTDOWN,
+      message: 'rule 37: server is shutting down',
+    })),
+    announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' }) => ({ type: 'draining' as const, reason: params.reason })),
+    recordReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
+    closeSoft: emit(({ context }) => ({ type: 'close' as const, hard: false, reason: context.reason ?? 'done' })),
+    closeHard: emit(({ event }) => ({
+      type: 'close' as const,
+      hard: true,
+      reason: event.type === 'wire.fatal' ? event.message : event.type,
+    })),
+  },
+}).createMachine({
+  id: 'transmission',
+  context: ({ input }) => transmissionContext(input),
+  initial: 'open',
+  on: {
+    'wire.fatal': { target: '.closed', actions: [{ type: 'recordReason', params: { reason: 'protocol violation' } }, 'closeHard'] },
+    'socket.closed': { target: '.closed', actions: { type: 'recordReason', params: { reason: 'socket closed' } } },
+  },
+  states: {
+    open: {
+      initial: 'serving',
+      on: {
+        request: [
+          // Hot path: one combined check (the same table as the named guards
+          // below), so an acceptable request costs a single guard evaluation.
+          { guard: 'requestAcceptable', actions: 'deliver' },
+          // rule 35: DISC ⇒ no reply; finish what is in flight, then close.
+          {
+            guard: 'isDisc',
+            target: 'draining',
+            actions: [{ type: 'recordReason', params: { reason: 'NBD_CMD_DISC' } }, { type: 'announceDrain', params: { reason: 'disc' } }],
+          },
+          ...refusalTransitions,
+        ],
+        'client.eof': {
+          target: 'draining',
+          actions: [{ type: 'recordReason', params: { reason: 'client closed' } }, { type: 'announceDrain', params: { reason: 'eof' } }],
+        },
+        'server.shutdown': {
+          target: 'draining',
+          actions: [{ type: 'recordReason', params: { reason: 'server shutdown' } }, { type: 'announceDrain', params: { reason: 'shutdown' } }],
+        },
+      },
+      states: {
+        serving: { on: { 'inflight.high': 'throttled' } },
+        // In-flight cap reached: the transport has paused reading.
+        throttled: { on: { 'inflight.low': 'serving' } },
+      },
+    },
+    draining: {
+      on: {
+        request: [{ guard: 'isDisc' }, { actions: 'refuseShutdown' }],
+        'inflight.idle': { target: 'closed', actions: 'closeSoft' },
+      },
+    },
+    closed: { type: 'final' },
+  },
+  output: ({ context }) => ({ reason: context.reason ?? 'closed' }),
+});

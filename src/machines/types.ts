@@ -1,0 +1,81 @@
+/**
+ * Plain-data types shared by the machines: what an export looks like to the
+ * protocol, what negotiation produces. No Buffers, no functions: this is
+ * what the inspector shows and the model tests compare.
+ */
+import type { Frame } from '../protocol/encoder.js';
+import type { OptionFrame, RequestFrame } from '../protocol/frames.js';
+
+export type TlsPolicy = 'off' | 'optional' | 'required';
+
+export interface ExportDescriptor {
+  /** Canonical export name. */
+  readonly name: string;
+  readonly description?: string;
+  /** Size in bytes (≤ 2^53: design.md §4). */
+  readonly size: number;
+  /** Transmission flags without HAS_FLAGS / SEND_DF (those depend on negotiation). */
+  readonly flags: number;
+  /** Block size constraints (§1.14); `minimum: 1` means unconstrained. */
+  readonly blockSizes: { readonly minimum: number; readonly preferred: number; readonly maximum: number };
+  /** SELECTIVETLS: only served over TLS (protocol.md §1.10). */
+  readonly tlsOnly?: boolean;
+}
+
+export interface MetaContextSelection {
+  readonly id: number;
+  readonly name: string;
+}
+
+export interface Negotiated {
+  readonly export: ExportDescriptor;
+  /** Transmission flags as sent to the client (HAS_FLAGS, SEND_DF as negotiated). */
+  readonly flags: number;
+  readonly structuredReplies: boolean;
+  readonly extendedHeaders: boolean;
+  readonly metaContexts: readonly MetaContextSelection[];
+  readonly tls: boolean;
+  /** Negotiated through EXPORT_NAME (true) or GO (false). */
+  readonly viaExportName: boolean;
+}
+
+export type HandshakeOutcome =
+  | { readonly outcome: 'negotiated'; readonly negotiated: Negotiated }
+  | { readonly outcome: 'aborted' }
+  | { readonly outcome: 'rejected'; readonly reason: string }
+  | { readonly outcome: 'disconnected' };
+
+/** Events the transport feeds the handshake machine. */
+export type HandshakeEvent =
+  | { type: 'wire.clientFlags'; flags: number }
+  | { type: `opt.${OptionFrame['opt']}`; frame: OptionFrame }
+  | { type: 'wire.fatal'; message: string }
+  | { type: 'tls.established' }
+  | { type: 'tls.failed'; message: string }
+  | { type: 'socket.closed' }
+  | { type: 'server.shutdown' };
+
+/** Effects the handshake machine asks the transport to carry out. */
+export type HandshakeEmitted =
+  | { type: 'send'; frame: Frame; label: string }
+  | { type: 'startTls' }
+  | { type: 'close'; hard: boolean; reason: string }
+  | { type: 'log'; level: 'debug' | 'info' | 'warn'; message: string };
+
+/** Events the transport feeds the transmission machine. */
+export type TransmissionEvent =
+  | { type: 'request'; frame: RequestFrame }
+  | { type: 'inflight.high' }
+  | { type: 'inflight.low' }
+  | { type: 'inflight.idle' }
+  | { type: 'wire.fatal'; message: string }
+  | { type: 'socket.closed' }
+  | { type: 'client.eof' }
+  | { type: 'server.shutdown' };
+
+/** Effects of the transmission machine. */
+export type TransmissionEmitted =
+  | { type: 'request'; frame: RequestFrame }
+  | { type: 'refuse'; frame: RequestFrame; errno: number; message: string }
+  | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' }
+  | { type: 'close'; hard: boolean; reason: string };

@@ -1,0 +1,455 @@
+/**
+ * Incremental, pull-mode decoder for client → server bytes.
+ *
+ * `push(chunk)` appends bytes; `next()` returns one frame, `null` when more
+ * bytes are needed, or a `DecodeFailure` once the stream is unusable (bad
+ * magic, a limit exceeded). It never throws on hostile input.
+ *
+ * Bytes are parsed in place: a frame that lies inside one chunk is a
+ * zero-copy view (`subarray`); only a frame spanning chunks is copied, once.
+ * The phase switches at frame boundaries (`startTransmission()`), and bytes
+ * already buffered carry over: a client may pipeline its first request right
+ * behind NBD_OPT_GO (protocol.md §1.18 rule 9).
+ *
+ * Limits are checked on the length fields, before anything is buffered
+ * (protocol.md §1.1, §1.14; style.md practice 5).
+ */
+import { CMD, CMD_FLAG, MAGIC, OPT, SIZE } from './constants.js';
+import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
+
+export interface DecoderLimits {
+  /** Largest option data we buffer and parse (bigger known options get ERR_TOO_BIG). */
+  maxOptionLength: number;
+  /** Largest option data we are willing to skip at all; past it ⇒ hard disconnect (DoS). */
+  maxOptionSkip: number;
+  /** Largest strings (names, queries) accepted: §1.1 says 4096. */
+  maxStringLength: number;
+  /** Largest WRITE payload buffered; larger payloads are skipped and refused. */
+  maxPayload: number;
+  /** Largest payload we are willing to skip; past it ⇒ hard disconnect (DoS). */
+  maxPayloadSkip: number;
+  /** Hard cap on bytes held by the decoder at once. */
+  maxBufferedBytes: number;
+}
+
+/** nbdkit-like defaults (protocol.md §3.1: 64 MiB request cap, 4096-byte strings). */
+export const DEFAULT_DECODER_LIMITS: Readonly<DecoderLimits> = Object.freeze({
+  maxOptionLength: 64 * 1024,
+  maxOptionSkip: 64 * 1024 * 1024,
+  maxStringLength: SIZE.MAX_STRING,
+  maxPayload: 64 * 1024 * 1024,
+  maxPayloadSkip: 0xffffffff,
+  maxBufferedBytes: 64 * 1024 * 1024 + 1024 * 1024,
+});
+
+export type DecodePhase = 'clientFlags' | 'options' | 'requests' | 'stopped';
+
+/** A fatal decoding outcome: the connection must be dropped. */
+export interface DecodeFailure {
+  readonly kind: 'fatal';
+  readonly code:
+    | 'NBD_ERR_BAD_OPTION_MAGIC'
+    | 'NBD_ERR_BAD_REQUEST_MAGIC'
+    | 'NBD_ERR_OPTION_TOO_LONG'
+    | 'NBD_ERR_PAYLOAD_TOO_LONG'
+    | 'NBD_ERR_BUFFER_LIMIT'
+    | 'NBD_ERR_STOPPED';
+  readonly message: string;
+}
+
+const OPTION_NAMES: Record<number, OptionFrame['opt']> = {
+  [OPT.NBD_OPT_EXPORT_NAME]: 'exportName',
+  [OPT.NBD_OPT_ABORT]: 'abort',
+  [OPT.NBD_OPT_LIST]: 'list',
+  [OPT.NBD_OPT_STARTTLS]: 'starttls',
+  [OPT.NBD_OPT_INFO]: 'info',
+  [OPT.NBD_OPT_GO]: 'go',
+  [OPT.NBD_OPT_STRUCTURED_REPLY]: 'structuredReply',
+  [OPT.NBD_OPT_LIST_META_CONTEXT]: 'listMetaContext',
+  [OPT.NBD_OPT_SET_META_CONTEXT]: 'setMetaContext',
+  [OPT.NBD_OPT_EXTENDED_HEADERS]: 'extendedHeaders',
+};
+
+/** Options whose data we parse (and therefore buffer). */
+const PARSED_OPTIONS = new Set<number>([
+  OPT.NBD_OPT_EXPORT_NAME,
+  OPT.NBD_OPT_INFO,
+  OPT.NBD_OPT_GO,
+  OPT.NBD_OPT_LIST_META_CONTEXT,
+  OPT.NBD_OPT_SET_META_CONTEXT,
+]);
+
+const TWO_32 = 0x1_0000_0000;
+/** Largest high word that keeps hi·2^32 + lo a safe integer. */
+const MAX_SAFE_HI = 0x1f_ffff;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Validate a protocol string (§1.1: UTF-8, no NUL, ≤ limit). */
+export function decodeString(bytes: Buffer, maxLength: number): { ok: true; value: string } | { ok: false; message: string } {
+  if (bytes.length > maxLength) return { ok: false, message: `string of ${bytes.length} bytes exceeds ${maxLength}` };
+  if (bytes.includes(0)) return { ok: false, message: 'string contains NUL' };
+  try {
+    return { ok: true, value: utf8.decode(bytes) };
+  } catch {
+    return { ok: false, message: 'string is not valid UTF-8' };
+  }
+}
+
+interface PendingOption {
+  code: number;
+  length: number;
+  /** Skip the data instead of buffering it. */
+  skip: boolean;
+  problem?: OptionProblem;
+}
+
+interface PendingRequest {
+  extended: boolean;
+  flags: number;
+  type: number;
+  cookie: bigint;
+  offset: number;
+  length: number;
+  huge: boolean;
+  payloadLength: number;
+  skip: boolean;
+}
+
+export class FrameDecoder {
+  readonly limits: Readonly<DecoderLimits>;
+  private chunks: Buffer[] = [];
+  /** Read position inside chunks[0]. */
+  private head = 0;
+  private buffered = 0;
+  private phaseValue: DecodePhase = 'clientFlags';
+  private extended = false;
+  private pendingOption: PendingOption | null = null;
+  private pendingRequest: PendingRequest | null = null;
+  /** Bytes still to discard for a skipped option / payload. */
+  private skipRemaining = 0;
+  private failure: DecodeFailure | null = null;
+
+  constructor(limits: Partial<DecoderLimits> = {}) {
+    this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
+  }
+
+  get phase(): DecodePhase {
+    return this.phaseValue;
+  }
+
+  /** Bytes held right now (for backpressure decisions). */
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  /** Append bytes from the socket. Returns false (and fails the decoder) past the buffer cap. */
+  push(chunk: Buffer): boolean {
+    if (this.failure || this.phaseValue === 'stopped') return false;
+    if (chunk.length === 0) return true;
+    // Skipped data never needs buffering: drop it as it arrives.
+    if (this.skipRemaining > 0 && this.buffered === 0) {
+      const n = Math.min(this.skipRemaining, chunk.length);
+      this.skipRemaining -= n;
+      if (n === chunk.length) return true;
+      chunk = chunk.subarray(n);
+    }
+    if (this.buffered + chunk.length > this.limits.maxBufferedBytes) {
+      this.fail('NBD_ERR_BUFFER_LIMIT', `more than ${this.limits.maxBufferedBytes} bytes buffered`);
+      return false;
+    }
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    return true;
+  }
+
+  /** Switch to the transmission phase at the current frame boundary; buffered bytes carry over. */
+  startTransmission(extendedHeaders: boolean): void {
+    this.phaseValue = 'requests';
+    this.extended = extendedHeaders;
+  }
+
+  /** Go back to expecting options (after a TLS upgrade the byte stream starts afresh). */
+  restartOptions(): void {
+    this.phaseValue = 'options';
+    this.extended = false;
+    this.failure = null;
+  }
+
+  /**
+   * Drop everything buffered (e.g. plaintext that followed STARTTLS, which
+   * must never be interpreted: protocol.md §1.10). Returns the bytes dropped.
+   */
+  discardBuffered(): number {
+    const dropped = this.buffered;
+    this.chunks = [];
+    this.head = 0;
+    this.buffered = 0;
+    this.pendingOption = null;
+    this.pendingRequest = null;
+    this.skipRemaining = 0;
+    return dropped;
+  }
+
+  /** Stop decoding (after DISC: §1.18 rule 35, anything after it is ignored). */
+  stop(): void {
+    this.phaseValue = 'stopped';
+    this.discardBuffered();
+  }
+
+  /** Decode one frame. */
+  next(): ClientFrame | DecodeFailure | null {
+    if (this.failure) return this.failure;
+    if (this.skipRemaining > 0) {
+      this.skipBytes();
+      if (this.skipRemaining > 0) return null;
+    }
+    switch (this.phaseValue) {
+      case 'clientFlags':
+        return this.nextClientFlags();
+      case 'options':
+        return this.nextOption();
+      case 'requests':
+        return this.nextRequest();
+      case 'stopped':
+        return null;
+    }
+  }
+
+  // ── phases ────────────────────────────────────────────────────────────
+
+  private nextClientFlags(): ClientFrame | null {
+    if (this.buffered < SIZE.CLIENT_FLAGS) return null;
+    const b = this.take(SIZE.CLIENT_FLAGS);
+    this.phaseValue = 'options';
+    return { kind: 'clientFlags', flags: b.readUInt32BE(0) };
+  }
+
+  private nextOption(): OptionFrame | DecodeFailure | null {
+    let p = this.pendingOption;
+    if (!p) {
+      if (this.buffered < SIZE.OPTION_HEADER) return null;
+      const h = this.take(SIZE.OPTION_HEADER);
+      if (h.readUInt32BE(0) !== 0x49484156 || h.readUInt32BE(4) !== 0x454f5054) {
+        // Not IHAVEOPT: the stream is out of sync and cannot be resynchronised.
+        return this.fail('NBD_ERR_BAD_OPTION_MAGIC', `bad option magic 0x${h.subarray(0, 8).toString('hex')}`);
+      }
+      const code = h.readUInt32BE(8);
+      const length = h.readUInt32BE(12);
+      if (length > this.limits.maxOptionSkip) {
+        return this.fail('NBD_ERR_OPTION_TOO_LONG', `option ${code} declares ${length} bytes of data (limit ${this.limits.maxOptionSkip})`);
+      }
+      const parsed = PARSED_OPTIONS.has(code);
+      let problem: OptionProblem | undefined;
+      if (parsed && length > this.limits.maxOptionLength) {
+        problem = { reply: 'NBD_REP_ERR_TOO_BIG', message: `option data of ${length} bytes exceeds ${this.limits.maxOptionLength}` };
+      }
+      p = { code, length, skip: !parsed || problem !== undefined, problem };
+      if (p.skip) {
+        // Consume and discard the data without buffering it (§1.18 rule 5).
+        this.skipRemaining = length;
+        this.skipBytes();
+        return this.finishSkippedOption(p);
+      }
+      this.pendingOption = p;
+    }
+    if (this.buffered < p.length) return null;
+    this.pendingOption = null;
+    const data = this.take(p.length);
+    return parseOption(p.code, data, this.limits.maxStringLength);
+  }
+
+  private finishSkippedOption(p: PendingOption): OptionFrame {
+    const base = { kind: 'option' as const, code: p.code, length: p.length };
+    const opt = OPTION_NAMES[p.code];
+    if (opt === undefined || opt === 'unknown') return { ...base, opt: 'unknown' };
+    if (p.problem) {
+      if (opt === 'exportName') return { ...base, opt, name: '', problem: p.problem };
+      if (opt === 'info' || opt === 'go') return { ...base, opt, name: '', requests: [], problem: p.problem };
+      if (opt === 'listMetaContext' || opt === 'setMetaContext') return { ...base, opt, name: '', queries: [], problem: p.problem };
+    }
+    return { ...base, opt: opt as 'abort' | 'list' | 'starttls' | 'structuredReply' | 'extendedHeaders', hasData: p.length > 0 };
+  }
+
+  private nextRequest(): RequestFrame | DecodeFailure | null {
+    let r = this.pendingRequest;
+    if (!r) {
+      const size = this.extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST;
+      if (this.buffered < size) return null;
+      const h = this.take(size);
+      const magic = h.readUInt32BE(0);
+      const expected = this.extended ? MAGIC.NBD_EXTENDED_REQUEST_MAGIC : MAGIC.NBD_REQUEST_MAGIC;
+      if (magic !== expected) {
+        return this.fail('NBD_ERR_BAD_REQUEST_MAGIC', `bad request magic 0x${magic.toString(16).padStart(8, '0')}`);
+      }
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const cookie = h.readBigUInt64BE(8);
+      const offHi = h.readUInt32BE(16);
+      const offLo = h.readUInt32BE(20);
+      let huge = offHi > MAX_SAFE_HI;
+      const offset = huge ? Number.MAX_SAFE_INTEGER : offHi * TWO_32 + offLo;
+      let length: number;
+      if (this.extended) {
+        const lenHi = h.readUInt32BE(24);
+        const lenLo = h.readUInt32BE(28);
+        if (lenHi > MAX_SAFE_HI) huge = true;
+        length = lenHi > MAX_SAFE_HI ? Number.MAX_SAFE_INTEGER : lenHi * TWO_32 + lenLo;
+      } else {
+        length = h.readUInt32BE(24);
+      }
+      // Which requests carry a payload: compact WRITE; extended WRITE, or any
+      // extended request with PAYLOAD_LEN (§1.9.4).
+      const hasPayload =
+        type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
+      const payloadLength = hasPayload ? length : 0;
+      if (payloadLength > this.limits.maxPayloadSkip) {
+        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', `payload of ${payloadLength} bytes exceeds ${this.limits.maxPayloadSkip}`);
+      }
+      r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
+      if (payloadLength === 0) return this.makeRequest(r, undefined);
+      if (r.skip) {
+        // Over the payload limit: consume without buffering, then refuse (§1.18 rule 24).
+        this.skipRemaining = payloadLength;
+        this.skipBytes();
+        return this.makeRequest(r, undefined);
+      }
+      this.pendingRequest = r;
+    }
+    if (this.buffered < r.payloadLength) return null;
+    this.pendingRequest = null;
+    return this.makeRequest(r, this.take(r.payloadLength));
+  }
+
+  private makeRequest(r: PendingRequest, payload: Buffer | undefined): RequestFrame {
+    return {
+      kind: 'request',
+      extended: r.extended,
+      flags: r.flags,
+      type: r.type,
+      cookie: r.cookie,
+      offset: r.offset,
+      length: r.length,
+      huge: r.huge,
+      payload,
+      payloadDiscarded: r.skip,
+    };
+  }
+
+  // ── byte queue ────────────────────────────────────────────────────────
+
+  /** Take exactly n buffered bytes: a view when inside one chunk, else one copy. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    const avail = first.length - this.head;
+    if (n <= avail) {
+      const out = first.subarray(this.head, this.head + n);
+      this.head += n;
+      if (this.head === first.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+      this.buffered -= n;
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0]!;
+      const m = Math.min(c.length - this.head, n - filled);
+      c.copy(out, filled, this.head, this.head + m);
+      filled += m;
+      this.head += m;
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+
+  private skipBytes(): void {
+    while (this.skipRemaining > 0 && this.buffered > 0) {
+      const c = this.chunks[0]!;
+      const m = Math.min(c.length - this.head, this.skipRemaining);
+      this.head += m;
+      this.buffered -= m;
+      this.skipRemaining -= m;
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+  }
+
+  private fail(code: DecodeFailure['code'], message: string): DecodeFailure {
+    this.failure = { kind: 'fatal', code, message };
+    this.discardBuffered();
+    return this.failure;
+  }
+}
+
+// ── option data parsers (§1.5) ──────────────────────────────────────────
+
+const invalid = (message: string): OptionProblem => ({ reply: 'NBD_REP_ERR_INVALID', message });
+
+/** Parse a buffered option's data into a typed frame. Problems become data, never exceptions. */
+export function parseOption(code: number, data: Buffer, maxString: number = SIZE.MAX_STRING): OptionFrame {
+  const base = { kind: 'option' as const, code, length: data.length };
+  switch (code) {
+    case OPT.NBD_OPT_EXPORT_NAME: {
+      const s = decodeString(data, maxString);
+      return s.ok ? { ...base, opt: 'exportName', name: s.value } : { ...base, opt: 'exportName', name: '', problem: invalid(s.message) };
+    }
+    case OPT.NBD_OPT_INFO:
+    case OPT.NBD_OPT_GO: {
+      const opt = code === OPT.NBD_OPT_INFO ? 'info' : 'go';
+      const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', requests: [], problem: invalid(message) });
+      // §1.5.1: namelen ≤ optlen − 6 and optlen == 6 + N + 2K exactly (rule 8).
+      if (data.length < 6) return bad(`${opt.toUpperCase()} data of ${data.length} bytes is shorter than 6`);
+      const n = data.readUInt32BE(0);
+      if (n > data.length - 6) return bad(`export name length ${n} exceeds option length ${data.length} - 6`);
+      const k = data.readUInt16BE(4 + n);
+      if (data.length !== 6 + n + 2 * k) return bad(`option length ${data.length} is not 6 + ${n} + 2×${k}`);
+      const s = decodeString(data.subarray(4, 4 + n), maxString);
+      if (!s.ok) return bad(s.message);
+      const requests: number[] = [];
+      for (let i = 0; i < k; i++) requests.push(data.readUInt16BE(6 + n + 2 * i));
+      return { ...base, opt, name: s.value, requests };
+    }
+    case OPT.NBD_OPT_LIST_META_CONTEXT:
+    case OPT.NBD_OPT_SET_META_CONTEXT: {
+      const opt = code === OPT.NBD_OPT_LIST_META_CONTEXT ? 'listMetaContext' : 'setMetaContext';
+      const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', queries: [], problem: invalid(message) });
+      // §1.5.2: minimum 8 bytes; a length running past the option ⇒ ERR_INVALID (MUST).
+      if (data.length < 8) return bad(`meta context data of ${data.length} bytes is shorter than 8`);
+      const n = data.readUInt32BE(0);
+      if (n > data.length - 8) return bad(`export name length ${n} runs past the option`);
+      const s = decodeString(data.subarray(4, 4 + n), maxString);
+      if (!s.ok) return bad(s.message);
+      const q = data.readUInt32BE(4 + n);
+      let pos = 8 + n;
+      // Each query needs at least 4 bytes: cap before allocating anything.
+      if (q > (data.length - pos) / 4) return bad(`${q} queries cannot fit in ${data.length - pos} bytes`);
+      const queries: string[] = [];
+      for (let i = 0; i < q; i++) {
+        if (pos + 4 > data.length) return bad(`query ${i} length runs past the option`);
+        const l = data.readUInt32BE(pos);
+        pos += 4;
+        if (l > data.length - pos) return bad(`query ${i} of ${l} bytes runs past the option`);
+        const qs = decodeString(data.subarray(pos, pos + l), maxString);
+        if (!qs.ok) return bad(`query ${i}: ${qs.message}`);
+        queries.push(qs.value);
+        pos += l;
+      }
+      if (pos !== data.length) return bad(`${data.length - pos} trailing bytes after the queries`);
+      return { ...base, opt, name: s.value, queries };
+    }
+    default: {
+      const opt = OPTION_NAMES[code];
+      if (opt === undefined) return { ...base, opt: 'unknown' };
+      return { ...base, opt: opt as 'abort' | 'list' | 'starttls' | 'structuredReply' | 'extendedHeaders', hasData: data.length > 0 };
+    }
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Whole replies to one request, in the form the negotiation demands
+ * (protocol.md §1.12, rule 21): simple replies without structured replies;
+ * structured chunks for READ (always) and BLOCK_STATUS once they are on;
+ * extended chunks for everything once extended headers are on.
+ * A reply is a list of frames ending in exactly one DONE chunk (rule 23).
+ */
+import { CMD } from './constants.js';
+import {
+  encodeChunkBlockStatus,
+  encodeChunkError,
+  encodeChunkNone,
+  encodeChunkOffsetData,
+  encodeChunkOffsetHole,
+  encodeSimpleReply,
+  type Extent,
+  type Frame,
+} from './encoder.js';
+
+export type ReplyMode = 'simple' | 'structured' | 'extended';
+
+/** A piece of READ data: bytes, or a run that reads as zeroes. */
+export type ReadSegment = { readonly data: Buffer } | { readonly hole: number };
+
+/** Success without data (every command but READ and BLOCK_STATUS). */
+export function replyOk(mode: ReplyMode, cookie: bigint, requestOffset: number): Frame {
+  if (mode === 'extended') return encodeChunkNone(cookie, { extended: true, requestOffset });
+  // Structured replies are optional for data-less commands: simple is smaller.
+  return encodeSimpleReply(cookie, 0);
+}
+
+/** An error reply. `type` is the command (READ needs a structured error once SR is on). */
+export function replyError(mode: ReplyMode, cookie: bigint, type: number, errno: number, message: string | undefined, requestOffset: number): Frame {
+  if (mode === 'simple') return encodeSimpleReply(cookie, errno);
+  // With SR we prefer structured errors: they carry a message (§1.12).
+  void type;
+  return encodeChunkError(cookie, errno, message, { extended: mode === 'extended', requestOffset, done: true });
+}
+
+let zeroes: Buffer = Buffer.alloc(0);
+/** A shared buffer of zeroes, grown on demand; views of it are never written. */
+function zeroView(n: number): Buffer {
+  if (zeroes.length < n) zeroes = Buffer.alloc(Math.max(n, 64 * 1024));
+  return zeroes.subarray(0, n);
+}
+
+/**
+ * A successful READ of [offset, offset + Σ segments). In simple mode holes
+ * are sent as zero bytes; in structured mode each segment is a chunk
+ * (OFFSET_DATA / OFFSET_HOLE) and the last one carries DONE; with `df`
+ * (NBD_CMD_FLAG_DF) everything goes in one OFFSET_DATA chunk (rule 32).
+ */
+export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segments: readonly ReadSegment[], df = false): Frame {
+  if (mode === 'simple' || df) {
+    const parts: Buffer[] = [];
+    for (const s of segments) parts.push('data' in s ? s.data : zeroView(s.hole));
+    if (mode === 'simple') return encodeSimpleReply(cookie, 0, parts);
+    return encodeChunkOffsetData(cookie, offset, parts, { extended: mode === 'extended', requestOffset: offset, done: true });
+  }
+  const extended = mode === 'extended';
+  const frame: Frame = [];
+  let at = offset;
+  // Drop empty segments: every content chunk covers ≥ 1 byte (§1.12).
+  const live = segments.filter((s) => ('data' in s ? s.data.length : s.hole) > 0);
+  if (live.length === 0) return encodeChunkNone(cookie, { extended, requestOffset: offset });
+  live.forEach((s, i) => {
+    const done = i === live.length - 1;
+    if ('data' in s) {
+      frame.push(...encodeChunkOffsetData(cookie, at, s.data, { extended, requestOffset: offset, done }));
+      at += s.data.length;
+    } else {
+      frame.push(...encodeChunkOffsetHole(cookie, at, s.hole, { extended, requestOffset: offset, done }));
+      at += s.hole;
+    }
+  });
+  return frame;
+}
+
+/** BLOCK_STATUS: one status chunk per selected context, DONE on the last (rule 33). */
+export function replyBlockStatus(
+  mode: ReplyMode,
+  cookie: bigint,
+  requestOffset: number,
+  contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>,
+): Frame {
+  const extended = mode === 'extended';
+  const frame: Frame = [];
+  contexts.forEach((c, i) => {
+    frame.push(...encodeChunkBlockStatus(cookie, c.id, c.extents, { extended, requestOffset, done: i === contexts.length - 1 }));
+  });
+  if (contexts.length === 0) frame.push(...encodeChunkNone(cookie, { extended, requestOffset }));
+  return frame;
+}
+
+/** Reply mode from what was negotiated. */
+export function replyModeOf(structuredReplies: boolean, extendedHeaders: boolean): ReplyMode {
+  return extendedHeaders ? 'extended' : structuredReplies ? 'structured' : 'simple';
+}
+
+/** Whether a command's error needs the structured form (READ once SR is on; rule 21). */
+export function needsStructured(mode: ReplyMode, type: number): boolean {
+  return mode !== 'simple' && (type === CMD.NBD_CMD_READ || type === CMD.NBD_CMD_BLOCK_STATUS);
+}
