@@ -213,9 +213,10 @@ function optionTransitions() {
       { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
       { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN')] },
       { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID')] },
-      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG')] },
-      // FORCEDTLS: everything but STARTTLS / ABORT gets ERR_TLS_REQD (§1.10, rule 16).
+      // FORCEDTLS: everything but STARTTLS / ABORT gets ERR_TLS_REQD (§1.10, rule 16),
+      // oversized options included: checked before TOO_BIG (the MUST names no exception).
       { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD')] },
+      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG')] },
     ];
   };
   return {

@@ -133,10 +133,13 @@ export type RequestGuardName = keyof typeof requestGuards;
 
 /** The refusal table: guard → errno and the rule it enforces, in evaluation order. */
 export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; rule: string }> = [
+  // nbdkit's order (protocol.md §3.5): read-only first, then the range check,
+  // so EPERM and ENOSPC win over the EINVAL reasons below.
+  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'rule 25: write to a read-only export' },
+  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'rule 26: write past the end of the export' },
   { guard: 'commandUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command' },
   { guard: 'payloadTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'rule 24: payload over the size limit (consumed)' },
   { guard: 'payloadUnexpected', errno: ERRNO.NBD_EINVAL, rule: '§1.9.4: payload on a command without one (consumed)' },
-  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'rule 25: write to a read-only export' },
   { guard: 'flagsUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command flag' },
   { guard: 'flagNotForCommand', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: flag not valid for this command' },
   { guard: 'fuaNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 28: FUA without SEND_FUA' },
@@ -145,7 +148,6 @@ export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; r
   { guard: 'commandNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 19: command not advertised' },
   { guard: 'blockStatusWithoutContext', errno: ERRNO.NBD_EINVAL, rule: 'rule 33: BLOCK_STATUS without a meta context' },
   { guard: 'flushWithRange', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: FLUSH with offset or length' },
-  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'rule 26: write past the end of the export' },
   { guard: 'rangePastEnd', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: request past the end of the export' },
   { guard: 'misaligned', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: not aligned to the minimum block size' },
   { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: '§1.14: read larger than the maximum payload' },
