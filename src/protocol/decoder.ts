@@ -83,7 +83,8 @@ const TWO_32 = 0x1_0000_0000;
 /** Largest high word that keeps hi·2^32 + lo a safe integer. */
 const MAX_SAFE_HI = 0x1f_ffff;
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the name, not a byte-order mark to strip.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Validate a protocol string (§1.1: UTF-8, no NUL, ≤ limit). */
 export function decodeString(bytes: Buffer, maxLength: number): { ok: true; value: string } | { ok: false; message: string } {
@@ -340,6 +341,8 @@ export class FrameDecoder {
 
   /** Take exactly n buffered bytes: a view when inside one chunk, else one copy. */
   private take(n: number): Buffer {
+    // A zero-length frame part (e.g. EXPORT_NAME of the default export) may find the queue empty.
+    if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
     const avail = first.length - this.head;
     if (n <= avail) {

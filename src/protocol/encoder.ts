@@ -65,7 +65,12 @@ export function encodeAck(option: number): Frame {
 function message(text: string | undefined): Buffer | undefined {
   if (!text) return undefined;
   let b = utf8(text.replace(/\0/g, ''));
-  if (b.length > SIZE.MAX_STRING) b = b.subarray(0, SIZE.MAX_STRING);
+  if (b.length > SIZE.MAX_STRING) {
+    // Cut on a character boundary: never emit half a UTF-8 sequence (§1.1).
+    let end = SIZE.MAX_STRING;
+    while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+    b = b.subarray(0, end);
+  }
   return b;
 }
 

@@ -1,0 +1,124 @@
+/**
+ * Whole replies per negotiated mode (protocol.md §1.12, rules 21–23, 32–33),
+ * parsed back with the test-side client parser.
+ */
+import { describe, expect, it } from 'vitest';
+import { needsStructured, replyBlockStatus, replyError, replyModeOf, replyOk, replyRead, type ReplyMode } from '../../../src/protocol/replies.js';
+import { decodeChunk, DONE, flat, parseTransmissionReplies, type ReplyChunk, type TransmissionReply } from '../../helpers/wire.js';
+
+const parse = (mode: ReplyMode, frame: Buffer[], reads = new Map<bigint, number>()) =>
+  parseTransmissionReplies(flat(frame), { structured: mode !== 'simple', extended: mode === 'extended', readLengths: reads });
+
+const chunks = (rs: TransmissionReply[]) => rs.filter((r): r is ReplyChunk => r.kind === 'chunk');
+
+/** Rule 23: exactly one DONE chunk, and it is the last one. */
+function expectOneDoneLast(rs: TransmissionReply[]) {
+  const cs = chunks(rs);
+  expect(cs.length).toBe(rs.length);
+  expect(cs.filter((c) => c.flags & DONE)).toHaveLength(1);
+  expect(cs.at(-1)!.flags & DONE).toBe(DONE);
+}
+
+describe('replyModeOf', () => {
+  it('extended wins, then structured, else simple', () => {
+    expect(replyModeOf(false, false)).toBe('simple');
+    expect(replyModeOf(true, false)).toBe('structured');
+    expect(replyModeOf(true, true)).toBe('extended');
+    expect(replyModeOf(false, true)).toBe('extended');
+  });
+
+  it('needsStructured: READ and BLOCK_STATUS once SR/EH are on', () => {
+    expect(needsStructured('simple', 0)).toBe(false);
+    expect(needsStructured('structured', 0)).toBe(true);
+    expect(needsStructured('structured', 7)).toBe(true);
+    expect(needsStructured('structured', 1)).toBe(false);
+    expect(needsStructured('extended', 0)).toBe(true);
+  });
+});
+
+describe('replyOk / replyError', () => {
+  it('simple and structured success are a bare simple reply; extended is NONE+DONE echoing the offset', () => {
+    expect(parse('simple', replyOk('simple', 3n, 0))).toEqual([{ kind: 'simple', cookie: 3n, error: 0 }]);
+    expect(parse('structured', replyOk('structured', 3n, 0))).toEqual([{ kind: 'simple', cookie: 3n, error: 0 }]);
+    const [c] = parse('extended', replyOk('extended', 3n, 4096));
+    expect(c).toMatchObject({ kind: 'chunk', type: 0, flags: DONE, cookie: 3n, offset: 4096n });
+  });
+
+  it('errors: simple errno, or an ERROR chunk with DONE and the message', () => {
+    expect(parse('simple', replyError('simple', 4n, 1, 1, 'read-only', 0))).toEqual([{ kind: 'simple', cookie: 4n, error: 1 }]);
+    for (const mode of ['structured', 'extended'] as const) {
+      const rs = parse(mode, replyError(mode, 4n, 0, 5, 'disk on fire', 512));
+      expectOneDoneLast(rs);
+      expect(decodeChunk(rs[0] as ReplyChunk)).toEqual({ type: 'error', error: 5, message: 'disk on fire' });
+      if (mode === 'extended') expect((rs[0] as ReplyChunk).offset).toBe(512n);
+    }
+  });
+});
+
+describe('replyRead', () => {
+  const data = Buffer.from('abcdefgh');
+  const segments = [{ data }, { hole: 8 }, { data: Buffer.from('XY') }];
+
+  it('simple: header then the data, holes as zero bytes; data buffers are not copied', () => {
+    const frame = replyRead('simple', 9n, 0, segments);
+    expect(frame[1]).toBe(data);
+    const [r] = parse('simple', frame, new Map([[9n, 18]]));
+    expect(r).toEqual({ kind: 'simple', cookie: 9n, error: 0, data: Buffer.concat([data, Buffer.alloc(8), Buffer.from('XY')]) });
+  });
+
+  it.each(['structured', 'extended'] as const)('%s: one chunk per segment, contiguous offsets, DONE last', (mode) => {
+    const frame = replyRead(mode, 9n, 1024, segments);
+    expect(frame.includes(data)).toBe(true);
+    const rs = parse(mode, frame);
+    expectOneDoneLast(rs);
+    expect(rs.map((r) => decodeChunk(r as ReplyChunk))).toEqual([
+      { type: 'offsetData', offset: 1024n, data },
+      { type: 'offsetHole', offset: 1032n, size: 8 },
+      { type: 'offsetData', offset: 1040n, data: Buffer.from('XY') },
+    ]);
+    if (mode === 'extended') for (const r of rs) expect((r as ReplyChunk).offset).toBe(1024n);
+  });
+
+  it.each(['structured', 'extended'] as const)('%s with DF: a single OFFSET_DATA chunk with explicit zeroes (rule 32)', (mode) => {
+    const rs = parse(mode, replyRead(mode, 9n, 0, segments, true));
+    expect(rs).toHaveLength(1);
+    expectOneDoneLast(rs);
+    expect(decodeChunk(rs[0] as ReplyChunk)).toEqual({ type: 'offsetData', offset: 0n, data: Buffer.concat([data, Buffer.alloc(8), Buffer.from('XY')]) });
+  });
+
+  it('empty segments are dropped; nothing left ⇒ NONE+DONE', () => {
+    const rs = parse('structured', replyRead('structured', 9n, 0, [{ data: Buffer.alloc(0) }, { hole: 0 }]));
+    expect(rs).toHaveLength(1);
+    expect(decodeChunk(rs[0] as ReplyChunk)).toEqual({ type: 'none' });
+    const rs2 = parse('structured', replyRead('structured', 9n, 0, [{ hole: 0 }, { data }]));
+    expect(rs2.map((r) => decodeChunk(r as ReplyChunk).type)).toEqual(['offsetData']);
+  });
+});
+
+describe('replyBlockStatus', () => {
+  const contexts = [
+    { id: 1, extents: [{ length: 4096, flags: 3 }] },
+    { id: 2, extents: [{ length: 512, flags: 0 }, { length: 512, flags: 1 }] },
+  ];
+
+  it('structured: one BLOCK_STATUS chunk per context, DONE on the last', () => {
+    const rs = parse('structured', replyBlockStatus('structured', 1n, 0, contexts));
+    expectOneDoneLast(rs);
+    expect(rs.map((r) => decodeChunk(r as ReplyChunk))).toEqual([
+      { type: 'blockStatus', contextId: 1, extents: [{ length: 4096, flags: 3 }] },
+      { type: 'blockStatus', contextId: 2, extents: [{ length: 512, flags: 0 }, { length: 512, flags: 1 }] },
+    ]);
+  });
+
+  it('extended: BLOCK_STATUS_EXT only', () => {
+    const rs = parse('extended', replyBlockStatus('extended', 1n, 8192, contexts));
+    expectOneDoneLast(rs);
+    expect(rs.map((r) => (r as ReplyChunk).type)).toEqual([6, 6]);
+    expect(decodeChunk(rs[1] as ReplyChunk)).toEqual({ type: 'blockStatusExt', contextId: 2, extents: [{ length: 512n, flags: 0n }, { length: 512n, flags: 1n }] });
+  });
+
+  it('no contexts ⇒ a lone NONE+DONE', () => {
+    const rs = parse('structured', replyBlockStatus('structured', 1n, 0, []));
+    expect(rs.map((r) => decodeChunk(r as ReplyChunk))).toEqual([{ type: 'none' }]);
+  });
+});
