@@ -1,0 +1,39 @@
+import type fc from 'fast-check';
+import { expect } from 'vitest';
+import { C, type TxModel, type TxReal } from './model.js';
+
+/** NBD_CMD_DISC: no reply; the machine drains (rule 35). A DISC while draining is ignored. */
+export class DiscCommand implements fc.Command<TxModel, TxReal> {
+  check = () => true;
+  run(m: TxModel, r: TxReal): void {
+    const out = r.t.request({ type: C.DISC, cookie: 0xd15cn });
+    expect(out).toEqual(m.draining ? [] : [{ type: 'draining', reason: 'disc' }]);
+    m.draining = true;
+    expect(r.t.actor.getSnapshot().value).toBe('draining');
+  }
+  toString = () => 'DISC';
+}
+
+/** The server shuts down (rule 37). */
+export class ShutdownCommand implements fc.Command<TxModel, TxReal> {
+  check = () => true;
+  run(m: TxModel, r: TxReal): void {
+    const out = r.t.send({ type: 'server.shutdown' });
+    expect(out).toEqual(m.draining ? [] : [{ type: 'draining', reason: 'shutdown' }]);
+    m.draining = true;
+  }
+  toString = () => 'server.shutdown';
+}
+
+/** The transport's in-flight crossings: never an effect, never a lost request. */
+export class InflightCommand implements fc.Command<TxModel, TxReal> {
+  constructor(readonly level: 'high' | 'low') {}
+  check = () => true;
+  run(m: TxModel, r: TxReal): void {
+    expect(r.t.send({ type: `inflight.${this.level}` })).toEqual([]);
+    const v = r.t.actor.getSnapshot().value;
+    if (m.draining) expect(v).toBe('draining');
+    else expect(v).toEqual({ open: this.level === 'high' ? 'throttled' : 'serving' });
+  }
+  toString = () => `inflight.${this.level}`;
+}
