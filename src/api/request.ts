@@ -1,0 +1,190 @@
+/**
+ * A validated request as the application sees it: what the seed library's
+ * callback received (type, flags, handle/cookie, offset, length) plus the
+ * export and connection it belongs to. Answered exactly once.
+ */
+import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
+import type { RequestFrame } from '../protocol/frames.js';
+import type { Extent } from '../protocol/encoder.js';
+import { replyBlockStatus, replyError, replyOk, replyRead, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
+import type { MetaContextSelection } from '../machines/types.js';
+import { NbdError, NbdRequestError } from './errors.js';
+
+export type RequestType = 'read' | 'write' | 'flush' | 'trim' | 'cache' | 'writeZeroes' | 'blockStatus';
+
+const TYPE_NAMES: Record<number, RequestType> = {
+  [CMD.NBD_CMD_READ]: 'read',
+  [CMD.NBD_CMD_WRITE]: 'write',
+  [CMD.NBD_CMD_FLUSH]: 'flush',
+  [CMD.NBD_CMD_TRIM]: 'trim',
+  [CMD.NBD_CMD_CACHE]: 'cache',
+  [CMD.NBD_CMD_WRITE_ZEROES]: 'writeZeroes',
+  [CMD.NBD_CMD_BLOCK_STATUS]: 'blockStatus',
+};
+
+export interface RequestFlags {
+  readonly fua: boolean;
+  readonly noHole: boolean;
+  readonly df: boolean;
+  readonly reqOne: boolean;
+  readonly fastZero: boolean;
+}
+
+export interface ExportRef {
+  readonly name: string;
+  readonly size: number;
+}
+
+export interface ConnectionRef {
+  readonly id: number;
+  readonly peer: string;
+  /** TLS state, and the PSK identity / certificate subject when known. */
+  readonly tls: boolean;
+  readonly tlsIdentity?: string;
+}
+
+/** Where a request's answer goes (a session, or a test double). */
+export interface ReplySink {
+  readonly replyMode: ReplyMode;
+  reply(frame: readonly Buffer[], last?: boolean): void;
+}
+
+function decodeFlags(bits: number): RequestFlags {
+  return {
+    fua: (bits & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0,
+    noHole: (bits & CMD_FLAG.NBD_CMD_FLAG_NO_HOLE) !== 0,
+    df: (bits & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0,
+    reqOne: (bits & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0,
+    fastZero: (bits & CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+  };
+}
+
+export class NbdRequest {
+  readonly type: RequestType;
+  /** The wire command code. */
+  readonly command: number;
+  /** Raw command flag bits. */
+  readonly rawFlags: number;
+  /** The opaque 8-byte cookie (historically "handle"). */
+  readonly cookie: bigint;
+  readonly offset: number;
+  readonly length: number;
+  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
+  readonly data: Buffer | undefined;
+  readonly export: ExportRef;
+  readonly connection: ConnectionRef;
+  /** Meta contexts selected on this connection (for blockStatus). */
+  readonly contexts: readonly MetaContextSelection[];
+  private answered = false;
+  private flagsCache: RequestFlags | undefined;
+
+  constructor(
+    frame: RequestFrame,
+    private readonly sink: ReplySink,
+    exp: ExportRef,
+    connection: ConnectionRef,
+    contexts: readonly MetaContextSelection[],
+  ) {
+    this.type = TYPE_NAMES[frame.type]!;
+    this.command = frame.type;
+    this.rawFlags = frame.flags;
+    this.cookie = frame.cookie;
+    this.offset = frame.offset;
+    this.length = frame.length;
+    this.data = frame.payload;
+    this.export = exp;
+    this.connection = connection;
+    this.contexts = contexts;
+  }
+
+  get flags(): RequestFlags {
+    return (this.flagsCache ??= decodeFlags(this.rawFlags));
+  }
+
+  /** The handle, as the seed library called the cookie. */
+  get handle(): bigint {
+    return this.cookie;
+  }
+
+  get isAnswered(): boolean {
+    return this.answered;
+  }
+
+  private claim(what: string): void {
+    if (this.answered) {
+      throw new NbdError(
+        'NBD_ERR_ALREADY_ANSWERED',
+        `${this.type} request (cookie ${this.cookie}) answered twice: ${what} after an earlier answer`,
+      );
+    }
+    this.answered = true;
+  }
+
+  /**
+   * Answer successfully. READ: the data (exactly `length` bytes, as one
+   * Buffer or as segments with holes). BLOCK_STATUS: the extents (for every
+   * selected context) or a map context name → extents. Others: nothing.
+   */
+  reply(data?: Buffer | readonly ReadSegment[] | readonly Extent[] | ReadonlyMap<string, readonly Extent[]>): void {
+    if (this.type === 'read') {
+      const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);
+      let total = 0;
+      for (const s of segments) total += 'data' in s ? s.data.length : s.hole;
+      if (total !== this.length) {
+        // A short or long read would desynchronise the client: fail it instead.
+        this.fail('EIO', `read returned ${total} bytes, expected ${this.length}`);
+        throw new NbdError('NBD_ERR_BAD_REPLY', `read reply of ${total} bytes for a ${this.length}-byte request`);
+      }
+      this.claim('reply');
+      this.sink.reply(replyRead(this.sink.replyMode, this.cookie, this.offset, segments, this.flags.df));
+      return;
+    }
+    if (this.type === 'blockStatus') {
+      this.claim('reply');
+      const byContext = data instanceof Map ? (data as ReadonlyMap<string, readonly Extent[]>) : undefined;
+      const list = this.contexts.map((c) => ({
+        id: c.id,
+        extents: (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }],
+      }));
+      this.sink.reply(replyBlockStatus(this.sink.replyMode, this.cookie, this.offset, list));
+      return;
+    }
+    this.claim('reply');
+    this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset));
+  }
+
+  /**
+   * Answer with an error: an errno name (`'EIO'`), its NBD value, or an
+   * Error (NbdRequestError's errno, a SystemError's host code, else EIO).
+   */
+  fail(error: ErrnoName | NbdErrno | Error, message?: string): void {
+    this.claim('fail');
+    const errno = toErrno(error, this.flags);
+    const text = message ?? (error instanceof Error ? error.message : undefined);
+    this.sink.reply(replyError(this.sink.replyMode, this.cookie, this.command, errno, text, this.offset));
+  }
+
+  toString(): string {
+    return `${this.type}(offset=${this.offset}, length=${this.length}, cookie=${this.cookie})`;
+  }
+}
+
+function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly ReadSegment[] {
+  if (data === undefined) return [];
+  if (Buffer.isBuffer(data)) return [{ data }];
+  return data;
+}
+
+export function toErrno(error: ErrnoName | NbdErrno | Error, flags: RequestFlags): NbdErrno {
+  let errno: NbdErrno;
+  if (typeof error === 'number') errno = error;
+  else if (typeof error === 'string') errno = (ERRNO as Record<string, NbdErrno>)[`NBD_${error}`] ?? ERRNO.NBD_EIO;
+  else if (error instanceof NbdRequestError) errno = error.errno;
+  else return hostErrnoToNbd((error as NodeJS.ErrnoException).code, { fastZero: flags.fastZero, df: flags.df });
+  // rule 38: ENOTSUP only for FAST_ZERO, EOVERFLOW only for DF; otherwise EINVAL.
+  if (errno === ERRNO.NBD_ENOTSUP && !flags.fastZero) return ERRNO.NBD_EINVAL;
+  if (errno === ERRNO.NBD_EOVERFLOW && !flags.df) return ERRNO.NBD_EINVAL;
+  return errno;
+}
+
+export { errnoName };

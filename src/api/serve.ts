@@ -1,0 +1,132 @@
+/**
+ * Serving requests from a Backend: the emulations nbdkit applies (FUA via
+ * flush, WRITE_ZEROES via write, CACHE as a no-op, synthesised extents),
+ * errors mapped to errnos, and an rxjs operator with bounded concurrency.
+ */
+import { mergeMap, type OperatorFunction } from 'rxjs';
+import { BASE_ALLOCATION, ERRNO } from '../protocol/constants.js';
+import type { Backend, Capabilities } from './backend.js';
+import { backendCapabilities, normalizeExtents } from './backend.js';
+import type { NbdRequest } from './request.js';
+import type { Logger } from '../transport/logger.js';
+
+function isThenable<T>(v: unknown): v is PromiseLike<T> {
+  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** Run `fn`; continue with `ok` synchronously when it returned a plain value. */
+function step<T>(fn: () => T | PromiseLike<T>, ok: (v: T) => void | Promise<void>, fail: (e: unknown) => void): void | Promise<void> {
+  let r: T | PromiseLike<T>;
+  try {
+    r = fn();
+  } catch (e) {
+    fail(e);
+    return;
+  }
+  if (isThenable<T>(r)) {
+    return Promise.resolve(r).then(
+      (v) => {
+        try {
+          return ok(v);
+        } catch (e) {
+          fail(e);
+        }
+      },
+      fail,
+    );
+  }
+  try {
+    return ok(r);
+  } catch (e) {
+    fail(e);
+  }
+}
+
+const ZERO_CHUNK = 1024 * 1024;
+let zeroBuffer: Buffer | undefined;
+
+/** Emulated WRITE_ZEROES: write zero buffers in 1 MiB pieces (protocol.md §3.3). */
+async function writeZeroes(backend: Backend, offset: number, length: number, fua: boolean): Promise<void> {
+  zeroBuffer ??= Buffer.alloc(ZERO_CHUNK);
+  let at = 0;
+  while (at < length) {
+    const n = Math.min(ZERO_CHUNK, length - at);
+    await backend.write!(offset + at, zeroBuffer.subarray(0, n), { fua: false });
+    at += n;
+  }
+  if (fua && backend.flush) await backend.flush();
+}
+
+/**
+ * Answer one request from a backend. Returns a promise only when the
+ * backend was asynchronous; synchronous backends are answered inline.
+ * Never throws: every failure becomes an errno reply.
+ */
+export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capabilities, logger?: Logger): void | Promise<void> {
+  const fail = (e: unknown) => {
+    if (req.isAnswered) {
+      logger?.error(`${req.toString()}: ${String(e)}`);
+      return;
+    }
+    const err = e instanceof Error ? e : new Error(String(e));
+    logger?.debug?.(`${req.toString()} failed: ${err.message}`);
+    req.fail(err);
+  };
+  const done = () => req.reply();
+  const fua = req.flags.fua;
+  // FUA emulated by a flush after the operation (nbdkit NBDKIT_FUA_EMULATE).
+  const afterWrite = () => (fua && caps.fua === 'emulate' ? step(() => backend.flush!(), done, fail) : done());
+  switch (req.type) {
+    case 'read':
+      return step(() => backend.read(req.offset, req.length), (data) => req.reply(data), fail);
+    case 'write':
+      return step(() => backend.write!(req.offset, req.data!, { fua: fua && caps.fua === 'native' }), afterWrite, fail);
+    case 'flush':
+      return backend.flush ? step(() => backend.flush!(), done, fail) : done();
+    case 'trim':
+      return step(() => backend.trim!(req.offset, req.length, { fua: fua && caps.fua === 'native' }), afterWrite, fail);
+    case 'writeZeroes':
+      if (caps.zero === 'emulate') {
+        // rule 31: emulated zeroing is not fast: fail FAST_ZERO at once with ENOTSUP.
+        if (req.flags.fastZero) return req.fail(ERRNO.NBD_ENOTSUP, 'zeroing is emulated by writing');
+        return step(() => writeZeroes(backend, req.offset, req.length, fua && caps.fua !== 'none'), done, fail);
+      }
+      return step(
+        () => backend.zero!(req.offset, req.length, { fua: fua && caps.fua === 'native', noHole: req.flags.noHole, fastZero: req.flags.fastZero }),
+        afterWrite,
+        fail,
+      );
+    case 'cache':
+      // CACHE is a hint: without a native cache it is a no-op (§1.11, rule 34).
+      return backend.cache ? step(() => backend.cache!(req.offset, req.length), done, fail) : done();
+    case 'blockStatus': {
+      const reqOne = req.flags.reqOne;
+      if (!backend.extents) {
+        // No extents callback: one allocated-data extent (nbdkit synthesises the same).
+        return req.reply([{ length: req.length || 1, flags: 0 }]);
+      }
+      return step(
+        () => backend.extents!(req.offset, req.length, { reqOne, context: BASE_ALLOCATION }),
+        (extents) => req.reply(normalizeExtents(extents, req.length, reqOne)),
+        fail,
+      );
+    }
+  }
+}
+
+/**
+ * An rxjs operator that serves a stream of requests from a backend with at
+ * most `concurrency` requests at once. Emits each request once answered.
+ *
+ *   server.requests$.pipe(serveBackend(myBackend, { concurrency: 16 })).subscribe();
+ */
+export function serveBackend(
+  backend: Backend,
+  options: { concurrency?: number; readOnly?: boolean; logger?: Logger } = {},
+): OperatorFunction<NbdRequest, NbdRequest> {
+  const caps = backendCapabilities(backend, options.readOnly);
+  return mergeMap(async (req: NbdRequest) => {
+    await handleWithBackend(req, backend, caps, options.logger);
+    return req;
+  }, options.concurrency ?? 32);
+}

@@ -1,0 +1,329 @@
+/**
+ * createServer(): exports, listeners, the request stream, connection events.
+ */
+import type net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { Subject, type Observable } from 'rxjs';
+import type { InspectionEvent, Observer } from 'xstate';
+import type { ExportDescriptor, Negotiated, TlsPolicy } from '../machines/types.js';
+import type { HandshakeInput } from '../machines/handshake.js';
+import type { DecoderLimits } from '../protocol/decoder.js';
+import { Session, type SessionHandlers } from '../transport/session.js';
+import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
+import { consoleLogger, type Logger } from '../transport/logger.js';
+import { backendCapabilities, flagCapabilities, transmissionFlags, type Backend, type Capabilities, type ExportFlags } from './backend.js';
+import { NbdError } from './errors.js';
+import { NbdRequest, type ConnectionRef, type ExportRef } from './request.js';
+import { handleWithBackend } from './serve.js';
+import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
+
+export interface ExportConfig {
+  readonly name: string;
+  readonly description?: string;
+  /** Size in bytes; defaults to the backend's `size`. */
+  readonly size?: number;
+  /** Serve from this backend; without one, requests go to `requests$`. */
+  readonly backend?: Backend;
+  /** For request-stream exports: what to advertise. */
+  readonly flags?: ExportFlags;
+  readonly readOnly?: boolean;
+  readonly blockSizes?: { readonly minimum?: number; readonly preferred?: number; readonly maximum?: number };
+  /** Only served over TLS (SELECTIVETLS, with `tls.mode: 'on'`). */
+  readonly tlsOnly?: boolean;
+  /** Advertise NBD_FLAG_SEND_CACHE (default true; CACHE is a no-op without `backend.cache`). */
+  readonly cache?: boolean;
+}
+
+export interface ServerLimits {
+  /** Requests with the application at once, per connection (default 64). */
+  readonly maxInFlight?: number;
+  /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
+  readonly maxPayload?: number;
+  /** Largest option data buffered (default 64 KiB). */
+  readonly maxOptionLength?: number;
+  /** Options per connection before a hard disconnect (default 128). */
+  readonly maxOptions?: number;
+  /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
+  readonly maxBufferedBytes?: number;
+  /** Concurrent connections (default unlimited). */
+  readonly maxConnections?: number;
+}
+
+export interface ServerOptions {
+  readonly exports: readonly ExportConfig[];
+  /** The export served for the empty name (default: the first). Set to null for none. */
+  readonly defaultExport?: string | null;
+  readonly limits?: ServerLimits;
+  /** xstate inspection hook, attached to every connection actor. */
+  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  readonly logger?: Logger;
+  readonly tls?: TlsConfig;
+  /** Offer structured replies (default true). */
+  readonly structuredReplies?: boolean;
+  /** Offer the experimental extended headers (default true). */
+  readonly extendedHeaders?: boolean;
+}
+
+export interface ConnectionInfo extends ConnectionRef {
+  readonly remote?: string;
+}
+
+export type ConnectionEvent =
+  | { readonly type: 'opened'; readonly connection: ConnectionInfo }
+  | { readonly type: 'negotiated'; readonly connection: ConnectionInfo; readonly export: string; readonly negotiated: Negotiated }
+  | { readonly type: 'closed'; readonly connection: ConnectionInfo; readonly outcome: string; readonly reason: string };
+
+export interface ListenResult {
+  readonly address: BoundAddress;
+  readonly uris: readonly string[];
+}
+
+interface ExportEntry {
+  readonly config: ExportConfig;
+  readonly descriptor: ExportDescriptor;
+  readonly caps: Capabilities;
+  readonly ref: ExportRef;
+}
+
+const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+
+function isPowerOf2(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+/** Validate and describe one export (sizes ≤ 2^53, block sizes per §1.14). */
+function describeExport(cfg: ExportConfig, maxPayload: number): ExportEntry {
+  if (typeof cfg.name !== 'string' || Buffer.byteLength(cfg.name) > 4096 || cfg.name.includes('\0')) {
+    throw new NbdError('NBD_ERR_CONFIG', `export name ${JSON.stringify(cfg.name)} is not a valid NBD string`);
+  }
+  const size = cfg.size ?? cfg.backend?.size;
+  if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": size must be an integer between 0 and 2^53 (got ${size})`);
+  }
+  const bs = { ...DEFAULT_BLOCK, ...cfg.backend?.blockSizes, ...cfg.blockSizes };
+  bs.maximum = Math.min(bs.maximum, maxPayload);
+  if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
+  if (!isPowerOf2(bs.preferred) || bs.preferred < Math.max(bs.minimum, 512)) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": preferred block size must be a power of 2 ≥ max(minimum, 512)`);
+  }
+  if (bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum payload must be ≥ the preferred block size`);
+  }
+  const caps = cfg.backend ? backendCapabilities(cfg.backend, cfg.readOnly) : flagCapabilities(cfg.flags, cfg.readOnly);
+  const descriptor: ExportDescriptor = {
+    name: cfg.name,
+    description: cfg.description,
+    size,
+    flags: transmissionFlags(caps, { cache: cfg.cache ?? true }),
+    blockSizes: bs,
+    tlsOnly: cfg.tlsOnly,
+  };
+  return { config: cfg, descriptor, caps, ref: { name: cfg.name, size } };
+}
+
+export class NbdServer {
+  /** Validated requests for exports without a backend. */
+  readonly requests$: Observable<NbdRequest>;
+  /** opened / negotiated / closed, per connection. */
+  readonly connections$: Observable<ConnectionEvent>;
+  private readonly requestSubject = new Subject<NbdRequest>();
+  private readonly connectionSubject = new Subject<ConnectionEvent>();
+  private readonly exports = new Map<string, ExportEntry>();
+  private readonly handshakeInput: HandshakeInput;
+  private readonly logger: Logger;
+  private readonly listeners: Array<{ server: net.Server; address: BoundAddress }> = [];
+  private readonly sessions = new Set<Session>();
+  private readonly upgradeTls: ((s: Duplex) => Promise<TlsUpgrade>) | undefined;
+  private readonly tlsPolicy: TlsPolicy;
+  private nextId = 1;
+  private closing: Promise<void> | null = null;
+
+  constructor(private readonly options: ServerOptions) {
+    this.logger = options.logger ?? consoleLogger(false);
+    const maxPayload = options.limits?.maxPayload ?? 64 * 1024 * 1024;
+    if (!options.exports || options.exports.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'at least one export is required');
+    for (const cfg of options.exports) {
+      if (this.exports.has(cfg.name)) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}" is defined twice`);
+      this.exports.set(cfg.name, describeExport(cfg, maxPayload));
+    }
+    const defaultExport = options.defaultExport === null ? undefined : (options.defaultExport ?? options.exports[0]!.name);
+    if (defaultExport !== undefined && !this.exports.has(defaultExport)) {
+      throw new NbdError('NBD_ERR_CONFIG', `default export "${defaultExport}" is not defined`);
+    }
+    const tls = options.tls;
+    this.tlsPolicy = !tls || tls.mode === 'off' ? 'off' : tls.mode === 'require' ? 'required' : 'optional';
+    this.upgradeTls = tls && tls.mode !== 'off' ? createTlsUpgrader(tls) : undefined;
+    this.handshakeInput = {
+      exports: [...this.exports.values()].map((e) => e.descriptor),
+      defaultExport,
+      tls: this.tlsPolicy,
+      maxOptions: options.limits?.maxOptions ?? 128,
+      structuredReplies: options.structuredReplies ?? true,
+      extendedHeaders: options.extendedHeaders ?? true,
+    };
+    this.requests$ = this.requestSubject.asObservable();
+    this.connections$ = this.connectionSubject.asObservable();
+  }
+
+  /** Whether TLS is required (URIs then use nbds://). */
+  get tlsRequired(): boolean {
+    return this.tlsPolicy === 'required';
+  }
+
+  /** Addresses bound so far. */
+  get addresses(): BoundAddress[] {
+    return this.listeners.map((l) => l.address);
+  }
+
+  /** NBD URIs for every listener and export. */
+  get uris(): string[] {
+    const out: string[] = [];
+    for (const l of this.listeners) for (const name of this.exports.keys()) {
+      const u = nbdUri(l.address, name, this.tlsRequired);
+      if (u) out.push(u);
+    }
+    return out;
+  }
+
+  /** Number of open connections. */
+  get connectionCount(): number {
+    return this.sessions.size;
+  }
+
+  /**
+   * Listen on a UNIX socket (`{ path }`), TCP (`{ port, host }`), an
+   * inherited fd (`{ fd }`), or the systemd-activated fds (`'activation'`).
+   */
+  async listen(target: ListenTarget | 'activation' = { port: 10809, host: 'localhost' }): Promise<ListenResult[]> {
+    if (this.closing) throw new NbdError('NBD_ERR_CLOSED', 'server is closed');
+    const targets: ListenTarget[] = target === 'activation' ? activationFds().map((fd) => ({ fd })) : [target];
+    if (targets.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'socket activation requested but LISTEN_FDS/LISTEN_PID name no sockets');
+    const results: ListenResult[] = [];
+    for (const t of targets) {
+      const l = await listen(t, (socket) => this.accept(socket));
+      if (this.options.limits?.maxConnections) l.server.maxConnections = this.options.limits.maxConnections;
+      l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));
+      this.listeners.push(l);
+      const uris = [...this.exports.keys()].map((n) => nbdUri(l.address, n, this.tlsRequired)).filter((u): u is string => !!u);
+      results.push({ address: l.address, uris });
+    }
+    return results;
+  }
+
+  /** Serve one already-connected stream (a socket from elsewhere, a pipe pair, a test). */
+  accept(socket: Duplex & { remoteAddress?: string; setNoDelay?: (b: boolean) => unknown }): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay?.(true); // §1.1: TCP_NODELAY SHOULD be set
+    const id = this.nextId++;
+    const peer = socket.remoteAddress ? `connection ${id} (${socket.remoteAddress})` : `connection ${id}`;
+    let info: ConnectionInfo = { id, peer, tls: false };
+    const handlers: SessionHandlers = {
+      onNegotiated: (s, negotiated) => {
+        info = { ...info, tls: negotiated.tls, tlsIdentity: s.tlsIdentity };
+        this.connectionSubject.next({ type: 'negotiated', connection: info, export: negotiated.export.name, negotiated });
+        // Bind the request handler to this export once (hot path: no lookups).
+        handlers.onRequest = this.requestHandler(this.exports.get(negotiated.export.name)!, negotiated, info);
+      },
+      onRequest: (s) => s.destroy('request before negotiation'),
+      onClose: (_s, closeInfo) => {
+        this.sessions.delete(session);
+        this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, reason: closeInfo.reason });
+        this.logger.info?.(`${peer}: closed (${closeInfo.outcome}: ${closeInfo.reason})`);
+      },
+    };
+    const session = new Session(
+      socket,
+      {
+        id,
+        peer,
+        handshake: this.handshakeInput,
+        decoderLimits: this.decoderLimits(),
+        maxInFlight: this.options.limits?.maxInFlight ?? 64,
+        inspect: this.options.inspect,
+        logger: this.logger,
+        upgradeTls: this.upgradeTls,
+      },
+      handlers,
+    );
+    this.sessions.add(session);
+    this.connectionSubject.next({ type: 'opened', connection: info });
+    this.logger.info?.(`${peer}: opened`);
+    session.start();
+  }
+
+  private requestHandler(entry: ExportEntry, negotiated: Negotiated, connection: ConnectionInfo): SessionHandlers['onRequest'] {
+    const ctxs = negotiated.metaContexts;
+    const backend = entry.config.backend;
+    const caps = entry.caps;
+    const logger = this.logger;
+    if (backend) {
+      return (sess, frame) => {
+        const req = new NbdRequest(frame, sess, entry.ref, connection, ctxs);
+        const r = handleWithBackend(req, backend, caps, logger);
+        if (r) r.catch((e: unknown) => logger.error(`${sess.peer}: ${String(e)}`));
+      };
+    }
+    return (sess, frame) => {
+      const req = new NbdRequest(frame, sess, entry.ref, connection, ctxs);
+      // Without an extents handler: one allocated-data extent, as nbdkit synthesises.
+      if (req.type === 'blockStatus' && !caps.extents) return req.reply([{ length: req.length || 1, flags: 0 }]);
+      if (!this.requestSubject.observed) {
+        // CACHE is only a hint; anything else needs someone to answer it.
+        if (req.type === 'cache') return req.reply();
+        logger.error(`${sess.peer}: no subscriber on requests$ for export "${entry.ref.name}"; failing ${req.type} with EIO`);
+        return req.fail('EIO', 'no request handler');
+      }
+      this.requestSubject.next(req);
+    };
+  }
+
+  private decoderLimits(): Partial<DecoderLimits> {
+    const l = this.options.limits ?? {};
+    const maxPayload = l.maxPayload ?? 64 * 1024 * 1024;
+    return {
+      maxPayload,
+      maxOptionLength: l.maxOptionLength ?? 64 * 1024,
+      maxBufferedBytes: l.maxBufferedBytes ?? maxPayload + 1024 * 1024,
+    };
+  }
+
+  /**
+   * Stop accepting, let in-flight requests finish (new ones get
+   * ESHUTDOWN), flush and close the backends. Connections still open after
+   * `timeout` ms are dropped.
+   */
+  close(options: { timeout?: number } = {}): Promise<void> {
+    this.closing ??= this.doClose(options.timeout ?? 10_000);
+    return this.closing;
+  }
+
+  private async doClose(timeout: number): Promise<void> {
+    await Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.server.close(() => r()))));
+    for (const s of this.sessions) s.shutdown();
+    const deadline = Date.now() + timeout;
+    while (this.sessions.size > 0 && Date.now() < deadline) {
+      // Sessions still negotiating get ERR_SHUTDOWN to their options; idle ones close when drained.
+      await new Promise((r) => setTimeout(r, 20));
+      for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing');
+    }
+    for (const s of this.sessions) s.destroy('server closing (timeout)');
+    for (const e of this.exports.values()) {
+      const b = e.config.backend;
+      try {
+        if (b?.flush && e.caps.write) await b.flush();
+        await b?.close?.();
+      } catch (err) {
+        this.logger.error(`closing export "${e.ref.name}": ${String(err)}`);
+      }
+    }
+    this.requestSubject.complete();
+    this.connectionSubject.complete();
+  }
+}
+
+export function createServer(options: ServerOptions): NbdServer {
+  return new NbdServer(options);
+}

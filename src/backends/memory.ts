@@ -1,0 +1,133 @@
+/**
+ * A sparse in-memory backend: pages are allocated on first write; TRIM and
+ * zeroing free whole pages (and zero-fill partial ones); unallocated areas
+ * read as holes (OFFSET_HOLE chunks with structured replies) and report
+ * HOLE|ZERO for base:allocation. Reads return views of the pages (no copy).
+ */
+import { STATE } from '../protocol/constants.js';
+import type { Extent } from '../protocol/encoder.js';
+import type { ReadSegment } from '../protocol/replies.js';
+import type { Backend, ZeroOptions } from '../api/backend.js';
+
+export interface MemoryBackendOptions {
+  /** Export size in bytes. */
+  readonly size: number;
+  /** Page size, a power of 2 (default 64 KiB). */
+  readonly pageSize?: number;
+  readonly readOnly?: boolean;
+}
+
+export interface MemoryBackend extends Backend {
+  readonly size: number;
+  /** Bytes of pages currently allocated. */
+  readonly allocatedBytes: number;
+}
+
+export function memoryBackend(options: MemoryBackendOptions | number): MemoryBackend {
+  const opts = typeof options === 'number' ? { size: options } : options;
+  const size = opts.size;
+  const pageSize = opts.pageSize ?? 64 * 1024;
+  if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backend size must be a safe integer ≥ 0 (got ${size})`);
+  if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) throw new RangeError('pageSize must be a power of 2 ≥ 512');
+  const pages = new Map<number, Buffer>();
+
+  const pageFor = (index: number): Buffer => {
+    let p = pages.get(index);
+    if (!p) {
+      p = Buffer.alloc(pageSize);
+      pages.set(index, p);
+    }
+    return p;
+  };
+
+  /** Zero [offset, offset+length): whole pages are dropped, partial ones zero-filled. */
+  const zeroRange = (offset: number, length: number, keepAllocated: boolean) => {
+    let at = offset;
+    const end = offset + length;
+    while (at < end) {
+      const index = Math.floor(at / pageSize);
+      const start = at - index * pageSize;
+      const n = Math.min(pageSize - start, end - at);
+      const p = pages.get(index);
+      if (p) {
+        if (n === pageSize && !keepAllocated) pages.delete(index);
+        else p.fill(0, start, start + n);
+      } else if (keepAllocated) {
+        pageFor(index);
+      }
+      at += n;
+    }
+  };
+
+  const backend: MemoryBackend = {
+    size,
+    get allocatedBytes() {
+      return pages.size * pageSize;
+    },
+    read(offset, length): Buffer | ReadSegment[] {
+      const firstIndex = Math.floor(offset / pageSize);
+      const start = offset - firstIndex * pageSize;
+      // Fast path: inside one page.
+      if (start + length <= pageSize) {
+        const p = pages.get(firstIndex);
+        return p ? p.subarray(start, start + length) : [{ hole: length }];
+      }
+      const segments: ReadSegment[] = [];
+      let at = offset;
+      const end = offset + length;
+      while (at < end) {
+        const index = Math.floor(at / pageSize);
+        const s = at - index * pageSize;
+        const n = Math.min(pageSize - s, end - at);
+        const p = pages.get(index);
+        const last = segments[segments.length - 1];
+        if (p) segments.push({ data: p.subarray(s, s + n) });
+        else if (last && 'hole' in last) segments[segments.length - 1] = { hole: last.hole + n };
+        else segments.push({ hole: n });
+        at += n;
+      }
+      return segments;
+    },
+    write(offset, data) {
+      let at = 0;
+      while (at < data.length) {
+        const pos = offset + at;
+        const index = Math.floor(pos / pageSize);
+        const s = pos - index * pageSize;
+        const n = Math.min(pageSize - s, data.length - at);
+        data.copy(pageFor(index), s, at, at + n);
+        at += n;
+      }
+    },
+    // Memory is as durable as it gets: flush has nothing to do, FUA is free.
+    flush() {},
+    fua: 'native',
+    trim(offset, length) {
+      zeroRange(offset, length, false);
+    },
+    zero(offset, length, o: ZeroOptions) {
+      zeroRange(offset, length, o.noHole);
+    },
+    // Dropping pages is always fast.
+    canFastZero: true,
+    extents(offset, length): Extent[] {
+      const out: Extent[] = [];
+      let at = offset;
+      const end = offset + length;
+      while (at < end) {
+        const index = Math.floor(at / pageSize);
+        const n = Math.min(pageSize - (at - index * pageSize), end - at);
+        const flags = pages.has(index) ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
+        const last = out[out.length - 1];
+        if (last && last.flags === flags) out[out.length - 1] = { length: last.length + n, flags };
+        else out.push({ length: n, flags });
+        at += n;
+      }
+      return out;
+    },
+    // One process, one map: writes are visible to every connection at once.
+    multiConn: true,
+    readOnly: opts.readOnly,
+  };
+  return backend;
+}

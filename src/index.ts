@@ -1,0 +1,24 @@
+/**
+ * nbd-engine: a Network Block Device server library with the protocol as
+ * explicit xstate machines. See README.md.
+ */
+export { createServer, NbdServer } from './api/server.js';
+export type { ServerOptions, ExportConfig, ServerLimits, ConnectionEvent, ConnectionInfo, ListenResult } from './api/server.js';
+export { NbdRequest } from './api/request.js';
+export type { RequestType, RequestFlags, ExportRef, ConnectionRef, ReplySink } from './api/request.js';
+export { serveBackend, handleWithBackend } from './api/serve.js';
+export { backendCapabilities, flagCapabilities, transmissionFlags, normalizeExtents } from './api/backend.js';
+export type { Backend, ExportFlags, Capabilities, WriteOptions, ZeroOptions, ExtentsOptions, MaybePromise, Extent, ReadSegment } from './api/backend.js';
+export { NbdError, NbdRequestError } from './api/errors.js';
+export type { NbdErrorCode } from './api/errors.js';
+export { memoryBackend } from './backends/memory.js';
+export type { MemoryBackend, MemoryBackendOptions } from './backends/memory.js';
+export { fileBackend } from './backends/file.js';
+export type { FileBackend, FileBackendOptions } from './backends/file.js';
+export { consoleLogger, silentLogger } from './transport/logger.js';
+export type { Logger } from './transport/logger.js';
+export type { TlsConfig } from './transport/tls.js';
+export type { ListenTarget, BoundAddress } from './transport/listen.js';
+export { parseSize } from './cli/size.js';
+export * as protocol from './protocol/index.js';
+export * as machines from './machines/index.js';

@@ -1,0 +1,450 @@
+/**
+ * One client connection: socket bytes (rxjs) → FrameDecoder → connection
+ * actor (xstate) → ReplyWriter. Owns the per-connection flow control:
+ * at most `maxInFlight` requests are with the application; past it the
+ * decoder is no longer pulled and the socket is paused, and reading resumes
+ * below it (design.md §2). Nothing here throws into the event loop: every
+ * subscription and actor has an error path, and any failure drops this
+ * connection alone.
+ */
+import type { Duplex } from 'node:stream';
+import { createActor, type Actor, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate';
+import type { Subscription } from 'rxjs';
+import { FrameDecoder, type DecodeFailure, type DecoderLimits } from '../protocol/decoder.js';
+import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
+import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
+import { cmdName, errnoName } from '../protocol/constants.js';
+import { connectionMachine } from '../machines/connection.js';
+import type { HandshakeInput } from '../machines/handshake.js';
+import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
+import { fromSocket, ReplyWriter } from './socket.js';
+import type { Logger } from './logger.js';
+import type { TlsUpgrade } from './tls.js';
+
+export interface SessionOptions {
+  readonly id: number;
+  readonly handshake: HandshakeInput;
+  readonly decoderLimits?: Partial<DecoderLimits>;
+  /** Requests handed to the application at once, per connection. */
+  readonly maxInFlight?: number;
+  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  readonly logger: Logger;
+  /** Performs the STARTTLS upgrade on the raw socket; resolves with the encrypted stream. */
+  readonly upgradeTls?: (socket: Duplex) => Promise<TlsUpgrade>;
+  /** Peer description for logs. */
+  readonly peer?: string;
+}
+
+export interface SessionHandlers {
+  onNegotiated?(session: Session, negotiated: Negotiated): void;
+  /** A validated request for the application; answer with `session.complete()`. */
+  onRequest(session: Session, frame: RequestFrame): void;
+  onClose?(session: Session, info: { outcome: string; reason: string }): void;
+}
+
+export class Session {
+  readonly id: number;
+  readonly peer: string;
+  negotiated: Negotiated | null = null;
+  /** PSK identity or client certificate CN once TLS is up. */
+  tlsIdentity: string | undefined;
+  replyMode: ReplyMode = 'simple';
+  private socket: Duplex;
+  private writer: ReplyWriter;
+  private readonly decoder: FrameDecoder;
+  private readonly actor: Actor<typeof connectionMachine>;
+  private handshake: AnyActorRef | null = null;
+  private transmission: AnyActorRef | null = null;
+  private bytes: Subscription | null = null;
+  private readonly maxInFlight: number;
+  private inFlight = 0;
+  private throttled = false;
+  private draining = false;
+  private upgrading = false;
+  private pumping = false;
+  private finished = false;
+  private closeReason = 'closed';
+  private readonly log: Logger;
+
+  constructor(socket: Duplex, private readonly options: SessionOptions, private readonly handlers: SessionHandlers) {
+    this.id = options.id;
+    this.peer = options.peer ?? `connection ${options.id}`;
+    this.socket = socket;
+    this.log = options.logger;
+    this.maxInFlight = Math.max(1, options.maxInFlight ?? 64);
+    this.decoder = new FrameDecoder(options.decoderLimits);
+    this.writer = new ReplyWriter(socket, this.onDrainNeeded);
+    this.actor = createActor(connectionMachine, {
+      input: { handshake: options.handshake, maxPayload: this.decoder.limits.maxPayload },
+      inspect: options.inspect as Observer<InspectionEvent> | undefined,
+    });
+  }
+
+  /** Start the connection: greeting out, bytes in. */
+  start(): void {
+    this.socket.on('error', this.onSocketError);
+    this.socket.on('close', this.onSocketClose);
+    this.socket.on('drain', this.onDrain);
+    this.actor.subscribe({
+      next: (snap) => this.onConnectionSnapshot(snap.value as string),
+      error: (err) => this.fail(`connection machine error: ${String(err)}`),
+      complete: () => this.onConnectionDone(),
+    });
+    // The handshake child emits the greeting as soon as it starts, inside
+    // actor.start(): catch its creation through the system's inspection
+    // stream (its first inspection event, the init event) to attach the effect listener first, then stop
+    // inspecting so the per-request path pays nothing for it.
+    const hook = this.actor.system.inspect((ev: InspectionEvent) => {
+      const ref = ev.actorRef as AnyActorRef;
+      if (ref && ref !== this.actor && ref.id === 'handshake') this.attachHandshake(ref);
+    });
+    try {
+      this.actor.start();
+      hook.unsubscribe();
+    } catch (err) {
+      this.fail(`connection machine failed to start: ${String(err)}`);
+      return;
+    }
+    this.attachChildren();
+    this.subscribeBytes();
+  }
+
+  /** Requests with the application right now. */
+  get requestsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** The connection actor (for inspection and tests). */
+  get connectionActor(): Actor<typeof connectionMachine> {
+    return this.actor;
+  }
+
+  /**
+   * Send a reply to a request previously handed to `onRequest`; `last`
+   * marks the request complete (the in-flight slot is freed).
+   */
+  reply(frame: readonly Buffer[], last = true): void {
+    this.writer.write(frame);
+    if (last) this.complete();
+  }
+
+  /** Free the in-flight slot of one request. */
+  complete(): void {
+    if (this.inFlight > 0) this.inFlight--;
+    this.afterCompletion();
+  }
+
+  /** Begin a graceful shutdown: in-flight requests finish, new ones get ESHUTDOWN / ERR_SHUTDOWN. */
+  shutdown(): void {
+    if (this.finished) return;
+    this.sendToActive({ type: 'server.shutdown' });
+  }
+
+  /** Drop the connection now. */
+  destroy(reason = 'destroyed'): void {
+    this.closeReason = reason;
+    this.writer.destroy();
+  }
+
+  // ── wiring ───────────────────────────────────────────────────────────
+
+  private subscribeBytes(): void {
+    this.bytes?.unsubscribe();
+    this.bytes = fromSocket(this.socket).subscribe({
+      next: (chunk) => {
+        if (this.upgrading) {
+          // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).
+          this.log.warn(`${this.peer}: ${chunk.length} bytes sent during the TLS upgrade, dropping the connection`);
+          this.destroy('data during TLS upgrade');
+          return;
+        }
+        if (!this.decoder.push(chunk)) {
+          const f = this.decoder.next();
+          this.onFatal(f && f.kind === 'fatal' ? f : { kind: 'fatal', code: 'NBD_ERR_BUFFER_LIMIT', message: 'decoder refused input' });
+          return;
+        }
+        this.pump();
+      },
+      error: (err: Error) => this.onSocketError(err),
+      complete: () => this.onEof(),
+    });
+  }
+
+  private attachHandshake(hs: AnyActorRef): void {
+    if (hs === this.handshake) return;
+    this.handshake = hs;
+    hs.on('*', (e: HandshakeEmitted) => this.onHandshakeEffect(e));
+  }
+
+  private attachChildren(): void {
+    const children = this.actor.getSnapshot().children as Record<string, AnyActorRef | undefined>;
+    if (children.handshake) this.attachHandshake(children.handshake);
+    const tx = children.transmission;
+    if (tx && tx !== this.transmission) {
+      this.transmission = tx;
+      tx.on('*', (e: TransmissionEmitted) => this.onTransmissionEffect(e));
+    }
+  }
+
+  private sendToActive(event: { type: string; [k: string]: unknown }): void {
+    const target = this.transmission ?? this.handshake;
+    if (!target || this.finished) return;
+    try {
+      target.send(event as never);
+    } catch (err) {
+      this.fail(`machine error on ${event.type}: ${String(err)}`);
+    }
+  }
+
+  /** Pull frames from the decoder while the in-flight cap allows. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (!this.finished && !this.upgrading && this.inFlight < this.maxInFlight) {
+        const f = this.decoder.next();
+        if (f === null) break;
+        if (f.kind === 'fatal') {
+          this.onFatal(f);
+          break;
+        }
+        this.dispatch(f);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    this.updateFlow();
+  }
+
+  private dispatch(f: ClientFrame): void {
+    switch (f.kind) {
+      case 'request':
+        this.sendToActive({ type: 'request', frame: f });
+        return;
+      case 'option':
+        this.sendToActive({ type: `opt.${f.opt}`, frame: f });
+        return;
+      case 'clientFlags':
+        this.sendToActive({ type: 'wire.clientFlags', flags: f.flags });
+        return;
+    }
+  }
+
+  private updateFlow(): void {
+    if (this.finished) return;
+    const full = this.inFlight >= this.maxInFlight || this.writer.needsDrain;
+    if (full && !this.throttled) {
+      this.throttled = true;
+      this.socket.pause();
+      if (this.transmission) this.sendToActive({ type: 'inflight.high' });
+    } else if (!full && this.throttled) {
+      this.throttled = false;
+      if (this.transmission) this.sendToActive({ type: 'inflight.low' });
+      this.socket.resume();
+    }
+  }
+
+  private afterCompletion(): void {
+    if (this.draining && this.inFlight === 0) {
+      this.sendToActive({ type: 'inflight.idle' });
+      return;
+    }
+    if (this.throttled || this.decoder.bufferedBytes > 0) this.pump();
+  }
+
+  private readonly onDrainNeeded = () => {
+    this.updateFlow();
+  };
+
+  private readonly onDrain = () => {
+    this.updateFlow();
+    if (!this.throttled) this.pump();
+  };
+
+  // ── machine effects ──────────────────────────────────────────────────
+
+  private onHandshakeEffect(e: HandshakeEmitted): void {
+    switch (e.type) {
+      case 'send':
+        this.writer.write(e.frame);
+        return;
+      case 'close':
+        this.closeReason = e.reason;
+        if (e.hard) {
+          this.log.warn(`${this.peer}: disconnecting: ${e.reason}`);
+          // Let the socket flush anything already queued, then drop it.
+          this.writer.end();
+          setImmediate(() => this.writer.destroy());
+        } else {
+          this.log.debug?.(`${this.peer}: ${e.reason}`);
+          this.writer.end();
+        }
+        return;
+      case 'startTls':
+        this.beginTls();
+        return;
+      case 'log':
+        this.log[e.level]?.(`${this.peer}: ${e.message}`);
+        return;
+    }
+  }
+
+  private onTransmissionEffect(e: TransmissionEmitted): void {
+    switch (e.type) {
+      case 'request':
+        this.inFlight++;
+        try {
+          this.handlers.onRequest(this, e.frame);
+        } catch (err) {
+          this.log.error(`${this.peer}: request handler threw: ${String(err)}`);
+        }
+        return;
+      case 'refuse':
+        this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
+        this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.offset));
+        return;
+      case 'draining':
+        this.draining = true;
+        // rule 35: after DISC stop reading; anything after it is ignored.
+        if (e.reason === 'disc') this.decoder.stop();
+        if (this.inFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
+        return;
+      case 'close':
+        this.closeReason = e.reason;
+        if (e.hard) {
+          this.log.warn(`${this.peer}: disconnecting: ${e.reason}`);
+          this.writer.destroy();
+        } else {
+          this.writer.end();
+        }
+        return;
+    }
+  }
+
+  private onConnectionSnapshot(value: string): void {
+    if (value === 'transmission' && !this.transmission) {
+      this.attachChildren();
+      const negotiated = this.actor.getSnapshot().context.negotiated!;
+      this.negotiated = negotiated;
+      this.replyMode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
+      // rule 9: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
+      this.decoder.startTransmission(negotiated.extendedHeaders);
+      this.log.info?.(
+        `${this.peer}: negotiated export "${negotiated.export.name}" (${this.replyMode} replies, ${negotiated.metaContexts.length} meta contexts)`,
+      );
+      try {
+        this.handlers.onNegotiated?.(this, negotiated);
+      } catch (err) {
+        this.log.error(`${this.peer}: negotiated handler threw: ${String(err)}`);
+      }
+    }
+  }
+
+  private onConnectionDone(): void {
+    // The connection machine reached `closed`: make sure the socket goes too.
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.writer.end();
+  }
+
+  // ── TLS ──────────────────────────────────────────────────────────────
+
+  private beginTls(): void {
+    const upgrade = this.options.upgradeTls;
+    if (!upgrade) {
+      this.sendToActive({ type: 'tls.failed', message: 'no TLS credentials configured' });
+      return;
+    }
+    this.upgrading = true;
+    // Anything the client pipelined behind STARTTLS is discarded, never parsed (§1.10).
+    const dropped = this.decoder.discardBuffered();
+    if (dropped > 0) {
+      this.log.warn(`${this.peer}: ${dropped} plaintext bytes pipelined behind STARTTLS, dropping the connection`);
+      this.destroy('plaintext pipelined behind STARTTLS');
+      return;
+    }
+    // Wait for the ACK to leave before handing the socket to TLS.
+    this.bytes?.unsubscribe();
+    this.bytes = null;
+    this.socket.off('drain', this.onDrain);
+    const raw = this.socket;
+    raw.off('close', this.onSocketClose);
+    raw.off('error', this.onSocketError);
+    raw.on('error', this.onSocketError);
+    raw.on('close', this.onSocketClose);
+    upgrade(raw).then(
+      ({ stream: secure, identity }) => {
+        if (this.finished) {
+          secure.destroy();
+          return;
+        }
+        this.tlsIdentity = identity;
+        this.log.info?.(`${this.peer}: TLS established${identity ? ` (identity ${identity})` : ''}`);
+        this.socket = secure;
+        this.writer = new ReplyWriter(secure, this.onDrainNeeded);
+        secure.on('error', this.onSocketError);
+        secure.on('drain', this.onDrain);
+        this.upgrading = false;
+        this.decoder.restartOptions();
+        this.sendToActive({ type: 'tls.established' });
+        this.subscribeBytes();
+        this.pump();
+      },
+      (err: Error) => {
+        this.log.warn(`${this.peer}: TLS handshake failed: ${err.message}`);
+        this.sendToActive({ type: 'tls.failed', message: err.message });
+        this.destroy('TLS handshake failed');
+      },
+    );
+  }
+
+  // ── endings ──────────────────────────────────────────────────────────
+
+  private onFatal(f: DecodeFailure): void {
+    this.log.warn(`${this.peer}: ${f.code}: ${f.message}; disconnecting`);
+    this.sendToActive({ type: 'wire.fatal', message: `${f.code}: ${f.message}` });
+    this.destroy(f.message);
+  }
+
+  private onEof(): void {
+    if (this.finished || this.upgrading) return;
+    if (this.transmission) this.sendToActive({ type: 'client.eof' });
+    else this.sendToActive({ type: 'socket.closed' });
+  }
+
+  private readonly onSocketError = (err: Error) => {
+    const code = (err as NodeJS.ErrnoException).code;
+    // A client vanishing mid-reply is routine; anything else is worth a warning.
+    if (code === 'EPIPE' || code === 'ECONNRESET') this.log.info?.(`${this.peer}: ${err.message}`);
+    else this.log.warn(`${this.peer}: socket error: ${err.message}`);
+    this.writer.destroy();
+  };
+
+  private readonly onSocketClose = () => {
+    if (this.upgrading) return;
+    this.finish();
+  };
+
+  private fail(message: string): void {
+    this.log.error(`${this.peer}: ${message}`);
+    this.destroy(message);
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.sendToActive({ type: 'socket.closed' });
+    this.finished = true;
+    this.bytes?.unsubscribe();
+    this.bytes = null;
+    try {
+      this.actor.stop();
+    } catch {
+      /* stopping a stopped actor is harmless */
+    }
+    const outcome = this.actor.getSnapshot().context.outcome ?? 'closed';
+    try {
+      this.handlers.onClose?.(this, { outcome, reason: this.closeReason });
+    } catch (err) {
+      this.log.error(`${this.peer}: close handler threw: ${String(err)}`);
+    }
+  }
+}
