@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    globalSetup: ['test/integration/global-setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 60_000,
     // Integration tests start servers and real clients: keep parallelism modest on 2 cores.
