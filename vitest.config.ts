@@ -1,6 +1,10 @@
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
+  resolve: {
+    // Examples import the package by name; tests run them against the sources.
+    alias: { 'nbd-engine': new URL('./src/index.ts', import.meta.url).pathname },
+  },
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/integration/global-setup.ts'],
