@@ -51,6 +51,11 @@ function zeroView(n: number): Buffer {
  * (NBD_CMD_FLAG_DF) everything goes in one OFFSET_DATA chunk (rule 32).
  */
 export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segments: readonly ReadSegment[], df = false): Frame {
+  // A zero-length read (§1.18 rule 36: unspecified, answered successfully):
+  // content chunks must carry ≥ 1 byte, so structured forms send NONE.
+  if (mode !== 'simple' && segments.every((s) => ('data' in s ? s.data.length : s.hole) === 0)) {
+    return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
+  }
   if (mode === 'simple' || df) {
     const parts: Buffer[] = [];
     for (const s of segments) parts.push('data' in s ? s.data : zeroView(s.hole));
