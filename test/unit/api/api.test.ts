@@ -1,0 +1,244 @@
+import { describe, expect, it } from 'vitest';
+import { lastValueFrom, from, toArray } from 'rxjs';
+import {
+  backendCapabilities,
+  flagCapabilities,
+  memoryBackend,
+  NbdError,
+  NbdRequest,
+  NbdRequestError,
+  normalizeExtents,
+  parseSize,
+  serveBackend,
+  transmissionFlags,
+  createServer,
+  type Backend,
+  type ReplySink,
+} from '../../../src/index.js';
+import { CMD, CMD_FLAG, ERRNO, FLAG, MAGIC } from '../../../src/protocol/constants.js';
+import type { RequestFrame } from '../../../src/protocol/frames.js';
+import type { ReplyMode } from '../../../src/protocol/replies.js';
+
+function frame(type: number, over: Partial<RequestFrame> = {}): RequestFrame {
+  return { kind: 'request', extended: false, flags: 0, type, cookie: 7n, offset: 0, length: 512, huge: false, payloadDiscarded: false, ...over };
+}
+
+class Sink implements ReplySink {
+  frames: Buffer[][] = [];
+  constructor(readonly replyMode: ReplyMode = 'simple') {}
+  reply(frame: readonly Buffer[]): void {
+    this.frames.push([...frame]);
+  }
+  /** error field of the simple reply n. */
+  simpleError(n = 0): number {
+    const h = this.frames[n]![0]!;
+    expect(h.readUInt32BE(0)).toBe(MAGIC.NBD_SIMPLE_REPLY_MAGIC);
+    return h.readUInt32BE(4);
+  }
+}
+
+const exp = { name: 'e', size: 1 << 20 };
+const conn = { id: 1, peer: 'test', tls: false };
+const request = (f: RequestFrame, sink = new Sink()) => ({ req: new NbdRequest(f, sink, exp, conn, [{ id: 1, name: 'base:allocation' }]), sink });
+
+describe('flag derivation from a backend (nbdkit §3.3)', () => {
+  it('a read-only backend (no write) advertises READ_ONLY and nothing writable', () => {
+    const f = transmissionFlags(backendCapabilities({ read: () => Buffer.alloc(0) }));
+    expect(f & FLAG.NBD_FLAG_READ_ONLY).toBeTruthy();
+    expect(f & (FLAG.NBD_FLAG_SEND_WRITE_ZEROES | FLAG.NBD_FLAG_SEND_TRIM | FLAG.NBD_FLAG_SEND_FUA | FLAG.NBD_FLAG_SEND_FAST_ZERO)).toBe(0);
+    expect(f & FLAG.NBD_FLAG_SEND_CACHE).toBeTruthy();
+  });
+  it('write without flush: zero emulated (with fast zero), no FUA, no FLUSH', () => {
+    const c = backendCapabilities({ read: () => Buffer.alloc(0), write: () => {} });
+    expect(c).toMatchObject({ write: true, zero: 'emulate', fastZero: true, fua: 'none', flush: false });
+  });
+  it('write + flush: FUA emulated by flush', () => {
+    const c = backendCapabilities({ read: () => Buffer.alloc(0), write: () => {}, flush: () => {} });
+    expect(c.fua).toBe('emulate');
+    expect(transmissionFlags(c) & FLAG.NBD_FLAG_SEND_FUA).toBeTruthy();
+  });
+  it('native zero without canFastZero does not advertise fast zero', () => {
+    const c = backendCapabilities({ read: () => Buffer.alloc(0), write: () => {}, zero: () => {} });
+    expect(c.zero).toBe('native');
+    expect(c.fastZero).toBe(false);
+  });
+  it('readOnly export config overrides a writable backend', () => {
+    const c = backendCapabilities(memoryBackend(4096), true);
+    expect(c.write).toBe(false);
+    expect(c.trim).toBe(false);
+  });
+  it('request-stream flags', () => {
+    const f = transmissionFlags(flagCapabilities({ flush: true, trim: true, zero: true, fastZero: true, fua: true, multiConn: true, rotational: true }));
+    for (const bit of [FLAG.NBD_FLAG_SEND_FLUSH, FLAG.NBD_FLAG_SEND_TRIM, FLAG.NBD_FLAG_SEND_WRITE_ZEROES, FLAG.NBD_FLAG_SEND_FAST_ZERO, FLAG.NBD_FLAG_SEND_FUA, FLAG.NBD_FLAG_CAN_MULTI_CONN, FLAG.NBD_FLAG_ROTATIONAL]) {
+      expect(f & bit).toBe(bit);
+    }
+    expect(transmissionFlags(flagCapabilities({}, true)) & FLAG.NBD_FLAG_READ_ONLY).toBeTruthy();
+  });
+});
+
+describe('normalizeExtents (§1.13)', () => {
+  it('merges equal neighbours, clips to the request, drops empty extents', () => {
+    expect(normalizeExtents([{ length: 0, flags: 0 }, { length: 100, flags: 3 }, { length: 100, flags: 3 }, { length: 1000, flags: 0 }], 500, false)).toEqual([
+      { length: 200, flags: 3 },
+      { length: 300, flags: 0 },
+    ]);
+  });
+  it('REQ_ONE returns exactly one extent no longer than the request', () => {
+    expect(normalizeExtents([{ length: 4096, flags: 0 }, { length: 10, flags: 3 }], 100, true)).toEqual([{ length: 100, flags: 0 }]);
+  });
+  it('an empty answer becomes one extent with status 0 (always safe)', () => {
+    expect(normalizeExtents([], 512, false)).toEqual([{ length: 512, flags: 0 }]);
+  });
+});
+
+describe('parseSize (nbdkit suffixes)', () => {
+  it.each([
+    ['1048576', 1048576],
+    ['512M', 512 * 2 ** 20],
+    ['1G', 2 ** 30],
+    ['16T', 16 * 2 ** 40],
+    ['2048s', 2048 * 512],
+    ['4k', 4096],
+    ['1GiB', 2 ** 30],
+  ])('%s', (text, n) => expect(parseSize(text)).toBe(n));
+  it('rejects garbage and sizes over 2^53', () => {
+    expect(() => parseSize('12Q')).toThrow(/cannot parse/);
+    expect(() => parseSize('16E')).toThrow(/2\^53/);
+  });
+});
+
+describe('NbdRequest', () => {
+  it('carries the seed callback fields: type, flags, handle, offset, length', () => {
+    const { req } = request(frame(CMD.NBD_CMD_WRITE, { flags: CMD_FLAG.NBD_CMD_FLAG_FUA, offset: 4096, length: 3, payload: Buffer.from('abc') }));
+    expect(req.type).toBe('write');
+    expect(req.flags).toEqual({ fua: true, noHole: false, df: false, reqOne: false, fastZero: false });
+    expect(req.handle).toBe(7n);
+    expect(req.offset).toBe(4096);
+    expect(req.length).toBe(3);
+    expect(req.data!.toString()).toBe('abc');
+    expect(req.export.name).toBe('e');
+  });
+  it('a second answer is a programming error and writes nothing', () => {
+    const { req, sink } = request(frame(CMD.NBD_CMD_FLUSH, { length: 0 }));
+    req.reply();
+    expect(() => req.fail('EIO')).toThrow(NbdError);
+    expect(() => req.reply()).toThrow(/answered twice/);
+    expect(sink.frames).toHaveLength(1);
+  });
+  it('a read reply of the wrong length becomes EIO, not a desynchronised stream', () => {
+    const { req, sink } = request(frame(CMD.NBD_CMD_READ, { length: 512 }));
+    expect(() => req.reply(Buffer.alloc(100))).toThrow(/100 bytes/);
+    expect(sink.frames).toHaveLength(1);
+    expect(sink.simpleError()).toBe(ERRNO.NBD_EIO);
+  });
+  it('errors map: names, NbdRequestError, host errno codes, rule 38 restrictions', () => {
+    const cases: Array<[Parameters<NbdRequest['fail']>[0], number, number]> = [
+      ['ENOSPC', 0, ERRNO.NBD_ENOSPC],
+      [new NbdRequestError('EPERM'), 0, ERRNO.NBD_EPERM],
+      [Object.assign(new Error('ro'), { code: 'EROFS' }), 0, ERRNO.NBD_EPERM],
+      [new Error('boom'), 0, ERRNO.NBD_EIO],
+      ['ENOTSUP', 0, ERRNO.NBD_EINVAL],
+      ['ENOTSUP', CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO, ERRNO.NBD_ENOTSUP],
+      [ERRNO.NBD_EOVERFLOW, 0, ERRNO.NBD_EINVAL],
+    ];
+    for (const [err, flags, want] of cases) {
+      const { req, sink } = request(frame(CMD.NBD_CMD_WRITE_ZEROES, { flags }));
+      req.fail(err);
+      expect(sink.simpleError()).toBe(want);
+    }
+  });
+  it('structured mode: read errors are ERROR chunks with DONE', () => {
+    const sink = new Sink('structured');
+    const { req } = request(frame(CMD.NBD_CMD_READ), sink);
+    req.fail('EIO', 'disk on fire');
+    const h = sink.frames[0]![0]!;
+    expect(h.readUInt32BE(0)).toBe(MAGIC.NBD_STRUCTURED_REPLY_MAGIC);
+    expect(h.readUInt16BE(4)).toBe(1);
+    expect(h.readUInt16BE(6)).toBe(0x8001);
+  });
+});
+
+describe('serveBackend operator', () => {
+  it('answers every request from a backend with bounded concurrency, emulating FUA by flush', async () => {
+    const calls: string[] = [];
+    let running = 0;
+    let peak = 0;
+    const backend: Backend = {
+      size: 1 << 20,
+      read: async (o, l) => {
+        running++;
+        peak = Math.max(peak, running);
+        await new Promise((r) => setTimeout(r, 5));
+        running--;
+        calls.push(`read ${o}`);
+        return Buffer.alloc(l, 1);
+      },
+      write: async (o) => void calls.push(`write ${o}`),
+      flush: async () => void calls.push('flush'),
+    };
+    const sinks = Array.from({ length: 8 }, () => new Sink());
+    const reqs = sinks.map((s, i) => new NbdRequest(frame(CMD.NBD_CMD_READ, { offset: i * 512 }), s, exp, conn, []));
+    reqs.push(new NbdRequest(frame(CMD.NBD_CMD_WRITE, { flags: CMD_FLAG.NBD_CMD_FLAG_FUA, payload: Buffer.alloc(512) }), new Sink(), exp, conn, []));
+    const done = await lastValueFrom(from(reqs).pipe(serveBackend(backend, { concurrency: 3 }), toArray()));
+    expect(done).toHaveLength(9);
+    expect(peak).toBeLessThanOrEqual(3);
+    expect(calls.indexOf('flush')).toBe(calls.indexOf('write 0') + 1);
+    expect(calls.filter((c) => c.startsWith('read'))).toHaveLength(8);
+    for (const s of sinks) expect(s.simpleError()).toBe(0);
+  });
+  it('a throwing backend gives EIO and the errno it carries', async () => {
+    const backend: Backend = {
+      read: () => {
+        throw new Error('broken');
+      },
+      write: () => {
+        throw new NbdRequestError('ENOSPC');
+      },
+    };
+    const a = new Sink();
+    const b = new Sink();
+    await lastValueFrom(
+      from([new NbdRequest(frame(CMD.NBD_CMD_READ), a, exp, conn, []), new NbdRequest(frame(CMD.NBD_CMD_WRITE, { payload: Buffer.alloc(512) }), b, exp, conn, [])]).pipe(
+        serveBackend(backend),
+        toArray(),
+      ),
+    );
+    expect(a.simpleError()).toBe(ERRNO.NBD_EIO);
+    expect(b.simpleError()).toBe(ERRNO.NBD_ENOSPC);
+  });
+});
+
+describe('createServer configuration', () => {
+  it('refuses invalid exports', () => {
+    expect(() => createServer({ exports: [] })).toThrow(/at least one export/);
+    expect(() => createServer({ exports: [{ name: 'a' }] })).toThrow(/size/);
+    expect(() => createServer({ exports: [{ name: 'a', size: 2 ** 60 }] })).toThrow(/2\^53/);
+    expect(() => createServer({ exports: [{ name: 'a', size: 1, blockSizes: { minimum: 3 } }] })).toThrow(/power of 2/);
+    expect(() => createServer({ exports: [{ name: 'a', size: 1 }, { name: 'a', size: 1 }] })).toThrow(/twice/);
+    expect(() => createServer({ exports: [{ name: 'a', size: 1 }], defaultExport: 'b' })).toThrow(/not defined/);
+  });
+});
+
+describe('memoryBackend', () => {
+  it('is sparse: pages appear on write and vanish on trim / zero', () => {
+    const m = memoryBackend({ size: 1 << 20, pageSize: 4096 });
+    expect(m.allocatedBytes).toBe(0);
+    m.write!(4095, Buffer.from([1, 2]), { fua: false });
+    expect(m.allocatedBytes).toBe(8192);
+    const segs = m.read(0, 12288) as Array<{ data?: Buffer; hole?: number }>;
+    expect(segs.map((s) => (s.data ? `d${s.data.length}` : `h${s.hole}`))).toEqual(['d4096', 'd4096', 'h4096']);
+    expect(m.extents!(0, 12288, { reqOne: false, context: 'base:allocation' })).toEqual([
+      { length: 8192, flags: 0 },
+      { length: 4096, flags: 3 },
+    ]);
+    m.trim!(0, 8192, { fua: false });
+    expect(m.allocatedBytes).toBe(0);
+    m.write!(0, Buffer.alloc(100, 9), { fua: false });
+    m.zero!(0, 50, { fua: false, noHole: true, fastZero: false });
+    const b = m.read(0, 100) as Buffer;
+    expect(b.subarray(0, 50).every((x) => x === 0)).toBe(true);
+    expect(b.subarray(50).every((x) => x === 9)).toBe(true);
+    m.zero!(0, 4096, { fua: false, noHole: true, fastZero: false });
+    expect(m.allocatedBytes).toBe(4096); // NO_HOLE keeps the page provisioned
+  });
+});
