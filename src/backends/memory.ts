@@ -3,6 +3,12 @@
  * zeroing free whole pages (and zero-fill partial ones); unallocated areas
  * read as holes (OFFSET_HOLE chunks with structured replies) and report
  * HOLE|ZERO for base:allocation. Reads return views of the pages (no copy).
+ *
+ * Pages are carved out of 1 MiB slabs rather than allocated one by one:
+ * a fresh slab comes zeroed from the allocator (calloc of a large block
+ * maps untouched zero pages, so RSS grows only as pages are written), and
+ * a page freed by TRIM / zeroing is zero-filled and reused before new slab
+ * space is taken. One allocation per 16 pages instead of one per page.
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -23,6 +29,9 @@ export interface MemoryBackend extends Backend {
   readonly allocatedBytes: number;
 }
 
+/** Pages are carved from slabs of this size. */
+const SLAB_SIZE = 1024 * 1024;
+
 export function memoryBackend(options: MemoryBackendOptions | number): MemoryBackend {
   const opts = typeof options === 'number' ? { size: options } : options;
   const size = opts.size;
@@ -30,14 +39,37 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backend size must be a safe integer ≥ 0 (got ${size})`);
   if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) throw new RangeError('pageSize must be a power of 2 ≥ 512');
   const pages = new Map<number, Buffer>();
+  const slabSize = Math.max(pageSize, SLAB_SIZE);
+  let slab: Buffer | null = null;
+  let slabUsed = 0;
+  /** Freed pages, zero-filled, for reuse. */
+  const free: Buffer[] = [];
+
+  const newPage = (): Buffer => {
+    const reused = free.pop();
+    if (reused) return reused;
+    if (slab === null || slabUsed + pageSize > slab.length) {
+      slab = Buffer.alloc(slabSize);
+      slabUsed = 0;
+    }
+    const p = slab.subarray(slabUsed, slabUsed + pageSize);
+    slabUsed += pageSize;
+    return p;
+  };
 
   const pageFor = (index: number): Buffer => {
     let p = pages.get(index);
     if (!p) {
-      p = Buffer.alloc(pageSize);
+      p = newPage();
       pages.set(index, p);
     }
     return p;
+  };
+
+  const dropPage = (index: number, p: Buffer) => {
+    pages.delete(index);
+    p.fill(0);
+    free.push(p);
   };
 
   /** Zero [offset, offset+length): whole pages are dropped, partial ones zero-filled. */
@@ -50,7 +82,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       const n = Math.min(pageSize - start, end - at);
       const p = pages.get(index);
       if (p) {
-        if (n === pageSize && !keepAllocated) pages.delete(index);
+        if (n === pageSize && !keepAllocated) dropPage(index, p);
         else p.fill(0, start, start + n);
       } else if (keepAllocated) {
         pageFor(index);

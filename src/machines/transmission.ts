@@ -7,6 +7,11 @@
  * against the spec's server rules (../shared/docs/protocol.md §1.18, rules
  * 19–38; nbdkit's order of checks, §3.5) and the request is either emitted
  * to the application (`request`) or refused with its errno (`refuse`).
+ * Several requests decoded from one socket read may arrive as one
+ * `requests` event instead: each frame goes through the same table
+ * (`validateRequest`), and one `requests` effect lists the accepted frames
+ * and the refusals (each with its errno), so a pipelined burst costs one
+ * machine event rather than one per request.
  * Completion bookkeeping stays outside the machine: the transport counts
  * requests in flight and only reports the crossings (`inflight.high`,
  * `inflight.low`, `inflight.idle`), which keeps the hot path to one event
@@ -15,7 +20,7 @@
 import { emit, setup, assign } from 'xstate';
 import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import type { Negotiated, TransmissionEmitted, TransmissionEvent } from './types.js';
+import type { Negotiated, Refusal, TransmissionEmitted, TransmissionEvent } from './types.js';
 
 export interface TransmissionInput {
   readonly negotiated: Negotiated;
@@ -68,6 +73,7 @@ const SERVED = new Set<number>([
 ]);
 
 type Ctx = TransmissionContext;
+const NONE: readonly Refusal[] = Object.freeze([]);
 const req = (event: TransmissionEvent): RequestFrame => (event as { frame: RequestFrame }).frame;
 const has = (ctx: Ctx, flag: number) => (ctx.flags & flag) !== 0;
 
@@ -153,8 +159,21 @@ export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; r
   { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: '§1.14: read larger than the maximum payload' },
 ];
 
+/**
+ * The common case in one expression: a READ or WRITE without flags, in
+ * bounds and aligned. True only when every guard of the table is false
+ * for this frame (so it may skip the table); false means "ask the table".
+ */
+function plainAcceptable(c: Ctx, r: RequestFrame): boolean {
+  if (r.flags !== 0 || r.huge || r.payloadDiscarded || r.offset + r.length > c.size) return false;
+  if (c.minimumBlock > 1 && (r.offset % c.minimumBlock !== 0 || r.length % c.minimumBlock !== 0)) return false;
+  if (r.type === CMD.NBD_CMD_READ) return r.payload === undefined && r.length <= c.maxPayload;
+  return r.type === CMD.NBD_CMD_WRITE && !has(c, FLAG.NBD_FLAG_READ_ONLY);
+}
+
 /** Pure validation with the same table the machine uses: errno and rule, or null when acceptable. */
 export function validateRequest(ctx: Ctx, r: RequestFrame): { errno: number; rule: string } | null {
+  if (plainAcceptable(ctx, r)) return null;
   for (const { guard, errno, rule } of REFUSALS) if (requestGuards[guard](ctx, r)) return { errno, rule };
   return null;
 }
@@ -207,6 +226,27 @@ export const transmissionMachine = setup({
       errno: params.errno,
       message: params.rule,
     })),
+    // A burst of requests (never DISC): per frame, the same checks as `request`; one effect for the burst.
+    deliverEach: emit(({ context, event }) => {
+      const accepted: RequestFrame[] = [];
+      let refused: Refusal[] | undefined;
+      for (const frame of (event as Extract<TransmissionEvent, { type: 'requests' }>).frames) {
+        const refusal = validateRequest(context, frame);
+        if (refusal === null) accepted.push(frame);
+        else (refused ??= []).push({ frame, errno: refusal.errno, message: refusal.rule });
+      }
+      return { type: 'requests' as const, accepted, refused: refused ?? NONE };
+    }),
+    // rule 37: while draining, anything new gets ESHUTDOWN.
+    refuseShutdownEach: emit(({ event }) => ({
+      type: 'requests' as const,
+      accepted: [],
+      refused: (event as Extract<TransmissionEvent, { type: 'requests' }>).frames.map((frame) => ({
+        frame,
+        errno: ERRNO.NBD_ESHUTDOWN,
+        message: 'rule 37: server is shutting down',
+      })),
+    })),
     // rule 37: while draining, anything new gets ESHUTDOWN.
     refuseShutdown: emit(({ event }) => ({
       type: 'refuse' as const,
@@ -247,6 +287,7 @@ export const transmissionMachine = setup({
           },
           ...refusalTransitions,
         ],
+        requests: { actions: 'deliverEach' },
         'client.eof': {
           target: 'draining',
           actions: [{ type: 'recordReason', params: { reason: 'client closed' } }, { type: 'announceDrain', params: { reason: 'eof' } }],
@@ -265,6 +306,7 @@ export const transmissionMachine = setup({
     draining: {
       on: {
         request: [{ guard: 'isDisc' }, { actions: 'refuseShutdown' }],
+        requests: { actions: 'refuseShutdownEach' },
         'inflight.idle': { target: 'closed', actions: 'closeSoft' },
       },
     },

@@ -65,6 +65,12 @@ export type HandshakeEmitted =
 /** Events the transport feeds the transmission machine. */
 export type TransmissionEvent =
   | { type: 'request'; frame: RequestFrame }
+  /**
+   * Several requests decoded from one socket read, in wire order (never
+   * NBD_CMD_DISC: the transport sends that one alone). The same as one
+   * `request` event per frame, for one event's cost (design.md §2).
+   */
+  | { type: 'requests'; frames: readonly RequestFrame[] }
   | { type: 'inflight.high' }
   | { type: 'inflight.low' }
   | { type: 'inflight.idle' }
@@ -73,9 +79,18 @@ export type TransmissionEvent =
   | { type: 'client.eof' }
   | { type: 'server.shutdown' };
 
+/** A request the machine refused, with the spec's errno and the rule. */
+export interface Refusal {
+  readonly frame: RequestFrame;
+  readonly errno: number;
+  readonly message: string;
+}
+
 /** Effects of the transmission machine. */
 export type TransmissionEmitted =
   | { type: 'request'; frame: RequestFrame }
   | { type: 'refuse'; frame: RequestFrame; errno: number; message: string }
+  /** The answer to a `requests` event: accepted frames and refusals, each in wire order. */
+  | { type: 'requests'; accepted: readonly RequestFrame[]; refused: readonly Refusal[] }
   | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' }
   | { type: 'close'; hard: boolean; reason: string };

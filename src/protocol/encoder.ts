@@ -202,12 +202,16 @@ export function encodeChunkNone(cookie: bigint, o: ChunkOptions = {}): Frame {
 
 /** NBD_REPLY_TYPE_OFFSET_DATA: offset u64 · data. Data buffers are not copied. */
 export function encodeChunkOffsetData(cookie: bigint, offset: number, data: Buffer | readonly Buffer[], o: ChunkOptions = {}): Frame {
-  const parts = Array.isArray(data) ? (data as readonly Buffer[]) : [data as Buffer];
+  const off = Buffer.allocUnsafe(8);
+  writeU64(off, offset, 0);
+  if (!Array.isArray(data)) {
+    const d = data as Buffer;
+    return [chunkHeader(!!o.extended, cookie, doneFlag(o), REPLY_TYPE.NBD_REPLY_TYPE_OFFSET_DATA, 8 + d.length, o.requestOffset), off, d];
+  }
+  const parts = data as readonly Buffer[];
   let len = 0;
   for (const p of parts) len += p.length;
   const h = chunkHeader(!!o.extended, cookie, doneFlag(o), REPLY_TYPE.NBD_REPLY_TYPE_OFFSET_DATA, 8 + len, o.requestOffset);
-  const off = Buffer.allocUnsafe(8);
-  writeU64(off, offset, 0);
   return [h, off, ...parts];
 }
 

@@ -63,21 +63,30 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
     return encodeChunkOffsetData(cookie, offset, parts, { extended: mode === 'extended', requestOffset: offset, done: true });
   }
   const extended = mode === 'extended';
+  // The common case, one data segment: one chunk, no intermediate arrays.
+  if (segments.length === 1) {
+    const s = segments[0]!;
+    if ('data' in s) {
+      if (s.data.length > 0) return encodeChunkOffsetData(cookie, offset, s.data, { extended, requestOffset: offset, done: true });
+    } else if (s.hole > 0) {
+      return encodeChunkOffsetHole(cookie, offset, s.hole, { extended, requestOffset: offset, done: true });
+    }
+  }
   const frame: Frame = [];
   let at = offset;
   // Drop empty segments: every content chunk covers ≥ 1 byte (§1.12).
   const live = segments.filter((s) => ('data' in s ? s.data.length : s.hole) > 0);
   if (live.length === 0) return encodeChunkNone(cookie, { extended, requestOffset: offset });
-  live.forEach((s, i) => {
+  for (let i = 0; i < live.length; i++) {
+    const s = live[i]!;
     const done = i === live.length - 1;
-    if ('data' in s) {
-      frame.push(...encodeChunkOffsetData(cookie, at, s.data, { extended, requestOffset: offset, done }));
-      at += s.data.length;
-    } else {
-      frame.push(...encodeChunkOffsetHole(cookie, at, s.hole, { extended, requestOffset: offset, done }));
-      at += s.hole;
-    }
-  });
+    const chunk =
+      'data' in s
+        ? encodeChunkOffsetData(cookie, at, s.data, { extended, requestOffset: offset, done })
+        : encodeChunkOffsetHole(cookie, at, s.hole, { extended, requestOffset: offset, done });
+    for (const b of chunk) frame.push(b);
+    at += 'data' in s ? s.data.length : s.hole;
+  }
   return frame;
 }
 

@@ -13,7 +13,7 @@ import type { Subscription } from 'rxjs';
 import { FrameDecoder, type DecodeFailure, type DecoderLimits } from '../protocol/decoder.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
-import { cmdName, errnoName } from '../protocol/constants.js';
+import { CMD, cmdName, errnoName } from '../protocol/constants.js';
 import { connectionMachine } from '../machines/connection.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
@@ -64,6 +64,8 @@ export class Session {
   private pumping = false;
   private finished = false;
   private closeReason = 'closed';
+  /** The reason for a hard disconnect was logged already (one line per dropped connection). */
+  private dropLogged = false;
   private readonly log: Logger;
 
   constructor(socket: Duplex, private readonly options: SessionOptions, private readonly handlers: SessionHandlers) {
@@ -189,6 +191,8 @@ export class Session {
   private sendToActive(event: { type: string; [k: string]: unknown }): void {
     const target = this.transmission ?? this.handshake;
     if (!target || this.finished) return;
+    // A machine that reached its final state takes no more events (xstate warns on each one).
+    if (target.getSnapshot().status !== 'active') return;
     try {
       target.send(event as never);
     } catch (err) {
@@ -196,24 +200,44 @@ export class Session {
     }
   }
 
-  /** Pull frames from the decoder while the in-flight cap allows. */
+  /**
+   * Pull frames from the decoder while the in-flight cap allows. Requests
+   * decoded from what is buffered go to the machine as one `requests`
+   * event (DISC and anything else alone, in order): one machine event per
+   * burst instead of one per request (design.md §2).
+   */
   private pump(): void {
     if (this.pumping) return;
     this.pumping = true;
+    let batch: RequestFrame[] | null = null;
     try {
-      while (!this.finished && !this.upgrading && this.inFlight < this.maxInFlight) {
+      while (!this.finished && !this.upgrading && this.inFlight + (batch === null ? 0 : batch.length) < this.maxInFlight) {
         const f = this.decoder.next();
         if (f === null) break;
+        if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
+          (batch ??= []).push(f);
+          continue;
+        }
+        if (batch !== null) {
+          this.sendRequests(batch);
+          batch = null;
+        }
         if (f.kind === 'fatal') {
           this.onFatal(f);
           break;
         }
         this.dispatch(f);
       }
+      if (batch !== null) this.sendRequests(batch);
     } finally {
       this.pumping = false;
     }
     this.updateFlow();
+  }
+
+  private sendRequests(frames: RequestFrame[]): void {
+    if (frames.length === 1) this.sendToActive({ type: 'request', frame: frames[0] });
+    else this.sendToActive({ type: 'requests', frames });
   }
 
   private dispatch(f: ClientFrame): void {
@@ -270,8 +294,10 @@ export class Session {
         return;
       case 'close':
         this.closeReason = e.reason;
+        // The handshake is over: bytes the client sent after this are never interpreted.
+        this.decoder.stop();
         if (e.hard) {
-          this.log.warn(`${this.peer}: disconnecting: ${e.reason}`);
+          this.logDrop(`disconnecting: ${e.reason}`);
           // Let the socket flush anything already queued, then drop it.
           this.writer.end();
           setImmediate(() => this.writer.destroy());
@@ -300,8 +326,18 @@ export class Session {
         }
         return;
       case 'refuse':
-        this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
-        this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.offset));
+        this.refuse(e);
+        return;
+      case 'requests':
+        for (const frame of e.accepted) {
+          this.inFlight++;
+          try {
+            this.handlers.onRequest(this, frame);
+          } catch (err) {
+            this.log.error(`${this.peer}: request handler threw: ${String(err)}`);
+          }
+        }
+        for (const r of e.refused) this.refuse(r);
         return;
       case 'draining':
         this.draining = true;
@@ -312,13 +348,19 @@ export class Session {
       case 'close':
         this.closeReason = e.reason;
         if (e.hard) {
-          this.log.warn(`${this.peer}: disconnecting: ${e.reason}`);
+          this.decoder.stop();
+          this.logDrop(`disconnecting: ${e.reason}`);
           this.writer.destroy();
         } else {
           this.writer.end();
         }
         return;
     }
+  }
+
+  private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
+    this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
+    this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.offset));
   }
 
   private onConnectionSnapshot(value: string): void {
@@ -361,7 +403,8 @@ export class Session {
       this.destroy('plaintext pipelined behind STARTTLS');
       return;
     }
-    // Wait for the ACK to leave before handing the socket to TLS.
+    // The ACK goes out in plaintext before the socket is handed to TLS.
+    this.writer.flushNow();
     this.bytes?.unsubscribe();
     this.bytes = null;
     this.socket.off('drain', this.onDrain);
@@ -398,20 +441,35 @@ export class Session {
 
   // ── endings ──────────────────────────────────────────────────────────
 
+  /** One warning per dropped connection, whichever layer notices first. */
+  private logDrop(message: string): void {
+    if (this.dropLogged) return;
+    this.dropLogged = true;
+    this.log.warn(`${this.peer}: ${message}`);
+  }
+
+  /** A client that vanished in the middle of a frame gets one clear warning. */
+  private reportIncomplete(how: string): void {
+    const partial = this.decoder.incomplete;
+    if (partial) this.logDrop(`client ${how} in the middle of a frame (${partial}); connection closed`);
+  }
+
   private onFatal(f: DecodeFailure): void {
-    this.log.warn(`${this.peer}: ${f.code}: ${f.message}; disconnecting`);
+    this.logDrop(`${f.code}: ${f.message}; disconnecting`);
     this.sendToActive({ type: 'wire.fatal', message: `${f.code}: ${f.message}` });
     this.destroy(f.message);
   }
 
   private onEof(): void {
     if (this.finished || this.upgrading) return;
+    this.reportIncomplete('closed the connection');
     if (this.transmission) this.sendToActive({ type: 'client.eof' });
     else this.sendToActive({ type: 'socket.closed' });
   }
 
   private readonly onSocketError = (err: Error) => {
     const code = (err as NodeJS.ErrnoException).code;
+    if (!this.finished && !this.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
     // A client vanishing mid-reply is routine; anything else is worth a warning.
     if (code === 'EPIPE' || code === 'ECONNRESET') this.log.info?.(`${this.peer}: ${err.message}`);
     else this.log.warn(`${this.peer}: socket error: ${err.message}`);

@@ -31,61 +31,121 @@ export function fromSocket(socket: Duplex): Observable<Buffer> {
   });
 }
 
+/** Buffers up to this size are copied into the staging area; bigger ones are queued by reference. */
+const COPY_MAX = 16 * 1024;
+/** Staging chunk size: a burst of 32 × 4 KiB read replies fits in one. */
+const STAGE_SIZE = 256 * 1024;
+/** Queued-but-unsent bytes above which the session stops reading (our high-water mark). */
+const DEFAULT_HIGH_WATER = 4 * 1024 * 1024;
+
 /**
- * Writes whole frames. A frame (`Buffer[]`) is written contiguously, so
- * replies never interleave mid-frame; the socket is corked for the rest of
- * the tick so small replies coalesce into one syscall.
+ * Writes whole frames. A frame (`Buffer[]`) is queued contiguously, so
+ * replies never interleave mid-frame. Everything written in one tick goes
+ * to the socket in one `write` (or one corked `writev` when big payloads
+ * travel by reference): small buffers — headers, 4 KiB payloads — are
+ * copied into a staging chunk, so a burst of replies costs one syscall and
+ * no per-buffer stream bookkeeping.
  */
 export class ReplyWriter {
-  private corked = false;
   private closed = false;
+  private scheduled = false;
+  /** Staging chunk; [start, pos) is queued but not yet handed to the socket. */
+  private stage: Buffer = Buffer.allocUnsafeSlow(STAGE_SIZE);
+  private start = 0;
+  private pos = 0;
+  /** Pieces for the next flush, in order (staging slices and big payloads). */
+  private parts: Buffer[] = [];
   bytesWritten = 0;
 
   constructor(
-    private readonly socket: Duplex & { writableNeedDrain?: boolean },
+    private readonly socket: Duplex & { writableNeedDrain?: boolean; writableLength?: number },
     private readonly onDrainNeeded: () => void,
+    private readonly highWater = DEFAULT_HIGH_WATER,
   ) {}
 
-  /** Whether the socket wants us to wait for 'drain'. */
+  /** Whether so much is queued on the socket that reading should wait for 'drain'. */
   get needsDrain(): boolean {
-    return !this.closed && this.socket.writableNeedDrain === true;
+    return !this.closed && this.socket.writableNeedDrain === true && (this.socket.writableLength ?? 0) > this.highWater;
   }
 
   write(frame: readonly Buffer[]): void {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
+    for (let i = 0; i < frame.length; i++) {
+      const b = frame[i]!;
+      const n = b.length;
+      if (n === 0) continue;
+      this.bytesWritten += n;
+      if (n <= COPY_MAX) {
+        if (this.pos + n > this.stage.length) this.newStage();
+        this.stage.set(b, this.pos);
+        this.pos += n;
+      } else {
+        this.cut();
+        this.parts.push(b);
+      }
     }
-    let ok = true;
-    for (const b of frame) {
-      if (b.length === 0) continue;
-      this.bytesWritten += b.length;
-      ok = this.socket.write(b) && ok;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.flush);
     }
-    if (!ok) this.onDrainNeeded();
   }
 
-  private readonly uncork = () => {
-    this.corked = false;
-    if (!this.socket.destroyed) this.socket.uncork();
+  /** Move the staged bytes into the parts list. */
+  private cut(): void {
+    if (this.pos > this.start) {
+      this.parts.push(this.stage.subarray(this.start, this.pos));
+      this.start = this.pos;
+    }
+  }
+
+  private newStage(): void {
+    this.cut();
+    this.stage = Buffer.allocUnsafeSlow(STAGE_SIZE);
+    this.start = this.pos = 0;
+  }
+
+  /** Hand everything queued to the socket now (before a TLS upgrade takes the socket over). */
+  flushNow(): void {
+    this.flush();
+  }
+
+  private readonly flush = () => {
+    this.scheduled = false;
+    this.cut();
+    const parts = this.parts;
+    if (parts.length === 0) return;
+    this.parts = [];
+    // Slices already handed out are never written again; a nearly full chunk is retired.
+    if (this.stage.length - this.pos < 4096) {
+      this.stage = Buffer.allocUnsafeSlow(STAGE_SIZE);
+      this.start = this.pos = 0;
+    }
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    let ok: boolean;
+    if (parts.length === 1) {
+      ok = this.socket.write(parts[0]!);
+    } else {
+      this.socket.cork();
+      ok = true;
+      for (const p of parts) ok = this.socket.write(p) && ok;
+      this.socket.uncork();
+    }
+    if (!ok) this.onDrainNeeded();
   };
 
   /** Flush and half-close (soft disconnect). */
   end(): void {
     if (this.closed) return;
+    this.flush();
     this.closed = true;
-    if (this.corked) {
-      this.corked = false;
-      this.socket.uncork();
-    }
     if (!this.socket.destroyed) this.socket.end();
   }
 
   /** Drop the connection now (hard disconnect). */
   destroy(): void {
     this.closed = true;
+    this.parts = [];
+    this.start = this.pos;
     this.socket.destroy();
   }
 }
