@@ -102,6 +102,16 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const readOnly = !!values['read-only'];
+  let memorySize = 0;
+  if (!values.file) {
+    // A malformed size is a usage error (exit 2), like any other bad argument.
+    try {
+      memorySize = parseSize(values.memory ?? '1G');
+    } catch (err) {
+      process.stderr.write(`nbd-engine: --memory: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
   let exp: ExportConfig;
   try {
     const name = values.export ?? '';
@@ -109,8 +119,7 @@ export async function main(argv: string[]): Promise<number> {
       const backend = await fileBackend({ path: values.file, readOnly });
       exp = { name, description: values.description, backend, readOnly };
     } else {
-      const size = parseSize(values.memory ?? '1G');
-      exp = { name, description: values.description, backend: memoryBackend({ size }), readOnly };
+      exp = { name, description: values.description, backend: memoryBackend({ size: memorySize }), readOnly };
     }
   } catch (err) {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);

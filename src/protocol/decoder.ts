@@ -14,7 +14,7 @@
  * Limits are checked on the length fields, before anything is buffered
  * (protocol.md §1.1, §1.14; style.md practice 5).
  */
-import { CMD, CMD_FLAG, MAGIC, OPT, SIZE } from './constants.js';
+import { CMD, CMD_FLAG, MAGIC, OPT, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
 
 export interface DecoderLimits {
@@ -190,6 +190,21 @@ export class FrameDecoder {
     this.pendingRequest = null;
     this.skipRemaining = 0;
     return dropped;
+  }
+
+  /**
+   * The frame cut short if the stream ended here, for logs (a client that
+   * disconnects mid-frame); null at a frame boundary or once stopped/failed.
+   */
+  get incomplete(): string | null {
+    if (this.failure || this.phaseValue === 'stopped') return null;
+    const r = this.pendingRequest;
+    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${this.buffered} of ${r.payloadLength} payload bytes`;
+    const o = this.pendingOption;
+    if (o) return `option ${optName(o.code)} with ${o.skip ? 'part' : this.buffered} of ${o.length} data bytes`;
+    if (this.skipRemaining > 0) return `a discarded payload with ${this.skipRemaining} bytes still to come`;
+    if (this.buffered > 0) return `${this.buffered} bytes of an incomplete ${this.phaseValue === 'requests' ? 'request header' : this.phaseValue === 'options' ? 'option header' : 'client flags field'}`;
+    return null;
   }
 
   /** Stop decoding (after DISC: §1.18 rule 35, anything after it is ignored). */

@@ -1,0 +1,133 @@
+/**
+ * xstate inspection: createServer({ inspect }) sees every connection's
+ * handshake and transmission actors while a real client (nbdinfo) connects.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AnyActorRef, InspectionEvent } from 'xstate';
+import { memoryBackend } from '../../src/index.js';
+import { requireTool, run, startServer, type Running } from './harness.js';
+
+interface Seen {
+  index: number;
+  type: string;
+  actorId: string;
+  sessionId: string;
+  value?: string;
+  eventType?: string;
+}
+
+const events: Seen[] = [];
+let srv: Running;
+
+function record(ev: InspectionEvent): void {
+  const ref = ev.actorRef as AnyActorRef;
+  // The connection actor is each actor system's root (its id is its sessionId): name it.
+  const actorId = ev.rootId === ref.sessionId ? 'connection' : ref.id;
+  const seen: Seen = { index: events.length, type: ev.type, actorId, sessionId: ref.sessionId };
+  if (ev.type === '@xstate.snapshot') {
+    const v = (ev.snapshot as { value?: unknown }).value;
+    seen.value = typeof v === 'string' ? v : JSON.stringify(v);
+  }
+  if (ev.type === '@xstate.event') seen.eventType = ev.event.type;
+  events.push(seen);
+}
+
+/** Consecutive-distinct values of the snapshots of one actor. */
+function distinctStates(actorId: string, sessionId: string): Array<{ value: string; index: number }> {
+  const out: Array<{ value: string; index: number }> = [];
+  for (const e of events) {
+    if (e.type !== '@xstate.snapshot' || e.actorId !== actorId || e.sessionId !== sessionId) continue;
+    if (out.at(-1)?.value !== e.value) out.push({ value: e.value!, index: e.index });
+  }
+  return out;
+}
+
+function sessionsOf(actorId: string): string[] {
+  return [...new Set(events.filter((e) => e.actorId === actorId).map((e) => e.sessionId))];
+}
+
+beforeAll(async () => {
+  requireTool('nbdinfo');
+  // An Observer object, as xstate's inspect option accepts.
+  srv = await startServer({
+    exports: [{ name: 'disk', size: 1 << 20, backend: memoryBackend({ size: 1 << 20 }) }],
+    inspect: { next: record },
+  });
+});
+afterAll(async () => {
+  await srv?.close();
+});
+
+describe('inspection', () => {
+  it('one nbdinfo: handshake states in order up to negotiated, then transmission states', async () => {
+    const { stdout } = await run('nbdinfo', [srv.uri()]);
+    expect(stdout).toMatch(/export-size: 1048576/);
+    // The close of the connection is reported asynchronously.
+    await new Promise((r) => setTimeout(r, 100));
+
+    const hsSessions = sessionsOf('handshake');
+    expect(hsSessions).toHaveLength(1);
+    const hs = distinctStates('handshake', hsSessions[0]!);
+    const values = hs.map((s) => s.value);
+    // greeting is transient (`always`): the first state seen is greeting or awaitingClientFlags.
+    expect(['greeting', 'awaitingClientFlags']).toContain(values[0]);
+    const afterGreeting = values[0] === 'greeting' ? values.slice(1) : values;
+    expect(afterGreeting[0]).toBe('awaitingClientFlags');
+    expect(afterGreeting[1]).toBe('options');
+    const negotiatedAt = values.indexOf('negotiated');
+    expect(negotiatedAt).toBeGreaterThan(values.indexOf('options'));
+    expect(values.at(-1)).toBe('negotiated');
+    expect(values).not.toContain('rejected');
+    expect(values).not.toContain('aborted');
+
+    const txSessions = sessionsOf('transmission');
+    expect(txSessions).toHaveLength(1);
+    const tx = distinctStates('transmission', txSessions[0]!);
+    expect(tx.length).toBeGreaterThan(0);
+    expect(tx[0]!.value).toBe(JSON.stringify({ open: 'serving' }));
+    // The transmission actor starts only once the handshake is done with `negotiated`:
+    // after its last `options` snapshot and after the connection received its done event.
+    // (xstate reports a finished child's final snapshot after its parent reacted to it,
+    // so the `negotiated` snapshot itself may be listed after the first transmission one.)
+    const lastOptions = hs[negotiatedAt - 1]!;
+    expect(lastOptions.value).toBe('options');
+    const done = events.find((e) => e.type === '@xstate.event' && e.actorId === 'connection' && e.eventType === 'xstate.done.actor.handshake');
+    expect(done).toBeDefined();
+    expect(done!.index).toBeGreaterThan(lastOptions.index);
+    const txCreated = events.find((e) => e.type === '@xstate.actor' && e.actorId === 'transmission')!;
+    expect(txCreated.index).toBeGreaterThan(done!.index);
+    expect(tx[0]!.index).toBeGreaterThan(done!.index);
+    const connStates = distinctStates('connection', sessionsOf('connection')[0]!).map((s) => s.value);
+    expect(connStates).toEqual(['handshake', 'transmission', 'closed']);
+    // nbdinfo disconnects with NBD_CMD_DISC: the machine ends in `closed`.
+    expect(tx.at(-1)!.value).toBe('closed');
+
+    // The option events the handshake saw, as nbdinfo sends them.
+    const hsEvents = events.filter((e) => e.type === '@xstate.event' && e.actorId === 'handshake').map((e) => e.eventType!);
+    expect(hsEvents).toContain('wire.clientFlags');
+    expect(hsEvents.some((t) => t === 'opt.go' || t === 'opt.info')).toBe(true);
+    expect(hsEvents).toContain('opt.go');
+    expect(hsEvents.indexOf('opt.go')).toBeGreaterThan(hsEvents.indexOf('wire.clientFlags'));
+    // The connection actor is there as the parent of both.
+    expect(sessionsOf('connection')).toHaveLength(1);
+  });
+
+  it('a second connection gets its own actors (distinct sessionIds)', async () => {
+    const before = new Set(sessionsOf('handshake'));
+    const beforeTx = new Set(sessionsOf('transmission'));
+    await run('nbdinfo', ['--size', srv.uri()]);
+    await new Promise((r) => setTimeout(r, 100));
+    const fresh = sessionsOf('handshake').filter((s) => !before.has(s));
+    expect(fresh).toHaveLength(1);
+    expect(before.size).toBe(1);
+    const freshTx = sessionsOf('transmission').filter((s) => !beforeTx.has(s));
+    expect(freshTx).toHaveLength(1);
+    expect(sessionsOf('connection')).toHaveLength(2);
+    const hs = distinctStates('handshake', fresh[0]!).map((s) => s.value);
+    expect(hs.at(-1)).toBe('negotiated');
+    expect(hs).toContain('options');
+    // All actor sessionIds are distinct across the two connections.
+    const all = [...sessionsOf('handshake'), ...sessionsOf('transmission'), ...sessionsOf('connection')];
+    expect(new Set(all).size).toBe(all.length);
+  });
+});
