@@ -6,7 +6,7 @@
 import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import type { Extent } from '../protocol/encoder.js';
-import { replyBlockStatus, replyError, replyOk, replyRead, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
+import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
 import { NbdError, NbdRequestError } from './errors.js';
 
@@ -127,6 +127,12 @@ export class NbdRequest {
    */
   reply(data?: Buffer | readonly ReadSegment[] | readonly Extent[] | ReadonlyMap<string, readonly Extent[]>): void {
     if (this.type === 'read') {
+      // The common case, one Buffer of the right length: no segment list.
+      if (Buffer.isBuffer(data) && data.length === this.length) {
+        this.claim('reply');
+        this.sink.reply(replyReadBuffer(this.sink.replyMode, this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0));
+        return;
+      }
       const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);
       let total = 0;
       for (const s of segments) total += 'data' in s ? s.data.length : s.hole;

@@ -4,10 +4,11 @@
  * errors mapped to errnos, and an rxjs operator with bounded concurrency.
  */
 import { mergeMap, type OperatorFunction } from 'rxjs';
-import { BASE_ALLOCATION, ERRNO } from '../protocol/constants.js';
+import { BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO } from '../protocol/constants.js';
 import type { Backend, Capabilities } from './backend.js';
 import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
+import type { ReadSegment } from '../protocol/replies.js';
 import type { Logger } from '../transport/logger.js';
 
 function isThenable<T>(v: unknown): v is PromiseLike<T> {
@@ -57,12 +58,83 @@ async function writeZeroes(backend: Backend, offset: number, length: number, fua
   if (fua && backend.flush) await backend.flush();
 }
 
+const NO_FUA: { readonly fua: boolean } = Object.freeze({ fua: false });
+const WITH_FUA: { readonly fua: boolean } = Object.freeze({ fua: true });
+
+function failRequest(req: NbdRequest, e: unknown, logger: Logger | undefined): void {
+  if (req.isAnswered) {
+    logger?.error(`${req.toString()}: ${String(e)}`);
+    return;
+  }
+  const err = e instanceof Error ? e : new Error(String(e));
+  logger?.debug?.(`${req.toString()} failed: ${err.message}`);
+  req.fail(err);
+}
+
 /**
  * Answer one request from a backend. Returns a promise only when the
  * backend was asynchronous; synchronous backends are answered inline.
  * Never throws: every failure becomes an errno reply.
+ *
+ * READ, and WRITE without emulated FUA, take a fast path that allocates
+ * no closures when the backend answers synchronously; everything else
+ * goes through the general path below. Both behave the same.
  */
 export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capabilities, logger?: Logger): void | Promise<void> {
+  const command = req.command;
+  if (command === CMD.NBD_CMD_READ) {
+    let r: ReturnType<Backend['read']>;
+    try {
+      r = backend.read(req.offset, req.length);
+      if (!isThenable(r)) {
+        req.reply(r as Buffer | readonly ReadSegment[]);
+        return;
+      }
+    } catch (e) {
+      failRequest(req, e, logger);
+      return;
+    }
+    return Promise.resolve(r).then(
+      (data) => {
+        try {
+          req.reply(data);
+        } catch (e) {
+          failRequest(req, e, logger);
+        }
+      },
+      (e: unknown) => failRequest(req, e, logger),
+    );
+  }
+  if (command === CMD.NBD_CMD_WRITE) {
+    const fua = (req.rawFlags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0;
+    if (!fua || caps.fua !== 'emulate') {
+      let r: void | PromiseLike<void>;
+      try {
+        r = backend.write!(req.offset, req.data!, fua && caps.fua === 'native' ? WITH_FUA : NO_FUA);
+        if (!isThenable(r)) {
+          req.reply();
+          return;
+        }
+      } catch (e) {
+        failRequest(req, e, logger);
+        return;
+      }
+      return Promise.resolve(r).then(
+        () => {
+          try {
+            req.reply();
+          } catch (e) {
+            failRequest(req, e, logger);
+          }
+        },
+        (e: unknown) => failRequest(req, e, logger),
+      );
+    }
+  }
+  return handleGeneral(req, backend, caps, logger);
+}
+
+function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, logger?: Logger): void | Promise<void> {
   const fail = (e: unknown) => {
     if (req.isAnswered) {
       logger?.error(`${req.toString()}: ${String(e)}`);

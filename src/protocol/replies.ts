@@ -90,6 +90,16 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
   return frame;
 }
 
+/**
+ * A successful READ answered by one buffer: the same bytes as
+ * `replyRead(mode, cookie, offset, [{ data }], df)`, without the segment list.
+ */
+export function replyReadBuffer(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer, df = false): Frame {
+  if (mode === 'simple') return encodeSimpleReply(cookie, 0, data);
+  if (data.length === 0 && !df) return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
+  return encodeChunkOffsetData(cookie, offset, data, { extended: mode === 'extended', requestOffset: offset, done: true });
+}
+
 /** BLOCK_STATUS: one status chunk per selected context, DONE on the last (rule 33). */
 export function replyBlockStatus(
   mode: ReplyMode,

@@ -53,6 +53,8 @@ export class ReplyWriter {
   private stage: Buffer = Buffer.allocUnsafeSlow(STAGE_SIZE);
   private start = 0;
   private pos = 0;
+  /** Socket writes of the current staging chunk not yet completed. */
+  private stageWrites = 0;
   /** Pieces for the next flush, in order (staging slices and big payloads). */
   private parts: Buffer[] = [];
   bytesWritten = 0;
@@ -98,10 +100,22 @@ export class ReplyWriter {
     }
   }
 
+  /** Retire the current chunk (its slices may still be in flight) and start a new one. */
   private newStage(): void {
     this.cut();
     this.stage = Buffer.allocUnsafeSlow(STAGE_SIZE);
     this.start = this.pos = 0;
+    this.stageWrites = 0;
+  }
+
+  /**
+   * A write of a slice of `chunk` completed. Once every slice handed to the
+   * socket has gone and nothing is staged or queued, the chunk is rewound and
+   * reused: in steady state one staging chunk serves the connection.
+   */
+  private stageWritten(chunk: Buffer): void {
+    if (chunk !== this.stage) return;
+    if (--this.stageWrites === 0 && this.start === this.pos && this.parts.length === 0) this.start = this.pos = 0;
   }
 
   /** Hand everything queued to the socket now (before a TLS upgrade takes the socket over). */
@@ -111,25 +125,23 @@ export class ReplyWriter {
 
   private readonly flush = () => {
     this.scheduled = false;
+    const chunk = this.stage;
     this.cut();
     const parts = this.parts;
     if (parts.length === 0) return;
     this.parts = [];
-    // Slices already handed out are never written again; a nearly full chunk is retired.
-    if (this.stage.length - this.pos < 4096) {
-      this.stage = Buffer.allocUnsafeSlow(STAGE_SIZE);
-      this.start = this.pos = 0;
-    }
     if (this.socket.destroyed || this.socket.writableEnded) return;
-    let ok: boolean;
-    if (parts.length === 1) {
-      ok = this.socket.write(parts[0]!);
-    } else {
-      this.socket.cork();
-      ok = true;
-      for (const p of parts) ok = this.socket.write(p) && ok;
-      this.socket.uncork();
+    let ok = true;
+    if (parts.length > 1) this.socket.cork();
+    for (const p of parts) {
+      if (p.buffer === chunk.buffer) {
+        this.stageWrites++;
+        ok = this.socket.write(p, () => this.stageWritten(chunk)) && ok;
+      } else {
+        ok = this.socket.write(p) && ok;
+      }
     }
+    if (parts.length > 1) this.socket.uncork();
     if (!ok) this.onDrainNeeded();
   };
 
