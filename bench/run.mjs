@@ -1,0 +1,347 @@
+#!/usr/bin/env node
+// nbd-engine vs nbdkit, side by side on this machine.
+//
+//   npm run bench                         (the full run, < 10 minutes)
+//   node bench/run.mjs --rounds 3 --runtime 3 --only 4k
+//   node bench/run.mjs --profile          (CPU profile of nbd-engine under the 4 KiB mix, summarised)
+//
+// Both servers run the memory backend: `node bin/nbd-engine.js serve --memory SIZE`
+// (the compiled CLI, so xstate's production build) and `nbdkit -f memory SIZE`.
+// Every workload runs against both alternately (A B A B …): one warm-up
+// round, then --rounds measured rounds; the table gives the medians and
+// the ratio nbd-engine / nbdkit. Nothing is installed: a missing tool is
+// named with its Debian package.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const flag = (name) => args.includes(name);
+const opt = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : dflt;
+};
+const ROUNDS = Number(opt('--rounds', '3'));
+const RUNTIME = Number(opt('--runtime', '3')); // seconds per fio run
+const ONLY = opt('--only', '');
+const PROFILE = flag('--profile');
+
+// ── tools ────────────────────────────────────────────────────────────────
+const TOOLS = [
+  ['fio', 'fio'],
+  ['nbdkit', 'nbdkit'],
+  ['nbdcopy', 'libnbd-bin'],
+  ['nbdinfo', 'libnbd-bin'],
+];
+const missing = TOOLS.filter(([cmd]) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0);
+if (missing.length > 0) {
+  for (const [cmd, pkg] of missing) process.stderr.write(`bench: ${cmd} not found — install the Debian package "${pkg}" (apt-get install ${pkg})\n`);
+  process.exit(2);
+}
+const version = (cmd, a = ['--version']) => (spawnSync(cmd, a, { encoding: 'utf8' }).stdout ?? '').split('\n')[0].trim();
+
+log(`building nbd-engine (npm run build)…`);
+const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8' });
+if (build.status !== 0) {
+  process.stderr.write(build.stdout + build.stderr);
+  process.exit(1);
+}
+
+const WORK = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-bench-'));
+const children = new Set();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+  fs.rmSync(WORK, { recursive: true, force: true });
+});
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
+
+function log(s) {
+  process.stderr.write(`${s}\n`);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+// ── servers ──────────────────────────────────────────────────────────────
+let portBase = 20000 + Math.floor(Math.random() * 20000);
+
+async function waitListening(target, child, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${child.spawnargs.join(' ')} exited with ${child.exitCode}`);
+    const ok = await new Promise((resolve) => {
+      const s = target.path ? net.connect(target.path) : net.connect(target.port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`server did not start listening on ${JSON.stringify(target)}`);
+}
+
+/**
+ * Start one server. kind: 'engine' | 'nbdkit'; transport: 'unix' | 'tcp'.
+ * Returns { kind, pid, uri, stop(), vmhwm() }.
+ */
+async function startServer(kind, transport, size, extra = {}) {
+  const id = `${kind}-${transport}-${portBase}`;
+  const sock = path.join(WORK, `${id}.sock`);
+  const port = portBase++;
+  const target = transport === 'unix' ? { path: sock } : { port };
+  let cmd;
+  let argv;
+  if (kind === 'engine') {
+    cmd = process.execPath;
+    argv = [...(extra.nodeArgs ?? []), path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--memory', size];
+    argv.push(...(transport === 'unix' ? ['--socket', sock] : ['--port', String(port), '--host', '127.0.0.1']));
+  } else {
+    cmd = 'nbdkit';
+    argv = ['-f', ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', size];
+  }
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'inherit'], cwd: extra.cwd ?? WORK });
+  children.add(child);
+  await waitListening(target, child);
+  const uri = transport === 'unix' ? `nbd+unix:///?socket=${sock}` : `nbd://127.0.0.1:${port}/`;
+  return {
+    kind,
+    transport,
+    pid: child.pid,
+    uri,
+    vmhwm() {
+      const m = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8').match(/VmHWM:\s+(\d+) kB/);
+      return m ? Number(m[1]) * 1024 : NaN;
+    },
+    async stop() {
+      if (child.exitCode !== null) return;
+      const done = new Promise((r) => child.once('exit', r));
+      child.kill(kind === 'engine' ? 'SIGINT' : 'SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 8000);
+      await done;
+      clearTimeout(t);
+      children.delete(child);
+    },
+  };
+}
+
+// ── clients ──────────────────────────────────────────────────────────────
+function run(cmd, argv, { timeout = 120_000 } = {}) {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', timeout, maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr?.slice(0, 2000)}`);
+  return r.stdout;
+}
+
+/** fio with the nbd engine; returns { iops, bw } summed over reads and writes (bw in bytes/s). */
+function fio(uri, { rw, bs, iodepth, jobs = 1, size = '1G', runtime = RUNTIME, timeBased = true, rwmixread }) {
+  const argv = [
+    '--name=bench',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    `--rw=${rw}`,
+    `--bs=${bs}`,
+    `--iodepth=${iodepth}`,
+    `--numjobs=${jobs}`,
+    `--size=${size}`,
+    '--group_reporting',
+    '--output-format=json',
+  ];
+  if (rwmixread !== undefined) argv.push(`--rwmixread=${rwmixread}`);
+  if (timeBased) argv.push('--time_based', `--runtime=${runtime}`, '--ramp_time=0.5');
+  const out = run('fio', argv);
+  const j = JSON.parse(out.slice(out.indexOf('{')));
+  const job = j.jobs[0];
+  return {
+    iops: job.read.iops + job.write.iops,
+    bw: (job.read.bw_bytes ?? job.read.bw * 1024) + (job.write.bw_bytes ?? job.write.bw * 1024),
+  };
+}
+
+function seconds(fn) {
+  const t0 = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+// ── workloads ────────────────────────────────────────────────────────────
+// Each: { name, group, unit, better: 'higher'|'lower', measure(server) → number }.
+const GiB = 1024 ** 3;
+const fio4k = (rw, extra = {}) => (s) => fio(s.uri, { rw, bs: '4k', iodepth: 32, ...extra }).iops;
+const fio1m = (rw) => (s) => fio(s.uri, { rw, bs: '1M', iodepth: 8 }).bw / 1024 ** 2;
+
+const SRC = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : WORK, `nbd-bench-src-${process.pid}.img`);
+
+const groups = [
+  {
+    group: 'unix',
+    transport: 'unix',
+    size: '16G',
+    // Allocate the 1 GiB the random and sequential workloads touch, so reads return data on both.
+    prepare: (s) => fio(s.uri, { rw: 'write', bs: '1M', iodepth: 8, timeBased: false }),
+    workloads: [
+      { name: '4 KiB random read, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randread') },
+      { name: '4 KiB random write, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randwrite') },
+      { name: '4 KiB random 50/50, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50 }) },
+      { name: '4 KiB random 50/50, QD32, 4 jobs/4 conns', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50, jobs: 4 }) },
+      { name: '1 MiB sequential read, QD8', unit: 'MiB/s', measure: fio1m('read') },
+      { name: '1 MiB sequential write, QD8', unit: 'MiB/s', measure: fio1m('write') },
+      {
+        name: 'handshakes (nbdinfo --size, 3 s loop)',
+        unit: 'conn/s',
+        measure: (s) => {
+          let n = 0;
+          const t0 = Date.now();
+          while (Date.now() - t0 < 3000) {
+            run('nbdinfo', ['--size', s.uri]);
+            n++;
+          }
+          return n / ((Date.now() - t0) / 1000);
+        },
+      },
+    ],
+  },
+  {
+    group: 'nbdcopy',
+    transport: 'unix',
+    size: '1G',
+    before() {
+      if (!fs.existsSync(SRC)) {
+        log(`creating a 1 GiB source file of random bytes (${SRC})…`);
+        const fd = fs.openSync(SRC, 'w');
+        const rnd = fs.openSync('/dev/urandom', 'r');
+        const block = Buffer.alloc(8 << 20);
+        for (let i = 0; i < GiB / block.length; i++) {
+          for (let j = 0; j < block.length; ) j += fs.readSync(rnd, block, j, Math.min(1 << 20, block.length - j), null);
+          fs.writeSync(fd, block);
+        }
+        fs.closeSync(rnd);
+        fs.closeSync(fd);
+      }
+    },
+    workloads: [
+      { name: 'nbdcopy 1 GiB file → export', unit: 'MiB/s', measure: (s) => 1024 / seconds(() => run('nbdcopy', [SRC, s.uri])) },
+      { name: 'nbdcopy 1 GiB export → null:', unit: 'MiB/s', measure: (s) => 1024 / seconds(() => run('nbdcopy', [s.uri, 'null:'])) },
+    ],
+  },
+  {
+    group: 'tcp',
+    transport: 'tcp',
+    size: '16G',
+    prepare: (s) => fio(s.uri, { rw: 'write', bs: '1M', iodepth: 8, timeBased: false }),
+    workloads: [
+      { name: 'TCP: 4 KiB random 50/50, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50 }) },
+      { name: 'TCP: 1 MiB sequential read, QD8', unit: 'MiB/s', measure: fio1m('read') },
+    ],
+  },
+];
+
+const results = []; // { name, unit, better, engine: number[], nbdkit: number[] }
+
+async function runGroup(g) {
+  const wl = g.workloads.filter((w) => !ONLY || w.name.includes(ONLY) || g.group.includes(ONLY));
+  if (wl.length === 0) return;
+  g.before?.();
+  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})…`);
+  const servers = { engine: await startServer('engine', g.transport, g.size), nbdkit: await startServer('nbdkit', g.transport, g.size) };
+  try {
+    if (g.prepare) for (const s of Object.values(servers)) g.prepare(s);
+    for (const w of wl) {
+      const row = { name: w.name, unit: w.unit, better: w.better ?? 'higher', engine: [], nbdkit: [] };
+      for (let round = 0; round <= ROUNDS; round++) {
+        // Alternate which one goes first, so neither always runs on a warmer machine.
+        const order = round % 2 === 0 ? ['engine', 'nbdkit'] : ['nbdkit', 'engine'];
+        for (const k of order) {
+          const v = w.measure(servers[k]);
+          if (round > 0) row[k].push(v);
+          log(`  ${w.name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(v)} ${w.unit}`);
+        }
+      }
+      results.push(row);
+    }
+  } finally {
+    await servers.engine.stop();
+    await servers.nbdkit.stop();
+  }
+}
+
+/** Peak RSS after 1 GiB written into a fresh 16 GiB export (fio, 1 MiB writes, QD8). */
+async function runRss() {
+  if (ONLY && !'peak RSS'.includes(ONLY) && !ONLY.includes('rss')) return;
+  log(`\n[rss] fresh servers, 1 GiB written into a 16 GiB export, VmHWM…`);
+  const row = { name: 'peak RSS, 1 GiB written into 16 GiB', unit: 'MiB', better: 'lower', engine: [], nbdkit: [] };
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const k of round % 2 ? ['engine', 'nbdkit'] : ['nbdkit', 'engine']) {
+      const s = await startServer(k, 'unix', '16G');
+      try {
+        fio(s.uri, { rw: 'write', bs: '1M', iodepth: 8, size: '1G', timeBased: false });
+        const v = s.vmhwm() / 1024 ** 2;
+        row[k].push(v);
+        log(`  peak RSS · ${k} · round ${round}: ${fmt(v)} MiB`);
+      } finally {
+        await s.stop();
+      }
+    }
+  }
+  results.push(row);
+}
+
+/** CPU profile of nbd-engine under the 4 KiB random 50/50 mix, summarised by self time. */
+async function runProfile() {
+  const dir = path.join(WORK, 'prof');
+  fs.mkdirSync(dir);
+  const s = await startServer('engine', 'unix', '16G', { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${dir}`] });
+  fio(s.uri, { rw: 'write', bs: '1M', iodepth: 8, timeBased: false });
+  const r = fio(s.uri, { rw: 'randrw', bs: '4k', iodepth: 32, rwmixread: 50, runtime: 8 });
+  await s.stop();
+  log(`4 KiB random 50/50 under the profiler: ${fmt(r.iops)} IOPS`);
+  const file = path.join(dir, fs.readdirSync(dir)[0]);
+  const keep = path.join(ROOT, 'bench', 'last-4k-mix.cpuprofile');
+  fs.copyFileSync(file, keep);
+  process.stdout.write(run(process.execPath, [path.join(ROOT, 'bench/profile-summary.mjs'), keep, '--top', '30']));
+  process.stdout.write(`(profile kept in ${path.relative(ROOT, keep)})\n`);
+}
+
+function fmt(v) {
+  if (!Number.isFinite(v)) return String(v);
+  return v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1);
+}
+
+// ── main ─────────────────────────────────────────────────────────────────
+const started = Date.now();
+if (PROFILE) {
+  await runProfile();
+  process.exit(0);
+}
+for (const g of groups) await runGroup(g);
+await runRss();
+fs.rmSync(SRC, { force: true });
+
+const cpu = os.cpus();
+const header = [
+  `date: ${new Date().toISOString()}`,
+  `machine: ${cpu[0]?.model ?? '?'} × ${cpu.length} CPUs, ${Math.round(os.totalmem() / 1024 ** 3)} GiB RAM, ${os.type()} ${os.release()}`,
+  `node ${process.version}; ${version('nbdkit')}; ${version('fio')}; ${version('nbdcopy')}`,
+  `rounds: 1 warm-up + ${ROUNDS} measured, alternating; fio runs ${RUNTIME} s each; total ${((Date.now() - started) / 1000).toFixed(0)} s`,
+];
+const lines = [
+  '| workload | unit | nbd-engine (median) | nbdkit (median) | ratio engine/nbdkit | nbd-engine runs | nbdkit runs |',
+  '|---|---|---:|---:|---:|---|---|',
+];
+for (const r of results) {
+  const e = median(r.engine);
+  const k = median(r.nbdkit);
+  const ratio = e / k;
+  lines.push(
+    `| ${r.name} | ${r.unit}${r.better === 'lower' ? ' (lower is better)' : ''} | ${fmt(e)} | ${fmt(k)} | ${ratio.toFixed(2)}× | ${r.engine.map(fmt).join(', ')} | ${r.nbdkit.map(fmt).join(', ')} |`,
+  );
+}
+process.stdout.write(`\n${header.join('\n')}\n\n${lines.join('\n')}\n`);
