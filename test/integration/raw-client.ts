@@ -19,7 +19,7 @@ export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3 } as const;
 
 /** A socket with a byte queue to read exact lengths from. */
 export class RawClient {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private waiters: Array<() => void> = [];
   closed = false;
   /** Resolves when the server closed (or reset) the connection. */
