@@ -130,6 +130,13 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`nbd-engine: --tls must be off, on or require\n`);
     return 2;
   }
+  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk'] as const;
+  const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
+  if (tlsMode === 'off' && given.length > 0) {
+    // Serving plaintext when credentials were given is never what was meant.
+    process.stderr.write(`nbd-engine: ${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require\n`);
+    return 2;
+  }
   let server;
   try {
     server = createServer({

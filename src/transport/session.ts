@@ -61,6 +61,7 @@ export class Session {
   private throttled = false;
   private draining = false;
   private upgrading = false;
+  private tlsFailed = false;
   private pumping = false;
   private finished = false;
   private closeReason = 'closed';
@@ -156,8 +157,7 @@ export class Session {
       next: (chunk) => {
         if (this.upgrading) {
           // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).
-          this.log.warn(`${this.peer}: ${chunk.length} bytes sent during the TLS upgrade, dropping the connection`);
-          this.destroy('data during TLS upgrade');
+          this.failTls(`${chunk.length} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
           return;
         }
         if (!this.decoder.push(chunk)) {
@@ -392,15 +392,15 @@ export class Session {
   private beginTls(): void {
     const upgrade = this.options.upgradeTls;
     if (!upgrade) {
-      this.sendToActive({ type: 'tls.failed', message: 'no TLS credentials configured' });
+      this.failTls('STARTTLS accepted but no TLS credentials are configured; disconnecting', 'no TLS credentials');
       return;
     }
     this.upgrading = true;
-    // Anything the client pipelined behind STARTTLS is discarded, never parsed (§1.10).
+    // Anything the client pipelined behind STARTTLS is plaintext that must
+    // never be interpreted (§1.10): hard disconnect, none of it is parsed.
     const dropped = this.decoder.discardBuffered();
     if (dropped > 0) {
-      this.log.warn(`${this.peer}: ${dropped} plaintext bytes pipelined behind STARTTLS, dropping the connection`);
-      this.destroy('plaintext pipelined behind STARTTLS');
+      this.failTls(`${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
       return;
     }
     // The ACK goes out in plaintext before the socket is handed to TLS.
@@ -408,22 +408,18 @@ export class Session {
     this.bytes?.unsubscribe();
     this.bytes = null;
     this.socket.off('drain', this.onDrain);
-    const raw = this.socket;
-    raw.off('close', this.onSocketClose);
-    raw.off('error', this.onSocketError);
-    raw.on('error', this.onSocketError);
-    raw.on('close', this.onSocketClose);
-    upgrade(raw).then(
-      ({ stream: secure, identity }) => {
-        if (this.finished) {
+    upgrade(this.socket).then(
+      ({ stream: secure, identity, protocol, cipher }) => {
+        if (this.finished || this.tlsFailed) {
           secure.destroy();
           return;
         }
         this.tlsIdentity = identity;
-        this.log.info?.(`${this.peer}: TLS established${identity ? ` (identity ${identity})` : ''}`);
+        this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
         this.socket = secure;
         this.writer = new ReplyWriter(secure, this.onDrainNeeded);
         secure.on('error', this.onSocketError);
+        secure.on('close', this.onSocketClose);
         secure.on('drain', this.onDrain);
         this.upgrading = false;
         this.decoder.restartOptions();
@@ -431,12 +427,28 @@ export class Session {
         this.subscribeBytes();
         this.pump();
       },
-      (err: Error) => {
-        this.log.warn(`${this.peer}: TLS handshake failed: ${err.message}`);
-        this.sendToActive({ type: 'tls.failed', message: err.message });
-        this.destroy('TLS handshake failed');
-      },
+      (err: Error) => this.failTls(`TLS handshake failed: ${err.message}; disconnecting`, 'TLS handshake failed'),
     );
+  }
+
+  /**
+   * The STARTTLS upgrade failed or must not happen: one log line, the
+   * handshake machine told, the socket dropped and the session finished
+   * (while upgrading, the raw socket's close is not ours to act on).
+   * Only this connection is affected.
+   */
+  private failTls(logLine: string, reason: string): void {
+    if (this.tlsFailed || this.finished) return;
+    this.tlsFailed = true;
+    this.logDrop(logLine);
+    this.bytes?.unsubscribe();
+    this.bytes = null;
+    this.sendToActive({ type: 'tls.failed', message: reason });
+    this.closeReason = reason;
+    this.upgrading = false;
+    this.writer.destroy();
+    this.socket.destroy();
+    this.finish();
   }
 
   // ── endings ──────────────────────────────────────────────────────────

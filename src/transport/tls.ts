@@ -32,6 +32,10 @@ export interface TlsUpgrade {
   readonly stream: Duplex;
   /** PSK identity, or the client certificate's subject CN. */
   readonly identity?: string;
+  /** Negotiated protocol version, e.g. `TLSv1.3`. */
+  readonly protocol?: string;
+  /** Negotiated cipher suite (OpenSSL name). */
+  readonly cipher?: string;
 }
 
 function pem(v: string | Buffer | undefined): string | Buffer | undefined {
@@ -56,6 +60,34 @@ export function parsePskFile(text: string): Map<string, Buffer> {
   return keys;
 }
 
+/**
+ * OpenSSL's messages carry a hex prefix and a source path; keep the reason
+ * ("wrong version number", "tlsv1 alert unknown ca", ...) for the log line.
+ */
+function tidyError(err: Error): Error {
+  const reason = (err as Error & { reason?: unknown }).reason;
+  if (typeof reason !== 'string' || !reason) return err;
+  const hint = /wrong version number|unknown protocol|http request|record layer failure/i.test(reason) ? ' (the client did not send a TLS ClientHello)' : '';
+  return Object.assign(new Error(`${reason}${hint}`), { code: (err as NodeJS.ErrnoException).code, cause: err });
+}
+
+/**
+ * Cipher list when PSK is configured. TLS 1.3 suites first and SHA-256 ones
+ * before SHA-384: OpenSSL's PSK server callback yields a SHA-256 PSK in
+ * TLS 1.3, which a SHA-384 suite would ignore (GnuTLS clients, libnbd and
+ * qemu, then fail with "insufficient credentials"). Node's default list
+ * excludes PSK for TLS 1.2 (`!PSK`); re-enable the AEAD PSK suites there.
+ */
+function pskCipherList(): string {
+  const tls13 = ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256', 'TLS_AES_256_GCM_SHA384'];
+  const defaults = tls.DEFAULT_CIPHERS.split(':').filter((c) => !tls13.includes(c) && c !== '!PSK');
+  const firstExclusion = defaults.findIndex((c) => c.startsWith('!'));
+  const positive = firstExclusion < 0 ? defaults : defaults.slice(0, firstExclusion);
+  const exclusions = firstExclusion < 0 ? [] : defaults.slice(firstExclusion);
+  const psk12 = ['ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-AES128-GCM-SHA256', 'DHE-PSK-AES256-GCM-SHA384', 'DHE-PSK-CHACHA20-POLY1305', 'PSK-AES128-GCM-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES128-CBC-SHA256'];
+  return [...tls13, ...positive, ...psk12, ...exclusions].join(':');
+}
+
 /** Build the upgrade function for a TLS configuration (validated now, not per connection). */
 export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<TlsUpgrade> {
   const psk = cfg.psk === undefined ? undefined : typeof cfg.psk === 'string' ? parsePskFile(fs.readFileSync(cfg.psk, 'utf8')) : cfg.psk;
@@ -68,27 +100,26 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
     key,
     ca,
     minVersion: 'TLSv1.2',
-    // PSK suites exist only in TLS 1.2 for Node; keep the defaults and add them.
-    ciphers: psk ? `${tls.DEFAULT_CIPHERS}:PSK:DHE-PSK:ECDHE-PSK` : undefined,
+    ...(psk ? { ciphers: pskCipherList(), honorCipherOrder: true } : {}),
   });
   const timeout = cfg.handshakeTimeout ?? 30_000;
   return (socket: Duplex) =>
     new Promise<TlsUpgrade>((resolve, reject) => {
       let identity: string | undefined;
+      let unknownIdentity: string | undefined;
       const secure = new tls.TLSSocket(socket as Socket, {
         isServer: true,
         secureContext: context,
         requestCert: !!cfg.verifyPeer,
         rejectUnauthorized: !!cfg.verifyPeer,
-        // Without certificates only PSK suites can be negotiated: cap at 1.2 where Node offers them.
         ...(psk
           ? {
               pskCallback: (_s: tls.TLSSocket, id: string) => {
                 const k = psk.get(id);
                 if (k) identity = id;
+                else unknownIdentity = id;
                 return k ?? null;
               },
-              ...(cert ? {} : { maxVersion: 'TLSv1.2' as const }),
             }
           : {}),
       } as tls.TLSSocketOptions);
@@ -98,11 +129,16 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
         secure.off('secure', onSecure);
         secure.off('error', fail);
         secure.off('close', onClose);
+        secure.off('end', onClose);
       };
       function fail(err: Error) {
         cleanup();
         secure.destroy();
-        reject(err);
+        const e = tidyError(err);
+        // A PSK client whose identity we do not know fails later, with an unhelpful reason.
+        if (unknownIdentity !== undefined && !identity) e.message = `unknown PSK identity ${JSON.stringify(unknownIdentity)} (${e.message})`;
+        else if (psk && /binder does not verify|decrypt/i.test(e.message)) e.message += ' (wrong PSK key?)';
+        reject(e);
       }
       function onClose() {
         fail(new Error('client closed during the TLS handshake'));
@@ -114,10 +150,11 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
           const cn = peer && typeof peer === 'object' ? (peer.subject as { CN?: string } | undefined)?.CN : undefined;
           if (cn) identity = cn;
         }
-        resolve({ stream: secure, identity });
+        resolve({ stream: secure, identity, protocol: secure.getProtocol() ?? undefined, cipher: secure.getCipher()?.name });
       }
       secure.once('secure', onSecure);
       secure.once('error', fail);
       secure.once('close', onClose);
+      secure.once('end', onClose);
     });
 }

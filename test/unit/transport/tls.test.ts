@@ -1,0 +1,39 @@
+/**
+ * The TLS configuration edge: psktool files and upgrader validation.
+ * The STARTTLS upgrade itself is exercised in test/integration/tls*.test.ts.
+ */
+import { describe, expect, it } from 'vitest';
+import { createTlsUpgrader, parsePskFile } from '../../../src/transport/tls.js';
+
+describe('parsePskFile (psktool format)', () => {
+  it('reads username:hexkey lines, skipping blanks and comments', () => {
+    const keys = parsePskFile('# made by psktool\nalice:00ff10\n\r\nbob:DEADBEEF\r\n');
+    expect([...keys.keys()]).toEqual(['alice', 'bob']);
+    expect(keys.get('alice')).toEqual(Buffer.from([0x00, 0xff, 0x10]));
+    expect(keys.get('bob')).toEqual(Buffer.from('deadbeef', 'hex'));
+  });
+
+  it('splits at the last colon (usernames may contain colons)', () => {
+    expect(parsePskFile('a:b:c:0102').get('a:b:c')).toEqual(Buffer.from([1, 2]));
+  });
+
+  it.each([
+    ['', /no keys/],
+    ['alice', /without "identity:key"/],
+    [':0102', /without "identity:key"/],
+    ['alice:xyz', /not hex/],
+    ['alice:012', /not hex/],
+  ])('rejects %j', (text, message) => {
+    expect(() => parsePskFile(text)).toThrow(message);
+  });
+});
+
+describe('createTlsUpgrader', () => {
+  it('needs a certificate and key, or PSK keys', () => {
+    expect(() => createTlsUpgrader({ mode: 'require' })).toThrow(/certificate and key|PSK/);
+  });
+
+  it('accepts PSK keys alone', () => {
+    expect(typeof createTlsUpgrader({ mode: 'require', psk: new Map([['alice', Buffer.alloc(32, 1)]]) })).toBe('function');
+  });
+});
