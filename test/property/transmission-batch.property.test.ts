@@ -13,6 +13,7 @@ import type { ExportDescriptor, TransmissionEmitted } from '../../src/machines/t
 import type { RequestFrame } from '../../src/protocol/frames.js';
 import { CMD, ERRNO } from '../../src/protocol/constants.js';
 import { negotiatedFor, startTransmission } from '../unit/machines/support.js';
+import { REFUSALS, requestGuards, transmissionContext } from '../../src/machines/transmission.js';
 
 const setup = fc.record({
   flags: fc.integer({ min: 0, max: 0x1fff }),
@@ -89,6 +90,11 @@ describe('transmission machine: a burst event decides what single events decide'
           const burst = startTransmission(input);
           burst.send({ type: 'requests', frames });
           expect(outcomes(burst.emitted)).toEqual(outcomes(single.emitted));
+          // …and both agree with the named guards evaluated one by one, in table order
+          // (no fast path): the first guard that holds gives the errno.
+          const ctx = transmissionContext(input);
+          const byGuards = frames.map((f) => ({ cookie: f.cookie, errno: REFUSALS.find((r) => requestGuards[r.guard](ctx, f))?.errno ?? 0 }));
+          expect(outcomes(burst.emitted)).toEqual(byGuards);
           expect(burst.errors).toEqual([]);
           // While draining (server shutdown), a burst is refused whole with ESHUTDOWN.
           burst.send({ type: 'server.shutdown' });
