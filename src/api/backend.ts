@@ -40,6 +40,12 @@ export interface Backend {
   read(offset: number, length: number): MaybePromise<Buffer | readonly ReadSegment[]>;
   /** Present ⇒ writable (no READ_ONLY flag). */
   write?(offset: number, data: Buffer, options: WriteOptions): MaybePromise<void>;
+  /**
+   * Optional: the same as `write` for a payload that arrived in pieces
+   * (consecutive, in order). Present ⇒ large WRITE payloads spanning
+   * socket reads are passed as those pieces, saving a copy.
+   */
+  writev?(offset: number, parts: readonly Buffer[], options: WriteOptions): MaybePromise<void>;
   /** Present ⇒ SEND_FLUSH, and FUA emulated through it. */
   flush?(): MaybePromise<void>;
   /** Present ⇒ SEND_TRIM. */

@@ -5,6 +5,7 @@
  */
 import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
+import { payloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
 import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
@@ -69,8 +70,8 @@ export class NbdRequest {
   readonly cookie: bigint;
   readonly offset: number;
   readonly length: number;
-  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
-  readonly data: Buffer | undefined;
+  /** The decoded frame (its payload is joined lazily when it arrived in pieces). */
+  private readonly frame: RequestFrame;
   readonly export: ExportRef;
   readonly connection: ConnectionRef;
   /** Meta contexts selected on this connection (for blockStatus). */
@@ -91,10 +92,24 @@ export class NbdRequest {
     this.cookie = frame.cookie;
     this.offset = frame.offset;
     this.length = frame.length;
-    this.data = frame.payload;
+    this.frame = frame;
     this.export = exp;
     this.connection = connection;
     this.contexts = contexts;
+  }
+
+  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
+  get data(): Buffer | undefined {
+    return this.frame.payload;
+  }
+
+  /**
+   * The WRITE payload as the pieces it arrived in (views, in order) when a
+   * large payload spanned socket reads; undefined otherwise (use `data`).
+   * Reading these instead of `data` saves joining them into one buffer.
+   */
+  get dataParts(): readonly Buffer[] | undefined {
+    return payloadParts(this.frame);
   }
 
   get flags(): RequestFlags {

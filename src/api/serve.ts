@@ -110,7 +110,9 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
     if (!fua || caps.fua !== 'emulate') {
       let r: void | PromiseLike<void>;
       try {
-        r = backend.write!(req.offset, req.data!, fua && caps.fua === 'native' ? WITH_FUA : NO_FUA);
+        const o = fua && caps.fua === 'native' ? WITH_FUA : NO_FUA;
+        const parts = backend.writev ? req.dataParts : undefined;
+        r = parts ? backend.writev!(req.offset, parts, o) : backend.write!(req.offset, req.data!, o);
         if (!isThenable(r)) {
           req.reply();
           return;

@@ -91,6 +91,18 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
+  const writeAt = (offset: number, data: Buffer) => {
+    let at = 0;
+    while (at < data.length) {
+      const pos = offset + at;
+      const index = Math.floor(pos / pageSize);
+      const s = pos - index * pageSize;
+      const n = Math.min(pageSize - s, data.length - at);
+      data.copy(pageFor(index), s, at, at + n);
+      at += n;
+    }
+  };
+
   const backend: MemoryBackend = {
     size,
     get allocatedBytes() {
@@ -121,14 +133,14 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       return segments;
     },
     write(offset, data) {
-      let at = 0;
-      while (at < data.length) {
-        const pos = offset + at;
-        const index = Math.floor(pos / pageSize);
-        const s = pos - index * pageSize;
-        const n = Math.min(pageSize - s, data.length - at);
-        data.copy(pageFor(index), s, at, at + n);
-        at += n;
+      writeAt(offset, data);
+    },
+    // A payload in pieces is copied piece by piece: no joined copy first.
+    writev(offset, parts) {
+      let at = offset;
+      for (const p of parts) {
+        writeAt(at, p);
+        at += p.length;
       }
     },
     // Memory is as durable as it gets: flush has nothing to do, FUA is free.

@@ -88,7 +88,7 @@ export const requestGuards = {
   // rule 24 / §1.14: a payload over our limit was consumed unbuffered; refuse it.
   payloadTooLarge: (_c: Ctx, r: RequestFrame) => r.payloadDiscarded,
   // §1.9.4: PAYLOAD_LEN on a command that takes no payload ⇒ consume it, EINVAL.
-  payloadUnexpected: (_c: Ctx, r: RequestFrame) => r.payload !== undefined && r.type !== CMD.NBD_CMD_WRITE,
+  payloadUnexpected: (_c: Ctx, r: RequestFrame) => r.type !== CMD.NBD_CMD_WRITE && r.payload !== undefined,
   // rule 25: read-only export ⇒ EPERM for WRITE / TRIM / WRITE_ZEROES (checked first, as nbdkit).
   writeOnReadOnly: (c: Ctx, r: RequestFrame) => WRITES.has(r.type) && has(c, FLAG.NBD_FLAG_READ_ONLY),
   // rule 27: unknown flag bits (PAYLOAD_LEN is known only with extended headers).

@@ -334,7 +334,9 @@ export class FrameDecoder {
     }
     if (this.buffered < r.payloadLength) return null;
     this.pendingRequest = null;
-    return this.makeRequest(r, this.take(r.payloadLength));
+    const n = r.payloadLength;
+    if (n >= SCATTER_MIN && this.chunks[0]!.length - this.head < n) return new ScatteredRequest(r, this.takeParts(n));
+    return this.makeRequest(r, this.take(n));
   }
 
   private makeRequest(r: PendingRequest, payload: Buffer | undefined): RequestFrame {
@@ -387,6 +389,25 @@ export class FrameDecoder {
     return out;
   }
 
+  /** Take exactly n buffered bytes as views of the chunks they arrived in (no copy). */
+  private takeParts(n: number): Buffer[] {
+    const parts: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      const m = Math.min(c.length - this.head, left);
+      parts.push(c.subarray(this.head, this.head + m));
+      left -= m;
+      this.head += m;
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+    this.buffered -= n;
+    return parts;
+  }
+
   private skipBytes(): void {
     while (this.skipRemaining > 0 && this.buffered > 0) {
       const c = this.chunks[0]!;
@@ -406,6 +427,53 @@ export class FrameDecoder {
     this.discardBuffered();
     return this.failure;
   }
+}
+
+/** Payloads at least this long that span socket chunks are kept as the chunks' views. */
+const SCATTER_MIN = 64 * 1024;
+
+/**
+ * A request whose payload arrived in several socket chunks. Its `payload`
+ * is joined (one copy) on first use; `payloadParts()` gives the pieces
+ * without joining, for consumers that can take them (a backend's
+ * `writev`). Otherwise the same plain fields as any RequestFrame.
+ */
+class ScatteredRequest implements RequestFrame {
+  readonly kind = 'request' as const;
+  readonly extended: boolean;
+  readonly flags: number;
+  readonly type: number;
+  readonly cookie: bigint;
+  readonly offset: number;
+  readonly length: number;
+  readonly huge: boolean;
+  readonly payloadDiscarded = false;
+  readonly #parts: readonly Buffer[];
+  #joined: Buffer | undefined;
+
+  constructor(r: PendingRequest, parts: readonly Buffer[]) {
+    this.extended = r.extended;
+    this.flags = r.flags;
+    this.type = r.type;
+    this.cookie = r.cookie;
+    this.offset = r.offset;
+    this.length = r.length;
+    this.huge = r.huge;
+    this.#parts = parts;
+  }
+
+  get payload(): Buffer {
+    return (this.#joined ??= Buffer.concat(this.#parts as Buffer[]));
+  }
+
+  get parts(): readonly Buffer[] {
+    return this.#parts;
+  }
+}
+
+/** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */
+export function payloadParts(frame: RequestFrame): readonly Buffer[] | undefined {
+  return frame instanceof ScatteredRequest ? frame.parts : undefined;
 }
 
 // ── option data parsers (§1.5) ──────────────────────────────────────────
