@@ -13,7 +13,6 @@
 // named with its Debian package.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,22 +71,15 @@ const median = (xs) => {
 // ── servers ──────────────────────────────────────────────────────────────
 let portBase = 20000 + Math.floor(Math.random() * 20000);
 
-async function waitListening(target, child, ms = 10000) {
+/** Ready when `ready()` says so (nbdkit writes its -P pidfile once listening; nbd-engine prints its URIs). */
+async function waitReady(ready, child, what, ms = 10000) {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${child.spawnargs.join(' ')} exited with ${child.exitCode}`);
-    const ok = await new Promise((resolve) => {
-      const s = target.path ? net.connect(target.path) : net.connect(target.port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(50);
+    if (ready()) return;
+    await sleep(20);
   }
-  throw new Error(`server did not start listening on ${JSON.stringify(target)}`);
+  throw new Error(`${what} did not start listening`);
 }
 
 /**
@@ -98,7 +90,6 @@ async function startServer(kind, transport, size, extra = {}) {
   const id = `${kind}-${transport}-${portBase}`;
   const sock = path.join(WORK, `${id}.sock`);
   const port = portBase++;
-  const target = transport === 'unix' ? { path: sock } : { port };
   let cmd;
   let argv;
   if (kind === 'engine') {
@@ -107,11 +98,13 @@ async function startServer(kind, transport, size, extra = {}) {
     argv.push(...(transport === 'unix' ? ['--socket', sock] : ['--port', String(port), '--host', '127.0.0.1']));
   } else {
     cmd = 'nbdkit';
-    argv = ['-f', ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', size];
+    argv = ['-f', '-P', `${sock}.pid`, ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', size];
   }
-  const child = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'inherit'], cwd: extra.cwd ?? WORK });
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: extra.cwd ?? WORK });
   children.add(child);
-  await waitListening(target, child);
+  let printed = '';
+  child.stdout.on('data', (d) => (printed += d));
+  await waitReady(kind === 'engine' ? () => printed.includes('nbd') : () => fs.existsSync(`${sock}.pid`) && fs.statSync(`${sock}.pid`).size > 0, child, id);
   const uri = transport === 'unix' ? `nbd+unix:///?socket=${sock}` : `nbd://127.0.0.1:${port}/`;
   return {
     kind,
