@@ -48,6 +48,8 @@ export interface ConnectionRef {
 export interface ReplySink {
   readonly replyMode: ReplyMode;
   reply(frame: readonly Buffer[], last?: boolean): void;
+  /** Optional fast path: the same as `reply(encodeSimpleReply(cookie, error))`, encoded in place. */
+  replySimple?(cookie: bigint, error: number): void;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -171,7 +173,9 @@ export class NbdRequest {
       return;
     }
     this.claim('reply');
-    this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset));
+    // Without extended headers a data-less success is a simple reply (replyOk): write it in place when the sink can.
+    if (this.sink.replyMode !== 'extended' && this.sink.replySimple) this.sink.replySimple(this.cookie, 0);
+    else this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset));
   }
 
   /**

@@ -98,7 +98,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       const index = Math.floor(pos / pageSize);
       const s = pos - index * pageSize;
       const n = Math.min(pageSize - s, data.length - at);
-      data.copy(pageFor(index), s, at, at + n);
+      // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
+      pageFor(index).set(n === data.length ? data : data.subarray(at, at + n), s);
       at += n;
     }
   };

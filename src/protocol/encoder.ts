@@ -142,12 +142,17 @@ export function encodeExportNameReply(size: number, transmissionFlags: number, n
 
 // ── transmission ───────────────────────────────────────────────────────
 
+/** Write a §1.9.2 simple reply header (16 bytes) into `buf` at `at`, for writers that encode in place. */
+export function writeSimpleReplyHeader(buf: Buffer, at: number, cookie: bigint, error: number): void {
+  buf.writeUInt32BE(MAGIC.NBD_SIMPLE_REPLY_MAGIC, at);
+  buf.writeUInt32BE(error >>> 0, at + 4);
+  buf.writeBigUInt64BE(cookie, at + 8);
+}
+
 /** §1.9.2 simple reply header; for a successful READ the data follows as its own buffer. */
 export function encodeSimpleReply(cookie: bigint, error: number, data?: Buffer | readonly Buffer[]): Frame {
   const h = Buffer.allocUnsafe(SIZE.SIMPLE_REPLY);
-  h.writeUInt32BE(MAGIC.NBD_SIMPLE_REPLY_MAGIC, 0);
-  h.writeUInt32BE(error >>> 0, 4);
-  h.writeBigUInt64BE(cookie, 8);
+  writeSimpleReplyHeader(h, 0, cookie, error);
   if (!data || error !== 0) return [h]; // rule 22: no data after a non-zero error
   return Array.isArray(data) ? [h, ...data] : [h, data as Buffer];
 }

@@ -131,6 +131,12 @@ export class Session {
     if (last) this.complete();
   }
 
+  /** A data-less simple reply (success or errno) to a request handed to `onRequest`; frees its slot. */
+  replySimple(cookie: bigint, error: number): void {
+    this.writer.writeSimple(cookie, error);
+    this.complete();
+  }
+
   /** Free the in-flight slot of one request. */
   complete(): void {
     if (this.inFlight > 0) this.inFlight--;

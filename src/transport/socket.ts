@@ -5,6 +5,8 @@
  */
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
+import { SIZE } from '../protocol/constants.js';
+import { writeSimpleReplyHeader } from '../protocol/encoder.js';
 
 /**
  * A cold Observable of the bytes a socket receives. Subscribing attaches
@@ -86,6 +88,19 @@ export class ReplyWriter {
         this.parts.push(b);
       }
     }
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.flush);
+    }
+  }
+
+  /** A simple reply (16 bytes, no data), encoded straight into the staging chunk: no header buffer. */
+  writeSimple(cookie: bigint, error: number): void {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
+    if (this.pos + SIZE.SIMPLE_REPLY > this.stage.length) this.newStage();
+    writeSimpleReplyHeader(this.stage, this.pos, cookie, error);
+    this.pos += SIZE.SIMPLE_REPLY;
+    this.bytesWritten += SIZE.SIMPLE_REPLY;
     if (!this.scheduled) {
       this.scheduled = true;
       process.nextTick(this.flush);
