@@ -35,6 +35,7 @@ describe('fio nbd engine', () => {
       '--verify=crc32c',
       '--verify_fatal=1',
       '--do_verify=1',
+      '--verify_state_save=0',
       ...extra,
     ];
     const { stdout } = await run('fio', jobs('randwrite'), { timeout: 90_000 });
