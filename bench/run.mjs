@@ -297,10 +297,10 @@ async function runProfile() {
   await s.stop();
   log(`4 KiB random 50/50 under the profiler: ${fmt(r.iops)} IOPS`);
   const file = path.join(dir, fs.readdirSync(dir)[0]);
-  const keep = path.join(ROOT, 'bench', 'last-4k-mix.cpuprofile');
+  const keep = path.join(os.tmpdir(), 'nbd-engine-4k-mix.cpuprofile');
   fs.copyFileSync(file, keep);
   process.stdout.write(run(process.execPath, [path.join(ROOT, 'bench/profile-summary.mjs'), keep, '--top', '30']));
-  process.stdout.write(`(profile kept in ${path.relative(ROOT, keep)})\n`);
+  process.stdout.write(`(profile kept in ${keep})\n`);
 }
 
 function fmt(v) {
