@@ -47,9 +47,10 @@ export interface ConnectionRef {
 /** Where a request's answer goes (a session, or a test double). */
 export interface ReplySink {
   readonly replyMode: ReplyMode;
-  reply(frame: readonly Buffer[], last?: boolean): void;
+  /** `released`: WRITE payload bytes this request no longer holds (in-flight byte accounting). */
+  reply(frame: readonly Buffer[], last?: boolean, released?: number): void;
   /** Optional fast path: the same as `reply(encodeSimpleReply(cookie, error))`, encoded in place. */
-  replySimple?(cookie: bigint, error: number): void;
+  replySimple?(cookie: bigint, error: number, released?: number): void;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -114,6 +115,11 @@ export class NbdRequest {
     return payloadParts(this.frame);
   }
 
+  /** WRITE payload bytes held until this request is answered. */
+  private get held(): number {
+    return this.command === CMD.NBD_CMD_WRITE ? this.length : 0;
+  }
+
   get flags(): RequestFlags {
     return (this.flagsCache ??= decodeFlags(this.rawFlags));
   }
@@ -147,7 +153,7 @@ export class NbdRequest {
       // The common case, one Buffer of the right length: no segment list.
       if (Buffer.isBuffer(data) && data.length === this.length) {
         this.claim('reply');
-        this.sink.reply(replyReadBuffer(this.sink.replyMode, this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0));
+        this.sink.reply(replyReadBuffer(this.sink.replyMode, this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0), true, this.held);
         return;
       }
       const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);
@@ -159,7 +165,7 @@ export class NbdRequest {
         throw new NbdError('NBD_ERR_BAD_REPLY', `read reply of ${total} bytes for a ${this.length}-byte request`);
       }
       this.claim('reply');
-      this.sink.reply(replyRead(this.sink.replyMode, this.cookie, this.offset, segments, this.flags.df));
+      this.sink.reply(replyRead(this.sink.replyMode, this.cookie, this.offset, segments, this.flags.df), true, this.held);
       return;
     }
     if (this.type === 'blockStatus') {
@@ -169,13 +175,13 @@ export class NbdRequest {
         id: c.id,
         extents: (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }],
       }));
-      this.sink.reply(replyBlockStatus(this.sink.replyMode, this.cookie, this.offset, list));
+      this.sink.reply(replyBlockStatus(this.sink.replyMode, this.cookie, this.offset, list), true, this.held);
       return;
     }
     this.claim('reply');
     // Without extended headers a data-less success is a simple reply (replyOk): write it in place when the sink can.
-    if (this.sink.replyMode !== 'extended' && this.sink.replySimple) this.sink.replySimple(this.cookie, 0);
-    else this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset));
+    if (this.sink.replyMode !== 'extended' && this.sink.replySimple) this.sink.replySimple(this.cookie, 0, this.held);
+    else this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset), true, this.held);
   }
 
   /**
@@ -186,7 +192,7 @@ export class NbdRequest {
     this.claim('fail');
     const errno = toErrno(error, this.flags);
     const text = message ?? (error instanceof Error ? error.message : undefined);
-    this.sink.reply(replyError(this.sink.replyMode, this.cookie, this.command, errno, text, this.offset));
+    this.sink.reply(replyError(this.sink.replyMode, this.cookie, this.command, errno, text, this.offset), true, this.held);
   }
 
   toString(): string {

@@ -37,6 +37,8 @@ export interface ExportConfig {
 export interface ServerLimits {
   /** Requests with the application at once, per connection (default 64). */
   readonly maxInFlight?: number;
+  /** WRITE payload bytes with the application at once, per connection (default 256 MiB). */
+  readonly maxInFlightBytes?: number;
   /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
   readonly maxPayload?: number;
   /** Largest option data buffered (default 64 KiB). */
@@ -242,6 +244,7 @@ export class NbdServer {
         handshake: this.handshakeInput,
         decoderLimits: this.decoderLimits(),
         maxInFlight: this.options.limits?.maxInFlight ?? 64,
+        maxInFlightBytes: this.options.limits?.maxInFlightBytes,
         inspect: this.options.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,

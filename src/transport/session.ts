@@ -27,6 +27,11 @@ export interface SessionOptions {
   readonly decoderLimits?: Partial<DecoderLimits>;
   /** Requests handed to the application at once, per connection. */
   readonly maxInFlight?: number;
+  /**
+   * WRITE payload bytes with the application at once, per connection; past
+   * it reading pauses (a bound on memory: requests × payloads).
+   */
+  readonly maxInFlightBytes?: number;
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   readonly logger: Logger;
   /** Performs the STARTTLS upgrade on the raw socket; resolves with the encrypted stream. */
@@ -58,6 +63,9 @@ export class Session {
   private bytes: Subscription | null = null;
   private readonly maxInFlight: number;
   private inFlight = 0;
+  /** WRITE payload bytes held by requests with the application. */
+  private inFlightBytes = 0;
+  private readonly maxInFlightBytes: number;
   private throttled = false;
   private draining = false;
   private upgrading = false;
@@ -75,6 +83,7 @@ export class Session {
     this.socket = socket;
     this.log = options.logger;
     this.maxInFlight = Math.max(1, options.maxInFlight ?? 64);
+    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 256 * 1024 * 1024);
     this.decoder = new FrameDecoder(options.decoderLimits);
     this.writer = new ReplyWriter(socket, this.onDrainNeeded);
     this.actor = createActor(connectionMachine, {
@@ -126,20 +135,21 @@ export class Session {
    * Send a reply to a request previously handed to `onRequest`; `last`
    * marks the request complete (the in-flight slot is freed).
    */
-  reply(frame: readonly Buffer[], last = true): void {
+  reply(frame: readonly Buffer[], last = true, released = 0): void {
     this.writer.write(frame);
-    if (last) this.complete();
+    if (last) this.complete(released);
   }
 
   /** A data-less simple reply (success or errno) to a request handed to `onRequest`; frees its slot. */
-  replySimple(cookie: bigint, error: number): void {
+  replySimple(cookie: bigint, error: number, released = 0): void {
     this.writer.writeSimple(cookie, error);
-    this.complete();
+    this.complete(released);
   }
 
-  /** Free the in-flight slot of one request. */
-  complete(): void {
+  /** Free the in-flight slot of one request (and the WRITE payload bytes it held). */
+  complete(released = 0): void {
     if (this.inFlight > 0) this.inFlight--;
+    this.inFlightBytes = Math.max(0, this.inFlightBytes - released);
     this.afterCompletion();
   }
 
@@ -217,11 +227,18 @@ export class Session {
     this.pumping = true;
     let batch: RequestFrame[] | null = null;
     try {
-      while (!this.finished && !this.upgrading && this.inFlight + (batch === null ? 0 : batch.length) < this.maxInFlight) {
+      let batchBytes = 0;
+      while (
+        !this.finished &&
+        !this.upgrading &&
+        this.inFlight + (batch === null ? 0 : batch.length) < this.maxInFlight &&
+        this.inFlightBytes + batchBytes < this.maxInFlightBytes
+      ) {
         const f = this.decoder.next();
         if (f === null) break;
         if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
           (batch ??= []).push(f);
+          if (f.type === CMD.NBD_CMD_WRITE) batchBytes += f.length;
           continue;
         }
         if (batch !== null) {
@@ -262,7 +279,7 @@ export class Session {
 
   private updateFlow(): void {
     if (this.finished) return;
-    const full = this.inFlight >= this.maxInFlight || this.writer.needsDrain;
+    const full = this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes || this.writer.needsDrain;
     if (full && !this.throttled) {
       this.throttled = true;
       this.socket.pause();
@@ -325,6 +342,7 @@ export class Session {
     switch (e.type) {
       case 'request':
         this.inFlight++;
+        if (e.frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += e.frame.length;
         try {
           this.handlers.onRequest(this, e.frame);
         } catch (err) {
@@ -337,6 +355,7 @@ export class Session {
       case 'requests':
         for (const frame of e.accepted) {
           this.inFlight++;
+          if (frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += frame.length;
           try {
             this.handlers.onRequest(this, frame);
           } catch (err) {
