@@ -137,15 +137,7 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
 }
 
 function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, logger?: Logger): void | Promise<void> {
-  const fail = (e: unknown) => {
-    if (req.isAnswered) {
-      logger?.error(`${req.toString()}: ${String(e)}`);
-      return;
-    }
-    const err = e instanceof Error ? e : new Error(String(e));
-    logger?.debug?.(`${req.toString()} failed: ${err.message}`);
-    req.fail(err);
-  };
+  const fail = (e: unknown) => failRequest(req, e, logger);
   const done = () => req.reply();
   const fua = req.flags.fua;
   // FUA emulated by a flush after the operation (nbdkit NBDKIT_FUA_EMULATE).
