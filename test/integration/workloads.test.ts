@@ -129,3 +129,21 @@ describe('nbdkit as a reference peer', () => {
     expect(ours.exports[0].contexts).toEqual(theirs.exports[0].contexts);
   });
 });
+
+describe('IPv6 loopback', () => {
+  it('listens on [::1], prints a bracketed URI, and nbdinfo / qemu-io work through it', async () => {
+    const { createServer } = await import('../../src/index.js');
+    const server = createServer({ exports: [{ name: 'v6', backend: memoryBackend({ size: 4 * MiB }) }], logger: { warn: () => {}, error: () => {} } });
+    try {
+      const [r] = await server.listen({ port: 0, host: '::1' });
+      const uri = r!.uris[0]!;
+      expect(uri).toMatch(/^nbd:\/\/\[::1\]:\d+\/v6$/);
+      const info = JSON.parse((await run('nbdinfo', ['--json', uri])).stdout);
+      expect(info.exports[0]['export-size']).toBe(4 * MiB);
+      const { stdout } = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6 0 64k', '-c', 'read -P 0x6 0 64k', uri]);
+      expect(stdout).toMatch(/read 65536\/65536 bytes/);
+    } finally {
+      await server.close({ timeout: 1000 });
+    }
+  });
+});
