@@ -304,7 +304,9 @@ export class NbdServer {
   }
 
   private async doClose(timeout: number): Promise<void> {
-    await Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.server.close(() => r()))));
+    // Stop accepting now; net.Server's close callback only fires once every
+    // connection has ended, so wait for it after the sessions are drained.
+    const listenersClosed = Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.server.close(() => r()))));
     for (const s of this.sessions) s.shutdown();
     const deadline = Date.now() + timeout;
     while (this.sessions.size > 0 && Date.now() < deadline) {
@@ -313,6 +315,7 @@ export class NbdServer {
       for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing');
     }
     for (const s of this.sessions) s.destroy('server closing (timeout)');
+    await listenersClosed;
     for (const e of this.exports.values()) {
       const b = e.config.backend;
       try {
