@@ -72,21 +72,47 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
       return encodeChunkOffsetHole(cookie, offset, s.hole, { extended, requestOffset: offset, done: true });
     }
   }
+  // Runs of adjacent data segments share one OFFSET_DATA chunk (the buffers
+  // follow each other as its payload): a 1 MiB read from 64 KiB pages is one
+  // chunk, not sixteen, which is one header for the client to parse instead
+  // of sixteen. Holes stay OFFSET_HOLE chunks; empty segments are dropped
+  // (every content chunk covers ≥ 1 byte, §1.12).
   const frame: Frame = [];
   let at = offset;
-  // Drop empty segments: every content chunk covers ≥ 1 byte (§1.12).
-  const live = segments.filter((s) => ('data' in s ? s.data.length : s.hole) > 0);
-  if (live.length === 0) return encodeChunkNone(cookie, { extended, requestOffset: offset });
-  for (let i = 0; i < live.length; i++) {
-    const s = live[i]!;
-    const done = i === live.length - 1;
-    const chunk =
-      'data' in s
-        ? encodeChunkOffsetData(cookie, at, s.data, { extended, requestOffset: offset, done })
-        : encodeChunkOffsetHole(cookie, at, s.hole, { extended, requestOffset: offset, done });
+  let run: Buffer[] = [];
+  let runStart = offset;
+  const flushRun = (done: boolean) => {
+    if (run.length === 0) return;
+    const chunk = encodeChunkOffsetData(cookie, runStart, run.length === 1 ? run[0]! : run, { extended, requestOffset: offset, done });
     for (const b of chunk) frame.push(b);
-    at += 'data' in s ? s.data.length : s.hole;
+    run = [];
+  };
+  // Find the last live segment: its chunk carries DONE.
+  let lastLive = -1;
+  for (let i = segments.length - 1; i >= 0; i--) {
+    const s = segments[i]!;
+    if (('data' in s ? s.data.length : s.hole) > 0) {
+      lastLive = i;
+      break;
+    }
   }
+  if (lastLive < 0) return encodeChunkNone(cookie, { extended, requestOffset: offset });
+  for (let i = 0; i <= lastLive; i++) {
+    const s = segments[i]!;
+    if ('data' in s) {
+      if (s.data.length === 0) continue;
+      if (run.length === 0) runStart = at;
+      run.push(s.data);
+      at += s.data.length;
+    } else {
+      if (s.hole === 0) continue;
+      flushRun(false);
+      const chunk = encodeChunkOffsetHole(cookie, at, s.hole, { extended, requestOffset: offset, done: i === lastLive });
+      for (const b of chunk) frame.push(b);
+      at += s.hole;
+    }
+  }
+  flushRun(true);
   return frame;
 }
 

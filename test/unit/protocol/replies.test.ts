@@ -86,6 +86,25 @@ describe('replyRead', () => {
     expect(decodeChunk(rs[0] as ReplyChunk)).toEqual({ type: 'offsetData', offset: 0n, data: Buffer.concat([data, Buffer.alloc(8), Buffer.from('XY')]) });
   });
 
+  it.each(['structured', 'extended'] as const)('%s: adjacent data segments share one OFFSET_DATA chunk (no copy); holes split runs', (mode) => {
+    const a = Buffer.from('abc');
+    const b = Buffer.from('defg');
+    const c = Buffer.from('h');
+    const frame = replyRead(mode, 9n, 4096, [{ data: a }, { data: Buffer.alloc(0) }, { data: b }, { hole: 5 }, { data: c }, { hole: 0 }]);
+    expect(frame.includes(a) && frame.includes(b) && frame.includes(c)).toBe(true);
+    const rs = parse(mode, frame);
+    expectOneDoneLast(rs);
+    expect(rs.map((r) => decodeChunk(r as ReplyChunk))).toEqual([
+      { type: 'offsetData', offset: 4096n, data: Buffer.from('abcdefg') },
+      { type: 'offsetHole', offset: 4103n, size: 5 },
+      { type: 'offsetData', offset: 4108n, data: c },
+    ]);
+    const pages = [Buffer.alloc(65536, 1), Buffer.alloc(65536, 2), Buffer.alloc(65536, 3)];
+    const one = parse(mode, replyRead(mode, 9n, 0, pages.map((data) => ({ data }))));
+    expect(one).toHaveLength(1);
+    expect(decodeChunk(one[0] as ReplyChunk)).toEqual({ type: 'offsetData', offset: 0n, data: Buffer.concat(pages) });
+  });
+
   it('empty segments are dropped; nothing left ⇒ NONE+DONE', () => {
     const rs = parse('structured', replyRead('structured', 9n, 0, [{ data: Buffer.alloc(0) }, { hole: 0 }]));
     expect(rs).toHaveLength(1);
