@@ -169,7 +169,8 @@ export class Session {
 
   private subscribeBytes(): void {
     this.bytes?.unsubscribe();
-    this.bytes = fromSocket(this.socket).subscribe({
+    // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
+    this.bytes = fromSocket(this.socket, { slabReads: !this.options.upgradeTls }).subscribe({
       next: (chunk) => {
         if (this.upgrading) {
           // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).

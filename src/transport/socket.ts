@@ -3,28 +3,100 @@
  * reply writer (header + payload as separate buffers under cork, `drain`
  * honoured). The only code besides the listeners that touches sockets.
  */
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
 import { writeSimpleReplyHeader } from '../protocol/encoder.js';
 
+/** Socket reads land in regions of slabs this big... */
+const READ_SLAB = 1024 * 1024;
+/** ...at most this much per read (Node's own reads are 64 KiB each, each a fresh ArrayBuffer). */
+const READ_MAX = 256 * 1024;
+/** A slab with less than this left is retired (its views stay valid) and a new one started. */
+const READ_MIN = 64 * 1024;
+
+/**
+ * The private symbols behind `net.Socket`'s `onread` option (Node ≥ 12:
+ * `kBuffer`, `kBufferCb`, `kBufferGen`). `onread` is public only for
+ * sockets we create; server sockets get it by setting the same fields and
+ * calling `useUserBuffer` on the handle — exactly what the constructor
+ * does. Undefined if this Node does not have them (then 'data' events).
+ */
+const onreadSymbols = (() => {
+  try {
+    // @types/node 20 lacks `onread` in the constructor options (Node has had it since 12).
+    const probe = new net.Socket({ onread: { buffer: () => Buffer.alloc(0), callback: () => true } } as net.SocketConstructorOpts);
+    const by = (d: string) => Object.getOwnPropertySymbols(probe).find((x) => x.description === d);
+    const kBuffer = by('kBuffer');
+    const kBufferCb = by('kBufferCb');
+    const kBufferGen = by('kBufferGen');
+    return kBuffer && kBufferCb && kBufferGen ? { kBuffer, kBufferCb, kBufferGen } : undefined;
+  } catch {
+    return undefined;
+  }
+})();
+
+/**
+ * Have a plain `net.Socket` read into regions of 1 MiB slabs instead of a
+ * fresh 64 KiB ArrayBuffer per read: up to 256 KiB per read, one
+ * allocation per slab, far less GC. Every region is handed out once and
+ * never written again, so views of a chunk (partial frames, WRITE payloads
+ * held by async backends) stay valid exactly as with 'data' buffers.
+ * Returns false (nothing changed) when the socket is not a plain one.
+ */
+function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() => void) | false {
+  const syms = onreadSymbols;
+  if (!syms || !(socket instanceof net.Socket) || (socket as { encrypted?: boolean }).encrypted) return false;
+  const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return false;
+  let slab = Buffer.allocUnsafeSlow(READ_SLAB);
+  let used = 0;
+  let region = slab.subarray(0, READ_MAX);
+  let live = true;
+  const next = (): Buffer => {
+    if (slab.length - used < READ_MIN) {
+      slab = Buffer.allocUnsafeSlow(READ_SLAB);
+      used = 0;
+    }
+    region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
+    return region;
+  };
+  const s = socket as unknown as Record<symbol, unknown>;
+  s[syms.kBufferCb] = (n: number, buf: Buffer) => {
+    used += n;
+    if (live) deliver(buf.subarray(0, n));
+  };
+  s[syms.kBufferGen] = next;
+  s[syms.kBuffer] = region;
+  handle.useUserBuffer(region);
+  return () => {
+    live = false;
+  };
+}
+
 /**
  * A cold Observable of the bytes a socket receives. Subscribing attaches
  * the listeners, unsubscribing detaches them (style.md §3). `complete` is
  * the client's EOF; `error` a socket error. The socket is not paused or
- * destroyed here: flow control belongs to the session.
+ * destroyed here: flow control belongs to the session. With `slabReads`
+ * a plain socket reads into slab regions (see `readIntoSlabs`); only for
+ * sockets that are never handed to TLS afterwards.
  */
-export function fromSocket(socket: Duplex): Observable<Buffer> {
+export function fromSocket(socket: Duplex, options: { slabReads?: boolean } = {}): Observable<Buffer> {
   return new Observable<Buffer>((subscriber) => {
     const onData = (chunk: Buffer) => subscriber.next(chunk);
     const onEnd = () => subscriber.complete();
     const onError = (err: Error) => subscriber.error(err);
     const onClose = () => subscriber.complete();
+    // 'data' stays attached: it delivers anything read before the switch (and everything without it).
     socket.on('data', onData);
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);
+    const stopSlabs = options.slabReads ? readIntoSlabs(socket, onData) : false;
     return () => {
+      if (stopSlabs) stopSlabs();
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('error', onError);
