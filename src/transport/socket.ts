@@ -9,11 +9,13 @@ import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
 import { writeSimpleReplyHeader } from '../protocol/encoder.js';
 
-/** Socket reads land in regions of slabs this big... */
+/** Socket reads land in regions of slabs: the first this big (a handshake needs little)... */
+const READ_SLAB_FIRST = 64 * 1024;
+/** ...each next one twice the last, up to this. */
 const READ_SLAB = 1024 * 1024;
 /** ...at most this much per read (Node's own reads are 64 KiB each, each a fresh ArrayBuffer). */
 const READ_MAX = 256 * 1024;
-/** A slab with less than this left is retired (its views stay valid) and a new one started. */
+/** A slab with less than a quarter of itself (at most this) left is retired (its views stay valid). */
 const READ_MIN = 64 * 1024;
 
 /**
@@ -38,7 +40,7 @@ const onreadSymbols = (() => {
 })();
 
 /**
- * Have a plain `net.Socket` read into regions of 1 MiB slabs instead of a
+ * Have a plain `net.Socket` read into regions of slabs (64 KiB growing to 1 MiB) instead of a
  * fresh 64 KiB ArrayBuffer per read: up to 256 KiB per read, one
  * allocation per slab, far less GC. Every region is handed out once and
  * never written again, so views of a chunk (partial frames, WRITE payloads
@@ -50,13 +52,14 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
   if (!syms || !(socket instanceof net.Socket) || (socket as { encrypted?: boolean }).encrypted) return false;
   const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return false;
-  let slab = Buffer.allocUnsafeSlow(READ_SLAB);
+  // Small first: a connection that only negotiates (nbdinfo) allocates 64 KiB, not 1 MiB.
+  let slab = Buffer.allocUnsafeSlow(READ_SLAB_FIRST);
   let used = 0;
   let region = slab.subarray(0, READ_MAX);
   let live = true;
   const next = (): Buffer => {
-    if (slab.length - used < READ_MIN) {
-      slab = Buffer.allocUnsafeSlow(READ_SLAB);
+    if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
+      slab = Buffer.allocUnsafeSlow(Math.min(READ_SLAB, slab.length * 2));
       used = 0;
     }
     region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
@@ -109,6 +112,8 @@ export function fromSocket(socket: Duplex, options: { slabReads?: boolean } = {}
 const COPY_MAX = 16 * 1024;
 /** Staging chunk size: a burst of 32 × 4 KiB read replies fits in one. */
 const STAGE_SIZE = 256 * 1024;
+/** The first staging chunk is small (handshake replies); the first overflow switches to STAGE_SIZE. */
+const STAGE_FIRST = 16 * 1024;
 /** Queued-but-unsent bytes above which the session stops reading (our high-water mark). */
 const DEFAULT_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -124,7 +129,7 @@ export class ReplyWriter {
   private closed = false;
   private scheduled = false;
   /** Staging chunk; [start, pos) is queued but not yet handed to the socket. */
-  private stage: Buffer = Buffer.allocUnsafeSlow(STAGE_SIZE);
+  private stage: Buffer = Buffer.allocUnsafeSlow(STAGE_FIRST);
   private start = 0;
   private pos = 0;
   /** Socket writes of the current staging chunk not yet completed. */

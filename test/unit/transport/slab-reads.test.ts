@@ -64,7 +64,7 @@ describe('fromSocket slabReads', () => {
       const got = Buffer.concat(chunks);
       expect(got.length).toBe(data.length);
       expect(got.equals(data)).toBe(true);
-      // The slab path was taken: chunks are views of 1 MiB slabs, not 64 KiB read buffers.
+      // The slab path was taken: slabs grow from 64 KiB to 1 MiB; Node's own reads would be 64 KiB buffers.
       expect(chunks.some((c) => c.buffer.byteLength === 1024 * 1024)).toBe(true);
     } finally {
       close();
