@@ -24,6 +24,17 @@ const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 && i + 1 < args.length ? args[i + 1] : dflt;
 };
+if (flag('--help') || flag('-h')) {
+  process.stdout.write(`usage: node bench/run.mjs [--rounds N] [--runtime S] [--only TEXT] [--profile]
+
+  --rounds N    measured rounds per workload after one warm-up (default 3)
+  --runtime S   seconds per fio run (default 3)
+  --only TEXT   run only workloads whose name (or group: unix, nbdcopy, tcp, rss) contains TEXT,
+                e.g. --only "1 MiB sequential write", --only nbdcopy, --only TCP, --only rss
+  --profile     CPU profile of nbd-engine under the 4 KiB random 50/50 mix, summarised
+`);
+  process.exit(0);
+}
 const ROUNDS = Number(opt('--rounds', '3'));
 const RUNTIME = Number(opt('--runtime', '3')); // seconds per fio run
 const ONLY = opt('--only', '');
