@@ -5,7 +5,7 @@
  */
 import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import { payloadParts } from '../protocol/decoder.js';
+import { payloadParts, releasePayloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
 import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
@@ -113,6 +113,14 @@ export class NbdRequest {
    */
   get dataParts(): readonly Buffer[] | undefined {
     return payloadParts(this.frame);
+  }
+
+  /**
+   * @internal The server's backend path, after a payload-copying backend
+   * stored `dataParts` synchronously: their socket read slabs may be reused.
+   */
+  releaseDataParts(): void {
+    releasePayloadParts(this.frame);
   }
 
   /** WRITE payload bytes held until this request is answered. */

@@ -10,6 +10,7 @@ import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Logger } from '../transport/logger.js';
+import { kCopiesPayload } from '../protocol/slab-account.js';
 
 function isThenable<T>(v: unknown): v is PromiseLike<T> {
   return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
@@ -114,6 +115,8 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
         const parts = backend.writev ? req.dataParts : undefined;
         r = parts ? backend.writev!(req.offset, parts, o) : backend.write!(req.offset, req.data!, o);
         if (!isThenable(r)) {
+          // Stored by copy: the pieces' read slabs may be reused (protocol/slab-account.ts).
+          if (parts && (backend as { [kCopiesPayload]?: boolean })[kCopiesPayload] === true) req.releaseDataParts();
           req.reply();
           return;
         }

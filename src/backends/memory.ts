@@ -14,6 +14,7 @@ import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Backend, ZeroOptions } from '../api/backend.js';
+import { kCopiesPayload } from '../protocol/slab-account.js';
 
 export interface MemoryBackendOptions {
   /** Export size in bytes. */
@@ -104,7 +105,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
-  const backend: MemoryBackend = {
+  const backend: MemoryBackend & { [kCopiesPayload]: true } = {
     size,
     get allocatedBytes() {
       return pages.size * pageSize;
@@ -172,6 +173,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     },
     // One process, one map: writes are visible to every connection at once.
     multiConn: true,
+    // write/writev copy the payload before returning: its read slabs may be reused.
+    [kCopiesPayload]: true,
     readOnly: opts.readOnly,
   };
   return backend;

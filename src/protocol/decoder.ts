@@ -16,6 +16,7 @@
  */
 import { CMD, CMD_FLAG, MAGIC, OPT, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
+import { releaseBytes } from './slab-account.js';
 
 export interface DecoderLimits {
   /** Largest option data we buffer and parse (bigger known options get ERR_TOO_BIG). */
@@ -152,6 +153,7 @@ export class FrameDecoder {
     if (this.skipRemaining > 0 && this.buffered === 0) {
       const n = Math.min(this.skipRemaining, chunk.length);
       this.skipRemaining -= n;
+      releaseBytes(chunk.buffer, n);
       if (n === chunk.length) return true;
       chunk = chunk.subarray(n);
     }
@@ -314,6 +316,8 @@ export class FrameDecoder {
       } else {
         length = h.readUInt32BE(24);
       }
+      // The header is parsed: its bytes are dead (a copied header's sources were reported by take).
+      releaseBytes(h.buffer, size);
       // Which requests carry a payload: compact WRITE; extended WRITE, or any
       // extended request with PAYLOAD_LEN (§1.9.4).
       const hasPayload =
@@ -378,6 +382,7 @@ export class FrameDecoder {
       const c = this.chunks[0]!;
       const m = Math.min(c.length - this.head, n - filled);
       c.copy(out, filled, this.head, this.head + m);
+      releaseBytes(c.buffer, m);
       filled += m;
       this.head += m;
       if (this.head === c.length) {
@@ -412,6 +417,7 @@ export class FrameDecoder {
     while (this.skipRemaining > 0 && this.buffered > 0) {
       const c = this.chunks[0]!;
       const m = Math.min(c.length - this.head, this.skipRemaining);
+      releaseBytes(c.buffer, m);
       this.head += m;
       this.buffered -= m;
       this.skipRemaining -= m;
@@ -450,6 +456,7 @@ class ScatteredRequest implements RequestFrame {
   readonly payloadDiscarded = false;
   readonly #parts: readonly Buffer[];
   #joined: Buffer | undefined;
+  #released = false;
 
   constructor(r: PendingRequest, parts: readonly Buffer[]) {
     this.extended = r.extended;
@@ -463,12 +470,29 @@ class ScatteredRequest implements RequestFrame {
   }
 
   get payload(): Buffer {
+    if (this.#joined === undefined && this.#released) throw new Error('WRITE payload used after it was released');
     return (this.#joined ??= Buffer.concat(this.#parts as Buffer[]));
   }
 
   get parts(): readonly Buffer[] {
     return this.#parts;
   }
+
+  /** The pieces' bytes are dead (stored by copy): their read slabs may be reused. Once only. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    for (const p of this.#parts) releaseBytes(p.buffer, p.length);
+  }
+}
+
+/**
+ * Report a scattered payload's pieces as dead, after a backend that copies
+ * payloads (`kCopiesPayload`) stored them synchronously. Nobody may use
+ * `payloadParts(frame)` views afterwards (a joined `payload` stays valid).
+ */
+export function releasePayloadParts(frame: RequestFrame): void {
+  if (frame instanceof ScatteredRequest) frame.release();
 }
 
 /** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */

@@ -8,6 +8,10 @@ import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
 import { writeSimpleReplyHeader } from '../protocol/encoder.js';
+import { retireSlab, trackSlab, type SlabAccount } from '../protocol/slab-account.js';
+
+/** Full-size read slabs whose bytes are all dead, kept for reuse (per connection). */
+const FREE_SLABS_MAX = 4;
 
 /** Socket reads land in regions of slabs: the first this big (a handshake needs little)... */
 const READ_SLAB_FIRST = 64 * 1024;
@@ -53,14 +57,26 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
   const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return false;
   // Small first: a connection that only negotiates (nbdinfo) allocates 64 KiB, not 1 MiB.
-  let slab = Buffer.allocUnsafeSlow(READ_SLAB_FIRST);
+  // Full-size slabs whose every byte was reported dead (see protocol/slab-account.ts) are reused.
+  const free: Buffer[] = [];
+  let live = true;
+  const track = (b: Buffer): SlabAccount =>
+    trackSlab(b.buffer, () => {
+      if (live && b.length === READ_SLAB && free.length < FREE_SLABS_MAX) free.push(b);
+    });
+  let slab: Buffer = Buffer.allocUnsafeSlow(READ_SLAB_FIRST);
+  let account = track(slab);
   let used = 0;
   let region = slab.subarray(0, READ_MAX);
-  let live = true;
   const next = (): Buffer => {
     if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
-      slab = Buffer.allocUnsafeSlow(Math.min(READ_SLAB, slab.length * 2));
+      const old = slab;
+      const size = Math.min(READ_SLAB, slab.length * 2);
+      slab = (size === READ_SLAB ? free.pop() : undefined) ?? Buffer.allocUnsafeSlow(size);
       used = 0;
+      const oldAccount = account;
+      account = track(slab);
+      retireSlab(old.buffer, oldAccount);
     }
     region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
     return region;
@@ -68,6 +84,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
   const s = socket as unknown as Record<symbol, unknown>;
   s[syms.kBufferCb] = (n: number, buf: Buffer) => {
     used += n;
+    account.handed += n;
     if (live) deliver(buf.subarray(0, n));
   };
   s[syms.kBufferGen] = next;
