@@ -1,0 +1,81 @@
+/**
+ * Read-slab reuse accounting (src/protocol/slab-account.ts): a slab is
+ * free only once every byte read into it was reported dead exactly once —
+ * parsed headers, copied-out bytes, and scattered WRITE payloads released
+ * after a payload-copying backend stored them. A payload view that is
+ * never released keeps its slab out of reuse.
+ */
+import { describe, expect, it } from 'vitest';
+import { releasePayloadParts } from '../../../src/protocol/decoder.js';
+import type { RequestFrame } from '../../../src/protocol/frames.js';
+import { releaseBytes, retireSlab, trackSlab } from '../../../src/protocol/slab-account.js';
+import { decoderAt } from '../../helpers/decode.js';
+import { encodeRequest } from '../../helpers/wire.js';
+
+const WRITE = 1;
+
+/** Copy `bytes` into tracked slabs of `size` bytes each; returns the chunks and a free counter. */
+function inSlabs(bytes: Buffer, size: number) {
+  const freed: number[] = [];
+  const slabs: { buf: Buffer; account: ReturnType<typeof trackSlab> }[] = [];
+  const chunks: Buffer[] = [];
+  for (let at = 0, i = 0; at < bytes.length; at += size, i++) {
+    const buf = Buffer.allocUnsafeSlow(size);
+    const account = trackSlab(buf.buffer, () => freed.push(i));
+    const n = bytes.copy(buf, 0, at, Math.min(bytes.length, at + size));
+    account.handed = n;
+    slabs.push({ buf, account });
+    chunks.push(buf.subarray(0, n));
+  }
+  const retireAll = () => slabs.forEach((s) => retireSlab(s.buf.buffer, s.account));
+  return { chunks, freed, retireAll };
+}
+
+describe('read slab accounting', () => {
+  it('a scattered 1 MiB WRITE frees its slabs only when its payload is released', () => {
+    const payload = Buffer.alloc(1024 * 1024, 7);
+    const wire = Buffer.concat([encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload), encodeRequest({ flags: 0, type: WRITE, cookie: 2n, offset: 0, length: payload.length }, payload)]);
+    const { chunks, freed, retireAll } = inSlabs(wire, 200 * 1024);
+    const d = decoderAt('requests');
+    for (const c of chunks) d.push(c);
+    const a = d.next() as RequestFrame;
+    const b = d.next() as RequestFrame;
+    expect(d.next()).toBeNull();
+    retireAll();
+    expect(freed).toEqual([]); // payloads still held
+    releasePayloadParts(a);
+    releasePayloadParts(a); // once only
+    // Slabs holding only the first request are free; the one it shares with the second is not.
+    const afterA = [...freed];
+    expect(afterA.length).toBeGreaterThan(0);
+    expect(afterA.every((i) => (i + 1) * 200 * 1024 <= 28 + payload.length)).toBe(true);
+    releasePayloadParts(b);
+    expect(freed.sort((x, y) => x - y)).toEqual(chunks.map((_, i) => i));
+    // A released scattered payload cannot be joined from reused memory.
+    expect(() => (b as { payload?: Buffer }).payload).toThrow(/released/);
+  });
+
+  it('a small payload kept as a view keeps its slab out of reuse', () => {
+    const payload = Buffer.alloc(4096, 1);
+    const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload);
+    const { chunks, freed, retireAll } = inSlabs(wire, 64 * 1024);
+    const d = decoderAt('requests');
+    d.push(chunks[0]!);
+    const f = d.next() as RequestFrame;
+    expect(f.payload).toEqual(payload);
+    retireAll();
+    releasePayloadParts(f); // not scattered: nothing to release
+    expect(freed).toEqual([]);
+  });
+
+  it('untracked memory is ignored; a header split across slabs is reported when copied', () => {
+    releaseBytes(new ArrayBuffer(8), 8);
+    const wire = encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 512 });
+    const { chunks, freed, retireAll } = inSlabs(wire, 10);
+    const d = decoderAt('requests');
+    for (const c of chunks) d.push(c);
+    expect(d.next()).toMatchObject({ kind: 'request', type: 0, length: 512 });
+    retireAll();
+    expect(freed.sort()).toEqual([0, 1, 2]);
+  });
+});
