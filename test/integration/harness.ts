@@ -12,6 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { afterEach } from 'vitest';
+import type { Subscription } from 'rxjs';
 import { createServer, type NbdServer, type ServerOptions } from '../../src/index.js';
 import { silentLogger, type Logger } from '../../src/transport/logger.js';
 
@@ -85,6 +87,25 @@ export async function startServer(options: ServerOptions): Promise<Running> {
       await server.close({ timeout: 2000 });
       fs.rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/**
+ * One server per test: `serve()` starts it on a fresh socket; it, and every
+ * subscription handed to `track()`, ends after each test.
+ */
+export function serverPerTest(): { serve(options: ServerOptions): Promise<Running>; track(subscription: Subscription): void } {
+  let running: Running | undefined;
+  let subscriptions: Subscription[] = [];
+  afterEach(async () => {
+    for (const s of subscriptions) s.unsubscribe();
+    subscriptions = [];
+    await running?.close();
+    running = undefined;
+  });
+  return {
+    serve: async (options) => (running = await startServer(options)),
+    track: (subscription) => void subscriptions.push(subscription),
   };
 }
 

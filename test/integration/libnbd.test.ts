@@ -4,37 +4,26 @@
  * listing with descriptions, the allocation map of a sparse export, and
  * block-size constraints.
  */
-import { afterEach, describe, expect, test } from 'vitest';
-import { Subscription, mergeMap } from 'rxjs';
+import { describe, expect, test } from 'vitest';
+import { mergeMap } from 'rxjs';
 import { memoryBackend, type Backend, type ServerOptions } from '../../src/index.js';
-import { run, startServer, type Running } from './harness.js';
+import { run, serverPerTest, type Running } from './harness.js';
 
 const MiB = 1024 * 1024;
 
-let running: Running | undefined;
-let subscription: Subscription | undefined;
-afterEach(async () => {
-  subscription?.unsubscribe();
-  subscription = undefined;
-  await running?.close();
-  running = undefined;
-});
-
-async function serve(options: ServerOptions): Promise<Running> {
-  running = await startServer(options);
-  return running;
-}
+const { serve, track } = serverPerTest();
 
 /** Answer every request of a request-stream export (reads as zeroes). */
 function answerAll(r: Running): void {
-  subscription = r.server.requests$
+  track(r.server.requests$
     .pipe(
       mergeMap(async (req) => {
         if (req.type === 'read') req.reply(Buffer.alloc(req.length));
         else req.reply();
       }),
     )
-    .subscribe();
+    .subscribe(),
+  );
 }
 
 interface InfoExport {

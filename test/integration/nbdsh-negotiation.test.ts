@@ -3,27 +3,15 @@
  * connection negotiating, LIST, ABORT, INFO followed by GO with identical
  * answers, meta context listing, full info (description, canonical name).
  */
-import { afterEach, describe, expect, test } from 'vitest';
-import { mergeMap, type Subscription } from 'rxjs';
+import { describe, expect, test } from 'vitest';
+import { mergeMap } from 'rxjs';
 import { memoryBackend, type Backend, type ConnectionEvent, type ServerOptions } from '../../src/index.js';
-import { startServer, type Running } from './harness.js';
+import { serverPerTest } from './harness.js';
 import { py } from './pylibnbd.js';
 
 const MiB = 1024 * 1024;
 
-let running: Running | undefined;
-let subscription: Subscription | undefined;
-afterEach(async () => {
-  subscription?.unsubscribe();
-  subscription = undefined;
-  await running?.close();
-  running = undefined;
-});
-
-async function serve(options: ServerOptions): Promise<Running> {
-  running = await startServer(options);
-  return running;
-}
+const { serve, track } = serverPerTest();
 
 const readOnly: Backend = { read: (_o, l) => Buffer.alloc(l) };
 const readWriteFlush = (): Backend => {
@@ -114,7 +102,7 @@ describe('opt mode', () => {
   test('opt_abort ends the connection cleanly; the server records it and stays up', async () => {
     const r = await serve({ exports: exportsForInfo() });
     const events: ConnectionEvent[] = [];
-    subscription = r.server.connections$.subscribe((e) => events.push(e));
+    track(r.server.connections$.subscribe((e) => events.push(e)));
     const out = await py<Record<string, unknown>>(
       r.uri('disk'),
       `
@@ -143,7 +131,7 @@ describe('opt mode', () => {
 
   test('opt_info then opt_go report the same size, flags and block sizes for every export', async () => {
     const r = await serve({ exports: exportsForInfo() });
-    subscription = r.server.requests$.pipe(mergeMap(async (req) => req.reply(req.type === 'read' ? Buffer.alloc(req.length) : undefined))).subscribe();
+    track(r.server.requests$.pipe(mergeMap(async (req) => req.reply(req.type === 'read' ? Buffer.alloc(req.length) : undefined))).subscribe());
     const names = ['disk', 'ro', 'rwf', 'mem-ro', 'stream'];
     const out = await py<Record<string, { info: Record<string, unknown>; go: Record<string, unknown>; description: string; canonical: string }>>(
       r.uri('disk'),

@@ -4,29 +4,17 @@
  * requests, simple vs structured replies, block status. Negotiation (opt
  * mode) lives in nbdsh-negotiation.test.ts.
  */
-import { afterEach, describe, expect, test } from 'vitest';
-import { mergeMap, type Subscription } from 'rxjs';
-import { memoryBackend, NbdRequestError, type Backend, type ReadSegment, type ServerOptions } from '../../src/index.js';
-import { startServer, type Running } from './harness.js';
+import { describe, expect, test } from 'vitest';
+import { mergeMap } from 'rxjs';
+import { memoryBackend, NbdRequestError, type Backend, type ReadSegment } from '../../src/index.js';
+import { serverPerTest, type Running } from './harness.js';
 import { py } from './pylibnbd.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const PAGE = 64 * KiB;
 
-let running: Running | undefined;
-let subscription: Subscription | undefined;
-afterEach(async () => {
-  subscription?.unsubscribe();
-  subscription = undefined;
-  await running?.close();
-  running = undefined;
-});
-
-async function serve(options: ServerOptions): Promise<Running> {
-  running = await startServer(options);
-  return running;
-}
+const { serve, track } = serverPerTest();
 
 /** What a backend read returns, as one Buffer. */
 async function readAll(b: Backend, offset: number, length: number): Promise<Buffer> {
@@ -525,7 +513,7 @@ describe('block status', () => {
         { name: 'stream', size: MiB, flags: { extents: true } },
       ],
     });
-    subscription = r.server.requests$
+    track(r.server.requests$
       .pipe(
         mergeMap(async (req) => {
           if (req.type !== 'blockStatus') return req.fail('EINVAL');
@@ -534,7 +522,8 @@ describe('block status', () => {
           return req.reply(req.flags.reqOne ? [{ length: first, flags: 3 }] : [{ length: first, flags: 3 }, { length: req.length - first, flags: 0 }]);
         }),
       )
-      .subscribe();
+      .subscribe(),
+    );
     const plain = await py<Record<string, { offset: number; extents: [number, number][] }>>(
       r.uri('plain'),
       `
@@ -568,7 +557,7 @@ describe('request-stream export', () => {
     const disk = Buffer.alloc(size);
     const seen: string[] = [];
     const r = await serve({ exports: [{ name: 'buf', size, flags: { flush: true, fua: true, trim: true, zero: true } }] });
-    subscription = r.server.requests$
+    track(r.server.requests$
       .pipe(
         mergeMap(async (req) => {
           seen.push(`${req.type}${req.flags.fua ? '+fua' : ''}`);
@@ -591,7 +580,8 @@ describe('request-stream export', () => {
           }
         }, 16),
       )
-      .subscribe();
+      .subscribe(),
+    );
     const out = await py<Record<string, unknown>>(
       r.uri(),
       `
