@@ -73,6 +73,24 @@ function failRequest(req: NbdRequest, e: unknown, logger: Logger | undefined): v
 }
 
 /**
+ * The asynchronous tail of the fast paths: answer with what the backend's
+ * promise resolves to (READ data; nothing for WRITE, whose `reply` ignores
+ * it), or fail with what it rejects with.
+ */
+function replyWhenSettled(req: NbdRequest, r: PromiseLike<unknown>, logger: Logger | undefined): Promise<void> {
+  return Promise.resolve(r).then(
+    (data) => {
+      try {
+        req.reply(data as Buffer | readonly ReadSegment[] | undefined);
+      } catch (e) {
+        failRequest(req, e, logger);
+      }
+    },
+    (e: unknown) => failRequest(req, e, logger),
+  );
+}
+
+/**
  * Answer one request from a backend. Returns a promise only when the
  * backend was asynchronous; synchronous backends are answered inline.
  * Never throws: every failure becomes an errno reply.
@@ -95,16 +113,7 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
       failRequest(req, e, logger);
       return;
     }
-    return Promise.resolve(r).then(
-      (data) => {
-        try {
-          req.reply(data);
-        } catch (e) {
-          failRequest(req, e, logger);
-        }
-      },
-      (e: unknown) => failRequest(req, e, logger),
-    );
+    return replyWhenSettled(req, r, logger);
   }
   if (command === CMD.NBD_CMD_WRITE) {
     const fua = (req.rawFlags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0;
@@ -124,16 +133,7 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
         failRequest(req, e, logger);
         return;
       }
-      return Promise.resolve(r).then(
-        () => {
-          try {
-            req.reply();
-          } catch (e) {
-            failRequest(req, e, logger);
-          }
-        },
-        (e: unknown) => failRequest(req, e, logger),
-      );
+      return replyWhenSettled(req, r, logger);
     }
   }
   return handleGeneral(req, backend, caps, logger);
@@ -170,10 +170,8 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
       return backend.cache ? step(() => backend.cache!(req.offset, req.length), done, fail) : done();
     case 'blockStatus': {
       const reqOne = req.flags.reqOne;
-      if (!backend.extents) {
-        // No extents callback: one allocated-data extent (nbdkit synthesises the same).
-        return req.reply([{ length: req.length || 1, flags: 0 }]);
-      }
+      // No extents callback: reply() without extents synthesises one allocated-data extent, as nbdkit does.
+      if (!backend.extents) return req.reply();
       return step(
         () => backend.extents!(req.offset, req.length, { reqOne, context: BASE_ALLOCATION }),
         (extents) => req.reply(normalizeExtents(extents, req.length, reqOne)),

@@ -271,8 +271,8 @@ export class NbdServer {
     }
     return (sess, frame) => {
       const req = new NbdRequest(frame, sess, entry.ref, connection, ctxs);
-      // Without an extents handler: one allocated-data extent, as nbdkit synthesises.
-      if (req.type === 'blockStatus' && !caps.extents) return req.reply([{ length: req.length || 1, flags: 0 }]);
+      // Without an extents handler: reply() synthesises one allocated-data extent, as nbdkit does.
+      if (req.type === 'blockStatus' && !caps.extents) return req.reply();
       if (!this.requestSubject.observed) {
         // CACHE is only a hint; anything else needs someone to answer it.
         if (req.type === 'cache') return req.reply();

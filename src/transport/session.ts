@@ -342,27 +342,13 @@ export class Session {
   private onTransmissionEffect(e: TransmissionEmitted): void {
     switch (e.type) {
       case 'request':
-        this.inFlight++;
-        if (e.frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += e.frame.length;
-        try {
-          this.handlers.onRequest(this, e.frame);
-        } catch (err) {
-          this.log.error(`${this.peer}: request handler threw: ${String(err)}`);
-        }
+        this.deliver(e.frame);
         return;
       case 'refuse':
         this.refuse(e);
         return;
       case 'requests':
-        for (const frame of e.accepted) {
-          this.inFlight++;
-          if (frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += frame.length;
-          try {
-            this.handlers.onRequest(this, frame);
-          } catch (err) {
-            this.log.error(`${this.peer}: request handler threw: ${String(err)}`);
-          }
-        }
+        for (const frame of e.accepted) this.deliver(frame);
         for (const r of e.refused) this.refuse(r);
         return;
       case 'draining':
@@ -384,7 +370,18 @@ export class Session {
     }
   }
 
-  private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
+  /** Hand an accepted request to the application, counting it (and its WRITE payload) in flight. */
+  private deliver(frame: RequestFrame): void {
+    this.inFlight++;
+    if (frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += frame.length;
+    try {
+      this.handlers.onRequest(this, frame);
+    } catch (err) {
+      this.log.error(`${this.peer}: request handler threw: ${String(err)}`);
+    }
+  }
+
+    private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
     this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
     this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.offset));
   }
