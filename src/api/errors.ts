@@ -8,6 +8,7 @@ import { ERRNO, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 export type NbdErrorCode =
   | 'NBD_ERR_ALREADY_ANSWERED'
   | 'NBD_ERR_BAD_REPLY'
+  | 'NBD_ERR_PAYLOAD_RELEASED'
   | 'NBD_ERR_CONFIG'
   | 'NBD_ERR_NOT_LISTENING'
   | 'NBD_ERR_CLOSED';

@@ -5,7 +5,7 @@
  */
 import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import { payloadParts, releasePayloadParts } from '../protocol/decoder.js';
+import { payloadParts, releasePayload } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
 import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
@@ -81,6 +81,7 @@ export class NbdRequest {
   readonly contexts: readonly MetaContextSelection[];
   private answered = false;
   private flagsCache: RequestFlags | undefined;
+  private payloadReleased = false;
 
   constructor(
     frame: RequestFrame,
@@ -103,6 +104,7 @@ export class NbdRequest {
 
   /** WRITE payload: a view of the received bytes; copy it if you keep it. */
   get data(): Buffer | undefined {
+    if (this.payloadReleased) throw payloadReleasedError(this);
     return this.frame.payload;
   }
 
@@ -112,15 +114,19 @@ export class NbdRequest {
    * Reading these instead of `data` saves joining them into one buffer.
    */
   get dataParts(): readonly Buffer[] | undefined {
+    if (this.payloadReleased) throw payloadReleasedError(this);
     return payloadParts(this.frame);
   }
 
   /**
    * @internal The server's backend path, after a payload-copying backend
-   * stored `dataParts` synchronously: their socket read slabs may be reused.
+   * stored the payload synchronously: its socket read slabs may be reused,
+   * so `data` / `dataParts` throw from now on instead of showing reused memory.
    */
-  releaseDataParts(): void {
-    releasePayloadParts(this.frame);
+  releasePayload(): void {
+    if (this.payloadReleased) return;
+    this.payloadReleased = true;
+    releasePayload(this.frame);
   }
 
   /** WRITE payload bytes held until this request is answered. */
@@ -206,6 +212,10 @@ export class NbdRequest {
   toString(): string {
     return `${this.type}(offset=${this.offset}, length=${this.length}, cookie=${this.cookie})`;
   }
+}
+
+function payloadReleasedError(req: NbdRequest): NbdError {
+  return new NbdError('NBD_ERR_PAYLOAD_RELEASED', `${req.toString()}: the WRITE payload was stored by the backend and released; copy it in the handler to keep it`);
 }
 
 function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly ReadSegment[] {

@@ -124,8 +124,8 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
         const parts = backend.writev ? req.dataParts : undefined;
         r = parts ? backend.writev!(req.offset, parts, o) : backend.write!(req.offset, req.data!, o);
         if (!isThenable(r)) {
-          // Stored by copy: the pieces' read slabs may be reused (protocol/slab-account.ts).
-          if (parts && (backend as { [kCopiesPayload]?: boolean })[kCopiesPayload] === true) req.releaseDataParts();
+          // Stored by copy: the payload's read slabs may be reused (protocol/slab-account.ts).
+          if ((backend as { [kCopiesPayload]?: boolean })[kCopiesPayload] === true) req.releasePayload();
           req.reply();
           return;
         }

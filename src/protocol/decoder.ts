@@ -495,6 +495,18 @@ export function releasePayloadParts(frame: RequestFrame): void {
   if (frame instanceof ScatteredRequest) frame.release();
 }
 
+/**
+ * Report a WRITE payload's bytes as dead — scattered or a single view —
+ * after a payload-copying backend (`kCopiesPayload`) stored it
+ * synchronously. A payload that was copied out of several chunks (small,
+ * spanning reads) is untracked memory: reporting it is a no-op. Call once
+ * per frame; nobody may read the payload views afterwards.
+ */
+export function releasePayload(frame: RequestFrame): void {
+  if (frame instanceof ScatteredRequest) frame.release();
+  else if (frame.payload !== undefined) releaseBytes(frame.payload.buffer, frame.payload.length);
+}
+
 /** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */
 export function payloadParts(frame: RequestFrame): readonly Buffer[] | undefined {
   return frame instanceof ScatteredRequest ? frame.parts : undefined;

@@ -10,6 +10,7 @@ import {
   normalizeExtents,
   parseSize,
   serveBackend,
+  handleWithBackend,
   transmissionFlags,
   createServer,
   type Backend,
@@ -216,6 +217,26 @@ describe('createServer configuration', () => {
     expect(() => createServer({ exports: [{ name: 'a', size: 1, blockSizes: { minimum: 3 } }] })).toThrow(/power of 2/);
     expect(() => createServer({ exports: [{ name: 'a', size: 1 }, { name: 'a', size: 1 }] })).toThrow(/twice/);
     expect(() => createServer({ exports: [{ name: 'a', size: 1 }], defaultExport: 'b' })).toThrow(/not defined/);
+  });
+});
+
+describe('payload release after a payload-copying backend stored it', () => {
+  it('the memory backend stores the WRITE, then req.data throws instead of showing reused memory', () => {
+    const m = memoryBackend(1 << 20);
+    const { req, sink } = request(frame(CMD.NBD_CMD_WRITE, { offset: 4096, length: 4, payload: Buffer.from([1, 2, 3, 4]) }));
+    expect(handleWithBackend(req, m, backendCapabilities(m))).toBeUndefined();
+    expect(sink.simpleError()).toBe(0);
+    expect((m.read(4096, 4) as Buffer).equals(Buffer.from([1, 2, 3, 4]))).toBe(true);
+    expect(() => req.data).toThrow(NbdError);
+    expect(() => req.dataParts).toThrow(/released/);
+  });
+  it('a backend without the marker keeps the payload readable after the write', () => {
+    const stored: Buffer[] = [];
+    const b: Backend = { read: () => Buffer.alloc(0), write: (_o, d) => void stored.push(d) };
+    const { req } = request(frame(CMD.NBD_CMD_WRITE, { length: 2, payload: Buffer.from([7, 8]) }));
+    handleWithBackend(req, b, backendCapabilities(b));
+    expect(req.data).toEqual(Buffer.from([7, 8]));
+    expect(stored[0]).toBe(req.data);
   });
 });
 

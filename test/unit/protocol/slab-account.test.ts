@@ -6,7 +6,7 @@
  * never released keeps its slab out of reuse.
  */
 import { describe, expect, it } from 'vitest';
-import { releasePayloadParts } from '../../../src/protocol/decoder.js';
+import { releasePayload, releasePayloadParts } from '../../../src/protocol/decoder.js';
 import type { RequestFrame } from '../../../src/protocol/frames.js';
 import { releaseBytes, retireSlab, trackSlab } from '../../../src/protocol/slab-account.js';
 import { decoderAt } from '../../helpers/decode.js';
@@ -66,6 +66,38 @@ describe('read slab accounting', () => {
     retireAll();
     releasePayloadParts(f); // not scattered: nothing to release
     expect(freed).toEqual([]);
+  });
+
+  it('a single-view payload frees its slab once released (releasePayload), and only then', () => {
+    const payload = Buffer.alloc(4096, 3);
+    const one = (cookie: bigint) => encodeRequest({ flags: 0, type: WRITE, cookie, offset: 0, length: payload.length }, payload);
+    const wire = Buffer.concat([one(1n), one(2n)]);
+    const { chunks, freed, retireAll } = inSlabs(wire, 64 * 1024);
+    const d = decoderAt('requests');
+    d.push(chunks[0]!);
+    const a = d.next() as RequestFrame;
+    const b = d.next() as RequestFrame;
+    expect(a.payload).toEqual(payload);
+    retireAll();
+    releasePayload(a);
+    expect(freed).toEqual([]); // b's payload still lives in the slab
+    releasePayload(b);
+    expect(freed).toEqual([0]);
+  });
+
+  it('releasePayload of a payload copied out of two chunks reports nothing twice', () => {
+    const payload = Buffer.alloc(4096, 5);
+    const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload);
+    const { chunks, freed, retireAll } = inSlabs(wire, 2048);
+    const d = decoderAt('requests');
+    for (const c of chunks) d.push(c);
+    const f = d.next() as RequestFrame;
+    expect(f.payload).toEqual(payload);
+    retireAll();
+    // The copy's sources were reported when copied: every slab is already free.
+    expect(freed.sort((x, y) => x - y)).toEqual(chunks.map((_, i) => i));
+    releasePayload(f); // the copy is untracked memory: a no-op
+    expect(freed.length).toBe(chunks.length);
   });
 
   it('untracked memory is ignored; a header split across slabs is reported when copied', () => {
