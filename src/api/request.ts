@@ -81,7 +81,7 @@ export class NbdRequest {
   readonly contexts: readonly MetaContextSelection[];
   private answered = false;
   private flagsCache: RequestFlags | undefined;
-  private payloadReleased = false;
+  private payloadReleased: boolean;
 
   constructor(
     frame: RequestFrame,
@@ -97,12 +97,19 @@ export class NbdRequest {
     this.offset = frame.offset;
     this.length = frame.length;
     this.frame = frame;
+    // A placed payload is in the backend already: there is nothing to read here.
+    this.payloadReleased = frame.placed === true;
     this.export = exp;
     this.connection = connection;
     this.contexts = contexts;
   }
 
   /** WRITE payload: a view of the received bytes; copy it if you keep it. */
+  /** The WRITE payload was received straight into the backend's storage (Backend.writeTargets). */
+  get isPlaced(): boolean {
+    return this.frame.placed === true;
+  }
+
   get data(): Buffer | undefined {
     if (this.payloadReleased) throw payloadReleasedError(this);
     return this.frame.payload;

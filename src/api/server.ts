@@ -8,6 +8,7 @@ import type { InspectionEvent, Observer } from 'xstate';
 import type { ExportDescriptor, Negotiated, TlsPolicy } from '../machines/types.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { DecoderLimits } from '../protocol/decoder.js';
+import { CMD_FLAG } from '../protocol/constants.js';
 import { Session, type SessionHandlers } from '../transport/session.js';
 import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
@@ -227,7 +228,15 @@ export class NbdServer {
         info = { ...info, tls: negotiated.tls, tlsIdentity: s.tlsIdentity };
         this.connectionSubject.next({ type: 'negotiated', connection: info, export: negotiated.export.name, negotiated });
         // Bind the request handler to this export once (hot path: no lookups).
-        handlers.onRequest = this.requestHandler(this.exports.get(negotiated.export.name)!, negotiated, info);
+        const entry = this.exports.get(negotiated.export.name)!;
+        handlers.onRequest = this.requestHandler(entry, negotiated, info);
+        // Zero-copy WRITEs for a writable backend that exposes its storage (Backend.writeTargets).
+        const b = entry.config.backend;
+        if (b?.writeTargets && entry.caps.write) {
+          // FUA only where the backend takes it natively (honoured by a flush once the payload is in).
+          const placeable = entry.caps.fua === 'native' ? CMD_FLAG.NBD_CMD_FLAG_FUA : 0;
+          handlers.placeWrite = (_s, frame) => ((frame.flags & ~placeable) === 0 ? b.writeTargets!(frame.offset, frame.length) : null);
+        }
       },
       onRequest: (s) => s.destroy('request before negotiation'),
       onClose: (_s, closeInfo) => {

@@ -4,11 +4,12 @@
  * read as holes (OFFSET_HOLE chunks with structured replies) and report
  * HOLE|ZERO for base:allocation. Reads return views of the pages (no copy).
  *
- * Pages are carved out of 1 MiB slabs rather than allocated one by one:
- * a fresh slab comes zeroed from the allocator (calloc of a large block
- * maps untouched zero pages, so RSS grows only as pages are written), and
- * a page freed by TRIM / zeroing is zero-filled and reused before new slab
- * space is taken. One allocation per 16 pages instead of one per page.
+ * Storage comes in 1 MiB blocks (calloc'd by Buffer.alloc, so pages never
+ * written cost no RSS), looked up in a plain array by block number. A page
+ * is a hole until written; TRIM / zeroing of a whole page zero-fills it and
+ * makes it a hole again, and a block left without data pages is freed. The
+ * pages of a block are contiguous, so a large READ is one view per block and
+ * a large WRITE can be received straight into the block (`writeTargets`).
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -30,8 +31,17 @@ export interface MemoryBackend extends Backend {
   readonly allocatedBytes: number;
 }
 
-/** Pages are carved from slabs of this size. */
-const SLAB_SIZE = 1024 * 1024;
+/** Storage is allocated in blocks of this size (or one page, if pages are bigger). */
+const BLOCK_SIZE = 1024 * 1024;
+/** Block tables up to this many entries are plain arrays; bigger exports use a Map. */
+const ARRAY_TABLE_MAX = 1 << 22;
+
+/** One block of storage: a zero-filled slab, and which of its pages hold data. */
+interface Block {
+  readonly slab: Buffer;
+  readonly present: Uint8Array;
+  count: number;
+}
 
 export function memoryBackend(options: MemoryBackendOptions | number): MemoryBackend {
   const opts = typeof options === 'number' ? { size: options } : options;
@@ -39,68 +49,102 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   const pageSize = opts.pageSize ?? 64 * 1024;
   if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backend size must be a safe integer ≥ 0 (got ${size})`);
   if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) throw new RangeError('pageSize must be a power of 2 ≥ 512');
-  const pages = new Map<number, Buffer>();
-  const slabSize = Math.max(pageSize, SLAB_SIZE);
-  let slab: Buffer | null = null;
-  let slabUsed = 0;
-  /** Freed pages, zero-filled, for reuse. */
-  const free: Buffer[] = [];
+  const blockSize = Math.max(pageSize, BLOCK_SIZE);
+  const pagesPerBlock = blockSize / pageSize;
+  const blockCount = Math.ceil(size / blockSize);
+  let pagesPresent = 0;
 
-  const newPage = (): Buffer => {
-    const reused = free.pop();
-    if (reused) return reused;
-    if (slab === null || slabUsed + pageSize > slab.length) {
-      slab = Buffer.alloc(slabSize);
-      slabUsed = 0;
+  // The block table: an array indexed by block number (no hashing on the hot path), or a Map for huge exports.
+  let getBlock: (i: number) => Block | undefined;
+  let setBlock: (i: number, b: Block | undefined) => void;
+  if (blockCount <= ARRAY_TABLE_MAX) {
+    const table: (Block | undefined)[] = [];
+    for (let i = 0; i < blockCount; i++) table.push(undefined);
+    getBlock = (i) => table[i];
+    setBlock = (i, b) => {
+      table[i] = b;
+    };
+  } else {
+    const table = new Map<number, Block>();
+    getBlock = (i) => table.get(i);
+    setBlock = (i, b) => (b ? table.set(i, b) : table.delete(i));
+  }
+
+  const blockFor = (i: number): Block => {
+    let b = getBlock(i);
+    if (b === undefined) {
+      // Buffer.alloc of a large block is calloc'd: untouched pages cost no RSS.
+      b = { slab: Buffer.alloc(blockSize), present: new Uint8Array(pagesPerBlock), count: 0 };
+      setBlock(i, b);
     }
-    const p = slab.subarray(slabUsed, slabUsed + pageSize);
-    slabUsed += pageSize;
-    return p;
+    return b;
   };
 
-  const pageFor = (index: number): Buffer => {
-    let p = pages.get(index);
-    if (!p) {
-      p = newPage();
-      pages.set(index, p);
+  /** Mark pages [first, last] of block b as holding data. */
+  const markPresent = (b: Block, first: number, last: number) => {
+    for (let p = first; p <= last; p++) {
+      if (b.present[p] === 0) {
+        b.present[p] = 1;
+        b.count++;
+        pagesPresent++;
+      }
     }
-    return p;
   };
 
-  const dropPage = (index: number, p: Buffer) => {
-    pages.delete(index);
-    p.fill(0);
-    free.push(p);
-  };
-
-  /** Zero [offset, offset+length): whole pages are dropped, partial ones zero-filled. */
+  /** Zero [offset, offset+length): whole pages become holes (a block without pages is freed), partial ones are zero-filled. */
   const zeroRange = (offset: number, length: number, keepAllocated: boolean) => {
     let at = offset;
     const end = offset + length;
     while (at < end) {
-      const index = Math.floor(at / pageSize);
-      const start = at - index * pageSize;
+      const bi = Math.floor(at / blockSize);
+      const inBlock = at - bi * blockSize;
+      const p = Math.floor(inBlock / pageSize);
+      const start = inBlock - p * pageSize;
       const n = Math.min(pageSize - start, end - at);
-      const p = pages.get(index);
-      if (p) {
-        if (n === pageSize && !keepAllocated) dropPage(index, p);
-        else p.fill(0, start, start + n);
+      const b = getBlock(bi);
+      if (b !== undefined && b.present[p] === 1) {
+        b.slab.fill(0, inBlock, inBlock + n);
+        if (n === pageSize && !keepAllocated) {
+          b.present[p] = 0;
+          b.count--;
+          pagesPresent--;
+          if (b.count === 0) setBlock(bi, undefined);
+        }
       } else if (keepAllocated) {
-        pageFor(index);
+        markPresent(blockFor(bi), p, p);
       }
       at += n;
     }
+  };
+
+  /** Views of the storage for [offset, offset+length), one per block touched, pages marked as data. */
+  const targets = (offset: number, length: number): Buffer[] => {
+    const out: Buffer[] = [];
+    let at = offset;
+    const end = offset + length;
+    while (at < end) {
+      const bi = Math.floor(at / blockSize);
+      const s = at - bi * blockSize;
+      const n = Math.min(blockSize - s, end - at);
+      const b = blockFor(bi);
+      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
+      out.push(b.slab.subarray(s, s + n));
+      at += n;
+    }
+    return out;
   };
 
   const writeAt = (offset: number, data: Buffer) => {
     let at = 0;
     while (at < data.length) {
       const pos = offset + at;
-      const index = Math.floor(pos / pageSize);
-      const s = pos - index * pageSize;
-      const n = Math.min(pageSize - s, data.length - at);
+      const bi = Math.floor(pos / blockSize);
+      const s = pos - bi * blockSize;
+      const n = Math.min(blockSize - s, data.length - at);
+      const b = blockFor(bi);
+      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
       // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
-      pageFor(index).set(n === data.length ? data : data.subarray(at, at + n), s);
+      b.slab.set(n === data.length ? data : data.subarray(at, at + n), s);
       at += n;
     }
   };
@@ -108,27 +152,33 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   const backend: MemoryBackend & { [kCopiesPayload]: true } = {
     size,
     get allocatedBytes() {
-      return pages.size * pageSize;
+      return pagesPresent * pageSize;
     },
     read(offset, length): Buffer | ReadSegment[] {
-      const firstIndex = Math.floor(offset / pageSize);
-      const start = offset - firstIndex * pageSize;
+      const bi = Math.floor(offset / blockSize);
+      const s = offset - bi * blockSize;
       // Fast path: inside one page.
-      if (start + length <= pageSize) {
-        const p = pages.get(firstIndex);
-        return p ? p.subarray(start, start + length) : [{ hole: length }];
+      if (s % pageSize + length <= pageSize) {
+        const b = getBlock(bi);
+        return b !== undefined && b.present[Math.floor(s / pageSize)] === 1 ? b.slab.subarray(s, s + length) : [{ hole: length }];
       }
+      // Runs of data pages inside a block are one view (pages of a block are contiguous); holes merge.
       const segments: ReadSegment[] = [];
       let at = offset;
       const end = offset + length;
       while (at < end) {
-        const index = Math.floor(at / pageSize);
-        const s = at - index * pageSize;
-        const n = Math.min(pageSize - s, end - at);
-        const p = pages.get(index);
+        const i = Math.floor(at / blockSize);
+        const inBlock = at - i * blockSize;
+        const p = Math.floor(inBlock / pageSize);
+        const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
+        const b = getBlock(i);
+        const data = b !== undefined && b.present[p] === 1;
         const last = segments[segments.length - 1];
-        if (p) segments.push({ data: p.subarray(s, s + n) });
-        else if (last && 'hole' in last) segments[segments.length - 1] = { hole: last.hole + n };
+        if (data) {
+          if (last !== undefined && 'data' in last && last.data.buffer === b.slab.buffer && last.data.byteOffset + last.data.length === b.slab.byteOffset + inBlock) {
+            segments[segments.length - 1] = { data: b.slab.subarray(inBlock - last.data.length, inBlock + n) };
+          } else segments.push({ data: b.slab.subarray(inBlock, inBlock + n) });
+        } else if (last !== undefined && 'hole' in last) segments[segments.length - 1] = { hole: last.hole + n };
         else segments.push({ hole: n });
         at += n;
       }
@@ -161,9 +211,12 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       let at = offset;
       const end = offset + length;
       while (at < end) {
-        const index = Math.floor(at / pageSize);
-        const n = Math.min(pageSize - (at - index * pageSize), end - at);
-        const flags = pages.has(index) ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
+        const i = Math.floor(at / blockSize);
+        const inBlock = at - i * blockSize;
+        const p = Math.floor(inBlock / pageSize);
+        const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
+        const b = getBlock(i);
+        const flags = b !== undefined && b.present[p] === 1 ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
         const last = out[out.length - 1];
         if (last && last.flags === flags) out[out.length - 1] = { length: last.length + n, flags };
         else out.push({ length: n, flags });
@@ -171,7 +224,11 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       }
       return out;
     },
-    // One process, one map: writes are visible to every connection at once.
+    // Zero-copy WRITEs: large payloads are read from the socket straight into the blocks.
+    writeTargets(offset, length) {
+      return targets(offset, length);
+    },
+    // One process, one table: writes are visible to every connection at once.
     multiConn: true,
     // write/writev copy the payload before returning: its read slabs may be reused.
     [kCopiesPayload]: true,

@@ -116,7 +116,29 @@ interface PendingRequest {
   huge: boolean;
   payloadLength: number;
   skip: boolean;
+  /** Zero-copy WRITE: where the payload goes (see `setPlacement`), and the cursor in it. */
+  place?: Placement;
 }
+
+interface Placement {
+  readonly targets: readonly Buffer[];
+  /** Index of the target being filled, and the offset inside it. */
+  ti: number;
+  at: number;
+  /** Payload bytes still to arrive. */
+  left: number;
+}
+
+/**
+ * Asked once per WRITE header whose payload is at least `PLACE_MIN` bytes:
+ * return views of storage to receive the payload in (in order, exactly
+ * `frame.length` bytes in total), or null to buffer it as usual. The frame
+ * has no payload yet. The provider decides (validation, backend support).
+ */
+export type PlacementProvider = (frame: RequestFrame) => readonly Buffer[] | null;
+
+/** Payloads at least this long may be placed straight into storage. */
+export const PLACE_MIN = 64 * 1024;
 
 export class FrameDecoder {
   readonly limits: Readonly<DecoderLimits>;
@@ -131,6 +153,7 @@ export class FrameDecoder {
   /** Bytes still to discard for a skipped option / payload. */
   private skipRemaining = 0;
   private failure: DecodeFailure | null = null;
+  private placement: PlacementProvider | null = null;
 
   constructor(limits: Partial<DecoderLimits> = {}) {
     this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
@@ -164,6 +187,63 @@ export class FrameDecoder {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     return true;
+  }
+
+  /**
+   * Zero-copy WRITEs: large payloads go straight into the views `provider`
+   * returns instead of being buffered. Bytes already buffered are copied in;
+   * the rest arrives by `push` (copied) or, better, is read by the socket
+   * into `placementWindow()` and reported with `placed(n)`. The request is
+   * returned as usual once complete, with `placed: true` and no payload.
+   */
+  setPlacement(provider: PlacementProvider | null): void {
+    this.placement = provider;
+  }
+
+  /**
+   * Where the next socket read may land directly: the unfilled part of the
+   * current placement target (never more than the payload still to come),
+   * or null. Only while nothing else is buffered, so bytes stay in order.
+   */
+  placementWindow(): Buffer | null {
+    const p = this.pendingRequest?.place;
+    if (p === undefined || p.left === 0 || this.buffered > 0 || this.failure !== null || this.phaseValue !== 'requests') return null;
+    const t = p.targets[p.ti]!;
+    return t.subarray(p.at, p.at + Math.min(p.left, t.length - p.at));
+  }
+
+  /** `n` bytes were read straight into the last `placementWindow()`. */
+  placed(n: number): void {
+    const p = this.pendingRequest?.place;
+    if (p === undefined || n > p.left) throw new RangeError(`placed ${n} bytes with ${p?.left ?? 0} expected`);
+    this.advancePlacement(p, n);
+  }
+
+  private advancePlacement(p: Placement, n: number): void {
+    p.left -= n;
+    p.at += n;
+    while (p.ti < p.targets.length && p.at >= p.targets[p.ti]!.length && p.left > 0) {
+      p.at -= p.targets[p.ti]!.length;
+      p.ti++;
+    }
+  }
+
+  /** Copy buffered bytes into the placement targets. */
+  private fillPlacement(p: Placement): void {
+    while (p.left > 0 && this.buffered > 0) {
+      const c = this.chunks[0]!;
+      const t = p.targets[p.ti]!;
+      const m = Math.min(c.length - this.head, p.left, t.length - p.at);
+      t.set(m === c.length ? c : c.subarray(this.head, this.head + m), p.at);
+      releaseBytes(c.buffer, m);
+      this.head += m;
+      this.buffered -= m;
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+      this.advancePlacement(p, m);
+    }
   }
 
   /** Switch to the transmission phase at the current frame boundary; buffered bytes carry over. */
@@ -201,7 +281,7 @@ export class FrameDecoder {
   get incomplete(): string | null {
     if (this.failure || this.phaseValue === 'stopped') return null;
     const r = this.pendingRequest;
-    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${this.buffered} of ${r.payloadLength} payload bytes`;
+    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${r.place ? r.payloadLength - r.place.left : this.buffered} of ${r.payloadLength} payload bytes`;
     const o = this.pendingOption;
     if (o) return `option ${optName(o.code)} with ${o.skip ? 'part' : this.buffered} of ${o.length} data bytes`;
     if (this.skipRemaining > 0) return `a discarded payload with ${this.skipRemaining} bytes still to come`;
@@ -328,6 +408,10 @@ export class FrameDecoder {
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
       if (payloadLength === 0) return this.makeRequest(r, undefined);
+      if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
+        const targets = this.placement(this.makeRequest(r, undefined));
+        if (targets !== null) r.place = { targets, ti: 0, at: 0, left: payloadLength };
+      }
       if (r.skip) {
         // Over the payload limit: consume without buffering, then refuse (§1.18 rule 24).
         this.skipRemaining = payloadLength;
@@ -336,6 +420,15 @@ export class FrameDecoder {
       }
       this.pendingRequest = r;
     }
+    if (r.place !== undefined) {
+      this.fillPlacement(r.place);
+      if (r.place.left > 0) {
+        this.pendingRequest = r;
+        return null;
+      }
+      this.pendingRequest = null;
+      return this.makeRequest(r, undefined, true);
+    }
     if (this.buffered < r.payloadLength) return null;
     this.pendingRequest = null;
     const n = r.payloadLength;
@@ -343,7 +436,8 @@ export class FrameDecoder {
     return this.makeRequest(r, this.take(n));
   }
 
-  private makeRequest(r: PendingRequest, payload: Buffer | undefined): RequestFrame {
+  private makeRequest(r: PendingRequest, payload: Buffer | undefined, placed?: true): RequestFrame {
+    if (placed) return { kind: 'request', extended: r.extended, flags: r.flags, type: r.type, cookie: r.cookie, offset: r.offset, length: r.length, huge: r.huge, payload, payloadDiscarded: false, placed };
     return {
       kind: 'request',
       extended: r.extended,

@@ -89,6 +89,11 @@ export interface RequestFrame {
    * consumed and discarded (never buffered). The request must be refused.
    */
   readonly payloadDiscarded: boolean;
+  /**
+   * Zero-copy WRITE: the payload was received straight into the backend's
+   * storage (`Backend.writeTargets`); `payload` is undefined.
+   */
+  readonly placed?: boolean;
 }
 
 export type ClientFrame = ClientFlagsFrame | OptionFrame | RequestFrame;

@@ -15,6 +15,7 @@ import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
 import { CMD, cmdName, errnoName } from '../protocol/constants.js';
 import { connectionMachine } from '../machines/connection.js';
+import { validateRequest } from '../machines/transmission.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
 import { fromSocket, ReplyWriter } from './socket.js';
@@ -44,6 +45,12 @@ export interface SessionHandlers {
   onNegotiated?(session: Session, negotiated: Negotiated): void;
   /** A validated request for the application; answer with `session.complete()`. */
   onRequest(session: Session, frame: RequestFrame): void;
+  /**
+   * Zero-copy WRITE: storage views to receive this (not yet validated,
+   * payload-less) WRITE's payload in, or null to buffer it. Asked only for
+   * requests the transmission machine's table accepts right now.
+   */
+  placeWrite?(session: Session, frame: RequestFrame): readonly Buffer[] | null;
   onClose?(session: Session, info: { outcome: string; reason: string }): void;
 }
 
@@ -170,7 +177,8 @@ export class Session {
   private subscribeBytes(): void {
     this.bytes?.unsubscribe();
     // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
-    this.bytes = fromSocket(this.socket, { slabReads: !this.options.upgradeTls }).subscribe({
+    const slabReads = !this.options.upgradeTls;
+    this.bytes = fromSocket(this.socket, { slabReads, window: slabReads ? this.readWindow : undefined }).subscribe({
       next: (chunk) => {
         if (this.upgrading) {
           // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).
@@ -188,6 +196,39 @@ export class Session {
       complete: () => this.onEof(),
     });
   }
+
+  /** Socket reads straight into a placed WRITE's storage (see FrameDecoder.placementWindow). */
+  private readonly readWindow = {
+    get: (): Buffer | null => (this.upgrading || this.finished ? null : this.decoder.placementWindow()),
+    filled: (n: number): void => {
+      try {
+        this.decoder.placed(n);
+      } catch (err) {
+        this.fail(`zero-copy WRITE bookkeeping failed: ${String(err)}`);
+        return;
+      }
+      this.pump();
+    },
+  };
+
+  /**
+   * The decoder's placement provider: only requests the machine's own table
+   * accepts now (transmission open, not draining), and only if the handler
+   * offers storage. Anything else is buffered and validated as usual.
+   */
+  private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null => {
+    const place = this.handlers.placeWrite;
+    const tx = this.transmission;
+    if (!place || !tx || this.draining || this.finished) return null;
+    const snap = tx.getSnapshot();
+    if (snap.status !== 'active' || !snap.matches('open') || validateRequest(snap.context, frame) !== null) return null;
+    try {
+      return place(this, frame);
+    } catch (err) {
+      this.log.warn(`${this.peer}: WRITE placement failed, buffering instead: ${String(err)}`);
+      return null;
+    }
+  };
 
   private attachHandshake(hs: AnyActorRef): void {
     if (hs === this.handshake) return;
@@ -394,6 +435,8 @@ export class Session {
       this.replyMode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
       // rule 9: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
       this.decoder.startTransmission(negotiated.extendedHeaders);
+      // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
+      this.decoder.setPlacement(this.placeWrite);
       this.log.info?.(
         `${this.peer}: negotiated export "${negotiated.export.name}" (${this.replyMode} replies, ${negotiated.metaContexts.length} meta contexts)`,
       );

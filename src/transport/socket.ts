@@ -51,7 +51,17 @@ const onreadSymbols = (() => {
  * held by async backends) stay valid exactly as with 'data' buffers.
  * Returns false (nothing changed) when the socket is not a plain one.
  */
-function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() => void) | false {
+/**
+ * Zero-copy WRITE payloads: where the next read may land instead of a slab
+ * (a placement target, bounded by the payload still to come; see
+ * FrameDecoder.placementWindow), and who is told how many bytes landed.
+ */
+export interface ReadWindow {
+  get(): Buffer | null;
+  filled(n: number): void;
+}
+
+function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?: ReadWindow): (() => void) | false {
   const syms = onreadSymbols;
   if (!syms || !(socket instanceof net.Socket) || (socket as { encrypted?: boolean }).encrypted) return false;
   const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
@@ -68,7 +78,15 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
   let account = track(slab);
   let used = 0;
   let region = slab.subarray(0, READ_MAX);
+  /** The buffer handed to the next read is a placement window, not a slab region. */
+  let windowed = false;
   const next = (): Buffer => {
+    const w = window !== undefined && live ? window.get() : null;
+    if (w !== null && w.length > 0) {
+      windowed = true;
+      return w;
+    }
+    windowed = false;
     if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
       const old = slab;
       const size = Math.min(READ_SLAB, slab.length * 2);
@@ -83,6 +101,11 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
   };
   const s = socket as unknown as Record<symbol, unknown>;
   s[syms.kBufferCb] = (n: number, buf: Buffer) => {
+    if (windowed) {
+      // The payload bytes are already where they belong.
+      if (live) window!.filled(n);
+      return;
+    }
     used += n;
     account.handed += n;
     if (live) deliver(buf.subarray(0, n));
@@ -103,7 +126,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void): (() =>
  * a plain socket reads into slab regions (see `readIntoSlabs`); only for
  * sockets that are never handed to TLS afterwards.
  */
-export function fromSocket(socket: Duplex, options: { slabReads?: boolean } = {}): Observable<Buffer> {
+export function fromSocket(socket: Duplex, options: { slabReads?: boolean; window?: ReadWindow } = {}): Observable<Buffer> {
   return new Observable<Buffer>((subscriber) => {
     const onData = (chunk: Buffer) => subscriber.next(chunk);
     const onEnd = () => subscriber.complete();
@@ -114,7 +137,7 @@ export function fromSocket(socket: Duplex, options: { slabReads?: boolean } = {}
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);
-    const stopSlabs = options.slabReads ? readIntoSlabs(socket, onData) : false;
+    const stopSlabs = options.slabReads ? readIntoSlabs(socket, onData, options.window) : false;
     return () => {
       if (stopSlabs) stopSlabs();
       socket.off('data', onData);

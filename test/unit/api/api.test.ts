@@ -241,13 +241,57 @@ describe('payload release after a payload-copying backend stored it', () => {
 });
 
 describe('memoryBackend', () => {
+  it('writeTargets: one view per 1 MiB block touched, pages become data, bytes written there are read back', () => {
+    const m = memoryBackend({ size: 4 << 20 });
+    const t = m.writeTargets!((1 << 20) - 4096, (1 << 20) + 8192);
+    expect(t.map((b) => b.length)).toEqual([4096, 1 << 20, 4096]);
+    t.forEach((b, i) => b.fill(i + 1));
+    expect(m.allocatedBytes).toBe(64 * 1024 + (1 << 20) + 64 * 1024);
+    const segs = m.read((1 << 20) - 4096, (1 << 20) + 8192) as Array<{ data?: Buffer; hole?: number }>;
+    expect(Buffer.concat(segs.map((s) => s.data!))).toEqual(Buffer.concat(t));
+    expect(m.extents!(0, 4 << 20, { reqOne: false, context: 'base:allocation' })).toEqual([
+      { length: (1 << 20) - 64 * 1024, flags: 3 },
+      { length: (1 << 20) + 128 * 1024, flags: 0 },
+      { length: (2 << 20) - 64 * 1024, flags: 3 },
+    ]);
+  });
+  it('a block whose pages are all trimmed is dropped; rewriting it reads zeros around the new data', () => {
+    const m = memoryBackend({ size: 2 << 20 });
+    m.write!(0, Buffer.alloc(1 << 20, 0xaa), { fua: false });
+    m.trim!(0, 1 << 20, { fua: false });
+    expect(m.allocatedBytes).toBe(0);
+    expect(m.read(0, 1 << 20)).toEqual([{ hole: 1 << 20 }]);
+    m.write!(100, Buffer.from([1]), { fua: false });
+    const b = m.read(0, 200) as Buffer;
+    expect(b[100]).toBe(1);
+    expect(b.subarray(0, 100).every((x) => x === 0) && b.subarray(101).every((x) => x === 0)).toBe(true);
+    // A trimmed page in a block that stays allocated reads as zeros once written again.
+    m.write!(65536, Buffer.alloc(65536, 0xbb), { fua: false });
+    m.trim!(65536, 65536, { fua: false });
+    m.write!(65536, Buffer.from([2]), { fua: false });
+    const c = m.read(65536, 65536) as Buffer;
+    expect(c[0]).toBe(2);
+    expect(c.subarray(1).every((x) => x === 0)).toBe(true);
+  });
+  it('huge exports use a Map block table with the same behaviour', () => {
+    const m = memoryBackend({ size: 2 ** 50 });
+    const at = 2 ** 49 + 12345;
+    m.write!(at, Buffer.from('far away'), { fua: false });
+    expect((m.read(at, 8) as Buffer).toString()).toBe('far away');
+    expect(m.allocatedBytes).toBe(64 * 1024);
+    m.trim!(at - (at % 65536), 65536, { fua: false });
+    expect(m.allocatedBytes).toBe(0);
+    expect(m.read(at, 8)).toEqual([{ hole: 8 }]);
+  });
+
   it('is sparse: pages appear on write and vanish on trim / zero', () => {
     const m = memoryBackend({ size: 1 << 20, pageSize: 4096 });
     expect(m.allocatedBytes).toBe(0);
     m.write!(4095, Buffer.from([1, 2]), { fua: false });
     expect(m.allocatedBytes).toBe(8192);
     const segs = m.read(0, 12288) as Array<{ data?: Buffer; hole?: number }>;
-    expect(segs.map((s) => (s.data ? `d${s.data.length}` : `h${s.hole}`))).toEqual(['d4096', 'd4096', 'h4096']);
+    // Adjacent data pages of one block are one view.
+    expect(segs.map((s) => (s.data ? `d${s.data.length}` : `h${s.hole}`))).toEqual(['d8192', 'h4096']);
     expect(m.extents!(0, 12288, { reqOne: false, context: 'base:allocation' })).toEqual([
       { length: 8192, flags: 0 },
       { length: 4096, flags: 3 },

@@ -1,0 +1,181 @@
+/**
+ * Zero-copy WRITEs (Backend.writeTargets): a large, flag-less WRITE that the
+ * transmission machine's table accepts is received from the socket straight
+ * into the backend's storage; everything else takes the buffered path. Real
+ * sockets, a raw client for the exact byte timings, qemu-io for a real one.
+ */
+import crypto from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { memoryBackend, type Backend } from '../../src/index.js';
+import { requireTool, run, serverPerTest } from './harness.js';
+import { CMD, RawClient } from './raw-client.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 16 * MiB;
+const FUA = 1;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A memory backend that counts how each WRITE reached it. */
+function spied(readOnly = false) {
+  const m = memoryBackend({ size: SIZE, readOnly });
+  const calls = { targets: 0, write: 0, writev: 0, flush: 0 };
+  const b: Backend = {
+    ...m,
+    read: (o, l) => m.read(o, l),
+    write: (o, d, opts) => {
+      calls.write++;
+      return m.write!(o, d, opts);
+    },
+    writev: (o, p, opts) => {
+      calls.writev++;
+      return m.writev!(o, p, opts);
+    },
+    writeTargets: (o, l) => {
+      calls.targets++;
+      return m.writeTargets!(o, l);
+    },
+    flush: () => {
+      calls.flush++;
+      return m.flush!();
+    },
+    trim: (o, l, opts) => m.trim!(o, l, opts),
+    zero: (o, l, opts) => m.zero!(o, l, opts),
+    extents: (o, l, opts) => m.extents!(o, l, opts),
+  };
+  return { b, m, calls };
+}
+
+const servers = serverPerTest();
+
+async function client(b: Backend, name = 'disk'): Promise<RawClient> {
+  const srv = await servers.serve({ exports: [{ name, size: SIZE, backend: b }] });
+  const c = await RawClient.connect({ path: srv.socket });
+  await c.handshake(name);
+  return c;
+}
+
+async function readBack(c: RawClient, offset: number, length: number, cookie: bigint): Promise<Buffer> {
+  await c.write(RawClient.request(CMD.READ, offset, length, cookie));
+  expect(await c.readSimpleReply()).toEqual({ error: 0, cookie });
+  return Buffer.from(await c.read(length));
+}
+
+describe('zero-copy WRITE (Backend.writeTargets)', () => {
+  it('a 1 MiB WRITE arriving in pieces goes straight into storage and reads back intact', async () => {
+    const { b, calls } = spied();
+    const c = await client(b);
+    const data = crypto.randomBytes(MiB);
+    const at = MiB + 512; // unaligned: spans two storage blocks
+    // Header plus a little payload, then the rest in pieces with pauses, so later reads land in the storage windows.
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, at, MiB, 1n), data.subarray(0, 1000)]));
+    await sleep(20);
+    await c.write(data.subarray(1000, 300_000));
+    await sleep(20);
+    await c.write(data.subarray(300_000));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect(calls).toEqual({ targets: 1, write: 0, writev: 0, flush: 0 });
+    expect((await readBack(c, at, MiB, 2n)).equals(data)).toBe(true);
+    // Bytes around it are untouched.
+    expect((await readBack(c, at - 512, 512, 3n)).every((x) => x === 0)).toBe(true);
+    expect((await readBack(c, at + MiB, 512, 4n)).every((x) => x === 0)).toBe(true);
+    c.destroy();
+  });
+
+  it('small and out-of-range WRITEs are not placed, a refused one changes nothing; FUA is placed and flushed', async () => {
+    const { b, calls } = spied();
+    const c = await client(b);
+    // 4 KiB: below the placement threshold.
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, 4096, 1n), Buffer.alloc(4096, 1)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect(calls.targets).toBe(0);
+    expect(calls.write).toBe(1);
+    // FUA with a backend whose FUA is native: placed, then made durable by a flush before the reply (rule 28).
+    const fuaData = Buffer.alloc(MiB, 2);
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 2 * MiB, MiB, 2n, FUA), fuaData]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
+    expect(calls).toMatchObject({ targets: 1, write: 1, writev: 0, flush: 1 });
+    expect((await readBack(c, 2 * MiB, MiB, 5n)).equals(fuaData)).toBe(true);
+    // Past the end: ENOSPC (rule 26), nothing placed, nothing written.
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, SIZE - 512, MiB, 3n), Buffer.alloc(MiB, 3)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 28, cookie: 3n });
+    expect(calls.targets).toBe(1);
+    expect((await readBack(c, SIZE - 512, 512, 4n)).every((x) => x === 0)).toBe(true);
+    c.destroy();
+  });
+
+  it('FUA with emulated FUA (write + flush backend) takes the write path: the flag reaches the backend as a flush after the write', async () => {
+    const m = memoryBackend({ size: SIZE });
+    const order: string[] = [];
+    const b: Backend = {
+      read: (o, l) => m.read(o, l),
+      write: (o, d) => {
+        order.push(`write ${d.length}`);
+        m.write!(o, d, { fua: false });
+      },
+      writeTargets: (o, l) => {
+        order.push('targets');
+        return m.writeTargets!(o, l);
+      },
+      flush: () => void order.push('flush'),
+    };
+    const c = await client(b);
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, MiB, 1n, FUA), Buffer.alloc(MiB, 4)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect(order).toEqual([`write ${MiB}`, 'flush']);
+    // Without FUA the same backend is written zero-copy.
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, MiB, MiB, 2n), Buffer.alloc(MiB, 5)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
+    expect(order.at(-1)).toBe('targets');
+    expect((await readBack(c, MiB, MiB, 3n)).every((x) => x === 5)).toBe(true);
+    c.destroy();
+  });
+
+  it('a read-only export refuses a large WRITE with EPERM and places nothing', async () => {
+    const { b, calls } = spied(true);
+    const c = await client(b);
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, MiB, 1n), Buffer.alloc(MiB, 9)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 1, cookie: 1n });
+    expect(calls.targets).toBe(0);
+    expect((await readBack(c, 0, 4096, 2n)).every((x) => x === 0)).toBe(true);
+    c.destroy();
+  });
+
+  it('a pipelined burst of large WRITEs and READs: each READ sees the WRITE before it', async () => {
+    const { b, calls } = spied();
+    const c = await client(b);
+    const a = crypto.randomBytes(256 * 1024);
+    const z = crypto.randomBytes(256 * 1024);
+    // Overlapping requests in flight together are unordered (protocol.md §1.16); these READs follow their WRITEs.
+    await c.write(
+      Buffer.concat([
+        RawClient.request(CMD.WRITE, 0, a.length, 1n),
+        a,
+        RawClient.request(CMD.READ, 0, a.length, 2n),
+        RawClient.request(CMD.WRITE, MiB, z.length, 3n),
+        z,
+        RawClient.request(CMD.READ, MiB, z.length, 4n),
+      ]),
+    );
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
+    expect(Buffer.from(await c.read(a.length)).equals(a)).toBe(true);
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 3n });
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 4n });
+    expect(Buffer.from(await c.read(z.length)).equals(z)).toBe(true);
+    expect(calls.targets).toBe(2);
+    c.destroy();
+  });
+
+  it('qemu-io writes 8 MiB (writeback cache: no FUA): placed, and verified by reading back', async () => {
+    requireTool('qemu-io');
+    const { b, calls } = spied();
+    const srv = await servers.serve({ exports: [{ name: 'disk', size: SIZE, backend: b }] });
+    const w = await run('qemu-io', ['-f', 'raw', '-t', 'writeback', '-c', 'write -P 0x5a 1M 8M', srv.uri()]);
+    expect(w.stdout).toMatch(/wrote 8388608\/8388608/);
+    expect(calls.targets).toBeGreaterThan(0);
+    expect(calls.write + calls.writev).toBe(0);
+    const r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 1M 8M', '-c', 'read -P 0 0 1M', '-c', 'read -P 0 9M 1M', srv.uri()]);
+    expect(r.stdout).not.toMatch(/Pattern verification failed/);
+    expect(r.stdout.match(/read \d+\/\d+/g)).toEqual(['read 8388608/8388608', 'read 1048576/1048576', 'read 1048576/1048576']);
+  });
+});
