@@ -154,8 +154,6 @@ export class FrameDecoder {
   private skipRemaining = 0;
   private failure: DecodeFailure | null = null;
   private placement: PlacementProvider | null = null;
-  /** The last request decoded was placed: the next is likely another large WRITE. */
-  private lastPlaced = false;
 
   constructor(limits: Partial<DecoderLimits> = {}) {
     this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
@@ -212,17 +210,6 @@ export class FrameDecoder {
     if (p === undefined || p.left === 0 || this.buffered > 0 || this.failure !== null || this.phaseValue !== 'requests') return null;
     const t = p.targets[p.ti]!;
     return t.subarray(p.at, p.at + Math.min(p.left, t.length - p.at));
-  }
-
-  /**
-   * How many bytes the next socket read should take, when only a request
-   * header should be read (so the payload behind it can go straight into
-   * storage): after a placed WRITE, at a frame boundary with nothing
-   * buffered. 0 means no preference.
-   */
-  headerHint(): number {
-    if (!this.lastPlaced || this.buffered > 0 || this.pendingRequest !== null || this.skipRemaining > 0 || this.phaseValue !== 'requests') return 0;
-    return this.extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST;
   }
 
   /** `n` bytes were read straight into the last `placementWindow()`. */
@@ -420,7 +407,6 @@ export class FrameDecoder {
         return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', `payload of ${payloadLength} bytes exceeds ${this.limits.maxPayloadSkip}`);
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
-      this.lastPlaced = false;
       if (payloadLength === 0) return this.makeRequest(r, undefined);
       if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
         const targets = this.placement(this.makeRequest(r, undefined));
@@ -441,7 +427,6 @@ export class FrameDecoder {
         return null;
       }
       this.pendingRequest = null;
-      this.lastPlaced = true;
       return this.makeRequest(r, undefined, true);
     }
     if (this.buffered < r.payloadLength) return null;

@@ -200,7 +200,6 @@ export class Session {
   /** Socket reads straight into a placed WRITE's storage (see FrameDecoder.placementWindow). */
   private readonly readWindow = {
     get: (): Buffer | null => (this.upgrading || this.finished ? null : this.decoder.placementWindow()),
-    headerHint: (): number => (this.upgrading || this.finished ? 0 : this.decoder.headerHint()),
     filled: (n: number): void => {
       try {
         this.decoder.placed(n);

@@ -58,8 +58,6 @@ const onreadSymbols = (() => {
  */
 export interface ReadWindow {
   get(): Buffer | null;
-  /** Read only this many bytes next (a request header ahead of a payload to place), or 0. */
-  headerHint(): number;
   filled(n: number): void;
 }
 
@@ -89,7 +87,6 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
       return w;
     }
     windowed = false;
-    const hint = window !== undefined && live ? window.headerHint() : 0;
     if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
       const old = slab;
       const size = Math.min(READ_SLAB, slab.length * 2);
@@ -99,7 +96,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
       account = track(slab);
       retireSlab(old.buffer, oldAccount);
     }
-    region = slab.subarray(used, Math.min(slab.length, used + (hint > 0 ? hint : READ_MAX)));
+    region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
     return region;
   };
   const s = socket as unknown as Record<symbol, unknown>;

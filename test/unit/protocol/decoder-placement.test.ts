@@ -83,26 +83,6 @@ describe('WRITE placement', () => {
     expect(f.payload).toEqual(big);
   });
 
-  it('headerHint: after a placed WRITE ask for just the next header (so its payload can be placed too); otherwise no preference', () => {
-    const { fn } = provider([PLACE_MIN]);
-    const d = decoderAt('requests');
-    d.setPlacement(fn);
-    expect(d.headerHint()).toBe(0);
-    const payload = Buffer.alloc(PLACE_MIN, 7);
-    d.push(encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: PLACE_MIN }, payload).subarray(0, 28));
-    expect(d.next()).toBeNull();
-    expect(d.headerHint()).toBe(0); // mid-payload: the window is what to read into
-    d.placementWindow()!.set(payload);
-    d.placed(PLACE_MIN);
-    expect(d.next()).toMatchObject({ placed: true });
-    expect(d.headerHint()).toBe(28);
-    d.push(encodeRequest({ flags: 0, type: READ, cookie: 2n, offset: 0, length: 512 }).subarray(0, 10));
-    expect(d.headerHint()).toBe(0); // bytes buffered
-    d.push(encodeRequest({ flags: 0, type: READ, cookie: 2n, offset: 0, length: 512 }).subarray(10));
-    expect(d.next()).toMatchObject({ type: READ });
-    expect(d.headerHint()).toBe(0); // the last request was not placed
-  });
-
   it('placed() beyond the payload is refused; stop() ends placement', () => {
     const { fn } = provider([PLACE_MIN]);
     const d = decoderAt('requests');
