@@ -27,7 +27,7 @@ const opt = (name, dflt) => {
 if (flag('--help') || flag('-h')) {
   process.stdout.write(`usage: node bench/run.mjs [--rounds N] [--runtime S] [--only TEXT] [--profile]
 
-  --rounds N    measured rounds per workload after one warm-up (default 3)
+  --rounds N    measured rounds per workload after one warm-up (default 5)
   --runtime S   seconds per fio run (default 3)
   --only TEXT   run only workloads whose name (or group: unix, nbdcopy, tcp, rss) contains TEXT,
                 e.g. --only "1 MiB sequential write", --only nbdcopy, --only TCP, --only rss
@@ -35,7 +35,7 @@ if (flag('--help') || flag('-h')) {
 `);
   process.exit(0);
 }
-const ROUNDS = Number(opt('--rounds', '3'));
+const ROUNDS = Number(opt('--rounds', '5'));
 const RUNTIME = Number(opt('--runtime', '3')); // seconds per fio run
 const ONLY = opt('--only', '');
 const PROFILE = flag('--profile');
