@@ -117,37 +117,31 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
+  /** Walk [offset, offset+length) block by block, marking the pages as data: fn(block, start in block, bytes, bytes done). */
+  const eachBlock = (offset: number, length: number, fn: (b: Block, s: number, n: number, done: number) => void) => {
+    let done = 0;
+    while (done < length) {
+      const pos = offset + done;
+      const bi = Math.floor(pos / blockSize);
+      const s = pos - bi * blockSize;
+      const n = Math.min(blockSize - s, length - done);
+      const b = blockFor(bi);
+      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
+      fn(b, s, n, done);
+      done += n;
+    }
+  };
+
   /** Views of the storage for [offset, offset+length), one per block touched, pages marked as data. */
   const targets = (offset: number, length: number): Buffer[] => {
     const out: Buffer[] = [];
-    let at = offset;
-    const end = offset + length;
-    while (at < end) {
-      const bi = Math.floor(at / blockSize);
-      const s = at - bi * blockSize;
-      const n = Math.min(blockSize - s, end - at);
-      const b = blockFor(bi);
-      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
-      out.push(b.slab.subarray(s, s + n));
-      at += n;
-    }
+    eachBlock(offset, length, (b, s, n) => out.push(b.slab.subarray(s, s + n)));
     return out;
   };
 
-  const writeAt = (offset: number, data: Buffer) => {
-    let at = 0;
-    while (at < data.length) {
-      const pos = offset + at;
-      const bi = Math.floor(pos / blockSize);
-      const s = pos - bi * blockSize;
-      const n = Math.min(blockSize - s, data.length - at);
-      const b = blockFor(bi);
-      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
-      // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
-      b.slab.set(n === data.length ? data : data.subarray(at, at + n), s);
-      at += n;
-    }
-  };
+  const writeAt = (offset: number, data: Buffer) =>
+    // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
+    eachBlock(offset, data.length, (b, s, n, done) => b.slab.set(n === data.length ? data : data.subarray(done, done + n), s));
 
   const backend: MemoryBackend & { [kCopiesPayload]: true } = {
     size,
