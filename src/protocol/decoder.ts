@@ -410,7 +410,8 @@ export class FrameDecoder {
       if (payloadLength === 0) return this.makeRequest(r, undefined);
       if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
         const targets = this.placement(this.makeRequest(r, undefined));
-        if (targets !== null) r.place = { targets, ti: 0, at: 0, left: payloadLength };
+        // Targets that do not add up to the payload are ignored: the payload is buffered as usual.
+        if (targets !== null && targets.reduce((n, t) => n + t.length, 0) === payloadLength) r.place = { targets, ti: 0, at: 0, left: payloadLength };
       }
       if (r.skip) {
         // Over the payload limit: consume without buffering, then refuse (§1.18 rule 24).

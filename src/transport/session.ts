@@ -222,12 +222,22 @@ export class Session {
     if (!place || !tx || this.draining || this.finished) return null;
     const snap = tx.getSnapshot();
     if (snap.status !== 'active' || !snap.matches('open') || validateRequest(snap.context, frame) !== null) return null;
+    let targets: readonly Buffer[] | null;
     try {
-      return place(this, frame);
+      targets = place(this, frame);
     } catch (err) {
       this.log.warn(`${this.peer}: WRITE placement failed, buffering instead: ${String(err)}`);
       return null;
     }
+    if (targets === null) return null;
+    // The payload must fit the targets exactly, or bytes would land outside them or be lost.
+    let total = 0;
+    for (const t of targets) total += t.length;
+    if (total !== frame.length) {
+      this.log.warn(`${this.peer}: writeTargets gave ${total} bytes for a ${frame.length}-byte WRITE; buffering instead`);
+      return null;
+    }
+    return targets;
   };
 
   private attachHandshake(hs: AnyActorRef): void {

@@ -130,6 +130,33 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
     c.destroy();
   });
 
+  it('a backend whose writeTargets is wrong (short, or throwing) is written the ordinary way, with one warning', async () => {
+    const m = memoryBackend({ size: SIZE });
+    let mode: 'short' | 'throw' = 'short';
+    const b: Backend = {
+      read: (o, l) => m.read(o, l),
+      write: (o, d, x) => m.write!(o, d, x),
+      writeTargets: (o, l) => {
+        if (mode === 'throw') throw new Error('no storage today');
+        return m.writeTargets!(o, l - 1);
+      },
+    };
+    const srv = await servers.serve({ exports: [{ name: 'disk', size: SIZE, backend: b }] });
+    const c = await RawClient.connect({ path: srv.socket });
+    await c.handshake('disk');
+    for (const [cookie, fill] of [[1n, 6], [2n, 7]] as const) {
+      await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, MiB, cookie), Buffer.alloc(MiB, fill)]));
+      expect(await c.readSimpleReply()).toEqual({ error: 0, cookie });
+      expect((await readBack(c, 0, MiB, cookie + 10n)).every((x) => x === fill)).toBe(true);
+      mode = 'throw';
+    }
+    expect(srv.logs.filter((l) => l.startsWith('warn:'))).toEqual([
+      expect.stringMatching(/writeTargets gave 1048575 bytes for a 1048576-byte WRITE; buffering instead/),
+      expect.stringMatching(/WRITE placement failed, buffering instead: Error: no storage today/),
+    ]);
+    c.destroy();
+  });
+
   it('a read-only export refuses a large WRITE with EPERM and places nothing', async () => {
     const { b, calls } = spied(true);
     const c = await client(b);

@@ -72,6 +72,15 @@ describe('WRITE placement', () => {
     d.push(encodeRequest({ flags: 0, type: WRITE, cookie: 2n, offset: 0, length: big.length }, big));
     expect((d.next() as RequestFrame).payload).toEqual(big); // all there already: no need to place
     expect(asked).toHaveLength(0);
+    // Targets that do not add up to the payload are ignored.
+    const short = decoderAt('requests');
+    short.setPlacement(() => [Buffer.alloc(PLACE_MIN - 1)]);
+    const shortWire = encodeRequest({ flags: 0, type: WRITE, cookie: 9n, offset: 0, length: big.length }, big);
+    short.push(shortWire.subarray(0, 100));
+    expect(short.next()).toBeNull();
+    expect(short.placementWindow()).toBeNull();
+    short.push(shortWire.subarray(100));
+    expect((short.next() as RequestFrame).payload).toEqual(big);
     const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 3n, offset: 0, length: big.length }, big);
     d.push(wire.subarray(0, 100));
     expect(d.next()).toBeNull();
