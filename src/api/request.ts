@@ -104,12 +104,12 @@ export class NbdRequest {
     this.contexts = contexts;
   }
 
-  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
   /** The WRITE payload was received straight into the backend's storage (Backend.writeTargets). */
   get isPlaced(): boolean {
     return this.frame.placed === true;
   }
 
+  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
   get data(): Buffer | undefined {
     if (this.payloadReleased) throw payloadReleasedError(this);
     return this.frame.payload;

@@ -116,8 +116,8 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
     return replyWhenSettled(req, r, logger);
   }
   if (command === CMD.NBD_CMD_WRITE) {
-    // Zero-copy WRITE: the payload was received straight into the backend's storage.
     const fua = (req.rawFlags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0;
+    // Zero-copy WRITE: the payload was received straight into the backend's storage.
     if (req.isPlaced) {
       // FUA (placed only with native FUA): durable before the reply (rule 28), via flush.
       if (fua && backend.flush) return step(() => backend.flush!(), () => req.reply(), (e) => failRequest(req, e, logger));

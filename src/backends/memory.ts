@@ -91,31 +91,43 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
-  /** Zero [offset, offset+length): whole pages become holes (a block without pages is freed), partial ones are zero-filled. */
-  const zeroRange = (offset: number, length: number, keepAllocated: boolean) => {
+  /**
+   * Walk [offset, offset+length) page by page, allocating nothing:
+   * fn(block or undefined, block number, start in the block, page in the block, bytes, page holds data).
+   */
+  const eachPage = (
+    offset: number,
+    length: number,
+    fn: (b: Block | undefined, bi: number, inBlock: number, p: number, n: number, data: boolean) => void,
+  ) => {
     let at = offset;
     const end = offset + length;
     while (at < end) {
       const bi = Math.floor(at / blockSize);
       const inBlock = at - bi * blockSize;
       const p = Math.floor(inBlock / pageSize);
-      const start = inBlock - p * pageSize;
-      const n = Math.min(pageSize - start, end - at);
+      const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
       const b = getBlock(bi);
-      if (b !== undefined && b.present[p] === 1) {
-        b.slab.fill(0, inBlock, inBlock + n);
+      fn(b, bi, inBlock, p, n, b !== undefined && b.present[p] === 1);
+      at += n;
+    }
+  };
+
+  /** Zero [offset, offset+length): whole pages become holes (a block without pages is freed), partial ones are zero-filled. */
+  const zeroRange = (offset: number, length: number, keepAllocated: boolean) =>
+    eachPage(offset, length, (b, bi, inBlock, p, n, data) => {
+      if (data) {
+        b!.slab.fill(0, inBlock, inBlock + n);
         if (n === pageSize && !keepAllocated) {
-          b.present[p] = 0;
-          b.count--;
+          b!.present[p] = 0;
+          b!.count--;
           pagesPresent--;
-          if (b.count === 0) setBlock(bi, undefined);
+          if (b!.count === 0) setBlock(bi, undefined);
         }
       } else if (keepAllocated) {
         markPresent(blockFor(bi), p, p);
       }
-      at += n;
-    }
-  };
+    });
 
   /** Walk [offset, offset+length) block by block, marking the pages as data: fn(block, start in block, bytes, bytes done). */
   const eachBlock = (offset: number, length: number, fn: (b: Block, s: number, n: number, done: number) => void) => {
@@ -158,24 +170,16 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       }
       // Runs of data pages inside a block are one view (pages of a block are contiguous); holes merge.
       const segments: ReadSegment[] = [];
-      let at = offset;
-      const end = offset + length;
-      while (at < end) {
-        const i = Math.floor(at / blockSize);
-        const inBlock = at - i * blockSize;
-        const p = Math.floor(inBlock / pageSize);
-        const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
-        const b = getBlock(i);
-        const data = b !== undefined && b.present[p] === 1;
+      eachPage(offset, length, (b, _bi, inBlock, _p, n, data) => {
         const last = segments[segments.length - 1];
         if (data) {
-          if (last !== undefined && 'data' in last && last.data.buffer === b.slab.buffer && last.data.byteOffset + last.data.length === b.slab.byteOffset + inBlock) {
-            segments[segments.length - 1] = { data: b.slab.subarray(inBlock - last.data.length, inBlock + n) };
-          } else segments.push({ data: b.slab.subarray(inBlock, inBlock + n) });
+          const slab = b!.slab;
+          if (last !== undefined && 'data' in last && last.data.buffer === slab.buffer && last.data.byteOffset + last.data.length === slab.byteOffset + inBlock) {
+            segments[segments.length - 1] = { data: slab.subarray(inBlock - last.data.length, inBlock + n) };
+          } else segments.push({ data: slab.subarray(inBlock, inBlock + n) });
         } else if (last !== undefined && 'hole' in last) segments[segments.length - 1] = { hole: last.hole + n };
         else segments.push({ hole: n });
-        at += n;
-      }
+      });
       return segments;
     },
     write(offset, data) {
@@ -202,20 +206,12 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     canFastZero: true,
     extents(offset, length): Extent[] {
       const out: Extent[] = [];
-      let at = offset;
-      const end = offset + length;
-      while (at < end) {
-        const i = Math.floor(at / blockSize);
-        const inBlock = at - i * blockSize;
-        const p = Math.floor(inBlock / pageSize);
-        const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
-        const b = getBlock(i);
-        const flags = b !== undefined && b.present[p] === 1 ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
+      eachPage(offset, length, (_b, _bi, _inBlock, _p, n, data) => {
+        const flags = data ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
         const last = out[out.length - 1];
         if (last && last.flags === flags) out[out.length - 1] = { length: last.length + n, flags };
         else out.push({ length: n, flags });
-        at += n;
-      }
+      });
       return out;
     },
     // Zero-copy WRITEs: large payloads are read from the socket straight into the blocks.

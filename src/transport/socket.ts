@@ -44,14 +44,6 @@ const onreadSymbols = (() => {
 })();
 
 /**
- * Have a plain `net.Socket` read into regions of slabs (64 KiB growing to 1 MiB) instead of a
- * fresh 64 KiB ArrayBuffer per read: up to 256 KiB per read, one
- * allocation per slab, far less GC. Every region is handed out once and
- * never written again, so views of a chunk (partial frames, WRITE payloads
- * held by async backends) stay valid exactly as with 'data' buffers.
- * Returns false (nothing changed) when the socket is not a plain one.
- */
-/**
  * Zero-copy WRITE payloads: where the next read may land instead of a slab
  * (a placement target, bounded by the payload still to come; see
  * FrameDecoder.placementWindow), and who is told how many bytes landed.
@@ -61,6 +53,16 @@ export interface ReadWindow {
   filled(n: number): void;
 }
 
+/**
+ * Have a plain `net.Socket` read into regions of slabs (64 KiB growing to 1 MiB) instead of a
+ * fresh 64 KiB ArrayBuffer per read: up to 256 KiB per read, one
+ * allocation per slab, far less GC. A slab is reused only once every byte
+ * read into it was reported dead (protocol/slab-account.ts), so views of a
+ * chunk (partial frames, WRITE payloads held by async backends) stay valid
+ * exactly as with 'data' buffers. While a WRITE payload is being placed, the
+ * read goes into the placement window instead (`window`, see ReadWindow).
+ * Returns false (nothing changed) when the socket is not a plain one.
+ */
 function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?: ReadWindow): (() => void) | false {
   const syms = onreadSymbols;
   if (!syms || !(socket instanceof net.Socket) || (socket as { encrypted?: boolean }).encrypted) return false;
