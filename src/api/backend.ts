@@ -50,11 +50,13 @@ export interface Backend {
    * Optional zero-copy WRITE, for storage in this process's memory: return
    * views of the storage for exactly [offset, offset + length), in order
    * (allocating as needed), synchronously. The server then receives a large
-   * WRITE's payload (≥ 64 KiB, no flags, already validated) straight into
+   * WRITE's payload (≥ 64 KiB, already validated, no flags except FUA when
+   * `fua` is 'native' — then `flush` runs before the reply) straight into
    * them from the socket and answers it without calling `write`. Bytes land
    * as they arrive, so a concurrent overlapping request may see part of
-   * them, as with any concurrent requests (protocol.md §1.18). Reads of
-   * these views must stay valid while the connection lives.
+   * them, as with any concurrent requests (protocol.md §1.16), and a client
+   * that disconnects mid-payload leaves the part that arrived. The views
+   * must stay valid while the connection lives.
    */
   writeTargets?(offset: number, length: number): readonly Buffer[];
   /** Present ⇒ SEND_FLUSH, and FUA emulated through it. */
