@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // Summarise a V8 .cpuprofile (from `node --cpu-prof`) by self time.
 //
-//   node bench/profile-summary.mjs PROFILE.cpuprofile [--top N] [--by function|file|package]
+//   node bench/profile-summary.mjs PROFILE.cpuprofile [--top N] [--from SECONDS] [--until SECONDS]
 //
+// --from / --until keep only the samples taken in that window of the run
+// (seconds since the profile started), e.g. to leave out a pre-fill.
 // Prints the top functions by self time (with file:line), then self time
 // grouped by package / source file, so "where does the time go" reads at a
 // glance. No dependencies.
@@ -17,6 +19,12 @@ if (!file) {
 }
 const topIdx = args.indexOf('--top');
 const top = topIdx >= 0 ? Number(args[topIdx + 1]) : 30;
+const numArg = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const fromUs = numArg('--from', 0) * 1e6;
+const untilUs = numArg('--until', Infinity) * 1e6;
 
 const prof = JSON.parse(fs.readFileSync(file, 'utf8'));
 const nodes = new Map(prof.nodes.map((n) => [n.id, n]));
@@ -24,8 +32,11 @@ const nodes = new Map(prof.nodes.map((n) => [n.id, n]));
 // Self time per node: the sample intervals attributed to it.
 const self = new Map();
 const { samples, timeDeltas } = prof;
+let at = 0;
 for (let i = 0; i < samples.length; i++) {
   const dt = timeDeltas[i + 1] ?? 0; // delta before the next sample ≈ time spent in this one
+  at += timeDeltas[i] ?? 0;
+  if (at < fromUs || at > untilUs) continue;
   self.set(samples[i], (self.get(samples[i]) ?? 0) + dt);
 }
 let total = 0;

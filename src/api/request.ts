@@ -51,6 +51,11 @@ export interface ReplySink {
   reply(frame: readonly Buffer[], last?: boolean, released?: number): void;
   /** Optional fast path: the same as `reply(encodeSimpleReply(cookie, error))`, encoded in place. */
   replySimple?(cookie: bigint, error: number, released?: number): void;
+  /**
+   * Optional fast path: the same as `reply(replyReadBuffer(replyMode, cookie, offset, data))`
+   * for `data` of at least 1 byte, encoded in place.
+   */
+  replyData?(cookie: bigint, offset: number, data: Buffer, released?: number): void;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -174,6 +179,11 @@ export class NbdRequest {
       // The common case, one Buffer of the right length: no segment list.
       if (Buffer.isBuffer(data) && data.length === this.length) {
         this.claim('reply');
+        // One OFFSET_DATA chunk (or simple reply) encoded in place when the sink can; DF changes nothing for one chunk.
+        if (this.sink.replyData && data.length > 0) {
+          this.sink.replyData(this.cookie, this.offset, data, this.held);
+          return;
+        }
         this.sink.reply(replyReadBuffer(this.sink.replyMode, this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0), true, this.held);
         return;
       }

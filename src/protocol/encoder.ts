@@ -149,6 +149,51 @@ export function writeSimpleReplyHeader(buf: Buffer, at: number, cookie: bigint, 
   buf.writeBigUInt64BE(cookie, at + 8);
 }
 
+/** Bytes `writeReadReplyHeader` writes for each reply mode. */
+export const READ_REPLY_HEADER_SIZE = {
+  simple: SIZE.SIMPLE_REPLY,
+  structured: SIZE.STRUCTURED_REPLY + 8,
+  extended: SIZE.EXTENDED_REPLY + 8,
+} as const;
+
+/**
+ * Write, in place, everything that precedes the data of a successful READ
+ * answered by `length` ≥ 1 contiguous bytes: a §1.9.2 simple reply header,
+ * or one OFFSET_DATA chunk carrying DONE (§1.9.3 / §1.9.4: chunk header,
+ * then the offset u64). The same bytes as `encodeSimpleReply(cookie, 0, data)`
+ * / `encodeChunkOffsetData(cookie, offset, data, { done: true, … })` minus
+ * the data, with no buffers allocated. Returns the bytes written.
+ */
+export function writeReadReplyHeader(
+  buf: Buffer,
+  at: number,
+  mode: 'simple' | 'structured' | 'extended',
+  cookie: bigint,
+  offset: number,
+  length: number,
+): number {
+  if (mode === 'simple') {
+    writeSimpleReplyHeader(buf, at, cookie, 0);
+    return SIZE.SIMPLE_REPLY;
+  }
+  const extended = mode === 'extended';
+  buf.writeUInt32BE(extended ? MAGIC.NBD_EXTENDED_REPLY_MAGIC : MAGIC.NBD_STRUCTURED_REPLY_MAGIC, at);
+  buf.writeUInt16BE(REPLY_FLAG.NBD_REPLY_FLAG_DONE, at + 4);
+  buf.writeUInt16BE(REPLY_TYPE.NBD_REPLY_TYPE_OFFSET_DATA, at + 6);
+  buf.writeBigUInt64BE(cookie, at + 8);
+  let p = at + 16;
+  if (extended) {
+    writeU64(buf, offset, p); // MUST equal the request's offset
+    writeU64(buf, 8 + length, p + 8);
+    p += 16;
+  } else {
+    buf.writeUInt32BE((8 + length) >>> 0, p);
+    p += 4;
+  }
+  writeU64(buf, offset, p);
+  return p + 8 - at;
+}
+
 /** §1.9.2 simple reply header; for a successful READ the data follows as its own buffer. */
 export function encodeSimpleReply(cookie: bigint, error: number, data?: Buffer | readonly Buffer[]): Frame {
   const h = Buffer.allocUnsafe(SIZE.SIMPLE_REPLY);

@@ -153,6 +153,12 @@ export class Session {
     this.complete(released);
   }
 
+  /** A successful READ answered by one buffer (≥ 1 byte unless simple replies), encoded in place; frees its slot. */
+  replyData(cookie: bigint, offset: number, data: Buffer, released = 0): void {
+    this.writer.writeRead(this.replyMode, cookie, offset, data);
+    this.complete(released);
+  }
+
   /** Free the in-flight slot of one request (and the WRITE payload bytes it held). */
   complete(released = 0): void {
     if (this.inFlight > 0) this.inFlight--;

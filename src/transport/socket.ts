@@ -7,7 +7,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
-import { writeSimpleReplyHeader } from '../protocol/encoder.js';
+import { READ_REPLY_HEADER_SIZE, writeReadReplyHeader, writeSimpleReplyHeader } from '../protocol/encoder.js';
 import { retireSlab, trackSlab, type SlabAccount } from '../protocol/slab-account.js';
 
 /** Full-size read slabs whose bytes are all dead, kept for reuse (per connection). */
@@ -220,6 +220,34 @@ export class ReplyWriter {
     writeSimpleReplyHeader(this.stage, this.pos, cookie, error);
     this.pos += SIZE.SIMPLE_REPLY;
     this.bytesWritten += SIZE.SIMPLE_REPLY;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.flush);
+    }
+  }
+
+  /**
+   * A successful READ answered by one buffer (at least 1 byte unless simple):
+   * the reply header (or OFFSET_DATA chunk header and offset) is encoded
+   * straight into the staging chunk, and the data copied behind it (or
+   * queued by reference when big). Same bytes as `write(replyReadBuffer(…))`.
+   */
+  writeRead(mode: 'simple' | 'structured' | 'extended', cookie: bigint, offset: number, data: Buffer): void {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
+    const n = data.length;
+    const copy = n <= COPY_MAX;
+    const need = READ_REPLY_HEADER_SIZE[mode] + (copy ? n : 0);
+    if (this.pos + need > this.stage.length) this.newStage();
+    const h = writeReadReplyHeader(this.stage, this.pos, mode, cookie, offset, n);
+    this.pos += h;
+    this.bytesWritten += h + n;
+    if (copy) {
+      this.stage.set(data, this.pos);
+      this.pos += n;
+    } else {
+      this.cut();
+      this.parts.push(data);
+    }
     if (!this.scheduled) {
       this.scheduled = true;
       process.nextTick(this.flush);
