@@ -4,6 +4,8 @@
 //   npm run bench                         (the full run, < 10 minutes)
 //   node bench/run.mjs --rounds 3 --runtime 3 --only 4k
 //   node bench/run.mjs --profile          (CPU profile of nbd-engine under the 4 KiB mix, summarised)
+//   node bench/run.mjs --ceiling          (the 4 KiB workloads against storage-free servers too:
+//                                          how far one fio job goes when storage costs nothing)
 //
 // Both servers run the memory backend: `node bin/nbd-engine.js serve --memory SIZE`
 // (the compiled CLI, so xstate's production build) and `nbdkit -f memory SIZE`.
@@ -32,6 +34,9 @@ if (flag('--help') || flag('-h')) {
   --only TEXT   run only workloads whose name (or group: unix, nbdcopy, tcp, rss) contains TEXT,
                 e.g. --only "1 MiB sequential write", --only nbdcopy, --only TCP, --only rss
   --profile     CPU profile of nbd-engine under the 4 KiB random 50/50 mix, summarised
+  --ceiling     the 4 KiB QD32 workloads against four servers in turn — nbd-engine and nbdkit
+                with the memory backend, and both with no storage at all (bench/null-server.mjs,
+                nbdkit null) — with fio's own CPU per request: the client's ceiling on this machine
 `);
   process.exit(0);
 }
@@ -39,6 +44,7 @@ const ROUNDS = Number(opt('--rounds', '5'));
 const RUNTIME = Number(opt('--runtime', '3')); // seconds per fio run
 const ONLY = opt('--only', '');
 const PROFILE = flag('--profile');
+const CEILING = flag('--ceiling');
 
 // ── tools ────────────────────────────────────────────────────────────────
 const TOOLS = [
@@ -103,19 +109,25 @@ async function startServer(kind, transport, size, extra = {}) {
   const port = portBase++;
   let cmd;
   let argv;
+  const engine = kind === 'engine' || kind === 'engine-null';
   if (kind === 'engine') {
     cmd = process.execPath;
     argv = [...(extra.nodeArgs ?? []), path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--memory', size];
     argv.push(...(transport === 'unix' ? ['--socket', sock] : ['--port', String(port), '--host', '127.0.0.1']));
+  } else if (kind === 'engine-null') {
+    // Storage-free nbd-engine (UNIX socket only): see bench/null-server.mjs.
+    cmd = process.execPath;
+    argv = [path.join(ROOT, 'bench/null-server.mjs'), sock, String(parseSizeArg(size))];
   } else {
     cmd = 'nbdkit';
-    argv = ['-f', '-P', `${sock}.pid`, ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), 'memory', size];
+    const plugin = kind === 'nbdkit-null' ? 'null' : 'memory';
+    argv = ['-f', '-P', `${sock}.pid`, ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), plugin, size];
   }
   const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: extra.cwd ?? WORK });
   children.add(child);
   let printed = '';
   child.stdout.on('data', (d) => (printed += d));
-  await waitReady(kind === 'engine' ? () => printed.includes('nbd') : () => fs.existsSync(`${sock}.pid`) && fs.statSync(`${sock}.pid`).size > 0, child, id);
+  await waitReady(engine ? () => printed.includes('nbd') : () => fs.existsSync(`${sock}.pid`) && fs.statSync(`${sock}.pid`).size > 0, child, id);
   const uri = transport === 'unix' ? `nbd+unix:///?socket=${sock}` : `nbd://127.0.0.1:${port}/`;
   return {
     kind,
@@ -129,7 +141,7 @@ async function startServer(kind, transport, size, extra = {}) {
     async stop() {
       if (child.exitCode !== null) return;
       const done = new Promise((r) => child.once('exit', r));
-      child.kill(kind === 'engine' ? 'SIGINT' : 'SIGTERM');
+      child.kill(engine ? 'SIGINT' : 'SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 8000);
       await done;
       clearTimeout(t);
@@ -166,6 +178,8 @@ function fio(uri, { rw, bs, iodepth, jobs = 1, size = '1G', runtime = RUNTIME, t
   const job = j.jobs[0];
   return {
     iops: job.read.iops + job.write.iops,
+    /** fio's own CPU (user + system), percent of one core. */
+    cpu: job.usr_cpu + job.sys_cpu,
     bw: (job.read.bw_bytes ?? job.read.bw * 1024) + (job.write.bw_bytes ?? job.write.bw * 1024),
   };
 }
@@ -314,6 +328,59 @@ async function runProfile() {
   process.stdout.write(`(profile kept in ${keep})\n`);
 }
 
+function parseSizeArg(size) {
+  const m = /^(\d+)([KMGT]?)$/i.exec(size);
+  if (!m) throw new Error(`bad size ${size}`);
+  return Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+}
+
+/**
+ * The client's ceiling: the 4 KiB QD32 workloads against nbd-engine and
+ * nbdkit with the memory backend and with no storage at all, alternating.
+ * Reports IOPS and fio's CPU per request (µs): when fio is near 100 % of a
+ * core, no server can go faster with one fio job.
+ */
+async function runCeiling() {
+  const kinds = ['engine', 'engine-null', 'nbdkit', 'nbdkit-null'];
+  const servers = {};
+  for (const k of kinds) servers[k] = await startServer(k, 'unix', '16G');
+  try {
+    for (const k of ['engine', 'nbdkit']) fio(servers[k].uri, { rw: 'write', bs: '1M', iodepth: 8, timeBased: false });
+    const rows = [];
+    for (const [name, rw] of [
+      ['4 KiB random read, QD32, 1 conn', 'randread'],
+      ['4 KiB random write, QD32, 1 conn', 'randwrite'],
+      ['4 KiB random 50/50, QD32, 1 conn', 'randrw'],
+    ]) {
+      const per = Object.fromEntries(kinds.map((k) => [k, { iops: [], cpu: [] }]));
+      for (let round = 0; round <= ROUNDS; round++) {
+        const order = round % 2 === 0 ? kinds : [...kinds].reverse();
+        for (const k of order) {
+          const r = fio(servers[k].uri, { rw, bs: '4k', iodepth: 32, ...(rw === 'randrw' ? { rwmixread: 50 } : {}) });
+          if (round > 0) {
+            per[k].iops.push(r.iops);
+            per[k].cpu.push(r.cpu);
+          }
+          log(`  ${name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(r.iops)} IOPS, fio CPU ${r.cpu.toFixed(0)} %`);
+        }
+      }
+      rows.push({ name, per });
+    }
+    const label = { engine: 'nbd-engine memory', 'engine-null': 'nbd-engine null', nbdkit: 'nbdkit memory', 'nbdkit-null': 'nbdkit null' };
+    const out = ['| workload | server | IOPS (median) | fio CPU % (median) | fio CPU µs / request | IOPS runs |', '|---|---|---:|---:|---:|---|'];
+    for (const { name, per } of rows) {
+      for (const k of kinds) {
+        const iops = median(per[k].iops);
+        const cpu = median(per[k].cpu);
+        out.push(`| ${name} | ${label[k]} | ${fmt(iops)} | ${cpu.toFixed(0)} | ${((cpu / 100 / iops) * 1e6).toFixed(1)} | ${per[k].iops.map(fmt).join(', ')} |`);
+      }
+    }
+    process.stdout.write(`\n${new Date().toISOString()}; ${ROUNDS} measured rounds, fio ${RUNTIME} s each\n\n${out.join('\n')}\n`);
+  } finally {
+    for (const s of Object.values(servers)) await s.stop();
+  }
+}
+
 function fmt(v) {
   if (!Number.isFinite(v)) return String(v);
   return v >= 100 ? Math.round(v).toLocaleString('en-US') : v.toFixed(1);
@@ -323,6 +390,10 @@ function fmt(v) {
 const started = Date.now();
 if (PROFILE) {
   await runProfile();
+  process.exit(0);
+}
+if (CEILING) {
+  await runCeiling();
   process.exit(0);
 }
 for (const g of groups) await runGroup(g);
