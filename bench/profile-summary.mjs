@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // Summarise a V8 .cpuprofile (from `node --cpu-prof`) by self time.
 //
-//   node bench/profile-summary.mjs PROFILE.cpuprofile [--top N] [--from SECONDS] [--until SECONDS]
+//   node bench/profile-summary.mjs PROFILE.cpuprofile [--top N] [--from SECONDS] [--until SECONDS] [--inclusive]
 //
+// --inclusive adds the top functions by total time (self + callees, each
+// sample counted once per function even under recursion).
 // --from / --until keep only the samples taken in that window of the run
 // (seconds since the profile started), e.g. to leave out a pre-fill.
 // Prints the top functions by self time (with file:line), then self time
@@ -25,6 +27,7 @@ const numArg = (name, dflt) => {
 };
 const fromUs = numArg('--from', 0) * 1e6;
 const untilUs = numArg('--until', Infinity) * 1e6;
+const INCLUSIVE = args.includes('--inclusive');
 
 const prof = JSON.parse(fs.readFileSync(file, 'utf8'));
 const nodes = new Map(prof.nodes.map((n) => [n.id, n]));
@@ -90,6 +93,28 @@ process.stdout.write(`sampled ${ms(total)} ms, busy ${ms(busy)} ms (${pct(busy, 
 process.stdout.write(`top ${top} functions by self time (% of busy):\n`);
 for (const [k, v] of [...byFn].filter(([k]) => !k.startsWith('(idle)')).sort((a, b) => b[1] - a[1]).slice(0, top)) {
   process.stdout.write(`${ms(v)} ms ${pct(v, busy)}  ${k}\n`);
+}
+if (INCLUSIVE) {
+  // Parent links, then each sampled node's time added once to every distinct function on its stack.
+  const parent = new Map();
+  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const keyOf = (n) => `${n.callFrame.functionName || '(anonymous)'}  ${bucket(n.callFrame)}:${n.callFrame.lineNumber + 1}`;
+  const incl = new Map();
+  for (const [id, t] of self) {
+    const n0 = nodes.get(id);
+    if (n0.callFrame.functionName === '(idle)') continue;
+    const seen = new Set();
+    for (let cur = id; cur !== undefined; cur = parent.get(cur)) {
+      const k = keyOf(nodes.get(cur));
+      if (seen.has(k)) continue;
+      seen.add(k);
+      incl.set(k, (incl.get(k) ?? 0) + t);
+    }
+  }
+  process.stdout.write(`\ntop ${top} functions by total time, self + callees (% of busy):\n`);
+  for (const [k, v] of [...incl].filter(([k]) => !k.startsWith('(root)')).sort((a, b) => b[1] - a[1]).slice(0, top)) {
+    process.stdout.write(`${ms(v)} ms ${pct(v, busy)}  ${k}\n`);
+  }
 }
 process.stdout.write(`\nself time by package / file (% of busy):\n`);
 for (const [k, v] of [...byBucket].filter(([k]) => k !== '(idle)').sort((a, b) => b[1] - a[1]).slice(0, top)) {
