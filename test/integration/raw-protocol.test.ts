@@ -148,11 +148,13 @@ describe('raw protocol paths over a real socket', () => {
           encodeExtendedRequest({ flags: 0, type: CMD.READ, cookie: 2n, offset: 1 << 20, length: payload.length }),
           encodeExtendedRequest({ flags: 0, type: CMD.BLOCK_STATUS, cookie: 3n, offset: 0, length: 2 << 20 }),
           encodeExtendedRequest({ flags: 0, type: CMD.FLUSH, cookie: 4n, offset: 0, length: 0 }),
+          // A small READ inside the written range (its reply is staged by copy, the 64 KiB one by reference).
+          encodeExtendedRequest({ flags: 0, type: CMD.READ, cookie: 6n, offset: (1 << 20) + 4096, length: 4096 }),
         ]),
       );
       const byCookie = new Map<bigint, Array<Awaited<ReturnType<typeof extendedChunk>>>>();
       let done = 0;
-      while (done < 4) {
+      while (done < 5) {
         const ch = await extendedChunk(c);
         byCookie.set(ch.cookie, [...(byCookie.get(ch.cookie) ?? []), ch]);
         if (ch.flags & DONE) done++;
@@ -165,6 +167,16 @@ describe('raw protocol paths over a real socket', () => {
       expect(read.at(-1)!.flags & DONE).toBe(DONE);
       const bytes = Buffer.concat(read.filter((ch) => ch.type === CHUNK.OFFSET_DATA).map((ch) => decodeOffsetData(ch.payload).data));
       expect(bytes.equals(payload)).toBe(true);
+      // Every chunk header of a reply echoes the request's offset (§1.9.4); one OFFSET_DATA chunk each here.
+      for (const [cookie, at] of [
+        [2n, 1 << 20],
+        [6n, (1 << 20) + 4096],
+      ] as const) {
+        const chunks = byCookie.get(cookie)!;
+        expect(chunks).toEqual([expect.objectContaining({ type: CHUNK.OFFSET_DATA, flags: DONE, offset: BigInt(at) })]);
+        expect(decodeOffsetData(chunks[0]!.payload).offset).toBe(BigInt(at));
+      }
+      expect(decodeOffsetData(byCookie.get(6n)![0]!.payload).data.equals(payload.subarray(4096, 8192))).toBe(true);
       // BLOCK_STATUS_EXT: a hole, the written 64 KiB as data, then a hole.
       const bs = byCookie.get(3n)!;
       expect(bs).toHaveLength(1);
