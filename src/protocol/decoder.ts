@@ -438,8 +438,7 @@ export class FrameDecoder {
   }
 
   private makeRequest(r: PendingRequest, payload: Buffer | undefined, placed?: true): RequestFrame {
-    if (placed) return { kind: 'request', extended: r.extended, flags: r.flags, type: r.type, cookie: r.cookie, offset: r.offset, length: r.length, huge: r.huge, payload, payloadDiscarded: false, placed };
-    return {
+    const frame: RequestFrame = {
       kind: 'request',
       extended: r.extended,
       flags: r.flags,
@@ -451,6 +450,8 @@ export class FrameDecoder {
       payload,
       payloadDiscarded: r.skip,
     };
+    // Only placed frames carry the field (a placed payload is never skipped, so payloadDiscarded is false).
+    return placed ? { ...frame, placed } : frame;
   }
 
   // ── byte queue ────────────────────────────────────────────────────────
@@ -579,15 +580,6 @@ class ScatteredRequest implements RequestFrame {
     this.#released = true;
     for (const p of this.#parts) releaseBytes(p.buffer, p.length);
   }
-}
-
-/**
- * Report a scattered payload's pieces as dead, after a backend that copies
- * payloads (`kCopiesPayload`) stored them synchronously. Nobody may use
- * `payloadParts(frame)` views afterwards (a joined `payload` stays valid).
- */
-export function releasePayloadParts(frame: RequestFrame): void {
-  if (frame instanceof ScatteredRequest) frame.release();
 }
 
 /**

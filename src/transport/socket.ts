@@ -192,38 +192,19 @@ export class ReplyWriter {
   }
 
   write(frame: readonly Buffer[]): void {
-    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
-    for (let i = 0; i < frame.length; i++) {
-      const b = frame[i]!;
-      const n = b.length;
-      if (n === 0) continue;
-      this.bytesWritten += n;
-      if (n <= COPY_MAX) {
-        if (this.pos + n > this.stage.length) this.newStage();
-        this.stage.set(b, this.pos);
-        this.pos += n;
-      } else {
-        this.cut();
-        this.parts.push(b);
-      }
-    }
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(this.flush);
-    }
+    if (!this.writable) return;
+    for (let i = 0; i < frame.length; i++) this.append(frame[i]!);
+    this.schedule();
   }
 
   /** A simple reply (16 bytes, no data), encoded straight into the staging chunk: no header buffer. */
   writeSimple(cookie: bigint, error: number): void {
-    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
+    if (!this.writable) return;
     if (this.pos + SIZE.SIMPLE_REPLY > this.stage.length) this.newStage();
     writeSimpleReplyHeader(this.stage, this.pos, cookie, error);
     this.pos += SIZE.SIMPLE_REPLY;
     this.bytesWritten += SIZE.SIMPLE_REPLY;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(this.flush);
-    }
+    this.schedule();
   }
 
   /**
@@ -233,21 +214,38 @@ export class ReplyWriter {
    * queued by reference when big). Same bytes as `write(replyReadBuffer(…))`.
    */
   writeRead(mode: 'simple' | 'structured' | 'extended', cookie: bigint, offset: number, data: Buffer): void {
-    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return;
+    if (!this.writable) return;
     const n = data.length;
-    const copy = n <= COPY_MAX;
-    const need = READ_REPLY_HEADER_SIZE[mode] + (copy ? n : 0);
-    if (this.pos + need > this.stage.length) this.newStage();
+    // Room for the header and, when it is copied, the data behind it: one contiguous slice.
+    if (this.pos + READ_REPLY_HEADER_SIZE[mode] + (n <= COPY_MAX ? n : 0) > this.stage.length) this.newStage();
     const h = writeReadReplyHeader(this.stage, this.pos, mode, cookie, offset, n);
     this.pos += h;
-    this.bytesWritten += h + n;
-    if (copy) {
-      this.stage.set(data, this.pos);
+    this.bytesWritten += h;
+    this.append(data);
+    this.schedule();
+  }
+
+  private get writable(): boolean {
+    return !this.closed && !this.socket.destroyed && !this.socket.writableEnded;
+  }
+
+  /** Queue one buffer: small ones are copied into the staging chunk, big ones queued by reference. */
+  private append(b: Buffer): void {
+    const n = b.length;
+    if (n === 0) return;
+    this.bytesWritten += n;
+    if (n <= COPY_MAX) {
+      if (this.pos + n > this.stage.length) this.newStage();
+      this.stage.set(b, this.pos);
       this.pos += n;
     } else {
       this.cut();
-      this.parts.push(data);
+      this.parts.push(b);
     }
+  }
+
+  /** Flush everything queued in this tick with one socket write, once the tick's replies are in. */
+  private schedule(): void {
     if (!this.scheduled) {
       this.scheduled = true;
       process.nextTick(this.flush);
