@@ -9,7 +9,7 @@ import type { ExportDescriptor, Negotiated, TlsPolicy } from '../machines/types.
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { DecoderLimits } from '../protocol/decoder.js';
 import { CMD_FLAG } from '../protocol/constants.js';
-import { Session, type SessionHandlers } from '../transport/session.js';
+import { createConnectionActor, Session, type ConnectionActor, type SessionHandlers } from '../transport/session.js';
 import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
 import { backendCapabilities, flagCapabilities, transmissionFlags, type Backend, type Capabilities, type ExportFlags } from './backend.js';
@@ -140,6 +140,9 @@ export class NbdServer {
   private readonly tlsPolicy: TlsPolicy;
   private nextId = 1;
   private closing: Promise<void> | null = null;
+  /** The next connection's actor, built while idle (only without an inspect hook). */
+  private spareActor: ConnectionActor | null = null;
+  private spareScheduled = false;
 
   constructor(private readonly options: ServerOptions) {
     this.logger = options.logger ?? consoleLogger(false);
@@ -207,6 +210,7 @@ export class NbdServer {
       if (this.options.limits?.maxConnections) l.server.maxConnections = this.options.limits.maxConnections;
       l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));
       this.listeners.push(l);
+      this.prepareSpareActor();
       const uris = [...this.exports.keys()].map((n) => nbdUri(l.address, n, this.tlsRequired)).filter((u): u is string => !!u);
       results.push({ address: l.address, uris });
     }
@@ -241,6 +245,7 @@ export class NbdServer {
       onRequest: (s) => s.destroy('request before negotiation'),
       onClose: (_s, closeInfo) => {
         this.sessions.delete(session);
+        this.prepareSpareActor();
         this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, reason: closeInfo.reason });
         this.logger.info?.(`${peer}: closed (${closeInfo.outcome}: ${closeInfo.reason})`);
       },
@@ -257,6 +262,7 @@ export class NbdServer {
         inspect: this.options.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,
+        actor: this.takeSpareActor(),
       },
       handlers,
     );
@@ -264,6 +270,31 @@ export class NbdServer {
     this.connectionSubject.next({ type: 'opened', connection: info });
     this.logger.info?.(`${peer}: opened`);
     session.start();
+  }
+
+  /** The actor built ahead of time for the next connection, if there is one. */
+  private takeSpareActor(): ConnectionActor | undefined {
+    const actor = this.spareActor ?? undefined;
+    this.spareActor = null;
+    return actor;
+  }
+
+  /**
+   * Build the next connection's actor once the event loop is idle: building
+   * resolves the connection and handshake machines' initial states, most of
+   * what stands between accept() and the greeting. Done when listening
+   * starts and after a connection closes (not after an accept, where it would
+   * delay that connection's first replies). Not done with an inspect hook,
+   * whose watchers would see an actor before its connection.
+   */
+  private prepareSpareActor(): void {
+    if (this.options.inspect || this.spareActor || this.spareScheduled || this.closing) return;
+    this.spareScheduled = true;
+    setImmediate(() => {
+      this.spareScheduled = false;
+      if (this.closing || this.spareActor) return;
+      this.spareActor = createConnectionActor(this.handshakeInput, this.decoderLimits().maxPayload!, undefined);
+    });
   }
 
   private requestHandler(entry: ExportEntry, negotiated: Negotiated, connection: ConnectionInfo): SessionHandlers['onRequest'] {

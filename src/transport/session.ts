@@ -39,6 +39,31 @@ export interface SessionOptions {
   readonly upgradeTls?: (socket: Duplex) => Promise<TlsUpgrade>;
   /** Peer description for logs. */
   readonly peer?: string;
+  /**
+   * A connection actor built ahead of time by `createConnectionActor` (not
+   * started) with this session's handshake input, decoder maxPayload and
+   * inspect hook; built here when absent.
+   */
+  readonly actor?: ConnectionActor;
+}
+
+export type ConnectionActor = Actor<typeof connectionMachine>;
+
+/**
+ * Build (not start) one connection's actor. Building resolves the initial
+ * states of the connection and handshake machines, which is most of the
+ * work a new connection costs before its greeting can go out, so a server
+ * may build the next connection's actor while it is idle.
+ */
+export function createConnectionActor(
+  handshake: HandshakeInput,
+  maxPayload: number,
+  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void),
+): ConnectionActor {
+  return createActor(connectionMachine, {
+    input: { handshake, maxPayload },
+    inspect: inspect as Observer<InspectionEvent> | undefined,
+  });
 }
 
 export interface SessionHandlers {
@@ -64,7 +89,7 @@ export class Session {
   private socket: Duplex;
   private writer: ReplyWriter;
   private readonly decoder: FrameDecoder;
-  private readonly actor: Actor<typeof connectionMachine>;
+  private readonly actor: ConnectionActor;
   private handshake: AnyActorRef | null = null;
   private transmission: AnyActorRef | null = null;
   private bytes: Subscription | null = null;
@@ -93,10 +118,7 @@ export class Session {
     this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 256 * 1024 * 1024);
     this.decoder = new FrameDecoder(options.decoderLimits);
     this.writer = new ReplyWriter(socket, this.onDrainNeeded);
-    this.actor = createActor(connectionMachine, {
-      input: { handshake: options.handshake, maxPayload: this.decoder.limits.maxPayload },
-      inspect: options.inspect as Observer<InspectionEvent> | undefined,
-    });
+    this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
   }
 
   /** Start the connection: greeting out, bytes in. */
@@ -109,22 +131,17 @@ export class Session {
       error: (err) => this.fail(`connection machine error: ${String(err)}`),
       complete: () => this.onConnectionDone(),
     });
-    // The handshake child emits the greeting as soon as it starts, inside
-    // actor.start(): catch its creation through the system's inspection
-    // stream (its first inspection event, the init event) to attach the effect listener first, then stop
-    // inspecting so the per-request path pays nothing for it.
-    const hook = this.actor.system.inspect((ev: InspectionEvent) => {
-      const ref = ev.actorRef as AnyActorRef;
-      if (ref && ref !== this.actor && ref.id === 'handshake') this.attachHandshake(ref);
-    });
+    // The handshake child exists once the actor is built and emits the
+    // greeting as soon as it starts, inside actor.start(): listen first.
+    this.attachChildren();
     try {
       this.actor.start();
-      hook.unsubscribe();
     } catch (err) {
       this.fail(`connection machine failed to start: ${String(err)}`);
       return;
     }
-    this.attachChildren();
+    // The client waits for the greeting: send it before setting up reads.
+    this.writer.flushNow();
     this.subscribeBytes();
   }
 
@@ -134,7 +151,7 @@ export class Session {
   }
 
   /** The connection actor (for inspection and tests). */
-  get connectionActor(): Actor<typeof connectionMachine> {
+  get connectionActor(): ConnectionActor {
     return this.actor;
   }
 
@@ -250,6 +267,10 @@ export class Session {
     if (hs === this.handshake) return;
     this.handshake = hs;
     hs.on('*', (e: HandshakeEmitted) => this.onHandshakeEffect(e));
+    // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the
+    // moment it finishes, before the transmission machine is built: the
+    // client is waiting for them, and nothing after needs them held back.
+    hs.subscribe({ complete: () => this.writer.flushNow(), error: () => {} });
   }
 
   private attachChildren(): void {

@@ -278,7 +278,7 @@ export class ReplyWriter {
     if (--this.stageWrites === 0 && this.start === this.pos && this.parts.length === 0) this.start = this.pos = 0;
   }
 
-  /** Hand everything queued to the socket now (before a TLS upgrade takes the socket over). */
+  /** Hand everything queued to the socket now (a reply the client waits on, or before a TLS upgrade takes the socket over). */
   flushNow(): void {
     this.flush();
   }
