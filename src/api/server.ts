@@ -293,7 +293,12 @@ export class NbdServer {
     setImmediate(() => {
       this.spareScheduled = false;
       if (this.closing || this.spareActor) return;
-      this.spareActor = createConnectionActor(this.handshakeInput, this.decoderLimits().maxPayload!, undefined);
+      try {
+        this.spareActor = createConnectionActor(this.handshakeInput, this.decoderLimits().maxPayload!, undefined);
+      } catch (err) {
+        // The next connection builds its own (and reports the failure on its own connection).
+        this.logger.warn(`building the next connection's machine failed: ${String(err)}`);
+      }
     });
   }
 
