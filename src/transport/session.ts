@@ -58,7 +58,7 @@ export type ConnectionActor = Actor<typeof connectionMachine>;
 export function createConnectionActor(
   handshake: HandshakeInput,
   maxPayload: number,
-  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void),
+  inspect?: SessionOptions['inspect'],
 ): ConnectionActor {
   return createActor(connectionMachine, {
     input: { handshake, maxPayload },
