@@ -17,6 +17,7 @@ import { NbdError } from './errors.js';
 import { NbdRequest, type ConnectionRef, type ExportRef } from './request.js';
 import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
+import { validateLimits } from './limits.js';
 
 export interface ExportConfig {
   readonly name: string;
@@ -48,8 +49,19 @@ export interface ServerLimits {
   readonly maxOptions?: number;
   /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
   readonly maxBufferedBytes?: number;
-  /** Concurrent connections (default unlimited). */
+  /** Concurrent connections, server-wide; past it a new connection is closed with one log line (default unlimited). */
   readonly maxConnections?: number;
+  /**
+   * Milliseconds a client has to finish negotiating (reach transmission or
+   * abort); past it the connection is dropped with one log line (default
+   * 10 000, as qemu-nbd; 0 turns it off).
+   */
+  readonly handshakeTimeout?: number;
+  /**
+   * Milliseconds a negotiated connection may stay idle (no request in flight,
+   * no byte received) before it is closed with one log line (default 0: off).
+   */
+  readonly idleTimeout?: number;
 }
 
 export interface ServerOptions {
@@ -146,6 +158,7 @@ export class NbdServer {
 
   constructor(private readonly options: ServerOptions) {
     this.logger = options.logger ?? consoleLogger(false);
+    validateLimits(options.limits);
     const maxPayload = options.limits?.maxPayload ?? 64 * 1024 * 1024;
     if (!options.exports || options.exports.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'at least one export is required');
     for (const cfg of options.exports) {
