@@ -141,9 +141,12 @@ export class NbdRequest {
     releasePayload(this.frame);
   }
 
-  /** WRITE payload bytes held until this request is answered. */
+  /**
+   * Bytes this request counts against the connection's byte budget until it
+   * is answered: its WRITE payload, or the READ reply it will send.
+   */
   private get held(): number {
-    return this.command === CMD.NBD_CMD_WRITE ? this.length : 0;
+    return this.command === CMD.NBD_CMD_WRITE || this.command === CMD.NBD_CMD_READ ? this.length : 0;
   }
 
   get flags(): RequestFlags {

@@ -39,7 +39,12 @@ export interface ExportConfig {
 export interface ServerLimits {
   /** Requests with the application at once, per connection (default 64). */
   readonly maxInFlight?: number;
-  /** WRITE payload bytes with the application at once, per connection (default 256 MiB). */
+  /**
+   * Bytes owed per connection (default 128 MiB): WRITE payloads and READ
+   * lengths of requests in flight, plus reply bytes queued but not yet
+   * written to the socket. Past it the server stops reading that client's
+   * requests until replies drain (the client is throttled, never dropped).
+   */
   readonly maxInFlightBytes?: number;
   /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
   readonly maxPayload?: number;
@@ -99,6 +104,11 @@ interface ExportEntry {
   readonly caps: Capabilities;
   readonly ref: ExportRef;
 }
+
+/** Bytes owed per connection (ServerLimits.maxInFlightBytes). */
+const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+/** Milliseconds to finish negotiating (ServerLimits.handshakeTimeout), as qemu-nbd. */
+const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
 const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
 
@@ -220,7 +230,6 @@ export class NbdServer {
     const results: ListenResult[] = [];
     for (const t of targets) {
       const l = await listen(t, (socket) => this.accept(socket));
-      if (this.options.limits?.maxConnections) l.server.maxConnections = this.options.limits.maxConnections;
       l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));
       this.listeners.push(l);
       this.prepareSpareActor();
@@ -233,6 +242,15 @@ export class NbdServer {
   /** Serve one already-connected stream (a socket from elsewhere, a pipe pair, a test). */
   accept(socket: Duplex & { remoteAddress?: string; setNoDelay?: (b: boolean) => unknown }): void {
     if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const max = this.options.limits?.maxConnections;
+    if (max !== undefined && this.sessions.size >= max) {
+      // Closed before the greeting: the client sees the connection end at once.
+      const from = socket.remoteAddress ? ` from ${socket.remoteAddress}` : '';
+      this.logger.warn(`connection${from} refused: ${max} connections open (maxConnections)`);
+      socket.on('error', () => {});
       socket.destroy();
       return;
     }
@@ -271,7 +289,9 @@ export class NbdServer {
         handshake: this.handshakeInput,
         decoderLimits: this.decoderLimits(),
         maxInFlight: this.options.limits?.maxInFlight ?? 64,
-        maxInFlightBytes: this.options.limits?.maxInFlightBytes,
+        maxInFlightBytes: this.options.limits?.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
+        handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT,
+        idleTimeout: this.options.limits?.idleTimeout ?? 0,
         inspect: this.options.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,

@@ -355,7 +355,13 @@ export const handshakeMachine = setup({
     }),
     countOption: assign({ optionCount: ({ context }) => context.optionCount + 1 }),
     reject: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
-      const detail = event.type.startsWith('opt.') ? ` (${event.type})` : event.type === 'wire.fatal' ? `: ${(event as { message: string }).message}` : '';
+      const detail = event.type.startsWith('opt.')
+        ? ` (${event.type})`
+        : event.type === 'wire.fatal'
+          ? `: ${(event as { message: string }).message}`
+          : event.type === 'timer.handshake'
+            ? `: not finished within ${event.ms} ms`
+            : '';
       enqueue.assign({ outcome: { outcome: 'rejected', reason: params.reason + detail } });
       enqueue.emit({ type: 'close', hard: true, reason: params.reason + detail });
     }),
@@ -447,6 +453,8 @@ export const handshakeMachine = setup({
     'socket.closed': { target: '.disconnected', actions: 'recordDisconnect' },
     'wire.fatal': { target: '.rejected', actions: { type: 'reject', params: { reason: 'protocol violation' } } },
     'server.shutdown': { actions: 'markShuttingDown' },
+    // The server's handshake timeout (as qemu-nbd since CVE-2024-7409): drop a client that never finishes.
+    'timer.handshake': { target: '.rejected', actions: { type: 'reject', params: { reason: 'handshake timeout' } } },
   },
   states: {
     greeting: {

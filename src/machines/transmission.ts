@@ -254,7 +254,7 @@ export const transmissionMachine = setup({
       errno: ERRNO.NBD_ESHUTDOWN,
       message: 'rule 37: server is shutting down',
     })),
-    announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' }) => ({ type: 'draining' as const, reason: params.reason })),
+    announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' | 'idle' }) => ({ type: 'draining' as const, reason: params.reason })),
     recordReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
     closeSoft: emit(({ context }) => ({ type: 'close' as const, hard: false, reason: context.reason ?? 'done' })),
     closeHard: emit(({ event }) => ({
@@ -295,6 +295,11 @@ export const transmissionMachine = setup({
         'server.shutdown': {
           target: 'draining',
           actions: [{ type: 'recordReason', params: { reason: 'server shutdown' } }, { type: 'announceDrain', params: { reason: 'shutdown' } }],
+        },
+        // The server's idle timeout: nothing in flight for that long ⇒ close as on shutdown.
+        'timer.idle': {
+          target: 'draining',
+          actions: [{ type: 'recordReason', params: { reason: 'idle timeout' } }, { type: 'announceDrain', params: { reason: 'idle' } }],
         },
       },
       states: {

@@ -53,7 +53,9 @@ export type HandshakeEvent =
   | { type: 'tls.established' }
   | { type: 'tls.failed'; message: string }
   | { type: 'socket.closed' }
-  | { type: 'server.shutdown' };
+  | { type: 'server.shutdown' }
+  /** The server's handshake timeout expired before negotiation finished. */
+  | { type: 'timer.handshake'; ms: number };
 
 /** Effects the handshake machine asks the transport to carry out. */
 export type HandshakeEmitted =
@@ -77,7 +79,9 @@ export type TransmissionEvent =
   | { type: 'wire.fatal'; message: string }
   | { type: 'socket.closed' }
   | { type: 'client.eof' }
-  | { type: 'server.shutdown' };
+  | { type: 'server.shutdown' }
+  /** The server's idle timeout expired with nothing in flight. */
+  | { type: 'timer.idle'; ms: number };
 
 /** A request the machine refused, with the spec's errno and the rule. */
 export interface Refusal {
@@ -92,5 +96,5 @@ export type TransmissionEmitted =
   | { type: 'refuse'; frame: RequestFrame; errno: number; message: string }
   /** The answer to a `requests` event: accepted frames and refusals, each in wire order. */
   | { type: 'requests'; accepted: readonly RequestFrame[]; refused: readonly Refusal[] }
-  | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' }
+  | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' | 'idle' }
   | { type: 'close'; hard: boolean; reason: string };

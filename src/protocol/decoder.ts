@@ -168,9 +168,13 @@ export class FrameDecoder {
     return this.buffered;
   }
 
-  /** Append bytes from the socket. Returns false (and fails the decoder) past the buffer cap. */
+  /**
+   * Append bytes from the socket. Returns false (and fails the decoder) past
+   * the buffer cap, or once it failed. Once stopped, bytes are ignored (true).
+   */
   push(chunk: Buffer): boolean {
-    if (this.failure || this.phaseValue === 'stopped') return false;
+    if (this.failure) return false;
+    if (this.phaseValue === 'stopped') return true;
     if (chunk.length === 0) return true;
     // Skipped data never needs buffering: drop it as it arrives.
     if (this.skipRemaining > 0 && this.buffered === 0) {
@@ -289,10 +293,13 @@ export class FrameDecoder {
     return null;
   }
 
-  /** Stop decoding (after DISC: §1.18 rule 35, anything after it is ignored). */
-  stop(): void {
+  /**
+   * Stop decoding (after DISC: anything the client sends after it is
+   * ignored, never an error). Returns the buffered bytes dropped.
+   */
+  stop(): number {
     this.phaseValue = 'stopped';
-    this.discardBuffered();
+    return this.discardBuffered();
   }
 
   /** Decode one frame. */

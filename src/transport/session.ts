@@ -1,11 +1,16 @@
 /**
  * One client connection: socket bytes (rxjs) → FrameDecoder → connection
- * actor (xstate) → ReplyWriter. Owns the per-connection flow control:
- * at most `maxInFlight` requests are with the application; past it the
- * decoder is no longer pulled and the socket is paused, and reading resumes
- * below it (design.md §2). Nothing here throws into the event loop: every
- * subscription and actor has an error path, and any failure drops this
- * connection alone.
+ * actor (xstate) → ReplyWriter. Owns the per-connection flow control, two
+ * budgets checked by one predicate (`hasRoom`):
+ * - at most `maxInFlight` requests are with the application;
+ * - at most `maxInFlightBytes` bytes are owed: WRITE payloads held by
+ *   requests in flight, READ lengths of requests in flight (their replies
+ *   are coming), and reply bytes queued but not yet handed to the OS.
+ * Past either the decoder is no longer pulled and the socket is paused
+ * (TCP backpressure: the client is throttled, never dropped); completions,
+ * written replies and 'drain' pull again. Nothing here throws into the
+ * event loop: every subscription and actor has an error path, and any
+ * failure drops this connection alone.
  */
 import type { Duplex } from 'node:stream';
 import { createActor, type Actor, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate';
@@ -29,10 +34,17 @@ export interface SessionOptions {
   /** Requests handed to the application at once, per connection. */
   readonly maxInFlight?: number;
   /**
-   * WRITE payload bytes with the application at once, per connection; past
-   * it reading pauses (a bound on memory: requests × payloads).
+   * Bytes owed at once, per connection: WRITE payloads and READ lengths of
+   * requests with the application, plus reply bytes not yet written to the
+   * socket. Past it reading pauses (a bound on memory). One request is
+   * always admitted when nothing is owed, so the bound may be exceeded by
+   * at most one request's payload.
    */
   readonly maxInFlightBytes?: number;
+  /** Milliseconds to finish the handshake before the connection is dropped (0 or absent: no limit). */
+  readonly handshakeTimeout?: number;
+  /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
+  readonly idleTimeout?: number;
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   readonly logger: Logger;
   /** Performs the STARTTLS upgrade on the raw socket; resolves with the encrypted stream. */
@@ -95,7 +107,7 @@ export class Session {
   private bytes: Subscription | null = null;
   private readonly maxInFlight: number;
   private inFlight = 0;
-  /** WRITE payload bytes held by requests with the application. */
+  /** WRITE payload bytes and READ lengths held by requests with the application. */
   private inFlightBytes = 0;
   private readonly maxInFlightBytes: number;
   private throttled = false;
@@ -103,7 +115,15 @@ export class Session {
   private upgrading = false;
   private tlsFailed = false;
   private pumping = false;
+  /** A completion happened while pumping: pump again before returning. */
+  private repump = false;
   private finished = false;
+  private handshakeTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  /** Bytes received since the idle timer last looked. */
+  private activity = false;
+  /** Bytes the client sent after NBD_CMD_DISC (ignored). */
+  private ignoredAfterDisc = 0;
   private closeReason = 'closed';
   /** The reason for a hard disconnect was logged already (one line per dropped connection). */
   private dropLogged = false;
@@ -115,9 +135,9 @@ export class Session {
     this.socket = socket;
     this.log = options.logger;
     this.maxInFlight = Math.max(1, options.maxInFlight ?? 64);
-    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 256 * 1024 * 1024);
+    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 128 * 1024 * 1024);
     this.decoder = new FrameDecoder(options.decoderLimits);
-    this.writer = new ReplyWriter(socket, this.onDrainNeeded);
+    this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.onWritten);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
   }
 
@@ -143,6 +163,43 @@ export class Session {
     // The client waits for the greeting: send it before setting up reads.
     this.writer.flushNow();
     this.subscribeBytes();
+    const ht = this.options.handshakeTimeout ?? 0;
+    if (ht > 0 && !this.finished) {
+      this.handshakeTimer = setTimeout(this.onHandshakeTimeout, ht);
+      this.handshakeTimer.unref();
+    }
+  }
+
+  private readonly onHandshakeTimeout = () => {
+    this.handshakeTimer = null;
+    if (this.finished || this.transmission) return;
+    // The handshake machine decides: it rejects the connection (a hard close, one log line).
+    this.sendToActive({ type: 'timer.handshake', ms: this.options.handshakeTimeout ?? 0 });
+    // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
+    if (this.upgrading) this.failTls(`handshake not finished within ${this.options.handshakeTimeout} ms; disconnecting`, 'handshake timeout');
+  };
+
+  /** Idle timer: fires every `idleTimeout` ms; closes the connection if nothing happened in between. */
+  private startIdleTimer(): void {
+    const it = this.options.idleTimeout ?? 0;
+    if (it <= 0) return;
+    this.idleTimer = setInterval(() => {
+      if (this.finished) return this.stopTimers();
+      if (this.activity || this.inFlight > 0 || this.writer.pendingBytes > 0) {
+        this.activity = false;
+        return;
+      }
+      this.stopTimers();
+      this.log.info?.(`${this.peer}: idle for ${it} ms; closing`);
+      this.sendToActive({ type: 'timer.idle', ms: it });
+    }, it);
+    this.idleTimer.unref();
+  }
+
+  private stopTimers(): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.handshakeTimer = this.idleTimer = null;
   }
 
   /** Requests with the application right now. */
@@ -176,7 +233,7 @@ export class Session {
     this.complete(released);
   }
 
-  /** Free the in-flight slot of one request (and the WRITE payload bytes it held). */
+  /** Free the in-flight slot of one request (and the payload / READ bytes it held). */
   complete(released = 0): void {
     if (this.inFlight > 0) this.inFlight--;
     this.inFlightBytes = Math.max(0, this.inFlightBytes - released);
@@ -206,6 +263,12 @@ export class Session {
         if (this.upgrading) {
           // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).
           this.failTls(`${chunk.length} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
+          return;
+        }
+        this.activity = true;
+        if (this.decoder.phase === 'stopped') {
+          // After DISC (or the end of the handshake) nothing more is interpreted: ignore it.
+          this.ignoreAfterStop(chunk.length);
           return;
         }
         if (!this.decoder.push(chunk)) {
@@ -296,45 +359,65 @@ export class Session {
   }
 
   /**
-   * Pull frames from the decoder while the in-flight cap allows. Requests
-   * decoded from what is buffered go to the machine as one `requests`
-   * event (DISC and anything else alone, in order): one machine event per
-   * burst instead of one per request (design.md §2).
+   * Whether one more request may be taken from the decoder: both budgets
+   * (requests, bytes owed) have room, counting `count` requests holding
+   * `bytes` that are decoded but not yet delivered. The loop in `pump` and
+   * the pause decision in `updateFlow` ask this same question, so reading
+   * is paused exactly when the decoder is no longer pulled.
+   */
+  private hasRoom(count = 0, bytes = 0): boolean {
+    return this.inFlight + count < this.maxInFlight && this.inFlightBytes + bytes + this.writer.pendingBytes < this.maxInFlightBytes;
+  }
+
+  /**
+   * Pull frames from the decoder while the budgets allow. Requests decoded
+   * from what is buffered go to the machine as one `requests` event (DISC
+   * and anything else alone, in order): one machine event per burst
+   * instead of one per request (design.md §2). Requests a synchronous
+   * backend completes during delivery free their budget at once; a pump
+   * asked for meanwhile (`repump`) runs before returning, so frames left
+   * behind at the cap are never stranded waiting for more socket bytes.
    */
   private pump(): void {
-    if (this.pumping) return;
+    if (this.pumping) {
+      this.repump = true;
+      return;
+    }
     this.pumping = true;
-    let batch: RequestFrame[] | null = null;
     try {
-      let batchBytes = 0;
-      while (
-        !this.finished &&
-        !this.upgrading &&
-        this.inFlight + (batch === null ? 0 : batch.length) < this.maxInFlight &&
-        this.inFlightBytes + batchBytes < this.maxInFlightBytes
-      ) {
-        const f = this.decoder.next();
-        if (f === null) break;
-        if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
-          (batch ??= []).push(f);
-          if (f.type === CMD.NBD_CMD_WRITE) batchBytes += f.length;
-          continue;
-        }
-        if (batch !== null) {
-          this.sendRequests(batch);
-          batch = null;
-        }
-        if (f.kind === 'fatal') {
-          this.onFatal(f);
-          break;
-        }
-        this.dispatch(f);
-      }
-      if (batch !== null) this.sendRequests(batch);
+      do {
+        this.repump = false;
+        this.pumpOnce();
+      } while (this.repump && !this.finished);
     } finally {
       this.pumping = false;
     }
     this.updateFlow();
+  }
+
+  private pumpOnce(): void {
+    let batch: RequestFrame[] | null = null;
+    let batchBytes = 0;
+    while (!this.finished && !this.upgrading && this.hasRoom(batch === null ? 0 : batch.length, batchBytes)) {
+      const f = this.decoder.next();
+      if (f === null) break;
+      if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
+        (batch ??= []).push(f);
+        if (f.type === CMD.NBD_CMD_WRITE || f.type === CMD.NBD_CMD_READ) batchBytes += f.length;
+        continue;
+      }
+      if (batch !== null) {
+        this.sendRequests(batch);
+        batch = null;
+        batchBytes = 0;
+      }
+      if (f.kind === 'fatal') {
+        this.onFatal(f);
+        return;
+      }
+      this.dispatch(f);
+    }
+    if (batch !== null) this.sendRequests(batch);
   }
 
   private sendRequests(frames: RequestFrame[]): void {
@@ -358,7 +441,7 @@ export class Session {
 
   private updateFlow(): void {
     if (this.finished) return;
-    const full = this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes || this.writer.needsDrain;
+    const full = !this.hasRoom();
     if (full && !this.throttled) {
       this.throttled = true;
       this.socket.pause();
@@ -380,6 +463,13 @@ export class Session {
 
   private readonly onDrainNeeded = () => {
     this.updateFlow();
+  };
+
+  /** Replies reached the socket: if reading waits on the byte budget, it may go on. */
+  private readonly onWritten = () => {
+    if (!this.throttled || this.finished) return;
+    this.updateFlow();
+    if (!this.throttled) this.pump();
   };
 
   private readonly onDrain = () => {
@@ -431,8 +521,9 @@ export class Session {
         return;
       case 'draining':
         this.draining = true;
-        // rule 35: after DISC stop reading; anything after it is ignored.
-        if (e.reason === 'disc') this.decoder.stop();
+        this.stopTimers();
+        // rule 35: after DISC nothing more is interpreted; what follows is ignored, never fatal.
+        if (e.reason === 'disc') this.ignoreAfterStop(this.decoder.stop());
         if (this.inFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
         return;
       case 'close':
@@ -448,10 +539,17 @@ export class Session {
     }
   }
 
-  /** Hand an accepted request to the application, counting it (and its WRITE payload) in flight. */
+  /** Bytes the client sent after NBD_CMD_DISC: dropped, and said once in the log. */
+  private ignoreAfterStop(n: number): void {
+    if (n <= 0) return;
+    if (this.ignoredAfterDisc === 0) this.log.info?.(`${this.peer}: ignoring bytes sent after the end of the session (NBD_CMD_DISC or handshake end)`);
+    this.ignoredAfterDisc += n;
+  }
+
+  /** Hand an accepted request to the application, counting it (its WRITE payload, its READ reply) in flight. */
   private deliver(frame: RequestFrame): void {
     this.inFlight++;
-    if (frame.type === CMD.NBD_CMD_WRITE) this.inFlightBytes += frame.length;
+    if (frame.type === CMD.NBD_CMD_WRITE || frame.type === CMD.NBD_CMD_READ) this.inFlightBytes += frame.length;
     try {
       this.handlers.onRequest(this, frame);
     } catch (err) {
@@ -474,6 +572,9 @@ export class Session {
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
       this.decoder.setPlacement(this.placeWrite);
+      if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+      this.handshakeTimer = null;
+      this.startIdleTimer();
       this.log.info?.(
         `${this.peer}: negotiated export "${negotiated.export.name}" (${this.replyMode} replies, ${negotiated.metaContexts.length} meta contexts)`,
       );
@@ -520,7 +621,7 @@ export class Session {
         this.tlsIdentity = identity;
         this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
         this.socket = secure;
-        this.writer = new ReplyWriter(secure, this.onDrainNeeded);
+        this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.onWritten);
         secure.on('error', this.onSocketError);
         secure.on('close', this.onSocketClose);
         secure.on('drain', this.onDrain);
@@ -606,6 +707,7 @@ export class Session {
     if (this.finished) return;
     this.sendToActive({ type: 'socket.closed' });
     this.finished = true;
+    this.stopTimers();
     this.bytes?.unsubscribe();
     this.bytes = null;
     try {

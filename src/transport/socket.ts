@@ -156,8 +156,6 @@ const COPY_MAX = 16 * 1024;
 const STAGE_SIZE = 256 * 1024;
 /** The first staging chunk is small (handshake replies); the first overflow switches to STAGE_SIZE. */
 const STAGE_FIRST = 16 * 1024;
-/** Queued-but-unsent bytes above which the session stops reading (our high-water mark). */
-const DEFAULT_HIGH_WATER = 4 * 1024 * 1024;
 
 /**
  * Writes whole frames. A frame (`Buffer[]`) is queued contiguously, so
@@ -178,17 +176,29 @@ export class ReplyWriter {
   private stageWrites = 0;
   /** Pieces for the next flush, in order (staging slices and big payloads). */
   private parts: Buffer[] = [];
+  /** Bytes in `parts` that are big payloads queued by reference (staged bytes are counted by start/pos). */
+  private partsBytes = 0;
   bytesWritten = 0;
 
+  /**
+   * @param onDrainNeeded the socket refused more (write returned false): a 'drain' will follow.
+   * @param onWritten a flush's bytes reached the socket's handle: `pendingBytes` went down.
+   */
   constructor(
     private readonly socket: Duplex & { writableNeedDrain?: boolean; writableLength?: number },
     private readonly onDrainNeeded: () => void,
-    private readonly highWater = DEFAULT_HIGH_WATER,
+    private readonly onWritten: () => void = () => {},
   ) {}
 
-  /** Whether so much is queued on the socket that reading should wait for 'drain'. */
-  get needsDrain(): boolean {
-    return !this.closed && this.socket.writableNeedDrain === true && (this.socket.writableLength ?? 0) > this.highWater;
+  /**
+   * Reply bytes queued and not yet handed to the operating system: staged,
+   * queued by reference, and in the socket's own write buffer. The session
+   * counts them against its per-connection byte budget, so a client that
+   * does not read its replies makes the server stop reading requests.
+   */
+  get pendingBytes(): number {
+    if (this.closed) return 0;
+    return this.pos - this.start + this.partsBytes + (this.socket.writableLength ?? 0);
   }
 
   write(frame: readonly Buffer[]): void {
@@ -241,6 +251,7 @@ export class ReplyWriter {
     } else {
       this.cut();
       this.parts.push(b);
+      this.partsBytes += n;
     }
   }
 
@@ -290,20 +301,28 @@ export class ReplyWriter {
     const parts = this.parts;
     if (parts.length === 0) return;
     this.parts = [];
+    this.partsBytes = 0;
     if (this.socket.destroyed || this.socket.writableEnded) return;
     let ok = true;
     if (parts.length > 1) this.socket.cork();
-    for (const p of parts) {
+    const last = parts.length - 1;
+    for (let i = 0; i <= last; i++) {
+      const p = parts[i]!;
       if (p.buffer === chunk.buffer) {
         this.stageWrites++;
-        ok = this.socket.write(p, () => this.stageWritten(chunk)) && ok;
+        ok = this.socket.write(p, i === last ? () => this.lastStageWritten(chunk) : () => this.stageWritten(chunk)) && ok;
       } else {
-        ok = this.socket.write(p) && ok;
+        ok = (i === last ? this.socket.write(p, this.onWritten) : this.socket.write(p)) && ok;
       }
     }
     if (parts.length > 1) this.socket.uncork();
     if (!ok) this.onDrainNeeded();
   };
+
+  private lastStageWritten(chunk: Buffer): void {
+    this.stageWritten(chunk);
+    this.onWritten();
+  }
 
   /** Flush and half-close (soft disconnect). */
   end(): void {
@@ -317,6 +336,7 @@ export class ReplyWriter {
   destroy(): void {
     this.closed = true;
     this.parts = [];
+    this.partsBytes = 0;
     this.start = this.pos;
     this.socket.destroy();
   }

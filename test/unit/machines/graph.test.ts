@@ -81,6 +81,7 @@ const EVENTS: HandshakeEvent[] = [
   { type: 'socket.closed' },
   { type: 'server.shutdown' },
   { type: 'wire.fatal', message: 'bad magic' },
+  { type: 'timer.handshake', ms: 10_000 },
 ];
 
 /** Inputs whose union reaches every guard: TLS policies, offers on/off, a small DoS limit. */

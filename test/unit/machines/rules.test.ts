@@ -976,9 +976,10 @@ describe('transmission rules (transmission machine, replies)', () => {
     dec.startTransmission(false);
     dec.push(Buffer.concat([requestBytes(CMD.NBD_CMD_DISC, 9n, 0, 0), requestBytes(CMD.NBD_CMD_READ, 10n, 0, 8), Buffer.from('garbage')]));
     expect(dec.next()).toMatchObject({ type: CMD.NBD_CMD_DISC, cookie: 9n });
-    dec.stop();
+    expect(dec.stop()).toBe(28 + 7);
     expect(dec.next()).toBeNull();
-    expect(dec.push(Buffer.from('more'))).toBe(false);
+    expect(dec.push(Buffer.from('more'))).toBe(true);
+    expect(dec.next()).toBeNull();
     expect(dec.bufferedBytes).toBe(0);
   });
 

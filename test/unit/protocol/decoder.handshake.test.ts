@@ -395,7 +395,8 @@ describe('phase control', () => {
     expect(d.phase).toBe('stopped');
     expect(d.bufferedBytes).toBe(0);
     expect(d.next()).toBeNull();
-    expect(d.push(encodeRequest({ flags: 0, type: 0, cookie: 2n, offset: 0, length: 1 }))).toBe(false);
+    // Ignored, not refused: a stopped decoder is not a failed one (bytes after DISC never kill the connection).
+    expect(d.push(encodeRequest({ flags: 0, type: 0, cookie: 2n, offset: 0, length: 1 }))).toBe(true);
     expect(d.next()).toBeNull();
     expect(d.bufferedBytes).toBe(0);
   });
