@@ -1,10 +1,101 @@
 /**
  * Validation of `ServerLimits`: every numeric limit is checked once, at
- * createServer(), with an error naming the option.
+ * createServer(), with an error naming the option. A limit that is NaN, not
+ * an integer, out of its range or not a number at all would otherwise give a
+ * server that never answers (a NaN in-flight cap stops every request) or one
+ * that ignores the limit (1e20 bytes).
  */
 import type { ServerLimits } from './server.js';
+import { NbdError } from './errors.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+/** The largest delay a Node timer takes (2^31 − 1 ms, about 24.8 days); larger ones fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Largest request header on the wire (extended headers): a buffered WRITE needs this much on top of its payload. */
+const REQUEST_HEADER = 32;
+/** Option header (magic, option, length): a buffered option needs this much on top of its data. */
+const OPTION_HEADER = 16;
+
+export interface LimitRange {
+  /** Smallest accepted value (0 means "off" for the timeouts). */
+  readonly min: number;
+  readonly max: number;
+  /** The unit the value is counted in. */
+  readonly unit: 'count' | 'bytes' | 'ms';
+  /** Value used when the option is not given (none: unlimited, or derived from another limit). */
+  readonly default?: number;
+}
+
+/**
+ * Accepted range of every limit. The command line checks its flags against
+ * the same table, so both say the same thing.
+ */
+export const LIMIT_RANGES = {
+  maxInFlight: { min: 1, max: 1_048_576, unit: 'count', default: 64 },
+  maxInFlightBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 256 * MiB },
+  maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: 64 * MiB },
+  maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: 64 * KiB },
+  maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: 128 },
+  // Default: maxPayload + 1 MiB.
+  maxBufferedBytes: { min: 512 + REQUEST_HEADER, max: Number.MAX_SAFE_INTEGER, unit: 'bytes' },
+  maxConnections: { min: 1, max: 1_048_576, unit: 'count' },
+  handshakeTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: 10_000 },
+  idleTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: 0 },
+} as const satisfies Record<keyof ServerLimits, LimitRange>;
+
+export type LimitName = keyof typeof LIMIT_RANGES;
+
+/** "1048576", "64 MiB", "2147483647 ms": a limit's value as the messages show it. */
+export function formatLimitValue(n: number, unit: LimitRange['unit']): string {
+  if (unit === 'ms') return `${n} ms`;
+  if (unit === 'count') return String(n);
+  if (n === Number.MAX_SAFE_INTEGER) return '2^53 − 1 bytes';
+  for (const [size, name] of [[GiB, 'GiB'], [MiB, 'MiB'], [KiB, 'KiB']] as const) {
+    if (n >= size && n % size === 0) return `${n / size} ${name}`;
+  }
+  return `${n} bytes`;
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'number') return Number.isNaN(v) ? 'NaN' : String(v);
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (v === null) return 'null';
+  return typeof v;
+}
 
 /** Throw NbdError('NBD_ERR_CONFIG') naming the first invalid limit. */
-export function validateLimits(_limits: ServerLimits | undefined): void {
-  // Filled in by the limits-validation change.
+export function validateLimits(limits: ServerLimits | undefined): void {
+  if (limits === undefined) return;
+  if (limits === null || typeof limits !== 'object') {
+    throw new NbdError('NBD_ERR_CONFIG', `limits: expected an object, got ${describe(limits)}`);
+  }
+  for (const name of Object.keys(LIMIT_RANGES) as LimitName[]) {
+    const value: unknown = limits[name];
+    if (value === undefined) continue;
+    const r: LimitRange = LIMIT_RANGES[name];
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < r.min || value > r.max) {
+      const what = r.unit === 'ms' ? 'milliseconds, an integer' : r.unit === 'bytes' ? 'bytes, an integer' : 'an integer';
+      const range =
+        r.unit === 'ms'
+          ? `from 0 (off) to ${r.max}`
+          : `from ${r.min} to ${r.max === Number.MAX_SAFE_INTEGER ? '2^53 − 1' : r.max}`;
+      throw new NbdError('NBD_ERR_CONFIG', `${name}: expected ${what} ${range}, got ${describe(value)}`);
+    }
+  }
+  // A WRITE of the largest accepted payload, or an option of the largest
+  // accepted length, must fit in what a connection may buffer; otherwise
+  // every such request would cost the client its connection.
+  if (limits.maxBufferedBytes !== undefined) {
+    const maxPayload = limits.maxPayload ?? LIMIT_RANGES.maxPayload.default;
+    const maxOptionLength = limits.maxOptionLength ?? LIMIT_RANGES.maxOptionLength.default;
+    const need = Math.max(maxPayload + REQUEST_HEADER, maxOptionLength + OPTION_HEADER);
+    if (limits.maxBufferedBytes < need) {
+      const by = maxPayload + REQUEST_HEADER >= maxOptionLength + OPTION_HEADER ? `maxPayload (${maxPayload}) + ${REQUEST_HEADER}` : `maxOptionLength (${maxOptionLength}) + ${OPTION_HEADER}`;
+      throw new NbdError('NBD_ERR_CONFIG', `maxBufferedBytes: must be at least ${by} = ${need} so the largest accepted request fits, got ${limits.maxBufferedBytes}`);
+    }
+  }
 }

@@ -4,24 +4,29 @@
  *   nbd-engine serve [--memory SIZE | --file PATH] [--socket PATH] [--port N] [--host H]
  *                    [--export NAME] [--description TEXT] [--read-only] [--run CMD]
  *                    [--tls off|on|require --tls-cert F --tls-key F --tls-ca F --tls-verify-peer --tls-psk F]
- *                    [--verbose]
+ *                    [--max-in-flight N --max-in-flight-bytes SIZE --max-payload SIZE --max-options N
+ *                     --max-connections N --handshake-timeout S --idle-timeout S] [--verbose]
  *
  * With no options: a 1 GiB sparse in-memory export on a UNIX socket and on
  * TCP localhost:10809. Under systemd socket activation (LISTEN_FDS) it
  * serves the inherited sockets only, so `nbdinfo -- [ nbd-engine serve ]`
- * works. `--run CMD` serves, runs CMD with $uri / $unixsocket set, and
- * exits with its status.
+ * works (also through launchers that keep fd 3 open; not through npx, which
+ * closes it: then it says so and exits 1 rather than leave the client
+ * waiting). `--run CMD` serves, runs CMD with $uri / $unixsocket set, and
+ * exits with its status. A malformed option is one line on stderr naming
+ * it, and exit status 2.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { createServer, type ExportConfig } from '../api/server.js';
+import { createServer, type ExportConfig, type NbdServer, type ServerLimits } from '../api/server.js';
+import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, type LimitName } from '../api/limits.js';
 import { memoryBackend } from '../backends/memory.js';
 import { fileBackend } from '../backends/file.js';
 import { consoleLogger } from '../transport/logger.js';
-import { activationFds, type ListenTarget } from '../transport/listen.js';
+import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { parseSize } from './size.js';
 
 const USAGE = `usage: nbd-engine serve [options]
@@ -34,8 +39,8 @@ Exports (one of; default --memory 1G):
   -r, --read-only        refuse writes
 
 Listening (default: UNIX socket and TCP localhost:10809):
-  --socket PATH          UNIX socket
-  --port N               TCP port
+  --socket PATH          UNIX socket (refused if a server answers there; a stale one is replaced)
+  --port N               TCP port, 0 to 65535 (0: any free port)
   --host HOST            TCP host (default localhost; use :: for all)
   (systemd socket activation via LISTEN_FDS/LISTEN_PID is detected automatically)
 
@@ -45,12 +50,179 @@ TLS:
   --tls-ca FILE          CA for client certs     --tls-verify-peer  require client certs
   --tls-psk FILE         psktool key file (username:hexkey lines)
 
+Limits (per connection unless noted):
+  --max-in-flight N            requests with the backend at once (default 64; 1 to 1048576)
+  --max-in-flight-bytes SIZE   WRITE payload held plus READ replies not yet sent (default 256M)
+  --max-payload SIZE           largest READ / WRITE (default 64M; 512 to 2G)
+  --max-options N              options before a disconnect (default 128; 1 to 1048576)
+  --max-connections N          connections at once, server-wide (default unlimited)
+  --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
+  --idle-timeout SECONDS       close a connection idle this long (default 0: off)
+
 Other:
   --run CMD              run CMD with $uri, $unixsocket set; exit with its status
-  --max-in-flight N      requests in flight per connection (default 64)
   -v, --verbose          log connections and protocol decisions
   -h, --help
 `;
+
+/** A bad command line: one line on stderr, exit status 2. */
+export class UsageError extends Error {}
+
+const OPTIONS = {
+  memory: { type: 'string' },
+  file: { type: 'string' },
+  export: { type: 'string' },
+  description: { type: 'string' },
+  'read-only': { type: 'boolean', short: 'r' },
+  socket: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  run: { type: 'string' },
+  tls: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-verify-peer': { type: 'boolean' },
+  'tls-psk': { type: 'string' },
+  'max-in-flight': { type: 'string' },
+  'max-in-flight-bytes': { type: 'string' },
+  'max-payload': { type: 'string' },
+  'max-options': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'handshake-timeout': { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  verbose: { type: 'boolean', short: 'v' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: false }>>['values'];
+
+/** Numeric flags that set a server limit, and how their text is read. */
+const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName; kind: 'count' | 'size' | 'seconds' }> = [
+  { flag: 'max-in-flight', limit: 'maxInFlight', kind: 'count' },
+  { flag: 'max-in-flight-bytes', limit: 'maxInFlightBytes', kind: 'size' },
+  { flag: 'max-payload', limit: 'maxPayload', kind: 'size' },
+  { flag: 'max-options', limit: 'maxOptions', kind: 'count' },
+  { flag: 'max-connections', limit: 'maxConnections', kind: 'count' },
+  { flag: 'handshake-timeout', limit: 'handshakeTimeout', kind: 'seconds' },
+  { flag: 'idle-timeout', limit: 'idleTimeout', kind: 'seconds' },
+];
+
+/**
+ * `--opt VALUE` becomes `--opt=VALUE` for options that take a value, so a
+ * value starting with a dash (`--port -1`) reaches the range check as a
+ * value, as getopt reads it, instead of parseArgs calling it ambiguous.
+ */
+function joinValues(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : undefined;
+    const spec = name !== undefined && Object.hasOwn(OPTIONS, name) ? (OPTIONS as Record<string, { type: string }>)[name] : undefined;
+    if (spec?.type === 'string') {
+      if (i + 1 >= args.length) throw new UsageError(`${a}: missing value`);
+      out.push(`${a}=${args[++i]}`);
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+/** parseArgs's messages, reduced to one line that names the option. */
+function parseArgsMessage(err: Error & { code?: string }): string {
+  const first = err.message.split('\n')[0]!;
+  const quoted = /'([^']+)'/.exec(first)?.[1];
+  switch (err.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${quoted ?? first} (nbd-engine --help lists them)`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument ${quoted !== undefined ? JSON.stringify(quoted) : first}: serve takes options only (nbd-engine --help lists them)`;
+    default:
+      return first;
+  }
+}
+
+/** An integer in decimal digits, within [min, max]. */
+function parseCount(flag: string, text: string, min: number, max: number): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${flag}: expected an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** A size with nbdkit's suffixes, within [min, max] bytes. */
+function parseSizeFlag(flag: string, text: string, min: number, max: number): number {
+  let n = NaN;
+  try {
+    n = parseSize(text);
+  } catch {
+    /* reported below */
+  }
+  if (!(n >= min && n <= max)) {
+    throw new UsageError(`--${flag}: expected a size ${min > 0 ? `from ${formatLimitValue(min, 'bytes')} to` : 'up to'} ${formatLimitValue(max, 'bytes')} (e.g. 1048576, 512K, 64M, 1G), got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+/** Seconds (decimals allowed, 0: off) as whole milliseconds. */
+function parseSeconds(flag: string, text: string): number {
+  const maxSeconds = Math.floor(MAX_TIMER_MS / 1000);
+  const s = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  const ms = Math.round(s * 1000);
+  if (!(s >= 0 && s <= maxSeconds) || (s > 0 && ms === 0)) {
+    throw new UsageError(`--${flag}: expected seconds from 0 (off) to ${maxSeconds}, decimals allowed down to 0.001, got ${JSON.stringify(text)}`);
+  }
+  return ms;
+}
+
+/** What `serve`'s options ask for, checked; every malformed value is a UsageError naming its option. */
+export interface ServeArgs {
+  readonly values: Values;
+  readonly help: boolean;
+  readonly memorySize: number;
+  readonly limits: ServerLimits;
+  readonly port?: number;
+  readonly tlsMode: 'off' | 'on' | 'require';
+}
+
+/** Parse `serve`'s arguments; throws UsageError with a one-line message. */
+export function parseServeArgs(args: readonly string[]): ServeArgs {
+  let values: Values;
+  try {
+    ({ values } = parseArgs({ args: joinValues(args), options: OPTIONS, allowPositionals: false }));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(parseArgsMessage(err as Error & { code?: string }));
+  }
+  if (values.help) return { values, help: true, memorySize: 0, limits: {}, tlsMode: 'off' };
+  if (values.memory !== undefined && values.file !== undefined) throw new UsageError('--memory and --file are exclusive');
+  for (const f of ['file', 'socket'] as const) {
+    if (values[f] === '') throw new UsageError(`--${f}: expected a path, got ""`);
+  }
+  // Sizes over 2^53 bytes cannot be served (NBD sizes are 64-bit, ours exact integers).
+  const memorySize = values.file === undefined ? parseSizeFlag('memory', values.memory ?? '1G', 0, Number.MAX_SAFE_INTEGER) : 0;
+  const port = values.port !== undefined ? parseCount('port', values.port, 0, 65535) : undefined;
+  const limits: Record<string, number> = {};
+  for (const { flag, limit, kind } of LIMIT_FLAGS) {
+    const text = values[flag] as string | undefined;
+    if (text === undefined) continue;
+    const r = LIMIT_RANGES[limit];
+    limits[limit] = kind === 'count' ? parseCount(flag, text, r.min, r.max) : kind === 'size' ? parseSizeFlag(flag, text, r.min, r.max) : parseSeconds(flag, text);
+  }
+  const tlsMode = (values.tls ?? 'off') as ServeArgs['tlsMode'];
+  if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);
+  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk'] as const;
+  const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
+  if (tlsMode === 'off' && given.length > 0) {
+    // Serving plaintext when credentials were given is never what was meant.
+    throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require`);
+  }
+  return { values, help: false, memorySize, limits, port, tlsMode };
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -59,59 +231,24 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command !== undefined && command !== 'serve') {
-    process.stderr.write(`nbd-engine: unknown command "${command}"\n${USAGE}`);
+    process.stderr.write(`nbd-engine: unknown command ${JSON.stringify(command)}: the command is "serve" (nbd-engine --help)\n`);
     return 2;
   }
-  let values;
+  let parsed: ServeArgs;
   try {
-    ({ values } = parseArgs({
-      args: rest,
-      options: {
-        memory: { type: 'string' },
-        file: { type: 'string' },
-        export: { type: 'string' },
-        description: { type: 'string' },
-        'read-only': { type: 'boolean', short: 'r' },
-        socket: { type: 'string' },
-        port: { type: 'string' },
-        host: { type: 'string' },
-        run: { type: 'string' },
-        tls: { type: 'string' },
-        'tls-cert': { type: 'string' },
-        'tls-key': { type: 'string' },
-        'tls-ca': { type: 'string' },
-        'tls-verify-peer': { type: 'boolean' },
-        'tls-psk': { type: 'string' },
-        'max-in-flight': { type: 'string' },
-        verbose: { type: 'boolean', short: 'v' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: false,
-    }));
+    parsed = parseServeArgs(rest);
   } catch (err) {
-    process.stderr.write(`nbd-engine: ${(err as Error).message}\n${USAGE}`);
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`nbd-engine: ${err.message}\n`);
     return 2;
   }
-  if (values.help) {
+  if (parsed.help) {
     process.stdout.write(USAGE);
     return 0;
   }
+  const { values, memorySize, limits, tlsMode } = parsed;
   const logger = consoleLogger(!!values.verbose);
-  if (values.memory && values.file) {
-    process.stderr.write('nbd-engine: --memory and --file are exclusive\n');
-    return 2;
-  }
   const readOnly = !!values['read-only'];
-  let memorySize = 0;
-  if (!values.file) {
-    // A malformed size is a usage error (exit 2), like any other bad argument.
-    try {
-      memorySize = parseSize(values.memory ?? '1G');
-    } catch (err) {
-      process.stderr.write(`nbd-engine: --memory: ${(err as Error).message}\n`);
-      return 2;
-    }
-  }
   let exp: ExportConfig;
   try {
     const name = values.export ?? '';
@@ -125,24 +262,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);
     return 1;
   }
-  const tlsMode = (values.tls ?? 'off') as 'off' | 'on' | 'require';
-  if (!['off', 'on', 'require'].includes(tlsMode)) {
-    process.stderr.write(`nbd-engine: --tls must be off, on or require\n`);
-    return 2;
-  }
-  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk'] as const;
-  const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
-  if (tlsMode === 'off' && given.length > 0) {
-    // Serving plaintext when credentials were given is never what was meant.
-    process.stderr.write(`nbd-engine: ${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require\n`);
-    return 2;
-  }
-  let server;
+  let server: NbdServer;
   try {
     server = createServer({
       exports: [exp],
       logger,
-      limits: values['max-in-flight'] ? { maxInFlight: Number(values['max-in-flight']) } : undefined,
+      limits: Object.keys(limits).length > 0 ? limits : undefined,
       tls:
         tlsMode === 'off'
           ? undefined
@@ -160,24 +285,30 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
-  // Where to listen.
-  const targets: Array<ListenTarget | 'activation'> = [];
+  // Where to listen. Socket activation's variables are for this process
+  // only: children (--run) must not take them as theirs.
+  const activation = socketActivation(process.env);
+  for (const v of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[v];
+  if (activation.lost) {
+    // The activating program waits on sockets that never arrived: listening elsewhere would leave it hanging.
+    process.stderr.write(`nbd-engine: cannot listen: socket activation: ${activation.ignored}\n`);
+    await server.close({ timeout: 0 });
+    return 1;
+  }
+  if (activation.ignored) logger.warn(`socket activation ignored: ${activation.ignored}`);
+  const activated = activation.fds.length > 0;
+  const targets: ListenTarget[] = [];
   let privateDir: string | undefined;
   let unixSocket: string | undefined;
-  if (activationFds().length > 0) {
-    targets.push('activation');
+  if (activated) {
+    targets.push(...activation.fds.map((fd) => ({ fd })));
   } else {
-    if (values.socket) {
+    if (values.socket !== undefined) {
       unixSocket = path.resolve(values.socket);
       targets.push({ path: unixSocket });
     }
-    if (values.port || values.host) {
-      const port = Number(values.port ?? '10809');
-      if (!Number.isInteger(port) || port < 0 || port > 65535) {
-        process.stderr.write(`nbd-engine: bad --port "${values.port}"\n`);
-        return 2;
-      }
-      targets.push({ port, host: values.host ?? 'localhost' });
+    if (parsed.port !== undefined || values.host !== undefined) {
+      targets.push({ port: parsed.port ?? 10809, host: values.host || 'localhost' });
     }
     if (targets.length === 0) {
       if (values.run) {
@@ -223,7 +354,7 @@ export async function main(argv: string[]): Promise<number> {
     return status;
   }
 
-  if (!targets.includes('activation')) for (const u of uris) process.stdout.write(`${u}\n`);
+  if (!activated) for (const u of uris) process.stdout.write(`${u}\n`);
   else logger.info?.(`serving ${uris.join(' ')}`);
 
   await new Promise<void>((resolve) => {

@@ -5,6 +5,7 @@
  */
 import net from 'node:net';
 import fs from 'node:fs';
+import { NbdError } from '../api/errors.js';
 
 export type ListenTarget =
   | { readonly path: string }
@@ -19,16 +20,216 @@ export interface BoundAddress {
   readonly fd?: number;
 }
 
-/** File descriptors passed by systemd-style socket activation, or [] (sd_listen_fds(3)). */
-export function activationFds(env: NodeJS.ProcessEnv = process.env): number[] {
-  const pid = env.LISTEN_PID;
-  const count = Number(env.LISTEN_FDS ?? '');
-  if (!pid || !Number.isInteger(count) || count <= 0) return [];
-  if (Number(pid) !== process.pid) return [];
-  return Array.from({ length: count }, (_, i) => 3 + i);
+/** What socket activation (LISTEN_PID / LISTEN_FDS) gives this process. */
+export interface Activation {
+  /** The inherited listening sockets (fd 3, 4, …), or [] when there are none to use. */
+  readonly fds: number[];
+  /**
+   * Why LISTEN_FDS was set but is not used, in one line; absent when it is
+   * used or was never set.
+   */
+  readonly ignored?: string;
+  /**
+   * True when LISTEN_PID names this process or one of its ancestors, so a
+   * client is waiting on those sockets, yet they did not reach this process
+   * (something in between, such as npx, closed them): serving anywhere else
+   * leaves that client waiting for ever.
+   */
+  readonly lost?: boolean;
 }
 
-export function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void): Promise<{ server: net.Server; address: BoundAddress }> {
+/** How activation looks at the process tree and the descriptors; replaceable in tests. */
+export interface ActivationProbe {
+  readonly pid: number;
+  /** Parent pid of `pid`, or undefined when it cannot be read. */
+  parentOf(pid: number): number | undefined;
+  /** Short description of a process for messages ("npm exec"), or undefined. */
+  describe(pid: number): string | undefined;
+  /** Whether `fd` is open in this process and is a socket. */
+  isSocket(fd: number): boolean;
+}
+
+/** Parent pid from /proc/<pid>/stat (Linux); the command name may hold spaces and parentheses. */
+function procParent(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    return Number.isInteger(ppid) && ppid >= 0 ? ppid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function procDescribe(pid: number): string | undefined {
+  try {
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    if (cmd.length === 0) return undefined;
+    const line = cmd.slice(0, 3).join(' ');
+    return line.length > 60 ? `${line.slice(0, 57)}...` : line;
+  } catch {
+    return undefined;
+  }
+}
+
+export const processProbe: ActivationProbe = {
+  get pid() {
+    return process.pid;
+  },
+  parentOf: procParent,
+  describe: procDescribe,
+  isSocket(fd) {
+    // Node's own IPC channel (when started with an 'ipc' stdio) is a socket too, and never a listener.
+    if (process.env.NODE_CHANNEL_FD !== undefined && Number(process.env.NODE_CHANNEL_FD) === fd) return false;
+    try {
+      return fs.fstatSync(fd).isSocket();
+    } catch {
+      return false;
+    }
+  },
+};
+
+/** Whether `ancestor` is a (grand…)parent of `pid`. */
+export function isAncestor(ancestor: number, probe: Pick<ActivationProbe, 'pid' | 'parentOf'> = processProbe): boolean {
+  let p: number | undefined = probe.pid;
+  // init (pid 1) is everyone's ancestor and never the one activated. Bounded:
+  // a process tree deeper than this is not a real one.
+  if (ancestor <= 1) return false;
+  for (let depth = 0; depth < 1024 && p !== undefined && p > 1; depth++) {
+    p = probe.parentOf(p);
+    if (p === ancestor) return true;
+  }
+  return false;
+}
+
+/**
+ * systemd-style socket activation (sd_listen_fds(3)): LISTEN_FDS sockets
+ * from fd 3 on, for the process LISTEN_PID names. LISTEN_PID may also name
+ * an ancestor of this process, provided the descriptors really are open
+ * sockets here: launchers such as `sh -c`, `timeout` or `env` may sit
+ * between the activating program (nbdinfo's `[ CMD ]`, systemd) and the
+ * server, and keep descriptors open. npx (npm exec) does not: Node passes a
+ * child only its stdin, stdout and stderr, so the sockets never arrive; that
+ * case is reported as `lost`.
+ */
+export function socketActivation(env: NodeJS.ProcessEnv = process.env, probe: ActivationProbe = processProbe): Activation {
+  const fdsText = env.LISTEN_FDS;
+  const pidText = env.LISTEN_PID;
+  if (fdsText === undefined || fdsText === '') return { fds: [] };
+  if (!/^\d+$/.test(fdsText) || !Number.isSafeInteger(Number(fdsText))) {
+    return { fds: [], ignored: `LISTEN_FDS=${JSON.stringify(fdsText)} is not a count of descriptors` };
+  }
+  const count = Number(fdsText);
+  if (count === 0) return { fds: [] };
+  if (pidText === undefined || !/^\d+$/.test(pidText)) {
+    return { fds: [], ignored: `LISTEN_FDS=${count} comes without a valid LISTEN_PID (${pidText === undefined ? 'unset' : JSON.stringify(pidText)})` };
+  }
+  const pid = Number(pidText);
+  const fds = Array.from({ length: count }, (_, i) => 3 + i);
+  let whose: string;
+  if (pid === probe.pid) {
+    whose = 'this process';
+  } else if (isAncestor(pid, probe)) {
+    const what = probe.describe(pid);
+    whose = `process ${pid}${what ? ` (${what})` : ''}, which started this one`;
+  } else {
+    return { fds: [], ignored: `LISTEN_PID=${pid} is neither this process (${probe.pid}) nor one of its parents: left over from another program's socket activation` };
+  }
+  const missing = fds.filter((fd) => !probe.isSocket(fd));
+  if (missing.length > 0) {
+    return {
+      fds: [],
+      lost: true,
+      ignored:
+        `LISTEN_FDS=${count} was passed to ${whose}, but fd ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not an open socket here: ` +
+        'a launcher in between closed it (npx and npm exec do); start the nbd-engine bin directly (node_modules/.bin/nbd-engine, ./bin/nbd-engine.js)',
+    };
+  }
+  return { fds };
+}
+
+/**
+ * File descriptors passed by socket activation, or [] (see
+ * `socketActivation`). `warn` gets one line when LISTEN_FDS is set but not
+ * used, saying why.
+ */
+export function activationFds(env: NodeJS.ProcessEnv = process.env, warn?: (message: string) => void, probe: ActivationProbe = processProbe): number[] {
+  const a = socketActivation(env, probe);
+  if (a.ignored && warn) warn(`socket activation ignored: ${a.ignored}`);
+  return a.fds;
+}
+
+/**
+ * A UNIX socket path that is taken (a live server answers there) gives this
+ * error, with `code` 'EADDRINUSE' as Node's own errors have.
+ */
+export class AddressInUseError extends Error {
+  readonly code = 'EADDRINUSE';
+  constructor(readonly path: string) {
+    super(`${path}: address in use: another server is listening on this socket (stop it or choose another --socket path)`);
+    this.name = 'AddressInUseError';
+  }
+}
+
+/**
+ * Make way for a UNIX socket at `socketPath`: a socket file nobody listens
+ * on (left by a server that was killed) is removed; a socket something
+ * answers on is refused with AddressInUseError; a file that is not a socket
+ * is left alone (listen then fails on it, naming it).
+ */
+async function clearStaleSocket(socketPath: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socketPath);
+  } catch {
+    return; // not there
+  }
+  if (!st.isSocket()) {
+    const err = new Error(`${socketPath}: address in use: the path exists and is not a socket (not replacing it)`) as NodeJS.ErrnoException;
+    err.code = 'EADDRINUSE';
+    throw err;
+  }
+  const answer = await new Promise<'live' | 'stale' | NodeJS.ErrnoException>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve('live');
+    });
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      probe.destroy();
+      // ECONNREFUSED: a socket file with no listener behind it.
+      resolve(err.code === 'ECONNREFUSED' ? 'stale' : err.code === 'ENOENT' ? 'stale' : err);
+    });
+  });
+  if (answer === 'live') throw new AddressInUseError(socketPath);
+  if (answer !== 'stale') {
+    // EACCES and the like: whether someone listens is unknown, so the file stays.
+    const err = new Error(`${socketPath}: cannot tell whether a server is listening there (${answer.code ?? answer.message}); not replacing it`) as NodeJS.ErrnoException;
+    err.code = answer.code;
+    throw err;
+  }
+  try {
+    fs.unlinkSync(socketPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/** Refuse a malformed target with a message naming the bad field (NBD_ERR_CONFIG). */
+function checkTarget(target: ListenTarget): void {
+  if ('path' in target) {
+    if (typeof target.path !== 'string' || target.path === '' || target.path.includes('\0')) {
+      throw new NbdError('NBD_ERR_CONFIG', `listen: path: expected a non-empty file name, got ${JSON.stringify(target.path)}`);
+    }
+  } else if ('fd' in target) {
+    if (!Number.isSafeInteger(target.fd) || target.fd < 0) throw new NbdError('NBD_ERR_CONFIG', `listen: fd: expected an integer ≥ 0, got ${String(target.fd)}`);
+  } else if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) {
+    throw new NbdError('NBD_ERR_CONFIG', `listen: port: expected an integer from 0 to 65535, got ${String(target.port)}`);
+  }
+}
+
+export async function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void): Promise<{ server: net.Server; address: BoundAddress }> {
+  checkTarget(target);
+  if ('path' in target) await clearStaleSocket(target.path);
   return new Promise((resolve, reject) => {
     // allowHalfOpen: a client that shuts down its write side still gets its replies (rule 35).
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onSocket);
@@ -47,12 +248,6 @@ export function listen(target: ListenTarget, onSocket: (socket: net.Socket) => v
       resolve({ server, address });
     };
     if ('path' in target) {
-      // A stale socket file from a previous run would make listen fail with EADDRINUSE.
-      try {
-        if (fs.statSync(target.path).isSocket()) fs.unlinkSync(target.path);
-      } catch {
-        /* not there */
-      }
       server.listen(target.path, done);
     } else if ('fd' in target) {
       server.listen({ fd: target.fd }, done);

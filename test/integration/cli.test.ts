@@ -5,15 +5,19 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, requireTool, run, spawnCli, tmpDir } from './harness.js';
+import { createServer, memoryBackend } from '../../src/index.js';
+import { CLI, requireTool, run, spawnCli, startServer, tmpDir, silentLogger } from './harness.js';
 
 const node = process.execPath;
 
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
 /** Run the CLI to completion; never rejects (the exit code is the result). */
-function cli(args: string[], timeout = 30_000): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+function cli(args: string[], timeout = 30_000, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
@@ -23,6 +27,34 @@ function cli(args: string[], timeout = 30_000): Promise<{ code: number | null; s
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
+  });
+}
+
+/**
+ * Run a command in its own process group to completion; never rejects. On the
+ * timeout, and once it is done, whatever it left running in the group (a server
+ * it started through a launcher) gets SIGTERM, so a failing test leaks nothing.
+ */
+function runGrouped(cmd: string, args: string[], timeout = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const killGroup = () => {
+      try {
+        process.kill(-child.pid!, 'SIGTERM');
+      } catch {
+        /* the group is gone */
+      }
+    };
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(killGroup, timeout);
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('exit', () => {
+      clearTimeout(timer);
+      killGroup();
+    });
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 
@@ -48,6 +80,151 @@ describe('socket activation', () => {
     const json = await run('nbdinfo', ['--json', '--', '[', node, CLI, 'serve', '--memory', '1M', '--export', 'act', '--description', 'activated', ']']);
     const info = JSON.parse(json.stdout) as { exports: Array<{ 'export-name': string; 'export-size': number; description?: string; is_read_only: boolean }> };
     expect(info.exports[0]).toMatchObject({ 'export-name': 'act', 'export-size': 1048576, description: 'activated', is_read_only: false });
+  });
+
+  it('through a launcher that stays as the parent (LISTEN_PID names it, not us): still served', async () => {
+    // The shell runs node as its child (it cannot exec it in its place), so LISTEN_PID is the
+    // shell's pid, as it is under timeout and similar wrappers; the shell keeps fd 3 open for
+    // its child. (The trap passes nbdinfo's SIGTERM on: a plain `sh -c` would die and leave
+    // the server running.)
+    const script = `"${node}" "${CLI}" serve --memory 64M & trap 'kill $!' TERM; wait $!; wait $!`;
+    requireTool('nbdinfo');
+    const viaShell = await runGrouped('nbdinfo', ['--size', '--', '[', 'sh', '-c', script, ']']);
+    expect(viaShell.code, viaShell.stderr).toBe(0);
+    expect(viaShell.stdout.trim()).toBe('67108864');
+    const viaTimeout = await runGrouped('nbdinfo', ['--size', '--', '[', 'timeout', '60', node, CLI, 'serve', '--memory', '2M', ']']);
+    expect(viaTimeout.code, viaTimeout.stderr).toBe(0);
+    expect(viaTimeout.stdout.trim()).toBe('2097152');
+  });
+
+  it("the README's `nbdinfo -- [ npx nbd-engine serve --memory 64M ]`: npx closes fd 3, the server says so in one line and exits, nbdinfo does not hang", async () => {
+    // npm exec runs the bin as `sh -c nbd-engine …` from Node, and Node passes a child only
+    // fds 0–2: the listening socket never reaches nbd-engine. Listening elsewhere would leave
+    // nbdinfo waiting for ever (the old behaviour: this test then hits its timeout).
+    requireTool('npx');
+    const r = await runGrouped('nbdinfo', ['--size', '--', '[', 'npx', '--offline', 'nbd-engine', 'serve', '--memory', '64M', ']']);
+    expect(r.code, r.stderr).toBe(1);
+    const ours = r.stderr.split('\n').filter((l) => l.startsWith('nbd-engine:'));
+    expect(ours, r.stderr).toHaveLength(1);
+    expect(ours[0]).toMatch(/^nbd-engine: cannot listen: socket activation: LISTEN_FDS=1 was passed to process \d+ \(npm exec[^)]*\), which started this one, but fd 3 is not an open socket here: .*npx.*node_modules\/\.bin\/nbd-engine/);
+  });
+
+  it('LISTEN_PID naming an ancestor whose socket did not arrive: one line, exit 1 (not a server on the defaults)', async () => {
+    // This test process is the CLI's parent, and Node gives the CLI no fd 3: what npx does.
+    const r = await cli(['serve', '--memory', '1M', '--socket', path.join(work, 'lost.sock')], 30_000, { LISTEN_PID: String(process.pid), LISTEN_FDS: '1' });
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^nbd-engine: cannot listen: socket activation: LISTEN_FDS=1 was passed to process ${process.pid} .*, but fd 3 is not an open socket here: .*\n$`));
+    expect(r.stdout).toBe('');
+  });
+
+  it('LISTEN_FDS meant for another process: one warning saying it is ignored and why, then the usual listeners', async () => {
+    const sock = path.join(work, 'stale-env.sock');
+    // No process has pid 99999999 (above Linux's pid_max).
+    const { child, uris, stderr } = await spawnCli(['serve', '--memory', '1M', '--socket', sock], { LISTEN_PID: '99999999', LISTEN_FDS: '1' });
+    try {
+      expect(uris).toEqual([`nbd+unix:///?socket=${sock}`]);
+      const { stdout } = await run('nbdinfo', ['--size', uris[0]!]);
+      expect(stdout.trim()).toBe('1048576');
+      const warnings = stderr().split('\n').filter(Boolean);
+      expect(warnings).toEqual([
+        `nbd-engine: warn: socket activation ignored: LISTEN_PID=99999999 is neither this process (${child.pid}) nor one of its parents: left over from another program's socket activation`,
+      ]);
+    } finally {
+      await stop(child);
+    }
+  });
+
+  it('--run children do not inherit the activation variables', async () => {
+    const script = `"${node}" "${CLI}" serve --memory 1M --run 'echo "pid=[$LISTEN_PID] fds=[$LISTEN_FDS]" >&2'; exit $?`;
+    // The shell's own nbd-engine takes the socket; its --run child must not see LISTEN_*.
+    const r = await run('sh', ['-c', script], { env: { LISTEN_PID: '99999999', LISTEN_FDS: '1' } });
+    expect(r.stderr).toMatch(/pid=\[\] fds=\[\]/);
+  });
+});
+
+/** SIGTERM a spawned CLI and wait for it. */
+async function stop(child: import('node:child_process').ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+describe('--socket on a path that is taken', () => {
+  const inUse = /^nbd-engine: cannot listen: .*address in use.*\n$/;
+
+  it('a live API server on the path: the CLI refuses (exit 1, one line) and the first server keeps answering', async () => {
+    const first = await startServer({ exports: [{ name: '', backend: memoryBackend({ size: 3 << 20 }) }] });
+    try {
+      const r = await cli(['serve', '--memory', '1M', '--socket', first.socket]);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(inUse);
+      expect(r.stderr).toContain(first.socket);
+      expect(fs.statSync(first.socket).isSocket()).toBe(true);
+      const { stdout } = await run('nbdinfo', ['--size', first.uri()]);
+      expect(stdout.trim()).toBe(String(3 << 20));
+    } finally {
+      await first.close();
+    }
+  });
+
+  it('a live CLI server on the path: a second CLI refuses, the first still answers and still cleans up', async () => {
+    const sock = path.join(work, 'taken.sock');
+    const { child, uris } = await spawnCli(['serve', '--memory', '2M', '--socket', sock]);
+    try {
+      const r = await cli(['serve', '--memory', '1M', '--socket', sock]);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(inUse);
+      const { stdout } = await run('nbdinfo', ['--size', uris[0]!]);
+      expect(stdout.trim()).toBe('2097152');
+    } finally {
+      await stop(child);
+    }
+    expect(fs.existsSync(sock)).toBe(false);
+  });
+
+  it('the API: listen() on a live socket rejects with EADDRINUSE, the first server keeps answering', async () => {
+    const first = await startServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }) }] });
+    const second = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }) }], logger: silentLogger });
+    try {
+      const err = await second.listen({ path: first.socket }).then(
+        () => undefined,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
+      expect(err?.code).toBe('EADDRINUSE');
+      expect(err?.message).toMatch(/address in use/);
+      const { stdout } = await run('nbdinfo', ['--size', first.uri()]);
+      expect(stdout.trim()).toBe('1048576');
+    } finally {
+      await second.close({ timeout: 0 });
+      await first.close();
+    }
+  });
+
+  it('a stale socket left by a killed server is replaced', async () => {
+    const sock = path.join(work, 'stale.sock');
+    const { child } = await spawnCli(['serve', '--memory', '1M', '--socket', sock]);
+    const killed = new Promise<void>((r) => child.once('exit', () => r()));
+    child.kill('SIGKILL');
+    await killed;
+    expect(fs.statSync(sock).isSocket()).toBe(true); // left behind
+    const next = await spawnCli(['serve', '--memory', '4M', '--socket', sock]);
+    try {
+      const { stdout } = await run('nbdinfo', ['--size', next.uris[0]!]);
+      expect(stdout.trim()).toBe('4194304');
+      expect(next.stderr()).toBe('');
+    } finally {
+      await stop(next.child);
+    }
+  });
+
+  it('a path that is not a socket is never removed', async () => {
+    const file = path.join(work, 'not-a-socket');
+    fs.writeFileSync(file, 'keep me');
+    const r = await cli(['serve', '--memory', '1M', '--socket', file]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^nbd-engine: cannot listen: .*not-a-socket: address in use: the path exists and is not a socket.*\n$/);
+    expect(fs.readFileSync(file, 'utf8')).toBe('keep me');
   });
 });
 

@@ -1,0 +1,136 @@
+/**
+ * createServer({ limits }) refuses a limit that is not a number in its
+ * range, naming the limit (NBD_ERR_CONFIG), and listen() refuses a bad port.
+ * Before this check, maxInFlight: NaN gave a server that never answered.
+ */
+import { describe, expect, it } from 'vitest';
+import { createServer, memoryBackend, NbdError, type ServerLimits } from '../../../src/index.js';
+import { LIMIT_RANGES, validateLimits, type LimitName } from '../../../src/api/limits.js';
+import { silentLogger } from '../../../src/transport/logger.js';
+
+const serverWith = (limits: unknown) =>
+  createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }) }], logger: silentLogger, limits: limits as ServerLimits });
+
+function configError(fn: () => unknown): NbdError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(NbdError);
+    expect((err as NbdError).code).toBe('NBD_ERR_CONFIG');
+    return err as NbdError;
+  }
+  throw new Error('expected NBD_ERR_CONFIG, nothing was thrown');
+}
+
+const NAMES = Object.keys(LIMIT_RANGES) as LimitName[];
+
+describe('validateLimits: every limit, every kind of bad value', () => {
+  const bad: Array<[string, unknown]> = [
+    ['NaN', NaN],
+    ['a fraction', 1.5],
+    ['negative', -5],
+    ['1e20 (not a safe integer)', 1e20],
+    ['Infinity', Infinity],
+    ['a string', '64'],
+    ['null', null],
+    ['a boolean', true],
+  ];
+  for (const name of NAMES) {
+    for (const [what, value] of bad) {
+      it(`${name}: ${what} is refused, naming ${name}`, () => {
+        const err = configError(() => serverWith({ [name]: value }));
+        expect(err.message).toMatch(new RegExp(`^${name}: expected `));
+      });
+    }
+  }
+
+  for (const name of NAMES) {
+    const r = LIMIT_RANGES[name];
+    if (r.min > 0) {
+      it(`${name}: 0 and min − 1 are refused, min is accepted`, () => {
+        expect(configError(() => serverWith({ [name]: 0 })).message).toMatch(new RegExp(`^${name}: `));
+        if (r.min - 1 !== 0) expect(configError(() => serverWith({ [name]: r.min - 1 })).message).toMatch(new RegExp(`^${name}: `));
+        // maxBufferedBytes must also hold the largest payload: give a payload that fits. (validateLimits
+        // alone: the smallest maxPayload is below the export's default preferred block size.)
+        const extra = name === 'maxBufferedBytes' ? { maxPayload: 512, maxOptionLength: 256 } : {};
+        expect(() => validateLimits({ ...extra, [name]: r.min })).not.toThrow();
+      });
+    } else {
+      it(`${name}: 0 (off) is accepted`, () => {
+        expect(() => serverWith({ [name]: 0 })).not.toThrow();
+      });
+    }
+    it(`${name}: the maximum is accepted, one more is refused`, () => {
+      expect(() => validateLimits({ [name]: r.max })).not.toThrow();
+      expect(configError(() => validateLimits({ [name]: r.max + 1 })).message).toMatch(new RegExp(`^${name}: `));
+    });
+  }
+
+  it('the brief example: maxInFlight: NaN', () => {
+    expect(configError(() => serverWith({ maxInFlight: NaN })).message).toBe('maxInFlight: expected an integer from 1 to 1048576, got NaN');
+  });
+
+  it('timeouts are whole milliseconds up to the largest Node timer', () => {
+    expect(configError(() => serverWith({ handshakeTimeout: 2.5 })).message).toMatch(/^handshakeTimeout: expected milliseconds/);
+    expect(configError(() => serverWith({ idleTimeout: 2 ** 31 })).message).toMatch(/^idleTimeout: .*2147483647/);
+    expect(() => serverWith({ handshakeTimeout: 2 ** 31 - 1, idleTimeout: 1 })).not.toThrow();
+  });
+
+  it('maxBufferedBytes must hold the largest WRITE (maxPayload + header) and the largest option', () => {
+    expect(configError(() => serverWith({ maxBufferedBytes: 1 << 20 })).message).toMatch(/^maxBufferedBytes: must be at least maxPayload \(67108864\) \+ 32/);
+    expect(configError(() => serverWith({ maxPayload: 1 << 20, maxBufferedBytes: 1 << 20 })).message).toMatch(/^maxBufferedBytes: /);
+    expect(() => serverWith({ maxPayload: 1 << 20, maxBufferedBytes: (1 << 20) + 32 })).not.toThrow();
+    expect(configError(() => validateLimits({ maxPayload: 512, maxOptionLength: 4096, maxBufferedBytes: 1024 })).message).toMatch(/maxOptionLength \(4096\) \+ 16/);
+  });
+
+  it('limits that are not an object are refused', () => {
+    expect(configError(() => serverWith('fast')).message).toMatch(/^limits: expected an object/);
+    expect(configError(() => serverWith(null)).message).toMatch(/^limits: /);
+  });
+
+  it('the defaults, unset limits and every limit at a sensible value pass', () => {
+    expect(() => serverWith(undefined)).not.toThrow();
+    expect(() => serverWith({})).not.toThrow();
+    expect(() => serverWith({ maxInFlight: undefined })).not.toThrow();
+    expect(() =>
+      serverWith({
+        maxInFlight: 8,
+        maxInFlightBytes: 16 << 20,
+        maxPayload: 1 << 20,
+        maxOptionLength: 4096,
+        maxOptions: 16,
+        maxBufferedBytes: 2 << 20,
+        maxConnections: 10,
+        handshakeTimeout: 5000,
+        idleTimeout: 60_000,
+      }),
+    ).not.toThrow();
+  });
+});
+
+describe('listen() refuses a malformed target', () => {
+  const cases: Array<[string, object, RegExp]> = [
+    ['port NaN', { port: NaN }, /^listen: port: expected an integer from 0 to 65535, got NaN/],
+    ['port 1.5', { port: 1.5 }, /^listen: port: /],
+    ['port 65536', { port: 65536 }, /^listen: port: /],
+    ['port -1', { port: -1 }, /^listen: port: /],
+    ['fd -1', { fd: -1 }, /^listen: fd: /],
+    ['empty path', { path: '' }, /^listen: path: /],
+  ];
+  for (const [what, target, message] of cases) {
+    it(what, async () => {
+      const server = serverWith(undefined);
+      try {
+        const err = await server.listen(target as never).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(NbdError);
+        expect((err as NbdError).code).toBe('NBD_ERR_CONFIG');
+        expect((err as Error).message).toMatch(message);
+      } finally {
+        await server.close({ timeout: 0 });
+      }
+    });
+  }
+});
