@@ -6,10 +6,12 @@
  * against a CA) and GnuTLS-style pre-shared keys (`username:hexkey` lines,
  * as psktool writes them).
  */
+import { constants as cryptoConstants } from 'node:crypto';
 import fs from 'node:fs';
 import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import { NbdError } from '../api/errors.js';
 
 export interface TlsConfig {
   /** off = NOTLS, on = SELECTIVETLS (per-export tlsOnly), require = FORCEDTLS. */
@@ -20,7 +22,10 @@ export interface TlsConfig {
   readonly key?: string | Buffer;
   /** PEM CA bundle used to verify client certificates. */
   readonly ca?: string | Buffer;
-  /** Require and verify a client certificate against `ca`. */
+  /**
+   * Require a client certificate signed by `ca` (which must then be given);
+   * a client that authenticates with a PSK needs none.
+   */
   readonly verifyPeer?: boolean;
   /** Pre-shared keys: a psktool file path, or a map identity → key. */
   readonly psk?: string | ReadonlyMap<string, Buffer>;
@@ -67,7 +72,11 @@ export function parsePskFile(text: string): Map<string, Buffer> {
 function tidyError(err: Error): Error {
   const reason = (err as Error & { reason?: unknown }).reason;
   if (typeof reason !== 'string' || !reason) return err;
-  const hint = /wrong version number|unknown protocol|http request|record layer failure/i.test(reason) ? ' (the client did not send a TLS ClientHello)' : '';
+  const hint = /wrong version number|unknown protocol|http request|record layer failure/i.test(reason)
+    ? ' (the client did not send a TLS ClientHello)'
+    : /peer did not return a certificate/i.test(reason)
+      ? ' (the client sent no certificate; verifyPeer requires one signed by the configured CA)'
+      : '';
   return Object.assign(new Error(`${reason}${hint}`), { code: (err as NodeJS.ErrnoException).code, cause: err });
 }
 
@@ -78,14 +87,67 @@ function tidyError(err: Error): Error {
  * qemu, then fail with "insufficient credentials"). Node's default list
  * excludes PSK for TLS 1.2 (`!PSK`); re-enable the AEAD PSK suites there.
  */
-function pskCipherList(): string {
+function pskCipherList(verifyPeer: boolean): string {
   const tls13 = ['TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256', 'TLS_AES_256_GCM_SHA384'];
   const defaults = tls.DEFAULT_CIPHERS.split(':').filter((c) => !tls13.includes(c) && c !== '!PSK');
   const firstExclusion = defaults.findIndex((c) => c.startsWith('!'));
   const positive = firstExclusion < 0 ? defaults : defaults.slice(0, firstExclusion);
   const exclusions = firstExclusion < 0 ? [] : defaults.slice(firstExclusion);
+  // RSA_PSK suites authenticate the server with its certificate, so OpenSSL
+  // also asks the client for one: with verifyPeer a PSK client (which has
+  // none) would be refused. The plain and (EC)DHE PSK suites remain.
+  if (verifyPeer) exclusions.push('!kRSAPSK');
   const psk12 = ['ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-AES128-GCM-SHA256', 'DHE-PSK-AES256-GCM-SHA384', 'DHE-PSK-CHACHA20-POLY1305', 'PSK-AES128-GCM-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES128-CBC-SHA256'];
   return [...tls13, ...positive, ...psk12, ...exclusions].join(':');
+}
+
+/**
+ * Verify-error codes that mean "this chain does not lead to the configured
+ * CA" (as opposed to, say, an expired certificate from the right CA).
+ */
+const NOT_FROM_OUR_CA = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/**
+ * OpenSSL's verdict on the client's certificate chain, as node:tls keeps
+ * it. Node's OpenSSL verify callback accepts every chain during the
+ * handshake and leaves the verdict to JavaScript; only node's tls.Server
+ * looks at it (and sets `authorized`), a TLSSocket made from an existing
+ * socket never does. So the check is made here, with the same call
+ * tls.Server makes. Without that call available, nothing is trusted.
+ */
+function chainVerdict(secure: tls.TLSSocket): { ok: true } | { ok: false; code?: string; message: string } {
+  const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null | undefined } })._handle;
+  if (typeof handle?.verifyError !== 'function') return { ok: false, message: 'node:tls gave no verification result for the client certificate' };
+  const err = handle.verifyError();
+  return err ? { ok: false, code: err.code, message: err.message } : { ok: true };
+}
+
+/** The subject CN a certificate claims (not trusted until verified). */
+function subjectCn(secure: tls.TLSSocket): string | undefined {
+  const peer = secure.getPeerCertificate();
+  const cn = peer && typeof peer === 'object' ? (peer.subject as { CN?: string | string[] } | undefined)?.CN : undefined;
+  const first = Array.isArray(cn) ? cn[0] : cn;
+  return typeof first === 'string' && first ? first : undefined;
+}
+
+/**
+ * Whether the handshake was authenticated by a pre-shared key. The PSK
+ * callback runs whenever the client offers an identity, also when OpenSSL
+ * then cannot use that key (a TLS 1.3 suite with another hash) and falls
+ * back to a certificate handshake: the identity counts only when the key
+ * was used. TLS 1.2: a PSK cipher suite. TLS 1.3: an external PSK makes the
+ * handshake a resumed one (session tickets are off, so nothing else does).
+ */
+function pskWasUsed(secure: tls.TLSSocket): boolean {
+  if (secure.getProtocol() === 'TLSv1.3') return secure.isSessionReused();
+  return /PSK/.test(secure.getCipher()?.name ?? '');
 }
 
 /** Build the upgrade function for a TLS configuration (validated now, not per connection). */
@@ -95,28 +157,44 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
   const key = pem(cfg.key);
   const ca = pem(cfg.ca);
   if (!psk && (!cert || !key)) throw new Error('TLS needs a certificate and key (tls-cert / tls-key) or a PSK file (tls-psk)');
+  // Without a CA, OpenSSL would check client certificates against the
+  // system's public CAs: anyone with a certificate from any of them would
+  // get in. (A PSK-only server has no certificate handshake to verify.)
+  if (cfg.verifyPeer && cert && !ca) {
+    throw new NbdError('NBD_ERR_CONFIG', 'tls.verifyPeer (--tls-verify-peer) needs tls.ca (--tls-ca): the CA whose client certificates are accepted');
+  }
+  const verifyPeer = !!cfg.verifyPeer;
   const context = tls.createSecureContext({
     cert,
     key,
     ca,
     minVersion: 'TLSv1.2',
-    ...(psk ? { ciphers: pskCipherList(), honorCipherOrder: true } : {}),
+    // No session tickets: every connection authenticates afresh, and a
+    // resumed TLS 1.3 handshake can only be a PSK one (see pskWasUsed).
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
+    // OpenSSL refuses PSK (which TLS 1.3 treats like a resumption) while
+    // verifying peers unless a session id context is set.
+    sessionIdContext: 'nbd-engine',
+    ...(psk ? { ciphers: pskCipherList(verifyPeer), honorCipherOrder: true } : {}),
   });
   const timeout = cfg.handshakeTimeout ?? 30_000;
   return (socket: Duplex) =>
     new Promise<TlsUpgrade>((resolve, reject) => {
-      let identity: string | undefined;
+      let pskIdentity: string | undefined;
       let unknownIdentity: string | undefined;
+      // requestCert + rejectUnauthorized: OpenSSL asks for a certificate and
+      // ends the handshake with an alert when none comes. Whether the one
+      // that comes is signed by `ca` is checked in onSecure.
       const secure = new tls.TLSSocket(socket as Socket, {
         isServer: true,
         secureContext: context,
-        requestCert: !!cfg.verifyPeer,
-        rejectUnauthorized: !!cfg.verifyPeer,
+        requestCert: verifyPeer,
+        rejectUnauthorized: verifyPeer,
         ...(psk
           ? {
               pskCallback: (_s: tls.TLSSocket, id: string) => {
                 const k = psk.get(id);
-                if (k) identity = id;
+                if (k) pskIdentity = id;
                 else unknownIdentity = id;
                 return k ?? null;
               },
@@ -136,20 +214,38 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
         secure.destroy();
         const e = tidyError(err);
         // A PSK client whose identity we do not know fails later, with an unhelpful reason.
-        if (unknownIdentity !== undefined && !identity) e.message = `unknown PSK identity ${JSON.stringify(unknownIdentity)} (${e.message})`;
+        if (unknownIdentity !== undefined && !pskIdentity) e.message = `unknown PSK identity ${JSON.stringify(unknownIdentity)} (${e.message})`;
         else if (psk && /binder does not verify|decrypt/i.test(e.message)) e.message += ' (wrong PSK key?)';
         reject(e);
+      }
+      /** Refuse a client whose handshake completed but who is not authenticated. */
+      function refuse(message: string) {
+        cleanup();
+        // Synchronously, from OpenSSL's handshake-done callback: in TLS 1.2
+        // the server's Finished has not left yet, so the client's handshake
+        // fails; in TLS 1.3 the client gets nothing after its own Finished.
+        secure.destroy();
+        reject(new Error(message));
       }
       function onClose() {
         fail(new Error('client closed during the TLS handshake'));
       }
       function onSecure() {
-        cleanup();
-        if (!identity) {
-          const peer = secure.getPeerCertificate?.();
-          const cn = peer && typeof peer === 'object' ? (peer.subject as { CN?: string } | undefined)?.CN : undefined;
-          if (cn) identity = cn;
+        const viaPsk = pskIdentity !== undefined && pskWasUsed(secure);
+        let identity = viaPsk ? pskIdentity : undefined;
+        // A PSK client is authenticated by its key (as with nbdkit); anyone
+        // else needs a certificate chain that leads to the configured CA.
+        if (verifyPeer && !viaPsk) {
+          const verdict = chainVerdict(secure);
+          if (!verdict.ok) {
+            const claimed = subjectCn(secure);
+            const what = verdict.code && NOT_FROM_OUR_CA.has(verdict.code) ? 'client certificate not signed by the configured CA' : 'client certificate refused';
+            refuse(`${what}: ${verdict.message}${claimed ? ` (it names itself CN ${JSON.stringify(claimed.slice(0, 64))})` : ''}`);
+            return;
+          }
+          identity = subjectCn(secure);
         }
+        cleanup();
         resolve({ stream: secure, identity, protocol: secure.getProtocol() ?? undefined, cipher: secure.getCipher()?.name });
       }
       secure.once('secure', onSecure);

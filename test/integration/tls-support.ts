@@ -63,6 +63,20 @@ export function makePki(dir: string, opts: { caName?: string; clientCn?: string 
   return dir;
 }
 
+/**
+ * A self-signed client certificate (a client certificate that is its own
+ * CA): self-cert.pem and self-key.pem in `dir`.
+ */
+export function makeSelfSignedClient(dir: string, cn: string): { cert: string; key: string } {
+  fs.mkdirSync(dir, { recursive: true });
+  const p = (f: string) => path.join(dir, f);
+  certtool(['--generate-privkey', '--outfile', p('self-key.pem')]);
+  const info = template(p('self.info'), [`cn = ${cn}`, 'tls_www_client', 'encryption_key', 'signing_key', 'expiration_days = 30']);
+  certtool(['--generate-self-signed', '--load-privkey', p('self-key.pem'), '--template', info, '--outfile', p('self-cert.pem')]);
+  fs.chmodSync(p('self-key.pem'), 0o600);
+  return { cert: p('self-cert.pem'), key: p('self-key.pem') };
+}
+
 /** A psktool key file with one random key per user; returns the file's path. */
 export function makePsk(file: string, users: readonly string[]): string {
   fs.mkdirSync(path.dirname(file), { recursive: true });

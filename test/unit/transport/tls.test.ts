@@ -3,6 +3,7 @@
  * The STARTTLS upgrade itself is exercised in test/integration/tls*.test.ts.
  */
 import { describe, expect, it } from 'vitest';
+import { NbdError } from '../../../src/api/errors.js';
 import { createTlsUpgrader, parsePskFile } from '../../../src/transport/tls.js';
 
 describe('parsePskFile (psktool format)', () => {
@@ -35,5 +36,15 @@ describe('createTlsUpgrader', () => {
 
   it('accepts PSK keys alone', () => {
     expect(typeof createTlsUpgrader({ mode: 'require', psk: new Map([['alice', Buffer.alloc(32, 1)]]) })).toBe('function');
+  });
+
+  it('verifyPeer with a certificate but no CA is a configuration error (not the system CAs)', () => {
+    const cfg = { mode: 'require', cert: '-----BEGIN CERTIFICATE-----', key: '-----BEGIN PRIVATE KEY-----', verifyPeer: true } as const;
+    expect(() => createTlsUpgrader(cfg)).toThrow(NbdError);
+    expect(() => createTlsUpgrader(cfg)).toThrow(expect.objectContaining({ code: 'NBD_ERR_CONFIG', message: expect.stringMatching(/needs tls\.ca/) }));
+  });
+
+  it('verifyPeer with PSK keys alone needs no CA (the key authenticates the client)', () => {
+    expect(typeof createTlsUpgrader({ mode: 'require', verifyPeer: true, psk: new Map([['alice', Buffer.alloc(32, 1)]]) })).toBe('function');
   });
 });
