@@ -385,8 +385,28 @@ describe('CLI --tls flags', () => {
     const noCreds = await fails(execFileP(process.execPath, [CLI, 'serve', '--memory', '1M', '--socket', path.join(dir, 'x.sock'), '--tls=require']));
     expect(noCreds).toMatch(/certificate and key|PSK/);
     const bad = await fails(execFileP(process.execPath, [CLI, 'serve', '--tls=maybe']));
-    expect(bad).toMatch(/--tls must be off, on or require/);
+    expect(bad).toMatch(/--tls: expected off, on or require, got "maybe"/);
     const off = await fails(execFileP(process.execPath, [CLI, 'serve', '--memory', '1M', '--tls-psk', pskFile]));
     expect(off).toMatch(/--tls-psk given but TLS is off/);
+  });
+
+  it('--tls-verify-peer without --tls-ca is refused at startup (not "any public CA")', async () => {
+    const noCa = await fails(
+      execFileP(process.execPath, [
+        CLI,
+        'serve',
+        '--memory',
+        '1M',
+        '--socket',
+        path.join(dir, 'noca.sock'),
+        '--tls=require',
+        '--tls-cert',
+        path.join(pki, 'server-cert.pem'),
+        '--tls-key',
+        path.join(pki, 'server-key.pem'),
+        '--tls-verify-peer',
+      ]),
+    );
+    expect(noCa).toMatch(/--tls-verify-peer\) needs tls\.ca \(--tls-ca\)/);
   });
 });
