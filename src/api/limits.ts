@@ -36,7 +36,8 @@ export interface LimitRange {
  */
 export const LIMIT_RANGES = {
   maxInFlight: { min: 1, max: 1_048_576, unit: 'count', default: 64 },
-  maxInFlightBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 256 * MiB },
+  maxInFlightBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 128 * MiB },
+  maxQueuedReplyBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 4 * MiB },
   maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: 64 * MiB },
   maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: 64 * KiB },
   maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: 128 },

@@ -46,6 +46,12 @@ export interface ServerLimits {
    * requests until replies drain (the client is throttled, never dropped).
    */
   readonly maxInFlightBytes?: number;
+  /**
+   * Reply bytes queued per connection and not yet written to the socket
+   * (default 4 MiB); past it the server stops reading that client's
+   * requests until it reads its replies.
+   */
+  readonly maxQueuedReplyBytes?: number;
   /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
   readonly maxPayload?: number;
   /** Largest option data buffered (default 64 KiB). */
@@ -107,6 +113,8 @@ interface ExportEntry {
 
 /** Bytes owed per connection (ServerLimits.maxInFlightBytes). */
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+/** Reply bytes queued per connection (ServerLimits.maxQueuedReplyBytes). */
+const DEFAULT_MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 /** Milliseconds to finish negotiating (ServerLimits.handshakeTimeout), as qemu-nbd. */
 const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
@@ -290,6 +298,7 @@ export class NbdServer {
         decoderLimits: this.decoderLimits(),
         maxInFlight: this.options.limits?.maxInFlight ?? 64,
         maxInFlightBytes: this.options.limits?.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
+        maxQueuedReplyBytes: this.options.limits?.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
         handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT,
         idleTimeout: this.options.limits?.idleTimeout ?? 0,
         inspect: this.options.inspect,

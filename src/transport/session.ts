@@ -1,11 +1,13 @@
 /**
  * One client connection: socket bytes (rxjs) → FrameDecoder → connection
- * actor (xstate) → ReplyWriter. Owns the per-connection flow control, two
- * budgets checked by one predicate (`hasRoom`):
+ * actor (xstate) → ReplyWriter. Owns the per-connection flow control,
+ * three budgets checked by one predicate (`hasRoom`):
  * - at most `maxInFlight` requests are with the application;
  * - at most `maxInFlightBytes` bytes are owed: WRITE payloads held by
  *   requests in flight, READ lengths of requests in flight (their replies
- *   are coming), and reply bytes queued but not yet handed to the OS.
+ *   are coming), and reply bytes queued but not yet handed to the OS;
+ * - at most `maxQueuedReplyBytes` of those queued reply bytes (a client
+ *   that does not read its replies soon stops being read).
  * Past either the decoder is no longer pulled and the socket is paused
  * (TCP backpressure: the client is throttled, never dropped); completions,
  * written replies and 'drain' pull again. Nothing here throws into the
@@ -41,6 +43,11 @@ export interface SessionOptions {
    * at most one request's payload.
    */
   readonly maxInFlightBytes?: number;
+  /**
+   * Reply bytes queued and not yet handed to the OS past which reading
+   * pauses (a client that does not read its replies stops being read).
+   */
+  readonly maxQueuedReplyBytes?: number;
   /** Milliseconds to finish the handshake before the connection is dropped (0 or absent: no limit). */
   readonly handshakeTimeout?: number;
   /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
@@ -110,6 +117,7 @@ export class Session {
   /** WRITE payload bytes and READ lengths held by requests with the application. */
   private inFlightBytes = 0;
   private readonly maxInFlightBytes: number;
+  private readonly maxQueuedReplyBytes: number;
   private throttled = false;
   private draining = false;
   private upgrading = false;
@@ -136,6 +144,7 @@ export class Session {
     this.log = options.logger;
     this.maxInFlight = Math.max(1, options.maxInFlight ?? 64);
     this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 128 * 1024 * 1024);
+    this.maxQueuedReplyBytes = Math.max(1, options.maxQueuedReplyBytes ?? 4 * 1024 * 1024);
     this.decoder = new FrameDecoder(options.decoderLimits);
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.onWritten);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
@@ -366,7 +375,12 @@ export class Session {
    * is paused exactly when the decoder is no longer pulled.
    */
   private hasRoom(count = 0, bytes = 0): boolean {
-    return this.inFlight + count < this.maxInFlight && this.inFlightBytes + bytes + this.writer.pendingBytes < this.maxInFlightBytes;
+    const queued = this.writer.pendingBytes;
+    return (
+      this.inFlight + count < this.maxInFlight &&
+      queued < this.maxQueuedReplyBytes &&
+      this.inFlightBytes + bytes + queued < this.maxInFlightBytes
+    );
   }
 
   /**
