@@ -16,6 +16,7 @@ import {
   HANDSHAKE_FLAGS,
   INFO,
   OPT,
+  optName,
   type RepErrName,
 } from '../protocol/constants.js';
 import {
@@ -141,9 +142,67 @@ function sendOf(frame: ReturnType<typeof encodeAck>, label: string): HandshakeEm
   return { type: 'send', frame, label };
 }
 
-function errorReply(option: number, error: RepErrName, message?: string): HandshakeEmitted {
-  return sendOf(encodeOptionError(option, error, message), `${error}${message ? `: ${message}` : ''}`);
+function errorReply(option: number, error: RepErrName, message: string): HandshakeEmitted {
+  return sendOf(encodeOptionError(option, error, message), `${error}: ${message}`);
 }
+
+// ── what the client is told when an option is refused ─────────────────
+
+/** NBD_OPT_GO, or "option 42" for a code without a name. */
+function optionLabel(code: number): string {
+  const name = optName(code);
+  return name.startsWith('NBD_OPT_') ? name : `option ${code}`;
+}
+
+/**
+ * A client-supplied name for a message: quoted, at most 128 characters,
+ * with quotes, backslashes, control characters and bidirectional
+ * overrides escaped (the client's user reads it on a terminal).
+ */
+export function quoteName(name: string): string {
+  const chars = [...name];
+  const shown = chars.length > 128 ? `${chars.slice(0, 128).join('')}…` : name;
+  const escaped = shown.replace(/["\\\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) =>
+    c === '"' || c === '\\' ? `\\${c}` : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+  return `"${escaped}"`;
+}
+
+function requestedName(frame: OptionFrame): string {
+  return 'name' in frame ? frame.name : '';
+}
+
+/**
+ * The human-readable text of every option error reply (the spec allows a
+ * UTF-8 message as an error reply's data; clients show it: qemu prints
+ * "server reported: …", libnbd logs it). Each refusal in the routing table
+ * names one of these; the encoder caps the text at 4096 bytes.
+ */
+export const REFUSAL_TEXT = {
+  shuttingDown: () => 'server is shutting down',
+  notFixedNewstyle: (_ctx: HandshakeContext, f: OptionFrame) =>
+    `${optionLabel(f.code)} needs the fixed newstyle handshake (the client did not set NBD_FLAG_C_FIXED_NEWSTYLE)`,
+  tlsRequired: (_ctx: HandshakeContext, f: OptionFrame) => `TLS is required: send NBD_OPT_STARTTLS before ${optionLabel(f.code)}`,
+  // The decoder's reason: bad lengths, bad strings, too big.
+  problem: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)}: ${f.problem?.message ?? 'malformed option data'}`,
+  hasData: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)} takes no data (got ${f.length} bytes)`,
+  tlsActive: () => 'TLS is already active',
+  tlsOff: () => 'TLS is not enabled on this server',
+  exportUnknown: (ctx: HandshakeContext, f: OptionFrame) => {
+    const name = requestedName(f);
+    return name === '' && ctx.defaultExport === undefined ? 'export "" not present (this server has no default export)' : `export ${quoteName(name)} not present`;
+  },
+  exportTlsOnly: (_ctx: HandshakeContext, f: OptionFrame) => `export ${quoteName(requestedName(f))} requires TLS`,
+  structuredRepliesNotOffered: () => 'structured replies are not enabled on this server',
+  structuredRepliesOn: () => 'structured replies are already negotiated',
+  extendedHeadersNotOffered: () => 'extended headers are not enabled on this server',
+  extendedHeadersOn: () => 'extended headers are already negotiated',
+  extendedHeadersOnNoStructured: () => 'extended headers are already negotiated, and they include structured replies',
+  structuredRepliesOff: () => 'NBD_OPT_SET_META_CONTEXT needs structured replies (or extended headers) negotiated first',
+  unsupported: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)} is not supported`,
+} satisfies Record<string, (ctx: HandshakeContext, frame: OptionFrame) => string>;
+
+export type RefusalReason = keyof typeof REFUSAL_TEXT;
 
 /** Build the INFO/GO reply sequence (rule 8, 10, 11). */
 function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {
@@ -196,7 +255,8 @@ type Transition = {
   actions: ReadonlyArray<string | { type: string; params: Record<string, unknown> }>;
 };
 
-const err = (error: RepErrName) => ({ type: 'replyError', params: { error } });
+/** An option error reply and why (the text sent with it: REFUSAL_TEXT). */
+const err = (error: RepErrName, why: RefusalReason) => ({ type: 'replyError', params: { error, why } });
 const rej = (reason: string) => ({ type: 'reject', params: { reason } });
 
 /**
@@ -211,12 +271,12 @@ function optionTransitions() {
     const pre = opts.clear ? ['clearMetaContexts'] : [];
     return [
       { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
-      { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN')] },
-      { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID')] },
+      { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
+      { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
       // FORCEDTLS: everything but STARTTLS / ABORT gets ERR_TLS_REQD (§1.10, rule 16),
       // oversized options included: checked before TOO_BIG (the MUST names no exception).
-      { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD')] },
-      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG')] },
+      { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD', 'tlsRequired')] },
+      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG', 'problem')] },
     ];
   };
   return {
@@ -238,69 +298,69 @@ function optionTransitions() {
     ]),
     'opt.starttls': counted([
       { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
-      { guard: 'shuttingDown', actions: [err('NBD_REP_ERR_SHUTDOWN')] },
-      { guard: 'notFixedNewstyle', actions: [err('NBD_REP_ERR_INVALID')] },
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] },
+      { guard: 'shuttingDown', actions: [err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
+      { guard: 'notFixedNewstyle', actions: [err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] },
       // §1.10: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
-      { guard: 'tlsActive', actions: [err('NBD_REP_ERR_INVALID')] },
+      { guard: 'tlsActive', actions: [err('NBD_REP_ERR_INVALID', 'tlsActive')] },
       // NOTLS mode: ERR_POLICY, never ERR_TLS_REQD (rule 16).
-      { guard: 'tlsPolicyOff', actions: [err('NBD_REP_ERR_POLICY')] },
+      { guard: 'tlsPolicyOff', actions: [err('NBD_REP_ERR_POLICY', 'tlsOff')] },
       { target: 'upgradingTls', actions: ['replyAck', 'requestTlsUpgrade'] },
     ]),
     'opt.list': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
       { actions: ['replyList'] },
     ]),
     'opt.info': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 8
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 8
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replyInfo'] },
     ]),
     'opt.go': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 8
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 8
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       // rule 9: after the ACK the next bytes are requests.
       { target: 'negotiated', actions: ['replyInfo', 'recordGo'] },
     ]),
     'opt.structuredReply': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
-      { guard: 'structuredRepliesNotOffered', actions: [err('NBD_REP_ERR_UNSUP')] },
-      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_EXT_HEADER_REQD')] },
-      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID')] }, // MAY on repeat
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
+      { guard: 'structuredRepliesNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'structuredRepliesNotOffered')] },
+      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_EXT_HEADER_REQD', 'extendedHeadersOnNoStructured')] },
+      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID', 'structuredRepliesOn')] }, // MAY on repeat
       { actions: ['replyAck', 'enableStructuredReplies'] },
     ]),
     'opt.extendedHeaders': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 12
-      { guard: 'extendedHeadersNotOffered', actions: [err('NBD_REP_ERR_UNSUP')] },
-      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID')] },
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
+      { guard: 'extendedHeadersNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'extendedHeadersNotOffered')] },
+      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID', 'extendedHeadersOn')] },
       { actions: ['replyAck', 'enableExtendedHeaders'] },
     ]),
     'opt.listMetaContext': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID')] }, // rule 13
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD')] },
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 13
+      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
+      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replyListMetaContext'] },
     ]),
     'opt.setMetaContext': counted([
       ...prelude({ clear: true }),
-      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID')] }, // rule 13
-      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID')] }, // rule 14
-      { guard: 'exportUnknown', actions: ['clearMetaContexts', err('NBD_REP_ERR_UNKNOWN')] },
-      { guard: 'exportTlsOnly', actions: ['clearMetaContexts', err('NBD_REP_ERR_TLS_REQD')] },
+      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 13
+      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'structuredRepliesOff')] }, // rule 14
+      { guard: 'exportUnknown', actions: ['clearMetaContexts', err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
+      { guard: 'exportTlsOnly', actions: ['clearMetaContexts', err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replySetMetaContext'] },
     ]),
     'opt.unknown': counted([
       ...prelude(),
       // rule 5: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
-      { actions: [err('NBD_REP_ERR_UNSUP')] },
+      { actions: [err('NBD_REP_ERR_UNSUP', 'unsupported')] },
     ]),
   };
 }
@@ -365,8 +425,8 @@ export const handshakeMachine = setup({
       enqueue.assign({ outcome: { outcome: 'rejected', reason: params.reason + detail } });
       enqueue.emit({ type: 'close', hard: true, reason: params.reason + detail });
     }),
-    replyError: emit(({ event }, params: { error: RepErrName; message?: string }) =>
-      errorReply(frameOf(event).code, params.error, params.message ?? frameOf(event).problem?.message),
+    replyError: emit(({ context, event }, params: { error: RepErrName; why: RefusalReason }) =>
+      errorReply(frameOf(event).code, params.error, REFUSAL_TEXT[params.why](context, frameOf(event))),
     ),
     replyAck: emit(({ event }) => sendOf(encodeAck(frameOf(event).code), 'NBD_REP_ACK')),
     recordAbort: assign({ outcome: () => ({ outcome: 'aborted' }) as const }),
