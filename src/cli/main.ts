@@ -52,7 +52,7 @@ TLS:
 
 Limits (per connection unless noted):
   --max-in-flight N            requests with the backend at once (default 64; 1 to 1048576)
-  --max-in-flight-bytes SIZE   WRITE payload held plus READ replies not yet sent (default 256M)
+  --max-in-flight-bytes SIZE   bytes owed: requests in flight plus unsent replies (default 128M)
   --max-payload SIZE           largest READ / WRITE (default 64M; 512 to 2G)
   --max-options N              options before a disconnect (default 128; 1 to 1048576)
   --max-connections N          connections at once, server-wide (default unlimited)
@@ -358,12 +358,24 @@ export async function main(argv: string[]): Promise<number> {
   else logger.info?.(`serving ${uris.join(' ')}`);
 
   await new Promise<void>((resolve) => {
+    let stopping = false;
     const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
       logger.info?.(`${signal}: shutting down`);
       resolve();
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+    if (activated) {
+      // The program that activated the server stops it by signalling its child. When
+      // that child is a launcher which dies of the signal instead of passing it on (a
+      // plain `sh -c`), this process is orphaned and nobody would ever stop it.
+      const parent = process.ppid;
+      setInterval(() => {
+        if (process.ppid !== parent) stop(`parent process ${parent} exited`);
+      }, 1000).unref();
+    }
   });
   await cleanup();
   return 0;

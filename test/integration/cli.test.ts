@@ -31,11 +31,17 @@ function cli(args: string[], timeout = 30_000, env: NodeJS.ProcessEnv = {}): Pro
 }
 
 /**
- * Run a command in its own process group to completion; never rejects. On the
- * timeout, and once it is done, whatever it left running in the group (a server
- * it started through a launcher) gets SIGTERM, so a failing test leaks nothing.
+ * Run a command in its own process group to completion (its exit, and every
+ * copy of its stdout / stderr closed); never rejects. On the timeout, and
+ * (unless `reap` is false) once it has exited, whatever it left running in the
+ * group (a server it started through a launcher) gets SIGTERM, so a failing
+ * test leaks nothing. `timedOut` tells whether the timeout had to end it.
  */
-function runGrouped(cmd: string, args: string[], timeout = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runGrouped(
+  cmd: string,
+  args: string[],
+  { timeout = 30_000, reap = true }: { timeout?: number; reap?: boolean } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const killGroup = () => {
@@ -47,14 +53,21 @@ function runGrouped(cmd: string, args: string[], timeout = 30_000): Promise<{ co
     };
     let stdout = '';
     let stderr = '';
-    const timer = setTimeout(killGroup, timeout);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup();
+    }, timeout);
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     child.on('exit', () => {
+      if (reap) killGroup();
+    });
+    child.on('close', (code) => {
       clearTimeout(timer);
       killGroup();
+      resolve({ code, stdout, stderr, timedOut });
     });
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 
@@ -95,6 +108,18 @@ describe('socket activation', () => {
     const viaTimeout = await runGrouped('nbdinfo', ['--size', '--', '[', 'timeout', '60', node, CLI, 'serve', '--memory', '2M', ']']);
     expect(viaTimeout.code, viaTimeout.stderr).toBe(0);
     expect(viaTimeout.stdout.trim()).toBe('2097152');
+  });
+
+  it('a launcher that dies of the activating program\'s SIGTERM (plain sh -c): the orphaned server stops by itself', async () => {
+    // nbdinfo SIGTERMs its child, the shell, which dies without passing the signal on. The
+    // server still holds nbdinfo's stdout and stderr, so the run only completes once the
+    // server has exited on its own (else the timeout ends it and the test fails).
+    requireTool('nbdinfo');
+    const script = `"${node}" "${CLI}" serve --memory 1M; exit $?`;
+    const r = await runGrouped('nbdinfo', ['--size', '--', '[', 'sh', '-c', script, ']'], { reap: false });
+    expect(r.timedOut, r.stderr).toBe(false);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe('1048576');
   });
 
   it("the README's `nbdinfo -- [ npx nbd-engine serve --memory 64M ]`: npx closes fd 3, the server says so in one line and exits, nbdinfo does not hang", async () => {
