@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, fileBackend, memoryBackend, type ExportConfig, type NbdServer } from '../../src/index.js';
-import { recordingLogger, tmpDir } from './harness.js';
+import { nbdPython, recordingLogger, tmpDir } from './harness.js';
 import { makePki } from './tls-support.js';
 import { encodeRequest, PipelineClient, type Request, type Target } from './pipeline-client.js';
 
@@ -175,4 +175,63 @@ describe('a burst past the in-flight cap is answered in full', () => {
       });
     }
   }
+});
+
+describe('real clients pipelining past the cap', () => {
+  /**
+   * python3-libnbd: issue `count` aio reads of `size` bytes at once (libnbd
+   * queues them all), then run the event loop until every one completed.
+   * A hang detector stops it when nothing completes for 10 s.
+   */
+  const AIO = String.raw`
+import sys, time, nbd
+uri, count, size, inflight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+h = nbd.NBD()
+h.connect_uri(uri)
+exp = h.get_size()
+done = 0
+def cb(*args):
+    global done
+    done += 1
+    return 1
+issued = 0
+last, last_done = time.monotonic(), 0
+span = exp // size
+while done < count:
+    while issued < count and issued - done < inflight:
+        h.aio_pread(nbd.Buffer(size), (issued % span) * size, completion=cb)
+        issued += 1
+    h.poll(1)
+    if done != last_done:
+        last, last_done = time.monotonic(), done
+    elif time.monotonic() - last > 10:
+        print("STALLED", done, "of", count)
+        sys.exit(1)
+print("OK", done)
+`;
+
+  it('libnbd: 1000 aio reads issued at once all complete (cap 64)', async () => {
+    const logs: string[] = [];
+    const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 64 * MiB }) }], logger: recordingLogger(logs), limits: { maxInFlight: 64 } });
+    const sock = path.join(tmpDir(), 'aio.sock');
+    await server.listen({ path: sock });
+    try {
+      const out = await nbdPython(AIO, [`nbd+unix:///?socket=${sock}`, '1000', '1024', '1000']);
+      expect(out.trim()).toBe('OK 1000');
+    } finally {
+      await server.close({ timeout: 2000 });
+    }
+  });
+
+  it('a read-throughput tester pipelining 1 KiB READs across a 64 MiB export over TCP finishes', async () => {
+    const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 64 * MiB }) }], logger: recordingLogger([]) });
+    const [l] = await server.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      // 65,536 reads cover the export once, 256 at a time, each reply read only when it is ready.
+      const out = await nbdPython(AIO, [`nbd://127.0.0.1:${l!.address.port}/`, String((64 * MiB) / 1024), '1024', '256'], 120_000);
+      expect(out.trim()).toBe(`OK ${(64 * MiB) / 1024}`);
+    } finally {
+      await server.close({ timeout: 2000 });
+    }
+  });
 });
