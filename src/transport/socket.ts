@@ -176,7 +176,7 @@ export class ReplyWriter {
   private stageWrites = 0;
   /** Pieces for the next flush, in order (staging slices and big payloads). */
   private parts: Buffer[] = [];
-  /** Bytes in `parts` that are big payloads queued by reference (staged bytes are counted by start/pos). */
+  /** Bytes in `parts` (staging slices and big payloads); bytes still staged are pos − start. */
   private partsBytes = 0;
   bytesWritten = 0;
 
@@ -267,6 +267,7 @@ export class ReplyWriter {
   private cut(): void {
     if (this.pos > this.start) {
       this.parts.push(this.stage.subarray(this.start, this.pos));
+      this.partsBytes += this.pos - this.start;
       this.start = this.pos;
     }
   }
