@@ -8,7 +8,7 @@ export { NbdRequest } from './api/request.js';
 export type { RequestType, RequestFlags, ExportRef, ConnectionRef, ReplySink } from './api/request.js';
 export { serveBackend, handleWithBackend } from './api/serve.js';
 export { backendCapabilities, flagCapabilities, transmissionFlags, normalizeExtents } from './api/backend.js';
-export type { Backend, ExportFlags, Capabilities, WriteOptions, ZeroOptions, ExtentsOptions, MaybePromise, Extent, ReadSegment } from './api/backend.js';
+export type { Backend, WritePlacement, ExportFlags, Capabilities, WriteOptions, ZeroOptions, ExtentsOptions, MaybePromise, Extent, ReadSegment } from './api/backend.js';
 export { NbdError, NbdRequestError } from './api/errors.js';
 export type { NbdErrorCode } from './api/errors.js';
 export { memoryBackend } from './backends/memory.js';

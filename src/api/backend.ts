@@ -25,6 +25,14 @@ export interface ExtentsOptions {
   readonly context: string;
 }
 
+/** Where a zero-copy WRITE's payload is received (Backend.writeTargets), and how it is applied. */
+export interface WritePlacement {
+  /** Memory the payload is read into, in order, exactly the WRITE's length in total; invisible to reads. */
+  readonly targets: readonly Buffer[];
+  /** Apply the received payload to the export. Called at most once, only for a complete payload. */
+  commit(): MaybePromise<void>;
+}
+
 /** An extent as a backend reports it: base:allocation flags (HOLE = 1, ZERO = 2). */
 export type { Extent, ReadSegment };
 
@@ -48,17 +56,23 @@ export interface Backend {
   writev?(offset: number, parts: readonly Buffer[], options: WriteOptions): MaybePromise<void>;
   /**
    * Optional zero-copy WRITE, for storage in this process's memory: return
-   * views of the storage for exactly [offset, offset + length), in order
-   * (allocating as needed), synchronously. The server then receives a large
-   * WRITE's payload (≥ 64 KiB, already validated, no flags except FUA when
-   * `fua` is 'native' — then `flush` runs before the reply) straight into
-   * them from the socket and answers it without calling `write`. Bytes land
-   * as they arrive, so a concurrent overlapping request may see part of
-   * them, as with any concurrent requests (protocol.md §1.16), and a client
-   * that disconnects mid-payload leaves the part that arrived. The views
-   * must stay valid while the connection lives.
+   * memory to receive a large WRITE's payload in — `targets`, in order,
+   * exactly `length` bytes in total — and `commit`, which makes those bytes
+   * the export's data for [offset, offset + length); or null for the
+   * ordinary path (`write` / `writev`). Called synchronously when the
+   * header of a WRITE of ≥ 64 KiB arrives (already validated; no flags
+   * except FUA when `fua` is 'native' — then `flush` runs after `commit`,
+   * before the reply). The server reads the payload from the socket straight
+   * into the targets and calls `commit` once, only when every byte has
+   * arrived, before replying; `write` is not called.
+   *
+   * A WRITE that never completes (the client disconnects in the middle of
+   * the payload, or the request is refused) is never committed and its
+   * targets are simply dropped: the export must stay exactly as it was. So
+   * the targets must not be storage that reads (or other writes) see until
+   * `commit` — hand out scratch memory and copy or swap it in on commit.
    */
-  writeTargets?(offset: number, length: number): readonly Buffer[];
+  writeTargets?(offset: number, length: number): WritePlacement | null;
   /** Present ⇒ SEND_FLUSH, and FUA emulated through it. */
   flush?(): MaybePromise<void>;
   /** Present ⇒ SEND_TRIM. */

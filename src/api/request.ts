@@ -102,16 +102,27 @@ export class NbdRequest {
     this.offset = frame.offset;
     this.length = frame.length;
     this.frame = frame;
-    // A placed payload is in the backend already: there is nothing to read here.
+    // A placed payload went into memory the backend handed out: there is nothing to read here.
     this.payloadReleased = frame.placed === true;
     this.export = exp;
     this.connection = connection;
     this.contexts = contexts;
   }
 
-  /** The WRITE payload was received straight into the backend's storage (Backend.writeTargets). */
+  /** The WRITE payload was received straight into memory the backend handed out (Backend.writeTargets). */
   get isPlaced(): boolean {
     return this.frame.placed === true;
+  }
+
+  /**
+   * @internal The server's backend path, for a placed WRITE: apply the
+   * received payload to the export (the placement's `commit`), before the
+   * reply. The payload is complete: a cut-off one never becomes a request.
+   */
+  commitPlacement(): void | PromiseLike<void> {
+    const commit = this.frame.commitPlacement;
+    if (commit === undefined) throw new Error(`${this.toString()}: placed WRITE without a commit`);
+    return commit();
   }
 
   /** WRITE payload: a view of the received bytes; copy it if you keep it. */

@@ -117,12 +117,12 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
   }
   if (command === CMD.NBD_CMD_WRITE) {
     const fua = (req.rawFlags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0;
-    // Zero-copy WRITE: the payload was received straight into the backend's storage.
+    // Zero-copy WRITE: the whole payload is in memory the backend handed out (writeTargets): apply it, then reply.
     if (req.isPlaced) {
-      // FUA (placed only with native FUA): durable before the reply (rule 28), via flush.
-      if (fua && backend.flush) return step(() => backend.flush!(), () => req.reply(), (e) => failRequest(req, e, logger));
-      req.reply();
-      return;
+      const fail = (e: unknown) => failRequest(req, e, logger);
+      // FUA (placed only with native FUA): durable before the reply (rule 28), via flush after the commit.
+      const done = fua && backend.flush ? () => step(() => backend.flush!(), () => req.reply(), fail) : () => req.reply();
+      return step(() => req.commitPlacement(), done, fail);
     }
     if (!fua || caps.fua !== 'emulate') {
       let r: void | PromiseLike<void>;

@@ -278,7 +278,16 @@ export class NbdServer {
         if (b?.writeTargets && entry.caps.write) {
           // FUA only where the backend takes it natively (honoured by a flush once the payload is in).
           const placeable = entry.caps.fua === 'native' ? CMD_FLAG.NBD_CMD_FLAG_FUA : 0;
-          handlers.placeWrite = (_s, frame) => ((frame.flags & ~placeable) === 0 ? b.writeTargets!(frame.offset, frame.length) : null);
+          handlers.placeWrite = (_s, frame) => {
+            if ((frame.flags & ~placeable) !== 0) return null;
+            const p = b.writeTargets!(frame.offset, frame.length);
+            if (p === null) return null;
+            if (typeof p !== 'object' || !Array.isArray(p.targets) || typeof p.commit !== 'function') {
+              throw new TypeError('writeTargets must return { targets, commit } or null');
+            }
+            // The views go to the decoder; the finished (complete) request carries commit, called before its reply.
+            return Object.assign([...p.targets], { commit: () => p.commit() });
+          };
         }
       },
       onRequest: (s) => s.destroy('request before negotiation'),

@@ -8,8 +8,13 @@
  * written cost no RSS), looked up in a plain array by block number. A page
  * is a hole until written; TRIM / zeroing of a whole page zero-fills it and
  * makes it a hole again, and a block left without data pages is freed. The
- * pages of a block are contiguous, so a large READ is one view per block and
- * a large WRITE can be received straight into the block (`writeTargets`).
+ * pages of a block are contiguous, so a large READ is one view per block.
+ *
+ * WRITEs are stored by copy, from the socket's read buffers, once the whole
+ * payload has arrived: a WRITE cut off by a disconnect changes nothing, and
+ * no reader sees half of one. There is deliberately no `writeTargets`:
+ * receiving into scratch memory to copy it in on commit costs more than
+ * copying from the read buffers (bench/RESULTS.md, "Torn-write fix").
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -144,13 +149,6 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
-  /** Views of the storage for [offset, offset+length), one per block touched, pages marked as data. */
-  const targets = (offset: number, length: number): Buffer[] => {
-    const out: Buffer[] = [];
-    eachBlock(offset, length, (b, s, n) => out.push(b.slab.subarray(s, s + n)));
-    return out;
-  };
-
   const writeAt = (offset: number, data: Buffer) => {
     const n = data.length;
     if (n === 0) return;
@@ -225,10 +223,6 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
         else out.push({ length: n, flags });
       });
       return out;
-    },
-    // Zero-copy WRITEs: large payloads are read from the socket straight into the blocks.
-    writeTargets(offset, length) {
-      return targets(offset, length);
     },
     // One process, one table: writes are visible to every connection at once.
     multiConn: true,

@@ -121,7 +121,7 @@ interface PendingRequest {
 }
 
 interface Placement {
-  readonly targets: readonly Buffer[];
+  readonly targets: PlacementTargets;
   /** Index of the target being filled, and the offset inside it. */
   ti: number;
   at: number;
@@ -130,12 +130,23 @@ interface Placement {
 }
 
 /**
- * Asked once per WRITE header whose payload is at least `PLACE_MIN` bytes:
- * return views of storage to receive the payload in (in order, exactly
- * `frame.length` bytes in total), or null to buffer it as usual. The frame
- * has no payload yet. The provider decides (validation, backend support).
+ * Where a placed payload is received: views, in order, exactly the
+ * payload's length in total. `commit`, if present, travels with the
+ * finished frame (`RequestFrame.commitPlacement`): whoever answers the
+ * request calls it to apply the received bytes. A payload that never
+ * completes never reaches a frame, so it is never committed.
  */
-export type PlacementProvider = (frame: RequestFrame) => readonly Buffer[] | null;
+export interface PlacementTargets extends ReadonlyArray<Buffer> {
+  readonly commit?: () => void | PromiseLike<void>;
+}
+
+/**
+ * Asked once per WRITE header whose payload is at least `PLACE_MIN` bytes:
+ * return memory to receive the payload in (`PlacementTargets`), or null to
+ * buffer it as usual. The frame has no payload yet. The provider decides
+ * (validation, backend support).
+ */
+export type PlacementProvider = (frame: RequestFrame) => PlacementTargets | null;
 
 /** Payloads at least this long may be placed straight into storage. */
 export const PLACE_MIN = 64 * 1024;
@@ -198,7 +209,8 @@ export class FrameDecoder {
    * returns instead of being buffered. Bytes already buffered are copied in;
    * the rest arrives by `push` (copied) or, better, is read by the socket
    * into `placementWindow()` and reported with `placed(n)`. The request is
-   * returned as usual once complete, with `placed: true` and no payload.
+   * returned as usual only once complete, with `placed: true`, no payload,
+   * and the targets' `commit` as `commitPlacement`.
    */
   setPlacement(provider: PlacementProvider | null): void {
     this.placement = provider;
@@ -435,7 +447,7 @@ export class FrameDecoder {
         return null;
       }
       this.pendingRequest = null;
-      return this.makeRequest(r, undefined, true);
+      return this.makeRequest(r, undefined, r.place);
     }
     if (this.buffered < r.payloadLength) return null;
     this.pendingRequest = null;
@@ -444,7 +456,7 @@ export class FrameDecoder {
     return this.makeRequest(r, this.take(n));
   }
 
-  private makeRequest(r: PendingRequest, payload: Buffer | undefined, placed?: true): RequestFrame {
+  private makeRequest(r: PendingRequest, payload: Buffer | undefined, placed?: Placement): RequestFrame {
     const frame: RequestFrame = {
       kind: 'request',
       extended: r.extended,
@@ -457,8 +469,10 @@ export class FrameDecoder {
       payload,
       payloadDiscarded: r.skip,
     };
-    // Only placed frames carry the field (a placed payload is never skipped, so payloadDiscarded is false).
-    return placed ? { ...frame, placed } : frame;
+    if (placed === undefined) return frame;
+    // Only placed frames carry these fields (a placed payload is never skipped, so payloadDiscarded is false).
+    const commit = placed.targets.commit;
+    return commit === undefined ? { ...frame, placed: true } : { ...frame, placed: true, commitPlacement: commit };
   }
 
   // ── byte queue ────────────────────────────────────────────────────────

@@ -90,10 +90,16 @@ export interface RequestFrame {
    */
   readonly payloadDiscarded: boolean;
   /**
-   * Zero-copy WRITE: the payload was received straight into the backend's
-   * storage (`Backend.writeTargets`); `payload` is undefined.
+   * Zero-copy WRITE: the payload was received straight into memory the
+   * backend handed out (`Backend.writeTargets`); `payload` is undefined.
    */
   readonly placed?: boolean;
+  /**
+   * A placed payload's commit (the placement's `commit`): applies the
+   * received bytes to the export. Whoever answers the request calls it
+   * once, before the reply; until then the export does not show them.
+   */
+  readonly commitPlacement?: () => void | PromiseLike<void>;
 }
 
 export type ClientFrame = ClientFlagsFrame | OptionFrame | RequestFrame;

@@ -1,12 +1,16 @@
 /**
  * Zero-copy WRITEs (Backend.writeTargets): a large, flag-less WRITE that the
  * transmission machine's table accepts is received from the socket straight
- * into the backend's storage; everything else takes the buffered path. Real
- * sockets, a raw client for the exact byte timings, qemu-io for a real one.
+ * into memory the backend hands out, and committed to the export once the
+ * whole payload is in, before the reply; everything else takes the buffered
+ * path. The backends here are memory backends with a writeTargets that
+ * receives into scratch memory and commits by `write` (the memory backend
+ * itself has none). Real sockets, a raw client for the exact byte timings,
+ * qemu-io for a real one. (A payload cut off by a disconnect: torn-write.test.ts.)
  */
 import crypto from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { memoryBackend, type Backend } from '../../src/index.js';
+import { memoryBackend, type Backend, type WritePlacement } from '../../src/index.js';
 import { requireTool, run, serverPerTest } from './harness.js';
 import { CMD, RawClient } from './raw-client.js';
 
@@ -15,9 +19,20 @@ const SIZE = 16 * MiB;
 const FUA = 1;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A memory backend that counts how each WRITE reached it. */
+/** writeTargets for a memory backend: a scratch buffer, stored by `write` on commit. */
+function scratchTargets(m: Backend): (offset: number, length: number) => WritePlacement {
+  return (offset, length) => {
+    const scratch = Buffer.allocUnsafe(length);
+    // Two targets when possible, so that payloads cross from one to the next.
+    const cut = Math.min(4096, length);
+    return { targets: [scratch.subarray(0, cut), scratch.subarray(cut)], commit: () => m.write!(offset, scratch, { fua: false }) };
+  };
+}
+
+/** A memory backend with zero-copy WRITEs that counts how each WRITE reached it (commits not counted as writes). */
 function spied(readOnly = false) {
   const m = memoryBackend({ size: SIZE, readOnly });
+  const targets = scratchTargets(m);
   const calls = { targets: 0, write: 0, writev: 0, flush: 0 };
   const b: Backend = {
     ...m,
@@ -32,7 +47,7 @@ function spied(readOnly = false) {
     },
     writeTargets: (o, l) => {
       calls.targets++;
-      return m.writeTargets!(o, l);
+      return targets(o, l);
     },
     flush: () => {
       calls.flush++;
@@ -61,11 +76,11 @@ async function readBack(c: RawClient, offset: number, length: number, cookie: bi
 }
 
 describe('zero-copy WRITE (Backend.writeTargets)', () => {
-  it('a 1 MiB WRITE arriving in pieces goes straight into storage and reads back intact', async () => {
+  it('a 1 MiB WRITE arriving in pieces is received zero-copy, committed, and reads back intact', async () => {
     const { b, calls } = spied();
     const c = await client(b);
     const data = crypto.randomBytes(MiB);
-    const at = MiB + 512; // unaligned: spans two storage blocks
+    const at = MiB + 512; // unaligned
     // Header plus a little payload, then the rest in pieces with pauses, so later reads land in the storage windows.
     await c.write(Buffer.concat([RawClient.request(CMD.WRITE, at, MiB, 1n), data.subarray(0, 1000)]));
     await sleep(20);
@@ -114,7 +129,7 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
       },
       writeTargets: (o, l) => {
         order.push('targets');
-        return m.writeTargets!(o, l);
+        return scratchTargets(m)(o, l);
       },
       flush: () => void order.push('flush'),
     };
@@ -138,7 +153,8 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
       write: (o, d, x) => m.write!(o, d, x),
       writeTargets: (o, l) => {
         if (mode === 'throw') throw new Error('no storage today');
-        return m.writeTargets!(o, l - 1);
+        const p = scratchTargets(m)(o, l);
+        return { ...p, targets: [p.targets[0]!, p.targets[1]!.subarray(1)] };
       },
     };
     const srv = await servers.serve({ exports: [{ name: 'disk', size: SIZE, backend: b }] });
@@ -153,6 +169,64 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
     expect(srv.logs.filter((l) => l.startsWith('warn:'))).toEqual([
       expect.stringMatching(/writeTargets gave 1048575 bytes for a 1048576-byte WRITE; buffering instead/),
       expect.stringMatching(/WRITE placement failed, buffering instead: Error: no storage today/),
+    ]);
+    c.destroy();
+  });
+
+  it('commit: once per complete WRITE, before its reply, and may be asynchronous; one that throws fails the WRITE with EIO', async () => {
+    const store = Buffer.alloc(SIZE);
+    const events: string[] = [];
+    let failNext = false;
+    const b: Backend = {
+      read: (o, l) => Buffer.from(store.subarray(o, o + l)),
+      write: (o, d) => void d.copy(store, o),
+      writeTargets: (o, l) => {
+        const scratch = Buffer.alloc(l);
+        events.push(`targets ${o}`);
+        return {
+          targets: [scratch.subarray(0, 1000), scratch.subarray(1000)],
+          commit: async () => {
+            events.push(`commit ${o}`);
+            await sleep(5);
+            if (failNext) throw new Error('commit failed');
+            scratch.copy(store, o);
+          },
+        };
+      },
+    };
+    const srv = await servers.serve({ exports: [{ name: 'disk', size: SIZE, backend: b }] });
+    const c = await RawClient.connect({ path: srv.socket });
+    await c.handshake('disk');
+    const data = crypto.randomBytes(MiB);
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 4096, MiB, 1n), data]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect(events).toEqual(['targets 4096', 'commit 4096']);
+    expect((await readBack(c, 4096, MiB, 2n)).equals(data)).toBe(true);
+    failNext = true;
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 2 * MiB, MiB, 3n), Buffer.alloc(MiB, 1)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 5, cookie: 3n });
+    expect((await readBack(c, 2 * MiB, MiB, 4n)).every((x) => x === 0)).toBe(true);
+    c.destroy();
+  });
+
+  it('writeTargets returning bare views (no commit) is not placed: one warning per WRITE, written the ordinary way', async () => {
+    const m = memoryBackend({ size: SIZE });
+    const live = Buffer.alloc(MiB);
+    const b = {
+      read: (o: number, l: number) => m.read(o, l),
+      write: (o: number, d: Buffer) => m.write!(o, d, { fua: false }),
+      // The shape writeTargets once had: views of live storage.
+      writeTargets: () => [live],
+    } as unknown as Backend;
+    const srv = await servers.serve({ exports: [{ name: 'disk', size: SIZE, backend: b }] });
+    const c = await RawClient.connect({ path: srv.socket });
+    await c.handshake('disk');
+    await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, MiB, 1n), Buffer.alloc(MiB, 8)]));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    expect((await readBack(c, 0, MiB, 2n)).every((x) => x === 8)).toBe(true);
+    expect(live.every((x) => x === 0)).toBe(true);
+    expect(srv.logs.filter((l) => l.startsWith('warn:'))).toEqual([
+      expect.stringMatching(/WRITE placement failed, buffering instead: TypeError: writeTargets must return \{ targets, commit \} or null/),
     ]);
     c.destroy();
   });

@@ -92,6 +92,38 @@ describe('WRITE placement', () => {
     expect(f.payload).toEqual(big);
   });
 
+  it("the targets' commit comes out with the complete frame only: a payload cut off yields no frame to commit", () => {
+    let commits = 0;
+    const commit = () => void commits++;
+    const d = decoderAt('requests');
+    d.setPlacement(() => Object.assign([Buffer.alloc(PLACE_MIN)], { commit }));
+    const payload = crypto.randomBytes(PLACE_MIN);
+    const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 7n, offset: 0, length: PLACE_MIN }, payload);
+    d.push(wire.subarray(0, 28 + 20_000));
+    expect(d.next()).toBeNull();
+    d.placed(0);
+    const w = d.placementWindow()!;
+    payload.copy(w, 0, 20_000, PLACE_MIN - 1);
+    d.placed(w.length - 1);
+    // One byte short: still no frame, so nothing that could be committed.
+    expect(d.next()).toBeNull();
+    expect(d.incomplete).toMatch(new RegExp(`${PLACE_MIN - 1} of ${PLACE_MIN} payload bytes`));
+    d.push(wire.subarray(wire.length - 1));
+    const f = d.next() as RequestFrame;
+    expect(f).toMatchObject({ cookie: 7n, placed: true, payload: undefined });
+    expect(f.commitPlacement).toBe(commit);
+    expect(commits).toBe(0); // the decoder never commits: whoever answers the request does
+    // A provider without commit (plain views): the frame is placed, with nothing to commit.
+    const plain = decoderAt('requests');
+    plain.setPlacement(() => [Buffer.alloc(PLACE_MIN)]);
+    plain.push(wire.subarray(0, 28));
+    expect(plain.next()).toBeNull();
+    plain.push(wire.subarray(28));
+    const g = plain.next() as RequestFrame;
+    expect(g).toMatchObject({ cookie: 7n, placed: true });
+    expect('commitPlacement' in g).toBe(false);
+  });
+
   it('placed() beyond the payload is refused; stop() ends placement', () => {
     const { fn } = provider([PLACE_MIN]);
     const d = decoderAt('requests');
