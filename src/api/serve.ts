@@ -4,7 +4,8 @@
  * errors mapped to errnos, and an rxjs operator with bounded concurrency.
  */
 import { mergeMap, type OperatorFunction } from 'rxjs';
-import { BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO } from '../protocol/constants.js';
+import { BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, hostErrnoToNbd } from '../protocol/constants.js';
+import { NbdRequestError } from './errors.js';
 import type { Backend, Capabilities } from './backend.js';
 import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
@@ -62,13 +63,38 @@ async function writeZeroes(backend: Backend, offset: number, length: number, fua
 const NO_FUA: { readonly fua: boolean } = Object.freeze({ fua: false });
 const WITH_FUA: { readonly fua: boolean } = Object.freeze({ fua: true });
 
+/**
+ * Whether a backend's error is a deliberate answer rather than a fault: an
+ * NbdRequestError (the backend chose the errno), or a host error whose code
+ * has an NBD errno of its own (EROFS, ENOSPC, … as hostErrnoToNbd maps them).
+ */
+function isExpectedFailure(err: Error): boolean {
+  if (err instanceof NbdRequestError) return true;
+  const code = (err as NodeJS.ErrnoException).code;
+  return typeof code === 'string' && (code === 'EIO' || hostErrnoToNbd(code) !== ERRNO.NBD_EIO);
+}
+
+/** An error on one line: its name and message, and where it was thrown (the stack's top frame) when known. */
+function describeError(err: Error): string {
+  const at = err.stack?.split('\n').find((l) => l.trimStart().startsWith('at '));
+  return at ? `${String(err)} (${at.trim()})` : String(err);
+}
+
+/**
+ * Fail a request with the errno its error maps to. Expected outcomes are
+ * logged at debug level; anything else (a backend bug, an unexpected
+ * exception) gets one error line naming the connection, the export and the
+ * request, since the client only ever sees EIO.
+ */
 function failRequest(req: NbdRequest, e: unknown, logger: Logger | undefined): void {
+  const where = `${req.connection.peer}: export "${req.export.name}": ${req.toString()}`;
   if (req.isAnswered) {
-    logger?.error(`${req.toString()}: ${String(e)}`);
+    logger?.error(`${where}: ${String(e)}`);
     return;
   }
   const err = e instanceof Error ? e : new Error(String(e));
-  logger?.debug?.(`${req.toString()} failed: ${err.message}`);
+  if (isExpectedFailure(err)) logger?.debug?.(`${where} failed: ${err.message}`);
+  else logger?.error(`${where} failed with EIO: backend error: ${e instanceof Error ? describeError(e) : `non-Error thrown: ${String(e)}`}`);
   req.fail(err);
 }
 
