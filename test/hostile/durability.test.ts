@@ -78,10 +78,19 @@ async function connect(socket: string): Promise<{ sock: net.Socket; reader: Byte
 }
 
 async function round(r: number): Promise<RoundResult> {
-  const rng = new Rng(mix32(SEED, r));
   const socket = path.join(dir, `nbd-${r}.sock`);
   const { child } = await spawnCli(['serve', '--file', file, '--socket', socket]);
-  const exited = new Promise<void>((res) => (child as ChildProcess).once('exit', () => res()));
+  try {
+    return await killedDuringWrites(r, child, socket);
+  } finally {
+    // Whatever happened, no server is left behind.
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+}
+
+async function killedDuringWrites(r: number, child: ChildProcess, socket: string): Promise<RoundResult> {
+  const rng = new Rng(mix32(SEED, r));
+  const exited = new Promise<void>((res) => child.once('exit', () => res()));
   const { sock, reader } = await connect(socket);
   // Handshake: fixed newstyle, NO_ZEROES, GO to the default export.
   const g = await within(reader.read(18), 10_000, 'greeting');
