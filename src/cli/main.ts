@@ -22,7 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createServer, type ExportConfig, type NbdServer, type ServerLimits } from '../api/server.js';
-import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, type LimitName } from '../api/limits.js';
+import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
 import { memoryBackend } from '../backends/memory.js';
 import { fileBackend } from '../backends/file.js';
 import { consoleLogger } from '../transport/logger.js';
@@ -56,6 +56,9 @@ Limits (per connection unless noted):
   --max-payload SIZE           largest READ / WRITE (default 64M; 512 to 2G)
   --max-options N              options before a disconnect (default 128; 1 to 1048576)
   --max-connections N          connections at once, server-wide (default unlimited)
+  --max-queued-reply-bytes SIZE  unsent replies before reading pauses (default 4M)
+  --max-option-length SIZE     largest option data parsed (default 64K; 256 to 64M)
+  --max-buffered-bytes SIZE    bytes a connection's decoder may hold (default max-payload + 1M)
   --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
   --idle-timeout SECONDS       close a connection idle this long (default 0: off)
 
@@ -89,6 +92,9 @@ const OPTIONS = {
   'max-payload': { type: 'string' },
   'max-options': { type: 'string' },
   'max-connections': { type: 'string' },
+  'max-queued-reply-bytes': { type: 'string' },
+  'max-option-length': { type: 'string' },
+  'max-buffered-bytes': { type: 'string' },
   'handshake-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
@@ -104,6 +110,9 @@ const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName;
   { flag: 'max-payload', limit: 'maxPayload', kind: 'size' },
   { flag: 'max-options', limit: 'maxOptions', kind: 'count' },
   { flag: 'max-connections', limit: 'maxConnections', kind: 'count' },
+  { flag: 'max-queued-reply-bytes', limit: 'maxQueuedReplyBytes', kind: 'size' },
+  { flag: 'max-option-length', limit: 'maxOptionLength', kind: 'size' },
+  { flag: 'max-buffered-bytes', limit: 'maxBufferedBytes', kind: 'size' },
   { flag: 'handshake-timeout', limit: 'handshakeTimeout', kind: 'seconds' },
   { flag: 'idle-timeout', limit: 'idleTimeout', kind: 'seconds' },
 ];
@@ -212,6 +221,14 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     if (text === undefined) continue;
     const r = LIMIT_RANGES[limit];
     limits[limit] = kind === 'count' ? parseCount(flag, text, r.min, r.max) : kind === 'size' ? parseSizeFlag(flag, text, r.min, r.max) : parseSeconds(flag, text);
+  }
+  // Limits that must agree with each other (maxBufferedBytes ≥ maxPayload + header): a usage error too, named by flag.
+  try {
+    validateLimits(limits);
+  } catch (err) {
+    const message = (err as Error).message;
+    const f = LIMIT_FLAGS.find((l) => message.startsWith(`${l.limit}:`));
+    throw new UsageError(f ? `--${f.flag}: ${message.slice(f.limit.length + 2)}` : message);
   }
   const tlsMode = (values.tls ?? 'off') as ServeArgs['tlsMode'];
   if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);

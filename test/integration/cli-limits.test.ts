@@ -33,6 +33,9 @@ const OPTIONS: Array<{ flag: string; bad: string[]; good: string[] }> = [
   { flag: '--max-payload', bad: ['abc', '-5', '0', '1.5', '1e20', '', '511', '4G'], good: ['4k', '1M', '64M'] },
   { flag: '--max-options', bad: ['abc', '-5', '0', '1.5', '1e20', ''], good: ['8', '128'] },
   { flag: '--max-connections', bad: ['abc', '-5', '0', '1.5', '1e20', ''], good: ['1', '100'] },
+  { flag: '--max-queued-reply-bytes', bad: ['abc', '-5', '0', '1.5', '1e20', ''], good: ['1', '64k', '4M'] },
+  { flag: '--max-option-length', bad: ['abc', '-5', '0', '1.5', '1e20', '', '255', '65M'], good: ['256', '64K'] },
+  { flag: '--max-buffered-bytes', bad: ['abc', '-5', '0', '1.5', '1e20', ''], good: ['65M', '128M'] },
   { flag: '--handshake-timeout', bad: ['abc', '-5', '1e20', '', '1.5.2', '0.0001', '9999999'], good: ['0', '0.5', '10', '30'] },
   { flag: '--idle-timeout', bad: ['abc', '-5', '1e20', '', '-0.5'], good: ['0', '2.5', '3600'] },
 ];
@@ -58,6 +61,20 @@ describe('a bad numeric value: one line naming the option, exit 2', () => {
       }
     }
   }
+});
+
+describe('limits that must agree with each other', () => {
+  it('--max-buffered-bytes below --max-payload + 32: one line naming the flag, exit 2', async () => {
+    const r = await cli(['serve', '--memory', '1M', '--max-buffered-bytes', '1M', '--run', 'nbdinfo --size "$uri"']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      'nbd-engine: --max-buffered-bytes: must be at least maxPayload (67108864) + 32 = 67108896 so the largest accepted request fits, got 1048576',
+    ]);
+    // Lowering --max-payload with it is fine.
+    const ok = await cli(['serve', '--memory', '1M', '--max-payload', '512K', '--max-buffered-bytes', '1M', '--run', 'nbdinfo --size "$uri"']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout.trim()).toBe('1048576');
+  });
 });
 
 describe('a good numeric value: the server starts and nbdinfo works', () => {

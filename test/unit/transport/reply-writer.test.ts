@@ -4,14 +4,15 @@
  * reference, staging slices cut off by a big payload, and what sits in the
  * stream's own buffer — so the session's byte budget sees all of it.
  */
-import { Writable } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { ReplyWriter } from '../../../src/transport/socket.js';
 
 /** A stream whose writes complete only when `release()` is called (a client not reading). */
 function stalledStream() {
   const held: Array<() => void> = [];
-  const s = new Writable({
+  const s = new Duplex({
+    read() {},
     highWaterMark: 16 * 1024,
     write(_chunk, _enc, cb) {
       held.push(cb);
