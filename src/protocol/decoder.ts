@@ -81,6 +81,8 @@ const PARSED_OPTIONS = new Set<number>([
 ]);
 
 const TWO_32 = 0x1_0000_0000;
+/** The payload of every zero-length WRITE. */
+const EMPTY: Buffer = Buffer.alloc(0);
 /** Largest high word that keeps hi·2^32 + lo a safe integer. */
 const MAX_SAFE_HI = 0x1f_ffff;
 
@@ -426,7 +428,8 @@ export class FrameDecoder {
         return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', `payload of ${payloadLength} bytes exceeds ${this.limits.maxPayloadSkip}`);
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
-      if (payloadLength === 0) return this.makeRequest(r, undefined);
+      // A zero-length WRITE still has a payload, an empty one: every consumer may read `payload.length`.
+      if (payloadLength === 0) return this.makeRequest(r, type === CMD.NBD_CMD_WRITE ? EMPTY : undefined);
       if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
         const targets = this.placement(this.makeRequest(r, undefined));
         // Targets that do not add up to the payload are ignored: the payload is buffered as usual.
