@@ -21,7 +21,6 @@
  * null, or what went out of sync.
  */
 import {
-  CHUNK,
   DONE,
   W,
   WireError,
@@ -634,5 +633,3 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
     }
   }
 }
-
-export { CHUNK };
