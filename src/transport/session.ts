@@ -327,7 +327,12 @@ export class Session {
     if (targets === null) return null;
     // The payload must fit the targets exactly, or bytes would land outside them or be lost.
     let total = 0;
-    for (const t of targets) total += t.length;
+    try {
+      for (const t of targets) total += t.length;
+    } catch (err) {
+      this.log.warn(`${this.peer}: WRITE placement gave unusable targets, buffering instead: ${String(err)}`);
+      return null;
+    }
     if (total !== frame.length) {
       this.log.warn(`${this.peer}: writeTargets gave ${total} bytes for a ${frame.length}-byte WRITE; buffering instead`);
       return null;

@@ -43,7 +43,7 @@ describe('compact requests (§1.9.1)', () => {
     ['READ', `25609513 0000 0000 ${C} 0000000000001000 00000200`, req({ type: 0, offset: 0x1000, length: 0x200 })],
     ['READ with DF', `25609513 0004 0000 ${C} 0000000000000000 00010000`, req({ flags: 4, length: 0x10000 })],
     ['WRITE with FUA and payload', `25609513 0001 0001 ${C} 0000000000000200 00000004 | 61626364`, req({ flags: 1, type: 1, offset: 0x200, length: 4, payload: Buffer.from('abcd') })],
-    ['WRITE of length 0 (no payload)', `25609513 0000 0001 ${C} 0000000000000000 00000000`, req({ type: 1 })],
+    ['WRITE of length 0 (an empty payload)', `25609513 0000 0001 ${C} 0000000000000000 00000000`, req({ type: 1, payload: Buffer.alloc(0) })],
     ['DISC', `25609513 0000 0002 ${C} 0000000000000000 00000000`, req({ type: 2 })],
     ['FLUSH', `25609513 0000 0003 ${C} 0000000000000000 00000000`, req({ type: 3 })],
     ['TRIM', `25609513 0000 0004 ${C} 0000000000010000 00100000`, req({ type: 4, offset: 0x10000, length: 0x100000 })],
