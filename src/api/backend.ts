@@ -1,6 +1,6 @@
 /**
  * The Backend interface (an nbdkit plugin, in TypeScript) and how its
- * shape decides the transmission flags (protocol.md §3.3).
+ * shape decides the transmission flags (the way nbdkit derives them from a plugin's callbacks).
  */
 import { FLAG, STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -126,7 +126,7 @@ export interface Capabilities {
   readonly rotational: boolean;
 }
 
-/** Derive capabilities from a backend's shape (protocol.md §3.3). */
+/** Derive capabilities from a backend's shape (as nbdkit does from a plugin's callbacks). */
 export function backendCapabilities(b: Backend, readOnly = false): Capabilities {
   const write = !readOnly && !b.readOnly && typeof b.write === 'function';
   const flush = typeof b.flush === 'function';
@@ -182,7 +182,7 @@ export function transmissionFlags(c: Capabilities, opts: { cache?: boolean } = {
 }
 
 /**
- * Make a backend's extents fit the reply rules (§1.13): at least one
+ * Make a backend's extents fit the reply rules (reply.block-status-chunks): at least one
  * extent, none empty, inside [offset, offset + length) (clipped), equal
  * neighbours merged; with REQ_ONE exactly one. An empty answer becomes one
  * "allocated, unknown" extent (status 0 is always safe).

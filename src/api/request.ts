@@ -261,7 +261,7 @@ export function toErrno(error: ErrnoName | NbdErrno | Error, flags: RequestFlags
   else if (typeof error === 'string') errno = (ERRNO as Record<string, NbdErrno>)[`NBD_${error}`] ?? ERRNO.NBD_EIO;
   else if (error instanceof NbdRequestError) errno = error.errno;
   else return hostErrnoToNbd((error as NodeJS.ErrnoException).code, { fastZero: flags.fastZero, df: flags.df });
-  // rule 38: ENOTSUP only for FAST_ZERO, EOVERFLOW only for DF; otherwise EINVAL.
+  // transmission.error-values: ENOTSUP only for FAST_ZERO, EOVERFLOW only for DF; otherwise EINVAL.
   if (errno === ERRNO.NBD_ENOTSUP && !flags.fastZero) return ERRNO.NBD_EINVAL;
   if (errno === ERRNO.NBD_EOVERFLOW && !flags.df) return ERRNO.NBD_EINVAL;
   return errno;

@@ -48,7 +48,7 @@ function step<T>(fn: () => T | PromiseLike<T>, ok: (v: T) => void | Promise<void
 const ZERO_CHUNK = 1024 * 1024;
 let zeroBuffer: Buffer | undefined;
 
-/** Emulated WRITE_ZEROES: write zero buffers in 1 MiB pieces (protocol.md §3.3). */
+/** Emulated WRITE_ZEROES: write zero buffers in 1 MiB pieces (as nbdkit emulates zeroing). */
 async function writeZeroes(backend: Backend, offset: number, length: number, fua: boolean): Promise<void> {
   zeroBuffer ??= Buffer.alloc(ZERO_CHUNK);
   let at = 0;
@@ -146,7 +146,7 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
     // Zero-copy WRITE: the whole payload is in memory the backend handed out (writeTargets): apply it, then reply.
     if (req.isPlaced) {
       const fail = (e: unknown) => failRequest(req, e, logger);
-      // FUA (placed only with native FUA): durable before the reply (rule 28), via flush after the commit.
+      // FUA (placed only with native FUA): durable before the reply (transmission.fua-durable), via flush after the commit.
       const done = fua && backend.flush ? () => step(() => backend.flush!(), () => req.reply(), fail) : () => req.reply();
       return step(() => req.commitPlacement(), done, fail);
     }
@@ -189,7 +189,7 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
       return step(() => backend.trim!(req.offset, req.length, { fua: fua && caps.fua === 'native' }), afterWrite, fail);
     case 'writeZeroes':
       if (caps.zero === 'emulate') {
-        // rule 31: emulated zeroing is not fast: fail FAST_ZERO at once with ENOTSUP.
+        // transmission.fast-zero: emulated zeroing is not fast: fail FAST_ZERO at once with ENOTSUP.
         if (req.flags.fastZero) return req.fail(ERRNO.NBD_ENOTSUP, 'zeroing is emulated by writing');
         return step(() => writeZeroes(backend, req.offset, req.length, fua && caps.fua !== 'none'), done, fail);
       }
@@ -199,7 +199,7 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
         fail,
       );
     case 'cache':
-      // CACHE is a hint: without a native cache it is a no-op (§1.11, rule 34).
+      // CACHE is a hint: without a native cache it is a no-op (transmission.cache-hint).
       return backend.cache ? step(() => backend.cache!(req.offset, req.length), done, fail) : done();
     case 'blockStatus': {
       const reqOne = req.flags.reqOne;

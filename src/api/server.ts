@@ -124,7 +124,7 @@ function isPowerOf2(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
-/** Validate and describe one export (sizes ≤ 2^53, block sizes per §1.14). */
+/** Validate and describe one export (sizes ≤ 2^53, block sizes per option.block-size-constraints). */
 function describeExport(cfg: ExportConfig, maxPayload: number): ExportEntry {
   if (typeof cfg.name !== 'string' || Buffer.byteLength(cfg.name) > 4096 || cfg.name.includes('\0')) {
     throw new NbdError('NBD_ERR_CONFIG', `export name ${JSON.stringify(cfg.name)} is not a valid NBD string`);
@@ -262,7 +262,7 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    socket.setNoDelay?.(true); // §1.1: TCP_NODELAY SHOULD be set
+    socket.setNoDelay?.(true); // the spec: both sides SHOULD set TCP_NODELAY
     const id = this.nextId++;
     const peer = socket.remoteAddress ? `connection ${id} (${socket.remoteAddress})` : `connection ${id}`;
     let info: ConnectionInfo = { id, peer, tls: false };

@@ -1,5 +1,5 @@
 /**
- * The `nbd-engine` command (design.md §5).
+ * The `nbd-engine` command (docs/design.md, "The command line").
  *
  *   nbd-engine serve [--memory SIZE | --file PATH] [--socket PATH] [--port N] [--host H]
  *                    [--export NAME] [--description TEXT] [--read-only] [--run CMD]

@@ -5,8 +5,8 @@
  *                                        ↘ aborted | rejected | disconnected
  *
  * Every reply goes out through the emitted `send` effect; the machine never
- * touches a socket. Guards carry the spec's rule numbers from
- * ../shared/docs/protocol.md §1.18.
+ * touches a socket. Comments, reject reasons and refusals cite the rules
+ * they enforce by their IDs in docs/rules.md.
  */
 import { assign, emit, setup, enqueueActions } from 'xstate';
 import {
@@ -53,7 +53,7 @@ export interface HandshakeInput {
   readonly exports: readonly ExportDescriptor[];
   /** Name of the export served for the empty name; undefined ⇒ no default export. */
   readonly defaultExport?: string;
-  /** TLS policy (protocol.md §1.10): off = NOTLS, optional = SELECTIVETLS, required = FORCEDTLS. */
+  /** TLS policy (the spec's TLS modes): off = NOTLS, optional = SELECTIVETLS, required = FORCEDTLS. */
   readonly tls?: TlsPolicy;
   /** DoS guard: options accepted before a hard disconnect (nbdkit: 32). */
   readonly maxOptions?: number;
@@ -79,7 +79,7 @@ export interface HandshakeContext {
   tls: boolean;
   structuredReplies: boolean;
   extendedHeaders: boolean;
-  /** SET_META_CONTEXT result, tied to the export name it was made for (rule 13). */
+  /** SET_META_CONTEXT result, tied to the export name it was made for (option.meta-context-export). */
   metaContexts: { readonly exportName: string; readonly contexts: readonly MetaContextSelection[] } | null;
   optionCount: number;
   shuttingDown: boolean;
@@ -101,10 +101,10 @@ export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExpor
   return ctx.exports.find((e) => e.name === wanted);
 }
 
-/** Transmission flags as advertised on this connection (rule 19). */
+/** Transmission flags as advertised on this connection (transmission.flags-advertised). */
 export function advertisedFlags(exp: ExportDescriptor, structuredReplies: boolean): number {
   let flags = withHasFlags(exp.flags);
-  // SEND_DF iff structured replies (§1.8); never BLOCK_STATUS_PAYLOAD / RESIZE (unsupported).
+  // SEND_DF iff structured replies; never BLOCK_STATUS_PAYLOAD / RESIZE (unsupported).
   flags &= ~(FLAG.NBD_FLAG_SEND_DF | FLAG.NBD_FLAG_BLOCK_STATUS_PAYLOAD | FLAG.NBD_FLAG_SEND_RESIZE);
   if (structuredReplies) flags |= FLAG.NBD_FLAG_SEND_DF;
   // SEND_FAST_ZERO only with SEND_WRITE_ZEROES; nothing writable on a read-only export.
@@ -112,7 +112,7 @@ export function advertisedFlags(exp: ExportDescriptor, structuredReplies: boolea
   return flags;
 }
 
-/** Contexts a LIST/SET query selects (rule 13). Unknown namespaces and leaves are ignored. */
+/** Contexts a LIST/SET query selects (option.meta-context-query). Unknown namespaces and leaves are ignored. */
 export function matchMetaContexts(queries: readonly string[], mode: 'list' | 'set'): string[] {
   if (queries.length === 0) return mode === 'list' ? [BASE_ALLOCATION] : [];
   const out = new Set<string>();
@@ -175,8 +175,9 @@ function requestedName(frame: OptionFrame): string {
 /**
  * The human-readable text of every option error reply (the spec allows a
  * UTF-8 message as an error reply's data; clients show it: qemu prints
- * "server reported: …", libnbd logs it). Each refusal in the routing table
- * names one of these; the encoder caps the text at 4096 bytes.
+ * "server reported: …", libnbd logs it: option.error-text). Each refusal in
+ * the routing table names one of these; the encoder caps the text at 4096
+ * bytes.
  */
 export const REFUSAL_TEXT = {
   shuttingDown: () => 'server is shutting down',
@@ -204,7 +205,7 @@ export const REFUSAL_TEXT = {
 
 export type RefusalReason = keyof typeof REFUSAL_TEXT;
 
-/** Build the INFO/GO reply sequence (rule 8, 10, 11). */
+/** Build the INFO/GO reply sequence (option.info-export, option.block-size-not-required, option.info-go-consistent). */
 function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {
   const out: HandshakeEmitted[] = [];
   const flags = advertisedFlags(exp, ctx.structuredReplies || ctx.extendedHeaders);
@@ -225,7 +226,7 @@ function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDesc
         out.push(sendOf(encodeInfoBlockSize(frame.code, exp.blockSizes), 'NBD_REP_INFO(BLOCK_SIZE)'));
         break;
       default:
-        // Unknown info requests MUST be ignored (§1.5.1).
+        // option.info-unknown-ignored: unknown info requests MUST be ignored.
         break;
     }
   }
@@ -261,7 +262,7 @@ const rej = (reason: string) => ({ type: 'reject', params: { reason } });
 
 /**
  * Each option's guarded transitions, in the order the spec's rules apply.
- * Every one of them counts the option first (DoS guard, §1.7 (c)).
+ * Every one of them counts the option first (DoS guard: option.too-many-options).
  */
 function optionTransitions() {
   const counted = (list: Transition[]): Transition[] =>
@@ -270,10 +271,10 @@ function optionTransitions() {
   const prelude = (opts: { clear?: boolean } = {}): Transition[] => {
     const pre = opts.clear ? ['clearMetaContexts'] : [];
     return [
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
       { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
       { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
-      // FORCEDTLS: everything but STARTTLS / ABORT gets ERR_TLS_REQD (§1.10, rule 16),
+      // tls.mode-forcedtls: everything but STARTTLS / ABORT gets ERR_TLS_REQD,
       // oversized options included: checked before TOO_BIG (the MUST names no exception).
       { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD', 'tlsRequired')] },
       { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG', 'problem')] },
@@ -281,85 +282,85 @@ function optionTransitions() {
   };
   return {
     'opt.abort': counted([
-      // rule 7: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
+      // option.abort-ack: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
       { target: 'aborted', actions: ['replyAck', 'recordAbort', 'closeSoft'] },
     ]),
     'opt.exportName': counted([
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
-      // rule 6: EXPORT_NAME cannot be answered with an error: terminate.
-      { guard: 'shuttingDown', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME while shutting down')] },
-      { guard: 'optionMalformed', target: 'rejected', actions: [rej('rule 6: malformed EXPORT_NAME')] },
-      { guard: 'optionTooBig', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME too long')] },
-      { guard: 'tlsRequiredNotActive', target: 'rejected', actions: [rej('rule 16: EXPORT_NAME before TLS in FORCEDTLS mode')] },
-      { guard: 'extendedHeadersOn', target: 'rejected', actions: [rej('EXPORT_NAME after EXTENDED_HEADERS')] },
-      { guard: 'exportUnknown', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME for an unknown export')] },
-      { guard: 'exportTlsOnly', target: 'rejected', actions: [rej('rule 6: EXPORT_NAME for a TLS-only export without TLS')] },
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
+      // option.export-name-terminates: EXPORT_NAME cannot be answered with an error: terminate.
+      { guard: 'shuttingDown', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME while shutting down')] },
+      { guard: 'optionMalformed', target: 'rejected', actions: [rej('option.export-name-terminates: malformed EXPORT_NAME')] },
+      { guard: 'optionTooBig', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME too long')] },
+      { guard: 'tlsRequiredNotActive', target: 'rejected', actions: [rej('tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode')] },
+      { guard: 'extendedHeadersOn', target: 'rejected', actions: [rej('option.extended-headers: EXPORT_NAME after EXTENDED_HEADERS')] },
+      { guard: 'exportUnknown', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME for an unknown export')] },
+      { guard: 'exportTlsOnly', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS')] },
       { target: 'negotiated', actions: ['replyExportName'] },
     ]),
     'opt.starttls': counted([
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('too many options (DoS guard)')] },
+      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
       { guard: 'shuttingDown', actions: [err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
       { guard: 'notFixedNewstyle', actions: [err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
       { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] },
-      // §1.10: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
+      // tls.starttls-repeat: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
       { guard: 'tlsActive', actions: [err('NBD_REP_ERR_INVALID', 'tlsActive')] },
-      // NOTLS mode: ERR_POLICY, never ERR_TLS_REQD (rule 16).
+      // tls.mode-notls: ERR_POLICY, never ERR_TLS_REQD.
       { guard: 'tlsPolicyOff', actions: [err('NBD_REP_ERR_POLICY', 'tlsOff')] },
       { target: 'upgradingTls', actions: ['replyAck', 'requestTlsUpgrade'] },
     ]),
     'opt.list': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
       { actions: ['replyList'] },
     ]),
     'opt.info': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 8
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
       { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
       { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replyInfo'] },
     ]),
     'opt.go': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 8
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
       { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
       { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
-      // rule 9: after the ACK the next bytes are requests.
+      // option.go-starts-transmission: after the ACK the next bytes are requests.
       { target: 'negotiated', actions: ['replyInfo', 'recordGo'] },
     ]),
     'opt.structuredReply': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
       { guard: 'structuredRepliesNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'structuredRepliesNotOffered')] },
       { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_EXT_HEADER_REQD', 'extendedHeadersOnNoStructured')] },
-      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID', 'structuredRepliesOn')] }, // MAY on repeat
+      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID', 'structuredRepliesOn')] }, // option.structured-reply: MAY on repeat
       { actions: ['replyAck', 'enableStructuredReplies'] },
     ]),
     'opt.extendedHeaders': counted([
       ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // rule 12
+      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
       { guard: 'extendedHeadersNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'extendedHeadersNotOffered')] },
-      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID', 'extendedHeadersOn')] },
+      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID', 'extendedHeadersOn')] }, // option.extended-headers
       { actions: ['replyAck', 'enableExtendedHeaders'] },
     ]),
     'opt.listMetaContext': counted([
       ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 13
+      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
       { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
       { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replyListMetaContext'] },
     ]),
     'opt.setMetaContext': counted([
       ...prelude({ clear: true }),
-      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'problem')] }, // rule 13
-      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'structuredRepliesOff')] }, // rule 14
+      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
+      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'structuredRepliesOff')] }, // option.meta-context-needs-structured
       { guard: 'exportUnknown', actions: ['clearMetaContexts', err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
       { guard: 'exportTlsOnly', actions: ['clearMetaContexts', err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
       { actions: ['replySetMetaContext'] },
     ]),
     'opt.unknown': counted([
       ...prelude(),
-      // rule 5: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
+      // option.unknown-code: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
       { actions: [err('NBD_REP_ERR_UNSUP', 'unsupported')] },
     ]),
   };
@@ -376,21 +377,21 @@ export const handshakeMachine = setup({
     output: {} as HandshakeOutcome,
   },
   guards: {
-    // rule 2: unknown or un-advertised client flag bits ⇒ drop the connection.
+    // handshake.client-flags-unknown: unknown or un-advertised client flag bits ⇒ drop the connection.
     clientFlagsInvalid: ({ event }) =>
       event.type === 'wire.clientFlags' && (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0,
-    // DoS guard (§1.7 (c)): too many options on one connection.
+    // option.too-many-options: too many options on one connection (DoS guard).
     tooManyOptions: ({ context }) => context.optionCount >= context.maxOptions,
-    // rule 18: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
+    // option.shutting-down: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
     shuttingDown: ({ context }) => context.shuttingDown,
-    // Without fixed newstyle only EXPORT_NAME is legal (§1.5 general rules).
+    // handshake.fixed-newstyle-required: without fixed newstyle only EXPORT_NAME is legal.
     notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
-    // The option data could not be parsed (rule 8, 13, 17) or was too big.
+    // The option data could not be parsed (option.length-mismatch, general.string-limits) or was too big (option.too-big).
     optionMalformed: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_INVALID',
     optionTooBig: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_TOO_BIG',
-    // rule 12: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
+    // option.unexpected-data: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
     optionHasData: ({ event }) => (frameOf(event) as SimpleOption).hasData === true,
-    // rule 16 / §1.10: FORCEDTLS and no TLS yet.
+    // tls.mode-forcedtls: FORCEDTLS and no TLS yet.
     tlsRequiredNotActive: ({ context }) => isTlsBlocked(context),
     tlsActive: ({ context }) => context.tls,
     tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
@@ -409,7 +410,7 @@ export const handshakeMachine = setup({
       return {
         clientFlags: flags,
         fixedNewstyle: (flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) !== 0,
-        // rule 3: NO_ZEROES only when both sides set it (the server always offers it).
+        // handshake.no-zeroes: NO_ZEROES only when both sides set it (the server always offers it).
         noZeroes: (flags & CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES) !== 0,
       };
     }),
@@ -461,13 +462,13 @@ export const handshakeMachine = setup({
     }),
     replyListMetaContext: enqueueActions(({ enqueue, event }) => {
       const frame = frameOf(event) as MetaContextOption;
-      // LIST replies carry context id 0 (§1.5 table: "context id SHOULD be 0").
+      // option.meta-context-reply: LIST replies carry context id 0 (the spec: it SHOULD be 0).
       for (const name of matchMetaContexts(frame.queries, 'list')) {
         enqueue.emit(sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
       }
       enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
     }),
-    // rule 13: SET replaces the previous selection, even when it fails.
+    // option.meta-context-replace: SET replaces the previous selection, even when it fails.
     clearMetaContexts: assign({ metaContexts: null }),
     replySetMetaContext: enqueueActions(({ enqueue, context, event }) => {
       const frame = frameOf(event) as MetaContextOption;
@@ -478,7 +479,7 @@ export const handshakeMachine = setup({
       enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
     }),
     requestTlsUpgrade: emit({ type: 'startTls' } as const),
-    // rule 15: STARTTLS success ⇒ forget everything negotiated so far.
+    // tls.starttls-resets: STARTTLS success ⇒ forget everything negotiated so far.
     forgetNegotiation: assign({
       tls: true,
       structuredReplies: false,
@@ -518,14 +519,14 @@ export const handshakeMachine = setup({
   },
   states: {
     greeting: {
-      // §1.3.2 step 1: 18 bytes, handshake flags with only bits 0–1 (rule 1).
+      // The newstyle greeting: 18 bytes, handshake flags with only bits 0–1 (handshake.greeting-flags).
       entry: 'sendGreeting',
       always: 'awaitingClientFlags',
     },
     awaitingClientFlags: {
       on: {
         'wire.clientFlags': [
-          { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { reason: 'rule 2: unknown client flags' } } },
+          { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { reason: 'handshake.client-flags-unknown: unknown client flags' } } },
           { target: 'options', actions: 'recordClientFlags' },
         ],
       },

@@ -4,9 +4,9 @@
  *   open: { serving ⇄ throttled } → draining → closed
  *
  * One machine event per request (`request`): the guards below validate it
- * against the spec's server rules (../shared/docs/protocol.md §1.18, rules
- * 19–38; nbdkit's order of checks, §3.5) and the request is either emitted
- * to the application (`request`) or refused with its errno (`refuse`).
+ * against the spec's server rules (docs/rules.md, the `transmission.*`
+ * rules, checked in nbdkit's order) and the request is either emitted to
+ * the application (`request`) or refused with its errno (`refuse`).
  * Several requests decoded from one socket read may arrive as one
  * `requests` event instead: each frame goes through the same table
  * (`validateRequest`), and one `requests` effect lists the accepted frames
@@ -15,7 +15,7 @@
  * Completion bookkeeping stays outside the machine: the transport counts
  * requests in flight and only reports the crossings (`inflight.high`,
  * `inflight.low`, `inflight.idle`), which keeps the hot path to one event
- * (design.md §2).
+ * (docs/design.md, "One machine event per burst").
  */
 import { emit, setup, assign } from 'xstate';
 import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
@@ -49,9 +49,9 @@ const KNOWN_FLAGS =
   CMD_FLAG.NBD_CMD_FLAG_REQ_ONE |
   CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO;
 
-/** Commands that write (refused on a read-only export, rule 25). */
+/** Commands that write (refused on a read-only export: transmission.write-read-only). */
 const WRITES = new Set<number>([CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES]);
-/** Commands whose offset/length address the export (rule 26). */
+/** Commands whose offset/length address the export (transmission.out-of-bounds). */
 const RANGED = new Set<number>([
   CMD.NBD_CMD_READ,
   CMD.NBD_CMD_WRITE,
@@ -83,28 +83,28 @@ const has = (ctx: Ctx, flag: number) => (ctx.flags & flag) !== 0;
  */
 export const requestGuards = {
   isDisc: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_DISC,
-  // rule 27: unknown command ⇒ EINVAL.
+  // transmission.unknown-command: unknown command ⇒ EINVAL.
   commandUnknown: (_c: Ctx, r: RequestFrame) => !SERVED.has(r.type),
-  // rule 24 / §1.14: a payload over our limit was consumed unbuffered; refuse it.
+  // transmission.payload-too-large: a payload over our limit was consumed unbuffered; refuse it.
   payloadTooLarge: (_c: Ctx, r: RequestFrame) => r.payloadDiscarded,
-  // §1.9.4: PAYLOAD_LEN on a command that takes no payload ⇒ consume it, EINVAL.
+  // transmission.payload-unexpected: PAYLOAD_LEN on a command that takes no payload ⇒ consume it, EINVAL.
   payloadUnexpected: (_c: Ctx, r: RequestFrame) => r.type !== CMD.NBD_CMD_WRITE && r.payload !== undefined,
-  // rule 25: read-only export ⇒ EPERM for WRITE / TRIM / WRITE_ZEROES (checked first, as nbdkit).
+  // transmission.write-read-only: EPERM for WRITE / TRIM / WRITE_ZEROES (checked first, as nbdkit).
   writeOnReadOnly: (c: Ctx, r: RequestFrame) => WRITES.has(r.type) && has(c, FLAG.NBD_FLAG_READ_ONLY),
-  // rule 27: unknown flag bits (PAYLOAD_LEN is known only with extended headers).
+  // transmission.unknown-flag: unknown flag bits (PAYLOAD_LEN is known only with extended headers).
   flagsUnknown: (c: Ctx, r: RequestFrame) =>
     (r.flags & ~(KNOWN_FLAGS | (c.extendedHeaders ? CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN : 0))) !== 0,
-  // rule 27: a flag not valid for this command.
+  // transmission.flag-not-for-command: a flag not valid for this command.
   flagNotForCommand: (_c: Ctx, r: RequestFrame) =>
     ((r.flags & (CMD_FLAG.NBD_CMD_FLAG_NO_HOLE | CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO)) !== 0 && r.type !== CMD.NBD_CMD_WRITE_ZEROES) ||
     ((r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && r.type !== CMD.NBD_CMD_READ) ||
     ((r.flags & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0 && r.type !== CMD.NBD_CMD_BLOCK_STATUS),
-  // §1.11.1: a flag whose transmission flag was not advertised ⇒ EINVAL.
+  // transmission.flag-not-advertised: a flag whose transmission flag was not advertised ⇒ EINVAL.
   fuaNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FUA),
   dfNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_DF),
   fastZeroNotNegotiated: (c: Ctx, r: RequestFrame) =>
     (r.flags & CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FAST_ZERO),
-  // §1.11: a command whose transmission flag was not advertised ⇒ EINVAL.
+  // transmission.command-not-advertised: a command whose transmission flag was not advertised ⇒ EINVAL.
   commandNotNegotiated: (c: Ctx, r: RequestFrame) => {
     switch (r.type) {
       case CMD.NBD_CMD_FLUSH:
@@ -119,44 +119,49 @@ export const requestGuards = {
         return false;
     }
   },
-  // rule 33: BLOCK_STATUS needs structured replies and a selected meta context.
+  // transmission.block-status-needs-context: BLOCK_STATUS needs structured replies and a selected meta context.
   blockStatusWithoutContext: (c: Ctx, r: RequestFrame) =>
     r.type === CMD.NBD_CMD_BLOCK_STATUS && (!c.structuredReplies || c.metaContextIds.length === 0),
-  // rule 27 (nbdkit): FLUSH with a non-zero offset or length ⇒ EINVAL.
+  // transmission.flush-with-range: FLUSH with a non-zero offset or length ⇒ EINVAL (as nbdkit).
   flushWithRange: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_FLUSH && (r.offset !== 0 || r.length !== 0),
-  // rule 26: past the end of the export. WRITE / WRITE_ZEROES ⇒ ENOSPC, others ⇒ EINVAL.
+  // Past the end of the export: WRITE / WRITE_ZEROES ⇒ ENOSPC (transmission.write-out-of-bounds),
+  // the others ⇒ EINVAL (transmission.out-of-bounds).
   writePastEnd: (c: Ctx, r: RequestFrame) =>
     (r.type === CMD.NBD_CMD_WRITE || r.type === CMD.NBD_CMD_WRITE_ZEROES) && (r.huge || r.offset + r.length > c.size),
   rangePastEnd: (c: Ctx, r: RequestFrame) => RANGED.has(r.type) && (r.huge || r.offset + r.length > c.size),
-  // rule 26 / §1.14: offset and length must be multiples of the advertised minimum block.
+  // transmission.misaligned-request: offset and length must be multiples of the advertised minimum block.
   misaligned: (c: Ctx, r: RequestFrame) =>
     c.minimumBlock > 1 && RANGED.has(r.type) && (r.offset % c.minimumBlock !== 0 || r.length % c.minimumBlock !== 0),
-  // §1.14: READ longer than we serve ⇒ EINVAL (EOVERFLOW is reserved for DF).
+  // transmission.read-too-large: READ longer than we serve ⇒ EINVAL (EOVERFLOW is reserved for DF).
   readTooLarge: (c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_READ && r.length > c.maxPayload,
 } as const;
 
 export type RequestGuardName = keyof typeof requestGuards;
 
-/** The refusal table: guard → errno and the rule it enforces, in evaluation order. */
+/**
+ * The refusal table: guard → errno and the rule it enforces (its ID in
+ * docs/rules.md, then a few words; sent as the error message), in
+ * evaluation order.
+ */
 export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; rule: string }> = [
-  // nbdkit's order (protocol.md §3.5): read-only first, then the range check,
-  // so EPERM and ENOSPC win over the EINVAL reasons below.
-  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'rule 25: write to a read-only export' },
-  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'rule 26: write past the end of the export' },
-  { guard: 'commandUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command' },
-  { guard: 'payloadTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'rule 24: payload over the size limit (consumed)' },
-  { guard: 'payloadUnexpected', errno: ERRNO.NBD_EINVAL, rule: '§1.9.4: payload on a command without one (consumed)' },
-  { guard: 'flagsUnknown', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: unknown command flag' },
-  { guard: 'flagNotForCommand', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: flag not valid for this command' },
-  { guard: 'fuaNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 28: FUA without SEND_FUA' },
-  { guard: 'dfNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 32: DF without SEND_DF' },
-  { guard: 'fastZeroNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 31: FAST_ZERO without SEND_FAST_ZERO' },
-  { guard: 'commandNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'rule 19: command not advertised' },
-  { guard: 'blockStatusWithoutContext', errno: ERRNO.NBD_EINVAL, rule: 'rule 33: BLOCK_STATUS without a meta context' },
-  { guard: 'flushWithRange', errno: ERRNO.NBD_EINVAL, rule: 'rule 27: FLUSH with offset or length' },
-  { guard: 'rangePastEnd', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: request past the end of the export' },
-  { guard: 'misaligned', errno: ERRNO.NBD_EINVAL, rule: 'rule 26: not aligned to the minimum block size' },
-  { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: '§1.14: read larger than the maximum payload' },
+  // nbdkit's order of checks: read-only first, then the range check for
+  // writes, so EPERM and ENOSPC win over the EINVAL reasons below.
+  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'transmission.write-read-only: write to a read-only export' },
+  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'transmission.write-out-of-bounds: write past the end of the export' },
+  { guard: 'commandUnknown', errno: ERRNO.NBD_EINVAL, rule: 'transmission.unknown-command: unknown command' },
+  { guard: 'payloadTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'transmission.payload-too-large: payload over the size limit (consumed)' },
+  { guard: 'payloadUnexpected', errno: ERRNO.NBD_EINVAL, rule: 'transmission.payload-unexpected: payload on a command without one (consumed)' },
+  { guard: 'flagsUnknown', errno: ERRNO.NBD_EINVAL, rule: 'transmission.unknown-flag: unknown command flag' },
+  { guard: 'flagNotForCommand', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-for-command: flag not valid for this command' },
+  { guard: 'fuaNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: FUA without SEND_FUA' },
+  { guard: 'dfNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: DF without SEND_DF' },
+  { guard: 'fastZeroNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: FAST_ZERO without SEND_FAST_ZERO' },
+  { guard: 'commandNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.command-not-advertised: command not advertised' },
+  { guard: 'blockStatusWithoutContext', errno: ERRNO.NBD_EINVAL, rule: 'transmission.block-status-needs-context: BLOCK_STATUS without a meta context' },
+  { guard: 'flushWithRange', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flush-with-range: FLUSH with offset or length' },
+  { guard: 'rangePastEnd', errno: ERRNO.NBD_EINVAL, rule: 'transmission.out-of-bounds: request past the end of the export' },
+  { guard: 'misaligned', errno: ERRNO.NBD_EINVAL, rule: 'transmission.misaligned-request: not aligned to the minimum block size' },
+  { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'transmission.read-too-large: read larger than the maximum payload' },
 ];
 
 /**
@@ -237,22 +242,22 @@ export const transmissionMachine = setup({
       }
       return { type: 'requests' as const, accepted, refused: refused ?? NONE };
     }),
-    // rule 37: while draining, anything new gets ESHUTDOWN.
+    // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN.
     refuseShutdownEach: emit(({ event }) => ({
       type: 'requests' as const,
       accepted: [],
       refused: (event as Extract<TransmissionEvent, { type: 'requests' }>).frames.map((frame) => ({
         frame,
         errno: ERRNO.NBD_ESHUTDOWN,
-        message: 'rule 37: server is shutting down',
+        message: 'transmission.shutdown-drains: server is shutting down',
       })),
     })),
-    // rule 37: while draining, anything new gets ESHUTDOWN.
+    // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN.
     refuseShutdown: emit(({ event }) => ({
       type: 'refuse' as const,
       frame: req(event),
       errno: ERRNO.NBD_ESHUTDOWN,
-      message: 'rule 37: server is shutting down',
+      message: 'transmission.shutdown-drains: server is shutting down',
     })),
     announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' | 'idle' }) => ({ type: 'draining' as const, reason: params.reason })),
     recordReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
@@ -279,7 +284,7 @@ export const transmissionMachine = setup({
           // Hot path: one combined check (the same table as the named guards
           // below), so an acceptable request costs a single guard evaluation.
           { guard: 'requestAcceptable', actions: 'deliver' },
-          // rule 35: DISC ⇒ no reply; finish what is in flight, then close.
+          // transmission.disc-drains: DISC ⇒ no reply; finish what is in flight, then close.
           {
             guard: 'isDisc',
             target: 'draining',

@@ -12,13 +12,13 @@ export interface ExportDescriptor {
   /** Canonical export name. */
   readonly name: string;
   readonly description?: string;
-  /** Size in bytes (≤ 2^53: design.md §4). */
+  /** Size in bytes (≤ 2^53: docs/design.md, "Sizes are numbers"). */
   readonly size: number;
   /** Transmission flags without HAS_FLAGS / SEND_DF (those depend on negotiation). */
   readonly flags: number;
-  /** Block size constraints (§1.14); `minimum: 1` means unconstrained. */
+  /** Block size constraints (option.block-size-constraints); `minimum: 1` means unconstrained. */
   readonly blockSizes: { readonly minimum: number; readonly preferred: number; readonly maximum: number };
-  /** SELECTIVETLS: only served over TLS (protocol.md §1.10). */
+  /** SELECTIVETLS: only served over TLS (tls.mode-selectivetls). */
   readonly tlsOnly?: boolean;
 }
 
@@ -70,7 +70,7 @@ export type TransmissionEvent =
   /**
    * Several requests decoded from one socket read, in wire order (never
    * NBD_CMD_DISC: the transport sends that one alone). The same as one
-   * `request` event per frame, for one event's cost (design.md §2).
+   * `request` event per frame, for one event's cost (docs/design.md, "One machine event per burst").
    */
   | { type: 'requests'; frames: readonly RequestFrame[] }
   | { type: 'inflight.high' }

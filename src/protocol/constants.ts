@@ -1,9 +1,9 @@
 /**
  * Every number the NBD protocol puts on the wire, as `as const` tables.
  *
- * Names follow the spec (NetworkBlockDevice/nbd doc/proto.md); see
- * ../shared/docs/protocol.md §1.2–§1.15 for the tables these mirror. Reverse
- * lookups (code → name) are derived from the tables, never written by hand.
+ * Names and values follow the spec (NetworkBlockDevice/nbd doc/proto.md,
+ * its "Values" section and the message layouts). Reverse lookups (code →
+ * name) are derived from the tables, never written by hand.
  */
 
 /** Build a code → name map from a name → code table. */
@@ -20,7 +20,7 @@ function namer<T extends Record<string, number | bigint>>(table: T) {
     (map.get(code as T[keyof T]) as string | undefined) ?? `UNKNOWN(0x${code.toString(16)})`;
 }
 
-/** §1.2 Magic numbers. 64-bit ones are bigint. */
+/** Magic numbers. 64-bit ones are bigint. */
 export const MAGIC = {
   NBDMAGIC: 0x4e42444d41474943n,
   OLDSTYLE_MAGIC: 0x00420281861253n,
@@ -33,19 +33,19 @@ export const MAGIC = {
   NBD_EXTENDED_REPLY_MAGIC: 0x6e8a278c,
 } as const;
 
-/** §1.3.2 Handshake flags (u16, server → client). */
+/** Handshake flags (u16, server → client). */
 export const HANDSHAKE_FLAGS = {
   NBD_FLAG_FIXED_NEWSTYLE: 1 << 0,
   NBD_FLAG_NO_ZEROES: 1 << 1,
 } as const;
 
-/** §1.3.2 Client flags (u32, client → server). */
+/** Client flags (u32, client → server). */
 export const CLIENT_FLAGS = {
   NBD_FLAG_C_FIXED_NEWSTYLE: 1 << 0,
   NBD_FLAG_C_NO_ZEROES: 1 << 1,
 } as const;
 
-/** §1.5 Option codes. */
+/** Option codes. */
 export const OPT = {
   NBD_OPT_EXPORT_NAME: 1,
   NBD_OPT_ABORT: 2,
@@ -61,7 +61,7 @@ export const OPT = {
 } as const;
 export type OptCode = (typeof OPT)[keyof typeof OPT];
 
-/** §1.6 Option reply types. Errors have bit 31 set. */
+/** Option reply types. Errors have bit 31 set. */
 export const REP = {
   NBD_REP_ACK: 1,
   NBD_REP_SERVER: 2,
@@ -82,7 +82,7 @@ export type RepType = (typeof REP)[keyof typeof REP];
 export type RepErrName = Extract<keyof typeof REP, `NBD_REP_ERR_${string}`>;
 export const isRepError = (type: number): boolean => (type & 0x80000000) !== 0;
 
-/** §1.5.1 Info types inside NBD_REP_INFO. */
+/** Info types inside NBD_REP_INFO. */
 export const INFO = {
   NBD_INFO_EXPORT: 0,
   NBD_INFO_NAME: 1,
@@ -91,7 +91,7 @@ export const INFO = {
 } as const;
 export type InfoType = (typeof INFO)[keyof typeof INFO];
 
-/** §1.8 Transmission flags (u16). */
+/** Transmission flags (u16). */
 export const FLAG = {
   NBD_FLAG_HAS_FLAGS: 1 << 0,
   NBD_FLAG_READ_ONLY: 1 << 1,
@@ -108,7 +108,7 @@ export const FLAG = {
   NBD_FLAG_BLOCK_STATUS_PAYLOAD: 1 << 12,
 } as const;
 
-/** §1.11 Command types. */
+/** Command types. */
 export const CMD = {
   NBD_CMD_READ: 0,
   NBD_CMD_WRITE: 1,
@@ -122,7 +122,7 @@ export const CMD = {
 } as const;
 export type CmdCode = (typeof CMD)[keyof typeof CMD];
 
-/** §1.11.1 Command flags (u16). */
+/** Command flags (u16). */
 export const CMD_FLAG = {
   NBD_CMD_FLAG_FUA: 1 << 0,
   NBD_CMD_FLAG_NO_HOLE: 1 << 1,
@@ -132,7 +132,7 @@ export const CMD_FLAG = {
   NBD_CMD_FLAG_PAYLOAD_LEN: 1 << 5,
 } as const;
 
-/** §1.12.1 Structured reply chunk flags and types. */
+/** Structured reply chunk flags and types. */
 export const REPLY_FLAG = {
   NBD_REPLY_FLAG_DONE: 1 << 0,
 } as const;
@@ -147,13 +147,13 @@ export const REPLY_TYPE = {
   NBD_REPLY_TYPE_ERROR_OFFSET: 0x8002,
 } as const;
 
-/** §1.13 base:allocation status flags. */
+/** base:allocation status flags. */
 export const STATE = {
   NBD_STATE_HOLE: 1 << 0,
   NBD_STATE_ZERO: 1 << 1,
 } as const;
 
-/** §1.15 Error values of the reply `error` field. */
+/** Error values of the reply `error` field. */
 export const ERRNO = {
   NBD_EPERM: 1,
   NBD_EIO: 5,
@@ -169,7 +169,7 @@ export type NbdErrnoName = keyof typeof ERRNO;
 export type ErrnoName = NbdErrnoName extends `NBD_${infer N}` ? N : never;
 export type NbdErrno = (typeof ERRNO)[NbdErrnoName];
 
-/** Meta context namespace and the one context the spec defines (§1.13). */
+/** Meta context namespace and the one context the spec defines. */
 export const BASE_ALLOCATION = 'base:allocation' as const;
 
 /** Sizes of fixed frames. */
@@ -185,7 +185,7 @@ export const SIZE = {
   SIMPLE_REPLY: 16,
   STRUCTURED_REPLY: 20,
   EXTENDED_REPLY: 32,
-  /** §1.1: strings MUST be ≤ 4096 bytes. */
+  /** Strings MUST be ≤ 4096 bytes (general.string-limits). */
   MAX_STRING: 4096,
 } as const;
 
@@ -224,7 +224,7 @@ export function errnoValue(name: ErrnoName | NbdErrnoName): NbdErrno {
 
 /**
  * Map a host errno code (as found on Node's SystemError `code`) to the NBD
- * error set of §1.15, the way nbdkit does (protocol.md §3.5).
+ * spec's error set (transmission.error-values), much as nbdkit does.
  */
 export function hostErrnoToNbd(code: string | undefined, opts: { fastZero?: boolean; df?: boolean } = {}): NbdErrno {
   switch (code) {
@@ -244,10 +244,10 @@ export function hostErrnoToNbd(code: string | undefined, opts: { fastZero?: bool
       return ERRNO.NBD_ESHUTDOWN;
     case 'ENOTSUP':
     case 'EOPNOTSUPP':
-      // §1.15: ENOTSUP only for FAST_ZERO.
+      // transmission.error-values: ENOTSUP only for FAST_ZERO.
       return opts.fastZero ? ERRNO.NBD_ENOTSUP : ERRNO.NBD_EINVAL;
     case 'EOVERFLOW':
-      // §1.15: EOVERFLOW only for DF reads.
+      // transmission.error-values: EOVERFLOW only for DF reads.
       return opts.df ? ERRNO.NBD_EOVERFLOW : ERRNO.NBD_EINVAL;
     case 'EINVAL':
       return ERRNO.NBD_EINVAL;

@@ -9,10 +9,10 @@
  * zero-copy view (`subarray`); only a frame spanning chunks is copied, once.
  * The phase switches at frame boundaries (`startTransmission()`), and bytes
  * already buffered carry over: a client may pipeline its first request right
- * behind NBD_OPT_GO (protocol.md §1.18 rule 9).
+ * behind NBD_OPT_GO (option.go-starts-transmission).
  *
  * Limits are checked on the length fields, before anything is buffered
- * (protocol.md §1.1, §1.14; style.md practice 5).
+ * (general.string-limits, transmission.payload-too-large, option.too-big).
  */
 import { CMD, CMD_FLAG, MAGIC, OPT, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
@@ -23,7 +23,7 @@ export interface DecoderLimits {
   maxOptionLength: number;
   /** Largest option data we are willing to skip at all; past it ⇒ hard disconnect (DoS). */
   maxOptionSkip: number;
-  /** Largest strings (names, queries) accepted: §1.1 says 4096. */
+  /** Largest strings (names, queries) accepted: the spec says 4096 (general.string-limits). */
   maxStringLength: number;
   /** Largest WRITE payload buffered; larger payloads are skipped and refused. */
   maxPayload: number;
@@ -33,7 +33,7 @@ export interface DecoderLimits {
   maxBufferedBytes: number;
 }
 
-/** nbdkit-like defaults (protocol.md §3.1: 64 MiB request cap, 4096-byte strings). */
+/** nbdkit-like defaults (nbdkit caps requests at 64 MiB and strings at 4096 bytes). */
 export const DEFAULT_DECODER_LIMITS: Readonly<DecoderLimits> = Object.freeze({
   maxOptionLength: 64 * 1024,
   maxOptionSkip: 64 * 1024 * 1024,
@@ -89,7 +89,7 @@ const MAX_SAFE_HI = 0x1f_ffff;
 // ignoreBOM: a leading U+FEFF is part of the name, not a byte-order mark to strip.
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-/** Validate a protocol string (§1.1: UTF-8, no NUL, ≤ limit). */
+/** Validate a protocol string (general.string-limits: UTF-8, no NUL, ≤ limit). */
 export function decodeString(bytes: Buffer, maxLength: number): { ok: true; value: string } | { ok: false; message: string } {
   if (bytes.length > maxLength) return { ok: false, message: `string of ${bytes.length} bytes exceeds ${maxLength}` };
   if (bytes.includes(0)) return { ok: false, message: 'string contains NUL' };
@@ -279,7 +279,7 @@ export class FrameDecoder {
 
   /**
    * Drop everything buffered (e.g. plaintext that followed STARTTLS, which
-   * must never be interpreted: protocol.md §1.10). Returns the bytes dropped.
+   * must never be interpreted: tls.plaintext-after-starttls). Returns the bytes dropped.
    */
   discardBuffered(): number {
     const dropped = this.buffered;
@@ -365,7 +365,7 @@ export class FrameDecoder {
       }
       p = { code, length, skip: !parsed || problem !== undefined, problem };
       if (p.skip) {
-        // Consume and discard the data without buffering it (§1.18 rule 5).
+        // Consume and discard the data without buffering it (option.unknown-code, option.too-big).
         this.skipRemaining = length;
         this.skipBytes();
         return this.finishSkippedOption(p);
@@ -420,7 +420,7 @@ export class FrameDecoder {
       // The header is parsed: its bytes are dead (a copied header's sources were reported by take).
       releaseBytes(h.buffer, size);
       // Which requests carry a payload: compact WRITE; extended WRITE, or any
-      // extended request with PAYLOAD_LEN (§1.9.4).
+      // extended request with PAYLOAD_LEN (transmission.payload-unexpected).
       const hasPayload =
         type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
       const payloadLength = hasPayload ? length : 0;
@@ -436,7 +436,7 @@ export class FrameDecoder {
         if (targets !== null && targets.reduce((n, t) => n + t.length, 0) === payloadLength) r.place = { targets, ti: 0, at: 0, left: payloadLength };
       }
       if (r.skip) {
-        // Over the payload limit: consume without buffering, then refuse (§1.18 rule 24).
+        // Over the payload limit: consume without buffering, then refuse (transmission.payload-too-large).
         this.skipRemaining = payloadLength;
         this.skipBytes();
         return this.makeRequest(r, undefined);
@@ -623,7 +623,7 @@ export function payloadParts(frame: RequestFrame): readonly Buffer[] | undefined
   return frame instanceof ScatteredRequest ? frame.parts : undefined;
 }
 
-// ── option data parsers (§1.5) ──────────────────────────────────────────
+// ── option data parsers ─────────────────────────────────────────────────
 
 const invalid = (message: string): OptionProblem => ({ reply: 'NBD_REP_ERR_INVALID', message });
 
@@ -639,7 +639,7 @@ export function parseOption(code: number, data: Buffer, maxString: number = SIZE
     case OPT.NBD_OPT_GO: {
       const opt = code === OPT.NBD_OPT_INFO ? 'info' : 'go';
       const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', requests: [], problem: invalid(message) });
-      // §1.5.1: namelen ≤ optlen − 6 and optlen == 6 + N + 2K exactly (rule 8).
+      // option.length-mismatch: namelen ≤ optlen − 6 and optlen == 6 + N + 2K exactly.
       if (data.length < 6) return bad(`${opt.toUpperCase()} data of ${data.length} bytes is shorter than 6`);
       const n = data.readUInt32BE(0);
       if (n > data.length - 6) return bad(`export name length ${n} exceeds option length ${data.length} - 6`);
@@ -655,7 +655,7 @@ export function parseOption(code: number, data: Buffer, maxString: number = SIZE
     case OPT.NBD_OPT_SET_META_CONTEXT: {
       const opt = code === OPT.NBD_OPT_LIST_META_CONTEXT ? 'listMetaContext' : 'setMetaContext';
       const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', queries: [], problem: invalid(message) });
-      // §1.5.2: minimum 8 bytes; a length running past the option ⇒ ERR_INVALID (MUST).
+      // option.length-mismatch: minimum 8 bytes; a length running past the option ⇒ ERR_INVALID (MUST).
       if (data.length < 8) return bad(`meta context data of ${data.length} bytes is shorter than 8`);
       const n = data.readUInt32BE(0);
       if (n > data.length - 8) return bad(`export name length ${n} runs past the option`);

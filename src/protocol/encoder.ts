@@ -4,7 +4,7 @@
  * Headers are allocated at their exact size and filled in place. Payloads
  * travel as separate buffers (a frame is `Buffer[]`: header first, then the
  * payload views) so a READ reply is never copied into a bigger buffer
- * (style.md practice 8).
+ * (docs/design.md, "The data path").
  */
 import {
   FLAG,
@@ -38,16 +38,16 @@ function utf8(s: string): Buffer {
 
 // ── handshake ──────────────────────────────────────────────────────────
 
-/** §1.3.2 newstyle greeting: NBDMAGIC · IHAVEOPT · handshake flags (u16). */
+/** The newstyle greeting: NBDMAGIC · IHAVEOPT · handshake flags (u16). */
 export function encodeGreeting(handshakeFlags: number = HANDSHAKE_FLAGS.NBD_FLAG_FIXED_NEWSTYLE | HANDSHAKE_FLAGS.NBD_FLAG_NO_ZEROES): Buffer {
   const b = Buffer.allocUnsafe(SIZE.GREETING);
   b.writeBigUInt64BE(MAGIC.NBDMAGIC, 0);
   b.writeBigUInt64BE(MAGIC.IHAVEOPT, 8);
-  b.writeUInt16BE(handshakeFlags & 0x3, 16); // §1.18 rule 1: only bits 0–1
+  b.writeUInt16BE(handshakeFlags & 0x3, 16); // handshake.greeting-flags: only bits 0–1
   return b;
 }
 
-/** §1.4 fixed-newstyle option reply: header + data (data as its own buffer). */
+/** A fixed-newstyle option reply: header + data (data as its own buffer; option.reply-header). */
 export function encodeOptionReply(option: number, type: number, data?: Buffer): Frame {
   const h = Buffer.allocUnsafe(SIZE.OPTION_REPLY_HEADER);
   h.writeBigUInt64BE(MAGIC.NBD_REP_MAGIC, 0);
@@ -61,12 +61,12 @@ export function encodeAck(option: number): Frame {
   return encodeOptionReply(option, REP.NBD_REP_ACK);
 }
 
-/** Clip a message to the 4096-byte string limit (§1.18 rule 17: never emit longer). */
+/** Clip a message to the 4096-byte string limit (general.string-limits: never emit longer). */
 function message(text: string | undefined): Buffer | undefined {
   if (!text) return undefined;
   let b = utf8(text.replace(/\0/g, ''));
   if (b.length > SIZE.MAX_STRING) {
-    // Cut on a character boundary: never emit half a UTF-8 sequence (§1.1).
+    // Cut on a character boundary: never emit half a UTF-8 sequence (strings are UTF-8).
     let end = SIZE.MAX_STRING;
     while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
     b = b.subarray(0, end);
@@ -88,7 +88,7 @@ export function encodeRepServer(option: number, name: string, description?: stri
   return encodeOptionReply(option, REP.NBD_REP_SERVER, Buffer.concat(d ? [len, n, d] : [len, n]));
 }
 
-/** NBD_REP_INFO / NBD_INFO_EXPORT: size u64 · flags u16, exactly 12 bytes, no padding (rule 3, 8). */
+/** NBD_REP_INFO / NBD_INFO_EXPORT: size u64 · flags u16, exactly 12 bytes, no padding (handshake.no-zeroes, option.info-export). */
 export function encodeInfoExport(option: number, size: number, transmissionFlags: number): Frame {
   const d = Buffer.allocUnsafe(12);
   d.writeUInt16BE(INFO.NBD_INFO_EXPORT, 0);
@@ -132,7 +132,7 @@ export function encodeMetaContext(option: number, id: number, name: string): Fra
   return encodeOptionReply(option, REP.NBD_REP_META_CONTEXT, d);
 }
 
-/** §1.4 EXPORT_NAME success: size u64 · flags u16 · 124 zeroes unless NO_ZEROES (rule 3). */
+/** EXPORT_NAME success (no reply header): size u64 · flags u16 · 124 zeroes unless NO_ZEROES (handshake.no-zeroes). */
 export function encodeExportNameReply(size: number, transmissionFlags: number, noZeroes: boolean): Buffer {
   const b = Buffer.alloc(noZeroes ? SIZE.EXPORT_NAME_REPLY : SIZE.EXPORT_NAME_REPLY + SIZE.EXPORT_NAME_ZEROES);
   writeU64(b, size, 0);
@@ -142,7 +142,7 @@ export function encodeExportNameReply(size: number, transmissionFlags: number, n
 
 // ── transmission ───────────────────────────────────────────────────────
 
-/** Write a §1.9.2 simple reply header (16 bytes) into `buf` at `at`, for writers that encode in place. */
+/** Write a simple reply header (16 bytes) into `buf` at `at`, for writers that encode in place. */
 export function writeSimpleReplyHeader(buf: Buffer, at: number, cookie: bigint, error: number): void {
   buf.writeUInt32BE(MAGIC.NBD_SIMPLE_REPLY_MAGIC, at);
   buf.writeUInt32BE(error >>> 0, at + 4);
@@ -158,8 +158,8 @@ export const READ_REPLY_HEADER_SIZE = {
 
 /**
  * Write, in place, everything that precedes the data of a successful READ
- * answered by `length` ≥ 1 contiguous bytes: a §1.9.2 simple reply header,
- * or one OFFSET_DATA chunk carrying DONE (§1.9.3 / §1.9.4: chunk header,
+ * answered by `length` ≥ 1 contiguous bytes: a simple reply header, or one
+ * OFFSET_DATA chunk carrying DONE (structured or extended chunk header,
  * then the offset u64). The same bytes as `encodeSimpleReply(cookie, 0, data)`
  * / `encodeChunkOffsetData(cookie, offset, data, { done: true, … })` minus
  * the data, with no buffers allocated. Returns the bytes written.
@@ -194,16 +194,16 @@ export function writeReadReplyHeader(
   return p + 8 - at;
 }
 
-/** §1.9.2 simple reply header; for a successful READ the data follows as its own buffer. */
+/** Simple reply header; for a successful READ the data follows as its own buffer. */
 export function encodeSimpleReply(cookie: bigint, error: number, data?: Buffer | readonly Buffer[]): Frame {
   const h = Buffer.allocUnsafe(SIZE.SIMPLE_REPLY);
   writeSimpleReplyHeader(h, 0, cookie, error);
-  if (!data || error !== 0) return [h]; // rule 22: no data after a non-zero error
+  if (!data || error !== 0) return [h]; // reply.simple-read: no data after a non-zero error
   return Array.isArray(data) ? [h, ...data] : [h, data as Buffer];
 }
 
 /**
- * One structured (§1.9.3) or extended (§1.9.4) chunk header. `payloadLength`
+ * One structured (20 bytes) or extended (32 bytes) chunk header. `payloadLength`
  * counts everything after the header; the caller supplies the payload buffers.
  */
 export function chunkHeader(
@@ -325,7 +325,7 @@ export function encodeChunkErrorOffset(cookie: bigint, error: number, offset: nu
   return [chunkHeader(!!o.extended, cookie, doneFlag(o), REPLY_TYPE.NBD_REPLY_TYPE_ERROR_OFFSET, p.length, o.requestOffset), p];
 }
 
-/** Transmission flags always carry HAS_FLAGS (rule 19). */
+/** Transmission flags always carry HAS_FLAGS (transmission.flags-advertised). */
 export function withHasFlags(flags: number): number {
   return (flags | FLAG.NBD_FLAG_HAS_FLAGS) & 0xffff;
 }

@@ -4,7 +4,7 @@
  */
 import type { InfoType } from './constants.js';
 
-/** The 4-byte client flags that follow the greeting (§1.3.2). */
+/** The 4-byte client flags that follow the greeting. */
 export interface ClientFlagsFrame {
   readonly kind: 'clientFlags';
   readonly flags: number;
@@ -31,7 +31,7 @@ export interface ExportNameOption extends OptionBase {
   readonly problem?: OptionProblem;
 }
 
-/** INFO / GO (§1.5.1). */
+/** INFO / GO: name length u32 · name · info count u16 · info codes u16[]. */
 export interface InfoGoOption extends OptionBase {
   readonly opt: 'info' | 'go';
   readonly name: string;
@@ -39,7 +39,7 @@ export interface InfoGoOption extends OptionBase {
   readonly problem?: OptionProblem;
 }
 
-/** LIST_META_CONTEXT / SET_META_CONTEXT (§1.5.2). */
+/** LIST_META_CONTEXT / SET_META_CONTEXT: name length u32 · name · query count u32 · queries. */
 export interface MetaContextOption extends OptionBase {
   readonly opt: 'listMetaContext' | 'setMetaContext';
   readonly name: string;
@@ -64,7 +64,7 @@ export interface UnknownOption extends OptionBase {
 export type OptionFrame = ExportNameOption | InfoGoOption | MetaContextOption | SimpleOption | UnknownOption;
 export type OptionName = OptionFrame['opt'];
 
-/** A transmission request (§1.9.1 compact, §1.9.4 extended). */
+/** A transmission request (28-byte compact header, or 32-byte extended header). */
 export interface RequestFrame {
   readonly kind: 'request';
   /** True when it arrived with the 32-byte extended header. */

@@ -1,9 +1,9 @@
 /**
  * Whole replies to one request, in the form the negotiation demands
- * (protocol.md §1.12, rule 21): simple replies without structured replies;
+ * (reply.negotiated-mode): simple replies without structured replies;
  * structured chunks for READ (always) and BLOCK_STATUS once they are on;
  * extended chunks for everything once extended headers are on.
- * A reply is a list of frames ending in exactly one DONE chunk (rule 23).
+ * A reply is a list of frames ending in exactly one DONE chunk (reply.structured-chunks).
  */
 import { CMD } from './constants.js';
 import {
@@ -32,7 +32,7 @@ export function replyOk(mode: ReplyMode, cookie: bigint, requestOffset: number):
 /** An error reply. `type` is the command (READ needs a structured error once SR is on). */
 export function replyError(mode: ReplyMode, cookie: bigint, type: number, errno: number, message: string | undefined, requestOffset: number): Frame {
   if (mode === 'simple') return encodeSimpleReply(cookie, errno);
-  // With SR we prefer structured errors: they carry a message (§1.12).
+  // With SR we prefer structured errors: they carry a message (the spec's SHOULD).
   void type;
   return encodeChunkError(cookie, errno, message, { extended: mode === 'extended', requestOffset, done: true });
 }
@@ -48,10 +48,10 @@ function zeroView(n: number): Buffer {
  * A successful READ of [offset, offset + Σ segments). In simple mode holes
  * are sent as zero bytes; in structured mode each segment is a chunk
  * (OFFSET_DATA / OFFSET_HOLE) and the last one carries DONE; with `df`
- * (NBD_CMD_FLAG_DF) everything goes in one OFFSET_DATA chunk (rule 32).
+ * (NBD_CMD_FLAG_DF) everything goes in one OFFSET_DATA chunk (reply.df-one-chunk).
  */
 export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segments: readonly ReadSegment[], df = false): Frame {
-  // A zero-length read (§1.18 rule 36: unspecified, answered successfully):
+  // A zero-length read (transmission.zero-length: unspecified, answered successfully):
   // content chunks must carry ≥ 1 byte, so structured forms send NONE.
   if (mode !== 'simple' && segments.every((s) => ('data' in s ? s.data.length : s.hole) === 0)) {
     return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
@@ -76,7 +76,7 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
   // follow each other as its payload): a 1 MiB read from 64 KiB pages is one
   // chunk, not sixteen, which is one header for the client to parse instead
   // of sixteen. Holes stay OFFSET_HOLE chunks; empty segments are dropped
-  // (every content chunk covers ≥ 1 byte, §1.12).
+  // (every content chunk covers ≥ 1 byte, reply.structured-chunks).
   const frame: Frame = [];
   let at = offset;
   let run: Buffer[] = [];
@@ -126,7 +126,7 @@ export function replyReadBuffer(mode: ReplyMode, cookie: bigint, offset: number,
   return encodeChunkOffsetData(cookie, offset, data, { extended: mode === 'extended', requestOffset: offset, done: true });
 }
 
-/** BLOCK_STATUS: one status chunk per selected context, DONE on the last (rule 33). */
+/** BLOCK_STATUS: one status chunk per selected context, DONE on the last (reply.block-status-chunks). */
 export function replyBlockStatus(
   mode: ReplyMode,
   cookie: bigint,
@@ -147,7 +147,7 @@ export function replyModeOf(structuredReplies: boolean, extendedHeaders: boolean
   return extendedHeaders ? 'extended' : structuredReplies ? 'structured' : 'simple';
 }
 
-/** Whether a command's error needs the structured form (READ once SR is on; rule 21). */
+/** Whether a command's error needs the structured form (READ once SR is on; reply.negotiated-mode). */
 export function needsStructured(mode: ReplyMode, type: number): boolean {
   return mode !== 'simple' && (type === CMD.NBD_CMD_READ || type === CMD.NBD_CMD_BLOCK_STATUS);
 }

@@ -231,7 +231,7 @@ export async function listen(target: ListenTarget, onSocket: (socket: net.Socket
   checkTarget(target);
   if ('path' in target) await clearStaleSocket(target.path);
   return new Promise((resolve, reject) => {
-    // allowHalfOpen: a client that shuts down its write side still gets its replies (rule 35).
+    // allowHalfOpen: a client that shuts down its write side still gets its replies (transmission.disc-drains).
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onSocket);
     const onError = (err: Error) => {
       server.close();
@@ -257,7 +257,7 @@ export async function listen(target: ListenTarget, onSocket: (socket: net.Socket
   });
 }
 
-/** NBD URI for an address and export (doc/uri.md; protocol.md §2). */
+/** NBD URI for an address and export (the NBD URI standard, doc/uri.md in the NBD repository). */
 export function nbdUri(address: BoundAddress, exportName: string, tls = false): string | undefined {
   const name = encodeURIComponent(exportName).replace(/%2F/g, '/');
   if (address.kind === 'unix' || (address.kind === 'fd' && address.path)) {

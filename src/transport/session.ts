@@ -270,7 +270,7 @@ export class Session {
     this.bytes = fromSocket(this.socket, { slabReads, window: slabReads ? this.readWindow : undefined }).subscribe({
       next: (chunk) => {
         if (this.upgrading) {
-          // Plaintext pipelined behind STARTTLS must never be interpreted (§1.10).
+          // tls.plaintext-after-starttls: plaintext pipelined behind STARTTLS must never be interpreted.
           this.failTls(`${chunk.length} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
           return;
         }
@@ -392,7 +392,7 @@ export class Session {
    * Pull frames from the decoder while the budgets allow. Requests decoded
    * from what is buffered go to the machine as one `requests` event (DISC
    * and anything else alone, in order): one machine event per burst
-   * instead of one per request (design.md §2). Requests a synchronous
+   * instead of one per request (docs/design.md). Requests a synchronous
    * backend completes during delivery free their budget at once; a pump
    * asked for meanwhile (`repump`) runs before returning, so frames left
    * behind at the cap are never stranded waiting for more socket bytes.
@@ -541,7 +541,7 @@ export class Session {
       case 'draining':
         this.draining = true;
         this.stopTimers();
-        // rule 35: after DISC nothing more is interpreted; what follows is ignored, never fatal.
+        // transmission.disc-drains: after DISC nothing more is interpreted; what follows is ignored, never fatal.
         if (e.reason === 'disc') this.ignoreAfterStop(this.decoder.stop());
         if (this.inFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
         return;
@@ -587,7 +587,7 @@ export class Session {
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
       this.replyMode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
-      // rule 9: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
+      // option.go-starts-transmission: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
       this.decoder.setPlacement(this.placeWrite);
@@ -620,7 +620,7 @@ export class Session {
     }
     this.upgrading = true;
     // Anything the client pipelined behind STARTTLS is plaintext that must
-    // never be interpreted (§1.10): hard disconnect, none of it is parsed.
+    // never be interpreted (tls.plaintext-after-starttls): hard disconnect, none of it is parsed.
     const dropped = this.decoder.discardBuffered();
     if (dropped > 0) {
       this.failTls(`${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');

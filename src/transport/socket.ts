@@ -122,7 +122,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
 
 /**
  * A cold Observable of the bytes a socket receives. Subscribing attaches
- * the listeners, unsubscribing detaches them (style.md §3). `complete` is
+ * the listeners, unsubscribing detaches them (a cold Observable). `complete` is
  * the client's EOF; `error` a socket error. The socket is not paused or
  * destroyed here: flow control belongs to the session. With `slabReads`
  * a plain socket reads into slab regions (see `readIntoSlabs`); only for

@@ -1,5 +1,5 @@
 /**
- * The STARTTLS byte upgrade (protocol.md §1.10): after the handshake
+ * The STARTTLS byte upgrade (docs/rules.md, the `tls.*` rules): after the handshake
  * machine's ACK, the same socket is wrapped by node:tls as a server
  * (TLS 1.2 minimum, 1.3 preferred) and the option phase continues on the
  * encrypted stream. x509 certificates (optionally verifying the client's
