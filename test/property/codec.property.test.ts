@@ -163,7 +163,8 @@ function requestArb(extended: boolean): fc.Arbitrary<ClientCase> {
           offset: offset >= TWO_53 ? MAX_SAFE : Number(offset),
           length: len >= TWO_53 ? MAX_SAFE : Number(len),
           huge: offset >= TWO_53 || len >= TWO_53,
-          payload: hasPayload && !discarded && payload.length > 0 ? Buffer.from(payload) : undefined,
+          // A zero-length WRITE carries an empty payload; other commands with a zero PAYLOAD_LEN carry none.
+          payload: !hasPayload || discarded ? undefined : payload.length > 0 ? Buffer.from(payload) : type === 1 ? Buffer.alloc(0) : undefined,
           payloadDiscarded: discarded,
         },
       };
