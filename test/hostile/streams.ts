@@ -565,15 +565,32 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
     if (truncatedTailOk) return false;
     throw new Desync(`server sent ${out.left} bytes of ${what} (${n} expected) at ${out.at}, then closed`);
   };
-  const owner = (cookie: bigint, where: number): ShadowRequest => {
-    const r = open.get(cookie)?.[0];
-    if (!r) throw new Desync(`reply at ${where} for cookie 0x${cookie.toString(16)}, which no outstanding request carries`);
-    if (r.type === CMD.DISC) throw new Desync(`reply at ${where} to NBD_CMD_DISC (rule 35: none)`);
-    return r;
+  const outstanding = (cookie: bigint, where: number): ShadowRequest[] => {
+    const l = open.get(cookie);
+    if (!l) {
+      const end = Math.min(b.length, where + (b.readUInt32BE(where) === W.SIMPLE_REPLY_MAGIC ? 16 : 48));
+      throw new Desync(`reply at ${where} for cookie 0x${cookie.toString(16)}, which no outstanding request carries (${b.toString('hex', where, end)})`);
+    }
+    return l;
+  };
+  /**
+   * The outstanding request a reply answers. Cookies are unique in what the
+   * generator writes, but a mutation can make two requests share one; the
+   * server may answer them in any order, so the reply belongs to the first
+   * of them it fits. With one candidate, why it does not fit is the desync.
+   */
+  const pick = (l: readonly ShadowRequest[], misfit: (r: ShadowRequest) => string | null): ShadowRequest => {
+    let why: string | null = null;
+    for (const r of l) {
+      const w = r.type === CMD.DISC ? 'a reply to NBD_CMD_DISC (rule 35: none)' : misfit(r);
+      if (w === null) return r;
+      why ??= w;
+    }
+    throw new Desync(why!);
   };
   const done = (r: ShadowRequest) => {
     const l = open.get(r.cookie)!;
-    l.shift();
+    l.splice(l.indexOf(r), 1);
     if (l.length === 0) open.delete(r.cookie);
   };
   while (out.left > 0) {
@@ -584,11 +601,20 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       if (eh) throw new Desync(`simple reply at ${where} with extended headers on (rule 21)`);
       if (!need(16, 'simple reply')) return;
       const error = b.readUInt32BE(where + 4);
-      const r = owner(b.readBigUInt64BE(where + 8), where);
-      if (r.partial && error === 0) throw new Desync(`success reply at ${where} to a request whose payload never completed`);
-      if (sr && r.type === CMD.READ) throw new Desync(`simple reply at ${where} to a READ with structured replies on (rule 21)`);
-      if (sr && r.type === CMD.BLOCK_STATUS && error === 0) throw new Desync(`simple success reply at ${where} to BLOCK_STATUS`);
+      const l = outstanding(b.readBigUInt64BE(where + 8), where);
+      const misfit = (r: ShadowRequest): string | null => {
+        if (r.type === CMD.DISC) return 'a reply to NBD_CMD_DISC (rule 35: none)';
+        if (r.partial && error === 0) return `success reply at ${where} to a request whose payload never completed`;
+        if (sr && r.type === CMD.READ) return `simple reply at ${where} to a READ with structured replies on (rule 21)`;
+        if (sr && r.type === CMD.BLOCK_STATUS && error === 0) return `simple success reply at ${where} to BLOCK_STATUS`;
+        return null;
+      };
+      const r = pick(l, misfit);
       out.at += 16;
+      // Requests sharing this cookie that would be followed by different amounts of data (a READ and
+      // anything else, or READs of other lengths): no client could frame what follows. Stop here.
+      const dataAfter = (o: ShadowRequest) => (error === 0 && o.type === CMD.READ ? o.length : 0n);
+      if (l.some((o) => misfit(o) === null && dataAfter(o) !== dataAfter(r))) return;
       if (error === 0 && r.type === CMD.READ) {
         if (!need(Number(r.length), 'READ data')) return;
         out.at += Number(r.length);
@@ -602,10 +628,9 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       if (!need(hsize, 'chunk header')) return;
       const flags = b.readUInt16BE(where + 4);
       const type = b.readUInt16BE(where + 6);
-      const r = owner(b.readBigUInt64BE(where + 8), where);
+      const l = outstanding(b.readBigUInt64BE(where + 8), where);
       const plen = ext ? b.readBigUInt64BE(where + 24) : BigInt(b.readUInt32BE(where + 16));
       if (plen > 64n * 1024n * 1024n) throw new Desync(`chunk payload of ${plen} bytes at ${where}`);
-      if (ext && b.readBigUInt64BE(where + 16) !== r.offset) throw new Desync(`extended chunk at ${where} carries offset ${b.readBigUInt64BE(where + 16)}, request had ${r.offset}`);
       if (!need(hsize + Number(plen), 'chunk payload')) return;
       const payload = b.subarray(where + hsize, where + hsize + Number(plen));
       out.at += hsize + Number(plen);
@@ -613,20 +638,24 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       try {
         c = decodeChunk({ type, flags, payload });
       } catch (e) {
-        const req = `request type ${r.type} flags ${r.flags} offset ${r.offset} length ${r.length}`;
+        const req = l.map((r) => `request type ${r.type} flags ${r.flags} offset ${r.offset} length ${r.length}`).join(' or ');
         throw new Desync(`${(e as Error).message} in the chunk at ${where} (${b.toString('hex', where, where + hsize + Math.min(Number(plen), 16))}) for ${req}`);
       }
-      if (r.partial && c.type !== 'error' && c.type !== 'errorOffset') throw new Desync(`${c.type} chunk at ${where} for a request whose payload never completed`);
-      if ((c.type === 'offsetData' || c.type === 'offsetHole') && r.type !== CMD.READ) throw new Desync(`data chunk at ${where} for command ${r.type}`);
-      if ((c.type === 'blockStatus' || c.type === 'blockStatusExt') && r.type !== CMD.BLOCK_STATUS) throw new Desync(`status chunk at ${where} for command ${r.type}`);
       if (c.type === 'blockStatus' && ext) throw new Desync(`compact BLOCK_STATUS chunk at ${where} with extended headers`);
       if (c.type === 'blockStatusExt' && !ext) throw new Desync(`BLOCK_STATUS_EXT chunk at ${where} without extended headers`);
-      if (c.type === 'offsetData' || c.type === 'offsetHole') {
-        const len = c.type === 'offsetData' ? BigInt(c.data.length) : BigInt(c.size);
-        if (c.offset < r.offset || c.offset + len > r.offset + r.length) {
-          throw new Desync(`READ chunk at ${where} covers [${c.offset}, +${len}) outside the request [${r.offset}, +${r.length}) (rule 23)`);
+      const r = pick(l, (r) => {
+        if (ext && b.readBigUInt64BE(where + 16) !== r.offset) return `extended chunk at ${where} carries offset ${b.readBigUInt64BE(where + 16)}, request had ${r.offset}`;
+        if (r.partial && c.type !== 'error' && c.type !== 'errorOffset') return `${c.type} chunk at ${where} for a request whose payload never completed`;
+        if ((c.type === 'offsetData' || c.type === 'offsetHole') && r.type !== CMD.READ) return `data chunk at ${where} for command ${r.type}`;
+        if ((c.type === 'blockStatus' || c.type === 'blockStatusExt') && r.type !== CMD.BLOCK_STATUS) return `status chunk at ${where} for command ${r.type}`;
+        if (c.type === 'offsetData' || c.type === 'offsetHole') {
+          const len = c.type === 'offsetData' ? BigInt(c.data.length) : BigInt(c.size);
+          if (c.offset < r.offset || c.offset + len > r.offset + r.length) {
+            return `READ chunk at ${where} covers [${c.offset}, +${len}) outside the request [${r.offset}, +${r.length}) (rule 23)`;
+          }
         }
-      }
+        return null;
+      });
       if (flags & DONE) done(r);
     } else {
       throw new Desync(`bad reply magic 0x${magic.toString(16)} at ${where}`);
