@@ -6,8 +6,9 @@
  * seeded number of acknowledgements, or a seeded number of milliseconds)
  * the server is killed with SIGKILL. Then the file is read directly: every
  * FUA write that was acknowledged, and every write acknowledged before a
- * FLUSH was sent whose own acknowledgement arrived (protocol.md §1.18 rule
- * 29), must be there byte for byte. Each write has its own region and its
+ * FLUSH was sent whose own acknowledgement arrived (docs/rules.md:
+ * transmission.fua-durable, transmission.flush-durable), must be there byte
+ * for byte. Each write has its own region and its
  * own data (round and sequence number in every 16 bytes), so a write that
  * landed in the wrong place, or a half-written or stale one, counts as lost.
  *

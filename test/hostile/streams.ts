@@ -17,7 +17,7 @@
  * replies whose cookies belong to requests sent before any DISC, READ data
  * of exactly the requested length, structured / extended chunks that
  * decode, at most one final chunk per request, the reply form the
- * negotiated mode requires (protocol.md §1.18 rules 20–23). It returns
+ * negotiated mode requires (docs/rules.md: reply.*, transmission.disc-drains). It returns
  * null, or what went out of sync.
  */
 import {
@@ -36,7 +36,7 @@ import {
 } from '../helpers/wire.js';
 import type { Rng } from './support.js';
 
-// ── spec numbers (protocol.md §1.6, §1.9, §1.11) ──────────────────────────
+// ── spec numbers (options, commands, command flags), written out here ──────
 
 export const OPT = {
   EXPORT_NAME: 1,
@@ -441,7 +441,7 @@ function shadowRequests(b: Buffer, extended: boolean): ShadowRequest[] {
     const cookie = b.readBigUInt64BE(at + 8);
     const offset = b.readBigUInt64BE(at + 16);
     const length = extended ? b.readBigUInt64BE(at + 24) : BigInt(b.readUInt32BE(at + 24));
-    // §1.9.1 / §1.9.4: a compact WRITE carries `length` bytes; an extended request does with PAYLOAD_LEN (and WRITE).
+    // A compact WRITE carries `length` bytes of payload; an extended request does with PAYLOAD_LEN (and WRITE).
     const payload = type === CMD.WRITE || (extended && (flags & CF.PAYLOAD_LEN) !== 0) ? length : 0n;
     if (BigInt(b.length - at - size) < payload) {
       out.push({ type, flags, cookie, offset, length, partial: true });
@@ -449,7 +449,7 @@ function shadowRequests(b: Buffer, extended: boolean): ShadowRequest[] {
     }
     out.push({ type, flags, cookie, offset, length, partial: false });
     at += size + Number(payload);
-    if (type === CMD.DISC) break; // rule 35: nothing after DISC is read
+    if (type === CMD.DISC) break; // nothing after DISC is read (transmission.disc-drains)
   }
   return out;
 }
@@ -511,7 +511,7 @@ function check(client: Buffer, server: Buffer, truncatedTailOk: boolean): void {
     at = partial ? client.length : at + 16 + len;
     if (out.left === 0) return; // the server stopped answering (disconnect): fine
     if (code === OPT.EXPORT_NAME && !partial) {
-      // Success is the headerless export reply (§1.4): 10 bytes, or 134 without NO_ZEROES; failure is a disconnect.
+      // Success is the headerless export reply: 10 bytes, or 134 without NO_ZEROES; failure is a disconnect.
       const n = clientFlags & 2 ? 10 : 134;
       if (!need(n, 'EXPORT_NAME reply')) return;
       if (n === 134 && server.subarray(out.at + 10, out.at + 134).some((x) => x !== 0)) throw new Desync('EXPORT_NAME padding not zero');
@@ -582,7 +582,7 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
   const pick = (l: readonly ShadowRequest[], misfit: (r: ShadowRequest) => string | null): ShadowRequest => {
     let why: string | null = null;
     for (const r of l) {
-      const w = r.type === CMD.DISC ? 'a reply to NBD_CMD_DISC (rule 35: none)' : misfit(r);
+      const w = r.type === CMD.DISC ? 'a reply to NBD_CMD_DISC (transmission.disc-drains: none)' : misfit(r);
       if (w === null) return r;
       why ??= w;
     }
@@ -598,15 +598,15 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
     const where = out.at;
     const magic = b.readUInt32BE(where);
     if (magic === W.SIMPLE_REPLY_MAGIC) {
-      if (eh) throw new Desync(`simple reply at ${where} with extended headers on (rule 21)`);
+      if (eh) throw new Desync(`simple reply at ${where} with extended headers on (reply.negotiated-mode)`);
       if (!need(16, 'simple reply')) return;
       const error = b.readUInt32BE(where + 4);
       const l = outstanding(b.readBigUInt64BE(where + 8), where);
       const misfit = (r: ShadowRequest): string | null => {
-        if (r.type === CMD.DISC) return 'a reply to NBD_CMD_DISC (rule 35: none)';
+        if (r.type === CMD.DISC) return 'a reply to NBD_CMD_DISC (transmission.disc-drains: none)';
         if (r.partial && error === 0) return `success reply at ${where} to a request whose payload never completed`;
-        if (sr && r.type === CMD.READ) return `simple reply at ${where} to a READ with structured replies on (rule 21)`;
-        if (sr && r.type === CMD.BLOCK_STATUS && error === 0) return `simple success reply at ${where} to BLOCK_STATUS`;
+        if (sr && r.type === CMD.READ) return `simple reply at ${where} to a READ with structured replies on (reply.negotiated-mode)`;
+        if (sr && r.type === CMD.BLOCK_STATUS && error === 0) return `simple success reply at ${where} to BLOCK_STATUS (reply.block-status-chunks)`;
         return null;
       };
       const r = pick(l, misfit);
@@ -644,14 +644,14 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       if (c.type === 'blockStatus' && ext) throw new Desync(`compact BLOCK_STATUS chunk at ${where} with extended headers`);
       if (c.type === 'blockStatusExt' && !ext) throw new Desync(`BLOCK_STATUS_EXT chunk at ${where} without extended headers`);
       const r = pick(l, (r) => {
-        if (ext && b.readBigUInt64BE(where + 16) !== r.offset) return `extended chunk at ${where} carries offset ${b.readBigUInt64BE(where + 16)}, request had ${r.offset}`;
+        if (ext && b.readBigUInt64BE(where + 16) !== r.offset) return `extended chunk at ${where} carries offset ${b.readBigUInt64BE(where + 16)}, request had ${r.offset} (reply.extended-offset-echo)`;
         if (r.partial && c.type !== 'error' && c.type !== 'errorOffset') return `${c.type} chunk at ${where} for a request whose payload never completed`;
         if ((c.type === 'offsetData' || c.type === 'offsetHole') && r.type !== CMD.READ) return `data chunk at ${where} for command ${r.type}`;
         if ((c.type === 'blockStatus' || c.type === 'blockStatusExt') && r.type !== CMD.BLOCK_STATUS) return `status chunk at ${where} for command ${r.type}`;
         if (c.type === 'offsetData' || c.type === 'offsetHole') {
           const len = c.type === 'offsetData' ? BigInt(c.data.length) : BigInt(c.size);
           if (c.offset < r.offset || c.offset + len > r.offset + r.length) {
-            return `READ chunk at ${where} covers [${c.offset}, +${len}) outside the request [${r.offset}, +${r.length}) (rule 23)`;
+            return `READ chunk at ${where} covers [${c.offset}, +${len}) outside the request [${r.offset}, +${r.length}) (reply.structured-chunks)`;
           }
         }
         return null;
