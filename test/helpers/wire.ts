@@ -1,7 +1,7 @@
 /**
  * Test-side NBD wire codec: the *client's* view of the protocol.
  *
- * Written from the spec tables (shared/docs/protocol.md §1.2–§1.15), and
+ * Written from the spec (doc/proto.md in NetworkBlockDevice/nbd), and
  * deliberately independent of `src/`: nothing here imports the server's
  * constants, encoders or decoder, so a test that builds bytes with this module
  * and decodes them with `src/` (or the other way round) checks the two
@@ -14,13 +14,13 @@
  *    their payloads). Parsers throw `WireError` on anything malformed or
  *    truncated, so a test that parses a server's output also validates it.
  *
- * All integers are big-endian (§1.1). 64-bit values are `bigint` on the
+ * All integers are big-endian. 64-bit values are `bigint` on the
  * parsing side; encoders accept `number | bigint`.
  */
 
-// ── spec numbers (§1.2, §1.6, §1.12.1), repeated here on purpose ─────────
+// ── spec numbers (magics, option replies, chunk types), repeated here on purpose ─
 
-/** Magic numbers, as written in protocol.md §1.2. */
+/** Magic numbers, as written in the spec. */
 export const W = {
   NBDMAGIC: 0x4e42444d41474943n,
   IHAVEOPT: 0x49484156454f5054n,
@@ -32,7 +32,7 @@ export const W = {
   EXTENDED_REPLY_MAGIC: 0x6e8a278c,
 } as const;
 
-/** Structured chunk types (§1.12.1). */
+/** Structured chunk types. */
 export const CHUNK = {
   NONE: 0,
   OFFSET_DATA: 1,
@@ -43,7 +43,7 @@ export const CHUNK = {
   ERROR_OFFSET: 0x8002,
 } as const;
 
-/** NBD_REPLY_FLAG_DONE (§1.9.3). */
+/** NBD_REPLY_FLAG_DONE. */
 export const DONE = 0x0001;
 
 /** Thrown by every parser on malformed or truncated server bytes. */
@@ -113,26 +113,26 @@ function u64(v: number | bigint): Buffer {
 
 // ── client → server encoders ─────────────────────────────────────────────
 
-/** §1.3.2 step 2: the 4-byte client flags. */
+/** Newstyle step 2: the 4-byte client flags. */
 export function encodeClientFlags(flags: number): Buffer {
   return u32(flags);
 }
 
 /**
- * §1.4 option request: IHAVEOPT · code u32 · length u32 · data.
+ * Option request: IHAVEOPT · code u32 · length u32 · data.
  * `declaredLength` overrides the length field (to build lying frames).
  */
 export function encodeOption(code: number, data: Buffer = Buffer.alloc(0), declaredLength?: number): Buffer {
   return Buffer.concat([u64(W.IHAVEOPT), u32(code), u32(declaredLength ?? data.length), data]);
 }
 
-/** §1.5.1 INFO / GO data: name length u32 · name · count u16 · info codes u16[]. */
+/** INFO / GO data: name length u32 · name · count u16 · info codes u16[]. */
 export function encodeInfoGoData(name: string | Buffer, infos: readonly number[]): Buffer {
   const n = str(name);
   return Buffer.concat([u32(n.length), n, u16(infos.length), ...infos.map(u16)]);
 }
 
-/** §1.5.2 LIST/SET_META_CONTEXT data: name length u32 · name · count u32 · {length u32 · query}[]. */
+/** LIST/SET_META_CONTEXT data: name length u32 · name · count u32 · {length u32 · query}[]. */
 export function encodeMetaContextData(name: string | Buffer, queries: ReadonlyArray<string | Buffer>): Buffer {
   const n = str(name);
   const parts: Buffer[] = [u32(n.length), n, u32(queries.length)];
@@ -143,7 +143,7 @@ export function encodeMetaContextData(name: string | Buffer, queries: ReadonlyAr
   return Buffer.concat(parts);
 }
 
-/** The header fields of a transmission request (§1.9.1 / §1.9.4). */
+/** The header fields of a transmission request (compact or extended). */
 export interface RequestFields {
   flags: number;
   type: number;
@@ -153,7 +153,7 @@ export interface RequestFields {
   length: number | bigint;
 }
 
-/** §1.9.1 compact request: 28-byte header, then the payload (WRITE) if given. */
+/** Compact request: 28-byte header, then the payload (WRITE) if given. */
 export function encodeRequest(r: RequestFields, payload?: Buffer): Buffer {
   const h = Buffer.alloc(28);
   h.writeUInt32BE(W.REQUEST_MAGIC, 0);
@@ -165,7 +165,7 @@ export function encodeRequest(r: RequestFields, payload?: Buffer): Buffer {
   return payload ? Buffer.concat([h, payload]) : h;
 }
 
-/** §1.9.4 extended request: 32-byte header (64-bit length), then the payload if given. */
+/** Extended request: 32-byte header (64-bit length), then the payload if given. */
 export function encodeExtendedRequest(r: RequestFields, payload?: Buffer): Buffer {
   const h = Buffer.alloc(32);
   h.writeUInt32BE(W.EXTENDED_REQUEST_MAGIC, 0);
@@ -183,7 +183,7 @@ export interface Greeting {
   handshakeFlags: number;
 }
 
-/** §1.3.2 step 1: exactly 18 bytes, NBDMAGIC · IHAVEOPT · flags u16. */
+/** Newstyle step 1: exactly 18 bytes, NBDMAGIC · IHAVEOPT · flags u16. */
 export function parseGreeting(buf: Buffer): Greeting {
   if (buf.length !== 18) throw new WireError(`greeting is ${buf.length} bytes, expected 18`);
   if (buf.readBigUInt64BE(0) !== W.NBDMAGIC) throw new WireError('greeting lacks NBDMAGIC');
@@ -200,7 +200,7 @@ export interface OptionReply {
   data: Buffer;
 }
 
-/** §1.4 a sequence of fixed-newstyle option replies; the buffer must end on a reply boundary. */
+/** A sequence of fixed-newstyle option replies; the buffer must end on a reply boundary. */
 export function parseOptionReplies(buf: Buffer): OptionReply[] {
   const out: OptionReply[] = [];
   let at = 0;
@@ -217,14 +217,14 @@ export function parseOptionReplies(buf: Buffer): OptionReply[] {
   return out;
 }
 
-/** §1.4 headerless EXPORT_NAME reply: 10 bytes, or 134 with the zero padding. */
+/** Headerless EXPORT_NAME reply: 10 bytes, or 134 with the zero padding. */
 export function parseExportNameReply(buf: Buffer): { size: bigint; flags: number; zeroes: boolean } {
   if (buf.length !== 10 && buf.length !== 134) throw new WireError(`EXPORT_NAME reply is ${buf.length} bytes`);
   if (buf.length === 134 && buf.subarray(10).some((b) => b !== 0)) throw new WireError('EXPORT_NAME padding is not zero');
   return { size: buf.readBigUInt64BE(0), flags: buf.readUInt16BE(8), zeroes: buf.length === 134 };
 }
 
-/** NBD_REP_SERVER data: name length u32 · name · optional description (§1.6). */
+/** NBD_REP_SERVER data: name length u32 · name · optional description. */
 export function parseRepServer(data: Buffer): { name: string; description: string } {
   if (data.length < 4) throw new WireError('NBD_REP_SERVER shorter than 4');
   const n = data.readUInt32BE(0);
@@ -232,13 +232,13 @@ export function parseRepServer(data: Buffer): { name: string; description: strin
   return { name: data.toString('utf8', 4, 4 + n), description: data.toString('utf8', 4 + n) };
 }
 
-/** NBD_REP_META_CONTEXT data: context id u32 · name (§1.6). */
+/** NBD_REP_META_CONTEXT data: context id u32 · name. */
 export function parseRepMetaContext(data: Buffer): { id: number; name: string } {
   if (data.length < 4) throw new WireError('NBD_REP_META_CONTEXT shorter than 4');
   return { id: data.readUInt32BE(0), name: data.toString('utf8', 4) };
 }
 
-/** A decoded NBD_REP_INFO payload (§1.5.1). */
+/** A decoded NBD_REP_INFO payload. */
 export type InfoReply =
   | { info: 'export'; size: bigint; flags: number }
   | { info: 'name'; name: string }
@@ -268,7 +268,7 @@ export function parseRepInfo(data: Buffer): InfoReply {
 
 // ── server → client parsers: transmission ────────────────────────────────
 
-/** §1.9.2 simple reply. `data` only for a successful READ whose cookie is in `readLengths`. */
+/** Simple reply. `data` only for a successful READ whose cookie is in `readLengths`. */
 export interface SimpleReply {
   kind: 'simple';
   cookie: bigint;
@@ -276,7 +276,7 @@ export interface SimpleReply {
   data?: Buffer;
 }
 
-/** §1.9.3 structured chunk / §1.9.4 extended chunk (`offset` present only for extended). */
+/** Structured chunk / extended chunk (`offset` present only for extended). */
 export interface ReplyChunk {
   kind: 'chunk';
   flags: number;
@@ -296,7 +296,7 @@ export interface TransmissionParseOptions {
   /**
    * Cookie → requested length of the outstanding READs. A simple reply with
    * error 0 for such a cookie is followed by exactly that many data bytes
-   * (§1.12: the client can only frame simple replies this way).
+   * (reply.negotiated-mode: the client can only frame simple replies this way).
    */
   readLengths?: ReadonlyMap<bigint, number>;
 }
@@ -310,7 +310,7 @@ export function parseTransmissionReplies(buf: Buffer, o: TransmissionParseOption
     if (buf.length - at < 4) throw new WireError(`truncated reply magic at ${at}`);
     const magic = buf.readUInt32BE(at);
     if (magic === W.SIMPLE_REPLY_MAGIC) {
-      if (o.extended) throw new WireError('simple reply while extended headers are on (§1.9.4)');
+      if (o.extended) throw new WireError('simple reply while extended headers are on (reply.negotiated-mode)');
       if (buf.length - at < 16) throw new WireError(`truncated simple reply at ${at}`);
       const error = buf.readUInt32BE(at + 4);
       const cookie = buf.readBigUInt64BE(at + 8);
@@ -358,7 +358,7 @@ export function parseTransmissionReplies(buf: Buffer, o: TransmissionParseOption
   return out;
 }
 
-// ── chunk payload decoders (§1.12.1) ─────────────────────────────────────
+// ── chunk payload decoders ────────────────────────────────────────────────
 
 /** OFFSET_DATA: offset u64 · data (≥ 1 byte). `data` is a view into the payload. */
 export function decodeOffsetData(p: Buffer): { offset: bigint; data: Buffer } {
@@ -423,7 +423,7 @@ export type DecodedChunk =
   | ({ type: 'error' } & ReturnType<typeof decodeError>)
   | ({ type: 'errorOffset' } & ReturnType<typeof decodeErrorOffset>);
 
-/** Dispatch on the chunk type; unknown types throw (clients disconnect on them, §1.12.1). */
+/** Dispatch on the chunk type; unknown types throw (clients disconnect on them, as the spec says). */
 export function decodeChunk(c: Pick<ReplyChunk, 'type' | 'payload' | 'flags'>): DecodedChunk {
   switch (c.type) {
     case CHUNK.NONE:

@@ -159,7 +159,7 @@ describe('errors and errnos', () => {
       write(offset, data) {
         if (offset === 0) throw new NbdRequestError('ENOSPC');
         if (offset === 4096) return Promise.reject(new NbdRequestError('ENOSPC', 'full, later'));
-        // ENOTSUP outside FAST_ZERO is not allowed on the wire: it becomes EINVAL (rule 38).
+        // ENOTSUP outside FAST_ZERO is not allowed on the wire: it becomes EINVAL (transmission.error-values).
         if (offset === 8192) throw new NbdRequestError('ENOTSUP');
         if (offset === 12288) throw Object.assign(new Error('quota'), { code: 'EDQUOT' });
         return mem.write!(offset, data, { fua: false });
@@ -396,7 +396,7 @@ describe('structured vs simple replies', () => {
       out['df'] = h.can_df()
       out['meta'] = h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
       ${readChecks}
-      # DF: a read spanning hole and data comes back as one chunk (rule 32).
+      # DF: a read spanning hole and data comes back as one chunk (reply.df-one-chunk).
       chunks = []
       def chunk(sub, off, status, error):
           chunks.append([off, len(sub), status])

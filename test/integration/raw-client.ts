@@ -1,7 +1,7 @@
 /**
  * A minimal, deliberately misbehaving-capable NBD client on a raw socket:
  * greeting, client flags, NBD_OPT_GO, then whatever bytes a test wants to
- * send. Numbers are written here from the spec (protocol.md §1.2–§1.6).
+ * send. Numbers are written here from the spec (doc/proto.md).
  */
 import net from 'node:net';
 

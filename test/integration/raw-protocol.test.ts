@@ -78,7 +78,7 @@ describe('raw protocol paths over a real socket', () => {
       try {
         expect((await c.readGreeting()) & 3).toBe(3);
         await c.write(Buffer.concat([encodeClientFlags(clientFlags), encodeOption(OPT.EXPORT_NAME, Buffer.from('disk'))]));
-        // §1.4: size u64 · flags u16 · 124 zero bytes unless NO_ZEROES was echoed (rule 3).
+        // size u64 · flags u16 · 124 zero bytes unless NO_ZEROES was echoed (handshake.no-zeroes).
         const withZeroes = (clientFlags & 2) === 0;
         const reply = await c.read(withZeroes ? 134 : 10);
         expect(reply.readBigUInt64BE(0)).toBe(BigInt(SIZE));
@@ -102,10 +102,10 @@ describe('raw protocol paths over a real socket', () => {
         await c.write(encodeRequest({ flags: 0, type: CMD.READ, cookie: 13n, offset: 4096 * clientFlags, length: 4096 }));
         expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 13n });
         expect((await c.read(4096)).equals(data)).toBe(true);
-        // Out of range: simple error reply, no data (rule 22, 26).
+        // Out of range: simple error reply, no data (reply.simple-read, transmission.out-of-bounds).
         await c.write(encodeRequest({ flags: 0, type: CMD.READ, cookie: 14n, offset: SIZE, length: 512 }));
         expect(await c.readSimpleReply()).toEqual({ error: 22, cookie: 14n });
-        // DISC: no reply, the server closes (rule 35).
+        // DISC: no reply, the server closes (transmission.disc-drains).
         await c.write(encodeRequest({ flags: 0, type: CMD.DISC, cookie: 15n, offset: 0, length: 0 }));
         await c.expectClosedWithin(2000);
       } finally {
@@ -114,7 +114,7 @@ describe('raw protocol paths over a real socket', () => {
     });
   }
 
-  it('EXPORT_NAME for an unknown export: the connection is dropped without a reply (rule 6)', async () => {
+  it('option.export-name-terminates: EXPORT_NAME for an unknown export: the connection is dropped without a reply', async () => {
     const c = await RawClient.connect({ path: srv.socket });
     try {
       await c.readGreeting();
@@ -167,7 +167,7 @@ describe('raw protocol paths over a real socket', () => {
       expect(read.at(-1)!.flags & DONE).toBe(DONE);
       const bytes = Buffer.concat(read.filter((ch) => ch.type === CHUNK.OFFSET_DATA).map((ch) => decodeOffsetData(ch.payload).data));
       expect(bytes.equals(payload)).toBe(true);
-      // Every chunk header of a reply echoes the request's offset (§1.9.4); one OFFSET_DATA chunk each here.
+      // Every chunk header of a reply echoes the request's offset (reply.extended-offset-echo); one OFFSET_DATA chunk each here.
       for (const [cookie, at] of [
         [2n, 1 << 20],
         [6n, (1 << 20) + 4096],
@@ -197,7 +197,7 @@ describe('raw protocol paths over a real socket', () => {
     }
   });
 
-  it('rule 9: a request pipelined in the same segment as NBD_OPT_GO is served', async () => {
+  it('option.go-starts-transmission: a request pipelined in the same segment as NBD_OPT_GO is served', async () => {
     const c = await RawClient.connect({ path: srv.socket });
     try {
       await c.readGreeting();

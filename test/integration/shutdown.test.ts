@@ -1,7 +1,7 @@
 /**
  * server.close(): stop accepting, let in-flight requests finish (their
  * replies arrive), answer new ones with ESHUTDOWN, close the connection,
- * then flush and close the backends (protocol.md §1.17, rule 37).
+ * then flush and close the backends (transmission.shutdown-drains).
  */
 import { spawn } from 'node:child_process';
 import net from 'node:net';
@@ -74,7 +74,7 @@ describe('graceful shutdown', () => {
     expect(await exited).toBe(0);
     const result = JSON.parse(out.trim().split('\n').pop()!) as { completed: string[]; late: string };
     // Writes already with the backend finished and were answered; those that
-    // arrived after close() began got ESHUTDOWN (rule 37). Nothing else.
+    // arrived after close() began got ESHUTDOWN (transmission.shutdown-drains). Nothing else.
     const succeeded = result.completed.flatMap((r, i) => (r === 'ok' ? [i] : []));
     expect(succeeded.length).toBeGreaterThan(0);
     for (const r of result.completed) expect(['ok', 'ESHUTDOWN']).toContain(r);

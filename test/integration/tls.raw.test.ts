@@ -1,5 +1,5 @@
 /**
- * STARTTLS at the byte level (protocol.md §1.10): the option replies of the
+ * STARTTLS at the byte level (docs/rules.md, the tls.* rules): the option replies of the
  * three TLS modes, forgetting negotiated state on STARTTLS, the pipelined-
  * plaintext rule, bad TLS input, and the client identity reaching the
  * application. A raw client drives the NBD side and node:tls the TLS side;
@@ -56,7 +56,7 @@ describe('FORCEDTLS (tls.mode require)', () => {
   });
   afterAll(() => srv.close());
 
-  it('every option but STARTTLS and ABORT gets ERR_TLS_REQD before TLS; LIST is refused', async () => {
+  it('tls.mode-forcedtls: every option but STARTTLS and ABORT gets ERR_TLS_REQD before TLS; LIST is refused', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     for (const [code, data] of [
@@ -79,7 +79,7 @@ describe('FORCEDTLS (tls.mode require)', () => {
     expect(await c.closed()).toBe(true);
   });
 
-  it('a plaintext EXPORT_NAME is disconnected without a reply', async () => {
+  it('tls.mode-forcedtls: a plaintext EXPORT_NAME is disconnected without a reply', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     c.write(optionBytes(O.EXPORT_NAME, Buffer.from('public')));
@@ -87,7 +87,7 @@ describe('FORCEDTLS (tls.mode require)', () => {
     expect(c.pending).toBe(0);
   });
 
-  it('after STARTTLS: options are served, ERR_TLS_REQD never appears, a second STARTTLS gets ERR_INVALID', async () => {
+  it('tls.starttls-repeat: after STARTTLS: options are served, ERR_TLS_REQD never appears, a second STARTTLS gets ERR_INVALID', async () => {
     const c = await tlsClient(srv);
     const list = await c.option(O.LIST);
     expect(types(list)).toEqual([R.SERVER, R.SERVER, R.ACK]);
@@ -105,7 +105,7 @@ describe('FORCEDTLS (tls.mode require)', () => {
     c.destroy();
   });
 
-  it('ABORT before TLS is allowed', async () => {
+  it('tls.mode-forcedtls, option.abort-ack: ABORT before TLS is allowed', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     expect(types(await c.option(O.ABORT))).toEqual([R.ACK]);
@@ -114,7 +114,7 @@ describe('FORCEDTLS (tls.mode require)', () => {
 });
 
 describe('NOTLS (tls.mode off)', () => {
-  it('STARTTLS gets ERR_POLICY and the plaintext session continues; never ERR_TLS_REQD', async () => {
+  it('tls.mode-notls: STARTTLS gets ERR_POLICY and the plaintext session continues; never ERR_TLS_REQD', async () => {
     const srv = await startServer({ exports: exportsWithSecret() });
     try {
       const c = await RawClient.connect(srv.socket);
@@ -138,7 +138,7 @@ describe('SELECTIVETLS (tls.mode on)', () => {
   });
   afterAll(() => srv.close());
 
-  it('a tlsOnly export is refused in plaintext, the others are served', async () => {
+  it('tls.mode-selectivetls: a tlsOnly export is refused in plaintext, the others are served', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     expect(types(await c.option(O.INFO, infoGoData('secret')))).toEqual([R.ERR_TLS_REQD]);
@@ -148,7 +148,7 @@ describe('SELECTIVETLS (tls.mode on)', () => {
     c.destroy();
   });
 
-  it('a plaintext EXPORT_NAME for a tlsOnly export is disconnected', async () => {
+  it('tls.mode-selectivetls: a plaintext EXPORT_NAME for a tlsOnly export is disconnected', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     c.write(optionBytes(O.EXPORT_NAME, Buffer.from('secret')));
@@ -156,7 +156,7 @@ describe('SELECTIVETLS (tls.mode on)', () => {
     expect(c.pending).toBe(0);
   });
 
-  it('the tlsOnly export is served after STARTTLS', async () => {
+  it('tls.mode-selectivetls: the tlsOnly export is served after STARTTLS', async () => {
     const c = await tlsClient(srv);
     const go = await c.option(O.GO, infoGoData('secret'));
     expect(types(go).at(-1)).toBe(R.ACK);
@@ -168,7 +168,7 @@ describe('SELECTIVETLS (tls.mode on)', () => {
     c.destroy();
   });
 
-  it('everything negotiated before STARTTLS is forgotten (structured replies, meta contexts)', async () => {
+  it('tls.starttls-resets: everything negotiated before STARTTLS is forgotten (structured replies, meta contexts)', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     expect(types(await c.option(O.STRUCTURED_REPLY))).toEqual([R.ACK]);
@@ -219,7 +219,7 @@ describe('bad input around STARTTLS', () => {
     return [...events].reverse().find((e) => e.type === 'opened')!.connection.id;
   }
 
-  it('plaintext options pipelined behind STARTTLS are never interpreted: the client is disconnected alone', async () => {
+  it('tls.plaintext-after-starttls: plaintext options pipelined behind STARTTLS are never interpreted: the client is disconnected alone', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
     const c = await RawClient.connect(srv.socket);
@@ -240,7 +240,7 @@ describe('bad input around STARTTLS', () => {
     other.destroy();
   });
 
-  it('garbage instead of a TLS ClientHello: disconnected alone, one log line', async () => {
+  it('tls.handshake-failed: garbage instead of a TLS ClientHello: disconnected alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
     const c = await RawClient.connect(srv.socket);
@@ -258,7 +258,7 @@ describe('bad input around STARTTLS', () => {
     other.destroy();
   });
 
-  it('a client that drops during the TLS handshake: closed alone, one log line', async () => {
+  it('tls.handshake-failed: a client that drops during the TLS handshake: closed alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
     const c = await RawClient.connect(srv.socket);
@@ -277,7 +277,7 @@ describe('bad input around STARTTLS', () => {
     other.destroy();
   });
 
-  it('a client that drops right after the STARTTLS ACK: closed alone, one log line', async () => {
+  it('tls.handshake-failed: a client that drops right after the STARTTLS ACK: closed alone, one log line', async () => {
     const mark = srv.logs.length;
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
@@ -290,7 +290,7 @@ describe('bad input around STARTTLS', () => {
     expect(lines[0]).toMatch(/TLS handshake failed/);
   });
 
-  it('a client that stalls in the TLS handshake is dropped after handshakeTimeout', async () => {
+  it('tls.handshake-failed: a client that stalls in the TLS handshake is dropped after handshakeTimeout', async () => {
     const c = await RawClient.connect(srv.socket);
     await c.handshake();
     const id = lastOpenedId();

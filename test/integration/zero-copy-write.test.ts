@@ -104,13 +104,13 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
     expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
     expect(calls.targets).toBe(0);
     expect(calls.write).toBe(1);
-    // FUA with a backend whose FUA is native: placed, then made durable by a flush before the reply (rule 28).
+    // FUA with a backend whose FUA is native: placed, then made durable by a flush before the reply (transmission.fua-durable).
     const fuaData = Buffer.alloc(MiB, 2);
     await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 2 * MiB, MiB, 2n, FUA), fuaData]));
     expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
     expect(calls).toMatchObject({ targets: 1, write: 1, writev: 0, flush: 1 });
     expect((await readBack(c, 2 * MiB, MiB, 5n)).equals(fuaData)).toBe(true);
-    // Past the end: ENOSPC (rule 26), nothing placed, nothing written.
+    // Past the end: ENOSPC (transmission.write-out-of-bounds), nothing placed, nothing written.
     await c.write(Buffer.concat([RawClient.request(CMD.WRITE, SIZE - 512, MiB, 3n), Buffer.alloc(MiB, 3)]));
     expect(await c.readSimpleReply()).toEqual({ error: 28, cookie: 3n });
     expect(calls.targets).toBe(1);
@@ -246,7 +246,7 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
     const c = await client(b);
     const a = crypto.randomBytes(256 * 1024);
     const z = crypto.randomBytes(256 * 1024);
-    // Overlapping requests in flight together are unordered (protocol.md §1.16); these READs follow their WRITEs.
+    // Overlapping requests in flight together are unordered (the spec lets a server reorder them); these READs follow their WRITEs.
     await c.write(
       Buffer.concat([
         RawClient.request(CMD.WRITE, 0, a.length, 1n),

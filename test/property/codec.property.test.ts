@@ -1,5 +1,5 @@
 /**
- * Property tests for the codec (style.md practice 11, 13):
+ * Property tests for the codec:
  *  1. arbitrary valid client sessions, encoded with the test-side codec and cut
  *     at arbitrary points, decode to exactly the expected frames;
  *  2. arbitrary server frames from the src encoders parse back, with the
@@ -166,6 +166,8 @@ function requestArb(extended: boolean): fc.Arbitrary<ClientCase> {
           // A zero-length WRITE carries an empty payload; other commands with a zero PAYLOAD_LEN carry none.
           payload: !hasPayload || discarded ? undefined : payload.length > 0 ? Buffer.from(payload) : type === 1 ? Buffer.alloc(0) : undefined,
           payloadDiscarded: discarded,
+          // An offset past 2^53 is kept exactly as sent (echoed in extended replies).
+          ...(offset >= TWO_53 ? { wireOffset: offset } : {}),
         },
       };
     });

@@ -1,6 +1,6 @@
 /**
  * The transport hands a burst of pipelined requests to the transmission
- * machine as one `requests` event (design.md §2: one machine event per
+ * machine as one `requests` event (docs/design.md: one machine event per
  * burst). That path must decide exactly what the per-request `request`
  * event and its named guards decide: same requests accepted, same errnos
  * for the refused ones, in wire order, and ESHUTDOWN for everything while

@@ -72,7 +72,7 @@ describe('handshake machine: model-based (fc.commands)', () => {
     expect(runs).toBeGreaterThanOrEqual(details.numRuns);
   });
 
-  it('pinned sequence: SR + SET_META_CONTEXT, STARTTLS, then GO has neither (rule 15)', () => {
+  it('tls.starttls-resets: pinned sequence: SR + SET_META_CONTEXT, STARTTLS, then GO has neither', () => {
     const d = startHandshake({ tls: 'optional' }, 3);
     const model: HsModel = {
       policy: 'optional',

@@ -1,6 +1,7 @@
 /**
  * Reply forms built by src/protocol/replies.ts for arbitrary inputs
- * (rules 21–23, 32, 33): exactly one DONE chunk, and it is last; READ chunks
+ * (reply.negotiated-mode, reply.structured-chunks, reply.df-one-chunk,
+ * reply.block-status-chunks): exactly one DONE chunk, and it is last; READ chunks
  * tile [offset, offset + Σ segments) in order without overlap; DF gives one
  * content chunk; BLOCK_STATUS gives one chunk per context; errors are one
  * ERROR chunk with DONE; extended chunks echo the request offset.
@@ -30,10 +31,10 @@ function run<Ts extends [unknown, ...unknown[]]>(name: string, property: fc.IPro
 
 function checkCommon(chunks: readonly Chunk[], m: 'structured' | 'extended', c: bigint, requestOffset: number) {
   expect(chunks.length).toBeGreaterThan(0);
-  expect(chunks.map((x) => x.flags & DONE)).toEqual([...chunks.slice(1).map(() => 0), DONE]); // rule 23
+  expect(chunks.map((x) => x.flags & DONE)).toEqual([...chunks.slice(1).map(() => 0), DONE]); // reply.structured-chunks
   for (const x of chunks) {
-    expect(x.cookie).toBe(c); // rule 20
-    expect(x.magic).toBe(m === 'extended' ? EXTENDED_MAGIC : STRUCTURED_MAGIC); // rule 21
+    expect(x.cookie).toBe(c); // reply.cookie-echo
+    expect(x.magic).toBe(m === 'extended' ? EXTENDED_MAGIC : STRUCTURED_MAGIC); // reply.negotiated-mode
     if (m === 'extended') expect(x.requestOffset).toBe(BigInt(requestOffset));
     if (x.type === 0) expect(x.payload).toHaveLength(0); // NONE only with DONE and length 0
   }
@@ -68,14 +69,14 @@ describe('structured reply forms (properties)', () => {
     );
   });
 
-  it('replyRead with DF: exactly one OFFSET_DATA chunk holding all the bytes (rule 32)', () => {
+  it('reply.df-one-chunk: replyRead with DF: exactly one OFFSET_DATA chunk holding all the bytes', () => {
     run(
       'replyRead(df)',
       fc.property(
         mode,
         cookie,
         offset,
-        // A DF read of length 0 is unspecified (rule 36): at least one byte here.
+        // A DF read of length 0 is unspecified (transmission.zero-length): at least one byte here.
         fc.array(segment, { maxLength: 6 }).filter((segs) => segs.some((s) => segLength(s) > 0)),
         (m, c, off, segs) => {
           const chunks = parseChunks(replyRead(m, c, off, segs, true));
@@ -89,7 +90,7 @@ describe('structured reply forms (properties)', () => {
     );
   });
 
-  it('replyRead simple: header then exactly Σ segment bytes (rule 22)', () => {
+  it('reply.simple-read: replyRead simple: header then exactly Σ segment bytes', () => {
     run(
       'replyRead(simple)',
       fc.property(cookie, offset, fc.array(segment, { maxLength: 6 }), (c, off, segs) => {
@@ -101,7 +102,7 @@ describe('structured reply forms (properties)', () => {
     );
   });
 
-  it('replyBlockStatus: one BLOCK_STATUS chunk per context, DONE on the last (rule 33)', () => {
+  it('reply.block-status-chunks: replyBlockStatus: one BLOCK_STATUS chunk per context, DONE on the last', () => {
     const extents = fc.array(fc.record({ length: fc.integer({ min: 1, max: 0xffffffff }), flags: fc.nat({ max: 3 }) }), { minLength: 1, maxLength: 5 });
     run(
       'replyBlockStatus',
@@ -147,7 +148,7 @@ describe('structured reply forms (properties)', () => {
         expect(x.type).toBe(0x8001);
         expect(x.payload.readUInt32BE(0)).toBe(e);
         const ml = x.payload.readUInt16BE(4);
-        expect(ml).toBeLessThanOrEqual(4096); // rule 17
+        expect(ml).toBeLessThanOrEqual(4096); // general.string-limits
         expect(x.payload).toHaveLength(6 + ml);
         expect(x.payload.subarray(6).includes(0)).toBe(false);
       }),

@@ -3,7 +3,7 @@
  * (flags, SR/EH, read-only, sizes, minimum block, payload limit) and arbitrary
  * request sequences, DISC at the end. Every request except DISC gets exactly
  * one outcome carrying its cookie; refusals carry the errno the simpler model
- * (./transmission/model.ts, protocol.md §3.5 order) predicts and never reach
+ * (./transmission/model.ts, nbdkit's order of checks) predicts and never reach
  * the application; after DISC / shutdown new requests get ESHUTDOWN.
  */
 import fc from 'fast-check';

@@ -42,7 +42,7 @@ const exp = { name: 'e', size: 1 << 20 };
 const conn = { id: 1, peer: 'test', tls: false };
 const request = (f: RequestFrame, sink = new Sink()) => ({ req: new NbdRequest(f, sink, exp, conn, [{ id: 1, name: 'base:allocation' }]), sink });
 
-describe('flag derivation from a backend (nbdkit §3.3)', () => {
+describe('flag derivation from a backend (as nbdkit from a plugin; transmission.flags-advertised)', () => {
   it('a read-only backend (no write) advertises READ_ONLY and nothing writable', () => {
     const f = transmissionFlags(backendCapabilities({ read: () => Buffer.alloc(0) }));
     expect(f & FLAG.NBD_FLAG_READ_ONLY).toBeTruthy();
@@ -77,7 +77,7 @@ describe('flag derivation from a backend (nbdkit §3.3)', () => {
   });
 });
 
-describe('normalizeExtents (§1.13)', () => {
+describe('normalizeExtents (reply.block-status-chunks)', () => {
   it('merges equal neighbours, clips to the request, drops empty extents', () => {
     expect(normalizeExtents([{ length: 0, flags: 0 }, { length: 100, flags: 3 }, { length: 100, flags: 3 }, { length: 1000, flags: 0 }], 500, false)).toEqual([
       { length: 200, flags: 3 },
@@ -132,7 +132,7 @@ describe('NbdRequest', () => {
     expect(sink.frames).toHaveLength(1);
     expect(sink.simpleError()).toBe(ERRNO.NBD_EIO);
   });
-  it('errors map: names, NbdRequestError, host errno codes, rule 38 restrictions', () => {
+  it('transmission.error-values: errors map: names, NbdRequestError, host errno codes, ENOTSUP / EOVERFLOW restrictions', () => {
     const cases: Array<[Parameters<NbdRequest['fail']>[0], number, number]> = [
       ['ENOSPC', 0, ERRNO.NBD_ENOSPC],
       [new NbdRequestError('EPERM'), 0, ERRNO.NBD_EPERM],
@@ -214,6 +214,7 @@ describe('createServer configuration', () => {
     expect(() => createServer({ exports: [] })).toThrow(/at least one export/);
     expect(() => createServer({ exports: [{ name: 'a' }] })).toThrow(/size/);
     expect(() => createServer({ exports: [{ name: 'a', size: 2 ** 60 }] })).toThrow(/2\^53/);
+    // option.block-size-constraints
     expect(() => createServer({ exports: [{ name: 'a', size: 1, blockSizes: { minimum: 3 } }] })).toThrow(/power of 2/);
     expect(() => createServer({ exports: [{ name: 'a', size: 1 }, { name: 'a', size: 1 }] })).toThrow(/twice/);
     expect(() => createServer({ exports: [{ name: 'a', size: 1 }], defaultExport: 'b' })).toThrow(/not defined/);

@@ -1,6 +1,6 @@
 /**
  * Deterministic state and transition coverage of the handshake machine with
- * xstate's own graph tools (`xstate/graph`, style.md practice 12).
+ * xstate's own graph tools (`xstate/graph`).
  *
  * For a few machine inputs (TLS policy, offers, DoS limit) we traverse the
  * machine with a representative event per event type and per guard branch

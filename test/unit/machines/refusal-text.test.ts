@@ -1,5 +1,5 @@
 /**
- * Every option error reply carries a human-readable reason as its data
+ * option.error-text: every option error reply carries a human-readable reason as its data
  * (the spec allows a UTF-8 message there; qemu prints it as "server
  * reported: …", libnbd logs it). Without one a client can only print
  * "Unknown error returned by server".

@@ -1,6 +1,6 @@
 /**
- * One test (or a few) per server rule of protocol.md §1.18 (rules 1–38).
- * Test names start with the rule number.
+ * One test (or a few) per server rule of docs/rules.md. Test names start
+ * with the IDs of the rules they check.
  *
  * Handshake rules drive the real handshake machine with option frames that
  * came out of the real decoder, and decode the emitted `send` frames with a
@@ -9,19 +9,24 @@
  *
  * Parts of rules that do not apply to this server, or that live outside the
  * machines and codec (checked where they are implemented, e.g. the transport):
- *   - rule 1, oldstyle half: we never speak oldstyle (no oldstyle greeting is
- *     ever produced; the handshake machine only has the newstyle greeting).
- *   - rule 3, oldstyle: same reason.
- *   - rule 22, "post-header read failure ⇒ hard disconnect": the failure happens
- *     in the transport after it wrote a header; no machine or codec decision.
- *   - rule 24, "or hard-disconnect": we always consume (decoder), never drop.
- *   - rules 28, 29, 30 (durability, FLUSH ordering, zeroes reading back): these
- *     are backend/transport obligations; here we test only the machine's part
- *     (the requests reach the application and are not refused).
- *   - rule 35, "shut down TLS, close the socket": the transport carries out the
- *     machine's `close` effect; we test that the machine asks for it.
- *   - rule 21, EH "never simple replies": tested for the reply builders; the
- *     experimental extended-header transmission path has no other machine part.
+ *   - handshake.greeting-flags, oldstyle half: we never speak oldstyle (no
+ *     oldstyle greeting is ever produced; the handshake machine only has the
+ *     newstyle greeting).
+ *   - handshake.no-zeroes, oldstyle: same reason.
+ *   - reply.simple-read, "post-header read failure ⇒ hard disconnect": the
+ *     failure happens in the transport after it wrote a header; no machine or
+ *     codec decision.
+ *   - transmission.payload-consumed, "or hard-disconnect": we always consume
+ *     (decoder), never drop.
+ *   - transmission.fua-durable, transmission.flush-durable,
+ *     transmission.write-zeroes-no-hole (durability, FLUSH ordering, zeroes
+ *     reading back): these are backend/transport obligations; here we test only
+ *     the machine's part (the requests reach the application and are not refused).
+ *   - transmission.disc-drains, "shut down TLS, close the socket": the transport
+ *     carries out the machine's `close` effect; we test that the machine asks for it.
+ *   - reply.negotiated-mode, EH "never simple replies": tested for the reply
+ *     builders; the experimental extended-header transmission path has no other
+ *     machine part.
  */
 import { describe, expect, it } from 'vitest';
 import { createActor, initialTransition, transition } from 'xstate';
@@ -72,7 +77,7 @@ function types(replies: readonly OptionReply[]): number[] {
   return replies.map((r) => r.type);
 }
 
-/** The one final reply of an option, checking the rule-4 framing on the way. */
+/** The one final reply of an option, checking the option.reply-header framing on the way. */
 function finalOf(replies: readonly OptionReply[], code: number): OptionReply {
   expect(replies.length).toBeGreaterThan(0);
   for (const r of replies) expect(r.option).toBe(code);
@@ -93,7 +98,7 @@ function withBaseAllocation(d: ReturnType<typeof startHandshake>) {
 // ═══ Handshake ═══════════════════════════════════════════════════════════
 
 describe('handshake rules (handshake machine)', () => {
-  it('rule 1: greeting is NBDMAGIC · IHAVEOPT · handshake flags with only bits 0–1 (FIXED_NEWSTYLE set)', () => {
+  it('handshake.greeting-flags: greeting is NBDMAGIC · IHAVEOPT · handshake flags with only bits 0–1 (FIXED_NEWSTYLE set)', () => {
     const d = startHandshake({}, null);
     expect(d.emitted).toHaveLength(1);
     const g = d.emitted[0]!;
@@ -108,25 +113,25 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('awaitingClientFlags');
   });
 
-  it('rule 2: client flags with an unknown bit drop the connection (every bit 2–31)', () => {
+  it('handshake.client-flags-unknown: client flags with an unknown bit drop the connection (every bit 2–31)', () => {
     for (let bit = 2; bit < 32; bit++) {
       const d = startHandshake({}, null);
       const out = d.send({ type: 'wire.clientFlags', flags: (1 << bit) >>> 0 | 1 });
       expect(d.value(), `bit ${bit}`).toBe('rejected');
-      expect(closes(out)).toEqual([expect.objectContaining({ hard: true })]);
+      expect(closes(out)).toEqual([expect.objectContaining({ hard: true, reason: 'handshake.client-flags-unknown: unknown client flags' })]);
       expect(out.filter((e) => e.type === 'send')).toHaveLength(0);
       expect(outcome(d).outcome).toBe('rejected');
     }
   });
 
-  it('rule 2: the advertised client flags (0–3) are accepted', () => {
+  it('handshake.client-flags-unknown: the advertised client flags (0–3) are accepted', () => {
     for (const flags of [0, 1, 2, 3]) {
       const d = startHandshake({}, flags);
       expect(d.value()).toBe('options');
     }
   });
 
-  it('rule 3: EXPORT_NAME reply is 134 bytes, or 10 when both sides set NO_ZEROES', () => {
+  it('handshake.no-zeroes: EXPORT_NAME reply is 134 bytes, or 10 when both sides set NO_ZEROES', () => {
     for (const [flags, len] of [
       [1, 134],
       [3, 10],
@@ -144,7 +149,7 @@ describe('handshake rules (handshake machine)', () => {
     }
   });
 
-  it('rule 3: no padding after the GO ACK, and NBD_INFO_EXPORT is exactly 12 bytes (even without NO_ZEROES)', () => {
+  it('handshake.no-zeroes, option.info-export: no padding after the GO ACK, and NBD_INFO_EXPORT is exactly 12 bytes (even without NO_ZEROES)', () => {
     const d = startHandshake({}, 1);
     const out = d.send(opt(O.GO, infoGoData('disk')));
     const frames = out.filter((e) => e.type === 'send').map((e) => Buffer.concat((e as { frame: Buffer[] }).frame));
@@ -155,7 +160,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(exp.data).toHaveLength(12);
   });
 
-  it('rule 4: every fixed-newstyle option but EXPORT_NAME gets 20-byte-header replies echoing its code', () => {
+  it('option.reply-header: every fixed-newstyle option but EXPORT_NAME gets 20-byte-header replies echoing its code', () => {
     const cases: Array<[number, Buffer | undefined]> = [
       [O.LIST, undefined],
       [O.PEEK_EXPORT, undefined],
@@ -180,7 +185,7 @@ describe('handshake rules (handshake machine)', () => {
     finalOf(a.option(opt(O.ABORT)), O.ABORT);
   });
 
-  it('rule 5: unknown option gets ERR_UNSUP and the next option still parses', () => {
+  it('option.unknown-code: unknown option gets ERR_UNSUP and the next option still parses', () => {
     const dec = new FrameDecoder();
     dec.push(u32(3));
     expect(dec.next()).toMatchObject({ kind: 'clientFlags', flags: 3 });
@@ -199,40 +204,43 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('options');
   });
 
-  it('rule 5: withdrawn PEEK_EXPORT (4) is treated as unknown', () => {
+  it('option.unknown-code: withdrawn PEEK_EXPORT (4) is treated as unknown', () => {
     const d = startHandshake();
     expect(types(d.option(opt(O.PEEK_EXPORT, Buffer.from('disk'))))).toEqual([R.ERR_UNSUP]);
   });
 
-  it('rule 6: EXPORT_NAME for an unknown export terminates without any reply', () => {
+  it('option.export-name-terminates: EXPORT_NAME for an unknown export terminates without any reply', () => {
     const d = startHandshake();
     const out = d.send(opt(O.EXPORT_NAME, Buffer.from('nope')));
     expect(out.filter((e) => e.type === 'send')).toHaveLength(0);
-    expect(closes(out)).toEqual([expect.objectContaining({ hard: true })]);
+    // The reason (logged when the connection drops) names the rule.
+    expect(closes(out)).toEqual([
+      expect.objectContaining({ hard: true, reason: 'option.export-name-terminates: EXPORT_NAME for an unknown export (opt.exportName)' }),
+    ]);
     expect(outcome(d)).toMatchObject({ outcome: 'rejected' });
   });
 
-  it('rule 6: EXPORT_NAME "" without a default export terminates', () => {
+  it('option.export-name-terminates: EXPORT_NAME "" without a default export terminates', () => {
     const d = startHandshake({ defaultExport: undefined });
     const out = d.send(opt(O.EXPORT_NAME));
     expect(closes(out)).toEqual([expect.objectContaining({ hard: true })]);
     expect(d.value()).toBe('rejected');
   });
 
-  it('rule 6: EXPORT_NAME for a TLS-only export without TLS terminates (SELECTIVETLS)', () => {
+  it('option.export-name-terminates, tls.mode-selectivetls: EXPORT_NAME for a TLS-only export without TLS terminates (SELECTIVETLS)', () => {
     const d = startHandshake({ tls: 'optional' });
     const out = d.send(opt(O.EXPORT_NAME, Buffer.from('secret')));
     expect(out.filter((e) => e.type === 'send')).toHaveLength(0);
     expect(d.value()).toBe('rejected');
   });
 
-  it('rule 6: EXPORT_NAME "" resolves to the default export', () => {
+  it('option.export-name-terminates: EXPORT_NAME "" resolves to the default export', () => {
     const d = startHandshake();
     d.send(opt(O.EXPORT_NAME));
     expect(outcome(d)).toMatchObject({ outcome: 'negotiated', negotiated: { export: { name: 'disk' }, viaExportName: true } });
   });
 
-  it('rule 7: ABORT is answered with ACK, then a soft close', () => {
+  it('option.abort-ack: ABORT is answered with ACK, then a soft close', () => {
     const d = startHandshake();
     const out = d.send(opt(O.ABORT));
     const replies = out.filter((e) => e.type === 'send').map((e) => parseOptionReply((e as { frame: Buffer[] }).frame));
@@ -241,13 +249,13 @@ describe('handshake rules (handshake machine)', () => {
     expect(outcome(d)).toEqual({ outcome: 'aborted' });
   });
 
-  it('rule 7: ABORT with data is still ACKed (server SHOULD ignore the data)', () => {
+  it('option.abort-ack: ABORT with data is still ACKed (server SHOULD ignore the data)', () => {
     const d = startHandshake();
     expect(types(d.option(opt(O.ABORT, Buffer.from('junk'))))).toEqual([R.ACK]);
     expect(d.value()).toBe('aborted');
   });
 
-  it('rule 7: the client closing before (or instead of) reading the ACK is tolerated', () => {
+  it('option.abort-ack: the client closing before (or instead of) reading the ACK is tolerated', () => {
     const d = startHandshake();
     d.send(opt(O.ABORT));
     d.send({ type: 'socket.closed' }); // after the machine is done: ignored, no throw
@@ -259,7 +267,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(outcome(e)).toEqual({ outcome: 'disconnected' });
   });
 
-  it('rule 8: INFO success sends NBD_INFO_EXPORT (12 bytes) before the ACK even when not requested', () => {
+  it('option.info-export: INFO success sends NBD_INFO_EXPORT (12 bytes) before the ACK even when not requested', () => {
     const d = startHandshake();
     const replies = d.option(opt(O.INFO, infoGoData('disk')));
     expect(types(replies)).toEqual([R.INFO, R.ACK]);
@@ -271,7 +279,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('options');
   });
 
-  it('rule 8: unknown info requests are ignored; known ones are answered', () => {
+  it('option.info-unknown-ignored: unknown info requests are ignored; known ones are answered', () => {
     const d = startHandshake();
     const replies = d.option(opt(O.INFO, infoGoData('disk', [0x7777, 1, 2, 3, 0xffff])));
     expect(types(replies)).toEqual([R.INFO, R.INFO, R.INFO, R.INFO, R.ACK]);
@@ -281,7 +289,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(infos.find((i) => i.info === 2)!.payload.toString()).toBe('the main disk');
   });
 
-  it('rule 8: namelen > optlen − 6 and a length that is not 6 + N + 2K get ERR_INVALID', () => {
+  it('option.length-mismatch: namelen > optlen − 6 and a length that is not 6 + N + 2K get ERR_INVALID', () => {
     const d = startHandshake();
     const good = infoGoData('disk', [1]);
     const tooLongName = Buffer.from(good);
@@ -298,7 +306,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('options');
   });
 
-  it('rule 8: INFO/GO for an unknown export get ERR_UNKNOWN and no INFO replies', () => {
+  it('option.export-unknown: INFO/GO for an unknown export get ERR_UNKNOWN and no INFO replies', () => {
     const d = startHandshake();
     expect(types(d.option(opt(O.INFO, infoGoData('nope', [0]))))).toEqual([R.ERR_UNKNOWN]);
     expect(types(d.option(opt(O.GO, infoGoData('nope'))))).toEqual([R.ERR_UNKNOWN]);
@@ -306,7 +314,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(d.option(opt(O.GO, infoGoData('disk'))))).toEqual([R.INFO, R.ACK]);
   });
 
-  it('rule 9: GO ACK switches to transmission; a request pipelined behind GO is decoded as a request', () => {
+  it('option.go-starts-transmission: GO ACK switches to transmission; a request pipelined behind GO is decoded as a request', () => {
     const dec = new FrameDecoder();
     dec.push(u32(3));
     dec.next();
@@ -327,7 +335,7 @@ describe('handshake rules (handshake machine)', () => {
     ]);
   });
 
-  it('rule 10: ERR_BLOCK_SIZE_REQD is never sent when the client requested NBD_INFO_BLOCK_SIZE (nor otherwise)', () => {
+  it('option.block-size-not-required: ERR_BLOCK_SIZE_REQD is never sent when the client requested NBD_INFO_BLOCK_SIZE (nor otherwise)', () => {
     const d = startHandshake();
     for (const requests of [[3], [], [1, 2]]) {
       for (const code of [O.INFO]) {
@@ -345,7 +353,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(g)).not.toContain(R.ERR_BLOCK_SIZE_REQD);
   });
 
-  it('rule 11: INFO then an identical GO report identical information', () => {
+  it('option.info-go-consistent: INFO then an identical GO report identical information', () => {
     for (const sr of [false, true]) {
       const d = startHandshake();
       if (sr) d.option(opt(O.STRUCTURED_REPLY));
@@ -359,7 +367,7 @@ describe('handshake rules (handshake machine)', () => {
     }
   });
 
-  it('rule 12: LIST / STARTTLS / STRUCTURED_REPLY / EXTENDED_HEADERS with data get ERR_INVALID', () => {
+  it('option.unexpected-data: LIST / STARTTLS / STRUCTURED_REPLY / EXTENDED_HEADERS with data get ERR_INVALID', () => {
     const d = startHandshake({ tls: 'optional' });
     for (const code of [O.LIST, O.STARTTLS, O.STRUCTURED_REPLY, O.EXTENDED_HEADERS]) {
       const replies = d.option(opt(code, Buffer.from([0])));
@@ -370,7 +378,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('options');
   });
 
-  it('rule 13: malformed META_CONTEXT lengths get ERR_INVALID (MUST)', () => {
+  it('option.length-mismatch: malformed META_CONTEXT lengths get ERR_INVALID (MUST)', () => {
     const d = startHandshake();
     d.option(opt(O.STRUCTURED_REPLY));
     const good = metaData('disk', ['base:allocation']);
@@ -391,7 +399,7 @@ describe('handshake rules (handshake machine)', () => {
     return replies.filter((r) => r.type === R.META_CONTEXT).map((r) => ({ id: r.data.readUInt32BE(0), name: r.data.subarray(4).toString() }));
   }
 
-  it('rule 13: LIST — unknown namespaces and unknown base: leaves are ignored; base: is a wildcard; Q = 0 lists all', () => {
+  it('option.meta-context-query, option.meta-context-reply: LIST — unknown namespaces and unknown base: leaves are ignored; base: is a wildcard; Q = 0 lists all', () => {
     const d = startHandshake();
     d.option(opt(O.STRUCTURED_REPLY));
     const list = (qs: string[]) => d.option(opt(O.LIST_META_CONTEXT, metaData('disk', qs)));
@@ -402,12 +410,12 @@ describe('handshake rules (handshake machine)', () => {
     expect(metaNames(list(['x:y', 'base:allocation']))).toEqual([{ id: 0, name: 'base:allocation' }]);
   });
 
-  it('rule 13: LIST before structured replies is allowed (server MAY refuse; we answer)', () => {
+  it('option.meta-context-query: LIST before structured replies is allowed (server MAY refuse; we answer)', () => {
     const d = startHandshake();
     expect(types(d.option(opt(O.LIST_META_CONTEXT, metaData('disk', []))))).toEqual([R.META_CONTEXT, R.ACK]);
   });
 
-  it('rule 13: SET — base: alone and unknown namespaces/leaves are ignored; base:allocation gets a unique id; ACK last', () => {
+  it('option.meta-context-query, option.meta-context-reply: SET — base: alone and unknown namespaces/leaves are ignored; base:allocation gets a unique id; ACK last', () => {
     const d = startHandshake();
     d.option(opt(O.STRUCTURED_REPLY));
     const set = (qs: string[]) => d.option(opt(O.SET_META_CONTEXT, metaData('disk', qs)));
@@ -420,7 +428,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(metaNames(r)).toEqual([{ id: BASE_ALLOCATION_ID, name: 'base:allocation' }]);
   });
 
-  it('rule 13: SET replaces the previous selection, even when the new SET fails', () => {
+  it('option.meta-context-replace: SET replaces the previous selection, even when the new SET fails', () => {
     const negotiate = (second: Buffer | undefined) => {
       const d = startHandshake();
       withBaseAllocation(d);
@@ -434,14 +442,14 @@ describe('handshake rules (handshake machine)', () => {
     expect(negotiate(Buffer.alloc(3))).toEqual([]); // failed (ERR_INVALID): still replaced
   });
 
-  it('rule 13: a selection only applies to the export it was made for', () => {
+  it('option.meta-context-export: a selection only applies to the export it was made for', () => {
     const d = startHandshake();
     withBaseAllocation(d);
     d.option(opt(O.GO, infoGoData('ro')));
     expect(outcome(d)).toMatchObject({ outcome: 'negotiated', negotiated: { export: { name: 'ro' }, metaContexts: [] } });
   });
 
-  it('rule 14: SET_META_CONTEXT before structured replies gets ERR_INVALID', () => {
+  it('option.meta-context-needs-structured: SET_META_CONTEXT before structured replies gets ERR_INVALID', () => {
     const d = startHandshake({ extendedHeaders: false });
     expect(types(d.option(opt(O.SET_META_CONTEXT, metaData('disk', ['base:allocation']))))).toEqual([R.ERR_INVALID]);
     // …and after SR it works.
@@ -449,7 +457,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(d.option(opt(O.SET_META_CONTEXT, metaData('disk', ['base:allocation']))))).toEqual([R.META_CONTEXT, R.ACK]);
   });
 
-  it('rule 15: STARTTLS success forgets structured replies, extended headers and meta contexts', () => {
+  it('tls.starttls-resets: STARTTLS success forgets structured replies, extended headers and meta contexts', () => {
     const d = startHandshake({ tls: 'optional' });
     withBaseAllocation(d);
     expect(types(d.option(opt(O.EXTENDED_HEADERS)))).toEqual([R.ACK]);
@@ -458,7 +466,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('upgradingTls');
     d.send({ type: 'tls.established' });
     expect(d.value()).toBe('options');
-    // SR is gone: SET needs it again (rule 14), and SR can be negotiated afresh (not a repeat).
+    // SR is gone: SET needs it again (option.meta-context-needs-structured), and SR can be negotiated afresh (not a repeat).
     expect(types(d.option(opt(O.SET_META_CONTEXT, metaData('disk', ['base:allocation']))))).toEqual([R.ERR_INVALID]);
     d.option(opt(O.GO, infoGoData('disk')));
     expect(outcome(d)).toMatchObject({
@@ -469,7 +477,32 @@ describe('handshake rules (handshake machine)', () => {
     expect(n.flags & FLAG.NBD_FLAG_SEND_DF).toBe(0);
   });
 
-  it('rule 15: after STARTTLS, STRUCTURED_REPLY is accepted again (not treated as a repeat)', () => {
+  it('option.structured-reply: ACK switches replies to structured; a repeat gets ERR_INVALID; disabled ⇒ ERR_UNSUP', () => {
+    const d = startHandshake();
+    expect(types(d.option(opt(O.STRUCTURED_REPLY)))).toEqual([R.ACK]);
+    expect(types(d.option(opt(O.STRUCTURED_REPLY)))).toEqual([R.ERR_INVALID]);
+    d.option(opt(O.GO, infoGoData('disk')));
+    expect(outcome(d)).toMatchObject({ outcome: 'negotiated', negotiated: { structuredReplies: true, extendedHeaders: false } });
+    expect(types(startHandshake({ structuredReplies: false }).option(opt(O.STRUCTURED_REPLY)))).toEqual([R.ERR_UNSUP]);
+  });
+
+  it('option.extended-headers: ACK implies structured replies; a repeat gets ERR_INVALID, STRUCTURED_REPLY ERR_EXT_HEADER_REQD; EXPORT_NAME afterwards terminates', () => {
+    const d = startHandshake();
+    expect(types(d.option(opt(O.EXTENDED_HEADERS)))).toEqual([R.ACK]);
+    expect(types(d.option(opt(O.EXTENDED_HEADERS)))).toEqual([R.ERR_INVALID]);
+    expect(types(d.option(opt(O.STRUCTURED_REPLY)))).toEqual([R.ERR_EXT_HEADER_REQD]);
+    const out = d.send(opt(O.EXPORT_NAME, Buffer.from('disk')));
+    expect(out.filter((e) => e.type === 'send')).toEqual([]);
+    expect(closes(out)).toEqual([expect.objectContaining({ hard: true, reason: expect.stringMatching(/^option\.extended-headers: /) })]);
+    expect(d.value()).toBe('rejected');
+    const g = startHandshake();
+    g.option(opt(O.EXTENDED_HEADERS));
+    g.option(opt(O.GO, infoGoData('disk')));
+    expect(outcome(g)).toMatchObject({ outcome: 'negotiated', negotiated: { structuredReplies: true, extendedHeaders: true } });
+    expect(types(startHandshake({ extendedHeaders: false }).option(opt(O.EXTENDED_HEADERS)))).toEqual([R.ERR_UNSUP]);
+  });
+
+  it('tls.starttls-resets, option.structured-reply: after STARTTLS, STRUCTURED_REPLY is accepted again (not treated as a repeat)', () => {
     const d = startHandshake({ tls: 'optional' });
     d.option(opt(O.STRUCTURED_REPLY));
     d.send(opt(O.STARTTLS));
@@ -477,7 +510,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(d.option(opt(O.STRUCTURED_REPLY)))).toEqual([R.ACK]);
   });
 
-  describe('rule 16: TLS modes (§1.10)', () => {
+  describe('tls.mode-notls, tls.mode-forcedtls, tls.mode-selectivetls: the TLS modes', () => {
     const allOptions = (): Array<[number, Buffer | undefined]> => [
       [O.LIST, undefined],
       [O.INFO, infoGoData('disk')],
@@ -492,7 +525,7 @@ describe('handshake rules (handshake machine)', () => {
       [O.GO, infoGoData('disk')],
     ];
 
-    it('rule 16: NOTLS — STARTTLS gets ERR_POLICY and no option ever gets ERR_TLS_REQD', () => {
+    it('tls.mode-notls: NOTLS — STARTTLS gets ERR_POLICY and no option ever gets ERR_TLS_REQD', () => {
       const d = startHandshake({ tls: 'off' });
       expect(types(d.option(opt(O.STARTTLS)))).toEqual([R.ERR_POLICY]);
       for (const [code, data] of allOptions()) {
@@ -502,12 +535,12 @@ describe('handshake rules (handshake machine)', () => {
       expect(d.value()).toBe('negotiated');
     });
 
-    it('rule 16: NOTLS — a TLS-only export is served without ERR_TLS_REQD', () => {
+    it('tls.mode-notls: NOTLS — a TLS-only export is served without ERR_TLS_REQD', () => {
       const d = startHandshake({ tls: 'off' });
       expect(types(d.option(opt(O.INFO, infoGoData('secret'))))).toEqual([R.INFO, R.ACK]);
     });
 
-    it('rule 16: FORCEDTLS — every option but STARTTLS/ABORT gets ERR_TLS_REQD before TLS', () => {
+    it('tls.mode-forcedtls: FORCEDTLS — every option but STARTTLS/ABORT gets ERR_TLS_REQD before TLS', () => {
       const d = startHandshake({ tls: 'required' });
       for (const [code, data] of allOptions()) {
         expect(d.option(opt(code, data)), `option ${code}`).toEqual([expect.objectContaining({ option: code, type: R.ERR_TLS_REQD })]);
@@ -515,26 +548,26 @@ describe('handshake rules (handshake machine)', () => {
       expect(d.value()).toBe('options');
     });
 
-    it('rule 16: FORCEDTLS — an oversized option before TLS still gets ERR_TLS_REQD', () => {
+    it('tls.mode-forcedtls: FORCEDTLS — an oversized option before TLS still gets ERR_TLS_REQD', () => {
       const d = startHandshake({ tls: 'required' });
       const big = opt(O.GO, infoGoData('x'.repeat(200)), { maxOptionLength: 64 });
       expect((big as { frame: { problem?: { reply: string } } }).frame.problem?.reply).toBe('NBD_REP_ERR_TOO_BIG');
       expect(types(d.option(big))).toEqual([R.ERR_TLS_REQD]);
     });
 
-    it('rule 16: FORCEDTLS — EXPORT_NAME before TLS terminates', () => {
+    it('tls.mode-forcedtls: FORCEDTLS — EXPORT_NAME before TLS terminates', () => {
       const d = startHandshake({ tls: 'required' });
       const out = d.send(opt(O.EXPORT_NAME, Buffer.from('disk')));
-      expect(closes(out)).toEqual([expect.objectContaining({ hard: true })]);
+      expect(closes(out)).toEqual([expect.objectContaining({ hard: true, reason: expect.stringMatching(/^tls\.mode-forcedtls: EXPORT_NAME before TLS/) })]);
       expect(d.value()).toBe('rejected');
     });
 
-    it('rule 16: FORCEDTLS — ABORT before TLS is ACKed', () => {
+    it('tls.mode-forcedtls, option.abort-ack: FORCEDTLS — ABORT before TLS is ACKed', () => {
       const d = startHandshake({ tls: 'required' });
       expect(types(d.option(opt(O.ABORT)))).toEqual([R.ACK]);
     });
 
-    it('rule 16: FORCEDTLS — STARTTLS is ACKed, after TLS no ERR_TLS_REQD and a second STARTTLS gets ERR_INVALID', () => {
+    it('tls.mode-forcedtls, tls.starttls-repeat: FORCEDTLS — STARTTLS is ACKed, after TLS no ERR_TLS_REQD and a second STARTTLS gets ERR_INVALID', () => {
       const d = startHandshake({ tls: 'required' });
       expect(types(d.option(opt(O.STARTTLS)))).toEqual([R.ACK]);
       d.send({ type: 'tls.established' });
@@ -545,7 +578,7 @@ describe('handshake rules (handshake machine)', () => {
       expect(outcome(d)).toMatchObject({ outcome: 'negotiated', negotiated: { tls: true } });
     });
 
-    it('rule 16: a failed TLS handshake terminates', () => {
+    it('tls.handshake-failed: a failed TLS handshake terminates', () => {
       const d = startHandshake({ tls: 'required' });
       d.send(opt(O.STARTTLS));
       const out = d.send({ type: 'tls.failed', message: 'bad cert' });
@@ -553,7 +586,7 @@ describe('handshake rules (handshake machine)', () => {
       expect(outcome(d).outcome).toBe('rejected');
     });
 
-    it('rule 16: SELECTIVETLS — only INFO/GO for a TLS-only export get ERR_TLS_REQD; LIST hides it', () => {
+    it('tls.mode-selectivetls: SELECTIVETLS — only INFO/GO for a TLS-only export get ERR_TLS_REQD; LIST hides it', () => {
       const d = startHandshake({ tls: 'optional' });
       expect(types(d.option(opt(O.INFO, infoGoData('secret'))))).toEqual([R.ERR_TLS_REQD]);
       expect(types(d.option(opt(O.GO, infoGoData('secret'))))).toEqual([R.ERR_TLS_REQD]);
@@ -566,7 +599,7 @@ describe('handshake rules (handshake machine)', () => {
       }
     });
 
-    it('rule 16: SELECTIVETLS — after TLS the TLS-only export is served and listed', () => {
+    it('tls.mode-selectivetls: SELECTIVETLS — after TLS the TLS-only export is served and listed', () => {
       const d = startHandshake({ tls: 'optional' });
       d.send(opt(O.STARTTLS));
       d.send({ type: 'tls.established' });
@@ -575,7 +608,7 @@ describe('handshake rules (handshake machine)', () => {
     });
   });
 
-  it('rule 17: EXPORT_NAME with a NUL byte, invalid UTF-8 or over 4096 bytes terminates', () => {
+  it('general.string-limits, option.export-name-terminates: EXPORT_NAME with a NUL byte, invalid UTF-8 or over 4096 bytes terminates', () => {
     for (const name of [Buffer.from('di\0sk'), Buffer.from([0xc3, 0x28]), Buffer.alloc(4097, 0x61)]) {
       const d = startHandshake();
       d.send(opt(O.EXPORT_NAME, name));
@@ -583,7 +616,7 @@ describe('handshake rules (handshake machine)', () => {
     }
   });
 
-  it('rule 17: INFO/GO/META_CONTEXT names and queries with NUL, bad UTF-8 or > 4096 bytes get ERR_INVALID', () => {
+  it('general.string-limits: INFO/GO/META_CONTEXT names and queries with NUL, bad UTF-8 or > 4096 bytes get ERR_INVALID', () => {
     const d = startHandshake();
     d.option(opt(O.STRUCTURED_REPLY));
     const bad = ['a\0b', 'x'.repeat(4097)];
@@ -596,7 +629,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(d.option(opt(O.GO, badUtf8)))).toEqual([R.ERR_INVALID]);
   });
 
-  it('rule 17: error messages we emit are ≤ 4096 bytes and contain no NUL', () => {
+  it('general.string-limits, option.error-text: error messages we emit are ≤ 4096 bytes and contain no NUL', () => {
     const long = encodeOptionError(7, 'NBD_REP_ERR_INVALID', `x\0${'é'.repeat(5000)}`);
     const r = parseOptionReply(long);
     expect(r.data.length).toBeLessThanOrEqual(4096);
@@ -606,7 +639,7 @@ describe('handshake rules (handshake machine)', () => {
     for (const e of d.option(opt(O.GO, Buffer.alloc(5)))) expect(e.data.length).toBeLessThanOrEqual(4096);
   });
 
-  it('rule 18: bad options are answered with errors, never a hard disconnect', () => {
+  it('option.errors-not-disconnects: bad options are answered with errors, never a hard disconnect', () => {
     const d = startHandshake({ tls: 'off' });
     const bad: Array<[number, Buffer | undefined]> = [
       [O.INFO, Buffer.alloc(3)],
@@ -627,7 +660,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('options');
   });
 
-  it('rule 18: while shutting down every option but ABORT gets ERR_SHUTDOWN', () => {
+  it('option.shutting-down: while shutting down every option but ABORT gets ERR_SHUTDOWN', () => {
     const d = startHandshake({ tls: 'required' });
     d.send({ type: 'server.shutdown' });
     for (const code of [O.LIST, O.INFO, O.GO, O.STARTTLS, O.STRUCTURED_REPLY, O.EXTENDED_HEADERS, O.LIST_META_CONTEXT, O.SET_META_CONTEXT, 77]) {
@@ -637,7 +670,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(types(d.option(opt(O.ABORT)))).toEqual([R.ACK]);
   });
 
-  it('rule 18: the DoS guard (too many options) is the only option-phase hard disconnect', () => {
+  it('option.too-many-options, option.errors-not-disconnects: the DoS guard (too many options) is the only option-phase hard disconnect', () => {
     const d = startHandshake({ maxOptions: 4 });
     for (let i = 0; i < 4; i++) expect(types(d.option(opt(O.LIST)))).toContain(R.ACK);
     const out = d.send(opt(O.LIST));
@@ -645,7 +678,7 @@ describe('handshake rules (handshake machine)', () => {
     expect(d.value()).toBe('rejected');
   });
 
-  it('rule 18: without fixed newstyle, non-EXPORT_NAME options are errored (not dropped) and EXPORT_NAME works', () => {
+  it('handshake.fixed-newstyle-required, option.errors-not-disconnects: without fixed newstyle, non-EXPORT_NAME options are errored (not dropped) and EXPORT_NAME works', () => {
     const d = startHandshake({}, 0);
     expect(types(d.option(opt(O.LIST)))).toEqual([R.ERR_INVALID]);
     expect(types(d.option(opt(O.GO, infoGoData('disk'))))).toEqual([R.ERR_INVALID]);
@@ -695,7 +728,7 @@ function refused(out: readonly { type: string }[], errno: number, cookie?: bigin
 }
 
 describe('transmission rules (transmission machine, replies)', () => {
-  it('rule 19: HAS_FLAGS always; SEND_DF only with SR; FAST_ZERO only with WRITE_ZEROES; never BLOCK_STATUS_PAYLOAD/RESIZE', () => {
+  it('transmission.flags-advertised: HAS_FLAGS always; SEND_DF only with SR; FAST_ZERO only with WRITE_ZEROES; never BLOCK_STATUS_PAYLOAD/RESIZE', () => {
     for (let flags = 0; flags < 1 << 13; flags += 7) {
       for (const sr of [false, true]) {
         const f = advertisedFlags(exportOf({ flags }), sr);
@@ -707,20 +740,20 @@ describe('transmission rules (transmission machine, replies)', () => {
     }
   });
 
-  it('rule 19: the flags in NBD_INFO_EXPORT come from the same rule', () => {
+  it('transmission.flags-advertised, option.info-export: the flags in NBD_INFO_EXPORT come from the same rule', () => {
     const d = startHandshake({ exports: [exportOf({ name: 'disk', flags: FLAG.NBD_FLAG_SEND_FAST_ZERO | FLAG.NBD_FLAG_SEND_DF | FLAG.NBD_FLAG_BLOCK_STATUS_PAYLOAD })] });
     const r = d.option(opt(O.INFO, infoGoData('disk')));
     expect(infoOf(r[0]!).payload.readUInt16BE(8)).toBe(FLAG.NBD_FLAG_HAS_FLAGS);
   });
 
-  it('rule 19: commands whose flag was not advertised are refused (EINVAL)', () => {
+  it('transmission.command-not-advertised: commands whose flag was not advertised are refused (EINVAL)', () => {
     const t = tx({ flags: 0 });
     for (const type of [CMD.NBD_CMD_FLUSH, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES, CMD.NBD_CMD_CACHE]) {
       refused(t.request({ type, cookie: BigInt(type) }), ERRNO.NBD_EINVAL, BigInt(type));
     }
   });
 
-  it('rule 20: accepted and refused requests carry their cookie; replies echo it byte for byte', () => {
+  it('reply.cookie-echo: accepted and refused requests carry their cookie; replies echo it byte for byte', () => {
     const t = tx();
     const cookies = [0n, 1n, 0xffffffffffffffffn, 0x0123456789abcdefn];
     for (const cookie of cookies) {
@@ -739,7 +772,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     }
   });
 
-  it('rule 21: simple replies without SR; READ (even its errors) structured with SR; never simple with EH', () => {
+  it('reply.negotiated-mode: simple replies without SR; READ (even its errors) structured with SR; never simple with EH', () => {
     expect(replyModeOf(false, false)).toBe('simple');
     expect(replyModeOf(true, false)).toBe('structured');
     expect(replyModeOf(true, true)).toBe('extended');
@@ -769,7 +802,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     }
   });
 
-  it('rule 22: simple READ reply carries exactly `length` bytes after a zero error, none after an error', () => {
+  it('reply.simple-read: simple READ reply carries exactly `length` bytes after a zero error, none after an error', () => {
     const data = Buffer.from('abcdef');
     const r = parseSimple(replyRead('simple', 7n, 100, [{ data: data.subarray(0, 2) }, { hole: 3 }, { data: data.subarray(2) }]));
     expect(r.error).toBe(0);
@@ -779,7 +812,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(e.data).toHaveLength(0);
   });
 
-  it('rule 23: structured replies end with exactly one DONE chunk; NONE only with DONE and length 0; READ chunks tile the range', () => {
+  it('reply.structured-chunks: structured replies end with exactly one DONE chunk; NONE only with DONE and length 0; READ chunks tile the range', () => {
     const segs = [{ data: Buffer.alloc(512, 1) }, { hole: 1024 }, { data: Buffer.alloc(0) }, { data: Buffer.alloc(7, 2) }];
     const chunks = parseChunks(replyRead('structured', 9n, 4096, segs));
     expect(chunks.map((c) => c.flags & REPLY_FLAG.NBD_REPLY_FLAG_DONE)).toEqual([0, 0, 1]);
@@ -802,7 +835,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(err[0]!.payload.subarray(6, 6 + ml).toString()).toBe('disk on fire');
   });
 
-  it('rule 24: a refused WRITE has its payload consumed, and the next request still parses', () => {
+  it('transmission.payload-consumed, transmission.payload-too-large: a refused WRITE has its payload consumed, and the next request still parses', () => {
     const dec = new FrameDecoder({ maxPayload: 1024 });
     dec.push(u32(3));
     dec.next();
@@ -830,18 +863,22 @@ describe('transmission rules (transmission machine, replies)', () => {
     refused(t2.send({ type: 'request', frame: b as never }), ERRNO.NBD_EINVAL, 2n);
   });
 
-  it('rule 25: read-only export refuses WRITE / TRIM / WRITE_ZEROES with EPERM, serves READ', () => {
+  it('transmission.write-read-only: read-only export refuses WRITE / TRIM / WRITE_ZEROES with EPERM, serves READ', () => {
     const t = tx({ flags: FLAG.NBD_FLAG_READ_ONLY | ALL_FLAGS });
     refused(t.request({ type: CMD.NBD_CMD_WRITE, length: 4, payload: Buffer.alloc(4) }), ERRNO.NBD_EPERM);
     refused(t.request({ type: CMD.NBD_CMD_TRIM, length: 4 }), ERRNO.NBD_EPERM);
     refused(t.request({ type: CMD.NBD_CMD_WRITE_ZEROES, length: 4 }), ERRNO.NBD_EPERM);
-    // EPERM wins over every other reason (nbdkit checks read-only first, §3.5).
+    // EPERM wins over every other reason (nbdkit checks read-only first).
     refused(t.request({ type: CMD.NBD_CMD_WRITE, offset: 1 << 30, length: 4, payloadDiscarded: true, flags: 0x8000 }), ERRNO.NBD_EPERM);
     accepted(t.request({ type: CMD.NBD_CMD_READ, length: 4 }));
     accepted(t.request({ type: CMD.NBD_CMD_FLUSH }));
+    // The refusal's message (sent in a structured error chunk, and logged) starts with the rule's ID.
+    expect(t.request({ type: CMD.NBD_CMD_TRIM, length: 4 })).toEqual([
+      expect.objectContaining({ type: 'refuse', errno: ERRNO.NBD_EPERM, message: 'transmission.write-read-only: write to a read-only export' }),
+    ]);
   });
 
-  it('rule 26: past the end — READ/TRIM/CACHE/BLOCK_STATUS get EINVAL, WRITE/WRITE_ZEROES get ENOSPC', () => {
+  it('transmission.out-of-bounds, transmission.write-out-of-bounds: past the end — READ/TRIM/CACHE/BLOCK_STATUS get EINVAL, WRITE/WRITE_ZEROES get ENOSPC', () => {
     const t = tx({ size: 4096 }, { sr: true, contexts: true });
     for (const type of [CMD.NBD_CMD_READ, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_CACHE, CMD.NBD_CMD_BLOCK_STATUS]) {
       refused(t.request({ type, offset: 4000, length: 97 }), ERRNO.NBD_EINVAL);
@@ -852,13 +889,13 @@ describe('transmission rules (transmission machine, replies)', () => {
     for (const type of [CMD.NBD_CMD_WRITE, CMD.NBD_CMD_WRITE_ZEROES]) {
       refused(t.request({ type, offset: 4000, length: 97 }), ERRNO.NBD_ENOSPC);
       refused(t.request({ type, offset: Number.MAX_SAFE_INTEGER, length: 1, huge: true }), ERRNO.NBD_ENOSPC);
-      // ENOSPC wins over EINVAL reasons (e.g. FUA not advertised), as in nbdkit (§3.5).
+      // ENOSPC wins over EINVAL reasons (e.g. FUA not advertised), as in nbdkit.
       refused(tx({ size: 4096, flags: FLAG.NBD_FLAG_SEND_WRITE_ZEROES }).request({ type, offset: 4096, length: 1, flags: CMD_FLAG.NBD_CMD_FLAG_FUA }), ERRNO.NBD_ENOSPC);
       accepted(t.request({ type, offset: 4000, length: 96 }));
     }
   });
 
-  it('rule 26: offsets/lengths not multiples of the advertised minimum block get EINVAL', () => {
+  it('transmission.misaligned-request: offsets/lengths not multiples of the advertised minimum block get EINVAL', () => {
     const t = tx({ blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 20 } });
     refused(t.request({ type: CMD.NBD_CMD_READ, offset: 1, length: 512 }), ERRNO.NBD_EINVAL);
     refused(t.request({ type: CMD.NBD_CMD_READ, offset: 512, length: 511 }), ERRNO.NBD_EINVAL);
@@ -867,12 +904,12 @@ describe('transmission rules (transmission machine, replies)', () => {
     accepted(t.request({ type: CMD.NBD_CMD_FLUSH })); // not ranged
   });
 
-  it('rule 27: unknown commands (incl. experimental RESIZE) get EINVAL', () => {
+  it('transmission.unknown-command: unknown commands (incl. experimental RESIZE) get EINVAL', () => {
     const t = tx();
     for (const type of [CMD.NBD_CMD_RESIZE, 9, 100, 0xffff]) refused(t.request({ type }), ERRNO.NBD_EINVAL);
   });
 
-  it('rule 27: unknown flag bits and flags not valid for the command get EINVAL', () => {
+  it('transmission.unknown-flag, transmission.flag-not-for-command: unknown flag bits and flags not valid for the command get EINVAL', () => {
     const t = tx({}, { sr: true, contexts: true });
     for (let bit = 5; bit < 16; bit++) refused(t.request({ type: CMD.NBD_CMD_READ, flags: 1 << bit }), ERRNO.NBD_EINVAL);
     refused(t.request({ type: CMD.NBD_CMD_WRITE, flags: CMD_FLAG.NBD_CMD_FLAG_NO_HOLE }), ERRNO.NBD_EINVAL);
@@ -884,14 +921,14 @@ describe('transmission rules (transmission machine, replies)', () => {
     accepted(t.request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8, flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE }));
   });
 
-  it('rule 27: FLUSH with a non-zero offset or length gets EINVAL', () => {
+  it('transmission.flush-with-range: FLUSH with a non-zero offset or length gets EINVAL', () => {
     const t = tx();
     refused(t.request({ type: CMD.NBD_CMD_FLUSH, offset: 512 }), ERRNO.NBD_EINVAL);
     refused(t.request({ type: CMD.NBD_CMD_FLUSH, length: 1 }), ERRNO.NBD_EINVAL);
     accepted(t.request({ type: CMD.NBD_CMD_FLUSH }));
   });
 
-  it('rule 28: FUA is accepted on every command once SEND_FUA is advertised, refused without it', () => {
+  it('transmission.fua-durable, transmission.flag-not-advertised: FUA is accepted on every command once SEND_FUA is advertised, refused without it', () => {
     const t = tx({}, { sr: true, contexts: true });
     const fua = CMD_FLAG.NBD_CMD_FLAG_FUA;
     for (const type of [CMD.NBD_CMD_READ, CMD.NBD_CMD_WRITE, CMD.NBD_CMD_FLUSH, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_CACHE, CMD.NBD_CMD_WRITE_ZEROES, CMD.NBD_CMD_BLOCK_STATUS]) {
@@ -901,19 +938,19 @@ describe('transmission rules (transmission machine, replies)', () => {
     refused(n.request({ type: CMD.NBD_CMD_WRITE, flags: fua, length: 8 }), ERRNO.NBD_EINVAL);
   });
 
-  it('rule 29: FLUSH reaches the application (which owns durability) when advertised', () => {
+  it('transmission.flush-durable: FLUSH reaches the application (which owns durability) when advertised', () => {
     const t = tx();
     const out = t.request({ type: CMD.NBD_CMD_FLUSH, cookie: 5n });
     accepted(out, 5n);
     expect((out[0] as { frame: { type: number } }).frame.type).toBe(CMD.NBD_CMD_FLUSH);
   });
 
-  it('rule 30: NO_HOLE is accepted on WRITE_ZEROES whenever SEND_WRITE_ZEROES is advertised', () => {
+  it('transmission.write-zeroes-no-hole: NO_HOLE is accepted on WRITE_ZEROES whenever SEND_WRITE_ZEROES is advertised', () => {
     const t = tx({ flags: FLAG.NBD_FLAG_SEND_WRITE_ZEROES });
     accepted(t.request({ type: CMD.NBD_CMD_WRITE_ZEROES, flags: CMD_FLAG.NBD_CMD_FLAG_NO_HOLE, length: 4096 }));
   });
 
-  it('rule 31: FAST_ZERO accepted with SEND_FAST_ZERO, EINVAL without; ENOTSUP only for FAST_ZERO', () => {
+  it('transmission.fast-zero, transmission.flag-not-advertised: FAST_ZERO accepted with SEND_FAST_ZERO, EINVAL without; ENOTSUP only for FAST_ZERO', () => {
     const fz = CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO;
     accepted(tx().request({ type: CMD.NBD_CMD_WRITE_ZEROES, flags: fz, length: 8 }));
     refused(tx({ flags: FLAG.NBD_FLAG_SEND_WRITE_ZEROES }).request({ type: CMD.NBD_CMD_WRITE_ZEROES, flags: fz, length: 8 }), ERRNO.NBD_EINVAL);
@@ -922,7 +959,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(hostErrnoToNbd('EOPNOTSUPP', { fastZero: true })).toBe(ERRNO.NBD_ENOTSUP);
   });
 
-  it('rule 32: DF reads ≤ 64 KiB are served and answered with one content chunk; DF needs SEND_DF', () => {
+  it('reply.df-one-chunk, transmission.flag-not-advertised: DF reads ≤ 64 KiB are served and answered with one content chunk; DF needs SEND_DF', () => {
     const t = tx({}, { sr: true });
     accepted(t.request({ type: CMD.NBD_CMD_READ, flags: CMD_FLAG.NBD_CMD_FLAG_DF, length: 65536 }));
     refused(tx().request({ type: CMD.NBD_CMD_READ, flags: CMD_FLAG.NBD_CMD_FLAG_DF, length: 8 }), ERRNO.NBD_EINVAL);
@@ -932,7 +969,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(chunks[0]!.payload.length - 8).toBe(65536);
   });
 
-  it('rule 33: BLOCK_STATUS only with SR and a selected context; one chunk per context, DONE on the last', () => {
+  it('transmission.block-status-needs-context, reply.block-status-chunks: BLOCK_STATUS only with SR and a selected context; one chunk per context, DONE on the last', () => {
     refused(tx().request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8 }), ERRNO.NBD_EINVAL);
     refused(tx({}, { sr: true }).request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8 }), ERRNO.NBD_EINVAL);
     accepted(tx({}, { sr: true, contexts: true }).request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8 }));
@@ -949,7 +986,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(chunks[0]!.payload).toHaveLength(4 + 2 * 8);
   });
 
-  it('rule 34: CACHE, when advertised, rejects unknown and inapplicable flags', () => {
+  it('transmission.cache-hint: CACHE, when advertised, rejects unknown and inapplicable flags', () => {
     const t = tx();
     accepted(t.request({ type: CMD.NBD_CMD_CACHE, length: 4096 }));
     for (const flags of [1 << 6, 1 << 15, CMD_FLAG.NBD_CMD_FLAG_NO_HOLE, CMD_FLAG.NBD_CMD_FLAG_DF, CMD_FLAG.NBD_CMD_FLAG_REQ_ONE]) {
@@ -957,7 +994,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     }
   });
 
-  it('rule 35: DISC gets no reply; the machine drains, then asks for a soft close; later requests get ESHUTDOWN', () => {
+  it('transmission.disc-drains: DISC gets no reply; the machine drains, then asks for a soft close; later requests get ESHUTDOWN', () => {
     const t = tx();
     accepted(t.request({ type: CMD.NBD_CMD_READ, cookie: 1n, length: 8 }));
     const out = t.request({ type: CMD.NBD_CMD_DISC, cookie: 2n });
@@ -969,7 +1006,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(t.actor.getSnapshot().status).toBe('done');
   });
 
-  it('rule 35: the decoder stops reading after DISC (bytes after it are ignored)', () => {
+  it('transmission.disc-drains: the decoder stops reading after DISC (bytes after it are ignored)', () => {
     const dec = new FrameDecoder();
     dec.push(u32(3));
     dec.next();
@@ -983,7 +1020,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(dec.bufferedBytes).toBe(0);
   });
 
-  it('rule 36: zero-length READ/WRITE/TRIM/WRITE_ZEROES/BLOCK_STATUS never disconnect', () => {
+  it('transmission.zero-length: zero-length READ/WRITE/TRIM/WRITE_ZEROES/BLOCK_STATUS never disconnect', () => {
     const t = tx({}, { sr: true, contexts: true });
     for (const type of [CMD.NBD_CMD_READ, CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES, CMD.NBD_CMD_BLOCK_STATUS]) {
       const out = t.request({ type, length: 0, offset: 512 });
@@ -993,15 +1030,18 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(t.actor.getSnapshot().value).toEqual({ open: 'serving' });
   });
 
-  it('rule 37: on shutdown the machine drains in-flight work and answers new requests with ESHUTDOWN', () => {
+  it('transmission.shutdown-drains: on shutdown the machine drains in-flight work and answers new requests with ESHUTDOWN', () => {
     const t = tx();
     accepted(t.request({ type: CMD.NBD_CMD_WRITE, cookie: 1n, length: 4, payload: Buffer.alloc(4) }));
     expect(t.send({ type: 'server.shutdown' })).toEqual([{ type: 'draining', reason: 'shutdown' }]);
     for (const type of [CMD.NBD_CMD_READ, CMD.NBD_CMD_WRITE, CMD.NBD_CMD_FLUSH, 99]) refused(t.request({ type, cookie: 8n }), ERRNO.NBD_ESHUTDOWN, 8n);
+    expect(t.request({ type: CMD.NBD_CMD_READ, cookie: 9n })).toEqual([
+      expect.objectContaining({ type: 'refuse', errno: ERRNO.NBD_ESHUTDOWN, message: 'transmission.shutdown-drains: server is shutting down' }),
+    ]);
     expect(t.send({ type: 'inflight.idle' })).toEqual([expect.objectContaining({ type: 'close', hard: false })]);
   });
 
-  it('rule 37: throttling does not lose requests (they are still validated while the transport is paused)', () => {
+  it('transmission.shutdown-drains: throttling does not lose requests (they are still validated while the transport is paused)', () => {
     const t = tx();
     t.send({ type: 'inflight.high' });
     expect(t.actor.getSnapshot().value).toEqual({ open: 'throttled' });
@@ -1010,7 +1050,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(t.actor.getSnapshot().value).toEqual({ open: 'serving' });
   });
 
-  it('rule 38: every errno the machine or the errno mapper can produce is in the §1.15 set', () => {
+  it('transmission.error-values: every errno the machine or the errno mapper can produce is in the error set of the spec', () => {
     const allowed = new Set([1, 5, 12, 22, 28, 75, 95, 108]);
     for (const r of REFUSALS) expect(allowed.has(r.errno)).toBe(true);
     // EOVERFLOW / ENOTSUP are not used for refusals at all (only DF reads / FAST_ZERO may use them).
@@ -1022,7 +1062,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(hostErrnoToNbd('EOVERFLOW', { df: true })).toBe(ERRNO.NBD_EOVERFLOW);
   });
 
-  it('rule 38: validateRequest agrees with the machine for a sample of requests', () => {
+  it('transmission.error-values: validateRequest agrees with the machine for a sample of requests', () => {
     const exp = exportOf({ size: 8192, blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 20 } });
     const negotiated = negotiatedFor(exp, { flags: advertisedFlags(exp, false) });
     const ctx = transmissionContext({ negotiated });
@@ -1107,9 +1147,9 @@ function infoOfSafe(r: OptionReply) {
   return r.type === R.INFO ? infoOf(r) : undefined;
 }
 
-// Keep `decodeOption` exercised for a TOO_BIG problem frame (decoder limit, §1.18 rule 5/18).
+// Keep `decodeOption` exercised for a TOO_BIG problem frame (decoder limit: option.too-big).
 describe('decoder problem frames reach the machine as errors', () => {
-  it('rule 18: an INFO over the option length limit gets ERR_TOO_BIG, and the connection continues', () => {
+  it('option.too-big, option.errors-not-disconnects: an INFO over the option length limit gets ERR_TOO_BIG, and the connection continues', () => {
     const f = decodeOption(O.INFO, infoGoData('x'.repeat(100)), { maxOptionLength: 32 });
     expect(f.problem?.reply).toBe('NBD_REP_ERR_TOO_BIG');
     const d = startHandshake();

@@ -4,7 +4,7 @@
  *
  * Option frames are produced by the real decoder (client bytes → FrameDecoder),
  * so these tests exercise decoder + machine together. Option replies are parsed
- * by a deliberately tiny local parser (protocol.md §1.4), independent of
+ * by a deliberately tiny local parser (fixed-newstyle option replies), independent of
  * src/protocol.
  */
 import { createActor, type Actor } from 'xstate';
@@ -72,13 +72,13 @@ export function optionBytes(code: number, data: Buffer = Buffer.alloc(0)): Buffe
   return Buffer.concat([h, data]);
 }
 
-/** INFO / GO data (§1.5.1). */
+/** INFO / GO data. */
 export function infoGoData(name: string, requests: readonly number[] = []): Buffer {
   const n = Buffer.from(name, 'utf8');
   return Buffer.concat([u32(n.length), n, u16(requests.length), ...requests.map(u16)]);
 }
 
-/** LIST/SET_META_CONTEXT data (§1.5.2). */
+/** LIST/SET_META_CONTEXT data. */
 export function metaData(name: string, queries: readonly string[]): Buffer {
   const n = Buffer.from(name, 'utf8');
   const qs = queries.map((q) => {
@@ -88,7 +88,7 @@ export function metaData(name: string, queries: readonly string[]): Buffer {
   return Buffer.concat([u32(n.length), n, u32(queries.length), ...qs]);
 }
 
-/** Compact request bytes (§1.9.1). */
+/** Compact request bytes. */
 export function requestBytes(type: number, cookie: bigint, offset: number, length: number, flags = 0, payload?: Buffer): Buffer {
   const h = Buffer.alloc(28);
   h.writeUInt32BE(0x25609513, 0);
@@ -122,7 +122,7 @@ export function opt(code: number, data?: Buffer, limits?: Partial<DecoderLimits>
   return optEvent(decodeOption(code, data, limits));
 }
 
-// ── option reply parser (§1.4), test-local ───────────────────────────────
+// ── option reply parser, test-local ──────────────────────────────────────
 
 export interface OptionReply {
   readonly option: number;
@@ -252,7 +252,7 @@ export function startTransmission(input: TransmissionInput): TransmissionDriver 
   return { actor, emitted, errors, send, request: (r) => send({ type: 'request', frame: request(r) }) };
 }
 
-// ── transmission reply parser (§1.9.2–§1.9.4), test-local ───────────────
+// ── transmission reply parser (simple, structured, extended), test-local ─
 
 export const SIMPLE_MAGIC = 0x67446698;
 export const STRUCTURED_MAGIC = 0x668e33ef;

@@ -1,5 +1,5 @@
 /**
- * The constant tables against the spec values (protocol.md §1.2–§1.15),
+ * The constant tables against the spec values (doc/proto.md),
  * the derived name lookups, and the host errno mapping.
  */
 import { describe, expect, it } from 'vitest';
@@ -29,7 +29,7 @@ import {
   SIZE,
 } from '../../../src/protocol/constants.js';
 
-describe('tables match the spec (§1.2, §1.5, §1.11, §1.12.1, §1.15)', () => {
+describe('tables match the spec (magics, options, commands, chunk types, errors)', () => {
   it('magics', () => {
     expect(MAGIC.NBDMAGIC).toBe(BigInt('0x' + Buffer.from('NBDMAGIC').toString('hex')));
     expect(MAGIC.IHAVEOPT).toBe(BigInt('0x' + Buffer.from('IHAVEOPT').toString('hex')));
@@ -134,7 +134,7 @@ describe('name lookups (derived reverse maps)', () => {
   });
 });
 
-describe('hostErrnoToNbd (§1.15, rule 38)', () => {
+describe('hostErrnoToNbd (transmission.error-values)', () => {
   it.each([
     ['EROFS', 1],
     ['EPERM', 1],
@@ -162,7 +162,7 @@ describe('hostErrnoToNbd (§1.15, rule 38)', () => {
     expect(hostErrnoToNbd('EOVERFLOW', { df: true })).toBe(75);
   });
 
-  it('anything else (and no code at all) is EIO; the result is always in the §1.15 set', () => {
+  it('anything else (and no code at all) is EIO; the result is always in the error set of the spec', () => {
     expect(hostErrnoToNbd(undefined)).toBe(5);
     expect(hostErrnoToNbd('ECONNRESET')).toBe(5);
     expect(hostErrnoToNbd('EBADF')).toBe(5);

@@ -1,7 +1,7 @@
 /**
- * FrameDecoder, handshake phase: client flags and every option (§1.3.2,
- * §1.4, §1.5), malformed option data (§1.5.1, §1.5.2, §1.1 strings), and the
- * limits (style.md practice 5). Client bytes come from the test-side codec
+ * FrameDecoder, handshake phase: client flags and every option, malformed
+ * option data (option.length-mismatch, general.string-limits), and the
+ * limits (checked before buffering). Client bytes come from the test-side codec
  * in test/helpers/wire.ts, never from src.
  */
 import { describe, expect, it } from 'vitest';
@@ -30,7 +30,7 @@ function decodeOne(bytes: Buffer, limits = {}) {
   return f;
 }
 
-describe('client flags (§1.3.2)', () => {
+describe('client flags', () => {
   it('parse: 4 bytes, then the options phase', () => {
     const d = new FrameDecoder();
     expect(d.phase).toBe('clientFlags');
@@ -52,7 +52,7 @@ describe('client flags (§1.3.2)', () => {
   });
 });
 
-describe('options (§1.4, §1.5)', () => {
+describe('options', () => {
   it('generate: the test codec lays out an option as the spec table says', () => {
     expect(encodeOption(7, encodeInfoGoData('disk', [0, 3]))).toEqual(
       hex(`${IHAVEOPT} 00000007 0000000e | 00000004 6469736b 0002 0000 0003`),
@@ -186,7 +186,7 @@ describe('options (§1.4, §1.5)', () => {
   });
 });
 
-describe('malformed option data ⇒ problem NBD_REP_ERR_INVALID (rules 8, 13, 17)', () => {
+describe('malformed option data ⇒ problem NBD_REP_ERR_INVALID (option.length-mismatch, general.string-limits)', () => {
   const invalid = (f: unknown) => expect(f).toMatchObject({ problem: { reply: 'NBD_REP_ERR_INVALID' } });
 
   it.each([6, 7])('INFO/GO (%i) shorter than 6 bytes', (code) => {

@@ -1,5 +1,5 @@
 /**
- * Split-point tests (style.md practice 3 and 11): the same multi-frame byte
+ * Split-point tests: the same multi-frame byte
  * stream, cut at every offset (and at every pair of offsets for a shorter
  * stream, and into 1-byte chunks), decodes to identical frames.
  */

@@ -1,5 +1,5 @@
 /**
- * FrameDecoder, transmission phase: compact (§1.9.1) and extended (§1.9.4)
+ * FrameDecoder, transmission phase: compact (28-byte) and extended (32-byte)
  * requests, WRITE payloads, payload limits, 64-bit fields, zero-copy views.
  */
 import { describe, expect, it } from 'vitest';
@@ -32,7 +32,7 @@ function decodeOne(bytes: Buffer, extended = false, limits = {}) {
   return f;
 }
 
-describe('compact requests (§1.9.1)', () => {
+describe('compact requests', () => {
   it('generate: the test codec writes the 28-byte header as the spec says', () => {
     expect(encodeRequest({ flags: 1, type: 1, cookie: COOKIE, offset: 0x1000, length: 4 }, Buffer.from('abcd'))).toEqual(
       hex(`25609513 0001 0001 ${C} 0000000000001000 00000004 | 61626364`),
@@ -74,7 +74,7 @@ describe('compact requests (§1.9.1)', () => {
   });
 });
 
-describe('extended requests (§1.9.4)', () => {
+describe('extended requests', () => {
   it('generate: 32-byte header with a 64-bit length', () => {
     expect(encodeExtendedRequest({ flags: 0, type: 0, cookie: COOKIE, offset: 0x1000, length: 2 ** 33 })).toEqual(
       hex(`21e41c71 0000 0000 ${C} 0000000000001000 0000000200000000`),
@@ -145,7 +145,7 @@ describe('64-bit fields', () => {
   });
 });
 
-describe('payload limits (rule 24, practice 5)', () => {
+describe('payload limits (transmission.payload-consumed, transmission.payload-too-large; checked before buffering)', () => {
   it('payload over maxPayload ⇒ payloadDiscarded, consumed without buffering, next request parses', () => {
     const length = 200_000;
     const d = decoderAt('requests', { maxPayload: 4096 });

@@ -34,12 +34,12 @@ import {
 
 const REP_MAGIC = '0003e889045565a9';
 
-describe('greeting (§1.3.2)', () => {
+describe('greeting', () => {
   it('generate: NBDMAGIC · IHAVEOPT · FIXED_NEWSTYLE|NO_ZEROES by default', () => {
     expect(encodeGreeting().toString('hex')).toBe(hex('4e42444d41474943 49484156454f5054 0003').toString('hex'));
   });
 
-  it('generate: explicit flags, and never a bit beyond 0–1 (rule 1)', () => {
+  it('handshake.greeting-flags: generate: explicit flags, and never a bit beyond 0–1', () => {
     expect(encodeGreeting(1)).toEqual(hex('4e42444d41474943 49484156454f5054 0001'));
     expect(encodeGreeting(0)).toEqual(hex('4e42444d41474943 49484156454f5054 0000'));
     expect(encodeGreeting(0xffff)).toEqual(hex('4e42444d41474943 49484156454f5054 0003'));
@@ -191,7 +191,7 @@ const replyFixtures: ReplyFixture[] = [
   },
 ];
 
-/** §1.6 error reply values, written from the spec table (not from src). */
+/** Option error reply values, written from the spec (not from src). */
 const errorTypes: Array<[RepErrName, number]> = [
   ['NBD_REP_ERR_UNSUP', 0x80000001],
   ['NBD_REP_ERR_POLICY', 0x80000002],
@@ -227,7 +227,7 @@ for (const [name, value] of errorTypes) {
   );
 }
 
-describe('option replies (§1.4, §1.6)', () => {
+describe('option replies (option.reply-header)', () => {
   it('covers every NBD_REP_ERR_* in the src table', () => {
     const srcErrors = Object.keys(REP).filter((k) => k.startsWith('NBD_REP_ERR_'));
     expect(errorTypes.map(([n]) => n).sort()).toEqual(srcErrors.sort());
@@ -269,7 +269,7 @@ describe('option replies (§1.4, §1.6)', () => {
     expect(parseRepServer(replies[1]!.data)).toEqual({ name: 'b', description: 'second' });
   });
 
-  it('error messages are clipped to 4096 bytes of valid UTF-8 without NUL (rule 17)', () => {
+  it('general.string-limits: error messages are clipped to 4096 bytes of valid UTF-8 without NUL', () => {
     const long = encodeOptionError(7, 'NBD_REP_ERR_INVALID', 'x'.repeat(5000));
     expect(parseOptionReplies(flat(long))[0]!.data.length).toBe(4096);
     const withNul = parseOptionReplies(flat(encodeOptionError(7, 'NBD_REP_ERR_INVALID', 'a\0b')))[0]!;
@@ -299,7 +299,7 @@ describe('option replies (§1.4, §1.6)', () => {
   });
 });
 
-describe('EXPORT_NAME reply (§1.4)', () => {
+describe('EXPORT_NAME reply (handshake.no-zeroes)', () => {
   it('generate: 10 bytes with NO_ZEROES', () => {
     const b = encodeExportNameReply(0x100000, 0x0003, true);
     expect(b.toString('hex')).toBe(hex('0000000000100000 0003').toString('hex'));

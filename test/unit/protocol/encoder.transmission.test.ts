@@ -1,7 +1,7 @@
 /**
  * Server → client transmission frames: simple replies, structured chunks,
  * extended chunks. Generate / parse / mirror triples against hex written
- * from protocol.md §1.9.2–§1.9.4 and §1.12.1.
+ * from the spec (simple reply, structured and extended chunks, chunk types).
  */
 import { describe, expect, it } from 'vitest';
 import {
@@ -36,7 +36,7 @@ const SIMPLE = '67446698';
 const STRUCT = '668e33ef';
 const EXT = '6e8a278c';
 
-describe('simple reply (§1.9.2)', () => {
+describe('simple reply', () => {
   it('generate: success without data is one 16-byte header', () => {
     const frame = encodeSimpleReply(COOKIE, 0);
     expect(frame).toHaveLength(1);
@@ -65,7 +65,7 @@ describe('simple reply (§1.9.2)', () => {
     expect(frame[2]).toBe(b);
   });
 
-  it('no data follows a non-zero error, even if data is given (rule 22)', () => {
+  it('reply.simple-read: no data follows a non-zero error, even if data is given', () => {
     const frame = encodeSimpleReply(COOKIE, 5, Buffer.from('junk'));
     expect(frame).toHaveLength(1);
     expect(flat(frame)).toEqual(hex(`${SIMPLE} 00000005 ${C}`));
@@ -189,7 +189,7 @@ const chunkFixtures: ChunkFixture[] = [
     type: 0x8002,
     decoded: { type: 'errorOffset', error: 28, message: '', offset: 0x200n },
   },
-  // ── extended headers (§1.9.4): offset echoes the request, 64-bit length ──
+  // ── extended headers: offset echoes the request (reply.extended-offset-echo), 64-bit length ──
   {
     name: 'extended NONE',
     frame: () => encodeChunkNone(COOKIE, { extended: true, requestOffset: 0x1000 }),
@@ -264,7 +264,7 @@ const chunkFixtures: ChunkFixture[] = [
   },
 ];
 
-describe('structured and extended chunks (§1.9.3, §1.9.4, §1.12.1)', () => {
+describe('structured and extended chunks', () => {
   describe.each(chunkFixtures)('$name', (f) => {
     const opts = { structured: true, extended: f.extended };
 
@@ -350,7 +350,7 @@ describe('structured and extended chunks (§1.9.3, §1.9.4, §1.12.1)', () => {
   });
 });
 
-describe('withHasFlags (rule 19)', () => {
+describe('withHasFlags (transmission.flags-advertised)', () => {
   it('always sets HAS_FLAGS and keeps 16 bits', () => {
     expect(withHasFlags(0)).toBe(1);
     expect(withHasFlags(0x0004)).toBe(0x0005);

@@ -1,5 +1,6 @@
 /**
- * Whole replies per negotiated mode (protocol.md §1.12, rules 21–23, 32–33),
+ * Whole replies per negotiated mode (reply.negotiated-mode, reply.simple-read,
+ * reply.structured-chunks, reply.df-one-chunk, reply.block-status-chunks),
  * parsed back with the test-side client parser.
  */
 import { describe, expect, it } from 'vitest';
@@ -79,7 +80,7 @@ describe('replyRead', () => {
     if (mode === 'extended') for (const r of rs) expect((r as ReplyChunk).offset).toBe(1024n);
   });
 
-  it.each(['structured', 'extended'] as const)('%s with DF: a single OFFSET_DATA chunk with explicit zeroes (rule 32)', (mode) => {
+  it.each(['structured', 'extended'] as const)('reply.df-one-chunk: %s with DF: a single OFFSET_DATA chunk with explicit zeroes', (mode) => {
     const rs = parse(mode, replyRead(mode, 9n, 0, segments, true));
     expect(rs).toHaveLength(1);
     expectOneDoneLast(rs);

@@ -15,14 +15,14 @@ function checkSuccess(m: HsModel, name: string, requests: readonly number[], rep
   const infos = replies.filter((x) => x.type === R.INFO);
   expect(infos).toHaveLength(expectedInfoReplies(m, name, requests));
   const exportInfos = infos.filter((x) => infoOf(x).info === 0);
-  expect(exportInfos).toHaveLength(1); // rule 8
+  expect(exportInfos).toHaveLength(1); // option.info-export
   const ei = exportInfos[0]!;
   expect(ei.data).toHaveLength(12);
   const exp = exportOf(name)!;
   expect(Number(ei.data.readBigUInt64BE(2))).toBe(exp.size);
   const flags = ei.data.readUInt16BE(10);
   expect(flags & 1).toBe(1);
-  expect((flags & 0x80) !== 0).toBe(m.sr || m.eh); // SEND_DF iff structured replies (rule 19)
+  expect((flags & 0x80) !== 0).toBe(m.sr || m.eh); // SEND_DF iff structured replies (transmission.flags-advertised)
   return ei.data.toString('hex');
 }
 
@@ -62,7 +62,7 @@ export class InfoCommand implements fc.Command<HsModel, HsReal> {
 
 /**
  * NBD_OPT_GO. With `repeatInfo` and a preceding successful INFO, it resends
- * that INFO's exact data and must report the same NBD_INFO_EXPORT (rule 11).
+ * that INFO's exact data and must report the same NBD_INFO_EXPORT (option.info-go-consistent).
  */
 export class GoCommand implements fc.Command<HsModel, HsReal> {
   constructor(
@@ -93,7 +93,7 @@ export class GoCommand implements fc.Command<HsModel, HsReal> {
     const out = r.d.actor.getSnapshot().output as HandshakeOutcome;
     const sr = m.sr || m.eh;
     const metaContexts = m.meta && m.meta.exportName === canonical(name) && sr ? m.meta.names.map((n) => ({ id: 1, name: n })) : [];
-    // rule 15: whatever was negotiated before STARTTLS is gone (the model reset it).
+    // tls.starttls-resets: whatever was negotiated before STARTTLS is gone (the model reset it).
     expect(out).toMatchObject({
       outcome: 'negotiated',
       negotiated: { structuredReplies: sr, extendedHeaders: m.eh, tls: m.tls, metaContexts, viaExportName: false, export: { name: canonical(name) } },

@@ -3,7 +3,7 @@ import { expect } from 'vitest';
 import { O, R, metaData } from '../../../unit/machines/support.js';
 import { canonical, clearInfo, damage, exportOf, finalType, prelude, sendOption, tlsBlocked, type Damage, type HsModel, type HsReal, type Name } from './model.js';
 
-/** Contexts a query list selects: only base:allocation exists; `base:` is a LIST wildcard (rule 13). */
+/** Contexts a query list selects: only base:allocation exists; `base:` is a LIST wildcard (option.meta-context-query). */
 function matches(queries: readonly string[], set: boolean): string[] {
   if (queries.length === 0) return set ? [] : ['base:allocation'];
   return queries.some((q) => q === 'base:allocation' || (!set && q === 'base:')) ? ['base:allocation'] : [];
@@ -26,7 +26,7 @@ export class MetaContextCommand implements fc.Command<HsModel, HsReal> {
       (this.dmg !== 'none'
         ? R.ERR_INVALID
         : this.set && !(m.sr || m.eh)
-          ? R.ERR_INVALID // rule 14
+          ? R.ERR_INVALID // option.meta-context-needs-structured
           : !exportOf(this.name)
             ? R.ERR_UNKNOWN
             : tlsBlocked(m, this.name)
@@ -43,7 +43,7 @@ export class MetaContextCommand implements fc.Command<HsModel, HsReal> {
       if (this.set) m.meta = { exportName: canonical(this.name), names };
     } else {
       expect(replies).toHaveLength(1);
-      if (this.set) m.meta = null; // rule 13: SET replaces the selection even when it fails
+      if (this.set) m.meta = null; // option.meta-context-replace: SET replaces the selection even when it fails
     }
     clearInfo(m);
   }

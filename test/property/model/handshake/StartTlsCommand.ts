@@ -3,7 +3,7 @@ import { expect } from 'vitest';
 import { O, R } from '../../../unit/machines/support.js';
 import { clearInfo, sendOption, type HsModel, type HsReal } from './model.js';
 
-/** NBD_OPT_STARTTLS; on ACK the transport reports `tls.established` (rule 15, 16). */
+/** NBD_OPT_STARTTLS; on ACK the transport reports `tls.established` (tls.starttls-resets, tls.mode-notls, tls.starttls-repeat). */
 export class StartTlsCommand implements fc.Command<HsModel, HsReal> {
   constructor(readonly withData: boolean) {}
   check = (m: Readonly<HsModel>) => !m.done;
@@ -28,7 +28,7 @@ export class StartTlsCommand implements fc.Command<HsModel, HsReal> {
       expect(r.d.value()).toBe('upgradingTls');
       r.d.send({ type: 'tls.established' });
       expect(r.d.value()).toBe('options');
-      // rule 15: forget everything negotiated before TLS.
+      // tls.starttls-resets: forget everything negotiated before TLS.
       m.tls = true;
       m.sr = false;
       m.eh = false;

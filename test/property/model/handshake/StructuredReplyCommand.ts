@@ -3,7 +3,7 @@ import { expect } from 'vitest';
 import { O, R } from '../../../unit/machines/support.js';
 import { clearInfo, finalType, prelude, sendOption, type HsModel, type HsReal } from './model.js';
 
-/** NBD_OPT_STRUCTURED_REPLY (§1.5, rule 12). */
+/** NBD_OPT_STRUCTURED_REPLY (option.structured-reply, option.unexpected-data, option.extended-headers). */
 export class StructuredReplyCommand implements fc.Command<HsModel, HsReal> {
   constructor(readonly withData: boolean) {}
   check = (m: Readonly<HsModel>) => !m.done;

@@ -4,7 +4,7 @@ import type { HandshakeOutcome } from '../../../../src/machines/types.js';
 import { O, R, decodeOption } from '../../../unit/machines/support.js';
 import { canonical, exportOf, sendOption, tlsBlocked, type HsModel, type HsReal } from './model.js';
 
-/** NBD_OPT_ABORT: always ACK (even while shutting down), then a soft close (rule 7). */
+/** NBD_OPT_ABORT: always ACK (even while shutting down), then a soft close (option.abort-ack). */
 export class AbortCommand implements fc.Command<HsModel, HsReal> {
   check = (m: Readonly<HsModel>) => !m.done;
   run(m: HsModel, r: HsReal): void {
@@ -18,7 +18,7 @@ export class AbortCommand implements fc.Command<HsModel, HsReal> {
   toString = () => 'ABORT';
 }
 
-/** NBD_OPT_EXPORT_NAME: a headerless reply, or a hard close (rules 3, 6, 16). */
+/** NBD_OPT_EXPORT_NAME: a headerless reply, or a hard close (handshake.no-zeroes, option.export-name-terminates, tls.mode-forcedtls). */
 export class ExportNameCommand implements fc.Command<HsModel, HsReal> {
   constructor(readonly name: string) {}
   check = (m: Readonly<HsModel>) => !m.done;
@@ -45,7 +45,7 @@ export class ExportNameCommand implements fc.Command<HsModel, HsReal> {
   toString = () => `EXPORT_NAME(${JSON.stringify(this.name)})`;
 }
 
-/** The server starts shutting down (rule 18). */
+/** The server starts shutting down (option.shutting-down). */
 export class ShutdownCommand implements fc.Command<HsModel, HsReal> {
   check = (m: Readonly<HsModel>) => !m.done && !m.shutdown;
   run(m: HsModel, r: HsReal): void {

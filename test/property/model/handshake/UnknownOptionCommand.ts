@@ -3,7 +3,7 @@ import { expect } from 'vitest';
 import { R } from '../../../unit/machines/support.js';
 import { clearInfo, prelude, sendOption, type HsModel, type HsReal } from './model.js';
 
-/** An option code we do not implement (incl. withdrawn PEEK_EXPORT = 4), with data (rule 5). */
+/** An option code we do not implement (incl. withdrawn PEEK_EXPORT = 4), with data (option.unknown-code). */
 export class UnknownOptionCommand implements fc.Command<HsModel, HsReal> {
   constructor(
     readonly code: number,

@@ -1,5 +1,5 @@
 /**
- * A deliberately simpler model of option haggling (protocol.md §1.4–§1.10),
+ * A deliberately simpler model of option haggling (docs/rules.md, option.* and tls.*),
  * written from the spec tables, not from the machine's routing table.
  */
 import { expect } from 'vitest';
@@ -47,7 +47,7 @@ export function tlsBlocked(m: HsModel, name: string): boolean {
   return !!exportOf(name)?.tlsOnly && !m.tls && m.policy !== 'off';
 }
 
-/** Errors every option but ABORT / STARTTLS / EXPORT_NAME gets first (rules 16, 18; §1.5). */
+/** Errors every option but ABORT / STARTTLS / EXPORT_NAME gets first (option.shutting-down, handshake.fixed-newstyle-required, tls.mode-forcedtls, option.too-big). */
 export function prelude(m: HsModel, tooBig: boolean): number | null {
   if (m.shutdown) return R.ERR_SHUTDOWN;
   if (!m.fixed) return R.ERR_INVALID;
@@ -97,7 +97,7 @@ export function finalType(replies: readonly OptionReply[]): number {
   return replies[replies.length - 1]!.type;
 }
 
-/** Any option other than a successful INFO breaks the INFO→GO identity chain (rule 11). */
+/** Any option other than a successful INFO breaks the INFO→GO identity chain (option.info-go-consistent). */
 export function clearInfo(m: HsModel): void {
   m.lastInfo = null;
 }

@@ -2,7 +2,7 @@ import type fc from 'fast-check';
 import { expect } from 'vitest';
 import { C, type TxModel, type TxReal } from './model.js';
 
-/** NBD_CMD_DISC: no reply; the machine drains (rule 35). A DISC while draining is ignored. */
+/** NBD_CMD_DISC: no reply; the machine drains (transmission.disc-drains). A DISC while draining is ignored. */
 export class DiscCommand implements fc.Command<TxModel, TxReal> {
   check = () => true;
   run(m: TxModel, r: TxReal): void {
@@ -14,7 +14,7 @@ export class DiscCommand implements fc.Command<TxModel, TxReal> {
   toString = () => 'DISC';
 }
 
-/** The server shuts down (rule 37). */
+/** The server shuts down (transmission.shutdown-drains). */
 export class ShutdownCommand implements fc.Command<TxModel, TxReal> {
   check = () => true;
   run(m: TxModel, r: TxReal): void {

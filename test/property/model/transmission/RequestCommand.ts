@@ -43,7 +43,7 @@ export class RequestCommand implements fc.Command<TxModel, TxReal> {
     const out = r.t.send({ type: 'request', frame });
     m.sent++;
     expect(r.t.errors).toEqual([]);
-    // Exactly one outcome, carrying the cookie (rule 20).
+    // Exactly one outcome, carrying the cookie (reply.cookie-echo).
     expect(out).toHaveLength(1);
     const o = out[0]!;
     expect((o as { frame: RequestFrame }).frame.cookie).toBe(frame.cookie);
