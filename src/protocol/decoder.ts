@@ -116,6 +116,8 @@ interface PendingRequest {
   offset: number;
   length: number;
   huge: boolean;
+  /** The offset as sent, when it did not fit a safe integer. */
+  wireOffset?: bigint;
   payloadLength: number;
   skip: boolean;
   /** Zero-copy WRITE: where the payload goes (see `setPlacement`), and the cursor in it. */
@@ -407,6 +409,8 @@ export class FrameDecoder {
       const offHi = h.readUInt32BE(16);
       const offLo = h.readUInt32BE(20);
       let huge = offHi > MAX_SAFE_HI;
+      // Echoed verbatim in extended replies: never the clamped number.
+      const wireOffset = huge ? h.readBigUInt64BE(16) : undefined;
       const offset = huge ? Number.MAX_SAFE_INTEGER : offHi * TWO_32 + offLo;
       let length: number;
       if (this.extended) {
@@ -428,6 +432,7 @@ export class FrameDecoder {
         return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', `payload of ${payloadLength} bytes exceeds ${this.limits.maxPayloadSkip}`);
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
+      if (wireOffset !== undefined) r.wireOffset = wireOffset;
       // A zero-length WRITE still has a payload, an empty one: every consumer may read `payload.length`.
       if (payloadLength === 0) return this.makeRequest(r, type === CMD.NBD_CMD_WRITE ? EMPTY : undefined);
       if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
@@ -472,6 +477,7 @@ export class FrameDecoder {
       payload,
       payloadDiscarded: r.skip,
     };
+    if (r.wireOffset !== undefined) return { ...frame, wireOffset: r.wireOffset };
     if (placed === undefined) return frame;
     // Only placed frames carry these fields (a placed payload is never skipped, so payloadDiscarded is false).
     const commit = placed.targets.commit;
@@ -573,6 +579,7 @@ class ScatteredRequest implements RequestFrame {
   readonly offset: number;
   readonly length: number;
   readonly huge: boolean;
+  readonly wireOffset?: bigint;
   readonly payloadDiscarded = false;
   readonly #parts: readonly Buffer[];
   #joined: Buffer | undefined;
@@ -586,6 +593,7 @@ class ScatteredRequest implements RequestFrame {
     this.offset = r.offset;
     this.length = r.length;
     this.huge = r.huge;
+    if (r.wireOffset !== undefined) this.wireOffset = r.wireOffset;
     this.#parts = parts;
   }
 

@@ -212,7 +212,7 @@ export function chunkHeader(
   flags: number,
   type: number,
   payloadLength: number,
-  offset = 0,
+  offset: number | bigint = 0,
 ): Buffer {
   if (extended) {
     const h = Buffer.allocUnsafe(SIZE.EXTENDED_REPLY);
@@ -238,7 +238,7 @@ export interface ChunkOptions {
   /** Use 32-byte extended headers (EXTENDED_HEADERS negotiated). */
   extended?: boolean;
   /** The request's offset, echoed in extended headers. */
-  requestOffset?: number;
+  requestOffset?: number | bigint;
   /** Set NBD_REPLY_FLAG_DONE. */
   done?: boolean;
 }

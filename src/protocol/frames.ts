@@ -82,6 +82,11 @@ export interface RequestFrame {
   readonly length: number;
   /** The 64-bit offset or length did not fit a JS safe integer. */
   readonly huge: boolean;
+  /**
+   * The offset exactly as sent, present only when it did not fit a safe
+   * integer (`offset` is then clamped): extended replies echo it verbatim.
+   */
+  readonly wireOffset?: bigint;
   /** WRITE (or extended PAYLOAD_LEN) payload, already consumed from the stream. */
   readonly payload?: Buffer;
   /**

@@ -30,7 +30,7 @@ export function replyOk(mode: ReplyMode, cookie: bigint, requestOffset: number):
 }
 
 /** An error reply. `type` is the command (READ needs a structured error once SR is on). */
-export function replyError(mode: ReplyMode, cookie: bigint, type: number, errno: number, message: string | undefined, requestOffset: number): Frame {
+export function replyError(mode: ReplyMode, cookie: bigint, type: number, errno: number, message: string | undefined, requestOffset: number | bigint): Frame {
   if (mode === 'simple') return encodeSimpleReply(cookie, errno);
   // With SR we prefer structured errors: they carry a message (the spec's SHOULD).
   void type;
@@ -122,7 +122,8 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
  */
 export function replyReadBuffer(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer, df = false): Frame {
   if (mode === 'simple') return encodeSimpleReply(cookie, 0, data);
-  if (data.length === 0 && !df) return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
+  // Zero-length: content chunks carry at least one byte, so NONE, with or without DF (as replyRead).
+  if (data.length === 0) return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
   return encodeChunkOffsetData(cookie, offset, data, { extended: mode === 'extended', requestOffset: offset, done: true });
 }
 

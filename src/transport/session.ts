@@ -578,7 +578,7 @@ export class Session {
 
     private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
     this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
-    this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.offset));
+    this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.wireOffset ?? e.frame.offset));
   }
 
   private onConnectionSnapshot(value: string): void {
