@@ -373,8 +373,8 @@ export class Session {
   }
 
   /**
-   * Whether one more request may be taken from the decoder: both budgets
-   * (requests, bytes owed) have room, counting `count` requests holding
+   * Whether one more request may be taken from the decoder: all three budgets
+   * (requests, bytes owed, queued reply bytes) have room, counting `count` requests holding
    * `bytes` that are decoded but not yet delivered. The loop in `pump` and
    * the pause decision in `updateFlow` ask this same question, so reading
    * is paused exactly when the decoder is no longer pulled.
