@@ -7,6 +7,7 @@
  */
 import type { ServerLimits } from './server.js';
 import { NbdError } from './errors.js';
+import { DEFAULTS } from '../defaults.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -35,17 +36,17 @@ export interface LimitRange {
  * the same table, so both say the same thing.
  */
 export const LIMIT_RANGES = {
-  maxInFlight: { min: 1, max: 1_048_576, unit: 'count', default: 64 },
-  maxInFlightBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 128 * MiB },
-  maxQueuedReplyBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: 4 * MiB },
-  maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: 64 * MiB },
-  maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: 64 * KiB },
-  maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: 128 },
-  // Default: maxPayload + 1 MiB.
+  maxInFlight: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxInFlight },
+  maxInFlightBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxInFlightBytes },
+  maxQueuedReplyBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxQueuedReplyBytes },
+  maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: DEFAULTS.maxPayload },
+  maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: DEFAULTS.maxOptionLength },
+  maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxOptions },
+  // Default: maxPayload + DEFAULTS.bufferedSlack (1 MiB).
   maxBufferedBytes: { min: 512 + REQUEST_HEADER, max: Number.MAX_SAFE_INTEGER, unit: 'bytes' },
   maxConnections: { min: 1, max: 1_048_576, unit: 'count' },
-  handshakeTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: 10_000 },
-  idleTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: 0 },
+  handshakeTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: DEFAULTS.handshakeTimeout },
+  idleTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: DEFAULTS.idleTimeout },
 } as const satisfies Record<keyof ServerLimits, LimitRange>;
 
 export type LimitName = keyof typeof LIMIT_RANGES;

@@ -18,6 +18,7 @@ import { NbdRequest, type ConnectionRef, type ExportRef } from './request.js';
 import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
 import { validateLimits } from './limits.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface ExportConfig {
   readonly name: string;
@@ -111,12 +112,6 @@ interface ExportEntry {
   readonly ref: ExportRef;
 }
 
-/** Bytes owed per connection (ServerLimits.maxInFlightBytes). */
-const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
-/** Reply bytes queued per connection (ServerLimits.maxQueuedReplyBytes). */
-const DEFAULT_MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
-/** Milliseconds to finish negotiating (ServerLimits.handshakeTimeout), as qemu-nbd. */
-const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
 const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
 
@@ -177,7 +172,7 @@ export class NbdServer {
   constructor(private readonly options: ServerOptions) {
     this.logger = options.logger ?? consoleLogger(false);
     validateLimits(options.limits);
-    const maxPayload = options.limits?.maxPayload ?? 64 * 1024 * 1024;
+    const maxPayload = options.limits?.maxPayload ?? DEFAULTS.maxPayload;
     if (!options.exports || options.exports.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'at least one export is required');
     for (const cfg of options.exports) {
       if (this.exports.has(cfg.name)) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}" is defined twice`);
@@ -194,7 +189,7 @@ export class NbdServer {
       exports: [...this.exports.values()].map((e) => e.descriptor),
       defaultExport,
       tls: this.tlsPolicy,
-      maxOptions: options.limits?.maxOptions ?? 128,
+      maxOptions: options.limits?.maxOptions ?? DEFAULTS.maxOptions,
       structuredReplies: options.structuredReplies ?? true,
       extendedHeaders: options.extendedHeaders ?? true,
     };
@@ -305,11 +300,11 @@ export class NbdServer {
         peer,
         handshake: this.handshakeInput,
         decoderLimits: this.decoderLimits(),
-        maxInFlight: this.options.limits?.maxInFlight ?? 64,
-        maxInFlightBytes: this.options.limits?.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
-        maxQueuedReplyBytes: this.options.limits?.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
-        handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT,
-        idleTimeout: this.options.limits?.idleTimeout ?? 0,
+        maxInFlight: this.options.limits?.maxInFlight ?? DEFAULTS.maxInFlight,
+        maxInFlightBytes: this.options.limits?.maxInFlightBytes ?? DEFAULTS.maxInFlightBytes,
+        maxQueuedReplyBytes: this.options.limits?.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes,
+        handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
+        idleTimeout: this.options.limits?.idleTimeout ?? DEFAULTS.idleTimeout,
         inspect: this.options.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,
@@ -381,11 +376,11 @@ export class NbdServer {
 
   private decoderLimits(): Partial<DecoderLimits> {
     const l = this.options.limits ?? {};
-    const maxPayload = l.maxPayload ?? 64 * 1024 * 1024;
+    const maxPayload = l.maxPayload ?? DEFAULTS.maxPayload;
     return {
       maxPayload,
-      maxOptionLength: l.maxOptionLength ?? 64 * 1024,
-      maxBufferedBytes: l.maxBufferedBytes ?? maxPayload + 1024 * 1024,
+      maxOptionLength: l.maxOptionLength ?? DEFAULTS.maxOptionLength,
+      maxBufferedBytes: l.maxBufferedBytes ?? maxPayload + DEFAULTS.bufferedSlack,
     };
   }
 
@@ -395,7 +390,7 @@ export class NbdServer {
    * `timeout` ms are dropped.
    */
   close(options: { timeout?: number } = {}): Promise<void> {
-    this.closing ??= this.doClose(options.timeout ?? 10_000);
+    this.closing ??= this.doClose(options.timeout ?? DEFAULTS.closeTimeout);
     return this.closing;
   }
 

@@ -48,6 +48,7 @@ import type {
   Negotiated,
   TlsPolicy,
 } from './types.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface HandshakeInput {
   readonly exports: readonly ExportDescriptor[];
@@ -495,7 +496,7 @@ export const handshakeMachine = setup({
     exports: input.exports,
     defaultExport: input.defaultExport,
     tlsPolicy: input.tls ?? 'off',
-    maxOptions: input.maxOptions ?? 128,
+    maxOptions: input.maxOptions ?? DEFAULTS.maxOptions,
     offerExtendedHeaders: input.extendedHeaders ?? true,
     offerStructuredReplies: input.structuredReplies ?? true,
     clientFlags: 0,

@@ -21,6 +21,7 @@ import { emit, setup, assign } from 'xstate';
 import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import type { Negotiated, Refusal, TransmissionEmitted, TransmissionEvent } from './types.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface TransmissionInput {
   readonly negotiated: Negotiated;
@@ -195,7 +196,7 @@ export function transmissionContext(input: TransmissionInput): TransmissionConte
     size: n.export.size,
     flags: n.flags,
     minimumBlock: n.export.blockSizes.minimum,
-    maxPayload: input.maxPayload ?? 64 * 1024 * 1024,
+    maxPayload: input.maxPayload ?? DEFAULTS.maxPayload,
     structuredReplies: n.structuredReplies || n.extendedHeaders,
     extendedHeaders: n.extendedHeaders,
     metaContextIds: n.metaContexts.map((m) => m.id),

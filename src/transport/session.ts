@@ -28,6 +28,7 @@ import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machi
 import { fromSocket, ReplyWriter } from './socket.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
+import { DEFAULTS } from '../defaults.js';
 
 export interface SessionOptions {
   readonly id: number;
@@ -142,9 +143,9 @@ export class Session {
     this.peer = options.peer ?? `connection ${options.id}`;
     this.socket = socket;
     this.log = options.logger;
-    this.maxInFlight = Math.max(1, options.maxInFlight ?? 64);
-    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? 128 * 1024 * 1024);
-    this.maxQueuedReplyBytes = Math.max(1, options.maxQueuedReplyBytes ?? 4 * 1024 * 1024);
+    this.maxInFlight = Math.max(1, options.maxInFlight ?? DEFAULTS.maxInFlight);
+    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? DEFAULTS.maxInFlightBytes);
+    this.maxQueuedReplyBytes = Math.max(1, options.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes);
     this.decoder = new FrameDecoder(options.decoderLimits);
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.onWritten);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);

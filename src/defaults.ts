@@ -1,0 +1,31 @@
+/**
+ * The one home of every default limit. `ServerLimits` (src/api/server.ts)
+ * documents them, `LIMIT_RANGES` (src/api/limits.ts) validates against
+ * them, and the machines, the decoder and the session fall back to them
+ * when built without a server around them (tests, tools).
+ */
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+export const DEFAULTS = Object.freeze({
+  /** Requests with the application at once, per connection. */
+  maxInFlight: 64,
+  /** Bytes owed per connection: payloads and READ lengths in flight plus unwritten replies. */
+  maxInFlightBytes: 128 * MiB,
+  /** Reply bytes queued and not yet written, per connection. */
+  maxQueuedReplyBytes: 4 * MiB,
+  /** Largest READ / WRITE payload served (as nbdkit). */
+  maxPayload: 64 * MiB,
+  /** Largest option data parsed. */
+  maxOptionLength: 64 * KiB,
+  /** Options per handshake before a disconnect. */
+  maxOptions: 128,
+  /** What a connection's decoder may hold on top of the largest payload (maxBufferedBytes = maxPayload + this). */
+  bufferedSlack: 1 * MiB,
+  /** Milliseconds to finish negotiating (as qemu-nbd). */
+  handshakeTimeout: 10_000,
+  /** Milliseconds a negotiated connection may sit idle (0: off). */
+  idleTimeout: 0,
+  /** Milliseconds server.close() waits for connections to finish. */
+  closeTimeout: 10_000,
+});
