@@ -14,9 +14,15 @@
  * Limits are checked on the length fields, before anything is buffered
  * (general.string-limits, transmission.payload-too-large, option.too-big).
  */
-import { CMD, CMD_FLAG, MAGIC, OPT, SIZE, cmdName, optName } from './constants.js';
+import { ByteQueue } from './byte-queue.js';
+import { CMD, CMD_FLAG, MAGIC, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
+import { PARSED_OPTIONS, parseOption, skippedOption } from './option-data.js';
+import { SCATTER_MIN, ScatteredRequest } from './request-payload.js';
 import { releaseBytes } from './slab-account.js';
+
+export { decodeString, parseOption } from './option-data.js';
+export { payloadParts, releasePayload } from './request-payload.js';
 
 export interface DecoderLimits {
   /** Largest option data we buffer and parse (bigger known options get ERR_TOO_BIG). */
@@ -58,47 +64,11 @@ export interface DecodeFailure {
   readonly message: string;
 }
 
-const OPTION_NAMES: Record<number, OptionFrame['opt']> = {
-  [OPT.NBD_OPT_EXPORT_NAME]: 'exportName',
-  [OPT.NBD_OPT_ABORT]: 'abort',
-  [OPT.NBD_OPT_LIST]: 'list',
-  [OPT.NBD_OPT_STARTTLS]: 'starttls',
-  [OPT.NBD_OPT_INFO]: 'info',
-  [OPT.NBD_OPT_GO]: 'go',
-  [OPT.NBD_OPT_STRUCTURED_REPLY]: 'structuredReply',
-  [OPT.NBD_OPT_LIST_META_CONTEXT]: 'listMetaContext',
-  [OPT.NBD_OPT_SET_META_CONTEXT]: 'setMetaContext',
-  [OPT.NBD_OPT_EXTENDED_HEADERS]: 'extendedHeaders',
-};
-
-/** Options whose data we parse (and therefore buffer). */
-const PARSED_OPTIONS = new Set<number>([
-  OPT.NBD_OPT_EXPORT_NAME,
-  OPT.NBD_OPT_INFO,
-  OPT.NBD_OPT_GO,
-  OPT.NBD_OPT_LIST_META_CONTEXT,
-  OPT.NBD_OPT_SET_META_CONTEXT,
-]);
-
 const TWO_32 = 0x1_0000_0000;
 /** The payload of every zero-length WRITE. */
 const EMPTY: Buffer = Buffer.alloc(0);
 /** Largest high word that keeps hi·2^32 + lo a safe integer. */
 const MAX_SAFE_HI = 0x1f_ffff;
-
-// ignoreBOM: a leading U+FEFF is part of the name, not a byte-order mark to strip.
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
-/** Validate a protocol string (general.string-limits: UTF-8, no NUL, ≤ limit). */
-export function decodeString(bytes: Buffer, maxLength: number): { ok: true; value: string } | { ok: false; message: string } {
-  if (bytes.length > maxLength) return { ok: false, message: `string of ${bytes.length} bytes exceeds ${maxLength}` };
-  if (bytes.includes(0)) return { ok: false, message: 'string contains NUL' };
-  try {
-    return { ok: true, value: utf8.decode(bytes) };
-  } catch {
-    return { ok: false, message: 'string is not valid UTF-8' };
-  }
-}
 
 interface PendingOption {
   code: number;
@@ -157,16 +127,11 @@ export const PLACE_MIN = 64 * 1024;
 
 export class FrameDecoder {
   readonly limits: Readonly<DecoderLimits>;
-  private chunks: Buffer[] = [];
-  /** Read position inside chunks[0]. */
-  private head = 0;
-  private buffered = 0;
+  private readonly queue = new ByteQueue();
   private phaseValue: DecodePhase = 'clientFlags';
   private extended = false;
   private pendingOption: PendingOption | null = null;
   private pendingRequest: PendingRequest | null = null;
-  /** Bytes still to discard for a skipped option / payload. */
-  private skipRemaining = 0;
   private failure: DecodeFailure | null = null;
   private placement: PlacementProvider | null = null;
 
@@ -180,7 +145,7 @@ export class FrameDecoder {
 
   /** Bytes held right now (for backpressure decisions). */
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.queue.length;
   }
 
   /**
@@ -191,21 +156,10 @@ export class FrameDecoder {
     if (this.failure) return false;
     if (this.phaseValue === 'stopped') return true;
     if (chunk.length === 0) return true;
-    // Skipped data never needs buffering: drop it as it arrives.
-    if (this.skipRemaining > 0 && this.buffered === 0) {
-      const n = Math.min(this.skipRemaining, chunk.length);
-      this.skipRemaining -= n;
-      releaseBytes(chunk.buffer, n);
-      if (n === chunk.length) return true;
-      chunk = chunk.subarray(n);
-    }
-    if (this.buffered + chunk.length > this.limits.maxBufferedBytes) {
-      this.fail('NBD_ERR_BUFFER_LIMIT', `more than ${this.limits.maxBufferedBytes} bytes buffered`);
-      return false;
-    }
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    return true;
+    // Skipped data is dropped as it arrives, never buffered (see ByteQueue.push).
+    if (this.queue.push(chunk, this.limits.maxBufferedBytes)) return true;
+    this.fail('NBD_ERR_BUFFER_LIMIT', `more than ${this.limits.maxBufferedBytes} bytes buffered`);
+    return false;
   }
 
   /**
@@ -227,7 +181,7 @@ export class FrameDecoder {
    */
   placementWindow(): Buffer | null {
     const p = this.pendingRequest?.place;
-    if (p === undefined || p.left === 0 || this.buffered > 0 || this.failure !== null || this.phaseValue !== 'requests') return null;
+    if (p === undefined || p.left === 0 || this.queue.length > 0 || this.failure !== null || this.phaseValue !== 'requests') return null;
     const t = p.targets[p.ti]!;
     return t.subarray(p.at, p.at + Math.min(p.left, t.length - p.at));
   }
@@ -250,19 +204,9 @@ export class FrameDecoder {
 
   /** Copy buffered bytes into the placement targets. */
   private fillPlacement(p: Placement): void {
-    while (p.left > 0 && this.buffered > 0) {
-      const c = this.chunks[0]!;
+    while (p.left > 0 && this.queue.length > 0) {
       const t = p.targets[p.ti]!;
-      const m = Math.min(c.length - this.head, p.left, t.length - p.at);
-      t.set(m === c.length ? c : c.subarray(this.head, this.head + m), p.at);
-      releaseBytes(c.buffer, m);
-      this.head += m;
-      this.buffered -= m;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-      this.advancePlacement(p, m);
+      this.advancePlacement(p, this.queue.copyInto(t, p.at, Math.min(p.left, t.length - p.at)));
     }
   }
 
@@ -284,14 +228,9 @@ export class FrameDecoder {
    * must never be interpreted: tls.plaintext-after-starttls). Returns the bytes dropped.
    */
   discardBuffered(): number {
-    const dropped = this.buffered;
-    this.chunks = [];
-    this.head = 0;
-    this.buffered = 0;
     this.pendingOption = null;
     this.pendingRequest = null;
-    this.skipRemaining = 0;
-    return dropped;
+    return this.queue.discard();
   }
 
   /**
@@ -301,11 +240,13 @@ export class FrameDecoder {
   get incomplete(): string | null {
     if (this.failure || this.phaseValue === 'stopped') return null;
     const r = this.pendingRequest;
-    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${r.place ? r.payloadLength - r.place.left : this.buffered} of ${r.payloadLength} payload bytes`;
+    const buffered = this.queue.length;
+    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${r.place ? r.payloadLength - r.place.left : buffered} of ${r.payloadLength} payload bytes`;
     const o = this.pendingOption;
-    if (o) return `option ${optName(o.code)} with ${o.skip ? 'part' : this.buffered} of ${o.length} data bytes`;
-    if (this.skipRemaining > 0) return `a discarded payload with ${this.skipRemaining} bytes still to come`;
-    if (this.buffered > 0) return `${this.buffered} bytes of an incomplete ${this.phaseValue === 'requests' ? 'request header' : this.phaseValue === 'options' ? 'option header' : 'client flags field'}`;
+    if (o) return `option ${optName(o.code)} with ${o.skip ? 'part' : buffered} of ${o.length} data bytes`;
+    const dropping = this.queue.dropPending;
+    if (dropping > 0) return `a discarded payload with ${dropping} bytes still to come`;
+    if (buffered > 0) return `${buffered} bytes of an incomplete ${this.phaseValue === 'requests' ? 'request header' : this.phaseValue === 'options' ? 'option header' : 'client flags field'}`;
     return null;
   }
 
@@ -321,10 +262,7 @@ export class FrameDecoder {
   /** Decode one frame. */
   next(): ClientFrame | DecodeFailure | null {
     if (this.failure) return this.failure;
-    if (this.skipRemaining > 0) {
-      this.skipBytes();
-      if (this.skipRemaining > 0) return null;
-    }
+    if (this.queue.dropPending > 0 && this.queue.dropBuffered() > 0) return null;
     switch (this.phaseValue) {
       case 'clientFlags':
         return this.nextClientFlags();
@@ -340,8 +278,8 @@ export class FrameDecoder {
   // ── phases ────────────────────────────────────────────────────────────
 
   private nextClientFlags(): ClientFrame | null {
-    if (this.buffered < SIZE.CLIENT_FLAGS) return null;
-    const b = this.take(SIZE.CLIENT_FLAGS);
+    if (this.queue.length < SIZE.CLIENT_FLAGS) return null;
+    const b = this.queue.take(SIZE.CLIENT_FLAGS);
     this.phaseValue = 'options';
     return { kind: 'clientFlags', flags: b.readUInt32BE(0) };
   }
@@ -349,8 +287,8 @@ export class FrameDecoder {
   private nextOption(): OptionFrame | DecodeFailure | null {
     let p = this.pendingOption;
     if (!p) {
-      if (this.buffered < SIZE.OPTION_HEADER) return null;
-      const h = this.take(SIZE.OPTION_HEADER);
+      if (this.queue.length < SIZE.OPTION_HEADER) return null;
+      const h = this.queue.take(SIZE.OPTION_HEADER);
       if (h.readUInt32BE(0) !== 0x49484156 || h.readUInt32BE(4) !== 0x454f5054) {
         // Not IHAVEOPT: the stream is out of sync and cannot be resynchronised.
         return this.fail('NBD_ERR_BAD_OPTION_MAGIC', `bad option magic 0x${h.subarray(0, 8).toString('hex')}`);
@@ -368,36 +306,23 @@ export class FrameDecoder {
       p = { code, length, skip: !parsed || problem !== undefined, problem };
       if (p.skip) {
         // Consume and discard the data without buffering it (option.unknown-code, option.too-big).
-        this.skipRemaining = length;
-        this.skipBytes();
-        return this.finishSkippedOption(p);
+        this.queue.drop(length);
+        return skippedOption(code, length, problem);
       }
       this.pendingOption = p;
     }
-    if (this.buffered < p.length) return null;
+    if (this.queue.length < p.length) return null;
     this.pendingOption = null;
-    const data = this.take(p.length);
+    const data = this.queue.take(p.length);
     return parseOption(p.code, data, this.limits.maxStringLength);
-  }
-
-  private finishSkippedOption(p: PendingOption): OptionFrame {
-    const base = { kind: 'option' as const, code: p.code, length: p.length };
-    const opt = OPTION_NAMES[p.code];
-    if (opt === undefined || opt === 'unknown') return { ...base, opt: 'unknown' };
-    if (p.problem) {
-      if (opt === 'exportName') return { ...base, opt, name: '', problem: p.problem };
-      if (opt === 'info' || opt === 'go') return { ...base, opt, name: '', requests: [], problem: p.problem };
-      if (opt === 'listMetaContext' || opt === 'setMetaContext') return { ...base, opt, name: '', queries: [], problem: p.problem };
-    }
-    return { ...base, opt: opt as 'abort' | 'list' | 'starttls' | 'structuredReply' | 'extendedHeaders', hasData: p.length > 0 };
   }
 
   private nextRequest(): RequestFrame | DecodeFailure | null {
     let r = this.pendingRequest;
     if (!r) {
       const size = this.extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST;
-      if (this.buffered < size) return null;
-      const h = this.take(size);
+      if (this.queue.length < size) return null;
+      const h = this.queue.take(size);
       const magic = h.readUInt32BE(0);
       const expected = this.extended ? MAGIC.NBD_EXTENDED_REQUEST_MAGIC : MAGIC.NBD_REQUEST_MAGIC;
       if (magic !== expected) {
@@ -435,15 +360,14 @@ export class FrameDecoder {
       if (wireOffset !== undefined) r.wireOffset = wireOffset;
       // A zero-length WRITE still has a payload, an empty one: every consumer may read `payload.length`.
       if (payloadLength === 0) return this.makeRequest(r, type === CMD.NBD_CMD_WRITE ? EMPTY : undefined);
-      if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.buffered < payloadLength) {
+      if (this.placement !== null && !r.skip && type === CMD.NBD_CMD_WRITE && payloadLength >= PLACE_MIN && this.queue.length < payloadLength) {
         const targets = this.placement(this.makeRequest(r, undefined));
         // Targets that do not add up to the payload are ignored: the payload is buffered as usual.
         if (targets !== null && targets.reduce((n, t) => n + t.length, 0) === payloadLength) r.place = { targets, ti: 0, at: 0, left: payloadLength };
       }
       if (r.skip) {
         // Over the payload limit: consume without buffering, then refuse (transmission.payload-too-large).
-        this.skipRemaining = payloadLength;
-        this.skipBytes();
+        this.queue.drop(payloadLength);
         return this.makeRequest(r, undefined);
       }
       this.pendingRequest = r;
@@ -457,11 +381,11 @@ export class FrameDecoder {
       this.pendingRequest = null;
       return this.makeRequest(r, undefined, r.place);
     }
-    if (this.buffered < r.payloadLength) return null;
+    if (this.queue.length < r.payloadLength) return null;
     this.pendingRequest = null;
     const n = r.payloadLength;
-    if (n >= SCATTER_MIN && this.chunks[0]!.length - this.head < n) return new ScatteredRequest(r, this.takeParts(n));
-    return this.makeRequest(r, this.take(n));
+    if (n >= SCATTER_MIN && this.queue.firstRun < n) return new ScatteredRequest(r, this.queue.takeParts(n));
+    return this.makeRequest(r, this.queue.take(n));
   }
 
   private makeRequest(r: PendingRequest, payload: Buffer | undefined, placed?: Placement): RequestFrame {
@@ -484,213 +408,9 @@ export class FrameDecoder {
     return commit === undefined ? { ...frame, placed: true } : { ...frame, placed: true, commitPlacement: commit };
   }
 
-  // ── byte queue ────────────────────────────────────────────────────────
-
-  /** Take exactly n buffered bytes: a view when inside one chunk, else one copy. */
-  private take(n: number): Buffer {
-    // A zero-length frame part (e.g. EXPORT_NAME of the default export) may find the queue empty.
-    if (n === 0) return Buffer.alloc(0);
-    const first = this.chunks[0]!;
-    const avail = first.length - this.head;
-    if (n <= avail) {
-      const out = first.subarray(this.head, this.head + n);
-      this.head += n;
-      if (this.head === first.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-      this.buffered -= n;
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const m = Math.min(c.length - this.head, n - filled);
-      c.copy(out, filled, this.head, this.head + m);
-      releaseBytes(c.buffer, m);
-      filled += m;
-      this.head += m;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-    this.buffered -= n;
-    return out;
-  }
-
-  /** Take exactly n buffered bytes as views of the chunks they arrived in (no copy). */
-  private takeParts(n: number): Buffer[] {
-    const parts: Buffer[] = [];
-    let left = n;
-    while (left > 0) {
-      const c = this.chunks[0]!;
-      const m = Math.min(c.length - this.head, left);
-      parts.push(c.subarray(this.head, this.head + m));
-      left -= m;
-      this.head += m;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-    this.buffered -= n;
-    return parts;
-  }
-
-  private skipBytes(): void {
-    while (this.skipRemaining > 0 && this.buffered > 0) {
-      const c = this.chunks[0]!;
-      const m = Math.min(c.length - this.head, this.skipRemaining);
-      releaseBytes(c.buffer, m);
-      this.head += m;
-      this.buffered -= m;
-      this.skipRemaining -= m;
-      if (this.head === c.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
-    }
-  }
-
   private fail(code: DecodeFailure['code'], message: string): DecodeFailure {
     this.failure = { kind: 'fatal', code, message };
     this.discardBuffered();
     return this.failure;
-  }
-}
-
-/** Payloads at least this long that span socket chunks are kept as the chunks' views. */
-const SCATTER_MIN = 64 * 1024;
-
-/**
- * A request whose payload arrived in several socket chunks. Its `payload`
- * is joined (one copy) on first use; `payloadParts()` gives the pieces
- * without joining, for consumers that can take them (a backend's
- * `writev`). Otherwise the same plain fields as any RequestFrame.
- */
-class ScatteredRequest implements RequestFrame {
-  readonly kind = 'request' as const;
-  readonly extended: boolean;
-  readonly flags: number;
-  readonly type: number;
-  readonly cookie: bigint;
-  readonly offset: number;
-  readonly length: number;
-  readonly huge: boolean;
-  readonly wireOffset?: bigint;
-  readonly payloadDiscarded = false;
-  readonly #parts: readonly Buffer[];
-  #joined: Buffer | undefined;
-  #released = false;
-
-  constructor(r: PendingRequest, parts: readonly Buffer[]) {
-    this.extended = r.extended;
-    this.flags = r.flags;
-    this.type = r.type;
-    this.cookie = r.cookie;
-    this.offset = r.offset;
-    this.length = r.length;
-    this.huge = r.huge;
-    if (r.wireOffset !== undefined) this.wireOffset = r.wireOffset;
-    this.#parts = parts;
-  }
-
-  get payload(): Buffer {
-    if (this.#joined === undefined && this.#released) throw new Error('WRITE payload used after it was released');
-    return (this.#joined ??= Buffer.concat(this.#parts as Buffer[]));
-  }
-
-  get parts(): readonly Buffer[] {
-    return this.#parts;
-  }
-
-  /** The pieces' bytes are dead (stored by copy): their read slabs may be reused. Once only. */
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    for (const p of this.#parts) releaseBytes(p.buffer, p.length);
-  }
-}
-
-/**
- * Report a WRITE payload's bytes as dead — scattered or a single view —
- * after a payload-copying backend (`kCopiesPayload`) stored it
- * synchronously. A payload that was copied out of several chunks (small,
- * spanning reads) is untracked memory: reporting it is a no-op. Call once
- * per frame; nobody may read the payload views afterwards.
- */
-export function releasePayload(frame: RequestFrame): void {
-  if (frame instanceof ScatteredRequest) frame.release();
-  else if (frame.payload !== undefined) releaseBytes(frame.payload.buffer, frame.payload.length);
-}
-
-/** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */
-export function payloadParts(frame: RequestFrame): readonly Buffer[] | undefined {
-  return frame instanceof ScatteredRequest ? frame.parts : undefined;
-}
-
-// ── option data parsers ─────────────────────────────────────────────────
-
-const invalid = (message: string): OptionProblem => ({ reply: 'NBD_REP_ERR_INVALID', message });
-
-/** Parse a buffered option's data into a typed frame. Problems become data, never exceptions. */
-export function parseOption(code: number, data: Buffer, maxString: number = SIZE.MAX_STRING): OptionFrame {
-  const base = { kind: 'option' as const, code, length: data.length };
-  switch (code) {
-    case OPT.NBD_OPT_EXPORT_NAME: {
-      const s = decodeString(data, maxString);
-      return s.ok ? { ...base, opt: 'exportName', name: s.value } : { ...base, opt: 'exportName', name: '', problem: invalid(s.message) };
-    }
-    case OPT.NBD_OPT_INFO:
-    case OPT.NBD_OPT_GO: {
-      const opt = code === OPT.NBD_OPT_INFO ? 'info' : 'go';
-      const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', requests: [], problem: invalid(message) });
-      // option.length-mismatch: namelen ≤ optlen − 6 and optlen == 6 + N + 2K exactly.
-      if (data.length < 6) return bad(`${opt.toUpperCase()} data of ${data.length} bytes is shorter than 6`);
-      const n = data.readUInt32BE(0);
-      if (n > data.length - 6) return bad(`export name length ${n} exceeds option length ${data.length} - 6`);
-      const k = data.readUInt16BE(4 + n);
-      if (data.length !== 6 + n + 2 * k) return bad(`option length ${data.length} is not 6 + ${n} + 2×${k}`);
-      const s = decodeString(data.subarray(4, 4 + n), maxString);
-      if (!s.ok) return bad(s.message);
-      const requests: number[] = [];
-      for (let i = 0; i < k; i++) requests.push(data.readUInt16BE(6 + n + 2 * i));
-      return { ...base, opt, name: s.value, requests };
-    }
-    case OPT.NBD_OPT_LIST_META_CONTEXT:
-    case OPT.NBD_OPT_SET_META_CONTEXT: {
-      const opt = code === OPT.NBD_OPT_LIST_META_CONTEXT ? 'listMetaContext' : 'setMetaContext';
-      const bad = (message: string): OptionFrame => ({ ...base, opt, name: '', queries: [], problem: invalid(message) });
-      // option.length-mismatch: minimum 8 bytes; a length running past the option ⇒ ERR_INVALID (MUST).
-      if (data.length < 8) return bad(`meta context data of ${data.length} bytes is shorter than 8`);
-      const n = data.readUInt32BE(0);
-      if (n > data.length - 8) return bad(`export name length ${n} runs past the option`);
-      const s = decodeString(data.subarray(4, 4 + n), maxString);
-      if (!s.ok) return bad(s.message);
-      const q = data.readUInt32BE(4 + n);
-      let pos = 8 + n;
-      // Each query needs at least 4 bytes: cap before allocating anything.
-      if (q > (data.length - pos) / 4) return bad(`${q} queries cannot fit in ${data.length - pos} bytes`);
-      const queries: string[] = [];
-      for (let i = 0; i < q; i++) {
-        if (pos + 4 > data.length) return bad(`query ${i} length runs past the option`);
-        const l = data.readUInt32BE(pos);
-        pos += 4;
-        if (l > data.length - pos) return bad(`query ${i} of ${l} bytes runs past the option`);
-        const qs = decodeString(data.subarray(pos, pos + l), maxString);
-        if (!qs.ok) return bad(`query ${i}: ${qs.message}`);
-        queries.push(qs.value);
-        pos += l;
-      }
-      if (pos !== data.length) return bad(`${data.length - pos} trailing bytes after the queries`);
-      return { ...base, opt, name: s.value, queries };
-    }
-    default: {
-      const opt = OPTION_NAMES[code];
-      if (opt === undefined) return { ...base, opt: 'unknown' };
-      return { ...base, opt: opt as 'abort' | 'list' | 'starttls' | 'structuredReply' | 'extendedHeaders', hasData: data.length > 0 };
-    }
   }
 }

@@ -1,0 +1,80 @@
+/**
+ * A decoded WRITE payload after the decoder: a payload that arrived in
+ * several socket chunks (`ScatteredRequest`), and reporting a payload's
+ * bytes dead once it is stored (`releasePayload`).
+ */
+import type { RequestFrame } from './frames.js';
+import { releaseBytes } from './slab-account.js';
+
+/** The header fields a request frame is made of. */
+type RequestHeader = Pick<RequestFrame, 'extended' | 'flags' | 'type' | 'cookie' | 'offset' | 'length' | 'huge' | 'wireOffset'>;
+
+/** Payloads at least this long that span socket chunks are kept as the chunks' views. */
+export const SCATTER_MIN = 64 * 1024;
+
+/**
+ * A request whose payload arrived in several socket chunks. Its `payload`
+ * is joined (one copy) on first use; `payloadParts()` gives the pieces
+ * without joining, for consumers that can take them (a backend's
+ * `writev`). Otherwise the same plain fields as any RequestFrame.
+ */
+export class ScatteredRequest implements RequestFrame {
+  readonly kind = 'request' as const;
+  readonly extended: boolean;
+  readonly flags: number;
+  readonly type: number;
+  readonly cookie: bigint;
+  readonly offset: number;
+  readonly length: number;
+  readonly huge: boolean;
+  readonly wireOffset?: bigint;
+  readonly payloadDiscarded = false;
+  readonly #parts: readonly Buffer[];
+  #joined: Buffer | undefined;
+  #released = false;
+
+  constructor(r: RequestHeader, parts: readonly Buffer[]) {
+    this.extended = r.extended;
+    this.flags = r.flags;
+    this.type = r.type;
+    this.cookie = r.cookie;
+    this.offset = r.offset;
+    this.length = r.length;
+    this.huge = r.huge;
+    if (r.wireOffset !== undefined) this.wireOffset = r.wireOffset;
+    this.#parts = parts;
+  }
+
+  get payload(): Buffer {
+    if (this.#joined === undefined && this.#released) throw new Error('WRITE payload used after it was released');
+    return (this.#joined ??= Buffer.concat(this.#parts as Buffer[]));
+  }
+
+  get parts(): readonly Buffer[] {
+    return this.#parts;
+  }
+
+  /** The pieces' bytes are dead (stored by copy): their read slabs may be reused. Once only. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    for (const p of this.#parts) releaseBytes(p.buffer, p.length);
+  }
+}
+
+/**
+ * Report a WRITE payload's bytes as dead — scattered or a single view —
+ * after a payload-copying backend (`kCopiesPayload`) stored it
+ * synchronously. A payload that was copied out of several chunks (small,
+ * spanning reads) is untracked memory: reporting it is a no-op. Call once
+ * per frame; nobody may read the payload views afterwards.
+ */
+export function releasePayload(frame: RequestFrame): void {
+  if (frame instanceof ScatteredRequest) frame.release();
+  else if (frame.payload !== undefined) releaseBytes(frame.payload.buffer, frame.payload.length);
+}
+
+/** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */
+export function payloadParts(frame: RequestFrame): readonly Buffer[] | undefined {
+  return frame instanceof ScatteredRequest ? frame.parts : undefined;
+}
