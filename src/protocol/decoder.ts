@@ -20,6 +20,7 @@ import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './fr
 import { PARSED_OPTIONS, parseOption, skippedOption } from './option-data.js';
 import { SCATTER_MIN, ScatteredRequest } from './request-payload.js';
 import { releaseBytes } from './slab-account.js';
+import { DEFAULTS } from '../defaults.js';
 
 export { decodeString, parseOption } from './option-data.js';
 export { payloadParts, releasePayload } from './request-payload.js';
@@ -41,12 +42,12 @@ export interface DecoderLimits {
 
 /** nbdkit-like defaults (nbdkit caps requests at 64 MiB and strings at 4096 bytes). */
 export const DEFAULT_DECODER_LIMITS: Readonly<DecoderLimits> = Object.freeze({
-  maxOptionLength: 64 * 1024,
+  maxOptionLength: DEFAULTS.maxOptionLength,
   maxOptionSkip: 64 * 1024 * 1024,
   maxStringLength: SIZE.MAX_STRING,
-  maxPayload: 64 * 1024 * 1024,
+  maxPayload: DEFAULTS.maxPayload,
   maxPayloadSkip: 0xffffffff,
-  maxBufferedBytes: 64 * 1024 * 1024 + 1024 * 1024,
+  maxBufferedBytes: DEFAULTS.maxPayload + DEFAULTS.bufferedSlack,
 });
 
 export type DecodePhase = 'clientFlags' | 'options' | 'requests' | 'stopped';
