@@ -1,0 +1,250 @@
+/**
+ * Deterministic state and transition coverage of the transmission machine
+ * with xstate's own graph tools (`xstate/graph`), as graph.test.ts does for
+ * the handshake machine.
+ *
+ * For a few machine inputs (read-only vs writable export; structured replies
+ * with a meta context vs simple replies vs extended headers without one;
+ * minimum block 512 vs 1; optional transmission flags advertised or not) we
+ * traverse the machine with a representative event per event type and per
+ * guard branch: an acceptable request, DISC, a request frame built so that
+ * each guard of the REFUSALS table is the first one to match, a `requests`
+ * burst, and the in-flight and lifecycle events (`getAdjacencyMap` +
+ * `getShortestPaths`). For every transition definition of the machine (each
+ * guarded branch of each event) we pick a graph edge that selects it, replay
+ * "shortest path to the edge's source + the edge's event" on a real actor,
+ * and check that the actor ends in the predicted state and really took that
+ * transition (from `@xstate.microstep` inspection events). Finally the union
+ * of taken transitions must be every transition of the machine, and the
+ * union of visited states every state.
+ */
+import { describe, expect, it } from 'vitest';
+import { createActor, type AnyTransitionDefinition, type SnapshotFrom } from 'xstate';
+import { getAdjacencyMap, getShortestPaths, getStateNodes, type AdjacencyMap, type AnyStateNode } from 'xstate/graph';
+import { REFUSALS, transmissionMachine, type TransmissionInput } from '../../../src/machines/transmission.js';
+import type { ExportDescriptor, TransmissionEvent } from '../../../src/machines/types.js';
+import type { RequestFrame } from '../../../src/protocol/frames.js';
+import { EXPORTS, KiB, negotiatedFor, request } from './support.js';
+
+/** The machine under test (one name, so a mutated copy can be swapped in to see the coverage check fail). */
+const MACHINE = transmissionMachine;
+type Snap = SnapshotFrom<typeof transmissionMachine>;
+
+// Numbers written out here on purpose (not imported from src), as in support.ts.
+const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7, RESIZE: 8 } as const;
+const CF = { FUA: 1 << 0, NO_HOLE: 1 << 1, DF: 1 << 2, REQ_ONE: 1 << 3, FAST_ZERO: 1 << 4, PAYLOAD_LEN: 1 << 5 } as const;
+const TF = { HAS_FLAGS: 1 << 0, READ_ONLY: 1 << 1, SEND_DF: 1 << 7 } as const;
+
+const DISK = EXPORTS[0]!; // writable, 1 MiB, minimum block 1, FLUSH FUA TRIM WRITE_ZEROES CACHE FAST_ZERO
+const RO = EXPORTS[1]!; // read-only, 64 KiB, minimum block 512
+/** Writable, minimum block 1, no optional transmission flag advertised. */
+const BARE: ExportDescriptor = { name: 'bare', size: 256 * KiB, flags: 0, blockSizes: { minimum: 1, preferred: 4096, maximum: 1024 * KiB } };
+
+/** Inputs whose union reaches every guard of the REFUSALS table. */
+const INPUTS: Array<[string, TransmissionInput]> = [
+  // Simple replies, every optional flag but DF, a small payload limit (readTooLarge).
+  ['writable, simple replies, minimum block 1, flags advertised, maxPayload 4 KiB', { negotiated: negotiatedFor(DISK), maxPayload: 4 * KiB }],
+  // Structured replies with a meta context (BLOCK_STATUS acceptable), DF advertised, minimum block 512.
+  [
+    'read-only, structured replies + meta context, minimum block 512',
+    { negotiated: negotiatedFor(RO, { flags: RO.flags | TF.HAS_FLAGS | TF.SEND_DF, structuredReplies: true, metaContexts: [{ id: 1, name: 'base:allocation' }] }) },
+  ],
+  // Extended headers (PAYLOAD_LEN known) but no meta context; nothing optional advertised.
+  ['writable, extended headers without a meta context, minimum block 1, no flags advertised', { negotiated: negotiatedFor(BARE, { flags: TF.HAS_FLAGS, extendedHeaders: true }) }],
+];
+
+const r = (over: Partial<RequestFrame>): TransmissionEvent => ({ type: 'request', frame: request(over) });
+const FAR = 2 ** 40; // past the end of every export above
+
+/**
+ * One representative event per event type and per guard branch. Each request
+ * is labelled with the branch it is built to select first under at least one
+ * input (the coverage check below is what proves it does).
+ */
+const EVENTS: TransmissionEvent[] = [
+  // requestAcceptable (hot path and table path)
+  r({ type: CMD.READ, offset: 0, length: 512 }),
+  r({ type: CMD.WRITE, offset: 0, length: 512, payload: Buffer.alloc(512) }),
+  r({ type: CMD.BLOCK_STATUS, offset: 0, length: 512 }),
+  // isDisc
+  r({ type: CMD.DISC }),
+  // writeOnReadOnly: TRIM on the read-only export
+  r({ type: CMD.TRIM, offset: 0, length: 512 }),
+  // writePastEnd: WRITE past the end of a writable export
+  r({ type: CMD.WRITE, offset: FAR, length: 512, payload: Buffer.alloc(512) }),
+  // commandUnknown: RESIZE (not served) and a made-up command
+  r({ type: CMD.RESIZE }),
+  r({ type: 0x99 }),
+  // payloadTooLarge: a WRITE whose payload was consumed unbuffered
+  r({ type: CMD.WRITE, offset: 0, length: 1024, payloadDiscarded: true }),
+  // payloadUnexpected: a READ carrying a payload (PAYLOAD_LEN)
+  r({ type: CMD.READ, flags: CF.PAYLOAD_LEN, extended: true, offset: 0, length: 512, payload: Buffer.alloc(512) }),
+  // flagsUnknown: an undefined bit; PAYLOAD_LEN without extended headers
+  r({ type: CMD.READ, flags: 0x8000, offset: 0, length: 512 }),
+  r({ type: CMD.READ, flags: CF.PAYLOAD_LEN, offset: 0, length: 512 }),
+  // flagNotForCommand: REQ_ONE on READ
+  r({ type: CMD.READ, flags: CF.REQ_ONE, offset: 0, length: 512 }),
+  // fuaNotNegotiated: FUA on READ where SEND_FUA is not advertised
+  r({ type: CMD.READ, flags: CF.FUA, offset: 0, length: 512 }),
+  // dfNotNegotiated: DF on READ where SEND_DF is not advertised
+  r({ type: CMD.READ, flags: CF.DF, offset: 0, length: 512 }),
+  // fastZeroNotNegotiated: WRITE_ZEROES with FAST_ZERO where SEND_FAST_ZERO is not advertised
+  r({ type: CMD.WRITE_ZEROES, flags: CF.FAST_ZERO, offset: 0, length: 512 }),
+  // commandNotNegotiated: FLUSH where SEND_FLUSH is not advertised
+  r({ type: CMD.FLUSH }),
+  // blockStatusWithoutContext: BLOCK_STATUS with REQ_ONE (valid flag) but no structured replies / meta context
+  r({ type: CMD.BLOCK_STATUS, flags: CF.REQ_ONE, offset: 0, length: 512 }),
+  // flushWithRange: FLUSH with an offset
+  r({ type: CMD.FLUSH, offset: 512 }),
+  // rangePastEnd: READ past the end; a huge offset
+  r({ type: CMD.READ, offset: FAR, length: 512 }),
+  r({ type: CMD.CACHE, offset: Number.MAX_SAFE_INTEGER, length: 512, huge: true, wireOffset: 2n ** 63n }),
+  // misaligned: READ at offset 1 where the minimum block is 512
+  r({ type: CMD.READ, offset: 1, length: 512 }),
+  // readTooLarge: READ longer than maxPayload, in bounds and aligned
+  r({ type: CMD.READ, offset: 0, length: 8 * KiB }),
+  // a pipelined burst: accepted and refused frames (never DISC)
+  {
+    type: 'requests',
+    frames: [request({ type: CMD.READ, offset: 0, length: 512 }), request({ type: CMD.READ, cookie: 2n, offset: FAR, length: 512 }), request({ type: CMD.FLUSH, cookie: 3n })],
+  },
+  { type: 'inflight.high' },
+  { type: 'inflight.low' },
+  { type: 'inflight.idle' },
+  { type: 'client.eof' },
+  { type: 'server.shutdown' },
+  { type: 'timer.idle', ms: 10_000 },
+  { type: 'wire.fatal', message: 'bad magic' },
+  { type: 'socket.closed' },
+];
+
+/** The state plus the context that changes (only `reason`); the static config is left out. */
+function serializeState(s: Snap): string {
+  return JSON.stringify({ value: s.value, status: s.status, reason: s.context.reason });
+}
+const serializeEvent = (e: TransmissionEvent) => JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+
+/** `<source id> <event>#<index in the source's list>(<guard>)`: the guard name only for readability. */
+function transitionKey(t: AnyTransitionDefinition): string {
+  const src = t.source as AnyStateNode;
+  const always = (src.always ?? []) as AnyTransitionDefinition[];
+  const ai = always.indexOf(t);
+  if (ai >= 0) return `${src.id} always#${ai}`;
+  const list = (src.transitions.get(t.eventType) ?? []) as AnyTransitionDefinition[];
+  const i = list.indexOf(t);
+  if (i < 0) throw new Error(`transition not found in its source: ${src.id} ${t.eventType}`);
+  const guard = typeof t.guard === 'string' ? t.guard : ((t.guard as { type?: string } | undefined)?.type ?? '');
+  return `${src.id} ${t.eventType}#${i}${guard ? `(${guard})` : ''}`;
+}
+
+const ROOT = MACHINE.root as AnyStateNode;
+const ALL_NODES = [ROOT, ...getStateNodes(ROOT)];
+const ALL_STATE_IDS = getStateNodes(ROOT).map((n) => n.id).sort();
+const ALL_TRANSITIONS = new Set<string>();
+for (const node of ALL_NODES) {
+  for (const [, list] of node.transitions) for (const t of list as AnyTransitionDefinition[]) ALL_TRANSITIONS.add(transitionKey(t));
+  for (const t of (node.always ?? []) as AnyTransitionDefinition[]) ALL_TRANSITIONS.add(transitionKey(t));
+}
+
+interface Replay {
+  readonly value: unknown;
+  readonly serialized: string;
+  readonly taken: string[];
+  readonly visited: string[];
+}
+
+/** Run events on a real actor, recording every transition taken and every state entered. */
+function replay(input: TransmissionInput, events: readonly TransmissionEvent[]): Replay {
+  const taken: string[] = [];
+  const visited: string[] = [];
+  const actor = createActor(MACHINE, {
+    input,
+    inspect: (ev) => {
+      if (ev.type !== '@xstate.microstep') return;
+      for (const t of (ev as unknown as { _transitions: AnyTransitionDefinition[] })._transitions) {
+        taken.push(transitionKey(t));
+        visited.push((t.source as AnyStateNode).id);
+        for (const target of (t.target ?? []) as AnyStateNode[]) visited.push(target.id);
+      }
+    },
+  });
+  const errors: unknown[] = [];
+  actor.subscribe({ error: (e) => errors.push(e) });
+  actor.start();
+  for (const e of events) actor.send(e);
+  expect(errors).toEqual([]);
+  const s = actor.getSnapshot();
+  visited.push(...(s._nodes as AnyStateNode[]).map((n) => n.id));
+  return { value: s.value, serialized: serializeState(s), taken, visited };
+}
+
+describe('transmission machine: graph coverage with xstate/graph', () => {
+  const coveredTransitions = new Set<string>();
+  const coveredStates = new Set<string>();
+  let pathsReplayed = 0;
+
+  for (const [label, input] of INPUTS) {
+    it(`every shortest path replays to its state, and each transition edge replays (${label})`, () => {
+      const options = {
+        input,
+        events: EVENTS,
+        serializeState: (s: Snap) => serializeState(s),
+        serializeEvent,
+        // A finished machine ignores events; don't let the traversal step out of final states.
+        filterEvents: (s: Snap) => s.status === 'active',
+      };
+      const paths = getShortestPaths(MACHINE, options);
+      // serving, throttled, draining × 4 reasons, closed × 6 reasons
+      expect(paths.length).toBeGreaterThanOrEqual(12);
+      const pathTo = new Map<string, TransmissionEvent[]>();
+      for (const p of paths) {
+        // Steps: [init, …]; the events that lead to p.state are steps[1..].event.
+        const events = p.steps.slice(1).map((s) => s.event);
+        const rp = replay(input, events);
+        expect(rp.value, `path ${events.map((e) => e.type).join(' → ')}`).toEqual(p.state.value);
+        expect(rp.serialized).toBe(serializeState(p.state));
+        pathTo.set(serializeState(p.state), events);
+        for (const id of rp.visited) coveredStates.add(id);
+        for (const k of rp.taken) coveredTransitions.add(k);
+        pathsReplayed++;
+      }
+
+      // Edges: for each transition definition pick the first edge (by path length) that selects it.
+      // (cast: getAdjacencyMap's ActorLogic parameter does not accept a machine with typed emitted events)
+      const adjacency = getAdjacencyMap(MACHINE as never, options as never) as AdjacencyMap<Snap, TransmissionEvent>;
+      const byWeight = Object.entries(adjacency).sort(([a], [b]) => (pathTo.get(a)?.length ?? 1e9) - (pathTo.get(b)?.length ?? 1e9));
+      const chosen = new Map<string, { from: string; event: TransmissionEvent; next: Snap }>();
+      for (const [from, { state, transitions }] of byWeight) {
+        if (!pathTo.has(from)) continue;
+        for (const { event, state: next } of Object.values(transitions) as Array<{ event: TransmissionEvent; state: Snap }>) {
+          for (const t of MACHINE.getTransitionData(state, event)) {
+            const k = transitionKey(t);
+            if (!chosen.has(k)) chosen.set(k, { from, event, next });
+          }
+        }
+      }
+      expect(chosen.size).toBeGreaterThan(10);
+      for (const [k, { from, event, next }] of chosen) {
+        const rp = replay(input, [...pathTo.get(from)!, event]);
+        expect(rp.value, k).toEqual(next.value);
+        expect(rp.serialized, k).toBe(serializeState(next));
+        expect(rp.taken, k).toContain(k);
+        for (const id of rp.visited) coveredStates.add(id);
+        for (const t of rp.taken) coveredTransitions.add(t);
+        pathsReplayed++;
+      }
+    });
+  }
+
+  it('the replayed paths cover every state and every transition of the machine', () => {
+    expect(pathsReplayed).toBeGreaterThan(0);
+    const states = [...coveredStates].filter((id) => id !== ROOT.id).sort();
+    expect(states).toEqual(ALL_STATE_IDS);
+    const missing = [...ALL_TRANSITIONS].filter((k) => !coveredTransitions.has(k)).sort();
+    expect(missing).toEqual([]);
+    // Every guard of the refusal table is a transition of its own under `open`.
+    for (const { guard } of REFUSALS) expect([...coveredTransitions].some((k) => k.startsWith('transmission.open request#') && k.endsWith(`(${guard})`)), guard).toBe(true);
+    expect(ALL_TRANSITIONS.size).toBeGreaterThanOrEqual(REFUSALS.length + 12);
+    console.log(`transmission graph coverage: ${pathsReplayed} paths replayed, ${states.length}/${ALL_STATE_IDS.length} states, ${coveredTransitions.size}/${ALL_TRANSITIONS.size} transitions`);
+  });
+});
