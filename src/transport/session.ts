@@ -126,6 +126,12 @@ export class Session {
   private pumping = false;
   /** A completion happened while pumping: pump again before returning. */
   private repump = false;
+  /**
+   * The client closed its side: the machine hears of it (client.eof) only
+   * once every request it sent before is taken from the decoder, so those
+   * are served like any other, not refused as if sent while draining.
+   */
+  private eofPending = false;
   private finished = false;
   private handshakeTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
@@ -404,23 +410,34 @@ export class Session {
       return;
     }
     this.pumping = true;
+    let exhausted = false;
     try {
       do {
         this.repump = false;
-        this.pumpOnce();
+        exhausted = this.pumpOnce();
       } while (this.repump && !this.finished);
     } finally {
       this.pumping = false;
     }
+    if (this.eofPending && exhausted && !this.finished) {
+      this.eofPending = false;
+      this.reportIncomplete('closed the connection');
+      this.sendToActive({ type: 'client.eof' });
+    }
     this.updateFlow();
   }
 
-  private pumpOnce(): void {
+  /** One pass; true when it stopped because the decoder had no complete frame left. */
+  private pumpOnce(): boolean {
     let batch: RequestFrame[] | null = null;
     let batchBytes = 0;
+    let exhausted = false;
     while (!this.finished && !this.upgrading && this.hasRoom(batch === null ? 0 : batch.length, batchBytes)) {
       const f = this.decoder.next();
-      if (f === null) break;
+      if (f === null) {
+        exhausted = true;
+        break;
+      }
       if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
         (batch ??= []).push(f);
         if (f.type === CMD.NBD_CMD_WRITE || f.type === CMD.NBD_CMD_READ) batchBytes += f.length;
@@ -433,11 +450,14 @@ export class Session {
       }
       if (f.kind === 'fatal') {
         this.onFatal(f);
-        return;
+        return false;
       }
       this.dispatch(f);
+      // Nothing after DISC is interpreted, also when it comes while already draining (shutdown).
+      if (f.kind === 'request' && f.type === CMD.NBD_CMD_DISC && this.decoder.phase !== 'stopped') this.ignoreAfterStop(this.decoder.stop());
     }
     if (batch !== null) this.sendRequests(batch);
+    return exhausted;
   }
 
   private sendRequests(frames: RequestFrame[]): void {
@@ -698,9 +718,14 @@ export class Session {
 
   private onEof(): void {
     if (this.finished || this.upgrading) return;
+    if (this.transmission) {
+      // Requests still buffered were sent before the EOF: serve them first (see eofPending).
+      this.eofPending = true;
+      this.pump();
+      return;
+    }
     this.reportIncomplete('closed the connection');
-    if (this.transmission) this.sendToActive({ type: 'client.eof' });
-    else this.sendToActive({ type: 'socket.closed' });
+    this.sendToActive({ type: 'socket.closed' });
   }
 
   private readonly onSocketError = (err: Error) => {
