@@ -46,12 +46,21 @@ export interface Backend {
   readonly size?: number;
   /** Read exactly `length` bytes; may return holes as `{ hole: n }` segments. */
   read(offset: number, length: number): MaybePromise<Buffer | readonly ReadSegment[]>;
-  /** Present ⇒ writable (no READ_ONLY flag). */
+  /**
+   * Present ⇒ writable (no READ_ONLY flag).
+   *
+   * Payload lifetime: `data` is a view of the server's socket read memory,
+   * valid until `write` returns or, when it returns a promise, until that
+   * promise settles (resolved or rejected). The server then reuses the
+   * memory: copy what you keep longer.
+   */
   write?(offset: number, data: Buffer, options: WriteOptions): MaybePromise<void>;
   /**
    * Optional: the same as `write` for a payload that arrived in pieces
    * (consecutive, in order). Present ⇒ large WRITE payloads spanning
-   * socket reads are passed as those pieces, saving a copy.
+   * socket reads are passed as those pieces, saving a copy. `parts` have
+   * the same lifetime as `write`'s `data`: valid until `writev` returns or
+   * its promise settles; copy what you keep.
    */
   writev?(offset: number, parts: readonly Buffer[], options: WriteOptions): MaybePromise<void>;
   /**

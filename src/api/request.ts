@@ -5,11 +5,12 @@
  */
 import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import { payloadParts, releasePayload } from '../protocol/decoder.js';
+import { payloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
 import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
 import { NbdError, NbdRequestError } from './errors.js';
+import { releaseRequestPayload } from '../transport/slab-account.js';
 
 export type RequestType = 'read' | 'write' | 'flush' | 'trim' | 'cache' | 'writeZeroes' | 'blockStatus';
 
@@ -125,7 +126,11 @@ export class NbdRequest {
     return commit();
   }
 
-  /** WRITE payload: a view of the received bytes; copy it if you keep it. */
+  /**
+   * WRITE payload: a view of the received bytes, valid until the request is
+   * answered (`reply` / `fail`); the server then reuses the memory, and
+   * `data` throws NBD_ERR_PAYLOAD_RELEASED. Copy what you keep longer.
+   */
   get data(): Buffer | undefined {
     if (this.payloadReleased) throw payloadReleasedError(this);
     return this.frame.payload;
@@ -135,6 +140,7 @@ export class NbdRequest {
    * The WRITE payload as the pieces it arrived in (views, in order) when a
    * large payload spanned socket reads; undefined otherwise (use `data`).
    * Reading these instead of `data` saves joining them into one buffer.
+   * Valid as long as `data` is.
    */
   get dataParts(): readonly Buffer[] | undefined {
     if (this.payloadReleased) throw payloadReleasedError(this);
@@ -142,14 +148,15 @@ export class NbdRequest {
   }
 
   /**
-   * @internal The server's backend path, after a payload-copying backend
-   * stored the payload synchronously: its socket read slabs may be reused,
-   * so `data` / `dataParts` throw from now on instead of showing reused memory.
+   * @internal Nobody reads the WRITE payload any more (the backend's write
+   * returned or settled, or the request is answered): its socket read memory
+   * may be reused, so `data` / `dataParts` throw from now on instead of
+   * showing reused memory. Once only; later calls do nothing.
    */
   releasePayload(): void {
     if (this.payloadReleased) return;
     this.payloadReleased = true;
-    releasePayload(this.frame);
+    releaseRequestPayload(this.frame);
   }
 
   /**
@@ -181,6 +188,8 @@ export class NbdRequest {
       );
     }
     this.answered = true;
+    // Answered: the WRITE payload's lifetime ends here (see `data`).
+    if (!this.payloadReleased && this.command === CMD.NBD_CMD_WRITE) this.releasePayload();
   }
 
   /**

@@ -11,7 +11,6 @@ import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Logger } from '../transport/logger.js';
-import { kCopiesPayload } from '../protocol/slab-account.js';
 
 function isThenable<T>(v: unknown): v is PromiseLike<T> {
   return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
@@ -117,6 +116,28 @@ function replyWhenSettled(req: NbdRequest, r: PromiseLike<unknown>, logger: Logg
 }
 
 /**
+ * A WRITE's asynchronous tail: once the backend's promise settles, either
+ * way, the payload's lifetime is over (Backend.write) and it is released;
+ * then the request is answered.
+ */
+function releaseWhenSettled(req: NbdRequest, r: PromiseLike<unknown>, logger: Logger | undefined): Promise<void> {
+  return Promise.resolve(r).then(
+    () => {
+      req.releasePayload();
+      try {
+        req.reply();
+      } catch (e) {
+        failRequest(req, e, logger);
+      }
+    },
+    (e: unknown) => {
+      req.releasePayload();
+      failRequest(req, e, logger);
+    },
+  );
+}
+
+/**
  * Answer one request from a backend. Returns a promise only when the
  * backend was asynchronous; synchronous backends are answered inline.
  * Never throws: every failure becomes an errno reply.
@@ -157,16 +178,17 @@ export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capab
         const parts = backend.writev ? req.dataParts : undefined;
         r = parts ? backend.writev!(req.offset, parts, o) : backend.write!(req.offset, req.data!, o);
         if (!isThenable(r)) {
-          // Stored by copy: the payload's read slabs may be reused (protocol/slab-account.ts).
-          if ((backend as { [kCopiesPayload]?: boolean })[kCopiesPayload] === true) req.releasePayload();
+          // write returned: the payload's lifetime is over (Backend.write), its read memory may be reused.
+          req.releasePayload();
           req.reply();
           return;
         }
       } catch (e) {
+        req.releasePayload();
         failRequest(req, e, logger);
         return;
       }
-      return replyWhenSettled(req, r, logger);
+      return releaseWhenSettled(req, r, logger);
     }
   }
   return handleGeneral(req, backend, caps, logger);
@@ -182,7 +204,18 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
     case 'read':
       return step(() => backend.read(req.offset, req.length), (data) => req.reply(data), fail);
     case 'write':
-      return step(() => backend.write!(req.offset, req.data!, { fua: fua && caps.fua === 'native' }), afterWrite, fail);
+      // The payload is released once write returns or settles, before an emulated FUA's flush.
+      return step(
+        () => backend.write!(req.offset, req.data!, { fua: fua && caps.fua === 'native' }),
+        () => {
+          req.releasePayload();
+          return afterWrite();
+        },
+        (e) => {
+          req.releasePayload();
+          fail(e);
+        },
+      );
     case 'flush':
       return backend.flush ? step(() => backend.flush!(), done, fail) : done();
     case 'trim':

@@ -20,7 +20,6 @@ import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Backend, ZeroOptions } from '../api/backend.js';
-import { kCopiesPayload } from '../protocol/slab-account.js';
 
 export interface MemoryBackendOptions {
   /** Export size in bytes. */
@@ -165,7 +164,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     eachBlock(offset, n, (b, s, m, done) => b.slab.set(m === n ? data : data.subarray(done, done + m), s));
   };
 
-  const backend: MemoryBackend & { [kCopiesPayload]: true } = {
+  const backend: MemoryBackend = {
     size,
     get allocatedBytes() {
       return pagesPresent * pageSize;
@@ -226,8 +225,6 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     },
     // One process, one table: writes are visible to every connection at once.
     multiConn: true,
-    // write/writev copy the payload before returning: its read slabs may be reused.
-    [kCopiesPayload]: true,
     readOnly: opts.readOnly,
   };
   return backend;

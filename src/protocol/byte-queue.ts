@@ -5,11 +5,21 @@
  * `copyInto` (copied into memory the caller owns) or by being dropped
  * (`drop`, `discard`).
  *
- * Slab accounting (`slab-account.ts`): bytes that are copied out or dropped
- * are reported dead here, as they leave. Bytes handed out as views are not:
- * whoever holds the view reports them when done with it.
+ * Bytes that are copied out or dropped are reported dead (`DeadBytes`, the
+ * queue's owner decides what that means: the transport reuses its read
+ * memory by it), as they leave. Bytes handed out as views are not: whoever
+ * holds the view reports them when done with it.
  */
-import { releaseBytes } from './slab-account.js';
+
+/**
+ * Told that `n` bytes of `buffer` (any range of it) are dead: parsed,
+ * copied out, dropped, or a payload nobody reads any more. Each byte is
+ * reported at most once. Sans-IO: the decoder only calls it.
+ */
+export type DeadBytes = (buffer: ArrayBufferLike, n: number) => void;
+
+/** The default: nobody tracks the memory. */
+export const ignoreDeadBytes: DeadBytes = () => {};
 
 /** What `consume` does with each piece of bytes it walks over. */
 type Sink = typeof COPY | typeof VIEWS | typeof DROP;
@@ -27,6 +37,8 @@ export class ByteQueue {
   private size = 0;
   /** Bytes still to drop as they arrive (a skipped option or payload). */
   private dropping = 0;
+
+  constructor(private readonly dead: DeadBytes = ignoreDeadBytes) {}
 
   /** Bytes held right now. */
   get length(): number {
@@ -53,7 +65,7 @@ export class ByteQueue {
     if (this.dropping > 0 && this.size === 0) {
       const n = Math.min(this.dropping, chunk.length);
       this.dropping -= n;
-      releaseBytes(chunk.buffer, n);
+      this.dead(chunk.buffer, n);
       if (n === chunk.length) return true;
       chunk = chunk.subarray(n);
     }
@@ -131,7 +143,7 @@ export class ByteQueue {
         (into as Buffer[]).push(c.subarray(this.head, this.head + m));
       } else {
         if (sink === COPY) c.copy(into as Buffer, at + done, this.head, this.head + m);
-        releaseBytes(c.buffer, m);
+        this.dead(c.buffer, m);
       }
       done += m;
       this.advance(c, m);

@@ -14,12 +14,11 @@
  * Limits are checked on the length fields, before anything is buffered
  * (general.string-limits, transmission.payload-too-large, option.too-big).
  */
-import { ByteQueue } from './byte-queue.js';
+import { ByteQueue, ignoreDeadBytes, type DeadBytes } from './byte-queue.js';
 import { CMD, CMD_FLAG, MAGIC, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
 import { PARSED_OPTIONS, parseOption, skippedOption } from './option-data.js';
 import { SCATTER_MIN, ScatteredRequest } from './request-payload.js';
-import { releaseBytes } from './slab-account.js';
 import { DEFAULTS } from '../defaults.js';
 
 export { decodeString, parseOption } from './option-data.js';
@@ -128,7 +127,7 @@ export const PLACE_MIN = 64 * 1024;
 
 export class FrameDecoder {
   readonly limits: Readonly<DecoderLimits>;
-  private readonly queue = new ByteQueue();
+  private readonly queue: ByteQueue;
   private phaseValue: DecodePhase = 'clientFlags';
   private extended = false;
   private pendingOption: PendingOption | null = null;
@@ -136,8 +135,18 @@ export class FrameDecoder {
   private failure: DecodeFailure | null = null;
   private placement: PlacementProvider | null = null;
 
-  constructor(limits: Partial<DecoderLimits> = {}) {
+  /**
+   * @param dead told of the bytes the decoder is done with (parsed headers,
+   *   options, copied or skipped bytes) so their owner may reuse the memory;
+   *   payload views it hands out are reported by whoever holds them
+   *   (`releasePayload`). Default: nobody is told.
+   */
+  constructor(
+    limits: Partial<DecoderLimits> = {},
+    private readonly dead: DeadBytes = ignoreDeadBytes,
+  ) {
     this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
+    this.queue = new ByteQueue(dead);
   }
 
   get phase(): DecodePhase {
@@ -348,7 +357,7 @@ export class FrameDecoder {
         length = h.readUInt32BE(24);
       }
       // The header is parsed: its bytes are dead (a copied header's sources were reported by take).
-      releaseBytes(h.buffer, size);
+      this.dead(h.buffer, size);
       // Which requests carry a payload: compact WRITE; extended WRITE, or any
       // extended request with PAYLOAD_LEN (transmission.payload-unexpected).
       const hasPayload =

@@ -1,10 +1,10 @@
 /**
  * A decoded WRITE payload after the decoder: a payload that arrived in
  * several socket chunks (`ScatteredRequest`), and reporting a payload's
- * bytes dead once it is stored (`releasePayload`).
+ * bytes dead once nobody reads it any more (`releasePayload`).
  */
+import type { DeadBytes } from './byte-queue.js';
 import type { RequestFrame } from './frames.js';
-import { releaseBytes } from './slab-account.js';
 
 /** The header fields a request frame is made of. */
 type RequestHeader = Pick<RequestFrame, 'extended' | 'flags' | 'type' | 'cookie' | 'offset' | 'length' | 'huge' | 'wireOffset'>;
@@ -54,24 +54,24 @@ export class ScatteredRequest implements RequestFrame {
     return this.#parts;
   }
 
-  /** The pieces' bytes are dead (stored by copy): their read slabs may be reused. Once only. */
-  release(): void {
+  /** The pieces' bytes are dead (nobody reads them any more): report them to `dead`. Once only. */
+  release(dead: DeadBytes): void {
     if (this.#released) return;
     this.#released = true;
-    for (const p of this.#parts) releaseBytes(p.buffer, p.length);
+    for (const p of this.#parts) dead(p.buffer, p.length);
   }
 }
 
 /**
- * Report a WRITE payload's bytes as dead — scattered or a single view —
- * after a payload-copying backend (`kCopiesPayload`) stored it
- * synchronously. A payload that was copied out of several chunks (small,
- * spanning reads) is untracked memory: reporting it is a no-op. Call once
- * per frame; nobody may read the payload views afterwards.
+ * Report a WRITE payload's bytes as dead to `dead` — scattered or a single
+ * view — once nobody reads it any more (the backend's write completed, or
+ * the request was answered). A payload that was copied out of several
+ * chunks (small, spanning reads) is memory nobody tracks: reporting it is
+ * harmless. Call once per frame; nobody may read the payload views afterwards.
  */
-export function releasePayload(frame: RequestFrame): void {
-  if (frame instanceof ScatteredRequest) frame.release();
-  else if (frame.payload !== undefined) releaseBytes(frame.payload.buffer, frame.payload.length);
+export function releasePayload(frame: RequestFrame, dead: DeadBytes): void {
+  if (frame instanceof ScatteredRequest) frame.release(dead);
+  else if (frame.payload !== undefined) dead(frame.payload.buffer, frame.payload.length);
 }
 
 /** The payload of a request as the pieces it arrived in, when it was not joined; else undefined. */

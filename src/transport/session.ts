@@ -26,6 +26,7 @@ import { validateRequest } from '../machines/transmission.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
 import { fromSocket, ReplyWriter } from './socket.js';
+import { releaseBytes } from './slab-account.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
 import { DEFAULTS } from '../defaults.js';
@@ -152,7 +153,7 @@ export class Session {
     this.maxInFlight = Math.max(1, options.maxInFlight ?? DEFAULTS.maxInFlight);
     this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? DEFAULTS.maxInFlightBytes);
     this.maxQueuedReplyBytes = Math.max(1, options.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes);
-    this.decoder = new FrameDecoder(options.decoderLimits);
+    this.decoder = new FrameDecoder(options.decoderLimits, releaseBytes);
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.onWritten);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
   }

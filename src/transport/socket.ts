@@ -3,12 +3,12 @@
  * reply writer (header + payload as separate buffers under cork, `drain`
  * honoured). The only code besides the listeners that touches sockets.
  */
-import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
 import { READ_REPLY_HEADER_SIZE, writeReadReplyHeader, writeSimpleReplyHeader } from '../protocol/encoder.js';
-import { retireSlab, trackSlab, type SlabAccount } from '../protocol/slab-account.js';
+import { retireSlab, slabCounters, trackSlab, type SlabAccount } from './slab-account.js';
+import { canReadIntoUserBuffers, readIntoUserBuffers } from './user-buffer.js';
 
 /** Full-size read slabs whose bytes are all dead, kept for reuse (per connection). */
 const FREE_SLABS_MAX = 4;
@@ -21,27 +21,6 @@ const READ_SLAB = 1024 * 1024;
 const READ_MAX = 256 * 1024;
 /** A slab with less than a quarter of itself (at most this) left is retired (its views stay valid). */
 const READ_MIN = 64 * 1024;
-
-/**
- * The private symbols behind `net.Socket`'s `onread` option (Node ≥ 12:
- * `kBuffer`, `kBufferCb`, `kBufferGen`). `onread` is public only for
- * sockets we create; server sockets get it by setting the same fields and
- * calling `useUserBuffer` on the handle — exactly what the constructor
- * does. Undefined if this Node does not have them (then 'data' events).
- */
-const onreadSymbols = (() => {
-  try {
-    // @types/node 20 lacks `onread` in the constructor options (Node has had it since 12).
-    const probe = new net.Socket({ onread: { buffer: () => Buffer.alloc(0), callback: () => true } } as net.SocketConstructorOpts);
-    const by = (d: string) => Object.getOwnPropertySymbols(probe).find((x) => x.description === d);
-    const kBuffer = by('kBuffer');
-    const kBufferCb = by('kBufferCb');
-    const kBufferGen = by('kBufferGen');
-    return kBuffer && kBufferCb && kBufferGen ? { kBuffer, kBufferCb, kBufferGen } : undefined;
-  } catch {
-    return undefined;
-  }
-})();
 
 /**
  * Zero-copy WRITE payloads: where the next read may land instead of a slab
@@ -57,26 +36,27 @@ export interface ReadWindow {
  * Have a plain `net.Socket` read into regions of slabs (64 KiB growing to 1 MiB) instead of a
  * fresh 64 KiB ArrayBuffer per read: up to 256 KiB per read, one
  * allocation per slab, far less GC. A slab is reused only once every byte
- * read into it was reported dead (protocol/slab-account.ts), so views of a
- * chunk (partial frames, WRITE payloads held by async backends) stay valid
- * exactly as with 'data' buffers. While a WRITE payload is being placed, the
+ * read into it was reported dead (slab-account.ts), so views of a
+ * chunk (partial frames, WRITE payloads not yet released) stay valid
+ * exactly as with 'data' buffers. The switch itself is `user-buffer.ts`. While a WRITE payload is being placed, the
  * read goes into the placement window instead (`window`, see ReadWindow).
  * Returns false (nothing changed) when the socket is not a plain one.
  */
 function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?: ReadWindow): (() => void) | false {
-  const syms = onreadSymbols;
-  if (!syms || !(socket instanceof net.Socket) || (socket as { encrypted?: boolean }).encrypted) return false;
-  const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
-  if (!handle || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return false;
+  if (!canReadIntoUserBuffers(socket)) return false;
   // Small first: a connection that only negotiates (nbdinfo) allocates 64 KiB, not 1 MiB.
-  // Full-size slabs whose every byte was reported dead (see protocol/slab-account.ts) are reused.
+  // Full-size slabs whose every byte was reported dead (see slab-account.ts) are reused.
   const free: Buffer[] = [];
   let live = true;
   const track = (b: Buffer): SlabAccount =>
     trackSlab(b.buffer, () => {
       if (live && b.length === READ_SLAB && free.length < FREE_SLABS_MAX) free.push(b);
     });
-  let slab: Buffer = Buffer.allocUnsafeSlow(READ_SLAB_FIRST);
+  const allocate = (size: number): Buffer => {
+    slabCounters.allocated++;
+    return Buffer.allocUnsafeSlow(size);
+  };
+  let slab: Buffer = allocate(READ_SLAB_FIRST);
   let account = track(slab);
   let used = 0;
   let region = slab.subarray(0, READ_MAX);
@@ -92,7 +72,9 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
     if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
       const old = slab;
       const size = Math.min(READ_SLAB, slab.length * 2);
-      slab = (size === READ_SLAB ? free.pop() : undefined) ?? Buffer.allocUnsafeSlow(size);
+      const reused = size === READ_SLAB ? free.pop() : undefined;
+      if (reused !== undefined) slabCounters.reused++;
+      slab = reused ?? allocate(size);
       used = 0;
       const oldAccount = account;
       account = track(slab);
@@ -101,8 +83,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
     region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
     return region;
   };
-  const s = socket as unknown as Record<symbol, unknown>;
-  s[syms.kBufferCb] = (n: number, buf: Buffer) => {
+  const onRead = (n: number, buf: Buffer) => {
     if (windowed) {
       // The payload bytes are already where they belong.
       if (live) window!.filled(n);
@@ -112,9 +93,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
     account.handed += n;
     if (live) deliver(buf.subarray(0, n));
   };
-  s[syms.kBufferGen] = next;
-  s[syms.kBuffer] = region;
-  handle.useUserBuffer(region);
+  readIntoUserBuffers(socket, region, next, onRead);
   return () => {
     live = false;
   };

@@ -19,6 +19,7 @@ import {
 import { CMD, CMD_FLAG, ERRNO, FLAG, MAGIC } from '../../../src/protocol/constants.js';
 import type { RequestFrame } from '../../../src/protocol/frames.js';
 import type { ReplyMode } from '../../../src/protocol/replies.js';
+import { silentLogger } from '../../../src/transport/logger.js';
 
 function frame(type: number, over: Partial<RequestFrame> = {}): RequestFrame {
   return { kind: 'request', extended: false, flags: 0, type, cookie: 7n, offset: 0, length: 512, huge: false, payloadDiscarded: false, ...over };
@@ -221,7 +222,7 @@ describe('createServer configuration', () => {
   });
 });
 
-describe('payload release after a payload-copying backend stored it', () => {
+describe('WRITE payload lifetime: released once the backend write completes, or once the request is answered', () => {
   it('the memory backend stores the WRITE, then req.data throws instead of showing reused memory', () => {
     const m = memoryBackend(1 << 20);
     const { req, sink } = request(frame(CMD.NBD_CMD_WRITE, { offset: 4096, length: 4, payload: Buffer.from([1, 2, 3, 4]) }));
@@ -231,13 +232,42 @@ describe('payload release after a payload-copying backend stored it', () => {
     expect(() => req.data).toThrow(NbdError);
     expect(() => req.dataParts).toThrow(/released/);
   });
-  it('a backend without the marker keeps the payload readable after the write', () => {
-    const stored: Buffer[] = [];
-    const b: Backend = { read: () => Buffer.alloc(0), write: (_o, d) => void stored.push(d) };
+  it('any backend: the payload is released once a synchronous write returns (and once it throws)', () => {
+    const seen: Buffer[] = [];
+    const b: Backend = { read: () => Buffer.alloc(0), write: (_o, d) => void seen.push(Buffer.from(d)) };
     const { req } = request(frame(CMD.NBD_CMD_WRITE, { length: 2, payload: Buffer.from([7, 8]) }));
     handleWithBackend(req, b, backendCapabilities(b));
+    expect(seen[0]).toEqual(Buffer.from([7, 8]));
+    expect(() => req.data).toThrow(/released/);
+    const failing: Backend = { read: () => Buffer.alloc(0), write: () => { throw new Error('boom'); } };
+    const r2 = request(frame(CMD.NBD_CMD_WRITE, { length: 2, payload: Buffer.from([7, 8]) }));
+    handleWithBackend(r2.req, failing, backendCapabilities(failing), silentLogger);
+    expect(r2.req.isAnswered).toBe(true);
+    expect(() => r2.req.data).toThrow(/released/);
+  });
+  it('an asynchronous write keeps the payload until its promise settles, resolved or rejected', async () => {
+    for (const outcome of ['resolve', 'reject'] as const) {
+      let settle!: () => void;
+      const b: Backend = {
+        read: () => Buffer.alloc(0),
+        write: () => new Promise<void>((res, rej) => (settle = outcome === 'resolve' ? res : () => rej(new Error('no')))),
+      };
+      const { req } = request(frame(CMD.NBD_CMD_WRITE, { length: 2, payload: Buffer.from([7, 8]) }));
+      const done = handleWithBackend(req, b, backendCapabilities(b), silentLogger);
+      await Promise.resolve();
+      expect(req.data).toEqual(Buffer.from([7, 8]));
+      settle();
+      await done;
+      expect(req.isAnswered).toBe(true);
+      expect(() => req.data).toThrow(/released/);
+    }
+  });
+  it('a request handed to the application: data readable until it is answered, not after', () => {
+    const { req } = request(frame(CMD.NBD_CMD_WRITE, { length: 2, payload: Buffer.from([7, 8]) }));
     expect(req.data).toEqual(Buffer.from([7, 8]));
-    expect(stored[0]).toBe(req.data);
+    expect(req.data).toEqual(Buffer.from([7, 8]));
+    req.reply();
+    expect(() => req.data).toThrow(/released/);
   });
 });
 

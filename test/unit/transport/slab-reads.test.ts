@@ -2,7 +2,9 @@
  * fromSocket with `slabReads`: a plain socket reads into regions of shared
  * slabs instead of a fresh buffer per read. Same bytes, in order; chunks
  * already delivered are never overwritten by later reads; pause/resume
- * still stop and restart reading; EOF still completes.
+ * still stop and restart reading; EOF still completes. The switch to our
+ * own read buffers (Node internals) lives in src/transport/user-buffer.ts;
+ * the slab accounting it feeds in src/transport/slab-account.ts.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -11,6 +13,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fromSocket } from '../../../src/transport/socket.js';
+import { slabCounters } from '../../../src/transport/slab-account.js';
+import { canReadIntoUserBuffers } from '../../../src/transport/user-buffer.js';
 
 async function pair(): Promise<{ server: net.Socket; client: net.Socket; close: () => void }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-slab-'));
@@ -39,6 +43,10 @@ describe('fromSocket slabReads', () => {
       const data = randomBytes(5 * 1024 * 1024 + 123);
       const chunks: Buffer[] = [];
       let paused = false;
+      // This Node has the fields the switch needs: the slab path is not silently skipped.
+      expect(canReadIntoUserBuffers(server)).toBe(true);
+      const allocated = slabCounters.allocated;
+      const reused = slabCounters.reused;
       const done = new Promise<void>((resolve, reject) => {
         fromSocket(server, { slabReads: true }).subscribe({
           next: (c) => {
@@ -66,6 +74,9 @@ describe('fromSocket slabReads', () => {
       expect(got.equals(data)).toBe(true);
       // The slab path was taken: slabs grow from 64 KiB to 1 MiB; Node's own reads would be 64 KiB buffers.
       expect(chunks.some((c) => c.buffer.byteLength === 1024 * 1024)).toBe(true);
+      // Nothing released the chunks here, so no slab was reused: each one was allocated.
+      expect(slabCounters.reused).toBe(reused);
+      expect(slabCounters.allocated - allocated).toBeGreaterThanOrEqual(new Set(chunks.map((c) => c.buffer)).size);
     } finally {
       close();
     }
@@ -76,12 +87,14 @@ describe('fromSocket slabReads', () => {
     try {
       const data = randomBytes(300 * 1024);
       const chunks: Buffer[] = [];
+      const allocated = slabCounters.allocated;
       const done = new Promise<void>((resolve, reject) => {
         fromSocket(server).subscribe({ next: (c) => chunks.push(c), error: reject, complete: () => resolve() });
       });
       client.end(data);
       await done;
       expect(Buffer.concat(chunks).equals(data)).toBe(true);
+      expect(slabCounters.allocated).toBe(allocated);
     } finally {
       close();
     }

@@ -1,18 +1,26 @@
 /**
- * Read-slab reuse accounting (src/protocol/slab-account.ts): a slab is
+ * Read-slab reuse accounting (src/transport/slab-account.ts): a slab is
  * free only once every byte read into it was reported dead exactly once —
- * parsed headers, copied-out bytes, and scattered WRITE payloads released
- * after a payload-copying backend stored them. A payload view that is
- * never released keeps its slab out of reuse.
+ * parsed headers and copied-out bytes (reported by the decoder through the
+ * callback it is given), and WRITE payloads released once nobody reads
+ * them (releaseRequestPayload). A payload view that is never released
+ * keeps its slab out of reuse.
  */
 import { describe, expect, it } from 'vitest';
-import { releasePayload } from '../../../src/protocol/decoder.js';
+import { FrameDecoder } from '../../../src/protocol/decoder.js';
 import type { RequestFrame } from '../../../src/protocol/frames.js';
-import { releaseBytes, retireSlab, trackSlab } from '../../../src/protocol/slab-account.js';
-import { decoderAt } from '../../helpers/decode.js';
+import { releaseBytes, releaseRequestPayload, retireSlab, slabCounters, trackSlab } from '../../../src/transport/slab-account.js';
 import { encodeRequest } from '../../helpers/wire.js';
 
 const WRITE = 1;
+const releasePayload = releaseRequestPayload;
+
+/** A decoder in the transmission phase that reports dead bytes to the slab accounting, as a session's does. */
+function requestDecoder(): FrameDecoder {
+  const d = new FrameDecoder({}, releaseBytes);
+  d.startTransmission(false);
+  return d;
+}
 
 /** Copy `bytes` into tracked slabs of `size` bytes each; returns the chunks and a free counter. */
 function inSlabs(bytes: Buffer, size: number) {
@@ -36,7 +44,7 @@ describe('read slab accounting', () => {
     const payload = Buffer.alloc(1024 * 1024, 7);
     const wire = Buffer.concat([encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload), encodeRequest({ flags: 0, type: WRITE, cookie: 2n, offset: 0, length: payload.length }, payload)]);
     const { chunks, freed, retireAll } = inSlabs(wire, 200 * 1024);
-    const d = decoderAt('requests');
+    const d = requestDecoder();
     for (const c of chunks) d.push(c);
     const a = d.next() as RequestFrame;
     const b = d.next() as RequestFrame;
@@ -59,7 +67,7 @@ describe('read slab accounting', () => {
     const payload = Buffer.alloc(4096, 1);
     const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload);
     const { chunks, freed, retireAll } = inSlabs(wire, 64 * 1024);
-    const d = decoderAt('requests');
+    const d = requestDecoder();
     d.push(chunks[0]!);
     const f = d.next() as RequestFrame;
     expect(f.payload).toEqual(payload);
@@ -73,7 +81,7 @@ describe('read slab accounting', () => {
     const one = (cookie: bigint) => encodeRequest({ flags: 0, type: WRITE, cookie, offset: 0, length: payload.length }, payload);
     const wire = Buffer.concat([one(1n), one(2n)]);
     const { chunks, freed, retireAll } = inSlabs(wire, 64 * 1024);
-    const d = decoderAt('requests');
+    const d = requestDecoder();
     d.push(chunks[0]!);
     const a = d.next() as RequestFrame;
     const b = d.next() as RequestFrame;
@@ -89,7 +97,7 @@ describe('read slab accounting', () => {
     const payload = Buffer.alloc(4096, 5);
     const wire = encodeRequest({ flags: 0, type: WRITE, cookie: 1n, offset: 0, length: payload.length }, payload);
     const { chunks, freed, retireAll } = inSlabs(wire, 2048);
-    const d = decoderAt('requests');
+    const d = requestDecoder();
     for (const c of chunks) d.push(c);
     const f = d.next() as RequestFrame;
     expect(f.payload).toEqual(payload);
@@ -104,10 +112,29 @@ describe('read slab accounting', () => {
     releaseBytes(new ArrayBuffer(8), 8);
     const wire = encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 512 });
     const { chunks, freed, retireAll } = inSlabs(wire, 10);
-    const d = decoderAt('requests');
+    const d = requestDecoder();
     for (const c of chunks) d.push(c);
     expect(d.next()).toMatchObject({ kind: 'request', type: 0, length: 512 });
     retireAll();
     expect(freed.sort()).toEqual([0, 1, 2]);
+  });
+
+  it('the decoder reports only through the callback it is given: without one, nothing is freed', () => {
+    const wire = encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 512 });
+    const { chunks, freed, retireAll } = inSlabs(wire, 10);
+    const d = new FrameDecoder();
+    d.startTransmission(false);
+    for (const c of chunks) d.push(c);
+    expect(d.next()).toMatchObject({ kind: 'request', type: 0, length: 512 });
+    retireAll();
+    expect(freed).toEqual([]);
+  });
+
+  it('counts freed slabs', () => {
+    const before = slabCounters.freed;
+    const { chunks, retireAll } = inSlabs(Buffer.alloc(30), 10);
+    for (const c of chunks) releaseBytes(c.buffer, c.length);
+    retireAll();
+    expect(slabCounters.freed - before).toBe(3);
   });
 });
