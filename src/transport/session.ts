@@ -457,7 +457,12 @@ export class Session {
       // Nothing after DISC is interpreted, also when it comes while already draining (shutdown).
       if (f.kind === 'request' && f.type === CMD.NBD_CMD_DISC && this.decoder.phase !== 'stopped') this.ignoreAfterStop(this.decoder.stop());
     }
-    if (batch !== null) this.sendRequests(batch);
+    if (batch !== null) {
+      this.sendRequests(batch);
+      // The batch counted its READ / WRITE lengths before the machine saw it; requests it refused
+      // (past the end, too long…) hold nothing, so the budget may have room again: go on.
+      if (!exhausted && this.hasRoom()) this.repump = true;
+    }
     return exhausted;
   }
 
