@@ -3,15 +3,17 @@
  *
  *   open: { serving ⇄ throttled } → draining → closed
  *
- * One machine event per request (`request`): the guards below validate it
- * against the spec's server rules (docs/rules.md, the `transmission.*`
- * rules, checked in nbdkit's order) and the request is either emitted to
- * the application (`request`) or refused with its errno (`refuse`).
+ * Requests are validated against the spec's server rules (docs/rules.md,
+ * the `transmission.*` rules, checked in nbdkit's order) by one table:
+ * COMMANDS (what each command allows and needs) and REFUSALS (the refusals
+ * in the order they are checked), compiled once per negotiated export into
+ * the context's `check`. A single `request` event passes the guard
+ * `requestAccepted` and is emitted to the application (`deliver`), or is
+ * refused by `refuse` with the code, errno and message `check` returned.
  * Several requests decoded from one socket read may arrive as one
- * `requests` event instead: each frame goes through the same table
- * (`validateRequest`), and one `requests` effect lists the accepted frames
- * and the refusals (each with its errno), so a pipelined burst costs one
- * machine event rather than one per request.
+ * `requests` event instead: `deliverEach` runs the same `check` per frame,
+ * and one `requests` effect lists the accepted frames and the refusals, so
+ * a pipelined burst costs one machine event rather than one per request.
  * Completion bookkeeping stays outside the machine: the transport counts
  * requests in flight and only reports the crossings (`inflight.high`,
  * `inflight.low`, `inflight.idle`), which keeps the hot path to one event
@@ -38,160 +40,260 @@ export interface TransmissionContext {
   readonly structuredReplies: boolean;
   readonly extendedHeaders: boolean;
   readonly metaContextIds: readonly number[];
+  /** The refusal table compiled for this export (`checkFor`): the first refusal for a request, or null. */
+  readonly check: RequestCheck;
   /** Why we are draining / closed. */
   reason: string | null;
 }
 
-/** Command flags this server understands at all (PAYLOAD_LEN only with extended headers). */
-const KNOWN_FLAGS =
-  CMD_FLAG.NBD_CMD_FLAG_FUA |
-  CMD_FLAG.NBD_CMD_FLAG_NO_HOLE |
-  CMD_FLAG.NBD_CMD_FLAG_DF |
-  CMD_FLAG.NBD_CMD_FLAG_REQ_ONE |
-  CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO;
-
-/** Commands that write (refused on a read-only export: transmission.write-read-only). */
-const WRITES = new Set<number>([CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES]);
-/** Commands whose offset/length address the export (transmission.out-of-bounds). */
-const RANGED = new Set<number>([
-  CMD.NBD_CMD_READ,
-  CMD.NBD_CMD_WRITE,
-  CMD.NBD_CMD_TRIM,
-  CMD.NBD_CMD_CACHE,
-  CMD.NBD_CMD_WRITE_ZEROES,
-  CMD.NBD_CMD_BLOCK_STATUS,
-]);
-/** Commands the transmission phase serves (RESIZE is an experimental extension we do not offer). */
-const SERVED = new Set<number>([
-  CMD.NBD_CMD_READ,
-  CMD.NBD_CMD_WRITE,
-  CMD.NBD_CMD_DISC,
-  CMD.NBD_CMD_FLUSH,
-  CMD.NBD_CMD_TRIM,
-  CMD.NBD_CMD_CACHE,
-  CMD.NBD_CMD_WRITE_ZEROES,
-  CMD.NBD_CMD_BLOCK_STATUS,
-]);
-
-type Ctx = TransmissionContext;
-const NONE: readonly Refusal[] = Object.freeze([]);
-const req = (event: TransmissionEvent): RequestFrame => (event as { frame: RequestFrame }).frame;
-const has = (ctx: Ctx, flag: number) => (ctx.flags & flag) !== 0;
-
 /**
- * The named guards, as plain predicates. Exported so tests and tools can
- * evaluate them without running the machine.
+ * What the transmission phase needs to know about each command, one row per
+ * command of the protocol's CMD table (null: not served). Every per-command
+ * check of the refusal order below reads this table and nothing else.
  */
-export const requestGuards = {
-  isDisc: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_DISC,
-  // transmission.unknown-command: unknown command ⇒ EINVAL.
-  commandUnknown: (_c: Ctx, r: RequestFrame) => !SERVED.has(r.type),
-  // transmission.payload-too-large: a payload over our limit was consumed unbuffered; refuse it.
-  payloadTooLarge: (_c: Ctx, r: RequestFrame) => r.payloadDiscarded,
-  // transmission.payload-unexpected: PAYLOAD_LEN on a command that takes no payload ⇒ consume it, EINVAL.
-  payloadUnexpected: (_c: Ctx, r: RequestFrame) => r.type !== CMD.NBD_CMD_WRITE && r.payload !== undefined,
-  // transmission.write-read-only: EPERM for WRITE / TRIM / WRITE_ZEROES (checked first, as nbdkit).
-  writeOnReadOnly: (c: Ctx, r: RequestFrame) => WRITES.has(r.type) && has(c, FLAG.NBD_FLAG_READ_ONLY),
-  // transmission.unknown-flag: unknown flag bits (PAYLOAD_LEN is known only with extended headers).
-  flagsUnknown: (c: Ctx, r: RequestFrame) =>
-    (r.flags & ~(KNOWN_FLAGS | (c.extendedHeaders ? CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN : 0))) !== 0,
-  // transmission.flag-not-for-command: a flag not valid for this command.
-  flagNotForCommand: (_c: Ctx, r: RequestFrame) =>
-    ((r.flags & (CMD_FLAG.NBD_CMD_FLAG_NO_HOLE | CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO)) !== 0 && r.type !== CMD.NBD_CMD_WRITE_ZEROES) ||
-    ((r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && r.type !== CMD.NBD_CMD_READ) ||
-    ((r.flags & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0 && r.type !== CMD.NBD_CMD_BLOCK_STATUS),
-  // transmission.flag-not-advertised: a flag whose transmission flag was not advertised ⇒ EINVAL.
-  fuaNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_FUA) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FUA),
-  dfNotNegotiated: (c: Ctx, r: RequestFrame) => (r.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_DF),
-  fastZeroNotNegotiated: (c: Ctx, r: RequestFrame) =>
-    (r.flags & CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO) !== 0 && !has(c, FLAG.NBD_FLAG_SEND_FAST_ZERO),
-  // transmission.command-not-advertised: a command whose transmission flag was not advertised ⇒ EINVAL.
-  commandNotNegotiated: (c: Ctx, r: RequestFrame) => {
-    switch (r.type) {
-      case CMD.NBD_CMD_FLUSH:
-        return !has(c, FLAG.NBD_FLAG_SEND_FLUSH);
-      case CMD.NBD_CMD_TRIM:
-        return !has(c, FLAG.NBD_FLAG_SEND_TRIM);
-      case CMD.NBD_CMD_WRITE_ZEROES:
-        return !has(c, FLAG.NBD_FLAG_SEND_WRITE_ZEROES);
-      case CMD.NBD_CMD_CACHE:
-        return !has(c, FLAG.NBD_FLAG_SEND_CACHE);
-      default:
-        return false;
-    }
-  },
-  // transmission.block-status-needs-context: BLOCK_STATUS needs structured replies and a selected meta context.
-  blockStatusWithoutContext: (c: Ctx, r: RequestFrame) =>
-    r.type === CMD.NBD_CMD_BLOCK_STATUS && (!c.structuredReplies || c.metaContextIds.length === 0),
-  // transmission.flush-with-range: FLUSH with a non-zero offset or length ⇒ EINVAL (as nbdkit).
-  flushWithRange: (_c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_FLUSH && (r.offset !== 0 || r.length !== 0),
-  // Past the end of the export: WRITE / WRITE_ZEROES ⇒ ENOSPC (transmission.write-out-of-bounds),
-  // the others ⇒ EINVAL (transmission.out-of-bounds).
-  writePastEnd: (c: Ctx, r: RequestFrame) =>
-    (r.type === CMD.NBD_CMD_WRITE || r.type === CMD.NBD_CMD_WRITE_ZEROES) && (r.huge || r.offset + r.length > c.size),
-  rangePastEnd: (c: Ctx, r: RequestFrame) => RANGED.has(r.type) && (r.huge || r.offset + r.length > c.size),
-  // transmission.misaligned-request: offset and length must be multiples of the advertised minimum block.
-  misaligned: (c: Ctx, r: RequestFrame) =>
-    c.minimumBlock > 1 && RANGED.has(r.type) && (r.offset % c.minimumBlock !== 0 || r.length % c.minimumBlock !== 0),
-  // transmission.read-too-large: READ longer than we serve ⇒ EINVAL (EOVERFLOW is reserved for DF).
-  readTooLarge: (c: Ctx, r: RequestFrame) => r.type === CMD.NBD_CMD_READ && r.length > c.maxPayload,
+export interface CommandRule {
+  /** Command flags valid on it (PAYLOAD_LEN aside: it is a property of the header, see `flags` below). */
+  readonly flags: number;
+  /** Its offset/length address the export (bounds and alignment are checked). */
+  readonly ranged: boolean;
+  /** It changes the export (EPERM on a read-only export). */
+  readonly writes: boolean;
+  /** It stores data, so past the end is ENOSPC rather than EINVAL (as nbdkit). */
+  readonly writesData: boolean;
+  /** It carries a payload (anything else with one is refused, the payload consumed). */
+  readonly payload: boolean;
+  /** The transmission flag that must have been advertised for it (0: none). */
+  readonly needs: number;
+  /** It is answered only with structured replies and a selected meta context. */
+  readonly needsMetaContext: boolean;
+  /** Its offset and length must both be 0. */
+  readonly unranged: boolean;
+  /** Its reply carries `length` bytes, so `length` is capped by the payload limit. */
+  readonly readsData: boolean;
+}
+
+const FUA = CMD_FLAG.NBD_CMD_FLAG_FUA;
+const row = (over: Partial<CommandRule>): CommandRule => ({
+  // FUA may be set on any command (the spec lets the server ignore it where it means nothing).
+  flags: FUA,
+  ranged: false,
+  writes: false,
+  writesData: false,
+  payload: false,
+  needs: 0,
+  needsMetaContext: false,
+  unranged: false,
+  readsData: false,
+  ...over,
+});
+
+/** The per-command table, keyed by the names of CMD so a new command cannot be left out. */
+export const COMMANDS: { readonly [K in keyof typeof CMD]: CommandRule | null } = {
+  NBD_CMD_READ: row({ flags: FUA | CMD_FLAG.NBD_CMD_FLAG_DF, ranged: true, readsData: true }),
+  NBD_CMD_WRITE: row({ ranged: true, writes: true, writesData: true, payload: true }),
+  NBD_CMD_DISC: row({}),
+  NBD_CMD_FLUSH: row({ needs: FLAG.NBD_FLAG_SEND_FLUSH, unranged: true }),
+  NBD_CMD_TRIM: row({ ranged: true, writes: true, needs: FLAG.NBD_FLAG_SEND_TRIM }),
+  NBD_CMD_CACHE: row({ ranged: true, needs: FLAG.NBD_FLAG_SEND_CACHE }),
+  NBD_CMD_WRITE_ZEROES: row({
+    flags: FUA | CMD_FLAG.NBD_CMD_FLAG_NO_HOLE | CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO,
+    ranged: true,
+    writes: true,
+    writesData: true,
+    needs: FLAG.NBD_FLAG_SEND_WRITE_ZEROES,
+  }),
+  NBD_CMD_BLOCK_STATUS: row({ flags: FUA | CMD_FLAG.NBD_CMD_FLAG_REQ_ONE, ranged: true, needsMetaContext: true }),
+  // An experimental extension we do not offer.
+  NBD_CMD_RESIZE: null,
+};
+
+/** A refusal: its rule ID in docs/rules.md (`code`), the errno, and the message sent (rule ID first). */
+export interface RequestRefusal {
+  readonly code: string;
+  readonly errno: number;
+  readonly message: string;
+}
+
+const refusal = (errno: number, message: string): RequestRefusal =>
+  Object.freeze({ code: message.slice(0, message.indexOf(': ')), errno, message });
+
+/** Every refusal the transmission phase can give, by name. */
+export const REFUSAL = {
+  writeOnReadOnly: refusal(ERRNO.NBD_EPERM, 'transmission.write-read-only: write to a read-only export'),
+  writePastEnd: refusal(ERRNO.NBD_ENOSPC, 'transmission.write-out-of-bounds: write past the end of the export'),
+  commandUnknown: refusal(ERRNO.NBD_EINVAL, 'transmission.unknown-command: unknown command'),
+  payloadTooLarge: refusal(ERRNO.NBD_EINVAL, 'transmission.payload-too-large: payload over the size limit (consumed)'),
+  payloadUnexpected: refusal(ERRNO.NBD_EINVAL, 'transmission.payload-unexpected: payload on a command without one (consumed)'),
+  flagsUnknown: refusal(ERRNO.NBD_EINVAL, 'transmission.unknown-flag: unknown command flag'),
+  flagNotForCommand: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-for-command: flag not valid for this command'),
+  fuaNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: FUA without SEND_FUA'),
+  dfNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: DF without SEND_DF'),
+  fastZeroNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: FAST_ZERO without SEND_FAST_ZERO'),
+  commandNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.command-not-advertised: command not advertised'),
+  blockStatusWithoutContext: refusal(ERRNO.NBD_EINVAL, 'transmission.block-status-needs-context: BLOCK_STATUS without a meta context'),
+  flushWithRange: refusal(ERRNO.NBD_EINVAL, 'transmission.flush-with-range: FLUSH with offset or length'),
+  rangePastEnd: refusal(ERRNO.NBD_EINVAL, 'transmission.out-of-bounds: request past the end of the export'),
+  misaligned: refusal(ERRNO.NBD_EINVAL, 'transmission.misaligned-request: not aligned to the minimum block size'),
+  readTooLarge: refusal(ERRNO.NBD_EINVAL, 'transmission.read-too-large: read larger than the maximum payload'),
 } as const;
 
-export type RequestGuardName = keyof typeof requestGuards;
-
 /**
- * The refusal table: guard → errno and the rule it enforces (its ID in
- * docs/rules.md, then a few words; sent as the error message), in
- * evaluation order.
+ * The refusals in the order they are checked: nbdkit's order, read-only
+ * first, then the range check for writes, so EPERM and ENOSPC win over the
+ * EINVAL reasons after them. `checkFor` below implements exactly this order.
  */
-export const REFUSALS: ReadonlyArray<{ guard: RequestGuardName; errno: number; rule: string }> = [
-  // nbdkit's order of checks: read-only first, then the range check for
-  // writes, so EPERM and ENOSPC win over the EINVAL reasons below.
-  { guard: 'writeOnReadOnly', errno: ERRNO.NBD_EPERM, rule: 'transmission.write-read-only: write to a read-only export' },
-  { guard: 'writePastEnd', errno: ERRNO.NBD_ENOSPC, rule: 'transmission.write-out-of-bounds: write past the end of the export' },
-  { guard: 'commandUnknown', errno: ERRNO.NBD_EINVAL, rule: 'transmission.unknown-command: unknown command' },
-  { guard: 'payloadTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'transmission.payload-too-large: payload over the size limit (consumed)' },
-  { guard: 'payloadUnexpected', errno: ERRNO.NBD_EINVAL, rule: 'transmission.payload-unexpected: payload on a command without one (consumed)' },
-  { guard: 'flagsUnknown', errno: ERRNO.NBD_EINVAL, rule: 'transmission.unknown-flag: unknown command flag' },
-  { guard: 'flagNotForCommand', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-for-command: flag not valid for this command' },
-  { guard: 'fuaNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: FUA without SEND_FUA' },
-  { guard: 'dfNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: DF without SEND_DF' },
-  { guard: 'fastZeroNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flag-not-advertised: FAST_ZERO without SEND_FAST_ZERO' },
-  { guard: 'commandNotNegotiated', errno: ERRNO.NBD_EINVAL, rule: 'transmission.command-not-advertised: command not advertised' },
-  { guard: 'blockStatusWithoutContext', errno: ERRNO.NBD_EINVAL, rule: 'transmission.block-status-needs-context: BLOCK_STATUS without a meta context' },
-  { guard: 'flushWithRange', errno: ERRNO.NBD_EINVAL, rule: 'transmission.flush-with-range: FLUSH with offset or length' },
-  { guard: 'rangePastEnd', errno: ERRNO.NBD_EINVAL, rule: 'transmission.out-of-bounds: request past the end of the export' },
-  { guard: 'misaligned', errno: ERRNO.NBD_EINVAL, rule: 'transmission.misaligned-request: not aligned to the minimum block size' },
-  { guard: 'readTooLarge', errno: ERRNO.NBD_EINVAL, rule: 'transmission.read-too-large: read larger than the maximum payload' },
+export const REFUSALS: readonly RequestRefusal[] = Object.values(REFUSAL);
+
+/** Command flags that need a transmission flag advertised, in the order they are checked. */
+const FLAG_NEEDS: ReadonlyArray<{ flag: number; needs: number; refusal: RequestRefusal }> = [
+  { flag: CMD_FLAG.NBD_CMD_FLAG_FUA, needs: FLAG.NBD_FLAG_SEND_FUA, refusal: REFUSAL.fuaNotNegotiated },
+  { flag: CMD_FLAG.NBD_CMD_FLAG_DF, needs: FLAG.NBD_FLAG_SEND_DF, refusal: REFUSAL.dfNotNegotiated },
+  { flag: CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO, needs: FLAG.NBD_FLAG_SEND_FAST_ZERO, refusal: REFUSAL.fastZeroNotNegotiated },
 ];
 
+/** Command flags valid on some command (PAYLOAD_LEN is added when extended headers are on). */
+const KNOWN_FLAGS = Object.values(COMMANDS).reduce((bits, r) => bits | (r?.flags ?? 0), 0);
+
+/** One command's rule with this export's answers filled in. */
+interface CompiledRule {
+  /** No refusal depends on the command and the export alone, and it is ranged: without flags, payload trouble or length over `maxLength`, in bounds and aligned, it is accepted. */
+  readonly plain: boolean;
+  /** The refusal that depends on the command and the export alone, before any frame check (read-only). */
+  readonly first: RequestRefusal | null;
+  readonly writesData: boolean;
+  readonly payload: boolean;
+  readonly flags: number;
+  /** The refusal that depends on the command and the export alone, after the flag checks. */
+  readonly later: RequestRefusal | null;
+  readonly unranged: boolean;
+  readonly ranged: boolean;
+  readonly maxLength: number;
+}
+
+export type RequestCheck = (frame: RequestFrame) => RequestRefusal | null;
+
+const READ = CMD.NBD_CMD_READ;
+const WRITE = CMD.NBD_CMD_WRITE;
+
+/** The table compiled for one export: what `checkRequest` reads. */
+interface CompiledTable {
+  readonly size: number;
+  readonly minimumBlock: number;
+  /** A READ without flags or payload, in bounds and aligned, up to this length is accepted (-1: never without the full checks). */
+  readonly plainReadMax: number;
+  /** A WRITE without flags, in bounds and aligned, is accepted. */
+  readonly plainWrite: boolean;
+  /** Command flags known on this export (PAYLOAD_LEN only with extended headers). */
+  readonly known: number;
+  /** Command flags whose transmission flag was not advertised, and their refusals in order. */
+  readonly unadvertised: number;
+  readonly notAdvertised: typeof FLAG_NEEDS;
+  /** Indexed by command code; undefined: not served. */
+  readonly rules: ReadonlyArray<CompiledRule | undefined>;
+}
+
 /**
- * The common case in one expression: a READ or WRITE without flags, in
- * bounds and aligned. True only when every guard of the table is false
- * for this frame (so it may skip the table); false means "ask the table".
+ * The checks in REFUSALS order, against a compiled table. The common case
+ * (a READ or WRITE without flags, in bounds and aligned) is the first
+ * expression; anything else takes the checks after it.
  */
-function plainAcceptable(c: Ctx, r: RequestFrame): boolean {
-  if (r.flags !== 0 || r.huge || r.payloadDiscarded || r.offset + r.length > c.size) return false;
-  if (c.minimumBlock > 1 && (r.offset % c.minimumBlock !== 0 || r.length % c.minimumBlock !== 0)) return false;
-  if (r.type === CMD.NBD_CMD_READ) return r.payload === undefined && r.length <= c.maxPayload;
-  return r.type === CMD.NBD_CMD_WRITE && !has(c, FLAG.NBD_FLAG_READ_ONLY);
+function checkRequest(t: CompiledTable, r: RequestFrame): RequestRefusal | null {
+  if (
+    r.flags === 0 &&
+    !r.huge &&
+    !r.payloadDiscarded &&
+    r.offset + r.length <= t.size &&
+    (t.minimumBlock <= 1 || (r.offset % t.minimumBlock === 0 && r.length % t.minimumBlock === 0)) &&
+    (r.type === READ ? r.payload === undefined && r.length <= t.plainReadMax : r.type === WRITE && t.plainWrite)
+  )
+    return null;
+  const rule = t.rules[r.type];
+  if (rule === undefined) return REFUSAL.commandUnknown;
+  if (rule.first !== null) return rule.first;
+  const past = r.huge || r.offset + r.length > t.size;
+  if (past && rule.writesData) return REFUSAL.writePastEnd;
+  if (r.payloadDiscarded) return REFUSAL.payloadTooLarge;
+  if (r.payload !== undefined && !rule.payload) return REFUSAL.payloadUnexpected;
+  const flags = r.flags;
+  if (flags !== 0) {
+    if ((flags & ~t.known) !== 0) return REFUSAL.flagsUnknown;
+    if ((flags & ~rule.flags) !== 0) return REFUSAL.flagNotForCommand;
+    if ((flags & t.unadvertised) !== 0) for (const f of t.notAdvertised) if ((flags & f.flag) !== 0) return f.refusal;
+  }
+  if (rule.later !== null) return rule.later;
+  if (rule.unranged) return r.offset !== 0 || r.length !== 0 ? REFUSAL.flushWithRange : null;
+  if (rule.ranged) {
+    if (past) return REFUSAL.rangePastEnd;
+    if (t.minimumBlock > 1 && (r.offset % t.minimumBlock !== 0 || r.length % t.minimumBlock !== 0)) return REFUSAL.misaligned;
+  }
+  return r.length > rule.maxLength ? REFUSAL.readTooLarge : null;
 }
 
-/** Pure validation with the same table the machine uses: errno and rule, or null when acceptable. */
-export function validateRequest(ctx: Ctx, r: RequestFrame): { errno: number; rule: string } | null {
-  if (plainAcceptable(ctx, r)) return null;
-  for (const { guard, errno, rule } of REFUSALS) if (requestGuards[guard](ctx, r)) return { errno, rule };
-  return null;
+/**
+ * Compile the table for one negotiated export: a function giving the first
+ * refusal in REFUSALS order for a request, or null when it is acceptable.
+ * Everything that depends only on the export and the command is decided
+ * here, once, so a plain READ or WRITE costs a few compares.
+ */
+export function checkFor(c: {
+  readonly size: number;
+  readonly flags: number;
+  readonly minimumBlock: number;
+  readonly maxPayload: number;
+  readonly structuredReplies: boolean;
+  readonly extendedHeaders: boolean;
+  readonly metaContextIds: readonly number[];
+}): RequestCheck {
+  const advertised = (flag: number) => (c.flags & flag) !== 0;
+  const rules: Array<CompiledRule | undefined> = [];
+  for (const [name, code] of Object.entries(CMD) as Array<[keyof typeof CMD, number]>) {
+    const r = COMMANDS[name];
+    if (r === null) continue;
+    const first = r.writes && advertised(FLAG.NBD_FLAG_READ_ONLY) ? REFUSAL.writeOnReadOnly : null;
+    const later =
+      r.needs !== 0 && !advertised(r.needs)
+        ? REFUSAL.commandNotNegotiated
+        : r.needsMetaContext && (!c.structuredReplies || c.metaContextIds.length === 0)
+          ? REFUSAL.blockStatusWithoutContext
+          : null;
+    rules[code] = {
+      plain: first === null && later === null && r.ranged,
+      first,
+      writesData: r.writesData,
+      payload: r.payload,
+      // PAYLOAD_LEN, once known (extended headers), is valid on any command: the payload itself is checked.
+      flags: r.flags | CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN,
+      later,
+      unranged: r.unranged,
+      ranged: r.ranged,
+      maxLength: r.readsData ? c.maxPayload : Infinity,
+    };
+  }
+  const notAdvertised = FLAG_NEEDS.filter((f) => !advertised(f.needs));
+  let unadvertised = 0;
+  for (const f of notAdvertised) unadvertised |= f.flag;
+  // The common case, read off the compiled rows (a row that is not plain here leaves it to the full checks).
+  const read = rules[READ] as CompiledRule;
+  const write = rules[WRITE] as CompiledRule;
+  const table: CompiledTable = {
+    size: c.size,
+    minimumBlock: c.minimumBlock,
+    plainReadMax: read.plain && !read.payload ? read.maxLength : -1,
+    plainWrite: write.plain && write.payload && write.maxLength === Infinity,
+    known: KNOWN_FLAGS | (c.extendedHeaders ? CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN : 0),
+    unadvertised,
+    notAdvertised,
+    rules,
+  };
+  return (r) => checkRequest(table, r);
 }
 
-type GuardFns = { [K in RequestGuardName]: (a: { context: Ctx; event: TransmissionEvent }) => boolean };
-const machineGuards = Object.fromEntries(
-  Object.entries(requestGuards).map(([name, fn]) => [name, ({ context, event }: { context: Ctx; event: TransmissionEvent }) => fn(context, req(event))]),
-) as GuardFns;
+const NONE: readonly Refusal[] = Object.freeze([]);
+const req = (event: TransmissionEvent): RequestFrame => (event as { frame: RequestFrame }).frame;
 
 export function transmissionContext(input: TransmissionInput): TransmissionContext {
   const n = input.negotiated;
-  return {
+  const fields = {
     exportName: n.export.name,
     size: n.export.size,
     flags: n.flags,
@@ -200,14 +302,11 @@ export function transmissionContext(input: TransmissionInput): TransmissionConte
     structuredReplies: n.structuredReplies || n.extendedHeaders,
     extendedHeaders: n.extendedHeaders,
     metaContextIds: n.metaContexts.map((m) => m.id),
-    reason: null,
   };
+  return { ...fields, check: checkFor(fields), reason: null };
 }
 
-const refusalTransitions = REFUSALS.map(({ guard, errno, rule }) => ({
-  guard,
-  actions: { type: 'refuse' as const, params: { errno, rule } },
-}));
+const SHUTDOWN = refusal(ERRNO.NBD_ESHUTDOWN, 'transmission.shutdown-drains: server is shutting down');
 
 export const transmissionMachine = setup({
   types: {
@@ -218,28 +317,30 @@ export const transmissionMachine = setup({
     output: {} as { reason: string },
   },
   guards: {
-    ...machineGuards,
-    requestAcceptable: ({ context, event }: { context: Ctx; event: TransmissionEvent }) => {
+    isDisc: ({ event }) => req(event).type === CMD.NBD_CMD_DISC,
+    // The compiled refusal table (DISC is not a request to accept: it drains).
+    requestAccepted: ({ context, event }) => {
       const r = req(event);
-      return r.type !== CMD.NBD_CMD_DISC && validateRequest(context, r) === null;
+      return r.type !== CMD.NBD_CMD_DISC && context.check(r) === null;
     },
   },
   actions: {
     deliver: emit(({ event }) => ({ type: 'request', frame: req(event) }) as const),
-    refuse: emit(({ event }, params: { errno: number; rule: string }) => ({
-      type: 'refuse' as const,
-      frame: req(event),
-      errno: params.errno,
-      message: params.rule,
-    })),
-    // A burst of requests (never DISC): per frame, the same checks as `request`; one effect for the burst.
+    // The refusal the compiled table gives for this request.
+    refuse: emit(({ context, event }) => {
+      const frame = req(event);
+      const refusal = context.check(frame) as RequestRefusal; // not null: `requestAccepted` and `isDisc` were false
+      return { type: 'refuse' as const, frame, code: refusal.code, errno: refusal.errno, message: refusal.message };
+    }),
+    // A burst of requests (never DISC): per frame, the same check as `request`; one effect for the burst.
     deliverEach: emit(({ context, event }) => {
       const accepted: RequestFrame[] = [];
       let refused: Refusal[] | undefined;
+      const check = context.check;
       for (const frame of (event as Extract<TransmissionEvent, { type: 'requests' }>).frames) {
-        const refusal = validateRequest(context, frame);
+        const refusal = check(frame);
         if (refusal === null) accepted.push(frame);
-        else (refused ??= []).push({ frame, errno: refusal.errno, message: refusal.rule });
+        else (refused ??= []).push({ frame, code: refusal.code, errno: refusal.errno, message: refusal.message });
       }
       return { type: 'requests' as const, accepted, refused: refused ?? NONE };
     }),
@@ -249,16 +350,18 @@ export const transmissionMachine = setup({
       accepted: [],
       refused: (event as Extract<TransmissionEvent, { type: 'requests' }>).frames.map((frame) => ({
         frame,
-        errno: ERRNO.NBD_ESHUTDOWN,
-        message: 'transmission.shutdown-drains: server is shutting down',
+        code: SHUTDOWN.code,
+        errno: SHUTDOWN.errno,
+        message: SHUTDOWN.message,
       })),
     })),
     // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN.
     refuseShutdown: emit(({ event }) => ({
       type: 'refuse' as const,
       frame: req(event),
-      errno: ERRNO.NBD_ESHUTDOWN,
-      message: 'transmission.shutdown-drains: server is shutting down',
+      code: SHUTDOWN.code,
+      errno: SHUTDOWN.errno,
+      message: SHUTDOWN.message,
     })),
     announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' | 'idle' }) => ({ type: 'draining' as const, reason: params.reason })),
     recordReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
@@ -282,16 +385,16 @@ export const transmissionMachine = setup({
       initial: 'serving',
       on: {
         request: [
-          // Hot path: one combined check (the same table as the named guards
-          // below), so an acceptable request costs a single guard evaluation.
-          { guard: 'requestAcceptable', actions: 'deliver' },
+          // The compiled refusal table: an acceptable request costs one guard evaluation.
+          { guard: 'requestAccepted', actions: 'deliver' },
           // transmission.disc-drains: DISC ⇒ no reply; finish what is in flight, then close.
           {
             guard: 'isDisc',
             target: 'draining',
             actions: [{ type: 'recordReason', params: { reason: 'NBD_CMD_DISC' } }, { type: 'announceDrain', params: { reason: 'disc' } }],
           },
-          ...refusalTransitions,
+          // Anything else is refused with the code, errno and message the same table gives.
+          { actions: 'refuse' },
         ],
         requests: { actions: 'deliverEach' },
         'client.eof': {

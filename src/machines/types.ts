@@ -83,9 +83,10 @@ export type TransmissionEvent =
   /** The server's idle timeout expired with nothing in flight. */
   | { type: 'timer.idle'; ms: number };
 
-/** A request the machine refused, with the spec's errno and the rule. */
+/** A request the machine refused: the rule's ID in docs/rules.md (`code`), the spec's errno, and the message (rule ID first). */
 export interface Refusal {
   readonly frame: RequestFrame;
+  readonly code: string;
   readonly errno: number;
   readonly message: string;
 }
@@ -93,7 +94,7 @@ export interface Refusal {
 /** Effects of the transmission machine. */
 export type TransmissionEmitted =
   | { type: 'request'; frame: RequestFrame }
-  | { type: 'refuse'; frame: RequestFrame; errno: number; message: string }
+  | { type: 'refuse'; frame: RequestFrame; code: string; errno: number; message: string }
   /** The answer to a `requests` event: accepted frames and refusals, each in wire order. */
   | { type: 'requests'; accepted: readonly RequestFrame[]; refused: readonly Refusal[] }
   | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' | 'idle' }

@@ -22,7 +22,6 @@ import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
 import { CMD, cmdName, errnoName } from '../protocol/constants.js';
 import { connectionMachine } from '../machines/connection.js';
-import { validateRequest } from '../machines/transmission.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
 import { fromSocket, ReplyWriter } from './socket.js';
@@ -324,7 +323,7 @@ export class Session {
     const tx = this.transmission;
     if (!place || !tx || this.draining || this.finished) return null;
     const snap = tx.getSnapshot();
-    if (snap.status !== 'active' || !snap.matches('open') || validateRequest(snap.context, frame) !== null) return null;
+    if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
     let targets: readonly Buffer[] | null;
     try {
       targets = place(this, frame);

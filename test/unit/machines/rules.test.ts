@@ -35,7 +35,7 @@ import { FrameDecoder } from '../../../src/protocol/decoder.js';
 import { encodeOptionError } from '../../../src/protocol/encoder.js';
 import { replyBlockStatus, replyError, replyModeOf, replyOk, replyRead, needsStructured } from '../../../src/protocol/replies.js';
 import { advertisedFlags, handshakeMachine, BASE_ALLOCATION_ID } from '../../../src/machines/handshake.js';
-import { REFUSALS, transmissionMachine, validateRequest, transmissionContext } from '../../../src/machines/transmission.js';
+import { REFUSALS, transmissionMachine, transmissionContext } from '../../../src/machines/transmission.js';
 import type { ExportDescriptor, HandshakeOutcome } from '../../../src/machines/types.js';
 import {
   DEFAULT_INPUT,
@@ -1062,7 +1062,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(hostErrnoToNbd('EOVERFLOW', { df: true })).toBe(ERRNO.NBD_EOVERFLOW);
   });
 
-  it('transmission.error-values: validateRequest agrees with the machine for a sample of requests', () => {
+  it('transmission.error-values: the context\'s compiled check agrees with the machine for a sample of requests', () => {
     const exp = exportOf({ size: 8192, blockSizes: { minimum: 512, preferred: 4096, maximum: 1 << 20 } });
     const negotiated = negotiatedFor(exp, { flags: advertisedFlags(exp, false) });
     const ctx = transmissionContext({ negotiated });
@@ -1075,7 +1075,7 @@ describe('transmission rules (transmission machine, replies)', () => {
           [8192, 512],
         ] as const) {
           const r = request({ type, flags, offset, length });
-          const v = validateRequest(ctx, r);
+          const v = ctx.check(r);
           const out = t.send({ type: 'request', frame: r });
           if (v === null) accepted(out);
           else refused(out, v.errno);

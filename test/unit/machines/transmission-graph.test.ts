@@ -8,15 +8,16 @@
  * minimum block 512 vs 1; optional transmission flags advertised or not) we
  * traverse the machine with a representative event per event type and per
  * guard branch: an acceptable request, DISC, a request frame built so that
- * each guard of the REFUSALS table is the first one to match, a `requests`
+ * each refusal of the REFUSALS table is the first one to match, a `requests`
  * burst, and the in-flight and lifecycle events (`getAdjacencyMap` +
  * `getShortestPaths`). For every transition definition of the machine (each
  * guarded branch of each event) we pick a graph edge that selects it, replay
  * "shortest path to the edge's source + the edge's event" on a real actor,
  * and check that the actor ends in the predicted state and really took that
  * transition (from `@xstate.microstep` inspection events). Finally the union
- * of taken transitions must be every transition of the machine, and the
- * union of visited states every state.
+ * of taken transitions must be every transition of the machine, the union
+ * of visited states every state, and the refusals emitted on the way every
+ * refusal of the table (each code, each message).
  */
 import { describe, expect, it } from 'vitest';
 import { createActor, type AnyTransitionDefinition, type SnapshotFrom } from 'xstate';
@@ -40,7 +41,7 @@ const RO = EXPORTS[1]!; // read-only, 64 KiB, minimum block 512
 /** Writable, minimum block 1, no optional transmission flag advertised. */
 const BARE: ExportDescriptor = { name: 'bare', size: 256 * KiB, flags: 0, blockSizes: { minimum: 1, preferred: 4096, maximum: 1024 * KiB } };
 
-/** Inputs whose union reaches every guard of the REFUSALS table. */
+/** Inputs whose union reaches every refusal of the REFUSALS table. */
 const INPUTS: Array<[string, TransmissionInput]> = [
   // Simple replies, every optional flag but DF, a small payload limit (readTooLarge).
   ['writable, simple replies, minimum block 1, flags advertised, maxPayload 4 KiB', { negotiated: negotiatedFor(DISK), maxPayload: 4 * KiB }],
@@ -57,12 +58,13 @@ const r = (over: Partial<RequestFrame>): TransmissionEvent => ({ type: 'request'
 const FAR = 2 ** 40; // past the end of every export above
 
 /**
- * One representative event per event type and per guard branch. Each request
- * is labelled with the branch it is built to select first under at least one
- * input (the coverage check below is what proves it does).
+ * One representative event per event type and per guard branch, and one
+ * request per refusal. Each request is labelled with the refusal it is built
+ * to get first under at least one input (the coverage check below is what
+ * proves it does).
  */
 const EVENTS: TransmissionEvent[] = [
-  // requestAcceptable (hot path and table path)
+  // requestAccepted (plain READ/WRITE, and a command with the other checks)
   r({ type: CMD.READ, offset: 0, length: 512 }),
   r({ type: CMD.WRITE, offset: 0, length: 512, payload: Buffer.alloc(512) }),
   r({ type: CMD.BLOCK_STATUS, offset: 0, length: 512 }),
@@ -151,6 +153,8 @@ interface Replay {
   readonly serialized: string;
   readonly taken: string[];
   readonly visited: string[];
+  /** `<code> <message>` of every refusal emitted (single or in a burst). */
+  readonly refused: string[];
 }
 
 /** Run events on a real actor, recording every transition taken and every state entered. */
@@ -168,6 +172,9 @@ function replay(input: TransmissionInput, events: readonly TransmissionEvent[]):
       }
     },
   });
+  const refused: string[] = [];
+  actor.on('refuse', (e) => refused.push(`${e.code} ${e.message}`));
+  actor.on('requests', (e) => refused.push(...e.refused.map((x) => `${x.code} ${x.message}`)));
   const errors: unknown[] = [];
   actor.subscribe({ error: (e) => errors.push(e) });
   actor.start();
@@ -175,12 +182,13 @@ function replay(input: TransmissionInput, events: readonly TransmissionEvent[]):
   expect(errors).toEqual([]);
   const s = actor.getSnapshot();
   visited.push(...(s._nodes as AnyStateNode[]).map((n) => n.id));
-  return { value: s.value, serialized: serializeState(s), taken, visited };
+  return { value: s.value, serialized: serializeState(s), taken, visited, refused };
 }
 
 describe('transmission machine: graph coverage with xstate/graph', () => {
   const coveredTransitions = new Set<string>();
   const coveredStates = new Set<string>();
+  const coveredRefusals = new Set<string>();
   let pathsReplayed = 0;
 
   for (const [label, input] of INPUTS) {
@@ -206,6 +214,7 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
         pathTo.set(serializeState(p.state), events);
         for (const id of rp.visited) coveredStates.add(id);
         for (const k of rp.taken) coveredTransitions.add(k);
+        for (const x of rp.refused) coveredRefusals.add(x);
         pathsReplayed++;
       }
 
@@ -224,6 +233,14 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
         }
       }
       expect(chosen.size).toBeGreaterThan(10);
+      // One `refuse` transition serves every refusal, so the edges above reach it once: send each
+      // request event to a fresh actor too, and collect what each is refused with.
+      for (const event of EVENTS) {
+        if (event.type !== 'request' && event.type !== 'requests') continue;
+        const rp = replay(input, [event]);
+        if (event.type === 'request' && rp.refused.length > 0) expect(rp.taken).toEqual(['transmission.open request#2']);
+        for (const x of rp.refused) coveredRefusals.add(x);
+      }
       for (const [k, { from, event, next }] of chosen) {
         const rp = replay(input, [...pathTo.get(from)!, event]);
         expect(rp.value, k).toEqual(next.value);
@@ -231,6 +248,7 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
         expect(rp.taken, k).toContain(k);
         for (const id of rp.visited) coveredStates.add(id);
         for (const t of rp.taken) coveredTransitions.add(t);
+        for (const x of rp.refused) coveredRefusals.add(x);
         pathsReplayed++;
       }
     });
@@ -242,9 +260,16 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
     expect(states).toEqual(ALL_STATE_IDS);
     const missing = [...ALL_TRANSITIONS].filter((k) => !coveredTransitions.has(k)).sort();
     expect(missing).toEqual([]);
-    // Every guard of the refusal table is a transition of its own under `open`.
-    for (const { guard } of REFUSALS) expect([...coveredTransitions].some((k) => k.startsWith('transmission.open request#') && k.endsWith(`(${guard})`)), guard).toBe(true);
-    expect(ALL_TRANSITIONS.size).toBeGreaterThanOrEqual(REFUSALS.length + 12);
-    console.log(`transmission graph coverage: ${pathsReplayed} paths replayed, ${states.length}/${ALL_STATE_IDS.length} states, ${coveredTransitions.size}/${ALL_TRANSITIONS.size} transitions`);
+    // A single request has one guard that accepts and one action that refuses (with the table's answer).
+    const open = [...ALL_TRANSITIONS].filter((k) => k.startsWith('transmission.open request#'));
+    expect(open).toEqual(['transmission.open request#0(requestAccepted)', 'transmission.open request#1(isDisc)', 'transmission.open request#2']);
+    // Every refusal of the table (code and message) was emitted on the replayed paths, and every code is a rule ID.
+    const table = REFUSALS.map((x) => `${x.code} ${x.message}`);
+    expect(table.filter((x) => !coveredRefusals.has(x))).toEqual([]);
+    for (const x of REFUSALS) expect(x.message.startsWith(`${x.code}: `), x.message).toBe(true);
+    expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(14);
+    console.log(
+      `transmission graph coverage: ${pathsReplayed} paths replayed, ${states.length}/${ALL_STATE_IDS.length} states, ${coveredTransitions.size}/${ALL_TRANSITIONS.size} transitions, ${coveredRefusals.size} distinct refusals (${REFUSALS.length} in the table)`,
+    );
   });
 });
