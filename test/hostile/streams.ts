@@ -613,8 +613,11 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       out.at += 16;
       // Requests sharing this cookie that would be followed by different amounts of data (a READ and
       // anything else, or READs of other lengths): no client could frame what follows. Stop here.
+      // That holds for an error reply too: which of them it answers decides how the next reply to
+      // that cookie is framed (the other one may still succeed with data).
       const dataAfter = (o: ShadowRequest) => (error === 0 && o.type === CMD.READ ? o.length : 0n);
-      if (l.some((o) => misfit(o) === null && dataAfter(o) !== dataAfter(r))) return;
+      const dataOnSuccess = (o: ShadowRequest) => (o.type === CMD.READ ? o.length : 0n);
+      if (l.some((o) => o !== r && misfit(o) === null && (dataAfter(o) !== dataAfter(r) || dataOnSuccess(o) !== dataOnSuccess(r)))) return;
       if (error === 0 && r.type === CMD.READ) {
         if (!need(Number(r.length), 'READ data')) return;
         out.at += Number(r.length);
