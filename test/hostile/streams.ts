@@ -646,7 +646,7 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       }
       if (c.type === 'blockStatus' && ext) throw new Desync(`compact BLOCK_STATUS chunk at ${where} with extended headers`);
       if (c.type === 'blockStatusExt' && !ext) throw new Desync(`BLOCK_STATUS_EXT chunk at ${where} without extended headers`);
-      const r = pick(l, (r) => {
+      const misfit = (r: ShadowRequest): string | null => {
         if (ext && b.readBigUInt64BE(where + 16) !== r.offset) return `extended chunk at ${where} carries offset ${b.readBigUInt64BE(where + 16)}, request had ${r.offset} (reply.extended-offset-echo)`;
         if (r.partial && c.type !== 'error' && c.type !== 'errorOffset') return `${c.type} chunk at ${where} for a request whose payload never completed`;
         if ((c.type === 'offsetData' || c.type === 'offsetHole') && r.type !== CMD.READ) return `data chunk at ${where} for command ${r.type}`;
@@ -658,7 +658,12 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
           }
         }
         return null;
-      });
+      };
+      const r = pick(l, misfit);
+      // Requests sharing this cookie (a mutation's doing) that this final chunk fits as well: which one it
+      // ends decides how the next chunks for that cookie are read (an ERROR for one, data for a READ), and
+      // no client could tell. Stop checking this stream here, as for simple replies.
+      if ((flags & DONE) !== 0 && l.some((o) => o !== r && o.type !== CMD.DISC && misfit(o) === null)) return;
       if (flags & DONE) done(r);
     } else {
       throw new Desync(`bad reply magic 0x${magic.toString(16)} at ${where}`);
