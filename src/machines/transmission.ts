@@ -235,15 +235,7 @@ function checkRequest(t: CompiledTable, r: RequestFrame): RequestRefusal | null 
  * Everything that depends only on the export and the command is decided
  * here, once, so a plain READ or WRITE costs a few compares.
  */
-export function checkFor(c: {
-  readonly size: number;
-  readonly flags: number;
-  readonly minimumBlock: number;
-  readonly maxPayload: number;
-  readonly structuredReplies: boolean;
-  readonly extendedHeaders: boolean;
-  readonly metaContextIds: readonly number[];
-}): RequestCheck {
+export function checkFor(c: Omit<TransmissionContext, 'exportName' | 'check' | 'reason'>): RequestCheck {
   const advertised = (flag: number) => (c.flags & flag) !== 0;
   const rules: Array<CompiledRule | undefined> = [];
   for (const [name, code] of Object.entries(CMD) as Array<[keyof typeof CMD, number]>) {
