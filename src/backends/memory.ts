@@ -10,11 +10,17 @@
  * makes it a hole again, and a block left without data pages is freed. The
  * pages of a block are contiguous, so a large READ is one view per block.
  *
- * WRITEs are stored by copy, from the socket's read buffers, once the whole
- * payload has arrived: a WRITE cut off by a disconnect changes nothing, and
- * no reader sees half of one. There is deliberately no `writeTargets`:
- * receiving into scratch memory to copy it in on commit costs more than
- * copying from the read buffers (bench/RESULTS.md, "Torn-write fix").
+ * WRITEs change the export only once the whole payload has arrived: a WRITE
+ * cut off by a disconnect changes nothing, and no reader sees half of one.
+ * Most are stored by copy, from the socket's read buffers, once complete.
+ * A WRITE of whole blocks (offset and length multiples of the block size,
+ * the shape of 1 MiB sequential writes) is received without a copy
+ * (`writeTargets`): the socket reads its payload into spare block buffers,
+ * and the commit swaps them in for the blocks' old buffers. An old buffer
+ * goes back to the spares only if no READ was ever answered from it —
+ * reads return views of the blocks, and a reply still queued to a slow
+ * client may point into one; a buffer a READ has seen is left to the
+ * garbage collector instead. At most `spareBlocks` spares are kept.
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -27,6 +33,12 @@ export interface MemoryBackendOptions {
   /** Page size, a power of 2 (default 64 KiB). */
   readonly pageSize?: number;
   readonly readOnly?: boolean;
+  /**
+   * Spare block buffers kept for receiving whole-block WRITEs without a copy
+   * (default 16: 16 MiB with the default 1 MiB blocks). 0 keeps none; such
+   * WRITEs then allocate a buffer each.
+   */
+  readonly spareBlocks?: number;
 }
 
 export interface MemoryBackend extends Backend {
@@ -42,10 +54,15 @@ const ARRAY_TABLE_MAX = 1 << 22;
 
 /** One block of storage: a zero-filled slab, and which of its pages hold data. */
 interface Block {
-  readonly slab: Buffer;
+  /** Replaced (not written) by a whole-block WRITE's commit. */
+  slab: Buffer;
   readonly present: Uint8Array;
   count: number;
+  /** A READ was answered with a view of this slab: it must never be reused as a spare. */
+  viewed: boolean;
 }
+
+const DEFAULT_SPARE_BLOCKS = 16;
 
 export function memoryBackend(options: MemoryBackendOptions | number): MemoryBackend {
   const opts = typeof options === 'number' ? { size: options } : options;
@@ -53,6 +70,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   const pageSize = opts.pageSize ?? 64 * 1024;
   if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backend size must be a safe integer ≥ 0 (got ${size})`);
   if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) throw new RangeError('pageSize must be a power of 2 ≥ 512');
+  const spareMax = opts.spareBlocks ?? DEFAULT_SPARE_BLOCKS;
+  if (!Number.isSafeInteger(spareMax) || spareMax < 0) throw new RangeError(`spareBlocks must be an integer ≥ 0 (got ${spareMax})`);
   const blockSize = Math.max(pageSize, BLOCK_SIZE);
   const pagesPerBlock = blockSize / pageSize;
   const blockCount = Math.ceil(size / blockSize);
@@ -78,7 +97,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     let b = getBlock(i);
     if (b === undefined) {
       // Buffer.alloc of a large block is calloc'd: untouched pages cost no RSS.
-      b = { slab: Buffer.alloc(blockSize), present: new Uint8Array(pagesPerBlock), count: 0 };
+      b = { slab: Buffer.alloc(blockSize), present: new Uint8Array(pagesPerBlock), count: 0, viewed: false };
       setBlock(i, b);
     }
     return b;
@@ -164,6 +183,24 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     eachBlock(offset, n, (b, s, m, done) => b.slab.set(m === n ? data : data.subarray(done, done + m), s));
   };
 
+  /** Block buffers no READ has seen, for receiving whole-block WRITEs (contents: garbage, never read). */
+  const spares: Buffer[] = [];
+
+  /** Install `slab` (completely written) as block bi's storage; its old buffer becomes a spare if no READ saw it. */
+  const swapIn = (bi: number, slab: Buffer) => {
+    const b = getBlock(bi);
+    if (b === undefined) {
+      setBlock(bi, { slab, present: new Uint8Array(pagesPerBlock).fill(1), count: pagesPerBlock, viewed: false });
+      pagesPresent += pagesPerBlock;
+      return;
+    }
+    const old = b.slab;
+    b.slab = slab;
+    markPresent(b, 0, pagesPerBlock - 1);
+    if (!b.viewed && spares.length < spareMax) spares.push(old);
+    b.viewed = false;
+  };
+
   const backend: MemoryBackend = {
     size,
     get allocatedBytes() {
@@ -175,13 +212,16 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       // Fast path: inside one page.
       if (s % pageSize + length <= pageSize) {
         const b = getBlock(bi);
-        return b !== undefined && b.present[Math.floor(s / pageSize)] === 1 ? b.slab.subarray(s, s + length) : [{ hole: length }];
+        if (b === undefined || b.present[Math.floor(s / pageSize)] !== 1) return [{ hole: length }];
+        b.viewed = true;
+        return b.slab.subarray(s, s + length);
       }
       // Runs of data pages inside a block are one view (pages of a block are contiguous); holes merge.
       const segments: ReadSegment[] = [];
       eachPage(offset, length, (b, _bi, inBlock, _p, n, data) => {
         const last = segments[segments.length - 1];
         if (data) {
+          b!.viewed = true;
           const slab = b!.slab;
           if (last !== undefined && 'data' in last && last.data.buffer === slab.buffer && last.data.byteOffset + last.data.length === slab.byteOffset + inBlock) {
             segments[segments.length - 1] = { data: slab.subarray(inBlock - last.data.length, inBlock + n) };
@@ -201,6 +241,19 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
         writeAt(at, p);
         at += p.length;
       }
+    },
+    // Whole blocks only; anything else is copied in by write/writev once complete.
+    writeTargets(offset, length) {
+      if (length === 0 || offset % blockSize !== 0 || length % blockSize !== 0) return null;
+      const first = offset / blockSize;
+      const targets: Buffer[] = [];
+      for (let i = 0; i < length / blockSize; i++) targets.push(spares.pop() ?? Buffer.allocUnsafeSlow(blockSize));
+      return {
+        targets,
+        commit() {
+          for (let i = 0; i < targets.length; i++) swapIn(first + i, targets[i]!);
+        },
+      };
     },
     // Memory is as durable as it gets: flush has nothing to do, FUA is free.
     flush() {},

@@ -8,11 +8,15 @@
  * and a requests$ export. And while such a payload is still arriving,
  * another client reading the range must never see part of it.
  *
- * A raw client writes a known pattern, then sends a 64 KiB WRITE header and
- * 20,000 bytes of another pattern (at an unaligned offset that spans a
- * memory-backend block boundary), then ends the connection with a FIN
- * (`end()`) or an RST (`resetAndDestroy()`). A second raw client, connected
- * once the server has closed the first connection, reads the range back.
+ * A raw client writes a known pattern, then sends a WRITE header and part
+ * of its payload (another pattern), then ends the connection with a FIN
+ * (`end()`) or an RST (`resetAndDestroy()`). Two shapes of WRITE: 64 KiB at
+ * an unaligned offset that spans a memory-backend block boundary (20,000
+ * bytes sent), and 2 MiB of whole 1 MiB blocks (1.5 MiB sent: the first
+ * block's spare filled, the second's half) — the shape the memory backend
+ * receives without a copy and swaps in on commit. A second raw client,
+ * connected once the server has closed the first connection, reads the
+ * range back.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -26,13 +30,21 @@ import { CMD, RawClient } from './raw-client.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const SIZE = 4 * MiB;
-/** The cut-off WRITE: 64 KiB at an unaligned offset across the 1 MiB block boundary, 20,000 bytes sent. */
-const AT = MiB - 20 * KiB + 512;
-const LEN = 64 * KiB;
-const SENT = 20_000;
-/** The range checked: the WRITE's range plus 4 KiB either side. */
-const FROM = AT - 4 * KiB;
-const SPAN = LEN + 8 * KiB;
+
+/** A cut-off WRITE: `len` bytes at `at`, of which `sent` arrive; the range checked is the WRITE's plus 4 KiB either side. */
+interface Shape {
+  readonly name: string;
+  readonly at: number;
+  readonly len: number;
+  readonly sent: number;
+  /** The memory backend receives this shape zero-copy (whole blocks). */
+  readonly wholeBlocks: boolean;
+}
+const SHAPES: readonly Shape[] = [
+  { name: '64 KiB across a block boundary', at: MiB - 20 * KiB + 512, len: 64 * KiB, sent: 20_000, wholeBlocks: false },
+  { name: '2 MiB of whole blocks', at: MiB, len: 2 * MiB, sent: MiB + MiB / 2, wholeBlocks: true },
+];
+const rangeOf = (sh: Shape) => ({ from: sh.at - 4 * KiB, span: sh.len + 8 * KiB });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const servers = serverPerTest();
@@ -60,12 +72,34 @@ function userBackendWithTargets(): { backend: Backend; placements: () => number[
 
 interface Kind {
   readonly name: string;
-  /** The export; for a requests$ export the handler to subscribe; for zero-copy WRITEs, how many were placed. */
+  /** The export; for a requests$ export the handler to subscribe; for zero-copy WRITEs, where they were placed. */
   make(): Promise<{ config: ExportConfig; serve?: (srv: Running) => void; placements?: () => number[] }>;
+  /** Which shapes of WRITE this export receives zero-copy (writeTargets). */
+  placed(shape: Shape): boolean;
+}
+
+/** The memory backend, with its zero-copy placements (whole-block WRITEs) recorded. */
+function memoryWithPlacements(): { backend: Backend; placements: () => number[] } {
+  const m = memoryBackend({ size: SIZE });
+  const placements: number[] = [];
+  const own = m.writeTargets!.bind(m);
+  m.writeTargets = (o, l) => {
+    const p = own(o, l);
+    if (p !== null) placements.push(o);
+    return p;
+  };
+  return { backend: m, placements: () => placements };
 }
 
 const KINDS: readonly Kind[] = [
-  { name: 'memory backend', make: async () => ({ config: { name: 'disk', backend: memoryBackend({ size: SIZE }) } }) },
+  {
+    name: 'memory backend',
+    make: async () => {
+      const { backend, placements } = memoryWithPlacements();
+      return { config: { name: 'disk', backend }, placements };
+    },
+    placed: (sh) => sh.wholeBlocks,
+  },
   {
     name: 'file backend',
     make: async () => {
@@ -73,6 +107,7 @@ const KINDS: readonly Kind[] = [
       dirs.push(dir);
       return { config: { name: 'disk', backend: await fileBackend({ path: path.join(dir, 'disk.img'), createSize: SIZE }) } };
     },
+    placed: () => false,
   },
   {
     name: 'user backend with writeTargets',
@@ -80,6 +115,7 @@ const KINDS: readonly Kind[] = [
       const { backend, placements } = userBackendWithTargets();
       return { config: { name: 'disk', backend }, placements };
     },
+    placed: () => true,
   },
   {
     name: 'requests$ export',
@@ -97,6 +133,7 @@ const KINDS: readonly Kind[] = [
           ),
       };
     },
+    placed: () => false,
   },
 ];
 
@@ -129,8 +166,8 @@ async function readRange(c: RawClient, offset: number, length: number, cookie: b
   return Buffer.from(await c.read(length));
 }
 
-/** Which bytes of `got` differ from `want`, summarised for a readable failure. */
-function diff(got: Buffer, want: Buffer): string {
+/** Which bytes of `got` (read from FROM) differ from `want`, summarised for a readable failure. */
+function diff(got: Buffer, want: Buffer, FROM: number): string {
   let first = -1;
   let n = 0;
   for (let i = 0; i < want.length; i++) {
@@ -142,8 +179,12 @@ function diff(got: Buffer, want: Buffer): string {
   return n === 0 ? 'unchanged' : `${n} bytes changed, the first at offset ${FROM + first}`;
 }
 
-describe.each(KINDS)('an incomplete WRITE leaves the export unchanged: $name', (kind) => {
-  it.each(['FIN', 'RST'] as const)('64 KiB WRITE cut off after 20,000 bytes, then %s', async (ending) => {
+describe.each(KINDS.flatMap((kind) => SHAPES.map((shape) => ({ kind, shape, label: `${kind.name}, ${shape.name}` }))))(
+  'an incomplete WRITE leaves the export unchanged: $label',
+  ({ kind, shape }) => {
+  const { at: AT, len: LEN, sent: SENT } = shape;
+  const { from: FROM, span: SPAN } = rangeOf(shape);
+  it.each(['FIN', 'RST'] as const)(`the WRITE cut off after ${SENT} bytes, then %s`, async (ending) => {
     const { srv, tcp, placements } = await start(kind);
     const original = crypto.randomBytes(SPAN);
     const payload = crypto.randomBytes(LEN);
@@ -160,9 +201,9 @@ describe.each(KINDS)('an incomplete WRITE leaves the export unchanged: $name', (
     await closed;
     const b = (await connect(srv, tcp)).c;
     const got = await readRange(b, FROM, SPAN, 3n);
-    expect(diff(got, original)).toBe('unchanged');
+    expect(diff(got, original, FROM)).toBe('unchanged');
     // With writeTargets, the cut-off payload really was being received zero-copy.
-    if (placements) expect(placements()).toContain(AT);
+    if (placements) expect(placements().includes(AT)).toBe(kind.placed(shape));
     b.destroy();
     // The server logged the cut-off frame once, as a warning, and kept serving.
     expect(srv.logs.filter((l) => l.startsWith('warn:') && l.includes(`connection ${id} `))).toEqual([
@@ -178,7 +219,7 @@ describe.each(KINDS)('an incomplete WRITE leaves the export unchanged: $name', (
     const { c: b } = await connect(srv, tcp);
     await writeRange(a, FROM, original, 1n);
     // The payload in four pieces; between them the other client reads the range, several times.
-    const cuts = [0, 5_000, 10_000, SENT, LEN];
+    const cuts = [0, 5_000, SENT >> 1, SENT, LEN];
     await a.write(RawClient.request(CMD.WRITE, AT, LEN, 2n));
     let cookie = 10n;
     for (let i = 0; i < cuts.length - 1; i++) {
@@ -186,21 +227,24 @@ describe.each(KINDS)('an incomplete WRITE leaves the export unchanged: $name', (
       if (i === cuts.length - 2) break;
       for (let k = 0; k < 3; k++) {
         await sleep(20);
-        expect(`after ${cuts[i + 1]} bytes: ${diff(await readRange(b, FROM, SPAN, cookie++), original)}`).toBe(`after ${cuts[i + 1]} bytes: unchanged`);
+        expect(`after ${cuts[i + 1]} bytes: ${diff(await readRange(b, FROM, SPAN, cookie++), original, FROM)}`).toBe(`after ${cuts[i + 1]} bytes: unchanged`);
       }
     }
     expect(await a.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
     const expected = Buffer.from(original);
     payload.copy(expected, AT - FROM);
-    expect(diff(await readRange(b, FROM, SPAN, cookie++), expected)).toBe('unchanged');
-    if (placements) expect(placements()).toContain(AT);
+    expect(diff(await readRange(b, FROM, SPAN, cookie++), expected, FROM)).toBe('unchanged');
+    if (placements) expect(placements().includes(AT)).toBe(kind.placed(shape));
     a.destroy();
     b.destroy();
   });
-});
+  },
+);
 
 describe('the server shutting down in the middle of a WRITE payload', () => {
   it('closes the connection without storing any of the payload that had arrived', async () => {
+    const { at: AT, len: LEN, sent: SENT } = SHAPES[0]!;
+    const { from: FROM, span: SPAN } = rangeOf(SHAPES[0]!);
     const m = memoryBackend({ size: SIZE });
     const srv = await servers.serve({ exports: [{ name: 'disk', backend: m }] });
     const c = await RawClient.connect({ path: srv.socket });
@@ -214,6 +258,6 @@ describe('the server shutting down in the middle of a WRITE payload', () => {
     await c.closedP;
     const segments = m.read(FROM, SPAN) as Buffer | readonly ReadSegment[];
     const got = Buffer.isBuffer(segments) ? segments : Buffer.concat(segments.map((s) => ('data' in s ? s.data : Buffer.alloc(s.hole))));
-    expect(diff(got, original)).toBe('unchanged');
+    expect(diff(got, original, FROM)).toBe('unchanged');
   });
 });

@@ -3,10 +3,11 @@
  * transmission machine's table accepts is received from the socket straight
  * into memory the backend hands out, and committed to the export once the
  * whole payload is in, before the reply; everything else takes the buffered
- * path. The backends here are memory backends with a writeTargets that
- * receives into scratch memory and commits by `write` (the memory backend
- * itself has none). Real sockets, a raw client for the exact byte timings,
- * qemu-io for a real one. (A payload cut off by a disconnect: torn-write.test.ts.)
+ * path. Most backends here are memory backends with a writeTargets that
+ * receives into scratch memory and commits by `write`; the last tests use
+ * the memory backend's own (whole blocks into spare buffers, swapped in).
+ * Real sockets, a raw client for the exact byte timings, qemu-io and fio
+ * for real ones. (A payload cut off by a disconnect: torn-write.test.ts.)
  */
 import crypto from 'node:crypto';
 import { describe, expect, it } from 'vitest';
@@ -278,5 +279,68 @@ describe('zero-copy WRITE (Backend.writeTargets)', () => {
     const r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 1M 8M', '-c', 'read -P 0 0 1M', '-c', 'read -P 0 9M 1M', srv.uri()]);
     expect(r.stdout).not.toMatch(/Pattern verification failed/);
     expect(r.stdout.match(/read \d+\/\d+/g)).toEqual(['read 8388608/8388608', 'read 1048576/1048576', 'read 1048576/1048576']);
+  });
+});
+
+describe("the memory backend's own zero-copy WRITEs (whole 1 MiB blocks, swapped in on commit)", () => {
+  const blocks = (fill: (i: number) => number, n: number) => Buffer.concat(Array.from({ length: n }, (_, i) => Buffer.alloc(MiB, fill(i))));
+
+  it('READ replies still queued to a client that does not read keep their bytes while another client rewrites the block', async () => {
+    const m = memoryBackend({ size: SIZE });
+    const placed: number[] = [];
+    const own = m.writeTargets!.bind(m);
+    m.writeTargets = (o, l) => {
+      const p = own(o, l);
+      if (p !== null) placed.push(o);
+      return p;
+    };
+    const srv = await servers.serve({ exports: [{ name: 'disk', backend: m }] });
+    const a = await RawClient.connect({ path: srv.socket });
+    await a.handshake('disk');
+    const b = await RawClient.connect({ path: srv.socket });
+    await b.handshake('disk');
+    const original = crypto.randomBytes(MiB);
+    await b.write(Buffer.concat([RawClient.request(CMD.WRITE, 2 * MiB, MiB, 1n), original]));
+    expect(await b.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    // Three 1 MiB READs of block 2 (within the 4 MiB of queued replies, so served at once); A does not read the replies yet,
+    // so all but what the kernel's socket buffers hold stays queued in the server, as views of the block.
+    a.socket.pause();
+    await a.write(Buffer.concat([1n, 2n, 3n].map((k) => RawClient.request(CMD.READ, 2 * MiB, MiB, k))));
+    await sleep(100);
+    // B rewrites block 2 (and its neighbour) again and again with whole-block WRITEs: those go into spare buffers.
+    for (let i = 0; i < 12; i++) {
+      await b.write(Buffer.concat([RawClient.request(CMD.WRITE, 2 * MiB, 2 * MiB, 10n + BigInt(i)), blocks((k) => 16 * i + k + 1, 2)]));
+      expect(await b.readSimpleReply()).toEqual({ error: 0, cookie: 10n + BigInt(i) });
+    }
+    expect(placed.length).toBeGreaterThanOrEqual(13);
+    a.socket.resume();
+    for (const k of [1n, 2n, 3n]) {
+      expect(await a.readSimpleReply()).toEqual({ error: 0, cookie: k });
+      expect(Buffer.from(await a.read(MiB)).equals(original)).toBe(true);
+    }
+    expect((await readBack(a, 2 * MiB, 2 * MiB, 9n)).equals(blocks((k) => 16 * 11 + k + 1, 2))).toBe(true);
+    a.destroy();
+    b.destroy();
+  });
+
+  it('fio writes 1 MiB blocks at QD8 with verification; the data reads back', async () => {
+    requireTool('fio');
+    const srv = await servers.serve({ exports: [{ name: 'disk', backend: memoryBackend({ size: SIZE }) }] });
+    const w = await run('fio', [
+      '--name=w',
+      '--ioengine=nbd',
+      `--uri=${srv.uri()}`,
+      '--rw=write',
+      '--bs=1M',
+      '--iodepth=8',
+      `--size=${SIZE}`,
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--output-format=json',
+    ]);
+    const job = JSON.parse(w.stdout.slice(w.stdout.indexOf('{'))).jobs[0];
+    expect(job.error).toBe(0);
+    expect(job.write.io_bytes).toBe(SIZE);
+    expect(job.read.io_bytes).toBe(SIZE);
   });
 });

@@ -272,9 +272,11 @@ describe('WRITE payload lifetime: released once the backend write completes, or 
 });
 
 describe('memoryBackend', () => {
-  it('stores large WRITEs by copy (no writeTargets): writev pieces across blocks are stored and their pages become data', () => {
+  it('stores WRITEs that are not whole blocks by copy (writeTargets declines them): writev pieces across blocks are stored and their pages become data', () => {
     const m = memoryBackend({ size: 4 << 20 });
-    expect(m.writeTargets).toBeUndefined();
+    expect(m.writeTargets!((1 << 20) - 4096, (1 << 20) + 8192)).toBeNull();
+    expect(m.writeTargets!(4096, 1 << 20)).toBeNull();
+    expect(m.writeTargets!(1 << 20, 1 << 19)).toBeNull();
     const at = (1 << 20) - 4096;
     const parts = [Buffer.alloc(1000, 1), Buffer.alloc(0), Buffer.alloc((1 << 20) + 7192, 2)];
     const whole = Buffer.concat(parts);
@@ -290,6 +292,88 @@ describe('memoryBackend', () => {
       { length: (2 << 20) - 64 * 1024, flags: 3 },
     ]);
   });
+  const MiB = 1 << 20;
+  const wholeBlock = (m: ReturnType<typeof memoryBackend>, at: number, fill: number, blocks = 1): Buffer[] => {
+    const p = m.writeTargets!(at, blocks * MiB)!;
+    expect(p.targets.map((t) => t.length)).toEqual(Array(blocks).fill(MiB));
+    for (const t of p.targets) t.fill(fill);
+    void p.commit();
+    return [...p.targets];
+  };
+  const readAll = (m: ReturnType<typeof memoryBackend>, at: number, n: number): Buffer => {
+    const r = m.read(at, n) as Buffer | Array<{ data?: Buffer; hole?: number }>;
+    return Buffer.isBuffer(r) ? r : Buffer.concat(r.map((x) => x.data ?? Buffer.alloc(x.hole!)));
+  };
+
+  it('whole-block WRITEs are received into spare buffers: invisible until commit, swapped in whole by it', () => {
+    const m = memoryBackend({ size: 4 * MiB });
+    m.write!(MiB + 100, Buffer.from('old'), { fua: false });
+    const p = m.writeTargets!(MiB, 2 * MiB)!;
+    expect(p.targets).toHaveLength(2);
+    p.targets[0]!.fill(7);
+    p.targets[1]!.fill(8);
+    // Filled but not committed: reads see the old contents (the hole of block 2 included).
+    expect(readAll(m, MiB + 100, 3).toString()).toBe('old');
+    expect(m.read(2 * MiB, 10)).toEqual([{ hole: 10 }]);
+    expect(m.allocatedBytes).toBe(64 * 1024);
+    void p.commit();
+    expect(m.allocatedBytes).toBe(2 * MiB);
+    const got = readAll(m, MiB, 2 * MiB);
+    expect(got.subarray(0, MiB).every((x) => x === 7) && got.subarray(MiB).every((x) => x === 8)).toBe(true);
+    expect(m.extents!(0, 4 * MiB, { reqOne: false, context: 'base:allocation' })).toEqual([
+      { length: MiB, flags: 3 },
+      { length: 2 * MiB, flags: 0 },
+      { length: MiB, flags: 3 },
+    ]);
+    // A placement never committed (a cut-off WRITE) changes nothing.
+    const q = m.writeTargets!(0, MiB)!;
+    q.targets[0]!.fill(9);
+    expect(m.read(0, MiB)).toEqual([{ hole: MiB }]);
+  });
+
+  it('a buffer no READ has seen is reused as a spare; one a READ has seen never is, so views handed out keep their bytes', () => {
+    const m = memoryBackend({ size: 2 * MiB });
+    const [first] = wholeBlock(m, 0, 1);
+    // Block 0's buffer is `first`; nobody has read it, so the next swap makes it a spare and the next placement gets it.
+    wholeBlock(m, 0, 2);
+    const [third] = wholeBlock(m, 0, 3);
+    expect(third!.buffer).toBe(first!.buffer);
+    // Now a READ takes a view of block 0 (one buffer: the single-page path).
+    const view = m.read(4096, 8) as Buffer;
+    expect(view.buffer).toBe(third!.buffer);
+    wholeBlock(m, 0, 4);
+    // Later whole-block WRITEs never receive into the buffer that view points at.
+    for (let i = 0; i < 4; i++) expect(wholeBlock(m, 0, 10 + i)[0]!.buffer).not.toBe(third!.buffer);
+    expect([...view]).toEqual(Array(8).fill(3));
+    // The same for views handed out in segments (a READ across two blocks).
+    wholeBlock(m, MiB, 5);
+    const across = m.read(MiB - 8, 16) as Array<{ data: Buffer }>;
+    expect(across).toHaveLength(2);
+    const seen = across.map((x) => x.data.buffer);
+    wholeBlock(m, 0, 20, 2);
+    for (let i = 0; i < 4; i++) for (const t of wholeBlock(m, 0, 30 + i, 2)) expect(seen).not.toContain(t.buffer);
+    expect(Buffer.concat(across.map((x) => x.data)).equals(Buffer.concat([Buffer.alloc(8, 13), Buffer.alloc(8, 5)]))).toBe(true);
+    expect(readAll(m, MiB - 1, 2).equals(Buffer.from([33, 33]))).toBe(true);
+  });
+
+  it('keeps at most spareBlocks spares (0: none), and a commit after the block was trimmed away installs it afresh', () => {
+    const none = memoryBackend({ size: 2 * MiB, spareBlocks: 0 });
+    const [a] = wholeBlock(none, 0, 1);
+    wholeBlock(none, 0, 2);
+    const [c] = wholeBlock(none, 0, 3);
+    expect(c!.buffer).not.toBe(a!.buffer);
+    expect(() => memoryBackend({ size: MiB, spareBlocks: -1 })).toThrow(RangeError);
+    const m = memoryBackend({ size: 2 * MiB });
+    const p = m.writeTargets!(MiB, MiB)!;
+    p.targets[0]!.fill(4);
+    m.write!(MiB, Buffer.alloc(10, 1), { fua: false });
+    m.trim!(MiB, MiB, { fua: false });
+    expect(m.allocatedBytes).toBe(0);
+    void p.commit();
+    expect(m.allocatedBytes).toBe(MiB);
+    expect(readAll(m, MiB, MiB).every((x) => x === 4)).toBe(true);
+  });
+
   it('a block whose pages are all trimmed is dropped; rewriting it reads zeros around the new data', () => {
     const m = memoryBackend({ size: 2 << 20 });
     m.write!(0, Buffer.alloc(1 << 20, 0xaa), { fua: false });
