@@ -336,6 +336,7 @@ describe("the memory backend's own zero-copy WRITEs (whole 1 MiB blocks, swapped
       `--size=${SIZE}`,
       '--verify=crc32c',
       '--do_verify=1',
+      '--verify_state_save=0',
       '--output-format=json',
     ]);
     const job = JSON.parse(w.stdout.slice(w.stdout.indexOf('{'))).jobs[0];
