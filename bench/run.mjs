@@ -6,6 +6,8 @@
 //   node bench/run.mjs --profile          (CPU profile of nbd-engine under the 4 KiB mix, summarised)
 //   node bench/run.mjs --ceiling          (the 4 KiB workloads against storage-free servers too:
 //                                          how far one fio job goes when storage costs nothing)
+//   node bench/run.mjs --rounds 3 --only "4 KiB random"
+//                                         (includes the request-stream rows: see STREAM below)
 //
 // Both servers run the memory backend: `node bin/nbd-engine.js serve --memory SIZE`
 // (the compiled CLI, so xstate's production build) and `nbdkit -f memory SIZE`.
@@ -13,6 +15,13 @@
 // round, then --rounds measured rounds; the table gives the medians and
 // the ratio nbd-engine / nbdkit. Nothing is installed: a missing tool is
 // named with its Debian package.
+//
+// The 4 KiB random read and write workloads also run against nbd-engine
+// served through `requests$` as README's request-stream snippet does
+// (bench/stream-server.mjs: rxjs mergeMap, concurrency 64, a flat Buffer),
+// and through the library's serveRequests operator, in the same rounds as
+// the memory backend and nbdkit (the order rotates each round). Their rows
+// add the ratio to the memory-backend path.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -37,6 +46,16 @@ if (flag('--help') || flag('-h')) {
   --ceiling     the 4 KiB QD32 workloads against four servers in turn — nbd-engine and nbdkit
                 with the memory backend, and both with no storage at all (bench/null-server.mjs,
                 nbdkit null) — with fio's own CPU per request: the client's ceiling on this machine
+
+  Rows "4 KiB random read, QD32 (requests$ + mergeMap)" and "4 KiB random write, QD32 (requests$ +
+  mergeMap)": nbd-engine serving an export without a backend as README's request-stream snippet does
+  (bench/stream-server.mjs: server.requests$.pipe(mergeMap(async (req) => …, 64)) over one flat 1 GiB
+  Buffer), measured in the same rounds as the memory-backend and nbdkit rows of the same workload
+  (the three, or four, servers take turns, the order rotating each round). The rows ending
+  "(requests$ + serveRequests)" serve the same handler through the library's serveRequests operator
+  instead of mergeMap. Their "ratio / memory backend" column is their median over the median of
+  \`serve --memory\` (the backend path, no rxjs) in that run. --only "requests$" runs just these workloads
+  (with their memory-backend and nbdkit rows).
 `);
   process.exit(0);
 }
@@ -109,7 +128,7 @@ async function startServer(kind, transport, size, extra = {}) {
   const port = portBase++;
   let cmd;
   let argv;
-  const engine = kind === 'engine' || kind === 'engine-null';
+  const engine = kind.startsWith('engine');
   if (kind === 'engine') {
     cmd = process.execPath;
     argv = [...(extra.nodeArgs ?? []), path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--memory', size];
@@ -118,6 +137,11 @@ async function startServer(kind, transport, size, extra = {}) {
     // Storage-free nbd-engine (UNIX socket only): see bench/null-server.mjs.
     cmd = process.execPath;
     argv = [path.join(ROOT, 'bench/null-server.mjs'), sock, String(parseSizeArg(size))];
+  } else if (STREAM_KINDS[kind]) {
+    // requests$ served as README's snippet does (UNIX socket only): see bench/stream-server.mjs.
+    // Its store is one flat Buffer, allocated whole, so it is as large as the workloads touch (1 GiB).
+    cmd = process.execPath;
+    argv = [path.join(ROOT, 'bench/stream-server.mjs'), sock, String(STREAM_SIZE), '--serve', STREAM_KINDS[kind].serve];
   } else {
     cmd = 'nbdkit';
     const plugin = kind === 'nbdkit-null' ? 'null' : 'memory';
@@ -149,6 +173,13 @@ async function startServer(kind, transport, size, extra = {}) {
     },
   };
 }
+
+/** The request-stream servers (bench/stream-server.mjs), keyed by kind; each gives its rows a suffix. */
+const STREAM_KINDS = {
+  'engine-stream': { serve: 'mergeMap', suffix: ' (requests$ + mergeMap)' },
+  'engine-stream-op': { serve: 'serveRequests', suffix: ' (requests$ + serveRequests)' },
+};
+const STREAM_SIZE = 1024 ** 3;
 
 // ── clients ──────────────────────────────────────────────────────────────
 function run(cmd, argv, { timeout = 120_000 } = {}) {
@@ -206,8 +237,9 @@ const groups = [
     // Allocate the 1 GiB the random and sequential workloads touch, so reads return data on both.
     prepare: (s) => fio(s.uri, { rw: 'write', bs: '1M', iodepth: 8, timeBased: false }),
     workloads: [
-      { name: '4 KiB random read, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randread') },
-      { name: '4 KiB random write, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randwrite') },
+      // stream: also measured against the request-stream servers (STREAM_KINDS), named `stream` + suffix.
+      { name: '4 KiB random read, QD32, 1 conn', stream: '4 KiB random read, QD32', unit: 'IOPS', measure: fio4k('randread') },
+      { name: '4 KiB random write, QD32, 1 conn', stream: '4 KiB random write, QD32', unit: 'IOPS', measure: fio4k('randwrite') },
       { name: '4 KiB random 50/50, QD32, 1 conn', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50 }) },
       { name: '4 KiB random 50/50, QD32, 4 jobs/4 conns', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50, jobs: 4 }) },
       { name: '1 MiB sequential read, QD8', unit: 'MiB/s', measure: fio1m('read') },
@@ -262,32 +294,47 @@ const groups = [
   },
 ];
 
-const results = []; // { name, unit, better, engine: number[], nbdkit: number[] }
+// { name, unit, better, engine: number[], nbdkit: number[], base?: number[] (the memory backend's runs, for stream rows) }
+const results = [];
+
+/** The request-stream kinds this build can serve (serveRequests only once dist/ exports it). */
+async function streamKinds() {
+  const lib = await import(path.join(ROOT, 'dist/index.js'));
+  return Object.keys(STREAM_KINDS).filter((k) => STREAM_KINDS[k].serve !== 'serveRequests' || typeof lib.serveRequests === 'function');
+}
 
 async function runGroup(g) {
-  const wl = g.workloads.filter((w) => !ONLY || w.name.includes(ONLY) || g.group.includes(ONLY));
+  const selected = (w) => !ONLY || w.name.includes(ONLY) || g.group.includes(ONLY) || (w.stream && Object.values(STREAM_KINDS).some((k) => (w.stream + k.suffix).includes(ONLY)));
+  const wl = g.workloads.filter(selected);
   if (wl.length === 0) return;
   g.before?.();
-  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})…`);
+  const streams = wl.some((w) => w.stream) ? await streamKinds() : [];
+  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})${streams.length ? ` and nbd-engine via requests$ (${streams.map((k) => STREAM_KINDS[k].serve).join(', ')})` : ''}…`);
   const servers = { engine: await startServer('engine', g.transport, g.size), nbdkit: await startServer('nbdkit', g.transport, g.size) };
   try {
+    for (const k of streams) servers[k] = await startServer(k, g.transport, g.size);
     if (g.prepare) for (const s of Object.values(servers)) g.prepare(s);
     for (const w of wl) {
-      const row = { name: w.name, unit: w.unit, better: w.better ?? 'higher', engine: [], nbdkit: [] };
+      const kinds = w.stream ? ['engine', 'nbdkit', ...streams] : ['engine', 'nbdkit'];
+      const runs = Object.fromEntries(kinds.map((k) => [k, []]));
       for (let round = 0; round <= ROUNDS; round++) {
-        // Alternate which one goes first, so neither always runs on a warmer machine.
-        const order = round % 2 === 0 ? ['engine', 'nbdkit'] : ['nbdkit', 'engine'];
+        // Alternate which one goes first, so neither always runs on a warmer machine
+        // (with more than two servers, the order rotates by one each round).
+        const order = kinds.length === 2 ? (round % 2 === 0 ? kinds : [...kinds].reverse()) : kinds.map((_, i) => kinds[(i + round) % kinds.length]);
         for (const k of order) {
           const v = w.measure(servers[k]);
-          if (round > 0) row[k].push(v);
+          if (round > 0) runs[k].push(v);
           log(`  ${w.name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(v)} ${w.unit}`);
         }
       }
-      results.push(row);
+      const better = w.better ?? 'higher';
+      results.push({ name: w.name, unit: w.unit, better, engine: runs.engine, nbdkit: runs.nbdkit });
+      for (const k of streams) {
+        if (w.stream) results.push({ name: w.stream + STREAM_KINDS[k].suffix, unit: w.unit, better, engine: runs[k], nbdkit: runs.nbdkit, base: runs.engine });
+      }
     }
   } finally {
-    await servers.engine.stop();
-    await servers.nbdkit.stop();
+    for (const s of Object.values(servers)) await s.stop();
   }
 }
 
@@ -408,15 +455,17 @@ const header = [
   `rounds: 1 warm-up + ${ROUNDS} measured, alternating; fio runs ${RUNTIME} s each; total ${((Date.now() - started) / 1000).toFixed(0)} s`,
 ];
 const lines = [
-  '| workload | unit | nbd-engine (median) | nbdkit (median) | ratio engine/nbdkit | nbd-engine runs | nbdkit runs |',
-  '|---|---|---:|---:|---:|---|---|',
+  '| workload | unit | nbd-engine (median) | nbdkit (median) | ratio engine/nbdkit | ratio / memory backend | nbd-engine runs | nbdkit runs |',
+  '|---|---|---:|---:|---:|---:|---|---|',
 ];
 for (const r of results) {
   const e = median(r.engine);
   const k = median(r.nbdkit);
   const ratio = e / k;
+  // Request-stream rows: their median over the memory backend's (serve --memory) in the same rounds.
+  const vsBackend = r.base ? `${(e / median(r.base)).toFixed(2)}×` : '';
   lines.push(
-    `| ${r.name} | ${r.unit}${r.better === 'lower' ? ' (lower is better)' : ''} | ${fmt(e)} | ${fmt(k)} | ${ratio.toFixed(2)}× | ${r.engine.map(fmt).join(', ')} | ${r.nbdkit.map(fmt).join(', ')} |`,
+    `| ${r.name} | ${r.unit}${r.better === 'lower' ? ' (lower is better)' : ''} | ${fmt(e)} | ${fmt(k)} | ${ratio.toFixed(2)}× | ${vsBackend} | ${r.engine.map(fmt).join(', ')} | ${r.nbdkit.map(fmt).join(', ')} |`,
   );
 }
 process.stdout.write(`\n${header.join('\n')}\n\n${lines.join('\n')}\n`);
