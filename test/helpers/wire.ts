@@ -46,6 +46,69 @@ export const CHUNK = {
 /** NBD_REPLY_FLAG_DONE. */
 export const DONE = 0x0001;
 
+/** Client flags (u32, client → server): FIXED_NEWSTYLE | NO_ZEROES is 3. */
+export const CLIENT_FLAG = { FIXED_NEWSTYLE: 1, NO_ZEROES: 2 } as const;
+
+/** Option codes. */
+export const OPT = {
+  EXPORT_NAME: 1,
+  ABORT: 2,
+  LIST: 3,
+  PEEK_EXPORT: 4,
+  STARTTLS: 5,
+  INFO: 6,
+  GO: 7,
+  STRUCTURED_REPLY: 8,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
+  EXTENDED_HEADERS: 11,
+} as const;
+
+/** Option reply types; errors have bit 31 set. */
+export const REP = {
+  ACK: 1,
+  SERVER: 2,
+  INFO: 3,
+  META_CONTEXT: 4,
+  ERR_UNSUP: 0x80000001,
+  ERR_POLICY: 0x80000002,
+  ERR_INVALID: 0x80000003,
+  ERR_PLATFORM: 0x80000004,
+  ERR_TLS_REQD: 0x80000005,
+  ERR_UNKNOWN: 0x80000006,
+  ERR_SHUTDOWN: 0x80000007,
+  ERR_BLOCK_SIZE_REQD: 0x80000008,
+  ERR_TOO_BIG: 0x80000009,
+  ERR_EXT_HEADER_REQD: 0x8000000a,
+} as const;
+
+/** True for an option reply type that is an error (bit 31 set). */
+export const isRepError = (type: number): boolean => type >= 0x80000000;
+
+/** The reply that ends an option's answer: ACK or an error. */
+export const isFinalRep = (type: number): boolean => type === REP.ACK || isRepError(type);
+
+/** Information types inside NBD_REP_INFO (and requested by INFO / GO). */
+export const INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
+
+/** Command types. */
+export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
+
+/** Command flags (u16). */
+export const CMD_FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16, PAYLOAD_LEN: 32 } as const;
+
+/** Sizes of the fixed frames, in bytes. */
+export const SIZE = {
+  GREETING: 18,
+  OPTION_HEADER: 16,
+  OPTION_REPLY_HEADER: 20,
+  REQUEST: 28,
+  EXTENDED_REQUEST: 32,
+  SIMPLE_REPLY: 16,
+  STRUCTURED_REPLY: 20,
+  EXTENDED_REPLY: 32,
+} as const;
+
 /** Thrown by every parser on malformed or truncated server bytes. */
 export class WireError extends Error {
   override readonly name = 'WireError';
@@ -127,7 +190,7 @@ export function encodeOption(code: number, data: Buffer = Buffer.alloc(0), decla
 }
 
 /** INFO / GO data: name length u32 · name · count u16 · info codes u16[]. */
-export function encodeInfoGoData(name: string | Buffer, infos: readonly number[]): Buffer {
+export function encodeInfoGoData(name: string | Buffer, infos: readonly number[] = []): Buffer {
   const n = str(name);
   return Buffer.concat([u32(n.length), n, u16(infos.length), ...infos.map(u16)]);
 }

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, fileBackend, memoryBackend, type ExportConfig, type NbdServer } from '../../src/index.js';
 import { nbdPython, recordingLogger, tmpDir } from './harness.js';
 import { makePki } from './tls-support.js';
-import { encodeRequest, PipelineClient, type Request, type Target } from './pipeline-client.js';
+import { RawClient, requestBytes, type Request, type Target } from './raw-client.js';
 
 const READ = 0;
 const WRITE = 1;
@@ -96,11 +96,11 @@ async function startFixture(kind: (typeof SERVERS)[number], transport: (typeof T
   let target: Target;
   if (transport === 'tcp') {
     const [l] = await server.listen({ port: 0, host: '127.0.0.1' });
-    target = { kind: 'tcp', port: l!.address.port!, host: '127.0.0.1' };
+    target = { port: l!.address.port!, host: '127.0.0.1' };
   } else {
     const sock = path.join(dir, `s-${kind.replace('$', '')}-${transport}-${cap}.sock`);
     await server.listen({ path: sock });
-    target = transport === 'tls' ? { kind: 'tls', path: sock, ca: fs.readFileSync(path.join(pki, 'ca-cert.pem'), 'utf8') } : { kind: 'unix', path: sock };
+    target = transport === 'tls' ? { path: sock, tls: { ca: fs.readFileSync(path.join(pki, 'ca-cert.pem'), 'utf8') } } : { path: sock };
   }
   return { server, target, model, logs, close: () => server.close({ timeout: 2000 }) };
 }
@@ -119,14 +119,14 @@ async function stallGuard<T>(p: Promise<T>, what: () => string): Promise<T> {
 
 /** Send the whole burst in one write, then read every reply; check each cookie once and READ data. */
 async function runBurst(f: Fixture, requests: Request[]): Promise<void> {
-  const c = await PipelineClient.connect(f.target);
+  const c = await RawClient.open(f.target);
   try {
     const byCookie = new Map(requests.map((r) => [r.cookie, r]));
-    c.send(Buffer.concat(requests.map(encodeRequest)));
+    c.send(Buffer.concat(requests.map(requestBytes)));
     const seen = new Set<bigint>();
     for (let i = 0; i < requests.length; i++) {
       const r = await stallGuard(
-        c.reply((cookie) => {
+        c.readSimpleReply((cookie) => {
           const q = byCookie.get(cookie);
           return q && q.type === READ ? q.length : 0;
         }),
@@ -142,7 +142,7 @@ async function runBurst(f: Fixture, requests: Request[]): Promise<void> {
     expect(seen.size).toBe(requests.length);
     for (const q of requests) if (q.type === WRITE) q.payload!.copy(f.model, q.offset);
   } finally {
-    c.close();
+    c.destroy();
   }
 }
 

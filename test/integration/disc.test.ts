@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createServer, fileBackend, memoryBackend, type ExportConfig } from '../../src/index.js';
 import { recordingLogger, tmpDir } from './harness.js';
-import { encodeRequest, PipelineClient, type Request } from './pipeline-client.js';
+import { RawClient, requestBytes, type Request } from './raw-client.js';
 
 const WRITE = 1;
 const DISC = 2;
@@ -67,28 +67,28 @@ describe('bytes after NBD_CMD_DISC', () => {
       const { server, sock, logs } = await serverOf(kind, dir);
       try {
         for (let round = 0; round < 5; round++) {
-          const c = await PipelineClient.connect({ kind: 'unix', path: sock });
+          const c = await RawClient.open({ path: sock });
           const before = writes(8, BigInt(round * 100), round * 10 + 1);
           const after: Request = { type: WRITE, offset: 9 * W, length: W, cookie: 99n, payload: Buffer.alloc(W, 0xee) };
-          c.send(Buffer.concat([...before.map(encodeRequest), encodeRequest({ type: DISC, offset: 0, length: 0, cookie: 98n }), encodeRequest(after)]));
+          c.send(Buffer.concat([...before.map(requestBytes), requestBytes({ type: DISC, offset: 0, length: 0, cookie: 98n }), requestBytes(after)]));
           const answered = new Set<bigint>();
           for (let i = 0; i < 8; i++) {
-            const r = await c.reply(() => 0);
+            const r = await c.readSimpleReply(() => 0);
             expect(r.error).toBe(0);
             answered.add(r.cookie);
           }
           expect([...answered].sort()).toEqual(before.map((w) => w.cookie).sort());
           // Then the server closes: no reply to DISC, none to the WRITE after it.
-          await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
-          c.close();
+          await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
+          c.destroy();
         }
         // The ignored WRITE never reached the export; the 8 did.
-        const check = await PipelineClient.connect({ kind: 'unix', path: sock });
-        check.send(encodeRequest({ type: READ, offset: 0, length: 10 * W, cookie: 1n }));
-        const r = await check.reply(() => 10 * W);
+        const check = await RawClient.open({ path: sock });
+        check.send(requestBytes({ type: READ, offset: 0, length: 10 * W, cookie: 1n }));
+        const r = await check.readSimpleReply(() => 10 * W);
         for (let i = 0; i < 8; i++) expect(r.data![i * W]).toBe(41 + i);
         expect(r.data![9 * W]).toBe(0);
-        check.close();
+        check.destroy();
         expect(logs.filter((l) => l.startsWith('warn:') || l.startsWith('error:'))).toEqual([]);
       } finally {
         await server.close({ timeout: 2000 });
@@ -109,20 +109,20 @@ describe('bytes after NBD_CMD_DISC', () => {
     const sock = path.join(dir, 'held.sock');
     await server.listen({ path: sock });
     try {
-      const c = await PipelineClient.connect({ kind: 'unix', path: sock });
+      const c = await RawClient.open({ path: sock });
       const ws = writes(4, 1n, 1);
-      c.send(Buffer.concat([...ws.map(encodeRequest), encodeRequest({ type: DISC, offset: 0, length: 0, cookie: 50n })]));
+      c.send(Buffer.concat([...ws.map(requestBytes), requestBytes({ type: DISC, offset: 0, length: 0, cookie: 50n })]));
       // The 4 WRITEs are with the application and DISC was read behind them: the server is draining.
       await allHeld;
       await new Promise((r) => setImmediate(r));
       // Garbage, then a well-formed request, in later reads: neither is interpreted.
       c.send(Buffer.from('not a request at all, not even close'));
-      c.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 51n }));
+      c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 51n }));
       await new Promise((r) => setTimeout(r, 50));
       for (const r of held) r.reply();
-      for (let i = 0; i < 4; i++) expect((await c.reply(() => 0)).error).toBe(0);
-      await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
-      c.close();
+      for (let i = 0; i < 4; i++) expect((await c.readSimpleReply(() => 0)).error).toBe(0);
+      await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
+      c.destroy();
       expect(logs.filter((l) => l.startsWith('warn:') || l.startsWith('error:'))).toEqual([]);
     } finally {
       await server.close({ timeout: 2000 });

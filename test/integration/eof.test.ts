@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createServer, fileBackend } from '../../src/index.js';
 import { recordingLogger, tmpDir } from './harness.js';
-import { encodeRequest, PipelineClient } from './pipeline-client.js';
+import { RawClient, requestBytes } from './raw-client.js';
 
 const READ = 0;
 const WRITE = 1;
@@ -30,24 +30,24 @@ describe('EOF after a pipelined burst', () => {
       const sock = path.join(dir, `eof-${cap}.sock`);
       await server.listen({ path: sock });
       try {
-        const c = await PipelineClient.connect({ kind: 'unix', path: sock });
+        const c = await RawClient.open({ path: sock });
         const reqs = Array.from({ length: 200 }, (_, i) =>
           i % 2 === 0
             ? { type: READ, offset: i * 4096, length: 4096, cookie: BigInt(i) }
             : { type: WRITE, offset: i * 4096, length: 4096, cookie: BigInt(i), payload: Buffer.alloc(4096, i & 0xff) },
         );
-        c.send(Buffer.concat(reqs.map(encodeRequest)));
+        c.send(Buffer.concat(reqs.map(requestBytes)));
         c.stream.end(); // FIN: the client sends nothing more but keeps reading
         const seen = new Set<bigint>();
         for (let i = 0; i < reqs.length; i++) {
-          const r = await c.reply((cookie) => (Number(cookie) % 2 === 0 ? 4096 : 0));
+          const r = await c.readSimpleReply((cookie) => (Number(cookie) % 2 === 0 ? 4096 : 0));
           expect(r.error, `cookie ${r.cookie}`).toBe(0);
           seen.add(r.cookie);
         }
         expect(seen.size).toBe(200);
         // Then the server closes its side too.
-        await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
-        c.close();
+        await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
+        c.destroy();
         expect(logs.filter((l) => l.startsWith('warn:') || l.startsWith('error:'))).toEqual([]);
       } finally {
         await server.close({ timeout: 2000 });
@@ -67,19 +67,19 @@ describe('EOF after a pipelined burst', () => {
     });
     const sock = path.join(dir, 'shut.sock');
     await server.listen({ path: sock });
-    const c = await PipelineClient.connect({ kind: 'unix', path: sock });
-    c.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 1n }));
+    const c = await RawClient.open({ path: sock });
+    c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 1n }));
     await gotFirst;
     const closing = server.close({ timeout: 5000 });
     await new Promise((r) => setTimeout(r, 50));
     // While draining: a READ (ESHUTDOWN), DISC, then garbage that must never be parsed.
-    c.send(Buffer.concat([encodeRequest({ type: READ, offset: 0, length: 512, cookie: 2n }), encodeRequest({ type: DISC, offset: 0, length: 0, cookie: 3n }), Buffer.from('garbage: certainly not an NBD request header')]));
-    const refused = await c.reply(() => 0);
+    c.send(Buffer.concat([requestBytes({ type: READ, offset: 0, length: 512, cookie: 2n }), requestBytes({ type: DISC, offset: 0, length: 0, cookie: 3n }), Buffer.from('garbage: certainly not an NBD request header')]));
+    const refused = await c.readSimpleReply(() => 0);
     expect(refused).toMatchObject({ cookie: 2n, error: 108 });
     held[0]!.reply(Buffer.alloc(512));
-    const answered = await c.reply(() => 512);
+    const answered = await c.readSimpleReply(() => 512);
     expect(answered).toMatchObject({ cookie: 1n, error: 0 });
-    await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
+    await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
     await closing;
     expect(logs.filter((l) => /bad request magic|protocol violation/.test(l))).toEqual([]);
   });

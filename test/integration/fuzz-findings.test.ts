@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryBackend } from '../../src/index.js';
 import { CHUNK, DONE, W, encodeClientFlags, encodeExtendedRequest, encodeInfoGoData, encodeOption, encodeRequest } from '../helpers/wire.js';
-import { RawClient } from './raw-client.js';
+import { RawClient, requestBytes } from './raw-client.js';
 import { startServer, type Running } from './harness.js';
 
 const OPT = { GO: 7, STRUCTURED_REPLY: 8, EXTENDED_HEADERS: 11 };
@@ -95,21 +95,20 @@ describe('fuzzer findings', () => {
 
 describe('fuzzer findings: a refused request never strands the rest of its burst', () => {
   it('a READ far over the byte budget (refused) followed by small READs, then EOF: all answered, then closed', async () => {
-    const { PipelineClient, encodeRequest: enc } = await import('./pipeline-client.js');
     const srv2 = await startServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }) }] });
     try {
-      const c = await PipelineClient.connect({ kind: 'unix', path: srv2.socket });
+      const c = await RawClient.open({ path: srv2.socket });
       // 4 GiB − 1 counts against the 128 MiB budget until the machine refuses it (too long, past the end).
-      c.send(Buffer.concat([enc({ type: READ, offset: 0, length: 0xffffffff, cookie: 1n }), enc({ type: READ, offset: 0, length: 512, cookie: 2n }), enc({ type: READ, offset: 512, length: 512, cookie: 3n })]));
-      const got = [await c.reply(() => 0), await c.reply((k) => (k === 1n ? 0 : 512)), await c.reply((k) => (k === 1n ? 0 : 512))];
+      c.send(Buffer.concat([requestBytes({ type: READ, offset: 0, length: 0xffffffff, cookie: 1n }), requestBytes({ type: READ, offset: 0, length: 512, cookie: 2n }), requestBytes({ type: READ, offset: 512, length: 512, cookie: 3n })]));
+      const got = [await c.readSimpleReply(() => 0), await c.readSimpleReply((k) => (k === 1n ? 0 : 512)), await c.readSimpleReply((k) => (k === 1n ? 0 : 512))];
       expect(got.map((r) => [r.cookie, r.error === 0])).toEqual([
         [1n, false],
         [2n, true],
         [3n, true],
       ]);
       c.stream.end();
-      await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
-      c.close();
+      await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
+      c.destroy();
     } finally {
       await srv2.close();
     }

@@ -10,13 +10,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryBackend, type ServerOptions } from '../../src/index.js';
 import { nbdPython, run, serverPerTest, tmpDir } from './harness.js';
-import { infoGoData, makePki, RawClient } from './tls-support.js';
+import { makePki, rawClient } from './tls-support.js';
+import { OPT, REP, encodeInfoGoData } from '../helpers/wire.js';
 
 const { serve } = serverPerTest();
 
-const O = { LIST: 3, GO: 7 };
-const ERR_UNSUP = 0x80000001;
-const ERR_UNKNOWN = 0x80000006;
 
 let dir: string;
 let pki: string;
@@ -112,18 +110,18 @@ describe('TLS refusals', () => {
 describe('over a raw socket', () => {
   it('an unknown option and a hostile export name get their reasons, escaped and capped', async () => {
     const r = await serve({ exports: exportsWithSecret() });
-    const c = await RawClient.connect(r.socket);
+    const c = await rawClient(r.socket);
     try {
-      await c.handshake();
+      await c.greet();
       const unsup = await c.option(42, Buffer.from('data'));
-      expect(unsup.map((x) => [x.type, x.data.toString()])).toEqual([[ERR_UNSUP, 'option 42 is not supported']]);
+      expect(unsup.map((x) => [x.type, x.data.toString()])).toEqual([[REP.ERR_UNSUP, 'option 42 is not supported']]);
       const hostile = `\x1b]0;pwned\x07${'x'.repeat(300)}`;
-      const unknown = await c.option(O.GO, infoGoData(hostile));
+      const unknown = await c.option(OPT.GO, encodeInfoGoData(hostile));
       expect(unknown).toHaveLength(1);
-      expect(unknown[0]!.type).toBe(ERR_UNKNOWN);
+      expect(unknown[0]!.type).toBe(REP.ERR_UNKNOWN);
       expect(unknown[0]!.data.toString()).toBe(`export "\\u001b]0;pwned\\u0007${'x'.repeat(128 - 10)}…" not present`);
       // The connection is still negotiating.
-      expect((await c.option(O.LIST)).at(-1)!.type).toBe(1);
+      expect((await c.option(OPT.LIST)).at(-1)!.type).toBe(1);
     } finally {
       c.destroy();
     }

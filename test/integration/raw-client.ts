@@ -1,146 +1,253 @@
 /**
- * A minimal, deliberately misbehaving-capable NBD client on a raw socket:
- * greeting, client flags, NBD_OPT_GO, then whatever bytes a test wants to
- * send. Numbers are written here from the spec (doc/proto.md).
+ * The integration tests' byte-level NBD client, on a raw socket (UNIX or
+ * TCP), optionally wrapped with node:tls after STARTTLS. It can behave
+ * (greeting, client flags, NBD_OPT_GO, simple replies) or misbehave: a test
+ * writes whatever bytes it wants and reads exact lengths back, so it sees
+ * the option replies and disconnects that real clients never show.
+ *
+ * Three ways in:
+ *  - `RawClient.connect(target)`: just the socket; the test drives the
+ *    handshake (`readGreeting`, `greet`, `option`, `startTls`, `go`, or
+ *    `handshake(name)` for all of it);
+ *  - `RawClient.open(target, name)`: connected, through STARTTLS when the
+ *    target says so, and through GO; ready for requests (the pipelining
+ *    tests send a whole burst with `send` and read `readSimpleReply`s).
+ *
+ * Wire numbers and byte builders come from test/helpers/wire.ts (written
+ * from the spec, independent of src/).
  */
 import net from 'node:net';
+import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
+import { ByteReader } from '../helpers/byte-reader.js';
+import { CLIENT_FLAG, INFO, OPT, REP, SIZE, W, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest, isFinalRep, isRepError } from '../helpers/wire.js';
 
-const NBDMAGIC = 0x4e42444d41474943n;
-const IHAVEOPT = 0x49484156454f5054n;
-const REP_MAGIC = 0x0003e889045565a9n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const OPT_GO = 7;
-const REP_ACK = 1;
-const REP_INFO = 3;
-const INFO_EXPORT = 0;
+export { CMD } from '../helpers/wire.js';
 
-export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3 } as const;
+/** Where the server listens; `tls` makes `open` do STARTTLS and trust `ca` (server name localhost). */
+export type Target = ({ path: string } | { port: number; host: string }) & { tls?: { ca: string; cert?: string; key?: string } };
 
-/** A socket with a byte queue to read exact lengths from. */
+export interface ConnectOptions {
+  /** Default cap, in ms, on every read (a hang detector); none when absent. */
+  readTimeout?: number;
+}
+
+/** A request for `requestBytes`: flags default to 0, `payload` follows the header (WRITE). */
+export interface Request {
+  type: number;
+  offset: number;
+  length: number;
+  cookie: bigint;
+  flags?: number;
+  payload?: Buffer;
+}
+
+/** A compact request header, followed by its payload when it has one. */
+export function requestBytes(r: Request): Buffer {
+  return encodeRequest({ flags: r.flags ?? 0, type: r.type, cookie: r.cookie, offset: r.offset, length: r.length }, r.payload);
+}
+
+/** One fixed-newstyle option reply. */
+export interface RawReply {
+  option: number;
+  type: number;
+  data: Buffer;
+}
+
+/** FIXED_NEWSTYLE | NO_ZEROES. */
+const CLIENT_FLAGS = CLIENT_FLAG.FIXED_NEWSTYLE | CLIENT_FLAG.NO_ZEROES;
+
 export class RawClient {
-  private buf: Buffer = Buffer.alloc(0);
-  private waiters: Array<() => void> = [];
-  closed = false;
-  /** Resolves when the server closed (or reset) the connection. */
+  /** The stream requests go out on and replies come in from: the socket, or TLS over it. */
+  stream: Duplex;
+  /** Resolves when the connection closed (the server dropped us, or we did). */
   readonly closedP: Promise<void>;
+  /** From NBD_INFO_EXPORT during GO. */
   exportSize = 0n;
   transmissionFlags = 0;
+  private readonly reader: ByteReader;
+  private markClosed!: () => void;
 
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      this.wake();
-    });
-    socket.on('error', () => {
-      /* ECONNRESET / EPIPE after the server dropped us: expected in these tests */
-    });
-    this.closedP = new Promise((resolve) =>
-      socket.on('close', () => {
-        this.closed = true;
-        this.wake();
-        resolve();
-      }),
-    );
+  private constructor(
+    readonly socket: net.Socket,
+    private readonly readTimeout: number | undefined,
+  ) {
+    this.stream = socket;
+    this.reader = new ByteReader(socket);
+    // ECONNRESET / EPIPE after the server dropped us are expected in these tests (the reader records them).
+    this.closedP = new Promise((resolve) => (this.markClosed = resolve));
+    socket.once('close', this.markClosed);
   }
 
-  static connect(target: { path: string } | { port: number; host: string }): Promise<RawClient> {
+  static connect(target: Target, opts: ConnectOptions = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = net.connect(target as net.NetConnectOpts);
-      s.once('connect', () => resolve(new RawClient(s)));
+      const s = 'path' in target ? net.connect(target.path) : net.connect(target.port, target.host);
+      s.once('connect', () => {
+        s.off('error', reject);
+        resolve(new RawClient(s, opts.readTimeout));
+      });
       s.once('error', reject);
     });
   }
 
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  /** Read exactly n bytes (rejects if the connection closes first). */
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
-      await new Promise<void>((r) => this.waiters.push(r));
+  /** Connected, through STARTTLS when `target.tls` is set, and through GO for `exportName`. */
+  static async open(target: Target, exportName = '', opts: ConnectOptions = {}): Promise<RawClient> {
+    const c = await RawClient.connect(target, opts);
+    if (!target.tls) {
+      await c.handshake(exportName);
+      return c;
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
+    await c.greet();
+    const r = await c.option(OPT.STARTTLS);
+    if (r.at(-1)!.type !== REP.ACK) throw new Error(`STARTTLS refused: 0x${r.at(-1)!.type.toString(16)}`);
+    await c.startTls({ ...target.tls, servername: 'localhost' });
+    await c.go(exportName);
+    return c;
   }
 
+  /** The connection ended (FIN, close or error): reads past what is queued reject. */
+  get ended(): boolean {
+    return this.reader.ended;
+  }
+
+  /** Bytes received but not yet read. */
+  get pending(): number {
+    return this.reader.available;
+  }
+
+  /** Exactly n bytes; rejects if the connection closes first, or after `timeout` ms. */
+  read(n: number, timeout = this.readTimeout): Promise<Buffer> {
+    return this.reader.read(n, timeout);
+  }
+
+  /**
+   * Write, resolving once the bytes are handed to the kernel. A failed write
+   * (the server already dropped us) rejects only for a caller that awaits it.
+   */
   write(b: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => this.socket.write(b, (err) => (err ? reject(err) : resolve())));
+    const p = new Promise<void>((resolve, reject) => this.stream.write(b, (err) => (err ? reject(err) : resolve())));
+    p.catch(() => {});
+    return p;
+  }
+
+  /** Send bytes without waiting for them to be written (the server may be throttling us). */
+  send(b: Buffer): void {
+    void this.write(b);
   }
 
   /** The 18-byte greeting; checks the magics. Returns the handshake flags. */
   async readGreeting(): Promise<number> {
-    const g = await this.read(18);
-    if (g.readBigUInt64BE(0) !== NBDMAGIC || g.readBigUInt64BE(8) !== IHAVEOPT) throw new Error(`bad greeting ${g.toString('hex')}`);
+    const g = await this.read(SIZE.GREETING);
+    if (g.readBigUInt64BE(0) !== W.NBDMAGIC || g.readBigUInt64BE(8) !== W.IHAVEOPT) throw new Error(`bad greeting ${g.toString('hex')}`);
     return g.readUInt16BE(16);
   }
 
-  /** Greeting, client flags 3 (FIXED_NEWSTYLE | NO_ZEROES), NBD_OPT_GO, read until the ACK. */
+  /** Greeting and client flags (default FIXED_NEWSTYLE | NO_ZEROES). Returns the handshake flags. */
+  async greet(clientFlags = CLIENT_FLAGS): Promise<number> {
+    const flags = await this.readGreeting();
+    this.send(encodeClientFlags(clientFlags));
+    return flags;
+  }
+
+  /** Greeting, client flags FIXED_NEWSTYLE | NO_ZEROES and NBD_OPT_GO in one write, then GO's replies. */
   async handshake(exportName: string): Promise<void> {
     const flags = await this.readGreeting();
-    if ((flags & 3) !== 3) throw new Error(`handshake flags ${flags}`);
-    const cf = Buffer.alloc(4);
-    cf.writeUInt32BE(3);
-    const name = Buffer.from(exportName);
-    const data = Buffer.alloc(4 + name.length + 2);
-    data.writeUInt32BE(name.length, 0);
-    name.copy(data, 4);
-    data.writeUInt16BE(0, 4 + name.length); // no information requests
-    const opt = Buffer.alloc(16);
-    opt.writeBigUInt64BE(IHAVEOPT, 0);
-    opt.writeUInt32BE(OPT_GO, 8);
-    opt.writeUInt32BE(data.length, 12);
-    await this.write(Buffer.concat([cf, opt, data]));
+    if ((flags & CLIENT_FLAGS) !== CLIENT_FLAGS) throw new Error(`handshake flags ${flags}`);
+    await this.write(Buffer.concat([encodeClientFlags(CLIENT_FLAGS), encodeOption(OPT.GO, encodeInfoGoData(exportName))]));
+    await this.goReplies();
+  }
+
+  /** NBD_OPT_GO without information requests; reads until the ACK (throws on an error reply). */
+  async go(exportName: string): Promise<void> {
+    this.send(encodeOption(OPT.GO, encodeInfoGoData(exportName)));
+    await this.goReplies();
+  }
+
+  private async goReplies(): Promise<void> {
     for (;;) {
-      const h = await this.read(20);
-      if (h.readBigUInt64BE(0) !== REP_MAGIC) throw new Error(`bad option reply magic ${h.toString('hex')}`);
-      const type = h.readUInt32BE(12);
-      const len = h.readUInt32BE(16);
-      const body = await this.read(len);
-      if (type === REP_ACK) return;
-      if (type === REP_INFO && body.readUInt16BE(0) === INFO_EXPORT) {
-        this.exportSize = body.readBigUInt64BE(2);
-        this.transmissionFlags = body.readUInt16BE(10);
-        continue;
-      }
-      if (type & 0x80000000) throw new Error(`GO refused: reply type 0x${type.toString(16)} ${body.toString()}`);
+      const r = await this.optionReply();
+      if (r.type === REP.ACK) return;
+      if (r.type === REP.INFO && r.data.readUInt16BE(0) === INFO.EXPORT) {
+        this.exportSize = r.data.readBigUInt64BE(2);
+        this.transmissionFlags = r.data.readUInt16BE(10);
+      } else if (isRepError(r.type)) throw new Error(`GO refused: reply type 0x${r.type.toString(16)} ${r.data.toString()}`);
     }
+  }
+
+  /** One option reply (magic checked). */
+  async optionReply(timeout?: number): Promise<RawReply> {
+    const h = await this.read(SIZE.OPTION_REPLY_HEADER, timeout);
+    if (h.readBigUInt64BE(0) !== W.REP_MAGIC) throw new Error(`bad option reply magic ${h.toString('hex')}`);
+    const len = h.readUInt32BE(16);
+    const data = len ? await this.read(len, timeout) : Buffer.alloc(0);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data };
+  }
+
+  /** All option replies up to and including the final one (ACK or an error). */
+  async optionReplies(timeout?: number): Promise<RawReply[]> {
+    const out: RawReply[] = [];
+    for (;;) {
+      const r = await this.optionReply(timeout);
+      out.push(r);
+      if (isFinalRep(r.type)) return out;
+    }
+  }
+
+  /** Send one option and collect its replies. */
+  async option(code: number, data?: Buffer): Promise<RawReply[]> {
+    this.send(encodeOption(code, data));
+    return this.optionReplies();
+  }
+
+  /** Wrap the socket with TLS (call after STARTTLS's ACK); reads come from the TLS stream from then on. */
+  startTls(options: tls.ConnectionOptions): Promise<tls.TLSSocket> {
+    this.reader.detach();
+    return new Promise((resolve, reject) => {
+      const secure = tls.connect({ ...options, socket: this.socket }, () => {
+        secure.off('error', reject);
+        this.stream = secure;
+        this.reader.attach(secure);
+        secure.once('close', this.markClosed);
+        resolve(secure);
+      });
+      secure.once('error', reject);
+    });
   }
 
   /** A 28-byte compact request header. */
   static request(type: number, offset: number, length: number, cookie = 1n, flags = 0): Buffer {
-    const b = Buffer.alloc(28);
-    b.writeUInt32BE(REQUEST_MAGIC, 0);
-    b.writeUInt16BE(flags, 4);
-    b.writeUInt16BE(type, 6);
-    b.writeBigUInt64BE(cookie, 8);
-    b.writeBigUInt64BE(BigInt(offset), 16);
-    b.writeUInt32BE(length, 24);
-    return b;
+    return encodeRequest({ flags, type, cookie, offset, length });
   }
 
-  /** A 16-byte simple reply: { error, cookie }. */
-  async readSimpleReply(): Promise<{ error: number; cookie: bigint }> {
-    const r = await this.read(16);
-    if (r.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC) throw new Error(`bad reply magic ${r.toString('hex')}`);
-    return { error: r.readUInt32BE(4), cookie: r.readBigUInt64BE(8) };
+  /**
+   * One 16-byte simple reply: { error, cookie }. With `dataLength`, a
+   * successful reply is followed by that many data bytes for its cookie
+   * (read into `data` when there are any).
+   */
+  async readSimpleReply(dataLength?: (cookie: bigint) => number): Promise<{ error: number; cookie: bigint; data?: Buffer }> {
+    const r = await this.read(SIZE.SIMPLE_REPLY);
+    if (r.readUInt32BE(0) !== W.SIMPLE_REPLY_MAGIC) throw new Error(`bad reply magic ${r.toString('hex')}`);
+    const error = r.readUInt32BE(4);
+    const cookie = r.readBigUInt64BE(8);
+    const n = error === 0 && dataLength ? dataLength(cookie) : 0;
+    return n > 0 ? { error, cookie, data: await this.read(n) } : { error, cookie };
   }
 
-  destroy(): void {
-    this.socket.destroy();
+  /** Resolves true when the connection closes within `timeout` ms, false otherwise. */
+  async closed(timeout = 5000): Promise<boolean> {
+    let t: NodeJS.Timeout | undefined;
+    const r = await Promise.race([this.closedP.then(() => true), new Promise<boolean>((res) => (t = setTimeout(() => res(false), timeout)))]);
+    clearTimeout(t);
+    return r;
   }
 
   /** Wait for the server to close the connection, or fail after `ms`. */
   async expectClosedWithin(ms: number): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.closedP,
-      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`server did not close the connection within ${ms} ms`)), ms))),
-    ]).finally(() => clearTimeout(timer));
+    if (!(await this.closed(ms))) throw new Error(`server did not close the connection within ${ms} ms`);
+  }
+
+  destroy(): void {
+    this.stream.destroy();
+    this.socket.destroy();
   }
 }

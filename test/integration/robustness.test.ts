@@ -186,7 +186,7 @@ describe('robustness', () => {
     await other.handshake('disk');
     const id = await garbageAfterGo();
     await settle(50);
-    expect(other.closed).toBe(false);
+    expect(other.ended).toBe(false);
     await other.write(RawClient.request(CMD.READ, 0, 512, 42n));
     expect(await other.readSimpleReply()).toEqual({ error: 0, cookie: 42n });
     expect((await other.read(512)).length).toBe(512);

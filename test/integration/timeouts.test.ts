@@ -4,12 +4,11 @@
  * optional idle timeout in transmission, and the server-wide connection
  * cap. Each is one log line and never touches other connections.
  */
-import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, type NbdServer, type ServerLimits } from '../../src/index.js';
 import { recordingLogger, run, tmpDir } from './harness.js';
-import { encodeRequest, PipelineClient } from './pipeline-client.js';
+import { RawClient, requestBytes } from './raw-client.js';
 
 const READ = 0;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -29,41 +28,23 @@ async function start(limits: ServerLimits, handler?: (s: NbdServer) => void) {
   return { sock, logs, server };
 }
 
-/** A raw socket that reads whatever comes; `closed` resolves when the server ends it. */
-function rawConnect(sock: string) {
-  const s = net.connect(sock);
-  s.on('error', () => {});
-  let received = 0;
-  s.on('data', (d) => (received += d.length));
-  const closed = new Promise<void>((r) => s.on('close', () => r()));
-  return { s, closed, received: () => received };
-}
-
-/** Resolves true if `p` settles within `ms` (a hang detector for "was it closed?"). */
-async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let t: NodeJS.Timeout | undefined;
-  const r = await Promise.race([p.then(() => true), new Promise<boolean>((res) => (t = setTimeout(() => res(false), ms)))]);
-  clearTimeout(t);
-  return r;
-}
-
 describe('handshake timeout', () => {
   it('drops clients that never finish negotiating — silent, mid client flags, mid option — one log line each; others unaffected', async () => {
     const { sock, logs, server: srv } = await start({ handshakeTimeout: 400 });
-    const silent = rawConnect(sock);
-    const midFlags = rawConnect(sock);
-    midFlags.s.write(Buffer.from([0, 0]));
-    const midOption = rawConnect(sock);
-    midOption.s.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('IHAVEOPT'), Buffer.from([0, 0, 0, 7])]));
+    const silent = await RawClient.connect({ path: sock });
+    const midFlags = await RawClient.connect({ path: sock });
+    midFlags.send(Buffer.from([0, 0]));
+    const midOption = await RawClient.connect({ path: sock });
+    midOption.send(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('IHAVEOPT'), Buffer.from([0, 0, 0, 7])]));
     // A client that negotiates in time keeps its connection well past the timeout.
-    const good = await PipelineClient.connect({ kind: 'unix', path: sock });
-    for (const c of [silent, midFlags, midOption]) expect(await within(c.closed, 5000)).toBe(true);
-    expect(silent.received()).toBe(18); // the greeting, nothing else
+    const good = await RawClient.open({ path: sock });
+    for (const c of [silent, midFlags, midOption]) expect(await c.closed(5000)).toBe(true);
+    expect(silent.pending).toBe(18); // the greeting, nothing else
     await sleep(600);
-    good.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 7n }));
-    const r = await good.reply(() => 512);
+    good.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 7n }));
+    const r = await good.readSimpleReply(() => 512);
     expect(r).toMatchObject({ cookie: 7n, error: 0 });
-    good.close();
+    good.destroy();
     // One warning per dropped connection (the info-level "closed" lines are every connection's).
     const lines = logs.filter((l) => l.startsWith('warn:') || l.startsWith('error:'));
     expect(lines).toHaveLength(3);
@@ -73,17 +54,17 @@ describe('handshake timeout', () => {
 
   it('is 10 s by default: an idle handshake is still open after 8 s and gone after 10 s', async () => {
     const { sock } = await start({});
-    const c = rawConnect(sock);
-    expect(await within(c.closed, 8000)).toBe(false);
-    expect(await within(c.closed, 4000)).toBe(true);
+    const c = await RawClient.connect({ path: sock });
+    expect(await c.closed(8000)).toBe(false);
+    expect(await c.closed(4000)).toBe(true);
   }, 30_000);
 
   it('0 turns it off', async () => {
     const { sock, server: srv } = await start({ handshakeTimeout: 0 });
-    const c = rawConnect(sock);
-    expect(await within(c.closed, 1500)).toBe(false);
+    const c = await RawClient.connect({ path: sock });
+    expect(await c.closed(1500)).toBe(false);
     expect(srv.connectionCount).toBe(1);
-    c.s.destroy();
+    c.destroy();
   });
 
   it('nbdinfo negotiates normally under a short timeout', async () => {
@@ -96,8 +77,8 @@ describe('handshake timeout', () => {
 describe('idle timeout', () => {
   it('closes a negotiated connection with nothing in flight and no bytes for that long, with one log line', async () => {
     const { sock, logs } = await start({ idleTimeout: 300 });
-    const c = await PipelineClient.connect({ kind: 'unix', path: sock });
-    await expect(c.reply(() => 0)).rejects.toThrow(/closed/);
+    const c = await RawClient.open({ path: sock });
+    await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
     expect(logs.filter((l) => /idle for 300 ms/.test(l))).toHaveLength(1);
   });
 
@@ -105,13 +86,13 @@ describe('idle timeout', () => {
     let release: (() => void) | undefined;
     const { sock } = await start({ idleTimeout: 300 });
     // Busy: a request every 100 ms for 1.5 s.
-    const busy = await PipelineClient.connect({ kind: 'unix', path: sock });
+    const busy = await RawClient.open({ path: sock });
     for (let i = 0; i < 15; i++) {
-      busy.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: BigInt(i) }));
-      expect((await busy.reply(() => 512)).error).toBe(0);
+      busy.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: BigInt(i) }));
+      expect((await busy.readSimpleReply(() => 512)).error).toBe(0);
       await sleep(100);
     }
-    busy.close();
+    busy.destroy();
     // A request held by the application for 1 s is answered, not cut off.
     const held = createServer({
       exports: [{ name: '', size: 4096, flags: {} }],
@@ -124,13 +105,13 @@ describe('idle timeout', () => {
     const sock2 = path.join(tmpDir(), 'held.sock');
     await held.listen({ path: sock2 });
     try {
-      const c = await PipelineClient.connect({ kind: 'unix', path: sock2 });
-      c.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 1n }));
+      const c = await RawClient.open({ path: sock2 });
+      c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 1n }));
       await sleep(1000);
       release!();
-      const r = await c.reply(() => 512);
+      const r = await c.readSimpleReply(() => 512);
       expect(r).toMatchObject({ cookie: 1n, error: 0 });
-      c.close();
+      c.destroy();
     } finally {
       await held.close({ timeout: 1000 });
     }
@@ -138,32 +119,32 @@ describe('idle timeout', () => {
 
   it('is off by default', async () => {
     const { sock } = await start({});
-    const c = await PipelineClient.connect({ kind: 'unix', path: sock });
+    const c = await RawClient.open({ path: sock });
     await sleep(1500);
-    c.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 1n }));
-    expect((await c.reply(() => 512)).error).toBe(0);
-    c.close();
+    c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 1n }));
+    expect((await c.readSimpleReply(() => 512)).error).toBe(0);
+    c.destroy();
   });
 });
 
 describe('maxConnections', () => {
   it('closes connections past the cap before the greeting, one log line each, and accepts again once one leaves', async () => {
     const { sock, logs, server: srv } = await start({ maxConnections: 3 });
-    const open = await Promise.all([0, 1, 2].map(() => PipelineClient.connect({ kind: 'unix', path: sock })));
-    const extra = rawConnect(sock);
-    expect(await within(extra.closed, 5000)).toBe(true);
-    expect(extra.received()).toBe(0);
+    const open = await Promise.all([0, 1, 2].map(() => RawClient.open({ path: sock })));
+    const extra = await RawClient.connect({ path: sock });
+    expect(await extra.closed(5000)).toBe(true);
+    expect(extra.pending).toBe(0);
     expect(logs.filter((l) => /refused: 3 connections open \(maxConnections\)/.test(l))).toHaveLength(1);
     // The three are unaffected.
     for (const [i, c] of open.entries()) {
-      c.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: BigInt(i) }));
-      expect((await c.reply(() => 512)).error).toBe(0);
+      c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: BigInt(i) }));
+      expect((await c.readSimpleReply(() => 512)).error).toBe(0);
     }
-    open[0]!.close();
+    open[0]!.destroy();
     await expect.poll(() => srv.connectionCount, { timeout: 5000 }).toBe(2);
-    const again = await PipelineClient.connect({ kind: 'unix', path: sock });
-    again.send(encodeRequest({ type: READ, offset: 0, length: 512, cookie: 9n }));
-    expect((await again.reply(() => 512)).error).toBe(0);
-    for (const c of [again, open[1]!, open[2]!]) c.close();
+    const again = await RawClient.open({ path: sock });
+    again.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 9n }));
+    expect((await again.readSimpleReply(() => 512)).error).toBe(0);
+    for (const c of [again, open[1]!, open[2]!]) c.destroy();
   });
 });

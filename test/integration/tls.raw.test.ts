@@ -11,13 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { firstValueFrom, filter } from 'rxjs';
 import { memoryBackend, type ConnectionEvent, type ServerOptions } from '../../src/index.js';
 import { startServer, tmpDir, type Running } from './harness.js';
-import { infoGoData, makePki, makePsk, metaData, optionBytes, pskKey, RawClient, readRequest, until } from './tls-support.js';
+import { makePki, makePsk, pskKey, rawClient, until } from './tls-support.js';
+import { CMD, RawClient } from './raw-client.js';
+import { OPT, REP, W, encodeInfoGoData, encodeMetaContextData, encodeOption } from '../helpers/wire.js';
 
-const O = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META_CONTEXT: 9, SET_META_CONTEXT: 10, EXTENDED_HEADERS: 11 };
-const R = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006 };
 const types = (rs: { type: number }[]) => rs.map((r) => r.type);
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 let dir: string;
 let pki: string;
@@ -42,9 +40,9 @@ function exportsWithSecret(): ServerOptions['exports'] {
 
 /** Open, greet, STARTTLS, wrap with TLS. */
 async function tlsClient(srv: Running, tlsOptions: Parameters<RawClient['startTls']>[0] = clientTls()): Promise<RawClient> {
-  const c = await RawClient.connect(srv.socket);
-  await c.handshake();
-  expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+  const c = await rawClient(srv.socket);
+  await c.greet();
+  expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
   await c.startTls(tlsOptions);
   return c;
 }
@@ -57,58 +55,58 @@ describe('FORCEDTLS (tls.mode require)', () => {
   afterAll(() => srv.close());
 
   it('tls.mode-forcedtls: every option but STARTTLS and ABORT gets ERR_TLS_REQD before TLS; LIST is refused', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     for (const [code, data] of [
-      [O.INFO, infoGoData('public')],
-      [O.GO, infoGoData('public')],
-      [O.INFO, infoGoData('')],
-      [O.LIST, undefined],
-      [O.STRUCTURED_REPLY, undefined],
-      [O.EXTENDED_HEADERS, undefined],
-      [O.SET_META_CONTEXT, metaData('public', ['base:allocation'])],
-      [O.LIST_META_CONTEXT, metaData('public', [])],
+      [OPT.INFO, encodeInfoGoData('public')],
+      [OPT.GO, encodeInfoGoData('public')],
+      [OPT.INFO, encodeInfoGoData('')],
+      [OPT.LIST, undefined],
+      [OPT.STRUCTURED_REPLY, undefined],
+      [OPT.EXTENDED_HEADERS, undefined],
+      [OPT.SET_META_CONTEXT, encodeMetaContextData('public', ['base:allocation'])],
+      [OPT.LIST_META_CONTEXT, encodeMetaContextData('public', [])],
       [0x4242, undefined],
     ] as const) {
       const rs = await c.option(code, data);
-      expect(types(rs), `option ${code}`).toEqual([R.ERR_TLS_REQD]);
+      expect(types(rs), `option ${code}`).toEqual([REP.ERR_TLS_REQD]);
       expect(rs[0]!.option).toBe(code);
     }
-    c.write(optionBytes(O.ABORT));
-    expect(types(await c.replies())).toEqual([R.ACK]);
+    c.write(encodeOption(OPT.ABORT));
+    expect(types(await c.optionReplies())).toEqual([REP.ACK]);
     expect(await c.closed()).toBe(true);
   });
 
   it('tls.mode-forcedtls: a plaintext EXPORT_NAME is disconnected without a reply', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
-    c.write(optionBytes(O.EXPORT_NAME, Buffer.from('public')));
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    c.write(encodeOption(OPT.EXPORT_NAME, Buffer.from('public')));
     expect(await c.closed()).toBe(true);
     expect(c.pending).toBe(0);
   });
 
   it('tls.starttls-repeat: after STARTTLS: options are served, ERR_TLS_REQD never appears, a second STARTTLS gets ERR_INVALID', async () => {
     const c = await tlsClient(srv);
-    const list = await c.option(O.LIST);
-    expect(types(list)).toEqual([R.SERVER, R.SERVER, R.ACK]);
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ERR_INVALID]);
-    const info = await c.option(O.INFO, infoGoData('secret'));
-    expect(types(info).at(-1)).toBe(R.ACK);
-    expect(types(info)).not.toContain(R.ERR_TLS_REQD);
-    expect(types(await c.option(O.STRUCTURED_REPLY))).toEqual([R.ACK]);
-    const go = await c.option(O.GO, infoGoData('secret'));
-    expect(types(go).at(-1)).toBe(R.ACK);
+    const list = await c.option(OPT.LIST);
+    expect(types(list)).toEqual([REP.SERVER, REP.SERVER, REP.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ERR_INVALID]);
+    const info = await c.option(OPT.INFO, encodeInfoGoData('secret'));
+    expect(types(info).at(-1)).toBe(REP.ACK);
+    expect(types(info)).not.toContain(REP.ERR_TLS_REQD);
+    expect(types(await c.option(OPT.STRUCTURED_REPLY))).toEqual([REP.ACK]);
+    const go = await c.option(OPT.GO, encodeInfoGoData('secret'));
+    expect(types(go).at(-1)).toBe(REP.ACK);
     // Transmission over TLS: a read answers with a structured reply.
-    c.write(readRequest(7n, 0, 512));
+    c.write(RawClient.request(CMD.READ, 0, 512, 7n));
     const hdr = await c.read(20);
-    expect(hdr.readUInt32BE(0)).toBe(STRUCTURED_REPLY_MAGIC);
+    expect(hdr.readUInt32BE(0)).toBe(W.STRUCTURED_REPLY_MAGIC);
     c.destroy();
   });
 
   it('tls.mode-forcedtls, option.abort-ack: ABORT before TLS is allowed', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
-    expect(types(await c.option(O.ABORT))).toEqual([R.ACK]);
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    expect(types(await c.option(OPT.ABORT))).toEqual([REP.ACK]);
     expect(await c.closed()).toBe(true);
   });
 });
@@ -117,13 +115,13 @@ describe('NOTLS (tls.mode off)', () => {
   it('tls.mode-notls: STARTTLS gets ERR_POLICY and the plaintext session continues; never ERR_TLS_REQD', async () => {
     const srv = await startServer({ exports: exportsWithSecret() });
     try {
-      const c = await RawClient.connect(srv.socket);
-      await c.handshake();
-      expect(types(await c.option(O.STARTTLS))).toEqual([R.ERR_POLICY]);
+      const c = await rawClient(srv.socket);
+      await c.greet();
+      expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ERR_POLICY]);
       // tlsOnly means nothing without TLS configured: not ERR_TLS_REQD.
-      const info = await c.option(O.INFO, infoGoData('secret'));
-      expect(types(info)).not.toContain(R.ERR_TLS_REQD);
-      expect(types(await c.option(O.GO, infoGoData('public'))).at(-1)).toBe(R.ACK);
+      const info = await c.option(OPT.INFO, encodeInfoGoData('secret'));
+      expect(types(info)).not.toContain(REP.ERR_TLS_REQD);
+      expect(types(await c.option(OPT.GO, encodeInfoGoData('public'))).at(-1)).toBe(REP.ACK);
       c.destroy();
     } finally {
       await srv.close();
@@ -139,50 +137,50 @@ describe('SELECTIVETLS (tls.mode on)', () => {
   afterAll(() => srv.close());
 
   it('tls.mode-selectivetls: a tlsOnly export is refused in plaintext, the others are served', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
-    expect(types(await c.option(O.INFO, infoGoData('secret')))).toEqual([R.ERR_TLS_REQD]);
-    expect(types(await c.option(O.GO, infoGoData('secret')))).toEqual([R.ERR_TLS_REQD]);
-    expect(types(await c.option(O.INFO, infoGoData('public'))).at(-1)).toBe(R.ACK);
-    expect(types(await c.option(O.GO, infoGoData('public'))).at(-1)).toBe(R.ACK);
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    expect(types(await c.option(OPT.INFO, encodeInfoGoData('secret')))).toEqual([REP.ERR_TLS_REQD]);
+    expect(types(await c.option(OPT.GO, encodeInfoGoData('secret')))).toEqual([REP.ERR_TLS_REQD]);
+    expect(types(await c.option(OPT.INFO, encodeInfoGoData('public'))).at(-1)).toBe(REP.ACK);
+    expect(types(await c.option(OPT.GO, encodeInfoGoData('public'))).at(-1)).toBe(REP.ACK);
     c.destroy();
   });
 
   it('tls.mode-selectivetls: a plaintext EXPORT_NAME for a tlsOnly export is disconnected', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
-    c.write(optionBytes(O.EXPORT_NAME, Buffer.from('secret')));
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    c.write(encodeOption(OPT.EXPORT_NAME, Buffer.from('secret')));
     expect(await c.closed()).toBe(true);
     expect(c.pending).toBe(0);
   });
 
   it('tls.mode-selectivetls: the tlsOnly export is served after STARTTLS', async () => {
     const c = await tlsClient(srv);
-    const go = await c.option(O.GO, infoGoData('secret'));
-    expect(types(go).at(-1)).toBe(R.ACK);
-    c.write(readRequest(1n, 0, 4096));
+    const go = await c.option(OPT.GO, encodeInfoGoData('secret'));
+    expect(types(go).at(-1)).toBe(REP.ACK);
+    c.write(RawClient.request(CMD.READ, 0, 4096, 1n));
     const hdr = await c.read(16);
-    expect(hdr.readUInt32BE(0)).toBe(SIMPLE_REPLY_MAGIC);
+    expect(hdr.readUInt32BE(0)).toBe(W.SIMPLE_REPLY_MAGIC);
     expect(hdr.readUInt32BE(4)).toBe(0);
     expect((await c.read(4096)).every((b) => b === 0)).toBe(true);
     c.destroy();
   });
 
   it('tls.starttls-resets: everything negotiated before STARTTLS is forgotten (structured replies, meta contexts)', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
-    expect(types(await c.option(O.STRUCTURED_REPLY))).toEqual([R.ACK]);
-    expect(types(await c.option(O.SET_META_CONTEXT, metaData('public', ['base:allocation'])))).toEqual([R.META_CONTEXT, R.ACK]);
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    expect(types(await c.option(OPT.STRUCTURED_REPLY))).toEqual([REP.ACK]);
+    expect(types(await c.option(OPT.SET_META_CONTEXT, encodeMetaContextData('public', ['base:allocation'])))).toEqual([REP.META_CONTEXT, REP.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     await c.startTls(clientTls());
     // Meta contexts need structured replies: without SR re-negotiated, SET_META_CONTEXT is refused.
-    expect(types(await c.option(O.SET_META_CONTEXT, metaData('public', ['base:allocation'])))).toEqual([R.ERR_INVALID]);
-    const go = await c.option(O.GO, infoGoData('public'));
-    expect(types(go).at(-1)).toBe(R.ACK);
+    expect(types(await c.option(OPT.SET_META_CONTEXT, encodeMetaContextData('public', ['base:allocation'])))).toEqual([REP.ERR_INVALID]);
+    const go = await c.option(OPT.GO, encodeInfoGoData('public'));
+    expect(types(go).at(-1)).toBe(REP.ACK);
     // Simple replies: structured replies did not survive STARTTLS.
-    c.write(readRequest(2n, 0, 512));
+    c.write(RawClient.request(CMD.READ, 0, 512, 2n));
     const hdr = await c.read(16);
-    expect(hdr.readUInt32BE(0)).toBe(SIMPLE_REPLY_MAGIC);
+    expect(hdr.readUInt32BE(0)).toBe(W.SIMPLE_REPLY_MAGIC);
     c.destroy();
   });
 });
@@ -200,13 +198,13 @@ describe('bad input around STARTTLS', () => {
   /** A healthy TLS client that stays open across the bad one, then is used. */
   async function bystander(): Promise<RawClient> {
     const c = await tlsClient(srv);
-    expect(types(await c.option(O.GO, infoGoData('public'))).at(-1)).toBe(R.ACK);
+    expect(types(await c.option(OPT.GO, encodeInfoGoData('public'))).at(-1)).toBe(REP.ACK);
     return c;
   }
   async function stillServes(c: RawClient): Promise<void> {
-    c.write(readRequest(9n, 0, 512));
+    c.write(RawClient.request(CMD.READ, 0, 512, 9n));
     const hdr = await c.read(16);
-    expect(hdr.readUInt32BE(0)).toBe(SIMPLE_REPLY_MAGIC);
+    expect(hdr.readUInt32BE(0)).toBe(W.SIMPLE_REPLY_MAGIC);
     await c.read(512);
   }
   function newLogs(from: number): string[] {
@@ -222,16 +220,16 @@ describe('bad input around STARTTLS', () => {
   it('tls.plaintext-after-starttls: plaintext options pipelined behind STARTTLS are never interpreted: the client is disconnected alone', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
     // STARTTLS and, in the same write, a plaintext INFO and LIST.
-    c.write(Buffer.concat([optionBytes(O.STARTTLS), optionBytes(O.INFO, infoGoData('secret')), optionBytes(O.LIST)]));
+    c.write(Buffer.concat([encodeOption(OPT.STARTTLS), encodeOption(OPT.INFO, encodeInfoGoData('secret')), encodeOption(OPT.LIST)]));
     expect(await c.closed()).toBe(true);
     // Nothing but (at most) the STARTTLS ACK came back: the INFO/LIST were not answered.
     const got = await c.read(c.pending, 10).catch(() => Buffer.alloc(0));
     expect(got.length === 0 || got.length === 20).toBe(true);
-    if (got.length === 20) expect(got.readUInt32BE(12)).toBe(R.ACK);
+    if (got.length === 20) expect(got.readUInt32BE(12)).toBe(REP.ACK);
     await closedEvent(id);
     const lines = newLogs(mark);
     expect(lines).toHaveLength(1);
@@ -243,12 +241,12 @@ describe('bad input around STARTTLS', () => {
   it('tls.handshake-failed: garbage instead of a TLS ClientHello: disconnected alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     // A plaintext option where the ClientHello should be.
-    c.write(optionBytes(O.INFO, infoGoData('secret')));
+    c.write(encodeOption(OPT.INFO, encodeInfoGoData('secret')));
     expect(await c.closed()).toBe(true);
     await closedEvent(id);
     const lines = newLogs(mark);
@@ -261,10 +259,10 @@ describe('bad input around STARTTLS', () => {
   it('tls.handshake-failed: a client that drops during the TLS handshake: closed alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     // The first bytes of a TLS record header (handshake, TLS 1.0), then gone.
     c.write(Buffer.from([0x16, 0x03, 0x01, 0x02]));
     await new Promise((r) => setTimeout(r, 50));
@@ -279,10 +277,10 @@ describe('bad input around STARTTLS', () => {
 
   it('tls.handshake-failed: a client that drops right after the STARTTLS ACK: closed alone, one log line', async () => {
     const mark = srv.logs.length;
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     c.destroy();
     await closedEvent(id);
     const lines = newLogs(mark);
@@ -291,10 +289,10 @@ describe('bad input around STARTTLS', () => {
   });
 
   it('tls.handshake-failed: a client that stalls in the TLS handshake is dropped after handshakeTimeout', async () => {
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     expect(await c.closed(6000)).toBe(true);
     await closedEvent(id);
     expect(srv.logs.some((l) => /timed out/.test(l))).toBe(true);
@@ -303,10 +301,10 @@ describe('bad input around STARTTLS', () => {
   it('an untrusted server certificate: the client gives up, the server logs one line and keeps serving', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await RawClient.connect(srv.socket);
-    await c.handshake();
+    const c = await rawClient(srv.socket);
+    await c.greet();
     const id = lastOpenedId();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     await expect(c.startTls({ servername: 'localhost' /* system CAs only */ })).rejects.toThrow();
     c.destroy();
     await closedEvent(id);
@@ -323,8 +321,8 @@ describe('the client identity reaches the application', () => {
       const negotiated = firstValueFrom(srv.server.connections$.pipe(filter((e) => e.type === 'negotiated')));
       const request = firstValueFrom(srv.server.requests$);
       const c = await tlsClient(srv, tlsOptions);
-      expect(types(await c.option(O.GO, infoGoData('app'))).at(-1)).toBe(R.ACK);
-      c.write(readRequest(5n, 0, 512));
+      expect(types(await c.option(OPT.GO, encodeInfoGoData('app'))).at(-1)).toBe(REP.ACK);
+      c.write(RawClient.request(CMD.READ, 0, 512, 5n));
       const req = await request;
       req.reply(Buffer.alloc(512, 7));
       const hdr = await c.read(16);
@@ -370,16 +368,16 @@ describe('the client identity reaches the application', () => {
     });
     try {
       const closed = firstValueFrom(srv.server.connections$.pipe(filter((e) => e.type === 'closed')));
-      const c = await RawClient.connect(srv.socket);
-      await c.handshake();
-      expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+      const c = await rawClient(srv.socket);
+      await c.greet();
+      expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
       // TLS 1.3: the refusal may arrive after the client thinks it is done.
       const up = await c.startTls(clientTls()).then(
         () => true,
         () => false,
       );
       if (up) {
-        c.write(optionBytes(O.LIST));
+        c.write(encodeOption(OPT.LIST));
         expect(await c.closed()).toBe(true);
       }
       await closed;

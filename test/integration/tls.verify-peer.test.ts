@@ -15,10 +15,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryBackend, NbdError, type ConnectionEvent, type ServerOptions } from '../../src/index.js';
 import { createServer } from '../../src/index.js';
 import { startServer, tmpDir, type Running } from './harness.js';
-import { infoGoData, makePki, makePsk, makeSelfSignedClient, optionBytes, pskKey, RawClient, until } from './tls-support.js';
+import { makePki, makePsk, makeSelfSignedClient, pskKey, rawClient, until } from './tls-support.js';
+import type { RawClient } from './raw-client.js';
+import { OPT, REP, encodeInfoGoData, encodeOption } from '../helpers/wire.js';
 
-const O = { LIST: 3, STARTTLS: 5, GO: 7 };
-const R = { ACK: 1, SERVER: 2 };
 const types = (rs: { type: number }[]) => rs.map((r) => r.type);
 
 let dir: string;
@@ -81,7 +81,7 @@ class Harness {
   /** Greeting, client flags, STARTTLS, then TLS with `options`; then LIST. */
   async attempt(options: tls.ConnectionOptions): Promise<Attempt> {
     const { c, id } = await this.connect();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     let handshakeError: Error | undefined;
     const handshakeCompleted = await c.startTls(options).then(
       () => true,
@@ -90,7 +90,7 @@ class Harness {
     let bytesAfterTls = 0;
     let closed: boolean;
     if (handshakeCompleted) {
-      c.write(optionBytes(O.LIST));
+      c.write(encodeOption(OPT.LIST));
       closed = await c.closed();
       bytesAfterTls = c.pending;
     } else {
@@ -105,10 +105,10 @@ class Harness {
   /** A client that gets through TLS, lists, and takes the export. */
   async served(options: tls.ConnectionOptions): Promise<{ id: number; identity: string | undefined }> {
     const { c, id } = await this.connect();
-    expect(types(await c.option(O.STARTTLS))).toEqual([R.ACK]);
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
     await c.startTls(options);
-    expect(types(await c.option(O.LIST))).toEqual([R.SERVER, R.ACK]);
-    expect(types(await c.option(O.GO, infoGoData('disk'))).at(-1)).toBe(R.ACK);
+    expect(types(await c.option(OPT.LIST))).toEqual([REP.SERVER, REP.ACK]);
+    expect(types(await c.option(OPT.GO, encodeInfoGoData('disk'))).at(-1)).toBe(REP.ACK);
     const negotiated = () => this.events.find((e) => e.type === 'negotiated' && e.connection.id === id);
     await until(() => negotiated() !== undefined, 5000, `negotiated event for ${id}`);
     c.destroy();
@@ -118,8 +118,8 @@ class Harness {
   /** Connect, greeting and client flags; with the server's id for this connection. */
   private async connect(): Promise<{ c: RawClient; id: number }> {
     const before = new Set(this.events.filter((e) => e.type === 'opened').map((e) => e.connection.id));
-    const c = await RawClient.connect(this.srv.socket);
-    await c.handshake();
+    const c = await rawClient(this.srv.socket);
+    await c.greet();
     const fresh = () => this.events.filter((e) => e.type === 'opened' && !before.has(e.connection.id));
     await until(() => fresh().length === 1, 5000, 'opened event');
     return { c, id: fresh()[0]!.connection.id };

@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { spawnCli, tmpDir } from './harness.js';
-import { encodeRequest, PipelineClient, type Request } from './pipeline-client.js';
+import { RawClient, requestBytes, type Request } from './raw-client.js';
 
 const READ = 0;
 const WRITE = 1;
@@ -61,10 +61,10 @@ describe('unread replies: bounded memory, the connection kept, everything answer
     const r = await spawnCli(['serve', ...args, '--socket', sock]);
     child = r.child;
     // One warm-up connection so the baseline includes a connection's fixed cost.
-    const c = await PipelineClient.connect({ kind: 'unix', path: sock });
-    c.send(encodeRequest({ type: READ, offset: 0, length: 4096, cookie: 1n }));
-    await c.reply(() => 4096);
-    c.close();
+    const c = await RawClient.open({ path: sock });
+    c.send(requestBytes({ type: READ, offset: 0, length: 4096, cookie: 1n }));
+    await c.readSimpleReply(() => 4096);
+    c.destroy();
     await sleep(200);
     return { sock, pid: r.child.pid! };
   }
@@ -81,36 +81,36 @@ describe('unread replies: bounded memory, the connection kept, everything answer
     const base = rssOf(pid);
     const peak = sampler(pid);
 
-    const greedy = await PipelineClient.connect({ kind: 'unix', path: sock });
+    const greedy = await RawClient.open({ path: sock });
     // Pause the client's reading at the socket: replies pile up in the kernel, then in the server.
     greedy.stream.pause();
     const reqs: Request[] = Array.from({ length: 100 }, (_, i) => ({ type: READ, offset: (i % 2) * 32 * MiB, length: 32 * MiB, cookie: BigInt(i + 1) }));
-    greedy.send(Buffer.concat(reqs.map(encodeRequest)));
+    greedy.send(Buffer.concat(reqs.map(requestBytes)));
     await sleep(3000);
 
     // Meanwhile another client is served.
-    const other = await PipelineClient.connect({ kind: 'unix', path: sock });
-    other.send(Buffer.concat(Array.from({ length: 10 }, (_, i) => encodeRequest({ type: READ, offset: i * 4096, length: 4096, cookie: BigInt(i) }))));
+    const other = await RawClient.open({ path: sock });
+    other.send(Buffer.concat(Array.from({ length: 10 }, (_, i) => requestBytes({ type: READ, offset: i * 4096, length: 4096, cookie: BigInt(i) }))));
     for (let i = 0; i < 10; i++) {
-      const r = await other.reply(() => 4096);
+      const r = await other.readSimpleReply(() => 4096);
       expect(r.error).toBe(0);
       expect(r.data!.every((b) => b === 0x5a)).toBe(true);
     }
-    other.close();
+    other.destroy();
     const held = peak.stop() - base;
 
     // Now the client reads: every reply arrives, on the same connection.
     greedy.stream.resume();
     const seen = new Set<bigint>();
     for (let i = 0; i < reqs.length; i++) {
-      const r = await greedy.reply(() => 32 * MiB);
+      const r = await greedy.readSimpleReply(() => 32 * MiB);
       expect(r.error).toBe(0);
       expect(r.data![0]).toBe(0x5a);
       expect(r.data![32 * MiB - 1]).toBe(0x5a);
       seen.add(r.cookie);
     }
     expect(seen.size).toBe(100);
-    greedy.close();
+    greedy.destroy();
     console.log(`100 × 32 MiB READs unread: server RSS +${(held / MiB).toFixed(0)} MiB at peak (bound ${(DEFAULT_BUDGET + 32 * MiB + 96 * MiB) / MiB} MiB)`);
     // The budget, one request's overshoot, and room for the runtime's own slack (GC, slabs).
     expect(held).toBeLessThan(DEFAULT_BUDGET + 32 * MiB + 96 * MiB);
@@ -125,13 +125,13 @@ describe('unread replies: bounded memory, the connection kept, everything answer
       const { sock, pid } = await serve(['--memory', '1G']);
       const base = rssOf(pid);
       const peak = sampler(pid);
-      const c = await PipelineClient.connect({ kind: 'unix', path: sock });
+      const c = await RawClient.open({ path: sock });
       c.stream.pause();
       const n = total / size;
       // Writes cycle over the first 16 MiB: the export's own memory stays small, so RSS shows the server's.
       const span = (16 * MiB) / size;
       let closedByServer = false;
-      c.raw.on('close', () => (closedByServer = true));
+      c.socket.on('close', () => (closedByServer = true));
 
       // Send with the socket's own backpressure; "stuck" = the server stopped reading us.
       let sent = 0;
@@ -144,7 +144,7 @@ describe('unread replies: bounded memory, the connection kept, everything answer
           for (let i = 0; i < k; i++) {
             const idx = sent + i;
             const payload = Buffer.alloc(size, idx & 0xff);
-            batch.push(encodeRequest({ type: WRITE, offset: (idx % span) * size, length: size, cookie: BigInt(idx + 1), payload }));
+            batch.push(requestBytes({ type: WRITE, offset: (idx % span) * size, length: size, cookie: BigInt(idx + 1), payload }));
           }
           sent += k;
           if (!c.stream.write(Buffer.concat(batch))) {
@@ -165,7 +165,7 @@ describe('unread replies: bounded memory, the connection kept, everything answer
       c.stream.resume();
       let answered = 0;
       for (let i = 0; i < n; i++) {
-        const r = await c.reply(() => 0);
+        const r = await c.readSimpleReply(() => 0);
         expect(r.error).toBe(0);
         answered++;
       }
@@ -173,10 +173,10 @@ describe('unread replies: bounded memory, the connection kept, everything answer
       expect(answered).toBe(n);
       // The last writes landed.
       const last = n - 1;
-      c.send(encodeRequest({ type: READ, offset: (last % span) * size, length: size, cookie: 0n }));
-      const r = await c.reply(() => size);
+      c.send(requestBytes({ type: READ, offset: (last % span) * size, length: size, cookie: 0n }));
+      const r = await c.readSimpleReply(() => size);
       expect(r.data!.every((b) => b === (last & 0xff))).toBe(true);
-      c.close();
+      c.destroy();
       console.log(`${size}-byte WRITEs unread: ${stuck ? 'throttled (server stopped reading)' : 'never throttled'}, server RSS +${(held / MiB).toFixed(0)} MiB at peak`);
       // 512-byte WRITEs owe 16-byte replies: 200 MiB of them queue more than 4 MiB of replies, so the server must have paused.
       if (size === 512) expect(stuck).toBe(true);

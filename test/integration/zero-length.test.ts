@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createServer, fileBackend, memoryBackend, type Backend, type ExportConfig } from '../../src/index.js';
 import { recordingLogger, tmpDir } from './harness.js';
-import { encodeRequest, PipelineClient } from './pipeline-client.js';
+import { RawClient, requestBytes } from './raw-client.js';
 
 const READ = 0;
 const WRITE = 1;
@@ -44,14 +44,14 @@ describe('zero-length WRITE and READ', () => {
       const sock = path.join(dir, `${kind.replace(/\W/g, '')}.sock`);
       await server.listen({ path: sock });
       try {
-        const c = await PipelineClient.connect({ kind: 'unix', path: sock });
-        c.send(Buffer.concat([encodeRequest({ type: WRITE, offset: 4096, length: 0, cookie: 1n }), encodeRequest({ type: READ, offset: 4096, length: 0, cookie: 2n })]));
-        const replies = [await c.reply(() => 0), await c.reply(() => 0)];
+        const c = await RawClient.open({ path: sock });
+        c.send(Buffer.concat([requestBytes({ type: WRITE, offset: 4096, length: 0, cookie: 1n }), requestBytes({ type: READ, offset: 4096, length: 0, cookie: 2n })]));
+        const replies = [await c.readSimpleReply(() => 0), await c.readSimpleReply(() => 0)];
         expect(replies.map((r) => [r.cookie, r.error]).sort()).toEqual([
           [1n, 0],
           [2n, 0],
         ]);
-        c.close();
+        c.destroy();
         expect(logs.filter((l) => l.startsWith('error:') || l.startsWith('warn:'))).toEqual([]);
       } finally {
         await server.close({ timeout: 1000 });
