@@ -12,6 +12,9 @@ type RequestHeader = Pick<RequestFrame, 'extended' | 'flags' | 'type' | 'cookie'
 /** Payloads at least this long that span socket chunks are kept as the chunks' views. */
 export const SCATTER_MIN = 64 * 1024;
 
+/** A ScatteredRequest's header fields are RequestFrame's own (declared here, copied in by the constructor). */
+export interface ScatteredRequest extends RequestHeader {}
+
 /**
  * A request whose payload arrived in several socket chunks. Its `payload`
  * is joined (one copy) on first use; `payloadParts()` gives the pieces
@@ -20,28 +23,15 @@ export const SCATTER_MIN = 64 * 1024;
  */
 export class ScatteredRequest implements RequestFrame {
   readonly kind = 'request' as const;
-  readonly extended: boolean;
-  readonly flags: number;
-  readonly type: number;
-  readonly cookie: bigint;
-  readonly offset: number;
-  readonly length: number;
-  readonly huge: boolean;
-  readonly wireOffset?: bigint;
   readonly payloadDiscarded = false;
   readonly #parts: readonly Buffer[];
   #joined: Buffer | undefined;
   #released = false;
 
   constructor(r: RequestHeader, parts: readonly Buffer[]) {
-    this.extended = r.extended;
-    this.flags = r.flags;
-    this.type = r.type;
-    this.cookie = r.cookie;
-    this.offset = r.offset;
-    this.length = r.length;
-    this.huge = r.huge;
-    if (r.wireOffset !== undefined) this.wireOffset = r.wireOffset;
+    // Only the header: `r` may be the decoder's pending request, which carries more.
+    const { extended, flags, type, cookie, offset, length, huge, wireOffset } = r;
+    Object.assign(this, { extended, flags, type, cookie, offset, length, huge }, wireOffset === undefined ? undefined : { wireOffset });
     this.#parts = parts;
   }
 
