@@ -20,18 +20,16 @@
  *   DURABILITY_ROUNDS (default 20), FUZZ_SEED (the run's seed, printed).
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnCli, tmpDir } from '../integration/harness.js';
-import { W, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest } from '../helpers/wire.js';
-import { ByteReader, MiB, Rng, blockPattern, mix32, runSeed, within } from './support.js';
+import { CMD, CMD_FLAG, SIZE, W, encodeRequest } from '../helpers/wire.js';
+import { GoodClient, MiB, Rng, blockPattern, connectReader, mix32, runSeed, within } from './support.js';
 
 const ROUNDS = Number(process.env.DURABILITY_ROUNDS ?? 20);
 const SEED = runSeed();
 const FILE_SIZE = 256 * MiB;
-const FUA = 1;
 
 let dir: string;
 let file: string;
@@ -68,16 +66,6 @@ interface RoundResult {
   killedAfter: string;
 }
 
-async function connect(socket: string): Promise<{ sock: net.Socket; reader: ByteReader }> {
-  const sock = await new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect({ path: socket });
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-  sock.on('error', () => {}); // the server is killed under it
-  return { sock, reader: new ByteReader(sock) };
-}
-
 async function round(r: number): Promise<RoundResult> {
   const socket = path.join(dir, `nbd-${r}.sock`);
   const { child } = await spawnCli(['serve', '--file', file, '--socket', socket]);
@@ -92,22 +80,13 @@ async function round(r: number): Promise<RoundResult> {
 async function killedDuringWrites(r: number, child: ChildProcess, socket: string): Promise<RoundResult> {
   const rng = new Rng(mix32(SEED, r));
   const exited = new Promise<void>((res) => child.once('exit', () => res()));
-  const { sock, reader } = await connect(socket);
+  // The server is killed under this socket: its errors are recorded by the reader, never thrown.
+  const { sock, reader } = await connectReader({ path: socket });
   // Handshake: fixed newstyle, NO_ZEROES, GO to the default export.
-  const g = await within(reader.read(18), 10_000, 'greeting');
-  if (g.readBigUInt64BE(0) !== W.NBDMAGIC) throw new Error('bad greeting');
-  sock.write(Buffer.concat([encodeClientFlags(3), encodeOption(7, encodeInfoGoData('', []))]));
-  let tflags = 0;
-  for (;;) {
-    const h = await within(reader.read(20), 10_000, 'GO reply');
-    const type = h.readUInt32BE(12);
-    const body = await reader.read(h.readUInt32BE(16));
-    if (type === 3 && body.readUInt16BE(0) === 0) tflags = body.readUInt16BE(10);
-    if (type === 1) break;
-    if (type >= 0x80000000) throw new Error(`GO refused 0x${type.toString(16)}`);
-  }
+  const client = new GoodClient(sock, reader);
+  await within(client.handshake(''), 20_000, 'greeting and GO');
   // SEND_FLUSH (1 << 2) and SEND_FUA (1 << 3) must be advertised for this to mean anything.
-  expect(tflags & 0b1100).toBe(0b1100);
+  expect(client.flags & 0b1100).toBe(0b1100);
 
   const depth = rng.range(1, 32);
   const flushEvery = rng.range(2, 64);
@@ -138,7 +117,7 @@ async function killedDuringWrites(r: number, child: ChildProcess, socket: string
     if (sinceFlush >= flushEvery) {
       sinceFlush = 0;
       pending.set(c, { flushCovers: ackedOrder.slice() });
-      sock.write(encodeRequest({ flags: 0, type: 3, cookie: c, offset: 0, length: 0 }));
+      sock.write(encodeRequest({ flags: 0, type: CMD.FLUSH, cookie: c, offset: 0, length: 0 }));
       return;
     }
     const size = rng.chance(0.8) ? 4096 : rng.chance(0.75) ? 64 * 1024 : 256 * 1024;
@@ -148,14 +127,14 @@ async function killedDuringWrites(r: number, child: ChildProcess, socket: string
     writes.push(w);
     sinceFlush++;
     pending.set(c, { write: w });
-    sock.write(encodeRequest({ flags: w.fua ? FUA : 0, type: 1, cookie: c, offset: w.offset, length: size }, w.data));
+    sock.write(encodeRequest({ flags: w.fua ? CMD_FLAG.FUA : 0, type: CMD.WRITE, cookie: c, offset: w.offset, length: size }, w.data));
   };
 
   // Keep `depth` requests in flight; every reply is checked and recorded until the kill cuts the stream.
   try {
     for (let i = 0; i < depth; i++) sendOne();
     for (;;) {
-      const rep = await reader.read(16);
+      const rep = await reader.read(SIZE.SIMPLE_REPLY);
       if (rep.readUInt32BE(0) !== W.SIMPLE_REPLY_MAGIC) throw new Error(`round ${r}: bad reply magic ${rep.toString('hex')}`);
       const c = rep.readBigUInt64BE(8);
       const what = pending.get(c);

@@ -24,8 +24,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, type Backend, type NbdServer } from '../../src/index.js';
 import { recordingLogger, tmpDir } from '../integration/harness.js';
 import { makePki } from '../integration/tls-support.js';
-import { W, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest } from '../helpers/wire.js';
-import { ByteReader, GoodClient, MiB, blockPattern, duplexPair, fdCount, waitUntil, watchCrashes, within } from './support.js';
+import type { ByteReader } from '../helpers/byte-reader.js';
+import { CLIENT_FLAG, CMD, OPT, REP, SIZE as FRAME, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest } from '../helpers/wire.js';
+import { GoodClient, MiB, blockPattern, connectReader, duplexPair, fdCount, readGreeting, waitUntil, watchCrashes, within } from './support.js';
 
 const EXPORT = 'disk';
 const SIZE = 64 * MiB;
@@ -118,15 +119,8 @@ afterEach(() => {
 
 type How = 'FIN' | 'RST';
 
-async function connectTcp(): Promise<{ sock: net.Socket; reader: ByteReader }> {
-  const sock = await new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect(tcp);
-    s.once('connect', () => resolve(s));
-    s.once('error', reject);
-  });
-  sock.on('error', () => {}); // ECONNRESET / EPIPE once the server dropped us: expected
-  return { sock, reader: new ByteReader(sock) };
-}
+/** ECONNRESET / EPIPE once the server dropped us are expected: the reader records them. */
+const connectTcp = () => connectReader(tcp);
 
 /**
  * FIN: half-close, then keep reading (discarding) until the server closes
@@ -144,23 +138,15 @@ async function vanish(sock: net.Socket, reader: ByteReader, how: How): Promise<v
 }
 
 async function greeting(reader: ByteReader): Promise<void> {
-  const g = await within(reader.read(18), 5000, 'greeting');
-  if (g.readBigUInt64BE(0) !== W.NBDMAGIC) throw new Error('bad greeting');
+  await readGreeting(reader, 5000);
 }
 
-const goOption = encodeOption(7, encodeInfoGoData(EXPORT, []));
+const clientFlags = encodeClientFlags(CLIENT_FLAG.FIXED_NEWSTYLE | CLIENT_FLAG.NO_ZEROES);
+const goOption = encodeOption(OPT.GO, encodeInfoGoData(EXPORT));
 
 /** Greeting, flags and GO; reads up to GO's ACK. */
 async function negotiate(sock: net.Socket, reader: ByteReader): Promise<void> {
-  await greeting(reader);
-  sock.write(Buffer.concat([encodeClientFlags(3), goOption]));
-  for (;;) {
-    const h = await within(reader.read(20), 5000, 'GO reply');
-    const type = h.readUInt32BE(12);
-    await reader.read(h.readUInt32BE(16));
-    if (type === 1) return;
-    if (type >= 0x80000000) throw new Error(`GO refused 0x${type.toString(16)}`);
-  }
+  await within(new GoodClient(sock, reader).handshake(EXPORT), 5000, 'GO');
 }
 
 /** The first bytes a TLS client sends (its ClientHello), captured through an in-process pair. */
@@ -178,9 +164,9 @@ async function clientHello(): Promise<Buffer> {
 /** Negotiate STARTTLS in plaintext up to the server's ACK. */
 async function starttls(sock: net.Socket, reader: ByteReader): Promise<void> {
   await greeting(reader);
-  sock.write(Buffer.concat([encodeClientFlags(3), encodeOption(5)]));
-  const h = await within(reader.read(20), 5000, 'STARTTLS reply');
-  if (h.readUInt32BE(12) !== 1) throw new Error(`STARTTLS refused 0x${h.readUInt32BE(12).toString(16)}`);
+  sock.write(Buffer.concat([clientFlags, encodeOption(OPT.STARTTLS)]));
+  const h = await within(reader.read(FRAME.OPTION_REPLY_HEADER), 5000, 'STARTTLS reply');
+  if (h.readUInt32BE(12) !== REP.ACK) throw new Error(`STARTTLS refused 0x${h.readUInt32BE(12).toString(16)}`);
 }
 
 /** Each fault: bring a connection to the point, then vanish. */
@@ -193,46 +179,46 @@ const FAULTS: Record<string, (how: How) => Promise<void>> = {
   'mid client flags': async (how) => {
     const { sock, reader } = await connectTcp();
     await greeting(reader);
-    sock.write(encodeClientFlags(3).subarray(0, 2));
+    sock.write(clientFlags.subarray(0, 2));
     await vanish(sock, reader, how);
   },
   'mid option header': async (how) => {
     const { sock, reader } = await connectTcp();
     await greeting(reader);
-    sock.write(Buffer.concat([encodeClientFlags(3), goOption.subarray(0, 10)]));
+    sock.write(Buffer.concat([clientFlags, goOption.subarray(0, 10)]));
     await vanish(sock, reader, how);
   },
   'mid option payload': async (how) => {
     const { sock, reader } = await connectTcp();
     await greeting(reader);
-    sock.write(Buffer.concat([encodeClientFlags(3), goOption.subarray(0, 16 + 5)]));
+    sock.write(Buffer.concat([clientFlags, goOption.subarray(0, FRAME.OPTION_HEADER + 5)]));
     await vanish(sock, reader, how);
   },
   'after GO, before its reply is read': async (how) => {
     const { sock, reader } = await connectTcp();
     await greeting(reader);
     sock.pause(); // the replies stay unread
-    await new Promise<void>((r) => sock.write(Buffer.concat([encodeClientFlags(3), goOption]), () => r()));
+    await new Promise<void>((r) => sock.write(Buffer.concat([clientFlags, goOption]), () => r()));
     await vanish(sock, reader, how);
   },
   'mid request header': async (how) => {
     const { sock, reader } = await connectTcp();
     await negotiate(sock, reader);
-    sock.write(encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: BLOCK }).subarray(0, 13));
+    sock.write(encodeRequest({ flags: 0, type: CMD.READ, cookie: 1n, offset: 0, length: BLOCK }).subarray(0, 13));
     await vanish(sock, reader, how);
   },
   'mid WRITE payload (4 KiB, buffered)': async (how) => {
     const { sock, reader } = await connectTcp();
     await negotiate(sock, reader);
-    const w = encodeRequest({ flags: 0, type: 1, cookie: 1n, offset: VERIFY_BLOCKS * BLOCK, length: BLOCK }, Buffer.alloc(BLOCK, 0xaa));
-    await new Promise<void>((r) => sock.write(w.subarray(0, 28 + 1000), () => r()));
+    const w = encodeRequest({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: VERIFY_BLOCKS * BLOCK, length: BLOCK }, Buffer.alloc(BLOCK, 0xaa));
+    await new Promise<void>((r) => sock.write(w.subarray(0, FRAME.REQUEST + 1000), () => r()));
     await vanish(sock, reader, how);
   },
   'mid WRITE payload (1 MiB, received in place)': async (how) => {
     const { sock, reader } = await connectTcp();
     await negotiate(sock, reader);
-    const w = encodeRequest({ flags: 0, type: 1, cookie: 1n, offset: 8 * MiB, length: MiB }, Buffer.alloc(MiB, 0xbb));
-    await new Promise<void>((r) => sock.write(w.subarray(0, 28 + 300 * 1024), () => r()));
+    const w = encodeRequest({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: 8 * MiB, length: MiB }, Buffer.alloc(MiB, 0xbb));
+    await new Promise<void>((r) => sock.write(w.subarray(0, FRAME.REQUEST + 300 * 1024), () => r()));
     await vanish(sock, reader, how);
   },
   'with replies unread': async (how) => {
@@ -241,7 +227,7 @@ const FAULTS: Record<string, (how: How) => Promise<void>> = {
     sock.pause();
     // 512 READs of 256 KiB: far more reply bytes than any socket buffer holds.
     const before = readsServed;
-    const reqs = Array.from({ length: 512 }, (_, i) => encodeRequest({ flags: 0, type: 0, cookie: BigInt(i + 1), offset: (i % 200) * 256 * 1024, length: 256 * 1024 }));
+    const reqs = Array.from({ length: 512 }, (_, i) => encodeRequest({ flags: 0, type: CMD.READ, cookie: BigInt(i + 1), offset: (i % 200) * 256 * 1024, length: 256 * 1024 }));
     sock.write(Buffer.concat(reqs));
     await waitUntil(() => readsServed - before >= 16, SETTLE_CAP, () => `the server to serve READs (${readsServed - before} so far)`);
     await vanish(sock, reader, how);

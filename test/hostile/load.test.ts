@@ -16,11 +16,10 @@
  * (failing, with the reason) when `ulimit -n` is too low for that.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, type NbdServer } from '../../src/index.js';
 import { recordingLogger } from '../integration/harness.js';
-import { ByteReader, GoodClient, MiB, blockPattern, fdCount, mib, waitUntil, watchCrashes, within } from './support.js';
+import { GoodClient, MiB, blockPattern, connectReader, fdCount, mib, readGreeting, waitUntil, watchCrashes, within } from './support.js';
 
 const CONNECTIONS = 1000;
 const BLOCK = 4096;
@@ -113,15 +112,8 @@ describe('load', () => {
     let closedByServer = 0;
     let greeted = 0;
     const idle = async () => {
-      const sock = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect(tcp);
-        s.once('connect', () => resolve(s));
-        s.once('error', reject);
-      });
-      sock.on('error', () => {});
-      const reader = new ByteReader(sock);
-      const g = await reader.read(18);
-      if (g.readBigUInt64BE(0) !== 0x4e42444d41474943n) throw new Error('bad greeting');
+      const { sock, reader } = await connectReader(tcp);
+      await readGreeting(reader);
       greeted++;
       // Send nothing. The server must close; we never do.
       await new Promise((r) => sock.once('close', r));

@@ -21,7 +21,13 @@
  * null, or what went out of sync.
  */
 import {
+  CLIENT_FLAG,
+  CMD,
+  CMD_FLAG,
   DONE,
+  OPT,
+  REP,
+  SIZE,
   W,
   WireError,
   decodeChunk,
@@ -31,34 +37,12 @@ import {
   encodeMetaContextData,
   encodeOption,
   encodeRequest,
+  isFinalRep,
+  isRepError,
   parseRepInfo,
   parseRepServer,
 } from '../helpers/wire.js';
 import type { Rng } from './support.js';
-
-// ── spec numbers (options, commands, command flags), written out here ──────
-
-export const OPT = {
-  EXPORT_NAME: 1,
-  ABORT: 2,
-  LIST: 3,
-  PEEK_EXPORT: 4,
-  STARTTLS: 5,
-  INFO: 6,
-  GO: 7,
-  STRUCTURED_REPLY: 8,
-  LIST_META_CONTEXT: 9,
-  SET_META_CONTEXT: 10,
-  EXTENDED_HEADERS: 11,
-} as const;
-const REP_ACK = 1;
-const REP_SERVER = 2;
-const REP_INFO = 3;
-const REP_META_CONTEXT = 4;
-const isFinalRep = (t: number) => t === REP_ACK || t >= 0x80000000;
-
-export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
-export const CF = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16, PAYLOAD_LEN: 32 } as const;
 
 const U32_MAX = 0xffffffff;
 const U64_MAX = (1n << 64n) - 1n;
@@ -293,7 +277,7 @@ function specialStream(rng: Rng, special: Special, notes: string[]): Buffer {
       const ext = special === 'length-u64-max';
       const hs = handshake(rng, ext ? 'extended' : rng.pick(['simple', 'structured'] as const), notes);
       const type = rng.pick([CMD.WRITE, CMD.READ, CMD.BLOCK_STATUS, CMD.TRIM, CMD.WRITE_ZEROES]);
-      const fields = { flags: ext && type === CMD.WRITE ? CF.PAYLOAD_LEN : 0, type, cookie: 7n, offset: 0 };
+      const fields = { flags: ext && type === CMD.WRITE ? CMD_FLAG.PAYLOAD_LEN : 0, type, cookie: 7n, offset: 0 };
       const req = ext ? encodeExtendedRequest({ ...fields, length: U64_MAX }) : encodeRequest({ ...fields, length: U32_MAX });
       notes.push(`type ${type} with length ${ext ? U64_MAX : U32_MAX}`);
       return Buffer.concat([hs.bytes, req, rng.bytes(rng.skewed(64 * 1024))]);
@@ -351,12 +335,12 @@ function randomRequest(rng: Rng, mode: Mode, cookie: bigint): { header: Buffer; 
   let flags = 0;
   if (rng.chance(0.2)) flags = rng.chance(0.5) ? rng.int(0x40) : rng.int(0x10000);
   else if (rng.chance(0.3)) {
-    if (type === CMD.WRITE || type === CMD.WRITE_ZEROES || type === CMD.TRIM) flags |= CF.FUA;
-    if (type === CMD.WRITE_ZEROES) flags |= rng.pick([0, CF.NO_HOLE, CF.FAST_ZERO]);
-    if (type === CMD.READ) flags |= CF.DF;
-    if (type === CMD.BLOCK_STATUS) flags |= CF.REQ_ONE;
+    if (type === CMD.WRITE || type === CMD.WRITE_ZEROES || type === CMD.TRIM) flags |= CMD_FLAG.FUA;
+    if (type === CMD.WRITE_ZEROES) flags |= rng.pick([0, CMD_FLAG.NO_HOLE, CMD_FLAG.FAST_ZERO]);
+    if (type === CMD.READ) flags |= CMD_FLAG.DF;
+    if (type === CMD.BLOCK_STATUS) flags |= CMD_FLAG.REQ_ONE;
   }
-  if (mode === 'extended' && type === CMD.WRITE) flags |= rng.chance(0.95) ? CF.PAYLOAD_LEN : 0;
+  if (mode === 'extended' && type === CMD.WRITE) flags |= rng.chance(0.95) ? CMD_FLAG.PAYLOAD_LEN : 0;
   const withPayload = type === CMD.WRITE && length <= 256 * 1024;
   const payload = withPayload ? rng.bytes(length) : undefined;
   const header =
@@ -431,7 +415,7 @@ interface ShadowRequest {
  */
 function shadowRequests(b: Buffer, extended: boolean): ShadowRequest[] {
   const out: ShadowRequest[] = [];
-  const size = extended ? 32 : 28;
+  const size = extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST;
   let at = 0;
   while (b.length - at >= size) {
     const magic = b.readUInt32BE(at);
@@ -442,7 +426,7 @@ function shadowRequests(b: Buffer, extended: boolean): ShadowRequest[] {
     const offset = b.readBigUInt64BE(at + 16);
     const length = extended ? b.readBigUInt64BE(at + 24) : BigInt(b.readUInt32BE(at + 24));
     // A compact WRITE carries `length` bytes of payload; an extended request does with PAYLOAD_LEN (and WRITE).
-    const payload = type === CMD.WRITE || (extended && (flags & CF.PAYLOAD_LEN) !== 0) ? length : 0n;
+    const payload = type === CMD.WRITE || (extended && (flags & CMD_FLAG.PAYLOAD_LEN) !== 0) ? length : 0n;
     if (BigInt(b.length - at - size) < payload) {
       out.push({ type, flags, cookie, offset, length, partial: true });
       break;
@@ -502,17 +486,17 @@ function check(client: Buffer, server: Buffer, truncatedTailOk: boolean): void {
   let eh = false;
   for (;;) {
     // One option frame, as the spec frames it.
-    if (client.length - at < 16 || client.readBigUInt64BE(at) !== W.IHAVEOPT) break;
+    if (client.length - at < SIZE.OPTION_HEADER || client.readBigUInt64BE(at) !== W.IHAVEOPT) break;
     const code = client.readUInt32BE(at + 8);
     const len = client.readUInt32BE(at + 12);
     // Data that never completed: a server may still refuse the option from its header alone (data it
     // would skip anyway), but it cannot accept it.
-    const partial = client.length - at - 16 < len;
-    at = partial ? client.length : at + 16 + len;
+    const partial = client.length - at - SIZE.OPTION_HEADER < len;
+    at = partial ? client.length : at + SIZE.OPTION_HEADER + len;
     if (out.left === 0) return; // the server stopped answering (disconnect): fine
     if (code === OPT.EXPORT_NAME && !partial) {
       // Success is the headerless export reply: 10 bytes, or 134 without NO_ZEROES; failure is a disconnect.
-      const n = clientFlags & 2 ? 10 : 134;
+      const n = clientFlags & CLIENT_FLAG.NO_ZEROES ? 10 : 134;
       if (!need(n, 'EXPORT_NAME reply')) return;
       if (n === 134 && server.subarray(out.at + 10, out.at + 134).some((x) => x !== 0)) throw new Desync('EXPORT_NAME padding not zero');
       out.at += n;
@@ -520,28 +504,28 @@ function check(client: Buffer, server: Buffer, truncatedTailOk: boolean): void {
     }
     let final = -1;
     while (final < 0) {
-      if (!need(20, `reply to option ${code}`)) return;
-      const h = server.subarray(out.at, out.at + 20);
+      if (!need(SIZE.OPTION_REPLY_HEADER, `reply to option ${code}`)) return;
+      const h = server.subarray(out.at, out.at + SIZE.OPTION_REPLY_HEADER);
       if (h.readBigUInt64BE(0) !== W.REP_MAGIC) throw new Desync(`bad option reply magic at ${out.at} (answering option ${code})`);
       const echo = h.readUInt32BE(8);
       if (echo !== code) throw new Desync(`option reply at ${out.at} echoes option ${echo}, the option being answered is ${code}`);
       const type = h.readUInt32BE(12);
       const dlen = h.readUInt32BE(16);
       if (dlen > 1024 * 1024) throw new Desync(`option reply of ${dlen} bytes`);
-      if (!need(20 + dlen, 'option reply data')) return;
-      const data = server.subarray(out.at + 20, out.at + 20 + dlen);
-      out.at += 20 + dlen;
-      if (type === REP_INFO) parseRepInfo(data);
-      else if (type === REP_SERVER) parseRepServer(data);
-      else if (type === REP_META_CONTEXT && dlen < 4) throw new Desync('short NBD_REP_META_CONTEXT');
-      else if (type === REP_ACK && dlen !== 0) throw new Desync('ACK with data');
-      else if (!isFinalRep(type) && type !== REP_META_CONTEXT) throw new Desync(`unknown option reply type 0x${type.toString(16)}`);
+      if (!need(SIZE.OPTION_REPLY_HEADER + dlen, 'option reply data')) return;
+      const data = server.subarray(out.at + SIZE.OPTION_REPLY_HEADER, out.at + SIZE.OPTION_REPLY_HEADER + dlen);
+      out.at += SIZE.OPTION_REPLY_HEADER + dlen;
+      if (type === REP.INFO) parseRepInfo(data);
+      else if (type === REP.SERVER) parseRepServer(data);
+      else if (type === REP.META_CONTEXT && dlen < 4) throw new Desync('short NBD_REP_META_CONTEXT');
+      else if (type === REP.ACK && dlen !== 0) throw new Desync('ACK with data');
+      else if (!isFinalRep(type) && type !== REP.META_CONTEXT) throw new Desync(`unknown option reply type 0x${type.toString(16)}`);
       // (ABORT is the exception: its ACK ends the session whatever the client still meant to send.)
-      if (partial && type < 0x80000000 && code !== OPT.ABORT) throw new Desync(`option ${code} whose data never completed answered with 0x${type.toString(16)}`);
+      if (partial && !isRepError(type) && code !== OPT.ABORT) throw new Desync(`option ${code} whose data never completed answered with 0x${type.toString(16)}`);
       if (isFinalRep(type)) final = type;
     }
     if (partial) break;
-    if (final === REP_ACK) {
+    if (final === REP.ACK) {
       if (code === OPT.STRUCTURED_REPLY) sr = true;
       if (code === OPT.EXTENDED_HEADERS) eh = true;
       if (code === OPT.GO) return transmission(client.subarray(at), out, sr || eh, eh, truncatedTailOk);
@@ -599,7 +583,7 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
     const magic = b.readUInt32BE(where);
     if (magic === W.SIMPLE_REPLY_MAGIC) {
       if (eh) throw new Desync(`simple reply at ${where} with extended headers on (reply.negotiated-mode)`);
-      if (!need(16, 'simple reply')) return;
+      if (!need(SIZE.SIMPLE_REPLY, 'simple reply')) return;
       const error = b.readUInt32BE(where + 4);
       const l = outstanding(b.readBigUInt64BE(where + 8), where);
       const misfit = (r: ShadowRequest): string | null => {
@@ -610,7 +594,7 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
         return null;
       };
       const r = pick(l, misfit);
-      out.at += 16;
+      out.at += SIZE.SIMPLE_REPLY;
       // Requests sharing this cookie that would be followed by different amounts of data (a READ and
       // anything else, or READs of other lengths): no client could frame what follows. Stop here.
       // That holds for an error reply too: which of them it answers decides how the next reply to
@@ -627,7 +611,7 @@ function transmission(client: Buffer, out: Out, sr: boolean, eh: boolean, trunca
       const ext = magic === W.EXTENDED_REPLY_MAGIC;
       if (ext !== eh) throw new Desync(`${ext ? 'extended' : 'structured'} chunk at ${where} in ${eh ? 'extended' : sr ? 'structured' : 'simple'} mode`);
       if (!sr) throw new Desync(`structured chunk at ${where} without structured replies negotiated`);
-      const hsize = ext ? 32 : 20;
+      const hsize = ext ? SIZE.EXTENDED_REPLY : SIZE.STRUCTURED_REPLY;
       if (!need(hsize, 'chunk header')) return;
       const flags = b.readUInt16BE(where + 4);
       const type = b.readUInt16BE(where + 6);

@@ -10,7 +10,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
-import { W, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest } from '../helpers/wire.js';
+import { ByteReader } from '../helpers/byte-reader.js';
+import { CLIENT_FLAG, CMD, INFO, OPT, REP, SIZE, W, encodeClientFlags, encodeInfoGoData, encodeOption, encodeRequest, isRepError } from '../helpers/wire.js';
 
 // ── seeded randomness ────────────────────────────────────────────────────
 
@@ -207,67 +208,27 @@ export function rssPeak(everyMs = 50): { readonly peak: number; sample(): void; 
 export const MiB = 1024 * 1024;
 export const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
-// ── a well-behaved client ────────────────────────────────────────────────
+export type Target = { path: string } | { port: number; host: string };
 
-/** An exact-length reader over any Duplex (socket, TLS stream, pair end). */
-export class ByteReader {
-  private buf: Buffer = Buffer.alloc(0);
-  private waiters: Array<() => void> = [];
-  closed = false;
-  error: Error | undefined;
-  /** Bytes received and thrown away since `discard()`. */
-  discarded = 0;
-  private discarding = false;
-
-  constructor(readonly stream: Duplex) {
-    stream.on('data', (d: Buffer) => {
-      if (this.discarding) {
-        this.discarded += d.length;
-        return;
-      }
-      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      this.wake();
+/** A connected socket and its reader; socket errors (the server dropped us) are recorded by the reader, never thrown. */
+export async function connectReader(target: Target): Promise<{ sock: net.Socket; reader: ByteReader }> {
+  const sock = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect(target as net.NetConnectOpts);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
     });
-    stream.on('error', (e) => {
-      this.error = e;
-    });
-    stream.on('close', () => {
-      this.closed = true;
-      this.wake();
-    });
-    stream.on('end', () => {
-      this.closed = true;
-      this.wake();
-    });
-  }
+    s.once('error', reject);
+  });
+  return { sock, reader: new ByteReader(sock) };
+}
 
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  /** From now on, count what arrives and drop it (and read whatever is pending). */
-  discard(): void {
-    this.discarding = true;
-    this.discarded += this.buf.length;
-    this.buf = Buffer.alloc(0);
-    this.stream.resume();
-  }
-
-  get available(): number {
-    return this.buf.length;
-  }
-
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
+/** The 18-byte greeting (within `capMs` when given); checks the magics. Returns the handshake flags. */
+export async function readGreeting(reader: ByteReader, capMs?: number): Promise<number> {
+  const read = reader.read(SIZE.GREETING);
+  const g = capMs === undefined ? await read : await within(read, capMs, 'greeting');
+  if (g.readBigUInt64BE(0) !== W.NBDMAGIC || g.readBigUInt64BE(8) !== W.IHAVEOPT) throw new Error(`bad greeting ${g.toString('hex')}`);
+  return g.readUInt16BE(16);
 }
 
 /** Race `p` against a cap; the cap is a hang detector, never a timing assertion. */
@@ -302,28 +263,27 @@ export function blockPattern(size: number, tag: number, block: number): Buffer {
   return b;
 }
 
+// ── a well-behaved client ────────────────────────────────────────────────
+
 /**
  * A well-behaved NBD client on any Duplex: fixed newstyle, NO_ZEROES, GO
  * without information requests, simple replies. Every reply is checked
  * (magic, cookie); reads are compared by the caller.
  */
 export class GoodClient {
-  readonly reader: ByteReader;
   size = 0n;
   flags = 0;
   private cookie = 1n;
 
-  constructor(readonly stream: Duplex) {
-    this.reader = new ByteReader(stream);
-  }
+  /** `reader` when the test already reads this stream (one reader per stream). */
+  constructor(
+    readonly stream: Duplex,
+    readonly reader = new ByteReader(stream),
+  ) {}
 
-  static async connect(target: { path: string } | { port: number; host: string }): Promise<GoodClient> {
-    const s = await new Promise<net.Socket>((resolve, reject) => {
-      const sock = net.connect(target as net.NetConnectOpts);
-      sock.once('connect', () => resolve(sock));
-      sock.once('error', reject);
-    });
-    return new GoodClient(s);
+  static async connect(target: Target): Promise<GoodClient> {
+    const { sock, reader } = await connectReader(target);
+    return new GoodClient(sock, reader);
   }
 
   private send(b: Buffer): void {
@@ -331,18 +291,17 @@ export class GoodClient {
   }
 
   async handshake(exportName: string): Promise<void> {
-    const g = await this.reader.read(18);
-    if (g.readBigUInt64BE(0) !== W.NBDMAGIC || g.readBigUInt64BE(8) !== W.IHAVEOPT) throw new Error(`bad greeting ${g.toString('hex')}`);
-    this.send(Buffer.concat([encodeClientFlags(3), encodeOption(7, encodeInfoGoData(exportName, []))]));
+    await readGreeting(this.reader);
+    this.send(Buffer.concat([encodeClientFlags(CLIENT_FLAG.FIXED_NEWSTYLE | CLIENT_FLAG.NO_ZEROES), encodeOption(OPT.GO, encodeInfoGoData(exportName))]));
     for (;;) {
-      const h = await this.reader.read(20);
+      const h = await this.reader.read(SIZE.OPTION_REPLY_HEADER);
       if (h.readBigUInt64BE(0) !== W.REP_MAGIC) throw new Error(`bad option reply magic ${h.toString('hex')}`);
-      if (h.readUInt32BE(8) !== 7) throw new Error(`option reply echoes option ${h.readUInt32BE(8)}, not GO`);
+      if (h.readUInt32BE(8) !== OPT.GO) throw new Error(`option reply echoes option ${h.readUInt32BE(8)}, not GO`);
       const type = h.readUInt32BE(12);
       const body = await this.reader.read(h.readUInt32BE(16));
-      if (type === 1) return;
-      if (type >= 0x80000000) throw new Error(`GO refused: 0x${type.toString(16)} ${body.toString()}`);
-      if (type === 3 && body.readUInt16BE(0) === 0) {
+      if (type === REP.ACK) return;
+      if (isRepError(type)) throw new Error(`GO refused: 0x${type.toString(16)} ${body.toString()}`);
+      if (type === REP.INFO && body.readUInt16BE(0) === INFO.EXPORT) {
         this.size = body.readBigUInt64BE(2);
         this.flags = body.readUInt16BE(10);
       }
@@ -350,7 +309,7 @@ export class GoodClient {
   }
 
   private async simpleReply(cookie: bigint, what: string): Promise<void> {
-    const r = await this.reader.read(16);
+    const r = await this.reader.read(SIZE.SIMPLE_REPLY);
     if (r.readUInt32BE(0) !== W.SIMPLE_REPLY_MAGIC) throw new Error(`${what}: bad reply magic ${r.toString('hex')}`);
     if (r.readBigUInt64BE(8) !== cookie) throw new Error(`${what}: reply cookie ${r.readBigUInt64BE(8)} for request ${cookie}`);
     const err = r.readUInt32BE(4);
@@ -359,20 +318,20 @@ export class GoodClient {
 
   async write(offset: number, data: Buffer, flags = 0): Promise<void> {
     const c = this.cookie++;
-    this.send(encodeRequest({ flags, type: 1, cookie: c, offset, length: data.length }, data));
+    this.send(encodeRequest({ flags, type: CMD.WRITE, cookie: c, offset, length: data.length }, data));
     await this.simpleReply(c, `WRITE at ${offset}`);
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
     const c = this.cookie++;
-    this.send(encodeRequest({ flags: 0, type: 0, cookie: c, offset, length }));
+    this.send(encodeRequest({ flags: 0, type: CMD.READ, cookie: c, offset, length }));
     await this.simpleReply(c, `READ at ${offset}`);
-    return Buffer.from(await this.reader.read(length));
+    return this.reader.read(length);
   }
 
   async flush(): Promise<void> {
     const c = this.cookie++;
-    this.send(encodeRequest({ flags: 0, type: 3, cookie: c, offset: 0, length: 0 }));
+    this.send(encodeRequest({ flags: 0, type: CMD.FLUSH, cookie: c, offset: 0, length: 0 }));
     await this.simpleReply(c, 'FLUSH');
   }
 
@@ -389,7 +348,7 @@ export class GoodClient {
 
   /** NBD_CMD_DISC, then FIN. */
   disconnect(): void {
-    this.send(encodeRequest({ flags: 0, type: 2, cookie: this.cookie++, offset: 0, length: 0 }));
+    this.send(encodeRequest({ flags: 0, type: CMD.DISC, cookie: this.cookie++, offset: 0, length: 0 }));
     this.stream.end();
   }
 
