@@ -1,10 +1,25 @@
 /**
- * One connection: the handshake machine, then (if it negotiated an export)
- * the transmission machine. Both run as invoked children with the ids
- * `handshake` and `transmission`; the transport sends wire events straight
- * to the active child so a request costs one machine event.
+ * One connection, two regions side by side:
+ *
+ *   phase:   handshake → transmission → closed
+ *   reading: flowing ⇄ paused → stopped
+ *
+ * `phase` runs the handshake machine, then (if it negotiated an export)
+ * the transmission machine, as invoked children with the ids `handshake`
+ * and `transmission`; the transport sends wire events straight to the
+ * active child so a request costs one machine event.
+ *
+ * `reading` is the connection's flow control, and the transport does what
+ * its states say: entering `paused` pauses reading from the socket
+ * (`pauseReading`), leaving it resumes (`resumeReading`), and `stopped` —
+ * entered as soon as `phase` is closed — stops the decoder and the socket
+ * subscription for good (`stopReading`). The transport reports only the
+ * budget crossings (`budget.full` when a budget of the connection is used
+ * up, `budget.room` when all have room again; see the README's limits), so
+ * the pause an inspector shows is the pause that happened. The machine is
+ * done when both regions are final.
  */
-import { assign, setup } from 'xstate';
+import { assign, emit, setup, stateIn } from 'xstate';
 import { handshakeMachine, type HandshakeInput } from './handshake.js';
 import { transmissionMachine } from './transmission.js';
 import type { HandshakeOutcome, Negotiated } from './types.js';
@@ -21,53 +36,90 @@ export interface ConnectionContext {
   outcome: HandshakeOutcome['outcome'] | null;
 }
 
+/** Events the transport sends the connection itself (wire events go to its children). */
+export type ConnectionEvent = { type: 'budget.full' } | { type: 'budget.room' };
+
+/** What the connection asks the transport to do with the socket's input. */
+export type ConnectionEmitted = { type: 'pauseReading' } | { type: 'resumeReading' } | { type: 'stopReading' };
+
 export const connectionMachine = setup({
   types: {
     context: {} as ConnectionContext,
+    events: {} as ConnectionEvent,
     input: {} as ConnectionInput,
+    emitted: {} as ConnectionEmitted,
     output: {} as { outcome: string; negotiated: Negotiated | null },
   },
   actors: { handshake: handshakeMachine, transmission: transmissionMachine },
   guards: {
     negotiated: ({ event }) => (event as unknown as { output: HandshakeOutcome }).output.outcome === 'negotiated',
+    phaseClosed: stateIn({ phase: 'closed' }),
+  },
+  actions: {
+    pauseReading: emit({ type: 'pauseReading' } as const),
+    resumeReading: emit({ type: 'resumeReading' } as const),
+    stopReading: emit({ type: 'stopReading' } as const),
   },
 }).createMachine({
   id: 'connection',
   context: ({ input }) => ({ input, negotiated: null, outcome: null }),
-  initial: 'handshake',
+  type: 'parallel',
   states: {
-    handshake: {
-      invoke: {
-        id: 'handshake',
-        src: 'handshake',
-        input: ({ context }) => context.input.handshake,
-        onDone: [
-          {
-            guard: 'negotiated',
-            target: 'transmission',
-            actions: assign(({ event }) => ({
-              negotiated: (event.output as Extract<HandshakeOutcome, { outcome: 'negotiated' }>).negotiated,
-              outcome: 'negotiated' as const,
-            })),
+    phase: {
+      initial: 'handshake',
+      states: {
+        handshake: {
+          invoke: {
+            id: 'handshake',
+            src: 'handshake',
+            input: ({ context }) => context.input.handshake,
+            onDone: [
+              {
+                guard: 'negotiated',
+                target: 'transmission',
+                actions: assign(({ event }) => ({
+                  negotiated: (event.output as Extract<HandshakeOutcome, { outcome: 'negotiated' }>).negotiated,
+                  outcome: 'negotiated' as const,
+                })),
+              },
+              {
+                target: 'closed',
+                actions: assign({ outcome: ({ event }) => (event.output as HandshakeOutcome).outcome }),
+              },
+            ],
+            onError: { target: 'closed' },
           },
-          {
-            target: 'closed',
-            actions: assign({ outcome: ({ event }) => (event.output as HandshakeOutcome).outcome }),
+        },
+        transmission: {
+          invoke: {
+            id: 'transmission',
+            src: 'transmission',
+            input: ({ context }) => ({ negotiated: context.negotiated!, maxPayload: context.input.maxPayload }),
+            onDone: 'closed',
+            onError: 'closed',
           },
-        ],
-        onError: { target: 'closed' },
+        },
+        closed: { type: 'final' },
       },
     },
-    transmission: {
-      invoke: {
-        id: 'transmission',
-        src: 'transmission',
-        input: ({ context }) => ({ negotiated: context.negotiated!, maxPayload: context.input.maxPayload }),
-        onDone: 'closed',
-        onError: 'closed',
+    reading: {
+      initial: 'flowing',
+      states: {
+        flowing: {
+          always: { guard: 'phaseClosed', target: 'stopped' },
+          on: { 'budget.full': 'paused' },
+        },
+        // A budget is used up: the socket is not read until budget.room.
+        paused: {
+          entry: 'pauseReading',
+          exit: 'resumeReading',
+          always: { guard: 'phaseClosed', target: 'stopped' },
+          on: { 'budget.room': 'flowing' },
+        },
+        // The connection is over: nothing more is read or interpreted.
+        stopped: { type: 'final', entry: 'stopReading' },
       },
     },
-    closed: { type: 'final' },
   },
   output: ({ context }) => ({ outcome: context.outcome ?? 'closed', negotiated: context.negotiated }),
 });

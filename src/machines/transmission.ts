@@ -1,7 +1,7 @@
 /**
  * The transmission phase as an xstate v5 machine.
  *
- *   open: { serving ⇄ throttled } → draining → closed
+ *   open → draining → closed
  *
  * Requests are validated against the spec's server rules (docs/rules.md,
  * the `transmission.*` rules, checked in nbdkit's order) by one table:
@@ -15,9 +15,10 @@
  * and one `requests` effect lists the accepted frames and the refusals, so
  * a pipelined burst costs one machine event rather than one per request.
  * Completion bookkeeping stays outside the machine: the transport counts
- * requests in flight and only reports the crossings (`inflight.high`,
- * `inflight.low`, `inflight.idle`), which keeps the hot path to one event
- * (docs/design.md, "One machine event per burst").
+ * requests in flight and reports only when none are left while draining
+ * (`inflight.idle`), which keeps the hot path to one event (docs/design.md,
+ * "One machine event per burst"). Pausing reading when a budget is used up
+ * is the connection machine's `reading` region, for both phases.
  */
 import { emit, setup, assign } from 'xstate';
 import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
@@ -374,7 +375,6 @@ export const transmissionMachine = setup({
   },
   states: {
     open: {
-      initial: 'serving',
       on: {
         request: [
           // The compiled refusal table: an acceptable request costs one guard evaluation.
@@ -402,11 +402,6 @@ export const transmissionMachine = setup({
           target: 'draining',
           actions: [{ type: 'recordReason', params: { reason: 'idle timeout' } }, { type: 'announceDrain', params: { reason: 'idle' } }],
         },
-      },
-      states: {
-        serving: { on: { 'inflight.high': 'throttled' } },
-        // In-flight cap reached: the transport has paused reading.
-        throttled: { on: { 'inflight.low': 'serving' } },
       },
     },
     draining: {

@@ -73,8 +73,7 @@ export type TransmissionEvent =
    * `request` event per frame, for one event's cost (docs/design.md, "One machine event per burst").
    */
   | { type: 'requests'; frames: readonly RequestFrame[] }
-  | { type: 'inflight.high' }
-  | { type: 'inflight.low' }
+  /** Draining, and the last request in flight completed. */
   | { type: 'inflight.idle' }
   | { type: 'wire.fatal'; message: string }
   | { type: 'socket.closed' }

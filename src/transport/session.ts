@@ -119,10 +119,6 @@ export class Session {
   private inFlightBytes = 0;
   private readonly maxInFlightBytes: number;
   private readonly maxQueuedReplyBytes: number;
-  private throttled = false;
-  private draining = false;
-  private upgrading = false;
-  private tlsFailed = false;
   private pumping = false;
   /** A completion happened while pumping: pump again before returning. */
   private repump = false;
@@ -132,7 +128,8 @@ export class Session {
    * are served like any other, not refused as if sent while draining.
    */
   private eofPending = false;
-  private finished = false;
+  /** The socket closed (or the session failed) and `onClose` was told: once per session. */
+  private closeNotified = false;
   private handshakeTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   /** Bytes received since the idle timer last looked. */
@@ -162,8 +159,12 @@ export class Session {
     this.socket.on('error', this.onSocketError);
     this.socket.on('close', this.onSocketClose);
     this.socket.on('drain', this.onDrain);
+    // The connection machine's reading region: what it says is what happens to the socket's input.
+    this.actor.on('pauseReading', () => this.socket.pause());
+    this.actor.on('resumeReading', () => this.socket.resume());
+    this.actor.on('stopReading', () => this.stopReading());
     this.actor.subscribe({
-      next: (snap) => this.onConnectionSnapshot(snap.value as string),
+      next: (snap) => this.onConnectionSnapshot((snap.value as { phase: string }).phase),
       error: (err) => this.fail(`connection machine error: ${String(err)}`),
       complete: () => this.onConnectionDone(),
     });
@@ -180,7 +181,7 @@ export class Session {
     this.writer.flushNow();
     this.subscribeBytes();
     const ht = this.options.handshakeTimeout ?? 0;
-    if (ht > 0 && !this.finished) {
+    if (ht > 0 && !this.closed) {
       this.handshakeTimer = setTimeout(this.onHandshakeTimeout, ht);
       this.handshakeTimer.unref();
     }
@@ -188,11 +189,12 @@ export class Session {
 
   private readonly onHandshakeTimeout = () => {
     this.handshakeTimer = null;
-    if (this.finished || this.transmission) return;
+    if (this.closed || this.transmission) return;
+    const upgrading = this.upgrading;
     // The handshake machine decides: it rejects the connection (a hard close, one log line).
     this.sendToActive({ type: 'timer.handshake', ms: this.options.handshakeTimeout ?? 0 });
     // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
-    if (this.upgrading) this.failTls(`handshake not finished within ${this.options.handshakeTimeout} ms; disconnecting`, 'handshake timeout');
+    if (upgrading) this.failTls(`handshake not finished within ${this.options.handshakeTimeout} ms; disconnecting`, 'handshake timeout');
   };
 
   /** Idle timer: fires every `idleTimeout` ms; closes the connection if nothing happened in between. */
@@ -200,7 +202,7 @@ export class Session {
     const it = this.options.idleTimeout ?? 0;
     if (it <= 0) return;
     this.idleTimer = setInterval(() => {
-      if (this.finished) return this.stopTimers();
+      if (this.closed) return this.stopTimers();
       if (this.activity || this.inFlight > 0 || this.writer.pendingBytes > 0) {
         this.activity = false;
         return;
@@ -258,7 +260,7 @@ export class Session {
 
   /** Begin a graceful shutdown: in-flight requests finish, new ones get ESHUTDOWN / ERR_SHUTDOWN. */
   shutdown(): void {
-    if (this.finished) return;
+    if (this.closed) return;
     this.sendToActive({ type: 'server.shutdown' });
   }
 
@@ -301,7 +303,7 @@ export class Session {
 
   /** Socket reads straight into a placed WRITE's storage (see FrameDecoder.placementWindow). */
   private readonly readWindow = {
-    get: (): Buffer | null => (this.upgrading || this.finished ? null : this.decoder.placementWindow()),
+    get: (): Buffer | null => (this.closed || this.upgrading ? null : this.decoder.placementWindow()),
     filled: (n: number): void => {
       try {
         this.decoder.placed(n);
@@ -321,7 +323,7 @@ export class Session {
   private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null => {
     const place = this.handlers.placeWrite;
     const tx = this.transmission;
-    if (!place || !tx || this.draining || this.finished) return null;
+    if (!place || !tx || this.closed) return null;
     const snap = tx.getSnapshot();
     if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
     let targets: readonly Buffer[] | null;
@@ -369,7 +371,7 @@ export class Session {
 
   private sendToActive(event: { type: string; [k: string]: unknown }): void {
     const target = this.transmission ?? this.handshake;
-    if (!target || this.finished) return;
+    if (!target || this.closed) return;
     // A machine that reached its final state takes no more events (xstate warns on each one).
     if (target.getSnapshot().status !== 'active') return;
     try {
@@ -415,11 +417,11 @@ export class Session {
       do {
         this.repump = false;
         exhausted = this.pumpOnce();
-      } while (this.repump && !this.finished);
+      } while (this.repump && !this.closed);
     } finally {
       this.pumping = false;
     }
-    if (this.eofPending && exhausted && !this.finished) {
+    if (this.eofPending && exhausted && !this.closed) {
       this.eofPending = false;
       this.reportIncomplete('closed the connection');
       this.sendToActive({ type: 'client.eof' });
@@ -432,7 +434,7 @@ export class Session {
     let batch: RequestFrame[] | null = null;
     let batchBytes = 0;
     let exhausted = false;
-    while (!this.finished && !this.upgrading && this.hasRoom(batch === null ? 0 : batch.length, batchBytes)) {
+    while (!this.closed && (this.transmission !== null || !this.upgrading) && this.hasRoom(batch === null ? 0 : batch.length, batchBytes)) {
       const f = this.decoder.next();
       if (f === null) {
         exhausted = true;
@@ -484,26 +486,53 @@ export class Session {
     }
   }
 
+  /**
+   * Tell the connection machine when the budgets cross: `budget.full` when
+   * one is used up, `budget.room` when all have room again. Its `reading`
+   * region pauses and resumes the socket (see `start`).
+   */
   private updateFlow(): void {
-    if (this.finished) return;
+    if (this.closed) return;
     const full = !this.hasRoom();
-    if (full && !this.throttled) {
-      this.throttled = true;
-      this.socket.pause();
-      if (this.transmission) this.sendToActive({ type: 'inflight.high' });
-    } else if (!full && this.throttled) {
-      this.throttled = false;
-      if (this.transmission) this.sendToActive({ type: 'inflight.low' });
-      this.socket.resume();
-    }
+    if (full !== this.readingPaused) this.actor.send({ type: full ? 'budget.full' : 'budget.room' });
   }
 
   private afterCompletion(): void {
-    if (this.draining && this.inFlight === 0) {
+    if (this.inFlight === 0 && this.draining) {
       this.sendToActive({ type: 'inflight.idle' });
       return;
     }
-    if (this.throttled || this.decoder.bufferedBytes > 0) this.pump();
+    if (this.decoder.bufferedBytes > 0 || this.readingPaused) this.pump();
+  }
+
+  // ── the machines' states, read where a decision depends on them ────────
+
+  /** The connection machine finished (or was stopped): nothing more is done for this connection. */
+  private get closed(): boolean {
+    return this.actor.getSnapshot().status !== 'active';
+  }
+
+  /** The connection machine's reading region is paused (a budget is used up). */
+  private get readingPaused(): boolean {
+    return (this.actor.getSnapshot().value as { reading?: string }).reading === 'paused';
+  }
+
+  /** The handshake machine is performing STARTTLS: the raw socket belongs to the TLS upgrade. */
+  private get upgrading(): boolean {
+    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
+  }
+
+  /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
+  private get draining(): boolean {
+    return this.transmission !== null && this.transmission.getSnapshot().matches('draining');
+  }
+
+  /** The connection is over (the machine's `reading.stopped`): nothing more is read or interpreted. */
+  private stopReading(): void {
+    this.ignoreAfterStop(this.decoder.stop());
+    this.stopTimers();
+    this.bytes?.unsubscribe();
+    this.bytes = null;
   }
 
   private readonly onDrainNeeded = () => {
@@ -512,14 +541,14 @@ export class Session {
 
   /** Replies reached the socket: if reading waits on the byte budget, it may go on. */
   private readonly onWritten = () => {
-    if (!this.throttled || this.finished) return;
+    if (this.closed || !this.readingPaused) return;
     this.updateFlow();
-    if (!this.throttled) this.pump();
+    if (!this.readingPaused) this.pump();
   };
 
   private readonly onDrain = () => {
     this.updateFlow();
-    if (!this.throttled) this.pump();
+    if (!this.closed && !this.readingPaused) this.pump();
   };
 
   // ── machine effects ──────────────────────────────────────────────────
@@ -565,7 +594,6 @@ export class Session {
         for (const r of e.refused) this.refuse(r);
         return;
       case 'draining':
-        this.draining = true;
         this.stopTimers();
         // transmission.disc-drains: after DISC nothing more is interpreted; what follows is ignored, never fatal.
         if (e.reason === 'disc') this.ignoreAfterStop(this.decoder.stop());
@@ -644,7 +672,6 @@ export class Session {
       this.failTls('STARTTLS accepted but no TLS credentials are configured; disconnecting', 'no TLS credentials');
       return;
     }
-    this.upgrading = true;
     // Anything the client pipelined behind STARTTLS is plaintext that must
     // never be interpreted (tls.plaintext-after-starttls): hard disconnect, none of it is parsed.
     const dropped = this.decoder.discardBuffered();
@@ -659,7 +686,8 @@ export class Session {
     this.socket.off('drain', this.onDrain);
     upgrade(this.socket).then(
       ({ stream: secure, identity, protocol, cipher }) => {
-        if (this.finished || this.tlsFailed) {
+        // The upgrade was abandoned meanwhile (timeout, plaintext behind STARTTLS, the connection gone).
+        if (this.closed || !this.upgrading) {
           secure.destroy();
           return;
         }
@@ -670,7 +698,6 @@ export class Session {
         secure.on('error', this.onSocketError);
         secure.on('close', this.onSocketClose);
         secure.on('drain', this.onDrain);
-        this.upgrading = false;
         this.decoder.restartOptions();
         this.sendToActive({ type: 'tls.established' });
         this.subscribeBytes();
@@ -687,14 +714,12 @@ export class Session {
    * Only this connection is affected.
    */
   private failTls(logLine: string, reason: string): void {
-    if (this.tlsFailed || this.finished) return;
-    this.tlsFailed = true;
+    if (this.closed) return;
     this.logDrop(logLine);
     this.bytes?.unsubscribe();
     this.bytes = null;
     this.sendToActive({ type: 'tls.failed', message: reason });
     this.closeReason = reason;
-    this.upgrading = false;
     this.writer.destroy();
     this.socket.destroy();
     this.finish();
@@ -722,7 +747,7 @@ export class Session {
   }
 
   private onEof(): void {
-    if (this.finished || this.upgrading) return;
+    if (this.closed || this.upgrading) return;
     if (this.transmission) {
       // Requests still buffered were sent before the EOF: serve them first (see eofPending).
       this.eofPending = true;
@@ -735,7 +760,7 @@ export class Session {
 
   private readonly onSocketError = (err: Error) => {
     const code = (err as NodeJS.ErrnoException).code;
-    if (!this.finished && !this.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
+    if (!this.closed && !this.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
     // A client vanishing mid-reply is routine; anything else is worth a warning.
     if (code === 'EPIPE' || code === 'ECONNRESET') this.log.info?.(`${this.peer}: ${err.message}`);
     else this.log.warn(`${this.peer}: socket error: ${err.message}`);
@@ -754,9 +779,9 @@ export class Session {
   }
 
   private finish(): void {
-    if (this.finished) return;
+    if (this.closeNotified) return;
+    this.closeNotified = true;
     this.sendToActive({ type: 'socket.closed' });
-    this.finished = true;
     this.stopTimers();
     this.bytes?.unsubscribe();
     this.bytes = null;

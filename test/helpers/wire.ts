@@ -218,25 +218,24 @@ export interface RequestFields {
 
 /** Compact request: 28-byte header, then the payload (WRITE) if given. */
 export function encodeRequest(r: RequestFields, payload?: Buffer): Buffer {
-  const h = Buffer.alloc(28);
-  h.writeUInt32BE(W.REQUEST_MAGIC, 0);
-  h.writeUInt16BE(r.flags, 4);
-  h.writeUInt16BE(r.type, 6);
-  h.writeBigUInt64BE(r.cookie, 8);
-  h.writeBigUInt64BE(BigInt(r.offset), 16);
-  h.writeUInt32BE(Number(r.length), 24);
-  return payload ? Buffer.concat([h, payload]) : h;
+  return encodeRequestFrame(false, r, payload);
 }
 
 /** Extended request: 32-byte header (64-bit length), then the payload if given. */
 export function encodeExtendedRequest(r: RequestFields, payload?: Buffer): Buffer {
-  const h = Buffer.alloc(32);
-  h.writeUInt32BE(W.EXTENDED_REQUEST_MAGIC, 0);
+  return encodeRequestFrame(true, r, payload);
+}
+
+/** The two request layouts differ only in the magic and the length field (u32 or u64). */
+function encodeRequestFrame(extended: boolean, r: RequestFields, payload?: Buffer): Buffer {
+  const h = Buffer.alloc(extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST);
+  h.writeUInt32BE(extended ? W.EXTENDED_REQUEST_MAGIC : W.REQUEST_MAGIC, 0);
   h.writeUInt16BE(r.flags, 4);
   h.writeUInt16BE(r.type, 6);
   h.writeBigUInt64BE(r.cookie, 8);
   h.writeBigUInt64BE(BigInt(r.offset), 16);
-  h.writeBigUInt64BE(BigInt(r.length), 24);
+  if (extended) h.writeBigUInt64BE(BigInt(r.length), 24);
+  else h.writeUInt32BE(Number(r.length), 24);
   return payload ? Buffer.concat([h, payload]) : h;
 }
 

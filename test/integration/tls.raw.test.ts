@@ -216,6 +216,21 @@ describe('bad input around STARTTLS', () => {
   function lastOpenedId(): number {
     return [...events].reverse().find((e) => e.type === 'opened')!.connection.id;
   }
+  /** A raw client through STARTTLS's ACK (the TLS handshake not begun), with its connection id. */
+  async function atStartTls(): Promise<{ c: RawClient; id: number }> {
+    const c = await rawClient(srv.socket);
+    await c.greet();
+    const id = lastOpenedId();
+    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    return { c, id };
+  }
+  /** Connection `id` is closed, with exactly one warning or error logged since `mark`, matching `pattern`. */
+  async function closedWithOneLine(id: number, mark: number, pattern: RegExp): Promise<void> {
+    await closedEvent(id);
+    const lines = newLogs(mark);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(pattern);
+  }
 
   it('tls.plaintext-after-starttls: plaintext options pipelined behind STARTTLS are never interpreted: the client is disconnected alone', async () => {
     const other = await bystander();
@@ -230,10 +245,7 @@ describe('bad input around STARTTLS', () => {
     const got = await c.read(c.pending, 10).catch(() => Buffer.alloc(0));
     expect(got.length === 0 || got.length === 20).toBe(true);
     if (got.length === 20) expect(got.readUInt32BE(12)).toBe(REP.ACK);
-    await closedEvent(id);
-    const lines = newLogs(mark);
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/pipelined behind STARTTLS/);
+    await closedWithOneLine(id, mark, /pipelined behind STARTTLS/);
     await stillServes(other);
     other.destroy();
   });
@@ -241,17 +253,11 @@ describe('bad input around STARTTLS', () => {
   it('tls.handshake-failed: garbage instead of a TLS ClientHello: disconnected alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await rawClient(srv.socket);
-    await c.greet();
-    const id = lastOpenedId();
-    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    const { c, id } = await atStartTls();
     // A plaintext option where the ClientHello should be.
     c.write(encodeOption(OPT.INFO, encodeInfoGoData('secret')));
     expect(await c.closed()).toBe(true);
-    await closedEvent(id);
-    const lines = newLogs(mark);
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/TLS handshake failed/);
+    await closedWithOneLine(id, mark, /TLS handshake failed/);
     await stillServes(other);
     other.destroy();
   });
@@ -259,40 +265,25 @@ describe('bad input around STARTTLS', () => {
   it('tls.handshake-failed: a client that drops during the TLS handshake: closed alone, one log line', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await rawClient(srv.socket);
-    await c.greet();
-    const id = lastOpenedId();
-    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    const { c, id } = await atStartTls();
     // The first bytes of a TLS record header (handshake, TLS 1.0), then gone.
     c.write(Buffer.from([0x16, 0x03, 0x01, 0x02]));
     await new Promise((r) => setTimeout(r, 50));
     c.destroy();
-    await closedEvent(id);
-    const lines = newLogs(mark);
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/TLS handshake failed/);
+    await closedWithOneLine(id, mark, /TLS handshake failed/);
     await stillServes(other);
     other.destroy();
   });
 
   it('tls.handshake-failed: a client that drops right after the STARTTLS ACK: closed alone, one log line', async () => {
     const mark = srv.logs.length;
-    const c = await rawClient(srv.socket);
-    await c.greet();
-    const id = lastOpenedId();
-    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    const { c, id } = await atStartTls();
     c.destroy();
-    await closedEvent(id);
-    const lines = newLogs(mark);
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/TLS handshake failed/);
+    await closedWithOneLine(id, mark, /TLS handshake failed/);
   });
 
   it('tls.handshake-failed: a client that stalls in the TLS handshake is dropped after handshakeTimeout', async () => {
-    const c = await rawClient(srv.socket);
-    await c.greet();
-    const id = lastOpenedId();
-    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    const { c, id } = await atStartTls();
     expect(await c.closed(6000)).toBe(true);
     await closedEvent(id);
     expect(srv.logs.some((l) => /timed out/.test(l))).toBe(true);
@@ -301,10 +292,7 @@ describe('bad input around STARTTLS', () => {
   it('an untrusted server certificate: the client gives up, the server logs one line and keeps serving', async () => {
     const other = await bystander();
     const mark = srv.logs.length;
-    const c = await rawClient(srv.socket);
-    await c.greet();
-    const id = lastOpenedId();
-    expect(types(await c.option(OPT.STARTTLS))).toEqual([REP.ACK]);
+    const { c, id } = await atStartTls();
     await expect(c.startTls({ servername: 'localhost' /* system CAs only */ })).rejects.toThrow();
     c.destroy();
     await closedEvent(id);

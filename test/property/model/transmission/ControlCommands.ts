@@ -24,16 +24,3 @@ export class ShutdownCommand implements fc.Command<TxModel, TxReal> {
   }
   toString = () => 'server.shutdown';
 }
-
-/** The transport's in-flight crossings: never an effect, never a lost request. */
-export class InflightCommand implements fc.Command<TxModel, TxReal> {
-  constructor(readonly level: 'high' | 'low') {}
-  check = () => true;
-  run(m: TxModel, r: TxReal): void {
-    expect(r.t.send({ type: `inflight.${this.level}` })).toEqual([]);
-    const v = r.t.actor.getSnapshot().value;
-    if (m.draining) expect(v).toBe('draining');
-    else expect(v).toEqual({ open: this.level === 'high' ? 'throttled' : 'serving' });
-  }
-  toString = () => `inflight.${this.level}`;
-}

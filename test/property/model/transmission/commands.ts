@@ -1,6 +1,6 @@
 /** The fc.commands arbitrary for request sequences. */
 import fc from 'fast-check';
-import { DiscCommand, InflightCommand, ShutdownCommand } from './ControlCommands.js';
+import { DiscCommand, ShutdownCommand } from './ControlCommands.js';
 import { C, F } from './model.js';
 import type { TxModel, TxReal } from './model.js';
 import { RequestCommand, type Where } from './RequestCommand.js';
@@ -41,7 +41,6 @@ export const requestCommands: fc.Arbitrary<Iterable<fc.Command<TxModel, TxReal>>
     fc.oneof(
       { weight: 12, arbitrary: fc.tuple(type, flags, where, length).map(([t, f, w, l]) => new RequestCommand(t, f, w, l)) },
       { weight: 12, arbitrary: plausible },
-      { weight: 2, arbitrary: fc.constantFrom('high' as const, 'low' as const).map((l) => new InflightCommand(l)) },
       // Rare: they end normal service (everything after gets ESHUTDOWN).
       { weight: 1, arbitrary: fc.constant(new DiscCommand()) },
       { weight: 1, arbitrary: fc.constant(new ShutdownCommand()) },
