@@ -4,11 +4,19 @@
  * greeting → awaitingClientFlags → options ⇄ upgradingTls → negotiated
  *                                        ↘ aborted | rejected | disconnected
  *
+ * options.choosingMode → exhausted | shuttingDown | unfixed | awaitingTls | open
+ *   (the modes, by precedence; any mode but exhausted → exhausted once the
+ *   option budget is spent, any mode → shuttingDown on server.shutdown)
+ *
+ * The transitions are literal objects that the compiler checks against the
+ * guard and action names below; a mode answers the options it restricts
+ * with one `opt.*` wildcard transition and names the exceptions.
+ *
  * Every reply goes out through the emitted `send` effect; the machine never
  * touches a socket. Comments, reject reasons and refusals cite the rules
  * they enforce by their IDs in docs/rules.md.
  */
-import { assign, emit, setup, enqueueActions } from 'xstate';
+import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
 import {
   BASE_ALLOCATION,
   CLIENT_FLAGS,
@@ -32,13 +40,7 @@ import {
   encodeRepServer,
   withHasFlags,
 } from '../protocol/encoder.js';
-import type {
-  ExportNameOption,
-  InfoGoOption,
-  MetaContextOption,
-  OptionFrame,
-  SimpleOption,
-} from '../protocol/frames.js';
+import type { InfoGoOption, OptionFrame } from '../protocol/frames.js';
 import type {
   ExportDescriptor,
   HandshakeEmitted,
@@ -133,11 +135,12 @@ function exportTlsBlocked(ctx: HandshakeContext, exp: ExportDescriptor | undefin
   return !!exp?.tlsOnly && !ctx.tls && ctx.tlsPolicy !== 'off';
 }
 
-type OptEvent<O extends OptionFrame['opt']> = { type: `opt.${O}`; frame: Extract<OptionFrame, { opt: O }> };
-
-function frameOf(event: HandshakeEvent): OptionFrame {
-  return (event as { frame: OptionFrame }).frame;
-}
+/** Options whose frame names an export. */
+const NAMED_OPTIONS = ['opt.exportName', 'opt.info', 'opt.go', 'opt.listMetaContext', 'opt.setMetaContext'] as const;
+/** Options that take no data (option.unexpected-data). */
+const DATALESS_OPTIONS = ['opt.list', 'opt.starttls', 'opt.structuredReply', 'opt.extendedHeaders'] as const;
+/** Options answered with a bare ACK. */
+const ACKED_OPTIONS = ['opt.abort', 'opt.starttls', 'opt.structuredReply', 'opt.extendedHeaders'] as const;
 
 function sendOf(frame: ReturnType<typeof encodeAck>, label: string): HandshakeEmitted {
   return { type: 'send', frame, label };
@@ -249,124 +252,6 @@ function negotiatedFrom(ctx: HandshakeContext, exp: ExportDescriptor, viaExportN
   };
 }
 
-// ── option routing table ───────────────────────────────────────────────
-
-type Transition = {
-  guard?: string;
-  target?: string;
-  actions: ReadonlyArray<string | { type: string; params: Record<string, unknown> }>;
-};
-
-/** An option error reply and why (the text sent with it: REFUSAL_TEXT). */
-const err = (error: RepErrName, why: RefusalReason) => ({ type: 'replyError', params: { error, why } });
-const rej = (reason: string) => ({ type: 'reject', params: { reason } });
-
-/**
- * Each option's guarded transitions, in the order the spec's rules apply.
- * Every one of them counts the option first (DoS guard: option.too-many-options).
- */
-function optionTransitions() {
-  const counted = (list: Transition[]): Transition[] =>
-    list.map((t) => (t.target === 'rejected' ? t : { ...t, actions: ['countOption', ...t.actions] }));
-  // Rules that come before any option-specific one.
-  const prelude = (opts: { clear?: boolean } = {}): Transition[] => {
-    const pre = opts.clear ? ['clearMetaContexts'] : [];
-    return [
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
-      { guard: 'shuttingDown', actions: [...pre, err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
-      { guard: 'notFixedNewstyle', actions: [...pre, err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
-      // tls.mode-forcedtls: everything but STARTTLS / ABORT gets ERR_TLS_REQD,
-      // oversized options included: checked before TOO_BIG (the MUST names no exception).
-      { guard: 'tlsRequiredNotActive', actions: [...pre, err('NBD_REP_ERR_TLS_REQD', 'tlsRequired')] },
-      { guard: 'optionTooBig', actions: [...pre, err('NBD_REP_ERR_TOO_BIG', 'problem')] },
-    ];
-  };
-  return {
-    'opt.abort': counted([
-      // option.abort-ack: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
-      { target: 'aborted', actions: ['replyAck', 'recordAbort', 'closeSoft'] },
-    ]),
-    'opt.exportName': counted([
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
-      // option.export-name-terminates: EXPORT_NAME cannot be answered with an error: terminate.
-      { guard: 'shuttingDown', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME while shutting down')] },
-      { guard: 'optionMalformed', target: 'rejected', actions: [rej('option.export-name-terminates: malformed EXPORT_NAME')] },
-      { guard: 'optionTooBig', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME too long')] },
-      { guard: 'tlsRequiredNotActive', target: 'rejected', actions: [rej('tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode')] },
-      { guard: 'extendedHeadersOn', target: 'rejected', actions: [rej('option.extended-headers: EXPORT_NAME after EXTENDED_HEADERS')] },
-      { guard: 'exportUnknown', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME for an unknown export')] },
-      { guard: 'exportTlsOnly', target: 'rejected', actions: [rej('option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS')] },
-      { target: 'negotiated', actions: ['replyExportName'] },
-    ]),
-    'opt.starttls': counted([
-      { guard: 'tooManyOptions', target: 'rejected', actions: [rej('option.too-many-options: too many options (DoS guard)')] },
-      { guard: 'shuttingDown', actions: [err('NBD_REP_ERR_SHUTDOWN', 'shuttingDown')] },
-      { guard: 'notFixedNewstyle', actions: [err('NBD_REP_ERR_INVALID', 'notFixedNewstyle')] },
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] },
-      // tls.starttls-repeat: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
-      { guard: 'tlsActive', actions: [err('NBD_REP_ERR_INVALID', 'tlsActive')] },
-      // tls.mode-notls: ERR_POLICY, never ERR_TLS_REQD.
-      { guard: 'tlsPolicyOff', actions: [err('NBD_REP_ERR_POLICY', 'tlsOff')] },
-      { target: 'upgradingTls', actions: ['replyAck', 'requestTlsUpgrade'] },
-    ]),
-    'opt.list': counted([
-      ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
-      { actions: ['replyList'] },
-    ]),
-    'opt.info': counted([
-      ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
-      { actions: ['replyInfo'] },
-    ]),
-    'opt.go': counted([
-      ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
-      // option.go-starts-transmission: after the ACK the next bytes are requests.
-      { target: 'negotiated', actions: ['replyInfo', 'recordGo'] },
-    ]),
-    'opt.structuredReply': counted([
-      ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
-      { guard: 'structuredRepliesNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'structuredRepliesNotOffered')] },
-      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_EXT_HEADER_REQD', 'extendedHeadersOnNoStructured')] },
-      { guard: 'structuredRepliesOn', actions: [err('NBD_REP_ERR_INVALID', 'structuredRepliesOn')] }, // option.structured-reply: MAY on repeat
-      { actions: ['replyAck', 'enableStructuredReplies'] },
-    ]),
-    'opt.extendedHeaders': counted([
-      ...prelude(),
-      { guard: 'optionHasData', actions: [err('NBD_REP_ERR_INVALID', 'hasData')] }, // option.unexpected-data
-      { guard: 'extendedHeadersNotOffered', actions: [err('NBD_REP_ERR_UNSUP', 'extendedHeadersNotOffered')] },
-      { guard: 'extendedHeadersOn', actions: [err('NBD_REP_ERR_INVALID', 'extendedHeadersOn')] }, // option.extended-headers
-      { actions: ['replyAck', 'enableExtendedHeaders'] },
-    ]),
-    'opt.listMetaContext': counted([
-      ...prelude(),
-      { guard: 'optionMalformed', actions: [err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
-      { guard: 'exportUnknown', actions: [err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
-      { guard: 'exportTlsOnly', actions: [err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
-      { actions: ['replyListMetaContext'] },
-    ]),
-    'opt.setMetaContext': counted([
-      ...prelude({ clear: true }),
-      { guard: 'optionMalformed', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'problem')] }, // option.length-mismatch
-      { guard: 'structuredRepliesOff', actions: ['clearMetaContexts', err('NBD_REP_ERR_INVALID', 'structuredRepliesOff')] }, // option.meta-context-needs-structured
-      { guard: 'exportUnknown', actions: ['clearMetaContexts', err('NBD_REP_ERR_UNKNOWN', 'exportUnknown')] },
-      { guard: 'exportTlsOnly', actions: ['clearMetaContexts', err('NBD_REP_ERR_TLS_REQD', 'exportTlsOnly')] },
-      { actions: ['replySetMetaContext'] },
-    ]),
-    'opt.unknown': counted([
-      ...prelude(),
-      // option.unknown-code: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
-      { actions: [err('NBD_REP_ERR_UNSUP', 'unsupported')] },
-    ]),
-  };
-}
-
 // ── the machine ────────────────────────────────────────────────────────
 
 export const handshakeMachine = setup({
@@ -379,25 +264,42 @@ export const handshakeMachine = setup({
   },
   guards: {
     // handshake.client-flags-unknown: unknown or un-advertised client flag bits ⇒ drop the connection.
-    clientFlagsInvalid: ({ event }) =>
-      event.type === 'wire.clientFlags' && (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0,
+    clientFlagsInvalid: ({ event }) => {
+      assertEvent(event, 'wire.clientFlags');
+      return (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0;
+    },
     // option.too-many-options: too many options on one connection (DoS guard).
     tooManyOptions: ({ context }) => context.optionCount >= context.maxOptions,
     // option.shutting-down: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
     shuttingDown: ({ context }) => context.shuttingDown,
     // handshake.fixed-newstyle-required: without fixed newstyle only EXPORT_NAME is legal.
     notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
-    // The option data could not be parsed (option.length-mismatch, general.string-limits) or was too big (option.too-big).
-    optionMalformed: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_INVALID',
-    optionTooBig: ({ event }) => frameOf(event).problem?.reply === 'NBD_REP_ERR_TOO_BIG',
-    // option.unexpected-data: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
-    optionHasData: ({ event }) => (frameOf(event) as SimpleOption).hasData === true,
     // tls.mode-forcedtls: FORCEDTLS and no TLS yet.
     tlsRequiredNotActive: ({ context }) => isTlsBlocked(context),
+    // The option data could not be parsed (option.length-mismatch, general.string-limits) or was too big (option.too-big).
+    optionMalformed: ({ event }) => {
+      assertEvent(event, 'opt.*');
+      return event.frame.problem?.reply === 'NBD_REP_ERR_INVALID';
+    },
+    optionTooBig: ({ event }) => {
+      assertEvent(event, 'opt.*');
+      return event.frame.problem?.reply === 'NBD_REP_ERR_TOO_BIG';
+    },
+    // option.unexpected-data: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
+    optionHasData: ({ event }) => {
+      assertEvent(event, DATALESS_OPTIONS);
+      return event.frame.hasData;
+    },
     tlsActive: ({ context }) => context.tls,
     tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
-    exportUnknown: ({ context, event }) => findExport(context, (frameOf(event) as InfoGoOption).name) === undefined,
-    exportTlsOnly: ({ context, event }) => exportTlsBlocked(context, findExport(context, (frameOf(event) as InfoGoOption).name)),
+    exportUnknown: ({ context, event }) => {
+      assertEvent(event, NAMED_OPTIONS);
+      return findExport(context, event.frame.name) === undefined;
+    },
+    exportTlsOnly: ({ context, event }) => {
+      assertEvent(event, NAMED_OPTIONS);
+      return exportTlsBlocked(context, findExport(context, event.frame.name));
+    },
     extendedHeadersOn: ({ context }) => context.extendedHeaders,
     structuredRepliesOn: ({ context }) => context.structuredReplies,
     structuredRepliesNotOffered: ({ context }) => !context.offerStructuredReplies,
@@ -407,36 +309,43 @@ export const handshakeMachine = setup({
   actions: {
     sendGreeting: emit(() => sendOf([encodeGreeting(SERVER_HANDSHAKE_FLAGS)], 'greeting')),
     recordClientFlags: assign(({ event }) => {
-      const flags = (event as { flags: number }).flags;
+      assertEvent(event, 'wire.clientFlags');
       return {
-        clientFlags: flags,
-        fixedNewstyle: (flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) !== 0,
+        clientFlags: event.flags,
+        fixedNewstyle: (event.flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) !== 0,
         // handshake.no-zeroes: NO_ZEROES only when both sides set it (the server always offers it).
-        noZeroes: (flags & CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES) !== 0,
+        noZeroes: (event.flags & CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES) !== 0,
       };
     }),
     countOption: assign({ optionCount: ({ context }) => context.optionCount + 1 }),
+    // A hard close with one reason: the rule, then what triggered it.
     reject: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
       const detail = event.type.startsWith('opt.')
         ? ` (${event.type})`
         : event.type === 'wire.fatal'
-          ? `: ${(event as { message: string }).message}`
+          ? `: ${event.message}`
           : event.type === 'timer.handshake'
             ? `: not finished within ${event.ms} ms`
             : '';
       enqueue.assign({ outcome: { outcome: 'rejected', reason: params.reason + detail } });
       enqueue.emit({ type: 'close', hard: true, reason: params.reason + detail });
     }),
-    replyError: emit(({ context, event }, params: { error: RepErrName; why: RefusalReason }) =>
-      errorReply(frameOf(event).code, params.error, REFUSAL_TEXT[params.why](context, frameOf(event))),
-    ),
-    replyAck: emit(({ event }) => sendOf(encodeAck(frameOf(event).code), 'NBD_REP_ACK')),
+    // An option error reply and why (the text sent with it: REFUSAL_TEXT).
+    replyError: emit(({ context, event }, params: { error: RepErrName; why: RefusalReason }) => {
+      assertEvent(event, 'opt.*');
+      return errorReply(event.frame.code, params.error, REFUSAL_TEXT[params.why](context, event.frame));
+    }),
+    replyAck: emit(({ event }) => {
+      assertEvent(event, ACKED_OPTIONS);
+      return sendOf(encodeAck(event.frame.code), 'NBD_REP_ACK');
+    }),
     recordAbort: assign({ outcome: () => ({ outcome: 'aborted' }) as const }),
     closeSoft: emit(() => ({ type: 'close', hard: false, reason: 'client sent NBD_OPT_ABORT' }) as const),
     enableStructuredReplies: assign({ structuredReplies: true }),
     enableExtendedHeaders: assign({ extendedHeaders: true, structuredReplies: true }),
     replyList: enqueueActions(({ enqueue, context, event }) => {
-      const code = frameOf(event).code;
+      assertEvent(event, 'opt.list');
+      const code = event.frame.code;
       for (const exp of context.exports) {
         // SELECTIVETLS: LIST MAY hide TLS-only exports before TLS.
         if (exportTlsBlocked(context, exp)) continue;
@@ -445,16 +354,18 @@ export const handshakeMachine = setup({
       enqueue.emit(sendOf(encodeAck(code), 'NBD_REP_ACK'));
     }),
     replyInfo: enqueueActions(({ enqueue, context, event }) => {
-      const frame = frameOf(event) as InfoGoOption;
-      const exp = findExport(context, frame.name)!;
-      for (const e of infoReplies(context, frame, exp)) enqueue.emit(e);
+      assertEvent(event, ['opt.info', 'opt.go']);
+      const exp = findExport(context, event.frame.name)!;
+      for (const e of infoReplies(context, event.frame, exp)) enqueue.emit(e);
     }),
     recordGo: assign(({ context, event }) => {
-      const exp = findExport(context, (frameOf(event) as InfoGoOption).name)!;
+      assertEvent(event, 'opt.go');
+      const exp = findExport(context, event.frame.name)!;
       return { outcome: { outcome: 'negotiated', negotiated: negotiatedFrom(context, exp, false) } as const };
     }),
     replyExportName: enqueueActions(({ enqueue, context, event }) => {
-      const exp = findExport(context, (frameOf(event) as ExportNameOption).name)!;
+      assertEvent(event, 'opt.exportName');
+      const exp = findExport(context, event.frame.name)!;
       const negotiated = negotiatedFrom(context, exp, true);
       enqueue.assign({ outcome: { outcome: 'negotiated', negotiated } });
       enqueue.emit(
@@ -462,7 +373,8 @@ export const handshakeMachine = setup({
       );
     }),
     replyListMetaContext: enqueueActions(({ enqueue, event }) => {
-      const frame = frameOf(event) as MetaContextOption;
+      assertEvent(event, 'opt.listMetaContext');
+      const frame = event.frame;
       // option.meta-context-reply: LIST replies carry context id 0 (the spec: it SHOULD be 0).
       for (const name of matchMetaContexts(frame.queries, 'list')) {
         enqueue.emit(sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
@@ -472,7 +384,8 @@ export const handshakeMachine = setup({
     // option.meta-context-replace: SET replaces the previous selection, even when it fails.
     clearMetaContexts: assign({ metaContexts: null }),
     replySetMetaContext: enqueueActions(({ enqueue, context, event }) => {
-      const frame = frameOf(event) as MetaContextOption;
+      assertEvent(event, 'opt.setMetaContext');
+      const frame = event.frame;
       const exp = findExport(context, frame.name)!;
       const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
       enqueue.assign({ metaContexts: { exportName: exp.name, contexts } });
@@ -514,6 +427,7 @@ export const handshakeMachine = setup({
   on: {
     'socket.closed': { target: '.disconnected', actions: 'recordDisconnect' },
     'wire.fatal': { target: '.rejected', actions: { type: 'reject', params: { reason: 'protocol violation' } } },
+    // Outside `options` (before the client flags, during STARTTLS) only remembered: `options` starts in shuttingDown.
     'server.shutdown': { actions: 'markShuttingDown' },
     // The server's handshake timeout (as qemu-nbd since CVE-2024-7409): drop a client that never finishes.
     'timer.handshake': { target: '.rejected', actions: { type: 'reject', params: { reason: 'handshake timeout' } } },
@@ -532,9 +446,176 @@ export const handshakeMachine = setup({
         ],
       },
     },
+    /**
+     * Option haggling, in one of five modes. Each mode answers the options
+     * it restricts with one wildcard (`opt.*`) transition and lists the
+     * options it treats otherwise; every option the server answers counts
+     * towards maxOptions (`countOption`), refusals that close do not.
+     * Precedence, as the rules apply: exhausted, shuttingDown, unfixed,
+     * awaitingTls, open.
+     */
     options: {
-      on: optionTransitions() as never,
+      initial: 'choosingMode',
+      on: {
+        // option.shutting-down: from now on every option but ABORT gets ERR_SHUTDOWN.
+        'server.shutdown': { target: '.shuttingDown', actions: 'markShuttingDown' },
+      },
+      states: {
+        // Entered after the client flags and after STARTTLS: pick the mode the context calls for.
+        choosingMode: {
+          always: [
+            { guard: 'shuttingDown', target: 'shuttingDown' },
+            { guard: 'notFixedNewstyle', target: 'unfixed' },
+            { guard: 'tlsRequiredNotActive', target: 'awaitingTls' },
+            { target: 'open' },
+          ],
+        },
+        // option.too-many-options: the budget is spent; the next option (but ABORT) closes the connection.
+        exhausted: {
+          on: {
+            // option.abort-ack: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
+            'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
+            'opt.*': { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.too-many-options: too many options (DoS guard)' } } },
+            // Exhausted comes first: a shutdown changes nothing here.
+            'server.shutdown': { actions: 'markShuttingDown' },
+          },
+        },
+        // option.shutting-down: every option but ABORT gets ERR_SHUTDOWN; EXPORT_NAME cannot, so it closes.
+        shuttingDown: {
+          always: { guard: 'tooManyOptions', target: 'exhausted' },
+          on: {
+            'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
+            // option.export-name-terminates: EXPORT_NAME cannot be answered with an error: terminate.
+            'opt.exportName': { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME while shutting down' } } },
+            // option.meta-context-replace: a refused SET still drops the selection made before.
+            'opt.setMetaContext': { actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_SHUTDOWN', why: 'shuttingDown' } }] },
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_SHUTDOWN', why: 'shuttingDown' } }] },
+          },
+        },
+        // handshake.fixed-newstyle-required: the client did not set NBD_FLAG_C_FIXED_NEWSTYLE; only EXPORT_NAME
+        // (and ABORT) are legal. Nothing can be negotiated here, so SET_META_CONTEXT has no selection to drop,
+        // and EXTENDED_HEADERS is never on.
+        unfixed: {
+          always: { guard: 'tooManyOptions', target: 'exhausted' },
+          on: {
+            'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
+            'opt.exportName': [
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
+              // tls.mode-forcedtls: STARTTLS is refused here, so TLS can only come from the listener.
+              { guard: 'tlsRequiredNotActive', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode' } } },
+              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for an unknown export' } } },
+              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS' } } },
+              { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
+            ],
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'notFixedNewstyle' } }] },
+          },
+        },
+        // tls.mode-forcedtls: TLS is required and not up yet. Everything but STARTTLS / ABORT gets ERR_TLS_REQD,
+        // oversized options included (the MUST names no exception); EXPORT_NAME cannot, so it closes.
+        // Nothing was negotiated before TLS, so SET_META_CONTEXT has no selection to drop.
+        awaitingTls: {
+          always: { guard: 'tooManyOptions', target: 'exhausted' },
+          on: {
+            'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
+            'opt.starttls': [
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { target: '#handshake.upgradingTls', actions: ['countOption', 'replyAck', 'requestTlsUpgrade'] },
+            ],
+            'opt.exportName': [
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
+              { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode' } } },
+            ],
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'tlsRequired' } }] },
+          },
+        },
+        // Fixed newstyle, not shutting down, TLS up or not required: each option's own rules, in the order they apply.
+        open: {
+          always: { guard: 'tooManyOptions', target: 'exhausted' },
+          on: {
+            'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
+            'opt.exportName': [
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
+              { guard: 'extendedHeadersOn', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.extended-headers: EXPORT_NAME after EXTENDED_HEADERS' } } },
+              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for an unknown export' } } },
+              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS' } } },
+              { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
+            ],
+            'opt.starttls': [
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              // tls.starttls-repeat: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
+              { guard: 'tlsActive', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'tlsActive' } }] },
+              // tls.mode-notls: ERR_POLICY, never ERR_TLS_REQD.
+              { guard: 'tlsPolicyOff', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_POLICY', why: 'tlsOff' } }] },
+              { target: '#handshake.upgradingTls', actions: ['countOption', 'replyAck', 'requestTlsUpgrade'] },
+            ],
+            // option.too-big: an option over the data limit (its data was skipped) ⇒ ERR_TOO_BIG, before any other check.
+            'opt.list': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { actions: ['countOption', 'replyList'] },
+            ],
+            'opt.info': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { actions: ['countOption', 'replyInfo'] },
+            ],
+            'opt.go': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              // option.go-starts-transmission: after the ACK the next bytes are requests.
+              { target: '#handshake.negotiated', actions: ['countOption', 'replyInfo', 'recordGo'] },
+            ],
+            'opt.structuredReply': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { guard: 'structuredRepliesNotOffered', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'structuredRepliesNotOffered' } }] },
+              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_EXT_HEADER_REQD', why: 'extendedHeadersOnNoStructured' } }] },
+              // option.structured-reply: MAY refuse a repeat.
+              { guard: 'structuredRepliesOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'structuredRepliesOn' } }] },
+              { actions: ['countOption', 'replyAck', 'enableStructuredReplies'] },
+            ],
+            'opt.extendedHeaders': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { guard: 'extendedHeadersNotOffered', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'extendedHeadersNotOffered' } }] },
+              // option.extended-headers: refuse a repeat.
+              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'extendedHeadersOn' } }] },
+              { actions: ['countOption', 'replyAck', 'enableExtendedHeaders'] },
+            ],
+            'opt.listMetaContext': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { actions: ['countOption', 'replyListMetaContext'] },
+            ],
+            // option.meta-context-replace: every refusal drops the previous selection too.
+            'opt.setMetaContext': [
+              { guard: 'optionTooBig', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
+              // option.meta-context-needs-structured
+              { guard: 'structuredRepliesOff', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'structuredRepliesOff' } }] },
+              { guard: 'exportUnknown', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { actions: ['countOption', 'replySetMetaContext'] },
+            ],
+            'opt.unknown': [
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              // option.unknown-code: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
+              { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'unsupported' } }] },
+            ],
+          },
+        },
+      },
     },
+    // The session runs the TLS handshake while the machine is here (it asks `snapshot.matches('upgradingTls')`).
     upgradingTls: {
       on: {
         'tls.established': { target: 'options', actions: 'forgetNegotiation' },

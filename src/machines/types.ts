@@ -45,10 +45,21 @@ export type HandshakeOutcome =
   | { readonly outcome: 'rejected'; readonly reason: string }
   | { readonly outcome: 'disconnected' };
 
+/** The frame of one option (e.g. `go` ⇒ InfoGoOption). */
+export type OptionFrameOf<O extends OptionFrame['opt']> = OptionFrame extends infer F ? (F extends OptionFrame ? (O extends F['opt'] ? F : never) : never) : never;
+
+/**
+ * One event per option, `opt.<name>`, carrying that option's frame. A union of
+ * one member per option (not one member with a union of names) so that
+ * xstate's `assertEvent(event, 'opt.go')` narrows the frame too. The
+ * transport builds it from any decoded frame: type `opt.` + frame.opt.
+ */
+export type OptionEvent = { [O in OptionFrame['opt']]: { type: `opt.${O}`; frame: OptionFrameOf<O> } }[OptionFrame['opt']];
+
 /** Events the transport feeds the handshake machine. */
 export type HandshakeEvent =
   | { type: 'wire.clientFlags'; flags: number }
-  | { type: `opt.${OptionFrame['opt']}`; frame: OptionFrame }
+  | OptionEvent
   | { type: 'wire.fatal'; message: string }
   | { type: 'tls.established' }
   | { type: 'tls.failed'; message: string }

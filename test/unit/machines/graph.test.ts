@@ -9,7 +9,8 @@
  * graph edge that selects it, replay "shortest path to the edge's source +
  * the edge's event" on a real actor, and check that the actor ends in the
  * predicted state and really took that transition (from `@xstate.microstep`
- * inspection events). Finally the union of taken transitions must be every
+ * inspection events, which also report the eventless `always` transitions:
+ * one edge per resulting state value reaches those). Finally the union of taken transitions must be every
  * transition of the machine, and the union of visited states every state.
  */
 import { describe, expect, it } from 'vitest';
@@ -180,26 +181,29 @@ describe('handshake machine: graph coverage with xstate/graph', () => {
         pathsReplayed++;
       }
 
-      // Edges: for each transition definition pick the first edge (by path length) that selects it.
+      // Edges: for each transition definition and each state value it leads to, pick the first edge
+      // (by path length) that selects it. Per resulting value, so that the eventless transitions an
+      // edge sets off (choosing the option mode, spending the option budget) are replayed too.
       // (cast: getAdjacencyMap's ActorLogic parameter does not accept a machine with typed emitted events)
       const adjacency = getAdjacencyMap(handshakeMachine as never, options as never) as AdjacencyMap<Snap, HandshakeEvent>;
       const byWeight = Object.entries(adjacency).sort(([a], [b]) => (pathTo.get(a)?.length ?? 1e9) - (pathTo.get(b)?.length ?? 1e9));
-      const chosen = new Map<string, { from: string; event: HandshakeEvent; next: Snap }>();
+      const chosen = new Map<string, { k: string; from: string; event: HandshakeEvent; next: Snap }>();
       for (const [from, { state, transitions }] of byWeight) {
         if (!pathTo.has(from)) continue;
         for (const { event, state: next } of Object.values(transitions) as Array<{ event: HandshakeEvent; state: Snap }>) {
           for (const t of handshakeMachine.getTransitionData(state, event)) {
             const k = transitionKey(t);
-            if (!chosen.has(k)) chosen.set(k, { from, event, next });
+            const edge = `${k} ⇒ ${JSON.stringify(next.value)}`;
+            if (!chosen.has(edge)) chosen.set(edge, { k, from, event, next });
           }
         }
       }
       expect(chosen.size).toBeGreaterThan(20);
-      for (const [k, { from, event, next }] of chosen) {
+      for (const [edge, { k, from, event, next }] of chosen) {
         const r = replay(input, [...pathTo.get(from)!, event]);
-        expect(r.value, k).toEqual(next.value);
-        expect(r.serialized, k).toBe(serializeState(next));
-        expect(r.taken, k).toContain(k);
+        expect(r.value, edge).toEqual(next.value);
+        expect(r.serialized, edge).toBe(serializeState(next));
+        expect(r.taken, edge).toContain(k);
         for (const id of r.visited) coveredStates.add(id);
         for (const t of r.taken) coveredTransitions.add(t);
         pathsReplayed++;

@@ -4,8 +4,9 @@
  * reported: …", libnbd logs it). Without one a client can only print
  * "Unknown error returned by server".
  *
- *  1. A walk over the handshake machine's routing table: every transition
- *     that sends an option error is triggered, and its reply checked.
+ *  1. A walk over the handshake machine's option modes: every transition
+ *     that sends an option error is triggered (a wildcard one with each
+ *     option it catches), and its reply checked.
  *  2. The texts themselves for the common refusals, and client-supplied
  *     names echoed safely (quoted, capped, control characters escaped).
  *  3. A seeded property: random option sequences under random server
@@ -35,22 +36,32 @@ function textOf(r: OptionReply): string {
 // ── 1. the routing table ─────────────────────────────────────────────────
 
 interface ErrorRoute {
+  /** The mode (state under `options`) the transition belongs to. */
+  mode: string;
+  /** The concrete option event; a wildcard (`opt.*`) transition is walked once per option it catches. */
   event: string;
+  /** The event descriptor as written in the machine (`opt.list`, or `opt.*`). */
+  descriptor: string;
   guard: string | undefined;
   error: string;
   why: string;
 }
 
-/** Every transition of the options state whose actions send an option error. */
+/** Every transition of the options modes whose actions send an option error. */
 function errorRoutes(): ErrorRoute[] {
-  const options = (handshakeMachine.config.states as Record<string, { on?: Record<string, unknown> }>).options!;
+  const options = (handshakeMachine.config.states as Record<string, { states?: Record<string, { on?: Record<string, unknown> }> }>).options!;
   const out: ErrorRoute[] = [];
-  for (const [event, list] of Object.entries(options.on ?? {})) {
-    for (const t of list as Array<{ guard?: string; actions?: unknown[] }>) {
-      for (const a of t.actions ?? []) {
-        if (typeof a === 'object' && a !== null && (a as { type?: string }).type === 'replyError') {
-          const params = (a as { params: { error: string; why: string } }).params;
-          out.push({ event, guard: t.guard, error: params.error, why: params.why });
+  for (const [mode, node] of Object.entries(options.states ?? {})) {
+    const on = node.on ?? {};
+    for (const [descriptor, transitions] of Object.entries(on)) {
+      // `opt.*` catches every option the mode does not list by name.
+      const events = descriptor === 'opt.*' ? Object.keys(CODE).filter((e) => !(e in on)) : [descriptor];
+      for (const t of [transitions].flat() as Array<{ guard?: string; actions?: unknown }>) {
+        for (const a of [t.actions ?? []].flat()) {
+          if (typeof a === 'object' && a !== null && (a as { type?: string }).type === 'replyError') {
+            const params = (a as { params: { error: string; why: string } }).params;
+            for (const event of events) out.push({ mode, event, descriptor, guard: t.guard, error: params.error, why: params.why });
+          }
         }
       }
     }
@@ -91,16 +102,23 @@ function scenario(route: ErrorRoute): { d: HandshakeDriver; event: HandshakeEven
     if (route.event === 'opt.setMetaContext') expect(d.option(opt(O.STRUCTURED_REPLY)).map((r) => r.type)).toEqual([R.ACK]);
     return d;
   };
-  switch (route.guard) {
+  // The restricting modes: the server's state decides, whatever the option.
+  switch (route.mode) {
     case 'shuttingDown': {
       const d = start();
       d.send({ type: 'server.shutdown' });
       return { d, event: valid() };
     }
-    case 'notFixedNewstyle':
+    case 'unfixed':
       return { d: start({}, 0), event: valid() };
-    case 'tlsRequiredNotActive':
-      return { d: start({ tls: 'required' }), event: valid() };
+    case 'awaitingTls':
+      return { d: start({ tls: 'required' }), event: route.guard === 'optionHasData' ? opt(code, Buffer.from('x')) : valid() };
+    case 'open':
+      break;
+    default:
+      return undefined;
+  }
+  switch (route.guard) {
     case 'optionTooBig': {
       const decoded = decodeOption(code, Buffer.alloc(600, 0x61), { maxOptionLength: 512 });
       // The decoder flags only the options whose data it parses (it skips
@@ -147,8 +165,8 @@ describe('every option error in the routing table carries a reason', () => {
   const routes = errorRoutes();
 
   it('the walk finds the routing table', () => {
-    // Each option's own refusals plus the shared prelude; a much smaller
-    // number would mean the walk no longer sees the table.
+    // Each option's own refusals plus the modes' wildcards (once per option
+    // caught); a much smaller number would mean the walk no longer sees them.
     expect(routes.length).toBeGreaterThanOrEqual(30);
     expect(new Set(routes.map((r) => r.error))).toEqual(
       new Set([
@@ -164,9 +182,11 @@ describe('every option error in the routing table carries a reason', () => {
     );
   });
 
-  it.each(routes.map((r) => [`${r.event} [${r.guard ?? 'otherwise'}] → ${r.error} (${r.why})`, r] as const))('%s', (_label, route) => {
+  it.each(
+    routes.map((r) => [`${r.mode}: ${r.descriptor === r.event ? r.event : `${r.descriptor} (${r.event})`} [${r.guard ?? 'otherwise'}] → ${r.error} (${r.why})`, r] as const),
+  )('%s', (_label, route) => {
     const s = scenario(route);
-    expect(s, `no scenario reaches ${route.event} [${route.guard}]`).toBeDefined();
+    expect(s, `no scenario reaches ${route.mode} ${route.event} [${route.guard}]`).toBeDefined();
     const replies = s!.d.option(s!.event);
     expect(replies).toHaveLength(1);
     const [r] = replies;

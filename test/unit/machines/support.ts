@@ -186,7 +186,13 @@ export interface HandshakeDriver {
   option(event: HandshakeEvent): OptionReply[];
   /** Actor errors (must stay empty: the machine never throws). */
   readonly errors: unknown[];
+  /** The top-level state (`options` whatever its mode: `options.open`, `options.awaitingTls`, …). */
   value(): string;
+}
+
+/** The top-level state name of a snapshot value (`{ options: 'open' }` ⇒ `options`). */
+export function topState(value: unknown): string {
+  return typeof value === 'string' ? value : Object.keys(value as object)[0]!;
 }
 
 export function startHandshake(input: Partial<HandshakeInput> = {}, clientFlags: number | null = 3): HandshakeDriver {
@@ -208,7 +214,7 @@ export function startHandshake(input: Partial<HandshakeInput> = {}, clientFlags:
     errors,
     send,
     option: (event) => send(event).filter((e) => e.type === 'send').map((e) => parseOptionReply((e as { frame: Buffer[] }).frame)),
-    value: () => String(actor.getSnapshot().value),
+    value: () => topState(actor.getSnapshot().value),
   };
 }
 
