@@ -1,18 +1,13 @@
 /**
- * One client connection: socket bytes (rxjs) → FrameDecoder → connection
- * actor (xstate) → ReplyWriter. Owns the per-connection flow control,
- * three budgets checked by one predicate (`hasRoom`):
- * - at most `maxInFlight` requests are with the application;
- * - at most `maxInFlightBytes` bytes are owed: WRITE payloads held by
- *   requests in flight, READ lengths of requests in flight (their replies
- *   are coming), and reply bytes queued but not yet handed to the OS;
- * - at most `maxQueuedReplyBytes` of those queued reply bytes (a client
- *   that does not read its replies soon stops being read).
- * Past either the decoder is no longer pulled and the socket is paused
- * (TCP backpressure: the client is throttled, never dropped); completions,
- * written replies and 'drain' pull again. Nothing here throws into the
- * event loop: every subscription and actor has an error path, and any
- * failure drops this connection alone.
+ * One client connection, wired: socket bytes (rxjs) → FrameDecoder →
+ * connection actor (xstate) → ReplyWriter. The jobs live next door: flow
+ * control and the pump loop in `flow.ts`, the STARTTLS upgrade in
+ * `starttls.ts`, the clocks in `timers.ts`, zero-copy WRITE placement in
+ * `placement.ts`. The machines decide; this class carries out their
+ * effects and reads their states where a decision depends on them (it
+ * keeps no copy of them). Nothing here throws into the event loop: every
+ * subscription and actor has an error path, and any failure drops this
+ * connection alone.
  */
 import type { Duplex } from 'node:stream';
 import { createActor, type Actor, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate';
@@ -20,35 +15,23 @@ import type { Subscription } from 'rxjs';
 import { FrameDecoder, type DecodeFailure, type DecoderLimits } from '../protocol/decoder.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
-import { CMD, cmdName, errnoName } from '../protocol/constants.js';
+import { cmdName, errnoName } from '../protocol/constants.js';
 import { connectionMachine } from '../machines/connection.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
 import { fromSocket, ReplyWriter } from './socket.js';
 import { releaseBytes } from './slab-account.js';
+import { FlowControl, type FlowLimits } from './flow.js';
+import { ConnectionTimers } from './timers.js';
+import { checkedTargets } from './placement.js';
+import { plaintextDuringUpgrade, startTls, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
-import { DEFAULTS } from '../defaults.js';
 
-export interface SessionOptions {
+export interface SessionOptions extends FlowLimits {
   readonly id: number;
   readonly handshake: HandshakeInput;
   readonly decoderLimits?: Partial<DecoderLimits>;
-  /** Requests handed to the application at once, per connection. */
-  readonly maxInFlight?: number;
-  /**
-   * Bytes owed at once, per connection: WRITE payloads and READ lengths of
-   * requests with the application, plus reply bytes not yet written to the
-   * socket. Past it reading pauses (a bound on memory). One request is
-   * always admitted when nothing is owed, so the bound may be exceeded by
-   * at most one request's payload.
-   */
-  readonly maxInFlightBytes?: number;
-  /**
-   * Reply bytes queued and not yet handed to the OS past which reading
-   * pauses (a client that does not read its replies stops being read).
-   */
-  readonly maxQueuedReplyBytes?: number;
   /** Milliseconds to finish the handshake before the connection is dropped (0 or absent: no limit). */
   readonly handshakeTimeout?: number;
   /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
@@ -110,30 +93,13 @@ export class Session {
   private writer: ReplyWriter;
   private readonly decoder: FrameDecoder;
   private readonly actor: ConnectionActor;
+  private readonly flow: FlowControl;
+  private readonly timers: ConnectionTimers;
   private handshake: AnyActorRef | null = null;
   private transmission: AnyActorRef | null = null;
   private bytes: Subscription | null = null;
-  private readonly maxInFlight: number;
-  private inFlight = 0;
-  /** WRITE payload bytes and READ lengths held by requests with the application. */
-  private inFlightBytes = 0;
-  private readonly maxInFlightBytes: number;
-  private readonly maxQueuedReplyBytes: number;
-  private pumping = false;
-  /** A completion happened while pumping: pump again before returning. */
-  private repump = false;
-  /**
-   * The client closed its side: the machine hears of it (client.eof) only
-   * once every request it sent before is taken from the decoder, so those
-   * are served like any other, not refused as if sent while draining.
-   */
-  private eofPending = false;
   /** The socket closed (or the session failed) and `onClose` was told: once per session. */
   private closeNotified = false;
-  private handshakeTimer: NodeJS.Timeout | null = null;
-  private idleTimer: NodeJS.Timeout | null = null;
-  /** Bytes received since the idle timer last looked. */
-  private activity = false;
   /** Bytes the client sent after NBD_CMD_DISC (ignored). */
   private ignoredAfterDisc = 0;
   private closeReason = 'closed';
@@ -146,11 +112,37 @@ export class Session {
     this.peer = options.peer ?? `connection ${options.id}`;
     this.socket = socket;
     this.log = options.logger;
-    this.maxInFlight = Math.max(1, options.maxInFlight ?? DEFAULTS.maxInFlight);
-    this.maxInFlightBytes = Math.max(1, options.maxInFlightBytes ?? DEFAULTS.maxInFlightBytes);
-    this.maxQueuedReplyBytes = Math.max(1, options.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes);
     this.decoder = new FrameDecoder(options.decoderLimits, releaseBytes);
-    this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.onWritten);
+    this.flow = new FlowControl(options, {
+      decoder: this.decoder,
+      queuedReplyBytes: () => this.writer.pendingBytes,
+      closed: () => this.closed,
+      pulling: () => this.transmission !== null || !this.upgrading,
+      transmitting: () => this.transmission !== null,
+      draining: () => this.draining,
+      readingPaused: () => this.readingPaused,
+      crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
+      sendRequests: (frames) => (frames.length === 1 ? this.sendToActive({ type: 'request', frame: frames[0] }) : this.sendToActive({ type: 'requests', frames })),
+      dispatch: (f) => this.dispatch(f),
+      fatal: (f) => this.onFatal(f),
+      afterDisc: () => {
+        if (this.decoder.phase !== 'stopped') this.ignoreAfterStop(this.decoder.stop());
+      },
+      eof: () => {
+        this.reportIncomplete('closed the connection');
+        this.sendToActive({ type: 'client.eof' });
+      },
+      idle: () => this.sendToActive({ type: 'inflight.idle' }),
+    });
+    this.timers = new ConnectionTimers(options, {
+      handshakeExpired: (ms) => this.onHandshakeTimeout(ms),
+      busy: () => this.flow.requestsInFlight > 0 || this.writer.pendingBytes > 0,
+      idleExpired: (ms) => {
+        this.log.info?.(`${this.peer}: idle for ${ms} ms; closing`);
+        this.sendToActive({ type: 'timer.idle', ms });
+      },
+    });
+    this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.flow.written);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
   }
 
@@ -180,49 +172,12 @@ export class Session {
     // The client waits for the greeting: send it before setting up reads.
     this.writer.flushNow();
     this.subscribeBytes();
-    const ht = this.options.handshakeTimeout ?? 0;
-    if (ht > 0 && !this.closed) {
-      this.handshakeTimer = setTimeout(this.onHandshakeTimeout, ht);
-      this.handshakeTimer.unref();
-    }
-  }
-
-  private readonly onHandshakeTimeout = () => {
-    this.handshakeTimer = null;
-    if (this.closed || this.transmission) return;
-    const upgrading = this.upgrading;
-    // The handshake machine decides: it rejects the connection (a hard close, one log line).
-    this.sendToActive({ type: 'timer.handshake', ms: this.options.handshakeTimeout ?? 0 });
-    // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
-    if (upgrading) this.failTls(`handshake not finished within ${this.options.handshakeTimeout} ms; disconnecting`, 'handshake timeout');
-  };
-
-  /** Idle timer: fires every `idleTimeout` ms; closes the connection if nothing happened in between. */
-  private startIdleTimer(): void {
-    const it = this.options.idleTimeout ?? 0;
-    if (it <= 0) return;
-    this.idleTimer = setInterval(() => {
-      if (this.closed) return this.stopTimers();
-      if (this.activity || this.inFlight > 0 || this.writer.pendingBytes > 0) {
-        this.activity = false;
-        return;
-      }
-      this.stopTimers();
-      this.log.info?.(`${this.peer}: idle for ${it} ms; closing`);
-      this.sendToActive({ type: 'timer.idle', ms: it });
-    }, it);
-    this.idleTimer.unref();
-  }
-
-  private stopTimers(): void {
-    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    if (this.idleTimer) clearInterval(this.idleTimer);
-    this.handshakeTimer = this.idleTimer = null;
+    if (!this.closed) this.timers.startHandshake();
   }
 
   /** Requests with the application right now. */
   get requestsInFlight(): number {
-    return this.inFlight;
+    return this.flow.requestsInFlight;
   }
 
   /** The connection actor (for inspection and tests). */
@@ -236,26 +191,24 @@ export class Session {
    */
   reply(frame: readonly Buffer[], last = true, released = 0): void {
     this.writer.write(frame);
-    if (last) this.complete(released);
+    if (last) this.flow.completed(released);
   }
 
   /** A data-less simple reply (success or errno) to a request handed to `onRequest`; frees its slot. */
   replySimple(cookie: bigint, error: number, released = 0): void {
     this.writer.writeSimple(cookie, error);
-    this.complete(released);
+    this.flow.completed(released);
   }
 
   /** A successful READ answered by one buffer (≥ 1 byte unless simple replies), encoded in place; frees its slot. */
   replyData(cookie: bigint, offset: number, data: Buffer, released = 0): void {
     this.writer.writeRead(this.replyMode, cookie, offset, data);
-    this.complete(released);
+    this.flow.completed(released);
   }
 
   /** Free the in-flight slot of one request (and the payload / READ bytes it held). */
   complete(released = 0): void {
-    if (this.inFlight > 0) this.inFlight--;
-    this.inFlightBytes = Math.max(0, this.inFlightBytes - released);
-    this.afterCompletion();
+    this.flow.completed(released);
   }
 
   /** Begin a graceful shutdown: in-flight requests finish, new ones get ESHUTDOWN / ERR_SHUTDOWN. */
@@ -270,7 +223,29 @@ export class Session {
     this.writer.destroy();
   }
 
-  // ── wiring ───────────────────────────────────────────────────────────
+  // ── the machines' states, read where a decision depends on them ────────
+
+  /** The connection machine finished (or was stopped): nothing more is done for this connection. */
+  private get closed(): boolean {
+    return this.actor.getSnapshot().status !== 'active';
+  }
+
+  /** The connection machine's reading region is paused (a budget is used up). */
+  private get readingPaused(): boolean {
+    return (this.actor.getSnapshot().value as { reading?: string }).reading === 'paused';
+  }
+
+  /** The handshake machine is performing STARTTLS: the raw socket belongs to the TLS upgrade. */
+  private get upgrading(): boolean {
+    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
+  }
+
+  /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
+  private get draining(): boolean {
+    return this.transmission !== null && this.transmission.getSnapshot().matches('draining');
+  }
+
+  // ── input ────────────────────────────────────────────────────────────
 
   private subscribeBytes(): void {
     this.bytes?.unsubscribe();
@@ -278,12 +253,8 @@ export class Session {
     const slabReads = !this.options.upgradeTls;
     this.bytes = fromSocket(this.socket, { slabReads, window: slabReads ? this.readWindow : undefined }).subscribe({
       next: (chunk) => {
-        if (this.upgrading) {
-          // tls.plaintext-after-starttls: plaintext pipelined behind STARTTLS must never be interpreted.
-          this.failTls(`${chunk.length} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
-          return;
-        }
-        this.activity = true;
+        if (this.upgrading) return plaintextDuringUpgrade(this.upgradeHost, chunk.length);
+        this.timers.touch();
         if (this.decoder.phase === 'stopped') {
           // After DISC (or the end of the handshake) nothing more is interpreted: ignore it.
           this.ignoreAfterStop(chunk.length);
@@ -294,7 +265,7 @@ export class Session {
           this.onFatal(f && f.kind === 'fatal' ? f : { kind: 'fatal', code: 'NBD_ERR_BUFFER_LIMIT', message: 'decoder refused input' });
           return;
         }
-        this.pump();
+        this.flow.pump();
       },
       error: (err: Error) => this.onSocketError(err),
       complete: () => this.onEof(),
@@ -311,14 +282,14 @@ export class Session {
         this.fail(`zero-copy WRITE bookkeeping failed: ${String(err)}`);
         return;
       }
-      this.pump();
+      this.flow.pump();
     },
   };
 
   /**
-   * The decoder's placement provider: only requests the machine's own table
+   * The decoder's placement provider: only requests the machine's own check
    * accepts now (transmission open, not draining), and only if the handler
-   * offers storage. Anything else is buffered and validated as usual.
+   * offers storage that fits. Anything else is buffered and validated as usual.
    */
   private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null => {
     const place = this.handlers.placeWrite;
@@ -326,28 +297,46 @@ export class Session {
     if (!place || !tx || this.closed) return null;
     const snap = tx.getSnapshot();
     if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
-    let targets: readonly Buffer[] | null;
-    try {
-      targets = place(this, frame);
-    } catch (err) {
-      this.log.warn(`${this.peer}: WRITE placement failed, buffering instead: ${String(err)}`);
-      return null;
-    }
-    if (targets === null) return null;
-    // The payload must fit the targets exactly, or bytes would land outside them or be lost.
-    let total = 0;
-    try {
-      for (const t of targets) total += t.length;
-    } catch (err) {
-      this.log.warn(`${this.peer}: WRITE placement gave unusable targets, buffering instead: ${String(err)}`);
-      return null;
-    }
-    if (total !== frame.length) {
-      this.log.warn(`${this.peer}: writeTargets gave ${total} bytes for a ${frame.length}-byte WRITE; buffering instead`);
-      return null;
-    }
-    return targets;
+    return checkedTargets(frame, (f) => place(this, f), this.log, this.peer);
   };
+
+  private dispatch(f: ClientFrame): void {
+    switch (f.kind) {
+      case 'request':
+        this.sendToActive({ type: 'request', frame: f });
+        return;
+      case 'option':
+        this.sendToActive({ type: `opt.${f.opt}`, frame: f });
+        return;
+      case 'clientFlags':
+        this.sendToActive({ type: 'wire.clientFlags', flags: f.flags });
+        return;
+    }
+  }
+
+  /** The connection is over (the machine's `reading.stopped`): nothing more is read or interpreted. */
+  private stopReading(): void {
+    this.ignoreAfterStop(this.decoder.stop());
+    this.timers.stop();
+    this.bytes?.unsubscribe();
+    this.bytes = null;
+  }
+
+  /** Bytes the client sent after NBD_CMD_DISC: dropped, and said once in the log. */
+  private ignoreAfterStop(n: number): void {
+    if (n <= 0) return;
+    if (this.ignoredAfterDisc === 0) this.log.info?.(`${this.peer}: ignoring bytes sent after the end of the session (NBD_CMD_DISC or handshake end)`);
+    this.ignoredAfterDisc += n;
+  }
+
+  private readonly onDrainNeeded = () => this.flow.update();
+
+  private readonly onDrain = () => {
+    this.flow.update();
+    if (!this.closed && !this.readingPaused) this.flow.pump();
+  };
+
+  // ── the machines ─────────────────────────────────────────────────────
 
   private attachHandshake(hs: AnyActorRef): void {
     if (hs === this.handshake) return;
@@ -381,178 +370,6 @@ export class Session {
     }
   }
 
-  /**
-   * Whether one more request may be taken from the decoder: all three budgets
-   * (requests, bytes owed, queued reply bytes) have room, counting `count` requests holding
-   * `bytes` that are decoded but not yet delivered. The loop in `pump` and
-   * the pause decision in `updateFlow` ask this same question, so reading
-   * is paused exactly when the decoder is no longer pulled.
-   */
-  private hasRoom(count = 0, bytes = 0): boolean {
-    const queued = this.writer.pendingBytes;
-    return (
-      this.inFlight + count < this.maxInFlight &&
-      queued < this.maxQueuedReplyBytes &&
-      this.inFlightBytes + bytes + queued < this.maxInFlightBytes
-    );
-  }
-
-  /**
-   * Pull frames from the decoder while the budgets allow. Requests decoded
-   * from what is buffered go to the machine as one `requests` event (DISC
-   * and anything else alone, in order): one machine event per burst
-   * instead of one per request (docs/design.md). Requests a synchronous
-   * backend completes during delivery free their budget at once; a pump
-   * asked for meanwhile (`repump`) runs before returning, so frames left
-   * behind at the cap are never stranded waiting for more socket bytes.
-   */
-  private pump(): void {
-    if (this.pumping) {
-      this.repump = true;
-      return;
-    }
-    this.pumping = true;
-    let exhausted = false;
-    try {
-      do {
-        this.repump = false;
-        exhausted = this.pumpOnce();
-      } while (this.repump && !this.closed);
-    } finally {
-      this.pumping = false;
-    }
-    if (this.eofPending && exhausted && !this.closed) {
-      this.eofPending = false;
-      this.reportIncomplete('closed the connection');
-      this.sendToActive({ type: 'client.eof' });
-    }
-    this.updateFlow();
-  }
-
-  /** One pass; true when it stopped because the decoder had no complete frame left. */
-  private pumpOnce(): boolean {
-    let batch: RequestFrame[] | null = null;
-    let batchBytes = 0;
-    let exhausted = false;
-    while (!this.closed && (this.transmission !== null || !this.upgrading) && this.hasRoom(batch === null ? 0 : batch.length, batchBytes)) {
-      const f = this.decoder.next();
-      if (f === null) {
-        exhausted = true;
-        break;
-      }
-      if (f.kind === 'request' && this.transmission !== null && f.type !== CMD.NBD_CMD_DISC) {
-        (batch ??= []).push(f);
-        if (f.type === CMD.NBD_CMD_WRITE || f.type === CMD.NBD_CMD_READ) batchBytes += f.length;
-        continue;
-      }
-      if (batch !== null) {
-        this.sendRequests(batch);
-        batch = null;
-        batchBytes = 0;
-      }
-      if (f.kind === 'fatal') {
-        this.onFatal(f);
-        return false;
-      }
-      this.dispatch(f);
-      // Nothing after DISC is interpreted, also when it comes while already draining (shutdown).
-      if (f.kind === 'request' && f.type === CMD.NBD_CMD_DISC && this.decoder.phase !== 'stopped') this.ignoreAfterStop(this.decoder.stop());
-    }
-    if (batch !== null) {
-      this.sendRequests(batch);
-      // The batch counted its READ / WRITE lengths before the machine saw it; requests it refused
-      // (past the end, too long…) hold nothing, so the budget may have room again: go on.
-      if (!exhausted && this.hasRoom()) this.repump = true;
-    }
-    return exhausted;
-  }
-
-  private sendRequests(frames: RequestFrame[]): void {
-    if (frames.length === 1) this.sendToActive({ type: 'request', frame: frames[0] });
-    else this.sendToActive({ type: 'requests', frames });
-  }
-
-  private dispatch(f: ClientFrame): void {
-    switch (f.kind) {
-      case 'request':
-        this.sendToActive({ type: 'request', frame: f });
-        return;
-      case 'option':
-        this.sendToActive({ type: `opt.${f.opt}`, frame: f });
-        return;
-      case 'clientFlags':
-        this.sendToActive({ type: 'wire.clientFlags', flags: f.flags });
-        return;
-    }
-  }
-
-  /**
-   * Tell the connection machine when the budgets cross: `budget.full` when
-   * one is used up, `budget.room` when all have room again. Its `reading`
-   * region pauses and resumes the socket (see `start`).
-   */
-  private updateFlow(): void {
-    if (this.closed) return;
-    const full = !this.hasRoom();
-    if (full !== this.readingPaused) this.actor.send({ type: full ? 'budget.full' : 'budget.room' });
-  }
-
-  private afterCompletion(): void {
-    if (this.inFlight === 0 && this.draining) {
-      this.sendToActive({ type: 'inflight.idle' });
-      return;
-    }
-    if (this.decoder.bufferedBytes > 0 || this.readingPaused) this.pump();
-  }
-
-  // ── the machines' states, read where a decision depends on them ────────
-
-  /** The connection machine finished (or was stopped): nothing more is done for this connection. */
-  private get closed(): boolean {
-    return this.actor.getSnapshot().status !== 'active';
-  }
-
-  /** The connection machine's reading region is paused (a budget is used up). */
-  private get readingPaused(): boolean {
-    return (this.actor.getSnapshot().value as { reading?: string }).reading === 'paused';
-  }
-
-  /** The handshake machine is performing STARTTLS: the raw socket belongs to the TLS upgrade. */
-  private get upgrading(): boolean {
-    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
-  }
-
-  /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
-  private get draining(): boolean {
-    return this.transmission !== null && this.transmission.getSnapshot().matches('draining');
-  }
-
-  /** The connection is over (the machine's `reading.stopped`): nothing more is read or interpreted. */
-  private stopReading(): void {
-    this.ignoreAfterStop(this.decoder.stop());
-    this.stopTimers();
-    this.bytes?.unsubscribe();
-    this.bytes = null;
-  }
-
-  private readonly onDrainNeeded = () => {
-    this.updateFlow();
-  };
-
-  /** Replies reached the socket: if reading waits on the byte budget, it may go on. */
-  private readonly onWritten = () => {
-    if (this.closed || !this.readingPaused) return;
-    this.updateFlow();
-    if (!this.readingPaused) this.pump();
-  };
-
-  private readonly onDrain = () => {
-    this.updateFlow();
-    if (!this.closed && !this.readingPaused) this.pump();
-  };
-
-  // ── machine effects ──────────────────────────────────────────────────
-
   private onHandshakeEffect(e: HandshakeEmitted): void {
     switch (e.type) {
       case 'send':
@@ -573,7 +390,7 @@ export class Session {
         }
         return;
       case 'startTls':
-        this.beginTls();
+        startTls(this.upgradeHost, this.options.upgradeTls);
         return;
       case 'log':
         this.log[e.level]?.(`${this.peer}: ${e.message}`);
@@ -594,10 +411,10 @@ export class Session {
         for (const r of e.refused) this.refuse(r);
         return;
       case 'draining':
-        this.stopTimers();
+        this.timers.stop();
         // transmission.disc-drains: after DISC nothing more is interpreted; what follows is ignored, never fatal.
         if (e.reason === 'disc') this.ignoreAfterStop(this.decoder.stop());
-        if (this.inFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
+        if (this.flow.requestsInFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
         return;
       case 'close':
         this.closeReason = e.reason;
@@ -612,17 +429,9 @@ export class Session {
     }
   }
 
-  /** Bytes the client sent after NBD_CMD_DISC: dropped, and said once in the log. */
-  private ignoreAfterStop(n: number): void {
-    if (n <= 0) return;
-    if (this.ignoredAfterDisc === 0) this.log.info?.(`${this.peer}: ignoring bytes sent after the end of the session (NBD_CMD_DISC or handshake end)`);
-    this.ignoredAfterDisc += n;
-  }
-
   /** Hand an accepted request to the application, counting it (its WRITE payload, its READ reply) in flight. */
   private deliver(frame: RequestFrame): void {
-    this.inFlight++;
-    if (frame.type === CMD.NBD_CMD_WRITE || frame.type === CMD.NBD_CMD_READ) this.inFlightBytes += frame.length;
+    this.flow.taken(frame);
     try {
       this.handlers.onRequest(this, frame);
     } catch (err) {
@@ -630,13 +439,13 @@ export class Session {
     }
   }
 
-    private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
+  private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
     this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
     this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.wireOffset ?? e.frame.offset));
   }
 
-  private onConnectionSnapshot(value: string): void {
-    if (value === 'transmission' && !this.transmission) {
+  private onConnectionSnapshot(phase: string): void {
+    if (phase === 'transmission' && !this.transmission) {
       this.attachChildren();
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
@@ -645,9 +454,7 @@ export class Session {
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
       this.decoder.setPlacement(this.placeWrite);
-      if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-      this.handshakeTimer = null;
-      this.startIdleTimer();
+      this.timers.negotiated();
       this.log.info?.(
         `${this.peer}: negotiated export "${negotiated.export.name}" (${this.replyMode} replies, ${negotiated.metaContexts.length} meta contexts)`,
       );
@@ -660,58 +467,52 @@ export class Session {
   }
 
   private onConnectionDone(): void {
-    // The connection machine reached `closed`: make sure the socket goes too.
+    // The connection machine reached its end: make sure the socket goes too.
     if (!this.socket.destroyed && !this.socket.writableEnded) this.writer.end();
   }
 
-  // ── TLS ──────────────────────────────────────────────────────────────
-
-  private beginTls(): void {
-    const upgrade = this.options.upgradeTls;
-    if (!upgrade) {
-      this.failTls('STARTTLS accepted but no TLS credentials are configured; disconnecting', 'no TLS credentials');
-      return;
-    }
-    // Anything the client pipelined behind STARTTLS is plaintext that must
-    // never be interpreted (tls.plaintext-after-starttls): hard disconnect, none of it is parsed.
-    const dropped = this.decoder.discardBuffered();
-    if (dropped > 0) {
-      this.failTls(`${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
-      return;
-    }
-    // The ACK goes out in plaintext before the socket is handed to TLS.
-    this.writer.flushNow();
-    this.bytes?.unsubscribe();
-    this.bytes = null;
-    this.socket.off('drain', this.onDrain);
-    upgrade(this.socket).then(
-      ({ stream: secure, identity, protocol, cipher }) => {
-        // The upgrade was abandoned meanwhile (timeout, plaintext behind STARTTLS, the connection gone).
-        if (this.closed || !this.upgrading) {
-          secure.destroy();
-          return;
-        }
-        this.tlsIdentity = identity;
-        this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
-        this.socket = secure;
-        this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.onWritten);
-        secure.on('error', this.onSocketError);
-        secure.on('close', this.onSocketClose);
-        secure.on('drain', this.onDrain);
-        this.decoder.restartOptions();
-        this.sendToActive({ type: 'tls.established' });
-        this.subscribeBytes();
-        this.pump();
-      },
-      (err: Error) => this.failTls(`TLS handshake failed: ${err.message}; disconnecting`, 'TLS handshake failed'),
-    );
+  private onHandshakeTimeout(ms: number): void {
+    if (this.closed || this.transmission) return;
+    const upgrading = this.upgrading;
+    // The handshake machine decides: it rejects the connection (a hard close, one log line).
+    this.sendToActive({ type: 'timer.handshake', ms });
+    // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
+    if (upgrading) this.failTls(`handshake not finished within ${ms} ms; disconnecting`, 'handshake timeout');
   }
+
+  // ── STARTTLS (starttls.ts) ───────────────────────────────────────────
+
+  private readonly upgradeHost: UpgradeHost = {
+    discardPlaintext: () => this.decoder.discardBuffered(),
+    releaseRaw: () => {
+      // The ACK goes out in plaintext before the socket is handed to TLS.
+      this.writer.flushNow();
+      this.bytes?.unsubscribe();
+      this.bytes = null;
+      this.socket.off('drain', this.onDrain);
+      return this.socket;
+    },
+    stillUpgrading: () => !this.closed && this.upgrading,
+    adopt: ({ stream: secure, identity, protocol, cipher }) => {
+      this.tlsIdentity = identity;
+      this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
+      this.socket = secure;
+      this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
+      secure.on('error', this.onSocketError);
+      secure.on('close', this.onSocketClose);
+      secure.on('drain', this.onDrain);
+      this.decoder.restartOptions();
+      this.sendToActive({ type: 'tls.established' });
+      this.subscribeBytes();
+      this.flow.pump();
+    },
+    fail: (logLine, reason) => this.failTls(logLine, reason),
+  };
 
   /**
    * The STARTTLS upgrade failed or must not happen: one log line, the
    * handshake machine told, the socket dropped and the session finished
    * (while upgrading, the raw socket's close is not ours to act on).
-   * Only this connection is affected.
    */
   private failTls(logLine: string, reason: string): void {
     if (this.closed) return;
@@ -748,12 +549,8 @@ export class Session {
 
   private onEof(): void {
     if (this.closed || this.upgrading) return;
-    if (this.transmission) {
-      // Requests still buffered were sent before the EOF: serve them first (see eofPending).
-      this.eofPending = true;
-      this.pump();
-      return;
-    }
+    // In transmission, requests still buffered were sent before the EOF: they are served first.
+    if (this.transmission) return this.flow.endOfInput();
     this.reportIncomplete('closed the connection');
     this.sendToActive({ type: 'socket.closed' });
   }
@@ -782,7 +579,7 @@ export class Session {
     if (this.closeNotified) return;
     this.closeNotified = true;
     this.sendToActive({ type: 'socket.closed' });
-    this.stopTimers();
+    this.timers.stop();
     this.bytes?.unsubscribe();
     this.bytes = null;
     try {

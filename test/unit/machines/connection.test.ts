@@ -79,6 +79,6 @@ describe('connection machine', () => {
     expect(c.value()).toEqual({ phase: 'closed', reading: 'stopped' });
     expect(c.effects).toEqual(['pauseReading', 'resumeReading', 'stopReading']);
     expect(c.actor.getSnapshot().status).toBe('done');
-    expect(c.actor.getSnapshot().output.outcome).toBe('negotiated');
+    expect(c.actor.getSnapshot().output?.outcome).toBe('negotiated');
   });
 });
