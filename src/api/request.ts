@@ -7,7 +7,7 @@ import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type N
 import type { RequestFrame } from '../protocol/frames.js';
 import { payloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
-import { replyBlockStatus, replyError, replyOk, replyRead, replyReadBuffer, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
+import type { ReadSegment } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
 import { NbdError, NbdRequestError } from './errors.js';
 import { releaseRequestPayload } from '../transport/slab-account.js';
@@ -45,18 +45,21 @@ export interface ConnectionRef {
   readonly tlsIdentity?: string;
 }
 
-/** Where a request's answer goes (a session, or a test double). */
+/**
+ * Where a request's outcome goes: a session, whose one reply encoder picks
+ * the reply form negotiation fixed (simple, structured, extended), or a test
+ * double. Each call answers the request; `released` is what it held (its
+ * WRITE payload or READ length), now free for the connection's budget.
+ */
 export interface ReplySink {
-  readonly replyMode: ReplyMode;
-  /** `released`: WRITE payload bytes this request no longer holds (in-flight byte accounting). */
-  reply(frame: readonly Buffer[], last?: boolean, released?: number): void;
-  /** Optional fast path: the same as `reply(encodeSimpleReply(cookie, error))`, encoded in place. */
-  replySimple?(cookie: bigint, error: number, released?: number): void;
-  /**
-   * Optional fast path: the same as `reply(replyReadBuffer(replyMode, cookie, offset, data))`
-   * for `data` of at least 1 byte, encoded in place.
-   */
-  replyData?(cookie: bigint, offset: number, data: Buffer, released?: number): void;
+  /** Success without data. */
+  ok(cookie: bigint, offset: number, released: number): void;
+  /** A successful READ: exactly the requested bytes, one buffer or segments with holes; `df`: NBD_CMD_FLAG_DF. */
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void;
+  /** A successful BLOCK_STATUS: the extents of each selected context. */
+  blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void;
+  /** An error reply: the errno, and a message where the reply form carries one. */
+  error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number, released: number): void;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -202,12 +205,7 @@ export class NbdRequest {
       // The common case, one Buffer of the right length: no segment list.
       if (Buffer.isBuffer(data) && data.length === this.length) {
         this.claim('reply');
-        // One OFFSET_DATA chunk (or simple reply) encoded in place when the sink can; DF changes nothing for one chunk.
-        if (this.sink.replyData && data.length > 0) {
-          this.sink.replyData(this.cookie, this.offset, data, this.held);
-          return;
-        }
-        this.sink.reply(replyReadBuffer(this.sink.replyMode, this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0), true, this.held);
+        this.sink.read(this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0, this.held);
         return;
       }
       const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);
@@ -219,7 +217,7 @@ export class NbdRequest {
         throw new NbdError('NBD_ERR_BAD_REPLY', `read reply of ${total} bytes for a ${this.length}-byte request`);
       }
       this.claim('reply');
-      this.sink.reply(replyRead(this.sink.replyMode, this.cookie, this.offset, segments, this.flags.df), true, this.held);
+      this.sink.read(this.cookie, this.offset, segments, this.flags.df, this.held);
       return;
     }
     if (this.type === 'blockStatus') {
@@ -229,13 +227,11 @@ export class NbdRequest {
         id: c.id,
         extents: (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }],
       }));
-      this.sink.reply(replyBlockStatus(this.sink.replyMode, this.cookie, this.offset, list), true, this.held);
+      this.sink.blockStatus(this.cookie, this.offset, list, this.held);
       return;
     }
     this.claim('reply');
-    // Without extended headers a data-less success is a simple reply (replyOk): write it in place when the sink can.
-    if (this.sink.replyMode !== 'extended' && this.sink.replySimple) this.sink.replySimple(this.cookie, 0, this.held);
-    else this.sink.reply(replyOk(this.sink.replyMode, this.cookie, this.offset), true, this.held);
+    this.sink.ok(this.cookie, this.offset, this.held);
   }
 
   /**
@@ -246,7 +242,7 @@ export class NbdRequest {
     this.claim('fail');
     const errno = toErrno(error, this.flags);
     const text = message ?? (error instanceof Error ? error.message : undefined);
-    this.sink.reply(replyError(this.sink.replyMode, this.cookie, this.command, errno, text, this.offset), true, this.held);
+    this.sink.error(this.cookie, this.command, errno, text, this.offset, this.held);
   }
 
   toString(): string {

@@ -152,3 +152,50 @@ export function replyModeOf(structuredReplies: boolean, extendedHeaders: boolean
 export function needsStructured(mode: ReplyMode, type: number): boolean {
   return mode !== 'simple' && (type === CMD.NBD_CMD_READ || type === CMD.NBD_CMD_BLOCK_STATUS);
 }
+
+/** Where encoded replies go: whole frames, plus the two forms written in place (ReplyWriter). */
+export interface ReplyOutput {
+  write(frame: readonly Buffer[]): void;
+  /** A simple reply: the same bytes as `encodeSimpleReply(cookie, error)`. */
+  writeSimple(cookie: bigint, error: number): void;
+  /** A READ answered by one buffer of ≥ 1 byte: the same bytes as `replyReadBuffer(mode, cookie, offset, data)`. */
+  writeRead(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer): void;
+}
+
+/**
+ * A connection's one reply encoder: every reply of the transmission phase —
+ * to requests the application answers and to requests the machine refused
+ * alike — gets its form here, from the mode negotiation fixed
+ * (reply.negotiated-mode), and goes to the output in place where it can.
+ */
+export class ReplyEncoder {
+  mode: ReplyMode = 'simple';
+
+  constructor(private readonly output: () => ReplyOutput) {}
+
+  /** Success without data (every command but READ and BLOCK_STATUS). */
+  ok(cookie: bigint, requestOffset: number): void {
+    // Without extended headers that is a simple reply, written in place.
+    if (this.mode !== 'extended') this.output().writeSimple(cookie, 0);
+    else this.output().write(replyOk(this.mode, cookie, requestOffset));
+  }
+
+  /** A successful READ: one buffer, or segments with holes (`df`: NBD_CMD_FLAG_DF). */
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean): void {
+    if (!Buffer.isBuffer(data)) this.output().write(replyRead(this.mode, cookie, offset, data, df));
+    // One buffer is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing for one chunk.
+    else if (data.length > 0) this.output().writeRead(this.mode, cookie, offset, data);
+    else this.output().write(replyReadBuffer(this.mode, cookie, offset, data, df));
+  }
+
+  /** BLOCK_STATUS: the extents of each selected context. */
+  blockStatus(cookie: bigint, requestOffset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>): void {
+    this.output().write(replyBlockStatus(this.mode, cookie, requestOffset, contexts));
+  }
+
+  /** An error: the errno, and the message where the form carries one. */
+  error(cookie: bigint, command: number, errno: number, message: string | undefined, requestOffset: number | bigint): void {
+    if (this.mode === 'simple') this.output().writeSimple(cookie, errno);
+    else this.output().write(replyError(this.mode, cookie, command, errno, message, requestOffset));
+  }
+}

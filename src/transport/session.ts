@@ -14,7 +14,9 @@ import { createActor, type Actor, type AnyActorRef, type InspectionEvent, type O
 import type { Subscription } from 'rxjs';
 import { FrameDecoder, type DecodeFailure, type DecoderLimits } from '../protocol/decoder.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
-import { replyError, replyModeOf, type ReplyMode } from '../protocol/replies.js';
+import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
+import type { Extent } from '../protocol/encoder.js';
+import type { ReplySink } from '../api/request.js';
 import { cmdName, errnoName } from '../protocol/constants.js';
 import { connectionMachine } from '../machines/connection.js';
 import type { HandshakeInput } from '../machines/handshake.js';
@@ -82,15 +84,16 @@ export interface SessionHandlers {
   onClose?(session: Session, info: { outcome: string; reason: string }): void;
 }
 
-export class Session {
+export class Session implements ReplySink {
   readonly id: number;
   readonly peer: string;
   negotiated: Negotiated | null = null;
   /** PSK identity or client certificate CN once TLS is up. */
   tlsIdentity: string | undefined;
-  replyMode: ReplyMode = 'simple';
   private socket: Duplex;
   private writer: ReplyWriter;
+  /** Every reply of the transmission phase gets its form here, answers and refusals alike. */
+  private readonly replies = new ReplyEncoder(() => this.writer);
   private readonly decoder: FrameDecoder;
   private readonly actor: ConnectionActor;
   private readonly flow: FlowControl;
@@ -185,29 +188,30 @@ export class Session {
     return this.actor;
   }
 
-  /**
-   * Send a reply to a request previously handed to `onRequest`; `last`
-   * marks the request complete (the in-flight slot is freed).
-   */
-  reply(frame: readonly Buffer[], last = true, released = 0): void {
-    this.writer.write(frame);
-    if (last) this.flow.completed(released);
+  /** The reply form negotiation fixed. */
+  get replyMode(): ReplyMode {
+    return this.replies.mode;
   }
 
-  /** A data-less simple reply (success or errno) to a request handed to `onRequest`; frees its slot. */
-  replySimple(cookie: bigint, error: number, released = 0): void {
-    this.writer.writeSimple(cookie, error);
+  // ── answers to requests handed to `onRequest` (ReplySink): each frees the request's slot ──
+
+  ok(cookie: bigint, offset: number, released: number): void {
+    this.replies.ok(cookie, offset);
     this.flow.completed(released);
   }
 
-  /** A successful READ answered by one buffer (≥ 1 byte unless simple replies), encoded in place; frees its slot. */
-  replyData(cookie: bigint, offset: number, data: Buffer, released = 0): void {
-    this.writer.writeRead(this.replyMode, cookie, offset, data);
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void {
+    this.replies.read(cookie, offset, data, df);
     this.flow.completed(released);
   }
 
-  /** Free the in-flight slot of one request (and the payload / READ bytes it held). */
-  complete(released = 0): void {
+  blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void {
+    this.replies.blockStatus(cookie, offset, contexts);
+    this.flow.completed(released);
+  }
+
+  error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number, released: number): void {
+    this.replies.error(cookie, command, errno, message, offset);
     this.flow.completed(released);
   }
 
@@ -441,7 +445,7 @@ export class Session {
 
   private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
     this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
-    this.writer.write(replyError(this.replyMode, e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.wireOffset ?? e.frame.offset));
+    this.replies.error(e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.wireOffset ?? e.frame.offset);
   }
 
   private onConnectionSnapshot(phase: string): void {
@@ -449,7 +453,7 @@ export class Session {
       this.attachChildren();
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
-      this.replyMode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
+      this.replies.mode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
       // option.go-starts-transmission: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.

@@ -18,18 +18,36 @@ import {
 } from '../../../src/index.js';
 import { CMD, CMD_FLAG, ERRNO, FLAG, MAGIC } from '../../../src/protocol/constants.js';
 import type { RequestFrame } from '../../../src/protocol/frames.js';
-import type { ReplyMode } from '../../../src/protocol/replies.js';
+import { ReplyEncoder, replyReadBuffer, type ReadSegment, type ReplyMode } from '../../../src/protocol/replies.js';
+import { encodeSimpleReply, type Extent } from '../../../src/protocol/encoder.js';
 import { silentLogger } from '../../../src/transport/logger.js';
 
 function frame(type: number, over: Partial<RequestFrame> = {}): RequestFrame {
   return { kind: 'request', extended: false, flags: 0, type, cookie: 7n, offset: 0, length: 512, huge: false, payloadDiscarded: false, ...over };
 }
 
+/** A ReplySink that encodes as a connection does (ReplyEncoder) and keeps the frames. */
 class Sink implements ReplySink {
   frames: Buffer[][] = [];
-  constructor(readonly replyMode: ReplyMode = 'simple') {}
-  reply(frame: readonly Buffer[]): void {
-    this.frames.push([...frame]);
+  private readonly encoder = new ReplyEncoder(() => ({
+    write: (frame) => void this.frames.push([...frame]),
+    writeSimple: (cookie, error) => void this.frames.push([...encodeSimpleReply(cookie, error)]),
+    writeRead: (mode, cookie, offset, data) => void this.frames.push([...replyReadBuffer(mode, cookie, offset, data)]),
+  }));
+  constructor(replyMode: ReplyMode = 'simple') {
+    this.encoder.mode = replyMode;
+  }
+  ok(cookie: bigint, offset: number): void {
+    this.encoder.ok(cookie, offset);
+  }
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean): void {
+    this.encoder.read(cookie, offset, data, df);
+  }
+  blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>): void {
+    this.encoder.blockStatus(cookie, offset, contexts);
+  }
+  error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number): void {
+    this.encoder.error(cookie, command, errno, message, offset);
   }
   /** error field of the simple reply n. */
   simpleError(n = 0): number {
