@@ -1,7 +1,7 @@
 /**
  * Deterministic state and transition coverage of the transmission machine
- * with xstate's own graph tools (`xstate/graph`), as graph.test.ts does for
- * the handshake machine.
+ * with xstate's own graph tools (`xstate/graph`), through the harness it
+ * shares with graph.test.ts (the handshake machine): graph-support.ts.
  *
  * For a few machine inputs (read-only vs writable export; structured replies
  * with a meta context vs simple replies vs extended headers without one;
@@ -11,7 +11,8 @@
  * each refusal of the REFUSALS table is the first one to match, a `requests`
  * burst, and the in-flight and lifecycle events (`getAdjacencyMap` +
  * `getShortestPaths`). For every transition definition of the machine (each
- * guarded branch of each event) we pick a graph edge that selects it, replay
+ * guarded branch of each event) and each state value it leads to we pick a
+ * graph edge that selects it, replay
  * "shortest path to the edge's source + the edge's event" on a real actor,
  * and check that the actor ends in the predicted state and really took that
  * transition (from `@xstate.microstep` inspection events). Finally the union
@@ -20,11 +21,11 @@
  * refusal of the table (each code, each message).
  */
 import { describe, expect, it } from 'vitest';
-import { createActor, type AnyTransitionDefinition, type SnapshotFrom } from 'xstate';
-import { getAdjacencyMap, getShortestPaths, getStateNodes, type AdjacencyMap, type AnyStateNode } from 'xstate/graph';
+import type { SnapshotFrom } from 'xstate';
 import { REFUSALS, transmissionMachine, type TransmissionInput } from '../../../src/machines/transmission.js';
 import type { ExportDescriptor, TransmissionEvent } from '../../../src/machines/types.js';
 import type { RequestFrame } from '../../../src/protocol/frames.js';
+import { GraphCoverage } from './graph-support.js';
 import { EXPORTS, KiB, negotiatedFor, request } from './support.js';
 
 /** The machine under test (one name, so a mutated copy can be swapped in to see the coverage check fail). */
@@ -122,152 +123,43 @@ const EVENTS: TransmissionEvent[] = [
 function serializeState(s: Snap): string {
   return JSON.stringify({ value: s.value, status: s.status, reason: s.context.reason });
 }
-const serializeEvent = (e: TransmissionEvent) => JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
-
-/** `<source id> <event>#<index in the source's list>(<guard>)`: the guard name only for readability. */
-function transitionKey(t: AnyTransitionDefinition): string {
-  const src = t.source as AnyStateNode;
-  const always = (src.always ?? []) as AnyTransitionDefinition[];
-  const ai = always.indexOf(t);
-  if (ai >= 0) return `${src.id} always#${ai}`;
-  const list = (src.transitions.get(t.eventType) ?? []) as AnyTransitionDefinition[];
-  const i = list.indexOf(t);
-  if (i < 0) throw new Error(`transition not found in its source: ${src.id} ${t.eventType}`);
-  const guard = typeof t.guard === 'string' ? t.guard : ((t.guard as { type?: string } | undefined)?.type ?? '');
-  return `${src.id} ${t.eventType}#${i}${guard ? `(${guard})` : ''}`;
-}
-
-const ROOT = MACHINE.root as AnyStateNode;
-const ALL_NODES = [ROOT, ...getStateNodes(ROOT)];
-const ALL_STATE_IDS = getStateNodes(ROOT).map((n) => n.id).sort();
-const ALL_TRANSITIONS = new Set<string>();
-for (const node of ALL_NODES) {
-  for (const [, list] of node.transitions) for (const t of list as AnyTransitionDefinition[]) ALL_TRANSITIONS.add(transitionKey(t));
-  for (const t of (node.always ?? []) as AnyTransitionDefinition[]) ALL_TRANSITIONS.add(transitionKey(t));
-}
-
-interface Replay {
-  readonly value: unknown;
-  readonly serialized: string;
-  readonly taken: string[];
-  readonly visited: string[];
-  /** `<code> <message>` of every refusal emitted (single or in a burst). */
-  readonly refused: string[];
-}
-
-/** Run events on a real actor, recording every transition taken and every state entered. */
-function replay(input: TransmissionInput, events: readonly TransmissionEvent[]): Replay {
-  const taken: string[] = [];
-  const visited: string[] = [];
-  const actor = createActor(MACHINE, {
-    input,
-    inspect: (ev) => {
-      if (ev.type !== '@xstate.microstep') return;
-      for (const t of (ev as unknown as { _transitions: AnyTransitionDefinition[] })._transitions) {
-        taken.push(transitionKey(t));
-        visited.push((t.source as AnyStateNode).id);
-        for (const target of (t.target ?? []) as AnyStateNode[]) visited.push(target.id);
-      }
-    },
-  });
-  const refused: string[] = [];
-  actor.on('refuse', (e) => refused.push(`${e.code} ${e.message}`));
-  actor.on('requests', (e) => refused.push(...e.refused.map((x) => `${x.code} ${x.message}`)));
-  const errors: unknown[] = [];
-  actor.subscribe({ error: (e) => errors.push(e) });
-  actor.start();
-  for (const e of events) actor.send(e);
-  expect(errors).toEqual([]);
-  const s = actor.getSnapshot();
-  visited.push(...(s._nodes as AnyStateNode[]).map((n) => n.id));
-  return { value: s.value, serialized: serializeState(s), taken, visited, refused };
-}
 
 describe('transmission machine: graph coverage with xstate/graph', () => {
-  const coveredTransitions = new Set<string>();
-  const coveredStates = new Set<string>();
-  const coveredRefusals = new Set<string>();
-  let pathsReplayed = 0;
+  // Each replay also records `<code> <message>` of every refusal emitted (single or in a burst).
+  const graph = new GraphCoverage({
+    machine: MACHINE,
+    serializeState,
+    observe: (actor, into) => {
+      actor.on('refuse', (e) => into.push(`${e.code} ${e.message}`));
+      actor.on('requests', (e) => into.push(...e.refused.map((x) => `${x.code} ${x.message}`)));
+    },
+  });
 
   for (const [label, input] of INPUTS) {
     it(`every shortest path replays to its state, and each transition edge replays (${label})`, () => {
-      const options = {
-        input,
-        events: EVENTS,
-        serializeState: (s: Snap) => serializeState(s),
-        serializeEvent,
-        // A finished machine ignores events; don't let the traversal step out of final states.
-        filterEvents: (s: Snap) => s.status === 'active',
-      };
-      const paths = getShortestPaths(MACHINE, options);
       // open, draining × 4 reasons, closed × 6 reasons
-      expect(paths.length).toBeGreaterThanOrEqual(11);
-      const pathTo = new Map<string, TransmissionEvent[]>();
-      for (const p of paths) {
-        // Steps: [init, …]; the events that lead to p.state are steps[1..].event.
-        const events = p.steps.slice(1).map((s) => s.event);
-        const rp = replay(input, events);
-        expect(rp.value, `path ${events.map((e) => e.type).join(' → ')}`).toEqual(p.state.value);
-        expect(rp.serialized).toBe(serializeState(p.state));
-        pathTo.set(serializeState(p.state), events);
-        for (const id of rp.visited) coveredStates.add(id);
-        for (const k of rp.taken) coveredTransitions.add(k);
-        for (const x of rp.refused) coveredRefusals.add(x);
-        pathsReplayed++;
-      }
-
-      // Edges: for each transition definition pick the first edge (by path length) that selects it.
-      // (cast: getAdjacencyMap's ActorLogic parameter does not accept a machine with typed emitted events)
-      const adjacency = getAdjacencyMap(MACHINE as never, options as never) as AdjacencyMap<Snap, TransmissionEvent>;
-      const byWeight = Object.entries(adjacency).sort(([a], [b]) => (pathTo.get(a)?.length ?? 1e9) - (pathTo.get(b)?.length ?? 1e9));
-      const chosen = new Map<string, { from: string; event: TransmissionEvent; next: Snap }>();
-      for (const [from, { state, transitions }] of byWeight) {
-        if (!pathTo.has(from)) continue;
-        for (const { event, state: next } of Object.values(transitions) as Array<{ event: TransmissionEvent; state: Snap }>) {
-          for (const t of MACHINE.getTransitionData(state, event)) {
-            const k = transitionKey(t);
-            if (!chosen.has(k)) chosen.set(k, { from, event, next });
-          }
-        }
-      }
-      expect(chosen.size).toBeGreaterThan(10);
-      // One `refuse` transition serves every refusal, so the edges above reach it once: send each
+      graph.walk(input, EVENTS, { minPaths: 11, minEdges: 11 });
+      // One `refuse` transition serves every refusal, so the edges reach it once: send each
       // request event to a fresh actor too, and collect what each is refused with.
       for (const event of EVENTS) {
         if (event.type !== 'request' && event.type !== 'requests') continue;
-        const rp = replay(input, [event]);
-        if (event.type === 'request' && rp.refused.length > 0) expect(rp.taken).toEqual(['transmission.open request#2']);
-        for (const x of rp.refused) coveredRefusals.add(x);
-      }
-      for (const [k, { from, event, next }] of chosen) {
-        const rp = replay(input, [...pathTo.get(from)!, event]);
-        expect(rp.value, k).toEqual(next.value);
-        expect(rp.serialized, k).toBe(serializeState(next));
-        expect(rp.taken, k).toContain(k);
-        for (const id of rp.visited) coveredStates.add(id);
-        for (const t of rp.taken) coveredTransitions.add(t);
-        for (const x of rp.refused) coveredRefusals.add(x);
-        pathsReplayed++;
+        const rp = graph.replay(input, [event]);
+        if (event.type === 'request' && rp.observed.length > 0) expect(rp.taken).toEqual(['transmission.open request#2']);
+        for (const x of rp.observed) graph.observed.add(x);
       }
     });
   }
 
   it('the replayed paths cover every state and every transition of the machine', () => {
-    expect(pathsReplayed).toBeGreaterThan(0);
-    const states = [...coveredStates].filter((id) => id !== ROOT.id).sort();
-    expect(states).toEqual(ALL_STATE_IDS);
-    const missing = [...ALL_TRANSITIONS].filter((k) => !coveredTransitions.has(k)).sort();
-    expect(missing).toEqual([]);
+    const summary = graph.expectFullCoverage(1);
     // A single request has one guard that accepts and one action that refuses (with the table's answer).
-    const open = [...ALL_TRANSITIONS].filter((k) => k.startsWith('transmission.open request#'));
+    const open = [...graph.transitions].filter((k) => k.startsWith('transmission.open request#'));
     expect(open).toEqual(['transmission.open request#0(requestAccepted)', 'transmission.open request#1(isDisc)', 'transmission.open request#2']);
     // Every refusal of the table (code and message) was emitted on the replayed paths, and every code is a rule ID.
     const table = REFUSALS.map((x) => `${x.code} ${x.message}`);
-    expect(table.filter((x) => !coveredRefusals.has(x))).toEqual([]);
+    expect(table.filter((x) => !graph.observed.has(x))).toEqual([]);
     for (const x of REFUSALS) expect(x.message.startsWith(`${x.code}: `), x.message).toBe(true);
     expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(14);
-    console.log(
-      `transmission graph coverage: ${pathsReplayed} paths replayed, ${states.length}/${ALL_STATE_IDS.length} states, ${coveredTransitions.size}/${ALL_TRANSITIONS.size} transitions, ${coveredRefusals.size} distinct refusals (${REFUSALS.length} in the table)`,
-    );
+    console.log(`transmission graph coverage: ${summary}, ${graph.observed.size} distinct refusals (${REFUSALS.length} in the table)`);
   });
 });
