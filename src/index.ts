@@ -6,7 +6,7 @@ export { createServer, NbdServer } from './api/server.js';
 export type { ServerOptions, ExportConfig, ServerLimits, ConnectionEvent, ConnectionInfo, ListenResult } from './api/server.js';
 export { NbdRequest } from './api/request.js';
 export type { RequestType, RequestFlags, ExportRef, ConnectionRef, ReplySink } from './api/request.js';
-export { serveBackend, handleWithBackend } from './api/serve.js';
+export { serveBackend, serveRequests, handleWithBackend, type RequestHandler, type ServeRequestsOptions } from './api/serve.js';
 export { backendCapabilities, flagCapabilities, transmissionFlags, normalizeExtents } from './api/backend.js';
 export type { Backend, WritePlacement, ExportFlags, Capabilities, WriteOptions, ZeroOptions, ExtentsOptions, MaybePromise, Extent, ReadSegment } from './api/backend.js';
 export { NbdError, NbdRequestError } from './api/errors.js';

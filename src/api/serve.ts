@@ -1,11 +1,12 @@
 /**
  * Serving requests from a Backend: the emulations nbdkit applies (FUA via
  * flush, WRITE_ZEROES via write, CACHE as a no-op, synthesised extents),
- * errors mapped to errnos, and an rxjs operator with bounded concurrency.
+ * errors mapped to errnos, and rxjs operators with bounded concurrency:
+ * serveBackend (a Backend) and serveRequests (a handler of your own).
  */
-import { mergeMap, type OperatorFunction } from 'rxjs';
+import { mergeMap, Observable, type OperatorFunction } from 'rxjs';
 import { BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, hostErrnoToNbd } from '../protocol/constants.js';
-import { NbdRequestError } from './errors.js';
+import { NbdError, NbdRequestError } from './errors.js';
 import type { Backend, Capabilities } from './backend.js';
 import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
@@ -262,4 +263,130 @@ export function serveBackend(
     await handleWithBackend(req, backend, caps, options.logger);
     return req;
   }, options.concurrency ?? 32);
+}
+
+/**
+ * Answers one request from `serveRequests`: answer it (reply / fail) inline,
+ * or return a promise that settles once it is done. What it returns or
+ * resolves to is ignored.
+ */
+export type RequestHandler = (req: NbdRequest) => unknown;
+
+export interface ServeRequestsOptions {
+  /** Handler calls whose promises have not settled yet, at most (default 32). Later requests wait, first come first served. */
+  concurrency?: number;
+  /** Where a handler's unexpected error is logged (once, at error level) when it becomes an EIO reply. */
+  logger?: Logger;
+}
+
+/**
+ * An rxjs operator that serves `server.requests$` with `handler`, as
+ * `mergeMap(async (req) => …, concurrency)` does, at a lower cost per
+ * request: no inner Observable or subscription per request, no promise
+ * when the handler is synchronous, one `then` when it returns a promise.
+ *
+ * - At most `concurrency` handler calls are unfinished at once (a
+ *   synchronous handler finishes when it returns, an asynchronous one when
+ *   its promise settles); the rest wait in arrival order.
+ * - A handler that throws or rejects does not end the stream: its request
+ *   is failed with the errno the error carries (NbdRequestError, a host
+ *   errno such as ENOSPC), else EIO, as `serveBackend` does; an error after
+ *   the request was answered is only logged.
+ * - Each request is emitted once its handler has finished, in the order
+ *   they finish (not arrival order).
+ * - Completes when the source completes and every handler has finished;
+ *   a source error is passed on at once. Requests still waiting when the
+ *   subscriber unsubscribes are failed with EIO, so no client waits for
+ *   an answer that will never come.
+ *
+ *   server.requests$.pipe(serveRequests((req) => { … req.reply(…) … }, { concurrency: 64 })).subscribe();
+ */
+export function serveRequests(handler: RequestHandler, options: ServeRequestsOptions = {}): OperatorFunction<NbdRequest, NbdRequest> {
+  const limit = options.concurrency ?? 32;
+  if (!(limit >= 1)) throw new NbdError('NBD_ERR_CONFIG', `serveRequests: concurrency must be at least 1 (got ${String(options.concurrency)})`);
+  const logger = options.logger;
+  return (source) =>
+    new Observable<NbdRequest>((subscriber) => {
+      let active = 0;
+      // Waiting requests: a FIFO as an array and a read index (no shift per request).
+      let waiting: NbdRequest[] = [];
+      let head = 0;
+      let sourceDone = false;
+
+      const finished = (req: NbdRequest): void => {
+        active--;
+        subscriber.next(req);
+        drain();
+      };
+      const run = (req: NbdRequest): void => {
+        active++;
+        let r: unknown;
+        try {
+          r = handler(req);
+        } catch (e) {
+          failRequest(req, e, logger);
+          finished(req);
+          return;
+        }
+        if (isThenable(r)) {
+          r.then(
+            () => finished(req),
+            (e: unknown) => {
+              failRequest(req, e, logger);
+              finished(req);
+            },
+          );
+          return;
+        }
+        finished(req);
+      };
+      // A synchronous handler finishes inside run(), which calls drain() again: the outer loop
+      // goes on instead (no recursion as deep as the queue is long).
+      let draining = false;
+      const drain = (): void => {
+        if (draining) return;
+        draining = true;
+        try {
+          while (active < limit && head < waiting.length) {
+            const req = waiting[head]!;
+            waiting[head++] = undefined as unknown as NbdRequest; // let it be collected
+            if (head === waiting.length) {
+              waiting = [];
+              head = 0;
+            }
+            run(req);
+          }
+        } finally {
+          draining = false;
+        }
+        if (sourceDone && active === 0 && head === waiting.length) subscriber.complete();
+      };
+
+      const sub = source.subscribe({
+        next(req) {
+          if (active < limit && head === waiting.length) run(req);
+          else waiting.push(req);
+        },
+        error(err) {
+          subscriber.error(err);
+        },
+        complete() {
+          sourceDone = true;
+          drain();
+        },
+      });
+      return () => {
+        sub.unsubscribe();
+        for (let i = head; i < waiting.length; i++) {
+          const req = waiting[i]!;
+          try {
+            if (!req.isAnswered) req.fail('EIO', 'the request stream was unsubscribed before this request was served');
+          } catch (e) {
+            logger?.error(`${req.connection.peer}: ${req.toString()}: failing it after unsubscribe: ${String(e)}`);
+          }
+        }
+        waiting = [];
+        head = 0;
+      };
+    });
 }
