@@ -19,7 +19,8 @@
 // The 4 KiB random read and write workloads also run against nbd-engine
 // served through `requests$` as README's request-stream snippet does
 // (bench/stream-server.mjs: rxjs mergeMap, concurrency 64, a flat Buffer),
-// and through the library's serveRequests operator, in the same rounds as
+// and through the library's serveRequests operator (the same async handler,
+// and the handler as a plain function), in the same rounds as
 // the memory backend and nbdkit (the order rotates each round). Their rows
 // add the ratio to the memory-backend path.
 import { spawn, spawnSync } from 'node:child_process';
@@ -51,9 +52,10 @@ if (flag('--help') || flag('-h')) {
   mergeMap)": nbd-engine serving an export without a backend as README's request-stream snippet does
   (bench/stream-server.mjs: server.requests$.pipe(mergeMap(async (req) => …, 64)) over one flat 1 GiB
   Buffer), measured in the same rounds as the memory-backend and nbdkit rows of the same workload
-  (the three, or four, servers take turns, the order rotating each round). The rows ending
-  "(requests$ + serveRequests)" serve the same handler through the library's serveRequests operator
-  instead of mergeMap. Their "ratio / memory backend" column is their median over the median of
+  (the servers take turns, the order rotating each round). The rows ending "(requests$ +
+  serveRequests)" serve the same async handler through the library's serveRequests operator instead
+  of mergeMap, and "(requests$ + serveRequests, sync handler)" the same switch as a plain function
+  (no promise per request). Their "ratio / memory backend" column is their median over the median of
   \`serve --memory\` (the backend path, no rxjs) in that run. --only "requests$" runs just these workloads
   (with their memory-backend and nbdkit rows).
 `);
@@ -178,6 +180,7 @@ async function startServer(kind, transport, size, extra = {}) {
 const STREAM_KINDS = {
   'engine-stream': { serve: 'mergeMap', suffix: ' (requests$ + mergeMap)' },
   'engine-stream-op': { serve: 'serveRequests', suffix: ' (requests$ + serveRequests)' },
+  'engine-stream-sync': { serve: 'serveRequests-sync', suffix: ' (requests$ + serveRequests, sync handler)' },
 };
 const STREAM_SIZE = 1024 ** 3;
 
@@ -300,7 +303,7 @@ const results = [];
 /** The request-stream kinds this build can serve (serveRequests only once dist/ exports it). */
 async function streamKinds() {
   const lib = await import(path.join(ROOT, 'dist/index.js'));
-  return Object.keys(STREAM_KINDS).filter((k) => STREAM_KINDS[k].serve !== 'serveRequests' || typeof lib.serveRequests === 'function');
+  return Object.keys(STREAM_KINDS).filter((k) => !STREAM_KINDS[k].serve.startsWith('serveRequests') || typeof lib.serveRequests === 'function');
 }
 
 async function runGroup(g) {
