@@ -57,7 +57,9 @@ if (flag('--help') || flag('-h')) {
   of mergeMap, and "(requests$ + serveRequests, sync handler)" the same switch as a plain function
   (no promise per request). Their "ratio / memory backend" column is their median over the median of
   \`serve --memory\` (the backend path, no rxjs) in that run. --only "requests$" runs just these workloads
-  (with their memory-backend and nbdkit rows).
+  (with their memory-backend and nbdkit rows). For these workloads a second table gives each server's
+  own CPU time per request (µs, /proc/PID/stat over each fio run): the cost of a request, less
+  dependent than IOPS on how much of a busy machine each server got.
 `);
   process.exit(0);
 }
@@ -218,6 +220,14 @@ function fio(uri, { rw, bs, iodepth, jobs = 1, size = '1G', runtime = RUNTIME, t
   };
 }
 
+/** CPU time (user + system, every thread) the process `pid` has used so far, in seconds. */
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
+function cpuSeconds(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14 and 15)
+}
+
 function seconds(fn) {
   const t0 = process.hrtime.bigint();
   fn();
@@ -299,6 +309,8 @@ const groups = [
 
 // { name, unit, better, engine: number[], nbdkit: number[], base?: number[] (the memory backend's runs, for stream rows) }
 const results = [];
+/** Stream workloads' server CPU per request: { name, kinds, cpu: { kind: µs[] } }. */
+const cpuRows = [];
 
 /** The request-stream kinds this build can serve (serveRequests only once dist/ exports it). */
 async function streamKinds() {
@@ -320,16 +332,24 @@ async function runGroup(g) {
     for (const w of wl) {
       const kinds = w.stream ? ['engine', 'nbdkit', ...streams] : ['engine', 'nbdkit'];
       const runs = Object.fromEntries(kinds.map((k) => [k, []]));
+      // Stream workloads: also the server's own CPU per request (µs), which depends less than IOPS
+      // on how much of the shared machine each server happened to get.
+      const cpu = Object.fromEntries(kinds.map((k) => [k, []]));
       for (let round = 0; round <= ROUNDS; round++) {
         // Alternate which one goes first, so neither always runs on a warmer machine
         // (with more than two servers, the order rotates by one each round).
         const order = kinds.length === 2 ? (round % 2 === 0 ? kinds : [...kinds].reverse()) : kinds.map((_, i) => kinds[(i + round) % kinds.length]);
         for (const k of order) {
+          const c0 = w.stream ? cpuSeconds(servers[k].pid) : 0;
           const v = w.measure(servers[k]);
+          // Requests served over the whole fio run, ramp included (fio's IOPS cover the runtime only).
+          const us = w.stream ? ((cpuSeconds(servers[k].pid) - c0) / (v * (RUNTIME + 0.5))) * 1e6 : NaN;
           if (round > 0) runs[k].push(v);
-          log(`  ${w.name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(v)} ${w.unit}`);
+          if (round > 0 && w.stream) cpu[k].push(us);
+          log(`  ${w.name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(v)} ${w.unit}${w.stream ? `, server CPU ${us.toFixed(1)} µs/request` : ''}`);
         }
       }
+      if (w.stream) cpuRows.push({ name: w.stream, kinds, cpu });
       const better = w.better ?? 'higher';
       results.push({ name: w.name, unit: w.unit, better, engine: runs.engine, nbdkit: runs.nbdkit });
       for (const k of streams) {
@@ -472,3 +492,13 @@ for (const r of results) {
   );
 }
 process.stdout.write(`\n${header.join('\n')}\n\n${lines.join('\n')}\n`);
+if (cpuRows.length > 0) {
+  // The server process's CPU time (user + system, all threads) over each fio run, per request.
+  const label = { engine: 'memory backend', nbdkit: 'nbdkit memory', ...Object.fromEntries(Object.entries(STREAM_KINDS).map(([k, v]) => [k, `requests$ + ${v.serve}`])) };
+  const out = ['| workload | server | server CPU µs / request (median) | ratio / memory backend | runs |', '|---|---|---:|---:|---|'];
+  for (const { name, kinds, cpu } of cpuRows) {
+    const base = median(cpu.engine);
+    for (const k of kinds) out.push(`| ${name} | ${label[k]} | ${median(cpu[k]).toFixed(1)} | ${(median(cpu[k]) / base).toFixed(2)}× | ${cpu[k].map((x) => x.toFixed(1)).join(', ')} |`);
+  }
+  process.stdout.write(`\nserver CPU per request (lower is better; CPU time of the server process during each fio run / requests):\n\n${out.join('\n')}\n`);
+}
