@@ -4,14 +4,10 @@
  * errors and configuration mistakes.
  */
 import { ERRNO, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
+import type { ApiErrorCode } from '../protocol/errors.js';
 
-export type NbdErrorCode =
-  | 'NBD_ERR_ALREADY_ANSWERED'
-  | 'NBD_ERR_BAD_REPLY'
-  | 'NBD_ERR_PAYLOAD_RELEASED'
-  | 'NBD_ERR_CONFIG'
-  | 'NBD_ERR_NOT_LISTENING'
-  | 'NBD_ERR_CLOSED';
+/** The codes an NbdError may carry: the `thrown` entries of the error catalogue (src/protocol/errors.ts). */
+export type NbdErrorCode = ApiErrorCode;
 
 export class NbdError extends Error {
   readonly code: NbdErrorCode;

@@ -14,7 +14,9 @@
  *
  * Every reply goes out through the emitted `send` effect; the machine never
  * touches a socket. Comments, reject reasons and refusals cite the rules
- * they enforce by their IDs in docs/rules.md.
+ * they enforce by their IDs in docs/rules.md; every option error and every
+ * reason to close is an entry of the error catalogue (src/protocol/errors.ts),
+ * named by its code in the transitions.
  */
 import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
 import {
@@ -25,8 +27,17 @@ import {
   INFO,
   OPT,
   optName,
-  type RepErrName,
 } from '../protocol/constants.js';
+import {
+  ERRORS,
+  messageOf,
+  quoteName,
+  textOf,
+  type CloseCode,
+  type DetailsArg,
+  type FixedCode,
+  type OptionErrorCode,
+} from '../protocol/errors.js';
 import {
   encodeAck,
   encodeExportNameReply,
@@ -146,10 +157,6 @@ function sendOf(frame: ReturnType<typeof encodeAck>, label: string): HandshakeEm
   return { type: 'send', frame, label };
 }
 
-function errorReply(option: number, error: RepErrName, message: string): HandshakeEmitted {
-  return sendOf(encodeOptionError(option, error, message), `${error}: ${message}`);
-}
-
 // ── what the client is told when an option is refused ─────────────────
 
 /** NBD_OPT_GO, or "option 42" for a code without a name. */
@@ -158,56 +165,52 @@ function optionLabel(code: number): string {
   return name.startsWith('NBD_OPT_') ? name : `option ${code}`;
 }
 
-/**
- * A client-supplied name for a message: quoted, at most 128 characters,
- * with quotes, backslashes, control characters and bidirectional
- * overrides escaped (the client's user reads it on a terminal).
- */
-export function quoteName(name: string): string {
-  const chars = [...name];
-  const shown = chars.length > 128 ? `${chars.slice(0, 128).join('')}…` : name;
-  const escaped = shown.replace(/["\\\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) =>
-    c === '"' || c === '\\' ? `\\${c}` : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
-  return `"${escaped}"`;
-}
+/** Client-supplied names in messages are quoted by the catalogue's `quoteName` (exported here too, as before). */
+export { quoteName };
 
 function requestedName(frame: OptionFrame): string {
   return 'name' in frame ? frame.name : '';
 }
 
-/**
- * The human-readable text of every option error reply (the spec allows a
- * UTF-8 message as an error reply's data; clients show it: qemu prints
- * "server reported: …", libnbd logs it: option.error-text). Each refusal in
- * the routing table names one of these; the encoder caps the text at 4096
- * bytes.
- */
-export const REFUSAL_TEXT = {
-  shuttingDown: () => 'server is shutting down',
-  notFixedNewstyle: (_ctx: HandshakeContext, f: OptionFrame) =>
-    `${optionLabel(f.code)} needs the fixed newstyle handshake (the client did not set NBD_FLAG_C_FIXED_NEWSTYLE)`,
-  tlsRequired: (_ctx: HandshakeContext, f: OptionFrame) => `TLS is required: send NBD_OPT_STARTTLS before ${optionLabel(f.code)}`,
-  // The decoder's reason: bad lengths, bad strings, too big.
-  problem: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)}: ${f.problem?.message ?? 'malformed option data'}`,
-  hasData: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)} takes no data (got ${f.length} bytes)`,
-  tlsActive: () => 'TLS is already active',
-  tlsOff: () => 'TLS is not enabled on this server',
-  exportUnknown: (ctx: HandshakeContext, f: OptionFrame) => {
-    const name = requestedName(f);
-    return name === '' && ctx.defaultExport === undefined ? 'export "" not present (this server has no default export)' : `export ${quoteName(name)} not present`;
-  },
-  exportTlsOnly: (_ctx: HandshakeContext, f: OptionFrame) => `export ${quoteName(requestedName(f))} requires TLS`,
-  structuredRepliesNotOffered: () => 'structured replies are not enabled on this server',
-  structuredRepliesOn: () => 'structured replies are already negotiated',
-  extendedHeadersNotOffered: () => 'extended headers are not enabled on this server',
-  extendedHeadersOn: () => 'extended headers are already negotiated',
-  extendedHeadersOnNoStructured: () => 'extended headers are already negotiated, and they include structured replies',
-  structuredRepliesOff: () => 'NBD_OPT_SET_META_CONTEXT needs structured replies (or extended headers) negotiated first',
-  unsupported: (_ctx: HandshakeContext, f: OptionFrame) => `${optionLabel(f.code)} is not supported`,
-} satisfies Record<string, (ctx: HandshakeContext, frame: OptionFrame) => string>;
+/** The frame's problem as the decoder worded it (bad lengths, bad strings, too big). */
+const problemOf = (f: OptionFrame) => ({ option: optionLabel(f.code), problem: f.problem?.message ?? 'malformed option data' });
 
-export type RefusalReason = keyof typeof REFUSAL_TEXT;
+/**
+ * The details each option error's message needs, from the context and the
+ * refused option. The messages themselves, and the reply type each is sent
+ * with, are the catalogue's (the spec allows a UTF-8 message as an error
+ * reply's data; clients show it: qemu prints "server reported: …", libnbd
+ * logs it: option.error-text); the encoder caps the text at 4096 bytes.
+ */
+const OPTION_ERROR_DETAILS: { readonly [C in OptionErrorCode]: (ctx: HandshakeContext, f: OptionFrame) => DetailsArg<C> } = {
+  'option.shutting-down': () => [],
+  'handshake.fixed-newstyle-required': (_ctx, f) => [{ option: optionLabel(f.code) }],
+  'tls.mode-forcedtls/option': (_ctx, f) => [{ option: optionLabel(f.code) }],
+  'option.too-big': (_ctx, f) => [problemOf(f)],
+  NBD_ERR_BAD_OPTION_DATA: (_ctx, f) => [problemOf(f)],
+  'option.unexpected-data': (_ctx, f) => [{ option: optionLabel(f.code), length: f.length }],
+  'tls.starttls-repeat': () => [],
+  'tls.mode-notls': () => [],
+  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.defaultExport !== undefined }],
+  'tls.mode-selectivetls': (_ctx, f) => [{ name: requestedName(f) }],
+  'option.structured-reply/disabled': () => [],
+  'option.structured-reply/repeat': () => [],
+  'option.structured-reply/extended-headers': () => [],
+  'option.extended-headers/disabled': () => [],
+  'option.extended-headers/repeat': () => [],
+  'option.meta-context-needs-structured': () => [],
+  'option.unknown-code': (_ctx, f) => [{ option: optionLabel(f.code) }],
+};
+
+/** The error reply for `code`: the catalogue's reply type and message. */
+function errorReply<C extends OptionErrorCode>(code: C, ctx: HandshakeContext, frame: OptionFrame): HandshakeEmitted {
+  const error = ERRORS[code].wire;
+  const message = messageOf(code, ...OPTION_ERROR_DETAILS[code](ctx, frame));
+  return sendOf(encodeOptionError(frame.code, error, message), `${error}: ${message}`);
+}
+
+/** What a hard close names: a catalogue entry with a fixed message. */
+type RejectCode = Extract<CloseCode, FixedCode>;
 
 /** Build the INFO/GO reply sequence (option.info-export, option.block-size-not-required, option.info-go-consistent). */
 function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {
@@ -318,8 +321,9 @@ export const handshakeMachine = setup({
       };
     }),
     countOption: assign({ optionCount: ({ context }) => context.optionCount + 1 }),
-    // A hard close with one reason: the rule, then what triggered it.
-    reject: enqueueActions(({ enqueue, event }, params: { reason: string }) => {
+    // A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
+    // A decoder failure closes with the decoder's own code.
+    reject: enqueueActions(({ enqueue, event }, params: { code: RejectCode }) => {
       const detail = event.type.startsWith('opt.')
         ? ` (${event.type})`
         : event.type === 'wire.fatal'
@@ -327,20 +331,22 @@ export const handshakeMachine = setup({
           : event.type === 'timer.handshake'
             ? `: not finished within ${event.ms} ms`
             : '';
-      enqueue.assign({ outcome: { outcome: 'rejected', reason: params.reason + detail } });
-      enqueue.emit({ type: 'close', hard: true, reason: params.reason + detail });
+      const code: CloseCode = event.type === 'wire.fatal' && event.code !== undefined ? event.code : params.code;
+      const reason = textOf(params.code) + detail;
+      enqueue.assign({ outcome: { outcome: 'rejected', code, reason } });
+      enqueue.emit({ type: 'close', hard: true, code, reason });
     }),
-    // An option error reply and why (the text sent with it: REFUSAL_TEXT).
-    replyError: emit(({ context, event }, params: { error: RepErrName; why: RefusalReason }) => {
+    // An option error reply: the catalogue entry's reply type and message (OPTION_ERROR_DETAILS fills it in).
+    replyError: emit(({ context, event }, params: { code: OptionErrorCode }) => {
       assertEvent(event, 'opt.*');
-      return errorReply(event.frame.code, params.error, REFUSAL_TEXT[params.why](context, event.frame));
+      return errorReply(params.code, context, event.frame);
     }),
     replyAck: emit(({ event }) => {
       assertEvent(event, ACKED_OPTIONS);
       return sendOf(encodeAck(event.frame.code), 'NBD_REP_ACK');
     }),
     recordAbort: assign({ outcome: () => ({ outcome: 'aborted' }) as const }),
-    closeSoft: emit(() => ({ type: 'close', hard: false, reason: 'client sent NBD_OPT_ABORT' }) as const),
+    closeSoft: emit(() => ({ type: 'close', hard: false, code: 'option.abort-ack', reason: messageOf('option.abort-ack') }) as const),
     enableStructuredReplies: assign({ structuredReplies: true }),
     enableExtendedHeaders: assign({ extendedHeaders: true, structuredReplies: true }),
     replyList: enqueueActions(({ enqueue, context, event }) => {
@@ -426,11 +432,11 @@ export const handshakeMachine = setup({
   initial: 'greeting',
   on: {
     'socket.closed': { target: '.disconnected', actions: 'recordDisconnect' },
-    'wire.fatal': { target: '.rejected', actions: { type: 'reject', params: { reason: 'protocol violation' } } },
+    'wire.fatal': { target: '.rejected', actions: { type: 'reject', params: { code: 'NBD_ERR_PROTOCOL' } } },
     // Outside `options` (before the client flags, during STARTTLS) only remembered: `options` starts in shuttingDown.
     'server.shutdown': { actions: 'markShuttingDown' },
     // The server's handshake timeout (as qemu-nbd since CVE-2024-7409): drop a client that never finishes.
-    'timer.handshake': { target: '.rejected', actions: { type: 'reject', params: { reason: 'handshake timeout' } } },
+    'timer.handshake': { target: '.rejected', actions: { type: 'reject', params: { code: 'NBD_ERR_HANDSHAKE_TIMEOUT' } } },
   },
   states: {
     greeting: {
@@ -441,7 +447,7 @@ export const handshakeMachine = setup({
     awaitingClientFlags: {
       on: {
         'wire.clientFlags': [
-          { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { reason: 'handshake.client-flags-unknown: unknown client flags' } } },
+          { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { code: 'handshake.client-flags-unknown' } } },
           { target: 'options', actions: 'recordClientFlags' },
         ],
       },
@@ -475,7 +481,7 @@ export const handshakeMachine = setup({
           on: {
             // option.abort-ack: ABORT ⇒ ACK, then the client closes; tolerate it closing first.
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
-            'opt.*': { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.too-many-options: too many options (DoS guard)' } } },
+            'opt.*': { target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.too-many-options' } } },
             // Exhausted comes first: a shutdown changes nothing here.
             'server.shutdown': { actions: 'markShuttingDown' },
           },
@@ -486,10 +492,10 @@ export const handshakeMachine = setup({
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             // option.export-name-terminates: EXPORT_NAME cannot be answered with an error: terminate.
-            'opt.exportName': { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME while shutting down' } } },
+            'opt.exportName': { target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/shutting-down' } } },
             // option.meta-context-replace: a refused SET still drops the selection made before.
-            'opt.setMetaContext': { actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_SHUTDOWN', why: 'shuttingDown' } }] },
-            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_SHUTDOWN', why: 'shuttingDown' } }] },
+            'opt.setMetaContext': { actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.shutting-down' } }] },
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { code: 'option.shutting-down' } }] },
           },
         },
         // handshake.fixed-newstyle-required: the client did not set NBD_FLAG_C_FIXED_NEWSTYLE; only EXPORT_NAME
@@ -500,15 +506,15 @@ export const handshakeMachine = setup({
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.exportName': [
-              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
-              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/malformed' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/too-long' } } },
               // tls.mode-forcedtls: STARTTLS is refused here, so TLS can only come from the listener.
-              { guard: 'tlsRequiredNotActive', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode' } } },
-              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for an unknown export' } } },
-              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS' } } },
+              { guard: 'tlsRequiredNotActive', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'tls.mode-forcedtls/export-name' } } },
+              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/unknown-export' } } },
+              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/tls-only' } } },
               { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
             ],
-            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'notFixedNewstyle' } }] },
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { code: 'handshake.fixed-newstyle-required' } }] },
           },
         },
         // tls.mode-forcedtls: TLS is required and not up yet. Everything but STARTTLS / ABORT gets ERR_TLS_REQD,
@@ -519,15 +525,15 @@ export const handshakeMachine = setup({
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.starttls': [
-              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
               { target: '#handshake.upgradingTls', actions: ['countOption', 'replyAck', 'requestTlsUpgrade'] },
             ],
             'opt.exportName': [
-              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
-              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
-              { target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'tls.mode-forcedtls: EXPORT_NAME before TLS in FORCEDTLS mode' } } },
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/malformed' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/too-long' } } },
+              { target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'tls.mode-forcedtls/export-name' } } },
             ],
-            'opt.*': { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'tlsRequired' } }] },
+            'opt.*': { actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-forcedtls/option' } }] },
           },
         },
         // Fixed newstyle, not shutting down, TLS up or not required: each option's own rules, in the order they apply.
@@ -536,80 +542,80 @@ export const handshakeMachine = setup({
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.exportName': [
-              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: malformed EXPORT_NAME' } } },
-              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME too long' } } },
-              { guard: 'extendedHeadersOn', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.extended-headers: EXPORT_NAME after EXTENDED_HEADERS' } } },
-              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for an unknown export' } } },
-              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { reason: 'option.export-name-terminates: EXPORT_NAME for a TLS-only export without TLS' } } },
+              { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/malformed' } } },
+              { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/too-long' } } },
+              { guard: 'extendedHeadersOn', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.extended-headers/export-name' } } },
+              { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/unknown-export' } } },
+              { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/tls-only' } } },
               { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
             ],
             'opt.starttls': [
-              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
               // tls.starttls-repeat: a second STARTTLS after TLS is up ⇒ ERR_INVALID.
-              { guard: 'tlsActive', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'tlsActive' } }] },
+              { guard: 'tlsActive', actions: ['countOption', { type: 'replyError', params: { code: 'tls.starttls-repeat' } }] },
               // tls.mode-notls: ERR_POLICY, never ERR_TLS_REQD.
-              { guard: 'tlsPolicyOff', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_POLICY', why: 'tlsOff' } }] },
+              { guard: 'tlsPolicyOff', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-notls' } }] },
               { target: '#handshake.upgradingTls', actions: ['countOption', 'replyAck', 'requestTlsUpgrade'] },
             ],
             // option.too-big: an option over the data limit (its data was skipped) ⇒ ERR_TOO_BIG, before any other check.
             'opt.list': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
               { actions: ['countOption', 'replyList'] },
             ],
             'opt.info': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
-              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
-              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replyInfo'] },
             ],
             'opt.go': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
-              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
-              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               // option.go-starts-transmission: after the ACK the next bytes are requests.
               { target: '#handshake.negotiated', actions: ['countOption', 'replyInfo', 'recordGo'] },
             ],
             'opt.structuredReply': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
-              { guard: 'structuredRepliesNotOffered', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'structuredRepliesNotOffered' } }] },
-              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_EXT_HEADER_REQD', why: 'extendedHeadersOnNoStructured' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
+              { guard: 'structuredRepliesNotOffered', actions: ['countOption', { type: 'replyError', params: { code: 'option.structured-reply/disabled' } }] },
+              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { code: 'option.structured-reply/extended-headers' } }] },
               // option.structured-reply: MAY refuse a repeat.
-              { guard: 'structuredRepliesOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'structuredRepliesOn' } }] },
+              { guard: 'structuredRepliesOn', actions: ['countOption', { type: 'replyError', params: { code: 'option.structured-reply/repeat' } }] },
               { actions: ['countOption', 'replyAck', 'enableStructuredReplies'] },
             ],
             'opt.extendedHeaders': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'hasData' } }] }, // option.unexpected-data
-              { guard: 'extendedHeadersNotOffered', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'extendedHeadersNotOffered' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
+              { guard: 'extendedHeadersNotOffered', actions: ['countOption', { type: 'replyError', params: { code: 'option.extended-headers/disabled' } }] },
               // option.extended-headers: refuse a repeat.
-              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'extendedHeadersOn' } }] },
+              { guard: 'extendedHeadersOn', actions: ['countOption', { type: 'replyError', params: { code: 'option.extended-headers/repeat' } }] },
               { actions: ['countOption', 'replyAck', 'enableExtendedHeaders'] },
             ],
             'opt.listMetaContext': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
-              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
-              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replyListMetaContext'] },
             ],
             // option.meta-context-replace: every refusal drops the previous selection too.
             'opt.setMetaContext': [
-              { guard: 'optionTooBig', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
-              { guard: 'optionMalformed', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'problem' } }] }, // option.length-mismatch
+              { guard: 'optionTooBig', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.too-big' } }] },
+              { guard: 'optionMalformed', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
               // option.meta-context-needs-structured
-              { guard: 'structuredRepliesOff', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_INVALID', why: 'structuredRepliesOff' } }] },
-              { guard: 'exportUnknown', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNKNOWN', why: 'exportUnknown' } }] },
-              { guard: 'exportTlsOnly', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { error: 'NBD_REP_ERR_TLS_REQD', why: 'exportTlsOnly' } }] },
+              { guard: 'structuredRepliesOff', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.meta-context-needs-structured' } }] },
+              { guard: 'exportUnknown', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
+              { guard: 'exportTlsOnly', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replySetMetaContext'] },
             ],
             'opt.unknown': [
-              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_TOO_BIG', why: 'problem' } }] },
+              { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
               // option.unknown-code: unknown option ⇒ ERR_UNSUP; its data was consumed by the decoder.
-              { actions: ['countOption', { type: 'replyError', params: { error: 'NBD_REP_ERR_UNSUP', why: 'unsupported' } }] },
+              { actions: ['countOption', { type: 'replyError', params: { code: 'option.unknown-code' } }] },
             ],
           },
         },
@@ -619,7 +625,7 @@ export const handshakeMachine = setup({
     upgradingTls: {
       on: {
         'tls.established': { target: 'options', actions: 'forgetNegotiation' },
-        'tls.failed': { target: 'rejected', actions: { type: 'reject', params: { reason: 'TLS handshake failed' } } },
+        'tls.failed': { target: 'rejected', actions: { type: 'reject', params: { code: 'tls.handshake-failed' } } },
       },
     },
     negotiated: { type: 'final' },

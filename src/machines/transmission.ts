@@ -20,8 +20,9 @@
  * "One machine event per burst"). Pausing reading when a budget is used up
  * is the connection machine's `reading` region, for both phases.
  */
-import { emit, setup, assign } from 'xstate';
-import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
+import { assertEvent, emit, setup, assign } from 'xstate';
+import { CMD, CMD_FLAG, FLAG } from '../protocol/constants.js';
+import { messageOf, textOf, wireValue, type CloseCode, type DetailsArg, type FixedCode, type RefusalCode } from '../protocol/errors.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import type { Negotiated, Refusal, TransmissionEmitted, TransmissionEvent } from './types.js';
 import { DEFAULTS } from '../defaults.js';
@@ -43,7 +44,8 @@ export interface TransmissionContext {
   readonly metaContextIds: readonly number[];
   /** The refusal table compiled for this export (`checkFor`): the first refusal for a request, or null. */
   readonly check: RequestCheck;
-  /** Why we are draining / closed. */
+  /** Why we are draining / closed: the catalogue code and its text. */
+  code: CloseCode | null;
   reason: string | null;
 }
 
@@ -108,34 +110,35 @@ export const COMMANDS: { readonly [K in keyof typeof CMD]: CommandRule | null } 
   NBD_CMD_RESIZE: null,
 };
 
-/** A refusal: its rule ID in docs/rules.md (`code`), the errno, and the message sent (rule ID first). */
+/** A refusal: its code in the error catalogue (the rule ID in docs/rules.md), the errno, and the message sent (rule ID first). */
 export interface RequestRefusal {
-  readonly code: string;
+  readonly code: RefusalCode;
   readonly errno: number;
   readonly message: string;
 }
 
-const refusal = (errno: number, message: string): RequestRefusal =>
-  Object.freeze({ code: message.slice(0, message.indexOf(': ')), errno, message });
+/** A refusal as the error catalogue (src/protocol/errors.ts) words it: errno and text come from there. */
+const refusal = <C extends RefusalCode>(code: C, ...details: DetailsArg<C>): RequestRefusal =>
+  Object.freeze({ code, errno: wireValue(code)!, message: textOf(code, ...details) });
 
 /** Every refusal the transmission phase can give, by name. */
 export const REFUSAL = {
-  writeOnReadOnly: refusal(ERRNO.NBD_EPERM, 'transmission.write-read-only: write to a read-only export'),
-  writePastEnd: refusal(ERRNO.NBD_ENOSPC, 'transmission.write-out-of-bounds: write past the end of the export'),
-  commandUnknown: refusal(ERRNO.NBD_EINVAL, 'transmission.unknown-command: unknown command'),
-  payloadTooLarge: refusal(ERRNO.NBD_EINVAL, 'transmission.payload-too-large: payload over the size limit (consumed)'),
-  payloadUnexpected: refusal(ERRNO.NBD_EINVAL, 'transmission.payload-unexpected: payload on a command without one (consumed)'),
-  flagsUnknown: refusal(ERRNO.NBD_EINVAL, 'transmission.unknown-flag: unknown command flag'),
-  flagNotForCommand: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-for-command: flag not valid for this command'),
-  fuaNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: FUA without SEND_FUA'),
-  dfNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: DF without SEND_DF'),
-  fastZeroNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.flag-not-advertised: FAST_ZERO without SEND_FAST_ZERO'),
-  commandNotNegotiated: refusal(ERRNO.NBD_EINVAL, 'transmission.command-not-advertised: command not advertised'),
-  blockStatusWithoutContext: refusal(ERRNO.NBD_EINVAL, 'transmission.block-status-needs-context: BLOCK_STATUS without a meta context'),
-  flushWithRange: refusal(ERRNO.NBD_EINVAL, 'transmission.flush-with-range: FLUSH with offset or length'),
-  rangePastEnd: refusal(ERRNO.NBD_EINVAL, 'transmission.out-of-bounds: request past the end of the export'),
-  misaligned: refusal(ERRNO.NBD_EINVAL, 'transmission.misaligned-request: not aligned to the minimum block size'),
-  readTooLarge: refusal(ERRNO.NBD_EINVAL, 'transmission.read-too-large: read larger than the maximum payload'),
+  writeOnReadOnly: refusal('transmission.write-read-only'),
+  writePastEnd: refusal('transmission.write-out-of-bounds'),
+  commandUnknown: refusal('transmission.unknown-command'),
+  payloadTooLarge: refusal('transmission.payload-too-large'),
+  payloadUnexpected: refusal('transmission.payload-unexpected'),
+  flagsUnknown: refusal('transmission.unknown-flag'),
+  flagNotForCommand: refusal('transmission.flag-not-for-command'),
+  fuaNotNegotiated: refusal('transmission.flag-not-advertised', { flag: 'FUA' }),
+  dfNotNegotiated: refusal('transmission.flag-not-advertised', { flag: 'DF' }),
+  fastZeroNotNegotiated: refusal('transmission.flag-not-advertised', { flag: 'FAST_ZERO' }),
+  commandNotNegotiated: refusal('transmission.command-not-advertised'),
+  blockStatusWithoutContext: refusal('transmission.block-status-needs-context'),
+  flushWithRange: refusal('transmission.flush-with-range'),
+  rangePastEnd: refusal('transmission.out-of-bounds'),
+  misaligned: refusal('transmission.misaligned-request'),
+  readTooLarge: refusal('transmission.read-too-large'),
 } as const;
 
 /**
@@ -236,7 +239,7 @@ function checkRequest(t: CompiledTable, r: RequestFrame): RequestRefusal | null 
  * Everything that depends only on the export and the command is decided
  * here, once, so a plain READ or WRITE costs a few compares.
  */
-export function checkFor(c: Omit<TransmissionContext, 'exportName' | 'check' | 'reason'>): RequestCheck {
+export function checkFor(c: Omit<TransmissionContext, 'exportName' | 'check' | 'code' | 'reason'>): RequestCheck {
   const advertised = (flag: number) => (c.flags & flag) !== 0;
   const rules: Array<CompiledRule | undefined> = [];
   for (const [name, code] of Object.entries(CMD) as Array<[keyof typeof CMD, number]>) {
@@ -296,10 +299,10 @@ export function transmissionContext(input: TransmissionInput): TransmissionConte
     extendedHeaders: n.extendedHeaders,
     metaContextIds: n.metaContexts.map((m) => m.id),
   };
-  return { ...fields, check: checkFor(fields), reason: null };
+  return { ...fields, check: checkFor(fields), code: null, reason: null };
 }
 
-const SHUTDOWN = refusal(ERRNO.NBD_ESHUTDOWN, 'transmission.shutdown-drains: server is shutting down');
+const SHUTDOWN = refusal('transmission.shutdown-drains');
 
 export const transmissionMachine = setup({
   types: {
@@ -307,7 +310,7 @@ export const transmissionMachine = setup({
     events: {} as TransmissionEvent,
     input: {} as TransmissionInput,
     emitted: {} as TransmissionEmitted,
-    output: {} as { reason: string },
+    output: {} as { code: CloseCode; reason: string },
   },
   guards: {
     isDisc: ({ event }) => req(event).type === CMD.NBD_CMD_DISC,
@@ -357,21 +360,22 @@ export const transmissionMachine = setup({
       message: SHUTDOWN.message,
     })),
     announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' | 'idle' }) => ({ type: 'draining' as const, reason: params.reason })),
-    recordReason: assign({ reason: (_, params: { reason: string }) => params.reason }),
-    closeSoft: emit(({ context }) => ({ type: 'close' as const, hard: false, reason: context.reason ?? 'done' })),
-    closeHard: emit(({ event }) => ({
-      type: 'close' as const,
-      hard: true,
-      reason: event.type === 'wire.fatal' ? event.message : event.type,
-    })),
+    // Why the session ends: a catalogue code; the reason is its message.
+    recordReason: assign((_, params: { code: Extract<CloseCode, FixedCode> }) => ({ code: params.code, reason: messageOf(params.code) })),
+    closeSoft: emit(({ context }) => ({ type: 'close' as const, hard: false, code: context.code ?? 'NBD_CLOSED_SOCKET', reason: context.reason ?? 'done' })),
+    // The decoder gave up: its own code (NBD_ERR_PROTOCOL when the report has none) and message.
+    closeHard: emit(({ event }) => {
+      assertEvent(event, 'wire.fatal');
+      return { type: 'close' as const, hard: true, code: event.code ?? 'NBD_ERR_PROTOCOL', reason: event.message };
+    }),
   },
 }).createMachine({
   id: 'transmission',
   context: ({ input }) => transmissionContext(input),
   initial: 'open',
   on: {
-    'wire.fatal': { target: '.closed', actions: [{ type: 'recordReason', params: { reason: 'protocol violation' } }, 'closeHard'] },
-    'socket.closed': { target: '.closed', actions: { type: 'recordReason', params: { reason: 'socket closed' } } },
+    'wire.fatal': { target: '.closed', actions: [{ type: 'recordReason', params: { code: 'NBD_ERR_PROTOCOL' } }, 'closeHard'] },
+    'socket.closed': { target: '.closed', actions: { type: 'recordReason', params: { code: 'NBD_CLOSED_SOCKET' } } },
   },
   states: {
     open: {
@@ -383,7 +387,7 @@ export const transmissionMachine = setup({
           {
             guard: 'isDisc',
             target: 'draining',
-            actions: [{ type: 'recordReason', params: { reason: 'NBD_CMD_DISC' } }, { type: 'announceDrain', params: { reason: 'disc' } }],
+            actions: [{ type: 'recordReason', params: { code: 'transmission.disc-drains' } }, { type: 'announceDrain', params: { reason: 'disc' } }],
           },
           // Anything else is refused with the code, errno and message the same table gives.
           { actions: 'refuse' },
@@ -391,16 +395,16 @@ export const transmissionMachine = setup({
         requests: { actions: 'deliverEach' },
         'client.eof': {
           target: 'draining',
-          actions: [{ type: 'recordReason', params: { reason: 'client closed' } }, { type: 'announceDrain', params: { reason: 'eof' } }],
+          actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_BY_CLIENT' } }, { type: 'announceDrain', params: { reason: 'eof' } }],
         },
         'server.shutdown': {
           target: 'draining',
-          actions: [{ type: 'recordReason', params: { reason: 'server shutdown' } }, { type: 'announceDrain', params: { reason: 'shutdown' } }],
+          actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_SHUTDOWN' } }, { type: 'announceDrain', params: { reason: 'shutdown' } }],
         },
         // The server's idle timeout: nothing in flight for that long ⇒ close as on shutdown.
         'timer.idle': {
           target: 'draining',
-          actions: [{ type: 'recordReason', params: { reason: 'idle timeout' } }, { type: 'announceDrain', params: { reason: 'idle' } }],
+          actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_IDLE_TIMEOUT' } }, { type: 'announceDrain', params: { reason: 'idle' } }],
         },
       },
     },
@@ -413,5 +417,5 @@ export const transmissionMachine = setup({
     },
     closed: { type: 'final' },
   },
-  output: ({ context }) => ({ reason: context.reason ?? 'closed' }),
+  output: ({ context }) => ({ code: context.code ?? 'NBD_CLOSED_SOCKET', reason: context.reason ?? 'closed' }),
 });

@@ -5,6 +5,8 @@
  */
 import type { Frame } from '../protocol/encoder.js';
 import type { OptionFrame, RequestFrame } from '../protocol/frames.js';
+import type { DecodeFailureCode } from '../protocol/decoder.js';
+import type { CloseCode, RefusalCode } from '../protocol/errors.js';
 
 export type TlsPolicy = 'off' | 'optional' | 'required';
 
@@ -42,7 +44,8 @@ export interface Negotiated {
 export type HandshakeOutcome =
   | { readonly outcome: 'negotiated'; readonly negotiated: Negotiated }
   | { readonly outcome: 'aborted' }
-  | { readonly outcome: 'rejected'; readonly reason: string }
+  /** `code`: why, in the error catalogue (src/protocol/errors.ts); `reason`: its text with the details. */
+  | { readonly outcome: 'rejected'; readonly code: CloseCode; readonly reason: string }
   | { readonly outcome: 'disconnected' };
 
 /** The frame of one option (e.g. `go` ⇒ InfoGoOption). */
@@ -60,7 +63,8 @@ export type OptionEvent = { [O in OptionFrame['opt']]: { type: `opt.${O}`; frame
 export type HandshakeEvent =
   | { type: 'wire.clientFlags'; flags: number }
   | OptionEvent
-  | { type: 'wire.fatal'; message: string }
+  /** The decoder gave up on the stream: its failure code (without one: NBD_ERR_PROTOCOL) and message. */
+  | { type: 'wire.fatal'; code?: DecodeFailureCode; message: string }
   | { type: 'tls.established' }
   | { type: 'tls.failed'; message: string }
   | { type: 'socket.closed' }
@@ -72,7 +76,8 @@ export type HandshakeEvent =
 export type HandshakeEmitted =
   | { type: 'send'; frame: Frame; label: string }
   | { type: 'startTls' }
-  | { type: 'close'; hard: boolean; reason: string }
+  /** The session ends: `code` is why, in the error catalogue (src/protocol/errors.ts); `reason` its text with the details. */
+  | { type: 'close'; hard: boolean; code: CloseCode; reason: string }
   | { type: 'log'; level: 'debug' | 'info' | 'warn'; message: string };
 
 /** Events the transport feeds the transmission machine. */
@@ -86,17 +91,18 @@ export type TransmissionEvent =
   | { type: 'requests'; frames: readonly RequestFrame[] }
   /** Draining, and the last request in flight completed. */
   | { type: 'inflight.idle' }
-  | { type: 'wire.fatal'; message: string }
+  /** The decoder gave up on the stream: its failure code (without one: NBD_ERR_PROTOCOL) and message. */
+  | { type: 'wire.fatal'; code?: DecodeFailureCode; message: string }
   | { type: 'socket.closed' }
   | { type: 'client.eof' }
   | { type: 'server.shutdown' }
   /** The server's idle timeout expired with nothing in flight. */
   | { type: 'timer.idle'; ms: number };
 
-/** A request the machine refused: the rule's ID in docs/rules.md (`code`), the spec's errno, and the message (rule ID first). */
+/** A request the machine refused: its code in the error catalogue (the rule's ID in docs/rules.md), the spec's errno, and the message (rule ID first). */
 export interface Refusal {
   readonly frame: RequestFrame;
-  readonly code: string;
+  readonly code: RefusalCode;
   readonly errno: number;
   readonly message: string;
 }
@@ -104,8 +110,8 @@ export interface Refusal {
 /** Effects of the transmission machine. */
 export type TransmissionEmitted =
   | { type: 'request'; frame: RequestFrame }
-  | { type: 'refuse'; frame: RequestFrame; code: string; errno: number; message: string }
+  | { type: 'refuse'; frame: RequestFrame; code: RefusalCode; errno: number; message: string }
   /** The answer to a `requests` event: accepted frames and refusals, each in wire order. */
   | { type: 'requests'; accepted: readonly RequestFrame[]; refused: readonly Refusal[] }
   | { type: 'draining'; reason: 'disc' | 'eof' | 'shutdown' | 'idle' }
-  | { type: 'close'; hard: boolean; reason: string };
+  | { type: 'close'; hard: boolean; code: CloseCode; reason: string };

@@ -19,6 +19,7 @@ import { CMD, CMD_FLAG, MAGIC, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
 import { PARSED_OPTIONS, parseOption, skippedOption } from './option-data.js';
 import { SCATTER_MIN, ScatteredRequest } from './request-payload.js';
+import { messageOf, type DetailsArg } from './errors.js';
 import { DEFAULTS } from '../defaults.js';
 
 export { decodeString, parseOption } from './option-data.js';
@@ -51,16 +52,19 @@ export const DEFAULT_DECODER_LIMITS: Readonly<DecoderLimits> = Object.freeze({
 
 export type DecodePhase = 'clientFlags' | 'options' | 'requests' | 'stopped';
 
+/** Why the decoder gives up on a stream: its entries in the error catalogue (./errors.ts). */
+export type DecodeFailureCode =
+  | 'NBD_ERR_BAD_OPTION_MAGIC'
+  | 'NBD_ERR_BAD_REQUEST_MAGIC'
+  | 'NBD_ERR_OPTION_TOO_LONG'
+  | 'NBD_ERR_PAYLOAD_TOO_LONG'
+  | 'NBD_ERR_BUFFER_LIMIT';
+
 /** A fatal decoding outcome: the connection must be dropped. */
 export interface DecodeFailure {
   readonly kind: 'fatal';
-  readonly code:
-    | 'NBD_ERR_BAD_OPTION_MAGIC'
-    | 'NBD_ERR_BAD_REQUEST_MAGIC'
-    | 'NBD_ERR_OPTION_TOO_LONG'
-    | 'NBD_ERR_PAYLOAD_TOO_LONG'
-    | 'NBD_ERR_BUFFER_LIMIT'
-    | 'NBD_ERR_STOPPED';
+  readonly code: DecodeFailureCode;
+  /** The catalogue's message for the code, filled in. */
   readonly message: string;
 }
 
@@ -168,7 +172,7 @@ export class FrameDecoder {
     if (chunk.length === 0) return true;
     // Skipped data is dropped as it arrives, never buffered (see ByteQueue.push).
     if (this.queue.push(chunk, this.limits.maxBufferedBytes)) return true;
-    this.fail('NBD_ERR_BUFFER_LIMIT', `more than ${this.limits.maxBufferedBytes} bytes buffered`);
+    this.fail('NBD_ERR_BUFFER_LIMIT', { limit: this.limits.maxBufferedBytes });
     return false;
   }
 
@@ -301,12 +305,12 @@ export class FrameDecoder {
       const h = this.queue.take(SIZE.OPTION_HEADER);
       if (h.readUInt32BE(0) !== 0x49484156 || h.readUInt32BE(4) !== 0x454f5054) {
         // Not IHAVEOPT: the stream is out of sync and cannot be resynchronised.
-        return this.fail('NBD_ERR_BAD_OPTION_MAGIC', `bad option magic 0x${h.subarray(0, 8).toString('hex')}`);
+        return this.fail('NBD_ERR_BAD_OPTION_MAGIC', { magic: h.subarray(0, 8).toString('hex') });
       }
       const code = h.readUInt32BE(8);
       const length = h.readUInt32BE(12);
       if (length > this.limits.maxOptionSkip) {
-        return this.fail('NBD_ERR_OPTION_TOO_LONG', `option ${code} declares ${length} bytes of data (limit ${this.limits.maxOptionSkip})`);
+        return this.fail('NBD_ERR_OPTION_TOO_LONG', { option: code, length, limit: this.limits.maxOptionSkip });
       }
       const parsed = PARSED_OPTIONS.has(code);
       let problem: OptionProblem | undefined;
@@ -336,7 +340,7 @@ export class FrameDecoder {
       const magic = h.readUInt32BE(0);
       const expected = this.extended ? MAGIC.NBD_EXTENDED_REQUEST_MAGIC : MAGIC.NBD_REQUEST_MAGIC;
       if (magic !== expected) {
-        return this.fail('NBD_ERR_BAD_REQUEST_MAGIC', `bad request magic 0x${magic.toString(16).padStart(8, '0')}`);
+        return this.fail('NBD_ERR_BAD_REQUEST_MAGIC', { magic: magic.toString(16).padStart(8, '0') });
       }
       const flags = h.readUInt16BE(4);
       const type = h.readUInt16BE(6);
@@ -364,7 +368,7 @@ export class FrameDecoder {
         type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
       const payloadLength = hasPayload ? length : 0;
       if (payloadLength > this.limits.maxPayloadSkip) {
-        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', `payload of ${payloadLength} bytes exceeds ${this.limits.maxPayloadSkip}`);
+        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', { length: payloadLength, limit: this.limits.maxPayloadSkip });
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
       if (wireOffset !== undefined) r.wireOffset = wireOffset;
@@ -418,8 +422,8 @@ export class FrameDecoder {
     return commit === undefined ? { ...frame, placed: true } : { ...frame, placed: true, commitPlacement: commit };
   }
 
-  private fail(code: DecodeFailure['code'], message: string): DecodeFailure {
-    this.failure = { kind: 'fatal', code, message };
+  private fail<C extends DecodeFailureCode>(code: C, ...details: DetailsArg<C>): DecodeFailure {
+    this.failure = { kind: 'fatal', code, message: messageOf(code, ...details) };
     this.discardBuffered();
     return this.failure;
   }

@@ -3,3 +3,4 @@ export * from './frames.js';
 export * from './decoder.js';
 export * from './encoder.js';
 export * from './replies.js';
+export * from './errors.js';

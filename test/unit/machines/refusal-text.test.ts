@@ -15,6 +15,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { handshakeMachine, type HandshakeInput } from '../../../src/machines/handshake.js';
+import { ERRORS, type OptionErrorCode } from '../../../src/protocol/errors.js';
 import type { DecoderLimits } from '../../../src/protocol/decoder.js';
 import type { HandshakeEvent } from '../../../src/machines/types.js';
 import type { OptionFrame } from '../../../src/protocol/frames.js';
@@ -43,8 +44,9 @@ interface ErrorRoute {
   /** The event descriptor as written in the machine (`opt.list`, or `opt.*`). */
   descriptor: string;
   guard: string | undefined;
+  /** The error catalogue's entry the transition names, and its reply type. */
+  code: OptionErrorCode;
   error: string;
-  why: string;
 }
 
 /** Every transition of the options modes whose actions send an option error. */
@@ -59,8 +61,8 @@ function errorRoutes(): ErrorRoute[] {
       for (const t of [transitions].flat() as Array<{ guard?: string; actions?: unknown }>) {
         for (const a of [t.actions ?? []].flat()) {
           if (typeof a === 'object' && a !== null && (a as { type?: string }).type === 'replyError') {
-            const params = (a as { params: { error: string; why: string } }).params;
-            for (const event of events) out.push({ mode, event, descriptor, guard: t.guard, error: params.error, why: params.why });
+            const { code } = (a as { params: { code: OptionErrorCode } }).params;
+            for (const event of events) out.push({ mode, event, descriptor, guard: t.guard, code, error: ERRORS[code].wire });
           }
         }
       }
@@ -182,8 +184,13 @@ describe('every option error in the routing table carries a reason', () => {
     );
   });
 
+  it('the routing table names every option error of the error catalogue (so each is reached below)', () => {
+    const catalogued = Object.entries(ERRORS).filter(([, e]) => e.wire.startsWith('NBD_REP_ERR_')).map(([code]) => code);
+    expect([...new Set(routes.map((r) => r.code))].sort()).toEqual(catalogued.sort());
+  });
+
   it.each(
-    routes.map((r) => [`${r.mode}: ${r.descriptor === r.event ? r.event : `${r.descriptor} (${r.event})`} [${r.guard ?? 'otherwise'}] → ${r.error} (${r.why})`, r] as const),
+    routes.map((r) => [`${r.mode}: ${r.descriptor === r.event ? r.event : `${r.descriptor} (${r.event})`} [${r.guard ?? 'otherwise'}] → ${r.error} (${r.code})`, r] as const),
   )('%s', (_label, route) => {
     const s = scenario(route);
     expect(s, `no scenario reaches ${route.mode} ${route.event} [${route.guard}]`).toBeDefined();

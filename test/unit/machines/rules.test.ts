@@ -1002,7 +1002,7 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(t.actor.getSnapshot().value).toBe('draining');
     expect(t.request({ type: CMD.NBD_CMD_DISC, cookie: 3n })).toEqual([]); // a second DISC: nothing
     refused(t.request({ type: CMD.NBD_CMD_READ, cookie: 4n, length: 8 }), ERRNO.NBD_ESHUTDOWN, 4n);
-    expect(t.send({ type: 'inflight.idle' })).toEqual([{ type: 'close', hard: false, reason: 'NBD_CMD_DISC' }]);
+    expect(t.send({ type: 'inflight.idle' })).toEqual([{ type: 'close', hard: false, code: 'transmission.disc-drains', reason: 'NBD_CMD_DISC' }]);
     expect(t.actor.getSnapshot().status).toBe('done');
   });
 
