@@ -10,79 +10,26 @@
  * connection alone.
  */
 import type { Duplex } from 'node:stream';
-import { createActor, type Actor, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate';
+import type { AnyActorRef } from 'xstate';
 import type { Subscription } from 'rxjs';
-import { FrameDecoder, type DecodeFailure, type DecoderLimits } from '../protocol/decoder.js';
+import { FrameDecoder, type DecodeFailure } from '../protocol/decoder.js';
+import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReplySink } from '../api/request.js';
 import { cmdName, errnoName } from '../protocol/constants.js';
-import { connectionMachine } from '../machines/connection.js';
-import type { HandshakeInput } from '../machines/handshake.js';
 import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
 import { fromSocket, ReplyWriter } from './socket.js';
 import { releaseBytes } from './slab-account.js';
-import { FlowControl, type FlowLimits } from './flow.js';
+import { FlowControl } from './flow.js';
 import { ConnectionTimers } from './timers.js';
 import { checkedTargets } from './placement.js';
+import { handshakeEffect, transmissionEffect, type EffectHost } from './effects.js';
 import { plaintextDuringUpgrade, startTls, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
-import type { TlsUpgrade } from './tls.js';
 
-export interface SessionOptions extends FlowLimits {
-  readonly id: number;
-  readonly handshake: HandshakeInput;
-  readonly decoderLimits?: Partial<DecoderLimits>;
-  /** Milliseconds to finish the handshake before the connection is dropped (0 or absent: no limit). */
-  readonly handshakeTimeout?: number;
-  /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
-  readonly idleTimeout?: number;
-  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
-  readonly logger: Logger;
-  /** Performs the STARTTLS upgrade on the raw socket; resolves with the encrypted stream. */
-  readonly upgradeTls?: (socket: Duplex) => Promise<TlsUpgrade>;
-  /** Peer description for logs. */
-  readonly peer?: string;
-  /**
-   * A connection actor built ahead of time by `createConnectionActor` (not
-   * started) with this session's handshake input, decoder maxPayload and
-   * inspect hook; built here when absent.
-   */
-  readonly actor?: ConnectionActor;
-}
-
-export type ConnectionActor = Actor<typeof connectionMachine>;
-
-/**
- * Build (not start) one connection's actor. Building resolves the initial
- * states of the connection and handshake machines, which is most of the
- * work a new connection costs before its greeting can go out, so a server
- * may build the next connection's actor while it is idle.
- */
-export function createConnectionActor(
-  handshake: HandshakeInput,
-  maxPayload: number,
-  inspect?: SessionOptions['inspect'],
-): ConnectionActor {
-  return createActor(connectionMachine, {
-    input: { handshake, maxPayload },
-    inspect: inspect as Observer<InspectionEvent> | undefined,
-  });
-}
-
-export interface SessionHandlers {
-  onNegotiated?(session: Session, negotiated: Negotiated): void;
-  /** A validated request for the application; answer with `session.complete()`. */
-  onRequest(session: Session, frame: RequestFrame): void;
-  /**
-   * Zero-copy WRITE: storage views to receive this (not yet validated,
-   * payload-less) WRITE's payload in, or null to buffer it. Asked only for
-   * requests the transmission machine's table accepts right now.
-   */
-  placeWrite?(session: Session, frame: RequestFrame): readonly Buffer[] | null;
-  onClose?(session: Session, info: { outcome: string; reason: string }): void;
-}
+export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 
 export class Session implements ReplySink {
   readonly id: number;
@@ -345,7 +292,7 @@ export class Session implements ReplySink {
   private attachHandshake(hs: AnyActorRef): void {
     if (hs === this.handshake) return;
     this.handshake = hs;
-    hs.on('*', (e: HandshakeEmitted) => this.onHandshakeEffect(e));
+    hs.on('*', (e: HandshakeEmitted) => handshakeEffect(this.effectHost, e));
     // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the
     // moment it finishes, before the transmission machine is built: the
     // client is waiting for them, and nothing after needs them held back.
@@ -358,7 +305,7 @@ export class Session implements ReplySink {
     const tx = children.transmission;
     if (tx && tx !== this.transmission) {
       this.transmission = tx;
-      tx.on('*', (e: TransmissionEmitted) => this.onTransmissionEffect(e));
+      tx.on('*', (e: TransmissionEmitted) => transmissionEffect(this.effectHost, e));
     }
   }
 
@@ -374,64 +321,25 @@ export class Session implements ReplySink {
     }
   }
 
-  private onHandshakeEffect(e: HandshakeEmitted): void {
-    switch (e.type) {
-      case 'send':
-        this.writer.write(e.frame);
-        return;
-      case 'close':
-        this.closeReason = e.reason;
-        // The handshake is over: bytes the client sent after this are never interpreted.
-        this.decoder.stop();
-        if (e.hard) {
-          this.logDrop(`disconnecting: ${e.reason}`);
-          // Let the socket flush anything already queued, then drop it.
-          this.writer.end();
-          setImmediate(() => this.writer.destroy());
-        } else {
-          this.log.debug?.(`${this.peer}: ${e.reason}`);
-          this.writer.end();
-        }
-        return;
-      case 'startTls':
-        startTls(this.upgradeHost, this.options.upgradeTls);
-        return;
-      case 'log':
-        this.log[e.level]?.(`${this.peer}: ${e.message}`);
-        return;
-    }
-  }
-
-  private onTransmissionEffect(e: TransmissionEmitted): void {
-    switch (e.type) {
-      case 'request':
-        this.deliver(e.frame);
-        return;
-      case 'refuse':
-        this.refuse(e);
-        return;
-      case 'requests':
-        for (const frame of e.accepted) this.deliver(frame);
-        for (const r of e.refused) this.refuse(r);
-        return;
-      case 'draining':
-        this.timers.stop();
-        // transmission.disc-drains: after DISC nothing more is interpreted; what follows is ignored, never fatal.
-        if (e.reason === 'disc') this.ignoreAfterStop(this.decoder.stop());
-        if (this.flow.requestsInFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
-        return;
-      case 'close':
-        this.closeReason = e.reason;
-        if (e.hard) {
-          this.decoder.stop();
-          this.logDrop(`disconnecting: ${e.reason}`);
-          this.writer.destroy();
-        } else {
-          this.writer.end();
-        }
-        return;
-    }
-  }
+  /** What the machines' effects act on (effects.ts). */
+  private readonly effectHost: EffectHost = {
+    writer: () => this.writer,
+    decoder: () => this.decoder,
+    log: () => this.log,
+    peer: () => this.peer,
+    ending: (reason) => {
+      this.closeReason = reason;
+    },
+    logDrop: (message) => this.logDrop(message),
+    ignoreAfterStop: (n) => this.ignoreAfterStop(n),
+    startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
+    deliver: (frame) => this.deliver(frame),
+    refuse: (r) => this.refuse(r),
+    draining: () => {
+      this.timers.stop();
+      if (this.flow.requestsInFlight === 0) queueMicrotask(() => this.sendToActive({ type: 'inflight.idle' }));
+    },
+  };
 
   /** Hand an accepted request to the application, counting it (its WRITE payload, its READ reply) in flight. */
   private deliver(frame: RequestFrame): void {
