@@ -20,6 +20,30 @@ function namer<T extends Record<string, number | bigint>>(table: T) {
     (map.get(code as T[keyof T]) as string | undefined) ?? `UNKNOWN(0x${code.toString(16)})`;
 }
 
+/** `LIST_META_CONTEXT` → `listMetaContext`, as a type. */
+type Camel<S extends string> = S extends `${infer H}_${infer T}` ? `${Lowercase<H>}${Capitalize<Camel<T>>}` : Lowercase<S>;
+/** The camel-case name of a constant's name once `P` is dropped (`NBD_OPT_EXPORT_NAME`, `NBD_OPT_` ⇒ `exportName`). */
+export type CamelName<K extends string, P extends string> = K extends `${P}${infer R}` ? Camel<R> : never;
+
+/**
+ * Code → camel-case name for the names of a table that start with `prefix`,
+ * less `except` (e.g. OPT ⇒ `exportName`, `listMetaContext`…), for tables
+ * keyed by code that name things the way the frames and the API do.
+ */
+export function camelNames<T extends Record<string, number>, P extends string, X extends keyof T & string = never>(
+  table: T,
+  prefix: P,
+  except: readonly X[] = [],
+): ReadonlyMap<number, CamelName<Exclude<keyof T & string, X>, P>> {
+  type Name = CamelName<Exclude<keyof T & string, X>, P>;
+  const map = new Map<number, Name>();
+  for (const [name, value] of Object.entries(table)) {
+    if (!name.startsWith(prefix) || (except as readonly string[]).includes(name)) continue;
+    map.set(value, name.slice(prefix.length).toLowerCase().replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()) as Name);
+  }
+  return map;
+}
+
 /** Magic numbers. 64-bit ones are bigint. */
 export const MAGIC = {
   NBDMAGIC: 0x4e42444d41474943n,

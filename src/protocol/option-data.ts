@@ -4,21 +4,15 @@
  * Problems in the data become part of the frame (`OptionProblem`), never
  * exceptions.
  */
-import { OPT, SIZE } from './constants.js';
+import { OPT, SIZE, camelNames } from './constants.js';
 import type { OptionFrame, OptionProblem } from './frames.js';
 
-const OPTION_NAMES: Record<number, OptionFrame['opt']> = {
-  [OPT.NBD_OPT_EXPORT_NAME]: 'exportName',
-  [OPT.NBD_OPT_ABORT]: 'abort',
-  [OPT.NBD_OPT_LIST]: 'list',
-  [OPT.NBD_OPT_STARTTLS]: 'starttls',
-  [OPT.NBD_OPT_INFO]: 'info',
-  [OPT.NBD_OPT_GO]: 'go',
-  [OPT.NBD_OPT_STRUCTURED_REPLY]: 'structuredReply',
-  [OPT.NBD_OPT_LIST_META_CONTEXT]: 'listMetaContext',
-  [OPT.NBD_OPT_SET_META_CONTEXT]: 'setMetaContext',
-  [OPT.NBD_OPT_EXTENDED_HEADERS]: 'extendedHeaders',
-};
+/**
+ * The frame name of each option code, derived from OPT (`NBD_OPT_LIST_META_CONTEXT`
+ * ⇒ `listMetaContext`). The withdrawn PEEK_EXPORT is left out: it counts as
+ * unknown. An option added to OPT without a frame type does not compile.
+ */
+const OPTION_NAMES: ReadonlyMap<number, OptionFrame['opt']> = camelNames(OPT, 'NBD_OPT_', ['NBD_OPT_PEEK_EXPORT']);
 
 /** Options whose data we parse (and therefore buffer). */
 export const PARSED_OPTIONS = new Set<number>([
@@ -50,7 +44,7 @@ export function decodeString(bytes: Buffer, maxLength: number): { ok: true; valu
  */
 export function skippedOption(code: number, length: number, problem: OptionProblem | undefined): OptionFrame {
   const base = { kind: 'option' as const, code, length };
-  const opt = OPTION_NAMES[code];
+  const opt = OPTION_NAMES.get(code);
   if (opt === undefined || opt === 'unknown') return { ...base, opt: 'unknown' };
   if (problem) {
     if (opt === 'exportName') return { ...base, opt, name: '', problem };
@@ -115,7 +109,7 @@ export function parseOption(code: number, data: Buffer, maxString: number = SIZE
       return { ...base, opt, name: s.value, queries };
     }
     default: {
-      const opt = OPTION_NAMES[code];
+      const opt = OPTION_NAMES.get(code);
       if (opt === undefined) return { ...base, opt: 'unknown' };
       return { ...base, opt: opt as 'abort' | 'list' | 'starttls' | 'structuredReply' | 'extendedHeaders', hasData: data.length > 0 };
     }

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   allBits,
+  camelNames,
   CMD,
   CMD_FLAG,
   cmdName,
@@ -168,5 +169,28 @@ describe('hostErrnoToNbd (transmission.error-values)', () => {
     expect(hostErrnoToNbd('EBADF')).toBe(5);
     const allowed = new Set(Object.values(ERRNO));
     for (const code of ['EAGAIN', 'ENOENT', 'EISDIR', 'ETIMEDOUT', '', 'eio']) expect(allowed.has(hostErrnoToNbd(code))).toBe(true);
+  });
+});
+
+describe('camelNames: tables of camel-case names derived from the constants', () => {
+  it('options as the frames name them, the withdrawn PEEK_EXPORT left out', () => {
+    const names = camelNames(OPT, 'NBD_OPT_', ['NBD_OPT_PEEK_EXPORT']);
+    expect([...names]).toEqual([
+      [1, 'exportName'],
+      [2, 'abort'],
+      [3, 'list'],
+      [5, 'starttls'],
+      [6, 'info'],
+      [7, 'go'],
+      [8, 'structuredReply'],
+      [9, 'listMetaContext'],
+      [10, 'setMetaContext'],
+      [11, 'extendedHeaders'],
+    ]);
+  });
+
+  it('commands as the API names them (RequestType), DISC and RESIZE left out', () => {
+    const names = camelNames(CMD, 'NBD_CMD_', ['NBD_CMD_DISC', 'NBD_CMD_RESIZE']);
+    expect(Object.fromEntries(names)).toEqual({ 0: 'read', 1: 'write', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'writeZeroes', 7: 'blockStatus' });
   });
 });
