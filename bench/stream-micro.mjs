@@ -19,8 +19,8 @@ const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
-const BATCHES = opt('--batches', 20000);
-const ROUNDS = opt('--rounds', 7);
+const BATCHES = opt('--batches', 40000);
+const ROUNDS = opt('--rounds', 9);
 const QD = 32;
 
 // A sink that drops every answer; it offers both forms a session may use (encoded frames, or one call per outcome).
