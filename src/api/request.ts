@@ -3,7 +3,7 @@
  * callback received (type, flags, handle/cookie, offset, length) plus the
  * export and connection it belongs to. Answered exactly once.
  */
-import { CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
+import { camelNames, CMD, CMD_FLAG, ERRNO, errnoName, hostErrnoToNbd, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import { payloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -14,15 +14,8 @@ import { releaseRequestPayload } from '../transport/slab-account.js';
 
 export type RequestType = 'read' | 'write' | 'flush' | 'trim' | 'cache' | 'writeZeroes' | 'blockStatus';
 
-const TYPE_NAMES: Record<number, RequestType> = {
-  [CMD.NBD_CMD_READ]: 'read',
-  [CMD.NBD_CMD_WRITE]: 'write',
-  [CMD.NBD_CMD_FLUSH]: 'flush',
-  [CMD.NBD_CMD_TRIM]: 'trim',
-  [CMD.NBD_CMD_CACHE]: 'cache',
-  [CMD.NBD_CMD_WRITE_ZEROES]: 'writeZeroes',
-  [CMD.NBD_CMD_BLOCK_STATUS]: 'blockStatus',
-};
+/** Command code → request type, derived from the CMD table (DISC and RESIZE never reach the application). */
+const TYPE_NAMES: ReadonlyMap<number, RequestType> = camelNames(CMD, 'NBD_CMD_', ['NBD_CMD_DISC', 'NBD_CMD_RESIZE']);
 
 export interface RequestFlags {
   readonly fua: boolean;
@@ -99,7 +92,7 @@ export class NbdRequest {
     connection: ConnectionRef,
     contexts: readonly MetaContextSelection[],
   ) {
-    this.type = TYPE_NAMES[frame.type]!;
+    this.type = TYPE_NAMES.get(frame.type)!;
     this.command = frame.type;
     this.rawFlags = frame.flags;
     this.cookie = frame.cookie;

@@ -9,6 +9,8 @@ import type { ExportDescriptor, Negotiated, TlsPolicy } from '../machines/types.
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { DecoderLimits } from '../protocol/decoder.js';
 import { CMD_FLAG } from '../protocol/constants.js';
+import type { CloseCode } from '../protocol/errors.js';
+import { withCode } from '../transport/effects.js';
 import { createConnectionActor, Session, type ConnectionActor, type SessionHandlers } from '../transport/session.js';
 import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
@@ -98,7 +100,8 @@ export interface ConnectionInfo extends ConnectionRef {
 export type ConnectionEvent =
   | { readonly type: 'opened'; readonly connection: ConnectionInfo }
   | { readonly type: 'negotiated'; readonly connection: ConnectionInfo; readonly export: string; readonly negotiated: Negotiated }
-  | { readonly type: 'closed'; readonly connection: ConnectionInfo; readonly outcome: string; readonly reason: string };
+  /** `code`: why it ended, in the error catalogue (src/protocol/errors.ts); `reason`: its text with the details. */
+  | { readonly type: 'closed'; readonly connection: ConnectionInfo; readonly outcome: string; readonly code: CloseCode; readonly reason: string };
 
 export interface ListenResult {
   readonly address: BoundAddress;
@@ -285,12 +288,12 @@ export class NbdServer {
           };
         }
       },
-      onRequest: (s) => s.destroy('request before negotiation'),
+      onRequest: (s) => s.destroy('request before negotiation', 'NBD_ERR_INTERNAL'),
       onClose: (_s, closeInfo) => {
         this.sessions.delete(session);
         this.prepareSpareActor();
-        this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, reason: closeInfo.reason });
-        this.logger.info?.(`${peer}: closed (${closeInfo.outcome}: ${closeInfo.reason})`);
+        this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, code: closeInfo.code, reason: closeInfo.reason });
+        this.logger.info?.(`${peer}: closed (${closeInfo.outcome}, ${withCode(closeInfo.code, closeInfo.reason)})`);
       },
     };
     const session = new Session(
@@ -403,9 +406,9 @@ export class NbdServer {
     while (this.sessions.size > 0 && Date.now() < deadline) {
       // Sessions still negotiating get ERR_SHUTDOWN to their options; idle ones close when drained.
       await new Promise((r) => setTimeout(r, 20));
-      for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing');
+      for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing', 'NBD_CLOSED_SHUTDOWN');
     }
-    for (const s of this.sessions) s.destroy('server closing (timeout)');
+    for (const s of this.sessions) s.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
     await listenersClosed;
     for (const e of this.exports.values()) {
       const b = e.config.backend;

@@ -102,6 +102,10 @@ export const ERRORS = Object.freeze({
   'option.extended-headers/export-name': entry('disconnect', 'EXPORT_NAME after EXTENDED_HEADERS'),
   'tls.handshake-failed': entry('disconnect', 'TLS handshake failed'),
   NBD_ERR_HANDSHAKE_TIMEOUT: entry('disconnect', 'handshake timeout'),
+  // The transport's own drops (src/transport): no machine emits these.
+  'tls.plaintext-after-starttls': entry('disconnect', 'plaintext pipelined behind STARTTLS'),
+  NBD_ERR_TLS_NOT_CONFIGURED: entry('disconnect', 'STARTTLS accepted but no TLS credentials are configured'),
+  NBD_ERR_INTERNAL: entry('disconnect', 'internal error (the log line says what failed)'),
   // The byte stream cannot be followed. The decoder says why (the codes below); this one is for a report without a code.
   NBD_ERR_PROTOCOL: entry('disconnect', 'protocol violation'),
   NBD_ERR_BAD_OPTION_MAGIC: entry('disconnect', (d: { magic: string }) => `bad option magic 0x${d.magic}`),
@@ -136,6 +140,8 @@ export type RefusalCode = CodeWith<NbdErrnoName>;
 export type OptionErrorCode = CodeWith<RepErrName>;
 /** Why a connection ended: dropped or closed in order. */
 export type CloseCode = CodeWith<'disconnect' | 'close'>;
+/** The drops the transport decides itself (every other close code comes from a machine or the decoder). */
+export type TransportCloseCode = 'tls.plaintext-after-starttls' | 'NBD_ERR_TLS_NOT_CONFIGURED' | 'NBD_ERR_INTERNAL';
 /** Errors thrown to the application. */
 export type ApiErrorCode = CodeWith<'thrown'>;
 

@@ -8,6 +8,7 @@
 import type { FrameDecoder } from '../protocol/decoder.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import type { HandshakeEmitted, Refusal, TransmissionEmitted } from '../machines/types.js';
+import type { CloseCode } from '../protocol/errors.js';
 import type { Logger } from './logger.js';
 import type { ReplyWriter } from './socket.js';
 
@@ -18,8 +19,8 @@ export interface EffectHost {
   decoder(): FrameDecoder;
   log(): Logger;
   peer(): string;
-  /** Why the connection ends (for `connections$` and the log). */
-  ending(reason: string): void;
+  /** Why the connection ends (for `connections$` and the log): its catalogue code and text. */
+  ending(code: CloseCode, reason: string): void;
   /** One warning per dropped connection. */
   logDrop(message: string): void;
   /** Bytes received after the end of the session: dropped, said once in the log. */
@@ -37,17 +38,17 @@ export function handshakeEffect(host: EffectHost, e: HandshakeEmitted): void {
       host.writer().write(e.frame);
       return;
     case 'close': {
-      host.ending(e.reason);
+      host.ending(e.code, e.reason);
       // The handshake is over: bytes the client sent after this are never interpreted.
       host.decoder().stop();
       const writer = host.writer();
       if (e.hard) {
-        host.logDrop(`disconnecting: ${e.reason}`);
+        host.logDrop(`disconnecting: ${withCode(e.code, e.reason)}`);
         // Let the socket flush anything already queued, then drop it.
         writer.end();
         setImmediate(() => writer.destroy());
       } else {
-        host.log().debug?.(`${host.peer()}: ${e.reason}`);
+        host.log().debug?.(`${host.peer()}: ${withCode(e.code, e.reason)}`);
         writer.end();
       }
       return;
@@ -79,14 +80,20 @@ export function transmissionEffect(host: EffectHost, e: TransmissionEmitted): vo
       host.draining();
       return;
     case 'close':
-      host.ending(e.reason);
+      host.ending(e.code, e.reason);
       if (e.hard) {
         host.decoder().stop();
-        host.logDrop(`disconnecting: ${e.reason}`);
+        host.logDrop(`disconnecting: ${withCode(e.code, e.reason)}`);
         host.writer().destroy();
       } else {
         host.writer().end();
       }
       return;
   }
+}
+
+/** A log text that starts with its catalogue code (rule-coded texts already do). */
+export function withCode(code: string, text: string): string {
+  const rule = code.split('/')[0]!;
+  return text.startsWith(rule) ? text : `${code}: ${text}`;
 }

@@ -13,6 +13,7 @@ import type { Negotiated } from '../machines/types.js';
 import type { FlowLimits } from './flow.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
+import type { CloseCode } from '../protocol/errors.js';
 import type { Session } from './session.js';
 
 export interface SessionOptions extends FlowLimits {
@@ -66,5 +67,6 @@ export interface SessionHandlers {
    * requests the transmission machine's table accepts right now.
    */
   placeWrite?(session: Session, frame: RequestFrame): readonly Buffer[] | null;
-  onClose?(session: Session, info: { outcome: string; reason: string }): void;
+  /** The connection ended: the handshake's outcome, and why (a catalogue code and its text). */
+  onClose?(session: Session, info: { outcome: string; code: CloseCode; reason: string }): void;
 }

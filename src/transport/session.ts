@@ -25,8 +25,9 @@ import { releaseBytes } from './slab-account.js';
 import { FlowControl } from './flow.js';
 import { ConnectionTimers } from './timers.js';
 import { checkedTargets } from './placement.js';
-import { handshakeEffect, transmissionEffect, type EffectHost } from './effects.js';
-import { plaintextDuringUpgrade, startTls, type UpgradeHost } from './starttls.js';
+import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
+import { messageOf, type CloseCode } from '../protocol/errors.js';
+import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
 
 export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
@@ -52,6 +53,7 @@ export class Session implements ReplySink {
   private closeNotified = false;
   /** Bytes the client sent after NBD_CMD_DISC (ignored). */
   private ignoredAfterDisc = 0;
+  private closeCode: CloseCode = 'NBD_CLOSED_SOCKET';
   private closeReason = 'closed';
   /** The reason for a hard disconnect was logged already (one line per dropped connection). */
   private dropLogged = false;
@@ -168,8 +170,9 @@ export class Session implements ReplySink {
     this.sendToActive({ type: 'server.shutdown' });
   }
 
-  /** Drop the connection now. */
-  destroy(reason = 'destroyed'): void {
+  /** Drop the connection now; `code` and `reason` say why (connections$, the log). */
+  destroy(reason = 'destroyed', code: CloseCode = 'NBD_ERR_INTERNAL'): void {
+    this.closeCode = code;
     this.closeReason = reason;
     this.writer.destroy();
   }
@@ -327,7 +330,8 @@ export class Session implements ReplySink {
     decoder: () => this.decoder,
     log: () => this.log,
     peer: () => this.peer,
-    ending: (reason) => {
+    ending: (code, reason) => {
+      this.closeCode = code;
       this.closeReason = reason;
     },
     logDrop: (message) => this.logDrop(message),
@@ -389,7 +393,7 @@ export class Session implements ReplySink {
     // The handshake machine decides: it rejects the connection (a hard close, one log line).
     this.sendToActive({ type: 'timer.handshake', ms });
     // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
-    if (upgrading) this.failTls(`handshake not finished within ${ms} ms; disconnecting`, 'handshake timeout');
+    if (upgrading) this.failTls('NBD_ERR_HANDSHAKE_TIMEOUT', `handshake not finished within ${ms} ms; disconnecting`);
   }
 
   // ── STARTTLS (starttls.ts) ───────────────────────────────────────────
@@ -418,7 +422,7 @@ export class Session implements ReplySink {
       this.subscribeBytes();
       this.flow.pump();
     },
-    fail: (logLine, reason) => this.failTls(logLine, reason),
+    fail: (code, logLine) => this.failTls(code, logLine),
   };
 
   /**
@@ -426,12 +430,14 @@ export class Session implements ReplySink {
    * handshake machine told, the socket dropped and the session finished
    * (while upgrading, the raw socket's close is not ours to act on).
    */
-  private failTls(logLine: string, reason: string): void {
+  private failTls(code: TlsDropCode, logLine: string): void {
     if (this.closed) return;
-    this.logDrop(logLine);
+    this.logDrop(withCode(code, logLine));
     this.bytes?.unsubscribe();
     this.bytes = null;
+    const reason = messageOf(code);
     this.sendToActive({ type: 'tls.failed', message: reason });
+    this.closeCode = code;
     this.closeReason = reason;
     this.writer.destroy();
     this.socket.destroy();
@@ -455,8 +461,8 @@ export class Session implements ReplySink {
 
   private onFatal(f: DecodeFailure): void {
     this.logDrop(`${f.code}: ${f.message}; disconnecting`);
-    this.sendToActive({ type: 'wire.fatal', message: `${f.code}: ${f.message}` });
-    this.destroy(f.message);
+    this.sendToActive({ type: 'wire.fatal', code: f.code, message: `${f.code}: ${f.message}` });
+    this.destroy(f.message, f.code);
   }
 
   private onEof(): void {
@@ -482,8 +488,10 @@ export class Session implements ReplySink {
   };
 
   private fail(message: string): void {
-    this.log.error(`${this.peer}: ${message}`);
-    this.destroy(message);
+    // Already ending (a failure while finishing): the first failure said why, once.
+    if (this.closeNotified) return;
+    this.log.error(`${this.peer}: NBD_ERR_INTERNAL: ${message}`);
+    this.destroy(message, 'NBD_ERR_INTERNAL');
     this.finish();
   }
 
@@ -501,7 +509,7 @@ export class Session implements ReplySink {
     }
     const outcome = this.actor.getSnapshot().context.outcome ?? 'closed';
     try {
-      this.handlers.onClose?.(this, { outcome, reason: this.closeReason });
+      this.handlers.onClose?.(this, { outcome, code: this.closeCode, reason: this.closeReason });
     } catch (err) {
       this.log.error(`${this.peer}: close handler threw: ${String(err)}`);
     }

@@ -11,6 +11,9 @@
 import type { Duplex } from 'node:stream';
 import type { TlsUpgrade } from './tls.js';
 
+/** Why an upgrade is abandoned (src/protocol/errors.ts). */
+export type TlsDropCode = 'NBD_ERR_TLS_NOT_CONFIGURED' | 'tls.plaintext-after-starttls' | 'tls.handshake-failed' | 'NBD_ERR_HANDSHAKE_TIMEOUT';
+
 export interface UpgradeHost {
   /** Drop what the decoder holds (bytes pipelined behind STARTTLS); how many there were. */
   discardPlaintext(): number;
@@ -20,18 +23,18 @@ export interface UpgradeHost {
   stillUpgrading(): boolean;
   /** Continue the session on the encrypted stream. */
   adopt(upgraded: TlsUpgrade): void;
-  /** Drop the connection: one log line, the handshake machine told `tls.failed` with `reason`. */
-  fail(logLine: string, reason: string): void;
+  /** Drop the connection: one log line, the handshake machine told `tls.failed`; `code` says why. */
+  fail(code: TlsDropCode, logLine: string): void;
 }
 
 export function startTls(host: UpgradeHost, upgrade: ((socket: Duplex) => Promise<TlsUpgrade>) | undefined): void {
   if (!upgrade) {
-    host.fail('STARTTLS accepted but no TLS credentials are configured; disconnecting', 'no TLS credentials');
+    host.fail('NBD_ERR_TLS_NOT_CONFIGURED', 'STARTTLS accepted but no TLS credentials are configured; disconnecting');
     return;
   }
   const dropped = host.discardPlaintext();
   if (dropped > 0) {
-    host.fail(`${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
+    host.fail('tls.plaintext-after-starttls', `${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`);
     return;
   }
   upgrade(host.releaseRaw()).then(
@@ -43,11 +46,11 @@ export function startTls(host: UpgradeHost, upgrade: ((socket: Duplex) => Promis
       }
       host.adopt(upgraded);
     },
-    (err: Error) => host.fail(`TLS handshake failed: ${err.message}; disconnecting`, 'TLS handshake failed'),
+    (err: Error) => host.fail('tls.handshake-failed', `TLS handshake failed: ${err.message}; disconnecting`),
   );
 }
 
 /** Plaintext arrived on the raw socket while the upgrade was under way: never interpreted. */
 export function plaintextDuringUpgrade(host: UpgradeHost, bytes: number): void {
-  host.fail(`${bytes} plaintext bytes pipelined behind STARTTLS; disconnecting`, 'plaintext pipelined behind STARTTLS');
+  host.fail('tls.plaintext-after-starttls', `${bytes} plaintext bytes pipelined behind STARTTLS; disconnecting`);
 }

@@ -125,6 +125,8 @@ describe('opt mode', () => {
     const closed = events.filter((e): e is Extract<ConnectionEvent, { type: 'closed' }> => e.type === 'closed');
     expect(closed).toHaveLength(2);
     expect(closed[0]!.outcome).toMatch(/abort/i);
+    // Each closed event says why with its catalogue code: ABORT, then the second connection's DISC.
+    expect(closed.map((e) => e.code)).toEqual(['option.abort-ack', 'transmission.disc-drains']);
     expect(events.filter((e) => e.type === 'negotiated')).toHaveLength(1);
     expect(r.logs.filter((l) => l.startsWith('error:'))).toEqual([]);
   });

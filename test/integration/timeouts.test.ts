@@ -48,7 +48,8 @@ describe('handshake timeout', () => {
     // One warning per dropped connection (the info-level "closed" lines are every connection's).
     const lines = logs.filter((l) => l.startsWith('warn:') || l.startsWith('error:'));
     expect(lines).toHaveLength(3);
-    expect(lines.every((l) => /disconnecting: handshake timeout: not finished within 400 ms/.test(l))).toBe(true);
+    // The line starts with the catalogue code.
+    expect(lines.every((l) => /disconnecting: NBD_ERR_HANDSHAKE_TIMEOUT: handshake timeout: not finished within 400 ms/.test(l))).toBe(true);
     await expect.poll(() => srv.connectionCount, { timeout: 5000 }).toBe(0);
   });
 

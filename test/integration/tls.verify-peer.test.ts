@@ -167,7 +167,7 @@ describe('verifyPeer with x509 (the configured CA is the only one trusted)', () 
     expect(lines).toHaveLength(1);
     // One line, naming the connection and the reason.
     expect(lines[0]).toMatch(
-      new RegExp(`^warn: connection ${a.id}: TLS handshake failed: client certificate not signed by the configured CA: unable to verify the first certificate \\(it names itself CN "mallory"\\)`),
+      new RegExp(`^warn: connection ${a.id}: tls\\.handshake-failed: TLS handshake failed: client certificate not signed by the configured CA: unable to verify the first certificate \\(it names itself CN "mallory"\\)`),
     );
   });
 

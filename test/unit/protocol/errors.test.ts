@@ -24,6 +24,7 @@ import {
   wireValue,
   type ApiErrorCode,
   type CloseCode,
+  type TransportCloseCode,
   type ErrorCode,
   type WireStatus,
 } from '../../../src/protocol/errors.js';
@@ -182,7 +183,7 @@ const transmission = () => startTransmission({ negotiated: negotiatedFor(EXPORTS
  * emits (or, where none is emitted, the machine's output). A Record, so a close
  * code added to the catalogue without a way here does not compile.
  */
-const CLOSES: Record<Exclude<CloseCode, DecodeFailureCode>, () => { code: string; reason: string }> = {
+const CLOSES: Record<Exclude<CloseCode, DecodeFailureCode | TransportCloseCode>, () => { code: string; reason: string }> = {
   'handshake.client-flags-unknown': () => closeIn(handshake({}, null).send({ type: 'wire.clientFlags', flags: 1 << 5 })),
   'option.too-many-options': () => {
     const d = handshake({ maxOptions: 1 });
@@ -248,13 +249,15 @@ const CLOSES: Record<Exclude<CloseCode, DecodeFailureCode>, () => { code: string
 
 describe('every close entry is reached, and the close carries its code', () => {
   it('the scenarios cover every disconnect and close entry', () => {
-    expect([...Object.keys(CLOSES), ...Object.keys(DECODER_FAILURES)].sort()).toEqual(codesWith((w) => w === 'disconnect' || w === 'close'));
+    // The transport's own drops are reached in test/unit/transport/session.test.ts.
+    const transport: TransportCloseCode[] = ['tls.plaintext-after-starttls', 'NBD_ERR_TLS_NOT_CONFIGURED', 'NBD_ERR_INTERNAL'];
+    expect([...Object.keys(CLOSES), ...Object.keys(DECODER_FAILURES), ...transport].sort()).toEqual(codesWith((w) => w === 'disconnect' || w === 'close'));
   });
 
   it.each(Object.entries(CLOSES))('%s', (code, reach) => {
     const c = reach();
     expect(c.code).toBe(code);
-    const fixed = code as Exclude<CloseCode, DecodeFailureCode>;
+    const fixed = code as Exclude<CloseCode, DecodeFailureCode | TransportCloseCode>;
     // Hard closes carry the text (rule ID first), orderly ones the bare message.
     expect(c.reason.startsWith(wireOf(fixed) === 'disconnect' ? textOf(fixed) : messageOf(fixed))).toBe(true);
   });

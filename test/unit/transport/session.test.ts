@@ -35,7 +35,7 @@ interface Harness {
   client: Duplex;
   requests: RequestFrame[];
   logs: string[];
-  closed: Array<{ outcome: string; reason: string }>;
+  closed: Array<{ outcome: string; code: string; reason: string }>;
   /** Bytes the client received (only while it reads). */
   received(): Buffer;
   /** The client's received bytes after the handshake, parsed as simple replies. */
@@ -58,7 +58,7 @@ function start(options: Partial<SessionOptions> = {}, handlers: Partial<SessionH
   const [server, client] = duplexPair();
   const requests: RequestFrame[] = [];
   const logs: string[] = [];
-  const closed: Array<{ outcome: string; reason: string }> = [];
+  const closed: Array<{ outcome: string; code: string; reason: string }> = [];
   const push = (level: string) => (m: string) => logs.push(`${level}: ${m}`);
   const session = new Session(
     server,
@@ -190,7 +190,7 @@ describe('Session on an in-memory duplex pair', () => {
     expect(h.replies(new Map([[1n, 512]])).map((r) => r.cookie)).toEqual([1n]);
     expect(h.requests.map((r) => r.cookie)).toEqual([1n]);
     expect(h.logs.filter((l) => l.includes('ignoring bytes sent after the end'))).toHaveLength(1);
-    expect(h.closed).toEqual([{ outcome: 'negotiated', reason: 'NBD_CMD_DISC' }]);
+    expect(h.closed).toEqual([{ outcome: 'negotiated', code: 'transmission.disc-drains', reason: 'NBD_CMD_DISC' }]);
   });
 
   it('EOF with requests still buffered at the cap: they are served first, then the connection closes', async () => {
@@ -218,9 +218,42 @@ describe('Session on an in-memory duplex pair', () => {
     const h = start({ handshake: { ...DEFAULT_INPUT, tls: 'optional' } });
     await h.send(Buffer.concat([encodeClientFlags(3), encodeOption(OPT.STARTTLS)]));
     await settle(10);
-    expect(h.logs.filter((l) => l.startsWith('warn:'))).toEqual([expect.stringContaining('STARTTLS accepted but no TLS credentials are configured')]);
-    expect(h.closed).toEqual([{ outcome: expect.not.stringMatching(/negotiated/), reason: 'no TLS credentials' }]);
+    expect(h.logs.filter((l) => l.startsWith('warn:'))).toEqual([
+      'warn: connection 1: NBD_ERR_TLS_NOT_CONFIGURED: STARTTLS accepted but no TLS credentials are configured; disconnecting',
+    ]);
+    expect(h.closed).toEqual([
+      { outcome: expect.not.stringMatching(/negotiated/), code: 'NBD_ERR_TLS_NOT_CONFIGURED', reason: 'STARTTLS accepted but no TLS credentials are configured' },
+    ]);
     expect(h.session.negotiated).toBeNull();
     expect(h.server.destroyed).toBe(true);
+  });
+
+  it('plaintext pipelined behind STARTTLS: never interpreted, the connection dropped with the rule as its code', async () => {
+    const h = start({
+      handshake: { ...DEFAULT_INPUT, tls: 'optional' },
+      // An upgrade that never finishes: the plaintext behind STARTTLS decides.
+      upgradeTls: () => new Promise(() => {}),
+    });
+    await h.send(Buffer.concat([encodeClientFlags(3), encodeOption(OPT.STARTTLS), encodeOption(OPT.GO, encodeInfoGoData('disk'))]));
+    await settle(10);
+    expect(h.closed).toEqual([{ outcome: expect.not.stringMatching(/negotiated/), code: 'tls.plaintext-after-starttls', reason: 'plaintext pipelined behind STARTTLS' }]);
+    expect(h.logs.filter((l) => l.startsWith('warn:'))).toEqual([expect.stringMatching(/^warn: connection 1: tls\.plaintext-after-starttls: \d+ plaintext bytes pipelined behind STARTTLS; disconnecting$/)]);
+    expect(h.session.negotiated).toBeNull();
+  });
+
+  it('a machine failure drops the connection alone as NBD_ERR_INTERNAL, with one error line', async () => {
+    const h = start();
+    await negotiate(h);
+    // A request handler that breaks the session's own bookkeeping: completing a request twice is harmless,
+    // but a transmission actor that throws on an event is a machine error.
+    const tx = (h.session.connectionActor.getSnapshot().children as Record<string, { send: (e: unknown) => void }>).transmission!;
+    const send = tx.send.bind(tx);
+    tx.send = () => {
+      throw new Error('boom');
+    };
+    await h.send(read(1n));
+    tx.send = send;
+    expect(h.closed).toEqual([{ outcome: 'negotiated', code: 'NBD_ERR_INTERNAL', reason: 'machine error on request: Error: boom' }]);
+    expect(h.logs.filter((l) => l.startsWith('error:'))).toEqual(['error: connection 1: NBD_ERR_INTERNAL: machine error on request: Error: boom']);
   });
 });
