@@ -7,13 +7,14 @@
  * the `transmission.*` rules, checked in nbdkit's order) by one table:
  * COMMANDS (what each command allows and needs) and REFUSALS (the refusals
  * in the order they are checked), compiled once per negotiated export into
- * the context's `check`. A single `request` event passes the guard
- * `requestAccepted` and is emitted to the application (`deliver`), or is
- * refused by `refuse` with the code, errno and message `check` returned.
- * Several requests decoded from one socket read may arrive as one
- * `requests` event instead: `deliverEach` runs the same `check` per frame,
- * and one `requests` effect lists the accepted frames and the refusals, so
- * a pipelined burst costs one machine event rather than one per request.
+ * the context's `check`. One action, `validate`, decides every request:
+ * a single `request` event (DISC aside: it drains) comes out as a `request`
+ * effect for the application or a `refuse` effect with the code, errno and
+ * message `check` returned; several requests decoded from one socket read
+ * arrive as one `requests` event, which the same action checks frame by
+ * frame into one `requests` effect listing the accepted frames and the
+ * refusals — a pipelined burst costs one machine event, not one per
+ * request. An inspector sees `validate` on each, and the codes in its effects.
  * Completion bookkeeping stays outside the machine: the transport counts
  * requests in flight and reports only when none are left while draining
  * (`inflight.idle`), which keeps the hot path to one event (docs/design.md,
@@ -314,51 +315,36 @@ export const transmissionMachine = setup({
   },
   guards: {
     isDisc: ({ event }) => req(event).type === CMD.NBD_CMD_DISC,
-    // The compiled refusal table (DISC is not a request to accept: it drains).
-    requestAccepted: ({ context, event }) => {
-      const r = req(event);
-      return r.type !== CMD.NBD_CMD_DISC && context.check(r) === null;
-    },
   },
   actions: {
-    deliver: emit(({ event }) => ({ type: 'request', frame: req(event) }) as const),
-    // The refusal the compiled table gives for this request.
-    refuse: emit(({ context, event }) => {
-      const frame = req(event);
-      const refusal = context.check(frame) as RequestRefusal; // not null: `requestAccepted` and `isDisc` were false
-      return { type: 'refuse' as const, frame, code: refusal.code, errno: refusal.errno, message: refusal.message };
-    }),
-    // A burst of requests (never DISC): per frame, the same check as `request`; one effect for the burst.
-    deliverEach: emit(({ context, event }) => {
+    // The one place a request is accepted or refused, for a single request and a burst alike: the
+    // compiled table (`context.check`) per frame. A single request comes out as a `request` or
+    // `refuse` effect, a burst as one `requests` effect listing both; refusals carry their code.
+    validate: emit(({ context, event }) => {
+      const check = context.check;
+      if (event.type === 'request') {
+        const frame = event.frame;
+        const refusal = check(frame);
+        if (refusal === null) return { type: 'request' as const, frame };
+        return { type: 'refuse' as const, frame, code: refusal.code, errno: refusal.errno, message: refusal.message };
+      }
+      assertEvent(event, 'requests');
       const accepted: RequestFrame[] = [];
       let refused: Refusal[] | undefined;
-      const check = context.check;
-      for (const frame of (event as Extract<TransmissionEvent, { type: 'requests' }>).frames) {
+      for (const frame of event.frames) {
         const refusal = check(frame);
         if (refusal === null) accepted.push(frame);
         else (refused ??= []).push({ frame, code: refusal.code, errno: refusal.errno, message: refusal.message });
       }
       return { type: 'requests' as const, accepted, refused: refused ?? NONE };
     }),
-    // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN.
-    refuseShutdownEach: emit(({ event }) => ({
-      type: 'requests' as const,
-      accepted: [],
-      refused: (event as Extract<TransmissionEvent, { type: 'requests' }>).frames.map((frame) => ({
-        frame,
-        code: SHUTDOWN.code,
-        errno: SHUTDOWN.errno,
-        message: SHUTDOWN.message,
-      })),
-    })),
-    // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN.
-    refuseShutdown: emit(({ event }) => ({
-      type: 'refuse' as const,
-      frame: req(event),
-      code: SHUTDOWN.code,
-      errno: SHUTDOWN.errno,
-      message: SHUTDOWN.message,
-    })),
+    // transmission.shutdown-drains: while draining, anything new gets ESHUTDOWN (a single request or a burst).
+    refuseShutdown: emit(({ event }) => {
+      const refusal = (frame: RequestFrame) => ({ frame, code: SHUTDOWN.code, errno: SHUTDOWN.errno, message: SHUTDOWN.message });
+      if (event.type === 'request') return { type: 'refuse' as const, ...refusal(event.frame) };
+      assertEvent(event, 'requests');
+      return { type: 'requests' as const, accepted: [], refused: event.frames.map(refusal) };
+    }),
     announceDrain: emit((_, params: { reason: 'disc' | 'eof' | 'shutdown' | 'idle' }) => ({ type: 'draining' as const, reason: params.reason })),
     // Why the session ends: a catalogue code; the reason is its message.
     recordReason: assign((_, params: { code: Extract<CloseCode, FixedCode> }) => ({ code: params.code, reason: messageOf(params.code) })),
@@ -381,18 +367,17 @@ export const transmissionMachine = setup({
     open: {
       on: {
         request: [
-          // The compiled refusal table: an acceptable request costs one guard evaluation.
-          { guard: 'requestAccepted', actions: 'deliver' },
           // transmission.disc-drains: DISC ⇒ no reply; finish what is in flight, then close.
           {
             guard: 'isDisc',
             target: 'draining',
             actions: [{ type: 'recordReason', params: { code: 'transmission.disc-drains' } }, { type: 'announceDrain', params: { reason: 'disc' } }],
           },
-          // Anything else is refused with the code, errno and message the same table gives.
-          { actions: 'refuse' },
+          // Everything else: accepted or refused by the compiled table, in `validate`.
+          { actions: 'validate' },
         ],
-        requests: { actions: 'deliverEach' },
+        // A burst (never DISC): the same action, the same check per frame.
+        requests: { actions: 'validate' },
         'client.eof': {
           target: 'draining',
           actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_BY_CLIENT' } }, { type: 'announceDrain', params: { reason: 'eof' } }],
@@ -411,7 +396,7 @@ export const transmissionMachine = setup({
     draining: {
       on: {
         request: [{ guard: 'isDisc' }, { actions: 'refuseShutdown' }],
-        requests: { actions: 'refuseShutdownEach' },
+        requests: { actions: 'refuseShutdown' },
         'inflight.idle': { target: 'closed', actions: 'closeSoft' },
       },
     },

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AnyActorRef, InspectionEvent } from 'xstate';
 import { memoryBackend } from '../../src/index.js';
 import { requireTool, run, startServer, type Running } from './harness.js';
+import { RawClient, requestBytes } from './raw-client.js';
 
 interface Seen {
   index: number;
@@ -14,6 +15,10 @@ interface Seen {
   sessionId: string;
   value?: string;
   eventType?: string;
+  /** Microsteps: each transition taken, as `event(guard) → actions`. */
+  transitions?: string[];
+  /** Emitted effects (xstate.emit actions): the event emitted. */
+  emitted?: { type: string; code?: string; refused?: Array<{ code: string }>; accepted?: unknown[] };
 }
 
 const events: Seen[] = [];
@@ -31,6 +36,14 @@ function record(ev: InspectionEvent): void {
     seen.value = typeof v === 'string' ? v : JSON.stringify(v);
   }
   if (ev.type === '@xstate.event') seen.eventType = ev.event.type;
+  if (ev.type === '@xstate.microstep') {
+    seen.transitions = ev._transitions.map((t) => {
+      const guard = t.guard === undefined ? '' : `(${typeof t.guard === 'string' ? t.guard : (t.guard as { type: string }).type})`;
+      const actions = t.actions.map((a) => (typeof a === 'string' ? a : (a as { type: string }).type));
+      return `${t.eventType}${guard} → ${actions.join(', ')}`;
+    });
+  }
+  if (ev.type === '@xstate.action' && ev.action.type === 'xstate.emit') seen.emitted = (ev.action.params as { event: Seen['emitted'] }).event;
   events.push(seen);
 }
 
@@ -137,5 +150,43 @@ describe('inspection', () => {
     // All actor sessionIds are distinct across the two connections.
     const all = [...sessionsOf('handshake'), ...sessionsOf('transmission'), ...sessionsOf('connection')];
     expect(new Set(all).size).toBe(all.length);
+  });
+
+  it('what decided each request is on the inspector: the one `validate` action for a single request and a burst, and the refusal code in its effect', async () => {
+    const before = new Set(sessionsOf('transmission'));
+    const c = await RawClient.open({ path: srv.socket }, 'disk');
+    // A burst of three (one past the end), in one write, then a single request.
+    c.send(
+      Buffer.concat([
+        requestBytes({ type: 0, offset: 0, length: 512, cookie: 1n }),
+        requestBytes({ type: 0, offset: 1 << 20, length: 512, cookie: 2n }),
+        requestBytes({ type: 0, offset: 512, length: 512, cookie: 3n }),
+      ]),
+    );
+    const replies = [];
+    for (let i = 0; i < 3; i++) replies.push(await c.readSimpleReply((k) => (k === 2n ? 0 : 512)));
+    c.send(requestBytes({ type: 0, offset: 4096, length: 512, cookie: 4n }));
+    replies.push(await c.readSimpleReply(() => 512));
+    expect(replies.map((r) => [r.cookie, r.error]).sort()).toEqual([
+      [1n, 0],
+      [2n, 22],
+      [3n, 0],
+      [4n, 0],
+    ]);
+    c.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    const tx = sessionsOf('transmission').filter((x) => !before.has(x));
+    expect(tx).toHaveLength(1);
+    const mine = events.filter((e) => e.actorId === 'transmission' && e.sessionId === tx[0]);
+    // Every request event was decided by `validate` (the burst may arrive in one or more reads).
+    const steps = mine.flatMap((e) => e.transitions ?? []).filter((t) => t.startsWith('request'));
+    expect(steps.length).toBeGreaterThanOrEqual(2);
+    for (const t of steps) expect(t).toMatch(/^requests? → validate$/);
+    // And its effects say what it decided: three accepted and the refusal with its code.
+    const effects = mine.flatMap((e) => (e.emitted ? [e.emitted] : []));
+    const refusals = effects.flatMap((e) => (e.type === 'refuse' ? [e.code] : e.type === 'requests' ? e.refused!.map((r) => r.code) : []));
+    expect(refusals).toEqual(['transmission.out-of-bounds']);
+    const accepted = effects.reduce((n, e) => n + (e.type === 'request' ? 1 : e.type === 'requests' ? e.accepted!.length : 0), 0);
+    expect(accepted).toBe(3);
   });
 });

@@ -1,8 +1,8 @@
 /**
  * The transmission machine validates requests with one compiled table (the
- * context's `check`), used by the `requestAccepted` guard and the `refuse`
- * action for a single `request` event and by `deliverEach` for a burst
- * (`requests`, docs/design.md: one machine event per burst). Here both
+ * context's `check`), called by one action, `validate`, for a single
+ * `request` event and for a burst (`requests`, docs/design.md: one machine
+ * event per burst). Here both
  * events are checked against an independent model of the spec's server
  * rules, written out below from docs/rules.md in nbdkit's order with its
  * own numbers: same requests accepted, and for each refused one the same

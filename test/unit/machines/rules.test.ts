@@ -1109,15 +1109,21 @@ describe('machine purity (xstate transition / initialTransition)', () => {
 
   it('transition on a refused request returns a refuse emit; on an accepted one a request emit; nothing runs', () => {
     const input = { negotiated: negotiatedFor(exportOf({ size: 4096 })) };
-    let delivered = 0;
-    const m = transmissionMachine.provide({ actions: { deliver: () => void delivered++ } });
+    let validated = 0;
+    const m = transmissionMachine.provide({ actions: { validate: () => void validated++ } });
     const [s0] = initialTransition(m, input);
-    const [, ok] = transition(m, s0, { type: 'request', frame: request({ type: CMD.NBD_CMD_READ, length: 8 }) });
-    expect(ok.map((a) => a.type)).toEqual(['deliver']);
-    expect(delivered).toBe(0);
-    const [, bad] = transition(m, s0, { type: 'request', frame: request({ type: CMD.NBD_CMD_WRITE, offset: 4096, length: 8 }) });
+    // Single requests and bursts are decided by the same named action.
+    const [, one] = transition(m, s0, { type: 'request', frame: request({ type: CMD.NBD_CMD_READ, length: 8 }) });
+    expect(one.map((a) => a.type)).toEqual(['validate']);
+    const [, burst] = transition(m, s0, { type: 'requests', frames: [request({ type: CMD.NBD_CMD_READ, length: 8 }), request({ type: 99 })] });
+    expect(burst.map((a) => a.type)).toEqual(['validate']);
+    expect(validated).toBe(0);
+    const [, ok] = transition(transmissionMachine, initialTransition(transmissionMachine, input)[0], { type: 'request', frame: request({ type: CMD.NBD_CMD_READ, length: 8 }) });
+    const delivered = (ok as readonly AnyAction[]).find((a) => a.type === 'xstate.emit') as unknown as { params: { event: { type: string } } };
+    expect(delivered.params.event).toMatchObject({ type: 'request' });
+    const [, bad] = transition(transmissionMachine, initialTransition(transmissionMachine, input)[0], { type: 'request', frame: request({ type: CMD.NBD_CMD_WRITE, offset: 4096, length: 8 }) });
     const refuse = (bad as readonly AnyAction[]).find((a) => a.type === 'xstate.emit') as unknown as { params: { event: { type: string; errno: number } } };
-    expect(refuse.params.event).toMatchObject({ type: 'refuse', errno: ERRNO.NBD_ENOSPC });
+    expect(refuse.params.event).toMatchObject({ type: 'refuse', code: 'transmission.write-out-of-bounds', errno: ERRNO.NBD_ENOSPC });
   });
 
   it('a provided action replaces the named effect on a live actor (effects are swappable)', () => {
