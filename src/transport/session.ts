@@ -1,17 +1,16 @@
 /**
  * One client connection, wired: socket bytes (rxjs) → FrameDecoder →
- * connection actor (xstate) → ReplyWriter. The jobs live next door: flow
- * control and the pump loop in `flow.ts`, the STARTTLS upgrade in
- * `starttls.ts`, the clocks in `timers.ts`, zero-copy WRITE placement in
- * `placement.ts`. The machines decide; this class carries out their
- * effects and reads their states where a decision depends on them (it
- * keeps no copy of them). Nothing here throws into the event loop: every
- * subscription and actor has an error path, and any failure drops this
- * connection alone.
+ * connection actor (xstate) → ReplyWriter. The jobs live next door: the
+ * input in `input.ts`, flow control and the pump loop in `flow.ts`, the
+ * machines' effects in `effects.ts` and their states in `machines.ts`, the
+ * STARTTLS upgrade in `starttls.ts`, the clocks in `timers.ts`, zero-copy
+ * WRITE placement in `placement.ts`. The machines decide; the session
+ * carries out their effects and keeps no copy of their states. Nothing here
+ * throws into the event loop: every subscription and actor has an error
+ * path, and any failure drops this connection alone.
  */
 import type { Duplex } from 'node:stream';
 import type { AnyActorRef } from 'xstate';
-import type { Subscription } from 'rxjs';
 import { FrameDecoder, type DecodeFailure } from '../protocol/decoder.js';
 import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
@@ -19,14 +18,16 @@ import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../
 import type { Extent } from '../protocol/encoder.js';
 import type { ReplySink } from '../api/request.js';
 import { cmdName, errnoName } from '../protocol/constants.js';
-import type { HandshakeEmitted, Negotiated, TransmissionEmitted } from '../machines/types.js';
-import { fromSocket, ReplyWriter } from './socket.js';
+import type { Negotiated } from '../machines/types.js';
+import { ReplyWriter } from './socket.js';
 import { releaseBytes } from './slab-account.js';
 import { FlowControl } from './flow.js';
 import { ConnectionTimers } from './timers.js';
 import { checkedTargets } from './placement.js';
 import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
 import { messageOf, type CloseCode } from '../protocol/errors.js';
+import { SocketInput } from './input.js';
+import { ConnectionMachines } from './machines.js';
 import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
 
@@ -46,13 +47,10 @@ export class Session implements ReplySink {
   private readonly actor: ConnectionActor;
   private readonly flow: FlowControl;
   private readonly timers: ConnectionTimers;
-  private handshake: AnyActorRef | null = null;
-  private transmission: AnyActorRef | null = null;
-  private bytes: Subscription | null = null;
+  private readonly machines: ConnectionMachines;
+  private readonly input: SocketInput;
   /** The socket closed (or the session failed) and `onClose` was told: once per session. */
   private closeNotified = false;
-  /** Bytes the client sent after NBD_CMD_DISC (ignored). */
-  private ignoredAfterDisc = 0;
   private closeCode: CloseCode = 'NBD_CLOSED_SOCKET';
   private closeReason = 'closed';
   /** The reason for a hard disconnect was logged already (one line per dropped connection). */
@@ -71,14 +69,14 @@ export class Session implements ReplySink {
       closed: () => this.closed,
       pulling: () => this.transmission !== null || !this.upgrading,
       transmitting: () => this.transmission !== null,
-      draining: () => this.draining,
+      draining: () => this.machines.draining,
       readingPaused: () => this.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
       sendRequests: (frames) => (frames.length === 1 ? this.sendToActive({ type: 'request', frame: frames[0] }) : this.sendToActive({ type: 'requests', frames })),
       dispatch: (f) => this.dispatch(f),
       fatal: (f) => this.onFatal(f),
       afterDisc: () => {
-        if (this.decoder.phase !== 'stopped') this.ignoreAfterStop(this.decoder.stop());
+        if (this.decoder.phase !== 'stopped') this.input.ignore(this.decoder.stop());
       },
       eof: () => {
         this.reportIncomplete('closed the connection');
@@ -94,8 +92,29 @@ export class Session implements ReplySink {
         this.sendToActive({ type: 'timer.idle', ms });
       },
     });
+    this.input = new SocketInput(this.decoder, {
+      closed: () => this.closed,
+      upgrading: () => this.upgrading,
+      plaintextDuringUpgrade: (n) => plaintextDuringUpgrade(this.upgradeHost, n),
+      touched: () => this.timers.touch(),
+      pump: () => this.flow.pump(),
+      fatal: (f) => this.onFatal(f),
+      socketError: (err) => this.onSocketError(err),
+      eof: () => this.onEof(),
+      internalError: (message) => this.fail(message),
+      log: this.log,
+      peer: this.peer,
+    });
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.flow.written);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
+    this.machines = new ConnectionMachines(this.actor, {
+      handshake: (e) => handshakeEffect(this.effectHost, e),
+      // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the moment it finishes,
+      // before the transmission machine is built: the client is waiting for them.
+      handshakeDone: () => this.writer.flushNow(),
+      transmission: (e) => transmissionEffect(this.effectHost, e),
+      failed: (message) => this.fail(message),
+    });
   }
 
   /** Start the connection: greeting out, bytes in. */
@@ -114,7 +133,7 @@ export class Session implements ReplySink {
     });
     // The handshake child exists once the actor is built and emits the
     // greeting as soon as it starts, inside actor.start(): listen first.
-    this.attachChildren();
+    this.machines.attachChildren();
     try {
       this.actor.start();
     } catch (err) {
@@ -123,7 +142,8 @@ export class Session implements ReplySink {
     }
     // The client waits for the greeting: send it before setting up reads.
     this.writer.flushNow();
-    this.subscribeBytes();
+    // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
+    this.input.attach(this.socket, !this.options.upgradeTls);
     if (!this.closed) this.timers.startHandshake();
   }
 
@@ -177,68 +197,19 @@ export class Session implements ReplySink {
     this.writer.destroy();
   }
 
-  // ── the machines' states, read where a decision depends on them ────────
-
-  /** The connection machine finished (or was stopped): nothing more is done for this connection. */
+  // The machines' states, read where a decision depends on them (machines.ts).
   private get closed(): boolean {
-    return this.actor.getSnapshot().status !== 'active';
+    return this.machines.closed;
   }
-
-  /** The connection machine's reading region is paused (a budget is used up). */
   private get readingPaused(): boolean {
-    return (this.actor.getSnapshot().value as { reading?: string }).reading === 'paused';
+    return this.machines.readingPaused;
   }
-
-  /** The handshake machine is performing STARTTLS: the raw socket belongs to the TLS upgrade. */
   private get upgrading(): boolean {
-    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
+    return this.machines.upgrading;
   }
-
-  /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
-  private get draining(): boolean {
-    return this.transmission !== null && this.transmission.getSnapshot().matches('draining');
+  private get transmission(): AnyActorRef | null {
+    return this.machines.transmission;
   }
-
-  // ── input ────────────────────────────────────────────────────────────
-
-  private subscribeBytes(): void {
-    this.bytes?.unsubscribe();
-    // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
-    const slabReads = !this.options.upgradeTls;
-    this.bytes = fromSocket(this.socket, { slabReads, window: slabReads ? this.readWindow : undefined }).subscribe({
-      next: (chunk) => {
-        if (this.upgrading) return plaintextDuringUpgrade(this.upgradeHost, chunk.length);
-        this.timers.touch();
-        if (this.decoder.phase === 'stopped') {
-          // After DISC (or the end of the handshake) nothing more is interpreted: ignore it.
-          this.ignoreAfterStop(chunk.length);
-          return;
-        }
-        if (!this.decoder.push(chunk)) {
-          const f = this.decoder.next();
-          this.onFatal(f && f.kind === 'fatal' ? f : { kind: 'fatal', code: 'NBD_ERR_BUFFER_LIMIT', message: 'decoder refused input' });
-          return;
-        }
-        this.flow.pump();
-      },
-      error: (err: Error) => this.onSocketError(err),
-      complete: () => this.onEof(),
-    });
-  }
-
-  /** Socket reads straight into a placed WRITE's storage (see FrameDecoder.placementWindow). */
-  private readonly readWindow = {
-    get: (): Buffer | null => (this.closed || this.upgrading ? null : this.decoder.placementWindow()),
-    filled: (n: number): void => {
-      try {
-        this.decoder.placed(n);
-      } catch (err) {
-        this.fail(`zero-copy WRITE bookkeeping failed: ${String(err)}`);
-        return;
-      }
-      this.flow.pump();
-    },
-  };
 
   /**
    * The decoder's placement provider: only requests the machine's own check
@@ -270,17 +241,8 @@ export class Session implements ReplySink {
 
   /** The connection is over (the machine's `reading.stopped`): nothing more is read or interpreted. */
   private stopReading(): void {
-    this.ignoreAfterStop(this.decoder.stop());
+    this.input.stop();
     this.timers.stop();
-    this.bytes?.unsubscribe();
-    this.bytes = null;
-  }
-
-  /** Bytes the client sent after NBD_CMD_DISC: dropped, and said once in the log. */
-  private ignoreAfterStop(n: number): void {
-    if (n <= 0) return;
-    if (this.ignoredAfterDisc === 0) this.log.info?.(`${this.peer}: ignoring bytes sent after the end of the session (NBD_CMD_DISC or handshake end)`);
-    this.ignoredAfterDisc += n;
   }
 
   private readonly onDrainNeeded = () => this.flow.update();
@@ -292,36 +254,8 @@ export class Session implements ReplySink {
 
   // ── the machines ─────────────────────────────────────────────────────
 
-  private attachHandshake(hs: AnyActorRef): void {
-    if (hs === this.handshake) return;
-    this.handshake = hs;
-    hs.on('*', (e: HandshakeEmitted) => handshakeEffect(this.effectHost, e));
-    // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the
-    // moment it finishes, before the transmission machine is built: the
-    // client is waiting for them, and nothing after needs them held back.
-    hs.subscribe({ complete: () => this.writer.flushNow(), error: () => {} });
-  }
-
-  private attachChildren(): void {
-    const children = this.actor.getSnapshot().children as Record<string, AnyActorRef | undefined>;
-    if (children.handshake) this.attachHandshake(children.handshake);
-    const tx = children.transmission;
-    if (tx && tx !== this.transmission) {
-      this.transmission = tx;
-      tx.on('*', (e: TransmissionEmitted) => transmissionEffect(this.effectHost, e));
-    }
-  }
-
   private sendToActive(event: { type: string; [k: string]: unknown }): void {
-    const target = this.transmission ?? this.handshake;
-    if (!target || this.closed) return;
-    // A machine that reached its final state takes no more events (xstate warns on each one).
-    if (target.getSnapshot().status !== 'active') return;
-    try {
-      target.send(event as never);
-    } catch (err) {
-      this.fail(`machine error on ${event.type}: ${String(err)}`);
-    }
+    this.machines.send(event);
   }
 
   /** What the machines' effects act on (effects.ts). */
@@ -335,7 +269,7 @@ export class Session implements ReplySink {
       this.closeReason = reason;
     },
     logDrop: (message) => this.logDrop(message),
-    ignoreAfterStop: (n) => this.ignoreAfterStop(n),
+    ignoreAfterStop: (n) => this.input.ignore(n),
     startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
     deliver: (frame) => this.deliver(frame),
     refuse: (r) => this.refuse(r),
@@ -362,7 +296,7 @@ export class Session implements ReplySink {
 
   private onConnectionSnapshot(phase: string): void {
     if (phase === 'transmission' && !this.transmission) {
-      this.attachChildren();
+      this.machines.attachChildren();
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
       this.replies.mode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
@@ -403,8 +337,7 @@ export class Session implements ReplySink {
     releaseRaw: () => {
       // The ACK goes out in plaintext before the socket is handed to TLS.
       this.writer.flushNow();
-      this.bytes?.unsubscribe();
-      this.bytes = null;
+      this.input.detach();
       this.socket.off('drain', this.onDrain);
       return this.socket;
     },
@@ -419,7 +352,7 @@ export class Session implements ReplySink {
       secure.on('drain', this.onDrain);
       this.decoder.restartOptions();
       this.sendToActive({ type: 'tls.established' });
-      this.subscribeBytes();
+      this.input.attach(secure, false);
       this.flow.pump();
     },
     fail: (code, logLine) => this.failTls(code, logLine),
@@ -433,8 +366,7 @@ export class Session implements ReplySink {
   private failTls(code: TlsDropCode, logLine: string): void {
     if (this.closed) return;
     this.logDrop(withCode(code, logLine));
-    this.bytes?.unsubscribe();
-    this.bytes = null;
+    this.input.detach();
     const reason = messageOf(code);
     this.sendToActive({ type: 'tls.failed', message: reason });
     this.closeCode = code;
@@ -500,8 +432,7 @@ export class Session implements ReplySink {
     this.closeNotified = true;
     this.sendToActive({ type: 'socket.closed' });
     this.timers.stop();
-    this.bytes?.unsubscribe();
-    this.bytes = null;
+    this.input.detach();
     try {
       this.actor.stop();
     } catch {
