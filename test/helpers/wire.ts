@@ -88,6 +88,18 @@ export const isRepError = (type: number): boolean => type >= 0x80000000;
 /** The reply that ends an option's answer: ACK or an error. */
 export const isFinalRep = (type: number): boolean => type === REP.ACK || isRepError(type);
 
+/** The spec's error values (doc/proto.md, "Error values"). */
+export const ERRNO_SPEC = {
+  NBD_EPERM: 1,
+  NBD_EIO: 5,
+  NBD_ENOMEM: 12,
+  NBD_EINVAL: 22,
+  NBD_ENOSPC: 28,
+  NBD_EOVERFLOW: 75,
+  NBD_ENOTSUP: 95,
+  NBD_ESHUTDOWN: 108,
+} as const;
+
 /** Information types inside NBD_REP_INFO (and requested by INFO / GO). */
 export const INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
 

@@ -18,37 +18,8 @@ import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, TransmissionEm
 
 export const REP_MAGIC = 0x0003e889045565a9n;
 export const IHAVEOPT = 0x49484156454f5054n;
-export const O = {
-  EXPORT_NAME: 1,
-  ABORT: 2,
-  LIST: 3,
-  PEEK_EXPORT: 4,
-  STARTTLS: 5,
-  INFO: 6,
-  GO: 7,
-  STRUCTURED_REPLY: 8,
-  LIST_META_CONTEXT: 9,
-  SET_META_CONTEXT: 10,
-  EXTENDED_HEADERS: 11,
-} as const;
-export const R = {
-  ACK: 1,
-  SERVER: 2,
-  INFO: 3,
-  META_CONTEXT: 4,
-  ERR_UNSUP: 0x80000001,
-  ERR_POLICY: 0x80000002,
-  ERR_INVALID: 0x80000003,
-  ERR_PLATFORM: 0x80000004,
-  ERR_TLS_REQD: 0x80000005,
-  ERR_UNKNOWN: 0x80000006,
-  ERR_SHUTDOWN: 0x80000007,
-  ERR_BLOCK_SIZE_REQD: 0x80000008,
-  ERR_TOO_BIG: 0x80000009,
-  ERR_EXT_HEADER_REQD: 0x8000000a,
-} as const;
-export const isErr = (type: number) => type >= 0x80000000;
-export const isFinal = (type: number) => type === R.ACK || isErr(type);
+// Option codes and option reply types: the test wire codec's tables (written from the spec, not src).
+export { OPT as O, REP as R, isRepError as isErr, isFinalRep as isFinal } from '../../helpers/wire.js';
 
 // ── client-side encoders (test-local) ────────────────────────────────────
 
