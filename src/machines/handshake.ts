@@ -4,9 +4,10 @@
  * greeting → awaitingClientFlags → options ⇄ upgradingTls → negotiated
  *                                        ↘ aborted | rejected | disconnected
  *
- * options.choosingMode → exhausted | shuttingDown | unfixed | awaitingTls | open
- *   (the modes, by precedence; any mode but exhausted → exhausted once the
- *   option budget is spent, any mode → shuttingDown on server.shutdown)
+ * options: exhausted | shuttingDown | unfixed | awaitingTls | open
+ *   (the modes, by precedence: the client flags and STARTTLS's end name the
+ *   mode to enter; any mode → exhausted once the option budget is spent,
+ *   any mode but exhausted → shuttingDown on server.shutdown)
  *
  * The transitions are literal objects that the compiler checks against the
  * guard and action names below; a mode answers the options it restricts
@@ -59,9 +60,13 @@ import type {
   HandshakeOutcome,
   MetaContextSelection,
   Negotiated,
+  OptionEvent,
   TlsPolicy,
 } from './types.js';
 import { DEFAULTS } from '../defaults.js';
+
+/** The machine's own event: the option that spends the budget raises it (never sent by the transport). */
+type BudgetSpent = { type: 'options.spent' };
 
 export interface HandshakeInput {
   readonly exports: readonly ExportDescriptor[];
@@ -146,6 +151,24 @@ function exportTlsBlocked(ctx: HandshakeContext, exp: ExportDescriptor | undefin
   return !!exp?.tlsOnly && !ctx.tls && ctx.tlsPolicy !== 'off';
 }
 
+/**
+ * Every option event, by name: what `assertEvent` narrows to where any option
+ * will do (a list of names costs string comparisons; the `opt.*` descriptor
+ * would split both strings on every call, and handshakes must stay cheap).
+ */
+const OPTION_EVENTS = [
+  'opt.exportName',
+  'opt.abort',
+  'opt.list',
+  'opt.starttls',
+  'opt.info',
+  'opt.go',
+  'opt.structuredReply',
+  'opt.listMetaContext',
+  'opt.setMetaContext',
+  'opt.extendedHeaders',
+  'opt.unknown',
+] as const satisfies ReadonlyArray<OptionEvent['type']>;
 /** Options whose frame names an export. */
 const NAMED_OPTIONS = ['opt.exportName', 'opt.info', 'opt.go', 'opt.listMetaContext', 'opt.setMetaContext'] as const;
 /** Options that take no data (option.unexpected-data). */
@@ -260,7 +283,7 @@ function negotiatedFrom(ctx: HandshakeContext, exp: ExportDescriptor, viaExportN
 export const handshakeMachine = setup({
   types: {
     context: {} as HandshakeContext,
-    events: {} as HandshakeEvent,
+    events: {} as HandshakeEvent | BudgetSpent,
     input: {} as HandshakeInput,
     emitted: {} as HandshakeEmitted,
     output: {} as HandshakeOutcome,
@@ -276,16 +299,19 @@ export const handshakeMachine = setup({
     // option.shutting-down: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
     shuttingDown: ({ context }) => context.shuttingDown,
     // handshake.fixed-newstyle-required: without fixed newstyle only EXPORT_NAME is legal.
-    notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
+    clientNotFixedNewstyle: ({ event }) => {
+      assertEvent(event, 'wire.clientFlags');
+      return (event.flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) === 0;
+    },
     // tls.mode-forcedtls: FORCEDTLS and no TLS yet.
     tlsRequiredNotActive: ({ context }) => isTlsBlocked(context),
     // The option data could not be parsed (option.length-mismatch, general.string-limits) or was too big (option.too-big).
     optionMalformed: ({ event }) => {
-      assertEvent(event, 'opt.*');
+      assertEvent(event, OPTION_EVENTS);
       return event.frame.problem?.reply === 'NBD_REP_ERR_INVALID';
     },
     optionTooBig: ({ event }) => {
-      assertEvent(event, 'opt.*');
+      assertEvent(event, OPTION_EVENTS);
       return event.frame.problem?.reply === 'NBD_REP_ERR_TOO_BIG';
     },
     // option.unexpected-data: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
@@ -320,7 +346,12 @@ export const handshakeMachine = setup({
         noZeroes: (event.flags & CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES) !== 0,
       };
     }),
-    countOption: assign({ optionCount: ({ context }) => context.optionCount + 1 }),
+    // option.too-many-options: the option that spends the budget raises options.spent (options ⇒ exhausted).
+    countOption: enqueueActions(({ context, enqueue }) => {
+      const optionCount = context.optionCount + 1;
+      enqueue.assign({ optionCount });
+      if (optionCount >= context.maxOptions) enqueue.raise({ type: 'options.spent' });
+    }),
     // A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
     // A decoder failure closes with the decoder's own code.
     reject: enqueueActions(({ enqueue, event }, params: { code: RejectCode }) => {
@@ -338,7 +369,7 @@ export const handshakeMachine = setup({
     }),
     // An option error reply: the catalogue entry's reply type and message (OPTION_ERROR_DETAILS fills it in).
     replyError: emit(({ context, event }, params: { code: OptionErrorCode }) => {
-      assertEvent(event, 'opt.*');
+      assertEvent(event, OPTION_EVENTS);
       return errorReply(params.code, context, event.frame);
     }),
     replyAck: emit(({ event }) => {
@@ -448,7 +479,13 @@ export const handshakeMachine = setup({
       on: {
         'wire.clientFlags': [
           { guard: 'clientFlagsInvalid', target: 'rejected', actions: { type: 'reject', params: { code: 'handshake.client-flags-unknown' } } },
-          { target: 'options', actions: 'recordClientFlags' },
+          // The option mode the rules call for, by precedence (option.too-many-options, option.shutting-down,
+          // handshake.fixed-newstyle-required, tls.mode-forcedtls).
+          { guard: 'tooManyOptions', target: 'options.exhausted', actions: 'recordClientFlags' },
+          { guard: 'shuttingDown', target: 'options.shuttingDown', actions: 'recordClientFlags' },
+          { guard: 'clientNotFixedNewstyle', target: 'options.unfixed', actions: 'recordClientFlags' },
+          { guard: 'tlsRequiredNotActive', target: 'options.awaitingTls', actions: 'recordClientFlags' },
+          { target: 'options.open', actions: 'recordClientFlags' },
         ],
       },
     },
@@ -458,24 +495,18 @@ export const handshakeMachine = setup({
      * options it treats otherwise; every option the server answers counts
      * towards maxOptions (`countOption`), refusals that close do not.
      * Precedence, as the rules apply: exhausted, shuttingDown, unfixed,
-     * awaitingTls, open.
+     * awaitingTls, open. The transitions into `options` name the mode
+     * (the client flags, STARTTLS's end); `initial` is never used.
      */
     options: {
-      initial: 'choosingMode',
+      initial: 'open',
       on: {
+        // option.too-many-options: raised by countOption when the budget is spent.
+        'options.spent': { target: '.exhausted' },
         // option.shutting-down: from now on every option but ABORT gets ERR_SHUTDOWN.
         'server.shutdown': { target: '.shuttingDown', actions: 'markShuttingDown' },
       },
       states: {
-        // Entered after the client flags and after STARTTLS: pick the mode the context calls for.
-        choosingMode: {
-          always: [
-            { guard: 'shuttingDown', target: 'shuttingDown' },
-            { guard: 'notFixedNewstyle', target: 'unfixed' },
-            { guard: 'tlsRequiredNotActive', target: 'awaitingTls' },
-            { target: 'open' },
-          ],
-        },
         // option.too-many-options: the budget is spent; the next option (but ABORT) closes the connection.
         exhausted: {
           on: {
@@ -488,7 +519,6 @@ export const handshakeMachine = setup({
         },
         // option.shutting-down: every option but ABORT gets ERR_SHUTDOWN; EXPORT_NAME cannot, so it closes.
         shuttingDown: {
-          always: { guard: 'tooManyOptions', target: 'exhausted' },
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             // option.export-name-terminates: EXPORT_NAME cannot be answered with an error: terminate.
@@ -502,7 +532,6 @@ export const handshakeMachine = setup({
         // (and ABORT) are legal. Nothing can be negotiated here, so SET_META_CONTEXT has no selection to drop,
         // and EXTENDED_HEADERS is never on.
         unfixed: {
-          always: { guard: 'tooManyOptions', target: 'exhausted' },
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.exportName': [
@@ -521,7 +550,6 @@ export const handshakeMachine = setup({
         // oversized options included (the MUST names no exception); EXPORT_NAME cannot, so it closes.
         // Nothing was negotiated before TLS, so SET_META_CONTEXT has no selection to drop.
         awaitingTls: {
-          always: { guard: 'tooManyOptions', target: 'exhausted' },
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.starttls': [
@@ -538,7 +566,6 @@ export const handshakeMachine = setup({
         },
         // Fixed newstyle, not shutting down, TLS up or not required: each option's own rules, in the order they apply.
         open: {
-          always: { guard: 'tooManyOptions', target: 'exhausted' },
           on: {
             'opt.abort': { target: '#handshake.aborted', actions: ['countOption', 'replyAck', 'recordAbort', 'closeSoft'] },
             'opt.exportName': [
@@ -624,7 +651,13 @@ export const handshakeMachine = setup({
     // The session runs the TLS handshake while the machine is here (it asks `snapshot.matches('upgradingTls')`).
     upgradingTls: {
       on: {
-        'tls.established': { target: 'options', actions: 'forgetNegotiation' },
+        // STARTTLS needed fixed newstyle and TLS is now up: open, unless the budget is spent (STARTTLS was the
+        // last option allowed) or the server began shutting down meanwhile.
+        'tls.established': [
+          { guard: 'tooManyOptions', target: 'options.exhausted', actions: 'forgetNegotiation' },
+          { guard: 'shuttingDown', target: 'options.shuttingDown', actions: 'forgetNegotiation' },
+          { target: 'options.open', actions: 'forgetNegotiation' },
+        ],
         'tls.failed': { target: 'rejected', actions: { type: 'reject', params: { code: 'tls.handshake-failed' } } },
       },
     },

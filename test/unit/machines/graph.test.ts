@@ -6,18 +6,19 @@
  * For a few machine inputs (TLS policy, offers, DoS limit) we traverse the
  * machine with a representative event per event type and per guard branch,
  * replay every shortest path and, for every transition definition (each
- * guarded branch of each event, each mode's `opt.*` wildcard, and the
- * eventless `always` transitions that pick the option mode and spend the
- * option budget), an edge that selects it, on a real actor. Finally the
- * union of taken transitions must be every transition of the machine, and
- * the union of visited states every state (each mode of `options` among
- * them: choosingMode, exhausted, shuttingDown, unfixed, awaitingTls, open).
+ * guarded branch of each event, each mode's `opt.*` wildcard, the greeting's
+ * eventless transition, and the `options.spent` event the machine raises
+ * when the option budget is spent) and each state value it leads to, an
+ * edge that selects it, on a real actor. Finally the union of taken
+ * transitions must be every transition of the machine, and the union of
+ * visited states every state (each mode of `options` among them: exhausted,
+ * shuttingDown, unfixed, awaitingTls, open).
  */
 import { describe, expect, it } from 'vitest';
 import type { SnapshotFrom } from 'xstate';
 import { handshakeMachine, type HandshakeInput } from '../../../src/machines/handshake.js';
 import type { HandshakeEvent } from '../../../src/machines/types.js';
-import { GraphCoverage } from './graph-support.js';
+import { GraphCoverage, type WalkExpectations } from './graph-support.js';
 import { DEFAULT_INPUT, O, infoGoData, metaData, opt } from './support.js';
 
 type Snap = SnapshotFrom<typeof handshakeMachine>;
@@ -85,11 +86,13 @@ const EVENTS: HandshakeEvent[] = [
   { type: 'timer.handshake', ms: 10_000 },
 ];
 
-/** Inputs whose union reaches every guard: TLS policies, offers on/off, a small DoS limit. */
-const INPUTS: Array<[string, HandshakeInput]> = [
-  ['optional', { ...DEFAULT_INPUT, tls: 'optional', maxOptions: 6 }],
-  ['required', { ...DEFAULT_INPUT, tls: 'required', maxOptions: 3 }],
-  ['off, nothing offered', { ...DEFAULT_INPUT, tls: 'off', maxOptions: 3, structuredReplies: false, extendedHeaders: false }],
+/** Inputs whose union reaches every guard: TLS policies, offers on/off, a small DoS limit, none at all. */
+const INPUTS: Array<[string, HandshakeInput, WalkExpectations]> = [
+  ['optional', { ...DEFAULT_INPUT, tls: 'optional', maxOptions: 6 }, { minPaths: 11, minEdges: 21 }],
+  ['required', { ...DEFAULT_INPUT, tls: 'required', maxOptions: 3 }, { minPaths: 11, minEdges: 21 }],
+  ['off, nothing offered', { ...DEFAULT_INPUT, tls: 'off', maxOptions: 3, structuredReplies: false, extendedHeaders: false }, { minPaths: 11, minEdges: 21 }],
+  // No option allowed at all (the server's limits never go below 1; the machine's input can): exhausted from the start.
+  ['no option allowed', { ...DEFAULT_INPUT, maxOptions: 0 }, { minPaths: 4, minEdges: 4 }],
 ];
 
 /** The state plus the context that changes; the static config is left out. */
@@ -101,9 +104,9 @@ function serializeState(s: Snap): string {
 describe('handshake machine: graph coverage with xstate/graph', () => {
   const graph = new GraphCoverage({ machine: handshakeMachine, serializeState });
 
-  for (const [label, input] of INPUTS) {
+  for (const [label, input, expectations] of INPUTS) {
     it(`every shortest path replays to its state, and each transition edge replays (${label})`, () => {
-      graph.walk(input, EVENTS, { minPaths: 11, minEdges: 21 });
+      graph.walk(input, EVENTS, expectations);
     });
   }
 
