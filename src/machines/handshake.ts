@@ -20,50 +20,32 @@
  * named by its code in the transitions.
  */
 import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
-import {
-  BASE_ALLOCATION,
-  CLIENT_FLAGS,
-  FLAG,
-  HANDSHAKE_FLAGS,
-  INFO,
-  OPT,
-  optName,
-} from '../protocol/constants.js';
-import {
-  ERRORS,
-  messageOf,
-  quoteName,
-  textOf,
-  type CloseCode,
-  type DetailsArg,
-  type FixedCode,
-  type OptionErrorCode,
-} from '../protocol/errors.js';
-import {
-  encodeAck,
-  encodeExportNameReply,
-  encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoDescription,
-  encodeInfoExport,
-  encodeInfoName,
-  encodeMetaContext,
-  encodeOptionError,
-  encodeRepServer,
-  withHasFlags,
-} from '../protocol/encoder.js';
-import type { InfoGoOption, OptionFrame } from '../protocol/frames.js';
-import type {
-  ExportDescriptor,
-  HandshakeEmitted,
-  HandshakeEvent,
-  HandshakeOutcome,
-  MetaContextSelection,
-  Negotiated,
-  OptionEvent,
-  TlsPolicy,
-} from './types.js';
+import { CLIENT_FLAGS } from '../protocol/constants.js';
+import { messageOf, quoteName, textOf, type CloseCode, type OptionErrorCode } from '../protocol/errors.js';
+import { encodeAck, encodeExportNameReply, encodeGreeting, encodeMetaContext, encodeRepServer } from '../protocol/encoder.js';
+import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, HandshakeOutcome, TlsPolicy } from './types.js';
 import { DEFAULTS } from '../defaults.js';
+import {
+  ACKED_OPTIONS,
+  BASE_ALLOCATION_ID,
+  DATALESS_OPTIONS,
+  KNOWN_CLIENT_FLAGS,
+  NAMED_OPTIONS,
+  OPTION_ERROR_DETAILS,
+  OPTION_EVENTS,
+  SERVER_HANDSHAKE_FLAGS,
+  advertisedFlags,
+  errorReply,
+  exportTlsBlocked,
+  findExport,
+  infoReplies,
+  isTlsBlocked,
+  matchMetaContexts,
+  negotiatedFrom,
+  sendOf,
+  type HandshakeContext,
+  type RejectCode,
+} from './handshake-options.js';
 
 /** The machine's own event: the option that spends the budget raises it (never sent by the transport). */
 type BudgetSpent = { type: 'options.spent' };
@@ -84,199 +66,10 @@ export interface HandshakeInput {
   readonly tlsActive?: boolean;
 }
 
-export interface HandshakeContext {
-  readonly exports: readonly ExportDescriptor[];
-  readonly defaultExport: string | undefined;
-  readonly tlsPolicy: TlsPolicy;
-  readonly maxOptions: number;
-  readonly offerExtendedHeaders: boolean;
-  readonly offerStructuredReplies: boolean;
-  /** Client flags as received. */
-  clientFlags: number;
-  fixedNewstyle: boolean;
-  noZeroes: boolean;
-  tls: boolean;
-  structuredReplies: boolean;
-  extendedHeaders: boolean;
-  /** SET_META_CONTEXT result, tied to the export name it was made for (option.meta-context-export). */
-  metaContexts: { readonly exportName: string; readonly contexts: readonly MetaContextSelection[] } | null;
-  optionCount: number;
-  shuttingDown: boolean;
-  outcome: HandshakeOutcome | null;
-}
-
-/** The id we hand out for base:allocation. Transient per the spec; fixed here. */
-export const BASE_ALLOCATION_ID = 1;
-
-const SERVER_HANDSHAKE_FLAGS = HANDSHAKE_FLAGS.NBD_FLAG_FIXED_NEWSTYLE | HANDSHAKE_FLAGS.NBD_FLAG_NO_ZEROES;
-const KNOWN_CLIENT_FLAGS = CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES;
-
-// ── pure helpers (also used by tests) ──────────────────────────────────
-
-/** Resolve a requested name to an export ("" ⇒ the default export). */
-export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
-  const wanted = name === '' ? ctx.defaultExport : name;
-  if (wanted === undefined) return undefined;
-  return ctx.exports.find((e) => e.name === wanted);
-}
-
-/** Transmission flags as advertised on this connection (transmission.flags-advertised). */
-export function advertisedFlags(exp: ExportDescriptor, structuredReplies: boolean): number {
-  let flags = withHasFlags(exp.flags);
-  // SEND_DF iff structured replies; never BLOCK_STATUS_PAYLOAD / RESIZE (unsupported).
-  flags &= ~(FLAG.NBD_FLAG_SEND_DF | FLAG.NBD_FLAG_BLOCK_STATUS_PAYLOAD | FLAG.NBD_FLAG_SEND_RESIZE);
-  if (structuredReplies) flags |= FLAG.NBD_FLAG_SEND_DF;
-  // SEND_FAST_ZERO only with SEND_WRITE_ZEROES; nothing writable on a read-only export.
-  if (!(flags & FLAG.NBD_FLAG_SEND_WRITE_ZEROES)) flags &= ~FLAG.NBD_FLAG_SEND_FAST_ZERO;
-  return flags;
-}
-
-/** Contexts a LIST/SET query selects (option.meta-context-query). Unknown namespaces and leaves are ignored. */
-export function matchMetaContexts(queries: readonly string[], mode: 'list' | 'set'): string[] {
-  if (queries.length === 0) return mode === 'list' ? [BASE_ALLOCATION] : [];
-  const out = new Set<string>();
-  for (const q of queries) {
-    if (q === BASE_ALLOCATION) out.add(BASE_ALLOCATION);
-    // `base:` is a wildcard in LIST (MUST be supported) and ignored in SET.
-    else if (q === 'base:' && mode === 'list') out.add(BASE_ALLOCATION);
-  }
-  return [...out];
-}
-
-function isTlsBlocked(ctx: HandshakeContext): boolean {
-  return ctx.tlsPolicy === 'required' && !ctx.tls;
-}
-
-function exportTlsBlocked(ctx: HandshakeContext, exp: ExportDescriptor | undefined): boolean {
-  return !!exp?.tlsOnly && !ctx.tls && ctx.tlsPolicy !== 'off';
-}
-
-/**
- * Every option event, by name: what `assertEvent` narrows to where any option
- * will do (a list of names costs string comparisons; the `opt.*` descriptor
- * would split both strings on every call, and handshakes must stay cheap).
- */
-const OPTION_EVENTS = [
-  'opt.exportName',
-  'opt.abort',
-  'opt.list',
-  'opt.starttls',
-  'opt.info',
-  'opt.go',
-  'opt.structuredReply',
-  'opt.listMetaContext',
-  'opt.setMetaContext',
-  'opt.extendedHeaders',
-  'opt.unknown',
-] as const satisfies ReadonlyArray<OptionEvent['type']>;
-/** Options whose frame names an export. */
-const NAMED_OPTIONS = ['opt.exportName', 'opt.info', 'opt.go', 'opt.listMetaContext', 'opt.setMetaContext'] as const;
-/** Options that take no data (option.unexpected-data). */
-const DATALESS_OPTIONS = ['opt.list', 'opt.starttls', 'opt.structuredReply', 'opt.extendedHeaders'] as const;
-/** Options answered with a bare ACK. */
-const ACKED_OPTIONS = ['opt.abort', 'opt.starttls', 'opt.structuredReply', 'opt.extendedHeaders'] as const;
-
-function sendOf(frame: ReturnType<typeof encodeAck>, label: string): HandshakeEmitted {
-  return { type: 'send', frame, label };
-}
-
-// ── what the client is told when an option is refused ─────────────────
-
-/** NBD_OPT_GO, or "option 42" for a code without a name. */
-function optionLabel(code: number): string {
-  const name = optName(code);
-  return name.startsWith('NBD_OPT_') ? name : `option ${code}`;
-}
-
+// The context, pure helpers and replies: handshake-options.ts.
+export { BASE_ALLOCATION_ID, advertisedFlags, findExport, matchMetaContexts, type HandshakeContext } from './handshake-options.js';
 /** Client-supplied names in messages are quoted by the catalogue's `quoteName` (exported here too, as before). */
 export { quoteName };
-
-function requestedName(frame: OptionFrame): string {
-  return 'name' in frame ? frame.name : '';
-}
-
-/** The frame's problem as the decoder worded it (bad lengths, bad strings, too big). */
-const problemOf = (f: OptionFrame) => ({ option: optionLabel(f.code), problem: f.problem?.message ?? 'malformed option data' });
-
-/**
- * The details each option error's message needs, from the context and the
- * refused option. The messages themselves, and the reply type each is sent
- * with, are the catalogue's (the spec allows a UTF-8 message as an error
- * reply's data; clients show it: qemu prints "server reported: …", libnbd
- * logs it: option.error-text); the encoder caps the text at 4096 bytes.
- */
-const OPTION_ERROR_DETAILS: { readonly [C in OptionErrorCode]: (ctx: HandshakeContext, f: OptionFrame) => DetailsArg<C> } = {
-  'option.shutting-down': () => [],
-  'handshake.fixed-newstyle-required': (_ctx, f) => [{ option: optionLabel(f.code) }],
-  'tls.mode-forcedtls/option': (_ctx, f) => [{ option: optionLabel(f.code) }],
-  'option.too-big': (_ctx, f) => [problemOf(f)],
-  NBD_ERR_BAD_OPTION_DATA: (_ctx, f) => [problemOf(f)],
-  'option.unexpected-data': (_ctx, f) => [{ option: optionLabel(f.code), length: f.length }],
-  'tls.starttls-repeat': () => [],
-  'tls.mode-notls': () => [],
-  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.defaultExport !== undefined }],
-  'tls.mode-selectivetls': (_ctx, f) => [{ name: requestedName(f) }],
-  'option.structured-reply/disabled': () => [],
-  'option.structured-reply/repeat': () => [],
-  'option.structured-reply/extended-headers': () => [],
-  'option.extended-headers/disabled': () => [],
-  'option.extended-headers/repeat': () => [],
-  'option.meta-context-needs-structured': () => [],
-  'option.unknown-code': (_ctx, f) => [{ option: optionLabel(f.code) }],
-};
-
-/** The error reply for `code`: the catalogue's reply type and message. */
-function errorReply<C extends OptionErrorCode>(code: C, ctx: HandshakeContext, frame: OptionFrame): HandshakeEmitted {
-  const error = ERRORS[code].wire;
-  const message = messageOf(code, ...OPTION_ERROR_DETAILS[code](ctx, frame));
-  return sendOf(encodeOptionError(frame.code, error, message), `${error}: ${message}`);
-}
-
-/** What a hard close names: a catalogue entry with a fixed message. */
-type RejectCode = Extract<CloseCode, FixedCode>;
-
-/** Build the INFO/GO reply sequence (option.info-export, option.block-size-not-required, option.info-go-consistent). */
-function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {
-  const out: HandshakeEmitted[] = [];
-  const flags = advertisedFlags(exp, ctx.structuredReplies || ctx.extendedHeaders);
-  // NBD_INFO_EXPORT always, even if not requested (qemu relies on it).
-  out.push(sendOf(encodeInfoExport(frame.code, exp.size, flags), 'NBD_REP_INFO(EXPORT)'));
-  const seen = new Set<number>();
-  for (const info of frame.requests) {
-    if (seen.has(info)) continue;
-    seen.add(info);
-    switch (info) {
-      case INFO.NBD_INFO_NAME:
-        out.push(sendOf(encodeInfoName(frame.code, exp.name), 'NBD_REP_INFO(NAME)'));
-        break;
-      case INFO.NBD_INFO_DESCRIPTION:
-        if (exp.description !== undefined) out.push(sendOf(encodeInfoDescription(frame.code, exp.description), 'NBD_REP_INFO(DESCRIPTION)'));
-        break;
-      case INFO.NBD_INFO_BLOCK_SIZE:
-        out.push(sendOf(encodeInfoBlockSize(frame.code, exp.blockSizes), 'NBD_REP_INFO(BLOCK_SIZE)'));
-        break;
-      default:
-        // option.info-unknown-ignored: unknown info requests MUST be ignored.
-        break;
-    }
-  }
-  out.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
-  return out;
-}
-
-function negotiatedFrom(ctx: HandshakeContext, exp: ExportDescriptor, viaExportName: boolean): Negotiated {
-  const sr = ctx.structuredReplies || ctx.extendedHeaders;
-  const metaContexts = ctx.metaContexts && ctx.metaContexts.exportName === exp.name && sr ? ctx.metaContexts.contexts : [];
-  return {
-    export: exp,
-    flags: advertisedFlags(exp, sr),
-    structuredReplies: sr,
-    extendedHeaders: ctx.extendedHeaders,
-    metaContexts,
-    tls: ctx.tls,
-    viaExportName,
-  };
-}
 
 // ── the machine ────────────────────────────────────────────────────────
 

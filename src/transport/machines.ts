@@ -72,6 +72,8 @@ export class ConnectionMachines {
 
   /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
   get draining(): boolean {
-    return this.transmission !== null && this.transmission.getSnapshot().matches('draining');
+    // Asked on every completion that empties the connection (each request, with a synchronous backend):
+    // the transmission machine's top-level states are atomic, so its value is the state's name.
+    return this.transmission !== null && this.transmission.getSnapshot().value === 'draining';
   }
 }
