@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
 import type { Subscription } from 'rxjs';
-import { createServer, type NbdServer, type ServerOptions } from '../../src/index.js';
+import { createServer, memoryBackend, type MemoryBackend, type NbdServer, type ServerOptions } from '../../src/index.js';
 import { silentLogger, type Logger } from '../../src/transport/logger.js';
 
 export const execFileP = promisify(execFile);
@@ -154,3 +154,16 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{
 }
 
 export { silentLogger };
+
+/** A memory backend whose zero-copy placements (the whole-block WRITEs it receives into spare buffers) are recorded by offset. */
+export function memoryWithPlacements(size: number): { backend: MemoryBackend; placements: () => number[] } {
+  const m = memoryBackend({ size });
+  const placements: number[] = [];
+  const own = m.writeTargets!.bind(m);
+  m.writeTargets = (o, l) => {
+    const p = own(o, l);
+    if (p !== null) placements.push(o);
+    return p;
+  };
+  return { backend: m, placements: () => placements };
+}

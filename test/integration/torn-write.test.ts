@@ -24,7 +24,7 @@ import path from 'node:path';
 import { filter, firstValueFrom } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fileBackend, memoryBackend, type Backend, type ExportConfig, type ReadSegment } from '../../src/index.js';
-import { serverPerTest, tmpDir, type Running } from './harness.js';
+import { memoryWithPlacements, serverPerTest, tmpDir, type Running } from './harness.js';
 import { CMD, RawClient } from './raw-client.js';
 
 const KiB = 1024;
@@ -78,24 +78,11 @@ interface Kind {
   placed(shape: Shape): boolean;
 }
 
-/** The memory backend, with its zero-copy placements (whole-block WRITEs) recorded. */
-function memoryWithPlacements(): { backend: Backend; placements: () => number[] } {
-  const m = memoryBackend({ size: SIZE });
-  const placements: number[] = [];
-  const own = m.writeTargets!.bind(m);
-  m.writeTargets = (o, l) => {
-    const p = own(o, l);
-    if (p !== null) placements.push(o);
-    return p;
-  };
-  return { backend: m, placements: () => placements };
-}
-
 const KINDS: readonly Kind[] = [
   {
     name: 'memory backend',
     make: async () => {
-      const { backend, placements } = memoryWithPlacements();
+      const { backend, placements } = memoryWithPlacements(SIZE);
       return { config: { name: 'disk', backend }, placements };
     },
     placed: (sh) => sh.wholeBlocks,
