@@ -43,8 +43,6 @@ export interface FlowHost {
   closed(): boolean;
   /** Frames may be pulled now (not while the raw socket belongs to a STARTTLS upgrade). */
   pulling(): boolean;
-  /** Requests decoded now are transmission requests (batched into bursts). */
-  transmitting(): boolean;
   /** The transmission machine is draining. */
   draining(): boolean;
   /** The connection machine's reading region is paused. */
@@ -194,8 +192,8 @@ export class FlowControl {
         exhausted = true;
         break;
       }
-      // (GO may start transmission in the middle of a pass: asked per frame.)
-      if (f.kind === 'request' && f.type !== CMD.NBD_CMD_DISC && host.transmitting()) {
+      // Request frames exist only in transmission (the decoder starts decoding them once GO's ACK is out).
+      if (f.kind === 'request' && f.type !== CMD.NBD_CMD_DISC) {
         (batch ??= []).push(f);
         batchBytes += heldBytes(f);
         continue;

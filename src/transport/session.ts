@@ -10,7 +10,6 @@
  * path, and any failure drops this connection alone.
  */
 import type { Duplex } from 'node:stream';
-import type { AnyActorRef } from 'xstate';
 import { FrameDecoder, type DecodeFailure } from '../protocol/decoder.js';
 import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
@@ -66,11 +65,10 @@ export class Session implements ReplySink {
     this.flow = new FlowControl(options, {
       decoder: this.decoder,
       queuedReplyBytes: () => this.writer.pendingBytes,
-      closed: () => this.closed,
+      closed: () => this.machines.closed,
       pulling: () => this.machines.transmission !== null || !this.machines.upgrading,
-      transmitting: () => this.machines.transmission !== null,
       draining: () => this.machines.draining,
-      readingPaused: () => this.readingPaused,
+      readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
       sendRequests: (frames) => (frames.length === 1 ? this.sendToActive({ type: 'request', frame: frames[0] }) : this.sendToActive({ type: 'requests', frames })),
       dispatch: (f) => this.dispatch(f),
@@ -93,8 +91,8 @@ export class Session implements ReplySink {
       },
     });
     this.input = new SocketInput(this.decoder, {
-      closed: () => this.closed,
-      upgrading: () => this.upgrading,
+      closed: () => this.machines.closed,
+      upgrading: () => this.machines.upgrading,
       plaintextDuringUpgrade: (n) => plaintextDuringUpgrade(this.upgradeHost, n),
       touched: () => this.timers.touch(),
       pump: () => this.flow.pump(),
@@ -144,7 +142,7 @@ export class Session implements ReplySink {
     this.writer.flushNow();
     // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
     this.input.attach(this.socket, !this.options.upgradeTls);
-    if (!this.closed) this.timers.startHandshake();
+    if (!this.machines.closed) this.timers.startHandshake();
   }
 
   /** Requests with the application right now. */
@@ -186,7 +184,7 @@ export class Session implements ReplySink {
 
   /** Begin a graceful shutdown: in-flight requests finish, new ones get ESHUTDOWN / ERR_SHUTDOWN. */
   shutdown(): void {
-    if (this.closed) return;
+    if (this.machines.closed) return;
     this.sendToActive({ type: 'server.shutdown' });
   }
 
@@ -197,20 +195,6 @@ export class Session implements ReplySink {
     this.writer.destroy();
   }
 
-  // The machines' states, read where a decision depends on them (machines.ts).
-  private get closed(): boolean {
-    return this.machines.closed;
-  }
-  private get readingPaused(): boolean {
-    return this.machines.readingPaused;
-  }
-  private get upgrading(): boolean {
-    return this.machines.upgrading;
-  }
-  private get transmission(): AnyActorRef | null {
-    return this.machines.transmission;
-  }
-
   /**
    * The decoder's placement provider: only requests the machine's own check
    * accepts now (transmission open, not draining), and only if the handler
@@ -218,8 +202,8 @@ export class Session implements ReplySink {
    */
   private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null => {
     const place = this.handlers.placeWrite;
-    const tx = this.transmission;
-    if (!place || !tx || this.closed) return null;
+    const tx = this.machines.transmission;
+    if (!place || !tx || this.machines.closed) return null;
     const snap = tx.getSnapshot();
     if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
     return checkedTargets(frame, (f) => place(this, f), this.log, this.peer);
@@ -249,7 +233,7 @@ export class Session implements ReplySink {
 
   private readonly onDrain = () => {
     this.flow.update();
-    if (!this.closed && !this.readingPaused) this.flow.pump();
+    if (!this.machines.closed && !this.machines.readingPaused) this.flow.pump();
   };
 
   // ── the machines ─────────────────────────────────────────────────────
@@ -295,7 +279,7 @@ export class Session implements ReplySink {
   }
 
   private onConnectionSnapshot(phase: string): void {
-    if (phase === 'transmission' && !this.transmission) {
+    if (phase === 'transmission' && !this.machines.transmission) {
       this.machines.attachChildren();
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
@@ -322,8 +306,8 @@ export class Session implements ReplySink {
   }
 
   private onHandshakeTimeout(ms: number): void {
-    if (this.closed || this.transmission) return;
-    const upgrading = this.upgrading;
+    if (this.machines.closed || this.machines.transmission) return;
+    const upgrading = this.machines.upgrading;
     // The handshake machine decides: it rejects the connection (a hard close, one log line).
     this.sendToActive({ type: 'timer.handshake', ms });
     // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
@@ -341,7 +325,7 @@ export class Session implements ReplySink {
       this.socket.off('drain', this.onDrain);
       return this.socket;
     },
-    stillUpgrading: () => !this.closed && this.upgrading,
+    stillUpgrading: () => !this.machines.closed && this.machines.upgrading,
     adopt: ({ stream: secure, identity, protocol, cipher }) => {
       this.tlsIdentity = identity;
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
@@ -364,7 +348,7 @@ export class Session implements ReplySink {
    * (while upgrading, the raw socket's close is not ours to act on).
    */
   private failTls(code: TlsDropCode, logLine: string): void {
-    if (this.closed) return;
+    if (this.machines.closed) return;
     this.logDrop(withCode(code, logLine));
     this.input.detach();
     const reason = messageOf(code);
@@ -398,16 +382,16 @@ export class Session implements ReplySink {
   }
 
   private onEof(): void {
-    if (this.closed || this.upgrading) return;
+    if (this.machines.closed || this.machines.upgrading) return;
     // In transmission, requests still buffered were sent before the EOF: they are served first.
-    if (this.transmission) return this.flow.endOfInput();
+    if (this.machines.transmission) return this.flow.endOfInput();
     this.reportIncomplete('closed the connection');
     this.sendToActive({ type: 'socket.closed' });
   }
 
   private readonly onSocketError = (err: Error) => {
     const code = (err as NodeJS.ErrnoException).code;
-    if (!this.closed && !this.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
+    if (!this.machines.closed && !this.machines.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
     // A client vanishing mid-reply is routine; anything else is worth a warning.
     if (code === 'EPIPE' || code === 'ECONNRESET') this.log.info?.(`${this.peer}: ${err.message}`);
     else this.log.warn(`${this.peer}: socket error: ${err.message}`);
@@ -415,7 +399,7 @@ export class Session implements ReplySink {
   };
 
   private readonly onSocketClose = () => {
-    if (this.upgrading) return;
+    if (this.machines.upgrading) return;
     this.finish();
   };
 

@@ -34,7 +34,7 @@ export function startTls(host: UpgradeHost, upgrade: ((socket: Duplex) => Promis
   }
   const dropped = host.discardPlaintext();
   if (dropped > 0) {
-    host.fail('tls.plaintext-after-starttls', `${dropped} plaintext bytes pipelined behind STARTTLS; disconnecting`);
+    plaintextDuringUpgrade(host, dropped);
     return;
   }
   upgrade(host.releaseRaw()).then(
