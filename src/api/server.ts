@@ -5,39 +5,23 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Subject, type Observable } from 'rxjs';
 import type { InspectionEvent, Observer } from 'xstate';
-import type { ExportDescriptor, Negotiated, TlsPolicy } from '../machines/types.js';
+import type { Negotiated, TlsPolicy } from '../machines/types.js';
 import type { HandshakeInput } from '../machines/handshake.js';
 import type { DecoderLimits } from '../protocol/decoder.js';
-import { CMD_FLAG } from '../protocol/constants.js';
 import type { CloseCode } from '../protocol/errors.js';
 import { withCode } from '../transport/effects.js';
 import { createConnectionActor, Session, type ConnectionActor, type SessionHandlers } from '../transport/session.js';
 import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
-import { backendCapabilities, flagCapabilities, transmissionFlags, type Backend, type Capabilities, type ExportFlags } from './backend.js';
 import { NbdError } from './errors.js';
-import { NbdRequest, type ConnectionRef, type ExportRef } from './request.js';
+import { NbdRequest, type ConnectionRef } from './request.js';
 import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
 import { validateLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
+import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
 
-export interface ExportConfig {
-  readonly name: string;
-  readonly description?: string;
-  /** Size in bytes; defaults to the backend's `size`. */
-  readonly size?: number;
-  /** Serve from this backend; without one, requests go to `requests$`. */
-  readonly backend?: Backend;
-  /** For request-stream exports: what to advertise. */
-  readonly flags?: ExportFlags;
-  readonly readOnly?: boolean;
-  readonly blockSizes?: { readonly minimum?: number; readonly preferred?: number; readonly maximum?: number };
-  /** Only served over TLS (SELECTIVETLS, with `tls.mode: 'on'`). */
-  readonly tlsOnly?: boolean;
-  /** Advertise NBD_FLAG_SEND_CACHE (default true; CACHE is a no-op without `backend.cache`). */
-  readonly cache?: boolean;
-}
+export type { ExportConfig } from './export-entry.js';
 
 export interface ServerLimits {
   /** Requests with the application at once, per connection (default 64). */
@@ -106,50 +90,6 @@ export type ConnectionEvent =
 export interface ListenResult {
   readonly address: BoundAddress;
   readonly uris: readonly string[];
-}
-
-interface ExportEntry {
-  readonly config: ExportConfig;
-  readonly descriptor: ExportDescriptor;
-  readonly caps: Capabilities;
-  readonly ref: ExportRef;
-}
-
-
-const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
-
-function isPowerOf2(n: number): boolean {
-  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
-}
-
-/** Validate and describe one export (sizes ≤ 2^53, block sizes per option.block-size-constraints). */
-function describeExport(cfg: ExportConfig, maxPayload: number): ExportEntry {
-  if (typeof cfg.name !== 'string' || Buffer.byteLength(cfg.name) > 4096 || cfg.name.includes('\0')) {
-    throw new NbdError('NBD_ERR_CONFIG', `export name ${JSON.stringify(cfg.name)} is not a valid NBD string`);
-  }
-  const size = cfg.size ?? cfg.backend?.size;
-  if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
-    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": size must be an integer between 0 and 2^53 (got ${size})`);
-  }
-  const bs = { ...DEFAULT_BLOCK, ...cfg.backend?.blockSizes, ...cfg.blockSizes };
-  bs.maximum = Math.min(bs.maximum, maxPayload);
-  if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
-  if (!isPowerOf2(bs.preferred) || bs.preferred < Math.max(bs.minimum, 512)) {
-    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": preferred block size must be a power of 2 ≥ max(minimum, 512)`);
-  }
-  if (bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) {
-    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum payload must be ≥ the preferred block size`);
-  }
-  const caps = cfg.backend ? backendCapabilities(cfg.backend, cfg.readOnly) : flagCapabilities(cfg.flags, cfg.readOnly);
-  const descriptor: ExportDescriptor = {
-    name: cfg.name,
-    description: cfg.description,
-    size,
-    flags: transmissionFlags(caps, { cache: cfg.cache ?? true }),
-    blockSizes: bs,
-    tlsOnly: cfg.tlsOnly,
-  };
-  return { config: cfg, descriptor, caps, ref: { name: cfg.name, size } };
 }
 
 export class NbdServer {
@@ -271,22 +211,8 @@ export class NbdServer {
         // Bind the request handler to this export once (hot path: no lookups).
         const entry = this.exports.get(negotiated.export.name)!;
         handlers.onRequest = this.requestHandler(entry, negotiated, info);
-        // Zero-copy WRITEs for a writable backend that exposes its storage (Backend.writeTargets).
-        const b = entry.config.backend;
-        if (b?.writeTargets && entry.caps.write) {
-          // FUA only where the backend takes it natively (honoured by a flush once the payload is in).
-          const placeable = entry.caps.fua === 'native' ? CMD_FLAG.NBD_CMD_FLAG_FUA : 0;
-          handlers.placeWrite = (_s, frame) => {
-            if ((frame.flags & ~placeable) !== 0) return null;
-            const p = b.writeTargets!(frame.offset, frame.length);
-            if (p === null) return null;
-            if (typeof p !== 'object' || !Array.isArray(p.targets) || typeof p.commit !== 'function') {
-              throw new TypeError('writeTargets must return { targets, commit } or null');
-            }
-            // The views go to the decoder; the finished (complete) request carries commit, called before its reply.
-            return Object.assign([...p.targets], { commit: () => p.commit() });
-          };
-        }
+        // Zero-copy WRITEs where the backend exposes its storage (undefined: WRITEs are buffered).
+        handlers.placeWrite = writePlacement(entry);
       },
       onRequest: (s) => s.destroy('request before negotiation', 'NBD_ERR_INTERNAL'),
       onClose: (_s, closeInfo) => {
