@@ -18,12 +18,14 @@ import { ByteQueue, ignoreDeadBytes, type DeadBytes } from './byte-queue.js';
 import { CMD, CMD_FLAG, MAGIC, SIZE, cmdName, optName } from './constants.js';
 import type { ClientFrame, OptionFrame, OptionProblem, RequestFrame } from './frames.js';
 import { PARSED_OPTIONS, parseOption, skippedOption } from './option-data.js';
+import { advancePlacement, fillPlacement, unfilledWindow, PLACE_MIN, type Placement, type PlacementProvider } from './payload-placement.js';
 import { SCATTER_MIN, ScatteredRequest } from './request-payload.js';
 import { messageOf, type DetailsArg } from './errors.js';
 import { DEFAULTS } from '../defaults.js';
 
 export { decodeString, parseOption } from './option-data.js';
 export { payloadParts, releasePayload } from './request-payload.js';
+export { PLACE_MIN, type PlacementProvider, type PlacementTargets } from './payload-placement.js';
 
 export interface DecoderLimits {
   /** Largest option data we buffer and parse (bigger known options get ERR_TOO_BIG). */
@@ -98,37 +100,6 @@ interface PendingRequest {
   place?: Placement;
 }
 
-interface Placement {
-  readonly targets: PlacementTargets;
-  /** Index of the target being filled, and the offset inside it. */
-  ti: number;
-  at: number;
-  /** Payload bytes still to arrive. */
-  left: number;
-}
-
-/**
- * Where a placed payload is received: views, in order, exactly the
- * payload's length in total. `commit`, if present, travels with the
- * finished frame (`RequestFrame.commitPlacement`): whoever answers the
- * request calls it to apply the received bytes. A payload that never
- * completes never reaches a frame, so it is never committed.
- */
-export interface PlacementTargets extends ReadonlyArray<Buffer> {
-  readonly commit?: () => void | PromiseLike<void>;
-}
-
-/**
- * Asked once per WRITE header whose payload is at least `PLACE_MIN` bytes:
- * return memory to receive the payload in (`PlacementTargets`), or null to
- * buffer it as usual. The frame has no payload yet. The provider decides
- * (validation, backend support).
- */
-export type PlacementProvider = (frame: RequestFrame) => PlacementTargets | null;
-
-/** Payloads at least this long may be placed straight into storage. */
-export const PLACE_MIN = 64 * 1024;
-
 export class FrameDecoder {
   readonly limits: Readonly<DecoderLimits>;
   private readonly queue: ByteQueue;
@@ -196,32 +167,14 @@ export class FrameDecoder {
   placementWindow(): Buffer | null {
     const p = this.pendingRequest?.place;
     if (p === undefined || p.left === 0 || this.queue.length > 0 || this.failure !== null || this.phaseValue !== 'requests') return null;
-    const t = p.targets[p.ti]!;
-    return t.subarray(p.at, p.at + Math.min(p.left, t.length - p.at));
+    return unfilledWindow(p);
   }
 
   /** `n` bytes were read straight into the last `placementWindow()`. */
   placed(n: number): void {
     const p = this.pendingRequest?.place;
     if (p === undefined || n > p.left) throw new RangeError(`placed ${n} bytes with ${p?.left ?? 0} expected`);
-    this.advancePlacement(p, n);
-  }
-
-  private advancePlacement(p: Placement, n: number): void {
-    p.left -= n;
-    p.at += n;
-    while (p.ti < p.targets.length && p.at >= p.targets[p.ti]!.length && p.left > 0) {
-      p.at -= p.targets[p.ti]!.length;
-      p.ti++;
-    }
-  }
-
-  /** Copy buffered bytes into the placement targets. */
-  private fillPlacement(p: Placement): void {
-    while (p.left > 0 && this.queue.length > 0) {
-      const t = p.targets[p.ti]!;
-      this.advancePlacement(p, this.queue.copyInto(t, p.at, Math.min(p.left, t.length - p.at)));
-    }
+    advancePlacement(p, n);
   }
 
   /** Switch to the transmission phase at the current frame boundary; buffered bytes carry over. */
@@ -387,7 +340,7 @@ export class FrameDecoder {
       this.pendingRequest = r;
     }
     if (r.place !== undefined) {
-      this.fillPlacement(r.place);
+      fillPlacement(r.place, this.queue);
       if (r.place.left > 0) {
         this.pendingRequest = r;
         return null;
