@@ -10,8 +10,9 @@
  *   any mode but exhausted → shuttingDown on server.shutdown)
  *
  * The transitions are literal objects that the compiler checks against the
- * guard and action names below; a mode answers the options it restricts
- * with one `opt.*` wildcard transition and names the exceptions.
+ * guard names (handshake-guards.ts) and the action names below; a mode
+ * answers the options it restricts with one `opt.*` wildcard transition and
+ * names the exceptions.
  *
  * Every reply goes out through the emitted `send` effect; the machine never
  * touches a socket. Comments, reject reasons and refusals cite the rules
@@ -23,51 +24,29 @@ import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
 import { CLIENT_FLAGS } from '../protocol/constants.js';
 import { messageOf, quoteName, textOf, type CloseCode, type OptionErrorCode } from '../protocol/errors.js';
 import { encodeAck, encodeExportNameReply, encodeGreeting, encodeMetaContext, encodeRepServer } from '../protocol/encoder.js';
-import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, HandshakeOutcome, TlsPolicy } from './types.js';
-import { DEFAULTS } from '../defaults.js';
+import type { HandshakeEmitted, HandshakeEvent, HandshakeOutcome } from './types.js';
 import {
   ACKED_OPTIONS,
   BASE_ALLOCATION_ID,
-  DATALESS_OPTIONS,
-  KNOWN_CLIENT_FLAGS,
-  NAMED_OPTIONS,
-  OPTION_ERROR_DETAILS,
   OPTION_EVENTS,
   SERVER_HANDSHAKE_FLAGS,
-  advertisedFlags,
   errorReply,
   exportTlsBlocked,
   findExport,
   infoReplies,
-  isTlsBlocked,
   matchMetaContexts,
   negotiatedFrom,
   sendOf,
   type HandshakeContext,
   type RejectCode,
 } from './handshake-options.js';
+import { handshakeGuards, type BudgetSpent } from './handshake-guards.js';
+import { handshakeContext, type HandshakeInput } from './handshake-input.js';
 
-/** The machine's own event: the option that spends the budget raises it (never sent by the transport). */
-type BudgetSpent = { type: 'options.spent' };
-
-export interface HandshakeInput {
-  readonly exports: readonly ExportDescriptor[];
-  /** Name of the export served for the empty name; undefined ⇒ no default export. */
-  readonly defaultExport?: string;
-  /** TLS policy (the spec's TLS modes): off = NOTLS, optional = SELECTIVETLS, required = FORCEDTLS. */
-  readonly tls?: TlsPolicy;
-  /** DoS guard: options accepted before a hard disconnect (nbdkit: 32). */
-  readonly maxOptions?: number;
-  /** Offer NBD_OPT_EXTENDED_HEADERS (experimental). */
-  readonly extendedHeaders?: boolean;
-  /** Offer NBD_OPT_STRUCTURED_REPLY. */
-  readonly structuredReplies?: boolean;
-  /** The connection is already TLS (e.g. a TLS listener), rarely used. */
-  readonly tlsActive?: boolean;
-}
-
-// The context, pure helpers and replies: handshake-options.ts.
+// The context, pure helpers and replies: handshake-options.ts; the input and initial context:
+// handshake-input.ts; the guards: handshake-guards.ts.
 export { BASE_ALLOCATION_ID, advertisedFlags, findExport, matchMetaContexts, type HandshakeContext } from './handshake-options.js';
+export type { HandshakeInput } from './handshake-input.js';
 /** Client-supplied names in messages are quoted by the catalogue's `quoteName` (exported here too, as before). */
 export { quoteName };
 
@@ -81,53 +60,7 @@ export const handshakeMachine = setup({
     emitted: {} as HandshakeEmitted,
     output: {} as HandshakeOutcome,
   },
-  guards: {
-    // handshake.client-flags-unknown: unknown or un-advertised client flag bits ⇒ drop the connection.
-    clientFlagsInvalid: ({ event }) => {
-      assertEvent(event, 'wire.clientFlags');
-      return (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0;
-    },
-    // option.too-many-options: too many options on one connection (DoS guard).
-    tooManyOptions: ({ context }) => context.optionCount >= context.maxOptions,
-    // option.shutting-down: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
-    shuttingDown: ({ context }) => context.shuttingDown,
-    // handshake.fixed-newstyle-required: without fixed newstyle only EXPORT_NAME is legal.
-    clientNotFixedNewstyle: ({ event }) => {
-      assertEvent(event, 'wire.clientFlags');
-      return (event.flags & CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE) === 0;
-    },
-    // tls.mode-forcedtls: FORCEDTLS and no TLS yet.
-    tlsRequiredNotActive: ({ context }) => isTlsBlocked(context),
-    // The option data could not be parsed (option.length-mismatch, general.string-limits) or was too big (option.too-big).
-    optionMalformed: ({ event }) => {
-      assertEvent(event, OPTION_EVENTS);
-      return event.frame.problem?.reply === 'NBD_REP_ERR_INVALID';
-    },
-    optionTooBig: ({ event }) => {
-      assertEvent(event, OPTION_EVENTS);
-      return event.frame.problem?.reply === 'NBD_REP_ERR_TOO_BIG';
-    },
-    // option.unexpected-data: LIST/STARTTLS/STRUCTURED_REPLY/EXTENDED_HEADERS with data ⇒ ERR_INVALID.
-    optionHasData: ({ event }) => {
-      assertEvent(event, DATALESS_OPTIONS);
-      return event.frame.hasData;
-    },
-    tlsActive: ({ context }) => context.tls,
-    tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
-    exportUnknown: ({ context, event }) => {
-      assertEvent(event, NAMED_OPTIONS);
-      return findExport(context, event.frame.name) === undefined;
-    },
-    exportTlsOnly: ({ context, event }) => {
-      assertEvent(event, NAMED_OPTIONS);
-      return exportTlsBlocked(context, findExport(context, event.frame.name));
-    },
-    extendedHeadersOn: ({ context }) => context.extendedHeaders,
-    structuredRepliesOn: ({ context }) => context.structuredReplies,
-    structuredRepliesNotOffered: ({ context }) => !context.offerStructuredReplies,
-    extendedHeadersNotOffered: ({ context }) => !context.offerExtendedHeaders,
-    structuredRepliesOff: ({ context }) => !context.structuredReplies && !context.extendedHeaders,
-  },
+  guards: handshakeGuards,
   actions: {
     sendGreeting: emit(() => sendOf([encodeGreeting(SERVER_HANDSHAKE_FLAGS)], 'greeting')),
     recordClientFlags: assign(({ event }) => {
@@ -235,24 +168,7 @@ export const handshakeMachine = setup({
   },
 }).createMachine({
   id: 'handshake',
-  context: ({ input }) => ({
-    exports: input.exports,
-    defaultExport: input.defaultExport,
-    tlsPolicy: input.tls ?? 'off',
-    maxOptions: input.maxOptions ?? DEFAULTS.maxOptions,
-    offerExtendedHeaders: input.extendedHeaders ?? true,
-    offerStructuredReplies: input.structuredReplies ?? true,
-    clientFlags: 0,
-    fixedNewstyle: false,
-    noZeroes: false,
-    tls: input.tlsActive ?? false,
-    structuredReplies: false,
-    extendedHeaders: false,
-    metaContexts: null,
-    optionCount: 0,
-    shuttingDown: false,
-    outcome: null,
-  }),
+  context: ({ input }) => handshakeContext(input),
   initial: 'greeting',
   on: {
     'socket.closed': { target: '.disconnected', actions: 'recordDisconnect' },
