@@ -8,7 +8,8 @@
 // decoder: a 28-byte request, a 4 KiB and a 1 MiB WRITE; reply encoding;
 // one request (and a batch of 32) through the transmission machine; one
 // 4 KiB read and write through a whole Session (decoder → machine → memory
-// backend → reply writer) over an in-process duplex.
+// backend → reply writer) over an in-process duplex; one whole connection
+// (accept, greeting, the options nbdinfo --size sends, DISC, close) likewise.
 import { Bench } from 'tinybench';
 import { Duplex } from 'node:stream';
 import { createActor } from 'xstate';
@@ -169,9 +170,51 @@ async function sessionBench() {
   };
 }
 
+// ── one whole connection: what `nbdinfo --size` sends ────────────────
+async function handshakeBench() {
+  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }] });
+  const opt = (code, data = Buffer.alloc(0)) => {
+    const h = Buffer.alloc(16);
+    h.write('IHAVEOPT', 0, 'latin1');
+    h.writeUInt32BE(code, 8);
+    h.writeUInt32BE(data.length, 12);
+    return Buffer.concat([h, data]);
+  };
+  // Client flags; STRUCTURED_REPLY; GO for the default export asking for INFO_BLOCK_SIZE; DISC.
+  const go = Buffer.from([0, 0, 0, 0, 0, 1, 0, 3]);
+  const client = Buffer.concat([Buffer.from([0, 0, 0, 3]), opt(8), opt(7, go), request(CMD.NBD_CMD_DISC, 0, 0)]);
+  add('session: one connection (flags, STRUCTURED_REPLY, GO, DISC), per connection', async () => {
+    let bytes = 0;
+    const done = new Promise((resolve) => {
+      const sock = new Duplex({
+        read() {},
+        write(chunk, _enc, cb) {
+          bytes += chunk.length;
+          cb();
+        },
+        writev(chunks, cb) {
+          for (const c of chunks) bytes += c.chunk.length;
+          cb();
+        },
+        final(cb) {
+          cb();
+          resolve();
+        },
+      });
+      server.accept(sock);
+      sock.push(client);
+    });
+    await done;
+    if (bytes === 0) throw new Error('no greeting');
+  });
+  return () => server.close({ timeout: 100 });
+}
+
+const stopHandshakes = await handshakeBench();
 const stop = await sessionBench();
 await bench.run();
 await stop();
+await stopHandshakes();
 
 const rows = bench.tasks.map((t) => {
   const r = t.result;
