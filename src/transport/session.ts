@@ -4,13 +4,15 @@
  * input in `input.ts`, flow control and the pump loop in `flow.ts`, the
  * machines' effects in `effects.ts` and their states in `machines.ts`, the
  * STARTTLS upgrade in `starttls.ts`, the clocks in `timers.ts`, zero-copy
- * WRITE placement in `placement.ts`. The machines decide; the session
- * carries out their effects and keeps no copy of their states. Nothing here
- * throws into the event loop: every subscription and actor has an error
- * path, and any failure drops this connection alone.
+ * WRITE placement in `placement.ts`, how the connection ends (why, the one
+ * warning, the socket's errors and close, the wrap-up) in `endings.ts`. The
+ * machines decide; the session carries out their effects and keeps no copy
+ * of their states. Nothing here throws into the event loop: every
+ * subscription and actor has an error path, and any failure drops this
+ * connection alone.
  */
 import type { Duplex } from 'node:stream';
-import { FrameDecoder, type DecodeFailure } from '../protocol/decoder.js';
+import { FrameDecoder } from '../protocol/decoder.js';
 import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
@@ -27,6 +29,7 @@ import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from '
 import { messageOf, type CloseCode } from '../protocol/errors.js';
 import { SocketInput } from './input.js';
 import { ConnectionMachines } from './machines.js';
+import { ConnectionEnding } from './endings.js';
 import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
 
@@ -48,12 +51,7 @@ export class Session implements ReplySink {
   private readonly timers: ConnectionTimers;
   private readonly machines: ConnectionMachines;
   private readonly input: SocketInput;
-  /** The socket closed (or the session failed) and `onClose` was told: once per session. */
-  private closeNotified = false;
-  private closeCode: CloseCode = 'NBD_CLOSED_SOCKET';
-  private closeReason = 'closed';
-  /** The reason for a hard disconnect was logged already (one line per dropped connection). */
-  private dropLogged = false;
+  private readonly ending: ConnectionEnding;
   private readonly log: Logger;
 
   constructor(socket: Duplex, private readonly options: SessionOptions, private readonly handlers: SessionHandlers) {
@@ -61,6 +59,21 @@ export class Session implements ReplySink {
     this.peer = options.peer ?? `connection ${options.id}`;
     this.socket = socket;
     this.log = options.logger;
+    this.ending = new ConnectionEnding({
+      log: this.log,
+      peer: this.peer,
+      actor: () => this.actor,
+      send: (event) => this.sendToActive(event),
+      incomplete: () => this.decoder.incomplete,
+      closed: () => this.machines.closed,
+      upgrading: () => this.machines.upgrading,
+      dropSocket: () => this.writer.destroy(),
+      halt: () => {
+        this.timers.stop();
+        this.input.detach();
+      },
+      notify: (info) => this.handlers.onClose?.(this, info),
+    });
     this.decoder = new FrameDecoder(options.decoderLimits, releaseBytes);
     this.flow = new FlowControl(options, {
       decoder: this.decoder,
@@ -72,12 +85,12 @@ export class Session implements ReplySink {
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
       sendRequests: (frames) => (frames.length === 1 ? this.sendToActive({ type: 'request', frame: frames[0] }) : this.sendToActive({ type: 'requests', frames })),
       dispatch: (f) => this.dispatch(f),
-      fatal: (f) => this.onFatal(f),
+      fatal: (f) => this.ending.fatal(f),
       afterDisc: () => {
         if (this.decoder.phase !== 'stopped') this.input.ignore(this.decoder.stop());
       },
       eof: () => {
-        this.reportIncomplete('closed the connection');
+        this.ending.reportIncomplete('closed the connection');
         this.sendToActive({ type: 'client.eof' });
       },
       idle: () => this.sendToActive({ type: 'inflight.idle' }),
@@ -96,10 +109,10 @@ export class Session implements ReplySink {
       plaintextDuringUpgrade: (n) => plaintextDuringUpgrade(this.upgradeHost, n),
       touched: () => this.timers.touch(),
       pump: () => this.flow.pump(),
-      fatal: (f) => this.onFatal(f),
-      socketError: (err) => this.onSocketError(err),
+      fatal: (f) => this.ending.fatal(f),
+      socketError: (err) => this.ending.socketError(err),
       eof: () => this.onEof(),
-      internalError: (message) => this.fail(message),
+      internalError: (message) => this.ending.fail(message),
       log: this.log,
       peer: this.peer,
     });
@@ -111,14 +124,14 @@ export class Session implements ReplySink {
       // before the transmission machine is built: the client is waiting for them.
       handshakeDone: () => this.writer.flushNow(),
       transmission: (e) => transmissionEffect(this.effectHost, e),
-      failed: (message) => this.fail(message),
+      failed: (message) => this.ending.fail(message),
     });
   }
 
   /** Start the connection: greeting out, bytes in. */
   start(): void {
-    this.socket.on('error', this.onSocketError);
-    this.socket.on('close', this.onSocketClose);
+    this.socket.on('error', this.ending.socketError);
+    this.socket.on('close', this.ending.socketClosed);
     this.socket.on('drain', this.onDrain);
     // The connection machine's reading region: what it says is what happens to the socket's input.
     this.actor.on('pauseReading', () => this.socket.pause());
@@ -126,7 +139,7 @@ export class Session implements ReplySink {
     this.actor.on('stopReading', () => this.stopReading());
     this.actor.subscribe({
       next: (snap) => this.onConnectionSnapshot((snap.value as { phase: string }).phase),
-      error: (err) => this.fail(`connection machine error: ${String(err)}`),
+      error: (err) => this.ending.fail(`connection machine error: ${String(err)}`),
       complete: () => this.onConnectionDone(),
     });
     // The handshake child exists once the actor is built and emits the
@@ -135,7 +148,7 @@ export class Session implements ReplySink {
     try {
       this.actor.start();
     } catch (err) {
-      this.fail(`connection machine failed to start: ${String(err)}`);
+      this.ending.fail(`connection machine failed to start: ${String(err)}`);
       return;
     }
     // The client waits for the greeting: send it before setting up reads.
@@ -190,9 +203,7 @@ export class Session implements ReplySink {
 
   /** Drop the connection now; `code` and `reason` say why (connections$, the log). */
   destroy(reason = 'destroyed', code: CloseCode = 'NBD_ERR_INTERNAL'): void {
-    this.closeCode = code;
-    this.closeReason = reason;
-    this.writer.destroy();
+    this.ending.destroy(reason, code);
   }
 
   /**
@@ -248,11 +259,8 @@ export class Session implements ReplySink {
     decoder: () => this.decoder,
     log: () => this.log,
     peer: () => this.peer,
-    ending: (code, reason) => {
-      this.closeCode = code;
-      this.closeReason = reason;
-    },
-    logDrop: (message) => this.logDrop(message),
+    ending: (code, reason) => this.ending.because(code, reason),
+    logDrop: (message) => this.ending.logDrop(message),
     ignoreAfterStop: (n) => this.input.ignore(n),
     startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
     deliver: (frame) => this.deliver(frame),
@@ -331,8 +339,8 @@ export class Session implements ReplySink {
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;
       this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
-      secure.on('error', this.onSocketError);
-      secure.on('close', this.onSocketClose);
+      secure.on('error', this.ending.socketError);
+      secure.on('close', this.ending.socketClosed);
       secure.on('drain', this.onDrain);
       this.decoder.restartOptions();
       this.sendToActive({ type: 'tls.established' });
@@ -349,84 +357,23 @@ export class Session implements ReplySink {
    */
   private failTls(code: TlsDropCode, logLine: string): void {
     if (this.machines.closed) return;
-    this.logDrop(withCode(code, logLine));
+    this.ending.logDrop(withCode(code, logLine));
     this.input.detach();
     const reason = messageOf(code);
     this.sendToActive({ type: 'tls.failed', message: reason });
-    this.closeCode = code;
-    this.closeReason = reason;
+    this.ending.because(code, reason);
     this.writer.destroy();
     this.socket.destroy();
-    this.finish();
+    this.ending.finish();
   }
 
-  // ── endings ──────────────────────────────────────────────────────────
-
-  /** One warning per dropped connection, whichever layer notices first. */
-  private logDrop(message: string): void {
-    if (this.dropLogged) return;
-    this.dropLogged = true;
-    this.log.warn(`${this.peer}: ${message}`);
-  }
-
-  /** A client that vanished in the middle of a frame gets one clear warning. */
-  private reportIncomplete(how: string): void {
-    const partial = this.decoder.incomplete;
-    if (partial) this.logDrop(`client ${how} in the middle of a frame (${partial}); connection closed`);
-  }
-
-  private onFatal(f: DecodeFailure): void {
-    this.logDrop(`${f.code}: ${f.message}; disconnecting`);
-    this.sendToActive({ type: 'wire.fatal', code: f.code, message: `${f.code}: ${f.message}` });
-    this.destroy(f.message, f.code);
-  }
+  // ── the client's end of input (the socket's errors and close: endings.ts) ──
 
   private onEof(): void {
     if (this.machines.closed || this.machines.upgrading) return;
     // In transmission, requests still buffered were sent before the EOF: they are served first.
     if (this.machines.transmission) return this.flow.endOfInput();
-    this.reportIncomplete('closed the connection');
+    this.ending.reportIncomplete('closed the connection');
     this.sendToActive({ type: 'socket.closed' });
-  }
-
-  private readonly onSocketError = (err: Error) => {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (!this.machines.closed && !this.machines.upgrading) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
-    // A client vanishing mid-reply is routine; anything else is worth a warning.
-    if (code === 'EPIPE' || code === 'ECONNRESET') this.log.info?.(`${this.peer}: ${err.message}`);
-    else this.log.warn(`${this.peer}: socket error: ${err.message}`);
-    this.writer.destroy();
-  };
-
-  private readonly onSocketClose = () => {
-    if (this.machines.upgrading) return;
-    this.finish();
-  };
-
-  private fail(message: string): void {
-    // Already ending (a failure while finishing): the first failure said why, once.
-    if (this.closeNotified) return;
-    this.log.error(`${this.peer}: NBD_ERR_INTERNAL: ${message}`);
-    this.destroy(message, 'NBD_ERR_INTERNAL');
-    this.finish();
-  }
-
-  private finish(): void {
-    if (this.closeNotified) return;
-    this.closeNotified = true;
-    this.sendToActive({ type: 'socket.closed' });
-    this.timers.stop();
-    this.input.detach();
-    try {
-      this.actor.stop();
-    } catch {
-      /* stopping a stopped actor is harmless */
-    }
-    const outcome = this.actor.getSnapshot().context.outcome ?? 'closed';
-    try {
-      this.handlers.onClose?.(this, { outcome, code: this.closeCode, reason: this.closeReason });
-    } catch (err) {
-      this.log.error(`${this.peer}: close handler threw: ${String(err)}`);
-    }
   }
 }
