@@ -4,23 +4,25 @@
  * read as holes (OFFSET_HOLE chunks with structured replies) and report
  * HOLE|ZERO for base:allocation. Reads return views of the pages (no copy).
  *
- * Storage comes in 1 MiB blocks (calloc'd by Buffer.alloc, so pages never
- * written cost no RSS), looked up in a plain array by block number. A page
- * is a hole until written; TRIM / zeroing of a whole page zero-fills it and
- * makes it a hole again, and a block left without data pages is freed. The
- * pages of a block are contiguous, so a large READ is one view per block.
+ * The export is cut into 1 MiB blocks, looked up in a plain array by block
+ * number; each block maps its pages (64 KiB by default) to the memory that
+ * holds them — a store. A page written by copy lives in its block's own
+ * backing (calloc'd by Buffer.alloc, so pages never written cost no RSS);
+ * a page written by a placed WRITE lives in the buffer that WRITE was
+ * received into. Neighbouring pages in one store are one view, so a large
+ * READ of data written together is one buffer.
  *
  * WRITEs change the export only once the whole payload has arrived: a WRITE
  * cut off by a disconnect changes nothing, and no reader sees half of one.
- * Most are stored by copy, from the socket's read buffers, once complete.
- * A WRITE of whole blocks (offset and length multiples of the block size,
- * the shape of 1 MiB sequential writes) is received without a copy
- * (`writeTargets`): the socket reads its payload into spare block buffers,
- * and the commit swaps them in for the blocks' old buffers. An old buffer
- * goes back to the spares only if no READ was ever answered from it —
- * reads return views of the blocks, and a reply still queued to a slow
- * client may point into one; a buffer a READ has seen is left to the
- * garbage collector instead. At most `spareBlocks` spares are kept.
+ * A WRITE of whole pages (offset and length multiples of the page size: 1
+ * MiB sequential writes, nbdcopy's 256 KiB pieces) is received without a
+ * copy (`writeTargets`): the socket reads its payload into spare buffers,
+ * and the commit points the pages at them. Anything else is copied in from
+ * the socket's read buffers once complete. A store no page points at any
+ * more goes back to the spares only if no READ was ever answered from it —
+ * a reply still queued to a slow client may point into it; a store a READ
+ * has seen is left to the garbage collector instead. At most
+ * `spareBlocks` MiB of spares are kept.
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -34,8 +36,8 @@ export interface MemoryBackendOptions {
   readonly pageSize?: number;
   readonly readOnly?: boolean;
   /**
-   * Spare block buffers kept for receiving whole-block WRITEs without a copy
-   * (default 16: 16 MiB with the default 1 MiB blocks). 0 keeps none; such
+   * Spare receive buffers kept for WRITEs of whole pages, received without
+   * a copy: at most this many MiB of them (default 16). 0 keeps none; such
    * WRITEs then allocate a buffer each.
    */
   readonly spareBlocks?: number;
@@ -52,14 +54,27 @@ const BLOCK_SIZE = 1024 * 1024;
 /** Block tables up to this many entries are plain arrays; bigger exports use a Map. */
 const ARRAY_TABLE_MAX = 1 << 22;
 
-/** One block of storage: a zero-filled slab, and which of its pages hold data. */
-interface Block {
-  /** Replaced (not written) by a whole-block WRITE's commit. */
-  slab: Buffer;
-  readonly present: Uint8Array;
-  count: number;
-  /** A READ was answered with a view of this slab: it must never be reused as a spare. */
+/** Memory pages live in: a block's own backing, or the buffer a placed WRITE was received into. */
+interface Store {
+  readonly buf: Buffer;
+  /** Pages pointing into it. */
+  refs: number;
+  /** A READ was answered with a view of it: it must never be reused as a spare. */
   viewed: boolean;
+  /** A placed WRITE's buffer (may become a spare); a block's backing never does. */
+  readonly received: boolean;
+}
+
+/** One block: for each page, the store holding it (undefined: a hole) and where in that store. */
+interface Block {
+  readonly stores: Array<Store | undefined>;
+  readonly at: Float64Array;
+  /** Pages holding data. */
+  count: number;
+  /** The calloc'd block-size buffer pages written by copy live in, made on first need. */
+  backing: Store | undefined;
+  /** Page p's region of the backing holds bytes of an old page (zero it before reuse). */
+  readonly stale: Uint8Array;
 }
 
 const DEFAULT_SPARE_BLOCKS = 16;
@@ -96,109 +111,142 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   const blockFor = (i: number): Block => {
     let b = getBlock(i);
     if (b === undefined) {
-      // Buffer.alloc of a large block is calloc'd: untouched pages cost no RSS.
-      b = { slab: Buffer.alloc(blockSize), present: new Uint8Array(pagesPerBlock), count: 0, viewed: false };
+      const stores: Array<Store | undefined> = [];
+      for (let p = 0; p < pagesPerBlock; p++) stores.push(undefined);
+      b = { stores, at: new Float64Array(pagesPerBlock), count: 0, backing: undefined, stale: new Uint8Array(pagesPerBlock) };
       setBlock(i, b);
     }
     return b;
   };
 
-  /** Mark pages [first, last] of block b as holding data. */
-  const markPresent = (b: Block, first: number, last: number) => {
-    for (let p = first; p <= last; p++) {
-      if (b.present[p] === 0) {
-        b.present[p] = 1;
-        b.count++;
-        pagesPresent++;
-      }
+  // ── spares: received stores no page and no READ holds, by length ──
+  const spares = new Map<number, Buffer[]>();
+  let spareBytes = 0;
+  const spareLimit = spareMax * BLOCK_SIZE;
+  const takeSpare = (n: number): Buffer => {
+    const list = spares.get(n);
+    const b = list?.pop();
+    if (b === undefined) return Buffer.allocUnsafeSlow(n);
+    spareBytes -= n;
+    return b;
+  };
+
+  /** Page p of block b stops pointing at its store (replaced or made a hole). */
+  const unlink = (b: Block, p: number) => {
+    const st = b.stores[p]!;
+    b.stores[p] = undefined;
+    if (st === b.backing) {
+      b.stale[p] = 1;
+      if (--st.refs === 0) b.backing = undefined;
+      return;
     }
+    if (--st.refs === 0 && st.received && !st.viewed && spareBytes + st.buf.length <= spareLimit) {
+      let list = spares.get(st.buf.length);
+      if (list === undefined) spares.set(st.buf.length, (list = []));
+      list.push(st.buf);
+      spareBytes += st.buf.length;
+    }
+  };
+
+  /** Page p of block b becomes data in the block's backing (zeroed); returns the backing. */
+  const attachBacking = (b: Block, p: number): Store => {
+    let st = b.backing;
+    if (st === undefined) {
+      // Buffer.alloc of a large block is calloc'd: untouched pages cost no RSS.
+      st = b.backing = { buf: Buffer.alloc(blockSize), refs: 0, viewed: false, received: false };
+      b.stale.fill(0);
+    } else if (b.stale[p] === 1) {
+      st.buf.fill(0, p * pageSize, (p + 1) * pageSize);
+    }
+    b.stale[p] = 0;
+    st.refs++;
+    b.stores[p] = st;
+    b.at[p] = p * pageSize;
+    b.count++;
+    pagesPresent++;
+    return st;
+  };
+
+  /** Make page p of block bi a hole; a block left without data is dropped. */
+  const dropPage = (bi: number, b: Block, p: number) => {
+    unlink(b, p);
+    b.count--;
+    pagesPresent--;
+    if (b.count === 0) setBlock(bi, undefined);
   };
 
   /**
    * Walk [offset, offset+length) page by page, allocating nothing:
-   * fn(block or undefined, block number, start in the block, page in the block, bytes, page holds data).
+   * fn(block or undefined, block number, page in the block, start in the page, bytes).
    */
-  const eachPage = (
-    offset: number,
-    length: number,
-    fn: (b: Block | undefined, bi: number, inBlock: number, p: number, n: number, data: boolean) => void,
-  ) => {
+  const eachPage = (offset: number, length: number, fn: (b: Block | undefined, bi: number, p: number, inPage: number, n: number) => void) => {
     let at = offset;
     const end = offset + length;
     while (at < end) {
       const bi = Math.floor(at / blockSize);
       const inBlock = at - bi * blockSize;
       const p = Math.floor(inBlock / pageSize);
-      const n = Math.min(pageSize - (inBlock - p * pageSize), end - at);
-      const b = getBlock(bi);
-      fn(b, bi, inBlock, p, n, b !== undefined && b.present[p] === 1);
+      const inPage = inBlock - p * pageSize;
+      const n = Math.min(pageSize - inPage, end - at);
+      fn(getBlock(bi), bi, p, inPage, n);
       at += n;
     }
   };
 
-  /** Zero [offset, offset+length): whole pages become holes (a block without pages is freed), partial ones are zero-filled. */
+  /** Zero [offset, offset+length): whole pages become holes (a block without pages is dropped), partial ones are zero-filled. */
   const zeroRange = (offset: number, length: number, keepAllocated: boolean) =>
-    eachPage(offset, length, (b, bi, inBlock, p, n, data) => {
-      if (data) {
-        b!.slab.fill(0, inBlock, inBlock + n);
-        if (n === pageSize && !keepAllocated) {
-          b!.present[p] = 0;
-          b!.count--;
-          pagesPresent--;
-          if (b!.count === 0) setBlock(bi, undefined);
-        }
+    eachPage(offset, length, (b, bi, p, inPage, n) => {
+      const st = b?.stores[p];
+      if (st !== undefined) {
+        if (n === pageSize && !keepAllocated) dropPage(bi, b!, p);
+        else st.buf.fill(0, b!.at[p]! + inPage, b!.at[p]! + inPage + n);
       } else if (keepAllocated) {
-        markPresent(blockFor(bi), p, p);
+        attachBacking(blockFor(bi), p);
       }
     });
 
-  /** Walk [offset, offset+length) block by block, marking the pages as data: fn(block, start in block, bytes, bytes done). */
-  const eachBlock = (offset: number, length: number, fn: (b: Block, s: number, n: number, done: number) => void) => {
-    let done = 0;
-    while (done < length) {
-      const pos = offset + done;
-      const bi = Math.floor(pos / blockSize);
-      const s = pos - bi * blockSize;
-      const n = Math.min(blockSize - s, length - done);
-      const b = blockFor(bi);
-      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
-      fn(b, s, n, done);
-      done += n;
-    }
-  };
-
+  /** Copy `data` in at `offset`, page by page (a page without data is given the block's backing first). */
   const writeAt = (offset: number, data: Buffer) => {
     const n = data.length;
     if (n === 0) return;
-    // The common case (every 4 KiB write): inside one block, so no walk and no closure.
     const bi = Math.floor(offset / blockSize);
-    const s = offset - bi * blockSize;
-    if (s + n <= blockSize) {
+    const inBlock = offset - bi * blockSize;
+    const p = Math.floor(inBlock / pageSize);
+    const inPage = inBlock - p * pageSize;
+    // The common case (every 4 KiB write): inside one page, so no walk and no closure.
+    if (inPage + n <= pageSize) {
       const b = blockFor(bi);
-      markPresent(b, Math.floor(s / pageSize), Math.floor((s + n - 1) / pageSize));
+      const st = b.stores[p] ?? attachBacking(b, p);
       // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
-      b.slab.set(data, s);
+      st.buf.set(data, b.at[p]! + inPage);
       return;
     }
-    eachBlock(offset, n, (b, s, m, done) => b.slab.set(m === n ? data : data.subarray(done, done + m), s));
+    let done = 0;
+    eachPage(offset, n, (_b, bj, q, from, m) => {
+      const b = blockFor(bj);
+      const st = b.stores[q] ?? attachBacking(b, q);
+      st.buf.set(m === n ? data : data.subarray(done, done + m), b.at[q]! + from);
+      done += m;
+    });
   };
 
-  /** Block buffers no READ has seen, for receiving whole-block WRITEs (contents: garbage, never read). */
-  const spares: Buffer[] = [];
-
-  /** Install `slab` (completely written) as block bi's storage; its old buffer becomes a spare if no READ saw it. */
-  const swapIn = (bi: number, slab: Buffer) => {
-    const b = getBlock(bi);
-    if (b === undefined) {
-      setBlock(bi, { slab, present: new Uint8Array(pagesPerBlock).fill(1), count: pagesPerBlock, viewed: false });
-      pagesPresent += pagesPerBlock;
-      return;
+  /** Point the pages under [offset, offset + buf.length) (whole pages, inside one block) at `buf`, received complete. */
+  const install = (offset: number, buf: Buffer) => {
+    const bi = Math.floor(offset / blockSize);
+    const first = (offset - bi * blockSize) / pageSize;
+    const pages = buf.length / pageSize;
+    const b = blockFor(bi);
+    const st: Store = { buf, refs: pages, viewed: false, received: true };
+    for (let k = 0; k < pages; k++) {
+      const p = first + k;
+      if (b.stores[p] !== undefined) unlink(b, p);
+      else {
+        b.count++;
+        pagesPresent++;
+      }
+      b.stores[p] = st;
+      b.at[p] = k * pageSize;
     }
-    const old = b.slab;
-    b.slab = slab;
-    markPresent(b, 0, pagesPerBlock - 1);
-    if (!b.viewed && spares.length < spareMax) spares.push(old);
-    b.viewed = false;
   };
 
   const backend: MemoryBackend = {
@@ -208,24 +256,30 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     },
     read(offset, length): Buffer | ReadSegment[] {
       const bi = Math.floor(offset / blockSize);
-      const s = offset - bi * blockSize;
+      const inBlock = offset - bi * blockSize;
+      const p = Math.floor(inBlock / pageSize);
+      const inPage = inBlock - p * pageSize;
       // Fast path: inside one page.
-      if (s % pageSize + length <= pageSize) {
+      if (inPage + length <= pageSize) {
         const b = getBlock(bi);
-        if (b === undefined || b.present[Math.floor(s / pageSize)] !== 1) return [{ hole: length }];
-        b.viewed = true;
-        return b.slab.subarray(s, s + length);
+        const st = b?.stores[p];
+        if (st === undefined) return [{ hole: length }];
+        st.viewed = true;
+        const at = b!.at[p]! + inPage;
+        return st.buf.subarray(at, at + length);
       }
-      // Runs of data pages inside a block are one view (pages of a block are contiguous); holes merge.
+      // Neighbouring pages in one store are one view; holes merge.
       const segments: ReadSegment[] = [];
-      eachPage(offset, length, (b, _bi, inBlock, _p, n, data) => {
+      eachPage(offset, length, (b, _bi, q, from, n) => {
         const last = segments[segments.length - 1];
-        if (data) {
-          b!.viewed = true;
-          const slab = b!.slab;
-          if (last !== undefined && 'data' in last && last.data.buffer === slab.buffer && last.data.byteOffset + last.data.length === slab.byteOffset + inBlock) {
-            segments[segments.length - 1] = { data: slab.subarray(inBlock - last.data.length, inBlock + n) };
-          } else segments.push({ data: slab.subarray(inBlock, inBlock + n) });
+        const st = b?.stores[q];
+        if (st !== undefined) {
+          st.viewed = true;
+          const buf = st.buf;
+          const at = b!.at[q]! + from;
+          if (last !== undefined && 'data' in last && last.data.buffer === buf.buffer && last.data.byteOffset + last.data.length === buf.byteOffset + at) {
+            segments[segments.length - 1] = { data: buf.subarray(at - last.data.length, at + n) };
+          } else segments.push({ data: buf.subarray(at, at + n) });
         } else if (last !== undefined && 'hole' in last) segments[segments.length - 1] = { hole: last.hole + n };
         else segments.push({ hole: n });
       });
@@ -242,16 +296,21 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
         at += p.length;
       }
     },
-    // Whole blocks only; anything else is copied in by write/writev once complete.
+    // Whole pages only (one buffer per block spanned); anything else is copied in by write/writev once complete.
     writeTargets(offset, length) {
-      if (length === 0 || offset % blockSize !== 0 || length % blockSize !== 0) return null;
-      const first = offset / blockSize;
+      if (length === 0 || offset % pageSize !== 0 || length % pageSize !== 0) return null;
       const targets: Buffer[] = [];
-      for (let i = 0; i < length / blockSize; i++) targets.push(spares.pop() ?? Buffer.allocUnsafeSlow(blockSize));
+      const starts: number[] = [];
+      for (let at = offset; at < offset + length; ) {
+        const n = Math.min(blockSize - (at % blockSize), offset + length - at);
+        targets.push(takeSpare(n));
+        starts.push(at);
+        at += n;
+      }
       return {
         targets,
         commit() {
-          for (let i = 0; i < targets.length; i++) swapIn(first + i, targets[i]!);
+          for (let i = 0; i < targets.length; i++) install(starts[i]!, targets[i]!);
         },
       };
     },
@@ -268,8 +327,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     canFastZero: true,
     extents(offset, length): Extent[] {
       const out: Extent[] = [];
-      eachPage(offset, length, (_b, _bi, _inBlock, _p, n, data) => {
-        const flags = data ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
+      eachPage(offset, length, (b, _bi, p, _from, n) => {
+        const flags = b?.stores[p] !== undefined ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
         const last = out[out.length - 1];
         if (last && last.flags === flags) out[out.length - 1] = { length: last.length + n, flags };
         else out.push({ length: n, flags });

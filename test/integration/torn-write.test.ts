@@ -2,19 +2,21 @@
  * A WRITE whose payload is cut off by a disconnect was never acknowledged:
  * it must leave the export exactly as it was, with every kind of export —
  * the memory backend (which used to receive large WRITEs straight into its
- * pages through Backend.writeTargets, and now stores them by copy with
- * writev once complete), the file backend, a user backend with its own
+ * pages; now it copies them in once complete, or receives WRITEs of whole
+ * pages into buffers of their own that its pages point at on commit), the file backend, a user backend with its own
  * writeTargets (received zero-copy into scratch memory, applied on commit),
  * and a requests$ export. And while such a payload is still arriving,
  * another client reading the range must never see part of it.
  *
  * A raw client writes a known pattern, then sends a WRITE header and part
  * of its payload (another pattern), then ends the connection with a FIN
- * (`end()`) or an RST (`resetAndDestroy()`). Two shapes of WRITE: 64 KiB at
- * an unaligned offset that spans a memory-backend block boundary (20,000
- * bytes sent), and 2 MiB of whole 1 MiB blocks (1.5 MiB sent: the first
- * block's spare filled, the second's half) — the shape the memory backend
- * receives without a copy and swaps in on commit. A second raw client,
+ * (`end()`) or an RST (`resetAndDestroy()`). Three shapes of WRITE: 64 KiB
+ * at an unaligned offset that spans a memory-backend block boundary (20,000
+ * bytes sent); 256 KiB of whole pages across a block boundary (200,000
+ * bytes sent: the first block's buffer filled, the second's partly — the
+ * shape of nbdcopy's writes); and 2 MiB of whole 1 MiB blocks (1.5 MiB
+ * sent). The memory backend receives the last two without a copy, into
+ * buffers its pages point at on commit. A second raw client,
  * connected once the server has closed the first connection, reads the
  * range back.
  */
@@ -37,12 +39,13 @@ interface Shape {
   readonly at: number;
   readonly len: number;
   readonly sent: number;
-  /** The memory backend receives this shape zero-copy (whole blocks). */
-  readonly wholeBlocks: boolean;
+  /** The memory backend receives this shape zero-copy (whole pages). */
+  readonly wholePages: boolean;
 }
 const SHAPES: readonly Shape[] = [
-  { name: '64 KiB across a block boundary', at: MiB - 20 * KiB + 512, len: 64 * KiB, sent: 20_000, wholeBlocks: false },
-  { name: '2 MiB of whole blocks', at: MiB, len: 2 * MiB, sent: MiB + MiB / 2, wholeBlocks: true },
+  { name: '64 KiB across a block boundary', at: MiB - 20 * KiB + 512, len: 64 * KiB, sent: 20_000, wholePages: false },
+  { name: '256 KiB of whole pages across a block boundary', at: MiB - 128 * KiB, len: 256 * KiB, sent: 200_000, wholePages: true },
+  { name: '2 MiB of whole blocks', at: MiB, len: 2 * MiB, sent: MiB + MiB / 2, wholePages: true },
 ];
 const rangeOf = (sh: Shape) => ({ from: sh.at - 4 * KiB, span: sh.len + 8 * KiB });
 
@@ -85,7 +88,7 @@ const KINDS: readonly Kind[] = [
       const { backend, placements } = memoryWithPlacements(SIZE);
       return { config: { name: 'disk', backend }, placements };
     },
-    placed: (sh) => sh.wholeBlocks,
+    placed: (sh) => sh.wholePages,
   },
   {
     name: 'file backend',

@@ -290,11 +290,11 @@ describe('WRITE payload lifetime: released once the backend write completes, or 
 });
 
 describe('memoryBackend', () => {
-  it('stores WRITEs that are not whole blocks by copy (writeTargets declines them): writev pieces across blocks are stored and their pages become data', () => {
+  it('stores WRITEs that are not whole pages by copy (writeTargets declines them): writev pieces across blocks are stored and their pages become data', () => {
     const m = memoryBackend({ size: 4 << 20 });
     expect(m.writeTargets!((1 << 20) - 4096, (1 << 20) + 8192)).toBeNull();
     expect(m.writeTargets!(4096, 1 << 20)).toBeNull();
-    expect(m.writeTargets!(1 << 20, 1 << 19)).toBeNull();
+    expect(m.writeTargets!(1 << 20, (1 << 19) + 512)).toBeNull();
     const at = (1 << 20) - 4096;
     const parts = [Buffer.alloc(1000, 1), Buffer.alloc(0), Buffer.alloc((1 << 20) + 7192, 2)];
     const whole = Buffer.concat(parts);
@@ -390,6 +390,80 @@ describe('memoryBackend', () => {
     void p.commit();
     expect(m.allocatedBytes).toBe(MiB);
     expect(readAll(m, MiB, MiB).every((x) => x === 4)).toBe(true);
+  });
+
+  const KiB = 1024;
+  const place = (m: ReturnType<typeof memoryBackend>, at: number, length: number, fill: number): Buffer[] => {
+    const p = m.writeTargets!(at, length)!;
+    for (const t of p.targets) t.fill(fill);
+    void p.commit();
+    return [...p.targets];
+  };
+
+  it('WRITEs of whole pages inside a block are received into their own buffers: invisible until commit, then only their pages change', () => {
+    const m = memoryBackend({ size: 4 * MiB });
+    m.write!(0, Buffer.alloc(MiB, 1), { fua: false });
+    const p = m.writeTargets!(256 * KiB, 256 * KiB)!;
+    expect(p.targets.map((t) => t.length)).toEqual([256 * KiB]);
+    p.targets[0]!.fill(2);
+    expect(readAll(m, 0, MiB).every((x) => x === 1)).toBe(true);
+    void p.commit();
+    const got = readAll(m, 0, MiB);
+    expect(got.subarray(0, 256 * KiB).every((x) => x === 1)).toBe(true);
+    expect(got.subarray(256 * KiB, 512 * KiB).every((x) => x === 2)).toBe(true);
+    expect(got.subarray(512 * KiB).every((x) => x === 1)).toBe(true);
+    // The placed pages are one view of the received buffer.
+    const view = m.read(256 * KiB, 256 * KiB) as Buffer;
+    expect(Buffer.isBuffer(view) ? view.buffer : (view as Array<{ data: Buffer }>)[0]!.data.buffer).toBe(p.targets[0]!.buffer);
+    // Across a block boundary: one buffer per block spanned.
+    const q = m.writeTargets!(MiB - 128 * KiB, 256 * KiB)!;
+    expect(q.targets.map((t) => t.length)).toEqual([128 * KiB, 128 * KiB]);
+    q.targets[0]!.fill(3);
+    q.targets[1]!.fill(4);
+    void q.commit();
+    const edge = readAll(m, MiB - 128 * KiB, 256 * KiB);
+    expect(edge.subarray(0, 128 * KiB).every((x) => x === 3) && edge.subarray(128 * KiB).every((x) => x === 4)).toBe(true);
+    expect(m.allocatedBytes).toBe(MiB + 128 * KiB);
+    // A small WRITE into a placed page is copied into that page in place.
+    m.write!(300 * KiB, Buffer.from('abc'), { fua: false });
+    expect(readAll(m, 300 * KiB - 1, 5)).toEqual(Buffer.from([2, 0x61, 0x62, 0x63, 2]));
+  });
+
+  it('a page given back to the block after a placed WRITE replaced it reads zeros around new data (no bytes of the old page)', () => {
+    const m = memoryBackend({ size: 2 * MiB });
+    m.write!(0, Buffer.alloc(128 * KiB, 0xee), { fua: false });
+    place(m, 0, 64 * KiB, 5);
+    m.trim!(0, 64 * KiB, { fua: false });
+    expect(m.read(0, 64 * KiB)).toEqual([{ hole: 64 * KiB }]);
+    m.write!(10, Buffer.from('x'), { fua: false });
+    const page = readAll(m, 0, 64 * KiB);
+    expect(page[10]).toBe(0x78);
+    page[10] = 0;
+    expect(page.every((x) => x === 0)).toBe(true);
+    // The neighbouring page, still in the block's own memory, kept its bytes.
+    expect(readAll(m, 64 * KiB, 64 * KiB).every((x) => x === 0xee)).toBe(true);
+    // WRITE_ZEROES without holes over a hole page gives it zeroed memory too.
+    place(m, 128 * KiB, 64 * KiB, 6);
+    m.trim!(128 * KiB, 64 * KiB, { fua: false });
+    m.zero!(128 * KiB, 64 * KiB, { fua: false, noHole: true, fast: false });
+    expect(readAll(m, 128 * KiB, 64 * KiB).every((x) => x === 0)).toBe(true);
+    expect(m.allocatedBytes).toBe(192 * KiB);
+  });
+
+  it('a placed buffer whose pages were all replaced is reused unless a READ saw it', () => {
+    const m = memoryBackend({ size: 2 * MiB });
+    const [a] = place(m, 256 * KiB, 256 * KiB, 1);
+    place(m, 256 * KiB, 256 * KiB, 2);
+    const [c] = place(m, 256 * KiB, 256 * KiB, 3);
+    expect(c!.buffer).toBe(a!.buffer);
+    // Half of c's pages replaced: c is still in use, and keeps its other half.
+    place(m, 256 * KiB, 128 * KiB, 4);
+    expect(readAll(m, 384 * KiB, 128 * KiB).every((x) => x === 3)).toBe(true);
+    const seen = m.read(400 * KiB, 8) as Buffer;
+    expect(seen.buffer).toBe(c!.buffer);
+    place(m, 384 * KiB, 128 * KiB, 5);
+    for (let i = 0; i < 4; i++) for (const t of place(m, 256 * KiB, 256 * KiB, 10 + i)) expect(t.buffer).not.toBe(c!.buffer);
+    expect([...seen]).toEqual(Array(8).fill(3));
   });
 
   it('a block whose pages are all trimmed is dropped; rewriting it reads zeros around the new data', () => {
