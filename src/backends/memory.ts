@@ -175,6 +175,17 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     if (b.count === 0) setBlock(bi, undefined);
   };
 
+  /** Where a byte offset is, set by `locate` (no object per lookup: reads and writes call it for every request). */
+  let atBlock = 0;
+  let atPage = 0;
+  let atInPage = 0;
+  const locate = (offset: number) => {
+    atBlock = Math.floor(offset / blockSize);
+    const inBlock = offset - atBlock * blockSize;
+    atPage = Math.floor(inBlock / pageSize);
+    atInPage = inBlock - atPage * pageSize;
+  };
+
   /**
    * Walk [offset, offset+length) page by page, allocating nothing:
    * fn(block or undefined, block number, page in the block, start in the page, bytes).
@@ -183,10 +194,10 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     let at = offset;
     const end = offset + length;
     while (at < end) {
-      const bi = Math.floor(at / blockSize);
-      const inBlock = at - bi * blockSize;
-      const p = Math.floor(inBlock / pageSize);
-      const inPage = inBlock - p * pageSize;
+      locate(at);
+      const bi = atBlock;
+      const p = atPage;
+      const inPage = atInPage;
       const n = Math.min(pageSize - inPage, end - at);
       fn(getBlock(bi), bi, p, inPage, n);
       at += n;
@@ -209,16 +220,14 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   const writeAt = (offset: number, data: Buffer) => {
     const n = data.length;
     if (n === 0) return;
-    const bi = Math.floor(offset / blockSize);
-    const inBlock = offset - bi * blockSize;
-    const p = Math.floor(inBlock / pageSize);
-    const inPage = inBlock - p * pageSize;
+    locate(offset);
     // The common case (every 4 KiB write): inside one page, so no walk and no closure.
-    if (inPage + n <= pageSize) {
-      const b = blockFor(bi);
+    if (atInPage + n <= pageSize) {
+      const b = blockFor(atBlock);
+      const p = atPage;
       const st = b.stores[p] ?? attachBacking(b, p);
       // TypedArray#set: the copy without Buffer#copy's argument checks and view allocation.
-      st.buf.set(data, b.at[p]! + inPage);
+      st.buf.set(data, b.at[p]! + atInPage);
       return;
     }
     let done = 0;
@@ -255,17 +264,14 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       return pagesPresent * pageSize;
     },
     read(offset, length): Buffer | ReadSegment[] {
-      const bi = Math.floor(offset / blockSize);
-      const inBlock = offset - bi * blockSize;
-      const p = Math.floor(inBlock / pageSize);
-      const inPage = inBlock - p * pageSize;
+      locate(offset);
       // Fast path: inside one page.
-      if (inPage + length <= pageSize) {
-        const b = getBlock(bi);
-        const st = b?.stores[p];
+      if (atInPage + length <= pageSize) {
+        const b = getBlock(atBlock);
+        const st = b?.stores[atPage];
         if (st === undefined) return [{ hole: length }];
         st.viewed = true;
-        const at = b!.at[p]! + inPage;
+        const at = b!.at[atPage]! + atInPage;
         return st.buf.subarray(at, at + length);
       }
       // Neighbouring pages in one store are one view; holes merge.

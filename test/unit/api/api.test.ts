@@ -445,7 +445,7 @@ describe('memoryBackend', () => {
     // WRITE_ZEROES without holes over a hole page gives it zeroed memory too.
     place(m, 128 * KiB, 64 * KiB, 6);
     m.trim!(128 * KiB, 64 * KiB, { fua: false });
-    m.zero!(128 * KiB, 64 * KiB, { fua: false, noHole: true, fast: false });
+    m.zero!(128 * KiB, 64 * KiB, { fua: false, noHole: true, fastZero: false });
     expect(readAll(m, 128 * KiB, 64 * KiB).every((x) => x === 0)).toBe(true);
     expect(m.allocatedBytes).toBe(192 * KiB);
   });
