@@ -196,18 +196,24 @@ async function handshakeBench() {
           for (const c of chunks) bytes += c.chunk.length;
           cb();
         },
+        // The server ended the stream after DISC: the client closes its side too, as nbdinfo does,
+        // so the session finishes (without this every connection stayed open and the heap grew).
         final(cb) {
           cb();
-          resolve();
+          sock.push(null);
         },
       });
+      sock.on('close', resolve);
       server.accept(sock);
       sock.push(client);
     });
     await done;
     if (bytes === 0) throw new Error('no greeting');
   });
-  return () => server.close({ timeout: 100 });
+  return () => {
+    if (server.connectionCount !== 0) throw new Error(`${server.connectionCount} connections still open after the connection rows`);
+    return server.close({ timeout: 100 });
+  };
 }
 
 const stopHandshakes = await handshakeBench();
