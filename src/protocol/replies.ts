@@ -171,31 +171,32 @@ export interface ReplyOutput {
 export class ReplyEncoder {
   mode: ReplyMode = 'simple';
 
-  constructor(private readonly output: () => ReplyOutput) {}
+  /** @param out where replies go; the connection points it at a new output when one replaces it (STARTTLS). */
+  constructor(public out: ReplyOutput) {}
 
   /** Success without data (every command but READ and BLOCK_STATUS). */
   ok(cookie: bigint, requestOffset: number): void {
     // Without extended headers that is a simple reply, written in place.
-    if (this.mode !== 'extended') this.output().writeSimple(cookie, 0);
-    else this.output().write(replyOk(this.mode, cookie, requestOffset));
+    if (this.mode !== 'extended') this.out.writeSimple(cookie, 0);
+    else this.out.write(replyOk(this.mode, cookie, requestOffset));
   }
 
   /** A successful READ: one buffer, or segments with holes (`df`: NBD_CMD_FLAG_DF). */
   read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean): void {
-    if (!Buffer.isBuffer(data)) this.output().write(replyRead(this.mode, cookie, offset, data, df));
+    if (!Buffer.isBuffer(data)) this.out.write(replyRead(this.mode, cookie, offset, data, df));
     // One buffer is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing for one chunk.
-    else if (data.length > 0) this.output().writeRead(this.mode, cookie, offset, data);
-    else this.output().write(replyReadBuffer(this.mode, cookie, offset, data, df));
+    else if (data.length > 0) this.out.writeRead(this.mode, cookie, offset, data);
+    else this.out.write(replyReadBuffer(this.mode, cookie, offset, data, df));
   }
 
   /** BLOCK_STATUS: the extents of each selected context. */
   blockStatus(cookie: bigint, requestOffset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>): void {
-    this.output().write(replyBlockStatus(this.mode, cookie, requestOffset, contexts));
+    this.out.write(replyBlockStatus(this.mode, cookie, requestOffset, contexts));
   }
 
   /** An error: the errno, and the message where the form carries one. */
   error(cookie: bigint, command: number, errno: number, message: string | undefined, requestOffset: number | bigint): void {
-    if (this.mode === 'simple') this.output().writeSimple(cookie, errno);
-    else this.output().write(replyError(this.mode, cookie, command, errno, message, requestOffset));
+    if (this.mode === 'simple') this.out.writeSimple(cookie, errno);
+    else this.out.write(replyError(this.mode, cookie, command, errno, message, requestOffset));
   }
 }

@@ -44,7 +44,7 @@ export class Session implements ReplySink {
   private socket: Duplex;
   private writer: ReplyWriter;
   /** Every reply of the transmission phase gets its form here, answers and refusals alike. */
-  private readonly replies = new ReplyEncoder(() => this.writer);
+  private readonly replies: ReplyEncoder;
   private readonly decoder: FrameDecoder;
   private readonly actor: ConnectionActor;
   private readonly flow: FlowControl;
@@ -117,6 +117,7 @@ export class Session implements ReplySink {
       peer: this.peer,
     });
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.flow.written);
+    this.replies = new ReplyEncoder(this.writer);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
     this.machines = new ConnectionMachines(this.actor, {
       handshake: (e) => handshakeEffect(this.effectHost, e),
@@ -339,6 +340,7 @@ export class Session implements ReplySink {
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;
       this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
+      this.replies.out = this.writer;
       secure.on('error', this.ending.socketError);
       secure.on('close', this.ending.socketClosed);
       secure.on('drain', this.onDrain);

@@ -29,11 +29,11 @@ function frame(type: number, over: Partial<RequestFrame> = {}): RequestFrame {
 /** A ReplySink that encodes as a connection does (ReplyEncoder) and keeps the frames. */
 class Sink implements ReplySink {
   frames: Buffer[][] = [];
-  private readonly encoder = new ReplyEncoder(() => ({
+  private readonly encoder = new ReplyEncoder({
     write: (frame) => void this.frames.push([...frame]),
     writeSimple: (cookie, error) => void this.frames.push([...encodeSimpleReply(cookie, error)]),
     writeRead: (mode, cookie, offset, data) => void this.frames.push([...replyReadBuffer(mode, cookie, offset, data)]),
-  }));
+  });
   constructor(replyMode: ReplyMode = 'simple') {
     this.encoder.mode = replyMode;
   }
