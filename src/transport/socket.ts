@@ -21,6 +21,14 @@ const READ_SLAB = 1024 * 1024;
 const READ_MAX = 256 * 1024;
 /** A slab with less than a quarter of itself (at most this) left is retired (its views stay valid). */
 const READ_MIN = 64 * 1024;
+/**
+ * The read after a placed WRITE payload is this small: enough for the next
+ * request's header (28 bytes, 32 with extended headers), so that when it is
+ * another large WRITE (a sequential stream) its payload is read straight
+ * into the placement too instead of arriving behind the header and being
+ * copied there.
+ */
+const READ_AFTER_PLACED = 32;
 
 /**
  * Zero-copy WRITE payloads: where the next read may land instead of a slab
@@ -68,6 +76,8 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
       windowed = true;
       return w;
     }
+    // The read after a placed payload: just the next header (see READ_AFTER_PLACED).
+    const peek = windowed;
     windowed = false;
     if (slab.length - used < Math.min(READ_MIN, slab.length >> 2)) {
       const old = slab;
@@ -80,7 +90,7 @@ function readIntoSlabs(socket: Duplex, deliver: (chunk: Buffer) => void, window?
       account = track(slab);
       retireSlab(old.buffer, oldAccount);
     }
-    region = slab.subarray(used, Math.min(slab.length, used + READ_MAX));
+    region = slab.subarray(used, Math.min(slab.length, used + (peek ? READ_AFTER_PLACED : READ_MAX)));
     return region;
   };
   const onRead = (n: number, buf: Buffer) => {
