@@ -40,6 +40,31 @@ function request(type, offset, length, cookie = 1n, payload) {
   return payload ? Buffer.concat([h, payload]) : h;
 }
 
+/** An option request: IHAVEOPT, the option's code, its data. */
+function option(code, data = Buffer.alloc(0)) {
+  const h = Buffer.alloc(16);
+  h.write('IHAVEOPT', 0, 'latin1');
+  h.writeUInt32BE(code, 8);
+  h.writeUInt32BE(data.length, 12);
+  return Buffer.concat([h, data]);
+}
+
+/** An in-process duplex: we play the client, the server's replies go into the void (counted); `final` when the server ends the stream. */
+function clientDuplex(count, final) {
+  return new Duplex({
+    read() {},
+    write(chunk, _enc, cb) {
+      count(chunk.length);
+      cb();
+    },
+    writev(chunks, cb) {
+      for (const c of chunks) count(c.chunk.length);
+      cb();
+    },
+    ...(final ? { final } : {}),
+  });
+}
+
 const read28 = request(CMD.NBD_CMD_READ, 4096, 4096);
 const write4k = request(CMD.NBD_CMD_WRITE, 4096, 4096, 1n, Buffer.alloc(4096, 7));
 const write1m = request(CMD.NBD_CMD_WRITE, 0, 1 << 20, 1n, Buffer.alloc(1 << 20, 7));
@@ -128,33 +153,15 @@ const add = (name, fn, opts) => {
 
 // ── one request through a whole session ──────────────────────────────
 async function sessionBench() {
-  // An in-process duplex: we play the client, the server writes replies into the void.
   let replies = 0;
-  const sock = new Duplex({
-    read() {},
-    write(chunk, _enc, cb) {
-      replies += chunk.length;
-      cb();
-    },
-    writev(chunks, cb) {
-      for (const c of chunks) replies += c.chunk.length;
-      cb();
-    },
-  });
+  const sock = clientDuplex((n) => (replies += n));
   const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }] });
   server.accept(sock);
   // Handshake: client flags, GO with structured replies first.
-  const opt = (code, data = Buffer.alloc(0)) => {
-    const h = Buffer.alloc(16);
-    h.write('IHAVEOPT', 0, 'latin1');
-    h.writeUInt32BE(code, 8);
-    h.writeUInt32BE(data.length, 12);
-    return Buffer.concat([h, data]);
-  };
   const go = Buffer.alloc(6); // name length 0, 0 info requests
   sock.push(Buffer.from([0, 0, 0, 3]));
-  sock.push(opt(8)); // STRUCTURED_REPLY
-  sock.push(opt(7, go)); // GO
+  sock.push(option(8)); // STRUCTURED_REPLY
+  sock.push(option(7, go)); // GO
   await new Promise((r) => setTimeout(r, 50));
   // Pre-fill the first pages so reads return data, not holes.
   sock.push(Buffer.concat(Array.from({ length: 32 }, (_, i) => request(CMD.NBD_CMD_WRITE, i * 4096, 4096, BigInt(i), Buffer.alloc(4096, i)))));
@@ -173,36 +180,21 @@ async function sessionBench() {
 // ── one whole connection: what `nbdinfo --size` sends ────────────────
 async function handshakeBench() {
   const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }] });
-  const opt = (code, data = Buffer.alloc(0)) => {
-    const h = Buffer.alloc(16);
-    h.write('IHAVEOPT', 0, 'latin1');
-    h.writeUInt32BE(code, 8);
-    h.writeUInt32BE(data.length, 12);
-    return Buffer.concat([h, data]);
-  };
   // Client flags; STRUCTURED_REPLY; GO for the default export asking for INFO_BLOCK_SIZE; DISC.
   const go = Buffer.from([0, 0, 0, 0, 0, 1, 0, 3]);
-  const client = Buffer.concat([Buffer.from([0, 0, 0, 3]), opt(8), opt(7, go), request(CMD.NBD_CMD_DISC, 0, 0)]);
+  const client = Buffer.concat([Buffer.from([0, 0, 0, 3]), option(8), option(7, go), request(CMD.NBD_CMD_DISC, 0, 0)]);
   add('session: one connection (flags, STRUCTURED_REPLY, GO, DISC), per connection', async () => {
     let bytes = 0;
     const done = new Promise((resolve) => {
-      const sock = new Duplex({
-        read() {},
-        write(chunk, _enc, cb) {
-          bytes += chunk.length;
-          cb();
-        },
-        writev(chunks, cb) {
-          for (const c of chunks) bytes += c.chunk.length;
-          cb();
-        },
-        // The server ended the stream after DISC: the client closes its side too, as nbdinfo does,
-        // so the session finishes (without this every connection stayed open and the heap grew).
-        final(cb) {
+      // The server ended the stream after DISC: the client closes its side too, as nbdinfo does,
+      // so the session finishes (without this every connection stayed open and the heap grew).
+      const sock = clientDuplex(
+        (n) => (bytes += n),
+        (cb) => {
           cb();
           sock.push(null);
         },
-      });
+      );
       sock.on('close', resolve);
       server.accept(sock);
       sock.push(client);
