@@ -22,7 +22,9 @@
  * more goes back to the spares only if no READ was ever answered from it —
  * a reply still queued to a slow client may point into it; a store a READ
  * has seen is left to the garbage collector instead. At most
- * `spareBlocks` MiB of spares are kept.
+ * `spareBlocks` MiB of spares are kept. A received store less than half
+ * in use has its pages copied into the block's backing and is let go, so
+ * memory stays within about twice the data.
  */
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
@@ -131,16 +133,9 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     return b;
   };
 
-  /** Page p of block b stops pointing at its store (replaced or made a hole). */
-  const unlink = (b: Block, p: number) => {
-    const st = b.stores[p]!;
-    b.stores[p] = undefined;
-    if (st === b.backing) {
-      b.stale[p] = 1;
-      if (--st.refs === 0) b.backing = undefined;
-      return;
-    }
-    if (--st.refs === 0 && st.received && !st.viewed && spareBytes + st.buf.length <= spareLimit) {
+  /** A store no page points at: back to the spares if it was received and no READ saw it. */
+  const retire = (st: Store) => {
+    if (st.received && !st.viewed && spareBytes + st.buf.length <= spareLimit) {
       let list = spares.get(st.buf.length);
       if (list === undefined) spares.set(st.buf.length, (list = []));
       list.push(st.buf);
@@ -148,16 +143,53 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
+  /** Page p of block b stops pointing at its store (replaced or made a hole); returns that store. */
+  const unlink = (b: Block, p: number): Store => {
+    const st = b.stores[p]!;
+    b.stores[p] = undefined;
+    if (st === b.backing) {
+      b.stale[p] = 1;
+      if (--st.refs === 0) b.backing = undefined;
+    } else if (--st.refs === 0) retire(st);
+    return st;
+  };
+
+  /** The block's backing, made (calloc'd: untouched pages cost no RSS) on first need. */
+  const backingOf = (b: Block): Store => {
+    if (b.backing === undefined) {
+      b.backing = { buf: Buffer.alloc(blockSize), refs: 0, viewed: false, received: false };
+      b.stale.fill(0);
+    }
+    return b.backing;
+  };
+
+  /**
+   * Memory stays within twice the data a block's received stores hold: a
+   * received store less than half of whose pages are still in use has those
+   * pages copied into the block's backing and is let go. (Otherwise a client
+   * rewriting ever smaller page ranges could keep a 1 MiB buffer alive for
+   * each 64 KiB page.) Stores never span blocks, so all its pages are in b.
+   */
+  const compact = (b: Block, st: Store) => {
+    if (!st.received || st.refs === 0 || st.refs * pageSize * 2 >= st.buf.length) return;
+    const back = backingOf(b);
+    for (let q = 0; q < pagesPerBlock && st.refs > 0; q++) {
+      if (b.stores[q] !== st) continue;
+      const from = b.at[q]!;
+      back.buf.set(st.buf.subarray(from, from + pageSize), q * pageSize);
+      back.refs++;
+      b.stale[q] = 0;
+      b.stores[q] = back;
+      b.at[q] = q * pageSize;
+      st.refs--;
+    }
+    retire(st);
+  };
+
   /** Page p of block b becomes data in the block's backing (zeroed); returns the backing. */
   const attachBacking = (b: Block, p: number): Store => {
-    let st = b.backing;
-    if (st === undefined) {
-      // Buffer.alloc of a large block is calloc'd: untouched pages cost no RSS.
-      st = b.backing = { buf: Buffer.alloc(blockSize), refs: 0, viewed: false, received: false };
-      b.stale.fill(0);
-    } else if (b.stale[p] === 1) {
-      st.buf.fill(0, p * pageSize, (p + 1) * pageSize);
-    }
+    const st = backingOf(b);
+    if (b.stale[p] === 1) st.buf.fill(0, p * pageSize, (p + 1) * pageSize);
     b.stale[p] = 0;
     st.refs++;
     b.stores[p] = st;
@@ -169,7 +201,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
 
   /** Make page p of block bi a hole; a block left without data is dropped. */
   const dropPage = (bi: number, b: Block, p: number) => {
-    unlink(b, p);
+    compact(b, unlink(b, p));
     b.count--;
     pagesPresent--;
     if (b.count === 0) setBlock(bi, undefined);
@@ -246,16 +278,24 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     const pages = buf.length / pageSize;
     const b = blockFor(bi);
     const st: Store = { buf, refs: pages, viewed: false, received: true };
+    let replaced: Store | undefined;
+    let others: Store[] | undefined;
     for (let k = 0; k < pages; k++) {
       const p = first + k;
-      if (b.stores[p] !== undefined) unlink(b, p);
-      else {
+      if (b.stores[p] !== undefined) {
+        const old = unlink(b, p);
+        if (replaced === undefined) replaced = old;
+        else if (old !== replaced && !(others ??= []).includes(old)) others.push(old);
+      } else {
         b.count++;
         pagesPresent++;
       }
       b.stores[p] = st;
       b.at[p] = k * pageSize;
     }
+    // Only once every page is in place: a store this WRITE replaced wholly is not copied first.
+    if (replaced !== undefined) compact(b, replaced);
+    if (others !== undefined) for (const o of others) compact(b, o);
   };
 
   const backend: MemoryBackend = {

@@ -466,6 +466,33 @@ describe('memoryBackend', () => {
     expect([...seen]).toEqual(Array(8).fill(3));
   });
 
+  it('a placed buffer less than half in use has its pages copied into the block and is let go (memory stays within twice the data)', () => {
+    // Buffer identity is compared as booleans: a failing toBe on two 1 MiB buffers would print them whole.
+    const m = memoryBackend({ size: 4 * MiB });
+    const [a] = place(m, 0, MiB, 1);
+    // 15 of its 16 pages replaced: the one left is copied out, and `a` (never read) becomes a spare.
+    place(m, 64 * KiB, 15 * 64 * KiB, 2);
+    const page0 = m.read(0, 64 * KiB) as Buffer;
+    expect(page0.buffer === a!.buffer).toBe(false);
+    expect(page0.every((x) => x === 1)).toBe(true);
+    const [again] = place(m, 2 * MiB, MiB, 3);
+    expect(again!.buffer === a!.buffer).toBe(true);
+    expect(readAll(m, 64 * KiB, 15 * 64 * KiB).every((x) => x === 2)).toBe(true);
+    // Trimming does the same: half in use is kept; below half it is copied out, and a buffer a READ saw is never reused.
+    const [b] = place(m, MiB, MiB, 4);
+    const seen = m.read(MiB + 10, 4) as Buffer;
+    m.trim!(MiB + 64 * KiB, 8 * 64 * KiB, { fua: false });
+    expect((m.read(MiB, 64 * KiB) as Buffer).buffer === b!.buffer).toBe(true);
+    m.trim!(MiB + 9 * 64 * KiB, 64 * KiB, { fua: false });
+    expect((m.read(MiB, 64 * KiB) as Buffer).buffer === b!.buffer).toBe(false);
+    expect(readAll(m, MiB, 64 * KiB).every((x) => x === 4)).toBe(true);
+    expect(readAll(m, MiB + 10 * 64 * KiB, 6 * 64 * KiB).every((x) => x === 4)).toBe(true);
+    expect(m.read(MiB + 64 * KiB, 9 * 64 * KiB)).toEqual([{ hole: 9 * 64 * KiB }]);
+    for (let i = 0; i < 3; i++) for (const t of place(m, 3 * MiB, MiB, 5 + i)) expect(t.buffer === b!.buffer).toBe(false);
+    expect([...seen]).toEqual([4, 4, 4, 4]);
+    expect(m.allocatedBytes).toBe(4 * MiB - 9 * 64 * KiB);
+  });
+
   it('a block whose pages are all trimmed is dropped; rewriting it reads zeros around the new data', () => {
     const m = memoryBackend({ size: 2 << 20 });
     m.write!(0, Buffer.alloc(1 << 20, 0xaa), { fua: false });
