@@ -13,8 +13,8 @@ import type { Negotiated } from '../machines/types.js';
 import type { FlowLimits } from './flow.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
-import type { CloseCode } from '../protocol/errors.js';
 import type { Session } from './session.js';
+import type { CloseInfo } from './endings.js';
 
 export interface SessionOptions extends FlowLimits {
   readonly id: number;
@@ -68,5 +68,5 @@ export interface SessionHandlers {
    */
   placeWrite?(session: Session, frame: RequestFrame): readonly Buffer[] | null;
   /** The connection ended: the handshake's outcome, and why (a catalogue code and its text). */
-  onClose?(session: Session, info: { outcome: string; code: CloseCode; reason: string }): void;
+  onClose?(session: Session, info: CloseInfo): void;
 }

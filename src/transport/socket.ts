@@ -28,7 +28,7 @@ const READ_MIN = 64 * 1024;
  * into the placement too instead of arriving behind the header and being
  * copied there.
  */
-const READ_AFTER_PLACED = 32;
+const READ_AFTER_PLACED = SIZE.EXTENDED_REQUEST;
 
 /**
  * Zero-copy WRITE payloads: where the next read may land instead of a slab
