@@ -13,6 +13,7 @@ have qemu-img || need+=(qemu-utils)
 have nbdkit   || need+=(nbdkit)
 have fio      || need+=(fio)
 have certtool || need+=(gnutls-bin)
+have chromium  || need+=(chromium)
 [ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing Debian peers: ${need[*]}"
