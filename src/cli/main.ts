@@ -28,45 +28,8 @@ import { fileBackend } from '../backends/file.js';
 import { consoleLogger } from '../transport/logger.js';
 import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { parseSize } from './size.js';
-
-const USAGE = `usage: nbd-engine serve [options]
-
-Exports (one of; default --memory 1G):
-  --memory SIZE          sparse in-memory export (sizes: 1048576, 512M, 1G, 16T)
-  --file PATH            a file or block device
-  --export NAME          export name (default: "" — the default export)
-  --description TEXT     export description (NBD_INFO_DESCRIPTION, LIST)
-  -r, --read-only        refuse writes
-
-Listening (default: UNIX socket and TCP localhost:10809):
-  --socket PATH          UNIX socket (refused if a server answers there; a stale one is replaced)
-  --port N               TCP port, 0 to 65535 (0: any free port)
-  --host HOST            TCP host (default localhost; use :: for all)
-  (systemd socket activation via LISTEN_FDS/LISTEN_PID is detected automatically)
-
-TLS:
-  --tls off|on|require   NOTLS, SELECTIVETLS or FORCEDTLS (default off)
-  --tls-cert FILE        PEM certificate        --tls-key FILE   PEM private key
-  --tls-ca FILE          CA for client certs     --tls-verify-peer  require client certs
-  --tls-psk FILE         psktool key file (username:hexkey lines)
-
-Limits (per connection unless noted):
-  --max-in-flight N            requests with the backend at once (default 64; 1 to 1048576)
-  --max-in-flight-bytes SIZE   bytes owed: requests in flight plus unsent replies (default 128M)
-  --max-payload SIZE           largest READ / WRITE (default 64M; 512 to 2G)
-  --max-options N              options before a disconnect (default 128; 1 to 1048576)
-  --max-connections N          connections at once, server-wide (default unlimited)
-  --max-queued-reply-bytes SIZE  unsent replies before reading pauses (default 4M)
-  --max-option-length SIZE     largest option data parsed (default 64K; 256 to 64M)
-  --max-buffered-bytes SIZE    bytes a connection's decoder may hold (default max-payload + 1M)
-  --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
-  --idle-timeout SECONDS       close a connection idle this long (default 0: off)
-
-Other:
-  --run CMD              run CMD with $uri, $unixsocket set; exit with its status
-  -v, --verbose          log connections and protocol decisions
-  -h, --help
-`;
+import { USAGE } from './usage.js';
+import { SUBCOMMANDS } from './commands.js';
 
 /** A bad command line: one line on stderr, exit status 2. */
 export class UsageError extends Error {}
@@ -247,8 +210,11 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  const sub = command === undefined ? undefined : SUBCOMMANDS[command];
+  if (sub) return sub(rest);
   if (command !== undefined && command !== 'serve') {
-    process.stderr.write(`nbd-engine: unknown command ${JSON.stringify(command)}: the command is "serve" (nbd-engine --help)\n`);
+    const names = ['serve', ...Object.keys(SUBCOMMANDS)].map((n) => `"${n}"`).join(', ');
+    process.stderr.write(`nbd-engine: unknown command ${JSON.stringify(command)}: the commands are ${names} (nbd-engine --help)\n`);
     return 2;
   }
   let parsed: ServeArgs;

@@ -1,0 +1,8 @@
+/**
+ * The subcommands besides `serve`: each takes the arguments after its name
+ * and returns the exit status (2 for a bad command line, with one line on
+ * stderr naming the problem).
+ */
+export type Subcommand = (args: readonly string[]) => Promise<number>;
+
+export const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {};
