@@ -1,0 +1,194 @@
+/**
+ * Drawing a {@link MachineGraph}: Graphviz DOT (and SVG from it, through
+ * Graphviz compiled to WebAssembly, @viz-js/viz, no network) and Mermaid
+ * `stateDiagram-v2`.
+ *
+ * In the DOT and the SVG every state carries `id="state:<stateId>"` (a node,
+ * or a cluster for a state with children) and every transition
+ * `id="tr:<transitionId>"` on its edge, so a viewer finds the element a
+ * recorded step names. A transition with several targets draws one edge per
+ * target: the first has the plain id, the others `tr:<transitionId>#<n>`.
+ * Compound states are clusters whose black dot marks the initial child (the
+ * dot is also where the state's own transitions start and end); the regions
+ * of a parallel state are dashed clusters. A transition without a target (it
+ * runs actions and stays) is a loop on its source, as is one that re-enters
+ * its source.
+ */
+import type { GraphState, GraphTransition, MachineGraph } from './statechart.js';
+
+/** The SVG / DOT element ids of states and transitions. */
+export const DOT_IDS = {
+  state: (stateId: string): string => `state:${stateId}`,
+  transition: (transitionId: string): string => `tr:${transitionId}`,
+  /** The initial-state marker (and anchor of the state's own edges) inside a compound state's cluster. */
+  initial: (stateId: string): string => `initial:${stateId}`,
+  /** The edge from that marker to the initial child. */
+  initialEdge: (stateId: string): string => `start:${stateId}`,
+} as const;
+
+interface Tree {
+  readonly byId: ReadonlyMap<string, GraphState>;
+  readonly children: ReadonlyMap<string | null, readonly GraphState[]>;
+}
+
+function tree(graph: MachineGraph): Tree {
+  const byId = new Map<string, GraphState>();
+  const children = new Map<string | null, GraphState[]>();
+  for (const s of graph.states) {
+    byId.set(s.id, s);
+    const list = children.get(s.parent) ?? [];
+    list.push(s);
+    children.set(s.parent, list);
+  }
+  return { byId, children };
+}
+
+const hasChildren = (s: GraphState): boolean => s.type === 'compound' || s.type === 'parallel';
+
+/** Whether `a` is `b` or inside it. */
+function within(t: Tree, a: string, b: string): boolean {
+  for (let s: string | null = a; s !== null; s = t.byId.get(s)?.parent ?? null) if (s === b) return true;
+  return false;
+}
+
+/** `event [guard] / a, b`. */
+export function transitionLabel(tr: GraphTransition): string {
+  const guard = tr.guard !== undefined ? ` [${tr.guard}]` : '';
+  const actions = tr.actions.length > 0 ? ` / ${tr.actions.join(', ')}` : '';
+  return `${tr.event}${guard}${actions}`;
+}
+
+/** The entry / exit / invoke lines shown under a state's name. */
+function stateNotes(s: GraphState): string[] {
+  const lines: string[] = [];
+  if (s.entry.length > 0) lines.push(`entry / ${s.entry.join(', ')}`);
+  if (s.exit.length > 0) lines.push(`exit / ${s.exit.join(', ')}`);
+  for (const src of s.invoke) lines.push(`invoke ${src}`);
+  return lines;
+}
+
+/** A DOT quoted string (newlines become line breaks). */
+function q(text: string): string {
+  return `"${text.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`;
+}
+
+const cluster = (id: string): string => `cluster_${id}`;
+
+/** The Graphviz DOT text of a machine graph. */
+export function toDot(graph: MachineGraph): string {
+  const t = tree(graph);
+  const out: string[] = [
+    `digraph ${q(graph.machine)} {`,
+    '  compound=true;',
+    '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=11];',
+    '  edge [fontname="Helvetica", fontsize=9];',
+  ];
+  const node = (s: GraphState): string => (hasChildren(s) ? DOT_IDS.initial(s.id) : s.id);
+  const draw = (s: GraphState, indent: string): void => {
+    const label = q([s.key, ...stateNotes(s)].join('\n'));
+    if (!hasChildren(s)) {
+      const shape = s.type === 'final' ? ', peripheries=2' : s.type === 'history' ? ', shape=circle' : '';
+      const text = s.type === 'history' ? q('H') : label;
+      out.push(`${indent}${q(s.id)} [id=${q(DOT_IDS.state(s.id))}, class="state ${s.type}", label=${text}${shape}];`);
+      return;
+    }
+    const parent = s.parent !== null ? t.byId.get(s.parent) : undefined;
+    const style = parent?.type === 'parallel' ? 'rounded,dashed' : 'rounded';
+    out.push(`${indent}subgraph ${q(cluster(s.id))} {`);
+    out.push(`${indent}  id=${q(DOT_IDS.state(s.id))}; class="state ${s.type}"; label=${q([s.key, ...stateNotes(s)].join('\n'))}; style=${q(style)};`);
+    const marker = s.type === 'compound' ? 'width=0.12' : 'width=0.01, style=invis';
+    out.push(`${indent}  ${q(node(s))} [id=${q(DOT_IDS.initial(s.id))}, class="initial", shape=point, label="", ${marker}];`);
+    for (const c of t.children.get(s.id) ?? []) draw(c, `${indent}  `);
+    out.push(`${indent}}`);
+  };
+  for (const root of t.children.get(null) ?? []) draw(root, '  ');
+  for (const s of graph.states) {
+    if (s.initial === null) continue;
+    const target = t.byId.get(s.initial)!;
+    const head = hasChildren(target) ? `, lhead=${q(cluster(target.id))}` : '';
+    out.push(`  ${q(node(s))} -> ${q(node(target))} [id=${q(DOT_IDS.initialEdge(s.id))}, class="initial"${head}];`);
+  }
+  for (const tr of graph.transitions) {
+    const source = t.byId.get(tr.source)!;
+    const targets = tr.targets.length > 0 ? tr.targets : [tr.source];
+    targets.forEach((targetId, n) => {
+      const target = t.byId.get(targetId)!;
+      const attrs = [`id=${q(DOT_IDS.transition(tr.id) + (n > 0 ? `#${n}` : ''))}`, `class=${q(tr.targets.length > 0 ? 'transition' : 'transition targetless')}`, `label=${q(transitionLabel(tr))}`];
+      if (hasChildren(source) && !within(t, target.id, source.id)) attrs.push(`ltail=${q(cluster(source.id))}`);
+      if (hasChildren(target) && !within(t, source.id, target.id)) attrs.push(`lhead=${q(cluster(target.id))}`);
+      out.push(`  ${q(node(source))} -> ${q(node(target))} [${attrs.join(', ')}];`);
+    });
+  }
+  out.push('}');
+  return `${out.join('\n')}\n`;
+}
+
+let viz: Promise<{ renderString(src: string, options: { format: string }): string }> | undefined;
+
+/** The SVG drawing of a machine graph (Graphviz's `dot` layout of {@link toDot}). */
+export async function toSvg(graph: MachineGraph): Promise<string> {
+  viz ??= import('@viz-js/viz').then((m) => m.instance());
+  return (await viz).renderString(toDot(graph), { format: 'svg' });
+}
+
+/** A state id as a Mermaid id (Mermaid ids cannot hold `.` or `|`): every other character becomes `_`. */
+export function mermaidId(stateId: string): string {
+  return stateId.replace(/[^A-Za-z0-9_]/g, '_');
+}
+
+/** The deepest state that holds both the source and every target strictly inside it; null: the top level. */
+function mermaidBlock(t: Tree, tr: GraphTransition): string | null {
+  for (let s = t.byId.get(tr.source)!.parent; s !== null; s = t.byId.get(s)!.parent) {
+    if (tr.targets.every((target) => target !== s && within(t, target, s))) return s;
+  }
+  return null;
+}
+
+/** The Mermaid `stateDiagram-v2` text of a machine graph. */
+export function toMermaid(graph: MachineGraph): string {
+  const t = tree(graph);
+  const seen = new Map<string, string>();
+  for (const s of graph.states) {
+    const m = mermaidId(s.id);
+    if (seen.has(m)) throw new Error(`states ${JSON.stringify(seen.get(m))} and ${JSON.stringify(s.id)} share the Mermaid id ${m}`);
+    seen.set(m, s.id);
+  }
+  const edges = new Map<string | null, string[]>();
+  const notes = new Map<string, string[]>();
+  for (const tr of graph.transitions) {
+    const source = t.byId.get(tr.source)!;
+    if (hasChildren(source) && tr.targets.every((target) => within(t, target, source.id))) {
+      // Mermaid draws no edge from a composite state to itself or into it: such transitions are listed in a note beside it.
+      const into = tr.targets.map((target) => t.byId.get(target)!.key).join(', ');
+      notes.set(source.id, [...(notes.get(source.id) ?? []), `${transitionLabel(tr)}${into ? ` → ${into}` : ''}`]);
+      continue;
+    }
+    const block = mermaidBlock(t, tr);
+    const list = edges.get(block) ?? [];
+    for (const target of tr.targets.length > 0 ? tr.targets : [tr.source]) list.push(`${mermaidId(tr.source)} --> ${mermaidId(target)} : ${transitionLabel(tr)}`);
+    edges.set(block, list);
+  }
+  const out = ['stateDiagram-v2'];
+  const block = (id: string | null, indent: string): void => {
+    const self = id !== null ? t.byId.get(id)! : undefined;
+    if (self?.initial) out.push(`${indent}[*] --> ${mermaidId(self.initial)}`);
+    (t.children.get(id) ?? []).forEach((c, i) => {
+      if (self?.type === 'parallel' && i > 0) out.push(`${indent}--`);
+      const mid = mermaidId(c.id);
+      if (hasChildren(c)) {
+        out.push(`${indent}state "${c.key}" as ${mid} {`);
+        block(c.id, `${indent}  `);
+        out.push(`${indent}}`);
+      } else {
+        out.push(`${indent}state "${c.key}" as ${mid}`);
+        for (const line of stateNotes(c)) out.push(`${indent}${mid} : ${line}`);
+        if (c.type === 'final') out.push(`${indent}${mid} --> [*]`);
+      }
+      const note = notes.get(c.id);
+      if (note) out.push(`${indent}note right of ${mid}`, ...note.map((l) => `${indent}  ${l}`), `${indent}end note`);
+    });
+    for (const e of edges.get(id) ?? []) out.push(`${indent}${e}`);
+  };
+  block(null, '  ');
+  return `${out.join('\n')}\n`;
+}
