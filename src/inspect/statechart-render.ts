@@ -11,8 +11,9 @@
  * Compound states are clusters whose black dot marks the initial child (the
  * dot is also where the state's own transitions start and end); the regions
  * of a parallel state are dashed clusters. A transition without a target (it
- * runs actions and stays) is a loop on its source, as is one that re-enters
- * its source.
+ * runs actions and stays) is a row inside its source's box (the SVG element
+ * of that row carries its tr: id), or a loop when the source has children; a
+ * transition that re-enters its source is a loop.
  */
 import type { GraphState, GraphTransition, MachineGraph } from './statechart.js';
 
@@ -24,6 +25,8 @@ export const DOT_IDS = {
   initial: (stateId: string): string => `initial:${stateId}`,
   /** The edge from that marker to the initial child. */
   initialEdge: (stateId: string): string => `start:${stateId}`,
+  /** The "any state" box inside a state with children, where its transitions into itself start. */
+  any: (stateId: string): string => `any:${stateId}`,
 } as const;
 
 interface Tree {
@@ -74,21 +77,51 @@ function q(text: string): string {
 
 const cluster = (id: string): string => `cluster_${id}`;
 
+/**
+ * The targetless transitions of each state without children: drawn as rows
+ * inside the state's box (UML's internal transitions) rather than as loops,
+ * which a state answering dozens of events (the handshake's `open`) would
+ * pile up unreadably.
+ */
+function internalTransitions(graph: MachineGraph): Map<string, GraphTransition[]> {
+  const out = new Map<string, GraphTransition[]>();
+  const leaves = new Set(graph.states.filter((s) => !hasChildren(s)).map((s) => s.id));
+  for (const tr of graph.transitions) {
+    if (tr.targets.length === 0 && leaves.has(tr.source)) out.set(tr.source, [...(out.get(tr.source) ?? []), tr]);
+  }
+  return out;
+}
+
+const html = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+
+/** A Graphviz HTML-like label: the state's name and notes, a rule, then one row (with the transition's id) per internal transition. */
+function htmlLabel(s: GraphState, rows: readonly GraphTransition[]): string {
+  const head = [s.key, ...stateNotes(s)].map((line) => `<TR><TD>${html(line)}</TD></TR>`).join('');
+  const body = rows.map((tr) => `<TR><TD ALIGN="LEFT" ID="${html(DOT_IDS.transition(tr.id))}" TOOLTIP="${html(tr.id)}">${html(transitionLabel(tr))}</TD></TR>`).join('');
+  return `<<TABLE BORDER="1" STYLE="rounded" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">${head}<HR/>${body}</TABLE>>`;
+}
+
 /** The Graphviz DOT text of a machine graph. */
 export function toDot(graph: MachineGraph): string {
   const t = tree(graph);
   const out: string[] = [
     `digraph ${q(graph.machine)} {`,
     '  compound=true;',
+    '  rankdir=LR;',
     '  node [shape=box, style=rounded, fontname="Helvetica", fontsize=11];',
     '  edge [fontname="Helvetica", fontsize=9];',
   ];
   const node = (s: GraphState): string => (hasChildren(s) ? DOT_IDS.initial(s.id) : s.id);
+  const internal = internalTransitions(graph);
+  // A transition of a state with children that stays inside it ("in any state of S, on e → a child of S") starts at an "any state" box.
+  const inward = (tr: GraphTransition): boolean => hasChildren(t.byId.get(tr.source)!) && tr.targets.every((target) => within(t, target, tr.source));
+  const anyBoxes = new Set(graph.transitions.filter(inward).map((tr) => tr.source));
   const draw = (s: GraphState, indent: string): void => {
     const label = q([s.key, ...stateNotes(s)].join('\n'));
     if (!hasChildren(s)) {
-      const shape = s.type === 'final' ? ', peripheries=2' : s.type === 'history' ? ', shape=circle' : '';
-      const text = s.type === 'history' ? q('H') : label;
+      const rows = internal.get(s.id);
+      const shape = rows ? ', shape=plain' : s.type === 'final' ? ', peripheries=2' : s.type === 'history' ? ', shape=circle' : '';
+      const text = rows ? htmlLabel(s, rows) : s.type === 'history' ? q('H') : label;
       out.push(`${indent}${q(s.id)} [id=${q(DOT_IDS.state(s.id))}, class="state ${s.type}", label=${text}${shape}];`);
       return;
     }
@@ -98,6 +131,7 @@ export function toDot(graph: MachineGraph): string {
     out.push(`${indent}  id=${q(DOT_IDS.state(s.id))}; class="state ${s.type}"; label=${q([s.key, ...stateNotes(s)].join('\n'))}; style=${q(style)};`);
     const marker = s.type === 'compound' ? 'width=0.12' : 'width=0.01, style=invis';
     out.push(`${indent}  ${q(node(s))} [id=${q(DOT_IDS.initial(s.id))}, class="initial", shape=point, label="", ${marker}];`);
+    if (anyBoxes.has(s.id)) out.push(`${indent}  ${q(DOT_IDS.any(s.id))} [id=${q(DOT_IDS.any(s.id))}, class="any", label="any state", style="rounded,dashed", fontsize=9];`);
     for (const c of t.children.get(s.id) ?? []) draw(c, `${indent}  `);
     out.push(`${indent}}`);
   };
@@ -110,13 +144,16 @@ export function toDot(graph: MachineGraph): string {
   }
   for (const tr of graph.transitions) {
     const source = t.byId.get(tr.source)!;
+    if (internal.get(source.id)?.includes(tr)) continue;
     const targets = tr.targets.length > 0 ? tr.targets : [tr.source];
     targets.forEach((targetId, n) => {
       const target = t.byId.get(targetId)!;
       const attrs = [`id=${q(DOT_IDS.transition(tr.id) + (n > 0 ? `#${n}` : ''))}`, `class=${q(tr.targets.length > 0 ? 'transition' : 'transition targetless')}`, `label=${q(transitionLabel(tr))}`];
-      if (hasChildren(source) && !within(t, target.id, source.id)) attrs.push(`ltail=${q(cluster(source.id))}`);
+      const tail = inward(tr) ? DOT_IDS.any(source.id) : node(source);
+      if (hasChildren(source) && !inward(tr)) attrs.push(`ltail=${q(cluster(source.id))}`);
       if (hasChildren(target) && !within(t, source.id, target.id)) attrs.push(`lhead=${q(cluster(target.id))}`);
-      out.push(`  ${q(node(source))} -> ${q(node(target))} [${attrs.join(', ')}];`);
+      const head = tr.targets.length === 0 ? tail : node(target);
+      out.push(`  ${q(tail)} -> ${q(head)} [${attrs.join(', ')}];`);
     });
   }
   out.push('}');
@@ -128,7 +165,8 @@ let viz: Promise<{ renderString(src: string, options: { format: string }): strin
 /** The SVG drawing of a machine graph (Graphviz's `dot` layout of {@link toDot}). */
 export async function toSvg(graph: MachineGraph): Promise<string> {
   viz ??= import('@viz-js/viz').then((m) => m.instance());
-  return (await viz).renderString(toDot(graph), { format: 'svg' });
+  // Graphviz names a table cell's element "a_" + its ID: the transitions listed inside a state get their plain tr: id back.
+  return (await viz).renderString(toDot(graph), { format: 'svg' }).replace(/ id="a_(tr:[^"]*)"/g, ' id="$1"');
 }
 
 /** A state id as a Mermaid id (Mermaid ids cannot hold `.` or `|`): every other character becomes `_`. */

@@ -100,14 +100,18 @@ describe('drawings', () => {
       expect(dot).toContain(`id="state:${s.id}"`);
       expect(mermaid).toMatch(new RegExp(`\\bas ${mermaidId(s.id)}\\b`));
     }
-    for (const t of g.transitions) expect(dot).toContain(`id="tr:${t.id}"`);
+    for (const t of g.transitions) expect(dot.toLowerCase()).toContain(`id="tr:${t.id}"`.toLowerCase());
     // Mermaid ids hold no dots or bars.
     for (const m of mermaid.matchAll(/ as (\S+)/g)) expect(m[1]).toMatch(/^[A-Za-z0-9_]+$/);
   });
 
-  it('draws a targetless transition as a loop and a parallel state with dashed regions', () => {
+  it('lists targetless transitions inside their state, loops them on a composite one, and dashes parallel regions', () => {
     const dot = toDot(graphs.transmission);
-    expect(dot).toContain('"transmission.open" -> "transmission.open" [id="tr:transmission.open|request|1"');
+    expect(dot).toMatch(/"transmission.open" \[id="state:transmission.open", [^\n]*<TD ALIGN="LEFT" ID="tr:transmission.open\|request\|1" [^>]*>request \/ validate<\/TD>/);
+    expect(dot).toContain('"transmission.open" -> "transmission.draining" [id="tr:transmission.open|request|0"');
+    const hs = toDot(graphs.handshake);
+    expect(hs).toContain('"any:handshake" -> "any:handshake" [id="tr:handshake|server.shutdown|0"');
+    expect(hs).toContain('"any:handshake" -> "handshake.disconnected" [id="tr:handshake|socket.closed|0"');
     const conn = toDot(graphs.connection);
     expect(conn).toMatch(/id="state:connection.phase"; class="state compound"; label="phase"; style="rounded,dashed"/);
     expect(toMermaid(graphs.connection)).toMatch(/\n {4}--\n {4}state "reading" as connection_reading \{/);
