@@ -1,3 +1,5 @@
+import { runMachines } from './machines.js';
+
 /**
  * The subcommands besides `serve`: each takes the arguments after its name
  * and returns the exit status (2 for a bad command line, with one line on
@@ -5,4 +7,6 @@
  */
 export type Subcommand = (args: readonly string[]) => Promise<number>;
 
-export const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {};
+export const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
+  machines: runMachines,
+};

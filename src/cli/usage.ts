@@ -36,4 +36,5 @@ Other:
   --run CMD              run CMD with $uri, $unixsocket set; exit with its status
   -v, --verbose          log connections and protocol decisions
   -h, --help
+  nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)
 `;

@@ -174,14 +174,6 @@ export function mermaidId(stateId: string): string {
   return stateId.replace(/[^A-Za-z0-9_]/g, '_');
 }
 
-/** The deepest state that holds both the source and every target strictly inside it; null: the top level. */
-function mermaidBlock(t: Tree, tr: GraphTransition): string | null {
-  for (let s = t.byId.get(tr.source)!.parent; s !== null; s = t.byId.get(s)!.parent) {
-    if (tr.targets.every((target) => target !== s && within(t, target, s))) return s;
-  }
-  return null;
-}
-
 /** The Mermaid `stateDiagram-v2` text of a machine graph. */
 export function toMermaid(graph: MachineGraph): string {
   const t = tree(graph);
@@ -191,7 +183,7 @@ export function toMermaid(graph: MachineGraph): string {
     if (seen.has(m)) throw new Error(`states ${JSON.stringify(seen.get(m))} and ${JSON.stringify(s.id)} share the Mermaid id ${m}`);
     seen.set(m, s.id);
   }
-  const edges = new Map<string | null, string[]>();
+  const edges: string[] = [];
   const notes = new Map<string, string[]>();
   for (const tr of graph.transitions) {
     const source = t.byId.get(tr.source)!;
@@ -201,10 +193,7 @@ export function toMermaid(graph: MachineGraph): string {
       notes.set(source.id, [...(notes.get(source.id) ?? []), `${transitionLabel(tr)}${into ? ` → ${into}` : ''}`]);
       continue;
     }
-    const block = mermaidBlock(t, tr);
-    const list = edges.get(block) ?? [];
-    for (const target of tr.targets.length > 0 ? tr.targets : [tr.source]) list.push(`${mermaidId(tr.source)} --> ${mermaidId(target)} : ${transitionLabel(tr)}`);
-    edges.set(block, list);
+    for (const target of tr.targets.length > 0 ? tr.targets : [tr.source]) edges.push(`  ${mermaidId(tr.source)} --> ${mermaidId(target)} : ${transitionLabel(tr)}`);
   }
   const out = ['stateDiagram-v2'];
   const block = (id: string | null, indent: string): void => {
@@ -225,8 +214,10 @@ export function toMermaid(graph: MachineGraph): string {
       const note = notes.get(c.id);
       if (note) out.push(`${indent}note right of ${mid}`, ...note.map((l) => `${indent}  ${l}`), `${indent}end note`);
     });
-    for (const e of edges.get(id) ?? []) out.push(`${indent}${e}`);
   };
   block(null, '  ');
+  // Every edge at the top level, after all states are declared: Mermaid moves a state into the
+  // composite block where an edge names it, so edges inside blocks would pull states out of theirs.
+  out.push(...edges);
   return `${out.join('\n')}\n`;
 }
