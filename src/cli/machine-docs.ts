@@ -8,15 +8,26 @@
  *   ```
  *   <!-- /machines -->
  *
+ * and docs/machines/NAME.svg are its `--format svg` drawings.
  * `npm run docs:machines` (scripts/gen-machine-docs.mjs) rewrites every
- * marked block from the machine definitions, and a unit test fails when a
- * block differs from what it would write.
+ * marked block and SVG file from the machine definitions, and a unit test
+ * fails when one differs from what it would write.
  */
 import { MACHINE_NAMES, type MachineName } from '../inspect/statechart.js';
-import { renderText, type TextFormat } from './machines.js';
+import { renderMachines, renderText, type TextFormat } from './machines.js';
 
 /** The files whose marked blocks are generated, relative to the repository root. */
 export const MACHINE_DOC_FILES = ['docs/machines.md', 'README.md'] as const;
+
+/** The generated SVG drawings, relative to the repository root, by machine. */
+export const MACHINE_SVG_FILES: Readonly<Record<MachineName, string>> = Object.fromEntries(
+  MACHINE_NAMES.map((name) => [name, `docs/machines/${name}.svg`]),
+) as Record<MachineName, string>;
+
+/** A generated SVG file's contents: `nbd-engine machines --format svg --machine NAME`. */
+export function machineSvg(name: MachineName): Promise<string> {
+  return renderMachines('svg', [name]);
+}
 
 const BLOCK = /<!-- machines:([^:\s]+):([^\s]+) -->\n[\s\S]*?<!-- \/machines -->/g;
 const FENCE: Readonly<Record<TextFormat, string>> = { mermaid: 'mermaid', dot: 'dot', json: 'json' };

@@ -66,7 +66,15 @@ function parseError(err: Error & { code?: string }): string {
   return first;
 }
 
-const write = (text: string): Promise<void> => new Promise((resolve, reject) => process.stdout.write(text, (err) => (err ? reject(err) : resolve())));
+/** Write to stdout; a reader that went away early (`… | head`) ends the output quietly, as for other tools. */
+function write(text: string): Promise<void> {
+  if (process.stdout.listenerCount('error') === 0) {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+    });
+  }
+  return new Promise((resolve, reject) => process.stdout.write(text, (err) => (err && (err as NodeJS.ErrnoException).code !== 'EPIPE' ? reject(err) : resolve())));
+}
 
 export async function runMachines(args: readonly string[]): Promise<number> {
   let values: { format?: string; machine?: string; output?: string; help?: boolean };
