@@ -20,6 +20,8 @@ import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport
 import { validateLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
 import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
+import { ServerRecorder } from '../inspect/recorder.js';
+import type { TraceSink } from '../inspect/trace-format.js';
 
 export type { ExportConfig } from './export-entry.js';
 
@@ -75,6 +77,8 @@ export interface ServerOptions {
   readonly structuredReplies?: boolean;
   /** Offer the experimental extended headers (default true). */
   readonly extendedHeaders?: boolean;
+  /** Record every connection (open, machine events and steps, frames both ways, TLS, refusals, close) here, e.g. `traceFile(path)`. */
+  readonly trace?: TraceSink;
 }
 
 export interface ConnectionInfo extends ConnectionRef {
@@ -111,6 +115,7 @@ export class NbdServer {
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
   private spareScheduled = false;
+  private readonly recorder: ServerRecorder;
 
   constructor(private readonly options: ServerOptions) {
     this.logger = options.logger ?? consoleLogger(false);
@@ -138,6 +143,17 @@ export class NbdServer {
     };
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();
+    this.recorder = new ServerRecorder(options.trace);
+  }
+
+  /**
+   * Record every live and future connection to `sink` until unsubscribed. A
+   * live connection first gives the sink its open record and a snapshot of
+   * each running machine, then everything after. With no tap and no `trace`
+   * option, no connection is observed.
+   */
+  tap(sink: TraceSink): { unsubscribe(): void } {
+    return this.recorder.tap(sink);
   }
 
   /** Whether TLS is required (URIs then use nbds://). */
@@ -217,6 +233,7 @@ export class NbdServer {
       onRequest: (s) => s.destroy('request before negotiation', 'NBD_ERR_INTERNAL'),
       onClose: (_s, closeInfo) => {
         this.sessions.delete(session);
+        this.recorder.close(session, closeInfo);
         this.prepareSpareActor();
         this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, code: closeInfo.code, reason: closeInfo.reason });
         this.logger.info?.(`${peer}: closed (${closeInfo.outcome}, ${withCode(closeInfo.code, closeInfo.reason)})`);
@@ -242,6 +259,7 @@ export class NbdServer {
       handlers,
     );
     this.sessions.add(session);
+    this.recorder.open(session, socket.remoteAddress ? `${socket.remoteAddress}:${(socket as { remotePort?: number }).remotePort}` : 'local');
     this.connectionSubject.next({ type: 'opened', connection: info });
     this.logger.info?.(`${peer}: opened`);
     session.start();

@@ -30,6 +30,7 @@ import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { parseSize } from './size.js';
 import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
+import { TRACE_MAX_BYTES, traceFile, type TraceFileOptions } from '../inspect/trace-file.js';
 
 /** A bad command line: one line on stderr, exit status 2. */
 export class UsageError extends Error {}
@@ -60,6 +61,10 @@ const OPTIONS = {
   'max-buffered-bytes': { type: 'string' },
   'handshake-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  trace: { type: 'string' },
+  'trace-max': { type: 'string' },
+  'trace-prefix': { type: 'string' },
+  'trace-rotate': { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -159,6 +164,8 @@ export interface ServeArgs {
   readonly limits: ServerLimits;
   readonly port?: number;
   readonly tlsMode: 'off' | 'on' | 'require';
+  /** `--trace FILE` and its cap, payload prefix and rotation. */
+  readonly trace?: TraceFileOptions & { readonly path: string };
 }
 
 /** Parse `serve`'s arguments; throws UsageError with a one-line message. */
@@ -201,7 +208,16 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     // Serving plaintext when credentials were given is never what was meant.
     throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require`);
   }
-  return { values, help: false, memorySize, limits, port, tlsMode };
+  const traceFlag = (['trace-max', 'trace-prefix', 'trace-rotate'] as const).find((f) => values[f] !== undefined);
+  if (values.trace === undefined && traceFlag) throw new UsageError(`--${traceFlag} given without --trace FILE`);
+  if (values.trace === '') throw new UsageError('--trace: expected a path, got ""');
+  const trace = values.trace === undefined ? undefined : {
+    path: values.trace,
+    maxBytes: parseSizeFlag('trace-max', values['trace-max'] ?? String(TRACE_MAX_BYTES), 4096, Number.MAX_SAFE_INTEGER),
+    prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
+    rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
+  };
+  return { values, help: false, memorySize, limits, port, tlsMode, trace };
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -245,11 +261,13 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);
     return 1;
   }
+  const trace = parsed.trace ? traceFile(parsed.trace.path, { ...parsed.trace, logger }) : undefined;
   let server: NbdServer;
   try {
     server = createServer({
       exports: [exp],
       logger,
+      trace,
       limits: Object.keys(limits).length > 0 ? limits : undefined,
       tls:
         tlsMode === 'off'
@@ -316,6 +334,7 @@ export async function main(argv: string[]): Promise<number> {
 
   const cleanup = async () => {
     await server.close({ timeout: 5000 });
+    await trace?.close();
     if (unixSocket) fs.rmSync(unixSocket, { force: true });
     if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
   };

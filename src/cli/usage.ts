@@ -34,6 +34,10 @@ Limits (per connection unless noted):
 
 Other:
   --run CMD              run CMD with $uri, $unixsocket set; exit with its status
+  --trace FILE           record every connection to FILE (JSON Lines; read it with nbd-engine trace show)
+  --trace-max SIZE       trace file size cap (default 64M); at the cap recording stops with an end record
+  --trace-rotate N       at the cap rotate instead: FILE becomes FILE.1 …, N old files kept (default 0: stop)
+  --trace-prefix N       record the first N payload bytes as hex (default 0: lengths only; at most 4096)
   -v, --verbose          log connections and protocol decisions
   -h, --help
   nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)

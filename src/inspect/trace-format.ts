@@ -151,3 +151,14 @@ export type TraceRecord =
   | RefusalRecord
   | CloseRecord
   | EndRecord;
+
+/**
+ * Where records go: a trace file (`./trace-file.ts`), the live view, a test.
+ * `write` is called synchronously on the connection's path, so it must only
+ * queue. `prefixBytes`: how many leading payload bytes this sink wants as hex
+ * (default none; the largest asked by any sink attached is recorded).
+ */
+export interface TraceSink {
+  write(record: TraceRecord): void;
+  readonly prefixBytes?: number;
+}

@@ -170,12 +170,15 @@ export interface ReplyOutput {
  */
 export class ReplyEncoder {
   mode: ReplyMode = 'simple';
+  /** Sees every reply's frames when something records the connection (the trace); null otherwise, one check per reply. */
+  tap: ((frame: readonly Buffer[]) => void) | null = null;
 
   /** @param out where replies go; the connection points it at a new output when one replaces it (STARTTLS). */
   constructor(public out: ReplyOutput) {}
 
   /** Success without data (every command but READ and BLOCK_STATUS). */
   ok(cookie: bigint, requestOffset: number): void {
+    if (this.tap) this.tap(replyOk(this.mode, cookie, requestOffset));
     // Without extended headers that is a simple reply, written in place.
     if (this.mode !== 'extended') this.out.writeSimple(cookie, 0);
     else this.out.write(replyOk(this.mode, cookie, requestOffset));
@@ -183,6 +186,7 @@ export class ReplyEncoder {
 
   /** A successful READ: one buffer, or segments with holes (`df`: NBD_CMD_FLAG_DF). */
   read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean): void {
+    if (this.tap) this.tap(Buffer.isBuffer(data) ? replyReadBuffer(this.mode, cookie, offset, data, df) : replyRead(this.mode, cookie, offset, data, df));
     if (!Buffer.isBuffer(data)) this.out.write(replyRead(this.mode, cookie, offset, data, df));
     // One buffer is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing for one chunk.
     else if (data.length > 0) this.out.writeRead(this.mode, cookie, offset, data);
@@ -191,11 +195,14 @@ export class ReplyEncoder {
 
   /** BLOCK_STATUS: the extents of each selected context. */
   blockStatus(cookie: bigint, requestOffset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>): void {
-    this.out.write(replyBlockStatus(this.mode, cookie, requestOffset, contexts));
+    const frame = replyBlockStatus(this.mode, cookie, requestOffset, contexts);
+    if (this.tap) this.tap(frame);
+    this.out.write(frame);
   }
 
   /** An error: the errno, and the message where the form carries one. */
   error(cookie: bigint, command: number, errno: number, message: string | undefined, requestOffset: number | bigint): void {
+    if (this.tap) this.tap(this.mode === 'simple' ? encodeSimpleReply(cookie, errno) : replyError(this.mode, cookie, command, errno, message, requestOffset));
     if (this.mode === 'simple') this.out.writeSimple(cookie, errno);
     else this.out.write(replyError(this.mode, cookie, command, errno, message, requestOffset));
   }

@@ -27,7 +27,7 @@ export interface EffectHost {
   ignoreAfterStop(bytes: number): void;
   startTls(): void;
   deliver(frame: RequestFrame): void;
-  refuse(refusal: Pick<Refusal, 'frame' | 'errno' | 'message'>): void;
+  refuse(refusal: Pick<Refusal, 'frame' | 'code' | 'errno' | 'message'>): void;
   /** Draining began: the clocks stop; with nothing in flight the machine hears so. */
   draining(): void;
 }

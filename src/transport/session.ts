@@ -19,7 +19,7 @@ import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../
 import type { Extent } from '../protocol/encoder.js';
 import type { ReplySink } from '../api/request.js';
 import { cmdName, errnoName } from '../protocol/constants.js';
-import type { Negotiated } from '../machines/types.js';
+import type { Negotiated, Refusal } from '../machines/types.js';
 import { ReplyWriter } from './socket.js';
 import { releaseBytes } from './slab-account.js';
 import { FlowControl } from './flow.js';
@@ -32,6 +32,7 @@ import { ConnectionMachines } from './machines.js';
 import { ConnectionEnding } from './endings.js';
 import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
+import type { ConnectionTrace } from '../inspect/recorder.js';
 
 export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 
@@ -53,6 +54,8 @@ export class Session implements ReplySink {
   private readonly input: SocketInput;
   private readonly ending: ConnectionEnding;
   private readonly log: Logger;
+  /** The recorder while something records this connection (set by `record`, from server.ts); null otherwise: each tap is one check. */
+  trace: ConnectionTrace | null = null;
 
   constructor(socket: Duplex, private readonly options: SessionOptions, private readonly handlers: SessionHandlers) {
     this.id = options.id;
@@ -83,7 +86,10 @@ export class Session implements ReplySink {
       draining: () => this.machines.draining,
       readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
-      sendRequests: (frames) => (frames.length === 1 ? this.sendToActive({ type: 'request', frame: frames[0] }) : this.sendToActive({ type: 'requests', frames })),
+      sendRequests: (frames) => {
+        if (this.trace) for (const f of frames) this.trace.frameIn(f);
+        this.sendToActive(frames.length === 1 ? { type: 'request', frame: frames[0] } : { type: 'requests', frames });
+      },
       dispatch: (f) => this.dispatch(f),
       fatal: (f) => this.ending.fatal(f),
       afterDisc: () => {
@@ -120,7 +126,10 @@ export class Session implements ReplySink {
     this.replies = new ReplyEncoder(this.writer);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
     this.machines = new ConnectionMachines(this.actor, {
-      handshake: (e) => handshakeEffect(this.effectHost, e),
+      handshake: (e) => {
+        if (this.trace) this.trace.handshakeEffect(e);
+        handshakeEffect(this.effectHost, e);
+      },
       // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the moment it finishes,
       // before the transmission machine is built: the client is waiting for them.
       handshakeDone: () => this.writer.flushNow(),
@@ -167,6 +176,11 @@ export class Session implements ReplySink {
   /** The connection actor (for inspection and tests). */
   get connectionActor(): ConnectionActor {
     return this.actor;
+  }
+
+  record(t: ConnectionTrace | null): void {
+    this.trace = t;
+    this.replies.tap = t ? (frame) => t.replyOut(frame) : null;
   }
 
   /** The reply form negotiation fixed. */
@@ -222,6 +236,7 @@ export class Session implements ReplySink {
   };
 
   private dispatch(f: ClientFrame): void {
+    if (this.trace) this.trace.frameIn(f);
     switch (f.kind) {
       case 'request':
         this.sendToActive({ type: 'request', frame: f });
@@ -282,7 +297,8 @@ export class Session implements ReplySink {
     }
   }
 
-  private refuse(e: { frame: RequestFrame; errno: number; message: string }): void {
+  private refuse(e: Pick<Refusal, 'frame' | 'code' | 'errno' | 'message'>): void {
+    if (this.trace) this.trace.refusal(e);
     this.log.debug?.(`${this.peer}: ${cmdName(e.frame.type)} refused with ${errnoName(e.errno)} (${e.message})`);
     this.replies.error(e.frame.cookie, e.frame.type, e.errno, e.message, e.frame.wireOffset ?? e.frame.offset);
   }
@@ -337,6 +353,7 @@ export class Session implements ReplySink {
     stillUpgrading: () => !this.machines.closed && this.machines.upgrading,
     adopt: ({ stream: secure, identity, protocol, cipher }) => {
       this.tlsIdentity = identity;
+      this.trace?.tls('established', [protocol, cipher].filter(Boolean).join(' '));
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;
       this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
@@ -360,6 +377,7 @@ export class Session implements ReplySink {
   private failTls(code: TlsDropCode, logLine: string): void {
     if (this.machines.closed) return;
     this.ending.logDrop(withCode(code, logLine));
+    this.trace?.tls('failed', withCode(code, logLine));
     this.input.detach();
     const reason = messageOf(code);
     this.sendToActive({ type: 'tls.failed', message: reason });

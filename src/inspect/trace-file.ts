@@ -1,0 +1,143 @@
+/**
+ * A trace file: JSON Lines, the header record first, written in batches (a
+ * record only joins a queue on the connection's path; the queue goes to the
+ * file once per event-loop turn). At the size cap the file either ends with
+ * an `end` record (`reason: 'cap'`, the default) or, with `rotate: N`, is
+ * renamed to FILE.1 (FILE.1 to FILE.2 …, keeping N) and a new FILE begins.
+ * A write error is logged once; recording stops and the server goes on.
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import type { Logger } from '../transport/logger.js';
+import { TRACE_VERSION, type TraceHeader, type TraceRecord, type TraceSink } from './trace-format.js';
+
+/** Default size cap of one trace file: 64 MiB. */
+export const TRACE_MAX_BYTES = 64 * 1024 * 1024;
+
+export interface TraceFileOptions {
+  /** Bytes per file before the cap applies (default 64 MiB). */
+  readonly maxBytes?: number;
+  /** Leading payload bytes recorded as hex (default 0: lengths only). */
+  readonly prefixBytes?: number;
+  /** At the cap, rotate and keep this many old files (FILE.1 … FILE.N); default 0: stop recording at the cap. */
+  readonly rotate?: number;
+  /** Where the one line about a write error goes (default stderr). */
+  readonly logger?: Pick<Logger, 'error'>;
+}
+
+export interface TraceFile extends TraceSink {
+  readonly path: string;
+  /** Write what is queued, end the file and close it. */
+  close(): Promise<void>;
+}
+
+function packageVersion(): string {
+  try {
+    return (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function traceFile(path: string, options: TraceFileOptions = {}): TraceFile {
+  const maxBytes = options.maxBytes ?? TRACE_MAX_BYTES;
+  const keep = options.rotate ?? 0;
+  const logger = options.logger ?? { error: (m: string) => process.stderr.write(`nbd-engine: ${m}\n`) };
+  if (!(maxBytes > 0)) throw new RangeError(`trace maxBytes must be positive, got ${maxBytes}`);
+  if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`trace rotate must be a whole number ≥ 0, got ${keep}`);
+  const version = packageVersion();
+  let stream: fs.WriteStream;
+  let queue: string[] = [];
+  let bytes = 0;
+  let scheduled = false;
+  /** 'on' records; 'capped' reached the cap without rotation; 'failed' a write failed; 'closed' after close(). */
+  let state: 'on' | 'capped' | 'failed' | 'closed' = 'on';
+  const streams = new Set<Promise<void>>();
+
+  const line = (r: TraceRecord): string => `${JSON.stringify(r)}\n`;
+
+  const open = (): void => {
+    const s = fs.createWriteStream(path, { flags: 'w' });
+    stream = s;
+    const finished = new Promise<void>((resolve) => {
+      s.on('close', () => resolve());
+      s.on('error', (err) => {
+        if (state === 'on' || state === 'capped') logger.error(`trace file ${path}: ${err.message}; recording stopped`);
+        if (state === 'on') state = 'failed';
+        queue = [];
+        resolve();
+      });
+    });
+    streams.add(finished);
+    void finished.then(() => streams.delete(finished));
+    const header: TraceHeader = { type: 'trace', v: TRACE_VERSION, t: Date.now(), server: 'nbd-engine', version, pid: process.pid };
+    const h = line(header);
+    queue.push(h);
+    bytes = Buffer.byteLength(h);
+  };
+
+  const flush = (): void => {
+    scheduled = false;
+    if (queue.length === 0 || stream.destroyed) return;
+    const chunk = queue.join('');
+    queue = [];
+    stream.write(chunk);
+  };
+
+  const schedule = (): void => {
+    if (scheduled) return;
+    scheduled = true;
+    setImmediate(flush);
+  };
+
+  const end = (reason: 'cap' | 'rotate' | 'closed'): void => {
+    queue.push(line(reason === 'rotate' ? { type: 'end', t: Date.now(), reason, next: path } : { type: 'end', t: Date.now(), reason }));
+    flush();
+    stream.end();
+  };
+
+  const rotate = (): void => {
+    end('rotate');
+    // The old stream keeps writing to its file under the new name (a rename does not move an open file's data).
+    try {
+      fs.rmSync(`${path}.${keep}`, { force: true });
+      for (let i = keep - 1; i >= 1; i--) if (fs.existsSync(`${path}.${i}`)) fs.renameSync(`${path}.${i}`, `${path}.${i + 1}`);
+      fs.renameSync(path, `${path}.1`);
+    } catch (err) {
+      logger.error(`trace file ${path}: rotating failed: ${(err as Error).message}; recording stopped`);
+      state = 'failed';
+      return;
+    }
+    open();
+  };
+
+  open();
+  schedule();
+  return {
+    path,
+    prefixBytes: options.prefixBytes ?? 0,
+    write(record: TraceRecord): void {
+      if (state !== 'on') return;
+      const l = line(record);
+      const n = Buffer.byteLength(l);
+      if (bytes + n > maxBytes) {
+        if (keep === 0) {
+          state = 'capped';
+          end('cap');
+          return;
+        }
+        rotate();
+        if (state !== 'on') return;
+      }
+      queue.push(l);
+      bytes += n;
+      schedule();
+    },
+    async close(): Promise<void> {
+      if (state === 'on') end('closed');
+      else if (!stream.writableEnded) stream.end();
+      state = 'closed';
+      await Promise.all([...streams]);
+    },
+  };
+}
