@@ -1,4 +1,5 @@
 import { runMachines } from './machines.js';
+import { runTrace } from './trace.js';
 
 /**
  * The subcommands besides `serve`: each takes the arguments after its name
@@ -9,4 +10,5 @@ export type Subcommand = (args: readonly string[]) => Promise<number>;
 
 export const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
   machines: runMachines,
+  trace: runTrace,
 };

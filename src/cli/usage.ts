@@ -41,4 +41,5 @@ Other:
   -v, --verbose          log connections and protocol decisions
   -h, --help
   nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)
+  nbd-engine trace       read a trace file: trace show FILE [--connection N] [--follow] [--no-machines]
 `;
