@@ -46,7 +46,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   if (!(maxBytes > 0)) throw new RangeError(`trace maxBytes must be positive, got ${maxBytes}`);
   if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`trace rotate must be a whole number ≥ 0, got ${keep}`);
   const version = packageVersion();
-  let stream: fs.WriteStream;
+  let stream: fs.WriteStream | null = null;
   let queue: string[] = [];
   let bytes = 0;
   let scheduled = false;
@@ -57,7 +57,17 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   const line = (r: TraceRecord): string => `${JSON.stringify(r)}\n`;
 
   const open = (): void => {
-    const s = fs.createWriteStream(path, { flags: 'w' });
+    // Opened now (once per file, not per record), so that a rotation's rename moves a file this stream already holds.
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'w');
+    } catch (err) {
+      logger.error(`trace file ${path}: ${(err as Error).message}; recording stopped`);
+      state = 'failed';
+      stream = null;
+      return;
+    }
+    const s = fs.createWriteStream(path, { fd });
     stream = s;
     const finished = new Promise<void>((resolve) => {
       s.on('close', () => resolve());
@@ -78,7 +88,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
 
   const flush = (): void => {
     scheduled = false;
-    if (queue.length === 0 || stream.destroyed) return;
+    if (queue.length === 0 || !stream || stream.destroyed) return;
     const chunk = queue.join('');
     queue = [];
     stream.write(chunk);
@@ -93,7 +103,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   const end = (reason: 'cap' | 'rotate' | 'closed'): void => {
     queue.push(line(reason === 'rotate' ? { type: 'end', t: Date.now(), reason, next: path } : { type: 'end', t: Date.now(), reason }));
     flush();
-    stream.end();
+    stream?.end();
   };
 
   const rotate = (): void => {
@@ -112,7 +122,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   };
 
   open();
-  schedule();
+  if (state === 'on') schedule();
   return {
     path,
     prefixBytes: options.prefixBytes ?? 0,
@@ -135,7 +145,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
     },
     async close(): Promise<void> {
       if (state === 'on') end('closed');
-      else if (!stream.writableEnded) stream.end();
+      else if (stream && !stream.writableEnded) stream.end();
       state = 'closed';
       await Promise.all([...streams]);
     },

@@ -52,12 +52,13 @@ export function clientFrame(f: ClientFrame, prefixBytes = 0): FrameSummary {
     case 'clientFlags':
       return { name: 'clientFlags', fields: { flags: flagNames(CLIENT_FLAGS, f.flags) } };
     case 'option': {
-      const fields: { [key: string]: Json } = { length: f.length };
+      const fields: { [key: string]: Json } = {};
       if ('name' in f) fields.name = f.name;
       if ('requests' in f) fields.info = f.requests.map((r) => infoName(r));
       if ('queries' in f) fields.queries = [...f.queries];
       if ('hasData' in f && f.hasData) fields.hasData = true;
       if (f.problem) fields.problem = `${f.problem.reply}: ${f.problem.message}`;
+      fields.length = f.length;
       return { name: optName(f.code), fields };
     }
     case 'request': {

@@ -1,0 +1,81 @@
+/**
+ * traceFile(): header first, JSON Lines, the size cap (an end record by
+ * default, rotation with `rotate`), and a write error as one log line.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { traceFile } from '../../../src/inspect/trace-file.js';
+import type { TraceRecord } from '../../../src/inspect/trace-format.js';
+
+let dir: string;
+beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trace-file-'))));
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const read = (f: string): TraceRecord[] => fs.readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as TraceRecord);
+const open = (conn: number): TraceRecord => ({ type: 'open', t: 1, conn, peer: 'x'.repeat(50) });
+
+describe('traceFile', () => {
+  it('writes the header, then each record on its own line, then the end record on close', async () => {
+    const f = path.join(dir, 't.jsonl');
+    const t = traceFile(f);
+    t.write(open(1));
+    t.write(open(2));
+    await t.close();
+    const rs = read(f);
+    expect(rs.map((r) => r.type)).toEqual(['trace', 'open', 'open', 'end']);
+    expect(rs[0]).toMatchObject({ v: 1, server: 'nbd-engine', pid: process.pid });
+    expect(rs[3]).toMatchObject({ reason: 'closed' });
+  });
+
+  it('stops at the cap with an end record (the default)', async () => {
+    const f = path.join(dir, 't.jsonl');
+    const t = traceFile(f, { maxBytes: 1000 });
+    for (let i = 1; i <= 100; i++) t.write(open(i));
+    await t.close();
+    const rs = read(f);
+    expect(rs.at(-1)).toMatchObject({ type: 'end', reason: 'cap' });
+    expect(rs.filter((r) => r.type === 'end')).toHaveLength(1);
+    const opens = rs.filter((r) => r.type === 'open');
+    expect(opens.length).toBeGreaterThan(3);
+    expect(opens.length).toBeLessThan(100);
+    // Everything before the end record fits the cap.
+    const text = fs.readFileSync(f, 'utf8');
+    expect(Buffer.byteLength(text.slice(0, text.lastIndexOf('{"type":"end"')))).toBeLessThanOrEqual(1000);
+  });
+
+  it('rotates at the cap with rotate: N, keeping N old files, each starting with a header', async () => {
+    const f = path.join(dir, 't.jsonl');
+    const t = traceFile(f, { maxBytes: 1000, rotate: 2 });
+    for (let i = 1; i <= 100; i++) t.write(open(i));
+    await t.close();
+    expect(fs.readdirSync(dir).sort()).toEqual(['t.jsonl', 't.jsonl.1', 't.jsonl.2']);
+    const current = read(f);
+    const older = read(`${f}.1`);
+    expect(current[0]!.type).toBe('trace');
+    expect(older[0]!.type).toBe('trace');
+    expect(older.at(-1)).toMatchObject({ type: 'end', reason: 'rotate', next: f });
+    // The newest records are in FILE, the last of them conn 100; FILE.1 holds the ones just before.
+    const lastOlder = (older.filter((r) => r.type === 'open').at(-1) as { conn: number }).conn;
+    const firstCurrent = (current.find((r) => r.type === 'open') as { conn: number }).conn;
+    expect(firstCurrent).toBe(lastOlder + 1);
+    expect(current.filter((r) => r.type === 'open').at(-1)).toMatchObject({ conn: 100 });
+  });
+
+  it('a write error is one log line; recording stops, nothing throws', async () => {
+    const lines: string[] = [];
+    const t = traceFile(path.join(dir, 'no-such-dir', 't.jsonl'), { logger: { error: (m) => lines.push(m) } });
+    t.write(open(1));
+    await new Promise((r) => setTimeout(r, 50));
+    t.write(open(2));
+    await t.close();
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/no-such-dir.*recording stopped/);
+  });
+
+  it('rejects a cap that is not positive and a rotate count that is not a whole number', () => {
+    expect(() => traceFile(path.join(dir, 'a'), { maxBytes: 0 })).toThrow(/maxBytes/);
+    expect(() => traceFile(path.join(dir, 'b'), { rotate: 1.5 })).toThrow(/rotate/);
+  });
+});
