@@ -10,6 +10,8 @@
 // 4 KiB read and write through a whole Session (decoder → machine → memory
 // backend → reply writer) over an in-process duplex; one whole connection
 // (accept, greeting, the options nbdinfo --size sends, DISC, close) likewise.
+// The session rows run twice: as served, and recording a trace to a file in
+// the temporary directory (`serve --trace`), which is what recording costs.
 import { Bench } from 'tinybench';
 import { Duplex } from 'node:stream';
 import { createActor } from 'xstate';
@@ -19,6 +21,9 @@ import { CMD, FLAG } from '../dist/protocol/constants.js';
 import { transmissionMachine } from '../dist/machines/transmission.js';
 import { createServer } from '../dist/api/server.js';
 import { memoryBackend } from '../dist/backends/memory.js';
+import { traceFile } from '../dist/inspect/trace-file.js';
+import os from 'node:os';
+import path from 'node:path';
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
@@ -152,10 +157,10 @@ const add = (name, fn, opts) => {
 }
 
 // ── one request through a whole session ──────────────────────────────
-async function sessionBench() {
+async function sessionBench(trace, label = '') {
   let replies = 0;
   const sock = clientDuplex((n) => (replies += n));
-  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }] });
+  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }], trace });
   server.accept(sock);
   // Handshake: client flags, GO with structured replies first.
   const go = Buffer.alloc(6); // name length 0, 0 info requests
@@ -167,7 +172,7 @@ async function sessionBench() {
   sock.push(Buffer.concat(Array.from({ length: 32 }, (_, i) => request(CMD.NBD_CMD_WRITE, i * 4096, 4096, BigInt(i), Buffer.alloc(4096, i)))));
   await new Promise((r) => setTimeout(r, 20));
   const tick = () => new Promise((r) => setImmediate(r));
-  add('session: 32 × 4 KiB mixed read/write, per batch (to the socket)', async () => {
+  add(`session: 32 × 4 KiB mixed read/write, per batch (to the socket)${label}`, async () => {
     sock.push(mixed32);
     await tick();
   });
@@ -178,12 +183,12 @@ async function sessionBench() {
 }
 
 // ── one whole connection: what `nbdinfo --size` sends ────────────────
-async function handshakeBench() {
-  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }] });
+async function handshakeBench(trace, label = '') {
+  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 30 }) }], trace });
   // Client flags; STRUCTURED_REPLY; GO for the default export asking for INFO_BLOCK_SIZE; DISC.
   const go = Buffer.from([0, 0, 0, 0, 0, 1, 0, 3]);
   const client = Buffer.concat([Buffer.from([0, 0, 0, 3]), option(8), option(7, go), request(CMD.NBD_CMD_DISC, 0, 0)]);
-  add('session: one connection (flags, STRUCTURED_REPLY, GO, DISC), per connection', async () => {
+  add(`session: one connection (flags, STRUCTURED_REPLY, GO, DISC), per connection${label}`, async () => {
     let bytes = 0;
     const done = new Promise((resolve) => {
       // The server ended the stream after DISC: the client closes its side too, as nbdinfo does,
@@ -208,11 +213,13 @@ async function handshakeBench() {
   };
 }
 
-const stopHandshakes = await handshakeBench();
-const stop = await sessionBench();
+// The trace rows' file: rotated at 64 MiB (two kept), so a long run neither stops recording nor fills the disk.
+const traceOn = traceFile(path.join(os.tmpdir(), `nbd-engine-bench-trace-${process.pid}.jsonl`), { rotate: 2 });
+const stops = [await handshakeBench(), await handshakeBench(traceOn, ' [trace on]'), await sessionBench(), await sessionBench(traceOn, ' [trace on]')];
 await bench.run();
-await stop();
-await stopHandshakes();
+for (const stop of stops) await stop();
+await traceOn.close();
+for (const f of [traceOn.path, `${traceOn.path}.1`, `${traceOn.path}.2`]) (await import('node:fs')).rmSync(f, { force: true });
 
 const rows = bench.tasks.map((t) => {
   const r = t.result;

@@ -22,3 +22,6 @@ export type { ListenTarget, BoundAddress } from './transport/listen.js';
 export { parseSize } from './cli/size.js';
 export * as protocol from './protocol/index.js';
 export * as machines from './machines/index.js';
+export { traceFile, TRACE_MAX_BYTES } from './inspect/trace-file.js';
+export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
+export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
