@@ -68,7 +68,11 @@ export async function runTraceView(args: readonly string[]): Promise<number> {
     return 1;
   }
   const { records, errors } = parseTrace(text);
-  for (const e of errors) process.stderr.write(`nbd-engine trace view: ${file}:${e.line}: skipped, not a trace record (${e.message})\n`);
+  for (const e of errors) process.stderr.write(`nbd-engine trace view: ${file}:${e.line}: ${e.message} (line skipped)\n`);
+  if (connection !== undefined && !records.some((r) => 'conn' in r && r.conn === connection)) {
+    process.stderr.write(`nbd-engine trace view: ${file} holds no connection ${connection}\n`);
+    return 1;
+  }
   const html = await renderView(records, {
     ...(connection !== undefined ? { connection } : {}),
     ...(maxRecords !== undefined ? { maxRecords } : {}),

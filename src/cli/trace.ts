@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Transcript, parseTraceLine } from '../inspect/transcript.js';
 import type { Subcommand } from './commands.js';
+import { runTraceView } from './trace-view.js';
 
 export const TRACE_SHOW_USAGE = `usage: nbd-engine trace show FILE [--connection N] [--follow] [--no-machines]
 
@@ -154,6 +155,7 @@ export async function runTraceShow(args: readonly string[]): Promise<number> {
 /** The words of `nbd-engine trace`: each takes the arguments after it. */
 export const TRACE_WORDS: Record<string, Subcommand> = {
   show: runTraceShow,
+  view: runTraceView,
 };
 
 export async function runTrace(args: readonly string[]): Promise<number> {

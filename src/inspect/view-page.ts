@@ -44,12 +44,14 @@ main { display: grid; grid-template-columns: minmax(22em, 36%) 1fr; gap: 1em; pa
 figure.machine { margin: 0 0 1em; background: #fff; border: 1px solid #d5dde6; }
 figure.machine figcaption { font-weight: 600; padding: .3em .6em; background: #f3f5f8; }
 .chart { overflow: auto; }
-.chart svg { width: 100%; height: auto; }
+.chart { max-height: 85vh; }
+#charts.fit .chart svg { width: 100%; height: auto; }
 #charts .visited > path, #charts .visited > polygon, #charts .visited > ellipse { stroke: #2563eb; stroke-width: 2px; }
 #charts .taken > path { stroke: #2563eb; stroke-width: 2px; }
 #charts .taken > polygon { stroke: #2563eb; fill: #2563eb; }
 #charts .taken text { fill: #1d4ed8; font-weight: 700; }
-#charts .active > path, #charts .active > ellipse { fill: rgba(250, 204, 21, .35); stroke: #d97706; stroke-width: 3px; }
+#charts .node.active > path, #charts .node.active > ellipse { fill: rgba(250, 204, 21, .45); stroke: #d97706; stroke-width: 3px; }
+#charts .cluster.active > path { stroke: #d97706; stroke-width: 3px; }
 #charts .current > path { stroke: #dc2626; stroke-width: 3px; }
 #charts .current > polygon { stroke: #dc2626; fill: #dc2626; }
 #charts .current text { fill: #dc2626; }
@@ -111,9 +113,9 @@ export const PAGE_SCRIPT = `
   function show(i) {
     if (!view) return;
     var records = view.records, active = {}, snapshots = {}, event = null, lastIn = -1, lastOut = -1;
+    view.activity.forEach(function (a) { if (a.at <= i) active[a.actor] = a.active; });
     for (var j = 0; j <= i && j < records.length; j++) {
       var r = records[j];
-      if (r.type === 'step') active[r.actor] = r.active;
       if (r.type === 'snapshot') snapshots[r.actor] = r;
       if (r.type === 'step' || r.type === 'event') event = r;
       if (r.type === 'frame') { if (r.dir === 'in') lastIn = j; else lastOut = j; }
@@ -163,6 +165,7 @@ export const PAGE_SCRIPT = `
   slider.addEventListener('input', function () { show(Number(slider.value)); });
   $('step-prev').addEventListener('click', function () { go(Number(slider.value) - 1); });
   $('step-next').addEventListener('click', function () { go(Number(slider.value) + 1); });
+  $('fit-toggle').addEventListener('change', function () { charts.classList.toggle('fit', this.checked); });
   $('coverage-toggle').addEventListener('change', function () { charts.classList.toggle('coverage', this.checked); });
   $('sequence').addEventListener('click', function (e) {
     var li = e.target.closest ? e.target.closest('li[data-step]') : null;

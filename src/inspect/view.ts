@@ -14,7 +14,8 @@
  * states, the event, the frame and the machines' context at each step.
  */
 import { MACHINES, MACHINE_NAMES, machineGraph, toSvg, type MachineName } from './statechart.js';
-import type { FrameRecord, Json, StepRecord, TraceHeader, TraceRecord } from './trace-format.js';
+import type { Json, TraceHeader, TraceRecord } from './trace-format.js';
+import { describeRecord, parseTraceLine } from './transcript.js';
 import { PAGE_SCRIPT, PAGE_STYLE } from './view-page.js';
 
 /** Records of one connection the page embeds at most, by default (the rest are counted, not shown). */
@@ -46,10 +47,23 @@ export interface ConnectionView {
   readonly records: readonly TraceRecord[];
   /** One readable line per embedded record. */
   readonly lines: readonly string[];
+  /**
+   * Where each machine was, as it changed: after embedded record `at`, the
+   * machine `actor` has these states active (from a `step` record's `active`,
+   * or the state value of a `snapshot` record, which is the only word on a
+   * machine's initial state). The page marks a machine's last entry so far.
+   */
+  readonly activity: readonly ActiveAt[];
   /** Per machine: the ids of the transitions taken, and of the states ever active. */
   readonly taken: Readonly<Record<MachineName, readonly string[]>>;
   readonly visited: Readonly<Record<MachineName, readonly string[]>>;
   readonly coverage: Readonly<Record<MachineName, MachineCoverage>>;
+}
+
+export interface ActiveAt {
+  readonly at: number;
+  readonly actor: MachineName;
+  readonly active: readonly string[];
 }
 
 export interface ViewModel {
@@ -60,6 +74,37 @@ export interface ViewModel {
 
 const perMachine = <T>(make: (name: MachineName) => T): Record<MachineName, T> =>
   Object.fromEntries(MACHINE_NAMES.map((n) => [n, make(n)])) as Record<MachineName, T>;
+
+/**
+ * The ids of the states a machine's state value names, the machine's own
+ * first: `{ options: 'open' }` of `handshake` is handshake,
+ * handshake.options, handshake.options.open (every region of a parallel
+ * state is followed).
+ */
+export function valueStateIds(machineId: string, value: Json): string[] {
+  const out = [machineId];
+  const walk = (prefix: string, v: Json): void => {
+    if (typeof v === 'string') out.push(`${prefix}.${v}`);
+    else if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      for (const [k, sub] of Object.entries(v)) {
+        out.push(`${prefix}.${k}`);
+        walk(`${prefix}.${k}`, sub);
+      }
+    }
+  };
+  walk(machineId, value);
+  return out;
+}
+
+/** The active states after each `step` or `snapshot` record, by record index. */
+export function activity(records: readonly TraceRecord[]): ActiveAt[] {
+  const out: ActiveAt[] = [];
+  records.forEach((r, at) => {
+    if (r.type === 'step') out.push({ at, actor: r.actor, active: r.active });
+    else if (r.type === 'snapshot') out.push({ at, actor: r.actor, active: valueStateIds(MACHINES[r.actor].id, r.value) });
+  });
+  return out;
+}
 
 /** Which connections a trace holds, what each did, and how much of each machine that covers. */
 export function viewModel(records: readonly TraceRecord[], opts: ViewOptions = {}): ViewModel {
@@ -79,18 +124,16 @@ export function viewModel(records: readonly TraceRecord[], opts: ViewOptions = {
   const connections = [...byConn].map(([conn, list]): ConnectionView => {
     const taken = perMachine(() => new Set<string>());
     const visited = perMachine(() => new Set<string>());
-    for (const r of list) {
-      if (r.type !== 'step') continue;
-      for (const t of r.transitions) taken[r.actor].add(t);
-      for (const s of r.active) visited[r.actor].add(s);
-    }
+    for (const r of list) if (r.type === 'step') for (const t of r.transitions) taken[r.actor].add(t);
+    for (const a of activity(list)) for (const s of a.active) visited[a.actor].add(s);
     const open = list.find((r) => r.type === 'open');
     return {
       conn,
       peer: open?.type === 'open' ? open.peer : '',
       total: list.length,
       records: list.slice(0, max),
-      lines: list.slice(0, max).map(recordLine),
+      lines: list.slice(0, max).map(describeRecord),
+      activity: activity(list.slice(0, max)),
       taken: perMachine((n) => [...taken[n]]),
       visited: perMachine((n) => [...visited[n]]),
       coverage: perMachine((n) => ({ taken: [...taken[n]].filter((t) => known[n].has(t)).length, total: machines[n].transitions.length })),
@@ -106,70 +149,20 @@ export function coverageLine(machine: string, c: MachineCoverage): string {
 
 const esc = (text: string): string => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
-/** A field value as the sequence diagram shows it: strings quoted, lists bracketed, objects as `{k=v}`. */
-function showValue(v: Json): string {
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (Array.isArray(v)) return `[${v.map(showValue).join(', ')}]`;
-  if (v !== null && typeof v === 'object') return `{${Object.entries(v).map(([k, x]) => `${k}=${showValue(x)}`).join(' ')}}`;
-  return String(v);
-}
-
-/** `NBD_OPT_GO name="disk" info=["NBD_INFO_BLOCK_SIZE"] (+12 bytes)`. */
-export function frameSummary(r: FrameRecord): string {
-  const fields = Object.entries(r.fields).map(([k, v]) => `${k}=${showValue(v)}`);
-  const payload = r.payload ? [`(+${r.payload.length} bytes${r.payload.prefix ? ` ${r.payload.prefix}…` : ''})`] : [];
-  return [r.name, ...fields, ...payload].join(' ');
-}
-
-const showFields = (fields: { readonly [key: string]: Json } | undefined): string =>
-  fields ? Object.entries(fields).map(([k, v]) => ` ${k}=${showValue(v)}`).join('') : '';
-
-/** One record as one readable line (what the page shows for the current step). */
-export function recordLine(r: TraceRecord): string {
-  switch (r.type) {
-    case 'frame':
-      return `${r.dir === 'in' ? 'C→S' : 'S→C'} ${frameSummary(r)}`;
-    case 'event':
-      return `${r.actor} ← ${r.event}${showFields(r.fields)}`;
-    case 'step':
-      return `${r.actor} ${r.event}: ${r.transitions.length > 0 ? r.transitions.join(', ') : '(no transition)'} → ${JSON.stringify(r.value)}`;
-    case 'action':
-      return `${r.actor} runs ${r.action}`;
-    case 'snapshot':
-      return `${r.actor} ${r.status} ${JSON.stringify(r.value)}`;
-    case 'open':
-      return `open from ${r.peer}`;
-    case 'tls':
-      return `TLS ${r.step}${r.detail ? `: ${r.detail}` : ''}`;
-    case 'refusal':
-      return `refused ${r.command} cookie=${r.cookie}: ${r.code} ${r.errno} ${r.message}`;
-    case 'close':
-      return `closed: ${r.outcome} ${r.code} ${r.reason}`;
-    default:
-      return JSON.stringify(r);
-  }
-}
-
-/** A step that changed the machine's state, as `handshake: options.open → negotiated`; null for a step that stayed. */
-function stateChange(step: StepRecord, before: Json | undefined): string | null {
-  const now = JSON.stringify(step.value);
-  if (before !== undefined && JSON.stringify(before) === now) return null;
-  const show = (v: Json | undefined): string => (v === undefined ? '(start)' : typeof v === 'string' ? v : JSON.stringify(v));
-  return `${step.actor}: ${show(before)} → ${show(step.value)} (${step.event})`;
-}
 
 /** One connection's frames, STARTTLS, state changes, refusals and close, as rows between a client and a server lifeline. */
 export function sequenceRows(records: readonly TraceRecord[]): string[] {
   const rows: string[] = [];
-  const values = new Map<string, Json>();
+  const values = new Map<string, string>();
   const row = (i: number, cls: string, text: string): void => void rows.push(`<li class="${cls}" data-step="${i}"><span>${esc(text)}</span></li>`);
   records.forEach((r, i) => {
-    if (r.type === 'frame') row(i, r.dir === 'in' ? 'msg c2s' : 'msg s2c', recordLine(r));
-    else if (r.type === 'tls' || r.type === 'refusal' || r.type === 'close') row(i, `note ${r.type}`, recordLine(r));
+    if (r.type === 'frame') row(i, r.dir === 'in' ? 'msg c2s' : 'msg s2c', describeRecord(r));
+    else if (r.type === 'tls' || r.type === 'refusal' || r.type === 'close') row(i, `note ${r.type}`, describeRecord(r));
     else if (r.type === 'step') {
-      const change = stateChange(r, values.get(r.actor));
-      values.set(r.actor, r.value);
-      if (change) row(i, 'note state', change);
+      // Only the steps that changed the machine's state: `handshake: options.open → negotiated (opt.go)`.
+      const value = JSON.stringify(r.value);
+      if (values.get(r.actor) !== value) row(i, 'note state', describeRecord(r));
+      values.set(r.actor, value);
     }
   });
   return rows;
@@ -232,6 +225,7 @@ export async function renderView(records: readonly TraceRecord[], opts: ViewOpti
 <button type="button" id="step-next" title="next record">▶</button>
 <span id="step-index"></span>
 <label><input type="checkbox" id="coverage-toggle"> coverage</label>
+<label><input type="checkbox" id="fit-toggle" checked> fit drawings to width</label>
 </header>
 ${empty}
 <main>
@@ -250,7 +244,7 @@ ${empty}
 ${sequences}
 </div>
 </aside>
-<div id="charts">
+<div id="charts" class="fit">
 ${figures}
 </div>
 </main>
@@ -261,19 +255,15 @@ ${figures}
 `;
 }
 
-/** The records of a JSON Lines trace; each line that is not a JSON object with a `type` is reported by its number (1-based). */
+/** The records of a JSON Lines trace; each line that is not one is reported by its number (1-based) and why. */
 export function parseTrace(text: string): { records: TraceRecord[]; errors: Array<{ line: number; message: string }> } {
   const records: TraceRecord[] = [];
   const errors: Array<{ line: number; message: string }> = [];
   text.split('\n').forEach((line, i) => {
     if (line.trim() === '') return;
-    try {
-      const r = JSON.parse(line) as unknown;
-      if (r === null || typeof r !== 'object' || typeof (r as { type?: unknown }).type !== 'string') throw new Error('not a trace record');
-      records.push(r as TraceRecord);
-    } catch (err) {
-      errors.push({ line: i + 1, message: (err as Error).message });
-    }
+    const r = parseTraceLine(line);
+    if (typeof r === 'string') errors.push({ line: i + 1, message: r });
+    else records.push(r);
   });
   return { records, errors };
 }

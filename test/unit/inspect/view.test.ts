@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { MACHINE_NAMES } from '../../../src/inspect/statechart.js';
 import type { TraceRecord } from '../../../src/inspect/trace-format.js';
-import { coverageLine, inlineSvg, parseTrace, renderView, scriptJson, sequenceRows, viewModel, type ViewModel } from '../../../src/inspect/view.js';
+import { activity, coverageLine, inlineSvg, parseTrace, renderView, scriptJson, sequenceRows, valueStateIds, viewModel, type ViewModel } from '../../../src/inspect/view.js';
 
 const T = 1_700_000_000_000;
 const fixture: TraceRecord[] = [
@@ -101,11 +101,26 @@ describe('trace viewer page', () => {
 
   it('the sequence rows: frames both ways with names and fields, state changes, TLS and close', () => {
     const rows = sequenceRows(fixture.filter((r) => 'conn' in r && r.conn === 1));
-    expect(rows.some((r) => r.includes('class="msg c2s"') && r.includes('C→S NBD_OPT_LIST (+0 bytes)'))).toBe(true);
+    expect(rows.some((r) => r.includes('class="msg c2s"') && r.includes('C→S NBD_OPT_LIST payload=0B'))).toBe(true);
     expect(rows.some((r) => r.includes('class="msg s2c"') && r.includes('S→C NBD_REP_SERVER name=&quot;disk&quot;'))).toBe(true);
-    expect(rows.some((r) => r.includes('handshake: awaitingClientFlags → {&quot;options&quot;:&quot;open&quot;} (wire.clientFlags)'))).toBe(true);
+    expect(rows.some((r) => r.includes('handshake: awaitingClientFlags → options.open (wire.clientFlags)'))).toBe(true);
+    // Three steps change the state; the opt.list step stays in options.open and is not a row.
     expect(rows.filter((r) => r.includes('note state'))).toHaveLength(3);
-    expect(rows.some((r) => r.includes('closed: client OK NBD_OPT_ABORT'))).toBe(true);
+    expect(rows.some((r) => r.includes('close client (OK): NBD_OPT_ABORT'))).toBe(true);
+  });
+
+  it('active states come from step records and, for a machine that has not stepped yet, from its snapshot\'s state value', () => {
+    expect(valueStateIds('handshake', { options: 'open' })).toEqual(['handshake', 'handshake.options', 'handshake.options.open']);
+    expect(valueStateIds('connection', { phase: 'handshake', reading: 'flowing' })).toEqual([
+      'connection',
+      'connection.phase',
+      'connection.phase.handshake',
+      'connection.reading',
+      'connection.reading.flowing',
+    ]);
+    const conn1 = fixture.filter((r) => 'conn' in r && r.conn === 1);
+    expect(activity(conn1).map((a) => a.at)).toEqual([1, 2, 6, 7, 10]);
+    expect(activity(conn1)[3]).toEqual({ at: 7, actor: 'handshake', active: ['handshake', 'handshake.options', 'handshake.options.open'] });
   });
 
   it('an empty trace gives a page that says so', async () => {

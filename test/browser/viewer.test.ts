@@ -1,0 +1,241 @@
+/**
+ * The trace viewer in a real browser: Debian's Chromium (/usr/bin/chromium)
+ * driven by playwright-core, never a downloaded browser. A real server
+ * (`nbd-engine serve --trace FILE`) records real clients (nbdinfo --list,
+ * qemu-img info, nbdinfo over STARTTLS); `nbd-engine trace view` turns the
+ * recording into a page, which is opened from file:// with every non-file
+ * request blocked and counted (there must be none). Assertions are by
+ * content: SVG element ids with the `active` / `visited` classes, the
+ * details panel's text, the sequence list, the coverage counts, each
+ * compared with what the trace file itself says.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MACHINES, MACHINE_NAMES, machineGraph } from '../../src/inspect/statechart.js';
+import type { TraceRecord } from '../../src/inspect/trace-format.js';
+import { CLI, run, spawnCli, tmpDir } from '../integration/harness.js';
+import { makePki } from '../integration/tls-support.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const SHOT = path.join(ROOT, '.test-results', 'viewer.png');
+
+/** Chromium is a declared peer (scripts/test.sh installs it): missing, the test fails, in CI or not. */
+function requireChromium(): string {
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
+  return CHROMIUM;
+}
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function stop(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGINT');
+  });
+}
+
+type Conn = { conn: number; records: TraceRecord[] };
+
+/** The state ids a state value names below `prefix` (`{ options: 'open' }` → options, options.open). */
+const idsOf = (prefix: string, v: unknown): string[] =>
+  typeof v === 'string' ? [`${prefix}.${v}`] : v && typeof v === 'object' ? Object.entries(v).flatMap(([k, sub]) => [`${prefix}.${k}`, ...idsOf(`${prefix}.${k}`, sub)]) : [];
+
+/**
+ * What the page must show active after record `i`: per machine, what its
+ * last step record (its `active` list) or snapshot record (its state value)
+ * so far says.
+ */
+function activeAt(records: readonly TraceRecord[], i: number): string[] {
+  const byActor = new Map<string, readonly string[]>();
+  for (const r of records.slice(0, i + 1)) {
+    if (r.type === 'step') byActor.set(r.actor, r.active);
+    if (r.type === 'snapshot') byActor.set(r.actor, [r.actor, ...idsOf(r.actor, r.value)]);
+  }
+  return [...byActor.values()].flat().map((id) => `state:${id}`).sort();
+}
+
+function coverage(records: readonly TraceRecord[]): string[] {
+  return MACHINE_NAMES.map((m) => {
+    const all = machineGraph(MACHINES[m]).transitions.map((t) => t.id);
+    const taken = new Set(records.flatMap((r) => (r.type === 'step' && r.actor === m ? r.transitions : [])));
+    return `${m}: ${all.filter((t) => taken.has(t)).length} of ${all.length} transitions taken`;
+  });
+}
+
+const hasFrame = (c: Conn, dir: 'in' | 'out', name: string): boolean => c.records.some((r) => r.type === 'frame' && r.dir === dir && r.name === name);
+
+describe('trace view in Chromium, from a real recording', () => {
+  let dir: string;
+  let conns: Conn[];
+  let html: string;
+  let context: BrowserContext;
+  let page: Page;
+  let blocked: string[];
+  const errors: string[] = [];
+
+  beforeAll(async () => {
+    const executablePath = requireChromium();
+    dir = tmpDir('nbd-engine-viewer-');
+    const pki = makePki(path.join(dir, 'pki'));
+    const sock = path.join(dir, 'nbd.sock');
+    const trace = path.join(dir, 'trace.jsonl');
+    const tls = ['--tls', 'on', '--tls-cert', path.join(pki, 'server-cert.pem'), '--tls-key', path.join(pki, 'server-key.pem')];
+    const { child } = await spawnCli(['serve', '--memory', '8M', '--export', 'disk', '--socket', sock, ...tls, '--trace', trace]);
+    try {
+      const plain = `nbd+unix:///disk?socket=${sock}`;
+      const list = await run('nbdinfo', ['--list', plain]);
+      expect(list.stdout).toContain('disk');
+      const info = await run('qemu-img', ['info', '--output=json', plain]);
+      expect(JSON.parse(info.stdout)['virtual-size']).toBe(8 << 20);
+      const secure = await run('nbdinfo', ['--size', `nbds+unix:///disk?socket=${sock}&tls-certificates=${pki}`]);
+      expect(secure.stdout.trim()).toBe(String(8 << 20));
+    } finally {
+      await stop(child);
+    }
+    const records = fs.readFileSync(trace, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as TraceRecord);
+    const byConn = new Map<number, TraceRecord[]>();
+    for (const r of records) if ('conn' in r) byConn.set(r.conn, [...(byConn.get(r.conn) ?? []), r]);
+    conns = [...byConn].map(([conn, list]) => ({ conn, records: list }));
+    expect(conns).toHaveLength(3);
+
+    html = path.join(dir, 'view.html');
+    const made = await cli(['trace', 'view', trace, '-o', html]);
+    expect(made.stderr).toBe('');
+    expect(made.code).toBe(0);
+
+    const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-chromium-'));
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+      viewport: { width: 1400, height: 1000 },
+    });
+    blocked = [];
+    await context.route('**/*', (r) => (r.request().url().startsWith('file:') ? r.continue() : (blocked.push(r.request().url()), r.abort())));
+    page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(pathToFileURL(html).href);
+  });
+
+  afterAll(async () => {
+    await context?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const select = (conn: number) => page.locator('#connection-picker').selectOption(String(conn));
+  const activeIds = () => page.$$eval('#charts .active', (els) => els.map((e) => e.id).sort());
+  const step = (i: number) => page.locator('#step-slider').fill(String(i));
+
+  it('the page loads with no script error and makes no request but the file itself', async () => {
+    expect(errors).toEqual([]);
+    expect(blocked).toEqual([]);
+    const options = await page.$$eval('#connection-picker option', (els) => els.map((e) => e.getAttribute('value')));
+    expect(options).toEqual(conns.map((c) => String(c.conn)));
+  });
+
+  it('at every record of every connection, the states marked active are those the trace says', async () => {
+    for (const c of conns) {
+      await select(c.conn);
+      expect(await page.locator('#step-slider').getAttribute('max')).toBe(String(c.records.length - 1));
+      for (let i = 0; i < c.records.length; i++) {
+        await step(i);
+        expect(await activeIds(), `connection ${c.conn}, record ${i}`).toEqual(activeAt(c.records, i));
+      }
+      // The buttons step too.
+      await step(1);
+      await page.locator('#step-next').click();
+      expect(await page.locator('#step-slider').inputValue()).toBe('2');
+      expect(await activeIds()).toEqual(activeAt(c.records, 2));
+      await page.locator('#step-prev').click();
+      expect(await page.locator('#step-slider').inputValue()).toBe('1');
+    }
+  });
+
+  it('stepping to the GO reply shows NBD_OPT_GO and NBD_REP_INFO in the details', async () => {
+    const c = conns.find((x) => hasFrame(x, 'in', 'NBD_OPT_GO') && !x.records.some((r) => r.type === 'tls'))!;
+    expect(c).toBeDefined();
+    const go = c.records.findIndex((r) => r.type === 'frame' && r.dir === 'in' && r.name === 'NBD_OPT_GO');
+    const reply = c.records.findIndex((r, i) => i > go && r.type === 'frame' && r.dir === 'out' && r.name === 'NBD_REP_INFO');
+    expect(reply).toBeGreaterThan(go);
+    await select(c.conn);
+    await step(reply);
+    const frame = await page.locator('#step-frame').innerText();
+    expect(frame).toContain('NBD_OPT_GO');
+    expect(frame).toContain('NBD_REP_INFO');
+    expect(await page.locator('#step-record').innerText()).toContain('NBD_REP_INFO');
+    expect(await page.locator('#step-event').innerText()).not.toBe('');
+    expect(await page.locator('#step-context').innerText()).toContain('handshake');
+  });
+
+  it("the TLS connection's path goes through the handshake's TLS upgrade state", async () => {
+    const c = conns.find((x) => x.records.some((r) => r.type === 'tls' && r.step === 'established'))!;
+    expect(c).toBeDefined();
+    await select(c.conn);
+    const visited = await page.$$eval('#charts .visited', (els) => els.map((e) => e.id));
+    expect(visited).toContain('state:handshake.upgradingTls');
+    const upgrading = c.records.findIndex((r) => r.type === 'step' && r.active.includes('handshake.upgradingTls'));
+    await step(upgrading);
+    expect(await activeIds()).toContain('state:handshake.upgradingTls');
+    expect(await page.locator(`#sequence section[data-conn="${c.conn}"]`).innerText()).toContain('TLS established');
+  });
+
+  it('the sequence diagram of the nbdinfo --list connection lists NBD_OPT_LIST and the server reply', async () => {
+    const c = conns.find((x) => hasFrame(x, 'in', 'NBD_OPT_LIST'))!;
+    expect(c).toBeDefined();
+    await select(c.conn);
+    const seq = page.locator(`#sequence section[data-conn="${c.conn}"]`);
+    expect(await seq.isVisible()).toBe(true);
+    expect(await seq.locator('li.c2s').allInnerTexts()).toContainEqual(expect.stringContaining('NBD_OPT_LIST'));
+    expect(await seq.locator('li.s2c').allInnerTexts()).toContainEqual(expect.stringContaining('NBD_REP_SERVER'));
+    for (const other of conns.filter((x) => x !== c)) expect(await page.locator(`#sequence section[data-conn="${other.conn}"]`).isVisible()).toBe(false);
+  });
+
+  it('the coverage numbers are the counts computed from the trace; the overlay dims transitions not taken', async () => {
+    for (const c of conns) {
+      await select(c.conn);
+      expect(await page.locator('#coverage .coverage-count').allInnerTexts()).toEqual(coverage(c.records));
+    }
+    const c = conns[0]!;
+    await select(c.conn);
+    await page.locator('#coverage-toggle').check();
+    const taken = c.records.find((r) => r.type === 'step' && r.actor === 'handshake' && r.transitions.length > 0);
+    expect(taken?.type).toBe('step');
+    const takenId = `tr:${(taken as Extract<TraceRecord, { type: 'step' }>).transitions[0]}`;
+    // Runs in the page: the window's getComputedStyle.
+    const opacity = (id: string) => page.$eval(`[id="${id}"]`, (el) => (globalThis as unknown as { getComputedStyle(e: unknown): { opacity: string } }).getComputedStyle(el).opacity);
+    expect(await opacity(takenId)).toBe('1');
+    const untaken = machineGraph(MACHINES.transmission).transitions.map((t) => `tr:${t.id}`).find((id) => !c.records.some((r) => r.type === 'step' && r.transitions.includes(id.slice(3))))!;
+    expect(await opacity(untaken)).toBe('0.2');
+  });
+
+  it('a screenshot of the page is a PNG', async () => {
+    const c = conns.find((x) => hasFrame(x, 'in', 'NBD_OPT_GO') && !x.records.some((r) => r.type === 'tls'))!;
+    await select(c.conn);
+    await page.locator('#coverage-toggle').uncheck();
+    await step(c.records.findIndex((r) => r.type === 'frame' && r.name === 'NBD_REP_INFO'));
+    fs.mkdirSync(path.dirname(SHOT), { recursive: true });
+    fs.rmSync(SHOT, { force: true });
+    await page.screenshot({ path: SHOT });
+    const png = fs.readFileSync(SHOT);
+    expect(png.length).toBeGreaterThan(1000);
+    expect(png.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+    expect(blocked).toEqual([]);
+    expect(errors).toEqual([]);
+  });
+});
