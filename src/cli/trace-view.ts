@@ -78,15 +78,15 @@ export async function runTraceView(args: readonly string[]): Promise<number> {
     ...(maxRecords !== undefined ? { maxRecords } : {}),
     title: `nbd-engine trace: ${file}`,
   });
-  if (values.output === '-') {
-    await write(html);
-    return 0;
+  if (values.output === '-') await write(html);
+  else {
+    try {
+      fs.writeFileSync(values.output, html);
+    } catch (err) {
+      process.stderr.write(`nbd-engine trace view: cannot write ${values.output}: ${(err as Error).message}\n`);
+      return 1;
+    }
   }
-  try {
-    fs.writeFileSync(values.output, html);
-  } catch (err) {
-    process.stderr.write(`nbd-engine trace view: cannot write ${values.output}: ${(err as Error).message}\n`);
-    return 1;
-  }
-  return 0;
+  // As `trace show`: lines that were not records make the status 1, though the page is written.
+  return errors.length > 0 ? 1 : 0;
 }

@@ -239,3 +239,56 @@ describe('trace view in Chromium, from a real recording', () => {
     expect(errors).toEqual([]);
   });
 });
+
+describe('nbd-engine trace view: the command line', () => {
+  const records: TraceRecord[] = [
+    { type: 'trace', v: 1, t: 1, server: 'nbd-engine', version: '0.1.0', pid: 1 },
+    { type: 'open', t: 2, conn: 1, peer: 'local' },
+    { type: 'snapshot', t: 3, conn: 1, actor: 'handshake', value: 'awaitingClientFlags', status: 'active' },
+    { type: 'open', t: 4, conn: 2, peer: 'local' },
+  ];
+  let dir: string;
+  let file: string;
+  beforeAll(() => {
+    dir = tmpDir('nbd-engine-view-cli-');
+    file = path.join(dir, 'trace.jsonl');
+    fs.writeFileSync(file, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('bad command lines: exit 2 and one stderr line naming the problem', async () => {
+    for (const [args, message] of [
+      [['trace', 'view', file], /-o OUT\.html is required/],
+      [['trace', 'view', '-o', path.join(dir, 'x.html')], /expected one trace FILE/],
+      [['trace', 'view', file, '-o', path.join(dir, 'x.html'), '--connection', 'one'], /--connection: expected a whole number/],
+      [['trace', 'view', file, '-o', path.join(dir, 'x.html'), '--max-records', '0'], /--max-records: expected a whole number ≥ 1/],
+      [['trace', 'view', file, '-o', path.join(dir, 'x.html'), '--bogus'], /Unknown option '--bogus'/],
+    ] as const) {
+      const r = await cli([...args]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(message);
+    }
+    expect(fs.existsSync(path.join(dir, 'x.html'))).toBe(false);
+  });
+
+  it('--connection N keeps one connection; a connection the file lacks is an error', async () => {
+    const r = await cli(['trace', 'view', file, '--connection', '2', '-o', '-']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('<option value="2">');
+    expect(r.stdout).not.toContain('<option value="1">');
+    const missing = await cli(['trace', 'view', file, '--connection', '9', '-o', path.join(dir, 'y.html')]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe(`nbd-engine trace view: ${file} holds no connection 9\n`);
+  });
+
+  it('a line that is not a record: one stderr line naming it, the page still written, status 1', async () => {
+    const bad = path.join(dir, 'bad.jsonl');
+    fs.writeFileSync(bad, `${JSON.stringify(records[1])}\n{oops\n${JSON.stringify(records[2])}\n`);
+    const out = path.join(dir, 'bad.html');
+    const r = await cli(['trace', 'view', bad, '-o', out]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^nbd-engine trace view: ${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2: not JSON .*\\n$`));
+    expect(fs.readFileSync(out, 'utf8')).toContain('<option value="1">connection 1 (local)</option>');
+  });
+});
