@@ -67,7 +67,7 @@ interface MachineSnapshot {
 
 /** A context without the parts no reader needs: functions, actors, buffers (as lengths). */
 function contextSummary(context: unknown): { [key: string]: Json } | undefined {
-  const j = jsonSafe(context, 3);
+  const j = jsonSafe(context, 4);
   return j && typeof j === 'object' && !Array.isArray(j) ? j : undefined;
 }
 
@@ -165,9 +165,12 @@ export class ConnectionTrace {
         });
         return;
       }
-      case '@xstate.action':
-        this.hub.write({ type: 'action', t, conn, actor, action: String(e.action.type) });
+      case '@xstate.action': {
+        const params = e.action.params === undefined ? undefined : jsonSafe(e.action.params, 3);
+        const action = String(e.action.type);
+        this.hub.write(params && typeof params === 'object' && !Array.isArray(params) ? { type: 'action', t, conn, actor, action, params } : { type: 'action', t, conn, actor, action });
         return;
+      }
       case '@xstate.snapshot':
         this.hub.write(this.snapshotRecord(actor, e.snapshot as unknown as MachineSnapshot, t));
         return;

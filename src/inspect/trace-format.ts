@@ -70,6 +70,8 @@ export interface ActionRecord {
   readonly conn: number;
   readonly actor: TraceActor;
   readonly action: string;
+  /** The action's parameters, JSON-safe; for `xstate.emit`, `event` is the effect emitted (e.g. `send` with its label). */
+  readonly params?: { readonly [key: string]: Json };
 }
 
 /** A machine's snapshot after it settled on an event: status and a JSON-safe summary of its context. */

@@ -73,8 +73,12 @@ export function describeRecord(r: TraceRecord): string {
       const guards = r.guards && r.guards.length > 0 ? ` [${r.guards.join(', ')}]` : '';
       return `${r.actor}: ${from ? `${from} → ` : '→ '}${stateText(r.value)} (${r.event})${guards}`;
     }
-    case 'action':
-      return `${r.actor}: action ${r.action}`;
+    case 'action': {
+      // An emitted effect names itself: `xstate.emit → send NBD_REP_ACK`.
+      const ev = r.params?.event;
+      const emitted = ev && typeof ev === 'object' && !Array.isArray(ev) && typeof ev.type === 'string' ? ` → ${[ev.type, ev.label ?? ev.reason].filter((x) => typeof x === 'string').join(' ')}` : '';
+      return `${r.actor}: action ${r.action}${emitted}`;
+    }
     case 'snapshot':
       return `${r.actor}: ${r.status === 'active' ? 'in' : r.status} ${stateText(r.value)}`;
     case 'frame': {

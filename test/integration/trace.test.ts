@@ -5,6 +5,7 @@
  * close); `trace show` prints them; `server.tap()` joins live connections;
  * with nothing recording, no inspection observer is attached.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -202,6 +203,34 @@ describe('serve --trace FILE and trace show', () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/broken\.jsonl:4: not JSON/)]);
     expect(r.stdout).toContain('close aborted');
+  });
+
+  it('--follow prints records appended later, and exits on SIGINT', async () => {
+    const growing = path.join(dir, 'growing.jsonl');
+    fs.copyFileSync(file, growing);
+    const child = spawn(process.execPath, [CLI, 'trace', 'show', growing, '--follow', '--connection', '9'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await until(() => out.includes('trace ends'), 10_000, 'the existing records');
+      fs.appendFileSync(growing, `${JSON.stringify({ type: 'open', t: Date.now(), conn: 9, peer: 'later' })}\n`);
+      await until(() => out.includes('[conn 9 +0.000ms] open from later'), 10_000, 'the appended record');
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+  });
+
+  it('serve: --trace-max without --trace, or a prefix over 4096, is one stderr line and exit 2', async () => {
+    for (const args of [['--trace-max', '1M'], ['--trace', path.join(dir, 'x'), '--trace-prefix', '5000']]) {
+      const e = await execFileP(process.execPath, [CLI, 'serve', ...args]).then(
+        () => null,
+        (err: { code: number; stderr: string }) => err,
+      );
+      expect(e?.code, args.join(' ')).toBe(2);
+      expect(e!.stderr.trim().split('\n')).toEqual([expect.stringMatching(/--trace-(max|prefix)/)]);
+    }
   });
 
   it('bad arguments: one stderr line, exit 2', async () => {

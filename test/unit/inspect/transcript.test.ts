@@ -24,6 +24,10 @@ describe('describeRecord', () => {
       'connection: reading.flowing → phase.transmission,reading.paused (budget.full)',
     ],
     [{ type: 'action', t: T, conn, actor: 'connection', action: 'xstate.spawnChild' }, 'connection: action xstate.spawnChild'],
+    [
+      { type: 'action', t: T, conn, actor: 'handshake', action: 'xstate.emit', params: { event: { type: 'send', frame: [{ length: 20 }], label: 'NBD_REP_ACK' } } },
+      'handshake: action xstate.emit → send NBD_REP_ACK',
+    ],
     [{ type: 'snapshot', t: T, conn, actor: 'handshake', value: { options: 'open' }, status: 'active' }, 'handshake: in options.open'],
     [{ type: 'snapshot', t: T, conn, actor: 'handshake', value: 'negotiated', status: 'done' }, 'handshake: done negotiated'],
     [
