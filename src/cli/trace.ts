@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Transcript, parseTraceLine } from '../inspect/transcript.js';
 import type { Subcommand } from './commands.js';
-import { runTraceView } from './trace-view.js';
+import { TRACE_VIEW_USAGE, runTraceView } from './trace-view.js';
 
 export const TRACE_SHOW_USAGE = `usage: nbd-engine trace show FILE [--connection N] [--follow] [--no-machines]
 
@@ -162,7 +162,7 @@ export async function runTrace(args: readonly string[]): Promise<number> {
   const [word, ...rest] = args;
   if (word === undefined || word === '-h' || word === '--help') {
     if (word === undefined) return usageError('', `expected one of: ${Object.keys(TRACE_WORDS).join(', ')} (nbd-engine trace show --help)`);
-    out(`usage: nbd-engine trace ${Object.keys(TRACE_WORDS).join('|')} …\n\n${TRACE_SHOW_USAGE}`);
+    out(`usage: nbd-engine trace ${Object.keys(TRACE_WORDS).join('|')} …\n\n${TRACE_SHOW_USAGE}\n${TRACE_VIEW_USAGE}`);
     return 0;
   }
   const run = Object.hasOwn(TRACE_WORDS, word) ? TRACE_WORDS[word] : undefined;

@@ -42,4 +42,5 @@ Other:
   -h, --help
   nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)
   nbd-engine trace       read a trace file: trace show FILE [--connection N] [--follow] [--no-machines]
+                         trace view FILE -o OUT.html: one offline HTML page (statecharts, steps, coverage)
 `;

@@ -145,6 +145,9 @@ describe('trace view in Chromium, from a real recording', () => {
   it('the page loads with no script error and makes no request but the file itself', async () => {
     expect(errors).toEqual([]);
     expect(blocked).toEqual([]);
+    const text = fs.readFileSync(html, 'utf8');
+    expect(text).not.toMatch(/https?:/i);
+    expect(text).not.toMatch(/\b(?:src|href|xlink:href)\s*=/i);
     const options = await page.$$eval('#connection-picker option', (els) => els.map((e) => e.getAttribute('value')));
     expect(options).toEqual(conns.map((c) => String(c.conn)));
   });
