@@ -18,14 +18,14 @@ body { margin: 0; font: 14px/1.4 system-ui, sans-serif; color: #1f2933; backgrou
 #toolbar h1 { font-size: 1.1em; margin: 0 1em 0 0; }
 #step-slider { flex: 1 1 20em; }
 main { display: grid; grid-template-columns: minmax(22em, 36%) 1fr; gap: 1em; padding: 1em; }
-#details { min-width: 0; }
+#details { min-width: 0; position: sticky; top: 4.5em; align-self: start; max-height: calc(100vh - 5.5em); overflow: auto; }
 #details h2 { font-size: 1em; margin: 1em 0 .3em; }
 #details dl { display: grid; grid-template-columns: 7em 1fr; gap: .2em .6em; margin: 0; }
 #details dt { font-weight: 600; color: #52606d; }
 #details dd { margin: 0; min-width: 0; overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 12px; white-space: pre-wrap; }
 #step-context { max-height: 22em; overflow: auto; }
 #coverage p { margin: .1em 0; }
-#sequence { position: relative; max-height: 60vh; overflow: auto; border: 1px solid #d5dde6; background: #fff; }
+#sequence { position: relative; max-height: 45vh; overflow: auto; border: 1px solid #d5dde6; background: #fff; }
 .sequence h3 { font-size: .95em; margin: .4em .6em; }
 .sequence .truncated { margin: 0 .6em; color: #9a3412; }
 .lifelines { display: flex; justify-content: space-between; padding: 0 .6em; font-weight: 600; color: #52606d; }
