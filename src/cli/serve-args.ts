@@ -1,0 +1,198 @@
+/**
+ * `nbd-engine serve`'s command line: the options, and their values checked
+ * and converted. Every malformed value is a UsageError whose one-line
+ * message names its option (the command prints it and exits with status 2).
+ */
+import { parseArgs } from 'node:util';
+import type { ServerLimits } from '../api/server.js';
+import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
+import { parseSize } from './size.js';
+import { TRACE_MAX_BYTES, type TraceFileOptions } from '../inspect/trace-file.js';
+
+/** A bad command line: one line on stderr, exit status 2. */
+export class UsageError extends Error {}
+
+const OPTIONS = {
+  memory: { type: 'string' },
+  file: { type: 'string' },
+  export: { type: 'string' },
+  description: { type: 'string' },
+  'read-only': { type: 'boolean', short: 'r' },
+  socket: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  run: { type: 'string' },
+  tls: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-verify-peer': { type: 'boolean' },
+  'tls-psk': { type: 'string' },
+  'max-in-flight': { type: 'string' },
+  'max-in-flight-bytes': { type: 'string' },
+  'max-payload': { type: 'string' },
+  'max-options': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'max-queued-reply-bytes': { type: 'string' },
+  'max-option-length': { type: 'string' },
+  'max-buffered-bytes': { type: 'string' },
+  'handshake-timeout': { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  trace: { type: 'string' },
+  'trace-max': { type: 'string' },
+  'trace-prefix': { type: 'string' },
+  'trace-rotate': { type: 'string' },
+  verbose: { type: 'boolean', short: 'v' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: false }>>['values'];
+
+/** Numeric flags that set a server limit, and how their text is read. */
+const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName; kind: 'count' | 'size' | 'seconds' }> = [
+  { flag: 'max-in-flight', limit: 'maxInFlight', kind: 'count' },
+  { flag: 'max-in-flight-bytes', limit: 'maxInFlightBytes', kind: 'size' },
+  { flag: 'max-payload', limit: 'maxPayload', kind: 'size' },
+  { flag: 'max-options', limit: 'maxOptions', kind: 'count' },
+  { flag: 'max-connections', limit: 'maxConnections', kind: 'count' },
+  { flag: 'max-queued-reply-bytes', limit: 'maxQueuedReplyBytes', kind: 'size' },
+  { flag: 'max-option-length', limit: 'maxOptionLength', kind: 'size' },
+  { flag: 'max-buffered-bytes', limit: 'maxBufferedBytes', kind: 'size' },
+  { flag: 'handshake-timeout', limit: 'handshakeTimeout', kind: 'seconds' },
+  { flag: 'idle-timeout', limit: 'idleTimeout', kind: 'seconds' },
+];
+
+/**
+ * `--opt VALUE` becomes `--opt=VALUE` for options that take a value, so a
+ * value starting with a dash (`--port -1`) reaches the range check as a
+ * value, as getopt reads it, instead of parseArgs calling it ambiguous.
+ */
+function joinValues(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : undefined;
+    const spec = name !== undefined && Object.hasOwn(OPTIONS, name) ? (OPTIONS as Record<string, { type: string }>)[name] : undefined;
+    if (spec?.type === 'string') {
+      if (i + 1 >= args.length) throw new UsageError(`${a}: missing value`);
+      out.push(`${a}=${args[++i]}`);
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+/** parseArgs's messages, reduced to one line that names the option. */
+function parseArgsMessage(err: Error & { code?: string }): string {
+  const first = err.message.split('\n')[0]!;
+  const quoted = /'([^']+)'/.exec(first)?.[1];
+  switch (err.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${quoted ?? first} (nbd-engine --help lists them)`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument ${quoted !== undefined ? JSON.stringify(quoted) : first}: serve takes options only (nbd-engine --help lists them)`;
+    default:
+      return first;
+  }
+}
+
+/** An integer in decimal digits, within [min, max]. */
+function parseCount(flag: string, text: string, min: number, max: number): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${flag}: expected an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** A size with nbdkit's suffixes, within [min, max] bytes. */
+function parseSizeFlag(flag: string, text: string, min: number, max: number): number {
+  let n = NaN;
+  try {
+    n = parseSize(text);
+  } catch {
+    /* reported below */
+  }
+  if (!(n >= min && n <= max)) {
+    throw new UsageError(`--${flag}: expected a size ${min > 0 ? `from ${formatLimitValue(min, 'bytes')} to` : 'up to'} ${formatLimitValue(max, 'bytes')} (e.g. 1048576, 512K, 64M, 1G), got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+/** Seconds (decimals allowed, 0: off) as whole milliseconds. */
+function parseSeconds(flag: string, text: string): number {
+  const maxSeconds = Math.floor(MAX_TIMER_MS / 1000);
+  const s = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  const ms = Math.round(s * 1000);
+  if (!(s >= 0 && s <= maxSeconds) || (s > 0 && ms === 0)) {
+    throw new UsageError(`--${flag}: expected seconds from 0 (off) to ${maxSeconds}, decimals allowed down to 0.001, got ${JSON.stringify(text)}`);
+  }
+  return ms;
+}
+
+/** What `serve`'s options ask for, checked; every malformed value is a UsageError naming its option. */
+export interface ServeArgs {
+  readonly values: Values;
+  readonly help: boolean;
+  readonly memorySize: number;
+  readonly limits: ServerLimits;
+  readonly port?: number;
+  readonly tlsMode: 'off' | 'on' | 'require';
+  /** `--trace FILE` and its cap, payload prefix and rotation. */
+  readonly trace?: TraceFileOptions & { readonly path: string };
+}
+
+/** Parse `serve`'s arguments; throws UsageError with a one-line message. */
+export function parseServeArgs(args: readonly string[]): ServeArgs {
+  let values: Values;
+  try {
+    ({ values } = parseArgs({ args: joinValues(args), options: OPTIONS, allowPositionals: false }));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(parseArgsMessage(err as Error & { code?: string }));
+  }
+  if (values.help) return { values, help: true, memorySize: 0, limits: {}, tlsMode: 'off' };
+  if (values.memory !== undefined && values.file !== undefined) throw new UsageError('--memory and --file are exclusive');
+  for (const f of ['file', 'socket'] as const) {
+    if (values[f] === '') throw new UsageError(`--${f}: expected a path, got ""`);
+  }
+  // Sizes over 2^53 bytes cannot be served (NBD sizes are 64-bit, ours exact integers).
+  const memorySize = values.file === undefined ? parseSizeFlag('memory', values.memory ?? '1G', 0, Number.MAX_SAFE_INTEGER) : 0;
+  const port = values.port !== undefined ? parseCount('port', values.port, 0, 65535) : undefined;
+  const limits: Record<string, number> = {};
+  for (const { flag, limit, kind } of LIMIT_FLAGS) {
+    const text = values[flag] as string | undefined;
+    if (text === undefined) continue;
+    const r = LIMIT_RANGES[limit];
+    limits[limit] = kind === 'count' ? parseCount(flag, text, r.min, r.max) : kind === 'size' ? parseSizeFlag(flag, text, r.min, r.max) : parseSeconds(flag, text);
+  }
+  // Limits that must agree with each other (maxBufferedBytes ≥ maxPayload + header): a usage error too, named by flag.
+  try {
+    validateLimits(limits);
+  } catch (err) {
+    const message = (err as Error).message;
+    const f = LIMIT_FLAGS.find((l) => message.startsWith(`${l.limit}:`));
+    throw new UsageError(f ? `--${f.flag}: ${message.slice(f.limit.length + 2)}` : message);
+  }
+  const tlsMode = (values.tls ?? 'off') as ServeArgs['tlsMode'];
+  if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);
+  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk'] as const;
+  const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
+  if (tlsMode === 'off' && given.length > 0) {
+    // Serving plaintext when credentials were given is never what was meant.
+    throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require`);
+  }
+  const traceFlag = (['trace-max', 'trace-prefix', 'trace-rotate'] as const).find((f) => values[f] !== undefined);
+  if (values.trace === undefined && traceFlag) throw new UsageError(`--${traceFlag} given without --trace FILE`);
+  if (values.trace === '') throw new UsageError('--trace: expected a path, got ""');
+  const trace = values.trace === undefined ? undefined : {
+    path: values.trace,
+    maxBytes: parseSizeFlag('trace-max', values['trace-max'] ?? String(TRACE_MAX_BYTES), 4096, Number.MAX_SAFE_INTEGER),
+    prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
+    rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
+  };
+  return { values, help: false, memorySize, limits, port, tlsMode, trace };
+}
