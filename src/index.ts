@@ -23,5 +23,6 @@ export { parseSize } from './cli/size.js';
 export * as protocol from './protocol/index.js';
 export * as machines from './machines/index.js';
 export { traceFile, TRACE_MAX_BYTES } from './inspect/trace-file.js';
+export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions, type LiveMessage } from './inspect/live.js';
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';

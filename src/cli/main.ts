@@ -29,6 +29,7 @@ import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 import { traceFile } from '../inspect/trace-file.js';
+import { startLiveInspector, type LiveInspector } from '../inspect/live.js';
 
 export { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 
@@ -144,7 +145,20 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
+  let live: LiveInspector | undefined;
+  if (parsed.inspectPort !== undefined) {
+    try {
+      live = await startLiveInspector(server, { port: parsed.inspectPort, logger });
+      process.stderr.write(`nbd-engine: live view at ${live.url}\n`);
+    } catch (err) {
+      process.stderr.write(`nbd-engine: --inspect: cannot listen: ${(err as Error).message}\n`);
+      await server.close({ timeout: 0 });
+      return 1;
+    }
+  }
+
   const cleanup = async () => {
+    await live?.close();
     await server.close({ timeout: 5000 });
     await trace?.close();
     if (unixSocket) fs.rmSync(unixSocket, { force: true });

@@ -8,6 +8,7 @@ import type { ServerLimits } from '../api/server.js';
 import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
 import { parseSize } from './size.js';
 import { TRACE_MAX_BYTES, type TraceFileOptions } from '../inspect/trace-file.js';
+import { INSPECT_PORT } from '../inspect/live.js';
 
 /** A bad command line: one line on stderr, exit status 2. */
 export class UsageError extends Error {}
@@ -42,9 +43,13 @@ const OPTIONS = {
   'trace-max': { type: 'string' },
   'trace-prefix': { type: 'string' },
   'trace-rotate': { type: 'string' },
+  inspect: { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
   help: { type: 'boolean', short: 'h' },
 } as const;
+
+/** Options whose value is optional (`--inspect` or `--inspect=PORT`): alone, they take this default. */
+const OPTIONAL_VALUES: Readonly<Record<string, string>> = { inspect: String(INSPECT_PORT) };
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: false }>>['values'];
 
@@ -77,7 +82,9 @@ function joinValues(args: readonly string[]): string[] {
     }
     const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : undefined;
     const spec = name !== undefined && Object.hasOwn(OPTIONS, name) ? (OPTIONS as Record<string, { type: string }>)[name] : undefined;
-    if (spec?.type === 'string') {
+    if (name !== undefined && Object.hasOwn(OPTIONAL_VALUES, name)) {
+      out.push(`${a}=${OPTIONAL_VALUES[name]}`);
+    } else if (spec?.type === 'string') {
       if (i + 1 >= args.length) throw new UsageError(`${a}: missing value`);
       out.push(`${a}=${args[++i]}`);
     } else {
@@ -140,6 +147,8 @@ export interface ServeArgs {
   readonly memorySize: number;
   readonly limits: ServerLimits;
   readonly port?: number;
+  /** `--inspect[=PORT]`: the live view's port on 127.0.0.1. */
+  readonly inspectPort?: number;
   readonly tlsMode: 'off' | 'on' | 'require';
   /** `--trace FILE` and its cap, payload prefix and rotation. */
   readonly trace?: TraceFileOptions & { readonly path: string };
@@ -162,6 +171,7 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
   // Sizes over 2^53 bytes cannot be served (NBD sizes are 64-bit, ours exact integers).
   const memorySize = values.file === undefined ? parseSizeFlag('memory', values.memory ?? '1G', 0, Number.MAX_SAFE_INTEGER) : 0;
   const port = values.port !== undefined ? parseCount('port', values.port, 0, 65535) : undefined;
+  const inspectPort = values.inspect !== undefined ? parseCount('inspect', values.inspect, 0, 65535) : undefined;
   const limits: Record<string, number> = {};
   for (const { flag, limit, kind } of LIMIT_FLAGS) {
     const text = values[flag] as string | undefined;
@@ -194,5 +204,5 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
     rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
   };
-  return { values, help: false, memorySize, limits, port, tlsMode, trace };
+  return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace };
 }

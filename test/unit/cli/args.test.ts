@@ -28,6 +28,18 @@ describe('parseServeArgs', () => {
     });
   });
 
+  it('--inspect takes an optional port: alone it is 10880 and never swallows the next option', () => {
+    expect(parseServeArgs([]).inspectPort).toBeUndefined();
+    expect(parseServeArgs(['--inspect']).inspectPort).toBe(10880);
+    const a = parseServeArgs(['--inspect', '--socket', '/tmp/x.sock']);
+    expect(a.inspectPort).toBe(10880);
+    expect(a.values.socket).toBe('/tmp/x.sock');
+    expect(parseServeArgs(['--inspect=0']).inspectPort).toBe(0);
+    expect(parseServeArgs(['--inspect=8123']).inspectPort).toBe(8123);
+    expect(() => parseServeArgs(['--inspect=65536'])).toThrow(UsageError);
+    expect(() => parseServeArgs(['--inspect=http'])).toThrow(/^--inspect: /);
+  });
+
   it('no limit flags: no limits (the server defaults apply)', () => {
     expect(parseServeArgs([]).limits).toEqual({});
   });

@@ -1,0 +1,148 @@
+/**
+ * The live view (`nbd-engine serve --inspect[=PORT]`): a small HTTP server on
+ * a loopback address that serves one self-contained page, and a WebSocket on
+ * the same port over which the page receives every connection's trace
+ * records as they happen (the records of `./trace-format.ts`, each with its
+ * transcript line). Nothing is fetched from anywhere else.
+ *
+ * It costs nothing while no page is open: each open page is one tap on the
+ * server (`server.tap`), attached when the page connects and detached when it
+ * goes; a tap attached mid-connection first gets the connection's current
+ * states. A page that cannot keep up (more than `maxBufferedBytes` unsent) is
+ * disconnected rather than let the server's memory grow; it can reload.
+ */
+import http from 'node:http';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { TraceRecord, TraceSink } from './trace-format.js';
+import { MACHINE_NAMES, MACHINES, machineGraph, toSvg } from './statechart.js';
+import { livePage } from './live-page.js';
+import { describeRecord } from './transcript.js';
+import type { Logger } from '../transport/logger.js';
+
+/** The default port of `serve --inspect`. */
+export const INSPECT_PORT = 10880;
+
+export interface LiveOptions {
+  /** Loopback only: 127.0.0.1 (default), ::1 or localhost. */
+  readonly host?: string;
+  /** 0 picks a free port. Default INSPECT_PORT. */
+  readonly port?: number;
+  /**
+   * Listen on this UNIX socket instead of a TCP port (for example to forward
+   * it over ssh: `ssh -L 10880:/path/to/socket host`); `url` is then
+   * `unix:PATH`, and only clients that send no Origin are accepted.
+   */
+  readonly path?: string;
+  /** Unsent bytes a page may fall behind by before it is disconnected (default 8 MiB). */
+  readonly maxBufferedBytes?: number;
+  readonly logger?: Logger;
+}
+
+/** What the live view needs of a server. */
+export interface Tappable {
+  tap(sink: TraceSink): { unsubscribe(): void };
+}
+
+export interface LiveInspector {
+  /** The page's address, e.g. http://127.0.0.1:10880/ */
+  readonly url: string;
+  /** Pages open now. */
+  readonly pages: number;
+  close(): Promise<void>;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+
+/** The message a page receives: a record and its transcript line. */
+export interface LiveMessage {
+  readonly record: TraceRecord;
+  readonly line: string;
+}
+
+export async function startLiveInspector(server: Tappable, options: LiveOptions = {}): Promise<LiveInspector> {
+  const host = options.host ?? '127.0.0.1';
+  if (options.path === undefined && !LOOPBACK.has(host)) throw new Error(`the live view listens on a loopback address only (127.0.0.1, ::1, localhost), not ${JSON.stringify(host)}`);
+  const maxBuffered = options.maxBufferedBytes ?? 8 * 1024 * 1024;
+  const log = options.logger;
+  const charts = Object.fromEntries(await Promise.all(MACHINE_NAMES.map(async (name) => [name, await toSvg(machineGraph(MACHINES[name]))] as const)));
+  const page = livePage(charts);
+
+  const http$ = http.createServer((req, res) => {
+    if (req.method === 'GET' && (req.url === '/' || req.url === '/index.html')) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:" });
+      res.end(page);
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    http$.once('error', reject);
+    const listening = () => {
+      http$.off('error', reject);
+      resolve();
+    };
+    if (options.path !== undefined) http$.listen(options.path, listening);
+    else http$.listen(options.port ?? INSPECT_PORT, host, listening);
+  });
+  const address = http$.address();
+  let origin: string;
+  const origins = new Set<string>();
+  if (typeof address === 'string' || address === null) {
+    origin = `unix:${options.path}`;
+  } else {
+    origin = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+    origins.add(origin).add(`http://localhost:${address.port}`);
+  }
+
+  // A web page elsewhere may not read the trace: browsers send their page's Origin with a WebSocket
+  // handshake, and only this page's own is accepted (tools that send none, like `ws` clients, are).
+  const wss = new WebSocketServer({
+    server: http$,
+    path: '/events',
+    verifyClient: ({ origin: o }: { origin?: string }) => o === undefined || origins.has(o),
+  });
+  const pages = new Set<WebSocket>();
+  wss.on('connection', (ws) => {
+    pages.add(ws);
+    let open = true;
+    const sink: TraceSink = {
+      write(record) {
+        if (!open) return;
+        if (ws.bufferedAmount > maxBuffered) {
+          // Not a closing handshake: the page is not reading, it would never answer. Drop it and its tap now.
+          log?.warn?.(`live view: a page fell more than ${maxBuffered} bytes behind; disconnected`);
+          done();
+          ws.terminate();
+          return;
+        }
+        const message: LiveMessage = { record, line: describeRecord(record) };
+        ws.send(JSON.stringify(message));
+      },
+    };
+    let tap: { unsubscribe(): void } | undefined;
+    const done = () => {
+      if (!pages.delete(ws)) return;
+      open = false;
+      tap?.unsubscribe();
+    };
+    tap = server.tap(sink);
+    // Fell behind already while being sent the live connections' current states.
+    if (!open) tap.unsubscribe();
+    ws.on('close', done);
+    ws.on('error', done);
+  });
+
+  return {
+    url: typeof address === 'string' || address === null ? origin : `${origin}/`,
+    get pages() {
+      return pages.size;
+    },
+    async close() {
+      for (const ws of pages) ws.terminate();
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+      http$.closeAllConnections?.();
+      await new Promise<void>((resolve) => http$.close(() => resolve()));
+    },
+  };
+}
