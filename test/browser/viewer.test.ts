@@ -9,46 +9,19 @@
  * details panel's text, the sequence list, the coverage counts, each
  * compared with what the trace file itself says.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MACHINES, MACHINE_NAMES, machineGraph } from '../../src/inspect/statechart.js';
 import type { TraceRecord } from '../../src/inspect/trace-format.js';
-import { CLI, run, spawnCli, tmpDir } from '../integration/harness.js';
+import { run, spawnCli, tmpDir } from '../integration/harness.js';
+import { cli, launchChromium, stop, type Browser } from './browser.js';
 import { makePki } from '../integration/tls-support.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SHOT = path.join(ROOT, '.test-results', 'viewer.png');
-
-/** Chromium is a declared peer (scripts/test.sh installs it): missing, the test fails, in CI or not. */
-function requireChromium(): string {
-  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
-  return CHROMIUM;
-}
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-function stop(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGINT');
-  });
-}
 
 type Conn = { conn: number; records: TraceRecord[] };
 
@@ -84,13 +57,14 @@ describe('trace view in Chromium, from a real recording', () => {
   let dir: string;
   let conns: Conn[];
   let html: string;
-  let context: BrowserContext;
+  let browser: Browser;
   let page: Page;
   let blocked: string[];
   const errors: string[] = [];
 
   beforeAll(async () => {
-    const executablePath = requireChromium();
+    browser = await launchChromium((url) => url.startsWith('file:'));
+    blocked = browser.blocked;
     dir = tmpDir('nbd-engine-viewer-');
     const pki = makePki(path.join(dir, 'pki'));
     const sock = path.join(dir, 'nbd.sock');
@@ -119,22 +93,13 @@ describe('trace view in Chromium, from a real recording', () => {
     expect(made.stderr).toBe('');
     expect(made.code).toBe(0);
 
-    const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-      viewport: { width: 1400, height: 1000 },
-    });
-    blocked = [];
-    await context.route('**/*', (r) => (r.request().url().startsWith('file:') ? r.continue() : (blocked.push(r.request().url()), r.abort())));
-    page = context.pages()[0] ?? (await context.newPage());
+    page = browser.context.pages()[0] ?? (await browser.context.newPage());
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(pathToFileURL(html).href);
   });
 
   afterAll(async () => {
-    await context?.close();
+    await browser?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
