@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type BrowserContext } from 'playwright-core';
+import type { TraceRecord } from '../../src/inspect/trace-format.js';
 import { CLI } from '../integration/harness.js';
 
 export const CHROMIUM = '/usr/bin/chromium';
@@ -73,3 +74,22 @@ export function stop(child: ChildProcess): Promise<void> {
     child.kill('SIGINT');
   });
 }
+
+/** The state ids a state value names below `prefix` (`{ options: 'open' }` → options, options.open). */
+const idsOf = (prefix: string, v: unknown): string[] =>
+  typeof v === 'string' ? [`${prefix}.${v}`] : v && typeof v === 'object' ? Object.entries(v).flatMap(([k, sub]) => [`${prefix}.${k}`, ...idsOf(`${prefix}.${k}`, sub)]) : [];
+
+/**
+ * What the page must show active after record `i`: per machine, what its
+ * last step record (its `active` list) or snapshot record (its state value)
+ * so far says.
+ */
+export function activeAt(records: readonly TraceRecord[], i: number): string[] {
+  const byActor = new Map<string, readonly string[]>();
+  for (const r of records.slice(0, i + 1)) {
+    if (r.type === 'step') byActor.set(r.actor, r.active);
+    if (r.type === 'snapshot') byActor.set(r.actor, [r.actor, ...idsOf(r.actor, r.value)]);
+  }
+  return [...byActor.values()].flat().map((id) => `state:${id}`).sort();
+}
+

@@ -17,31 +17,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MACHINES, MACHINE_NAMES, machineGraph } from '../../src/inspect/statechart.js';
 import type { TraceRecord } from '../../src/inspect/trace-format.js';
 import { run, spawnCli, tmpDir } from '../integration/harness.js';
-import { cli, launchChromium, stop, type Browser } from './browser.js';
+import { activeAt, cli, launchChromium, stop, type Browser } from './browser.js';
 import { makePki } from '../integration/tls-support.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SHOT = path.join(ROOT, '.test-results', 'viewer.png');
 
 type Conn = { conn: number; records: TraceRecord[] };
-
-/** The state ids a state value names below `prefix` (`{ options: 'open' }` → options, options.open). */
-const idsOf = (prefix: string, v: unknown): string[] =>
-  typeof v === 'string' ? [`${prefix}.${v}`] : v && typeof v === 'object' ? Object.entries(v).flatMap(([k, sub]) => [`${prefix}.${k}`, ...idsOf(`${prefix}.${k}`, sub)]) : [];
-
-/**
- * What the page must show active after record `i`: per machine, what its
- * last step record (its `active` list) or snapshot record (its state value)
- * so far says.
- */
-function activeAt(records: readonly TraceRecord[], i: number): string[] {
-  const byActor = new Map<string, readonly string[]>();
-  for (const r of records.slice(0, i + 1)) {
-    if (r.type === 'step') byActor.set(r.actor, r.active);
-    if (r.type === 'snapshot') byActor.set(r.actor, [r.actor, ...idsOf(r.actor, r.value)]);
-  }
-  return [...byActor.values()].flat().map((id) => `state:${id}`).sort();
-}
 
 function coverage(records: readonly TraceRecord[]): string[] {
   return MACHINE_NAMES.map((m) => {
