@@ -13,12 +13,21 @@ import { TRACE_VERSION, type TraceHeader, type TraceRecord, type TraceSink } fro
 
 /** Default size cap of one trace file: 64 MiB. */
 export const TRACE_MAX_BYTES = 64 * 1024 * 1024;
+/** Default `maxPendingBytes`: what a slow disk may leave unwritten before recording stops. */
+export const TRACE_MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 export interface TraceFileOptions {
   /** Bytes per file before the cap applies (default 64 MiB). */
   readonly maxBytes?: number;
   /** Leading payload bytes recorded as hex (default 0: lengths only). */
   readonly prefixBytes?: number;
+  /**
+   * Bytes recorded but not yet written to the file (queued, or in the file
+   * stream) beyond which recording stops, with an `end` record (reason
+   * `behind`) and one log line, rather than let memory grow when the disk is
+   * slower than the connections (default 16 MiB).
+   */
+  readonly maxPendingBytes?: number;
   /** At the cap, rotate and keep this many old files (FILE.1 … FILE.N); default 0: stop recording at the cap. */
   readonly rotate?: number;
   /** Where the one line about a write error goes (default stderr). */
@@ -42,12 +51,15 @@ function packageVersion(): string {
 export function traceFile(path: string, options: TraceFileOptions = {}): TraceFile {
   const maxBytes = options.maxBytes ?? TRACE_MAX_BYTES;
   const keep = options.rotate ?? 0;
+  const maxPending = options.maxPendingBytes ?? TRACE_MAX_PENDING_BYTES;
   const logger = options.logger ?? { error: (m: string) => process.stderr.write(`nbd-engine: ${m}\n`) };
   if (!(maxBytes > 0)) throw new RangeError(`trace maxBytes must be positive, got ${maxBytes}`);
   if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`trace rotate must be a whole number ≥ 0, got ${keep}`);
   const version = packageVersion();
   let stream: fs.WriteStream | null = null;
   let queue: string[] = [];
+  /** Bytes in `queue` (not yet handed to the stream). */
+  let queued = 0;
   let bytes = 0;
   let scheduled = false;
   /** 'on' records; 'capped' reached the cap without rotation; 'failed' a write failed; 'closed' after close(). */
@@ -84,6 +96,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
     const h = line(header);
     queue.push(h);
     bytes = Buffer.byteLength(h);
+    queued += bytes;
   };
 
   const flush = (): void => {
@@ -91,6 +104,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
     if (queue.length === 0 || !stream || stream.destroyed) return;
     const chunk = queue.join('');
     queue = [];
+    queued = 0;
     stream.write(chunk);
   };
 
@@ -100,8 +114,9 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
     setImmediate(flush);
   };
 
-  const end = (reason: 'cap' | 'rotate' | 'closed'): void => {
+  const end = (reason: 'cap' | 'rotate' | 'closed' | 'behind'): void => {
     queue.push(line(reason === 'rotate' ? { type: 'end', t: Date.now(), reason, next: path } : { type: 'end', t: Date.now(), reason }));
+    queued = 0;
     flush();
     stream?.end();
   };
@@ -139,7 +154,14 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
         rotate();
         if (state !== 'on') return;
       }
+      if (queued + n + (stream?.writableLength ?? 0) > maxPending) {
+        state = 'capped';
+        logger.error(`trace file ${path}: the disk fell ${maxPending} bytes behind; recording stopped`);
+        end('behind');
+        return;
+      }
       queue.push(l);
+      queued += n;
       bytes += n;
       schedule();
     },

@@ -133,11 +133,11 @@ export interface CloseRecord {
   readonly reason: string;
 }
 
-/** The recorder stopped writing this file (size cap reached, or rotated to `next`). */
+/** The recorder stopped writing this file (size cap reached, rotated to `next`, or the disk fell too far behind: `behind`). */
 export interface EndRecord {
   readonly type: 'end';
   readonly t: number;
-  readonly reason: 'cap' | 'rotate' | 'closed';
+  readonly reason: 'cap' | 'rotate' | 'closed' | 'behind';
   readonly next?: string;
 }
 

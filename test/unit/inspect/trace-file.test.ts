@@ -45,6 +45,22 @@ describe('traceFile', () => {
     expect(Buffer.byteLength(text.slice(0, text.lastIndexOf('{"type":"end"')))).toBeLessThanOrEqual(1000);
   });
 
+  it('stops with one log line and an end record (behind) when more than maxPendingBytes wait for the disk', async () => {
+    const f = path.join(dir, 't.jsonl');
+    const logs: string[] = [];
+    const t = traceFile(f, { maxPendingBytes: 4096, logger: { error: (m) => logs.push(m) } });
+    // All in one turn of the event loop: nothing reaches the file stream before the bound.
+    for (let i = 1; i <= 1000; i++) t.write(open(i));
+    await t.close();
+    const rs = read(f);
+    expect(rs.at(-1)).toMatchObject({ type: 'end', reason: 'behind' });
+    expect(rs.filter((r) => r.type === 'end')).toHaveLength(1);
+    const opens = rs.filter((r) => r.type === 'open').length;
+    expect(opens).toBeGreaterThan(10);
+    expect(opens * 80).toBeLessThan(4096 + 200);
+    expect(logs).toEqual([`trace file ${f}: the disk fell 4096 bytes behind; recording stopped`]);
+  });
+
   it('rotates at the cap with rotate: N, keeping N old files, each starting with a header', async () => {
     const f = path.join(dir, 't.jsonl');
     const t = traceFile(f, { maxBytes: 1000, rotate: 2 });
