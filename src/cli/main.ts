@@ -74,6 +74,15 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);
     return 1;
   }
+  if (parsed.trace) {
+    // A file that cannot be written is an error at start (later write errors stop recording, not serving).
+    try {
+      fs.closeSync(fs.openSync(parsed.trace.path, 'a'));
+    } catch (err) {
+      process.stderr.write(`nbd-engine: --trace: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
   const trace = parsed.trace ? traceFile(parsed.trace.path, { ...parsed.trace, logger }) : undefined;
   let server: NbdServer;
   try {

@@ -233,6 +233,16 @@ describe('serve --trace FILE and trace show', () => {
     }
   });
 
+  it('serve: a trace file that cannot be written is one stderr line and exit 1, before serving', async () => {
+    const e = await execFileP(process.execPath, [CLI, 'serve', '--socket', path.join(dir, 'never.sock'), '--trace', path.join(dir, 'no-such-dir', 't.jsonl')]).then(
+      () => null,
+      (err: { code: number; stderr: string }) => err,
+    );
+    expect(e?.code).toBe(1);
+    expect(e!.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^nbd-engine: --trace: ENOENT: .*no-such-dir/)]);
+    expect(fs.existsSync(path.join(dir, 'never.sock'))).toBe(false);
+  });
+
   it('bad arguments: one stderr line, exit 2', async () => {
     for (const args of [['show'], ['show', file, '--connection', 'x'], ['nope'], ['show', file, '--bogus']]) {
       const e = await execFileP(process.execPath, [CLI, 'trace', ...args]).then(
