@@ -22,7 +22,8 @@
 // and through the library's serveRequests operator (the same async handler,
 // and the handler as a plain function), in the same rounds as
 // the memory backend and nbdkit (the order rotates each round). Their rows
-// add the ratio to the memory-backend path.
+// add the ratio to the memory-backend path. So does the memory backend with
+// `--trace` (to a tmpfs file): what recording every connection costs.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -141,6 +142,13 @@ async function startServer(kind, transport, size, extra = {}) {
     // Storage-free nbd-engine (UNIX socket only): see bench/null-server.mjs.
     cmd = process.execPath;
     argv = [path.join(ROOT, 'bench/null-server.mjs'), sock, String(parseSizeArg(size))];
+  } else if (kind === 'engine-traced') {
+    cmd = process.execPath;
+    const traceTo = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : WORK, `nbd-bench-trace-${process.pid}-${port}.jsonl`);
+    argv = [path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--memory', size, '--socket', sock, '--trace', traceTo, '--trace-max', '64M', '--trace-rotate', '1'];
+    extra.cleanup = () => {
+      for (const f of [traceTo, `${traceTo}.1`]) fs.rmSync(f, { force: true });
+    };
   } else if (STREAM_KINDS[kind]) {
     // requests$ served as README's snippet does (UNIX socket only): see bench/stream-server.mjs.
     // Its store is one flat Buffer, allocated whole, so it is as large as the workloads touch (1 GiB).
@@ -174,6 +182,7 @@ async function startServer(kind, transport, size, extra = {}) {
       await done;
       clearTimeout(t);
       children.delete(child);
+      extra.cleanup?.();
     },
   };
 }
@@ -183,6 +192,9 @@ const STREAM_KINDS = {
   'engine-stream': { serve: 'mergeMap', suffix: ' (requests$ + mergeMap)' },
   'engine-stream-op': { serve: 'serveRequests', suffix: ' (requests$ + serveRequests)' },
   'engine-stream-sync': { serve: 'serveRequests-sync', suffix: ' (requests$ + serveRequests, sync handler)' },
+  // Not a request stream: the memory backend (`serve --memory`) recording every connection with
+  // `--trace` to a tmpfs file (rotating at 64 MiB, one old file kept), so its rows give what recording costs.
+  'engine-traced': { serve: 'trace', suffix: ' (serve --trace)', label: 'memory backend, --trace' },
 };
 const STREAM_SIZE = 1024 ** 3;
 
@@ -315,7 +327,9 @@ const cpuRows = [];
 /** The request-stream kinds this build can serve (serveRequests only once dist/ exports it). */
 async function streamKinds() {
   const lib = await import(path.join(ROOT, 'dist/index.js'));
-  return Object.keys(STREAM_KINDS).filter((k) => !STREAM_KINDS[k].serve.startsWith('serveRequests') || typeof lib.serveRequests === 'function');
+  return Object.keys(STREAM_KINDS).filter((k) =>
+    STREAM_KINDS[k].serve === 'trace' ? typeof lib.traceFile === 'function' : !STREAM_KINDS[k].serve.startsWith('serveRequests') || typeof lib.serveRequests === 'function',
+  );
 }
 
 async function runGroup(g) {
@@ -494,7 +508,7 @@ for (const r of results) {
 process.stdout.write(`\n${header.join('\n')}\n\n${lines.join('\n')}\n`);
 if (cpuRows.length > 0) {
   // The server process's CPU time (user + system, all threads) over each fio run, per request.
-  const label = { engine: 'memory backend', nbdkit: 'nbdkit memory', ...Object.fromEntries(Object.entries(STREAM_KINDS).map(([k, v]) => [k, `requests$ + ${v.serve}`])) };
+  const label = { engine: 'memory backend', nbdkit: 'nbdkit memory', ...Object.fromEntries(Object.entries(STREAM_KINDS).map(([k, v]) => [k, v.label ?? `requests$ + ${v.serve}`])) };
   const out = ['| workload | server | server CPU µs / request (median) | ratio / memory backend | runs |', '|---|---|---:|---:|---|'];
   for (const { name, kinds, cpu } of cpuRows) {
     const base = median(cpu.engine);
