@@ -26,3 +26,4 @@ export { traceFile, TRACE_MAX_BYTES } from './inspect/trace-file.js';
 export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions, type LiveMessage } from './inspect/live.js';
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
+export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';

@@ -22,6 +22,9 @@ import { DEFAULTS } from '../defaults.js';
 import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
+import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
+
+export type { Violation } from './violations.js';
 
 export type { ExportConfig } from './export-entry.js';
 
@@ -79,6 +82,8 @@ export interface ServerOptions {
   readonly extendedHeaders?: boolean;
   /** Record every connection (open, machine events and steps, frames both ways, TLS, refusals, close) here, e.g. `traceFile(path)`. */
   readonly trace?: TraceSink;
+  /** Strict mode for client developers: log every client protocol violation (`violations$`) as a warning with its rule ID, frame and connection (default false). */
+  readonly strict?: boolean;
 }
 
 export interface ConnectionInfo extends ConnectionRef {
@@ -101,6 +106,9 @@ export class NbdServer {
   readonly requests$: Observable<NbdRequest>;
   /** opened / negotiated / closed, per connection. */
   readonly connections$: Observable<ConnectionEvent>;
+  /** Every protocol violation a client commits (src/api/violations.ts), strict mode or not. */
+  readonly violations$: Observable<Violation>;
+  private readonly violationHub: ViolationHub;
   private readonly requestSubject = new Subject<NbdRequest>();
   private readonly connectionSubject = new Subject<ConnectionEvent>();
   private readonly exports = new Map<string, ExportEntry>();
@@ -144,6 +152,8 @@ export class NbdServer {
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();
     this.recorder = new ServerRecorder(options.trace);
+    this.violationHub = new ViolationHub(options.strict ?? false, this.logger);
+    this.violations$ = this.violationHub.violations$;
   }
 
   /**
@@ -258,6 +268,7 @@ export class NbdServer {
       },
       handlers,
     );
+    session.violations = new ConnectionViolations(this.violationHub, () => info);
     this.sessions.add(session);
     this.recorder.open(session, socket.remoteAddress ? `${socket.remoteAddress}:${(socket as { remotePort?: number }).remotePort}` : 'local');
     this.connectionSubject.next({ type: 'opened', connection: info });
@@ -365,6 +376,7 @@ export class NbdServer {
     }
     this.requestSubject.complete();
     this.connectionSubject.complete();
+    this.violationHub.complete();
   }
 }
 

@@ -163,7 +163,7 @@ export const OPTION_ERROR_DETAILS: { readonly [C in OptionErrorCode]: (ctx: Hand
 export function errorReply<C extends OptionErrorCode>(code: C, ctx: HandshakeContext, frame: OptionFrame): HandshakeEmitted {
   const error = ERRORS[code].wire;
   const message = messageOf(code, ...OPTION_ERROR_DETAILS[code](ctx, frame));
-  return sendOf(encodeOptionError(frame.code, error, message), `${error}: ${message}`);
+  return { type: 'send', frame: encodeOptionError(frame.code, error, message), label: `${error}: ${message}`, code };
 }
 
 /** What a hard close names: a catalogue entry with a fixed message. */

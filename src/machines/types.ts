@@ -6,7 +6,7 @@
 import type { Frame } from '../protocol/encoder.js';
 import type { OptionFrame, RequestFrame } from '../protocol/frames.js';
 import type { DecodeFailureCode } from '../protocol/decoder.js';
-import type { CloseCode, RefusalCode } from '../protocol/errors.js';
+import type { CloseCode, OptionErrorCode, RefusalCode } from '../protocol/errors.js';
 
 export type TlsPolicy = 'off' | 'optional' | 'required';
 
@@ -74,7 +74,8 @@ export type HandshakeEvent =
 
 /** Effects the handshake machine asks the transport to carry out. */
 export type HandshakeEmitted =
-  | { type: 'send'; frame: Frame; label: string }
+  /** `code`: for an option error reply, the catalogue entry it answers with. */
+  | { type: 'send'; frame: Frame; label: string; code?: OptionErrorCode }
   | { type: 'startTls' }
   /** The session ends: `code` is why, in the error catalogue (src/protocol/errors.ts); `reason` its text with the details. */
   | { type: 'close'; hard: boolean; code: CloseCode; reason: string }

@@ -39,8 +39,9 @@ export function handshakeEffect(host: EffectHost, e: HandshakeEmitted): void {
       return;
     case 'close': {
       host.ending(e.code, e.reason);
-      // The handshake is over: bytes the client sent after this are never interpreted.
-      host.decoder().stop();
+      // The handshake is over: bytes the client sent after this are never interpreted (after ABORT, said once).
+      const left = host.decoder().stop();
+      if (!e.hard) host.ignoreAfterStop(left);
       const writer = host.writer();
       if (e.hard) {
         host.logDrop(`disconnecting: ${withCode(e.code, e.reason)}`);

@@ -28,6 +28,8 @@ export interface InputHost {
   /** The client closed its side. */
   eof(): void;
   internalError(message: string): void;
+  /** Bytes after the end of the session were dropped (strict mode reports them). */
+  ignored?(bytes: number): void;
   readonly log: Logger;
   readonly peer: string;
 }
@@ -69,6 +71,7 @@ export class SocketInput {
     if (n <= 0) return;
     if (this.ignored === 0) this.host.log.info?.(`${this.host.peer}: ignoring bytes sent after the end of the session (NBD_CMD_DISC or handshake end)`);
     this.ignored += n;
+    this.host.ignored?.(n);
   }
 
   private received(chunk: Buffer): void {

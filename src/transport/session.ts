@@ -33,6 +33,7 @@ import { ConnectionEnding } from './endings.js';
 import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
 import type { Logger } from './logger.js';
 import type { ConnectionTrace } from '../inspect/recorder.js';
+import type { ConnectionViolations } from '../api/violations.js';
 
 export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 
@@ -56,6 +57,8 @@ export class Session implements ReplySink {
   private readonly log: Logger;
   /** The recorder while something records this connection (set by `record`, from server.ts); null otherwise: each tap is one check. */
   trace: ConnectionTrace | null = null;
+  /** Reports the client's protocol violations (set by server.ts before `start`). */
+  violations: ConnectionViolations | null = null;
 
   constructor(socket: Duplex, private readonly options: SessionOptions, private readonly handlers: SessionHandlers) {
     this.id = options.id;
@@ -119,6 +122,7 @@ export class Session implements ReplySink {
       socketError: (err) => this.ending.socketError(err),
       eof: () => this.onEof(),
       internalError: (message) => this.ending.fail(message),
+      ignored: (n) => this.violations?.ignored(n),
       log: this.log,
       peer: this.peer,
     });
@@ -128,12 +132,16 @@ export class Session implements ReplySink {
     this.machines = new ConnectionMachines(this.actor, {
       handshake: (e) => {
         if (this.trace) this.trace.handshakeEffect(e);
+        this.violations?.handshake(e);
         handshakeEffect(this.effectHost, e);
       },
       // The handshake's last replies (GO's ACK, EXPORT_NAME's reply) go out the moment it finishes,
       // before the transmission machine is built: the client is waiting for them.
       handshakeDone: () => this.writer.flushNow(),
-      transmission: (e) => transmissionEffect(this.effectHost, e),
+      transmission: (e) => {
+        this.violations?.transmission(e);
+        transmissionEffect(this.effectHost, e);
+      },
       failed: (message) => this.ending.fail(message),
     });
   }
@@ -237,6 +245,7 @@ export class Session implements ReplySink {
 
   private dispatch(f: ClientFrame): void {
     if (this.trace) this.trace.frameIn(f);
+    this.violations?.frameIn(f);
     switch (f.kind) {
       case 'request':
         this.sendToActive({ type: 'request', frame: f });
@@ -378,6 +387,7 @@ export class Session implements ReplySink {
     if (this.machines.closed) return;
     this.ending.logDrop(withCode(code, logLine));
     this.trace?.tls('failed', withCode(code, logLine));
+    this.violations?.dropped(code, messageOf(code));
     this.input.detach();
     const reason = messageOf(code);
     this.sendToActive({ type: 'tls.failed', message: reason });

@@ -1,0 +1,248 @@
+/**
+ * Strict mode for client developers: every protocol violation a client
+ * commits, as the server already detects it, on `server.violations$`.
+ *
+ * Nothing here decides whether a frame is acceptable: the machines and the
+ * decoder do that, and name their decision by a catalogue code
+ * (../protocol/errors.ts). This module only says which of those codes are
+ * the client's fault (CLIENT_VIOLATIONS below) and reports them, with the
+ * rule of docs/rules.md, the offending frame (summarised as the trace
+ * records it) and the connection.
+ *
+ * `violations$` always emits; with no subscriber and strict mode off the
+ * per-connection watcher does nothing but remember the last frame it saw.
+ * Strict mode (`strict: true`, `serve --strict`) adds one warning line per
+ * violation.
+ */
+import { Subject, type Observable } from 'rxjs';
+import { ruleOf, type CloseCode, type ErrorCode } from '../protocol/errors.js';
+import { CMD } from '../protocol/constants.js';
+import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
+import type { HandshakeEmitted, TransmissionEmitted } from '../machines/types.js';
+import { clientFrame, type FrameSummary } from '../inspect/trace-frames.js';
+import { now } from '../inspect/recorder.js';
+import type { Logger } from '../transport/logger.js';
+import type { ConnectionRef } from './request.js';
+
+/** One protocol violation by a client. */
+export interface Violation {
+  /** The rule of docs/rules.md the client broke. */
+  readonly rule: string;
+  /** The catalogue code the server answered or disconnected with; absent for what the server tolerates. */
+  readonly code?: ErrorCode;
+  readonly connection: ConnectionRef & { readonly remote?: string };
+  /** The offending frame as the trace records it (JSON-safe; payload bytes only as a length). */
+  readonly frame: FrameSummary;
+  readonly message: string;
+  /** Unix time in milliseconds. */
+  readonly t: number;
+}
+
+/**
+ * Which catalogue entries are a client breaking a MUST / MUST NOT / SHOULD
+ * NOT of the spec: `true` (reported under the entry's own rule), a rule ID
+ * (for the decoder's `NBD_*` codes), or `false`: the server's own condition
+ * or policy (shutdown, limits, TLS policy, a client probing for an export or
+ * an option the server lacks, an orderly close). Every entry is classified:
+ * a new catalogue entry does not typecheck until it is added here.
+ */
+export const CLIENT_VIOLATIONS: { readonly [C in ErrorCode]: boolean | string } = {
+  'transmission.write-read-only': true,
+  'transmission.write-out-of-bounds': true,
+  'transmission.unknown-command': true,
+  'transmission.payload-too-large': true,
+  'transmission.payload-unexpected': true,
+  'transmission.unknown-flag': true,
+  'transmission.flag-not-for-command': true,
+  'transmission.flag-not-advertised': true,
+  'transmission.command-not-advertised': true,
+  'transmission.block-status-needs-context': true,
+  'transmission.flush-with-range': true,
+  'transmission.out-of-bounds': true,
+  'transmission.misaligned-request': true,
+  'transmission.read-too-large': true,
+  'transmission.shutdown-drains': false,
+  'option.shutting-down': false,
+  'handshake.fixed-newstyle-required': true,
+  'tls.mode-forcedtls/option': false,
+  'option.too-big': false,
+  NBD_ERR_BAD_OPTION_DATA: 'option.length-mismatch',
+  'option.unexpected-data': true,
+  'tls.starttls-repeat': true,
+  'tls.mode-notls': false,
+  'option.export-unknown': false,
+  'tls.mode-selectivetls': false,
+  'option.structured-reply/disabled': false,
+  'option.structured-reply/repeat': true,
+  'option.structured-reply/extended-headers': true,
+  'option.extended-headers/disabled': false,
+  'option.extended-headers/repeat': true,
+  'option.meta-context-needs-structured': true,
+  'option.unknown-code': false,
+  'handshake.client-flags-unknown': true,
+  'option.too-many-options': false,
+  'option.export-name-terminates/malformed': true,
+  'option.export-name-terminates/too-long': true,
+  'option.export-name-terminates/unknown-export': false,
+  'option.export-name-terminates/tls-only': false,
+  'option.export-name-terminates/shutting-down': false,
+  'tls.mode-forcedtls/export-name': false,
+  'option.extended-headers/export-name': true,
+  'tls.handshake-failed': false,
+  NBD_ERR_HANDSHAKE_TIMEOUT: false,
+  'tls.plaintext-after-starttls': true,
+  NBD_ERR_TLS_NOT_CONFIGURED: false,
+  NBD_ERR_INTERNAL: false,
+  NBD_ERR_PROTOCOL: false,
+  NBD_ERR_BAD_OPTION_MAGIC: 'handshake.option-magic',
+  NBD_ERR_BAD_REQUEST_MAGIC: 'transmission.request-magic',
+  NBD_ERR_OPTION_TOO_LONG: false,
+  NBD_ERR_PAYLOAD_TOO_LONG: 'transmission.payload-too-large',
+  NBD_ERR_BUFFER_LIMIT: false,
+  'option.abort-ack': false,
+  'transmission.disc-drains': false,
+  NBD_CLOSED_BY_CLIENT: false,
+  NBD_CLOSED_SOCKET: false,
+  NBD_CLOSED_SHUTDOWN: false,
+  NBD_CLOSED_IDLE_TIMEOUT: false,
+  NBD_ERR_CONFIG: false,
+  NBD_ERR_CLOSED: false,
+  NBD_ERR_ALREADY_ANSWERED: false,
+  NBD_ERR_BAD_REPLY: false,
+  NBD_ERR_PAYLOAD_RELEASED: false,
+};
+
+/** The rule a catalogue code is a client violation of, or undefined when it is not one. */
+export function violatedRule(code: ErrorCode): string | undefined {
+  const v = CLIENT_VIOLATIONS[code];
+  if (v === false) return undefined;
+  return v === true ? ruleOf(code) : v;
+}
+
+/** Commands whose zero length the spec leaves unspecified (libnbd's strict mode refuses to send them). */
+const ZERO_LENGTH_UNSPECIFIED: ReadonlySet<number> = new Set([CMD.NBD_CMD_READ, CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES, CMD.NBD_CMD_BLOCK_STATUS, CMD.NBD_CMD_CACHE]);
+
+/** The server's side: the stream, strict mode's log lines. */
+export class ViolationHub {
+  private readonly subject = new Subject<Violation>();
+  readonly violations$: Observable<Violation> = this.subject.asObservable();
+
+  constructor(
+    readonly strict: boolean,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Whether anyone wants violations (strict mode, or a subscriber). */
+  get active(): boolean {
+    return this.strict || this.subject.observed;
+  }
+
+  report(v: Violation): void {
+    if (this.strict) this.logger.warn(`${v.connection.peer}: strict: ${v.rule}: ${v.message}${v.code && v.code !== v.rule ? ` [${v.code}]` : ''}; frame ${JSON.stringify(v.frame)}`);
+    this.subject.next(v);
+  }
+
+  complete(): void {
+    this.subject.complete();
+  }
+}
+
+const undecodable = (reason: string): FrameSummary => ({ name: 'undecodable', fields: { reason } });
+
+/** A client frame as the trace summarises it; client flags also as their number (the summary names only the known bits). */
+function summary(f: ClientFrame): FrameSummary {
+  const s = clientFrame(f);
+  return f.kind === 'clientFlags' ? { name: s.name, fields: { ...s.fields, value: `0x${f.flags.toString(16).padStart(8, '0')}` } } : s;
+}
+
+/**
+ * One connection's watcher: the session hands it the machines' effects, the
+ * frames it dispatches and the bytes it ignores; it reports what the
+ * machines refused, rejected or dropped for a client fault, plus what they
+ * tolerate although the spec forbids it (bytes after NBD_OPT_ABORT or
+ * NBD_CMD_DISC, zero-length requests).
+ */
+export class ConnectionViolations {
+  /** The last option or client-flags frame: what an option error or a handshake rejection answers. */
+  private last: ClientFrame | undefined;
+  /** The session ended on the client's word (ABORT, DISC): anything it sends after is a violation, reported once. */
+  private ended: { readonly rule: string; readonly after: string } | undefined;
+  private endReported = false;
+
+  constructor(
+    private readonly hub: ViolationHub,
+    private readonly connection: () => Violation['connection'],
+  ) {}
+
+  /** A frame the session dispatches one at a time (client flags, options, lone requests). */
+  frameIn(f: ClientFrame): void {
+    this.last = f;
+  }
+
+  handshake(e: HandshakeEmitted): void {
+    if (e.type === 'send') {
+      if (e.code !== undefined && this.last) this.coded(e.code, summary(this.last), e.label);
+    } else if (e.type === 'close') {
+      if (e.code === 'option.abort-ack') this.ended = { rule: 'option.abort-ack', after: 'NBD_OPT_ABORT' };
+      else this.closed(e.code, e.reason);
+    }
+  }
+
+  transmission(e: TransmissionEmitted): void {
+    switch (e.type) {
+      case 'refuse':
+        return this.refused(e);
+      case 'request':
+        return this.accepted(e.frame);
+      case 'requests':
+        if (!this.hub.active) return;
+        for (const f of e.accepted) this.accepted(f);
+        for (const r of e.refused) this.refused(r);
+        return;
+      case 'draining':
+        if (e.reason === 'disc') this.ended = { rule: 'transmission.disc-drains', after: 'NBD_CMD_DISC' };
+        return;
+      case 'close':
+        return this.closed(e.code, e.reason);
+    }
+  }
+
+  /** Bytes received after the session ended (and never interpreted). */
+  ignored(bytes: number): void {
+    if (!this.ended || this.endReported || bytes <= 0) return;
+    this.endReported = true;
+    const { rule, after } = this.ended;
+    this.emit(rule, undefined, { name: 'bytesAfterEnd', fields: { after, bytes } }, `${bytes} bytes sent after ${after}`);
+  }
+
+  /** The transport dropped the connection itself (TLS). */
+  dropped(code: CloseCode, reason: string): void {
+    this.closed(code, reason);
+  }
+
+  private refused(r: { readonly frame: RequestFrame; readonly code: ErrorCode; readonly message: string }): void {
+    this.coded(r.code, clientFrame(r.frame), r.message);
+  }
+
+  private accepted(f: RequestFrame): void {
+    if (f.length === 0 && ZERO_LENGTH_UNSPECIFIED.has(f.type) && this.hub.active) {
+      this.emit('transmission.zero-length', undefined, clientFrame(f), 'transmission.zero-length: zero-length request (its behaviour is unspecified; accepted)');
+    }
+  }
+
+  private closed(code: CloseCode, reason: string): void {
+    // The decoder's codes have no frame: the stream could not be read.
+    const frame = code.startsWith('NBD_') || !this.last ? undecodable(reason) : summary(this.last);
+    this.coded(code, frame, reason);
+  }
+
+  private coded(code: ErrorCode, frame: FrameSummary, message: string): void {
+    const rule = violatedRule(code);
+    if (rule !== undefined) this.emit(rule, code, frame, message);
+  }
+
+  private emit(rule: string, code: ErrorCode | undefined, frame: FrameSummary, message: string): void {
+    if (!this.hub.active) return;
+    this.hub.report({ rule, ...(code !== undefined ? { code } : {}), connection: this.connection(), frame, message, t: now() });
+  }
+}
