@@ -2,7 +2,7 @@
  * The `nbd-engine` command (docs/design.md, "The command line").
  *
  *   nbd-engine serve [--memory SIZE | --file PATH] [--socket PATH] [--port N] [--host H]
- *                    [--export NAME] [--description TEXT] [--read-only] [--run CMD]
+ *                    [--export NAME] [--description TEXT] [--read-only] [--run CMD] [--strict]
  *                    [--tls off|on|require --tls-cert F --tls-key F --tls-ca F --tls-verify-peer --tls-psk F]
  *                    [--max-in-flight N --max-in-flight-bytes SIZE --max-payload SIZE --max-options N
  *                     --max-connections N --handshake-timeout S --idle-timeout S] [--verbose]
@@ -13,7 +13,8 @@
  * works (also through launchers that keep fd 3 open; not through npx, which
  * closes it: then it says so and exits 1 rather than leave the client
  * waiting). `--run CMD` serves, runs CMD with $uri / $unixsocket set, and
- * exits with its status. A malformed option is one line on stderr naming
+ * exits with its status (with --strict: 3 if a client broke a protocol rule,
+ * after a summary on stderr). A malformed option is one line on stderr naming
  * it, and exit status 2.
  */
 import { spawn } from 'node:child_process';
@@ -30,6 +31,8 @@ import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 import { traceFile } from '../inspect/trace-file.js';
 import { startLiveInspector, type LiveInspector } from '../inspect/live.js';
+import { STRICT_EXIT_STATUS, violationSummary } from './strict.js';
+import type { Violation } from '../api/violations.js';
 
 export { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 
@@ -90,6 +93,7 @@ export async function main(argv: string[]): Promise<number> {
       exports: [exp],
       logger,
       trace,
+      strict: !!values.strict,
       limits: Object.keys(limits).length > 0 ? limits : undefined,
       tls:
         tlsMode === 'off'
@@ -176,6 +180,8 @@ export async function main(argv: string[]): Promise<number> {
 
   if (values.run) {
     const uri = uris.find((u) => u.includes('+unix')) ?? uris[0] ?? '';
+    const violations: Violation[] = [];
+    if (values.strict) server.violations$.subscribe((v) => violations.push(v));
     const child = spawn('/bin/sh', ['-c', values.run], {
       stdio: 'inherit',
       env: { ...process.env, uri, nbd: uri, unixsocket: unixSocket ?? '', exportname: exp.name },
@@ -188,7 +194,9 @@ export async function main(argv: string[]): Promise<number> {
       child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1)));
     });
     await cleanup();
-    return status;
+    if (violations.length === 0) return status;
+    process.stderr.write(violationSummary(violations));
+    return STRICT_EXIT_STATUS;
   }
 
   if (!activated) for (const u of uris) process.stdout.write(`${u}\n`);

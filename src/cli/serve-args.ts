@@ -44,6 +44,7 @@ const OPTIONS = {
   'trace-prefix': { type: 'string' },
   'trace-rotate': { type: 'string' },
   inspect: { type: 'string' },
+  strict: { type: 'boolean' },
   verbose: { type: 'boolean', short: 'v' },
   help: { type: 'boolean', short: 'h' },
 } as const;

@@ -34,6 +34,8 @@ Limits (per connection unless noted):
 
 Other:
   --run CMD              run CMD with $uri, $unixsocket set; exit with its status
+  --strict               report every client protocol violation (a warning with its rule ID); with --run,
+                         a summary at exit and exit status 3 if any
   --inspect[=PORT]       live view of every connection's machines at http://127.0.0.1:PORT/ (default 10880)
   --trace FILE           record every connection to FILE (JSON Lines; read it with nbd-engine trace show)
   --trace-max SIZE       trace file size cap (default 64M); at the cap recording stops with an end record
