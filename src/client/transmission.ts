@@ -1,0 +1,169 @@
+/**
+ * The transmission phase: requests go out as they are asked for (any number
+ * in flight), one loop reads replies and hands each to the request with its
+ * cookie, in whatever order they come. Every request has its own timeout, so
+ * a server that never answers cannot hang a caller.
+ */
+import { MAGIC, SIZE } from '../protocol/constants.js';
+import type { ByteReader } from './byte-reader.js';
+import { chunkContent, chunkTypeName, type Chunk } from './chunks.js';
+import { NbdClientError, deviation, hexOf, type Deviation } from './deviations.js';
+import { requestHeaderBytes, type RequestHeader } from './encode.js';
+import { ReplyBuilder, type Reply, type ReplyContext, type SentRequest } from './reply.js';
+
+interface Pending {
+  readonly builder: ReplyBuilder;
+  readonly resolve: (r: Reply) => void;
+  readonly reject: (e: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+  /** The caller gave up (timeout); the reply is still read and checked when it comes. */
+  abandoned: boolean;
+}
+
+export interface TransmissionOptions {
+  /** Largest chunk payload (or simple READ data) accepted before the stream is given up. */
+  readonly maxPayload: number;
+}
+
+/** How many finished cookies are remembered, to tell "a chunk after DONE" from "a cookie never sent". */
+const RECENT = 4096;
+
+export class Transmission {
+  private readonly pending = new Map<bigint, Pending>();
+  private readonly finished = new Set<bigint>();
+  private stopped: NbdClientError | undefined;
+
+  constructor(
+    private readonly reader: ByteReader,
+    private readonly write: (b: Buffer) => void,
+    private readonly ctx: ReplyContext,
+    private readonly report: (d: Deviation) => void,
+    private readonly giveUp: () => void,
+    private readonly opts: TransmissionOptions,
+  ) {
+    void this.loop();
+  }
+
+  /** Requests sent and not answered yet (timed-out ones included until their reply comes). */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Send a request whose reply is awaited. */
+  request(h: RequestHeader, payload: Buffer | undefined, timeoutMs: number): Promise<Reply> {
+    if (this.stopped) return Promise.reject(this.stopped);
+    const sent: SentRequest = { type: h.type, flags: h.flags, cookie: h.cookie, offset: h.offset, length: h.length, extended: h.extended };
+    const promise = new Promise<Reply>((resolve, reject) => {
+      const p: Pending = { builder: new ReplyBuilder(sent, this.ctx, this.report), resolve, reject, timer: undefined, abandoned: false };
+      if (timeoutMs > 0)
+        p.timer = setTimeout(() => {
+          p.abandoned = true;
+          reject(new NbdClientError(`no reply to cookie ${h.cookie} within ${timeoutMs} ms`, 'timeout', p.builder.deviations));
+        }, timeoutMs);
+      this.pending.set(h.cookie, p);
+    });
+    this.write(payload ? Buffer.concat([requestHeaderBytes(h), payload]) : requestHeaderBytes(h));
+    return promise;
+  }
+
+  /** Stop: every pending request fails with `err` (the connection closed, or its bytes cannot be followed). */
+  stop(err: NbdClientError): void {
+    if (this.stopped) return;
+    this.stopped = err;
+    for (const [cookie, p] of this.pending) {
+      clearTimeout(p.timer);
+      if (p.builder.chunks.length)
+        this.report(deviation('reply.structured-chunks', `cookie ${cookie}: ${p.builder.chunks.length} chunks but no DONE before the connection ended`, p.builder.chunks.at(-1)!.header));
+      if (!p.abandoned) p.reject(new NbdClientError(err.message, err.code, p.builder.deviations));
+    }
+    this.pending.clear();
+  }
+
+  private complete(cookie: bigint, p: Pending, r: Reply): void {
+    clearTimeout(p.timer);
+    this.pending.delete(cookie);
+    this.finished.add(cookie);
+    if (this.finished.size > RECENT) this.finished.delete(this.finished.values().next().value!);
+    if (!p.abandoned) p.resolve(r);
+  }
+
+  /** A reply for a cookie with no request in flight. */
+  private stray(cookie: bigint, what: string, evidence: readonly Buffer[]): void {
+    if (this.finished.has(cookie)) this.report(deviation('reply.structured-chunks', `${what} for cookie ${cookie}, whose reply was already complete`, evidence));
+    else this.report(deviation('peer.unknown-cookie', `${what} for cookie ${cookie}, which no request in flight has`, evidence));
+  }
+
+  private desync(message: string, evidence: readonly Buffer[], rule: string): void {
+    this.report(deviation(rule, message, evidence));
+    this.stop(new NbdClientError(message, 'desync'));
+    this.giveUp();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      for (;;) {
+        const head = await this.reader.read(4);
+        const magic = head.readUInt32BE(0);
+        if (magic === MAGIC.NBD_SIMPLE_REPLY_MAGIC) await this.simple(head);
+        else if (magic === MAGIC.NBD_STRUCTURED_REPLY_MAGIC || magic === MAGIC.NBD_EXTENDED_REPLY_MAGIC) {
+          if (!(await this.chunk(head, magic === MAGIC.NBD_EXTENDED_REPLY_MAGIC))) return;
+        } else {
+          const more = this.reader.available ? await this.reader.read(Math.min(this.reader.available, 28)) : Buffer.alloc(0);
+          return this.desync(`reply magic 0x${magic.toString(16).padStart(8, '0')} is none of simple, structured or extended (${hexOf(Buffer.concat([head, more]))})`, [head, more], 'peer.reply-magic');
+        }
+      }
+    } catch (e) {
+      this.stop(new NbdClientError(`connection ended: ${(e as Error).message}`, 'closed'));
+    }
+  }
+
+  private async simple(head: Buffer): Promise<void> {
+    const header = Buffer.concat([head, await this.reader.read(SIZE.SIMPLE_REPLY - 4)]);
+    const cookie = header.readBigUInt64BE(8);
+    const p = this.pending.get(cookie);
+    if (!p) return this.stray(cookie, 'simple reply', [header]);
+    const req = p.builder.request;
+    // A successful simple reply to a READ is followed by exactly the length asked for.
+    let data: Buffer | undefined;
+    if (req.type === 0 && header.readUInt32BE(4) === 0 && req.length > 0n) {
+      if (req.length > BigInt(this.opts.maxPayload)) return this.desync(`simple READ reply of ${req.length} bytes is more than maxPayload`, [header], 'reply.simple-read');
+      data = await this.reader.read(Number(req.length));
+    }
+    this.complete(cookie, p, p.builder.simple(header, data));
+  }
+
+  /** One structured or extended chunk; false when the stream had to be given up. */
+  private async chunk(head: Buffer, extended: boolean): Promise<boolean> {
+    const header = Buffer.concat([head, await this.reader.read((extended ? SIZE.EXTENDED_REPLY : SIZE.STRUCTURED_REPLY) - 4)]);
+    const length = extended ? header.readBigUInt64BE(24) : BigInt(header.readUInt32BE(16));
+    if (length > BigInt(this.opts.maxPayload)) {
+      this.desync(`chunk payload of ${length} bytes is more than maxPayload (${this.opts.maxPayload})`, [header], 'peer.chunk-payload');
+      return false;
+    }
+    const payload = length ? await this.reader.read(Number(length)) : Buffer.alloc(0);
+    const flags = header.readUInt16BE(4);
+    const type = header.readUInt16BE(6);
+    const cookie = header.readBigUInt64BE(8);
+    const devs: Deviation[] = [];
+    const c: Chunk = {
+      form: extended ? 'extended' : 'structured',
+      flags,
+      type,
+      typeName: chunkTypeName(type),
+      cookie,
+      ...(extended ? { offset: header.readBigUInt64BE(16) } : {}),
+      header,
+      payload,
+      content: chunkContent(type, flags, payload, devs),
+    };
+    const p = this.pending.get(cookie);
+    if (!p) {
+      for (const d of devs) this.report(d);
+      this.stray(cookie, `${c.typeName} chunk`, [header, payload]);
+      return true;
+    }
+    const done = p.builder.chunk(c, devs);
+    if (done) this.complete(cookie, p, done);
+    return true;
+  }
+}
