@@ -9,6 +9,12 @@
  * rule of docs/rules.md, the offending frame (summarised as the trace
  * records it) and the connection.
  *
+ * Not reported, on purpose: a client that closes the connection instead of
+ * sending NBD_OPT_ABORT / NBD_CMD_DISC (the spec asks for a soft disconnect,
+ * but nbdsh, qemu-img, qemu-io and fio all simply close, and nbdkit and
+ * qemu-nbd take it as normal), and FUA on commands that do not write (a
+ * SHOULD NOT that the spec itself says existing clients break).
+ *
  * `violations$` always emits; with no subscriber and strict mode off the
  * per-connection watcher does nothing but remember the last frame it saw.
  * Strict mode (`strict: true`, `serve --strict`) adds one warning line per
@@ -168,20 +174,38 @@ export class ConnectionViolations {
   /** The session ended on the client's word (ABORT, DISC): anything it sends after is a violation, reported once. */
   private ended: { readonly rule: string; readonly after: string } | undefined;
   private endReported = false;
+  /** The client's next bytes were already here when the last option was decoded. */
+  private optionFollowed = false;
 
   constructor(
     private readonly hub: ViolationHub,
     private readonly connection: () => Violation['connection'],
   ) {}
 
-  /** A frame the session dispatches one at a time (client flags, options, lone requests). */
-  frameIn(f: ClientFrame): void {
+  /**
+   * A frame the session dispatches one at a time (client flags, options, DISC and other lone
+   * requests); `decoder` holds what the client sent after it. Two things the server tolerates
+   * are reported here: an option sent before the final reply to the one before it (its bytes
+   * were already here when that option was decoded, so the client cannot have read the reply),
+   * and a DISC with an offset or a length.
+   */
+  frameIn(f: ClientFrame, decoder: { readonly bufferedBytes: number }): void {
+    if (f.kind === 'option' && this.optionFollowed) this.emit('option.wait-for-reply', undefined, summary(f), 'option.wait-for-reply: option sent before the final reply to the previous option');
     this.last = f;
+    if (f.kind === 'request') {
+      if (f.type === CMD.NBD_CMD_DISC && (f.offset !== 0 || f.length !== 0)) this.emit('transmission.disc-fields-zero', undefined, summary(f), 'transmission.disc-fields-zero: DISC with an offset or a length');
+      return;
+    }
+    // An option refused for its size is decoded before its data is skipped: that data is not the next option.
+    this.optionFollowed = f.kind === 'option' && decoder.bufferedBytes > (f.problem ? f.length : 0);
   }
 
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
       if (e.code !== undefined && this.last) this.coded(e.code, summary(this.last), e.label);
+    } else if (e.type === 'startTls') {
+      // Plaintext sent behind STARTTLS is discarded and reported as tls.plaintext-after-starttls.
+      this.optionFollowed = false;
     } else if (e.type === 'close') {
       if (e.code === 'option.abort-ack') this.ended = { rule: 'option.abort-ack', after: 'NBD_OPT_ABORT' };
       else this.closed(e.code, e.reason);

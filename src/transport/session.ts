@@ -245,7 +245,7 @@ export class Session implements ReplySink {
 
   private dispatch(f: ClientFrame): void {
     if (this.trace) this.trace.frameIn(f);
-    this.violations?.frameIn(f);
+    this.violations?.frameIn(f, this.decoder);
     switch (f.kind) {
       case 'request':
         this.sendToActive({ type: 'request', frame: f });

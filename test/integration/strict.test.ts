@@ -186,3 +186,30 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     expect(running.logs.filter((l) => l.includes('strict'))).toEqual([]);
   });
 });
+
+describe('strict mode: rules the server tolerates', () => {
+  it('an option sent before the reply to the one before it: option.wait-for-reply', async () => {
+    const { running, violations } = await strictServer();
+    const c = await RawClient.connect({ path: running.socket });
+    await c.greet();
+    // Two LISTs in one write: the second was sent before the first was answered.
+    await c.write(Buffer.concat([encodeOption(OPT.LIST), encodeOption(OPT.LIST)]));
+    await c.optionReplies();
+    await c.optionReplies();
+    // One at a time is fine.
+    await c.option(OPT.LIST);
+    await c.write(encodeOption(OPT.ABORT));
+    await c.closed();
+    await allClosed(running);
+    expect(violations.map((v) => [v.rule, v.code, v.frame.name])).toEqual([['option.wait-for-reply', undefined, 'NBD_OPT_LIST']]);
+  });
+
+  it('a DISC with an offset or a length: transmission.disc-fields-zero', async () => {
+    const { running, violations } = await strictServer();
+    const c = await RawClient.open({ path: running.socket }, 'aligned');
+    await c.write(RawClient.request(CMD.DISC, 512, 512, 1n));
+    await c.closed();
+    await allClosed(running);
+    expect(violations.map((v) => [v.rule, v.frame.name, v.frame.fields.offset, v.frame.fields.length])).toEqual([['transmission.disc-fields-zero', 'NBD_CMD_DISC', 512, 512]]);
+  });
+});
