@@ -203,9 +203,6 @@ export class ConnectionViolations {
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
       if (e.code !== undefined && this.last) this.coded(e.code, summary(this.last), e.label);
-    } else if (e.type === 'startTls') {
-      // Plaintext sent behind STARTTLS is discarded and reported as tls.plaintext-after-starttls.
-      this.optionFollowed = false;
     } else if (e.type === 'close') {
       if (e.code === 'option.abort-ack') this.ended = { rule: 'option.abort-ack', after: 'NBD_OPT_ABORT' };
       else this.closed(e.code, e.reason);

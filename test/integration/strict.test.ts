@@ -5,9 +5,12 @@
  * client sends what libnbd cannot (bad client flags, data after ABORT,
  * requests after DISC, a WRITE longer than its header).
  */
-import { describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { memoryBackend, type Backend, type Violation } from '../../src/index.js';
-import { serverPerTest, type Running } from './harness.js';
+import { serverPerTest, tmpDir, type Running } from './harness.js';
+import { makePki } from './tls-support.js';
 import { py } from './pylibnbd.js';
 import { RawClient, requestBytes, CMD } from './raw-client.js';
 import { CLIENT_FLAG, OPT, encodeClientFlags, encodeOption, encodeRequest } from '../helpers/wire.js';
@@ -211,5 +214,28 @@ describe('strict mode: rules the server tolerates', () => {
     await c.closed();
     await allClosed(running);
     expect(violations.map((v) => [v.rule, v.frame.name, v.frame.fields.offset, v.frame.fields.length])).toEqual([['transmission.disc-fields-zero', 'NBD_CMD_DISC', 512, 512]]);
+  });
+});
+
+describe('strict mode: TLS', () => {
+  const dir = tmpDir('nbd-engine-strict-tls-');
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('plaintext pipelined behind STARTTLS: tls.plaintext-after-starttls, reported once', async () => {
+    const pki = makePki(path.join(dir, 'pki'));
+    const running = await serve({
+      strict: true,
+      exports: [{ name: '', backend: memoryBackend({ size: MiB }) }],
+      tls: { mode: 'on', cert: path.join(pki, 'server-cert.pem'), key: path.join(pki, 'server-key.pem') },
+    });
+    const violations: Violation[] = [];
+    track(running.server.violations$.subscribe((v) => violations.push(v)));
+    const c = await RawClient.connect({ path: running.socket });
+    await c.greet();
+    // STARTTLS and, in the same write, a plaintext LIST.
+    await c.write(Buffer.concat([encodeOption(OPT.STARTTLS), encodeOption(OPT.LIST)]));
+    expect(await c.closed()).toBe(true);
+    await allClosed(running);
+    expect(violations.map((v) => [v.rule, v.code, v.frame.name])).toEqual([['tls.plaintext-after-starttls', 'tls.plaintext-after-starttls', 'NBD_OPT_STARTTLS']]);
   });
 });
