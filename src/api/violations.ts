@@ -202,7 +202,11 @@ export class ConnectionViolations {
 
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
-      if (e.code !== undefined && this.last) this.coded(e.code, summary(this.last), e.label);
+      if (e.code === undefined || !this.last) return;
+      // Option data the decoder could not parse: a bad string is general.string-limits (the decoder's string messages start "string").
+      const badString = e.code === 'NBD_ERR_BAD_OPTION_DATA' && this.last.kind === 'option' && /(^|: )string /.test(this.last.problem?.message ?? '');
+      if (badString) this.emit('general.string-limits', e.code, summary(this.last), e.label);
+      else this.coded(e.code, summary(this.last), e.label);
     } else if (e.type === 'close') {
       if (e.code === 'option.abort-ack') this.ended = { rule: 'option.abort-ack', after: 'NBD_OPT_ABORT' };
       else this.closed(e.code, e.reason);

@@ -122,6 +122,7 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     await c.option(OPT.LIST, Buffer.from('junk')); // option.unexpected-data
     await c.option(OPT.GO, Buffer.from([0, 0, 0, 9, 0x61])); // the name runs past the option: option.length-mismatch
     await c.option(OPT.GO, Buffer.from([0, 0, 0, 4, 0x6e, 0x6f, 0x6e, 0x65, 0, 0])); // export "none": a probe, not a violation
+    await c.option(OPT.GO, Buffer.from([0, 0, 0, 2, 0x61, 0, 0, 0])); // a name with a NUL: general.string-limits
     await c.option(999); // an option the server does not know: a probe, not a violation
     await c.option(OPT.STRUCTURED_REPLY);
     await c.option(OPT.STRUCTURED_REPLY); // option.structured-reply (repeat)
@@ -130,6 +131,7 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     expect(violations.map((v) => [v.rule, v.code, v.frame.name])).toEqual([
       ['option.unexpected-data', 'option.unexpected-data', 'NBD_OPT_LIST'],
       ['option.length-mismatch', 'NBD_ERR_BAD_OPTION_DATA', 'NBD_OPT_GO'],
+      ['general.string-limits', 'NBD_ERR_BAD_OPTION_DATA', 'NBD_OPT_GO'],
       ['option.structured-reply', 'option.structured-reply/repeat', 'NBD_OPT_STRUCTURED_REPLY'],
     ]);
   });
