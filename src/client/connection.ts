@@ -171,6 +171,8 @@ export class NbdConnectionBase {
 
   /** Read one option reply to option `sent`. */
   async optionReply(sent: number, timeoutMs = this.timeoutMs): Promise<OptionReply> {
+    // After GO every byte from the server belongs to the reply reader; an option can still be sent with raw().
+    if (this.transmission) throw new NbdClientError('option replies cannot be read once transmission has started (send the option with raw())', 'state');
     const header = await this.readBytes(SIZE.OPTION_REPLY_HEADER, timeoutMs);
     const h = replyHeaderFields(header);
     if (!h.magicOk) {
@@ -196,6 +198,7 @@ export class NbdConnectionBase {
    * on purpose) and read its replies up to the final one (ACK or an error).
    */
   async option(code: number, data: Buffer = Buffer.alloc(0), o: { length?: number; timeoutMs?: number } = {}): Promise<OptionReply[]> {
+    if (this.transmission) throw new NbdClientError('option() after transmission started: use raw(optionBytes(…)) to send one anyway', 'state');
     this.raw(optionBytes(code, data, o.length ?? data.length));
     const out: OptionReply[] = [];
     for (;;) {

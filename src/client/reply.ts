@@ -52,6 +52,9 @@ export interface ReplyContext {
   readonly contexts: ReadonlyMap<number, string>;
 }
 
+/** Bytes of a chunk's payload copied into a deviation's evidence. */
+const EVIDENCE_PAYLOAD = 256;
+
 /** Largest READ the client assembles into one buffer. */
 const MAX_ASSEMBLED = 1 << 30;
 
@@ -99,7 +102,7 @@ export class ReplyBuilder {
       request: this.request,
       form: 'simple',
       error,
-      ...(error === 0 && this.data ? { data: data ? this.data : undefined } : {}),
+      ...(error === 0 && this.data ? { data: this.data } : {}),
       blockStatus: [],
       chunks: [],
       simpleHeader: header,
@@ -109,7 +112,8 @@ export class ReplyBuilder {
 
   /** One chunk; returns the complete reply when it carries DONE. */
   chunk(c: Chunk, chunkDevs: readonly Deviation[]): Reply | undefined {
-    const evidence = [c.header, c.payload];
+    // Evidence: the header and the start of the payload (the whole chunk stays in `chunks`).
+    const evidence = [c.header, c.payload.subarray(0, EVIDENCE_PAYLOAD)];
     for (const d of chunkDevs) this.flag(d.rule, d.message, d.evidence);
     if (c.form === 'structured' && this.ctx.mode !== 'structured')
       this.flag('reply.negotiated-mode', this.ctx.mode === 'extended' ? 'compact structured chunk although extended headers were negotiated' : 'structured chunk although structured replies were not negotiated', c.header);

@@ -159,7 +159,7 @@ export class Transmission {
     const p = this.pending.get(cookie);
     if (!p) {
       for (const d of devs) this.report(d);
-      this.stray(cookie, `${c.typeName} chunk`, [header, payload]);
+      this.stray(cookie, `${c.typeName} chunk`, [header, payload.subarray(0, 256)]);
       return true;
     }
     const done = p.builder.chunk(c, devs);

@@ -65,7 +65,7 @@ describe('documentation snippets', () => {
       path.join(OUT, 'tsconfig.json'),
       JSON.stringify({
         extends: path.join(ROOT, 'tsconfig.json'),
-        compilerOptions: { noEmit: true, rootDir: ROOT, noUnusedLocals: false, paths: { 'nbd-engine': [path.join(ROOT, 'src/index.ts')] } },
+        compilerOptions: { noEmit: true, rootDir: ROOT, noUnusedLocals: false, paths: { 'nbd-engine': [path.join(ROOT, 'src/index.ts')], 'nbd-engine/client': [path.join(ROOT, 'src/client/index.ts')] } },
         include: names,
       }),
     );
