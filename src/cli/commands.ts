@@ -1,5 +1,6 @@
 import { runMachines } from './machines.js';
 import { runTrace } from './trace.js';
+import { runProbe } from './probe.js';
 
 /**
  * The subcommands besides `serve`: each takes the arguments after its name
@@ -11,4 +12,5 @@ export type Subcommand = (args: readonly string[]) => Promise<number>;
 export const SUBCOMMANDS: Readonly<Record<string, Subcommand>> = {
   machines: runMachines,
   trace: runTrace,
+  probe: runProbe,
 };

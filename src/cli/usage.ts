@@ -43,6 +43,7 @@ Other:
   --trace-prefix N       record the first N payload bytes as hex (default 0: lengths only; at most 4096)
   -v, --verbose          log connections and protocol decisions
   -h, --help
+  nbd-engine probe URI   check any NBD server against the spec's rules (--help)
   nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)
   nbd-engine trace       read a trace file: trace show FILE [--connection N] [--follow] [--no-machines]
                          trace view FILE -o OUT.html: one offline HTML page (statecharts, steps, coverage)

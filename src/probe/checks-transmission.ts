@@ -1,0 +1,215 @@
+/**
+ * The probe's questions about the transmission phase, each on a connection
+ * negotiated for it (structured replies when offered). Checks that write
+ * only touch the scratch region the probe announced, and are SKIPPED when
+ * it has none (`--read-only`). A server's refusal must leave the stream in
+ * sync: most checks end by seeing that a plain READ still gets its answer.
+ */
+import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
+import type { NbdConnection, Reply } from '../client/index.js';
+import { fail, notAdvertised, pass, type Check, type Outcome } from './runner.js';
+import { negotiated, type Negotiate, type ProbeContext } from './context.js';
+
+type C = Check<ProbeContext>;
+
+/** Run `body` on a fresh negotiated connection (structured replies when offered); destroyed afterwards. */
+async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection) => Promise<Outcome>, n: Negotiate = { structured: ctx.facts.structured }): Promise<Outcome> {
+  const c = await negotiated(ctx, n, signal);
+  try {
+    return await body(c);
+  } finally {
+    // Leave as a client should (DISC), then make sure the connection is gone.
+    if (!signal.aborted) await c.disc().catch(() => false);
+    c.destroy();
+  }
+}
+
+const smallRead = (ctx: ProbeContext): number => Math.min(ctx.facts.blockSize?.preferred ?? 4096, 4096, Number(ctx.facts.size));
+const errnoText = (e: number): string => Object.entries(ERRNO).find(([, v]) => v === e)?.[0] ?? String(e);
+
+/** A valid READ still gets a successful answer with no deviation: the stream is in sync. */
+async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | null> {
+  const r = await c.read(0, smallRead(ctx));
+  if (r.error !== 0) return `a plain READ afterwards failed with ${errnoText(r.error)}`;
+  return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
+}
+
+const firstDeviation = (r: Reply): Outcome | null => (r.deviations.length ? fail(r.deviations[0]!.message, `${r.deviations[0]!.rule}: ${r.deviations[0]!.evidence.toString('hex').slice(0, 64)}`) : null);
+
+export const TRANSMISSION_CHECKS: readonly C[] = [
+  {
+    rule: 'transmission.flags-advertised',
+    title: 'transmission flags have HAS_FLAGS',
+    async run(ctx) {
+      return ctx.facts.flags & FLAG.NBD_FLAG_HAS_FLAGS ? pass(`flags 0x${ctx.facts.flags.toString(16)}`) : fail(`flags 0x${ctx.facts.flags.toString(16)} lack HAS_FLAGS`);
+    },
+  },
+  {
+    rule: 'reply.cookie-echo',
+    title: 'a 64-bit cookie comes back byte for byte',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const cookie = 0xfedc_ba98_7654_3210n;
+        const r = await c.request({ type: CMD.NBD_CMD_READ, cookie, offset: 0, length: smallRead(ctx) });
+        if (r.cookie !== cookie) return fail(`reply cookie 0x${r.cookie.toString(16)}`);
+        return firstDeviation(r) ?? pass(`cookie 0x${cookie.toString(16)} echoed (${r.form} reply)`);
+      }),
+  },
+  {
+    rule: 'reply.structured-chunks',
+    title: 'a READ is answered by well-formed chunks covering exactly what was asked',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        if (!ctx.facts.structured) return notAdvertised('structured replies are not offered');
+        const length = Math.min(64 * 1024, Number(ctx.facts.size));
+        const r = await c.read(0, length);
+        if (r.error !== 0) return fail(`READ failed with ${errnoText(r.error)}`);
+        if (r.form === 'simple') return fail('a simple reply although structured replies were negotiated');
+        return firstDeviation(r) ?? pass(`${r.chunks.length} chunk(s) for ${length} bytes`);
+      }),
+  },
+  {
+    rule: 'reply.df-one-chunk',
+    title: 'a READ with DF is one data chunk',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        if (!ctx.facts.structured || !(ctx.facts.flags & FLAG.NBD_FLAG_SEND_DF)) return notAdvertised('SEND_DF is not advertised');
+        const length = Math.min(64 * 1024, Number(ctx.facts.size));
+        const r = await c.read(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_DF });
+        if (r.error !== 0) return fail(`READ with DF failed with ${errnoText(r.error)}`);
+        const data = r.chunks.filter((k) => k.typeName !== 'NBD_REPLY_TYPE_NONE');
+        if (data.length !== 1) return fail(`${data.length} chunks: ${data.map((k) => k.typeName).join(', ')}`);
+        return firstDeviation(r) ?? pass(`one ${data[0]!.typeName} chunk`);
+      }),
+  },
+  {
+    rule: 'transmission.out-of-bounds',
+    title: 'a READ past the end gets EINVAL, and the stream stays in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const r = await c.read(ctx.facts.size, 512);
+        if (r.error === 0) return fail('a READ past the end succeeded');
+        if (r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}, not NBD_EINVAL`);
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass('NBD_EINVAL, then a READ answered');
+      }),
+  },
+  {
+    rule: 'transmission.unknown-command',
+    title: 'an unknown command gets EINVAL, and the stream stays in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const r = await c.request({ type: 0x42, offset: 0, length: 0 });
+        if (r.error === 0) return fail('an unknown command (0x42) succeeded');
+        if (r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}, not NBD_EINVAL`);
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass('NBD_EINVAL, then a READ answered');
+      }),
+  },
+  {
+    rule: 'transmission.flag-not-for-command',
+    title: 'a flag the command does not take (NO_HOLE on READ): EINVAL or ignored, in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        // NO_HOLE is defined for WRITE_ZEROES only: on a READ the server should refuse it (EINVAL) or ignore it.
+        const r = await c.read(0, smallRead(ctx), { flags: CMD_FLAG.NBD_CMD_FLAG_NO_HOLE });
+        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}`);
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(r.error ? 'NBD_EINVAL, then a READ answered' : 'ignored, then a READ answered');
+      }),
+  },
+  {
+    rule: 'transmission.disc-drains',
+    title: 'DISC after pipelined READs: every READ answered, then the server closes',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const n = 16;
+        const reads = Array.from({ length: n }, (_, i) => c.read(BigInt((i * 4096) % Math.max(1, Number(ctx.facts.size) - 4096)), smallRead(ctx)));
+        // DISC right behind them, the socket left open (no half-close): the server alone decides when it ends.
+        c.send({ type: CMD.NBD_CMD_DISC });
+        const replies = await Promise.allSettled(reads);
+        // Every request before DISC must be answered. An error answer is still an answer: a server may fail
+        // what it had not started (nbdkit answers some ESHUTDOWN, racing DISC); the detail counts them.
+        const lost = replies.flatMap((p, i) => (p.status === 'rejected' ? [`#${i}: ${(p.reason as Error).message}`] : []));
+        if (lost.length > 0) return fail(`${lost.length} of ${n} READs sent before DISC got no answer`, lost.slice(0, 3).join('; '));
+        const errors = replies.filter((p) => p.status === 'fulfilled' && p.value.error !== 0).length;
+        if (!(await c.closedWithin())) return fail('the server did not close after DISC');
+        return pass(`${n} READs answered${errors ? ` (${errors} with an error)` : ''}, then closed`);
+      }),
+  },
+  {
+    rule: 'reply.cookie-echo',
+    title: '64 pipelined READs: every cookie answered once (in any order)',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const n = 64;
+        const cookies = Array.from({ length: n }, (_, i) => 0x1000_0000_0000_0000n + BigInt(i) * 0x10001n);
+        const replies = await Promise.all(cookies.map((cookie, i) => c.request({ type: CMD.NBD_CMD_READ, cookie, offset: BigInt((i * 512) % Math.max(1, Number(ctx.facts.size) - 512)), length: 512 })));
+        const wrong = replies.filter((r, i) => r.cookie !== cookies[i] || r.error !== 0);
+        if (wrong.length) return fail(`${wrong.length} of ${n} replies wrong (cookie or error)`);
+        const dev = replies.find((r) => r.deviations.length);
+        return dev ? firstDeviation(dev)! : pass(`${n} replies matched${c.deviations.length ? `; ${c.deviations.length} deviations` : ''}`);
+      }),
+  },
+  {
+    rule: 'transmission.flush-durable',
+    title: 'WRITE in the scratch region, FLUSH, and the data reads back',
+    writes: true,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const s = ctx.scratch!;
+        if (ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY) return notAdvertised('the export is read-only');
+        const data = Buffer.alloc(Math.min(4096, s.length));
+        for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;
+        const w = await c.write(s.offset, data);
+        if (w.error !== 0) return fail(`WRITE failed with ${errnoText(w.error)}`);
+        if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_FLUSH) {
+          const f = await c.flush();
+          if (f.error !== 0) return fail(`FLUSH failed with ${errnoText(f.error)}`);
+        }
+        const r = await c.read(s.offset, data.length);
+        if (r.error !== 0 || !r.data?.equals(data)) return fail('what was written did not read back');
+        return pass(`${data.length} bytes at ${s.offset} written and read back`);
+      }),
+  },
+  {
+    rule: 'transmission.block-status-needs-context',
+    title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
+    async run(ctx, signal) {
+      if (!ctx.facts.baseAllocation) return notAdvertised('base:allocation is not offered');
+      return withExport(
+        ctx,
+        signal,
+        async (c) => {
+          const length = Math.min(1 << 20, Number(ctx.facts.size));
+          const r = await c.blockStatus(0, length);
+          if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+          if (r.blockStatus.length === 0) return fail('no BLOCK_STATUS chunk');
+          const ids = new Set(c.contexts.keys());
+          const stray = r.blockStatus.find((b) => !ids.has(b.contextId));
+          if (stray) return fail(`extents for context id ${stray.contextId}, which was not selected`);
+          return firstDeviation(r) ?? pass(`${r.blockStatus[0]!.extents.length} extent(s)`);
+        },
+        { structured: true, metaContexts: ['base:allocation'] },
+      );
+    },
+  },
+  {
+    rule: 'reply.extended-offset-echo',
+    title: 'with extended headers, a READ gets extended replies',
+    async run(ctx, signal) {
+      if (!ctx.facts.extended) return notAdvertised('extended headers are not offered');
+      return withExport(
+        ctx,
+        signal,
+        async (c) => {
+          const r = await c.read(0, smallRead(ctx));
+          if (r.error !== 0) return fail(`READ failed with ${errnoText(r.error)}`);
+          if (r.form !== 'extended') return fail(`a ${r.form} reply although extended headers were negotiated`);
+          return firstDeviation(r) ?? pass('extended reply');
+        },
+        { extended: true },
+      );
+    },
+  },
+];
