@@ -39,6 +39,7 @@ export interface Violation {
   readonly connection: ConnectionRef & { readonly remote?: string };
   /** The offending frame as the trace records it (JSON-safe; payload bytes only as a length). */
   readonly frame: FrameSummary;
+  /** What the server said or saw, without the rule ID in front. */
   readonly message: string;
   /** Unix time in milliseconds. */
   readonly t: number;
@@ -190,10 +191,10 @@ export class ConnectionViolations {
    * and a DISC with an offset or a length.
    */
   frameIn(f: ClientFrame, decoder: { readonly bufferedBytes: number }): void {
-    if (f.kind === 'option' && this.optionFollowed) this.emit('option.wait-for-reply', undefined, summary(f), 'option.wait-for-reply: option sent before the final reply to the previous option');
+    if (f.kind === 'option' && this.optionFollowed) this.emit('option.wait-for-reply', undefined, () => summary(f), 'option sent before the final reply to the previous option');
     this.last = f;
     if (f.kind === 'request') {
-      if (f.type === CMD.NBD_CMD_DISC && (f.offset !== 0 || f.length !== 0)) this.emit('transmission.disc-fields-zero', undefined, summary(f), 'transmission.disc-fields-zero: DISC with an offset or a length');
+      if (f.type === CMD.NBD_CMD_DISC && (f.offset !== 0 || f.length !== 0)) this.emit('transmission.disc-fields-zero', undefined, () => summary(f), 'DISC with an offset or a length');
       return;
     }
     // An option refused for its size is decoded before its data is skipped: that data is not the next option.
@@ -202,11 +203,12 @@ export class ConnectionViolations {
 
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
-      if (e.code === undefined || !this.last) return;
+      const last = this.last;
+      if (e.code === undefined || !last) return;
       // Option data the decoder could not parse: a bad string is general.string-limits (the decoder's string messages start "string").
-      const badString = e.code === 'NBD_ERR_BAD_OPTION_DATA' && this.last.kind === 'option' && /(^|: )string /.test(this.last.problem?.message ?? '');
-      if (badString) this.emit('general.string-limits', e.code, summary(this.last), e.label);
-      else this.coded(e.code, summary(this.last), e.label);
+      const badString = e.code === 'NBD_ERR_BAD_OPTION_DATA' && last.kind === 'option' && /(^|: )string /.test(last.problem?.message ?? '');
+      if (badString) this.emit('general.string-limits', e.code, () => summary(last), e.label);
+      else this.coded(e.code, () => summary(last), e.label);
     } else if (e.type === 'close') {
       if (e.code === 'option.abort-ack') this.ended = { rule: 'option.abort-ack', after: 'NBD_OPT_ABORT' };
       else this.closed(e.code, e.reason);
@@ -237,7 +239,7 @@ export class ConnectionViolations {
     if (!this.ended || this.endReported || bytes <= 0) return;
     this.endReported = true;
     const { rule, after } = this.ended;
-    this.emit(rule, undefined, { name: 'bytesAfterEnd', fields: { after, bytes } }, `${bytes} bytes sent after ${after}`);
+    this.emit(rule, undefined, () => ({ name: 'bytesAfterEnd', fields: { after, bytes } }), `${bytes} bytes sent after ${after}`);
   }
 
   /** The transport dropped the connection itself (TLS). */
@@ -246,28 +248,30 @@ export class ConnectionViolations {
   }
 
   private refused(r: { readonly frame: RequestFrame; readonly code: ErrorCode; readonly message: string }): void {
-    this.coded(r.code, clientFrame(r.frame), r.message);
+    this.coded(r.code, () => clientFrame(r.frame), r.message);
   }
 
   private accepted(f: RequestFrame): void {
     if (f.length === 0 && ZERO_LENGTH_UNSPECIFIED.has(f.type) && this.hub.active) {
-      this.emit('transmission.zero-length', undefined, clientFrame(f), 'transmission.zero-length: zero-length request (its behaviour is unspecified; accepted)');
+      this.emit('transmission.zero-length', undefined, () => clientFrame(f), 'zero-length request (its behaviour is unspecified; accepted)');
     }
   }
 
   private closed(code: CloseCode, reason: string): void {
     // The decoder's codes have no frame: the stream could not be read.
-    const frame = code.startsWith('NBD_') || !this.last ? undecodable(reason) : summary(this.last);
-    this.coded(code, frame, reason);
+    const last = this.last;
+    this.coded(code, () => (code.startsWith('NBD_') || !last ? undecodable(reason) : summary(last)), reason);
   }
 
-  private coded(code: ErrorCode, frame: FrameSummary, message: string): void {
+  private coded(code: ErrorCode, frame: () => FrameSummary, message: string): void {
     const rule = violatedRule(code);
     if (rule !== undefined) this.emit(rule, code, frame, message);
   }
 
-  private emit(rule: string, code: ErrorCode | undefined, frame: FrameSummary, message: string): void {
+  /** Report, if anyone listens; the frame is summarised only then, and the message loses a leading rule ID. */
+  private emit(rule: string, code: ErrorCode | undefined, frame: () => FrameSummary, message: string): void {
     if (!this.hub.active) return;
-    this.hub.report({ rule, ...(code !== undefined ? { code } : {}), connection: this.connection(), frame, message, t: now() });
+    const text = message.startsWith(`${rule}: `) ? message.slice(rule.length + 2) : message;
+    this.hub.report({ rule, ...(code !== undefined ? { code } : {}), connection: this.connection(), frame: frame(), message: text, t: now() });
   }
 }

@@ -91,7 +91,7 @@ describe('strict mode: python3-libnbd with set_strict_mode(0)', () => {
     ]);
     expect(violations[0]!.frame.fields).toMatchObject({ offset: MiB, length: 512 });
     expect(violations[3]!.frame.fields).toMatchObject({ flags: ['NBD_CMD_FLAG_DF'] });
-    expect(violations[6]!.message).toBe('transmission.flag-not-advertised: FUA without SEND_FUA');
+    expect(violations[6]!.message).toBe('FUA without SEND_FUA');
     expect(violations[0]!.connection.peer).toBe('connection 1');
     // JSON-safe: a violation survives a round trip unchanged.
     expect(JSON.parse(JSON.stringify(violations))).toEqual(JSON.parse(JSON.stringify(violations)));
