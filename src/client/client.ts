@@ -8,7 +8,7 @@
 import net from 'node:net';
 import { CMD, CMD_FLAG, INFO, OPT, REP, SIZE } from '../protocol/constants.js';
 import { NbdClientError, deviation } from './deviations.js';
-import { infoGoData, metaContextData, optionBytes, requestHeaderBytes } from './encode.js';
+import { infoGoData, metaContextData, optionBytes, requestHeaderBytes, type RequestHeader } from './encode.js';
 import { DEFAULTS, NbdConnectionBase, type ConnectOptions, type ConnectTarget } from './connection.js';
 import { checkInfoAnswer, checkMetaContextAnswer, type InfoDetail, type OptionReply } from './option-replies.js';
 import type { Reply } from './reply.js';
@@ -198,10 +198,9 @@ export class NbdConnection extends NbdConnectionBase {
     return this.nextCookie++;
   }
 
-  /** Send any request and wait for its reply, matched by cookie (any order, many in flight). */
-  request(r: RequestInput): Promise<Reply> {
-    if (!this.transmission) return Promise.reject(new NbdClientError('request before GO or EXPORT_NAME succeeded', 'state'));
-    const header = {
+  /** The header fields of `r`, with the defaults filled in. */
+  private header(r: RequestInput): RequestHeader {
+    return {
       type: r.type,
       flags: r.flags ?? 0,
       cookie: r.cookie ?? this.cookie(),
@@ -210,20 +209,17 @@ export class NbdConnection extends NbdConnectionBase {
       extended: r.extended ?? this.mode === 'extended',
       ...(r.magic !== undefined ? { magic: r.magic } : {}),
     };
-    return this.transmission.request(header, r.payload, r.timeoutMs ?? this.timeoutMs);
+  }
+
+  /** Send any request and wait for its reply, matched by cookie (any order, many in flight). */
+  request(r: RequestInput): Promise<Reply> {
+    if (!this.transmission) return Promise.reject(new NbdClientError('request before GO or EXPORT_NAME succeeded', 'state'));
+    return this.transmission.request(this.header(r), r.payload, r.timeoutMs ?? this.timeoutMs);
   }
 
   /** Send a request that gets no reply (DISC), or one whose reply is not awaited. */
   send(r: Omit<RequestInput, 'timeoutMs'>): void {
-    const h = requestHeaderBytes({
-      type: r.type,
-      flags: r.flags ?? 0,
-      cookie: r.cookie ?? this.cookie(),
-      offset: BigInt(r.offset ?? 0),
-      length: BigInt(r.length ?? r.payload?.length ?? 0),
-      extended: r.extended ?? this.mode === 'extended',
-      ...(r.magic !== undefined ? { magic: r.magic } : {}),
-    });
+    const h = requestHeaderBytes(this.header(r));
     this.raw(r.payload ? Buffer.concat([h, r.payload]) : h);
   }
 

@@ -8,19 +8,13 @@
 import { CMD, CMD_FLAG, REPLY_FLAG, cmdName } from '../protocol/constants.js';
 import { SPEC_ERRNOS, type Chunk, type Extent } from './chunks.js';
 import { deviation, type Deviation } from './deviations.js';
+import type { RequestHeader } from './encode.js';
 
 /** The reply form the connection negotiated. */
 export type ReplyMode = 'simple' | 'structured' | 'extended';
 
 /** A request as it was sent (any values). */
-export interface SentRequest {
-  readonly type: number;
-  readonly flags: number;
-  readonly cookie: bigint;
-  readonly offset: bigint;
-  readonly length: bigint;
-  readonly extended: boolean;
-}
+export type SentRequest = Omit<RequestHeader, 'magic'>;
 
 /** A complete reply. `error` 0 is success. */
 export interface Reply {

@@ -34,8 +34,7 @@ describe('handshake deviations', () => {
 
   it('option.reply-header: an option reply naming another option; peer.option-reply-type: SERVER in answer to GO', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       const o = await s.option();
       s.write(encodeOptionReply(OPT.NBD_OPT_LIST, REP.NBD_REP_ACK));
       const go = await s.option();
@@ -53,8 +52,7 @@ describe('handshake deviations', () => {
 
   it('peer.option-reply-data and option.info-export: a short NBD_INFO_EXPORT, an ACK with data, no export info', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       const info = await s.option();
       s.write(encodeOptionReply(info.code, REP.NBD_REP_INFO, Buffer.alloc(10)), encodeOptionReply(info.code, REP.NBD_REP_ACK, Buffer.from('x')));
       const go = await s.option();
@@ -69,8 +67,7 @@ describe('handshake deviations', () => {
 
   it('peer.option-reply-type: an unknown reply type without the error bit; general.string-limits: an error text that is not UTF-8', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       const a = await s.option();
       s.write(encodeOptionReply(a.code, 77), encodeOptionReply(a.code, REP.NBD_REP_ERR_UNSUP, Buffer.from([0xff, 0xfe])));
     });
@@ -82,8 +79,7 @@ describe('handshake deviations', () => {
 
   it('option.meta-context-reply: SET_META_CONTEXT gives two contexts the same id', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       const o = await s.option();
       const ctx = (name: string) => encodeOptionReply(o.code, REP.NBD_REP_META_CONTEXT, Buffer.concat([u32(3), Buffer.from(name)]));
       s.write(ctx('base:allocation'), ctx('qemu:dirty-bitmap:x'), encodeOptionReply(o.code, REP.NBD_REP_ACK));
@@ -96,8 +92,7 @@ describe('handshake deviations', () => {
 
   it('option.reply-header: a reply without the reply magic cannot be followed: the call fails with `desync`', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       await s.option();
       s.write(Buffer.alloc(20, 0xab));
     });
@@ -108,8 +103,7 @@ describe('handshake deviations', () => {
 
   it('handshake.no-zeroes: non-zero padding after the EXPORT_NAME reply', async () => {
     const { client } = await scripted(async (s) => {
-      s.write(encodeGreeting());
-      await s.reader.read(4);
+      await s.greet();
       await s.option();
       s.write(Buffer.alloc(10), Buffer.alloc(124, 1));
     });

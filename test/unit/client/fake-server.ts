@@ -16,6 +16,8 @@ import { chunkHeader, encodeGreeting, encodeInfoExport, encodeOptionReply } from
 
 export interface ServerSide {
   readonly reader: ByteReader;
+  /** Send the usual greeting and read the client flags. */
+  greet(): Promise<void>;
   write(...frames: Array<Buffer | readonly Buffer[]>): void;
   /** The next option the client sent. */
   option(): Promise<{ code: number; data: Buffer }>;
@@ -43,6 +45,10 @@ export async function scripted(script: (s: ServerSide) => Promise<void>): Promis
       reader,
       write: (...frames) => {
         for (const f of frames) socket.write(Buffer.isBuffer(f) ? f : Buffer.concat(f as Buffer[]));
+      },
+      greet: async () => {
+        socket.write(encodeGreeting());
+        await reader.read(4, 5000);
       },
       option: async () => {
         const h = await reader.read(16, 5000);
@@ -77,8 +83,7 @@ export async function scripted(script: (s: ServerSide) => Promise<void>): Promis
 
 /** Server side of a plain handshake: greeting, client flags, then the options up to GO (ACKed, export of `size`). */
 export async function serveUntilGo(s: ServerSide, size = 1 << 20, flags = 0x0001): Promise<void> {
-  s.write(encodeGreeting());
-  await s.reader.read(4, 5000);
+  await s.greet();
   for (;;) {
     const o = await s.option();
     if (o.code === OPT.NBD_OPT_GO) {
