@@ -4,7 +4,7 @@
  * check names); what it may decline (LIST, STRUCTURED_REPLY, EXTENDED_HEADERS,
  * meta contexts, STARTTLS) is NOT ADVERTISED rather than a failure.
  */
-import { HANDSHAKE_FLAGS, INFO, OPT, REP } from '../protocol/constants.js';
+import { CLIENT_FLAGS, HANDSHAKE_FLAGS, INFO, OPT, REP } from '../protocol/constants.js';
 import { infoGoData, optionBytes, type NbdConnection } from '../client/index.js';
 import { fail, notAdvertised, pass, type Check, type Outcome } from './runner.js';
 import { opened, type ProbeContext } from './context.js';
@@ -15,8 +15,8 @@ const hex = (b: Buffer): string => b.toString('hex');
 const last = (replies: ReadonlyArray<{ typeName: string }>): string => replies.at(-1)?.typeName ?? 'nothing';
 
 /** Run `body` on a fresh connection ready for options; it is destroyed afterwards. */
-async function withOptions(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection) => Promise<Outcome>): Promise<Outcome> {
-  const c = await opened(ctx, signal);
+async function withOptions(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection) => Promise<Outcome>, clientFlags?: number): Promise<Outcome> {
+  const c = await opened(ctx, signal, clientFlags);
   try {
     return await body(c);
   } finally {
@@ -153,6 +153,51 @@ export const HANDSHAKE_CHECKS: readonly C[] = [
         const read = await c.read(0, Math.min(512, Number(ctx.facts.size)));
         if (read.error !== 0) return fail(`a READ after EXPORT_NAME failed with errno ${read.error}`);
         return pass(`size ${r.size}, flags 0x${r.flags.toString(16)}, then a READ answered`);
+      }),
+  },
+  {
+    rule: 'handshake.no-zeroes',
+    title: 'EXPORT_NAME without NO_ZEROES: 124 zero bytes follow, then transmission',
+    run: (ctx, signal) =>
+      withOptions(
+        ctx,
+        signal,
+        async (c) => {
+          const r = await c.exportName(ctx.target.exportName, { noZeroes: false });
+          const dev = c.deviations.find((d) => d.rule === 'handshake.no-zeroes');
+          if (dev) return fail(dev.message, hex(dev.evidence.subarray(0, 32)));
+          const read = await c.read(0, Math.min(512, Number(ctx.facts.size)));
+          if (read.error !== 0 || read.deviations.length) return fail('a READ after the 124 bytes was not answered cleanly: the padding was not 124 bytes');
+          return pass(`${r.bytes.length} bytes (size, flags, 124 zeroes), then a READ answered`);
+        },
+        CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE,
+      ),
+  },
+  {
+    rule: 'option.info-go-consistent',
+    title: 'GO asking NAME, DESCRIPTION and BLOCK_SIZE: well-formed NBD_REP_INFO replies with NBD_INFO_EXPORT',
+    run: (ctx, signal) =>
+      withOptions(ctx, signal, async (c) => {
+        const go = await c.go(ctx.target.exportName, [INFO.NBD_INFO_NAME, INFO.NBD_INFO_DESCRIPTION, INFO.NBD_INFO_BLOCK_SIZE]);
+        if (!go.ok) return fail(`answered ${last(go.replies)}`);
+        const devs = go.replies.flatMap((r) => r.deviations);
+        if (devs.length) return fail(devs[0]!.message, devs[0]!.rule);
+        if (go.size === undefined) return fail('no NBD_INFO_EXPORT before the ACK');
+        const got = go.infos.map((i) => i.info).join(', ');
+        return pass(`infos: ${got}`);
+      }),
+  },
+  {
+    rule: 'option.reply-header',
+    title: 'LIST: well-formed NBD_REP_SERVER replies, then ACK (or declined)',
+    run: (ctx, signal) =>
+      withOptions(ctx, signal, async (c) => {
+        const list = await c.list();
+        const type = last(list.replies);
+        if (!list.ok) return type === 'NBD_REP_ERR_UNSUP' || type === 'NBD_REP_ERR_POLICY' ? notAdvertised(`LIST declined (${type})`) : fail(`answered ${type}`);
+        const devs = list.replies.flatMap((r) => r.deviations);
+        if (devs.length) return fail(devs[0]!.message, devs[0]!.rule);
+        return pass(`${list.exports.length} export(s): ${list.exports.map((e) => JSON.stringify(e.name)).join(', ')}`);
       }),
   },
   {

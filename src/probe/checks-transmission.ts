@@ -173,6 +173,42 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
       }),
   },
   {
+    rule: 'transmission.fua-durable',
+    title: 'WRITE with FUA in the scratch region succeeds and reads back',
+    writes: true,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        if (!(ctx.facts.flags & FLAG.NBD_FLAG_SEND_FUA)) return notAdvertised('SEND_FUA is not advertised');
+        if (ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY) return notAdvertised('the export is read-only');
+        const s = ctx.scratch!;
+        const data = Buffer.alloc(Math.min(4096, s.length), 0xa5);
+        const w = await c.write(s.offset, data, { flags: CMD_FLAG.NBD_CMD_FLAG_FUA });
+        if (w.error !== 0) return fail(`WRITE with FUA failed with ${errnoText(w.error)}`);
+        const r = await c.read(s.offset, data.length);
+        return r.error === 0 && r.data?.equals(data) ? pass(`${data.length} bytes written with FUA, read back`) : fail('what was written with FUA did not read back');
+      }),
+  },
+  {
+    rule: 'reply.block-status-chunks',
+    title: 'BLOCK_STATUS with REQ_ONE: one extent, not past the request',
+    async run(ctx, signal) {
+      if (!ctx.facts.baseAllocation) return notAdvertised('base:allocation is not offered');
+      return withExport(
+        ctx,
+        signal,
+        async (c) => {
+          const length = Math.min(1 << 20, Number(ctx.facts.size));
+          const r = await c.blockStatus(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
+          if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+          const counts = r.blockStatus.map((b) => b.extents.length);
+          if (counts.length === 0 || counts.some((n) => n !== 1)) return fail(`extents per context: ${counts.join(', ') || 'none'}`);
+          return firstDeviation(r) ?? pass('one extent');
+        },
+        { structured: true, metaContexts: ['base:allocation'] },
+      );
+    },
+  },
+  {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
     async run(ctx, signal) {

@@ -53,12 +53,15 @@ export function tlsOptions(t: NbdTarget): StartTlsOptions {
 }
 
 /** A new connection, greeted, client flags sent, TLS up when the URI asks for it: ready for options. */
-export async function opened(ctx: Pick<ProbeContext, 'target' | 'timeoutMs'>, signal?: AbortSignal): Promise<NbdConnection> {
+export async function opened(ctx: Pick<ProbeContext, 'target' | 'timeoutMs'>, signal?: AbortSignal, clientFlags?: number): Promise<NbdConnection> {
   const t = ctx.target;
   const c = await NbdConnection.connect(t.transport === 'unix' ? { path: t.path! } : { host: t.host!, port: t.port! }, { timeoutMs: ctx.timeoutMs });
   signal?.addEventListener('abort', () => c.destroy(), { once: true });
   try {
-    await c.handshake();
+    await c.greeting();
+    // Default: FIXED_NEWSTYLE, and NO_ZEROES when the server offered it.
+    if (clientFlags === undefined) c.sendClientFlags();
+    else c.sendClientFlags(clientFlags);
     if (t.tls) {
       const replies = await c.starttls(tlsOptions(t));
       if (replies.at(-1)?.typeName !== 'NBD_REP_ACK') throw new Error(`STARTTLS was answered ${replies.at(-1)?.typeName}`);
