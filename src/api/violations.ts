@@ -22,7 +22,7 @@
  */
 import { Subject, type Observable } from 'rxjs';
 import { ruleOf, type CloseCode, type ErrorCode } from '../protocol/errors.js';
-import { CMD } from '../protocol/constants.js';
+import { CMD, CMD_FLAG } from '../protocol/constants.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import type { HandshakeEmitted, TransmissionEmitted } from '../machines/types.js';
 import { clientFrame, type FrameSummary } from '../inspect/trace-frames.js';
@@ -156,10 +156,18 @@ export class ViolationHub {
 
 const undecodable = (reason: string): FrameSummary => ({ name: 'undecodable', fields: { reason } });
 
-/** A client frame as the trace summarises it; client flags also as their number (the summary names only the known bits). */
+const KNOWN_CMD_FLAGS = Object.values(CMD_FLAG).reduce((a, b) => a | b, 0);
+const hex = (n: number, digits: number) => `0x${n.toString(16).padStart(digits, '0')}`;
+
+/**
+ * A client frame as the trace summarises it. The summary names only the flags it knows, so
+ * client flags also come as their number, and a request's flags too when some bit has no name.
+ */
 function summary(f: ClientFrame): FrameSummary {
   const s = clientFrame(f);
-  return f.kind === 'clientFlags' ? { name: s.name, fields: { ...s.fields, value: `0x${f.flags.toString(16).padStart(8, '0')}` } } : s;
+  if (f.kind === 'clientFlags') return { name: s.name, fields: { ...s.fields, value: hex(f.flags, 8) } };
+  if (f.kind === 'request' && (f.flags & ~KNOWN_CMD_FLAGS) !== 0) return { ...s, fields: { ...s.fields, flagsValue: hex(f.flags, 4) } };
+  return s;
 }
 
 /**
@@ -248,12 +256,12 @@ export class ConnectionViolations {
   }
 
   private refused(r: { readonly frame: RequestFrame; readonly code: ErrorCode; readonly message: string }): void {
-    this.coded(r.code, () => clientFrame(r.frame), r.message);
+    this.coded(r.code, () => summary(r.frame), r.message);
   }
 
   private accepted(f: RequestFrame): void {
     if (f.length === 0 && ZERO_LENGTH_UNSPECIFIED.has(f.type) && this.hub.active) {
-      this.emit('transmission.zero-length', undefined, () => clientFrame(f), 'zero-length request (its behaviour is unspecified; accepted)');
+      this.emit('transmission.zero-length', undefined, () => summary(f), 'zero-length request (its behaviour is unspecified; accepted)');
     }
   }
 

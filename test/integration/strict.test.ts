@@ -69,6 +69,10 @@ describe('strict mode: python3-libnbd with set_strict_mode(0)', () => {
       h = connect(uri=URI.replace('/aligned?', '/nofua?'))
       h.set_strict_mode(0)
       out['fua'] = err(h.pwrite, buf, 0, nbd.CMD_FLAG_FUA)
+      out['trim'] = err(h.trim, 512, 0)
+      out['flush'] = err(h.flush)
+      out['unknown_flag'] = err(h.pread, 512, 0, 0x100)
+      out['req_one_read'] = err(h.pread, 512, 0, nbd.CMD_FLAG_REQ_ONE)
       h.shutdown()
       h = connect(uri=URI.replace('/aligned?', '/nofua?'), sr=False)
       h.set_strict_mode(0)
@@ -77,7 +81,7 @@ describe('strict mode: python3-libnbd with set_strict_mode(0)', () => {
       `.replace(/MIB/g, String(MiB)),
     );
     // The server's answers are the spec's (the zero-length READ is served).
-    expect(out).toEqual({ oob: 'EINVAL', misaligned: 'EINVAL', zero: null, df_write: 'EINVAL', bs_no_ctx: 'EINVAL', ro_write: 'EPERM', fua: 'EINVAL', df_simple: 'EINVAL' });
+    expect(out).toEqual({ oob: 'EINVAL', misaligned: 'EINVAL', zero: null, df_write: 'EINVAL', bs_no_ctx: 'EINVAL', ro_write: 'EPERM', fua: 'EINVAL', trim: 'EINVAL', flush: 'EINVAL', unknown_flag: 'EINVAL', req_one_read: 'EINVAL', df_simple: 'EINVAL' });
     await allClosed(running);
     expect(violations.map((v) => [v.connection.id, v.rule, v.code, v.frame.name])).toEqual([
       [1, 'transmission.out-of-bounds', 'transmission.out-of-bounds', 'NBD_CMD_READ'],
@@ -87,6 +91,10 @@ describe('strict mode: python3-libnbd with set_strict_mode(0)', () => {
       [2, 'transmission.block-status-needs-context', 'transmission.block-status-needs-context', 'NBD_CMD_BLOCK_STATUS'],
       [3, 'transmission.write-read-only', 'transmission.write-read-only', 'NBD_CMD_WRITE'],
       [4, 'transmission.flag-not-advertised', 'transmission.flag-not-advertised', 'NBD_CMD_WRITE'],
+      [4, 'transmission.command-not-advertised', 'transmission.command-not-advertised', 'NBD_CMD_TRIM'],
+      [4, 'transmission.command-not-advertised', 'transmission.command-not-advertised', 'NBD_CMD_FLUSH'],
+      [4, 'transmission.unknown-flag', 'transmission.unknown-flag', 'NBD_CMD_READ'],
+      [4, 'transmission.flag-not-for-command', 'transmission.flag-not-for-command', 'NBD_CMD_READ'],
       [5, 'transmission.flag-not-advertised', 'transmission.flag-not-advertised', 'NBD_CMD_READ'],
     ]);
     expect(violations[0]!.frame.fields).toMatchObject({ offset: MiB, length: 512 });
@@ -97,7 +105,9 @@ describe('strict mode: python3-libnbd with set_strict_mode(0)', () => {
     expect(JSON.parse(JSON.stringify(violations))).toEqual(JSON.parse(JSON.stringify(violations)));
     // Strict mode logs each one at warn level: rule ID, connection and frame.
     const warned = running.logs.filter((l) => l.includes(': strict: '));
-    expect(warned).toHaveLength(8);
+    expect(violations[9]!.frame.fields).toMatchObject({ flags: [], flagsValue: '0x0100' });
+    expect(violations[10]!.frame.fields).toMatchObject({ flags: ['NBD_CMD_FLAG_REQ_ONE'] });
+    expect(warned).toHaveLength(12);
     expect(warned[0]).toMatch(/^warn: connection 1: strict: transmission\.out-of-bounds: .*frame \{"name":"NBD_CMD_READ"/);
   });
 });
