@@ -127,3 +127,92 @@ describe('nbd-engine probe', () => {
     expect(e!.stderr).toMatch(/^nbd-engine probe: cannot negotiate with .*ENOENT/);
   });
 });
+
+describe('nbd-engine probe against a server with known defects', () => {
+  // A 60-line server written for this test, wrong on purpose in three ways the probe must catch:
+  // it acknowledges options it does not know (instead of NBD_REP_ERR_UNSUP), answers a READ with
+  // the cookie plus one, and advertises an undefined handshake flag bit.
+  function defectiveServer(sock: string): Promise<import('node:net').Server> {
+    return import('node:net').then(({ default: net }) => {
+      const size = 16n << 20n;
+      const optReply = (opt: number, type: number, data = Buffer.alloc(0)) => {
+        const b = Buffer.alloc(20);
+        b.writeBigUInt64BE(0x3e889045565a9n, 0);
+        b.writeUInt32BE(opt, 8);
+        b.writeUInt32BE(type, 12);
+        b.writeUInt32BE(data.length, 16);
+        return Buffer.concat([b, data]);
+      };
+      const server = net.createServer((s) => {
+        const g = Buffer.alloc(18);
+        g.write('NBDMAGICIHAVEOPT', 0, 'latin1');
+        g.writeUInt16BE(0x8003, 16); // FIXED_NEWSTYLE | NO_ZEROES | an undefined bit
+        s.write(g);
+        let buf = Buffer.alloc(0);
+        let phase: 'flags' | 'options' | 'transmission' = 'flags';
+        s.on('data', (d) => {
+          buf = Buffer.concat([buf, d]);
+          for (;;) {
+            if (phase === 'flags') {
+              if (buf.length < 4) return;
+              buf = buf.subarray(4);
+              phase = 'options';
+            } else if (phase === 'options') {
+              if (buf.length < 16) return;
+              const opt = buf.readUInt32BE(8);
+              const len = buf.readUInt32BE(12);
+              if (buf.length < 16 + len) return;
+              buf = buf.subarray(16 + len);
+              if (opt === 7) {
+                const info = Buffer.alloc(12);
+                info.writeBigUInt64BE(size, 2);
+                info.writeUInt16BE(1, 10);
+                s.write(Buffer.concat([optReply(opt, 3, info), optReply(opt, 1)]));
+                phase = 'transmission';
+              } else if (opt === 2) {
+                s.end(optReply(opt, 1));
+                return;
+              } else if (opt === 8 || opt === 11 || opt === 5 || opt === 10) {
+                s.write(optReply(opt, 0x8000_0001)); // ERR_UNSUP for what it really lacks
+              } else {
+                s.write(optReply(opt, 1)); // defect: ACK for anything else, known or not
+              }
+            } else {
+              if (buf.length < 28) return;
+              const type = buf.readUInt16BE(6);
+              const cookie = buf.readBigUInt64BE(8);
+              const len = buf.readUInt32BE(24);
+              buf = buf.subarray(28 + (type === 1 ? len : 0));
+              if (type === 2) {
+                s.end();
+                return;
+              }
+              const h = Buffer.alloc(16);
+              h.writeUInt32BE(0x67446698, 0);
+              h.writeBigUInt64BE((cookie + 1n) & 0xffff_ffff_ffff_ffffn, 8); // defect: the wrong cookie
+              s.write(type === 0 ? Buffer.concat([h, Buffer.alloc(len)]) : h);
+            }
+          }
+        });
+        s.on('error', () => {});
+      });
+      return new Promise((resolve) => server.listen(sock, () => resolve(server)));
+    });
+  }
+
+  it('fails the checks of each defect, with evidence, and never hangs', async () => {
+    const sock = path.join(dir, 'defective.sock');
+    const server = await defectiveServer(sock);
+    try {
+      const { code, report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
+      expect(code).toBe(1);
+      const f = failed(report);
+      expect(f).toContain('handshake.greeting-flags');
+      expect(f).toContain('option.unknown-code');
+      expect(f).toContain('reply.cookie-echo');
+      expect(report.results.find((r) => r.rule === 'option.unknown-code')!.detail).toBe('answered NBD_REP_ACK');
+    } finally {
+      server.close();
+    }
+  });
+});
