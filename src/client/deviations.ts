@@ -30,8 +30,12 @@ export class NbdClientError extends Error {
   override readonly name = 'NbdClientError';
   constructor(
     message: string,
-    /** `closed`: the server closed the connection; `timeout`: no answer in time; `desync`: the bytes cannot be followed; `refused`: an option got an error reply. */
-    readonly code: 'closed' | 'timeout' | 'desync' | 'refused' | 'state',
+    /**
+     * `closed`: the connection ended; `timeout`: no answer in time; `desync`: the bytes cannot be
+     * followed; `state`: the call does not fit the connection's phase; `internal`: a fault of this
+     * client (a bug to report), never the server's.
+     */
+    readonly code: 'closed' | 'timeout' | 'desync' | 'state' | 'internal',
     /** Deviations seen on the way (also on the connection's list). */
     readonly deviations: readonly Deviation[] = [],
   ) {

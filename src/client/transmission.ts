@@ -102,23 +102,34 @@ export class Transmission {
   private async loop(): Promise<void> {
     try {
       for (;;) {
-        const head = await this.reader.read(4);
+        const head = await this.next(4);
         const magic = head.readUInt32BE(0);
         if (magic === MAGIC.NBD_SIMPLE_REPLY_MAGIC) await this.simple(head);
         else if (magic === MAGIC.NBD_STRUCTURED_REPLY_MAGIC || magic === MAGIC.NBD_EXTENDED_REPLY_MAGIC) {
           if (!(await this.chunk(head, magic === MAGIC.NBD_EXTENDED_REPLY_MAGIC))) return;
         } else {
-          const more = this.reader.available ? await this.reader.read(Math.min(this.reader.available, 28)) : Buffer.alloc(0);
+          const more = this.reader.available ? await this.next(Math.min(this.reader.available, 28)) : Buffer.alloc(0);
           return this.desync(`reply magic 0x${magic.toString(16).padStart(8, '0')} is none of simple, structured or extended (${hexOf(Buffer.concat([head, more]))})`, [head, more], 'peer.reply-magic');
         }
       }
     } catch (e) {
-      this.stop(new NbdClientError(`connection ended: ${(e as Error).message}`, 'closed'));
+      // Reads fail only when the connection ended; anything else is a fault of this client, said so.
+      this.stop(e instanceof NbdClientError ? e : new NbdClientError(`client fault while reading replies: ${(e as Error).stack ?? e}`, 'internal'));
+      if (!(e instanceof NbdClientError)) this.giveUp();
+    }
+  }
+
+  /** Exactly n bytes of the reply stream; the connection's end becomes an NbdClientError `closed`. */
+  private async next(n: number): Promise<Buffer> {
+    try {
+      return await this.reader.read(n);
+    } catch (e) {
+      throw new NbdClientError(`connection ended: ${(e as Error).message}`, 'closed');
     }
   }
 
   private async simple(head: Buffer): Promise<void> {
-    const header = Buffer.concat([head, await this.reader.read(SIZE.SIMPLE_REPLY - 4)]);
+    const header = Buffer.concat([head, await this.next(SIZE.SIMPLE_REPLY - 4)]);
     const cookie = header.readBigUInt64BE(8);
     const p = this.pending.get(cookie);
     if (!p) return this.stray(cookie, 'simple reply', [header]);
@@ -127,20 +138,20 @@ export class Transmission {
     let data: Buffer | undefined;
     if (req.type === 0 && header.readUInt32BE(4) === 0 && req.length > 0n) {
       if (req.length > BigInt(this.opts.maxPayload)) return this.desync(`simple READ reply of ${req.length} bytes is more than maxPayload`, [header], 'reply.simple-read');
-      data = await this.reader.read(Number(req.length));
+      data = await this.next(Number(req.length));
     }
     this.complete(cookie, p, p.builder.simple(header, data));
   }
 
   /** One structured or extended chunk; false when the stream had to be given up. */
   private async chunk(head: Buffer, extended: boolean): Promise<boolean> {
-    const header = Buffer.concat([head, await this.reader.read((extended ? SIZE.EXTENDED_REPLY : SIZE.STRUCTURED_REPLY) - 4)]);
+    const header = Buffer.concat([head, await this.next((extended ? SIZE.EXTENDED_REPLY : SIZE.STRUCTURED_REPLY) - 4)]);
     const length = extended ? header.readBigUInt64BE(24) : BigInt(header.readUInt32BE(16));
     if (length > BigInt(this.opts.maxPayload)) {
       this.desync(`chunk payload of ${length} bytes is more than maxPayload (${this.opts.maxPayload})`, [header], 'peer.chunk-payload');
       return false;
     }
-    const payload = length ? await this.reader.read(Number(length)) : Buffer.alloc(0);
+    const payload = length ? await this.next(Number(length)) : Buffer.alloc(0);
     const flags = header.readUInt16BE(4);
     const type = header.readUInt16BE(6);
     const cookie = header.readBigUInt64BE(8);
