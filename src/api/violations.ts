@@ -185,6 +185,8 @@ export class ConnectionViolations {
   private endReported = false;
   /** The client's next bytes were already here when the last option was decoded. */
   private optionFollowed = false;
+  /** The requests of the last burst, in wire order (the machine answers with accepted and refused apart). */
+  private burst: readonly RequestFrame[] | undefined;
 
   constructor(
     private readonly hub: ViolationHub,
@@ -209,6 +211,11 @@ export class ConnectionViolations {
     this.optionFollowed = f.kind === 'option' && decoder.bufferedBytes > (f.problem ? f.length : 0);
   }
 
+  /** Requests decoded from one read, in wire order, about to go to the machine as one event. */
+  burstIn(frames: readonly RequestFrame[]): void {
+    this.burst = frames;
+  }
+
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
       const last = this.last;
@@ -229,11 +236,24 @@ export class ConnectionViolations {
         return this.refused(e);
       case 'request':
         return this.accepted(e.frame);
-      case 'requests':
+      case 'requests': {
+        const burst = this.burst;
+        this.burst = undefined;
         if (!this.hub.active) return;
-        for (const f of e.accepted) this.accepted(f);
-        for (const r of e.refused) this.refused(r);
+        if (burst?.length !== e.accepted.length + e.refused.length) {
+          for (const f of e.accepted) this.accepted(f);
+          for (const r of e.refused) this.refused(r);
+          return;
+        }
+        // Reported in wire order.
+        const refused = new Map(e.refused.map((r) => [r.frame, r]));
+        for (const f of burst) {
+          const r = refused.get(f);
+          if (r) this.refused(r);
+          else this.accepted(f);
+        }
         return;
+      }
       case 'draining':
         if (e.reason === 'disc') this.ended = { rule: 'transmission.disc-drains', after: 'NBD_CMD_DISC' };
         return;

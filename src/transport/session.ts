@@ -91,6 +91,7 @@ export class Session implements ReplySink {
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
       sendRequests: (frames) => {
         if (this.trace) for (const f of frames) this.trace.frameIn(f);
+        this.violations?.burstIn(frames);
         this.sendToActive(frames.length === 1 ? { type: 'request', frame: frames[0] } : { type: 'requests', frames });
       },
       dispatch: (f) => this.dispatch(f),

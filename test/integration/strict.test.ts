@@ -188,6 +188,29 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     expect(violations.map((v) => [v.rule, v.code])).toEqual([['handshake.option-magic', 'NBD_ERR_BAD_OPTION_MAGIC']]);
   });
 
+  it('requests sent together are reported in wire order (accepted and refused alike)', async () => {
+    const { running, violations } = await strictServer();
+    const c = await RawClient.open({ path: running.socket }, 'aligned');
+    await c.write(
+      Buffer.concat([
+        requestBytes({ type: CMD.READ, offset: 0, length: 0, cookie: 1n }),
+        requestBytes({ type: CMD.READ, offset: MiB, length: 512, cookie: 2n }),
+        requestBytes({ type: CMD.READ, offset: 0, length: 0, cookie: 3n }),
+        requestBytes({ type: CMD.READ, offset: 512, length: 100, cookie: 4n }),
+      ]),
+    );
+    for (let i = 0; i < 4; i++) await c.readSimpleReply(() => 0);
+    await c.write(RawClient.request(CMD.DISC, 0, 0, 5n));
+    await c.closed();
+    await allClosed(running);
+    expect(violations.map((v) => [v.rule, v.frame.fields.cookie])).toEqual([
+      ['transmission.zero-length', '1'],
+      ['transmission.out-of-bounds', '2'],
+      ['transmission.zero-length', '3'],
+      ['transmission.misaligned-request', '4'],
+    ]);
+  });
+
   it('without strict mode violations$ still emits, and nothing is logged for it', async () => {
     const running = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }) }] });
     const violations: Violation[] = [];
