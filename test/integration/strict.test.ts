@@ -13,7 +13,7 @@ import { serverPerTest, tmpDir, type Running } from './harness.js';
 import { makePki } from './tls-support.js';
 import { py } from './pylibnbd.js';
 import { RawClient, requestBytes, CMD } from './raw-client.js';
-import { CLIENT_FLAG, OPT, encodeClientFlags, encodeOption, encodeRequest } from '../helpers/wire.js';
+import { CLIENT_FLAG, OPT, encodeClientFlags, encodeMetaContextData, encodeOption, encodeRequest } from '../helpers/wire.js';
 
 const MiB = 1 << 20;
 
@@ -143,6 +143,27 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
       ['option.length-mismatch', 'NBD_ERR_BAD_OPTION_DATA', 'NBD_OPT_GO'],
       ['general.string-limits', 'NBD_ERR_BAD_OPTION_DATA', 'NBD_OPT_GO'],
       ['option.structured-reply', 'option.structured-reply/repeat', 'NBD_OPT_STRUCTURED_REPLY'],
+    ]);
+  });
+
+  it('options out of their time: META_CONTEXT before structured replies, EXPORT_NAME after extended headers, LIST without fixed newstyle', async () => {
+    const { running, violations } = await strictServer();
+    const c = await RawClient.connect({ path: running.socket });
+    await c.greet();
+    await c.option(OPT.SET_META_CONTEXT, encodeMetaContextData('aligned', ['base:allocation']));
+    await c.option(OPT.EXTENDED_HEADERS);
+    await c.write(encodeOption(OPT.EXPORT_NAME, Buffer.from('aligned')));
+    expect(await c.closed()).toBe(true);
+    const d = await RawClient.connect({ path: running.socket });
+    await d.greet(CLIENT_FLAG.NO_ZEROES);
+    await d.option(OPT.LIST);
+    await d.write(encodeOption(OPT.ABORT));
+    await d.closed();
+    await allClosed(running);
+    expect(violations.map((v) => [v.connection.id, v.rule, v.code, v.frame.name])).toEqual([
+      [1, 'option.meta-context-needs-structured', 'option.meta-context-needs-structured', 'NBD_OPT_SET_META_CONTEXT'],
+      [1, 'option.extended-headers', 'option.extended-headers/export-name', 'NBD_OPT_EXPORT_NAME'],
+      [2, 'handshake.fixed-newstyle-required', 'handshake.fixed-newstyle-required', 'NBD_OPT_LIST'],
     ]);
   });
 
