@@ -6,7 +6,7 @@
  * BLOCK_STATUS, DISC).
  */
 import net from 'node:net';
-import { CMD, CMD_FLAG, INFO, OPT, REP, SIZE } from '../protocol/constants.js';
+import { CMD, INFO, MAGIC, OPT, REP, SIZE } from '../protocol/constants.js';
 import { NbdClientError, deviation } from './deviations.js';
 import { infoGoData, metaContextData, optionBytes, requestHeaderBytes, type RequestHeader } from './encode.js';
 import { DEFAULTS, NbdConnectionBase, type ConnectOptions, type ConnectTarget } from './connection.js';
@@ -171,6 +171,16 @@ export class NbdConnection extends NbdConnectionBase {
     const noZeroes = o.noZeroes ?? (this.handshakeFlags & this.clientFlags & 2) !== 0;
     this.raw(optionBytes(OPT.NBD_OPT_EXPORT_NAME, Buffer.from(name, 'utf8')));
     const head = await this.readBytes(SIZE.EXPORT_NAME_REPLY);
+    if (head.readBigUInt64BE(0) === MAGIC.NBD_REP_MAGIC) {
+      // An option reply where none may be: the server refused EXPORT_NAME instead of closing.
+      const rest = await this.readBytes(SIZE.OPTION_REPLY_HEADER - SIZE.EXPORT_NAME_REPLY);
+      const header = Buffer.concat([head, rest]);
+      const len = header.readUInt32BE(16);
+      const data = len && len <= this.maxPayload ? await this.readBytes(len) : Buffer.alloc(0);
+      const d = deviation('option.export-name-terminates', `EXPORT_NAME answered with option reply type 0x${header.readUInt32BE(12).toString(16)} instead of closing`, [header, data]);
+      this.note(d);
+      throw new NbdClientError(d.message, 'refused', [d]);
+    }
     const pad = noZeroes ? Buffer.alloc(0) : await this.readBytes(SIZE.EXPORT_NAME_ZEROES);
     if (pad.some((b) => b !== 0)) this.note(deviation('handshake.no-zeroes', 'the 124 bytes after the EXPORT_NAME reply are not all zero', pad));
     this.size = head.readBigUInt64BE(0);

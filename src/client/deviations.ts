@@ -32,10 +32,11 @@ export class NbdClientError extends Error {
     message: string,
     /**
      * `closed`: the connection ended; `timeout`: no answer in time; `desync`: the bytes cannot be
-     * followed; `state`: the call does not fit the connection's phase; `internal`: a fault of this
-     * client (a bug to report), never the server's.
+     * followed; `refused`: an error reply where the spec allows none (EXPORT_NAME); `state`: the
+     * call does not fit the connection's phase; `internal`: a fault of this client (a bug to
+     * report), never the server's.
      */
-    readonly code: 'closed' | 'timeout' | 'desync' | 'state' | 'internal',
+    readonly code: 'closed' | 'timeout' | 'desync' | 'refused' | 'state' | 'internal',
     /** Deviations seen on the way (also on the connection's list). */
     readonly deviations: readonly Deviation[] = [],
   ) {

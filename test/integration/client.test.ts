@@ -90,6 +90,47 @@ describe('client ↔ our server: negotiation', () => {
   });
 });
 
+describe('client ↔ our server: illegal sequences on purpose', () => {
+  it('INFO for an unknown export: NBD_REP_ERR_UNKNOWN, an answer and no deviation', async () => {
+    const s = await servers.serve({ exports: exports() });
+    const c = await NbdConnection.connect({ path: s.socket });
+    await c.handshake();
+    const r = await c.info('nope');
+    expect(r.ok).toBe(false);
+    expect(r.replies.at(-1)!.type).toBe(REP.NBD_REP_ERR_UNKNOWN);
+    expect(c.deviations).toEqual([]);
+    c.destroy();
+  });
+
+  it('client flags with an undefined bit: the server closes (handshake.client-flags-unknown); the next option fails with `closed`', async () => {
+    const s = await servers.serve({ exports: exports() });
+    const c = await NbdConnection.connect({ path: s.socket }, { timeoutMs: 5000 });
+    await c.greeting();
+    c.sendClientFlags(0x80 | 1);
+    await expect(c.go('disk')).rejects.toMatchObject({ code: 'closed' });
+    expect(await c.closedWithin(5000)).toBe(true);
+  });
+
+  it('EXPORT_NAME for an unknown export: the server closes (option.export-name-terminates), no hang', async () => {
+    const s = await servers.serve({ exports: exports() });
+    const c = await NbdConnection.connect({ path: s.socket }, { timeoutMs: 5000 });
+    await c.handshake();
+    await expect(c.exportName('nope')).rejects.toMatchObject({ code: 'closed' });
+    expect(c.deviations).toEqual([]);
+  });
+
+  it('a request before GO is refused by the client itself (`state`), an option after GO too', async () => {
+    const s = await servers.serve({ exports: exports() });
+    const c = await NbdConnection.connect({ path: s.socket });
+    await c.handshake();
+    await expect(c.read(0, 512)).rejects.toMatchObject({ code: 'state' });
+    await c.go('disk');
+    await expect(c.list()).rejects.toMatchObject({ code: 'state' });
+    expect((await c.read(0, 512)).error).toBe(0);
+    await c.disc();
+  });
+});
+
 describe('client ↔ our server: transmission', () => {
   for (const mode of ['simple', 'structured', 'extended'] as const) {
     it(`round trips with ${mode} replies, data verified`, async () => {

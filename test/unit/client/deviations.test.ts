@@ -115,6 +115,34 @@ describe('handshake deviations', () => {
   });
 });
 
+describe('handshake deviations (EXPORT_NAME, oldstyle)', () => {
+  it('option.export-name-terminates: EXPORT_NAME answered with an error reply instead of a close; the call fails with `refused`', async () => {
+    const { client } = await scripted(async (s) => {
+      await s.greet();
+      const o = await s.option();
+      s.write(encodeOptionReply(o.code, REP.NBD_REP_ERR_UNKNOWN, Buffer.from('no such export')));
+    });
+    await client.handshake();
+    await expect(client.exportName('nope')).rejects.toMatchObject({ code: 'refused' });
+    expect(rulesOf(client.deviations)).toEqual(['option.export-name-terminates']);
+    expect(client.deviations[0]!.evidence.subarray(20).toString()).toBe('no such export');
+  });
+
+  it('handshake.greeting-flags: an oldstyle greeting is read whole and reported (no option haggling possible)', async () => {
+    const { client } = await scripted(async (s) => {
+      const g = Buffer.alloc(152);
+      g.writeBigUInt64BE(0x4e42444d41474943n, 0);
+      g.writeBigUInt64BE(0x00420281861253n, 8);
+      g.writeBigUInt64BE(1n << 20n, 16);
+      s.write(g);
+    });
+    const g = await client.greeting();
+    expect(g.oldstyle).toBe(true);
+    expect(g.bytes).toHaveLength(152);
+    expect(rulesOf(g.deviations)).toEqual(['handshake.greeting-flags']);
+  });
+});
+
 /** A server that negotiates `mode`, then answers the first request with `reply(cookie, offset)`. */
 async function transmit(mode: 'simple' | 'structured' | 'extended', reply: (cookie: bigint, offset: bigint) => Buffer[], after?: 'close') {
   const { client } = await scripted(async (s) => {
