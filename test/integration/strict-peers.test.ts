@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { memoryBackend, type Violation } from '../../src/index.js';
-import { requireTool, run, startServer, tmpDir, type Running } from './harness.js';
+import { execFileP, requireTool, run, startServer, tmpDir, type Running } from './harness.js';
 import { py } from './pylibnbd.js';
 
 const MiB = 1 << 20;
@@ -19,7 +19,7 @@ describe('strict mode: well-behaved real clients commit no violation', () => {
   const violations: Violation[] = [];
   const dir = tmpDir();
   beforeAll(async () => {
-    for (const tool of ['nbdinfo', 'nbdcopy', 'nbdsh', 'qemu-img', 'qemu-io', 'fio']) requireTool(tool);
+    for (const tool of ['nbdinfo', 'nbdcopy', 'nbdsh', 'qemu-img', 'qemu-io', 'qemu-nbd', 'nbd-client', 'fio']) requireTool(tool);
     srv = await startServer({ strict: true, exports: [{ name: 'disk', backend: memoryBackend({ size: 32 * MiB }) }] });
     srv.server.violations$.subscribe((v) => violations.push(v));
   });
@@ -87,6 +87,13 @@ describe('strict mode: well-behaved real clients commit no violation', () => {
     await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', img, srv.uri()]);
     const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 1M 64k', '-c', 'read -P 0x42 1M 64k', '-c', 'flush', srv.uri()]);
     expect(io.stdout).toContain('read 65536/65536 bytes');
+  });
+
+  it('more clients: qemu-img map, qemu-nbd -L, nbd-client -l', async () => {
+    expect(JSON.parse((await run('qemu-img', ['map', '--output=json', srv.uri()])).stdout)).not.toHaveLength(0);
+    expect((await run('qemu-nbd', ['-L', '-k', srv.socket])).stdout).toContain("export: 'disk'");
+    const { stdout } = await execFileP(requireTool('nbd-client'), ['-l', '-unix', srv.socket], { timeout: 30_000 });
+    expect(stdout).toContain('disk');
   });
 
   it('fio nbd engine: a short 4k randrw run', async () => {
