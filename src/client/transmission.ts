@@ -4,7 +4,7 @@
  * cookie, in whatever order they come. Every request has its own timeout, so
  * a server that never answers cannot hang a caller.
  */
-import { MAGIC, SIZE } from '../protocol/constants.js';
+import { CMD, MAGIC, SIZE } from '../protocol/constants.js';
 import type { ByteReader } from './byte-reader.js';
 import { chunkContent, chunkTypeName, type Chunk } from './chunks.js';
 import { NbdClientError, deviation, hexOf, type Deviation } from './deviations.js';
@@ -29,7 +29,9 @@ export interface TransmissionOptions {
 const RECENT = 4096;
 
 export class Transmission {
-  private readonly pending = new Map<bigint, Pending>();
+  /** Requests in flight by cookie; a cookie reused on purpose queues its requests, answered in order. */
+  private readonly pending = new Map<bigint, Pending[]>();
+  private count = 0;
   private readonly finished = new Set<bigint>();
   private stopped: NbdClientError | undefined;
 
@@ -46,7 +48,7 @@ export class Transmission {
 
   /** Requests sent and not answered yet (timed-out ones included until their reply comes). */
   get inFlight(): number {
-    return this.pending.size;
+    return this.count;
   }
 
   /** Send a request whose reply is awaited. */
@@ -60,7 +62,10 @@ export class Transmission {
           p.abandoned = true;
           reject(new NbdClientError(`no reply to cookie ${h.cookie} within ${timeoutMs} ms`, 'timeout', p.builder.deviations));
         }, timeoutMs);
-      this.pending.set(h.cookie, p);
+      const queue = this.pending.get(h.cookie);
+      if (queue) queue.push(p);
+      else this.pending.set(h.cookie, [p]);
+      this.count++;
     });
     this.write(payload ? Buffer.concat([requestHeaderBytes(h), payload]) : requestHeaderBytes(h));
     return promise;
@@ -70,18 +75,22 @@ export class Transmission {
   stop(err: NbdClientError): void {
     if (this.stopped) return;
     this.stopped = err;
-    for (const [cookie, p] of this.pending) {
+    for (const [cookie, p] of [...this.pending].flatMap(([k, q]) => q.map((x) => [k, x] as const))) {
       clearTimeout(p.timer);
       if (p.builder.chunks.length)
         this.report(deviation('reply.structured-chunks', `cookie ${cookie}: ${p.builder.chunks.length} chunks but no DONE before the connection ended`, p.builder.chunks.at(-1)!.header));
       if (!p.abandoned) p.reject(new NbdClientError(err.message, err.code, p.builder.deviations));
     }
     this.pending.clear();
+    this.count = 0;
   }
 
   private complete(cookie: bigint, p: Pending, r: Reply): void {
     clearTimeout(p.timer);
-    this.pending.delete(cookie);
+    const queue = this.pending.get(cookie)!;
+    queue.shift();
+    if (!queue.length) this.pending.delete(cookie);
+    this.count--;
     this.finished.add(cookie);
     if (this.finished.size > RECENT) this.finished.delete(this.finished.values().next().value!);
     if (!p.abandoned) p.resolve(r);
@@ -131,12 +140,12 @@ export class Transmission {
   private async simple(head: Buffer): Promise<void> {
     const header = Buffer.concat([head, await this.next(SIZE.SIMPLE_REPLY - 4)]);
     const cookie = header.readBigUInt64BE(8);
-    const p = this.pending.get(cookie);
+    const p = this.pending.get(cookie)?.[0];
     if (!p) return this.stray(cookie, 'simple reply', [header]);
     const req = p.builder.request;
     // A successful simple reply to a READ is followed by exactly the length asked for.
     let data: Buffer | undefined;
-    if (req.type === 0 && header.readUInt32BE(4) === 0 && req.length > 0n) {
+    if (req.type === CMD.NBD_CMD_READ && header.readUInt32BE(4) === 0 && req.length > 0n) {
       if (req.length > BigInt(this.opts.maxPayload)) return this.desync(`simple READ reply of ${req.length} bytes is more than maxPayload`, [header], 'reply.simple-read');
       data = await this.next(Number(req.length));
     }
@@ -167,7 +176,7 @@ export class Transmission {
       payload,
       content: chunkContent(type, flags, payload, devs),
     };
-    const p = this.pending.get(cookie);
+    const p = this.pending.get(cookie)?.[0];
     if (!p) {
       for (const d of devs) this.report(d);
       this.stray(cookie, `${c.typeName} chunk`, [header, payload.subarray(0, 256)]);

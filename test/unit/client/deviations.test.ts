@@ -260,6 +260,21 @@ describe('transmission deviations', () => {
     expect(rulesOf(r.deviations)).toEqual(['reply.df-one-chunk']);
   });
 
+  it('a cookie reused on purpose: both requests are in flight and take the replies for it in order', async () => {
+    const { client: c } = await scripted(async (s) => {
+      await serveUntilGo(s);
+      const a = await s.request();
+      const b = await s.request();
+      s.write(simpleReply(a.cookie, 0), simpleReply(b.cookie, 5));
+    });
+    await goWith(c, 'simple');
+    const [a, b] = [c.request({ type: 3, cookie: 5n }), c.request({ type: 3, cookie: 5n })];
+    expect(c.inFlight).toBe(2);
+    expect([(await a).error, (await b).error]).toEqual([0, 5]);
+    expect(c.inFlight).toBe(0);
+    expect(c.deviations).toEqual([]);
+  });
+
   it('a reply that never comes: the request times out; its late reply is still checked, not taken for a stray', async () => {
     const { client: c } = await scripted(async (s) => {
       await serveUntilGo(s);
