@@ -5,11 +5,13 @@
  *    hole chunks, sent in any order) gives the right bytes and no deviation;
  *  - any stream of server bytes after GO (well-formed frames with random
  *    fields, garbage, an early close) never crashes the client nor leaves a
- *    request hanging: each one resolves or fails with an NbdClientError.
+ *    request hanging: each one resolves or fails with an NbdClientError;
+ *  - the same for option replies during the handshake.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { NbdClientError, REPLY_TYPE } from '../../src/client/index.js';
+import { NbdClientError, OPT, REPLY_TYPE } from '../../src/client/index.js';
+import { encodeOptionReply } from '../../src/protocol/encoder.js';
 import { at, chunk, goWith, scripted, serveUntilGo, simpleReply } from '../unit/client/fake-server.js';
 
 const SEED = Number(process.env.CLIENT_PROPERTY_SEED ?? 20261130);
@@ -96,6 +98,37 @@ describe('client reply reader properties', () => {
           expect((s.reason as NbdClientError).code).not.toBe('internal');
         }
         for (const d of client.deviations) expect(d.rule).toMatch(/^(reply|peer)\.[a-z-]+$/);
+        client.destroy();
+      }),
+      80,
+    );
+  });
+
+  it('any option replies: every option call resolves or fails with an NbdClientError (never `internal`)', async () => {
+    const reply = fc.record({
+      option: fc.constantFrom(OPT.NBD_OPT_STRUCTURED_REPLY, OPT.NBD_OPT_GO, 3, 9, 77),
+      type: fc.constantFrom(1, 2, 3, 4, 0x55, 0x80000001, 0x80000006),
+      data: fc.oneof(fc.uint8Array({ maxLength: 30 }), fc.constantFrom(Uint8Array.from([0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 1]), Uint8Array.from([0, 3, 0, 0, 2, 0]))),
+    });
+    await run(
+      'hostile option replies',
+      fc.asyncProperty(fc.array(reply, { maxLength: 6 }), async (replies) => {
+        // The server closes after its replies (a server that just stops is the timeout's business, tested elsewhere).
+        const { client } = await scripted(async (s) => {
+          await s.greet();
+          await s.option();
+          for (const r of replies) s.write(encodeOptionReply(r.option, r.type, Buffer.from(r.data)));
+          s.end();
+        });
+        await client.handshake();
+        const outcome = await client.go('', [3]).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        if (outcome !== undefined) {
+          expect(outcome).toBeInstanceOf(NbdClientError);
+          expect((outcome as NbdClientError).code).not.toBe('internal');
+        }
         client.destroy();
       }),
       80,
