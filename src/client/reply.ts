@@ -89,6 +89,7 @@ export class ReplyBuilder {
     else if (this.ctx.mode === 'structured' && this.request.type === CMD.NBD_CMD_READ)
       this.flag('reply.negotiated-mode', 'simple reply to a READ although structured replies were negotiated', header);
     if (this.chunks.length) this.flag('reply.structured-chunks', `simple reply after ${this.chunks.length} chunks without DONE`, header);
+    if (error === 0 && this.request.type === CMD.NBD_CMD_BLOCK_STATUS) this.flag('reply.block-status-chunks', 'successful BLOCK_STATUS answered with a simple reply: no status chunk', header);
     this.errno(error, header);
     if (data && this.data) data.copy(this.data);
     return {

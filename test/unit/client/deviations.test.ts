@@ -251,6 +251,13 @@ describe('transmission deviations', () => {
     expect(r.blockStatus.map((b) => b.contextId)).toEqual([7, 1]);
   });
 
+  it('reply.block-status-chunks: a successful BLOCK_STATUS answered with a simple reply', async () => {
+    const c = await transmit('structured', (cookie) => [simpleReply(cookie)]);
+    const r = await c.blockStatus(0, 4096);
+    expect(r.form).toBe('simple');
+    expect(rulesOf(r.deviations)).toEqual(['reply.block-status-chunks']);
+  });
+
   it('reply.df-one-chunk: two data chunks for a READ with DF', async () => {
     const c = await transmit('structured', (cookie) => [
       chunk(cookie, T.NBD_REPLY_TYPE_OFFSET_DATA, at(0, Buffer.alloc(256))),
