@@ -21,6 +21,7 @@ URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds://… (START
   --scratch OFFSET:LENGTH  where checks may write (default: the last ${SCRATCH_DEFAULT / 1024} KiB of the export);
                            announced before any check runs
   --timeout SECONDS        per check (default 10); a check that gets no answer FAILs
+  --seed N                 seed of the generated option sequences (default 1; a FAIL names it)
   --json                   one JSON document instead of lines
   -h, --help
 Exit status: 0 nothing failed, 1 a check failed (or the server could not be negotiated with), 2 usage.
@@ -32,13 +33,13 @@ function usage(message: string): number {
 }
 
 export async function runProbe(args: readonly string[]): Promise<number> {
-  let values: { json?: boolean; 'read-only'?: boolean; scratch?: string; timeout?: string; help?: boolean };
+  let values: { json?: boolean; 'read-only'?: boolean; scratch?: string; timeout?: string; seed?: string; help?: boolean };
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
       args: [...args],
       allowPositionals: true,
-      options: { json: { type: 'boolean' }, 'read-only': { type: 'boolean' }, scratch: { type: 'string' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: { json: { type: 'boolean' }, 'read-only': { type: 'boolean' }, scratch: { type: 'string' }, timeout: { type: 'string' }, seed: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     }));
   } catch (err) {
     return usage((err as Error).message.split('\n')[0]!);
@@ -56,6 +57,8 @@ export async function runProbe(args: readonly string[]): Promise<number> {
   }
   const seconds = values.timeout === undefined ? 10 : Number(values.timeout);
   if (!(seconds > 0 && seconds <= 3600)) return usage(`--timeout: expected seconds from 0 to 3600, got ${JSON.stringify(values.timeout)}`);
+  const seed = values.seed === undefined ? 1 : Number(values.seed);
+  if (!Number.isSafeInteger(seed)) return usage(`--seed: expected an integer, got ${JSON.stringify(values.seed)}`);
   let scratch: { offset: bigint; length: number } | undefined;
   if (values.scratch !== undefined) {
     const m = /^(\d+):(\d+)$/.exec(values.scratch);
@@ -68,6 +71,7 @@ export async function runProbe(args: readonly string[]): Promise<number> {
   try {
     const report = await probe(target, {
       timeoutMs: seconds * 1000,
+      seed,
       readOnly: !!values['read-only'],
       scratch,
       announce: json ? undefined : out,

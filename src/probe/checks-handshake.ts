@@ -104,6 +104,22 @@ export const HANDSHAKE_CHECKS: readonly C[] = [
       }),
   },
   {
+    rule: 'option.unexpected-data',
+    title: 'LIST carrying data gets NBD_REP_ERR_INVALID, its data skipped: INFO still answered after it',
+    run: (ctx, signal) =>
+      withOptions(ctx, signal, async (c) => {
+        const replies = await c.option(OPT.NBD_OPT_LIST, Buffer.from([1, 2, 3, 4]));
+        const type = last(replies);
+        if (type !== 'NBD_REP_ERR_INVALID') return fail(`answered ${type}`, replies.map((r) => hex(r.header)).join(' '));
+        // The 4 bytes must have been read and dropped: the next option is read from its own header.
+        const info = await c.info(ctx.target.exportName, []).catch((err: Error) => err);
+        if (info instanceof Error) return fail(`the next option (INFO) was not answered: ${info.message}`);
+        const t = last(info.replies);
+        if (t !== 'NBD_REP_ACK' && t !== 'NBD_REP_ERR_UNSUP') return fail(`the next option (INFO) was answered ${t}: the LIST's data was read as part of it`);
+        return pass(`NBD_REP_ERR_INVALID, then INFO answered ${t}`);
+      }),
+  },
+  {
     rule: 'option.abort-ack',
     title: 'ABORT is acknowledged, then the server closes',
     run: (ctx, signal) =>

@@ -29,6 +29,8 @@ export interface ProbeContext {
   /** Where checks may write (announced before any write), or null: the probe writes nothing. */
   readonly scratch: { readonly offset: bigint; readonly length: number } | null;
   readonly facts: Facts;
+  /** Seed of the generated option sequences (fast-check), so a run can be replayed. */
+  readonly seed?: number;
 }
 
 export interface Negotiate {

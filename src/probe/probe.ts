@@ -9,16 +9,19 @@
  */
 import { HANDSHAKE_CHECKS } from './checks-handshake.js';
 import { TRANSMISSION_CHECKS } from './checks-transmission.js';
+import { SEQUENCE_CHECKS } from './checks-sequences.js';
 import { survey, type ProbeContext } from './context.js';
 import { runChecks, type Check, type Result } from './runner.js';
 import type { NbdTarget } from './uri.js';
 
-export const PROBE_CHECKS: ReadonlyArray<Check<ProbeContext>> = [...HANDSHAKE_CHECKS, ...TRANSMISSION_CHECKS];
+export const PROBE_CHECKS: ReadonlyArray<Check<ProbeContext>> = [...HANDSHAKE_CHECKS, ...SEQUENCE_CHECKS, ...TRANSMISSION_CHECKS];
 
 export interface ProbeOptions {
   /** Milliseconds per check (default 10 000). */
   readonly timeoutMs?: number;
   readonly readOnly?: boolean;
+  /** Seed of the generated option sequences (default 1). */
+  readonly seed?: number;
   /** Where writes may go (default: the last 64 KiB of the export). */
   readonly scratch?: { readonly offset: bigint; readonly length: number };
   /** Told before any check runs: where the probe will write (or that it will not). */
@@ -46,7 +49,7 @@ export async function probe(target: NbdTarget, options: ProbeOptions = {}): Prom
     scratch = { offset, length };
   }
   options.announce?.(scratch ? `scratch region: bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n} of ${facts.size} may be overwritten` : 'read-only: nothing is written');
-  const ctx: ProbeContext = { target, timeoutMs, scratch, facts };
+  const ctx: ProbeContext = { target, timeoutMs, scratch, facts, seed: options.seed ?? 1 };
   const results = await runChecks(PROBE_CHECKS, ctx, { timeoutMs, readOnly: scratch === null, onResult: options.onResult });
   return { target, facts, scratch, results };
 }
