@@ -26,7 +26,11 @@ export class ByteReader {
     this.attach(stream);
   }
 
+  /** Called with every chunk that arrives, before it is queued (a wire log). */
+  tap: ((d: Buffer) => void) | undefined;
+
   private readonly onData = (d: Buffer): void => {
+    this.tap?.(d);
     if (this.discarding) {
       this.discarded += d.length;
       return;

@@ -25,6 +25,8 @@ export interface ConnectOptions {
   readonly timeoutMs?: number;
   /** Largest option reply data or chunk payload accepted; more is a deviation and the connection is given up. Default 64 MiB. */
   readonly maxPayload?: number;
+  /** Called with the bytes of every write (`out`) and every read from the socket (`in`, after TLS: the plaintext), in order: a wire log. */
+  readonly onBytes?: (direction: 'in' | 'out', bytes: Buffer) => void;
 }
 
 /** STARTTLS parameters (node:tls client options). */
@@ -68,6 +70,7 @@ export class NbdConnectionBase {
   protected readonly reader: ByteReader;
   readonly timeoutMs: number;
   readonly maxPayload: number;
+  private readonly onBytes: ConnectOptions['onBytes'];
   /** Resolves when the connection is closed (by either side). */
   readonly closed: Promise<void>;
 
@@ -80,6 +83,11 @@ export class NbdConnectionBase {
     this.maxPayload = opts.maxPayload ?? DEFAULTS.maxPayload;
     this.stream = socket;
     this.reader = new ByteReader(socket);
+    this.onBytes = opts.onBytes;
+    if (opts.onBytes) {
+      const tap = opts.onBytes;
+      this.reader.tap = (d) => tap('in', d);
+    }
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.on('error', () => {});
   }
@@ -98,7 +106,9 @@ export class NbdConnectionBase {
 
   /** Write bytes as they are (anything: a malformed option, a request with a wrong magic). */
   raw(bytes: Buffer): void {
-    if (!this.stream.destroyed) this.stream.write(bytes);
+    if (this.stream.destroyed) return;
+    this.onBytes?.('out', bytes);
+    this.stream.write(bytes);
   }
 
   /** Read exactly `n` bytes during the handshake (before transmission starts). */

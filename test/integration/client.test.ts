@@ -46,6 +46,23 @@ describe('client ↔ our server: negotiation', () => {
     expect(await c.disc()).toBe(true);
   });
 
+  it('onBytes logs every byte each way, in order', async () => {
+    const s = await servers.serve({ exports: exports() });
+    const log: Array<{ dir: 'in' | 'out'; bytes: Buffer }> = [];
+    const c = await NbdConnection.connect({ path: s.socket }, { onBytes: (dir, bytes) => log.push({ dir, bytes: Buffer.from(bytes) }) });
+    await c.handshake();
+    await c.go('disk', []);
+    await c.read(0, 512);
+    const all = (dir: 'in' | 'out') => Buffer.concat(log.filter((l) => l.dir === dir).map((l) => l.bytes));
+    expect(all('in').subarray(0, 8).toString()).toBe('NBDMAGIC');
+    expect(all('out').subarray(0, 4).readUInt32BE(0)).toBe(3);
+    // Out: client flags, GO (16 + 4 + 4 + 2), one READ header.
+    expect(all('out')).toHaveLength(4 + 26 + 28);
+    // In: greeting, INFO_EXPORT (20 + 12), ACK (20), the simple reply and its data.
+    expect(all('in')).toHaveLength(18 + 32 + 20 + 16 + 512);
+    await c.disc();
+  });
+
   it('raw option(): an unknown option gets NBD_REP_ERR_UNSUP and the next option still works', async () => {
     const s = await servers.serve({ exports: exports() });
     const c = await NbdConnection.connect({ path: s.socket });
