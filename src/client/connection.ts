@@ -238,7 +238,8 @@ export class NbdConnectionBase {
         },
         () => (clearTimeout(t), resolve(s)),
       );
-      s.once('error', (e) => (clearTimeout(t), reject(e)));
+      // 'on', not 'once': a failed handshake may report more than one error.
+      s.on('error', (e) => (clearTimeout(t), reject(e)));
     });
     secure.on('error', () => {});
     this.stream = secure;

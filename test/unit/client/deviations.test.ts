@@ -267,6 +267,21 @@ describe('transmission deviations', () => {
     expect(rulesOf(r.deviations)).toEqual(['reply.df-one-chunk']);
   });
 
+  it('peer.chunk-payload: a chunk longer than maxPayload gives the stream up (`desync`) instead of buffering it', async () => {
+    const { client: c } = await scripted(
+      async (s) => {
+        await serveUntilGo(s);
+        const r = await s.request();
+        s.write(chunk(r.cookie, T.NBD_REPLY_TYPE_OFFSET_DATA, at(0, Buffer.alloc(2048)), { done: true }));
+      },
+      { maxPayload: 1024 },
+    );
+    await goWith(c);
+    await expect(c.read(0, 2048)).rejects.toMatchObject({ code: 'desync' });
+    expect(rulesOf(c.deviations)).toEqual(['peer.chunk-payload']);
+    expect(await c.closedWithin(2000)).toBe(true);
+  });
+
   it('a cookie reused on purpose: both requests are in flight and take the replies for it in order', async () => {
     const { client: c } = await scripted(async (s) => {
       await serveUntilGo(s);

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach } from 'vitest';
 import { ByteReader } from '../../../src/client/byte-reader.js';
-import { NbdConnection } from '../../../src/client/index.js';
+import { NbdConnection, type ConnectOptions } from '../../../src/client/index.js';
 import { MAGIC, OPT, REP } from '../../../src/protocol/constants.js';
 import { chunkHeader, encodeGreeting, encodeInfoExport, encodeOptionReply } from '../../../src/protocol/encoder.js';
 
@@ -32,7 +32,7 @@ afterEach(() => {
 });
 
 /** Start a server running `script` for its one connection; returns a client connected to it. */
-export async function scripted(script: (s: ServerSide) => Promise<void>): Promise<{ client: NbdConnection; done: Promise<void> }> {
+export async function scripted(script: (s: ServerSide) => Promise<void>, opts: ConnectOptions = {}): Promise<{ client: NbdConnection; done: Promise<void> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-client-unit-'));
   const sock = path.join(dir, 's');
   let start!: (side: ServerSide) => void;
@@ -72,7 +72,7 @@ export async function scripted(script: (s: ServerSide) => Promise<void>): Promis
     start(side);
   });
   await new Promise<void>((r) => server.listen(sock, r));
-  const client = await NbdConnection.connect({ path: sock }, { timeoutMs: 3000 });
+  const client = await NbdConnection.connect({ path: sock }, { timeoutMs: 3000, ...opts });
   cleanups.push(() => {
     client.destroy();
     server.close();
