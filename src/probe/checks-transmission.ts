@@ -209,6 +209,63 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
     },
   },
   {
+    rule: 'transmission.write-zeroes-no-hole',
+    title: 'WRITE_ZEROES (and with NO_HOLE) in the scratch region reads back as zeroes',
+    writes: true,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        if (!(ctx.facts.flags & FLAG.NBD_FLAG_SEND_WRITE_ZEROES)) return notAdvertised('SEND_WRITE_ZEROES is not advertised');
+        if (ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY) return notAdvertised('the export is read-only');
+        const s = ctx.scratch!;
+        const n = Math.min(8192, s.length);
+        for (const flags of [0, CMD_FLAG.NBD_CMD_FLAG_NO_HOLE]) {
+          const w = await c.write(s.offset, Buffer.alloc(n, 0x5a));
+          if (w.error !== 0) return fail(`WRITE before zeroing failed with ${errnoText(w.error)}`);
+          const z = await c.writeZeroes(s.offset, n, { flags });
+          if (z.error !== 0) return fail(`WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} failed with ${errnoText(z.error)}`);
+          const r = await c.read(s.offset, n);
+          if (r.error !== 0 || !r.data || r.data.some((b) => b !== 0)) return fail(`after WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} the range does not read back as zeroes`);
+        }
+        return pass(`${n} bytes zeroed, with and without NO_HOLE`);
+      }),
+  },
+  {
+    rule: 'transmission.cache-hint',
+    title: 'TRIM and CACHE, where advertised, succeed and leave the stream in sync',
+    writes: true,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const s = ctx.scratch!;
+        const done: string[] = [];
+        if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_TRIM && !(ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY)) {
+          const t = await c.trim(s.offset, Math.min(4096, s.length));
+          if (t.error !== 0) return fail(`TRIM failed with ${errnoText(t.error)}`);
+          done.push('TRIM');
+        }
+        if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_CACHE) {
+          const k = await c.cache(0, Math.min(65536, Number(ctx.facts.size)));
+          if (k.error !== 0) return fail(`CACHE failed with ${errnoText(k.error)}`);
+          done.push('CACHE');
+        }
+        if (done.length === 0) return notAdvertised('neither SEND_TRIM nor SEND_CACHE is advertised');
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(`${done.join(' and ')} answered, then a READ`);
+      }),
+  },
+  {
+    rule: 'transmission.read-too-large',
+    title: 'a READ longer than the advertised maximum: refused (EINVAL or EOVERFLOW) or served, in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const max = ctx.facts.blockSize?.maximum;
+        if (max === undefined || max >= 0x7fff_ffff || BigInt(max) + 1n > ctx.facts.size) return notAdvertised('no maximum block size below the export size is advertised');
+        const r = await c.read(0, max + 1);
+        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL && r.error !== ERRNO.NBD_EOVERFLOW) return fail(`errno ${errnoText(r.error)}`);
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(`${r.error ? errnoText(r.error) : 'served'} for ${max + 1} bytes, then a READ answered`);
+      }),
+  },
+  {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
     async run(ctx, signal) {
