@@ -146,7 +146,11 @@ export class Transmission {
     // A successful simple reply to a READ is followed by exactly the length asked for.
     let data: Buffer | undefined;
     if (req.type === CMD.NBD_CMD_READ && header.readUInt32BE(4) === 0 && req.length > 0n) {
-      if (req.length > BigInt(this.opts.maxPayload)) return this.desync(`simple READ reply of ${req.length} bytes is more than maxPayload`, [header], 'reply.simple-read');
+      if (req.length > BigInt(this.opts.maxPayload)) {
+        // The length is the one this client asked for, so this is no fault of the server: just stop.
+        this.stop(new NbdClientError(`simple READ reply of ${req.length} bytes is more than maxPayload (${this.opts.maxPayload}); the data cannot be taken`, 'desync'));
+        return this.giveUp();
+      }
       data = await this.next(Number(req.length));
     }
     this.complete(cookie, p, p.builder.simple(header, data));
