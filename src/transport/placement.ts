@@ -6,6 +6,7 @@
  * the payload exactly — otherwise the payload is buffered and the request
  * goes the ordinary way, with one warning.
  */
+import type { AnyActorRef } from 'xstate';
 import type { RequestFrame } from '../protocol/frames.js';
 import type { Logger } from './logger.js';
 
@@ -40,4 +41,23 @@ export function checkedTargets(
     return null;
   }
   return targets;
+}
+
+/**
+ * A session's placement decision for one large WRITE: only a request the
+ * transmission machine's own check accepts now (transmission open, not
+ * draining), and only if the application offers storage that fits.
+ */
+export function acceptedTargets(
+  frame: RequestFrame,
+  transmission: AnyActorRef | null,
+  closed: boolean,
+  offer: ((frame: RequestFrame) => readonly Buffer[] | null) | undefined,
+  log: Logger,
+  peer: string,
+): readonly Buffer[] | null {
+  if (!offer || !transmission || closed) return null;
+  const snap = transmission.getSnapshot();
+  if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
+  return checkedTargets(frame, offer, log, peer);
 }

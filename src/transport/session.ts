@@ -24,7 +24,7 @@ import { ReplyWriter } from './socket.js';
 import { releaseBytes } from './slab-account.js';
 import { FlowControl } from './flow.js';
 import { ConnectionTimers } from './timers.js';
-import { checkedTargets } from './placement.js';
+import { acceptedTargets } from './placement.js';
 import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
 import { messageOf, type CloseCode } from '../protocol/errors.js';
 import { SocketInput } from './input.js';
@@ -230,19 +230,9 @@ export class Session implements ReplySink {
     this.ending.destroy(reason, code);
   }
 
-  /**
-   * The decoder's placement provider: only requests the machine's own check
-   * accepts now (transmission open, not draining), and only if the handler
-   * offers storage that fits. Anything else is buffered and validated as usual.
-   */
-  private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null => {
-    const place = this.handlers.placeWrite;
-    const tx = this.machines.transmission;
-    if (!place || !tx || this.machines.closed) return null;
-    const snap = tx.getSnapshot();
-    if (snap.status !== 'active' || !snap.matches('open') || snap.context.check(frame) !== null) return null;
-    return checkedTargets(frame, (f) => place(this, f), this.log, this.peer);
-  };
+  /** The decoder's placement provider (placement.ts): the machine's own check decides, then the handler's offer. */
+  private readonly placeWrite = (frame: RequestFrame): readonly Buffer[] | null =>
+    acceptedTargets(frame, this.machines.transmission, this.machines.closed, this.handlers.placeWrite && ((f) => this.handlers.placeWrite!(this, f)), this.log, this.peer);
 
   private dispatch(f: ClientFrame): void {
     if (this.trace) this.trace.frameIn(f);
