@@ -10,7 +10,7 @@ import { CMD, INFO, MAGIC, OPT, REP, SIZE } from '../protocol/constants.js';
 import { NbdClientError, deviation } from './deviations.js';
 import { infoGoData, metaContextData, optionBytes, requestHeaderBytes, type RequestHeader } from './encode.js';
 import { DEFAULTS, NbdConnectionBase, type ConnectOptions, type ConnectTarget } from './connection.js';
-import { checkInfoAnswer, checkMetaContextAnswer, type InfoDetail, type OptionReply } from './option-replies.js';
+import { checkBlockSizes, checkInfoAnswer, checkMetaContextAnswer, checkTransmissionFlags, type InfoDetail, type OptionReply } from './option-replies.js';
 import type { Reply } from './reply.js';
 
 /** The answer to an option: `ok` when its final reply is NBD_REP_ACK. */
@@ -115,6 +115,12 @@ export class NbdConnection extends NbdConnectionBase {
 
   private details(replies: readonly OptionReply[]): ExportDetails {
     checkInfoAnswer(replies).forEach((d) => (replies.at(-1)!.deviations.push(d), this.note(d)));
+    for (const r of replies) {
+      if (r.detail.kind !== 'info') continue;
+      const i = r.detail.detail;
+      const found = i.info === 'export' ? checkTransmissionFlags(i.flags, this.mode, r.data) : i.info === 'blockSize' ? checkBlockSizes(i, r.data) : [];
+      found.forEach((d) => (r.deviations.push(d), this.note(d)));
+    }
     const infos = replies.flatMap((r) => (r.detail.kind === 'info' ? [r.detail.detail] : []));
     let out: ExportDetails = { ...this.answer(replies), infos };
     for (const i of infos) {
@@ -185,6 +191,7 @@ export class NbdConnection extends NbdConnectionBase {
     if (pad.some((b) => b !== 0)) this.note(deviation('handshake.no-zeroes', 'the 124 bytes after the EXPORT_NAME reply are not all zero', pad));
     this.size = head.readBigUInt64BE(0);
     this.transmissionFlags = head.readUInt16BE(8);
+    checkTransmissionFlags(this.transmissionFlags, this.mode, head).forEach(this.note);
     this.startTransmission();
     return { size: this.size, flags: this.transmissionFlags, bytes: Buffer.concat([head, pad]) };
   }

@@ -4,7 +4,7 @@
  * type says. What does not fit the spec becomes a deviation on the reply;
  * the reply is still returned with whatever could be read from it.
  */
-import { INFO, MAGIC, OPT, REP, SIZE, isRepError, repName } from '../protocol/constants.js';
+import { FLAG, INFO, MAGIC, OPT, REP, SIZE, isRepError, repName } from '../protocol/constants.js';
 import { deviation, hexOf, type Deviation } from './deviations.js';
 
 /** What an NBD_REP_INFO carries. */
@@ -173,6 +173,28 @@ export function checkMetaContextAnswer(set: boolean, replies: readonly OptionRep
     ids.set(r.detail.id, r.detail.name);
   }
   return out;
+}
+
+/** Transmission flags that contradict the spec or what was negotiated (`transmission.flags-advertised`). */
+export function checkTransmissionFlags(flags: number, mode: 'simple' | 'structured' | 'extended', evidence: Buffer): Deviation[] {
+  const out: Deviation[] = [];
+  const bad = (why: string) => out.push(deviation('transmission.flags-advertised', `transmission flags 0x${flags.toString(16)}: ${why}`, evidence));
+  if (!(flags & FLAG.NBD_FLAG_HAS_FLAGS)) bad('NBD_FLAG_HAS_FLAGS is not set');
+  if (flags & FLAG.NBD_FLAG_SEND_DF && mode === 'simple') bad('NBD_FLAG_SEND_DF without structured replies');
+  if (flags & FLAG.NBD_FLAG_SEND_FAST_ZERO && !(flags & FLAG.NBD_FLAG_SEND_WRITE_ZEROES)) bad('NBD_FLAG_SEND_FAST_ZERO without NBD_FLAG_SEND_WRITE_ZEROES');
+  if (flags & FLAG.NBD_FLAG_BLOCK_STATUS_PAYLOAD && mode !== 'extended') bad('NBD_FLAG_BLOCK_STATUS_PAYLOAD without extended headers');
+  return out;
+}
+
+const pow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
+
+/** Block size constraints that do not fit together (`option.block-size-constraints`). */
+export function checkBlockSizes(b: { minimum: number; preferred: number; maximum: number }, evidence: Buffer): Deviation[] {
+  const problems: string[] = [];
+  if (!pow2(b.minimum) || b.minimum > 65536) problems.push(`minimum ${b.minimum} is not a power of 2 up to 64 KiB`);
+  if (!pow2(b.preferred) || b.preferred < Math.max(b.minimum, 512)) problems.push(`preferred ${b.preferred} is not a power of 2 of at least max(minimum, 512)`);
+  if (b.maximum < b.preferred) problems.push(`maximum ${b.maximum} is less than preferred ${b.preferred}`);
+  return problems.map((p) => deviation('option.block-size-constraints', `NBD_INFO_BLOCK_SIZE: ${p}`, evidence));
 }
 
 /** Render a reply for an error message. */

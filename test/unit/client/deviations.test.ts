@@ -77,6 +77,39 @@ describe('handshake deviations', () => {
     expect(rulesOf(client.deviations)).toEqual(['peer.option-reply-type', 'general.string-limits']);
   });
 
+  it('transmission.flags-advertised and option.block-size-constraints: flags without HAS_FLAGS, DF in simple mode, FAST_ZERO alone; block sizes that do not fit', async () => {
+    const { client } = await scripted(async (s) => {
+      await s.greet();
+      const o = await s.option();
+      const bs = Buffer.concat([Buffer.from([0, 3]), u32(3, 256, 128)]);
+      s.write(encodeInfoExport(o.code, 4096, 0), encodeOptionReply(o.code, REP.NBD_REP_INFO, bs), encodeOptionReply(o.code, REP.NBD_REP_ACK));
+      const go = await s.option();
+      s.write(encodeInfoExport(go.code, 4096, 1 | (1 << 7) | (1 << 11)), encodeOptionReply(go.code, REP.NBD_REP_ACK));
+    });
+    await client.handshake();
+    const info = await client.info('', [INFO.NBD_INFO_BLOCK_SIZE]);
+    expect(info.blockSize).toEqual({ minimum: 3, preferred: 256, maximum: 128 });
+    expect(info.replies.flatMap((r) => r.deviations).map((d) => d.message)).toEqual([
+      'transmission flags 0x0: NBD_FLAG_HAS_FLAGS is not set',
+      'NBD_INFO_BLOCK_SIZE: minimum 3 is not a power of 2 up to 64 KiB',
+      'NBD_INFO_BLOCK_SIZE: preferred 256 is not a power of 2 of at least max(minimum, 512)',
+      'NBD_INFO_BLOCK_SIZE: maximum 128 is less than preferred 256',
+    ]);
+    const go = await client.go('', []);
+    expect(go.replies[0]!.deviations.map((d) => d.message)).toEqual([
+      'transmission flags 0x881: NBD_FLAG_SEND_DF without structured replies',
+      'transmission flags 0x881: NBD_FLAG_SEND_FAST_ZERO without NBD_FLAG_SEND_WRITE_ZEROES',
+    ]);
+    expect(rulesOf(client.deviations)).toEqual([
+      'transmission.flags-advertised',
+      'option.block-size-constraints',
+      'option.block-size-constraints',
+      'option.block-size-constraints',
+      'transmission.flags-advertised',
+      'transmission.flags-advertised',
+    ]);
+  });
+
   it('option.meta-context-reply: SET_META_CONTEXT gives two contexts the same id', async () => {
     const { client } = await scripted(async (s) => {
       await s.greet();
@@ -105,7 +138,7 @@ describe('handshake deviations', () => {
     const { client } = await scripted(async (s) => {
       await s.greet();
       await s.option();
-      s.write(Buffer.alloc(10), Buffer.alloc(124, 1));
+      s.write(Buffer.from('00000000001000000001', 'hex'), Buffer.alloc(124, 1));
     });
     await client.greeting();
     client.sendClientFlags(1);
