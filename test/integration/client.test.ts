@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { CMD, CMD_FLAG, INFO, NbdClientError, NbdConnection, OPT, REP } from '../../src/client/index.js';
 import { createServer, memoryBackend, type Backend } from '../../src/index.js';
-import { serverPerTest, silentLogger } from './harness.js';
+import { execFileP, serverPerTest, silentLogger } from './harness.js';
 import { MiB, open, pipelined, roundTrips, rules } from './client-support.js';
 
 const servers = serverPerTest();
@@ -242,5 +242,14 @@ describe('client ↔ our server: malformed requests on purpose', () => {
     const r = await c.blockStatus(0, 4 * MiB, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
     expect(r.blockStatus[0]!.extents).toHaveLength(1);
     await c.disc();
+  });
+});
+
+describe('the package subpath', () => {
+  it('`nbd-engine/client` resolves through package.json "exports" to the built dist (global setup builds it)', async () => {
+    const root = new URL('../..', import.meta.url).pathname;
+    const code = "const m = await import('nbd-engine/client'); console.log(typeof m.NbdConnection.connect, m.CMD.NBD_CMD_READ, typeof m.NbdClientError);";
+    const { stdout } = await execFileP(process.execPath, ['--input-type=module', '-e', code], { cwd: root });
+    expect(stdout.trim()).toBe('function 0 function');
   });
 });
