@@ -266,6 +266,51 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
       }),
   },
   {
+    rule: 'transmission.fast-zero',
+    title: 'WRITE_ZEROES with FAST_ZERO: success (and zeroes) or NBD_ENOTSUP, nothing else',
+    writes: true,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        if (!(ctx.facts.flags & FLAG.NBD_FLAG_SEND_FAST_ZERO)) return notAdvertised('SEND_FAST_ZERO is not advertised');
+        if (ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY) return notAdvertised('the export is read-only');
+        const s = ctx.scratch!;
+        const n = Math.min(8192, s.length);
+        const z = await c.writeZeroes(s.offset, n, { flags: CMD_FLAG.NBD_CMD_FLAG_FAST_ZERO });
+        if (z.error === ERRNO.NBD_ENOTSUP) {
+          const sync = await inSync(c, ctx);
+          return sync ? fail(sync) : pass('NBD_ENOTSUP (zeroing would not be fast), then a READ answered');
+        }
+        if (z.error !== 0) return fail(`errno ${errnoText(z.error)}: only success or NBD_ENOTSUP may answer FAST_ZERO`);
+        const r = await c.read(s.offset, n);
+        return r.error === 0 && r.data?.every((b) => b === 0) ? pass(`${n} bytes zeroed fast`) : fail('FAST_ZERO succeeded but the range does not read back as zeroes');
+      }),
+  },
+  {
+    rule: 'transmission.zero-length',
+    title: 'a zero-length READ is answered (success or an error), never a disconnect',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const r = await c.read(0, 0).catch((err: Error) => err);
+        if (r instanceof Error) return fail(`no answer: ${r.message}`);
+        const sync = await inSync(c, ctx);
+        if (sync) return fail(sync);
+        return r.error === 0 ? (firstDeviation(r) ?? pass('answered successfully, then a READ')) : pass(`answered ${errnoText(r.error)}, then a READ`);
+      }),
+  },
+  {
+    rule: 'transmission.out-of-bounds',
+    title: 'a READ at an offset near 2^64 (wrapping past the end) gets an error, in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        // offset + length overflows 64 bits: a server adding them without care would read at offset 0.
+        const r = await c.request({ type: CMD.NBD_CMD_READ, offset: 0xffff_ffff_ffff_fe00n, length: 1024 }).catch((err: Error) => err);
+        if (r instanceof Error) return fail(`no answer: ${r.message}`);
+        if (r.error === 0) return fail('a READ at offset 2^64 - 512 of 1024 bytes succeeded');
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
+      }),
+  },
+  {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
     async run(ctx, signal) {

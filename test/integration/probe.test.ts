@@ -15,7 +15,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryBackend } from '../../src/index.js';
 import { CLI, execFileP, requireTool, startServer, tmpDir, type Running } from './harness.js';
-import { until } from './tls-support.js';
+import { makePki, until } from './tls-support.js';
 
 interface Line { status: string; rule: string }
 interface Report { results: Array<{ status: string; rule: string; detail: string }>; summary: Record<string, number>; scratch: { offset: string; length: number } | null }
@@ -63,6 +63,27 @@ describe('nbd-engine probe', () => {
     const rules = fs.readFileSync(path.join(import.meta.dirname, '../../docs/rules.md'), 'utf8');
     for (const r of results) expect(rules, r.rule).toContain(`### \`${r.rule}\``);
     expect(lines.at(-1)).toMatch(/^\d+ passed, 0 failed, \d+ not advertised, 0 skipped$/);
+  });
+
+  it('over STARTTLS (an nbds URI with a certificate directory) against nbd-engine requiring TLS: nothing fails', async () => {
+    const pki = makePki(path.join(dir, 'pki'));
+    const tlsSrv = await startServer({
+      exports: [{ name: 'disk', backend: memoryBackend({ size: 16 << 20 }) }],
+      tls: { mode: 'require', cert: path.join(pki, 'server-cert.pem'), key: path.join(pki, 'server-key.pem') },
+    });
+    try {
+      const { code, report } = await probeJson(`nbds+unix:///disk?socket=${tlsSrv.socket}&tls-certificates=${pki}`);
+      expect(failed(report)).toEqual([]);
+      expect(code).toBe(0);
+      expect(report.results.find((r) => r.rule === 'tls.mode-selectivetls')!.detail).toBe('the probe connects with TLS (nbds URI)');
+      expect(report.results.filter((r) => r.status === 'PASS').length).toBeGreaterThanOrEqual(25);
+      // Plaintext against a TLS-only server: the probe cannot negotiate and says so (exit 1).
+      const plain = await execFileP(process.execPath, [CLI, 'probe', `nbd+unix:///disk?socket=${tlsSrv.socket}`, '--timeout', '3']).then(() => null, (e: { code: number; stderr: string }) => e);
+      expect(plain?.code).toBe(1);
+      expect(plain!.stderr).toMatch(/^nbd-engine probe: cannot negotiate with .*NBD_REP_ERR_TLS_REQD/);
+    } finally {
+      await tlsSrv.close();
+    }
   });
 
   it('--read-only writes nothing: the writing check is SKIPPED and the scratch region null', async () => {
