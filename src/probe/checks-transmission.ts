@@ -311,6 +311,18 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
       }),
   },
   {
+    rule: 'transmission.read-too-large',
+    title: 'a READ of 4 GiB − 1 bytes (the largest compact length) is refused, in sync',
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const r = await c.read(0, 0xffff_ffff).catch((err: Error) => err);
+        if (r instanceof Error) return fail(`no answer: ${r.message}`);
+        if (r.error === 0) return fail('a READ of 4 GiB − 1 bytes succeeded');
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
+      }),
+  },
+  {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
     async run(ctx, signal) {
