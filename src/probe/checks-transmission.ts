@@ -36,6 +36,33 @@ async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | nul
 
 const firstDeviation = (r: Reply): Outcome | null => (r.deviations.length ? fail(r.deviations[0]!.message, `${r.deviations[0]!.rule}: ${r.deviations[0]!.evidence.toString('hex').slice(0, 64)}`) : null);
 
+/**
+ * A check that sends one request the server must refuse — with one of
+ * `errnos`, or with any error when none are named — and then sees a plain
+ * READ answered: a refusal must leave the stream in sync.
+ */
+function refused(rule: string, title: string, what: string, send: (c: NbdConnection, ctx: ProbeContext) => Promise<Reply>, errnos?: readonly number[]): C {
+  return {
+    rule,
+    title,
+    run: (ctx, signal) =>
+      withExport(ctx, signal, async (c) => {
+        const r = await send(c, ctx).catch((err: Error) => err);
+        if (r instanceof Error) return fail(`no answer: ${r.message}`);
+        if (r.error === 0) return fail(`${what} succeeded`);
+        if (errnos && !errnos.includes(r.error)) return fail(`errno ${errnoText(r.error)}, not ${errnos.map(errnoText).join(' or ')}`);
+        const sync = await inSync(c, ctx);
+        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
+      }),
+  };
+}
+
+/** Run `body` on a connection with base:allocation selected; NOT ADVERTISED when the server does not offer it. */
+async function withBaseAllocation(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection, length: number) => Promise<Outcome>): Promise<Outcome> {
+  if (!ctx.facts.baseAllocation) return notAdvertised('base:allocation is not offered');
+  return withExport(ctx, signal, (c) => body(c, Math.min(1 << 20, Number(ctx.facts.size))), { structured: true, metaContexts: ['base:allocation'] });
+}
+
 export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'transmission.flags-advertised',
@@ -82,30 +109,8 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         return firstDeviation(r) ?? pass(`one ${data[0]!.typeName} chunk`);
       }),
   },
-  {
-    rule: 'transmission.out-of-bounds',
-    title: 'a READ past the end gets EINVAL, and the stream stays in sync',
-    run: (ctx, signal) =>
-      withExport(ctx, signal, async (c) => {
-        const r = await c.read(ctx.facts.size, 512);
-        if (r.error === 0) return fail('a READ past the end succeeded');
-        if (r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}, not NBD_EINVAL`);
-        const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass('NBD_EINVAL, then a READ answered');
-      }),
-  },
-  {
-    rule: 'transmission.unknown-command',
-    title: 'an unknown command gets EINVAL, and the stream stays in sync',
-    run: (ctx, signal) =>
-      withExport(ctx, signal, async (c) => {
-        const r = await c.request({ type: 0x42, offset: 0, length: 0 });
-        if (r.error === 0) return fail('an unknown command (0x42) succeeded');
-        if (r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}, not NBD_EINVAL`);
-        const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass('NBD_EINVAL, then a READ answered');
-      }),
-  },
+  refused('transmission.out-of-bounds', 'a READ past the end gets EINVAL, and the stream stays in sync', 'a READ past the end', (c, ctx) => c.read(ctx.facts.size, 512), [ERRNO.NBD_EINVAL]),
+  refused('transmission.unknown-command', 'an unknown command gets EINVAL, and the stream stays in sync', 'an unknown command (0x42)', (c) => c.request({ type: 0x42, offset: 0, length: 0 }), [ERRNO.NBD_EINVAL]),
   {
     rule: 'transmission.flag-not-for-command',
     title: 'a flag the command does not take (NO_HOLE on READ): EINVAL or ignored, in sync',
@@ -191,22 +196,14 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.block-status-chunks',
     title: 'BLOCK_STATUS with REQ_ONE: one extent, not past the request',
-    async run(ctx, signal) {
-      if (!ctx.facts.baseAllocation) return notAdvertised('base:allocation is not offered');
-      return withExport(
-        ctx,
-        signal,
-        async (c) => {
-          const length = Math.min(1 << 20, Number(ctx.facts.size));
-          const r = await c.blockStatus(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
-          if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
-          const counts = r.blockStatus.map((b) => b.extents.length);
-          if (counts.length === 0 || counts.some((n) => n !== 1)) return fail(`extents per context: ${counts.join(', ') || 'none'}`);
-          return firstDeviation(r) ?? pass('one extent');
-        },
-        { structured: true, metaContexts: ['base:allocation'] },
-      );
-    },
+    run: (ctx, signal) =>
+      withBaseAllocation(ctx, signal, async (c, length) => {
+        const r = await c.blockStatus(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
+        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+        const counts = r.blockStatus.map((b) => b.extents.length);
+        if (counts.length === 0 || counts.some((n) => n !== 1)) return fail(`extents per context: ${counts.join(', ') || 'none'}`);
+        return firstDeviation(r) ?? pass('one extent');
+      }),
   },
   {
     rule: 'transmission.write-zeroes-no-hole',
@@ -297,52 +294,22 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         return r.error === 0 ? (firstDeviation(r) ?? pass('answered successfully, then a READ')) : pass(`answered ${errnoText(r.error)}, then a READ`);
       }),
   },
-  {
-    rule: 'transmission.out-of-bounds',
-    title: 'a READ at an offset near 2^64 (wrapping past the end) gets an error, in sync',
-    run: (ctx, signal) =>
-      withExport(ctx, signal, async (c) => {
-        // offset + length overflows 64 bits: a server adding them without care would read at offset 0.
-        const r = await c.request({ type: CMD.NBD_CMD_READ, offset: 0xffff_ffff_ffff_fe00n, length: 1024 }).catch((err: Error) => err);
-        if (r instanceof Error) return fail(`no answer: ${r.message}`);
-        if (r.error === 0) return fail('a READ at offset 2^64 - 512 of 1024 bytes succeeded');
-        const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
-      }),
-  },
-  {
-    rule: 'transmission.read-too-large',
-    title: 'a READ of 4 GiB − 1 bytes (the largest compact length) is refused, in sync',
-    run: (ctx, signal) =>
-      withExport(ctx, signal, async (c) => {
-        const r = await c.read(0, 0xffff_ffff).catch((err: Error) => err);
-        if (r instanceof Error) return fail(`no answer: ${r.message}`);
-        if (r.error === 0) return fail('a READ of 4 GiB − 1 bytes succeeded');
-        const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
-      }),
-  },
+  // offset + length overflows 64 bits: a server adding them without care would read at offset 0.
+  refused('transmission.out-of-bounds', 'a READ at an offset near 2^64 (wrapping past the end) gets an error, in sync', 'a READ at offset 2^64 - 512 of 1024 bytes', (c) => c.request({ type: CMD.NBD_CMD_READ, offset: 0xffff_ffff_ffff_fe00n, length: 1024 })),
+  refused('transmission.read-too-large', 'a READ of 4 GiB − 1 bytes (the largest compact length) is refused, in sync', 'a READ of 4 GiB − 1 bytes', (c) => c.read(0, 0xffff_ffff)),
   {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
-    async run(ctx, signal) {
-      if (!ctx.facts.baseAllocation) return notAdvertised('base:allocation is not offered');
-      return withExport(
-        ctx,
-        signal,
-        async (c) => {
-          const length = Math.min(1 << 20, Number(ctx.facts.size));
-          const r = await c.blockStatus(0, length);
-          if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
-          if (r.blockStatus.length === 0) return fail('no BLOCK_STATUS chunk');
-          const ids = new Set(c.contexts.keys());
-          const stray = r.blockStatus.find((b) => !ids.has(b.contextId));
-          if (stray) return fail(`extents for context id ${stray.contextId}, which was not selected`);
-          return firstDeviation(r) ?? pass(`${r.blockStatus[0]!.extents.length} extent(s)`);
-        },
-        { structured: true, metaContexts: ['base:allocation'] },
-      );
-    },
+    run: (ctx, signal) =>
+      withBaseAllocation(ctx, signal, async (c, length) => {
+        const r = await c.blockStatus(0, length);
+        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+        if (r.blockStatus.length === 0) return fail('no BLOCK_STATUS chunk');
+        const ids = new Set(c.contexts.keys());
+        const stray = r.blockStatus.find((b) => !ids.has(b.contextId));
+        if (stray) return fail(`extents for context id ${stray.contextId}, which was not selected`);
+        return firstDeviation(r) ?? pass(`${r.blockStatus[0]!.extents.length} extent(s)`);
+      }),
   },
   {
     rule: 'reply.extended-offset-echo',
