@@ -8,14 +8,21 @@
  * and a READ. Whatever a server thinks of an option, it must answer it with
  * a final reply (an error is a reply, not a disconnect) and stay ready for
  * the next; the GO at the end must still work.
+ *
+ * Request sequences likewise: the commands of the transmission phase's rule
+ * table (src/machines/request-rules.ts, COMMANDS: what each command needs
+ * advertised, whether it addresses the export, whether it writes), in random
+ * orders, valid ones and some past the end of the export, writes only inside
+ * the scratch region, checked against a model of the scratch region's bytes.
  */
 import fc from 'fast-check';
 import type { AnyStateNode } from 'xstate';
 import { handshakeMachine } from '../machines/handshake.js';
-import { INFO, OPT } from '../protocol/constants.js';
-import { infoGoData, metaContextData } from '../client/index.js';
+import { CMD, ERRNO, FLAG, INFO, OPT } from '../protocol/constants.js';
+import { COMMANDS } from '../machines/request-rules.js';
+import { infoGoData, metaContextData, type NbdConnection, type Reply } from '../client/index.js';
 import { fail, pass, type Check } from './runner.js';
-import { opened, type ProbeContext } from './context.js';
+import { negotiated, opened, type ProbeContext } from './context.js';
 
 /** An option of a sequence: its code, its data, and how it reads in evidence. */
 interface Move {
@@ -117,6 +124,101 @@ export const SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
         }
       }
       return pass(`${options} options in ${sequences.length} sequences (seed ${seed}), each answered, GO then READ fine`);
+    },
+  },
+];
+
+/** One request of a generated sequence. */
+interface RequestMove {
+  readonly name: keyof typeof CMD;
+  /** Offset relative to the scratch region for writing commands, absolute otherwise. */
+  readonly at: number;
+  readonly length: number;
+  readonly fill: number;
+  /** Past the end of the export on purpose: an error is due. */
+  readonly outside: boolean;
+}
+
+/** The commands a server advertised (COMMANDS' `needs`), addressable, not needing a meta context. */
+function servedCommands(flags: number, writable: boolean): Array<keyof typeof CMD> {
+  return (Object.keys(COMMANDS) as Array<keyof typeof CMD>).filter((name) => {
+    const rule = COMMANDS[name];
+    if (!rule || name === 'NBD_CMD_DISC' || rule.needsMetaContext) return false;
+    if (rule.needs && !(flags & rule.needs)) return false;
+    return writable || !rule.writes;
+  });
+}
+
+const SPEC_ERRNOS = new Set<number>(Object.values(ERRNO));
+
+/** Run one move; returns what is wrong, or null. `model` holds the scratch bytes (-1: unknown after TRIM). */
+async function runMove(c: NbdConnection, m: RequestMove, ctx: ProbeContext, model: Int16Array): Promise<string | null> {
+  const rule = COMMANDS[m.name]!;
+  const scratch = ctx.scratch;
+  const base = rule.writes && scratch ? scratch.offset : 0n;
+  const offset = m.outside ? ctx.facts.size + BigInt(m.at) : rule.unranged ? 0n : base + BigInt(m.at);
+  const length = rule.unranged ? 0 : m.length;
+  const payload = rule.payload ? Buffer.alloc(length, m.fill) : undefined;
+  let r: Reply;
+  try {
+    r = await c.request({ type: CMD[m.name], offset, length, payload });
+  } catch (err) {
+    return `${m.name} got no answer: ${(err as Error).message}`;
+  }
+  if (r.deviations.length) return `${m.name}: ${r.deviations[0]!.message}`;
+  if (r.error !== 0 && !SPEC_ERRNOS.has(r.error)) return `${m.name} answered errno ${r.error}, not one of the spec's`;
+  if (m.outside) return r.error === 0 ? `${m.name} past the end of the export succeeded` : null;
+  if (r.error !== 0) return `${m.name} at ${offset} (${length} bytes) failed with errno ${r.error}`;
+  if (rule.writes && scratch) {
+    const v = m.name === 'NBD_CMD_WRITE' ? m.fill : m.name === 'NBD_CMD_WRITE_ZEROES' ? 0 : -1;
+    model.fill(v, m.at, m.at + length);
+  }
+  if (m.name === 'NBD_CMD_READ' && scratch && offset >= scratch.offset && offset + BigInt(length) <= scratch.offset + BigInt(scratch.length)) {
+    const at = Number(offset - scratch.offset);
+    for (let i = 0; i < length; i++) {
+      const want = model[at + i]!;
+      if (want >= 0 && r.data![i] !== want) return `READ at ${offset} gave byte ${r.data![i]} at +${i}, the model says ${want}`;
+    }
+  }
+  return null;
+}
+
+export const REQUEST_RUNS = 8;
+
+export const REQUEST_SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
+  {
+    rule: 'transmission.error-values',
+    title: `${REQUEST_RUNS} random request sequences from the request rule table: answered, spec errnos only, data as written`,
+    async run(ctx, signal) {
+      const seed = ctx.seed ?? 1;
+      const writable = ctx.scratch !== null && !(ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY);
+      const names = servedCommands(ctx.facts.flags, writable);
+      const span = ctx.scratch ? ctx.scratch.length : Math.min(65536, Number(ctx.facts.size));
+      const move: fc.Arbitrary<RequestMove> = fc
+        .record({ name: fc.constantFrom(...names), at: fc.nat({ max: span - 1 }), length: fc.integer({ min: 1, max: 4096 }), fill: fc.integer({ min: 1, max: 255 }), outside: fc.oneof({ weight: 9, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }) })
+        .map((m) => ({ ...m, length: Math.min(m.length, span - m.at) }));
+      const sequences = fc.sample(fc.array(move, { minLength: 1, maxLength: 12 }), { seed, numRuns: REQUEST_RUNS });
+      const model = new Int16Array(ctx.scratch?.length ?? 0).fill(-1);
+      let requests = 0;
+      let current: { destroy(): void } | undefined;
+      signal.addEventListener('abort', () => current?.destroy(), { once: true });
+      for (const [i, seq] of sequences.entries()) {
+        if (signal.aborted) break;
+        const where = `sequence ${i + 1} of seed ${seed}: ${seq.map((m) => `${m.name.slice(8)}${m.outside ? '(past the end)' : ''} @${m.at}+${m.length}`).join('; ')}`;
+        const c = await negotiated(ctx, { structured: ctx.facts.structured });
+        current = c;
+        try {
+          for (const m of seq) {
+            const wrong = await runMove(c, m, ctx, model);
+            requests++;
+            if (wrong) return fail(wrong, where);
+          }
+          await c.disc().catch(() => false);
+        } finally {
+          c.destroy();
+        }
+      }
+      return pass(`${requests} requests in ${sequences.length} sequences (seed ${seed}; ${names.map((n) => n.slice(8)).join(', ')})`);
     },
   },
 ];
