@@ -3,15 +3,10 @@
  * three statecharts (SVG drawn from the machine definitions) inline. It
  * opens a WebSocket to `/events` on the host that served it and shows, for
  * the connection picked (the newest by default), the states each machine is
- * in (class `active` on the chart's `state:<id>` elements), the transitions
+ * in (class `active` on the chart's `state:<id>` elements, as each message's
+ * `active` lists them), the transitions
  * its last step took (class `taken` on `tr:<id>`), and the transcript.
  */
-
-/** Graphviz's SVG as an inline element: without the XML prolog and doctype. */
-export function inlineSvg(svg: string): string {
-  const at = svg.indexOf('<svg');
-  return at < 0 ? svg : svg.slice(at);
-}
 
 const STYLE = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0; display: grid; grid-template-columns: 18rem 1fr; height: 100vh; }
@@ -43,17 +38,6 @@ let selected = null;
 let pinned = false;
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
-// A state value (as xstate gives it) → the ids of every active state, the machine's own first.
-function activeIds(machine, value) {
-  const out = [machine];
-  const walk = (prefix, v) => {
-    if (v === null || v === undefined) return;
-    if (typeof v === 'string') { out.push(prefix + '.' + v); return; }
-    for (const k of Object.keys(v)) { out.push(prefix + '.' + k); walk(prefix + '.' + k, v[k]); }
-  };
-  walk(machine, value);
-  return out;
-}
 function conn(id) {
   let c = conns.get(id);
   if (!c) { c = { id, peer: '', actors: {}, taken: {}, lines: [], closed: null }; conns.set(id, c); }
@@ -87,12 +71,12 @@ function renderSelected() {
   $('log').textContent = c.lines.join('\\n');
   $('log').scrollTop = $('log').scrollHeight;
 }
-function onMessage({ record: r, line }) {
+function onMessage({ record: r, line, active }) {
   if (r.conn === undefined) return;
   const c = conn(r.conn);
   if (r.type === 'open') c.peer = r.peer;
-  if (r.type === 'step') { c.actors[r.actor] = { value: r.value, active: r.active }; c.taken[r.actor] = r.transitions; }
-  if (r.type === 'snapshot') c.actors[r.actor] = { value: r.value, active: activeIds(r.actor, r.value) };
+  if (active) c.actors[r.actor] = { value: r.value, active };
+  if (r.type === 'step') c.taken[r.actor] = r.transitions;
   if (r.type === 'close') c.closed = r.code;
   if (line) { c.lines.push(line); if (c.lines.length > 500) c.lines.splice(0, c.lines.length - 500); }
   if (!pinned && (selected === null || r.type === 'open')) selected = r.conn;
@@ -117,10 +101,10 @@ connect();
 renderSelected();
 `;
 
-/** The whole page, with the statecharts given as SVG text by machine name. */
+/** The whole page, with the statecharts given as SVG text by machine name (already inline: view.ts's inlineSvg). */
 export function livePage(charts: Readonly<Record<string, string>>): string {
   const figures = Object.entries(charts)
-    .map(([name, svg]) => `<section class="chart" id="chart-${name}"><h2>${name}</h2>${inlineSvg(svg)}</section>`)
+    .map(([name, svg]) => `<section class="chart" id="chart-${name}"><h2>${name}</h2>${svg}</section>`)
     .join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nbd-engine — live</title><style>${STYLE}</style></head>

@@ -17,6 +17,7 @@ import type { TraceRecord, TraceSink } from './trace-format.js';
 import { MACHINE_NAMES, MACHINES, machineGraph, toSvg } from './statechart.js';
 import { livePage } from './live-page.js';
 import { describeRecord } from './transcript.js';
+import { inlineSvg, valueStateIds } from './view.js';
 import type { Logger } from '../transport/logger.js';
 
 /** The default port of `serve --inspect`. */
@@ -53,10 +54,11 @@ export interface LiveInspector {
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
-/** The message a page receives: a record and its transcript line. */
+/** The message a page receives: a record, its transcript line, and for a step or snapshot the ids of its machine's active states. */
 export interface LiveMessage {
   readonly record: TraceRecord;
   readonly line: string;
+  readonly active?: readonly string[];
 }
 
 export async function startLiveInspector(server: Tappable, options: LiveOptions = {}): Promise<LiveInspector> {
@@ -64,7 +66,7 @@ export async function startLiveInspector(server: Tappable, options: LiveOptions 
   if (options.path === undefined && !LOOPBACK.has(host)) throw new Error(`the live view listens on a loopback address only (127.0.0.1, ::1, localhost), not ${JSON.stringify(host)}`);
   const maxBuffered = options.maxBufferedBytes ?? 8 * 1024 * 1024;
   const log = options.logger;
-  const charts = Object.fromEntries(await Promise.all(MACHINE_NAMES.map(async (name) => [name, await toSvg(machineGraph(MACHINES[name]))] as const)));
+  const charts = Object.fromEntries(await Promise.all(MACHINE_NAMES.map(async (name) => [name, inlineSvg(await toSvg(machineGraph(MACHINES[name])), name)] as const)));
   const page = livePage(charts);
 
   const http$ = http.createServer((req, res) => {
@@ -116,7 +118,8 @@ export async function startLiveInspector(server: Tappable, options: LiveOptions 
           ws.terminate();
           return;
         }
-        const message: LiveMessage = { record, line: describeRecord(record) };
+        const active = record.type === 'step' ? record.active : record.type === 'snapshot' ? valueStateIds(MACHINES[record.actor].id, record.value) : undefined;
+        const message: LiveMessage = { record, line: describeRecord(record), active };
         ws.send(JSON.stringify(message));
       },
     };
