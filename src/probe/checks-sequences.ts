@@ -16,9 +16,10 @@
  * the scratch region, checked against a model of the scratch region's bytes.
  */
 import fc from 'fast-check';
-import type { AnyStateNode } from 'xstate';
 import { handshakeMachine } from '../machines/handshake.js';
-import { CMD, ERRNO, FLAG, INFO, OPT } from '../protocol/constants.js';
+import { CMD, FLAG, INFO, OPT } from '../protocol/constants.js';
+import { SPEC_ERRNOS } from '../client/chunks.js';
+import { allTransitions } from '../inspect/ids.js';
 import { COMMANDS } from '../machines/request-rules.js';
 import { infoGoData, metaContextData, type NbdConnection, type Reply } from '../client/index.js';
 import { fail, pass, type Check } from './runner.js';
@@ -33,13 +34,8 @@ interface Move {
 
 /** The `opt.*` events the handshake machine handles, in its own spelling (`opt.setMetaContext`, …). */
 export function machineOptionEvents(): string[] {
-  const events = new Set<string>();
-  const walk = (n: AnyStateNode): void => {
-    for (const e of n.transitions.keys()) if (e.startsWith('opt.') && e !== 'opt.*') events.add(e);
-    for (const c of Object.values(n.states) as AnyStateNode[]) walk(c);
-  };
-  walk(handshakeMachine.root);
-  return [...events].sort();
+  const events = new Set(allTransitions(handshakeMachine).map(({ transition }) => transition.eventType as string));
+  return [...events].filter((e) => e.startsWith('opt.') && e !== 'opt.*').sort();
 }
 
 /** `opt.setMetaContext` → NBD_OPT_SET_META_CONTEXT's code (undefined for `opt.unknown`). */
@@ -148,8 +144,6 @@ function servedCommands(flags: number, writable: boolean): Array<keyof typeof CM
     return writable || !rule.writes;
   });
 }
-
-const SPEC_ERRNOS = new Set<number>(Object.values(ERRNO));
 
 /** Run one move; returns what is wrong, or null. `model` holds the scratch bytes (-1: unknown after TRIM). */
 async function runMove(c: NbdConnection, m: RequestMove, ctx: ProbeContext, model: Int16Array): Promise<string | null> {

@@ -5,7 +5,7 @@
  * it has none (`--read-only`). A server's refusal must leave the stream in
  * sync: most checks end by seeing that a plain READ still gets its answer.
  */
-import { CMD, CMD_FLAG, ERRNO, FLAG } from '../protocol/constants.js';
+import { CMD, CMD_FLAG, ERRNO, FLAG, errnoName } from '../protocol/constants.js';
 import type { NbdConnection, Reply } from '../client/index.js';
 import { fail, notAdvertised, pass, type Check, type Outcome } from './runner.js';
 import { negotiated, type Negotiate, type ProbeContext } from './context.js';
@@ -25,12 +25,11 @@ async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdC
 }
 
 const smallRead = (ctx: ProbeContext): number => Math.min(ctx.facts.blockSize?.preferred ?? 4096, 4096, Number(ctx.facts.size));
-const errnoText = (e: number): string => Object.entries(ERRNO).find(([, v]) => v === e)?.[0] ?? String(e);
 
 /** A valid READ still gets a successful answer with no deviation: the stream is in sync. */
 async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | null> {
   const r = await c.read(0, smallRead(ctx));
-  if (r.error !== 0) return `a plain READ afterwards failed with ${errnoText(r.error)}`;
+  if (r.error !== 0) return `a plain READ afterwards failed with ${errnoName(r.error)}`;
   return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
 }
 
@@ -50,9 +49,9 @@ function refused(rule: string, title: string, what: string, send: (c: NbdConnect
         const r = await send(c, ctx).catch((err: Error) => err);
         if (r instanceof Error) return fail(`no answer: ${r.message}`);
         if (r.error === 0) return fail(`${what} succeeded`);
-        if (errnos && !errnos.includes(r.error)) return fail(`errno ${errnoText(r.error)}, not ${errnos.map(errnoText).join(' or ')}`);
+        if (errnos && !errnos.includes(r.error)) return fail(`errno ${errnoName(r.error)}, not ${errnos.map(errnoName).join(' or ')}`);
         const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass(`${errnoText(r.error)}, then a READ answered`);
+        return sync ? fail(sync) : pass(`${errnoName(r.error)}, then a READ answered`);
       }),
   };
 }
@@ -90,7 +89,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         if (!ctx.facts.structured) return notAdvertised('structured replies are not offered');
         const length = Math.min(64 * 1024, Number(ctx.facts.size));
         const r = await c.read(0, length);
-        if (r.error !== 0) return fail(`READ failed with ${errnoText(r.error)}`);
+        if (r.error !== 0) return fail(`READ failed with ${errnoName(r.error)}`);
         if (r.form === 'simple') return fail('a simple reply although structured replies were negotiated');
         return firstDeviation(r) ?? pass(`${r.chunks.length} chunk(s) for ${length} bytes`);
       }),
@@ -103,7 +102,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         if (!ctx.facts.structured || !(ctx.facts.flags & FLAG.NBD_FLAG_SEND_DF)) return notAdvertised('SEND_DF is not advertised');
         const length = Math.min(64 * 1024, Number(ctx.facts.size));
         const r = await c.read(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_DF });
-        if (r.error !== 0) return fail(`READ with DF failed with ${errnoText(r.error)}`);
+        if (r.error !== 0) return fail(`READ with DF failed with ${errnoName(r.error)}`);
         const data = r.chunks.filter((k) => k.typeName !== 'NBD_REPLY_TYPE_NONE');
         if (data.length !== 1) return fail(`${data.length} chunks: ${data.map((k) => k.typeName).join(', ')}`);
         return firstDeviation(r) ?? pass(`one ${data[0]!.typeName} chunk`);
@@ -118,7 +117,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
       withExport(ctx, signal, async (c) => {
         // NO_HOLE is defined for WRITE_ZEROES only: on a READ the server should refuse it (EINVAL) or ignore it.
         const r = await c.read(0, smallRead(ctx), { flags: CMD_FLAG.NBD_CMD_FLAG_NO_HOLE });
-        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoText(r.error)}`);
+        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL) return fail(`errno ${errnoName(r.error)}`);
         const sync = await inSync(c, ctx);
         return sync ? fail(sync) : pass(r.error ? 'NBD_EINVAL, then a READ answered' : 'ignored, then a READ answered');
       }),
@@ -167,10 +166,10 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const data = Buffer.alloc(Math.min(4096, s.length));
         for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;
         const w = await c.write(s.offset, data);
-        if (w.error !== 0) return fail(`WRITE failed with ${errnoText(w.error)}`);
+        if (w.error !== 0) return fail(`WRITE failed with ${errnoName(w.error)}`);
         if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_FLUSH) {
           const f = await c.flush();
-          if (f.error !== 0) return fail(`FLUSH failed with ${errnoText(f.error)}`);
+          if (f.error !== 0) return fail(`FLUSH failed with ${errnoName(f.error)}`);
         }
         const r = await c.read(s.offset, data.length);
         if (r.error !== 0 || !r.data?.equals(data)) return fail('what was written did not read back');
@@ -188,7 +187,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const s = ctx.scratch!;
         const data = Buffer.alloc(Math.min(4096, s.length), 0xa5);
         const w = await c.write(s.offset, data, { flags: CMD_FLAG.NBD_CMD_FLAG_FUA });
-        if (w.error !== 0) return fail(`WRITE with FUA failed with ${errnoText(w.error)}`);
+        if (w.error !== 0) return fail(`WRITE with FUA failed with ${errnoName(w.error)}`);
         const r = await c.read(s.offset, data.length);
         return r.error === 0 && r.data?.equals(data) ? pass(`${data.length} bytes written with FUA, read back`) : fail('what was written with FUA did not read back');
       }),
@@ -199,7 +198,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
     run: (ctx, signal) =>
       withBaseAllocation(ctx, signal, async (c, length) => {
         const r = await c.blockStatus(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
-        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoName(r.error)}`);
         const counts = r.blockStatus.map((b) => b.extents.length);
         if (counts.length === 0 || counts.some((n) => n !== 1)) return fail(`extents per context: ${counts.join(', ') || 'none'}`);
         return firstDeviation(r) ?? pass('one extent');
@@ -217,9 +216,9 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const n = Math.min(8192, s.length);
         for (const flags of [0, CMD_FLAG.NBD_CMD_FLAG_NO_HOLE]) {
           const w = await c.write(s.offset, Buffer.alloc(n, 0x5a));
-          if (w.error !== 0) return fail(`WRITE before zeroing failed with ${errnoText(w.error)}`);
+          if (w.error !== 0) return fail(`WRITE before zeroing failed with ${errnoName(w.error)}`);
           const z = await c.writeZeroes(s.offset, n, { flags });
-          if (z.error !== 0) return fail(`WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} failed with ${errnoText(z.error)}`);
+          if (z.error !== 0) return fail(`WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} failed with ${errnoName(z.error)}`);
           const r = await c.read(s.offset, n);
           if (r.error !== 0 || !r.data || r.data.some((b) => b !== 0)) return fail(`after WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} the range does not read back as zeroes`);
         }
@@ -236,12 +235,12 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const done: string[] = [];
         if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_TRIM && !(ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY)) {
           const t = await c.trim(s.offset, Math.min(4096, s.length));
-          if (t.error !== 0) return fail(`TRIM failed with ${errnoText(t.error)}`);
+          if (t.error !== 0) return fail(`TRIM failed with ${errnoName(t.error)}`);
           done.push('TRIM');
         }
         if (ctx.facts.flags & FLAG.NBD_FLAG_SEND_CACHE) {
           const k = await c.cache(0, Math.min(65536, Number(ctx.facts.size)));
-          if (k.error !== 0) return fail(`CACHE failed with ${errnoText(k.error)}`);
+          if (k.error !== 0) return fail(`CACHE failed with ${errnoName(k.error)}`);
           done.push('CACHE');
         }
         if (done.length === 0) return notAdvertised('neither SEND_TRIM nor SEND_CACHE is advertised');
@@ -257,9 +256,9 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const max = ctx.facts.blockSize?.maximum;
         if (max === undefined || max >= 0x7fff_ffff || BigInt(max) + 1n > ctx.facts.size) return notAdvertised('no maximum block size below the export size is advertised');
         const r = await c.read(0, max + 1);
-        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL && r.error !== ERRNO.NBD_EOVERFLOW) return fail(`errno ${errnoText(r.error)}`);
+        if (r.error !== 0 && r.error !== ERRNO.NBD_EINVAL && r.error !== ERRNO.NBD_EOVERFLOW) return fail(`errno ${errnoName(r.error)}`);
         const sync = await inSync(c, ctx);
-        return sync ? fail(sync) : pass(`${r.error ? errnoText(r.error) : 'served'} for ${max + 1} bytes, then a READ answered`);
+        return sync ? fail(sync) : pass(`${r.error ? errnoName(r.error) : 'served'} for ${max + 1} bytes, then a READ answered`);
       }),
   },
   {
@@ -277,7 +276,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
           const sync = await inSync(c, ctx);
           return sync ? fail(sync) : pass('NBD_ENOTSUP (zeroing would not be fast), then a READ answered');
         }
-        if (z.error !== 0) return fail(`errno ${errnoText(z.error)}: only success or NBD_ENOTSUP may answer FAST_ZERO`);
+        if (z.error !== 0) return fail(`errno ${errnoName(z.error)}: only success or NBD_ENOTSUP may answer FAST_ZERO`);
         const r = await c.read(s.offset, n);
         return r.error === 0 && r.data?.every((b) => b === 0) ? pass(`${n} bytes zeroed fast`) : fail('FAST_ZERO succeeded but the range does not read back as zeroes');
       }),
@@ -291,7 +290,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         if (r instanceof Error) return fail(`no answer: ${r.message}`);
         const sync = await inSync(c, ctx);
         if (sync) return fail(sync);
-        return r.error === 0 ? (firstDeviation(r) ?? pass('answered successfully, then a READ')) : pass(`answered ${errnoText(r.error)}, then a READ`);
+        return r.error === 0 ? (firstDeviation(r) ?? pass('answered successfully, then a READ')) : pass(`answered ${errnoName(r.error)}, then a READ`);
       }),
   },
   // offset + length overflows 64 bits: a server adding them without care would read at offset 0.
@@ -303,7 +302,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
     run: (ctx, signal) =>
       withBaseAllocation(ctx, signal, async (c, length) => {
         const r = await c.blockStatus(0, length);
-        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoText(r.error)}`);
+        if (r.error !== 0) return fail(`BLOCK_STATUS failed with ${errnoName(r.error)}`);
         if (r.blockStatus.length === 0) return fail('no BLOCK_STATUS chunk');
         const ids = new Set(c.contexts.keys());
         const stray = r.blockStatus.find((b) => !ids.has(b.contextId));
@@ -321,7 +320,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         signal,
         async (c) => {
           const r = await c.read(0, smallRead(ctx));
-          if (r.error !== 0) return fail(`READ failed with ${errnoText(r.error)}`);
+          if (r.error !== 0) return fail(`READ failed with ${errnoName(r.error)}`);
           if (r.form !== 'extended') return fail(`a ${r.form} reply although extended headers were negotiated`);
           return firstDeviation(r) ?? pass('extended reply');
         },
