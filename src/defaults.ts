@@ -29,3 +29,6 @@ export const DEFAULTS = Object.freeze({
   /** Milliseconds server.close() waits for connections to finish. */
   closeTimeout: 10_000,
 });
+
+/** The port of `serve --inspect` (the live view) when none is given. */
+export const INSPECT_PORT = 10880;

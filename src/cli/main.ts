@@ -30,7 +30,7 @@ import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 import { traceFile } from '../inspect/trace-file.js';
-import { startLiveInspector, type LiveInspector } from '../inspect/live.js';
+import type { LiveInspector } from '../inspect/live.js';
 import { STRICT_EXIT_STATUS, violationSummary } from './strict.js';
 import type { Violation } from '../api/violations.js';
 
@@ -161,6 +161,8 @@ export async function main(argv: string[]): Promise<number> {
   let live: LiveInspector | undefined;
   if (parsed.inspectPort !== undefined) {
     try {
+      // Loaded only for --inspect: a plain serve does not load the live view (ws, the viewer).
+      const { startLiveInspector } = await import('../inspect/live.js');
       live = await startLiveInspector(server, { port: parsed.inspectPort, logger });
       process.stderr.write(`nbd-engine: live view at ${live.url}\n`);
     } catch (err) {

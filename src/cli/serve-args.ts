@@ -8,7 +8,7 @@ import type { ServerLimits } from '../api/server.js';
 import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
 import { parseSize } from './size.js';
 import { TRACE_MAX_BYTES, type TraceFileOptions } from '../inspect/trace-file.js';
-import { INSPECT_PORT } from '../inspect/live.js';
+import { INSPECT_PORT } from '../defaults.js';
 
 /** A bad command line: one line on stderr, exit status 2. */
 export class UsageError extends Error {}

@@ -19,9 +19,9 @@ import { livePage } from './live-page.js';
 import { describeRecord } from './transcript.js';
 import { inlineSvg, valueStateIds } from './view.js';
 import type { Logger } from '../transport/logger.js';
+import { INSPECT_PORT } from '../defaults.js';
 
-/** The default port of `serve --inspect`. */
-export const INSPECT_PORT = 10880;
+export { INSPECT_PORT };
 
 export interface LiveOptions {
   /** Loopback only: 127.0.0.1 (default), ::1 or localhost. */
