@@ -9,6 +9,8 @@ export type { RequestType, RequestFlags, ExportRef, ConnectionRef, ReplySink } f
 export { serveBackend, serveRequests, handleWithBackend, type RequestHandler, type ServeRequestsOptions } from './api/serve.js';
 export { backendCapabilities, flagCapabilities, transmissionFlags, normalizeExtents } from './api/backend.js';
 export type { Backend, WritePlacement, ExportFlags, Capabilities, WriteOptions, ZeroOptions, ExtentsOptions, MaybePromise, Extent, ReadSegment } from './api/backend.js';
+export { layer, applyFilters } from './api/filter.js';
+export type { Filter, FilterContext } from './api/filter.js';
 export { NbdError, NbdRequestError } from './api/errors.js';
 export type { NbdErrorCode } from './api/errors.js';
 export { memoryBackend } from './backends/memory.js';

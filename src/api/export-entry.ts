@@ -9,7 +9,10 @@ import { CMD_FLAG } from '../protocol/constants.js';
 import type { SessionHandlers } from '../transport/session-options.js';
 import { backendCapabilities, flagCapabilities, transmissionFlags, type Backend, type Capabilities, type ExportFlags } from './backend.js';
 import { NbdError } from './errors.js';
-import type { ExportRef } from './request.js';
+import type { ConnectionRef, ExportRef } from './request.js';
+import { applyFilters, checkFilters, connectionSplit, layer, type Filter, type FilterContext } from './filter.js';
+import type { Logger } from '../transport/logger.js';
+import type { MaybePromise } from './backend.js';
 
 export interface ExportConfig {
   readonly name: string;
@@ -26,6 +29,8 @@ export interface ExportConfig {
   readonly tlsOnly?: boolean;
   /** Advertise NBD_FLAG_SEND_CACHE (default true; CACHE is a no-op without `backend.cache`). */
   readonly cache?: boolean;
+  /** Filters over the backend, the first closest to the client (src/api/filter.ts). */
+  readonly filters?: readonly Filter[];
 }
 
 export interface ExportEntry {
@@ -33,6 +38,52 @@ export interface ExportEntry {
   readonly descriptor: ExportDescriptor;
   readonly caps: Capabilities;
   readonly ref: ExportRef;
+  /** The backend with its filters: what every connection is served from, unless per-connection filters make it their own (`forConnection`). */
+  readonly backend?: Backend;
+  /** Clean-up the filters registered for the export (run when the server closes). */
+  readonly closers: Array<() => MaybePromise<void>>;
+  /** With per-connection filters: the chain for one connection, and its clean-up. */
+  readonly forConnection?: (connection: ConnectionRef) => { backend: Backend; close(): Promise<void> };
+}
+
+/** Run clean-up functions in order; each failure is logged, none stops the rest. */
+export async function runClosers(closers: ReadonlyArray<() => MaybePromise<void>>, logger: Logger, what: string): Promise<void> {
+  for (const fn of closers) {
+    try {
+      await fn();
+    } catch (err) {
+      logger.error(`${what}: ${String(err)}`);
+    }
+  }
+}
+
+/** The backend with its filters: built once (shared part), and per connection where a filter is per connection. */
+function filterChain(cfg: ExportConfig, logger: Logger): Pick<ExportEntry, 'backend' | 'closers' | 'forConnection'> {
+  const closers: Array<() => MaybePromise<void>> = [];
+  const filters = checkFilters(cfg.filters, `export "${cfg.name}"`);
+  if (!cfg.backend || filters.length === 0) return { backend: cfg.backend, closers };
+  // A size given on the export is the size the filters see below them.
+  const base = cfg.size !== undefined && cfg.backend.size === undefined ? layer(cfg.backend, { size: cfg.size }, { forwardWriteTargets: true }) : cfg.backend;
+  const exportContext = (sink: Array<() => MaybePromise<void>>, connection?: ConnectionRef): FilterContext => ({
+    export: cfg.name,
+    connection,
+    logger,
+    onClose: (fn) => void sink.push(fn),
+  });
+  const split = connectionSplit(filters);
+  const shared = applyFilters(base, filters.slice(split), exportContext(closers));
+  // The export-wide instance: what the export advertises, and what serves when no filter is per connection.
+  const backend = applyFilters(shared, filters.slice(0, split), exportContext(closers));
+  if (split === 0) return { backend, closers };
+  const perConnection = filters.slice(0, split);
+  return {
+    backend,
+    closers,
+    forConnection: (connection) => {
+      const own: Array<() => MaybePromise<void>> = [];
+      return { backend: applyFilters(shared, perConnection, exportContext(own, connection)), close: () => runClosers(own, logger, `export "${cfg.name}": ${connection.peer}: filter clean-up`) };
+    },
+  };
 }
 
 const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
@@ -42,15 +93,17 @@ function isPowerOf2(n: number): boolean {
 }
 
 /** Validate and describe one export (sizes ≤ 2^53, block sizes per option.block-size-constraints). */
-export function describeExport(cfg: ExportConfig, maxPayload: number): ExportEntry {
+export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Logger): ExportEntry {
   if (typeof cfg.name !== 'string' || Buffer.byteLength(cfg.name) > 4096 || cfg.name.includes('\0')) {
     throw new NbdError('NBD_ERR_CONFIG', `export name ${JSON.stringify(cfg.name)} is not a valid NBD string`);
   }
-  const size = cfg.size ?? cfg.backend?.size;
+  const chain = filterChain(cfg, logger);
+  const filtered = chain.backend !== cfg.backend ? chain.backend : undefined;
+  const size = filtered?.size ?? cfg.size ?? cfg.backend?.size;
   if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": size must be an integer between 0 and 2^53 (got ${size})`);
   }
-  const bs = { ...DEFAULT_BLOCK, ...cfg.backend?.blockSizes, ...cfg.blockSizes };
+  const bs = { ...DEFAULT_BLOCK, ...chain.backend?.blockSizes, ...cfg.blockSizes };
   bs.maximum = Math.min(bs.maximum, maxPayload);
   if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
   if (!isPowerOf2(bs.preferred) || bs.preferred < Math.max(bs.minimum, 512)) {
@@ -59,7 +112,7 @@ export function describeExport(cfg: ExportConfig, maxPayload: number): ExportEnt
   if (bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) {
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum payload must be ≥ the preferred block size`);
   }
-  const caps = cfg.backend ? backendCapabilities(cfg.backend, cfg.readOnly) : flagCapabilities(cfg.flags, cfg.readOnly);
+  const caps = chain.backend ? backendCapabilities(chain.backend, cfg.readOnly) : flagCapabilities(cfg.flags, cfg.readOnly);
   const descriptor: ExportDescriptor = {
     name: cfg.name,
     description: cfg.description,
@@ -68,7 +121,7 @@ export function describeExport(cfg: ExportConfig, maxPayload: number): ExportEnt
     blockSizes: bs,
     tlsOnly: cfg.tlsOnly,
   };
-  return { config: cfg, descriptor, caps, ref: { name: cfg.name, size } };
+  return { config: cfg, descriptor, caps, ref: { name: cfg.name, size }, ...chain };
 }
 
 /**
@@ -76,8 +129,7 @@ export function describeExport(cfg: ExportConfig, maxPayload: number): ExportEnt
  * (Backend.writeTargets): the session's `placeWrite` handler for a connection
  * that negotiated this export, or undefined when its WRITEs are buffered.
  */
-export function writePlacement(entry: ExportEntry): SessionHandlers['placeWrite'] {
-  const b = entry.config.backend;
+export function writePlacement(entry: ExportEntry, b: Backend | undefined): SessionHandlers['placeWrite'] {
   if (!b?.writeTargets || !entry.caps.write) return undefined;
   // FUA only where the backend takes it natively (honoured by a flush once the payload is in).
   const placeable = entry.caps.fua === 'native' ? CMD_FLAG.NBD_CMD_FLAG_FUA : 0;

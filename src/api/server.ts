@@ -19,7 +19,8 @@ import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
 import { validateLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
-import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
+import { describeExport, runClosers, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
+import type { Backend } from './backend.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
@@ -132,7 +133,7 @@ export class NbdServer {
     if (!options.exports || options.exports.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'at least one export is required');
     for (const cfg of options.exports) {
       if (this.exports.has(cfg.name)) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}" is defined twice`);
-      this.exports.set(cfg.name, describeExport(cfg, maxPayload));
+      this.exports.set(cfg.name, describeExport(cfg, maxPayload, this.logger));
     }
     const defaultExport = options.defaultExport === null ? undefined : (options.defaultExport ?? options.exports[0]!.name);
     if (defaultExport !== undefined && !this.exports.has(defaultExport)) {
@@ -230,19 +231,25 @@ export class NbdServer {
     const id = this.nextId++;
     const peer = socket.remoteAddress ? `connection ${id} (${socket.remoteAddress})` : `connection ${id}`;
     let info: ConnectionInfo = { id, peer, tls: false };
+    let closeFilters: (() => Promise<void>) | undefined;
     const handlers: SessionHandlers = {
       onNegotiated: (s, negotiated) => {
         info = { ...info, tls: negotiated.tls, tlsIdentity: s.tlsIdentity };
         this.connectionSubject.next({ type: 'negotiated', connection: info, export: negotiated.export.name, negotiated });
         // Bind the request handler to this export once (hot path: no lookups).
         const entry = this.exports.get(negotiated.export.name)!;
-        handlers.onRequest = this.requestHandler(entry, negotiated, info);
+        // Per-connection filters make this connection its own chain, cleaned up when it closes.
+        const own = entry.forConnection?.(info);
+        if (own) closeFilters = own.close;
+        const backend = own?.backend ?? entry.backend;
+        handlers.onRequest = this.requestHandler(entry, backend, negotiated, info);
         // Zero-copy WRITEs where the backend exposes its storage (undefined: WRITEs are buffered).
-        handlers.placeWrite = writePlacement(entry);
+        handlers.placeWrite = writePlacement(entry, backend);
       },
       onRequest: (s) => s.destroy('request before negotiation', 'NBD_ERR_INTERNAL'),
       onClose: (_s, closeInfo) => {
         this.sessions.delete(session);
+        void closeFilters?.();
         this.recorder.close(session, closeInfo);
         this.prepareSpareActor();
         this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, code: closeInfo.code, reason: closeInfo.reason });
@@ -306,9 +313,8 @@ export class NbdServer {
     });
   }
 
-  private requestHandler(entry: ExportEntry, negotiated: Negotiated, connection: ConnectionInfo): SessionHandlers['onRequest'] {
+  private requestHandler(entry: ExportEntry, backend: Backend | undefined, negotiated: Negotiated, connection: ConnectionInfo): SessionHandlers['onRequest'] {
     const ctxs = negotiated.metaContexts;
-    const backend = entry.config.backend;
     const caps = entry.caps;
     const logger = this.logger;
     if (backend) {
@@ -366,13 +372,14 @@ export class NbdServer {
     for (const s of this.sessions) s.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
     await listenersClosed;
     for (const e of this.exports.values()) {
-      const b = e.config.backend;
+      const b = e.backend;
       try {
         if (b?.flush && e.caps.write) await b.flush();
         await b?.close?.();
       } catch (err) {
         this.logger.error(`closing export "${e.ref.name}": ${String(err)}`);
       }
+      await runClosers(e.closers, this.logger, `closing export "${e.ref.name}"`);
     }
     this.requestSubject.complete();
     this.connectionSubject.complete();

@@ -1,0 +1,23 @@
+/**
+ * The memory and file backends as command-line plugins (`nbd-engine serve
+ * memory 1G`, `nbd-engine serve file disk.img`), with nbdkit's keys.
+ */
+import type { BackendPlugin } from '../plugins/registry.js';
+import { memoryBackend } from './memory.js';
+import { fileBackend } from './file.js';
+
+export const memoryPlugin: BackendPlugin = {
+  name: 'memory',
+  summary: 'a sparse RAM disk (nbdkit memory)',
+  magic: 'size',
+  params: [{ name: 'size', kind: 'size', summary: 'export size (512M, 1G, 16T …)', required: true }],
+  create: async (p, ctx) => memoryBackend({ size: p.size as number, readOnly: ctx.readOnly }),
+};
+
+export const filePlugin: BackendPlugin = {
+  name: 'file',
+  summary: 'a file or block device (nbdkit file)',
+  magic: 'file',
+  params: [{ name: 'file', kind: 'path', summary: 'the file or device to serve', required: true }],
+  create: (p, ctx) => fileBackend({ path: p.file as string, readOnly: ctx.readOnly }),
+};
