@@ -195,7 +195,7 @@ class Parser {
     if (c === '<') {
       this.pos++;
       if (this.text[this.pos] === '(') this.fail('<(SCRIPT) is not supported (it would run a shell command)');
-      const file = this.token(/\s/);
+      const file = this.token(/[\s[*)]/);
       if (file === '') this.fail('"<" needs a file name');
       try {
         return this.bytesValue(fs.readFileSync(path.resolve(this.limits.cwd ?? process.cwd(), file)));
