@@ -138,6 +138,8 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
   /** Walk [offset, offset+length) as runs: fn(byte offset, bytes, isData). Neighbouring runs differ. */
   const eachRun = (offset: number, length: number, fn: (at: number, n: number, data: boolean) => void) => {
     const end = offset + length;
+    // The server only passes ranges inside the export; a direct caller going past it would never finish the walk.
+    if (offset < 0 || end > size) throw new RangeError(`sparse-random: [${offset}, ${end}) is outside the ${size}-byte disk`);
     let at = offset;
     let pending: { at: number; n: number; data: boolean } | undefined;
     while (at < end) {
