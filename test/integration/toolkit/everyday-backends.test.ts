@@ -57,8 +57,8 @@ async function ours(backend: Backend): Promise<string> {
   return srv.uri();
 }
 
-/** The flags both servers should agree on (nbdkit sends no block sizes; we always advertise CACHE). */
-const FLAGS = `f = flags(h); out = {k: f[k] for k in ('size', 'read_only', 'flush', 'fua', 'trim', 'zero', 'fast_zero', 'multi_conn')}`;
+/** The flags both servers should agree on (all but block sizes: nbdkit's plugins send none). */
+const FLAGS = `f = flags(h); out = {k: f[k] for k in ('size', 'read_only', 'flush', 'fua', 'trim', 'zero', 'fast_zero', 'cache', 'df', 'multi_conn', 'rotational')}`;
 
 describe('pattern', () => {
   for (const size of [8 * 1000, 1001, 3 * MiB + 5]) {
