@@ -42,6 +42,28 @@ export interface DataParseLimits {
 export const DATA_MAX_BYTES = 1024 * 1024 * 1024;
 export const DATA_MAX_PIECES = 1_000_000;
 
+/** Groups nested deeper than this are refused (a clear error, not a stack overflow). */
+const MAX_DEPTH = 1000;
+
+/** At most `limit` bytes of a file, reading in pieces (a device such as /dev/urandom never ends). */
+function readUpTo(file: string, limit: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const parts: Buffer[] = [];
+    let total = 0;
+    while (total < limit) {
+      const chunk = Buffer.allocUnsafe(Math.min(limit - total, 1 << 20));
+      const n = fs.readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) break;
+      parts.push(chunk.subarray(0, n));
+      total += n;
+    }
+    return Buffer.concat(parts, total);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** An expression's value: its length, and the pieces written in it (offsets relative to its start). */
 interface Value {
   len: number;
@@ -67,6 +89,7 @@ const ESCAPES: Record<string, number> = { n: 10, t: 9, r: 13, a: 7, b: 8, f: 12,
 
 class Parser {
   private pos = 0;
+  private depth = 0;
   private bytes = 0;
   private pieceCount = 0;
   private readonly maxBytes: number;
@@ -117,6 +140,7 @@ class Parser {
 
   /** Parse a sequence up to `close` (or the end); names bound here live in `scope`. */
   sequence(close: string | undefined, outer: Map<string, Value>): Value {
+    if (++this.depth > MAX_DEPTH) this.fail(`groups nested deeper than ${MAX_DEPTH}`);
     const scope = new Map(outer);
     const pieces: DataPiece[] = [];
     let off = 0;
@@ -165,6 +189,7 @@ class Parser {
       off += value.len;
       len = Math.max(len, off);
     }
+    this.depth--;
     return { len, pieces };
   }
 
@@ -197,11 +222,17 @@ class Parser {
       if (this.text[this.pos] === '(') this.fail('<(SCRIPT) is not supported (it would run a shell command)');
       const file = this.token(/[\s[*)]/);
       if (file === '') this.fail('"<" needs a file name');
+      // A slice right after (`</dev/urandom[:512]`) says how much is needed: a device need not end.
+      const end = /^\s*\[[^:\]]*:\s*(0[xX][0-9a-fA-F]+|\d+)\s*\]/.exec(this.text.slice(this.pos))?.[1];
+      const want = end === undefined ? undefined : safe(parseNumber(end, 'slice end'), 'slice end');
+      let buf: Buffer;
       try {
-        return this.bytesValue(fs.readFileSync(path.resolve(this.limits.cwd ?? process.cwd(), file)));
+        buf = readUpTo(path.resolve(this.limits.cwd ?? process.cwd(), file), want ?? this.maxBytes - this.bytes + 1);
       } catch (e) {
         this.fail(`<${file}: ${(e as Error).message}`);
       }
+      if (want === undefined && this.bytes + buf.length > this.maxBytes) this.fail(`<${file}: the data would hold more than ${this.maxBytes} bytes (maxBytes)`);
+      return this.bytesValue(buf);
     }
     if (c === '$') this.fail('$VAR is not supported');
     if (c === ')' || c === ']' || c === '*') this.fail(`unexpected "${c}"`);

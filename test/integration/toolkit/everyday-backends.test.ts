@@ -127,6 +127,7 @@ describe('data', () => {
     { args: { data: ' ( 0x55 0xAA ) -> \\boot-signature ( @0x1fe \\boot-signature ) -> \\sector \\sector \\sector ' } },
     { args: { data: '( 1 @65536 ) * 100 be64:0x0102030405060708 010 0x7f "q\\"\\n"*3' } },
     { args: { data: `<${file} @^512 <${file}[4:8]*3 @^512` } },
+    { args: { data: `</dev/zero[:4096]*2 1 <${file}[:5]` } },
     { args: { raw: 'Hello, world!' } },
     { args: { base64: 'MTIz', size: '1M' } },
     { args: { data: '1 2 3', size: '2' } },

@@ -74,7 +74,17 @@ describe('data= format', () => {
     expect(() => parseData(expr)).toThrow(message);
   });
 
-  it('enforces its limits (maxBytes, maxPieces)', () => {
+  it('<DEVICE[:N] reads only what the slice needs (nbdkit\'s </dev/urandom[:512]*16)', () => {
+    const img = image('</dev/urandom[:512]*16');
+    expect(img.length).toBe(8192);
+    expect(img.subarray(7680).equals(img.subarray(0, 512))).toBe(true);
+    expect(new Set(img.subarray(0, 512)).size).toBeGreaterThan(100);
+  });
+
+  it('enforces its limits (maxBytes, maxPieces, nesting)', () => {
+    expect(() => parseData('</dev/zero', { maxBytes: 1000 })).toThrow(/<\/dev\/zero: the data would hold more than 1000 bytes/);
+    expect(() => parseData('('.repeat(5000) + ')'.repeat(5000))).toThrow(/nested deeper than 1000/);
+    expect(image('('.repeat(500) + '7' + ')'.repeat(500)).toString('hex')).toBe('07');
     expect(() => parseData('0x55*2000', { maxBytes: 1000 })).toThrow(/more than 1000 bytes/);
     expect(() => parseData('(1 @2)*50', { maxPieces: 10 })).toThrow(/more than 10 pieces/);
   });
