@@ -231,6 +231,17 @@ describe('sparse-random', () => {
     expect(mine).toEqual(theirs);
   });
 
+  it('nbdinfo --map --totals of a 1 TiB disk: about percent% data, the rest hole+zero (as nbdkit sparse-random 1T)', async () => {
+    const uri = await ours(sparseRandomBackend({ size: 2 ** 40, seed: 3, percent: 10 }));
+    const { stdout } = await run('nbdinfo', ['--map', '--totals', uri]);
+    // "   108714250240   9.9%   0 data" / "990797377536  90.1%   3 hole,zero"
+    const rows = stdout.trim().split('\n').map((l) => l.trim().split(/\s+/));
+    const bytesOf = (type: string) => Number(rows.find((r) => r[2] === type)?.[0] ?? 0);
+    expect(bytesOf('0') + bytesOf('3')).toBe(2 ** 40);
+    expect(bytesOf('0') / 2 ** 40).toBeGreaterThan(0.08);
+    expect(bytesOf('0') / 2 ** 40).toBeLessThan(0.12);
+  });
+
   it('nbdcopy copies it onto itself (every write matches), and qemu-img compare finds a copy identical', async () => {
     const uri = await ours(sparseRandomBackend({ ...opts, randomContent: true }));
     await run('nbdcopy', [uri, uri]);
