@@ -185,6 +185,7 @@ class Parser {
         } else break;
       }
       if (bound) continue;
+      if (!Number.isSafeInteger(off + value.len)) this.fail(`the data would end past 2^53 - 1`);
       for (const p of value.pieces) pieces.push({ at: off + p.at, buf: p.buf });
       off += value.len;
       len = Math.max(len, off);

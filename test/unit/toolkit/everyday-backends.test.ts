@@ -69,6 +69,7 @@ describe('data= format', () => {
     ['<no-such-file-here', /ENOENT/],
     ['-1', /negative numbers are not allowed/],
     ['0x', /not a number/],
+    ['@9007199254740991 1', /past 2\^53 - 1/],
   ])('rejects %j with a clear message', (expr, message) => {
     expect(() => parseData(expr)).toThrow(DataFormatError);
     expect(() => parseData(expr)).toThrow(message);
