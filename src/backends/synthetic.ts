@@ -59,6 +59,8 @@ export function zeroBackend(): Backend & { readonly size: number } {
   return {
     size: 0,
     read: (_offset, length): ReadSegment[] => [{ hole: length }],
+    // Only zero-length requests fit in a 0-byte disk; what there is of it is a hole, as with null.
+    extents: (_offset, length): Extent[] => [{ length, flags: HOLE_ZERO }],
     readOnly: true,
     multiConn: true,
   };
