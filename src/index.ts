@@ -29,3 +29,7 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export { nullBackend, zeroBackend, patternBackend, fillPattern, type NullBackendOptions, type PatternBackendOptions } from './backends/synthetic.js';
+export { dataBackend, dataImage, type DataBackendOptions } from './backends/data.js';
+export { parseData, DataFormatError, type DataImage, type DataPiece, type DataParseLimits } from './backends/data-format.js';
+export { sparseRandomBackend, SPARSE_BLOCK, type SparseRandomOptions, type SparseRandomBackend } from './backends/sparse-random.js';

@@ -33,8 +33,13 @@ export interface FilterPlugin {
 
 /** Backend name → its plugin, loaded on first use. */
 export const BACKENDS: Readonly<Record<string, () => Promise<BackendPlugin>>> = {
+  data: () => import('../backends/everyday-plugins.js').then((m) => m.dataPlugin),
   memory: () => import('../backends/builtin-plugins.js').then((m) => m.memoryPlugin),
   file: () => import('../backends/builtin-plugins.js').then((m) => m.filePlugin),
+  null: () => import('../backends/everyday-plugins.js').then((m) => m.nullPlugin),
+  pattern: () => import('../backends/everyday-plugins.js').then((m) => m.patternPlugin),
+  'sparse-random': () => import('../backends/everyday-plugins.js').then((m) => m.sparseRandomPlugin),
+  zero: () => import('../backends/everyday-plugins.js').then((m) => m.zeroPlugin),
 };
 
 /** Filter name → its plugin, loaded on first use. */
