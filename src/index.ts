@@ -29,3 +29,7 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export { cowFilter, type CowOptions } from './filters/cow.js';
+export { cacheFilter, type CacheOptions, type CacheFilter, type CacheStats } from './filters/cache.js';
+export { readaheadFilter, type ReadaheadOptions } from './filters/readahead.js';
+export { blocksizeFilter, type BlocksizeOptions } from './filters/blocksize.js';
