@@ -174,6 +174,25 @@ describe('cow filter', () => {
     expect(sha(fs.readFileSync(base.file))).toBe(sha(base.bytes));
   });
 
+  it('handles a base whose size is not a multiple of the block size (the last block is short)', async () => {
+    const size = 100000;
+    const base = baseImage(size);
+    const srv = await serve({ exports: [{ name: '', backend: await fileBackend({ path: base.file, readOnly: true }), filters: [cowFilter({ blockSize: 4096 })] }] });
+    const out = await py<{ size: number; tail: string; ext: Array<[number, number]> }>(srv.uri(), `
+      h = connect()
+      h.pwrite(b'\x5a' * 300, ${size} - 300)
+      h.zero(100, ${size} - 1000)
+      out = {'size': h.get_size(), 'tail': h.pread(1000, ${size} - 1000).hex(), 'ext': extents(h, 8192, ${size} - 8192)['extents']}
+    `);
+    const want = Buffer.from(base.bytes.subarray(size - 1000));
+    want.fill(0x5a, 700);
+    want.fill(0, 0, 100);
+    expect(out.size).toBe(size);
+    expect(out.tail).toBe(want.toString('hex'));
+    expect(out.ext).toEqual([[8192, 0]]);
+    expect(sha(fs.readFileSync(base.file))).toBe(sha(base.bytes));
+  });
+
   it('refuses a bad cow-block-size with a clear error', async () => {
     const plugin = await FILTERS.cow!();
     await expect(plugin.create(readParams('cow', plugin.params, ['cow-block-size=1000']), { logger: silentLogger, readOnly: false })).rejects.toThrow(/cow: cow-block-size=1000: must be a power of 2/);
