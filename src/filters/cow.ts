@@ -17,6 +17,7 @@
  * unaligned writes from different connections never lose an update.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Backend, Extent, WriteOptions } from '../api/backend.js';
 import type { Filter, FilterContext } from '../api/filter.js';
@@ -60,9 +61,9 @@ function memoryStore(): Store {
   };
 }
 
-function fileStore(path: string, blockSize: number): Store {
+function fileStore(file: string, blockSize: number): Store {
   let fh: Promise<FileHandle> | undefined;
-  const handle = () => (fh ??= open(path, 'w+'));
+  const handle = () => (fh ??= open(file, 'w+'));
   // A block keeps its slot for good (never reused): a READ of a block that is
   // being trimmed can then never see another block's bytes.
   const slots = new Map<number, number>();
@@ -86,7 +87,7 @@ function fileStore(path: string, blockSize: number): Store {
     async close() {
       if (!fh) return;
       await (await fh).close();
-      fs.rmSync(path, { force: true });
+      fs.rmSync(file, { force: true });
     },
   };
 }
@@ -97,6 +98,18 @@ type BlockState = 'data' | 'zero' | 'trim';
 export function cowFilter(options: CowOptions = {}): Filter {
   const bs = options.blockSize ?? COW_BLOCK_SIZE;
   check(isPowerOf2(bs) && bs >= 4096, 'cow', `cow-block-size=${bs}: must be a power of 2 ≥ 4096`);
+  if (options.file !== undefined) {
+    // Said now, not as an EIO on every write later.
+    const dir = path.dirname(path.resolve(options.file));
+    let ok = false;
+    try {
+      fs.accessSync(dir, fs.constants.W_OK);
+      ok = fs.statSync(dir).isDirectory();
+    } catch {
+      ok = false;
+    }
+    check(ok, 'cow', `cow-file=${options.file}: ${dir} is not a writable directory`);
+  }
   const store = options.file ? fileStore(options.file, bs) : memoryStore();
   const state = new Map<number, BlockState>();
   const locks = new BlockLocks();

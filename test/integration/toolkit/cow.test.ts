@@ -196,5 +196,6 @@ describe('cow filter', () => {
   it('refuses a bad cow-block-size with a clear error', async () => {
     const plugin = await FILTERS.cow!();
     await expect(plugin.create(readParams('cow', plugin.params, ['cow-block-size=1000']), { logger: silentLogger, readOnly: false })).rejects.toThrow(/cow: cow-block-size=1000: must be a power of 2/);
+    await expect(plugin.create(readParams('cow', plugin.params, ['cow-file=/nonexistent-dir/overlay']), { logger: silentLogger, readOnly: false })).rejects.toThrow(/cow: cow-file=\/nonexistent-dir\/overlay: \/nonexistent-dir is not a writable directory/);
   });
 });
