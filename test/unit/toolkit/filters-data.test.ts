@@ -9,6 +9,7 @@ import { BlockLocks, readBuffer } from '../../../src/filters/util.js';
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { readParams, ParamError } from '../../../src/plugins/params.js';
 import { silentLogger } from '../../../src/transport/logger.js';
+import { cacheFilter, layer, memoryBackend, readaheadFilter, type Backend } from '../../../src/index.js';
 
 describe('BlockLocks', () => {
   it('runs holders of one block in order, each after the previous finished; other blocks do not wait', async () => {
@@ -65,5 +66,54 @@ describe('data filter plugins', () => {
     const scope = async (f: string) => (await (await FILTERS[f]!()).create({}, { logger: silentLogger, readOnly: false })).scope;
     expect(await scope('readahead')).toBe('connection');
     for (const f of ['cow', 'cache', 'blocksize']) expect(await scope(f)).toBe('shared');
+  });
+});
+
+/** A backend whose READs wait until `release()`: to put a write in the middle of a read. */
+function gatedMemory() {
+  const mem = memoryBackend({ size: 1 << 20 });
+  let gate: Promise<void> | undefined;
+  let open!: () => void;
+  const backend: Backend = layer(mem, {
+    read: async (o, l) => {
+      const data = Buffer.from(readBuffer(await mem.read(o, l), l)); // the bytes as they are now …
+      if (gate) await gate; // … answered later
+      return data;
+    },
+  });
+  return {
+    backend,
+    hold: () => void (gate = new Promise<void>((r) => (open = r))),
+    release: () => {
+      gate = undefined;
+      open();
+    },
+  };
+}
+
+const ctx = { export: '', logger: silentLogger, onClose: () => {} };
+
+describe('a READ racing a WRITE', () => {
+  it('cache: the bytes a READ fetched before a write landed are not kept', async () => {
+    const g = gatedMemory();
+    const b = cacheFilter().wrap(g.backend, ctx);
+    g.hold();
+    const racing = b.read(0, 4096);
+    await b.write!(100, Buffer.from('new!'), { fua: false });
+    g.release();
+    expect(readBuffer(await racing, 4096).subarray(100, 104).toString()).toBe('\0\0\0\0'); // old bytes: concurrent, fine
+    expect(readBuffer(await b.read(0, 4096), 4096).subarray(100, 104).toString()).toBe('new!');
+  });
+
+  it('readahead: a window fetched before a write landed is not used after it', async () => {
+    const g = gatedMemory();
+    const b = readaheadFilter().wrap(g.backend, ctx);
+    await b.read(0, 4096);
+    g.hold();
+    const racing = b.read(4096, 4096); // sequential: fetches a window beyond
+    await b.write!(20000, Buffer.from('new!'), { fua: false });
+    g.release();
+    await racing;
+    expect(readBuffer(await b.read(20000, 4), 4).toString()).toBe('new!');
   });
 });
