@@ -105,7 +105,7 @@ describe('cache filter', () => {
 
   it('fio writes and verifies 8 MiB of random 4k I/O through the cache', async () => {
     const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: 8 * MiB }), filters: [cacheFilter({ maxSize: MiB, minBlockSize: 4096 })] }] });
-    const { stdout } = await run('fio', ['--ioengine=nbd', `--uri=${srv.uri()}`, '--name=v', '--rw=randwrite', '--bs=4k', '--iodepth=8', '--size=8M', '--verify=crc32c', '--verify_fatal=1', '--output-format=json'], { timeout: 120_000 });
+    const { stdout } = await run('fio', ['--ioengine=nbd', `--uri=${srv.uri()}`, '--name=v', '--rw=randwrite', '--bs=4k', '--iodepth=8', '--size=8M', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'], { timeout: 120_000 });
     const job = (JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<{ error: number; read: { io_bytes: number } }> }).jobs[0]!;
     expect(job.error).toBe(0);
     expect(job.read.io_bytes).toBe(8 * MiB); // the verify pass read everything back
