@@ -96,12 +96,13 @@ export function cacheFilter(options: CacheOptions = {}): CacheFilter {
       const span = (last - first) * bs + blockLen(last);
       misses += last - first + 1;
       try {
-        const data = Buffer.from(readBuffer(await next.read(first * bs, span), span));
+        const data = readBuffer(await next.read(first * bs, span), span);
         for (const [b, token] of tokens) {
           if (fetching.get(b) !== token) continue;
           fetching.delete(b);
           const at = (b - first) * bs;
-          insert(b, data.subarray(at, at + blockLen(b)));
+          // A copy per block: a view would keep the whole fetch alive (and the backend's memory) while any block of it is cached.
+          insert(b, Buffer.from(data.subarray(at, at + blockLen(b))));
         }
         return data;
       } finally {
