@@ -16,9 +16,9 @@
  */
 import fs from 'node:fs';
 import type { Backend, WriteOptions, ZeroOptions } from '../api/backend.js';
-import type { Filter } from '../api/filter.js';
+import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
-import { check, isPowerOf2, readBuffer } from './util.js';
+import { check, isPowerOf2, readBuffer, oneExport } from './util.js';
 
 export interface CacheOptions {
   /** Only 'writethrough' (the default; see above). */
@@ -84,7 +84,9 @@ export function cacheFilter(options: CacheOptions = {}): CacheFilter {
     }
   };
 
-  const wrap = (next: Backend): Backend => {
+  const bind = oneExport('cache');
+  const wrap = (next: Backend, ctx: FilterContext): Backend => {
+    bind(ctx.export);
     const size = next.size;
     if (size === undefined) throw new Error('cache: the backend below has no size');
     const blockLen = (b: number) => Math.min(bs, size - b * bs);

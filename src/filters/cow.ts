@@ -24,7 +24,7 @@ import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
 import { normalizeExtents } from '../api/backend.js';
 import { STATE } from '../protocol/constants.js';
-import { BlockLocks, check, isPowerOf2, readBuffer } from './util.js';
+import { BlockLocks, check, isPowerOf2, readBuffer, oneExport } from './util.js';
 
 export interface CowOptions {
   /** Overlay block size: a power of 2 ≥ 4096 (default 64 KiB, as nbdkit's `cow-block-size`). */
@@ -116,7 +116,9 @@ export function cowFilter(options: CowOptions = {}): Filter {
   let closeRegistered = false;
   const onRead = (): boolean => (typeof options.onRead === 'string' ? fs.existsSync(options.onRead) : !!options.onRead);
 
+  const bind = oneExport('cow');
   const wrap = (next: Backend, ctx: FilterContext): Backend => {
+    bind(ctx.export);
     const size = next.size;
     if (size === undefined) throw new Error('cow: the backend below has no size');
     if (!closeRegistered) {

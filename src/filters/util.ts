@@ -59,3 +59,16 @@ export class BlockLocks {
     return this.with(first, () => this.withRange(first + 1, last, fn));
   }
 }
+
+/**
+ * A stateful filter object (its overlay, cache or window generation) serves
+ * one export: the same object in two exports would mix their data. Returns
+ * a check to call in `wrap`.
+ */
+export function oneExport(filter: string): (exportName: string) => void {
+  let bound: string | undefined;
+  return (exportName) => {
+    bound ??= exportName;
+    check(bound === exportName, filter, `this filter object already serves export "${bound}": make one per export (for "${exportName}")`);
+  };
+}

@@ -117,3 +117,20 @@ describe('a READ racing a WRITE', () => {
     expect(readBuffer(await b.read(20000, 4), 4).toString()).toBe('new!');
   });
 });
+
+describe('stateful filter objects', () => {
+  it('serve one export: the same cow or cache object in two exports is a clear configuration error', async () => {
+    const { createServer, cowFilter } = await import('../../../src/index.js');
+    for (const f of [cowFilter(), cacheFilter()]) {
+      expect(() =>
+        createServer({
+          logger: silentLogger,
+          exports: [
+            { name: 'a', backend: memoryBackend({ size: 1 << 20 }), filters: [f] },
+            { name: 'b', backend: memoryBackend({ size: 1 << 20 }), filters: [f] },
+          ],
+        }),
+      ).toThrow(new RegExp(`${f.name}: this filter object already serves export "a"`));
+    }
+  });
+});
