@@ -24,6 +24,7 @@ import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
 import { normalizeExtents } from '../api/backend.js';
 import { STATE } from '../protocol/constants.js';
+import { NbdRequestError } from '../api/errors.js';
 import { BlockLocks, check, isPowerOf2, readBuffer, oneExport } from './util.js';
 
 export interface CowOptions {
@@ -35,12 +36,17 @@ export interface CowOptions {
   readonly onRead?: boolean | string;
   /** Copy blocks named by CACHE requests into the overlay (`cow-on-cache`); otherwise CACHE goes to the base. */
   readonly onCache?: boolean;
+  /** Most bytes the overlay may hold (`cow-max-size`; default 0: no limit but the export size). Writes needing more fail with ENOSPC. */
+  readonly maxSize?: number;
 }
 
 export const COW_BLOCK_SIZE = 64 * 1024;
 
 /** Where changed blocks are kept: a Map of buffers, or slots in a file. */
 interface Store {
+  /** Bytes held, and whether block b has storage. */
+  bytes(): number;
+  has(block: number): boolean;
   get(block: number, length: number): Promise<Buffer>;
   put(block: number, data: Buffer): Promise<void>;
   drop(block: number): void;
@@ -50,12 +56,21 @@ interface Store {
 
 function memoryStore(): Store {
   const blocks = new Map<number, Buffer>();
+  let bytes = 0;
   return {
+    bytes: () => bytes,
+    has: (b) => blocks.has(b),
     get: async (b) => blocks.get(b)!,
     // Blocks are replaced, never changed in place: a READ reply still
     // queued may point at the old buffer.
-    put: async (b, data) => void blocks.set(b, data),
-    drop: (b) => void blocks.delete(b),
+    put: async (b, data) => {
+      bytes += data.length - (blocks.get(b)?.length ?? 0);
+      blocks.set(b, data);
+    },
+    drop: (b) => {
+      bytes -= blocks.get(b)?.length ?? 0;
+      blocks.delete(b);
+    },
     flush: async () => {},
     close: async () => blocks.clear(),
   };
@@ -68,6 +83,8 @@ function fileStore(file: string, blockSize: number): Store {
   // being trimmed can then never see another block's bytes.
   const slots = new Map<number, number>();
   return {
+    bytes: () => slots.size * blockSize,
+    has: (b) => slots.has(b),
     async get(b, length) {
       const buf = Buffer.alloc(length);
       await (await handle()).read(buf, 0, length, slots.get(b)! * blockSize);
@@ -111,6 +128,14 @@ export function cowFilter(options: CowOptions = {}): Filter {
     check(ok, 'cow', `cow-file=${options.file}: ${dir} is not a writable directory`);
   }
   const store = options.file ? fileStore(options.file, bs) : memoryStore();
+  const maxSize = options.maxSize ?? 0;
+  check(Number.isSafeInteger(maxSize) && maxSize >= 0, 'cow', `cow-max-size=${maxSize}: must be a size ≥ 0`);
+  const full = (b: number, length: number) => maxSize > 0 && !store.has(b) && store.bytes() + length > maxSize;
+  /** Store a block, unless that would take the overlay over cow-max-size. */
+  const put = async (b: number, data: Buffer) => {
+    if (full(b, data.length)) throw new NbdRequestError('ENOSPC', `cow: overlay full (cow-max-size=${maxSize})`);
+    await store.put(b, data);
+  };
   const state = new Map<number, BlockState>();
   const locks = new BlockLocks();
   let closeRegistered = false;
@@ -147,7 +172,7 @@ export function cowFilter(options: CowOptions = {}): Filter {
           if (pos === bStart && stop === bStart + blockLen(b)) return whole(b, pos - offset);
           const buf = await current(b);
           patch(buf, pos - bStart, pos - offset, stop - pos);
-          await store.put(b, buf);
+          await put(b, buf);
           state.set(b, 'data');
         });
         pos = stop;
@@ -159,7 +184,7 @@ export function cowFilter(options: CowOptions = {}): Filter {
         offset,
         data.length,
         async (b, from) => {
-          await store.put(b, Buffer.from(data.subarray(from, from + blockLen(b))));
+          await put(b, Buffer.from(data.subarray(from, from + blockLen(b))));
           state.set(b, 'data');
         },
         (buf, at, from, n) => void data.copy(buf, at, from, from + n),
@@ -181,9 +206,10 @@ export function cowFilter(options: CowOptions = {}): Filter {
       const base = data ?? readBuffer(await next.read(first * bs, (last - first) * bs + blockLen(last)), (last - first) * bs + blockLen(last));
       for (let b = first; b <= last; b++) {
         await locks.with(b, async () => {
-          if (state.has(b)) return; // changed meanwhile: the change wins
+          // Changed meanwhile (the change wins), or no room: a copy is only an optimisation.
+          if (state.has(b) || full(b, blockLen(b))) return;
           const at = (b - first) * bs;
-          await store.put(b, Buffer.from(base.subarray(at, at + blockLen(b))));
+          await put(b, Buffer.from(base.subarray(at, at + blockLen(b))));
           state.set(b, 'data');
         });
       }

@@ -30,9 +30,10 @@ export const cowPlugin: FilterPlugin = {
     { name: 'cow-file', kind: 'path', summary: 'keep the overlay in this file (deleted at exit) instead of memory' },
     { name: 'cow-on-read', kind: 'string', summary: 'true|false|/PATH: also keep blocks read from the backend (default false)' },
     { name: 'cow-on-cache', kind: 'boolean', summary: 'keep blocks named by CACHE requests in the overlay (default false)' },
+    { name: 'cow-max-size', kind: 'size', summary: 'most bytes the overlay holds; writes beyond fail with ENOSPC (default 0: no limit)' },
   ],
   create: async (p) =>
-    cowFilter({ blockSize: num(p, 'cow-block-size'), file: p['cow-file'] as string | undefined, onRead: onRead('cow', 'cow-on-read', p), onCache: p['cow-on-cache'] as boolean | undefined }),
+    cowFilter({ blockSize: num(p, 'cow-block-size'), file: p['cow-file'] as string | undefined, onRead: onRead('cow', 'cow-on-read', p), onCache: p['cow-on-cache'] as boolean | undefined, maxSize: num(p, 'cow-max-size') }),
 };
 
 export const cachePlugin: FilterPlugin = {

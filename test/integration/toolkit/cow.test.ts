@@ -193,6 +193,25 @@ describe('cow filter', () => {
     expect(sha(fs.readFileSync(base.file))).toBe(sha(base.bytes));
   });
 
+  it('cow-max-size bounds the overlay: a write needing a block beyond it gets ENOSPC; trim gives room back', async () => {
+    const plugin = await FILTERS.cow!();
+    const filter = await plugin.create(readParams('cow', plugin.params, ['cow-max-size=128k']), { logger: silentLogger, readOnly: false });
+    const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }), filters: [filter] }] });
+    const out = await py<Record<string, string | null>>(srv.uri(), `
+      h = connect()
+      out = {
+          'first': err(h.pwrite, b'a' * 10, 0),
+          'second': err(h.pwrite, b'b' * 10, 65536 + 5),
+          'third': err(h.pwrite, b'c' * 10, 3 * 65536),
+          'again': err(h.pwrite, b'd' * 70000, 0),
+      }
+      h.trim(65536, 0)
+      out['after_trim'] = err(h.pwrite, b'c' * 10, 3 * 65536)
+      out['data'] = h.pread(10, 3 * 65536).hex()
+    `);
+    expect(out).toEqual({ first: null, second: null, third: 'ENOSPC', again: null, after_trim: null, data: '63'.repeat(10) });
+  });
+
   it('refuses a bad cow-block-size with a clear error', async () => {
     const plugin = await FILTERS.cow!();
     await expect(plugin.create(readParams('cow', plugin.params, ['cow-block-size=1000']), { logger: silentLogger, readOnly: false })).rejects.toThrow(/cow: cow-block-size=1000: must be a power of 2/);
