@@ -33,3 +33,7 @@ export { nullBackend, zeroBackend, patternBackend, fillPattern, type NullBackend
 export { dataBackend, dataImage, type DataBackendOptions } from './backends/data.js';
 export { parseData, DataFormatError, type DataImage, type DataPiece, type DataParseLimits } from './backends/data-format.js';
 export { sparseRandomBackend, SPARSE_BLOCK, type SparseRandomOptions, type SparseRandomBackend } from './backends/sparse-random.js';
+export { cowFilter, type CowOptions } from './filters/cow.js';
+export { cacheFilter, type CacheOptions, type CacheFilter, type CacheStats } from './filters/cache.js';
+export { readaheadFilter, type ReadaheadOptions } from './filters/readahead.js';
+export { blocksizeFilter, type BlocksizeOptions } from './filters/blocksize.js';

@@ -43,7 +43,12 @@ export const BACKENDS: Readonly<Record<string, () => Promise<BackendPlugin>>> = 
 };
 
 /** Filter name → its plugin, loaded on first use. */
-export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {};
+export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
+  blocksize: () => import('../filters/plugins.js').then((m) => m.blocksizePlugin),
+  cache: () => import('../filters/plugins.js').then((m) => m.cachePlugin),
+  cow: () => import('../filters/plugins.js').then((m) => m.cowPlugin),
+  readahead: () => import('../filters/plugins.js').then((m) => m.readaheadPlugin),
+};
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {
   const load = Object.hasOwn(table, name) ? table[name] : undefined;
