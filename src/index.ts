@@ -29,3 +29,10 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export { delayFilter, type DelayOptions } from './filters/delay.js';
+export { errorFilter, ErrorInjector, type ErrorFilter, type ErrorOptions, type ErrorRule } from './filters/error.js';
+export { logFilter, LogWriter, type LogFilter, type LogOptions } from './filters/log.js';
+export { statsFilter, StatsCollector, type StatsFilter, type StatsOptions, type StatsSnapshot, type OpStats } from './filters/stats.js';
+export { rateFilter, TokenBucket, type RateOptions } from './filters/rate.js';
+export { retryFilter, type RetryOptions, type Reopen, type ReopenableBackend } from './filters/retry.js';
+export { delayRequests, injectErrors, logRequests, collectStats } from './filters/operators.js';

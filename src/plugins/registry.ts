@@ -38,7 +38,14 @@ export const BACKENDS: Readonly<Record<string, () => Promise<BackendPlugin>>> = 
 };
 
 /** Filter name → its plugin, loaded on first use. */
-export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {};
+export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
+  delay: () => import('../filters/ops-plugins.js').then((m) => m.delayPlugin),
+  error: () => import('../filters/ops-plugins.js').then((m) => m.errorPlugin),
+  log: () => import('../filters/ops-plugins.js').then((m) => m.logPlugin),
+  rate: () => import('../filters/ops-plugins.js').then((m) => m.ratePlugin),
+  retry: () => import('../filters/ops-plugins.js').then((m) => m.retryPlugin),
+  stats: () => import('../filters/ops-plugins.js').then((m) => m.statsPlugin),
+};
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {
   const load = Object.hasOwn(table, name) ? table[name] : undefined;
