@@ -14,7 +14,7 @@
  * logRequests and collectStats see the answer by wrapping the request's
  * own `reply` / `fail`, so they must come before the handler in the pipe.
  */
-import { mergeMap, Observable, of, timer, map, type OperatorFunction } from 'rxjs';
+import { finalize, mergeMap, Observable, of, timer, map, type OperatorFunction } from 'rxjs';
 import type { NbdRequest } from '../api/request.js';
 import { NbdRequestError } from '../api/errors.js';
 import { delayFor, refusesFastZero, type DelayOptions } from './delay.js';
@@ -73,17 +73,26 @@ export function injectErrors(options: ErrorOptions | ErrorInjector): OperatorFun
     );
 }
 
-/** Log each request and its answer; pass a LogWriter to share one file with log filters or other streams. */
+/**
+ * Log each request and its answer. Given options, the operator opens the
+ * file and closes it when the stream ends; given a LogWriter (to share one
+ * file with log filters or other streams), closing it is the caller's.
+ */
 export function logRequests(options: LogOptions | LogWriter): OperatorFunction<NbdRequest, NbdRequest> {
+  const owned = !(options instanceof LogWriter);
   const writer = options instanceof LogWriter ? options : new LogWriter(options);
-  return map((req) => {
-    let settle!: (error?: unknown) => void;
-    const answered = new Promise<void>((resolve, reject) => (settle = (e) => (e === undefined ? resolve() : reject(e))));
-    // The reply line is written when `answered` settles; its rejection is only the failed answer, already logged.
-    (writer.around(req.connection.id, callOf(req), () => answered, ` cookie=${req.cookie}`) as Promise<void>).catch(() => {});
-    onAnswer(req, settle);
-    return req;
-  });
+  return (source) =>
+    source.pipe(
+      map((req) => {
+        let settle!: (error?: unknown) => void;
+        const answered = new Promise<void>((resolve, reject) => (settle = (e) => (e === undefined ? resolve() : reject(e))));
+        // The reply line is written when `answered` settles; its rejection is only the failed answer, already logged.
+        (writer.around(req.connection.id, callOf(req), () => answered, ` cookie=${req.cookie}`) as Promise<void>).catch(() => {});
+        onAnswer(req, settle);
+        return req;
+      }),
+      finalize(() => owned && writer.close()),
+    );
 }
 
 export function collectStats(collector: StatsCollector): OperatorFunction<NbdRequest, NbdRequest> {
