@@ -13,6 +13,7 @@
  * write to the one file the filter object holds.
  */
 import fs from 'node:fs';
+import { consoleLogger, type Logger } from '../transport/logger.js';
 import { backendCapabilities } from '../api/backend.js';
 import type { Filter } from '../api/filter.js';
 import { errnoOf, interceptOps, isThenable, NBDKIT_ACTION, type OpCall } from './ops-common.js';
@@ -20,6 +21,8 @@ import { errnoOf, interceptOps, isThenable, NBDKIT_ACTION, type OpCall } from '.
 export interface LogOptions {
   /** The log file; '-' for stderr. */
   readonly file: string;
+  /** Where a failure to write the log is reported (once; logging then stops, serving goes on). */
+  readonly logger?: Logger;
   /** Append to an existing file instead of truncating it (nbdkit's logappend). Default false. */
   readonly append?: boolean;
 }
@@ -58,8 +61,11 @@ export class LogWriter {
   private fd: number | undefined;
   private readonly owned: boolean;
   private readonly ids = new Map<number, number>();
+  /** Where write failures go (the options' logger, else the first server's that uses the filter). */
+  logger: Logger | undefined;
 
-  constructor(options: LogOptions) {
+  constructor(private readonly options: LogOptions) {
+    this.logger = options.logger;
     if (options.file === '-') {
       this.fd = 2;
       this.owned = false;
@@ -73,7 +79,13 @@ export class LogWriter {
   line(connection: number | undefined, text: string): void {
     if (this.fd === undefined) return;
     const who = connection === undefined ? '' : `connection=${connection} `;
-    fs.writeSync(this.fd, `${logTimestamp()} ${who}${text}\n`);
+    try {
+      fs.writeSync(this.fd, `${logTimestamp()} ${who}${text}\n`);
+    } catch (e) {
+      // A full disk must not fail the requests: say so once and stop logging.
+      (this.logger ?? consoleLogger()).error(`log filter: cannot write ${this.options.file}: ${(e as Error).message}; logging stops`);
+      this.close();
+    }
   }
 
   /** The next request id of a connection (1, 2, …). */
@@ -125,8 +137,15 @@ export class LogWriter {
   }
 
   close(): void {
-    if (this.fd !== undefined && this.owned) fs.closeSync(this.fd);
+    const fd = this.fd;
     this.fd = undefined;
+    if (fd !== undefined && this.owned) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // Already unusable: nothing more to do with it.
+      }
+    }
   }
 }
 
@@ -142,6 +161,7 @@ export function logFilter(options: LogOptions): LogFilter {
     writer,
     wrap: (next, ctx) => {
       const conn = ctx.connection?.id;
+      writer.logger ??= ctx.logger;
       if (ctx.connection === undefined) {
         // The export-wide instance lives as long as the server: close the file with it.
         ctx.onClose(() => writer.close());

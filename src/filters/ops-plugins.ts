@@ -3,6 +3,8 @@
  * stats, rate, retry), with nbdkit's parameter names: each turns checked
  * `key=value` parameters into the filter's options.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import type { ErrnoName } from '../protocol/constants.js';
 import { ParamError, type ParamSpec, type Params } from '../plugins/params.js';
 import type { FilterPlugin } from '../plugins/registry.js';
@@ -108,10 +110,10 @@ export const logPlugin: FilterPlugin = {
     { name: 'logfile', kind: 'path', summary: 'the log file, or - for stderr', required: true },
     { name: 'logappend', kind: 'boolean', summary: 'append instead of truncating (default false)' },
   ],
-  async create(params) {
+  async create(params, context) {
     const { logFilter } = await import('./log.js');
     try {
-      return logFilter({ file: params.logfile as string, append: params.logappend === true });
+      return logFilter({ file: params.logfile as string, append: params.logappend === true, logger: context.logger });
     } catch (e) {
       throw new ParamError(`log: logfile=${String(params.logfile)}: ${(e as Error).message}`);
     }
@@ -130,6 +132,13 @@ export const statsPlugin: FilterPlugin = {
     const sig = (params.statssignal as string | undefined) ?? 'SIGUSR1';
     if (sig !== 'none' && !/^SIG[A-Z0-9]+$/.test(sig)) throw new ParamError(`stats: statssignal=${sig}: expected a signal name such as SIGUSR1, or none`);
     const { statsFilter } = await import('./stats.js');
+    const file = params.statsfile as string;
+    try {
+      // nbdkit opens the file at start: refuse an unwritable place now rather than at exit.
+      fs.accessSync(path.dirname(path.resolve(file)), fs.constants.W_OK);
+    } catch (e) {
+      throw new ParamError(`stats: statsfile=${file}: ${(e as Error).message}`);
+    }
     return statsFilter({ file: params.statsfile as string, append: params.statsappend === true, signal: sig === 'none' ? null : (sig as NodeJS.Signals), logger: context.logger });
   },
 };

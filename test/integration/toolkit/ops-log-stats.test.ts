@@ -10,7 +10,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backendCapabilities, memoryBackend, type StatsFilter } from '../../../src/index.js';
 import { py } from '../pylibnbd.js';
-import { run, serverPerTest, tmpDir } from '../harness.js';
+import { spawn } from 'node:child_process';
+import { requireTool, run, serverPerTest, tmpDir } from '../harness.js';
 import { filterFromArgs } from './ops-plugin.js';
 
 const MiB = 1 << 20;
@@ -61,6 +62,54 @@ describe('log filter', () => {
       '...Read id=5 return=-1 error=ENOSPC elapsed=T',
       'Disconnect transactions=5',
     ]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('for the same requests, the lines match what nbdkit --filter=log --filter=error writes (ours add elapsed=)', async () => {
+    requireTool('nbdkit');
+    const dir = tmpDir();
+    const flag = path.join(dir, 'inject');
+    const script = `
+      import os
+      h = connect(meta=False)
+      h.pread(512, 0)
+      h.pwrite(b'x' * 512, 4096, nbd.CMD_FLAG_FUA)
+      h.trim(4096, 8192)
+      h.flush()
+      open(ARGS[0], 'w').close()
+      e = err(h.pread, 512, 1 << 20)
+      os.unlink(ARGS[0])
+      assert e == 'ENOSPC', e
+      h.pread(1024, 2048)
+      h.shutdown()
+    `;
+    const errorArgs = ['error-pread=ENOSPC', 'error-pread-rate=1', `error-pread-file=${flag}`];
+    // Theirs.
+    const kitLog = path.join(dir, 'nbdkit.log');
+    const kitSock = path.join(dir, 'nbdkit.sock');
+    const kit = spawn('nbdkit', ['-f', '-U', kitSock, '--filter=log', '--filter=error', 'memory', '2M', `logfile=${kitLog}`, ...errorArgs], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 200 && !fs.existsSync(kitSock); i++) await new Promise((r) => setTimeout(r, 25));
+      await py(`nbd+unix:///?socket=${kitSock}`, script, [flag]);
+    } finally {
+      kit.kill('SIGTERM');
+      await new Promise((r) => kit.once('exit', r));
+    }
+    // Ours, made from the same parameters.
+    const ourLog = path.join(dir, 'ours.log');
+    const log = await filterFromArgs('log', [`logfile=${ourLog}`]);
+    const error = await filterFromArgs('error', errorArgs);
+    const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: 2 * MiB }), filters: [log, error] }] });
+    await py(srv.uri(), script, [flag]);
+    await srv.close();
+    // The client's requests: lines with connection=, without the Connect line (its fields differ), stripped of time and our elapsed=.
+    const norm = (file: string) =>
+      fs.readFileSync(file, 'utf8').trimEnd().split('\n')
+        .filter((l) => / connection=\d+ /.test(l) && !/ Connect /.test(l))
+        .map((l) => l.replace(new RegExp(`^${TS} connection=\\d+ `), '').replace(/ elapsed=\d+\.\d+$/, ''));
+    const theirs = norm(kitLog);
+    expect(theirs.length).toBeGreaterThanOrEqual(13);
+    expect(norm(ourLog)).toEqual(theirs);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -134,5 +183,12 @@ describe('stats filter', () => {
     expect(fs.readFileSync(statsfile, 'utf8')).toMatch(/^write ops=2 bytes=2048 errors=1 /m);
     expect(stats.snapshot().ops.write).toMatchObject({ ops: 2, bytes: 2048, errors: 1 });
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('stats filter parameters', () => {
+  it('an unwritable statsfile place is refused at start, naming the key', async () => {
+    await expect(filterFromArgs('stats', ['statsfile=/nonexistent-dir/stats.txt'])).rejects.toThrow(/stats: statsfile=\/nonexistent-dir\/stats.txt: ENOENT/);
+    await expect(filterFromArgs('stats', ['statsfile=/tmp/x', 'statssignal=usr1'])).rejects.toThrow(/statssignal=usr1/);
   });
 });

@@ -108,3 +108,17 @@ describe('filter plugins', () => {
     expect(() => readParams('retry', retry.params, ['retry-count=3'])).toThrow(/unknown parameter "retry-count"/);
   });
 });
+
+describe('LogWriter', () => {
+  it('a failing write is one error line and logging stops; the caller is not failed', async () => {
+    const { LogWriter } = await import('../../../src/index.js');
+    const lines: string[] = [];
+    // /dev/full: every write fails with ENOSPC.
+    const w = new LogWriter({ file: '/dev/full', append: true, logger: { warn: (m) => lines.push(m), error: (m) => lines.push(m) } });
+    const r = w.around(1, { op: 'read', offset: 0, count: 512 }, () => 42);
+    expect(r).toBe(42);
+    w.line(1, 'more');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/log filter: cannot write \/dev\/full: ENOSPC.*logging stops/);
+  });
+});
