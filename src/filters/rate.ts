@@ -40,7 +40,8 @@ const RATE_FILE_INTERVAL_MS = 1000;
 export class TokenBucket {
   private tokens = 0;
   private last = performance.now();
-  private checked = 0;
+  /** When the rate file was last looked at (never yet: the first request reads it). */
+  private checked = -Infinity;
 
   constructor(
     private rate: number | undefined,

@@ -158,13 +158,16 @@ export function statsFilter(options: StatsOptions = {}): StatsFilter {
         listening = true;
         process.on(signal, dump);
       }
-      // Shared instances close with the server: the final stats then. Once, however many times wrap was called.
-      ctx.onClose(() => {
-        if (closed) return;
-        closed = true;
-        if (signal) process.off(signal, dump);
-        dump();
-      });
+      // The final stats when the server closes: on the instance made without a connection (there is always
+      // one per export), not on the per-connection ones made when a per-connection filter sits below.
+      if (ctx.connection === undefined) {
+        ctx.onClose(() => {
+          if (closed) return;
+          closed = true;
+          if (signal) process.off(signal, dump);
+          dump();
+        });
+      }
       return interceptOps(next, (call, invoke) => collector.measure(call.op, bytesOf(call.op, call.count), () => invoke()));
     },
   };

@@ -186,6 +186,23 @@ describe('stats filter', () => {
   });
 });
 
+describe('stats filter above a per-connection filter', () => {
+  it('is made per connection then, yet counts for the export and writes once, at server close', async () => {
+    const dir = tmpDir();
+    const statsfile = path.join(dir, 'stats.txt');
+    const stats = (await filterFromArgs('stats', [`statsfile=${statsfile}`, 'statssignal=none'])) as StatsFilter;
+    const log = await filterFromArgs('log', [`logfile=${path.join(dir, 'log')}`]);
+    const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }), filters: [stats, log] }] });
+    await py(srv.uri(), `h = connect(); h.pread(512, 0); h.shutdown()`);
+    await py(srv.uri(), `h = connect(); h.pread(1024, 0); h.shutdown()`);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(fs.existsSync(statsfile)).toBe(false);
+    await srv.close();
+    expect(fs.readFileSync(statsfile, 'utf8')).toMatch(/^read ops=2 bytes=1536 errors=0 /m);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
 describe('stats filter parameters', () => {
   it('an unwritable statsfile place is refused at start, naming the key', async () => {
     await expect(filterFromArgs('stats', ['statsfile=/nonexistent-dir/stats.txt'])).rejects.toThrow(/stats: statsfile=\/nonexistent-dir\/stats.txt: ENOENT/);

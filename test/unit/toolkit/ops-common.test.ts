@@ -88,6 +88,23 @@ describe('TokenBucket', () => {
   });
 });
 
+describe('TokenBucket with a rate file', () => {
+  it('takes its rate from the file at the first request; without the file, the rate it had (here none)', async () => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rate-'));
+    const file = path.join(dir, 'rate');
+    fs.writeFileSync(file, '8K\n');
+    const b = new TokenBucket(undefined, 2, file);
+    // 100 s at 8 Kibit/s, less at most the 2 s burst.
+    const wait = b.take(100 * 8192);
+    expect(wait).toBeGreaterThanOrEqual(98_000);
+    expect(new TokenBucket(undefined, 2, path.join(dir, 'absent')).take(1e9)).toBe(0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
 describe('filter plugins', () => {
   it('every operational filter is registered, and its parameters are nbdkit keys', async () => {
     const names = ['delay', 'error', 'log', 'rate', 'retry', 'stats'];
