@@ -85,6 +85,31 @@ describe('retry filter', () => {
     expect(calls()).toBe(6);
   });
 
+  it('nbdsh: a read retried past two failures returns the data; one that keeps failing exits with the errno', async () => {
+    const mem = memoryBackend({ size: MiB });
+    mem.write!(0, Buffer.from('retried!'), { fua: false });
+    let calls = 0;
+    // Reads at offset 0 fail twice, reads at 4096 always.
+    const backend = layer(mem, {
+      read: (o, l) => {
+        calls++;
+        if (o === 4096 || calls <= 2) throw new NbdRequestError('EIO', 'flaky');
+        return mem.read(o, l);
+      },
+    });
+    const retry = await filterFromArgs('retry', ['retries=3', 'retry-delay=5ms']);
+    const srv = await serve({ exports: [{ name: '', backend, filters: [retry] }] });
+    // nbdsh runs the first python3 on PATH: Debian's has the libnbd binding.
+    const env = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+    const ok = await run('nbdsh', ['-u', srv.uri(), '-c', 'print(h.pread(8, 0).decode())'], { env });
+    expect(ok.stdout.trim()).toBe('retried!');
+    const failed = await run('nbdsh', ['-u', srv.uri(), '-c', 'h.pread(8, 4096)'], { env }).then(
+      () => 'succeeded',
+      (e: { stderr: string }) => e.stderr,
+    );
+    expect(failed).toMatch(/EIO|Input\/output error/);
+  });
+
   it('reopens a backend that offers reopen(), and uses the fresh one', async () => {
     const good = memoryBackend({ size: MiB });
     good.write!(0, Buffer.alloc(512, 0x42), { fua: false });
