@@ -22,7 +22,7 @@ export interface StatsOptions {
   readonly file?: string;
   /** Append to the file instead of replacing it (nbdkit's statsappend). Default false. */
   readonly append?: boolean;
-  /** The signal that writes the stats (default 'SIGUSR1'; null: none). */
+  /** The signal that writes the stats (default 'SIGUSR1' when there is a file; null: none). */
   readonly signal?: NodeJS.Signals | null;
   /** Where a failure to write the file is reported. */
   readonly logger?: Logger;
@@ -144,7 +144,8 @@ export function statsFilter(options: StatsOptions = {}): StatsFilter {
       logger?.error(`stats filter: cannot write ${options.file}: ${(e as Error).message}`);
     }
   };
-  const signal = options.signal === undefined ? 'SIGUSR1' : options.signal;
+  // No file, nothing for a signal to write: leave the signal (Node's inspector uses SIGUSR1) alone.
+  const signal = options.file === undefined ? null : options.signal === undefined ? 'SIGUSR1' : options.signal;
   let listening = false;
   return {
     name: 'stats',
