@@ -39,7 +39,8 @@ const RATE_FILE_INTERVAL_MS = 1000;
 /** A token bucket in bits that may go into debt: a request takes what it needs and sleeps the debt off. */
 export class TokenBucket {
   private tokens = 0;
-  private last = performance.now();
+  /** When tokens were last added; unset until the first request, so a bucket made at start does not fill while nobody uses it. */
+  private last: number | undefined;
   /** When the rate file was last looked at (never yet: the first request reads it). */
   private checked = -Infinity;
 
@@ -73,7 +74,7 @@ export class TokenBucket {
     const rate = this.rate;
     if (rate === undefined) return 0;
     const now = performance.now();
-    this.tokens = Math.min(rate * this.burstiness, this.tokens + ((now - this.last) / 1000) * rate);
+    this.tokens = Math.min(rate * this.burstiness, this.tokens + ((now - (this.last ?? now)) / 1000) * rate);
     this.last = now;
     this.tokens -= bits;
     return this.tokens >= 0 ? 0 : (-this.tokens / rate) * 1000;
