@@ -48,6 +48,12 @@ export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
   cache: () => import('../filters/plugins.js').then((m) => m.cachePlugin),
   cow: () => import('../filters/plugins.js').then((m) => m.cowPlugin),
   readahead: () => import('../filters/plugins.js').then((m) => m.readaheadPlugin),
+  delay: () => import('../filters/ops-plugins.js').then((m) => m.delayPlugin),
+  error: () => import('../filters/ops-plugins.js').then((m) => m.errorPlugin),
+  log: () => import('../filters/ops-plugins.js').then((m) => m.logPlugin),
+  rate: () => import('../filters/ops-plugins.js').then((m) => m.ratePlugin),
+  retry: () => import('../filters/ops-plugins.js').then((m) => m.retryPlugin),
+  stats: () => import('../filters/ops-plugins.js').then((m) => m.statsPlugin),
 };
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {
