@@ -29,3 +29,6 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export { prepareExports } from './api/export-entry.js';
+export { partitionFilter, partitionPlugin, type PartitionFilter, type PartitionFilterOptions } from './filters/partition.js';
+export { findPartition, PartitionTableError, GPT_ARRAY_LIMIT, type PartitionLocation, type PartitionTableOptions, type ReadAt } from './filters/partition-table.js';

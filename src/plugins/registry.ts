@@ -38,7 +38,9 @@ export const BACKENDS: Readonly<Record<string, () => Promise<BackendPlugin>>> = 
 };
 
 /** Filter name → its plugin, loaded on first use. */
-export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {};
+export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
+  partition: () => import('../filters/partition.js').then((m) => m.partitionPlugin),
+};
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {
   const load = Object.hasOwn(table, name) ? table[name] : undefined;
