@@ -13,6 +13,7 @@
 import type { Backend } from '../api/backend.js';
 import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
+import { NbdError } from '../api/errors.js';
 import { ParamError } from '../plugins/params.js';
 import type { FilterPlugin } from '../plugins/registry.js';
 import { findPartition, GPT_ARRAY_LIMIT, type PartitionLocation, type ReadAt } from './partition-table.js';
@@ -58,7 +59,7 @@ export function partitionFilter(options: PartitionFilterOptions): PartitionFilte
     get location() {
       return location;
     },
-    async prepare(next) {
+    async prepare(next, context) {
       if (next.size === undefined) throw new Error('partition filter: the backend below has no size');
       const minimum = next.blockSizes?.minimum;
       const ss = sectorSize ?? (minimum === 512 || minimum === 4096 ? minimum : 512);
@@ -68,9 +69,10 @@ export function partitionFilter(options: PartitionFilterOptions): PartitionFilte
         throw new Error(`partition filter: partition ${partition} (bytes ${found.offset}+${found.length}) is not aligned to the backend's minimum block size ${minimum}`);
       }
       location = found;
+      context?.logger.info?.(`export "${context.export}": partition filter: ${found.scheme.toUpperCase()} partition ${partition} (type ${found.type}), bytes ${found.offset}–${found.offset + found.length} (${ss}-byte sectors)`);
     },
     wrap(next) {
-      if (!location) throw new Error('partition filter: the partition table has not been read: await prepareExports(exports) before createServer');
+      if (!location) throw new NbdError('NBD_ERR_CONFIG', 'partition filter: the partition table has not been read: await prepareExports(exports) before createServer');
       const at = location.offset;
       if (next.size !== undefined && next.size < at + location.length) {
         throw new Error(`partition filter: partition ${partition} ends at byte ${at + location.length}, beyond the backend below (${next.size} bytes)`);

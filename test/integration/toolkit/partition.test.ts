@@ -16,7 +16,7 @@ import { readParams, ParamError } from '../../../src/plugins/params.js';
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { silentLogger } from '../../../src/transport/logger.js';
 import { py } from '../pylibnbd.js';
-import { requireTool, run, serverPerTest, tmpDir } from '../harness.js';
+import { recordingLogger, requireTool, run, serverPerTest, tmpDir } from '../harness.js';
 
 const MiB = 1 << 20;
 const { serve } = serverPerTest();
@@ -31,6 +31,14 @@ function makeImage(name: string, script: string): string {
   fs.truncateSync(file, 64 * MiB);
   execFileSync(requireTool('sfdisk'), ['-q', file], { input: script });
   return file;
+}
+
+/** Partition number → [start, length] in bytes, as sfdisk lists them. */
+function sfdiskParts(image: string): Map<number, [number, number]> {
+  const dump = execFileSync(requireTool('sfdisk'), ['-d', image], { encoding: 'utf8' });
+  const out = new Map<number, [number, number]>();
+  for (const m of dump.matchAll(/\.img(\d+) : start=\s*(\d+), size=\s*(\d+)/g)) out.set(Number(m[1]), [Number(m[2]) * 512, Number(m[3]) * 512]);
+  return out;
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -103,6 +111,8 @@ describe('partition filter', () => {
       const theirs = Number((await viaNbdkit(image, n, 'nbdinfo --size "$uri"')).trim());
       expect({ n, ...ours }).toEqual({ n, size: theirs, sha: sha(written['mbr.img']!.get(n)!) });
     }
+    // sfdisk agrees on the sizes.
+    expect([...sfdiskParts(image)].filter(([n]) => MBR_PARTS.includes(n)).map(([n, [, len]]) => [n, len])).toEqual(MBR_PARTS.map((n) => [n, written['mbr.img']!.get(n)!.length]));
   });
 
   it('GPT with 6 partitions: every partition has nbdkit\'s size and its data', async () => {
@@ -113,6 +123,8 @@ describe('partition filter', () => {
       const theirs = Number((await viaNbdkit(image, n, 'nbdinfo --size "$uri"')).trim());
       expect({ n, ...ours }).toEqual({ n, size: theirs, sha: sha(written['gpt.img']!.get(n)!) });
     }
+    // sfdisk agrees on the sizes.
+    expect([...sfdiskParts(image)].filter(([n]) => GPT_PARTS.includes(n)).map(([n, [, len]]) => [n, len])).toEqual(GPT_PARTS.map((n) => [n, written['gpt.img']!.get(n)!.length]));
   });
 
   it('writes land at the partition\'s offset in the image file, and nowhere else', async () => {
@@ -120,7 +132,7 @@ describe('partition filter', () => {
     fs.copyFileSync(path.join(dir, 'mbr.img'), image);
     const before = fs.readFileSync(image);
     const srv = await serve({ exports: await exportsFor(image, [5], false) });
-    const size = 4096 * 512;
+    const [start, size] = sfdiskParts(image).get(5)!;
     await py(srv.uri('p5'), `
       h = connect()
       h.pwrite(b'\\xa5' * 4096, 0)
@@ -129,7 +141,6 @@ describe('partition filter', () => {
       out = {}
     `);
     const after = fs.readFileSync(image);
-    const start = 28672 * 512;
     const expected = Buffer.from(before);
     expected.fill(0xa5, start, start + 4096);
     expected.fill(0x5a, start + size - 512, start + size);
@@ -146,7 +157,11 @@ describe('partition filter', () => {
     const mem = memoryBackend({ size: image.length });
     mem.write!(0, image, { fua: false });
     const exports: ExportConfig[] = [{ name: 'p3', backend: mem, filters: [partitionFilter({ partition: 3 })] }];
-    await prepareExports(exports);
+    const lines: string[] = [];
+    await prepareExports(exports, recordingLogger(lines));
+    // One line saying what is served.
+    const [start, length] = sfdiskParts(path.join(dir, 'gpt.img')).get(3)!;
+    expect(lines).toEqual([`info: export "p3": partition filter: GPT partition 3 (type 0fc63daf-8483-4772-8e79-3d69d8477de4), bytes ${start}–${start + length} (512-byte sectors)`]);
     const loc = (exports[0]!.filters![0] as ReturnType<typeof partitionFilter>).location!;
     const srv = await serve({ exports });
     const out = await py<{ flags: { trim: boolean; zero: boolean }; ext: { extents: number[][] } }>(srv.uri('p3'), `
@@ -210,7 +225,9 @@ describe('partition filter', () => {
 
   it('an unprepared filter stops createServer with a message saying what to do', async () => {
     const backend = await fileBackend({ path: path.join(dir, 'mbr.img'), readOnly: true });
-    expect(() => createServer({ logger: silentLogger, exports: [{ name: '', backend, filters: [partitionFilter({ partition: 1 })] }] })).toThrow(/await prepareExports\(exports\) before createServer/);
+    const unprepared = () => createServer({ logger: silentLogger, exports: [{ name: '', backend, filters: [partitionFilter({ partition: 1 })] }] });
+    expect(unprepared).toThrow(NbdError);
+    expect(unprepared).toThrow(/await prepareExports\(exports\) before createServer/);
   });
 
   it('a disk without a partition table is refused', async () => {
