@@ -11,12 +11,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, fileBackend, memoryBackend, NbdError, partitionFilter, prepareExports, type ExportConfig } from '../../../src/index.js';
+import { createServer, fileBackend, NbdError, partitionFilter, prepareExports, type ExportConfig } from '../../../src/index.js';
 import { readParams, ParamError } from '../../../src/plugins/params.js';
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { silentLogger } from '../../../src/transport/logger.js';
 import { py } from '../pylibnbd.js';
-import { recordingLogger, requireTool, run, serverPerTest, tmpDir } from '../harness.js';
+import { memoryWithPlacements, recordingLogger, requireTool, run, serverPerTest, tmpDir } from '../harness.js';
 
 const MiB = 1 << 20;
 const { serve } = serverPerTest();
@@ -154,7 +154,7 @@ describe('partition filter', () => {
 
   it('trim, zero and extents pass through with the offset (memory backend below)', async () => {
     const image = fs.readFileSync(path.join(dir, 'gpt.img'));
-    const mem = memoryBackend({ size: image.length });
+    const { backend: mem, placements } = memoryWithPlacements(image.length);
     mem.write!(0, image, { fua: false });
     const exports: ExportConfig[] = [{ name: 'p3', backend: mem, filters: [partitionFilter({ partition: 3 })] }];
     const lines: string[] = [];
@@ -178,6 +178,12 @@ describe('partition filter', () => {
     expect(below[0]!.flags & 1).toBe(1);
     expect((await mem.extents!(loc.offset + 4 * 65536, 65536, { reqOne: false, context: 'base:allocation' }))[0]!.flags & 1).toBe(1);
     expect((await mem.extents!(loc.offset + 3 * 65536, 65536, { reqOne: false, context: 'base:allocation' }))[0]!.flags & 1).toBe(0);
+    // A large WRITE stays zero-copy: received into the memory backend's pages at the partition's offset.
+    await py(srv.uri('p3'), `h = connect(); h.pwrite(b'\\x77' * 131072, 8 * 65536); out = {}`);
+    expect(placements()).toContain(loc.offset + 8 * 65536);
+    const back = await mem.read(loc.offset + 8 * 65536, 131072);
+    const bytes = Buffer.isBuffer(back) ? back : Buffer.concat(back.map((x) => ('data' in x ? x.data : Buffer.alloc(x.hole))));
+    expect(bytes.equals(Buffer.alloc(131072, 0x77))).toBe(true);
   });
 
   it('partition-sectorsize=4096 through the plugin: a 4096-byte-sector GPT', async () => {
