@@ -47,6 +47,8 @@ export interface GptOptions {
   entrySize?: number;
   parts?: Array<[first: number, last: number] | null>;
   mutateHeader?: (h: Buffer) => void;
+  /** Change the entry array before its checksum is computed. */
+  mutateArray?: (a: Buffer) => void;
   /** Corrupt after the checksums are computed. */
   damage?: (disk: Buffer) => void;
 }
@@ -66,6 +68,7 @@ export function gptDisk(o: GptOptions = {}): Buffer {
     array.writeBigUInt64LE(BigInt(p[0]), i * entrySize + 32);
     array.writeBigUInt64LE(BigInt(p[1]), i * entrySize + 40);
   });
+  o.mutateArray?.(array);
   array.copy(disk, 2 * ss);
   const h = Buffer.alloc(92);
   h.write('EFI PART', 0, 'latin1');

@@ -3,6 +3,7 @@
  * MBR and GPT disks: what it finds, and that every kind of damage is
  * refused with a message naming it.
  */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { findPartition, GPT_ARRAY_LIMIT, PartitionTableError } from '../../../src/filters/partition-table.js';
 import { gptDisk, mbrDisk, putTable } from './partition-images.js';
@@ -117,5 +118,46 @@ describe('GPT', () => {
     const disk = gptDisk({ ss: 4096 });
     expect(await find(disk, 2, 4096)).toMatchObject({ offset: 128 * 4096, length: 128 * 4096 });
     await refused(find(disk, 2, 512), /no GPT header/);
+  });
+});
+
+describe('damaged tables, generated', () => {
+  const edits = fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 });
+  const apply = (b: Buffer, region: readonly [number, number], list: Array<[number, number]>) => {
+    for (const [at, v] of list) b[region[0] + (at % (region[1] - region[0]))] = v;
+  };
+
+  /** Either a location inside the disk, or a PartitionTableError: never another error, never a read outside the disk. */
+  async function sound(disk: Buffer, n: number, ss: 512 | 4096 = 512): Promise<void> {
+    try {
+      const p = await find(disk, n, ss);
+      expect(p.length).toBeGreaterThan(0);
+      expect(p.offset).toBeGreaterThanOrEqual(ss);
+      expect(p.offset + p.length).toBeLessThanOrEqual(disk.length);
+    } catch (e) {
+      expect(e).toBeInstanceOf(PartitionTableError);
+    }
+  }
+
+  it('MBR and EBR sectors with random bytes changed', async () => {
+    await fc.assert(
+      fc.asyncProperty(edits, fc.constantFrom(0, 8192, 12288), fc.integer({ min: 1, max: 9 }), async (list, lba, n) => {
+        const disk = mbrDisk();
+        apply(disk, [lba * 512 + 446, lba * 512 + 512], list);
+        await sound(disk, n);
+      }),
+      { numRuns: 300, seed: 15 },
+    );
+  });
+
+  it('GPT headers and entry arrays with random bytes changed and valid checksums', async () => {
+    await fc.assert(
+      fc.asyncProperty(edits, fc.boolean(), fc.integer({ min: 1, max: 130 }), async (list, inHeader, n) => {
+        const parts: Array<[number, number]> = [1, 2, 3, 4, 5, 6].map((i) => [64 * i, 64 * i + 63]);
+        const disk = inHeader ? gptDisk({ parts, mutateHeader: (h) => apply(h, [8, 92], list) }) : gptDisk({ parts, mutateArray: (a) => apply(a, [0, 6 * 128], list) });
+        await sound(disk, n);
+      }),
+      { numRuns: 300, seed: 15 },
+    );
   });
 });
