@@ -45,6 +45,7 @@ function reader(next: Backend): ReadAt {
   };
 }
 
+/** A filter for one export (it keeps the location it read in `prepare`): make one per export. */
 export function partitionFilter(options: PartitionFilterOptions): PartitionFilter {
   const { partition, sectorSize, gptArrayLimit = GPT_ARRAY_LIMIT } = options;
   if (!Number.isSafeInteger(partition) || partition < 1) throw new RangeError(`partition=${partition}: must be an integer ≥ 1`);
