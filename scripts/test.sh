@@ -14,6 +14,8 @@ have nbdkit   || need+=(nbdkit)
 have fio      || need+=(fio)
 have certtool || need+=(gnutls-bin)
 have chromium  || need+=(chromium)
+# sfdisk and fdisk live in /usr/sbin, often not on a user's PATH.
+[ -x /usr/sbin/sfdisk ] || have sfdisk || need+=(fdisk)
 [ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing Debian peers: ${need[*]}"

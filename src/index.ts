@@ -44,3 +44,6 @@ export { statsFilter, StatsCollector, type StatsFilter, type StatsOptions, type 
 export { rateFilter, TokenBucket, type RateOptions } from './filters/rate.js';
 export { retryFilter, type RetryOptions, type Reopen, type ReopenableBackend } from './filters/retry.js';
 export { delayRequests, injectErrors, logRequests, collectStats } from './filters/operators.js';
+export { prepareExports } from './api/export-entry.js';
+export { partitionFilter, partitionPlugin, type PartitionFilter, type PartitionFilterOptions } from './filters/partition.js';
+export { findPartition, PartitionTableError, GPT_ARRAY_LIMIT, type PartitionLocation, type PartitionTableOptions, type ReadAt } from './filters/partition-table.js';

@@ -10,8 +10,8 @@ import type { SessionHandlers } from '../transport/session-options.js';
 import { backendCapabilities, flagCapabilities, transmissionFlags, type Backend, type Capabilities, type ExportFlags } from './backend.js';
 import { NbdError } from './errors.js';
 import type { ConnectionRef, ExportRef } from './request.js';
-import { applyFilters, checkFilters, connectionSplit, layer, type Filter, type FilterContext } from './filter.js';
-import type { Logger } from '../transport/logger.js';
+import { applyFilters, checkFilters, connectionSplit, layer, prepareFilters, type Filter, type FilterContext } from './filter.js';
+import { silentLogger, type Logger } from '../transport/logger.js';
 import type { MaybePromise } from './backend.js';
 
 export interface ExportConfig {
@@ -57,13 +57,40 @@ export async function runClosers(closers: ReadonlyArray<() => MaybePromise<void>
   }
 }
 
+/** What the filters see below them: the backend, with the export's `size` when the backend has none. */
+function filterBase(cfg: ExportConfig, backend: Backend): Backend {
+  return cfg.size !== undefined && backend.size === undefined ? layer(backend, { size: cfg.size }, { forwardWriteTargets: true }) : backend;
+}
+
+/**
+ * Run the `prepare` step of the exports' filters (src/api/filter.ts,
+ * "Preparation"), to await before `createServer({ exports })` when a filter
+ * needs one (the partition filter does). Exports without such filters are
+ * left alone, so calling it is always safe. A failure (a damaged partition
+ * table) rejects with the export's name in the message.
+ */
+export async function prepareExports(exports: readonly ExportConfig[], logger: Logger = silentLogger): Promise<void> {
+  for (const cfg of exports) {
+    const filters = checkFilters(cfg.filters, `export "${cfg.name}"`);
+    if (!cfg.backend || !filters.some((f) => typeof f.prepare === 'function')) continue;
+    const closers: Array<() => MaybePromise<void>> = [];
+    const context: FilterContext = { export: cfg.name, logger, onClose: (fn) => void closers.push(fn) };
+    try {
+      await prepareFilters(filterBase(cfg, cfg.backend), filters, context);
+    } catch (err) {
+      throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": ${(err as Error).message}`);
+    } finally {
+      await runClosers(closers, logger, `export "${cfg.name}": filter clean-up after preparation`);
+    }
+  }
+}
+
 /** The backend with its filters: built once (shared part), and per connection where a filter is per connection. */
 function filterChain(cfg: ExportConfig, logger: Logger): Pick<ExportEntry, 'backend' | 'closers' | 'forConnection'> {
   const closers: Array<() => MaybePromise<void>> = [];
   const filters = checkFilters(cfg.filters, `export "${cfg.name}"`);
   if (!cfg.backend || filters.length === 0) return { backend: cfg.backend, closers };
-  // A size given on the export is the size the filters see below them.
-  const base = cfg.size !== undefined && cfg.backend.size === undefined ? layer(cfg.backend, { size: cfg.size }, { forwardWriteTargets: true }) : cfg.backend;
+  const base = filterBase(cfg, cfg.backend);
   const exportContext = (sink: Array<() => MaybePromise<void>>, connection?: ConnectionRef): FilterContext => ({
     export: cfg.name,
     connection,

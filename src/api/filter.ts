@@ -25,6 +25,16 @@
  *    instance, without a connection, is made when the server is created,
  *    to learn what the export advertises: a per-connection filter's shape
  *    (its methods and block sizes) must not depend on the connection.
+ *
+ * Preparation: `wrap` is synchronous, and the server describes every
+ * export (its size, its flags) when it is created, also synchronously. A
+ * filter that must read the backend below before it can say what it serves
+ * (the partition filter reads the partition table to learn the export's
+ * size) has an async `prepare(next, context)`; `prepareExports(exports)`
+ * (export-entry.ts) awaits every such filter, innermost first, before
+ * `createServer`. Such a filter's `wrap` refuses to run unprepared, so a
+ * forgotten `prepareExports` is a clear error at `createServer`, never an
+ * export of the wrong size.
  */
 import type { Logger } from '../transport/logger.js';
 import type { Backend, MaybePromise } from './backend.js';
@@ -46,6 +56,14 @@ export interface Filter {
   readonly scope: 'shared' | 'connection';
   /** The backend the layer above sees, given the one below. */
   wrap(next: Backend, context: FilterContext): Backend;
+  /**
+   * Optional async set-up that needs the backend below: awaited once by
+   * `prepareExports` before the server is created (see "Preparation"
+   * above). Keep what it learns in the filter object for `wrap`. `next` is
+   * the chain below built for this purpose only: its instances' clean-up
+   * runs as soon as every filter of the export is prepared.
+   */
+  prepare?(next: Backend, context: FilterContext): Promise<void>;
 }
 
 /** Backend members that are data rather than operations. */
@@ -93,6 +111,22 @@ export function applyFilters(backend: Backend, filters: readonly Filter[], conte
   let b = backend;
   for (let i = filters.length - 1; i >= 0; i--) b = filters[i]!.wrap(b, context);
   return b;
+}
+
+/**
+ * Await `prepare` of every filter that has one, innermost first, each with
+ * the chain below it (wrapped with `context`, used only for this). Filters
+ * above the outermost one with `prepare` are not wrapped.
+ */
+export async function prepareFilters(backend: Backend, filters: readonly Filter[], context: FilterContext): Promise<void> {
+  const outermost = filters.findIndex((f) => typeof f.prepare === 'function');
+  if (outermost < 0) return;
+  let b = backend;
+  for (let i = filters.length - 1; i >= outermost; i--) {
+    const f = filters[i]!;
+    if (f.prepare) await f.prepare(b, context);
+    if (i > outermost) b = f.wrap(b, context);
+  }
 }
 
 /**

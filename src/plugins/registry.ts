@@ -54,6 +54,7 @@ export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
   rate: () => import('../filters/ops-plugins.js').then((m) => m.ratePlugin),
   retry: () => import('../filters/ops-plugins.js').then((m) => m.retryPlugin),
   stats: () => import('../filters/ops-plugins.js').then((m) => m.statsPlugin),
+  partition: () => import('../filters/partition.js').then((m) => m.partitionPlugin),
 };
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {

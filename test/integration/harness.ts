@@ -30,6 +30,8 @@ export const PEERS: Record<string, string> = {
   fio: 'fio',
   certtool: 'gnutls-bin',
   psktool: 'gnutls-bin',
+  sfdisk: 'fdisk',
+  fdisk: 'fdisk',
 };
 
 /** Throw (never skip) when a peer tool is missing. */
