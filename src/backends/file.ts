@@ -121,7 +121,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   const name = path.basename(opts.path);
   let backend: FileBackend;
   if (native) {
-    opts.logger?.info?.(`file ${name}: native sparse support (fallocate, SEEK_DATA/SEEK_HOLE${device ? ', BLKDISCARD' : ''})`);
+    opts.logger?.info?.(`file ${name}: native sparse support (${device ? 'block device: fallocate, BLKGETSIZE64, BLKDISCARD' : 'fallocate, SEEK_DATA/SEEK_HOLE'})`);
     const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, logger: opts.logger, name });
     // Read-only: no trim/zero (the server would not send them, and they must not be advertised).
     const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero };

@@ -278,3 +278,36 @@ describe('file backend, fallback (no native part)', () => {
     await off.close?.();
   });
 });
+
+describe('file backend on a block device (a loop device over a sparse file)', () => {
+  it('size from BLKGETSIZE64; TRIM discards and zeroing punches through to the backing file', async () => {
+    requireTool('losetup');
+    const backing = path.join(work, 'loop-backing.img');
+    fs.rmSync(backing, { force: true });
+    fs.writeFileSync(backing, crypto.randomBytes(16 * MiB));
+    const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
+    try {
+      const lines: string[] = [];
+      const backend = await fileBackend({ path: dev, logger: { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: () => {} } });
+      expect(lines).toEqual([`file ${path.basename(dev)}: native sparse support (block device: fallocate, BLKGETSIZE64, BLKDISCARD)`]);
+      const srv = await serve({ exports: [{ name: '', backend }] });
+      const got = await py(
+        srv.uri(),
+        `
+        h = connect()
+        out['flags'] = flags(h)
+        out['trim'] = err(h.trim, ${2 * MiB}, 0)
+        out['punch'] = err(h.zero, ${2 * MiB}, ${4 * MiB}, nbd.CMD_FLAG_FAST_ZERO)
+        out['nohole'] = err(h.zero, ${MiB}, ${8 * MiB}, nbd.CMD_FLAG_NO_HOLE)
+        h.flush()
+        out['zeroes'] = h.pread(${2 * MiB}, ${4 * MiB}) == bytes(${2 * MiB}) and h.pread(${MiB}, ${8 * MiB}) == bytes(${MiB})
+        `,
+      );
+      expect(got).toMatchObject({ flags: { size: 16 * MiB, trim: true, zero: true, fast_zero: true }, trim: null, punch: null, nohole: null, zeroes: true });
+      // The loop driver turns discard and punching zeroes into holes in its backing file.
+      expect(16 * MiB - allocated(backing)).toBeGreaterThanOrEqual(4 * MiB);
+    } finally {
+      execFileSync('losetup', ['-d', dev]);
+    }
+  });
+});
