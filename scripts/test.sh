@@ -15,6 +15,10 @@ have fio      || need+=(fio)
 have certtool || need+=(gnutls-bin)
 have chromium  || need+=(chromium)
 [ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
+# The file backend's native addon is compiled by `npm ci` (scripts/build-native.mjs); without a
+# compiler it falls back quietly and the sparse tests fail, so make sure there is one.
+have cc || need+=(gcc libc6-dev)
+have make || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing Debian peers: ${need[*]}"
   SUDO=""
