@@ -14,8 +14,8 @@
  * direct `cc` call with the same headers (one C file, no dependencies).
  *
  * NBD_ENGINE_NO_NATIVE=1 skips the build (the backend then uses the fallback).
- * `--if-missing` builds only when the .node file does not exist yet (the
- * tests' global setup uses it).
+ * `--if-stale` builds only when the .node file is missing or older than the
+ * C source (the tests' global setup uses it).
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -53,7 +53,7 @@ function run(cmd, args, opts = {}) {
 function main() {
   if (process.platform !== 'linux') return say(`skipped on ${process.platform} (Linux-only calls); the file backend uses its fallback`);
   if (process.env.NBD_ENGINE_NO_NATIVE === '1') return say('skipped (NBD_ENGINE_NO_NATIVE=1); the file backend uses its fallback');
-  if (process.argv.includes('--if-missing') && fs.existsSync(out)) return;
+  if (process.argv.includes('--if-stale') && fs.existsSync(out) && fs.statSync(out).mtimeMs >= fs.statSync(path.join(nativeDir, 'nbd_file.c')).mtimeMs) return;
   const nodedir = headersDir();
   if (!nodedir) return say('no Node headers (include/node/node_api.h) found: not built; the file backend uses its fallback');
 
