@@ -109,3 +109,39 @@ export function loadFileNative(addonPath?: string): NativeState {
   if (addonPath === undefined) cached = state;
   return state;
 }
+
+/**
+ * The addon's calls for one open file, fenced by its close: the addon takes
+ * a bare fd number, which the kernel hands to the next open() once closed,
+ * so no call may start after `close()` began and close waits for those
+ * still on the thread pool.
+ */
+export function fencedNative(native: FileNative): { native: FileNative; close(): Promise<void> } {
+  const inflight = new Set<Promise<unknown>>();
+  let closed = false;
+  const fence =
+    <A extends unknown[], R>(fn: (...a: A) => Promise<R>) =>
+    (...a: A): Promise<R> => {
+      if (closed) return Promise.reject(Object.assign(new Error('file backend closed'), { code: 'EBADF' }));
+      const p = fn(...a);
+      inflight.add(p);
+      const done = () => void inflight.delete(p);
+      p.then(done, done);
+      return p;
+    };
+  return {
+    native: {
+      maxExtents: native.maxExtents,
+      punchHole: fence(native.punchHole),
+      zeroRange: fence(native.zeroRange),
+      fadviseWillneed: fence(native.fadviseWillneed),
+      blkDiscard: fence(native.blkDiscard),
+      blkGetSize64: fence(native.blkGetSize64),
+      mapExtents: fence(native.mapExtents),
+    },
+    close: async () => {
+      closed = true;
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}

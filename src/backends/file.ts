@@ -16,7 +16,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Backend } from '../api/backend.js';
 import type { Logger } from '../transport/logger.js';
-import { loadFileNative, type FileNative } from './file-native.js';
+import { fencedNative, loadFileNative, type FileNative } from './file-native.js';
 import { sparseOps } from './file-sparse.js';
 
 export interface FileBackendOptions {
@@ -67,7 +67,9 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     await fh.close();
   }
   const state = opts.native === false ? { native: null, reason: 'native: false' } : loadFileNative();
-  const native = state.native;
+  const fenced = state.native ? fencedNative(state.native) : null;
+  const reason = state.native ? '' : state.reason;
+  const native = fenced?.native ?? null;
   const fh: FileHandle = await open(opts.path, opts.readOnly ? 'r' : 'r+');
   let size: number;
   let st: fs.Stats;
@@ -75,6 +77,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     st = await fh.stat();
     size = await deviceSize(opts.path, st, fh.fd, native);
   } catch (err) {
+    await fenced?.close();
     await fh.close();
     throw err;
   }
@@ -114,7 +117,11 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     path: opts.path,
     read,
     flush: () => fh.datasync(),
-    close: () => fh.close(),
+    // Native calls use the bare fd: let them finish before it can be reused.
+    close: async () => {
+      await fenced?.close();
+      await fh.close();
+    },
     multiConn: true,
     readOnly: opts.readOnly,
   };
@@ -127,8 +134,8 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero };
     backend = { ...base, sparse: 'native', ...writeOps, cache: ops.cache, ...(ops.extents ? { extents: ops.extents } : {}) };
   } else {
-    opts.logger?.warn(`file ${name}: no native sparse support (${state.reason}): holes read as data, zeroing writes zeroes`);
-    backend = { ...base, sparse: 'fallback', fallbackReason: state.reason };
+    opts.logger?.warn(`file ${name}: no native sparse support (${reason}): holes read as data, zeroing writes zeroes`);
+    backend = { ...base, sparse: 'fallback', fallbackReason: reason };
   }
   if (!opts.readOnly) (backend as { write?: Backend['write'] }).write = (offset, data) => writeAll(offset, data);
   return backend;

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
+import { fencedNative, loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
 import { sparseOps } from '../../../src/backends/file-sparse.js';
 import { NbdRequestError } from '../../../src/api/errors.js';
 
@@ -185,5 +185,23 @@ describe('sparseOps: which call for which request', () => {
     const broken = sparseOps({ fd: 3, native: { ...({} as FileNative), ...native } as FileNative, device: false, size: MiB, name: 'x', writeZeroes: async () => {} });
     expect(await broken.extents!(0, 2 * MiB, { reqOne: false, context: 'base:allocation' })).toEqual([{ length: MiB, flags: 0 }]);
     expect(ops.extents).toBeDefined();
+  });
+});
+
+describe('fencedNative', () => {
+  it('close waits for calls still running and refuses new ones (the fd number may be reused after close)', async () => {
+    let release!: () => void;
+    const slow = new Promise<void>((r) => (release = r));
+    const order: string[] = [];
+    const base = { ...({} as FileNative), maxExtents: 1, punchHole: async () => (await slow, order.push('punch done')) } as unknown as FileNative;
+    const fenced = fencedNative(base);
+    const running = fenced.native.punchHole(3, 0, 1);
+    const closing = fenced.close().then(() => order.push('closed'));
+    await expect(fenced.native.punchHole(3, 0, 1)).rejects.toMatchObject({ code: 'EBADF' });
+    await Promise.resolve();
+    expect(order).toEqual([]);
+    release();
+    await Promise.all([running, closing]);
+    expect(order).toEqual(['punch done', 'closed']);
   });
 });
