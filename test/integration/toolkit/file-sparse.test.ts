@@ -123,6 +123,16 @@ describe('file backend, native sparse support', () => {
     expect(allocated(out)).toBeLessThanOrEqual(2 * MiB);
   });
 
+  it('nbdcopy of a sparse file into an export full of data: identical, and the export becomes sparse (zeroing punched holes)', async () => {
+    const { file: src } = sparseImage('into-src.img', [[2 * MiB, 256 * KiB], [50 * MiB, MiB]]);
+    const dst = path.join(work, 'into-dst.img');
+    fs.writeFileSync(dst, crypto.randomBytes(SIZE));
+    const srv = await serve({ exports: [{ name: '', backend: await fileBackend({ path: dst }) }] });
+    await run('nbdcopy', [src, srv.uri()]);
+    expect(sha256(dst)).toBe(sha256(src));
+    expect(allocated(dst)).toBeLessThanOrEqual(2 * MiB);
+  });
+
   it('TRIM punches a hole: blocks freed, zeroes read, neighbours kept, mapped as a hole', async () => {
     const file = path.join(work, 'trim.img');
     const data = crypto.randomBytes(8 * MiB);
