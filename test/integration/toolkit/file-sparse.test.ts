@@ -239,6 +239,7 @@ describe('file backend, native sparse support', () => {
 describe('file backend next to nbdkit file', () => {
   it('the same flags, maps, and the same holes after the same TRIM / WRITE_ZEROES requests', async () => {
     requireTool('nbdkit');
+    requireTool('fallocate');
     const { file: ours } = sparseImage('cmp-ours.img', [[MiB, 4 * MiB], [32 * MiB, 2 * MiB]]);
     const theirs = path.join(work, 'cmp-nbdkit.img');
     fs.copyFileSync(ours, theirs);
