@@ -17,6 +17,10 @@ have chromium  || need+=(chromium)
 # sfdisk and fdisk live in /usr/sbin, often not on a user's PATH.
 [ -x /usr/sbin/sfdisk ] || have sfdisk || need+=(fdisk)
 [ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
+# The file backend's native addon is compiled by `npm ci` (scripts/build-native.mjs); without a
+# compiler it falls back quietly and the sparse tests fail, so make sure there is one.
+have cc || need+=(gcc libc6-dev)
+have make || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing Debian peers: ${need[*]}"
   SUDO=""

@@ -18,6 +18,11 @@ export const filePlugin: BackendPlugin = {
   name: 'file',
   summary: 'a file or block device (nbdkit file)',
   magic: 'file',
-  params: [{ name: 'file', kind: 'path', summary: 'the file or device to serve', required: true }],
-  create: (p, ctx) => fileBackend({ path: p.file as string, readOnly: ctx.readOnly }),
+  params: [
+    { name: 'file', kind: 'path', summary: 'the file or device to serve', required: true },
+    // Not nbdkit's: turns off the native sparse support (holes, trim, fast zeroing) for comparison.
+    { name: 'native', kind: 'boolean', summary: 'use the native sparse support when built (default true)' },
+  ],
+  create: (p, ctx) =>
+    fileBackend({ path: p.file as string, readOnly: ctx.readOnly, native: p.native as boolean | undefined, logger: ctx.logger }),
 };

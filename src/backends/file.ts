@@ -1,44 +1,87 @@
 /**
  * A file or block device through a FileHandle. FLUSH and FUA by fdatasync;
- * WRITE_ZEROES emulated by writing zeroes (Node has no fallocate); read-only
- * when asked. Opened once, shared by every connection (multi-conn safe:
- * one page cache, fdatasync is global).
+ * read-only when asked. Opened once, shared by every connection (multi-conn
+ * safe: one page cache, fdatasync is global).
+ *
+ * Sparse images and devices: with the native addon (file-native.ts) TRIM
+ * punches holes, WRITE_ZEROES zeroes without writing data, FAST_ZERO is
+ * honoured, BLOCK_STATUS reports holes (file-sparse.ts), CACHE prefetches,
+ * and a device's size comes from BLKGETSIZE64. Without it (not built, or
+ * NBD_ENGINE_NO_NATIVE=1, or `native: false`) the backend falls back to
+ * plain fs: everything reads as data and WRITE_ZEROES is emulated by the
+ * server writing zeroes. One log line at open says which.
  */
 import fs from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Backend } from '../api/backend.js';
+import type { Logger } from '../transport/logger.js';
+import { fencedNative, loadFileNative, type FileNative } from './file-native.js';
+import { sparseOps } from './file-sparse.js';
 
 export interface FileBackendOptions {
   readonly path: string;
   readonly readOnly?: boolean;
   /** Create the file with this size if it does not exist. */
   readonly createSize?: number;
+  /**
+   * Use the native addon when it is built (default true). false: the plain-fs
+   * fallback, as when the addon is missing (also NBD_ENGINE_NO_NATIVE=1).
+   */
+  readonly native?: boolean;
+  /** Where the one line saying native vs fallback goes (native: info, fallback: warn). */
+  readonly logger?: Logger;
 }
 
 export interface FileBackend extends Backend {
   readonly size: number;
   readonly path: string;
+  /** 'native': holes, trim, fast zeroing; 'fallback': plain fs (see `fallbackReason`). */
+  readonly sparse: 'native' | 'fallback';
+  readonly fallbackReason?: string;
 }
 
+/** Zeroes for the write-zeroes fallback; shared and never written to. */
+const ZERO_CHUNK = Buffer.alloc(1 << 20);
+
 /** Size of a regular file or a block device (stat reports 0 for devices). */
-function deviceSize(file: string, st: fs.Stats): number {
+async function deviceSize(file: string, st: fs.Stats, fd: number, native: FileNative | null): Promise<number> {
   if (!st.isBlockDevice()) return st.size;
+  if (native) {
+    try {
+      return await native.blkGetSize64(fd);
+    } catch {
+      // Fall through to sysfs, which every Linux has for a block device.
+    }
+  }
   const real = fs.realpathSync(file);
   const sys = `/sys/class/block/${path.basename(real)}/size`;
   return Number(fs.readFileSync(sys, 'utf8').trim()) * 512;
 }
 
 export async function fileBackend(options: FileBackendOptions | string): Promise<FileBackend> {
-  const opts = typeof options === 'string' ? { path: options } : options;
+  const opts: FileBackendOptions = typeof options === 'string' ? { path: options } : options;
   if (opts.createSize !== undefined && !fs.existsSync(opts.path)) {
     const fh = await open(opts.path, 'w');
     await fh.truncate(opts.createSize);
     await fh.close();
   }
+  const state = opts.native === false ? { native: null, reason: 'native: false' } : loadFileNative();
+  const fenced = state.native ? fencedNative(state.native) : null;
+  const reason = state.native ? '' : state.reason;
+  const native = fenced?.native ?? null;
   const fh: FileHandle = await open(opts.path, opts.readOnly ? 'r' : 'r+');
-  const st = await fh.stat();
-  const size = deviceSize(opts.path, st);
+  let size: number;
+  let st: fs.Stats;
+  try {
+    st = await fh.stat();
+    size = await deviceSize(opts.path, st, fh.fd, native);
+  } catch (err) {
+    await fenced?.close();
+    await fh.close();
+    throw err;
+  }
+  const device = st.isBlockDevice();
 
   const read = async (offset: number, length: number): Promise<Buffer> => {
     const buf = Buffer.allocUnsafe(length);
@@ -54,24 +97,46 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     }
     return buf;
   };
+  const writeAll = async (offset: number, data: Buffer): Promise<void> => {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
+      done += bytesWritten;
+    }
+  };
+  const writeZeroes = async (offset: number, length: number): Promise<void> => {
+    for (let done = 0; done < length; ) {
+      const n = Math.min(ZERO_CHUNK.length, length - done);
+      await writeAll(offset + done, ZERO_CHUNK.subarray(0, n));
+      done += n;
+    }
+  };
 
-  const backend: FileBackend = {
+  const base = {
     size,
     path: opts.path,
     read,
     flush: () => fh.datasync(),
-    close: () => fh.close(),
+    // Native calls use the bare fd: let them finish before it can be reused.
+    close: async () => {
+      await fenced?.close();
+      await fh.close();
+    },
     multiConn: true,
     readOnly: opts.readOnly,
   };
-  if (!opts.readOnly) {
-    (backend as { write?: Backend['write'] }).write = async (offset, data) => {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done, offset + done);
-        done += bytesWritten;
-      }
-    };
+  const name = path.basename(opts.path);
+  let backend: FileBackend;
+  if (native) {
+    opts.logger?.info?.(`file ${name}: native sparse support (${device ? 'block device: fallocate, BLKGETSIZE64, BLKDISCARD' : 'fallocate, SEEK_DATA/SEEK_HOLE'})`);
+    const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, logger: opts.logger, name });
+    // Read-only: no trim/zero (the server would not send them, and they must not be advertised).
+    const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero };
+    backend = { ...base, sparse: 'native', ...writeOps, cache: ops.cache, ...(ops.extents ? { extents: ops.extents } : {}) };
+  } else {
+    opts.logger?.warn(`file ${name}: no native sparse support (${reason}): holes read as data, zeroing writes zeroes`);
+    backend = { ...base, sparse: 'fallback', fallbackReason: reason };
   }
+  if (!opts.readOnly) (backend as { write?: Backend['write'] }).write = (offset, data) => writeAll(offset, data);
   return backend;
 }

@@ -68,7 +68,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const name = values.export ?? '';
     if (values.file) {
-      const backend = await fileBackend({ path: values.file, readOnly });
+      const backend = await fileBackend({ path: values.file, readOnly, logger });
       exp = { name, description: values.description, backend, readOnly };
     } else {
       exp = { name, description: values.description, backend: memoryBackend({ size: memorySize }), readOnly };

@@ -1,0 +1,147 @@
+/**
+ * The optional native part of the file backend (native/nbd_file.c, built
+ * at install by scripts/build-native.mjs): fallocate, SEEK_DATA/SEEK_HOLE,
+ * posix_fadvise and the block-device ioctls, none of which Node's fs has.
+ *
+ * Loading never throws: a missing or broken addon (no compiler at install,
+ * another OS, NBD_ENGINE_NO_NATIVE=1) gives `null` and a reason, and the
+ * file backend falls back to what plain fs can do.
+ */
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** One extent of a regular file as SEEK_DATA/SEEK_HOLE see it. */
+export interface FileExtent {
+  readonly length: number;
+  readonly hole: boolean;
+}
+
+/** The addon's calls, checked and typed. Every call runs on the thread pool. */
+export interface FileNative {
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads return zeroes. */
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
+  /** fallocate(ZERO_RANGE | KEEP_SIZE): zeroes without writing data. */
+  zeroRange(fd: number, offset: number, length: number): Promise<void>;
+  /** posix_fadvise(WILLNEED): start reading the range into the page cache. */
+  fadviseWillneed(fd: number, offset: number, length: number): Promise<void>;
+  /** ioctl(BLKDISCARD) on a block device. */
+  blkDiscard(fd: number, offset: number, length: number): Promise<void>;
+  /** ioctl(BLKGETSIZE64): a block device's size in bytes. */
+  blkGetSize64(fd: number): Promise<number>;
+  /** Data and holes of [offset, offset + length), at most `maxExtents` of them, in order. */
+  mapExtents(fd: number, offset: number, length: number): Promise<FileExtent[]>;
+  readonly maxExtents: number;
+}
+
+interface RawAddon {
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
+  zeroRange(fd: number, offset: number, length: number): Promise<void>;
+  fadviseWillneed(fd: number, offset: number, length: number): Promise<void>;
+  blkDiscard(fd: number, offset: number, length: number): Promise<void>;
+  blkGetSize64(fd: number): Promise<number>;
+  mapExtents(fd: number, offset: number, length: number): Promise<number[]>;
+  maxExtents: number;
+}
+
+export type NativeState = { readonly native: FileNative; readonly path: string } | { readonly native: null; readonly reason: string };
+
+/** Where the build puts the addon, relative to the package root. */
+export const ADDON_RELATIVE_PATH = 'native/build/Release/nbd_file.node';
+
+/** The environment variable that turns the native part off (for tests and for comparing). */
+export const NO_NATIVE_ENV = 'NBD_ENGINE_NO_NATIVE';
+
+function packageRoot(): string {
+  // src/backends/ (vitest) and dist/backends/ (built) are both two levels below the root.
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+}
+
+function checkRange(fd: number, offset: number, length: number): void {
+  for (const [name, v] of [['fd', fd], ['offset', offset], ['length', length]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`nbd_file: ${name} must be a non-negative safe integer, got ${v}`);
+  }
+}
+
+/** Wrap the raw addon: argument checks in JS (clear messages), extents as objects. */
+export function wrapAddon(raw: RawAddon): FileNative {
+  return {
+    maxExtents: raw.maxExtents,
+    punchHole: async (fd, offset, length) => (checkRange(fd, offset, length), raw.punchHole(fd, offset, length)),
+    zeroRange: async (fd, offset, length) => (checkRange(fd, offset, length), raw.zeroRange(fd, offset, length)),
+    fadviseWillneed: async (fd, offset, length) => (checkRange(fd, offset, length), raw.fadviseWillneed(fd, offset, length)),
+    blkDiscard: async (fd, offset, length) => (checkRange(fd, offset, length), raw.blkDiscard(fd, offset, length)),
+    blkGetSize64: async (fd) => (checkRange(fd, 0, 0), raw.blkGetSize64(fd)),
+    mapExtents: async (fd, offset, length) => {
+      checkRange(fd, offset, length);
+      const flat = await raw.mapExtents(fd, offset, length);
+      const out: FileExtent[] = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) out.push({ length: flat[i]!, hole: flat[i + 1] === 1 });
+      return out;
+    },
+  };
+}
+
+let cached: NativeState | undefined;
+
+/**
+ * Load the addon once per process. `addonPath` (tests) overrides where it
+ * is looked for; the environment variable NBD_ENGINE_NO_NATIVE=1 disables it.
+ */
+export function loadFileNative(addonPath?: string): NativeState {
+  // Read the variable at every open (not cached), so one process can serve both ways.
+  if (process.env[NO_NATIVE_ENV] === '1') return { native: null, reason: `${NO_NATIVE_ENV}=1` };
+  if (addonPath === undefined && cached) return cached;
+  let state: NativeState;
+  const file = addonPath ?? path.join(packageRoot(), ADDON_RELATIVE_PATH);
+  if (process.platform !== 'linux') state = { native: null, reason: `not built on ${process.platform}` };
+  else if (!fs.existsSync(file)) state = { native: null, reason: `${file} not built (see docs/file-backend.md)` };
+  else {
+    try {
+      const raw = createRequire(import.meta.url)(file) as RawAddon;
+      if (typeof raw.mapExtents !== 'function' || typeof raw.punchHole !== 'function') throw new Error('not the nbd_file addon');
+      state = { native: wrapAddon(raw), path: file };
+    } catch (err) {
+      state = { native: null, reason: `${file} failed to load: ${(err as Error).message}` };
+    }
+  }
+  if (addonPath === undefined) cached = state;
+  return state;
+}
+
+/**
+ * The addon's calls for one open file, fenced by its close: the addon takes
+ * a bare fd number, which the kernel hands to the next open() once closed,
+ * so no call may start after `close()` began and close waits for those
+ * still on the thread pool.
+ */
+export function fencedNative(native: FileNative): { native: FileNative; close(): Promise<void> } {
+  const inflight = new Set<Promise<unknown>>();
+  let closed = false;
+  const fence =
+    <A extends unknown[], R>(fn: (...a: A) => Promise<R>) =>
+    (...a: A): Promise<R> => {
+      if (closed) return Promise.reject(Object.assign(new Error('file backend closed'), { code: 'EBADF' }));
+      const p = fn(...a);
+      inflight.add(p);
+      const done = () => void inflight.delete(p);
+      p.then(done, done);
+      return p;
+    };
+  return {
+    native: {
+      maxExtents: native.maxExtents,
+      punchHole: fence(native.punchHole),
+      zeroRange: fence(native.zeroRange),
+      fadviseWillneed: fence(native.fadviseWillneed),
+      blkDiscard: fence(native.blkDiscard),
+      blkGetSize64: fence(native.blkGetSize64),
+      mapExtents: fence(native.mapExtents),
+    },
+    close: async () => {
+      closed = true;
+      await Promise.allSettled([...inflight]);
+    },
+  };
+}

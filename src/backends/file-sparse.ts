@@ -1,0 +1,114 @@
+/**
+ * TRIM, WRITE_ZEROES, BLOCK_STATUS and CACHE for the file backend, on top
+ * of the native calls (file-native.ts). Chosen the way nbdkit's file plugin
+ * chooses, per operation:
+ *
+ * - TRIM: punch a hole (regular file) or BLKDISCARD (block device). TRIM is
+ *   advisory, so where the filesystem or device cannot, it is a no-op.
+ * - WRITE_ZEROES: punch a hole when the client allows one (no NO_HOLE), else
+ *   fallocate ZERO_RANGE; either way no data is written. Only when both are
+ *   refused (EOPNOTSUPP: tmpfs has no ZERO_RANGE, old filesystems neither)
+ *   are zeroes written — unless the client asked FAST_ZERO, which then gets
+ *   ENOTSUP so it can pick another way (qemu-img convert does).
+ * - BLOCK_STATUS: SEEK_DATA / SEEK_HOLE, holes reported HOLE|ZERO.
+ * - CACHE: posix_fadvise WILLNEED.
+ *
+ * What the filesystem refused once is not asked again (a refusal is a
+ * property of the filesystem, and asking costs a thread-pool round trip).
+ */
+import type { Backend, Extent, ZeroOptions } from '../api/backend.js';
+import { NbdRequestError } from '../api/errors.js';
+import type { Logger } from '../transport/logger.js';
+import type { FileNative } from './file-native.js';
+
+const HOLE_ZERO = 3; // NBD_STATE_HOLE | NBD_STATE_ZERO
+
+export interface SparseContext {
+  readonly fd: number;
+  readonly native: FileNative;
+  /** A block device: BLKDISCARD for trim, no SEEK_HOLE map. */
+  readonly device: boolean;
+  /** Export size (extents are clipped to it). */
+  readonly size: number;
+  /** The fallback: write real zeroes over [offset, offset + length). */
+  writeZeroes(offset: number, length: number): Promise<void>;
+  readonly logger?: Logger;
+  readonly name: string;
+}
+
+export type SparseOps = Required<Pick<Backend, 'trim' | 'zero' | 'cache'>> & Pick<Backend, 'extents'> & { readonly canFastZero: boolean };
+
+/** Errors that mean "this filesystem / device cannot", not "this request failed". */
+function unsupported(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'ENOTTY';
+}
+
+export function sparseOps(ctx: SparseContext): SparseOps {
+  const { fd, native, device } = ctx;
+  // What the filesystem still may support; set false at its first refusal.
+  const can = { punch: true, zeroRange: true, discard: true };
+  const refused = (what: keyof typeof can, err: unknown) => {
+    can[what] = false;
+    ctx.logger?.info?.(`file ${ctx.name}: ${(err as Error).message}; not asked again`);
+  };
+
+  const trim = async (offset: number, length: number): Promise<void> => {
+    if (length === 0) return;
+    const what = device ? 'discard' : 'punch';
+    if (!can[what]) return;
+    try {
+      await (device ? native.blkDiscard(fd, offset, length) : native.punchHole(fd, offset, length));
+    } catch (err) {
+      if (!unsupported(err)) throw err;
+      refused(what, err);
+    }
+  };
+
+  const zero = async (offset: number, length: number, opts: ZeroOptions): Promise<void> => {
+    if (length === 0) return;
+    // A hole is allowed: punching both zeroes and frees the space. On a block
+    // device the kernel does it only where the hardware can (no slow fallback).
+    if (!opts.noHole && can.punch) {
+      try {
+        return await native.punchHole(fd, offset, length);
+      } catch (err) {
+        if (!unsupported(err)) throw err;
+        refused('punch', err);
+      }
+    }
+    // ZERO_RANGE on a block device may make the kernel write zeroes itself:
+    // not fast, so a FAST_ZERO request does not take that way.
+    if (can.zeroRange && !(device && opts.fastZero)) {
+      try {
+        return await native.zeroRange(fd, offset, length);
+      } catch (err) {
+        if (!unsupported(err)) throw err;
+        refused('zeroRange', err);
+      }
+    }
+    if (opts.fastZero) throw new NbdRequestError('ENOTSUP', `file ${ctx.name}: no fast way to zero here`);
+    await ctx.writeZeroes(offset, length);
+  };
+
+  const extents = async (offset: number, length: number): Promise<readonly Extent[]> => {
+    const len = Math.min(length, ctx.size - offset);
+    if (len <= 0) return [{ length, flags: 0 }];
+    try {
+      const map = await native.mapExtents(fd, offset, len);
+      return map.map((e) => ({ length: e.length, flags: e.hole ? HOLE_ZERO : 0 }));
+    } catch (err) {
+      // "All data" is always a correct answer; a failing lseek must not fail the client.
+      ctx.logger?.warn(`file ${ctx.name}: SEEK_DATA/SEEK_HOLE failed (${(err as Error).message}); reporting data`);
+      return [{ length: len, flags: 0 }];
+    }
+  };
+
+  const cache = async (offset: number, length: number): Promise<void> => {
+    const len = Math.min(length, ctx.size - offset);
+    if (len > 0) await native.fadviseWillneed(fd, offset, len);
+  };
+
+  // Devices have no SEEK_HOLE map worth asking (the whole device is "data").
+  return device ? { trim, zero, cache, canFastZero: true } : { trim, zero, cache, extents, canFastZero: true };
+}

@@ -1,0 +1,207 @@
+/**
+ * The native addon's wrapper (file-native.ts) against real files, and the
+ * choice of calls in file-sparse.ts against a recording stand-in for the
+ * addon (to reach the refusal paths — EOPNOTSUPP, ENOSPC, devices — that
+ * this machine's filesystems do not all produce).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fencedNative, loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
+import { sparseOps } from '../../../src/backends/file-sparse.js';
+import { NbdRequestError } from '../../../src/api/errors.js';
+
+const MiB = 1 << 20;
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-native-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function loaded(): FileNative {
+  const state = loadFileNative();
+  if (!state.native) throw new Error(`the native addon must be built for these tests (npm run build:native): ${state.reason}`);
+  return state.native;
+}
+
+describe('loadFileNative', () => {
+  it('loads the built addon', () => {
+    const state = loadFileNative();
+    expect(state.native, 'reason' in state ? state.reason : '').not.toBeNull();
+  });
+
+  it('gives a reason instead of throwing when the addon is missing, not an addon, or disabled', () => {
+    const missing = loadFileNative(path.join(dir, 'nope.node'));
+    expect(missing.native).toBeNull();
+    expect('reason' in missing && missing.reason).toMatch(/nope\.node not built/);
+    const junk = path.join(dir, 'junk.node');
+    fs.writeFileSync(junk, 'not an ELF file');
+    const bad = loadFileNative(junk);
+    expect(bad.native).toBeNull();
+    expect('reason' in bad && bad.reason).toMatch(/junk\.node failed to load/);
+    process.env[NO_NATIVE_ENV] = '1';
+    try {
+      expect(loadFileNative()).toEqual({ native: null, reason: `${NO_NATIVE_ENV}=1` });
+    } finally {
+      delete process.env[NO_NATIVE_ENV];
+    }
+    expect(loadFileNative().native).not.toBeNull();
+  });
+});
+
+describe('the addon on a real file', () => {
+  let fd: number;
+  let file: string;
+  beforeAll(() => {
+    file = path.join(dir, 'img');
+    fd = fs.openSync(file, 'w+');
+    fs.ftruncateSync(fd, 16 * MiB);
+    fs.writeSync(fd, Buffer.alloc(MiB, 0xaa), 0, MiB, 4 * MiB);
+    fs.fsyncSync(fd);
+    return () => fs.closeSync(fd);
+  });
+
+  it('mapExtents walks holes and data, clipped to the range', async () => {
+    const n = loaded();
+    expect(await n.mapExtents(fd, 0, 16 * MiB)).toEqual([
+      { length: 4 * MiB, hole: true },
+      { length: MiB, hole: false },
+      { length: 11 * MiB, hole: true },
+    ]);
+    expect(await n.mapExtents(fd, 4 * MiB + 4096, 8192)).toEqual([{ length: 8192, hole: false }]);
+    // Past EOF: no data after it, so a hole.
+    expect(await n.mapExtents(fd, 32 * MiB, MiB)).toEqual([{ length: MiB, hole: true }]);
+  });
+
+  it('punchHole and zeroRange zero the bytes; punching frees the blocks', async () => {
+    const n = loaded();
+    const before = fs.fstatSync(fd).blocks;
+    await n.punchHole(fd, 4 * MiB, 256 * 1024);
+    expect(before - fs.fstatSync(fd).blocks).toBe((256 * 1024) / 512);
+    await n.zeroRange(fd, 4 * MiB + 512 * 1024, 4096);
+    const back = Buffer.alloc(MiB);
+    fs.readSync(fd, back, 0, MiB, 4 * MiB);
+    const want = Buffer.alloc(MiB, 0xaa);
+    want.fill(0, 0, 256 * 1024);
+    want.fill(0, 512 * 1024, 512 * 1024 + 4096);
+    expect(back.equals(want)).toBe(true);
+    await n.fadviseWillneed(fd, 0, MiB);
+  });
+
+  it('errors carry the errno name as code; bad arguments are RangeErrors', async () => {
+    const n = loaded();
+    await expect(n.blkGetSize64(fd)).rejects.toMatchObject({ code: 'ENOTTY' });
+    await expect(n.blkDiscard(fd, 0, 4096)).rejects.toMatchObject({ code: 'ENOTTY' });
+    const ro = fs.openSync(file, 'r');
+    try {
+      await expect(n.punchHole(ro, 0, 4096)).rejects.toMatchObject({ code: 'EBADF' });
+    } finally {
+      fs.closeSync(ro);
+    }
+    await expect(n.punchHole(fd, -1, 4096)).rejects.toBeInstanceOf(RangeError);
+    await expect(n.zeroRange(fd, 0, 1.5)).rejects.toBeInstanceOf(RangeError);
+    await expect(n.mapExtents(fd, 2 ** 53, 1)).rejects.toBeInstanceOf(RangeError);
+  });
+});
+
+/** A stand-in addon: records calls, and fails the ones named in `fail` with that errno code. */
+function fake(fail: Partial<Record<keyof FileNative, string>>) {
+  const calls: string[] = [];
+  const op = (name: keyof FileNative) => async (_fd: number, offset: number, length: number) => {
+    calls.push(`${name}(${offset},${length})`);
+    const code = fail[name];
+    if (code) throw Object.assign(new Error(`${name}: ${code}`), { code });
+  };
+  const native: FileNative = {
+    maxExtents: 1024,
+    punchHole: op('punchHole'),
+    zeroRange: op('zeroRange'),
+    fadviseWillneed: op('fadviseWillneed'),
+    blkDiscard: op('blkDiscard'),
+    blkGetSize64: async () => 0,
+    mapExtents: async () => [],
+  };
+  const written: string[] = [];
+  const make = (device = false) =>
+    sparseOps({ fd: 3, native, device, size: 16 * MiB, name: 'x', writeZeroes: async (o, l) => void written.push(`${o},${l}`) });
+  return { calls, written, make };
+}
+
+const Z = (noHole: boolean, fastZero: boolean) => ({ noHole, fastZero, fua: false });
+
+describe('sparseOps: which call for which request', () => {
+  it('zero: punch when holes are allowed, ZERO_RANGE for NO_HOLE, writing zeroes only after both refuse', async () => {
+    const f = fake({});
+    const ops = f.make();
+    await ops.zero(0, 4096, Z(false, false));
+    await ops.zero(8192, 4096, Z(true, false));
+    expect(f.calls).toEqual(['punchHole(0,4096)', 'zeroRange(8192,4096)']);
+    expect(f.written).toEqual([]);
+
+    const g = fake({ punchHole: 'EOPNOTSUPP', zeroRange: 'EOPNOTSUPP' });
+    const refused = g.make();
+    await expect(refused.zero(0, 4096, Z(false, true))).rejects.toBeInstanceOf(NbdRequestError);
+    await refused.zero(0, 4096, Z(false, false));
+    expect(g.written).toEqual(['0,4096']);
+    // Each refusal is remembered: the second request asked neither call again.
+    expect(g.calls).toEqual(['punchHole(0,4096)', 'zeroRange(0,4096)']);
+  });
+
+  it('zero: a real failure (ENOSPC) is the answer, not a reason to write zeroes', async () => {
+    const f = fake({ zeroRange: 'ENOSPC' });
+    await expect(f.make().zero(0, 4096, Z(true, false))).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(f.written).toEqual([]);
+  });
+
+  it('FAST_ZERO on a device never takes ZERO_RANGE (the kernel may write zeroes itself)', async () => {
+    const f = fake({ punchHole: 'EOPNOTSUPP' });
+    const ops = f.make(true);
+    const err = await Promise.resolve(ops.zero(0, 4096, Z(false, true))).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NbdRequestError);
+    expect((err as NbdRequestError).errno).toBe(95);
+    await ops.zero(0, 4096, Z(false, false));
+    expect(f.calls).toEqual(['punchHole(0,4096)', 'zeroRange(0,4096)']);
+    expect(ops.extents).toBeUndefined();
+  });
+
+  it('trim: punch on files, BLKDISCARD on devices; unsupported is a silent no-op, other errors are answers', async () => {
+    const f = fake({});
+    await f.make(false).trim(0, 4096, { fua: false });
+    await f.make(true).trim(4096, 4096, { fua: false });
+    expect(f.calls).toEqual(['punchHole(0,4096)', 'blkDiscard(4096,4096)']);
+    const g = fake({ punchHole: 'EOPNOTSUPP' });
+    const ops = g.make();
+    await ops.trim(0, 4096, { fua: false });
+    await ops.trim(0, 4096, { fua: false });
+    expect(g.calls).toEqual(['punchHole(0,4096)']);
+    await expect(fake({ punchHole: 'EIO' }).make().trim(0, 4096, { fua: false })).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('extents: a failing lseek reports data rather than failing the client', async () => {
+    const f = fake({});
+    const ops = f.make();
+    const native = { mapExtents: async () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' })) };
+    const broken = sparseOps({ fd: 3, native: { ...({} as FileNative), ...native } as FileNative, device: false, size: MiB, name: 'x', writeZeroes: async () => {} });
+    expect(await broken.extents!(0, 2 * MiB, { reqOne: false, context: 'base:allocation' })).toEqual([{ length: MiB, flags: 0 }]);
+    expect(ops.extents).toBeDefined();
+  });
+});
+
+describe('fencedNative', () => {
+  it('close waits for calls still running and refuses new ones (the fd number may be reused after close)', async () => {
+    let release!: () => void;
+    const slow = new Promise<void>((r) => (release = r));
+    const order: string[] = [];
+    const base = { ...({} as FileNative), maxExtents: 1, punchHole: async () => (await slow, order.push('punch done')) } as unknown as FileNative;
+    const fenced = fencedNative(base);
+    const running = fenced.native.punchHole(3, 0, 1);
+    const closing = fenced.close().then(() => order.push('closed'));
+    await expect(fenced.native.punchHole(3, 0, 1)).rejects.toMatchObject({ code: 'EBADF' });
+    await Promise.resolve();
+    expect(order).toEqual([]);
+    release();
+    await Promise.all([running, closing]);
+    expect(order).toEqual(['punch done', 'closed']);
+  });
+});
