@@ -265,7 +265,9 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     return STRICT_EXIT_STATUS;
   }
 
-  logger.info?.(`${await stopped}: shutting down`);
+  // Not inside logger.info?.(…): without --verbose, optional chaining would skip the await.
+  const why = await stopped;
+  logger.info?.(`${why}: shutting down`);
   await cleanup();
   return 0;
 }
