@@ -29,3 +29,4 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';

@@ -30,9 +30,8 @@ import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
-import { pluginHelp, resolvePlugins, type PluginTables, type ResolvedPlugins } from './nbdkit-args.js';
+import { createPlugins, pluginHelp, resolvePlugins, type PluginTables, type ResolvedPlugins } from './nbdkit-args.js';
 import { packageVersion, runEnvironment, stdioStream, watchParent, writePidfile } from './serve-process.js';
-import type { Filter } from '../api/filter.js';
 import { traceFile } from '../inspect/trace-file.js';
 import type { LiveInspector } from '../inspect/live.js';
 import { STRICT_EXIT_STATUS, violationSummary } from './strict.js';
@@ -74,7 +73,8 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
       process.stdout.write(`nbd-engine ${packageVersion()}\n`);
       return 0;
     }
-    plugins = await resolvePlugins(parsed, tables);
+    const { values: v } = parsed;
+    plugins = await resolvePlugins({ positionals: parsed.positionals, filters: parsed.filters, file: v.file, memory: v.memory !== undefined, memorySize: parsed.memorySize }, tables);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`nbd-engine: ${err.message}\n`);
@@ -85,10 +85,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   const readOnly = !!values['read-only'];
   let exp: ExportConfig;
   try {
-    const context = { logger, readOnly };
-    const backend = await plugins.backend.plugin.create(plugins.backend.params, context);
-    const filters: Filter[] = [];
-    for (const f of plugins.filters) filters.push(await f.plugin.create(f.params, context));
+    const { backend, filters } = await createPlugins(plugins, { logger, readOnly });
     exp = { name: values.export ?? '', description: values.description, backend, readOnly, filters: filters.length > 0 ? filters : undefined };
   } catch (err) {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);

@@ -10,7 +10,10 @@
  */
 import { BACKENDS, FILTERS, type BackendPlugin, type FilterPlugin } from '../plugins/registry.js';
 import { ParamError, readParams, splitPair, type ParamSpec, type Params } from '../plugins/params.js';
-import { UsageError, type ServeArgs } from './serve-args.js';
+import type { ExportConfig } from '../api/export-entry.js';
+import type { Filter } from '../api/filter.js';
+import { consoleLogger, type Logger } from '../transport/logger.js';
+import { UsageError } from './serve-args.js';
 
 /** Where plugins are looked up: the built-in registry, or (in tests) another table. */
 export interface PluginTables {
@@ -37,16 +40,29 @@ async function load<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: 
   return loader();
 }
 
+/** What names the plugins: the positionals, the `--filter`s, and serve's older `--memory` / `--file`. */
+export interface PluginWords {
+  readonly positionals: readonly string[];
+  /** Filter names, the first closest to the client. */
+  readonly filters: readonly string[];
+  /** `--file PATH`. */
+  readonly file?: string;
+  /** `--memory SIZE`, in bytes (used when given, or when nothing else names a backend). */
+  readonly memorySize?: number;
+  /** Whether `--memory` was given. */
+  readonly memory?: boolean;
+}
+
 /**
  * The backend's name and its own arguments. The old `--memory SIZE` /
  * `--file PATH` options stand for `memory size=SIZE` / `file file=PATH`
  * (then every positional is a parameter); with neither and no positional,
  * a 1 GiB memory backend, as before.
  */
-function backendWords(parsed: ServeArgs, tables: PluginTables): { name: string; args: string[] } {
-  const { values, positionals } = parsed;
-  if (values.file !== undefined) return { name: 'file', args: [`file=${values.file}`, ...positionals] };
-  if (values.memory !== undefined || positionals.length === 0) return { name: 'memory', args: [`size=${parsed.memorySize}`, ...positionals] };
+function backendWords(words: PluginWords, tables: PluginTables): { name: string; args: string[] } {
+  const { positionals } = words;
+  if (words.file !== undefined) return { name: 'file', args: [`file=${words.file}`, ...positionals] };
+  if (words.memory || positionals.length === 0) return { name: 'memory', args: [`size=${words.memorySize ?? 2 ** 30}`, ...positionals] };
   const [name, ...args] = positionals;
   if (name!.includes('=')) {
     throw new UsageError(`${JSON.stringify(name)}: expected a backend name first (nbd-engine serve BACKEND key=value …; known: ${known(tables.backends)})`);
@@ -59,11 +75,11 @@ function declares(specs: readonly ParamSpec[], key: string): boolean {
 }
 
 /** Load the named backend and filters, route each `key=value`, and check every parameter. */
-export async function resolvePlugins(parsed: ServeArgs, tables: PluginTables = REGISTRY): Promise<ResolvedPlugins> {
-  const { name, args } = backendWords(parsed, tables);
+export async function resolvePlugins(words: PluginWords, tables: PluginTables = REGISTRY): Promise<ResolvedPlugins> {
+  const { name, args } = backendWords(words, tables);
   const backend = await load(tables.backends, 'backend', name);
   const filters = [];
-  for (const f of parsed.filters) filters.push(await load(tables.filters, 'filter', f));
+  for (const f of words.filters) filters.push(await load(tables.filters, 'filter', f));
   const backendArgs: string[] = [];
   const filterArgs: string[][] = filters.map(() => []);
   for (const arg of args) {
@@ -89,6 +105,40 @@ export async function resolvePlugins(parsed: ServeArgs, tables: PluginTables = R
     if (err instanceof ParamError) throw new UsageError(err.message);
     throw err;
   }
+}
+
+/** Build the backend and filters resolvePlugins found (errors opening them are the plugins' own). */
+export async function createPlugins(r: ResolvedPlugins, context: { logger: Logger; readOnly: boolean }): Promise<{ backend: ExportConfig['backend']; filters: Filter[] }> {
+  const backend = await r.backend.plugin.create(r.backend.params, context);
+  const filters: Filter[] = [];
+  for (const f of r.filters) filters.push(await f.plugin.create(f.params, context));
+  return { backend, filters };
+}
+
+/**
+ * An export from nbdkit-style words, for library users who take a backend
+ * from their own command line or configuration: `['memory', '1G']`,
+ * `['--filter=NAME', 'file', 'disk.img', 'key=value']` (`--filter NAME`
+ * works too). A mistake in the words throws an Error with one line naming it.
+ */
+export async function pluginExport(
+  words: readonly string[],
+  options: { name?: string; description?: string; readOnly?: boolean; logger?: Logger; tables?: PluginTables } = {},
+): Promise<ExportConfig> {
+  const positionals: string[] = [];
+  const filters: string[] = [];
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i]!;
+    if (w.startsWith('--filter=')) filters.push(w.slice('--filter='.length));
+    else if (w === '--filter' && i + 1 < words.length) filters.push(words[++i]!);
+    else if (w.startsWith('-')) throw new UsageError(`${JSON.stringify(w)}: only --filter=NAME, a backend name and key=value words are read here`);
+    else positionals.push(w);
+  }
+  if (positionals.length === 0) throw new UsageError('no backend named (e.g. memory 1G, file disk.img)');
+  const readOnly = !!options.readOnly;
+  const resolved = await resolvePlugins({ positionals, filters }, options.tables);
+  const { backend, filters: built } = await createPlugins(resolved, { logger: options.logger ?? consoleLogger(), readOnly });
+  return { name: options.name ?? '', description: options.description, backend, readOnly, filters: built.length > 0 ? built : undefined };
 }
 
 function paramLines(specs: readonly ParamSpec[], magic?: string): string[] {

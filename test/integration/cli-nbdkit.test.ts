@@ -9,7 +9,9 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, nbdPython, requireTool, run, spawnCli, tmpDir } from './harness.js';
+import { CLI, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
+import { layer, pluginExport, type PluginTables } from '../../src/index.js';
+import { BACKENDS } from '../../src/plugins/registry.js';
 import { makePki } from './tls-support.js';
 
 const node = process.execPath;
@@ -265,6 +267,40 @@ describe('--tls-certificates DIR (certtool certificates, nbdkit file names)', ()
     const r = await cli(['serve', '--tls=on', '--tls-certificates', empty, '-U', '-', 'memory', '1M', '--run', 'true']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^nbd-engine: .*server-(cert|key)\.pem.*\n$/);
+  });
+});
+
+describe('pluginExport: the same words from the library', () => {
+  const servers = serverPerTest();
+
+  it("['memory', '1G'] and ['file', disk] with readOnly serve what nbdinfo reports", async () => {
+    const mem = await servers.serve({ exports: [await pluginExport(['memory', '1G'], { name: 'm', logger: silentLogger })] });
+    expect((await run('nbdinfo', ['--size', mem.uri('m')])).stdout.trim()).toBe(String(2 ** 30));
+    const file = await servers.serve({ exports: [await pluginExport(['file', `file=${disk}`], { readOnly: true, logger: silentLogger })] });
+    const { stdout } = await run('nbdinfo', [file.uri()]);
+    expect(stdout).toMatch(/export-size: 2097152\b/);
+    expect(stdout).toMatch(/is_read_only: true/);
+  });
+
+  it('--filter words build the filters in order, each given its own keys (tables injected: a size-capping filter)', async () => {
+    // A filter that serves only the first `cap` bytes, declared here: the built-in registry has none yet.
+    const tables: PluginTables = {
+      backends: BACKENDS,
+      filters: {
+        cap: async () => ({
+          name: 'cap',
+          summary: 'serve the first cap bytes',
+          params: [{ name: 'cap', kind: 'size', summary: 'bytes', required: true }],
+          create: async (p) => ({ name: 'cap', scope: 'shared', wrap: (next) => layer(next, { size: Math.min(next.size ?? 0, p.cap as number) }) }),
+        }),
+      },
+    };
+    const exp = await pluginExport(['--filter=cap', 'memory', '1G', 'cap=64k'], { logger: silentLogger, tables });
+    const s = await servers.serve({ exports: [exp] });
+    expect((await run('nbdinfo', ['--size', s.uri()])).stdout.trim()).toBe('65536');
+    await expect(pluginExport(['--filter', 'cap', 'memory', '1G'], { tables })).rejects.toThrow(/^filter cap: cap=… is required$/);
+    await expect(pluginExport(['memory', '1G', 'cap=1'], { tables })).rejects.toThrow(/^unknown parameter "cap"/);
+    await expect(pluginExport(['-r', 'memory', '1G'])).rejects.toThrow(/^"-r": only --filter=NAME/);
   });
 });
 

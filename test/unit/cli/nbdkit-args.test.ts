@@ -31,7 +31,10 @@ const tables: PluginTables = {
   },
 };
 
-const resolve = async (args: string[]) => resolvePlugins(parseServeArgs(args), tables);
+const resolve = async (args: string[]) => {
+  const p = parseServeArgs(args);
+  return resolvePlugins({ positionals: p.positionals, filters: p.filters, file: p.values.file, memory: p.values.memory !== undefined, memorySize: p.memorySize }, tables);
+};
 
 describe('nbdkit option names', () => {
   it('short options and nbdkit spellings set the same values as ours', () => {
