@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
 import { layer, pluginExport, type PluginTables } from '../../src/index.js';
 import { BACKENDS } from '../../src/plugins/registry.js';
+import { CLIENT_FLAGS, clientFlagsBytes, MAGIC, OPT, optionBytes, REP } from '../../src/client/index.js';
 import { makePki } from './tls-support.js';
 
 const node = process.execPath;
@@ -147,6 +148,29 @@ print(json.dumps({'size': size, 'status': p.wait(), 'err': err}))
     expect(r.status, r.err).toBe(0);
     expect(r.err).toMatch(/^nbd-engine: info: connection 1: opened$/m);
     expect(r.err).toMatch(/connection closed: shutting down/);
+  });
+
+  it('over two pipes (not a socket): the greeting on stdout, an option answered, exit 0 when stdin closes', async () => {
+    const child = spawn(node, [CLI, 'serve', '-s', 'memory', '1M'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = Buffer.alloc(0);
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const bytes = async (n: number) => {
+      while (out.length < n) await new Promise((r) => child.stdout.once('data', (d: Buffer) => r((out = Buffer.concat([out, d])))));
+      const b = out.subarray(0, n);
+      out = out.subarray(n);
+      return b;
+    };
+    const greeting = await bytes(18);
+    expect(greeting.readBigUInt64BE(0)).toBe(MAGIC.NBDMAGIC);
+    expect(greeting.readBigUInt64BE(8)).toBe(MAGIC.IHAVEOPT);
+    child.stdin.write(clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES));
+    child.stdin.write(optionBytes(OPT.NBD_OPT_ABORT));
+    const reply = await bytes(20);
+    expect([reply.readUInt32BE(8), reply.readUInt32BE(12), reply.readUInt32BE(16)]).toEqual([OPT.NBD_OPT_ABORT, REP.NBD_REP_ACK, 0]);
+    child.stdin.end();
+    expect(await exited, stderr).toBe(0);
   });
 });
 
