@@ -19,7 +19,7 @@ Listening (default: UNIX socket and TCP localhost:10809):
   -p, --port N           TCP port, 0 to 65535 (0: any free port)
   -i, --host HOST        TCP host (default localhost; use :: for all; also --ipaddr, --ip-addr)
   -s, --single           serve one connection on stdin/stdout, then exit (also --stdin; logs go to stderr)
-  --print-uri            print the URIs on stdout (the default, except with --run or socket activation)
+  --print-uri            print the URIs on stdout (the default when serving; with --run, before CMD starts)
   -P, --pidfile FILE     write the process id to FILE once listening (also --pid-file; not removed at exit)
   --exit-with-parent     exit when the parent process exits (noticed within 250 ms: it is polled)
   -f, --foreground       accepted for nbdkit's sake: nbd-engine never forks (also --no-fork)
