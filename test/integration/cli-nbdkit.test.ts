@@ -94,6 +94,12 @@ describe('BACKEND [[KEY=]VALUE ...]', () => {
     expect(fs.readFileSync(disk).equals(before)).toBe(true);
   });
 
+  it("socket activation with nbdkit's syntax: nbdinfo -- [ nbd-engine serve -r memory 64M ]", async () => {
+    const { stdout } = await run('nbdinfo', ['--json', '--', '[', node, CLI, 'serve', '-r', '-e', 'act', 'memory', '64M', ']']);
+    const info = JSON.parse(stdout) as { exports: Array<{ 'export-name': string; 'export-size': number; is_read_only: boolean }> };
+    expect(info.exports[0]).toMatchObject({ 'export-name': 'act', 'export-size': 64 * 2 ** 20, is_read_only: true });
+  });
+
   it('nbdkit option names: --readonly, --unix, -e / --exportname (the export name and $exportname), -f accepted', async () => {
     const sock = path.join(work, 'names.sock');
     const r = await cli(['serve', '-f', '--readonly', '--unix', sock, '--exportname', 'disk', 'memory', '1M', '--run', 'echo "e=$exportname u=$unixsocket"; nbdinfo --list "$uri"']);
