@@ -47,3 +47,4 @@ export { delayRequests, injectErrors, logRequests, collectStats } from './filter
 export { prepareExports } from './api/export-entry.js';
 export { partitionFilter, partitionPlugin, type PartitionFilter, type PartitionFilterOptions } from './filters/partition.js';
 export { findPartition, PartitionTableError, GPT_ARRAY_LIMIT, type PartitionLocation, type PartitionTableOptions, type ReadAt } from './filters/partition-table.js';
+export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';

@@ -1,6 +1,7 @@
 /**
  * The `nbd-engine` command (docs/design.md, "The command line").
  *
+ *   nbd-engine serve [options] [--filter=NAME ...] [BACKEND [[KEY=]VALUE ...]]
  *   nbd-engine serve [--memory SIZE | --file PATH] [--socket PATH] [--port N] [--host H]
  *                    [--export NAME] [--description TEXT] [--read-only] [--run CMD] [--strict]
  *                    [--tls off|on|require --tls-cert F --tls-key F --tls-ca F --tls-verify-peer --tls-psk F]
@@ -14,21 +15,24 @@
  * closes it: then it says so and exits 1 rather than leave the client
  * waiting). `--run CMD` serves, runs CMD with $uri / $unixsocket set, and
  * exits with its status (with --strict: 3 if a client broke a protocol rule,
- * after a summary on stderr). A malformed option is one line on stderr naming
- * it, and exit status 2.
+ * after a summary on stderr). nbdkit's option names and its `BACKEND
+ * key=value` / `--filter=NAME` syntax work too (docs/cli.md); `-s` serves one
+ * connection on stdin/stdout. A malformed option is one line on stderr
+ * naming it, and exit status 2.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createServer, type ExportConfig, type NbdServer } from '../api/server.js';
-import { memoryBackend } from '../backends/memory.js';
-import { fileBackend } from '../backends/file.js';
+import { prepareExports } from '../api/export-entry.js';
 import { consoleLogger } from '../transport/logger.js';
 import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
+import { createPlugins, pluginHelp, resolvePlugins, type PluginTables, type ResolvedPlugins } from './nbdkit-args.js';
+import { packageVersion, runEnvironment, stdioStream, watchParent, writePidfile } from './serve-process.js';
 import { traceFile } from '../inspect/trace-file.js';
 import type { LiveInspector } from '../inspect/live.js';
 import { STRICT_EXIT_STATUS, violationSummary } from './strict.js';
@@ -36,10 +40,19 @@ import type { Violation } from '../api/violations.js';
 
 export { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 
-export async function main(argv: string[]): Promise<number> {
+/** Usage plus every backend and filter with its parameters. */
+async function helpText(tables?: PluginTables): Promise<string> {
+  return USAGE + (await pluginHelp(tables));
+}
+
+export async function main(argv: string[], tables?: PluginTables): Promise<number> {
   const [command, ...rest] = argv;
   if (command === '-h' || command === '--help' || command === 'help') {
-    process.stdout.write(USAGE);
+    process.stdout.write(await helpText(tables));
+    return 0;
+  }
+  if (command === '-V' || command === '--version') {
+    process.stdout.write(`nbd-engine ${packageVersion()}\n`);
     return 0;
   }
   const sub = command === undefined ? undefined : SUBCOMMANDS[command];
@@ -50,29 +63,33 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let parsed: ServeArgs;
+  let plugins: ResolvedPlugins;
   try {
     parsed = parseServeArgs(rest);
+    if (parsed.help) {
+      process.stdout.write(await helpText(tables));
+      return 0;
+    }
+    if (parsed.version) {
+      process.stdout.write(`nbd-engine ${packageVersion()}\n`);
+      return 0;
+    }
+    const { values: v } = parsed;
+    plugins = await resolvePlugins({ positionals: parsed.positionals, filters: parsed.filters, file: v.file, memory: v.memory !== undefined, memorySize: parsed.memorySize }, tables);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`nbd-engine: ${err.message}\n`);
     return 2;
   }
-  if (parsed.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const { values, memorySize, limits, tlsMode } = parsed;
+  const { values, limits, tlsMode } = parsed;
   const logger = consoleLogger(!!values.verbose);
   const readOnly = !!values['read-only'];
   let exp: ExportConfig;
   try {
-    const name = values.export ?? '';
-    if (values.file) {
-      const backend = await fileBackend({ path: values.file, readOnly, logger });
-      exp = { name, description: values.description, backend, readOnly };
-    } else {
-      exp = { name, description: values.description, backend: memoryBackend({ size: memorySize }), readOnly };
-    }
+    const { backend, filters } = await createPlugins(plugins, { logger, readOnly });
+    exp = { name: values.export ?? '', description: values.description, backend, readOnly, filters: filters.length > 0 ? filters : undefined };
+    // Filters that read from the backend before it is served (partition's table) do so now.
+    await prepareExports([exp], logger);
   } catch (err) {
     process.stderr.write(`nbd-engine: ${(err as Error).message}\n`);
     return 1;
@@ -100,9 +117,9 @@ export async function main(argv: string[]): Promise<number> {
           ? undefined
           : {
               mode: tlsMode,
-              cert: values['tls-cert'],
-              key: values['tls-key'],
-              ca: values['tls-ca'],
+              cert: parsed.tlsFiles?.cert ?? values['tls-cert'],
+              key: parsed.tlsFiles?.key ?? values['tls-key'],
+              ca: parsed.tlsFiles?.ca ?? values['tls-ca'],
               verifyPeer: !!values['tls-verify-peer'],
               psk: values['tls-psk'],
             },
@@ -116,21 +133,29 @@ export async function main(argv: string[]): Promise<number> {
   // only: children (--run) must not take them as theirs.
   const activation = socketActivation(process.env);
   for (const v of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[v];
-  if (activation.lost) {
+  const single = !!values.single;
+  if (activation.lost && !single) {
     // The activating program waits on sockets that never arrived: listening elsewhere would leave it hanging.
     process.stderr.write(`nbd-engine: cannot listen: socket activation: ${activation.ignored}\n`);
     await server.close({ timeout: 0 });
     return 1;
   }
-  if (activation.ignored) logger.warn(`socket activation ignored: ${activation.ignored}`);
-  const activated = activation.fds.length > 0;
+  if (activation.ignored && !single) logger.warn(`socket activation ignored: ${activation.ignored}`);
+  const activated = !single && activation.fds.length > 0;
   const targets: ListenTarget[] = [];
   let privateDir: string | undefined;
   let unixSocket: string | undefined;
+  const privateSocket = () => {
+    // nbdkit's `-U -` (and --run without a listener): a socket only this user can reach, removed at exit.
+    privateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-'));
+    unixSocket = path.join(privateDir, 'nbd.sock');
+    targets.push({ path: unixSocket });
+  };
   if (activated) {
     targets.push(...activation.fds.map((fd) => ({ fd })));
-  } else {
-    if (values.socket !== undefined) {
+  } else if (!single) {
+    if (values.socket === '-') privateSocket();
+    else if (values.socket !== undefined) {
       unixSocket = path.resolve(values.socket);
       targets.push({ path: unixSocket });
     }
@@ -138,12 +163,8 @@ export async function main(argv: string[]): Promise<number> {
       targets.push({ port: parsed.port ?? 10809, host: values.host || 'localhost' });
     }
     if (targets.length === 0) {
-      if (values.run) {
-        // --run without a listener: a private UNIX socket, as nbdkit does.
-        privateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-'));
-        unixSocket = path.join(privateDir, 'nbd.sock');
-        targets.push({ path: unixSocket });
-      } else {
+      if (values.run) privateSocket();
+      else {
         unixSocket = path.join(process.env.XDG_RUNTIME_DIR ?? os.tmpdir(), 'nbd-engine.sock');
         targets.push({ path: unixSocket }, { port: 10809, host: 'localhost' });
       }
@@ -155,6 +176,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     process.stderr.write(`nbd-engine: cannot listen: ${(err as Error).message}\n`);
     await server.close({ timeout: 0 });
+    if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
     return 1;
   }
 
@@ -180,13 +202,55 @@ export async function main(argv: string[]): Promise<number> {
     if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
   };
 
+  // What ends the server: a signal, or (--exit-with-parent) the parent's exit.
+  let stopNow: (why: string) => void = () => {};
+  const stopped = new Promise<string>((resolve) => (stopNow = resolve));
+  process.once('SIGINT', () => stopNow('SIGINT'));
+  process.once('SIGTERM', () => stopNow('SIGTERM'));
+  if (values['exit-with-parent'] || activated) {
+    // With activation too: the program that activated the server stops it by signalling its
+    // child; when that child is a launcher that dies of the signal instead of passing it on
+    // (a plain `sh -c`), this process is orphaned and nobody would ever stop it.
+    watchParent((parent) => stopNow(`parent process ${parent} exited`));
+  }
+
+  if (values.pidfile !== undefined) {
+    try {
+      writePidfile(values.pidfile);
+    } catch (err) {
+      process.stderr.write(`nbd-engine: --pidfile: ${(err as Error).message}\n`);
+      await cleanup();
+      return 1;
+    }
+  }
+
+  if (single) {
+    // stdout carries the protocol from here on: every message goes to stderr.
+    const done = new Promise<string>((resolve) => {
+      server.connections$.subscribe((e) => {
+        if (e.type === 'closed') resolve('connection closed');
+      });
+    });
+    server.accept(stdioStream());
+    const why = await Promise.race([done, stopped]);
+    logger.info?.(`${why}: shutting down`);
+    await cleanup();
+    return 0;
+  }
+
+  if (values['print-uri'] || (!activated && !values.run)) for (const u of uris) process.stdout.write(`${u}\n`);
+  else if (activated) logger.info?.(`serving ${uris.join(' ')}`);
+
   if (values.run) {
     const uri = uris.find((u) => u.includes('+unix')) ?? uris[0] ?? '';
     const violations: Violation[] = [];
     if (values.strict) server.violations$.subscribe((v) => violations.push(v));
-    const child = spawn('/bin/sh', ['-c', values.run], {
-      stdio: 'inherit',
-      env: { ...process.env, uri, nbd: uri, unixsocket: unixSocket ?? '', exportname: exp.name },
+    const env = runEnvironment(process.env, { uri, addresses: server.addresses, unixSocket, exportName: exp.name, tlsMode });
+    const child = spawn('/bin/sh', ['-c', values.run], { stdio: 'inherit', env });
+    // The command is the one that ends the run; a signal or the parent's exit is passed on to it.
+    void stopped.then((why) => {
+      logger.info?.(`${why}: stopping the --run command`);
+      child.kill('SIGTERM');
     });
     const status = await new Promise<number>((resolve) => {
       child.on('error', (err) => {
@@ -201,29 +265,9 @@ export async function main(argv: string[]): Promise<number> {
     return STRICT_EXIT_STATUS;
   }
 
-  if (!activated) for (const u of uris) process.stdout.write(`${u}\n`);
-  else logger.info?.(`serving ${uris.join(' ')}`);
-
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info?.(`${signal}: shutting down`);
-      resolve();
-    };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    if (activated) {
-      // The program that activated the server stops it by signalling its child. When
-      // that child is a launcher which dies of the signal instead of passing it on (a
-      // plain `sh -c`), this process is orphaned and nobody would ever stop it.
-      const parent = process.ppid;
-      setInterval(() => {
-        if (process.ppid !== parent) stop(`parent process ${parent} exited`);
-      }, 1000).unref();
-    }
-  });
+  // Not inside logger.info?.(…): without --verbose, optional chaining would skip the await.
+  const why = await stopped;
+  logger.info?.(`${why}: shutting down`);
   await cleanup();
   return 0;
 }

@@ -3,6 +3,8 @@
  * and converted. Every malformed value is a UsageError whose one-line
  * message names its option (the command prints it and exits with status 2).
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { ServerLimits } from '../api/server.js';
 import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
@@ -16,14 +18,22 @@ export class UsageError extends Error {}
 const OPTIONS = {
   memory: { type: 'string' },
   file: { type: 'string' },
-  export: { type: 'string' },
+  export: { type: 'string', short: 'e' },
   description: { type: 'string' },
   'read-only': { type: 'boolean', short: 'r' },
-  socket: { type: 'string' },
-  port: { type: 'string' },
-  host: { type: 'string' },
+  socket: { type: 'string', short: 'U' },
+  port: { type: 'string', short: 'p' },
+  host: { type: 'string', short: 'i' },
   run: { type: 'string' },
+  filter: { type: 'string', multiple: true },
+  single: { type: 'boolean', short: 's' },
+  foreground: { type: 'boolean', short: 'f' },
+  'exit-with-parent': { type: 'boolean' },
+  pidfile: { type: 'string', short: 'P' },
+  'print-uri': { type: 'boolean' },
+  version: { type: 'boolean', short: 'V' },
   tls: { type: 'string' },
+  'tls-certificates': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   'tls-ca': { type: 'string' },
@@ -49,10 +59,30 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** nbdkit's spellings of our options (`--unix` is `--socket`, `--ipaddr` is `--host` …): the same option under another name. */
+const ALIASES: Readonly<Record<string, keyof typeof OPTIONS>> = {
+  unix: 'socket',
+  ipaddr: 'host',
+  'ip-addr': 'host',
+  exportname: 'export',
+  'export-name': 'export',
+  readonly: 'read-only',
+  stdin: 'single',
+  'no-fork': 'foreground',
+  'pid-file': 'pidfile',
+};
+
+/** Short options that take a value (`-U SOCKET`), by letter: their long name. */
+const SHORT_VALUES: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(OPTIONS as Record<string, { type: string; short?: string }>)
+    .filter(([, o]) => o.short !== undefined && o.type === 'string')
+    .map(([name, o]) => [o.short!, name]),
+);
+
 /** Options whose value is optional (`--inspect` or `--inspect=PORT`): alone, they take this default. */
 const OPTIONAL_VALUES: Readonly<Record<string, string>> = { inspect: String(INSPECT_PORT) };
 
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: false }>>['values'];
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
 /** Numeric flags that set a server limit, and how their text is read. */
 const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName; kind: 'count' | 'size' | 'seconds' }> = [
@@ -69,9 +99,10 @@ const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName;
 ];
 
 /**
- * `--opt VALUE` becomes `--opt=VALUE` for options that take a value, so a
- * value starting with a dash (`--port -1`) reaches the range check as a
- * value, as getopt reads it, instead of parseArgs calling it ambiguous.
+ * `--opt VALUE` and `-o VALUE` become `--opt=VALUE` for options that take a
+ * value, so a value starting with a dash (`--port -1`, `-U -`) reaches the
+ * checks as a value, as getopt reads it, instead of parseArgs calling it
+ * ambiguous; nbdkit's other names for an option (ALIASES) become ours.
  */
 function joinValues(args: readonly string[]): string[] {
   const out: string[] = [];
@@ -81,15 +112,28 @@ function joinValues(args: readonly string[]): string[] {
       out.push(...args.slice(i));
       break;
     }
-    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : undefined;
+    let name: string | undefined;
+    let inline: string | undefined;
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      name = eq < 0 ? a.slice(2) : a.slice(2, eq);
+      inline = eq < 0 ? undefined : a.slice(eq + 1);
+      if (Object.hasOwn(ALIASES, name)) name = ALIASES[name]!;
+    } else if (a.length === 2 && a[0] === '-' && Object.hasOwn(SHORT_VALUES, a[1]!)) {
+      name = SHORT_VALUES[a[1]!]!;
+    }
     const spec = name !== undefined && Object.hasOwn(OPTIONS, name) ? (OPTIONS as Record<string, { type: string }>)[name] : undefined;
-    if (name !== undefined && Object.hasOwn(OPTIONAL_VALUES, name)) {
-      out.push(`${a}=${OPTIONAL_VALUES[name]}`);
-    } else if (spec?.type === 'string') {
-      if (i + 1 >= args.length) throw new UsageError(`${a}: missing value`);
-      out.push(`${a}=${args[++i]}`);
-    } else {
+    if (name === undefined || !spec) {
       out.push(a);
+    } else if (inline !== undefined) {
+      out.push(`--${name}=${inline}`);
+    } else if (Object.hasOwn(OPTIONAL_VALUES, name)) {
+      out.push(`--${name}=${OPTIONAL_VALUES[name]}`);
+    } else if (spec.type === 'string') {
+      if (i + 1 >= args.length) throw new UsageError(`${a}: missing value`);
+      out.push(`--${name}=${args[++i]}`);
+    } else {
+      out.push(`--${name}`);
     }
   }
   return out;
@@ -102,8 +146,6 @@ function parseArgsMessage(err: Error & { code?: string }): string {
   switch (err.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
       return `unknown option ${quoted ?? first} (nbd-engine --help lists them)`;
-    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
-      return `unexpected argument ${quoted !== undefined ? JSON.stringify(quoted) : first}: serve takes options only (nbd-engine --help lists them)`;
     default:
       return first;
   }
@@ -145,6 +187,14 @@ function parseSeconds(flag: string, text: string): number {
 export interface ServeArgs {
   readonly values: Values;
   readonly help: boolean;
+  /** `-V` / `--version`: print the version and exit. */
+  readonly version?: boolean;
+  /** The backend and its `key=value` parameters, nbdkit's way (`memory 1G`, `file file=disk.img`), routed by nbdkit-args.ts. */
+  readonly positionals: readonly string[];
+  /** `--filter=NAME`, in command-line order (the first closest to the client). */
+  readonly filters: readonly string[];
+  /** `--tls-certificates DIR` read as nbdkit does: DIR/server-cert.pem, server-key.pem and (if present) ca-cert.pem. */
+  readonly tlsFiles?: { readonly cert: string; readonly key: string; readonly ca?: string };
   readonly memorySize: number;
   readonly limits: ServerLimits;
   readonly port?: number;
@@ -158,16 +208,30 @@ export interface ServeArgs {
 /** Parse `serve`'s arguments; throws UsageError with a one-line message. */
 export function parseServeArgs(args: readonly string[]): ServeArgs {
   let values: Values;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({ args: joinValues(args), options: OPTIONS, allowPositionals: false }));
+    ({ values, positionals } = parseArgs({ args: joinValues(args), options: OPTIONS, allowPositionals: true }));
   } catch (err) {
     if (err instanceof UsageError) throw err;
     throw new UsageError(parseArgsMessage(err as Error & { code?: string }));
   }
-  if (values.help) return { values, help: true, memorySize: 0, limits: {}, tlsMode: 'off' };
+  const filters = values.filter ?? [];
+  const early = { values, memorySize: 0, limits: {}, tlsMode: 'off' as const, positionals, filters };
+  if (values.help) return { ...early, help: true };
+  if (values.version) return { ...early, help: false, version: true };
   if (values.memory !== undefined && values.file !== undefined) throw new UsageError('--memory and --file are exclusive');
-  for (const f of ['file', 'socket'] as const) {
+  const legacy = values.memory !== undefined ? '--memory' : values.file !== undefined ? '--file' : undefined;
+  if (legacy && positionals.length > 0 && !positionals[0]!.includes('=')) {
+    throw new UsageError(`${legacy} and a backend name (${JSON.stringify(positionals[0])}) are exclusive: use one or the other`);
+  }
+  for (const f of ['file', 'socket', 'pidfile', 'tls-certificates'] as const) {
     if (values[f] === '') throw new UsageError(`--${f}: expected a path, got ""`);
+  }
+  for (const f of filters) if (f === '') throw new UsageError('--filter: expected a filter name, got ""');
+  if (values.single) {
+    // One connection on stdin/stdout: there is nothing to listen on, run or print (stdout carries the protocol).
+    const clash = (['socket', 'port', 'host', 'run', 'print-uri'] as const).filter((f) => values[f] !== undefined);
+    if (clash.length > 0) throw new UsageError(`-s (--single) serves stdin/stdout: it cannot be used with ${clash.map((f) => `--${f}`).join(', ')}`);
   }
   // Sizes over 2^53 bytes cannot be served (NBD sizes are 64-bit, ours exact integers).
   const memorySize = values.file === undefined ? parseSizeFlag('memory', values.memory ?? '1G', 0, Number.MAX_SAFE_INTEGER) : 0;
@@ -190,11 +254,20 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
   }
   const tlsMode = (values.tls ?? 'off') as ServeArgs['tlsMode'];
   if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);
-  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk'] as const;
+  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk', 'tls-certificates'] as const;
   const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
   if (tlsMode === 'off' && given.length > 0) {
     // Serving plaintext when credentials were given is never what was meant.
     throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require`);
+  }
+  let tlsFiles: ServeArgs['tlsFiles'];
+  if (values['tls-certificates'] !== undefined) {
+    const clash = (['tls-cert', 'tls-key', 'tls-ca'] as const).filter((f) => values[f] !== undefined);
+    if (clash.length > 0) throw new UsageError(`--tls-certificates and ${clash.map((f) => `--${f}`).join(', ')} are exclusive: the directory names all three files`);
+    const dir = values['tls-certificates'];
+    // nbdkit-tls(1)'s file names; the CA is optional (only needed to verify client certificates).
+    const ca = path.join(dir, 'ca-cert.pem');
+    tlsFiles = { cert: path.join(dir, 'server-cert.pem'), key: path.join(dir, 'server-key.pem'), ca: fs.existsSync(ca) ? ca : undefined };
   }
   const traceFlag = (['trace-max', 'trace-prefix', 'trace-rotate'] as const).find((f) => values[f] !== undefined);
   if (values.trace === undefined && traceFlag) throw new UsageError(`--${traceFlag} given without --trace FILE`);
@@ -205,5 +278,5 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
     rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
   };
-  return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace };
+  return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace, positionals, filters, tlsFiles };
 }

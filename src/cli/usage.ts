@@ -1,21 +1,33 @@
 /** The `nbd-engine serve` help text (`nbd-engine --help`). Other subcommands print their own. */
-export const USAGE = `usage: nbd-engine serve [options]
+export const USAGE = `usage: nbd-engine serve [options] [--filter=NAME ...] [BACKEND [[KEY=]VALUE ...]]
+       nbd-engine serve [options] [--memory SIZE | --file PATH]
+       nbd-engine -V | --version
 
-Exports (one of; default --memory 1G):
-  --memory SIZE          sparse in-memory export (sizes: 1048576, 512M, 1G, 16T)
-  --file PATH            a file or block device
-  --export NAME          export name (default: "" — the default export)
+The export (default: memory 1G), nbdkit's way or with the options:
+  BACKEND [[KEY=]VALUE ...]  a backend and its parameters: memory 1G, memory size=1G, file disk.img
+  --filter=NAME          stack a filter over the backend (repeatable; the first is closest to the client);
+                         each KEY=VALUE goes to the first filter that declares KEY, else to the backend
+  --memory SIZE          = memory size=SIZE (sizes: 1048576, 512M, 1G, 16T)
+  --file PATH            = file file=PATH (a file or block device)
+  -e, --export NAME      export name (default: "" — the default export; also --exportname, --export-name)
   --description TEXT     export description (NBD_INFO_DESCRIPTION, LIST)
-  -r, --read-only        refuse writes
+  -r, --read-only        refuse writes (also --readonly)
 
 Listening (default: UNIX socket and TCP localhost:10809):
-  --socket PATH          UNIX socket (refused if a server answers there; a stale one is replaced)
-  --port N               TCP port, 0 to 65535 (0: any free port)
-  --host HOST            TCP host (default localhost; use :: for all)
+  -U, --socket PATH      UNIX socket (also --unix; "-": a private socket in a new temporary directory;
+                         refused if a server answers there; a stale one is replaced)
+  -p, --port N           TCP port, 0 to 65535 (0: any free port)
+  -i, --host HOST        TCP host (default localhost; use :: for all; also --ipaddr, --ip-addr)
+  -s, --single           serve one connection on stdin/stdout, then exit (also --stdin; logs go to stderr)
+  --print-uri            print the URIs on stdout (the default when serving; with --run, before CMD starts)
+  -P, --pidfile FILE     write the process id to FILE once listening (also --pid-file; not removed at exit)
+  --exit-with-parent     exit when the parent process exits (noticed within 250 ms: it is polled)
+  -f, --foreground       accepted for nbdkit's sake: nbd-engine never forks (also --no-fork)
   (systemd socket activation via LISTEN_FDS/LISTEN_PID is detected automatically)
 
 TLS:
   --tls off|on|require   NOTLS, SELECTIVETLS or FORCEDTLS (default off)
+  --tls-certificates DIR  DIR/server-cert.pem, DIR/server-key.pem and DIR/ca-cert.pem (if present), as nbdkit
   --tls-cert FILE        PEM certificate        --tls-key FILE   PEM private key
   --tls-ca FILE          CA for client certs     --tls-verify-peer  require client certs
   --tls-psk FILE         psktool key file (username:hexkey lines)
@@ -33,7 +45,7 @@ Limits (per connection unless noted):
   --idle-timeout SECONDS       close a connection idle this long (default 0: off)
 
 Other:
-  --run CMD              run CMD with $uri, $unixsocket set; exit with its status
+  --run CMD              run CMD with $uri (= $nbd), $unixsocket, $port, $exportname, $tls set; exit with its status
   --strict               report every client protocol violation (a warning with its rule ID); with --run,
                          a summary at exit and exit status 3 if any
   --inspect[=PORT]       live view of every connection's machines at http://127.0.0.1:PORT/ (default 10880)
@@ -42,7 +54,8 @@ Other:
   --trace-rotate N       at the cap rotate instead: FILE becomes FILE.1 …, N old files kept (default 0: stop)
   --trace-prefix N       record the first N payload bytes as hex (default 0: lengths only; at most 4096)
   -v, --verbose          log connections and protocol decisions
-  -h, --help
+  -h, --help             this text, with every backend and filter and its parameters
+  -V, --version          print the version
   nbd-engine probe URI   check any NBD server against the spec's rules (--help)
   nbd-engine machines    draw the protocol statecharts (mermaid, dot, json, svg; --help)
   nbd-engine trace       read a trace file: trace show FILE [--connection N] [--follow] [--no-machines]

@@ -24,6 +24,7 @@ const num = (p: Params, key: string) => p[key] as number | undefined;
 
 export const cowPlugin: FilterPlugin = {
   name: 'cow',
+  readOnlyBelow: true,
   summary: 'writable copy-on-write overlay; the backend is never written (nbdkit cow)',
   params: [
     { name: 'cow-block-size', kind: 'size', summary: 'overlay block size, a power of 2 ≥ 4k (default 64k)' },

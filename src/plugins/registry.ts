@@ -28,6 +28,8 @@ export interface FilterPlugin {
   readonly name: string;
   readonly summary: string;
   readonly params: readonly ParamSpec[];
+  /** The filter never writes to the backend below it (cow): the command line opens that backend read-only. */
+  readonly readOnlyBelow?: boolean;
   create(params: Params, context: PluginContext): Promise<Filter>;
 }
 

@@ -116,7 +116,8 @@ describe('other usage errors are one line too', () => {
   const cases: Array<[string, string[], RegExp]> = [
     ['unknown option', ['serve', '--bogus'], /^nbd-engine: unknown option --bogus/],
     ['unknown command', ['frobnicate'], /^nbd-engine: unknown command "frobnicate"/],
-    ['positional argument', ['serve', 'extra'], /^nbd-engine: unexpected argument "extra"/],
+    // A first positional names the backend, as nbdkit's first positional names the plugin.
+    ['positional argument', ['serve', 'extra'], /^nbd-engine: unknown backend "extra" \(known: [^)]*\bmemory\b/],
     ['missing value', ['serve', '--max-in-flight'], /^nbd-engine: --max-in-flight: missing value$/],
     ['bad --tls', ['serve', '--tls', 'maybe'], /^nbd-engine: --tls: expected off, on or require, got "maybe"$/],
     ['empty --socket', ['serve', '--socket', ''], /^nbd-engine: --socket: expected a path/],

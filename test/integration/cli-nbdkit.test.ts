@@ -1,0 +1,365 @@
+/**
+ * nbdkit's command line for `nbd-engine serve` (docs/cli.md), through the
+ * built CLI with real clients: `BACKEND [[KEY=]VALUE ...]`, -s on
+ * stdin/stdout (python3-libnbd's connect_command and a socketpair), -U -,
+ * --run's variables, -P, --exit-with-parent, -V, --print-uri,
+ * --tls-certificates with certtool's certificates, and the usage errors.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
+import { layer, pluginExport, type PluginTables } from '../../src/index.js';
+import { BACKENDS } from '../../src/plugins/registry.js';
+import { CLIENT_FLAGS, clientFlagsBytes, MAGIC, OPT, optionBytes, REP } from '../../src/client/index.js';
+import { makePki } from './tls-support.js';
+
+const node = process.execPath;
+
+/** Run the CLI to completion; never rejects (the exit code is the result). */
+function cli(args: string[], timeout = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Whether a process has exited (gone, or a zombie nobody reaped yet). */
+function gone(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+/** Wait (bounded by the test's timeout, never by a timed assertion) until `cond` holds. */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 50));
+}
+
+let work: string;
+let disk: string;
+const version = (JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+beforeAll(() => {
+  requireTool('nbdinfo');
+  requireTool('qemu-io');
+  work = tmpDir();
+  // A file with a recognisable pattern: 1 MiB of 0x5a, then 1 MiB of zeroes.
+  disk = path.join(work, 'disk.img');
+  fs.writeFileSync(disk, Buffer.concat([Buffer.alloc(1 << 20, 0x5a), Buffer.alloc(1 << 20)]));
+});
+afterAll(() => {
+  if (work) fs.rmSync(work, { recursive: true, force: true });
+});
+
+describe('BACKEND [[KEY=]VALUE ...]', () => {
+  it('memory 1G and memory size=1G serve 1 GiB; memory 64k serves 64 KiB', async () => {
+    for (const args of [['memory', '1G'], ['memory', 'size=1G'], ['memory', '64k']]) {
+      const r = await cli(['serve', '-U', '-', ...args, '--run', 'nbdinfo --size "$uri"']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim(), args.join(' ')).toBe(String(args[1] === '64k' ? 65536 : 2 ** 30));
+    }
+  });
+
+  it('file disk.img serves the file read-write; qemu-io sees its bytes and writes reach it', async () => {
+    const copy = path.join(work, 'rw.img');
+    fs.copyFileSync(disk, copy);
+    const r = await cli(['serve', '-U', '-', 'file', copy, '--run', 'qemu-io -f raw -c "read -P 0x5a 0 1M" -c "read -P 0 1M 1M" -c "write -P 0x33 4k 4k" "$uri"']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/read 1048576\/1048576 bytes at offset 0\b/);
+    expect(r.stdout).toMatch(/wrote 4096\/4096 bytes at offset 4096\b/);
+    const data = fs.readFileSync(copy);
+    expect(data.subarray(4096, 8192).every((b) => b === 0x33)).toBe(true);
+    expect(data[0]).toBe(0x5a);
+  });
+
+  it('-r file file=disk.img is read-only: nbdinfo says so, a write fails, the file is unchanged', async () => {
+    const before = fs.readFileSync(disk);
+    const r = await cli(['serve', '-r', '-U', '-', 'file', `file=${disk}`, '--run', 'nbdinfo "$uri" && qemu-io -f raw -c "write -P 1 0 4k" "$uri"']);
+    expect(r.stdout).toMatch(/is_read_only: true/);
+    expect(r.stdout).toMatch(/export-size: 2097152\b/);
+    expect(r.code).not.toBe(0);
+    expect(fs.readFileSync(disk).equals(before)).toBe(true);
+  });
+
+  it("socket activation with nbdkit's syntax: nbdinfo -- [ nbd-engine serve -r memory 64M ]", async () => {
+    const { stdout } = await run('nbdinfo', ['--json', '--', '[', node, CLI, 'serve', '-r', '-e', 'act', 'memory', '64M', ']']);
+    const info = JSON.parse(stdout) as { exports: Array<{ 'export-name': string; 'export-size': number; is_read_only: boolean }> };
+    expect(info.exports[0]).toMatchObject({ 'export-name': 'act', 'export-size': 64 * 2 ** 20, is_read_only: true });
+  });
+
+  it('nbdkit option names: --readonly, --unix, -e / --exportname (the export name and $exportname), -f accepted', async () => {
+    const sock = path.join(work, 'names.sock');
+    const r = await cli(['serve', '-f', '--readonly', '--unix', sock, '--exportname', 'disk', 'memory', '1M', '--run', 'echo "e=$exportname u=$unixsocket"; nbdinfo --list "$uri"']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`e=disk u=${sock}`);
+    expect(r.stdout).toMatch(/export="disk":/);
+    expect(r.stdout).toMatch(/is_read_only: true/);
+    const e = await cli(['serve', '-e', 'other', '-U', '-', 'memory', '1M', '--run', 'nbdinfo --list "$uri"']);
+    expect(e.stdout).toMatch(/export="other":/);
+  });
+});
+
+describe('-s: one connection on stdin/stdout', () => {
+  it("python3-libnbd connect_command: I/O works and the handle's close returns once the server has exited", async () => {
+    // libnbd's close waits for the command to exit: a server that lingers would hang this script.
+    const out = await nbdPython(
+      String.raw`
+import json, sys, nbd
+h = nbd.NBD()
+h.connect_command(sys.argv[1:])
+size = h.get_size()
+h.pwrite(b'\xab' * 4096, 8192)
+back = h.pread(4096, 8192)
+ro = h.is_read_only()
+h.shutdown()
+del h  # nbd_close: waits for the command to exit
+print(json.dumps({'size': size, 'ok': back == b'\xab' * 4096, 'ro': ro}))
+`,
+      [node, CLI, 'serve', '-s', '-v', 'memory', '1M'],
+    );
+    expect(JSON.parse(out)).toEqual({ size: 1048576, ok: true, ro: false });
+  });
+
+  it('over a socketpair: stdout carries the protocol only (logs on stderr with -v), exit status 0 when the client goes', async () => {
+    const out = await nbdPython(
+      String.raw`
+import json, socket, subprocess, sys, nbd
+ours, theirs = socket.socketpair()
+p = subprocess.Popen(sys.argv[1:], stdin=theirs, stdout=theirs, stderr=subprocess.PIPE)
+theirs.close()
+h = nbd.NBD()
+h.connect_socket(ours.fileno())
+size = h.get_size()
+h.shutdown()
+err = p.stderr.read().decode()
+print(json.dumps({'size': size, 'status': p.wait(), 'err': err}))
+`,
+      [node, CLI, 'serve', '--single', '-v', 'file', disk],
+    );
+    const r = JSON.parse(out) as { size: number; status: number; err: string };
+    expect(r.size).toBe(2097152);
+    expect(r.status, r.err).toBe(0);
+    expect(r.err).toMatch(/^nbd-engine: info: connection 1: opened$/m);
+    expect(r.err).toMatch(/connection closed: shutting down/);
+  });
+
+  it('over two pipes (not a socket): the greeting on stdout, an option answered, exit 0 when stdin closes', async () => {
+    const child = spawn(node, [CLI, 'serve', '-s', 'memory', '1M'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = Buffer.alloc(0);
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const bytes = async (n: number) => {
+      while (out.length < n) await new Promise((r) => child.stdout.once('data', (d: Buffer) => r((out = Buffer.concat([out, d])))));
+      const b = out.subarray(0, n);
+      out = out.subarray(n);
+      return b;
+    };
+    const greeting = await bytes(18);
+    expect(greeting.readBigUInt64BE(0)).toBe(MAGIC.NBDMAGIC);
+    expect(greeting.readBigUInt64BE(8)).toBe(MAGIC.IHAVEOPT);
+    child.stdin.write(clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES));
+    child.stdin.write(optionBytes(OPT.NBD_OPT_ABORT));
+    const reply = await bytes(20);
+    expect([reply.readUInt32BE(8), reply.readUInt32BE(12), reply.readUInt32BE(16)]).toEqual([OPT.NBD_OPT_ABORT, REP.NBD_REP_ACK, 0]);
+    child.stdin.end();
+    expect(await exited, stderr).toBe(0);
+  });
+});
+
+describe('-U -, --run variables, --print-uri', () => {
+  it('-U - is a private socket in a temporary directory, removed at exit', async () => {
+    const r = await cli(['serve', '-U', '-', 'memory', '1M', '--run', 'echo "sock=$unixsocket"; nbdinfo "$uri"']);
+    expect(r.code, r.stderr).toBe(0);
+    const sock = /sock=(.*)/.exec(r.stdout)![1]!;
+    expect(path.basename(sock)).toBe('nbd.sock');
+    expect(path.basename(path.dirname(sock))).toMatch(/^nbd-engine-/);
+    expect(r.stdout).toMatch(/export-size: 1048576\b/);
+    expect(fs.existsSync(path.dirname(sock))).toBe(false);
+  });
+
+  it('$port is the TCP port (-p 0 -i 127.0.0.1: the one chosen) and $nbd = $uri; $tls unset without TLS', async () => {
+    const r = await cli(['serve', '-p', '0', '-i', '127.0.0.1', 'memory', '3M', '--run', 'echo "port=$port uri=$uri nbd=$nbd tls=${tls-unset} sock=[$unixsocket]"; nbdinfo --size "nbd://127.0.0.1:$port"']);
+    expect(r.code, r.stderr).toBe(0);
+    const m = /port=(\d+) uri=(\S+) nbd=(\S+) tls=(\S+) sock=\[\]/.exec(r.stdout)!;
+    expect(m, r.stdout).not.toBeNull();
+    expect(Number(m[1])).toBeGreaterThan(0);
+    expect(m[2]).toBe(`nbd://127.0.0.1:${m[1]}/`);
+    expect(m[3]).toBe(m[2]);
+    expect(m[4]).toBe('unset');
+    expect(r.stdout).toMatch(/^3145728$/m);
+  });
+
+  it('--print-uri prints the URI before --run starts (and not without it)', async () => {
+    const r = await cli(['serve', '--print-uri', '-U', '-', 'memory', '1M', '--run', 'echo "run=$uri"']);
+    expect(r.code, r.stderr).toBe(0);
+    const [printed, fromRun] = r.stdout.trim().split('\n');
+    expect(printed).toMatch(/^nbd\+unix:\/\/\/\?socket=.*nbd\.sock$/);
+    expect(fromRun).toBe(`run=${printed}`);
+    const plain = await cli(['serve', '-U', '-', 'memory', '1M', '--run', 'echo "run=$uri"']);
+    expect(plain.stdout.trim().split('\n')).toHaveLength(1);
+  });
+});
+
+describe('-P, --exit-with-parent, -V', () => {
+  it('-P FILE holds the pid once the URIs are printed', async () => {
+    const pidfile = path.join(work, 'server.pid');
+    const sock = path.join(work, 'pid.sock');
+    const { child, uris } = await spawnCli(['serve', '-P', pidfile, '-U', sock, 'memory', '1M']);
+    try {
+      expect(uris).toEqual([`nbd+unix:///?socket=${sock}`]);
+      expect(fs.readFileSync(pidfile, 'utf8')).toBe(`${child.pid}\n`);
+    } finally {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+
+  it('--exit-with-parent: the server exits (cleanly: its socket removed) when its parent is killed with SIGKILL; one without it stays', async () => {
+    const mk = (name: string, extra: string[]) => ({ pidfile: path.join(work, `${name}.pid`), sock: path.join(work, `${name}.sock`), extra });
+    const withFlag = mk('ewp', ['--exit-with-parent']);
+    const without = mk('stay', []);
+    // A parent that starts both servers, then waits for ever.
+    const script = `
+      const { spawn } = require('node:child_process');
+      for (const s of ${JSON.stringify([withFlag, without])}) {
+        spawn(process.execPath, [${JSON.stringify(CLI)}, 'serve', ...s.extra, '-P', s.pidfile, '-U', s.sock, 'memory', '1M'], { stdio: 'ignore' });
+      }
+      setInterval(() => {}, 1000);`;
+    const parent = spawn(node, ['-e', script], { stdio: 'ignore' });
+    let stayPid: number | undefined;
+    try {
+      await until(() => fs.existsSync(withFlag.pidfile) && fs.existsSync(without.pidfile) && fs.readFileSync(without.pidfile, 'utf8').endsWith('\n') && fs.readFileSync(withFlag.pidfile, 'utf8').endsWith('\n'));
+      const ewpPid = Number(fs.readFileSync(withFlag.pidfile, 'utf8'));
+      stayPid = Number(fs.readFileSync(without.pidfile, 'utf8'));
+      expect(gone(ewpPid)).toBe(false);
+      const killed = new Promise((r) => parent.once('exit', r));
+      parent.kill('SIGKILL');
+      await killed;
+      await until(() => gone(ewpPid));
+      expect(fs.existsSync(withFlag.sock)).toBe(false);
+      // The other one is still serving.
+      const { stdout } = await run('nbdinfo', ['--size', `nbd+unix:///?socket=${without.sock}`]);
+      expect(stdout.trim()).toBe('1048576');
+      expect(gone(stayPid)).toBe(false);
+    } finally {
+      if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+      if (stayPid !== undefined && !gone(stayPid)) process.kill(stayPid, 'SIGTERM');
+    }
+  });
+
+  it('-V / --version print the package version, also after serve', async () => {
+    for (const args of [['-V'], ['--version'], ['serve', '-V'], ['serve', '--version', 'memory', '1G']]) {
+      const r = await cli(args);
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.stdout).toBe(`nbd-engine ${version}\n`);
+    }
+  });
+});
+
+describe('--tls-certificates DIR (certtool certificates, nbdkit file names)', () => {
+  let pki: string;
+  beforeAll(() => {
+    pki = makePki(path.join(work, 'pki'));
+  });
+
+  it('--tls=require: $tls is 2, $uri is nbds+unix, nbdinfo connects with the same directory', async () => {
+    const r = await cli(['serve', '--tls=require', '--tls-certificates', pki, '-U', '-', 'memory', '1M', '--run', `echo "tls=$tls uri=$uri"; nbdinfo --json "$uri&tls-certificates=${pki}"`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^tls=2 uri=nbds\+unix:\/\/\/\?socket=\S+$/m);
+    const info = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { exports: Array<{ 'export-size': number; 'tls?'?: boolean }> };
+    expect(info.exports[0]!['export-size']).toBe(1048576);
+  });
+
+  it('--tls=on: $tls is 1 and both plaintext and TLS clients are served', async () => {
+    const r = await cli(['serve', '--tls=on', '--tls-certificates', pki, '-p', '0', '-i', '127.0.0.1', 'memory', '2M', '--run', `echo "tls=$tls"; nbdinfo --size "nbd://127.0.0.1:$port" && nbdinfo --size "nbds://127.0.0.1:$port/?tls-certificates=${pki}"`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim().split('\n')).toEqual(['tls=1', '2097152', '2097152']);
+  });
+
+  it('a directory without the server files: one line naming the file, exit 1', async () => {
+    const empty = path.join(work, 'no-certs');
+    fs.mkdirSync(empty, { recursive: true });
+    const r = await cli(['serve', '--tls=on', '--tls-certificates', empty, '-U', '-', 'memory', '1M', '--run', 'true']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^nbd-engine: .*server-(cert|key)\.pem.*\n$/);
+  });
+});
+
+describe('pluginExport: the same words from the library', () => {
+  const servers = serverPerTest();
+
+  it("['memory', '1G'] and ['file', disk] with readOnly serve what nbdinfo reports", async () => {
+    const mem = await servers.serve({ exports: [await pluginExport(['memory', '1G'], { name: 'm', logger: silentLogger })] });
+    expect((await run('nbdinfo', ['--size', mem.uri('m')])).stdout.trim()).toBe(String(2 ** 30));
+    const file = await servers.serve({ exports: [await pluginExport(['file', `file=${disk}`], { readOnly: true, logger: silentLogger })] });
+    const { stdout } = await run('nbdinfo', [file.uri()]);
+    expect(stdout).toMatch(/export-size: 2097152\b/);
+    expect(stdout).toMatch(/is_read_only: true/);
+  });
+
+  it('--filter words build the filters in order, each given its own keys (tables injected: a size-capping filter)', async () => {
+    // A filter that serves only the first `cap` bytes, declared here: the built-in registry has none yet.
+    const tables: PluginTables = {
+      backends: BACKENDS,
+      filters: {
+        cap: async () => ({
+          name: 'cap',
+          summary: 'serve the first cap bytes',
+          params: [{ name: 'cap', kind: 'size', summary: 'bytes', required: true }],
+          create: async (p) => ({ name: 'cap', scope: 'shared', wrap: (next) => layer(next, { size: Math.min(next.size ?? 0, p.cap as number) }) }),
+        }),
+      },
+    };
+    const exp = await pluginExport(['--filter=cap', 'memory', '1G', 'cap=64k'], { logger: silentLogger, tables });
+    const s = await servers.serve({ exports: [exp] });
+    expect((await run('nbdinfo', ['--size', s.uri()])).stdout.trim()).toBe('65536');
+    await expect(pluginExport(['--filter', 'cap', 'memory', '1G'], { tables })).rejects.toThrow(/^filter cap: cap=… is required$/);
+    await expect(pluginExport(['memory', '1G', 'cap=1'], { tables })).rejects.toThrow(/^unknown parameter "cap"/);
+    await expect(pluginExport(['-r', 'memory', '1G'])).rejects.toThrow(/^"-r": only --filter=NAME/);
+  });
+});
+
+describe('usage errors: one line, exit 2', () => {
+  const cases: Array<[string, string[], RegExp]> = [
+    ['unknown backend', ['serve', 'nosuch', 'x=1'], /^nbd-engine: unknown backend "nosuch" \(known: [^)]*\bmemory\b/],
+    ['unknown filter', ['serve', '--filter=nosuch', 'memory', '1G'], /^nbd-engine: unknown filter "nosuch" \(known: /],
+    ['unknown key', ['serve', 'memory', '1G', 'bogus=1'], /^nbd-engine: unknown parameter "bogus" in "bogus=1" \(known keys — backend memory: [^)]*\bsize\b/],
+    ['bad value', ['serve', 'memory', 'size=lots'], /^nbd-engine: memory: size=lots: cannot parse size/],
+    ['missing required key', ['serve', 'file'], /^nbd-engine: file: file=… is required\n$/],
+    ['key before the backend', ['serve', 'size=1G'], /^nbd-engine: "size=1G": expected a backend name first/],
+    ['-s with -U', ['serve', '-s', '-U', '-', 'memory', '1G'], /^nbd-engine: -s \(--single\) serves stdin\/stdout: it cannot be used with --socket\n$/],
+    ['--tls-certificates without --tls', ['serve', '--tls-certificates', '/tmp', 'memory', '1G'], /^nbd-engine: --tls-certificates given but TLS is off/],
+  ];
+  for (const [what, args, message] of cases) {
+    it(what, async () => {
+      const r = await cli(args);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
+      expect(r.stdout).toBe('');
+    });
+  }
+
+  it('--help lists the backends with their keys, and the filters', async () => {
+    const r = await cli(['serve', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^ {2}memory +a sparse RAM disk/m);
+    expect(r.stdout).toMatch(/^ {6}file=PATH +the file or device to serve/m);
+    expect(r.stdout).toMatch(/^Filters \(--filter=NAME/m);
+  });
+});
