@@ -70,6 +70,11 @@ export class ConnectionMachines {
     return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
   }
 
+  /** The handshake machine waits for the server to resolve an export or the list: no option is read meanwhile. */
+  get resolving(): boolean {
+    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('resolving');
+  }
+
   /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
   get draining(): boolean {
     // Asked on every completion that empties the connection (each request, with a synchronous backend):

@@ -3,7 +3,7 @@
  * connection actor (xstate) → ReplyWriter. The jobs live next door: the
  * input in `input.ts`, flow control and the pump loop in `flow.ts`, the
  * machines' effects in `effects.ts` and their states in `machines.ts`, the
- * STARTTLS upgrade in `starttls.ts`, the clocks in `timers.ts`, zero-copy
+ * STARTTLS upgrade in `starttls.ts`, exports resolved by the server in `resolve.ts`, the clocks in `timers.ts`, zero-copy
  * WRITE placement in `placement.ts`, how the connection ends (why, the one
  * warning, the socket's errors and close, the wrap-up) in `endings.ts`. The
  * machines decide; the session carries out their effects and keeps no copy
@@ -27,6 +27,7 @@ import { ConnectionTimers } from './timers.js';
 import { acceptedTargets } from './placement.js';
 import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
 import { messageOf, type CloseCode } from '../protocol/errors.js';
+import { askServer } from './resolve.js';
 import { SocketInput } from './input.js';
 import { ConnectionMachines } from './machines.js';
 import { ConnectionEnding } from './endings.js';
@@ -43,6 +44,8 @@ export class Session implements ReplySink {
   negotiated: Negotiated | null = null;
   /** PSK identity or client certificate CN once TLS is up. */
   tlsIdentity: string | undefined;
+  /** STARTTLS succeeded: the connection is encrypted. */
+  tls = false;
   private socket: Duplex;
   private writer: ReplyWriter;
   /** Every reply of the transmission phase gets its form here, answers and refusals alike. */
@@ -85,7 +88,7 @@ export class Session implements ReplySink {
       decoder: this.decoder,
       queuedReplyBytes: () => this.writer.pendingBytes,
       closed: () => this.machines.closed,
-      pulling: () => this.machines.transmission !== null || !this.machines.upgrading,
+      pulling: () => this.machines.transmission !== null || (!this.machines.upgrading && !this.machines.resolving),
       draining: () => this.machines.draining,
       readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
@@ -279,6 +282,18 @@ export class Session implements ReplySink {
     logDrop: (message) => this.ending.logDrop(message),
     ignoreAfterStop: (n) => this.input.ignore(n),
     startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
+    resolve: (request) =>
+      askServer(request, {
+        handler: this.handlers.resolve && ((r) => this.handlers.resolve!(this, r)),
+        log: this.log,
+        peer: this.peer,
+        waiting: () => this.machines.resolving,
+        answer: (event) => {
+          this.sendToActive(event);
+          if (!this.machines.closed) this.flow.pump();
+        },
+        fail: (message) => this.ending.fail(message),
+      }),
     deliver: (frame) => this.deliver(frame),
     refuse: (r) => this.refuse(r),
     draining: () => {
@@ -353,6 +368,7 @@ export class Session implements ReplySink {
     stillUpgrading: () => !this.machines.closed && this.machines.upgrading,
     adopt: ({ stream: secure, identity, protocol, cipher }) => {
       this.tlsIdentity = identity;
+      this.tls = true;
       this.trace?.tls('established', [protocol, cipher].filter(Boolean).join(' '));
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;

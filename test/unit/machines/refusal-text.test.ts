@@ -140,6 +140,20 @@ function scenario(route: ErrorRoute): { d: HandshakeDriver; event: HandshakeEven
       return { d: withStructuredReplies(start()), event: valid('nope') };
     case 'exportTlsOnly':
       return { d: withStructuredReplies(start({ tls: 'optional' })), event: valid('secret') };
+    // The server's hook fails while the option waits in `resolving`: the answer raises the option again.
+    case 'exportOpenFailed':
+    case 'listFailed': {
+      const d = withStructuredReplies(start(route.guard === 'listFailed' ? { resolveList: true } : { resolveExports: true }));
+      const failing: HandshakeDriver = {
+        ...d,
+        option: (e) => {
+          expect(d.option(e)).toEqual([]);
+          expect(d.value()).toBe('resolving');
+          return d.option({ type: 'resolve.failed', message: 'the hook threw' });
+        },
+      };
+      return { d: failing, event: valid('dyn') };
+    }
     case 'structuredRepliesNotOffered':
       return { d: start({ structuredReplies: false }), event: valid() };
     case 'extendedHeadersNotOffered':
@@ -178,6 +192,7 @@ describe('every option error in the routing table carries a reason', () => {
         'NBD_REP_ERR_TOO_BIG',
         'NBD_REP_ERR_POLICY',
         'NBD_REP_ERR_UNKNOWN',
+        'NBD_REP_ERR_PLATFORM',
         'NBD_REP_ERR_UNSUP',
         'NBD_REP_ERR_EXT_HEADER_REQD',
       ]),
