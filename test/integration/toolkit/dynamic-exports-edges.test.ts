@@ -1,0 +1,174 @@
+/**
+ * Exports made per connection, the edges: exports chosen by the TLS
+ * identity (PSK, libnbd), a throwing listExports, NBD_OPT_EXPORT_NAME for
+ * an opened export, the handshake timeout and a server shutdown while an
+ * open is pending, and configurations the server refuses.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, layer, memoryBackend, NbdError, type ExportConfig } from '../../../src/index.js';
+import { py } from '../pylibnbd.js';
+import { serverPerTest, tmpDir } from '../harness.js';
+import { makePsk } from '../tls-support.js';
+import { RawClient } from '../raw-client.js';
+import { CLIENT_FLAG, OPT, REP, encodeClientFlags, encodeInfoGoData, encodeOption, parseExportNameReply } from '../../helpers/wire.js';
+
+const MiB = 1 << 20;
+const { serve } = serverPerTest();
+
+/** A promise and its resolver, for hooks the test answers when it chooses. */
+function deferred<T>(): { promise: Promise<T>; resolve(v: T): void } {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** Wait (without timers) until the hook was called. */
+async function called(flag: () => boolean): Promise<void> {
+  while (!flag()) await new Promise((r) => setImmediate(r));
+}
+
+describe('exports per TLS identity (PSK, python3-libnbd)', () => {
+  let dir: string;
+  let pskFile: string;
+  beforeAll(() => {
+    dir = tmpDir('nbd-engine-dynexp-tls-');
+    pskFile = makePsk(path.join(dir, 'keys.psk'), ['alice', 'bob']);
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('each identity lists and opens its own home export, and only its own', async () => {
+    const srv = await serve({
+      exports: [],
+      tls: { mode: 'require', psk: pskFile },
+      listExports: (conn) => (conn.tlsIdentity ? [{ name: `home-${conn.tlsIdentity}` }] : []),
+      openExport: (name, conn) => (conn.tls && name === `home-${conn.tlsIdentity}` ? { name, backend: memoryBackend({ size: (conn.tlsIdentity === 'alice' ? 1 : 2) * MiB }) } : null),
+    });
+    const asUser = (user: string) =>
+      py<{ list: string[]; own: number; other: string | null }>(`nbds+unix:///?socket=${srv.socket}`, `
+        def opened(user, name):
+            h = nbd.NBD()
+            h.set_opt_mode(True)
+            h.set_tls(nbd.TLS_REQUIRE)
+            h.set_tls_psk_file(ARGS[0])
+            h.set_tls_username(user)
+            h.connect_uri('nbd+unix:///?socket=' + ARGS[1])
+            return h
+        h = opened('${user}', '')
+        got = []
+        h.opt_list(lambda name, desc: got.append(name) or 0)
+        h.set_export_name('home-${user}')
+        h.opt_go()
+        own = h.get_size()
+        h.shutdown()
+        other = opened('${user}', '')
+        other.set_export_name('home-${user === 'alice' ? 'bob' : 'alice'}')
+        out = {'list': got, 'own': own, 'other': err(other.opt_info)}
+      `, [pskFile, srv.socket]);
+    expect(await asUser('alice')).toEqual({ list: ['home-alice'], own: MiB, other: 'ENOENT' });
+    expect(await asUser('bob')).toEqual({ list: ['home-bob'], own: 2 * MiB, other: 'ENOENT' });
+  });
+});
+
+describe('exports per connection: edges', () => {
+  it('listExports throwing: NBD_REP_ERR_PLATFORM, one log line, the next LIST asks again', async () => {
+    let calls = 0;
+    const srv = await serve({
+      exports: [{ name: 'static', backend: memoryBackend({ size: MiB }) }],
+      listExports: () => {
+        if (++calls === 1) throw new Error('directory unreadable');
+        return [{ name: 'later' }];
+      },
+    });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    const first = await client.option(OPT.LIST);
+    expect(first.map((r) => r.type)).toEqual([REP.ERR_PLATFORM]);
+    const second = await client.option(OPT.LIST);
+    expect(second.map((r) => r.type)).toEqual([REP.SERVER, REP.SERVER, REP.ACK]);
+    expect(second.slice(0, 2).map((r) => r.data.subarray(4).toString())).toEqual(['static', 'later']);
+    expect(srv.logs.filter((l) => l.includes('directory unreadable'))).toEqual([expect.stringMatching(/^warn: connection \d+: listing exports failed: directory unreadable$/)]);
+    client.socket.destroy();
+  });
+
+  it('listExports returning a bad entry: the same error reply, the log names the entry', async () => {
+    const srv = await serve({ exports: [{ name: 'static', backend: memoryBackend({ size: MiB }) }], listExports: () => [{ name: 'a\0b' }] });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    expect((await client.option(OPT.LIST)).map((r) => r.type)).toEqual([REP.ERR_PLATFORM]);
+    expect(srv.logs.filter((l) => l.includes('listExports()[0].name'))).toHaveLength(1);
+    client.socket.destroy();
+  });
+
+  it('NBD_OPT_EXPORT_NAME for an opened export: served; for a failing one: the connection is dropped with one log line', async () => {
+    const srv = await serve({
+      exports: [],
+      openExport: (name) => {
+        if (name === 'bad') throw new Error('no such volume group');
+        return { name, backend: memoryBackend({ size: 5 * MiB }) };
+      },
+    });
+    const ok = await RawClient.connect({ path: srv.socket });
+    await ok.greet(CLIENT_FLAG.FIXED_NEWSTYLE);
+    ok.send(encodeOption(OPT.EXPORT_NAME, Buffer.from('vol1')));
+    expect(parseExportNameReply(await ok.read(10 + 124)).size).toBe(BigInt(5 * MiB));
+    ok.socket.destroy();
+    // Without fixed newstyle (the `unfixed` mode) EXPORT_NAME is resolved too.
+    const bad = await RawClient.connect({ path: srv.socket });
+    await bad.readGreeting();
+    bad.send(Buffer.concat([encodeClientFlags(0), encodeOption(OPT.EXPORT_NAME, Buffer.from('bad'))]));
+    await bad.closedP;
+    // The hook's failure, then the drop (EXPORT_NAME has no error reply).
+    expect(srv.logs.filter((l) => l.startsWith('warn: connection 2'))).toEqual([
+      'warn: connection 2: opening export "bad" failed: no such volume group',
+      expect.stringContaining('disconnecting: option.export-name-terminates: EXPORT_NAME for an export that could not be opened'),
+    ]);
+  });
+
+  it('the handshake timeout while an open is pending: dropped, and what the open returns later is closed', async () => {
+    const open = deferred<ExportConfig>();
+    let asked = false;
+    let closed!: () => void;
+    const closedP = new Promise<void>((r) => (closed = r));
+    const srv = await serve({ exports: [], limits: { handshakeTimeout: 200 }, openExport: () => ((asked = true), open.promise) });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    client.send(encodeOption(OPT.GO, encodeInfoGoData('slow')));
+    await called(() => asked);
+    await client.closedP;
+    expect(srv.logs.some((l) => l.includes('NBD_ERR_HANDSHAKE_TIMEOUT'))).toBe(true);
+    open.resolve({ name: 'slow', backend: layer(memoryBackend({ size: MiB }), { close: () => closed() }) });
+    await closedP;
+  });
+
+  it('the server shutting down while an open is pending: the option gets NBD_REP_ERR_SHUTDOWN, the open is closed', async () => {
+    const open = deferred<ExportConfig>();
+    let asked = false;
+    let closed = 0;
+    const srv = await serve({ exports: [], openExport: () => ((asked = true), open.promise) });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    client.send(encodeOption(OPT.INFO, encodeInfoGoData('busy')));
+    await called(() => asked);
+    const closing = srv.server.close({ timeout: 5000 });
+    open.resolve({ name: 'busy', backend: layer(memoryBackend({ size: MiB }), { close: () => void closed++ }) });
+    expect((await client.optionReplies()).map((r) => r.type)).toEqual([REP.ERR_SHUTDOWN]);
+    client.send(encodeOption(OPT.ABORT));
+    expect((await client.optionReplies()).map((r) => r.type)).toEqual([REP.ACK]);
+    client.socket.destroy();
+    await closing;
+    // close() waits for the connections' clean-up.
+    expect(closed).toBe(1);
+  });
+
+  it('configurations the server refuses', () => {
+    const backend = memoryBackend({ size: MiB });
+    expect(() => createServer({ exports: [] })).toThrow(NbdError);
+    expect(() => createServer({ exports: [], openExport: () => null })).not.toThrow();
+    expect(() => createServer({ exports: [{ name: 'a', backend }], defaultExport: 'elsewhere' })).toThrow(/default export "elsewhere" is not defined/);
+    // With openExport, a default that is not static is opened like any other name.
+    expect(() => createServer({ exports: [{ name: 'a', backend }], defaultExport: 'elsewhere', openExport: () => null })).not.toThrow();
+    expect(() => createServer({ exports: [], openExport: 'yes' as never })).toThrow(/openExport must be a function/);
+  });
+});
