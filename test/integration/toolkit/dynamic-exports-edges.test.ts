@@ -131,11 +131,13 @@ describe('exports per connection: edges', () => {
     let asked = false;
     let closed!: () => void;
     const closedP = new Promise<void>((r) => (closed = r));
-    const srv = await serve({ exports: [], limits: { handshakeTimeout: 200 }, openExport: () => ((asked = true), open.promise) });
+    const srv = await serve({ exports: [], limits: { handshakeTimeout: 1000 }, openExport: () => ((asked = true), open.promise) });
     const client = await RawClient.connect({ path: srv.socket });
     await client.greet();
     client.send(encodeOption(OPT.GO, encodeInfoGoData('slow')));
-    await called(() => asked);
+    // (Were the server too slow to ask before the timeout, the connection would close first: a failure, not a hang.)
+    await Promise.race([called(() => asked || client.ended), client.closedP]);
+    expect(asked).toBe(true);
     await client.closedP;
     expect(srv.logs.some((l) => l.includes('NBD_ERR_HANDSHAKE_TIMEOUT'))).toBe(true);
     open.resolve({ name: 'slow', backend: layer(memoryBackend({ size: MiB }), { close: () => closed() }) });
