@@ -29,3 +29,6 @@ export { startLiveInspector, INSPECT_PORT, type LiveInspector, type LiveOptions,
 export type { TraceFile, TraceFileOptions } from './inspect/trace-file.js';
 export type { TraceRecord, TraceSink } from './inspect/trace-format.js';
 export { CLIENT_VIOLATIONS, violatedRule, type Violation } from './api/violations.js';
+export type { ExportHooks } from './api/dynamic-exports.js';
+export type { ListedExport, ResolveRequest, ResolveEvent } from './machines/types.js';
+export { directoryExports, type DirectoryExportsOptions } from './backends/directory.js';

@@ -7,9 +7,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer, layer, memoryBackend, NbdError, type ExportConfig } from '../../../src/index.js';
+import { createServer, directoryExports, layer, memoryBackend, NbdError, type ExportConfig } from '../../../src/index.js';
 import { py } from '../pylibnbd.js';
-import { serverPerTest, tmpDir } from '../harness.js';
+import { run, serverPerTest, tmpDir } from '../harness.js';
 import { makePsk } from '../tls-support.js';
 import { RawClient } from '../raw-client.js';
 import { CLIENT_FLAG, OPT, REP, encodeClientFlags, encodeInfoGoData, encodeOption, parseExportNameReply } from '../../helpers/wire.js';
@@ -172,5 +172,39 @@ describe('exports per connection: edges', () => {
     // With openExport, a default that is not static is opened like any other name.
     expect(() => createServer({ exports: [{ name: 'a', backend }], defaultExport: 'elsewhere', openExport: () => null })).not.toThrow();
     expect(() => createServer({ exports: [], openExport: 'yes' as never })).toThrow(/openExport must be a function/);
+  });
+});
+
+describe('directoryExports: a directory of images (nbdkit file dir=)', () => {
+  it('nbdinfo --list lists its files; qemu-img and libnbd open them by name; nothing outside it can be named', async () => {
+    const dir = tmpDir('nbd-engine-dir-');
+    try {
+      fs.writeFileSync(path.join(dir, 'a.img'), Buffer.alloc(MiB, 0x61));
+      fs.writeFileSync(path.join(dir, 'b.img'), Buffer.alloc(2 * MiB));
+      fs.writeFileSync(path.join(dir, '.hidden'), Buffer.alloc(512));
+      fs.mkdirSync(path.join(dir, 'sub'));
+      fs.writeFileSync(path.join(path.dirname(dir), `outside-${path.basename(dir)}.img`), Buffer.alloc(512));
+      const srv = await serve({ exports: [], ...directoryExports({ dir }) });
+      const listed = JSON.parse((await run('nbdinfo', ['--list', '--json', srv.uri('a.img')])).stdout) as { exports: Array<{ 'export-name': string; 'export-size': number }> };
+      expect(listed.exports.map((e) => [e['export-name'], e['export-size']])).toEqual([['a.img', MiB], ['b.img', 2 * MiB]]);
+      const qemu = JSON.parse((await run('qemu-img', ['info', '--output=json', srv.uri('b.img')])).stdout) as { 'virtual-size': number };
+      expect(qemu['virtual-size']).toBe(2 * MiB);
+      const out = await py<Record<string, string | null>>(srv.uri('a.img'), `
+        def tried(name):
+            h = nbd.NBD()
+            h.set_opt_mode(True)
+            h.connect_uri(URI)
+            h.set_export_name(name)
+            return err(h.opt_info)
+        h = connect()
+        h.pwrite(b'written', 0)
+        out = {'data': h.pread(3, 4).decode(), 'hidden': tried('.hidden'), 'sub': tried('sub'), 'up': tried('../outside-' + ARGS[0] + '.img'), 'none': tried('missing.img')}
+      `, [path.basename(dir)]);
+      expect(out).toEqual({ data: 'ten', hidden: 'ENOENT', sub: 'ENOENT', up: 'ENOENT', none: 'ENOENT' });
+      expect(fs.readFileSync(path.join(dir, 'a.img')).subarray(0, 7).toString()).toBe('written');
+    } finally {
+      fs.rmSync(path.join(path.dirname(dir), `outside-${path.basename(dir)}.img`), { force: true });
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
