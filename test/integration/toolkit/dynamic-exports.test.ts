@@ -102,6 +102,41 @@ describe('exports per connection', () => {
     expect(c.closed).toEqual(['dyn1', 'dyn2']);
   });
 
+  it('negotiating a static export closes the export opened before it', async () => {
+    const c = counting();
+    const openAtClose: number[] = [];
+    let srv!: Awaited<ReturnType<typeof serve>>;
+    srv = await serve({
+      exports: [{ name: 'static', backend: memoryBackend({ size: 2 * MiB }) }],
+      openExport: (name) => {
+        const inner = c.open(name);
+        return { name, backend: layer(inner, { close: () => (openAtClose.push(srv.server.connectionCount), inner.close!()) }) };
+      },
+    });
+    let negotiated!: () => void;
+    const negotiatedP = new Promise<void>((r) => (negotiated = r));
+    srv.server.connections$.subscribe((e) => e.type === 'negotiated' && negotiated());
+    const out = await py<{ probe: number; size: number; read: number }>(srv.uri('static'), `
+      h = nbd.NBD()
+      h.set_opt_mode(True)
+      h.connect_uri(URI)
+      h.set_export_name('probe')
+      h.opt_info()
+      probe = h.get_size()
+      h.set_export_name('static')
+      h.opt_go()
+      out = {'probe': probe, 'size': h.get_size(), 'read': len(h.pread(512, 0))}
+      h.shutdown()
+    `);
+    expect(out).toEqual({ probe: MiB, size: 2 * MiB, read: 512 });
+    await negotiatedP;
+    await c.closes(1);
+    expect(c.opened).toEqual(['probe']);
+    expect(c.closed).toEqual(['probe']);
+    // Closed while its connection was still open (at GO), not when it ended.
+    expect(openAtClose).toEqual([1]);
+  });
+
   it('nbdinfo and qemu-img on a dynamic export; each connection opens its own', async () => {
     const c = counting();
     const srv = await serve({ exports: [], openExport: (name, conn) => ({ name, description: `${name} for ${conn.id}`, backend: c.open(name, 4 * MiB) }) });
