@@ -74,6 +74,8 @@ export async function closeEntry(entry: ExportEntry, logger: Logger, what: strin
 export class ConnectionExports {
   private current: { readonly key: string; readonly entry: ExportEntry } | null = null;
   private ended = false;
+  /** The close of an export left behind at negotiation (close() waits for it). */
+  private leftBehind: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly host: DynamicHost,
@@ -95,13 +97,14 @@ export class ConnectionExports {
   negotiated(exp: ExportDescriptor): ExportEntry | undefined {
     const current = this.current;
     if (current && current.entry.descriptor === exp) return current.entry;
-    if (current) void this.closeCurrent();
+    if (current) this.leftBehind = this.closeCurrent();
     return this.host.staticEntry(exp.name);
   }
 
   /** The connection ended: close what is open, and anything opened later. */
   async close(): Promise<void> {
     this.ended = true;
+    await this.leftBehind;
     await this.closeCurrent();
   }
 
