@@ -207,4 +207,24 @@ describe('directoryExports: a directory of images (nbdkit file dir=)', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('lists what nbdkit file dir= lists (hidden files aside: nbdkit lists them, unsorted)', async () => {
+    const dir = tmpDir('nbd-engine-dir-cmp-');
+    try {
+      fs.writeFileSync(path.join(dir, 'z.img'), Buffer.alloc(MiB));
+      fs.writeFileSync(path.join(dir, 'a.img'), Buffer.alloc(3 * MiB));
+      fs.writeFileSync(path.join(dir, '.hidden'), Buffer.alloc(512));
+      fs.mkdirSync(path.join(dir, 'sub'));
+      type Listing = { exports: Array<{ 'export-name': string; 'export-size': number }> };
+      const entries = (l: Listing) => l.exports.map((e) => `${e['export-name']}=${e['export-size']}`);
+      const theirs = JSON.parse((await run('nbdkit', ['-U', '-', 'file', `dir=${dir}`, '--run', 'nbdinfo --list --json "$uri"'])).stdout) as Listing;
+      const srv = await serve({ exports: [], ...directoryExports({ dir }) });
+      const ours = JSON.parse((await run('nbdinfo', ['--list', '--json', srv.uri('a.img')])).stdout) as Listing;
+      expect(entries(ours)).toEqual(['a.img=3145728', 'z.img=1048576']);
+      expect(entries(theirs).filter((e) => !e.startsWith('.')).sort()).toEqual(entries(ours));
+      expect(entries(theirs)).toContain('.hidden=512');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
