@@ -88,4 +88,12 @@ describe('handshake machine: exports resolved per connection', () => {
     late.send({ type: 'timer.handshake', ms: 10 });
     expect(late.actor.getSnapshot().output).toMatchObject({ outcome: 'rejected', code: 'NBD_ERR_HANDSHAKE_TIMEOUT' });
   });
+
+  it('an opened export marked tlsOnly is refused before TLS (SELECTIVETLS), as a static one', () => {
+    const d = startHandshake({ resolveExports: true, tls: 'optional' });
+    d.send(opt(O.INFO, infoGoData('dyn')));
+    expect(d.option({ type: 'resolve.export', export: { ...DYN, tlsOnly: true } }).map((r) => r.type)).toEqual([R.ERR_TLS_REQD]);
+    // Answered from the lookup the second time: no new ask.
+    expect(resolves(d.send(opt(O.GO, infoGoData('dyn'))))).toEqual([]);
+  });
 });
