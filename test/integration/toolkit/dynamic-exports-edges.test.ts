@@ -2,14 +2,16 @@
  * Exports made per connection, the edges: exports chosen by the TLS
  * identity (PSK, libnbd), a throwing listExports, NBD_OPT_EXPORT_NAME for
  * an opened export, the handshake timeout and a server shutdown while an
- * open is pending, and configurations the server refuses.
+ * open is pending, configurations the server refuses; directoryExports
+ * (compared with nbdkit file dir=); and nbd-engine probe against exports
+ * made per connection (the same results as against a static export).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, directoryExports, layer, memoryBackend, NbdError, type ExportConfig } from '../../../src/index.js';
 import { py } from '../pylibnbd.js';
-import { run, serverPerTest, tmpDir } from '../harness.js';
+import { CLI, execFileP, run, serverPerTest, startServer, tmpDir } from '../harness.js';
 import { makePsk } from '../tls-support.js';
 import { RawClient } from '../raw-client.js';
 import { CLIENT_FLAG, OPT, REP, encodeClientFlags, encodeInfoGoData, encodeOption, parseExportNameReply } from '../../helpers/wire.js';
@@ -226,5 +228,32 @@ describe('directoryExports: a directory of images (nbdkit file dir=)', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+});
+
+describe('nbd-engine probe against exports made per connection', () => {
+  it('passes what it passes against the same export served statically: nothing fails', async () => {
+    const probe = async (uri: string) => {
+      const r = await execFileP(process.execPath, [CLI, 'probe', uri, '--json', '--timeout', '3']);
+      return (JSON.parse(r.stdout) as { results: Array<{ status: string; rule: string }> }).results;
+    };
+    const staticSrv = await startServer({ exports: [{ name: 'disk', backend: memoryBackend({ size: 64 << 20 }) }] });
+    let expected: Array<{ status: string; rule: string }>;
+    try {
+      expected = await probe(staticSrv.uri('disk'));
+    } finally {
+      await staticSrv.close();
+    }
+    const srv = await serve({
+      exports: [],
+      defaultExport: () => 'disk',
+      listExports: () => [{ name: 'disk' }],
+      openExport: (name) => (name === 'disk' ? { name, backend: memoryBackend({ size: 64 << 20 }) } : null),
+    });
+    const got = await probe(srv.uri('disk'));
+    expect(got.filter((r) => r.status === 'FAIL')).toEqual([]);
+    expect(got.map((r) => `${r.rule} ${r.status}`)).toEqual(expected.map((r) => `${r.rule} ${r.status}`));
+    expect(got.filter((r) => r.status === 'PASS').length).toBeGreaterThanOrEqual(30);
   });
 });
