@@ -7,18 +7,19 @@
  * error catalogue's (src/protocol/errors.ts).
  */
 import { BASE_ALLOCATION, CLIENT_FLAGS, FLAG, HANDSHAKE_FLAGS, INFO, optName } from '../protocol/constants.js';
-import { ERRORS, messageOf, type CloseCode, type DetailsArg, type FixedCode, type OptionErrorCode } from '../protocol/errors.js';
+import { ERRORS, messageOf, textOf, type CloseCode, type DetailsArg, type FixedCode, type OptionErrorCode } from '../protocol/errors.js';
 import {
   encodeAck,
   encodeInfoBlockSize,
   encodeInfoDescription,
   encodeInfoExport,
   encodeInfoName,
+  encodeMetaContext,
   encodeOptionError,
   withHasFlags,
 } from '../protocol/encoder.js';
 import type { InfoGoOption, OptionFrame } from '../protocol/frames.js';
-import type { ExportDescriptor, HandshakeEmitted, HandshakeOutcome, ListedExport, MetaContextSelection, Negotiated, OptionEvent, TlsPolicy } from './types.js';
+import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, HandshakeOutcome, ListedExport, MetaContextSelection, Negotiated, OptionEvent, TlsPolicy } from './types.js';
 
 export interface HandshakeContext {
   readonly exports: readonly ExportDescriptor[];
@@ -199,6 +200,41 @@ export function errorReply<C extends OptionErrorCode>(code: C, ctx: HandshakeCon
 
 /** What a hard close names: a catalogue entry with a fixed message. */
 export type RejectCode = Extract<CloseCode, FixedCode>;
+
+/**
+ * A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
+ * A decoder failure closes with the decoder's own code.
+ */
+export function rejection(event: HandshakeEvent | { type: string }, rejectCode: RejectCode): { code: CloseCode; reason: string } {
+  const e = event as HandshakeEvent;
+  const detail = e.type.startsWith('opt.')
+    ? ` (${e.type})`
+    : e.type === 'wire.fatal'
+      ? `: ${e.message}`
+      : e.type === 'timer.handshake'
+        ? `: not finished within ${e.ms} ms`
+        : '';
+  const code: CloseCode = e.type === 'wire.fatal' && e.code !== undefined ? e.code : rejectCode;
+  return { code, reason: textOf(rejectCode) + detail };
+}
+
+/** NBD_OPT_SET_META_CONTEXT's selection for `exp` (tied to its name: option.meta-context-export) and its replies. */
+export function metaContextSelection(
+  frame: { readonly code: number; readonly queries: readonly string[] },
+  exp: ExportDescriptor,
+): { metaContexts: NonNullable<HandshakeContext['metaContexts']>; replies: HandshakeEmitted[] } {
+  const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
+  const replies = contexts.map((c) => sendOf(encodeMetaContext(frame.code, c.id, c.name), `NBD_REP_META_CONTEXT(${c.name})`));
+  replies.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+  return { metaContexts: { exportName: exp.name, contexts }, replies };
+}
+
+/** NBD_OPT_LIST_META_CONTEXT's replies (option.meta-context-reply: LIST replies carry context id 0; the spec: it SHOULD be 0). */
+export function metaContextListReplies(frame: { readonly code: number; readonly queries: readonly string[] }): HandshakeEmitted[] {
+  const out = matchMetaContexts(frame.queries, 'list').map((name) => sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
+  out.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+  return out;
+}
 
 /** Build the INFO/GO reply sequence (option.info-export, option.block-size-not-required, option.info-go-consistent). */
 export function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {

@@ -23,20 +23,21 @@
  */
 import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
 import { CLIENT_FLAGS } from '../protocol/constants.js';
-import { messageOf, quoteName, textOf, type CloseCode, type OptionErrorCode } from '../protocol/errors.js';
-import { encodeAck, encodeExportNameReply, encodeGreeting, encodeMetaContext } from '../protocol/encoder.js';
+import { messageOf, quoteName, type OptionErrorCode } from '../protocol/errors.js';
+import { encodeAck, encodeExportNameReply, encodeGreeting } from '../protocol/encoder.js';
 import type { HandshakeEmitted, HandshakeEvent, HandshakeOutcome } from './types.js';
 import {
   ACKED_OPTIONS,
-  BASE_ALLOCATION_ID,
   NAMED_OPTIONS,
   OPTION_EVENTS,
   SERVER_HANDSHAKE_FLAGS,
   errorReply,
   findExport,
   infoReplies,
-  matchMetaContexts,
+  metaContextListReplies,
+  metaContextSelection,
   negotiatedFrom,
+  rejection,
   sendOf,
   type HandshakeContext,
   type RejectCode,
@@ -83,15 +84,7 @@ export const handshakeMachine = setup({
     // A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
     // A decoder failure closes with the decoder's own code.
     reject: enqueueActions(({ enqueue, event }, params: { code: RejectCode }) => {
-      const detail = event.type.startsWith('opt.')
-        ? ` (${event.type})`
-        : event.type === 'wire.fatal'
-          ? `: ${event.message}`
-          : event.type === 'timer.handshake'
-            ? `: not finished within ${event.ms} ms`
-            : '';
-      const code: CloseCode = event.type === 'wire.fatal' && event.code !== undefined ? event.code : params.code;
-      const reason = textOf(params.code) + detail;
+      const { code, reason } = rejection(event, params.code);
       enqueue.assign({ outcome: { outcome: 'rejected', code, reason } });
       enqueue.emit({ type: 'close', hard: true, code, reason });
     }),
@@ -143,29 +136,20 @@ export const handshakeMachine = setup({
       const exp = findExport(context, event.frame.name)!;
       const negotiated = negotiatedFrom(context, exp, true);
       enqueue.assign({ outcome: { outcome: 'negotiated', negotiated } });
-      enqueue.emit(
-        sendOf([encodeExportNameReply(exp.size, negotiated.flags, context.noZeroes)], context.noZeroes ? 'export reply (10 bytes)' : 'export reply (134 bytes)'),
-      );
+      const label = context.noZeroes ? 'export reply (10 bytes)' : 'export reply (134 bytes)';
+      enqueue.emit(sendOf([encodeExportNameReply(exp.size, negotiated.flags, context.noZeroes)], label));
     }),
     replyListMetaContext: enqueueActions(({ enqueue, event }) => {
       assertEvent(event, 'opt.listMetaContext');
-      const frame = event.frame;
-      // option.meta-context-reply: LIST replies carry context id 0 (the spec: it SHOULD be 0).
-      for (const name of matchMetaContexts(frame.queries, 'list')) {
-        enqueue.emit(sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
-      }
-      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+      for (const e of metaContextListReplies(event.frame)) enqueue.emit(e);
     }),
     // option.meta-context-replace: SET replaces the previous selection, even when it fails.
     clearMetaContexts: assign({ metaContexts: null }),
     replySetMetaContext: enqueueActions(({ enqueue, context, event }) => {
       assertEvent(event, 'opt.setMetaContext');
-      const frame = event.frame;
-      const exp = findExport(context, frame.name)!;
-      const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
-      enqueue.assign({ metaContexts: { exportName: exp.name, contexts } });
-      for (const c of contexts) enqueue.emit(sendOf(encodeMetaContext(frame.code, c.id, c.name), `NBD_REP_META_CONTEXT(${c.name})`));
-      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+      const { metaContexts, replies } = metaContextSelection(event.frame, findExport(context, event.frame.name)!);
+      enqueue.assign({ metaContexts });
+      for (const e of replies) enqueue.emit(e);
     }),
     requestTlsUpgrade: emit({ type: 'startTls' } as const),
     // tls.starttls-resets: STARTTLS success ⇒ forget everything negotiated so far.
@@ -383,9 +367,8 @@ export const handshakeMachine = setup({
         },
       },
     },
-    // The server works out the export an option names, or the export list (the `resolve` effect); no option is
-    // read meanwhile. The answer takes the option back to the mode it came from (open or unfixed; shuttingDown if
-    // the server began shutting down meanwhile), where its own transitions answer it.
+    // The server works out the export an option names, or the list (`resolve`); no option is read meanwhile. The answer
+    // takes the option back to its mode (open or unfixed; shuttingDown if the server began to), whose transitions answer it.
     resolving: {
       on: {
         'resolve.*': [
