@@ -22,6 +22,7 @@ import type { Logger } from '../transport/logger.js';
 import type { MaybePromise } from './backend.js';
 import { describeExport, runClosers, type ExportConfig, type ExportEntry } from './export-entry.js';
 import type { ConnectionRef } from './request.js';
+import { NbdError } from './errors.js';
 
 /** The server's hooks (ServerOptions) for exports made per connection. */
 export interface ExportHooks {
@@ -40,6 +41,15 @@ export interface DynamicHost {
   readonly maxPayload: number;
   /** The static export of this name. */
   staticEntry(name: string): ExportEntry | undefined;
+}
+
+/** The server's exports options, checked once (plain JavaScript may pass anything). */
+export function checkExportOptions(options: ExportHooks & { readonly exports: unknown }): void {
+  if (!Array.isArray(options.exports)) throw new NbdError('NBD_ERR_CONFIG', 'exports must be an array');
+  if (options.exports.length === 0 && !options.openExport) throw new NbdError('NBD_ERR_CONFIG', 'at least one export (or openExport) is required');
+  for (const hook of ['listExports', 'openExport'] as const) {
+    if (options[hook] !== undefined && typeof options[hook] !== 'function') throw new NbdError('NBD_ERR_CONFIG', `${hook} must be a function`);
+  }
 }
 
 /** A valid NBD string for an export name or description (≤ 4096 bytes, no NUL). */

@@ -20,7 +20,7 @@ import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport
 import { validateLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
 import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
-import { closeEntry, ConnectionExports, type DynamicHost, type ExportHooks } from './dynamic-exports.js';
+import { checkExportOptions, closeEntry, ConnectionExports, type DynamicHost, type ExportHooks } from './dynamic-exports.js';
 import type { Backend } from './backend.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
@@ -73,10 +73,7 @@ export interface ServerLimits {
 export interface ServerOptions extends ExportHooks {
   /** Static exports, shared by every connection (may be empty with `openExport`). */
   readonly exports: readonly ExportConfig[];
-  /**
-   * The export served for the empty name (default: the first static one); null for none; or a
-   * function of the connection (its result is looked up as a static export, then with openExport).
-   */
+  /** What the empty name means: a name (default: the first static export), null for none, or a function of the connection. */
   readonly defaultExport?: ExportHooks['defaultExport'];
   readonly limits?: ServerLimits;
   /** xstate inspection hook, attached to every connection actor. */
@@ -139,11 +136,7 @@ export class NbdServer {
     this.logger = options.logger ?? consoleLogger(false);
     validateLimits(options.limits);
     const maxPayload = options.limits?.maxPayload ?? DEFAULTS.maxPayload;
-    if (!Array.isArray(options.exports)) throw new NbdError('NBD_ERR_CONFIG', 'exports must be an array');
-    if (options.exports.length === 0 && !options.openExport) throw new NbdError('NBD_ERR_CONFIG', 'at least one export (or openExport) is required');
-    for (const hook of ['listExports', 'openExport'] as const) {
-      if (options[hook] !== undefined && typeof options[hook] !== 'function') throw new NbdError('NBD_ERR_CONFIG', `${hook} must be a function`);
-    }
+    checkExportOptions(options);
     for (const cfg of options.exports) {
       if (this.exports.has(cfg.name)) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}" is defined twice`);
       this.exports.set(cfg.name, describeExport(cfg, maxPayload, this.logger));

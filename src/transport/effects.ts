@@ -8,7 +8,8 @@
  */
 import type { FrameDecoder } from '../protocol/decoder.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import type { HandshakeEmitted, Refusal, ResolveRequest, TransmissionEmitted } from '../machines/types.js';
+import type { HandshakeEmitted, Refusal, ResolveEvent, ResolveRequest, TransmissionEmitted } from '../machines/types.js';
+import { askServer } from './resolve.js';
 import type { CloseCode } from '../protocol/errors.js';
 import type { Logger } from './logger.js';
 import type { ReplyWriter } from './socket.js';
@@ -27,8 +28,12 @@ export interface EffectHost {
   /** Bytes received after the end of the session: dropped, said once in the log. */
   ignoreAfterStop(bytes: number): void;
   startTls(): void;
-  /** Ask the server what an export name means, or for the export list; the answer goes back to the handshake machine. */
-  resolve(request: ResolveRequest): void;
+  /** The server's handler for `resolve` (SessionHandlers.resolve), if any. */
+  resolver(): ((request: ResolveRequest) => Promise<ResolveEvent>) | undefined;
+  /** The handshake machine waits in `resolving`. */
+  resolving(): boolean;
+  /** Give the handshake machine the server's answer, then read on. */
+  answer(event: ResolveEvent): void;
   deliver(frame: RequestFrame): void;
   refuse(refusal: Pick<Refusal, 'frame' | 'code' | 'errno' | 'message'>): void;
   /** Draining began: the clocks stop; with nothing in flight the machine hears so. */
@@ -61,7 +66,7 @@ export function handshakeEffect(host: EffectHost, e: HandshakeEmitted): void {
       host.startTls();
       return;
     case 'resolve':
-      host.resolve(e.request);
+      askServer(e.request, host);
       return;
     case 'log':
       host.log()[e.level]?.(`${host.peer()}: ${e.message}`);

@@ -75,6 +75,11 @@ export class ConnectionMachines {
     return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('resolving');
   }
 
+  /** TLS is up (STARTTLS succeeded, or the connection was TLS from the start): the handshake machine's record. */
+  get tls(): boolean {
+    return (this.handshake?.getSnapshot().context as { tls?: boolean } | undefined)?.tls === true;
+  }
+
   /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
   get draining(): boolean {
     // Asked on every completion that empties the connection (each request, with a synchronous backend):

@@ -11,34 +11,23 @@
  */
 import type { ResolveEvent, ResolveRequest } from '../machines/types.js';
 import { quoteName } from '../protocol/errors.js';
-import type { Logger } from './logger.js';
+import type { EffectHost } from './effects.js';
 
-export interface ResolveHost {
-  /** The server's handler (SessionHandlers.resolve) for this session, if any. */
-  readonly handler: ((request: ResolveRequest) => Promise<ResolveEvent>) | undefined;
-  readonly log: Logger;
-  readonly peer: string;
-  /** The handshake machine still waits for this answer. */
-  waiting(): boolean;
-  /** Give the machine its answer (and read on). */
-  answer(event: ResolveEvent): void;
-  /** Something failed that is not the hook's: drop the connection. */
-  fail(message: string): void;
-}
-
-export function askServer(request: ResolveRequest, host: ResolveHost): void {
-  const handler = host.handler;
+/** Ask the server's handler, answer the handshake machine if it still waits. */
+export function askServer(request: ResolveRequest, host: Pick<EffectHost, 'log' | 'peer' | 'resolver' | 'resolving' | 'answer'>): void {
+  const handler = host.resolver();
   // Always asynchronous: the machine is mid-step when it emits `resolve`.
   const asked = handler ? Promise.resolve().then(() => handler(request)) : Promise.reject(new Error('this server resolves no exports'));
   const what = request.kind === 'list' ? 'listing exports' : `opening export ${quoteName(request.name)}`;
   asked
     .catch((err: unknown): ResolveEvent => {
       const message = err instanceof Error ? err.message : String(err);
-      host.log.warn(`${host.peer}: ${what} failed: ${message}`);
+      host.log().warn(`${host.peer()}: ${what} failed: ${message}`);
       return { type: 'resolve.failed', message };
     })
     .then((answer) => {
-      if (host.waiting()) host.answer(answer);
+      if (host.resolving()) host.answer(answer);
     })
-    .catch((err: unknown) => host.fail(`answering the handshake machine: ${String(err)}`));
+    // Not reached: sending to the machine reports its own failures (machines.ts); kept so nothing is unhandled.
+    .catch((err: unknown) => host.log().error(`${host.peer()}: answering the handshake machine: ${String(err)}`));
 }

@@ -27,7 +27,6 @@ import { ConnectionTimers } from './timers.js';
 import { acceptedTargets } from './placement.js';
 import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
 import { messageOf, type CloseCode } from '../protocol/errors.js';
-import { askServer } from './resolve.js';
 import { SocketInput } from './input.js';
 import { ConnectionMachines } from './machines.js';
 import { ConnectionEnding } from './endings.js';
@@ -44,8 +43,6 @@ export class Session implements ReplySink {
   negotiated: Negotiated | null = null;
   /** PSK identity or client certificate CN once TLS is up. */
   tlsIdentity: string | undefined;
-  /** STARTTLS succeeded: the connection is encrypted. */
-  tls = false;
   private socket: Duplex;
   private writer: ReplyWriter;
   /** Every reply of the transmission phase gets its form here, answers and refusals alike. */
@@ -180,6 +177,11 @@ export class Session implements ReplySink {
     if (!this.machines.closed) this.timers.startHandshake();
   }
 
+  /** TLS is up, as the handshake machine records it. */
+  get tls(): boolean {
+    return this.machines.tls;
+  }
+
   /** Requests with the application right now. */
   get requestsInFlight(): number {
     return this.flow.requestsInFlight;
@@ -282,18 +284,12 @@ export class Session implements ReplySink {
     logDrop: (message) => this.ending.logDrop(message),
     ignoreAfterStop: (n) => this.input.ignore(n),
     startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
-    resolve: (request) =>
-      askServer(request, {
-        handler: this.handlers.resolve && ((r) => this.handlers.resolve!(this, r)),
-        log: this.log,
-        peer: this.peer,
-        waiting: () => this.machines.resolving,
-        answer: (event) => {
-          this.sendToActive(event);
-          if (!this.machines.closed) this.flow.pump();
-        },
-        fail: (message) => this.ending.fail(message),
-      }),
+    resolver: () => this.handlers.resolve && ((r) => this.handlers.resolve!(this, r)),
+    resolving: () => this.machines.resolving,
+    answer: (event) => {
+      this.sendToActive(event);
+      if (!this.machines.closed) this.flow.pump();
+    },
     deliver: (frame) => this.deliver(frame),
     refuse: (r) => this.refuse(r),
     draining: () => {
@@ -368,7 +364,6 @@ export class Session implements ReplySink {
     stillUpgrading: () => !this.machines.closed && this.machines.upgrading,
     adopt: ({ stream: secure, identity, protocol, cipher }) => {
       this.tlsIdentity = identity;
-      this.tls = true;
       this.trace?.tls('established', [protocol, cipher].filter(Boolean).join(' '));
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;
