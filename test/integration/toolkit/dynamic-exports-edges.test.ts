@@ -166,6 +166,26 @@ describe('exports per connection: edges', () => {
     expect(closed).toBe(1);
   });
 
+  it('a client flooding options while an open is pending: dropped at the buffer limit, one log line; the open is closed when it completes', async () => {
+    const open = deferred<ExportConfig>();
+    let asked = false;
+    let closed!: () => void;
+    const closedP = new Promise<void>((r) => (closed = r));
+    const srv = await serve({ exports: [], limits: { maxPayload: 64 * 1024, maxBufferedBytes: 128 * 1024 }, openExport: () => ((asked = true), open.promise) });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    client.send(encodeOption(OPT.INFO, encodeInfoGoData('slow')));
+    await Promise.race([called(() => asked || client.ended), client.closedP]);
+    expect(asked).toBe(true);
+    // 16 000 LISTs (256 KiB) queue behind the pending INFO: more than the connection may buffer.
+    client.send(Buffer.concat(Array.from({ length: 16_000 }, () => encodeOption(OPT.LIST))));
+    await client.closedP;
+    expect(srv.logs.filter((l) => /^warn: .*NBD_ERR_BUFFER_LIMIT/.test(l))).toHaveLength(1);
+    open.resolve({ name: 'slow', backend: layer(memoryBackend({ size: MiB }), { close: () => closed() }) });
+    await closedP;
+    expect(srv.server.connectionCount).toBe(0);
+  });
+
   it('configurations the server refuses', () => {
     const backend = memoryBackend({ size: MiB });
     expect(() => createServer({ exports: [] })).toThrow(NbdError);
