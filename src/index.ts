@@ -48,3 +48,6 @@ export { prepareExports } from './api/export-entry.js';
 export { partitionFilter, partitionPlugin, type PartitionFilter, type PartitionFilterOptions } from './filters/partition.js';
 export { findPartition, PartitionTableError, GPT_ARRAY_LIMIT, type PartitionLocation, type PartitionTableOptions, type ReadAt } from './filters/partition-table.js';
 export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';
+export type { ExportHooks } from './api/dynamic-exports.js';
+export type { ListedExport, ResolveRequest, ResolveEvent } from './machines/types.js';
+export { directoryExports, type DirectoryExportsOptions } from './backends/directory.js';

@@ -19,7 +19,8 @@ import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
 import { validateLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
-import { describeExport, runClosers, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
+import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
+import { checkExportOptions, closeEntry, ConnectionExports, type DynamicHost, type ExportHooks } from './dynamic-exports.js';
 import type { Backend } from './backend.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
@@ -68,10 +69,12 @@ export interface ServerLimits {
   readonly idleTimeout?: number;
 }
 
-export interface ServerOptions {
+/** Exports per connection (nbdkit's list_exports, default_export, open): docs/exports.md. */
+export interface ServerOptions extends ExportHooks {
+  /** Static exports, shared by every connection (may be empty with `openExport`). */
   readonly exports: readonly ExportConfig[];
-  /** The export served for the empty name (default: the first). Set to null for none. */
-  readonly defaultExport?: string | null;
+  /** What the empty name means: a name (default: the first static export), null for none, or a function of the connection. */
+  readonly defaultExport?: ExportHooks['defaultExport'];
   readonly limits?: ServerLimits;
   /** xstate inspection hook, attached to every connection actor. */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
@@ -125,18 +128,23 @@ export class NbdServer {
   private spareActor: ConnectionActor | null = null;
   private spareScheduled = false;
   private readonly recorder: ServerRecorder;
+  private readonly dynamicHost: DynamicHost;
+  /** Connections' clean-up still running (close() waits for it). */
+  private readonly closings = new Set<Promise<void>>();
 
   constructor(private readonly options: ServerOptions) {
     this.logger = options.logger ?? consoleLogger(false);
     validateLimits(options.limits);
     const maxPayload = options.limits?.maxPayload ?? DEFAULTS.maxPayload;
-    if (!options.exports || options.exports.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'at least one export is required');
+    checkExportOptions(options);
     for (const cfg of options.exports) {
       if (this.exports.has(cfg.name)) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}" is defined twice`);
       this.exports.set(cfg.name, describeExport(cfg, maxPayload, this.logger));
     }
-    const defaultExport = options.defaultExport === null ? undefined : (options.defaultExport ?? options.exports[0]!.name);
-    if (defaultExport !== undefined && !this.exports.has(defaultExport)) {
+    const computedDefault = typeof options.defaultExport === 'function';
+    const defaultExport = options.defaultExport === null || computedDefault ? undefined : (options.defaultExport ?? options.exports[0]?.name);
+    // A default that is not static must be one openExport may open.
+    if (defaultExport !== undefined && !this.exports.has(defaultExport) && !options.openExport) {
       throw new NbdError('NBD_ERR_CONFIG', `default export "${defaultExport}" is not defined`);
     }
     const tls = options.tls;
@@ -149,7 +157,11 @@ export class NbdServer {
       maxOptions: options.limits?.maxOptions ?? DEFAULTS.maxOptions,
       structuredReplies: options.structuredReplies ?? true,
       extendedHeaders: options.extendedHeaders ?? true,
+      // The handshake machine asks (`resolve`) for names it does not hold and, with listExports, for each LIST's list.
+      resolveExports: !!options.openExport || computedDefault,
+      resolveList: !!options.listExports,
     };
+    this.dynamicHost = { hooks: options, logger: this.logger, maxPayload, staticEntry: (name) => this.exports.get(name) };
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();
     this.recorder = new ServerRecorder(options.trace);
@@ -232,16 +244,19 @@ export class NbdServer {
     const peer = socket.remoteAddress ? `connection ${id} (${socket.remoteAddress})` : `connection ${id}`;
     let info: ConnectionInfo = { id, peer, tls: false };
     let closeFilters: (() => Promise<void>) | undefined;
+    // Exports opened for this connection (openExport), when the server makes them.
+    const own = this.handshakeInput.resolveExports || this.handshakeInput.resolveList ? new ConnectionExports(this.dynamicHost, () => ({ ...info, tls: session.tls, tlsIdentity: session.tlsIdentity })) : undefined;
     const handlers: SessionHandlers = {
+      resolve: own && ((_s, request) => own.resolve(request)),
       onNegotiated: (s, negotiated) => {
         info = { ...info, tls: negotiated.tls, tlsIdentity: s.tlsIdentity };
         this.connectionSubject.next({ type: 'negotiated', connection: info, export: negotiated.export.name, negotiated });
         // Bind the request handler to this export once (hot path: no lookups).
-        const entry = this.exports.get(negotiated.export.name)!;
+        const entry = own ? own.negotiated(negotiated.export)! : this.exports.get(negotiated.export.name)!;
         // Per-connection filters make this connection its own chain, cleaned up when it closes.
-        const own = entry.forConnection?.(info);
-        if (own) closeFilters = own.close;
-        const backend = own?.backend ?? entry.backend;
+        const chain = entry.forConnection?.(info);
+        if (chain) closeFilters = chain.close;
+        const backend = chain?.backend ?? entry.backend;
         handlers.onRequest = this.requestHandler(entry, backend, negotiated, info);
         // Zero-copy WRITEs where the backend exposes its storage (undefined: WRITEs are buffered).
         handlers.placeWrite = writePlacement(entry, backend);
@@ -249,7 +264,10 @@ export class NbdServer {
       onRequest: (s) => s.destroy('request before negotiation', 'NBD_ERR_INTERNAL'),
       onClose: (_s, closeInfo) => {
         this.sessions.delete(session);
-        void closeFilters?.();
+        // The connection's own filters first, then what openExport opened for it (the filters sit above it).
+        const closing = Promise.resolve(closeFilters?.()).then(() => own?.close());
+        this.closings.add(closing);
+        void closing.finally(() => this.closings.delete(closing));
         this.recorder.close(session, closeInfo);
         this.prepareSpareActor();
         this.connectionSubject.next({ type: 'closed', connection: info, outcome: closeInfo.outcome, code: closeInfo.code, reason: closeInfo.reason });
@@ -371,16 +389,8 @@ export class NbdServer {
     }
     for (const s of this.sessions) s.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
     await listenersClosed;
-    for (const e of this.exports.values()) {
-      const b = e.backend;
-      try {
-        if (b?.flush && e.caps.write) await b.flush();
-        await b?.close?.();
-      } catch (err) {
-        this.logger.error(`closing export "${e.ref.name}": ${String(err)}`);
-      }
-      await runClosers(e.closers, this.logger, `closing export "${e.ref.name}"`);
-    }
+    await Promise.all(this.closings);
+    for (const e of this.exports.values()) await closeEntry(e, this.logger, `closing export "${e.ref.name}"`);
     this.requestSubject.complete();
     this.connectionSubject.complete();
     this.violationHub.complete();

@@ -16,6 +16,7 @@ import {
   exportTlsBlocked,
   findExport,
   isTlsBlocked,
+  staticExport,
   type HandshakeContext,
 } from './handshake-options.js';
 
@@ -58,6 +59,21 @@ export const handshakeGuards = {
   },
   tlsActive: ({ context }) => context.tls,
   tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
+  // The name is neither a static export nor the one this connection's last lookup was for: ask the server.
+  exportNeedsResolving: ({ context, event }) => {
+    assertEvent(event, NAMED_OPTIONS);
+    return context.resolveExports && staticExport(context, event.frame.name) === undefined && context.lookup?.name !== event.frame.name;
+  },
+  // The server's hook failed for this name (its log line says why).
+  exportOpenFailed: ({ context, event }) => {
+    assertEvent(event, NAMED_OPTIONS);
+    return context.lookup?.name === event.frame.name && context.lookup.error !== undefined;
+  },
+  // NBD_OPT_LIST with a per-connection list not made yet for this option.
+  listNeedsResolving: ({ context }) => context.resolveList && context.listing === null,
+  listFailed: ({ context }) => context.listing !== null && 'error' in context.listing,
+  // Where a resolution returns to: the mode the option came from (only open and unfixed resolve).
+  notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
   exportUnknown: ({ context, event }) => {
     assertEvent(event, NAMED_OPTIONS);
     return findExport(context, event.frame.name) === undefined;

@@ -19,6 +19,14 @@ export interface HandshakeInput {
   readonly extendedHeaders?: boolean;
   /** Offer NBD_OPT_STRUCTURED_REPLY. */
   readonly structuredReplies?: boolean;
+  /**
+   * Names the server does not hold (and "" without a static default) are
+   * resolved per connection (the server's openExport / computed default): the
+   * machine emits `resolve` and waits in `resolving`.
+   */
+  readonly resolveExports?: boolean;
+  /** NBD_OPT_LIST is answered from a list made per connection (the server's listExports). */
+  readonly resolveList?: boolean;
   /** The connection is already TLS (e.g. a TLS listener), rarely used. */
   readonly tlsActive?: boolean;
 }
@@ -32,6 +40,11 @@ export function handshakeContext(input: HandshakeInput): HandshakeContext {
     maxOptions: input.maxOptions ?? DEFAULTS.maxOptions,
     offerExtendedHeaders: input.extendedHeaders ?? true,
     offerStructuredReplies: input.structuredReplies ?? true,
+    resolveExports: input.resolveExports ?? false,
+    resolveList: input.resolveList ?? false,
+    lookup: null,
+    listing: null,
+    pending: null,
     clientFlags: 0,
     fixedNewstyle: false,
     noZeroes: false,

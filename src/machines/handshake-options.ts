@@ -7,18 +7,19 @@
  * error catalogue's (src/protocol/errors.ts).
  */
 import { BASE_ALLOCATION, CLIENT_FLAGS, FLAG, HANDSHAKE_FLAGS, INFO, optName } from '../protocol/constants.js';
-import { ERRORS, messageOf, type CloseCode, type DetailsArg, type FixedCode, type OptionErrorCode } from '../protocol/errors.js';
+import { ERRORS, messageOf, textOf, type CloseCode, type DetailsArg, type FixedCode, type OptionErrorCode } from '../protocol/errors.js';
 import {
   encodeAck,
   encodeInfoBlockSize,
   encodeInfoDescription,
   encodeInfoExport,
   encodeInfoName,
+  encodeMetaContext,
   encodeOptionError,
   withHasFlags,
 } from '../protocol/encoder.js';
 import type { InfoGoOption, OptionFrame } from '../protocol/frames.js';
-import type { ExportDescriptor, HandshakeEmitted, HandshakeOutcome, MetaContextSelection, Negotiated, OptionEvent, TlsPolicy } from './types.js';
+import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, HandshakeOutcome, ListedExport, MetaContextSelection, Negotiated, OptionEvent, TlsPolicy } from './types.js';
 
 export interface HandshakeContext {
   readonly exports: readonly ExportDescriptor[];
@@ -27,6 +28,20 @@ export interface HandshakeContext {
   readonly maxOptions: number;
   readonly offerExtendedHeaders: boolean;
   readonly offerStructuredReplies: boolean;
+  /** Names the server does not hold statically (and the empty name, without a static default) are resolved per connection. */
+  readonly resolveExports: boolean;
+  /** NBD_OPT_LIST asks the server for this connection's list. */
+  readonly resolveList: boolean;
+  /**
+   * The last name resolved on this connection and what it meant (an export,
+   * null for none, or the hook's failure, answered once and then forgotten):
+   * INFO then GO for one name ask once.
+   */
+  lookup: ExportLookup | null;
+  /** The list made for the NBD_OPT_LIST being answered (forgotten once answered: each LIST asks again). */
+  listing: { readonly exports: readonly ListedExport[] } | { readonly error: string } | null;
+  /** The option waiting in `resolving`, answered when the answer comes. */
+  pending: OptionEvent | null;
   /** Client flags as received. */
   clientFlags: number;
   fixedNewstyle: boolean;
@@ -49,11 +64,26 @@ export const KNOWN_CLIENT_FLAGS = CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIEN
 
 // ── pure helpers (also used by tests) ──────────────────────────────────
 
-/** Resolve a requested name to an export ("" ⇒ the default export). */
-export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
+export interface ExportLookup {
+  /** The name as the client asked for it ("" included). */
+  readonly name: string;
+  readonly export: ExportDescriptor | null;
+  /** The hook failed (for the log); the option gets NBD_ERR_EXPORT_OPEN. */
+  readonly error?: string;
+}
+
+/** A static export by requested name ("" ⇒ the static default export). */
+export function staticExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
   const wanted = name === '' ? ctx.defaultExport : name;
   if (wanted === undefined) return undefined;
   return ctx.exports.find((e) => e.name === wanted);
+}
+
+/** Resolve a requested name to an export: a static one, else what this connection's last lookup found for that name. */
+export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'> & { readonly lookup?: ExportLookup | null }, name: string): ExportDescriptor | undefined {
+  const found = staticExport(ctx, name);
+  if (found !== undefined || !ctx.lookup || ctx.lookup.name !== name) return found;
+  return ctx.lookup.export ?? undefined;
 }
 
 /** Transmission flags as advertised on this connection (transmission.flags-advertised). */
@@ -148,7 +178,9 @@ export const OPTION_ERROR_DETAILS: { readonly [C in OptionErrorCode]: (ctx: Hand
   'option.unexpected-data': (_ctx, f) => [{ option: optionLabel(f.code), length: f.length }],
   'tls.starttls-repeat': () => [],
   'tls.mode-notls': () => [],
-  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.defaultExport !== undefined }],
+  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.defaultExport !== undefined || ctx.resolveExports }],
+  NBD_ERR_EXPORT_OPEN: (_ctx, f) => [{ name: requestedName(f) }],
+  NBD_ERR_EXPORT_LIST: () => [],
   'tls.mode-selectivetls': (_ctx, f) => [{ name: requestedName(f) }],
   'option.structured-reply/disabled': () => [],
   'option.structured-reply/repeat': () => [],
@@ -168,6 +200,41 @@ export function errorReply<C extends OptionErrorCode>(code: C, ctx: HandshakeCon
 
 /** What a hard close names: a catalogue entry with a fixed message. */
 export type RejectCode = Extract<CloseCode, FixedCode>;
+
+/**
+ * A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
+ * A decoder failure closes with the decoder's own code.
+ */
+export function rejection(event: HandshakeEvent | { type: string }, rejectCode: RejectCode): { code: CloseCode; reason: string } {
+  const e = event as HandshakeEvent;
+  const detail = e.type.startsWith('opt.')
+    ? ` (${e.type})`
+    : e.type === 'wire.fatal'
+      ? `: ${e.message}`
+      : e.type === 'timer.handshake'
+        ? `: not finished within ${e.ms} ms`
+        : '';
+  const code: CloseCode = e.type === 'wire.fatal' && e.code !== undefined ? e.code : rejectCode;
+  return { code, reason: textOf(rejectCode) + detail };
+}
+
+/** NBD_OPT_SET_META_CONTEXT's selection for `exp` (tied to its name: option.meta-context-export) and its replies. */
+export function metaContextSelection(
+  frame: { readonly code: number; readonly queries: readonly string[] },
+  exp: ExportDescriptor,
+): { metaContexts: NonNullable<HandshakeContext['metaContexts']>; replies: HandshakeEmitted[] } {
+  const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
+  const replies = contexts.map((c) => sendOf(encodeMetaContext(frame.code, c.id, c.name), `NBD_REP_META_CONTEXT(${c.name})`));
+  replies.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+  return { metaContexts: { exportName: exp.name, contexts }, replies };
+}
+
+/** NBD_OPT_LIST_META_CONTEXT's replies (option.meta-context-reply: LIST replies carry context id 0; the spec: it SHOULD be 0). */
+export function metaContextListReplies(frame: { readonly code: number; readonly queries: readonly string[] }): HandshakeEmitted[] {
+  const out = matchMetaContexts(frame.queries, 'list').map((name) => sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
+  out.push(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+  return out;
+}
 
 /** Build the INFO/GO reply sequence (option.info-export, option.block-size-not-required, option.info-go-consistent). */
 export function infoReplies(ctx: HandshakeContext, frame: InfoGoOption, exp: ExportDescriptor): HandshakeEmitted[] {

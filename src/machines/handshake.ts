@@ -2,7 +2,8 @@
  * The handshake (option haggling) phase as an xstate v5 machine.
  *
  * greeting → awaitingClientFlags → options ⇄ upgradingTls → negotiated
- *                                        ↘ aborted | rejected | disconnected
+ *                                    ⇅    ↘ aborted | rejected | disconnected
+ *                                resolving (the server works out an export or the list)
  *
  * options: exhausted | shuttingDown | unfixed | awaitingTls | open
  *   (the modes, by precedence: the client flags and STARTTLS's end name the
@@ -22,29 +23,31 @@
  */
 import { assertEvent, assign, emit, enqueueActions, setup } from 'xstate';
 import { CLIENT_FLAGS } from '../protocol/constants.js';
-import { messageOf, quoteName, textOf, type CloseCode, type OptionErrorCode } from '../protocol/errors.js';
-import { encodeAck, encodeExportNameReply, encodeGreeting, encodeMetaContext, encodeRepServer } from '../protocol/encoder.js';
+import { messageOf, quoteName, type OptionErrorCode } from '../protocol/errors.js';
+import { encodeAck, encodeExportNameReply, encodeGreeting } from '../protocol/encoder.js';
 import type { HandshakeEmitted, HandshakeEvent, HandshakeOutcome } from './types.js';
 import {
   ACKED_OPTIONS,
-  BASE_ALLOCATION_ID,
+  NAMED_OPTIONS,
   OPTION_EVENTS,
   SERVER_HANDSHAKE_FLAGS,
   errorReply,
-  exportTlsBlocked,
   findExport,
   infoReplies,
-  matchMetaContexts,
+  metaContextListReplies,
+  metaContextSelection,
   negotiatedFrom,
+  rejection,
   sendOf,
   type HandshakeContext,
   type RejectCode,
 } from './handshake-options.js';
 import { handshakeGuards, type BudgetSpent } from './handshake-guards.js';
 import { handshakeContext, type HandshakeInput } from './handshake-input.js';
+import { listReplies, resolveRequestOf, settlement } from './handshake-resolve.js';
 
 // The context, pure helpers and replies: handshake-options.ts; the input and initial context:
-// handshake-input.ts; the guards: handshake-guards.ts.
+// handshake-input.ts; the guards: handshake-guards.ts; exports resolved per connection: handshake-resolve.ts.
 export { BASE_ALLOCATION_ID, advertisedFlags, findExport, matchMetaContexts, type HandshakeContext } from './handshake-options.js';
 export type { HandshakeInput } from './handshake-input.js';
 /** Client-supplied names in messages are quoted by the catalogue's `quoteName` (exported here too, as before). */
@@ -81,15 +84,7 @@ export const handshakeMachine = setup({
     // A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
     // A decoder failure closes with the decoder's own code.
     reject: enqueueActions(({ enqueue, event }, params: { code: RejectCode }) => {
-      const detail = event.type.startsWith('opt.')
-        ? ` (${event.type})`
-        : event.type === 'wire.fatal'
-          ? `: ${event.message}`
-          : event.type === 'timer.handshake'
-            ? `: not finished within ${event.ms} ms`
-            : '';
-      const code: CloseCode = event.type === 'wire.fatal' && event.code !== undefined ? event.code : params.code;
-      const reason = textOf(params.code) + detail;
+      const { code, reason } = rejection(event, params.code);
       enqueue.assign({ outcome: { outcome: 'rejected', code, reason } });
       enqueue.emit({ type: 'close', hard: true, code, reason });
     }),
@@ -108,14 +103,24 @@ export const handshakeMachine = setup({
     enableExtendedHeaders: assign({ extendedHeaders: true, structuredReplies: true }),
     replyList: enqueueActions(({ enqueue, context, event }) => {
       assertEvent(event, 'opt.list');
-      const code = event.frame.code;
-      for (const exp of context.exports) {
-        // SELECTIVETLS: LIST MAY hide TLS-only exports before TLS.
-        if (exportTlsBlocked(context, exp)) continue;
-        enqueue.emit(sendOf(encodeRepServer(code, exp.name, exp.description), `NBD_REP_SERVER(${exp.name})`));
-      }
-      enqueue.emit(sendOf(encodeAck(code), 'NBD_REP_ACK'));
+      for (const e of listReplies(context, event.frame.code)) enqueue.emit(e);
+      enqueue.assign({ listing: null }); // each LIST asks again
     }),
+    // The option waits in `resolving` while the server works out what it names (handshake-resolve.ts).
+    ask: enqueueActions(({ enqueue, event }) => {
+      assertEvent(event, ['opt.list', ...NAMED_OPTIONS]);
+      enqueue.assign({ pending: event });
+      enqueue.emit(resolveRequestOf(event));
+    }),
+    // The answer is recorded and the waiting option raised again, to be answered by its mode's own transitions.
+    settle: enqueueActions(({ enqueue, context, event }) => {
+      assertEvent(event, ['resolve.export', 'resolve.list', 'resolve.failed']);
+      enqueue.assign(settlement(context, event));
+      enqueue.raise(context.pending!);
+    }),
+    // A failure is answered once; the next option naming it (or the next LIST) asks again.
+    forgetLookup: assign({ lookup: null }),
+    forgetListing: assign({ listing: null }),
     replyInfo: enqueueActions(({ enqueue, context, event }) => {
       assertEvent(event, ['opt.info', 'opt.go']);
       const exp = findExport(context, event.frame.name)!;
@@ -131,29 +136,20 @@ export const handshakeMachine = setup({
       const exp = findExport(context, event.frame.name)!;
       const negotiated = negotiatedFrom(context, exp, true);
       enqueue.assign({ outcome: { outcome: 'negotiated', negotiated } });
-      enqueue.emit(
-        sendOf([encodeExportNameReply(exp.size, negotiated.flags, context.noZeroes)], context.noZeroes ? 'export reply (10 bytes)' : 'export reply (134 bytes)'),
-      );
+      const label = context.noZeroes ? 'export reply (10 bytes)' : 'export reply (134 bytes)';
+      enqueue.emit(sendOf([encodeExportNameReply(exp.size, negotiated.flags, context.noZeroes)], label));
     }),
     replyListMetaContext: enqueueActions(({ enqueue, event }) => {
       assertEvent(event, 'opt.listMetaContext');
-      const frame = event.frame;
-      // option.meta-context-reply: LIST replies carry context id 0 (the spec: it SHOULD be 0).
-      for (const name of matchMetaContexts(frame.queries, 'list')) {
-        enqueue.emit(sendOf(encodeMetaContext(frame.code, 0, name), `NBD_REP_META_CONTEXT(${name})`));
-      }
-      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+      for (const e of metaContextListReplies(event.frame)) enqueue.emit(e);
     }),
     // option.meta-context-replace: SET replaces the previous selection, even when it fails.
     clearMetaContexts: assign({ metaContexts: null }),
     replySetMetaContext: enqueueActions(({ enqueue, context, event }) => {
       assertEvent(event, 'opt.setMetaContext');
-      const frame = event.frame;
-      const exp = findExport(context, frame.name)!;
-      const contexts = matchMetaContexts(frame.queries, 'set').map((name) => ({ id: BASE_ALLOCATION_ID, name }));
-      enqueue.assign({ metaContexts: { exportName: exp.name, contexts } });
-      for (const c of contexts) enqueue.emit(sendOf(encodeMetaContext(frame.code, c.id, c.name), `NBD_REP_META_CONTEXT(${c.name})`));
-      enqueue.emit(sendOf(encodeAck(frame.code), 'NBD_REP_ACK'));
+      const { metaContexts, replies } = metaContextSelection(event.frame, findExport(context, event.frame.name)!);
+      enqueue.assign({ metaContexts });
+      for (const e of replies) enqueue.emit(e);
     }),
     requestTlsUpgrade: emit({ type: 'startTls' } as const),
     // tls.starttls-resets: STARTTLS success ⇒ forget everything negotiated so far.
@@ -248,6 +244,8 @@ export const handshakeMachine = setup({
               { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/too-long' } } },
               // tls.mode-forcedtls: STARTTLS is refused here, so TLS can only come from the listener.
               { guard: 'tlsRequiredNotActive', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'tls.mode-forcedtls/export-name' } } },
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/open-failed' } } },
               { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/unknown-export' } } },
               { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/tls-only' } } },
               { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
@@ -281,6 +279,8 @@ export const handshakeMachine = setup({
               { guard: 'optionMalformed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/malformed' } } },
               { guard: 'optionTooBig', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/too-long' } } },
               { guard: 'extendedHeadersOn', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.extended-headers/export-name' } } },
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/open-failed' } } },
               { guard: 'exportUnknown', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/unknown-export' } } },
               { guard: 'exportTlsOnly', target: '#handshake.rejected', actions: { type: 'reject', params: { code: 'option.export-name-terminates/tls-only' } } },
               { target: '#handshake.negotiated', actions: ['countOption', 'replyExportName'] },
@@ -297,11 +297,15 @@ export const handshakeMachine = setup({
             'opt.list': [
               { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
               { guard: 'optionHasData', actions: ['countOption', { type: 'replyError', params: { code: 'option.unexpected-data' } }] }, // option.unexpected-data
+              { guard: 'listNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'listFailed', actions: ['countOption', 'forgetListing', { type: 'replyError', params: { code: 'NBD_ERR_EXPORT_LIST' } }] },
               { actions: ['countOption', 'replyList'] },
             ],
             'opt.info': [
               { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
               { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', actions: ['countOption', 'forgetLookup', { type: 'replyError', params: { code: 'NBD_ERR_EXPORT_OPEN' } }] },
               { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
               { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replyInfo'] },
@@ -309,6 +313,8 @@ export const handshakeMachine = setup({
             'opt.go': [
               { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
               { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', actions: ['countOption', 'forgetLookup', { type: 'replyError', params: { code: 'NBD_ERR_EXPORT_OPEN' } }] },
               { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
               { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               // option.go-starts-transmission: after the ACK the next bytes are requests.
@@ -334,6 +340,8 @@ export const handshakeMachine = setup({
             'opt.listMetaContext': [
               { guard: 'optionTooBig', actions: ['countOption', { type: 'replyError', params: { code: 'option.too-big' } }] },
               { guard: 'optionMalformed', actions: ['countOption', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', actions: ['countOption', 'forgetLookup', { type: 'replyError', params: { code: 'NBD_ERR_EXPORT_OPEN' } }] },
               { guard: 'exportUnknown', actions: ['countOption', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
               { guard: 'exportTlsOnly', actions: ['countOption', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replyListMetaContext'] },
@@ -344,6 +352,8 @@ export const handshakeMachine = setup({
               { guard: 'optionMalformed', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'NBD_ERR_BAD_OPTION_DATA' } }] }, // option.length-mismatch
               // option.meta-context-needs-structured
               { guard: 'structuredRepliesOff', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.meta-context-needs-structured' } }] },
+              { guard: 'exportNeedsResolving', target: '#handshake.resolving', actions: 'ask' },
+              { guard: 'exportOpenFailed', actions: ['countOption', 'clearMetaContexts', 'forgetLookup', { type: 'replyError', params: { code: 'NBD_ERR_EXPORT_OPEN' } }] },
               { guard: 'exportUnknown', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'option.export-unknown' } }] },
               { guard: 'exportTlsOnly', actions: ['countOption', 'clearMetaContexts', { type: 'replyError', params: { code: 'tls.mode-selectivetls' } }] },
               { actions: ['countOption', 'replySetMetaContext'] },
@@ -355,6 +365,17 @@ export const handshakeMachine = setup({
             ],
           },
         },
+      },
+    },
+    // The server works out the export an option names, or the list (`resolve`); no option is read meanwhile. The answer
+    // takes the option back to its mode (open or unfixed; shuttingDown if the server began to), whose transitions answer it.
+    resolving: {
+      on: {
+        'resolve.*': [
+          { guard: 'shuttingDown', target: 'options.shuttingDown', actions: 'settle' },
+          { guard: 'notFixedNewstyle', target: 'options.unfixed', actions: 'settle' },
+          { target: 'options.open', actions: 'settle' },
+        ],
       },
     },
     // The session runs the TLS handshake while the machine is here (it asks `snapshot.matches('upgradingTls')`).

@@ -24,6 +24,28 @@ export interface ExportDescriptor {
   readonly tlsOnly?: boolean;
 }
 
+/** One entry of an export list made per connection (NBD_OPT_LIST with a `listExports` hook). */
+export interface ListedExport {
+  readonly name: string;
+  readonly description?: string;
+}
+
+/**
+ * What the handshake machine asks the server to work out while it waits
+ * (`resolving`): the export a name means on this connection (a name the
+ * server does not hold statically, or the empty name with a computed default),
+ * or this connection's export list.
+ */
+export type ResolveRequest = { readonly kind: 'export'; readonly name: string } | { readonly kind: 'list' };
+
+/** The answer to a ResolveRequest, fed back to the handshake machine. */
+export type ResolveEvent =
+  /** The export the name means (null: none). */
+  | { type: 'resolve.export'; export: ExportDescriptor | null }
+  | { type: 'resolve.list'; exports: readonly ListedExport[] }
+  /** The hook threw or gave something unusable; `message` is for the log (the client gets the catalogue's text). */
+  | { type: 'resolve.failed'; message: string };
+
 export interface MetaContextSelection {
   readonly id: number;
   readonly name: string;
@@ -70,13 +92,16 @@ export type HandshakeEvent =
   | { type: 'socket.closed' }
   | { type: 'server.shutdown' }
   /** The server's handshake timeout expired before negotiation finished. */
-  | { type: 'timer.handshake'; ms: number };
+  | { type: 'timer.handshake'; ms: number }
+  | ResolveEvent;
 
 /** Effects the handshake machine asks the transport to carry out. */
 export type HandshakeEmitted =
   /** `code`: for an option error reply, the catalogue entry it answers with. */
   | { type: 'send'; frame: Frame; label: string; code?: OptionErrorCode }
   | { type: 'startTls' }
+  /** Work out an export or the export list (the answer comes back as a ResolveEvent); no option is read meanwhile. */
+  | { type: 'resolve'; request: ResolveRequest }
   /** The session ends: `code` is why, in the error catalogue (src/protocol/errors.ts); `reason` its text with the details. */
   | { type: 'close'; hard: boolean; code: CloseCode; reason: string }
   | { type: 'log'; level: 'debug' | 'info' | 'warn'; message: string };

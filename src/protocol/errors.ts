@@ -89,6 +89,9 @@ export const ERRORS = Object.freeze({
   'option.extended-headers/repeat': entry('NBD_REP_ERR_INVALID', 'extended headers are already negotiated'),
   'option.meta-context-needs-structured': entry('NBD_REP_ERR_INVALID', 'NBD_OPT_SET_META_CONTEXT needs structured replies (or extended headers) negotiated first'),
   'option.unknown-code': entry('NBD_REP_ERR_UNSUP', (d: { option: string }) => `${d.option} is not supported`),
+  // A server hook failed (openExport, a computed default export, listExports); the server's log line says why, the client is not told.
+  NBD_ERR_EXPORT_OPEN: entry('NBD_REP_ERR_UNKNOWN', (d: { name: string }) => `export ${quoteName(d.name)} could not be opened (see the server's log)`),
+  NBD_ERR_EXPORT_LIST: entry('NBD_REP_ERR_PLATFORM', "the export list could not be made (see the server's log)"),
 
   // ── the connection is dropped without a reply ──
   'handshake.client-flags-unknown': entry('disconnect', 'unknown client flags'),
@@ -98,6 +101,7 @@ export const ERRORS = Object.freeze({
   'option.export-name-terminates/unknown-export': entry('disconnect', 'EXPORT_NAME for an unknown export'),
   'option.export-name-terminates/tls-only': entry('disconnect', 'EXPORT_NAME for a TLS-only export without TLS'),
   'option.export-name-terminates/shutting-down': entry('disconnect', 'EXPORT_NAME while shutting down'),
+  'option.export-name-terminates/open-failed': entry('disconnect', 'EXPORT_NAME for an export that could not be opened'),
   'tls.mode-forcedtls/export-name': entry('disconnect', 'EXPORT_NAME before TLS in FORCEDTLS mode'),
   'option.extended-headers/export-name': entry('disconnect', 'EXPORT_NAME after EXTENDED_HEADERS'),
   'tls.handshake-failed': entry('disconnect', 'TLS handshake failed'),

@@ -2,12 +2,14 @@
  * What the session does for each effect the handshake and transmission
  * machines emit: send a reply, end the connection (softly: let queued
  * replies go; hard: drop it, one log line), start STARTTLS, log, hand
+ * resolve an export name or the export list (asking the server's hooks),
  * accepted requests to the application, answer refused ones, begin draining.
  * The machines decide; these carry it out.
  */
 import type { FrameDecoder } from '../protocol/decoder.js';
 import type { RequestFrame } from '../protocol/frames.js';
-import type { HandshakeEmitted, Refusal, TransmissionEmitted } from '../machines/types.js';
+import type { HandshakeEmitted, Refusal, ResolveEvent, ResolveRequest, TransmissionEmitted } from '../machines/types.js';
+import { askServer } from './resolve.js';
 import type { CloseCode } from '../protocol/errors.js';
 import type { Logger } from './logger.js';
 import type { ReplyWriter } from './socket.js';
@@ -26,6 +28,12 @@ export interface EffectHost {
   /** Bytes received after the end of the session: dropped, said once in the log. */
   ignoreAfterStop(bytes: number): void;
   startTls(): void;
+  /** The server's handler for `resolve` (SessionHandlers.resolve), if any. */
+  resolver(): ((request: ResolveRequest) => Promise<ResolveEvent>) | undefined;
+  /** The handshake machine waits in `resolving`. */
+  resolving(): boolean;
+  /** Give the handshake machine the server's answer, then read on. */
+  answer(event: ResolveEvent): void;
   deliver(frame: RequestFrame): void;
   refuse(refusal: Pick<Refusal, 'frame' | 'code' | 'errno' | 'message'>): void;
   /** Draining began: the clocks stop; with nothing in flight the machine hears so. */
@@ -56,6 +64,9 @@ export function handshakeEffect(host: EffectHost, e: HandshakeEmitted): void {
     }
     case 'startTls':
       host.startTls();
+      return;
+    case 'resolve':
+      askServer(e.request, host);
       return;
     case 'log':
       host.log()[e.level]?.(`${host.peer()}: ${e.message}`);

@@ -41,7 +41,7 @@ export interface FlowHost {
   queuedReplyBytes(): number;
   /** The connection machine is over: nothing more is pulled. */
   closed(): boolean;
-  /** Frames may be pulled now (not while the raw socket belongs to a STARTTLS upgrade). */
+  /** Frames may be pulled now (not while the raw socket belongs to a STARTTLS upgrade, nor while an option waits for the server's answer). */
   pulling(): boolean;
   /** The transmission machine is draining. */
   draining(): boolean;

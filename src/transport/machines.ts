@@ -70,6 +70,16 @@ export class ConnectionMachines {
     return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('upgradingTls');
   }
 
+  /** The handshake machine waits for the server to resolve an export or the list: no option is read meanwhile. */
+  get resolving(): boolean {
+    return this.transmission === null && this.handshake !== null && this.handshake.getSnapshot().matches('resolving');
+  }
+
+  /** TLS is up (STARTTLS succeeded, or the connection was TLS from the start): the handshake machine's record. */
+  get tls(): boolean {
+    return (this.handshake?.getSnapshot().context as { tls?: boolean } | undefined)?.tls === true;
+  }
+
   /** The transmission machine is draining (DISC, EOF, shutdown or idle): new requests are refused. */
   get draining(): boolean {
     // Asked on every completion that empties the connection (each request, with a synchronous backend):

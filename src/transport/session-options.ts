@@ -9,7 +9,7 @@ import type { DecoderLimits } from '../protocol/decoder.js';
 import type { RequestFrame } from '../protocol/frames.js';
 import { connectionMachine } from '../machines/connection.js';
 import type { HandshakeInput } from '../machines/handshake.js';
-import type { Negotiated } from '../machines/types.js';
+import type { Negotiated, ResolveEvent, ResolveRequest } from '../machines/types.js';
 import type { FlowLimits } from './flow.js';
 import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
@@ -67,6 +67,13 @@ export interface SessionHandlers {
    * requests the transmission machine's table accepts right now.
    */
   placeWrite?(session: Session, frame: RequestFrame): readonly Buffer[] | null;
+  /**
+   * Work out what an export name means on this connection, or its export
+   * list (the handshake machine's `resolve`). The answer goes to the machine;
+   * a rejection becomes `resolve.failed` (one log line). Without this handler
+   * every request fails.
+   */
+  resolve?(session: Session, request: ResolveRequest): Promise<ResolveEvent>;
   /** The connection ended: the handshake's outcome, and why (a catalogue code and its text). */
   onClose?(session: Session, info: CloseInfo): void;
 }

@@ -3,7 +3,7 @@
  * connection actor (xstate) → ReplyWriter. The jobs live next door: the
  * input in `input.ts`, flow control and the pump loop in `flow.ts`, the
  * machines' effects in `effects.ts` and their states in `machines.ts`, the
- * STARTTLS upgrade in `starttls.ts`, the clocks in `timers.ts`, zero-copy
+ * STARTTLS upgrade in `starttls.ts`, exports resolved by the server in `resolve.ts`, the clocks in `timers.ts`, zero-copy
  * WRITE placement in `placement.ts`, how the connection ends (why, the one
  * warning, the socket's errors and close, the wrap-up) in `endings.ts`. The
  * machines decide; the session carries out their effects and keeps no copy
@@ -85,7 +85,7 @@ export class Session implements ReplySink {
       decoder: this.decoder,
       queuedReplyBytes: () => this.writer.pendingBytes,
       closed: () => this.machines.closed,
-      pulling: () => this.machines.transmission !== null || !this.machines.upgrading,
+      pulling: () => this.machines.transmission !== null || (!this.machines.upgrading && !this.machines.resolving),
       draining: () => this.machines.draining,
       readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
@@ -175,6 +175,11 @@ export class Session implements ReplySink {
     // Without STARTTLS the raw socket is never handed to TLS: it may read into slabs.
     this.input.attach(this.socket, !this.options.upgradeTls);
     if (!this.machines.closed) this.timers.startHandshake();
+  }
+
+  /** TLS is up, as the handshake machine records it. */
+  get tls(): boolean {
+    return this.machines.tls;
   }
 
   /** Requests with the application right now. */
@@ -279,6 +284,12 @@ export class Session implements ReplySink {
     logDrop: (message) => this.ending.logDrop(message),
     ignoreAfterStop: (n) => this.input.ignore(n),
     startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
+    resolver: () => this.handlers.resolve && ((r) => this.handlers.resolve!(this, r)),
+    resolving: () => this.machines.resolving,
+    answer: (event) => {
+      this.sendToActive(event);
+      if (!this.machines.closed) this.flow.pump();
+    },
     deliver: (frame) => this.deliver(frame),
     refuse: (r) => this.refuse(r),
     draining: () => {

@@ -19,7 +19,7 @@ import type { SnapshotFrom } from 'xstate';
 import { handshakeMachine, type HandshakeInput } from '../../../src/machines/handshake.js';
 import type { HandshakeEvent } from '../../../src/machines/types.js';
 import { GraphCoverage, type WalkExpectations } from './graph-support.js';
-import { DEFAULT_INPUT, O, infoGoData, metaData, opt } from './support.js';
+import { DEFAULT_INPUT, EXPORTS, O, infoGoData, metaData, opt } from './support.js';
 
 type Snap = SnapshotFrom<typeof handshakeMachine>;
 
@@ -84,6 +84,16 @@ const EVENTS: HandshakeEvent[] = [
   { type: 'server.shutdown' },
   { type: 'wire.fatal', message: 'bad magic' },
   { type: 'timer.handshake', ms: 10_000 },
+  // Names and lists the server resolves per connection (resolveExports / resolveList), and its answers.
+  opt(O.INFO, infoGoData('dyn')),
+  opt(O.GO, infoGoData('dyn')),
+  opt(O.EXPORT_NAME, Buffer.from('dyn')),
+  opt(O.LIST_META_CONTEXT, metaData('dyn', [])),
+  opt(O.SET_META_CONTEXT, metaData('dyn', ['base:allocation'])),
+  { type: 'resolve.export', export: { ...EXPORTS[0]!, name: 'dyn' } },
+  { type: 'resolve.export', export: null },
+  { type: 'resolve.list', exports: [{ name: 'dyn', description: 'made for this connection' }] },
+  { type: 'resolve.failed', message: 'the hook threw' },
 ];
 
 /** Inputs whose union reaches every guard: TLS policies, offers on/off, a small DoS limit, none at all. */
@@ -93,6 +103,8 @@ const INPUTS: Array<[string, HandshakeInput, WalkExpectations]> = [
   ['off, nothing offered', { ...DEFAULT_INPUT, tls: 'off', maxOptions: 3, structuredReplies: false, extendedHeaders: false }, { minPaths: 11, minEdges: 21 }],
   // No option allowed at all (the server's limits never go below 1; the machine's input can): exhausted from the start.
   ['no option allowed', { ...DEFAULT_INPUT, maxOptions: 0 }, { minPaths: 4, minEdges: 4 }],
+  // Exports and the list resolved per connection: the `resolving` state and the guards that ask for it.
+  ['resolving', { ...DEFAULT_INPUT, tls: 'off', maxOptions: 3, resolveExports: true, resolveList: true }, { minPaths: 11, minEdges: 21 }],
 ];
 
 /** The state plus the context that changes; the static config is left out. */
@@ -110,10 +122,26 @@ describe('handshake machine: graph coverage with xstate/graph', () => {
     });
   }
 
+  // An option answered after `resolving` is raised again inside the answer's step, so states reached
+  // through different options coincide and the shortest paths replay only one of them: replay each.
+  it('each option that waits for the server is answered after the server fails (replays)', () => {
+    const input: HandshakeInput = { ...DEFAULT_INPUT, resolveExports: true, resolveList: true };
+    const failed: HandshakeEvent = { type: 'resolve.failed', message: 'the hook threw' };
+    const flags: HandshakeEvent = { type: 'wire.clientFlags', flags: 3 };
+    for (const o of [opt(O.INFO, infoGoData('dyn')), opt(O.GO, infoGoData('dyn')), opt(O.LIST_META_CONTEXT, metaData('dyn', [])), opt(O.LIST)]) {
+      const r = graph.replay(input, [flags, o, failed]);
+      expect(r.value).toEqual({ options: 'open' });
+      graph.record(r);
+    }
+    const r = graph.replay(input, [flags, opt(O.STRUCTURED_REPLY), opt(O.SET_META_CONTEXT, metaData('dyn', ['base:allocation'])), failed]);
+    expect(r.value).toEqual({ options: 'open' });
+    graph.record(r);
+  });
+
   it('the replayed paths cover every state and every transition of the machine', () => {
-    const summary = graph.expectFullCoverage(61);
+    const summary = graph.expectFullCoverage(100);
     // The option modes are states of the machine.
-    expect(graph.stateIds).toEqual(expect.arrayContaining(['handshake.options.open', 'handshake.options.unfixed', 'handshake.options.awaitingTls', 'handshake.options.shuttingDown', 'handshake.options.exhausted']));
+    expect(graph.stateIds).toEqual(expect.arrayContaining(['handshake.options.open', 'handshake.options.unfixed', 'handshake.options.awaitingTls', 'handshake.options.shuttingDown', 'handshake.options.exhausted', 'handshake.resolving']));
     console.log(`graph coverage: ${summary}`);
   });
 });

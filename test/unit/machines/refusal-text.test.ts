@@ -19,7 +19,7 @@ import { ERRORS, type OptionErrorCode } from '../../../src/protocol/errors.js';
 import type { DecoderLimits } from '../../../src/protocol/decoder.js';
 import type { HandshakeEvent } from '../../../src/machines/types.js';
 import type { OptionFrame } from '../../../src/protocol/frames.js';
-import { decodeOption, infoGoData, isErr, metaData, O, opt, optEvent, R, startHandshake, type HandshakeDriver, type OptionReply } from './support.js';
+import { decodeOption, EXPORTS, infoGoData, isErr, metaData, O, opt, optEvent, parseOptionReply, R, startHandshake, type HandshakeDriver, type OptionReply } from './support.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -140,6 +140,20 @@ function scenario(route: ErrorRoute): { d: HandshakeDriver; event: HandshakeEven
       return { d: withStructuredReplies(start()), event: valid('nope') };
     case 'exportTlsOnly':
       return { d: withStructuredReplies(start({ tls: 'optional' })), event: valid('secret') };
+    // The server's hook fails while the option waits in `resolving`: the answer raises the option again.
+    case 'exportOpenFailed':
+    case 'listFailed': {
+      const d = withStructuredReplies(start(route.guard === 'listFailed' ? { resolveList: true } : { resolveExports: true }));
+      const failing: HandshakeDriver = {
+        ...d,
+        option: (e) => {
+          expect(d.option(e)).toEqual([]);
+          expect(d.value()).toBe('resolving');
+          return d.option({ type: 'resolve.failed', message: 'the hook threw' });
+        },
+      };
+      return { d: failing, event: valid('dyn') };
+    }
     case 'structuredRepliesNotOffered':
       return { d: start({ structuredReplies: false }), event: valid() };
     case 'extendedHeadersNotOffered':
@@ -178,6 +192,7 @@ describe('every option error in the routing table carries a reason', () => {
         'NBD_REP_ERR_TOO_BIG',
         'NBD_REP_ERR_POLICY',
         'NBD_REP_ERR_UNKNOWN',
+        'NBD_REP_ERR_PLATFORM',
         'NBD_REP_ERR_UNSUP',
         'NBD_REP_ERR_EXT_HEADER_REQD',
       ]),
@@ -280,7 +295,7 @@ describe('what the client is told', () => {
 // ── 3. random sessions ───────────────────────────────────────────────────
 
 const SEED = 0x6e6264; // fixed: a failure names the path fast-check took, replayable with this seed
-const names = fc.constantFrom('disk', 'ro', 'secret', 'nope', '', 'x"\n\u202e');
+const names = fc.constantFrom('disk', 'ro', 'secret', 'nope', '', 'x"\n\u202e', 'dyn');
 const anyOption = fc.oneof(
   fc.record({ code: fc.constantFrom(O.INFO, O.GO), data: names.map((n) => infoGoData(n)) }),
   fc.record({ code: fc.constantFrom(O.LIST_META_CONTEXT, O.SET_META_CONTEXT), data: fc.tuple(names, fc.array(fc.constantFrom('base:allocation', 'base:', 'x:y'), { maxLength: 2 })).map(([n, q]) => metaData(n, q)) }),
@@ -291,6 +306,19 @@ const step = fc.oneof(
   { weight: 8, arbitrary: anyOption.map((o) => ({ kind: 'option' as const, ...o })) },
   { weight: 1, arbitrary: fc.constant({ kind: 'shutdown' as const }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'tls' as const }) },
+  // The server's answer while the machine is resolving (settings.resolve): an export, none, a list, a failure.
+  {
+    weight: 3,
+    arbitrary: fc
+      .constantFrom<HandshakeEvent>(
+        { type: 'resolve.export', export: { ...EXPORTS[0]!, name: 'dyn' } },
+        { type: 'resolve.export', export: { ...EXPORTS[2]!, name: 'dyn' } },
+        { type: 'resolve.export', export: null },
+        { type: 'resolve.list', exports: [{ name: 'dyn', description: 'x"\n' }] },
+        { type: 'resolve.failed', message: 'the hook threw' },
+      )
+      .map((event) => ({ kind: 'answer' as const, event })),
+  },
 );
 const settings = fc.record({
   tls: fc.constantFrom('off' as const, 'optional' as const, 'required' as const),
@@ -298,16 +326,28 @@ const settings = fc.record({
   extendedHeaders: fc.boolean(),
   defaultExport: fc.constantFrom('disk', undefined),
   clientFlags: fc.constantFrom(0, 1, 3),
+  resolve: fc.boolean(),
 });
 
 describe('random option sequences', () => {
   it('every option error reply the machine emits carries text (seeded)', () => {
     let errors = 0;
     const property = fc.property(settings, fc.array(step, { minLength: 1, maxLength: 12 }), (s, steps) => {
-      const d = startHandshake({ tls: s.tls, structuredReplies: s.structuredReplies, extendedHeaders: s.extendedHeaders, defaultExport: s.defaultExport, maxOptions: 1000 }, s.clientFlags);
+      const input = { tls: s.tls, structuredReplies: s.structuredReplies, extendedHeaders: s.extendedHeaders, defaultExport: s.defaultExport, maxOptions: 1000 };
+      const d = startHandshake({ ...input, resolveExports: s.resolve, resolveList: s.resolve }, s.clientFlags);
       for (const st of steps) {
         if (d.actor.getSnapshot().status === 'done') break;
         if (st.kind === 'shutdown') d.send({ type: 'server.shutdown' });
+        else if (st.kind === 'answer') {
+          if (d.value() !== 'resolving') continue;
+          for (const e of d.send(st.event)) {
+            if (e.type !== 'send') continue;
+            const r = parseOptionReply(e.frame);
+            if (!isErr(r.type)) continue;
+            errors++;
+            textOf(r);
+          }
+        }
         else if (st.kind === 'tls') {
           if (d.value() === 'upgradingTls') d.send({ type: 'tls.established' });
         } else if (d.value() === 'options') {

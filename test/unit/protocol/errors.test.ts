@@ -191,6 +191,11 @@ const CLOSES: Record<Exclude<CloseCode, DecodeFailureCode | TransportCloseCode>,
     d.send({ type: 'server.shutdown' });
     return closeIn(d.send(opt(O.EXPORT_NAME, Buffer.from('disk'))));
   },
+  'option.export-name-terminates/open-failed': () => {
+    const d = handshake({ resolveExports: true });
+    expect(d.send(opt(O.EXPORT_NAME, Buffer.from('dyn')))).toEqual([{ type: 'resolve', request: { kind: 'export', name: 'dyn' } }]);
+    return closeIn(d.send({ type: 'resolve.failed', message: 'openExport threw' }));
+  },
   'tls.mode-forcedtls/export-name': () => closeIn(handshake({ tls: 'required' }).send(opt(O.EXPORT_NAME, Buffer.from('disk')))),
   'option.extended-headers/export-name': () => {
     const d = handshake();
