@@ -16,6 +16,9 @@
 // server, nbd-engine with its native part off (NBD_ENGINE_NO_NATIVE=1), is
 // measured too, to show what the native part buys (`--no-fallback` skips it).
 //
+// Each round then repeats both on the same server after --warm N untimed runs (default 3): the
+// rows "(after N runs)" are a long-running server's steady state.
+//
 //   npm run bench:file                 (builds first)
 //   node bench/file-sparse.mjs --rounds 5 --no-fallback
 import { spawn, spawnSync } from 'node:child_process';
@@ -29,6 +32,8 @@ const args = process.argv.slice(2);
 const ROUNDS = args.includes('--rounds') ? Number(args[args.indexOf('--rounds') + 1]) : 5;
 if (!(Number.isInteger(ROUNDS) && ROUNDS > 0)) throw new Error('--rounds N: a positive integer');
 const FALLBACK = !args.includes('--no-fallback');
+/** Untimed runs of each client before the "warm" rows (`--warm N`, default 3). */
+const WARM = args.includes('--warm') ? Number(args[args.indexOf('--warm') + 1]) : 3;
 const SIZE = 1 << 30;
 
 for (const tool of ['nbdkit', 'nbdcopy', 'nbdinfo', 'qemu-io']) {
@@ -86,7 +91,7 @@ function timed(cmd, argv) {
 }
 
 const kinds = ['engine', 'nbdkit', ...(FALLBACK ? ['fallback'] : [])];
-const results = { first: {}, nbdcopy: {}, writez: {} };
+const results = { first: {}, nbdcopy: {}, writez: {}, nbdcopyWarm: {}, writezWarm: {} };
 for (const k of kinds) for (const r of Object.values(results)) r[k] = [];
 
 const t0 = Date.now();
@@ -100,9 +105,17 @@ for (let round = 0; round <= ROUNDS; round++) {
     const first = timed('nbdinfo', ['--size', srv.uri]);
     const copy = timed('nbdcopy', [srv.uri, out]);
     const wz = timed('qemu-io', ['-f', 'raw', '-c', 'write -z 0 512M', srv.uri]);
+    // The same two on a server that has already served them (WARM runs untimed first): a
+    // long-running server's steady state, without the first runs' compiling.
+    for (let i = 0; i < WARM; i++) timed('nbdcopy', [srv.uri, out]), timed('qemu-io', ['-f', 'raw', '-c', 'write -z 0 512M', srv.uri]);
+    const copyWarm = timed('nbdcopy', [srv.uri, out]);
+    const wzWarm = timed('qemu-io', ['-f', 'raw', '-c', 'write -z 0 512M', srv.uri]);
     await srv.stop();
-    if (round > 0) results.first[kind].push(first), results.nbdcopy[kind].push(copy), results.writez[kind].push(wz);
-    log(`round ${round}${round ? '' : ' (warm-up)'} ${kind}: first connection ${first.toFixed(3)} s, nbdcopy ${copy.toFixed(3)} s, write -z ${wz.toFixed(3)} s`);
+    if (round > 0) {
+      results.first[kind].push(first), results.nbdcopy[kind].push(copy), results.writez[kind].push(wz);
+      results.nbdcopyWarm[kind].push(copyWarm), results.writezWarm[kind].push(wzWarm);
+    }
+    log(`round ${round}${round ? '' : ' (warm-up)'} ${kind}: first connection ${first.toFixed(3)} s, nbdcopy ${copy.toFixed(3)} s (warm ${copyWarm.toFixed(3)} s), write -z ${wz.toFixed(3)} s (warm ${wzWarm.toFixed(3)} s)`);
   }
 }
 fs.rmSync(work, { recursive: true, force: true });
@@ -122,7 +135,13 @@ if (FALLBACK) head.push('nbd-engine fallback (median)');
 head.push('nbd-engine runs', 'nbdkit runs');
 console.log(`| ${head.join(' | ')} |`);
 console.log(`|${head.map((_, i) => (i === 0 || i >= head.length - 2 ? '---' : '---:')).join('|')}|`);
-for (const [key, label] of [['nbdcopy', 'nbdcopy 1 GiB sparse export → file'], ['writez', "qemu-io 'write -z 0 512M'"], ['first', 'first connection after start (nbdinfo --size)']]) {
+for (const [key, label] of [
+  ['nbdcopy', 'nbdcopy 1 GiB sparse export → file (first run after start)'],
+  ['writez', "qemu-io 'write -z 0 512M' (first run after start)"],
+  ['nbdcopyWarm', `nbdcopy 1 GiB sparse export → file (after ${WARM} runs)`],
+  ['writezWarm', `qemu-io 'write -z 0 512M' (after ${WARM} runs)`],
+  ['first', 'first connection after start (nbdinfo --size)'],
+]) {
   const r = results[key];
   const row = [label, f3(median(r.engine)), f3(median(r.nbdkit)), `${(median(r.engine) / median(r.nbdkit)).toFixed(2)}×`];
   if (FALLBACK) row.push(f3(median(r.fallback)));
