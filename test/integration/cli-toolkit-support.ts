@@ -31,6 +31,11 @@ function runTo(cmd: string, args: string[], timeout = 60_000): Promise<Ran> {
   });
 }
 
+/** `nbd-engine ARGS` to completion. */
+export function cli(args: string[]): Promise<Ran> {
+  return runTo(process.execPath, [CLI, ...args]);
+}
+
 /** `nbd-engine serve -U - ARGS --run CMD`; stdout without the URI line serve prints first. */
 export async function engine(args: string[], cmd: string): Promise<Ran> {
   const r = await runTo(process.execPath, [CLI, 'serve', '-U', '-', ...args, '--run', cmd]);

@@ -1,0 +1,209 @@
+/**
+ * Every filter through the real CLI in nbdkit's syntax (`nbd-engine serve -U -
+ * --filter=NAME BACKEND key=value --run CMD`), checked with real clients:
+ * that the filter acted (bytes, errnos, log lines, the stats file, the base
+ * left unchanged), and, where nbdkit defines the result, that `nbdkit` run
+ * with the same words gives the same.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { requireTool, tmpDir } from './harness.js';
+import { both, cli, engine, nbdkit, outOf, pyCommand, requestLines } from './cli-toolkit-support.js';
+
+let work: string;
+let base: string;
+beforeAll(() => {
+  for (const t of ['nbdinfo', 'nbdcopy', 'qemu-io', 'nbdkit', 'sfdisk']) requireTool(t);
+  work = tmpDir('cli-toolkit-');
+  base = path.join(work, 'base.img');
+  const bytes = Buffer.alloc(1 << 20);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 13 + (i >> 9)) & 0xff;
+  fs.writeFileSync(base, bytes);
+});
+afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+
+const file = (name: string) => path.join(work, name);
+
+describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
+  it('--filter=cow file base.img: writes are seen, the base is unchanged, the same bytes as nbdkit', async () => {
+    const before = fs.readFileSync(base);
+    const cmd = 'qemu-io -f raw -c "write -P 0x11 4k 4k" -c "write -z 64k 64k" -c "read -P 0x11 4k 4k" -c "read -P 0 64k 64k" "$uri" >/dev/null && nbdcopy "$uri" - | sha256sum';
+    const { ours, kit } = await both(['--filter=cow', 'file', base], cmd);
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(kit.code, kit.stderr).toBe(0);
+    expect(ours.stdout).toBe(kit.stdout);
+    expect(fs.readFileSync(base)).toEqual(before);
+  });
+
+  it('--filter=cache: the same bytes as nbdkit; a re-read is served from the cache (stats below it count one backend read)', async () => {
+    const { ours, kit } = await both(['--filter=cache', 'memory', '1M'], 'qemu-io -f raw -c "write -P 0x22 4k 4k" -c "read -P 0x22 4k 4k" "$uri" >/dev/null && nbdcopy "$uri" - | sha256sum');
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(ours.stdout).toBe(kit.stdout);
+    const stats = file('cache.stats');
+    const r = await engine(['--filter=cache', '--filter=stats', 'pattern', '1M', `statsfile=${stats}`], 'qemu-io -r -f raw -c "read 0 64k" -c "read 0 64k" -c "read 0 64k" "$uri" >/dev/null');
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.readFileSync(stats, 'utf8')).toMatch(/^read ops=1 bytes=65536 /m);
+  });
+
+  it('--filter=readahead: the same bytes as nbdkit; small sequential reads become fewer, larger backend reads', async () => {
+    const { ours, kit } = await both(['--filter=readahead', 'pattern', '1M'], 'nbdcopy "$uri" - | sha256sum');
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(ours.stdout).toBe(kit.stdout);
+    const log = file('readahead.log');
+    const reads = Array.from({ length: 16 }, (_, i) => `-c "read ${i * 4096} 4k"`).join(' ');
+    const r = await engine(['--filter=readahead', '--filter=log', 'pattern', '1M', `logfile=${log}`], `qemu-io -r -f raw ${reads} "$uri" >/dev/null`);
+    expect(r.code, r.stderr).toBe(0);
+    const below = requestLines(fs.readFileSync(log, 'utf8')).filter((l) => / Read id=\d+ /.test(l));
+    expect(below.length).toBeGreaterThan(0);
+    expect(below.length).toBeLessThan(16);
+    // Past the first read the filter fetches windows larger than the client's 4k reads.
+    expect(below.some((l) => Number(/count=(0x[0-9a-f]+)/.exec(l)![1]) > 0x1000)).toBe(true);
+  });
+
+  it('--filter=blocksize minblock=4k maxdata=64k: the backend sees the same aligned, split requests as under nbdkit', async () => {
+    const logOf = async (server: typeof engine, name: string) => {
+      const log = file(name);
+      const r = await server(['--filter=blocksize', '--filter=log', 'memory', '1M', 'minblock=4k', 'maxdata=64k', `logfile=${log}`], 'qemu-io -f raw -c "write -P 0x33 1 3" -c "read -P 0x33 1 3" -c "read 0 256k" "$uri" >/dev/null');
+      expect(r.code, r.stderr).toBe(0);
+      return requestLines(fs.readFileSync(log, 'utf8'))
+        .filter((l) => !/Flush/.test(l))
+        .map((l) => l.replace(/ id=\d+/, '').replace(/ (fua|fast|return)=\S+/g, ''));
+    };
+    const ours = await logOf(engine, 'bs-ours.log');
+    const kit = await logOf(nbdkit, 'bs-kit.log');
+    // The 3-byte write is a read-modify-write of one 4k block; the 256k read is four 64k reads.
+    expect(ours.filter((l) => / Write /.test(l))).toEqual(['connection=1 Write offset=0x0 count=0x1000 ...']);
+    expect(ours.filter((l) => / Read .*count=0x10000/.test(l)).length).toBe(4);
+    expect(ours).toEqual(kit);
+  });
+
+  it('--filter=delay delay-fast-zero=false: a fast zero fails at once with ENOTSUP, as nbdkit; delayed reads still return the bytes', async () => {
+    const cmd = pyCommand(
+      work,
+      `
+      h = connect()
+      out['fast'] = err(h.zero, 4096, 0, nbd.CMD_FLAG_FAST_ZERO)
+      out['slow'] = err(h.zero, 4096, 0)
+      out['read'] = h.pread(8, 8).hex()
+      `,
+    );
+    const { ours, kit } = await both(['--filter=delay', 'memory', '1M', 'rdelay=1ms', 'wdelay=1ms', 'delay-fast-zero=false'], cmd);
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(outOf(ours)).toEqual({ fast: 'ENOTSUP', slow: null, read: '0000000000000000' });
+    expect(outOf(ours)).toEqual(outOf(kit));
+  });
+
+  it('--filter=error: error-pwrite=ENOSPC fails only writes, error=EPERM error-rate=100% fails reads, error-file gates it — as nbdkit', async () => {
+    const cmd = pyCommand(
+      work,
+      `
+      h = connect()
+      out['write'] = err(h.pwrite, b'x' * 512, 0)
+      out['read'] = err(h.pread, 512, 0)
+      `,
+    );
+    const cases: [string[], Record<string, unknown>][] = [
+      [['error-pwrite=ENOSPC', 'error-pwrite-rate=100%'], { write: 'ENOSPC', read: null }],
+      [['error-rate=100%', 'error=EPERM'], { write: 'EPERM', read: 'EPERM' }],
+      [['error-rate=1', 'error=EIO', `error-file=${file('absent')}`], { write: null, read: null }],
+    ];
+    for (const [keys, want] of cases) {
+      const { ours, kit } = await both(['--filter=error', 'memory', '1M', ...keys], cmd);
+      expect(ours.code, `${keys.join(' ')}: ${ours.stderr}`).toBe(0);
+      expect(outOf(ours), keys.join(' ')).toEqual(want);
+      expect(outOf(kit), keys.join(' ')).toEqual(want);
+    }
+    fs.writeFileSync(file('present'), '');
+    const gated = await engine(['--filter=error', 'memory', '1M', 'error-pread=ESHUTDOWN', 'error-pread-rate=100%', `error-pread-file=${file('present')}`], cmd);
+    expect(outOf(gated)).toEqual({ write: null, read: 'ESHUTDOWN' });
+  });
+
+  it('--filter=log --filter=stats memory 1M logfile=… statsfile=…: nbdkit\'s log lines, and the stats file counts the requests', async () => {
+    const cmd = 'qemu-io -f raw -c "write -P 0x44 0 4k" -c "read -P 0x44 0 4k" -c "read 8k 2k" "$uri" >/dev/null';
+    const logs = { ours: file('ours.log'), kit: file('kit.log') };
+    const stats = file('ours.stats');
+    const [ours, kit] = await Promise.all([
+      engine(['--filter=log', '--filter=stats', 'memory', '1M', `logfile=${logs.ours}`, `statsfile=${stats}`], cmd),
+      nbdkit(['--filter=log', '--filter=stats', 'memory', '1M', `logfile=${logs.kit}`, `statsfile=${file('kit.stats')}`], cmd),
+    ]);
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(kit.code, kit.stderr).toBe(0);
+    const lines = requestLines(fs.readFileSync(logs.ours, 'utf8'));
+    expect(lines).toEqual(requestLines(fs.readFileSync(logs.kit, 'utf8')));
+    expect(lines).toContain('connection=1 Write id=1 offset=0x0 count=0x1000 fua=1 ...');
+    expect(fs.readFileSync(logs.ours, 'utf8')).toMatch(/connection=1 Connect export="" .*size=0x100000 /);
+    expect(fs.readFileSync(logs.ours, 'utf8')).toMatch(/connection=1 Disconnect transactions=\d+/);
+    const st = fs.readFileSync(stats, 'utf8');
+    expect(st).toMatch(/^read ops=2 bytes=6144 errors=0 /m);
+    expect(st).toMatch(/^write ops=1 bytes=4096 errors=0 /m);
+  });
+
+  it('--filter=rate rate=… connection-rate=…: nbdkit\'s keys are taken and the bytes arrive intact', async () => {
+    const { ours, kit } = await both(['--filter=rate', 'pattern', '256k', 'rate=512M', 'connection-rate=256M'], 'nbdcopy "$uri" - | sha256sum');
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(ours.stdout).toBe(kit.stdout);
+    // A rate that does not parse: one line and exit status 1, as nbdkit.
+    const bad = await both(['--filter=rate', 'pattern', '256k', 'rate=fast'], 'true');
+    expect(bad.ours.code).toBe(bad.kit.code);
+    expect(bad.ours.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^nbd-engine: rate: rate=fast: cannot parse rate/)]);
+  });
+
+  it('--filter=retry --filter=log --filter=error: a failing read is tried 1 + retries times below the retry filter, then fails', async () => {
+    const log = file('retry.log');
+    const cmd = pyCommand(
+      work,
+      `
+      h = connect()
+      out['read'] = err(h.pread, 512, 0)
+      `,
+    );
+    const r = await engine(['--filter=retry', '--filter=log', '--filter=error', 'memory', '1M', 'retries=2', 'retry-delay=10ms', `logfile=${log}`, 'error-pread=EIO', 'error-pread-rate=100%'], cmd);
+    expect(r.code, r.stderr).toBe(0);
+    expect(outOf(r)).toEqual({ read: 'EIO' });
+    const reads = requestLines(fs.readFileSync(log, 'utf8')).filter((l) => /\.\.\.Read .*return=/.test(l));
+    expect(reads).toHaveLength(3);
+    // nbdkit takes the same keys (its retry-delay in whole seconds): one retry, the same errno.
+    const kit = await nbdkit(['--filter=retry', '--filter=error', 'memory', '1M', 'retries=1', 'retry-delay=1', 'error-pread=EIO', 'error-pread-rate=100%'], cmd);
+    expect(outOf(kit)).toEqual({ read: 'EIO' });
+  });
+
+  it('--filter=partition file disk.img partition=N: the same size and bytes as nbdkit\'s, MBR and GPT', async () => {
+    for (const [label, parts] of [['dos', ['start=2048,size=2048,type=83', 'start=4096,size=1024,type=83']], ['gpt', ['start=2048,size=2048', 'start=4096,size=1024']]] as const) {
+      const disk = file(`${label}.img`);
+      fs.writeFileSync(disk, Buffer.alloc(0));
+      fs.truncateSync(disk, 4 << 20);
+      const sf = spawnSync('sfdisk', ['-q', disk], { input: `label: ${label}\n${parts.join('\n')}\n` });
+      expect(sf.status, String(sf.stderr)).toBe(0);
+      // Mark each partition's first bytes so a wrong offset shows.
+      const fd = fs.openSync(disk, 'r+');
+      fs.writeSync(fd, Buffer.from('first'), 0, 5, 2048 * 512);
+      fs.writeSync(fd, Buffer.from('second'), 0, 6, 4096 * 512);
+      fs.closeSync(fd);
+      for (const n of ['1', '2']) {
+        const { ours, kit } = await both(['--filter=partition', 'file', disk, `partition=${n}`], 'nbdinfo --size "$uri" && nbdcopy "$uri" - | head -c 6 && echo && nbdcopy "$uri" - | sha256sum');
+        expect(ours.code, `${label} ${n}: ${ours.stderr}`).toBe(0);
+        expect(ours.stdout, `${label} ${n}`).toBe(kit.stdout);
+        expect(ours.stdout.split('\n')[0], `${label} ${n}`).toBe(n === '1' ? '1048576' : '524288');
+      }
+    }
+  });
+});
+
+describe('--help', () => {
+  it('lists every backend and filter of the registry with each of its keys', async () => {
+    const { BACKENDS, FILTERS } = await import('../../src/plugins/registry.js');
+    const r = await cli(['serve', '--help']);
+    expect(r.code).toBe(0);
+    const text = r.stdout + r.stderr;
+    for (const [table, heading] of [[BACKENDS, 'Backends'], [FILTERS, 'Filters']] as const) {
+      const section = text.slice(text.indexOf(`\n${heading} (`));
+      for (const [name, load] of Object.entries(table)) {
+        const plugin = await load();
+        expect(section, name).toMatch(new RegExp(`\\n  ${name.replace('-', '\\-')} +\\S`));
+        for (const p of plugin.params) expect(section, `${name} ${p.name}`).toContain(`      ${p.name}=`);
+      }
+    }
+  });
+});
