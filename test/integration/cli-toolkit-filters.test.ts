@@ -114,6 +114,12 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
       expect(ours.code, `${keys.join(' ')}: ${ours.stderr}`).toBe(0);
       expect(outOf(ours), keys.join(' ')).toEqual(want);
       expect(outOf(kit), keys.join(' ')).toEqual(want);
+      // Each injected error is one log line, in nbdkit's words, as many as nbdkit logs.
+      const injected = (stderr: string) => stderr.split('\n').filter((l) => /error: (error filter: )?injecting /.test(l)).map((l) => l.replace(/^.* error: (error filter: )?/, ''));
+      if (keys[0] === 'error-pwrite=ENOSPC') {
+        expect(injected(ours.stderr)).toEqual(['injecting ENOSPC error into pwrite']);
+        expect(injected(ours.stderr)).toEqual(injected(kit.stderr));
+      }
     }
     fs.writeFileSync(file('present'), '');
     const gated = await engine(['--filter=error', 'memory', '1M', 'error-pread=ESHUTDOWN', 'error-pread-rate=100%', `error-pread-file=${file('present')}`], cmd);
