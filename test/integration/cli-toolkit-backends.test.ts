@@ -63,6 +63,22 @@ describe('backends: the same command line as nbdkit, the same export', () => {
     expect(fs.readFileSync(img).subarray(4096, 8192)).toEqual(Buffer.alloc(4096, 0x77));
   });
 
+  it('memory 1M allocator=sparse|zstd and data … allocator=sparse: nbdkit\'s key is taken, the same map as nbdkit; allocator=malloc is refused in one line', async () => {
+    const cmd = 'qemu-io -f raw -c "write -P 1 0 64k" "$uri" >/dev/null && nbdinfo --map "$uri"';
+    for (const a of ['sparse', 'zstd']) {
+      const { ours, kit } = await both(['memory', '1M', `allocator=${a}`], cmd);
+      expect(ours.code, ours.stderr).toBe(0);
+      expect(ours.stdout, a).toBe(kit.stdout);
+      expect(ours.stdout).toMatch(/^\s+0\s+65536\s+0\s+data\n/);
+    }
+    const data = await both(['data', '1 2 3', 'allocator=sparse'], 'nbdcopy "$uri" - | od -An -tx1');
+    expect(data.ours.code, data.ours.stderr).toBe(0);
+    expect(data.ours.stdout).toBe(data.kit.stdout);
+    const malloc = await engine(['memory', '1M', 'allocator=malloc'], 'true');
+    expect(malloc.code).toBe(2);
+    expect(malloc.stderr.trim()).toBe('nbd-engine: memory: allocator=malloc: expected one of sparse, zstd');
+  });
+
   it('null 1M: zeroes, writes accepted and discarded, the same flags as nbdkit', async () => {
     const cmd = pyCommand(
       work,
