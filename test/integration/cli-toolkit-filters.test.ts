@@ -197,6 +197,30 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
   });
 });
 
+describe('bad values: one line, nbdkit\'s exit status, the client never runs', () => {
+  it('each filter and backend refuses a bad value as nbdkit does', async () => {
+    const cases = [
+      ['--filter=cow', 'memory', '1M', 'cow-block-size=3k'],
+      ['--filter=blocksize', 'memory', '1M', 'minblock=3'],
+      ['--filter=delay', 'memory', '1M', 'rdelay=abc'],
+      ['--filter=error', 'memory', '1M', 'error=EFOO'],
+      ['--filter=error', 'memory', '1M', 'error-rate=200%'],
+      ['--filter=log', 'memory', '1M', `logfile=${path.join(work, 'no', 'such', 'dir')}`],
+      ['--filter=retry', 'memory', '1M', 'retry-delay=x'],
+      ['--filter=partition', 'memory', '1M', 'partition=0'],
+      ['sparse-random', '1M', 'percent=200'],
+      ['data', '(1'],
+    ];
+    for (const args of cases) {
+      const { ours, kit } = await both(args, 'echo client-ran');
+      expect(kit.code, `nbdkit ${args.join(' ')}`).not.toBe(0);
+      expect(ours.code, args.join(' ')).toBe(kit.code);
+      expect(ours.stdout, args.join(' ')).toBe('');
+      expect(ours.stderr.trim().split('\n'), args.join(' ')).toEqual([expect.stringMatching(/^nbd-engine: /)]);
+    }
+  });
+});
+
 describe('--help', () => {
   it('lists every backend and filter of the registry with each of its keys', async () => {
     const { BACKENDS, FILTERS } = await import('../../src/plugins/registry.js');
