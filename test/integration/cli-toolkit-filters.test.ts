@@ -10,6 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { requireTool, tmpDir } from './harness.js';
+import { mbrDisk } from '../unit/toolkit/partition-images.js';
 import { both, cli, engine, nbdkit, outOf, pyCommand, requestLines } from './cli-toolkit-support.js';
 
 let work: string;
@@ -193,6 +194,29 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
         expect(ours.stdout, `${label} ${n}`).toBe(kit.stdout);
         expect(ours.stdout.split('\n')[0], `${label} ${n}`).toBe(n === '1' ? '1048576' : '524288');
       }
+    }
+  });
+});
+
+describe('--filter=partition with logical partitions', () => {
+  it('MBR logical partitions 5 and 6 of an extended partition: nbdkit\'s sizes and bytes; 3 (the container) and 7 are refused', async () => {
+    const disk = file('logical.img');
+    const bytes = mbrDisk();
+    // Mark each logical partition's first sector so a wrong offset shows.
+    bytes.write('five', (8192 + 2048) * 512);
+    bytes.write('six', (12288 + 2048) * 512);
+    fs.writeFileSync(disk, bytes);
+    for (const n of ['5', '6']) {
+      const { ours, kit } = await both(['--filter=partition', 'file', disk, `partition=${n}`], 'nbdinfo --size "$uri" && nbdcopy "$uri" - | head -c 4 && echo && nbdcopy "$uri" - | sha256sum');
+      expect(ours.code, `${n}: ${ours.stderr}`).toBe(0);
+      expect(ours.stdout, n).toBe(kit.stdout);
+      expect(ours.stdout.split('\n')[1], n).toBe(n === '5' ? 'five' : 'six\0');
+    }
+    for (const n of ['3', '7']) {
+      const r = await engine(['--filter=partition', 'file', disk, `partition=${n}`], 'echo client-ran');
+      expect(r.code, n).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr.trim().split('\n'), n).toEqual([expect.stringMatching(/^nbd-engine: export "": partition \d/)]);
     }
   });
 });
