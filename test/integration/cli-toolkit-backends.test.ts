@@ -59,8 +59,8 @@ describe('backends: the same command line as nbdkit, the same export', () => {
     const [ours, kit] = await Promise.all([engine(['file', img], cmd), nbdkit(['file', copy], cmd)]);
     expect(ours.code, ours.stderr).toBe(0);
     expect(ours.stdout).toBe(kit.stdout);
-    expect(fs.readFileSync(img)).toEqual(fs.readFileSync(copy));
-    expect(fs.readFileSync(img).subarray(4096, 8192)).toEqual(Buffer.alloc(4096, 0x77));
+    expect(fs.readFileSync(img).equals(fs.readFileSync(copy))).toBe(true);
+    expect(fs.readFileSync(img).subarray(4096, 8192).equals(Buffer.alloc(4096, 0x77))).toBe(true);
   });
 
   it('memory 1M allocator=sparse|zstd and data … allocator=sparse: nbdkit\'s key is taken, the same map as nbdkit; allocator=malloc is refused in one line', async () => {
