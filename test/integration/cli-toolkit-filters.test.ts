@@ -74,6 +74,37 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
     expect(fs.readFileSync(file('c1.img')).equals(fs.readFileSync(file('c2.img')))).toBe(true);
   });
 
+  it('--filter=cow cow-on-read=true keeps what it read: the backend below sees one 64k read for three client reads, as under nbdkit', async () => {
+    const reads = async (server: typeof engine, name: string, onRead: string) => {
+      const log = file(name);
+      const r = await server(['--filter=cow', '--filter=log', 'pattern', '1M', `logfile=${log}`, `cow-on-read=${onRead}`], 'qemu-io -r -f raw -c "read 0 4k" -c "read 0 4k" -c "read 8k 4k" "$uri" >/dev/null');
+      expect(r.code, r.stderr).toBe(0);
+      return requestLines(fs.readFileSync(log, 'utf8'))
+        .filter((l) => / Read id=/.test(l))
+        .map((l) => l.replace(/ id=\d+/, ''));
+    };
+    const ours = await reads(engine, 'cor-ours.log', 'true');
+    expect(ours).toEqual(['connection=1 Read offset=0x0 count=0x10000 ...']);
+    expect(ours).toEqual(await reads(nbdkit, 'cor-kit.log', 'true'));
+    // Without it every client read reaches the backend (nbdkit reads whole 64k blocks, ours what was asked).
+    expect(await reads(engine, 'cor-off.log', 'false')).toHaveLength(3);
+  });
+
+  it('--filter=log logappend=true and --filter=stats statsappend=true keep the earlier runs, as nbdkit\'s logappend', async () => {
+    const log = file('append.log');
+    const kitLog = file('append-kit.log');
+    const stats = file('append.stats');
+    for (let i = 0; i < 2; i++) {
+      const r = await engine(['--filter=log', '--filter=stats', 'memory', '1M', `logfile=${log}`, 'logappend=true', `statsfile=${stats}`, 'statsappend=true'], 'nbdinfo --size "$uri" >/dev/null');
+      expect(r.code, r.stderr).toBe(0);
+      await nbdkit(['--filter=log', 'memory', '1M', `logfile=${kitLog}`, 'logappend=true'], 'nbdinfo --size "$uri" >/dev/null');
+    }
+    const connects = (f: string) => fs.readFileSync(f, 'utf8').split('\n').filter((l) => / Connect /.test(l)).length;
+    expect(connects(log)).toBe(2);
+    expect(connects(log)).toBe(connects(kitLog));
+    expect(fs.readFileSync(stats, 'utf8').match(/^# nbd-engine stats /gm)).toHaveLength(2);
+  });
+
   it('--filter=cache: the same bytes as nbdkit; a re-read is served from the cache (stats below it count one backend read)', async () => {
     const { ours, kit } = await both(['--filter=cache', 'memory', '1M'], 'qemu-io -f raw -c "write -P 0x22 4k 4k" -c "read -P 0x22 4k 4k" "$uri" >/dev/null && nbdcopy "$uri" - | sha256sum');
     expect(ours.code, ours.stderr).toBe(0);
