@@ -238,9 +238,14 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
     expect(outOf(r)).toEqual({ read: 'EIO' });
     const reads = requestLines(fs.readFileSync(log, 'utf8')).filter((l) => /\.\.\.Read .*return=/.test(l));
     expect(reads).toHaveLength(3);
-    // nbdkit takes the same keys (its retry-delay in whole seconds): one retry, the same errno.
-    const kit = await nbdkit(['--filter=retry', '--filter=error', 'memory', '1M', 'retries=1', 'retry-delay=1', 'error-pread=EIO', 'error-pread-rate=100%'], cmd);
+    // The same words with nbdkit (its retry-delay in whole seconds, so one retry): the same errno, the same reads below.
+    const oneRetry = (log: string) => ['--filter=retry', '--filter=log', '--filter=error', 'memory', '1M', 'retries=1', 'retry-delay=1', `logfile=${log}`, 'error-pread=EIO', 'error-pread-rate=100%'];
+    const [ours, kit] = await Promise.all([engine(oneRetry(file('retry1-ours.log')), cmd), nbdkit(oneRetry(file('retry1-kit.log')), cmd)]);
     expect(outOf(kit)).toEqual({ read: 'EIO' });
+    expect(outOf(ours)).toEqual(outOf(kit));
+    const failed = (f: string) => requestLines(fs.readFileSync(f, 'utf8')).filter((l) => /\.\.\.Read .*return=-1 error=EIO/.test(l)).length;
+    expect(failed(file('retry1-ours.log'))).toBe(2);
+    expect(failed(file('retry1-ours.log'))).toBe(failed(file('retry1-kit.log')));
   });
 
   it('--filter=partition file disk.img partition=N: the same size and bytes as nbdkit\'s, MBR and GPT', async () => {
