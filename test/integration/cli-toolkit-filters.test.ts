@@ -270,6 +270,24 @@ describe('filters: nbdkit\'s command lines act as nbdkit\'s', () => {
   });
 });
 
+describe('stacked filters', () => {
+  it('--filter=cow --filter=partition and --filter=partition --filter=cow: a write lands in the overlay, the disk is unchanged, nbdkit\'s bytes', async () => {
+    const disk = file('stack.img');
+    fs.writeFileSync(disk, Buffer.alloc(0));
+    fs.truncateSync(disk, 4 << 20);
+    const sf = spawnSync('sfdisk', ['-q', disk], { input: 'label: dos\nstart=2048,size=2048,type=83\nstart=4096,size=2048,type=83\n' });
+    expect(sf.status, String(sf.stderr)).toBe(0);
+    const before = fs.readFileSync(disk);
+    for (const order of [['--filter=cow', '--filter=partition'], ['--filter=partition', '--filter=cow']]) {
+      const { ours, kit } = await both([...order, 'file', disk, 'partition=2'], 'qemu-io -f raw -c "write -P 7 0 4k" -c "read -P 7 0 4k" "$uri" >/dev/null && nbdinfo --size "$uri" && nbdcopy "$uri" - | sha256sum');
+      expect(ours.code, `${order.join(' ')}: ${ours.stderr}`).toBe(0);
+      expect(ours.stdout, order.join(' ')).toBe(kit.stdout);
+      expect(ours.stdout.split('\n')[0]).toBe('1048576');
+    }
+    expect(fs.readFileSync(disk).equals(before)).toBe(true);
+  });
+});
+
 describe('--filter=partition with logical partitions', () => {
   it('MBR logical partitions 5 and 6 of an extended partition: nbdkit\'s sizes and bytes; 3 (the container) and 7 are refused', async () => {
     const disk = file('logical.img');
