@@ -71,8 +71,13 @@ function checkList(list: unknown): ListedExport[] {
 
 /** Flush (if writable), close the backend, run the filters' clean-up: each failure one log line. */
 export async function closeEntry(entry: ExportEntry, logger: Logger, what: string): Promise<void> {
+  // A failed flush (a disk gone bad, an error filter) must not leave the backend open: close runs regardless.
   try {
     if (entry.backend?.flush && entry.caps.write) await entry.backend.flush();
+  } catch (err) {
+    logger.error(`${what}: flush: ${String(err)}`);
+  }
+  try {
     await entry.backend?.close?.();
   } catch (err) {
     logger.error(`${what}: ${String(err)}`);

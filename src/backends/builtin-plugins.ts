@@ -5,12 +5,13 @@
 import type { BackendPlugin } from '../plugins/registry.js';
 import { memoryBackend } from './memory.js';
 import { fileBackend } from './file.js';
+import { ALLOCATOR_PARAM } from './allocator-param.js';
 
 export const memoryPlugin: BackendPlugin = {
   name: 'memory',
   summary: 'a sparse RAM disk (nbdkit memory)',
   magic: 'size',
-  params: [{ name: 'size', kind: 'size', summary: 'export size (512M, 1G, 16T …)', required: true }],
+  params: [{ name: 'size', kind: 'size', summary: 'export size (512M, 1G, 16T …)', required: true }, ALLOCATOR_PARAM],
   create: async (p, ctx) => memoryBackend({ size: p.size as number, readOnly: ctx.readOnly }),
 };
 

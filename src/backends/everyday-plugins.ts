@@ -10,6 +10,7 @@ import { nullBackend, patternBackend, zeroBackend } from './synthetic.js';
 import { dataBackend } from './data.js';
 import { DataFormatError, DATA_MAX_BYTES } from './data-format.js';
 import { sparseRandomBackend } from './sparse-random.js';
+import { ALLOCATOR_PARAM } from './allocator-param.js';
 
 export const nullPlugin: BackendPlugin = {
   name: 'null',
@@ -44,6 +45,7 @@ export const dataPlugin: BackendPlugin = {
     { name: 'base64', kind: 'string', summary: 'base64-encoded bytes' },
     { name: 'size', kind: 'size', summary: 'truncate or extend to this size (default: where the data ends)' },
     { name: 'data-max', kind: 'size', summary: `most bytes the data may expand to (default ${DATA_MAX_BYTES / 2 ** 30}G)` },
+    ALLOCATOR_PARAM,
   ],
   create: async (p, ctx) => {
     try {

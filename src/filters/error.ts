@@ -41,6 +41,8 @@ export interface ErrorOptions extends ErrorRule {
   readonly length?: number;
   /** Seed for the random choice (default: Math.random, not reproducible). */
   readonly seed?: number;
+  /** Called for each injected error (the command line logs it, as nbdkit does: the client's errno alone does not say it was injected). */
+  readonly onInject?: (errno: ErrnoName, op: OpName) => void;
 }
 
 /** Decides, request by request, whether to inject an error and which. */
@@ -96,7 +98,10 @@ export function errorFilter(options: ErrorOptions): ErrorFilter {
     wrap: (next) =>
       interceptOps(next, (call, invoke) => {
         const errno = injector.decide(call);
-        if (errno !== undefined) throw new NbdRequestError(errno, `error filter: injecting ${errno} into ${call.op}`);
+        if (errno !== undefined) {
+          options.onInject?.(errno, call.op);
+          throw new NbdRequestError(errno, `error filter: injecting ${errno} into ${call.op}`);
+        }
         return invoke();
       }),
   };

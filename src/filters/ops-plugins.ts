@@ -92,8 +92,11 @@ export const errorPlugin: FilterPlugin = {
     { name: 'error-length', kind: 'size', summary: 'only requests touching this many bytes from error-offset (ours)' },
     { name: 'error-seed', kind: 'integer', summary: 'seed: the same seed and requests give the same errors' },
   ],
-  async create(params) {
+  async create(params, context) {
     const o: Record<string, unknown> = { ...errorRule(params, 'error') };
+    // One line per injected error, in nbdkit's words ("injecting EIO error into pread").
+    const key = new Map(ERROR_OPS.map(([k, op]) => [op, k]));
+    o.onInject = (errno: ErrnoName, op: OpName) => context.logger.error(`error filter: injecting ${errno} error into ${key.get(op) ?? op}`);
     for (const [key, op] of ERROR_OPS) o[op] = errorRule(params, `error-${key}`);
     o.offset = params['error-offset'];
     o.length = params['error-length'];

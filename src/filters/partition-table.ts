@@ -139,7 +139,9 @@ async function findLogical(read: ReadAt, partition: number, ext: MbrEntry, ss: n
       if (number === partition) return { number, scheme: 'mbr', offset: start * ss, length: data.sectors * ss, type: hex2(data.type) };
     }
     if (!used(link) || !EXTENDED_TYPES.has(link.type)) {
-      fail(`partition ${partition} does not exist: the MBR has logical partitions 5 to ${number}`);
+      // An extended partition may hold no logical partition at all ("5 to 4" would be nonsense).
+      const range = number === 4 ? 'no logical partitions' : number === 5 ? 'logical partition 5 only' : `logical partitions 5 to ${number}`;
+      fail(`partition ${partition} does not exist: the MBR has ${range}`);
     }
     // The link counts from the extended partition's start. Moving strictly forward is what makes the walk end.
     const next = extStart + link.start;

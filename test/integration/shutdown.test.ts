@@ -86,3 +86,23 @@ describe('graceful shutdown', () => {
     expect(err).toBe('');
   });
 });
+
+describe('shutdown with a failing flush', () => {
+  it('the backend is still closed, and the failure is one error line naming the flush', async () => {
+    const events: string[] = [];
+    const backend: Backend = {
+      size: 4096,
+      read: (_o, l) => Buffer.alloc(l),
+      write: () => undefined,
+      flush: () => {
+        events.push('flush');
+        throw new Error('disk gone');
+      },
+      close: () => void events.push('close'),
+    };
+    const srv = await startServer({ exports: [{ name: 'd', backend }] });
+    await srv.close();
+    expect(events).toEqual(['flush', 'close']);
+    expect(srv.logs.filter((l) => l.startsWith('error:'))).toEqual(['error: closing export "d": flush: Error: disk gone']);
+  });
+});

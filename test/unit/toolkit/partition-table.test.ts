@@ -38,6 +38,16 @@ describe('MBR', () => {
     await refused(find(disk, 7), /partition 7 does not exist: the MBR has logical partitions 5 to 6/);
   });
 
+  it('says so when the extended partition holds no logical partition, or only one', async () => {
+    // putTable writes only the entries it is given: clear the EBR first.
+    const none = mbrDisk().fill(0, 8192 * 512, 8193 * 512);
+    putTable(none, 8192, []);
+    await refused(find(none, 5), /partition 5 does not exist: the MBR has no logical partitions$/);
+    const one = mbrDisk().fill(0, 8192 * 512, 8193 * 512);
+    putTable(one, 8192, [{ type: 0x83, start: 2048, sectors: 1024 }]);
+    await refused(find(one, 6), /partition 6 does not exist: the MBR has logical partition 5 only$/);
+  });
+
   it('refuses the extended container, unused entries and logicals without an extended partition', async () => {
     const disk = mbrDisk();
     await refused(find(disk, 3), /extended partition/);

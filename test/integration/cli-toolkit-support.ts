@@ -1,0 +1,84 @@
+/**
+ * Run one nbdkit command line twice, with `nbd-engine serve` and with
+ * `nbdkit`, each as `-U - ARGS --run CMD`, so a test can compare what a real
+ * client saw from both. Python bodies run under Debian's python3-libnbd
+ * with the shared prelude (pylibnbd.ts).
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CLI, requirePythonNbd, requireTool } from './harness.js';
+import { PRELUDE } from './pylibnbd.js';
+
+export interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function runTo(cmd: string, args: string[], timeout = 60_000): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `nbd-engine ARGS` to completion. */
+export function cli(args: string[]): Promise<Ran> {
+  return runTo(process.execPath, [CLI, ...args]);
+}
+
+/** `nbd-engine serve -U - ARGS --run CMD`; stdout without the URI line serve prints first. */
+export async function engine(args: string[], cmd: string): Promise<Ran> {
+  const r = await runTo(process.execPath, [CLI, 'serve', '-U', '-', ...args, '--run', cmd]);
+  return { ...r, stdout: r.stdout.replace(/^nbd\+unix:\S*\n/, '') };
+}
+
+/** `nbdkit -U - ARGS --run CMD` (nbdkit 1.32 from Debian). */
+export function nbdkit(args: string[], cmd: string): Promise<Ran> {
+  requireTool('nbdkit');
+  return runTo('nbdkit', ['-U', '-', ...args, '--run', cmd]);
+}
+
+/** Both servers, the same command line and client command. */
+export async function both(args: string[], cmd: string): Promise<{ ours: Ran; kit: Ran }> {
+  const [ours, kit] = await Promise.all([engine(args, cmd), nbdkit(args, cmd)]);
+  return { ours, kit };
+}
+
+/** A client command running a python3-libnbd body (the prelude's connect(), err(), flags() …); it prints `out` as JSON. */
+export function pyCommand(dir: string, body: string): string {
+  const py = requirePythonNbd();
+  const file = path.join(dir, `client-${Math.random().toString(36).slice(2)}.py`);
+  const lines = body.replace(/^\n/, '').split('\n');
+  const indent = lines.find((l) => l.trim())?.match(/^ */)![0].length ?? 0;
+  const strip = new RegExp(`^ {0,${indent}}`);
+  fs.writeFileSync(file, `${PRELUDE}\n${lines.map((l) => l.replace(strip, '')).join('\n')}\nprint(json.dumps(out))\n`);
+  return `${py} ${file} "$uri"`;
+}
+
+/** The JSON `out` a pyCommand printed (its last line). */
+export function outOf<T = Record<string, unknown>>(r: Ran): T {
+  const lines = r.stdout.trim().split('\n');
+  try {
+    return JSON.parse(lines[lines.length - 1]!) as T;
+  } catch {
+    throw new Error(`no JSON from the client (exit ${r.code}): ${r.stdout}\n${r.stderr}`);
+  }
+}
+
+/** The request lines of an nbdkit-format log (log filter), without timestamps, elapsed times and the Connect line's details. */
+export function requestLines(log: string): string[] {
+  return log
+    .split('\n')
+    .map((l) => l.replace(/^\S+ \S+ /, '').replace(/ elapsed=\S+/, ''))
+    .filter((l) => /^connection=\d+ \.*(Read|Write|Zero|Trim|Flush|Cache|Extents)\b/.test(l));
+}
