@@ -26,6 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createServer, type ExportConfig, type NbdServer } from '../api/server.js';
 import { prepareExports } from '../api/export-entry.js';
+import { warmUp } from '../api/warm-up.js';
 import { consoleLogger } from '../transport/logger.js';
 import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
@@ -169,6 +170,12 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
         targets.push({ path: unixSocket }, { port: 10809, host: 'localhost' });
       }
     }
+  }
+  // Before listening, so that the first client finds the connection code compiled (src/api/warm-up.ts).
+  // Not for -s or socket activation: their one client is already waiting and would wait for it.
+  if (!values['no-warm-up'] && !single && !activated) {
+    const w = await warmUp();
+    logger.debug?.(`warm-up: ${w.requests} requests in ${w.ms.toFixed(0)} ms${w.error ? ` (stopped: ${w.error})` : ''}`);
   }
   const uris: string[] = [];
   try {
