@@ -26,7 +26,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { createServer, type ExportConfig, type NbdServer } from '../api/server.js';
 import { prepareExports } from '../api/export-entry.js';
-import { warmUp } from '../api/warm-up.js';
 import { consoleLogger } from '../transport/logger.js';
 import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
@@ -105,6 +104,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     }
   }
   const trace = parsed.trace ? traceFile(parsed.trace.path, { ...parsed.trace, logger }) : undefined;
+  const activation = socketActivation(process.env);
   let server: NbdServer;
   try {
     server = createServer({
@@ -112,6 +112,9 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
       logger,
       trace,
       strict: !!values.strict,
+      // Compile the connection code before listening, so the first client does not wait for it
+      // (src/api/warm-up.ts). Not for -s or socket activation: their one client is already waiting.
+      warmUp: !values['no-warm-up'] && !values.single && activation.fds.length === 0,
       limits: Object.keys(limits).length > 0 ? limits : undefined,
       tls:
         tlsMode === 'off'
@@ -132,7 +135,6 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
 
   // Where to listen. Socket activation's variables are for this process
   // only: children (--run) must not take them as theirs.
-  const activation = socketActivation(process.env);
   for (const v of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[v];
   const single = !!values.single;
   if (activation.lost && !single) {
@@ -170,12 +172,6 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
         targets.push({ path: unixSocket }, { port: 10809, host: 'localhost' });
       }
     }
-  }
-  // Before listening, so that the first client finds the connection code compiled (src/api/warm-up.ts).
-  // Not for -s or socket activation: their one client is already waiting and would wait for it.
-  if (!values['no-warm-up'] && !single && !activated) {
-    const w = await warmUp();
-    logger.debug?.(`warm-up: ${w.requests} requests in ${w.ms.toFixed(0)} ms${w.error ? ` (stopped: ${w.error})` : ''}`);
   }
   const uris: string[] = [];
   try {
