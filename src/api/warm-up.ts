@@ -38,6 +38,8 @@ export interface WarmUpOptions {
   readonly rounds?: number;
   /** Where the private socket directory is made (default os.tmpdir()). */
   readonly tmpDir?: string;
+  /** Milliseconds one warm-up connection may take before it is dropped and the warm-up given up (default 5000). */
+  readonly timeoutMs?: number;
 }
 
 export interface WarmUpResult {
@@ -56,6 +58,7 @@ const SIZE = 1024 * 1024;
 /** Batches of pipelined requests per connection (each batch one write). */
 const BATCHES = 4;
 const BASE_ALLOCATION = 'base:allocation';
+const TIMEOUT_MS = 5000;
 type Mode = 'extended' | 'structured' | 'simple';
 
 /**
@@ -90,8 +93,9 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
       // As libnbd (nbdcopy, nbdinfo) negotiates: extended headers, else structured replies;
       // as the oldest clients: simple replies; and as `nbdinfo --size` / `--list`: options only.
       // Two at once, as nbdcopy's multi-conn connections.
-      const scripts = await Promise.all([run(socket, transmission('extended')), run(socket, transmission('structured'))]);
-      scripts.push(await run(socket, transmission('simple')), await run(socket, optionsOnly()));
+      const t = options.timeoutMs ?? TIMEOUT_MS;
+      const scripts = await Promise.all([run(socket, transmission('extended'), t), run(socket, transmission('structured'), t)]);
+      scripts.push(await run(socket, transmission('simple'), t), await run(socket, optionsOnly(), t));
       requests += scripts.reduce((n, s) => n + s, 0);
     }
   } catch (err) {
@@ -111,12 +115,20 @@ interface Script {
 }
 
 /** Connect, write the script, read until the server closes. Resolves with the script's request count. */
-function run(socket: string, script: Script): Promise<number> {
+function run(socket: string, script: Script, timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.connect(socket);
+    // A server that never closes must not keep the real one from starting.
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`a warm-up connection took longer than ${timeoutMs} ms`));
+    }, timeoutMs);
     s.on('error', reject);
     s.on('data', () => {}); // replies are not looked at: the server's close events judge the run
-    s.on('close', () => resolve(script.requests));
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(script.requests);
+    });
     let i = 0;
     const next = (): void => {
       if (i < script.writes.length) s.write(script.writes[i++]!, () => setImmediate(next));
