@@ -12,6 +12,7 @@
 // shown as the `true` row). Round 0 is dropped; medians.
 //
 //   npm run build && node bench/first-client-cpu.mjs [--rounds 7] [--runs 4]
+//   NBD_BENCH_ROUNDS=2 node bench/first-client-cpu.mjs      (warmUp({ rounds: 2 }))
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
