@@ -25,7 +25,7 @@ import type { Backend } from './backend.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
-import { warmUp, type WarmUpOptions, type WarmUpResult } from './warm-up.js';
+import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
 
 export type { Violation } from './violations.js';
 
@@ -131,7 +131,7 @@ export class NbdServer {
   private readonly tlsPolicy: TlsPolicy;
   private nextId = 1;
   private closing: Promise<void> | null = null;
-  private warmed: Promise<WarmUpResult> | undefined;
+  private warmed: Promise<void> | undefined;
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
   private spareScheduled = false;
@@ -217,14 +217,11 @@ export class NbdServer {
    * inherited fd (`{ fd }`), or the systemd-activated fds (`'activation'`).
    */
   async listen(target: ListenTarget | 'activation' = { port: 10809, host: 'localhost' }): Promise<ListenResult[]> {
+    // Before binding, so that no client arrives before the code is warm; close() may come meanwhile.
+    if (this.options.warmUp && !this.closing) await (this.warmed ??= warmUpLogged(this.options.warmUp, this.logger));
     if (this.closing) throw new NbdError('NBD_ERR_CLOSED', 'server is closed');
     const targets: ListenTarget[] = target === 'activation' ? activationFds().map((fd) => ({ fd })) : [target];
     if (targets.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'socket activation requested but LISTEN_FDS/LISTEN_PID name no sockets');
-    const w = this.options.warmUp;
-    if (w && !this.warmed) {
-      const r = await (this.warmed = warmUp(w === true ? {} : w));
-      this.logger.debug?.(`warm-up: ${r.connections} connections, ${r.requests} requests in ${r.ms.toFixed(0)} ms${r.error ? ` (${r.error})` : ''}`);
-    } else await this.warmed;
     const results: ListenResult[] = [];
     for (const t of targets) {
       const l = await listen(t, (socket) => this.accept(socket));

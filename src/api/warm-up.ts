@@ -108,6 +108,12 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
   return problems.length > 0 ? { ms, connections, requests, error: problems.join('; ') } : { ms, connections, requests };
 }
 
+/** The `warmUp` server option: warmUp(), then one debug line on the server's logger saying how it went. */
+export async function warmUpLogged(option: true | WarmUpOptions, logger: Logger): Promise<void> {
+  const r = await warmUp(option === true ? {} : option);
+  logger.debug?.(`warm-up: ${r.connections} connections, ${r.requests} requests in ${r.ms.toFixed(0)} ms${r.error ? ` (${r.error})` : ''}`);
+}
+
 /** A connection's script: the writes to make, one after the other, and how many requests they hold. */
 interface Script {
   readonly writes: Buffer[];
