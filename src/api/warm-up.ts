@@ -64,7 +64,7 @@ type Mode = 'extended' | 'structured' | 'simple';
 /**
  * Run a throwaway server and blind clients in this process so that the
  * connection code is compiled before real clients arrive. Takes some tens
- * of milliseconds (bench/RESULTS.md, "First client after start").
+ * of milliseconds (bench/RESULTS.md, "Issue 15: the first client after start").
  */
 export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult> {
   const t0 = performance.now();
