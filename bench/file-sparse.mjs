@@ -10,9 +10,10 @@
 // Servers alternate (the order flips every round), one warm-up round is
 // dropped, medians of the measured rounds are compared. Before those two,
 // each freshly started server answers one `nbdinfo --size`, timed as its own
-// row ("first connection"): a new Node process pays for loading and
-// compiling its connection code on the first client (nbdkit, in C, does
-// not), and that start-up cost is not what the two sparse rows compare. By default a third
+// row ("first connection"): a new Node process compiles its connection code
+// the first time it runs (nbdkit, in C, does not); `nbd-engine serve` does
+// that before it listens (its start-up warm-up, docs/cli.md), and
+// `--no-warm-up` here starts it without, to show what that buys. By default a third
 // server, nbd-engine with its native part off (NBD_ENGINE_NO_NATIVE=1), is
 // measured too, to show what the native part buys (`--no-fallback` skips it).
 //
@@ -21,6 +22,7 @@
 //
 //   npm run bench:file                 (builds first)
 //   node bench/file-sparse.mjs --rounds 5 --no-fallback
+//   node bench/file-sparse.mjs --no-warm-up      (nbd-engine without its start-up warm-up)
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -35,6 +37,8 @@ const FALLBACK = !args.includes('--no-fallback');
 /** Untimed runs of each client before the "warm" rows (`--warm N`, default 3). */
 const WARM = args.includes('--warm') ? Number(args[args.indexOf('--warm') + 1]) : 3;
 const SIZE = 1 << 30;
+/** `--no-warm-up`: start nbd-engine with --no-warm-up (for before/after figures of the start-up warm-up). */
+const NO_WARM_UP = args.includes('--no-warm-up');
 
 for (const tool of ['nbdkit', 'nbdcopy', 'nbdinfo', 'qemu-io']) {
   if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) {
@@ -67,7 +71,7 @@ async function start(kind, img) {
     child = spawn('nbdkit', ['-f', '-U', sock, '-P', pidfile, 'file', img], { stdio: ['ignore', 'ignore', 'inherit'] });
   } else {
     const env = { ...process.env, ...(kind === 'fallback' ? { NBD_ENGINE_NO_NATIVE: '1' } : {}) };
-    child = spawn(process.execPath, [path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--file', img, '--socket', sock], { env, stdio: ['ignore', 'pipe', 'ignore'] });
+    child = spawn(process.execPath, [path.join(ROOT, 'bin/nbd-engine.js'), 'serve', ...(NO_WARM_UP ? ['--no-warm-up'] : []), '--file', img, '--socket', sock], { env, stdio: ['ignore', 'pipe', 'ignore'] });
     child.stdout.on('data', (d) => (stdout += d));
   }
   const ready = () => (kind === 'nbdkit' ? fs.existsSync(pidfile) : stdout.includes('\n'));
@@ -128,7 +132,7 @@ const f3 = (x) => x.toFixed(3);
 const cpu = os.cpus();
 console.log(`date: ${new Date().toISOString()}`);
 console.log(`machine: ${cpu[0]?.model.trim()} × ${cpu.length} CPUs, Linux ${os.release()}`);
-console.log(`node ${process.version}; ${(spawnSync('nbdkit', ['--version'], { encoding: 'utf8' }).stdout ?? '').trim()}; image: 1 GiB sparse, 4 KiB written; rounds: 1 warm-up + ${ROUNDS}, alternating; ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+console.log(`node ${process.version}; ${(spawnSync('nbdkit', ['--version'], { encoding: 'utf8' }).stdout ?? '').trim()}; image: 1 GiB sparse, 4 KiB written; rounds: 1 warm-up + ${ROUNDS}, alternating${NO_WARM_UP ? '; nbd-engine --no-warm-up' : ''}; ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 console.log('');
 const head = ['workload (seconds, lower is better)', 'nbd-engine (median)', 'nbdkit file (median)', 'ratio engine/nbdkit'];
 if (FALLBACK) head.push('nbd-engine fallback (median)');

@@ -51,3 +51,4 @@ export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';
 export type { ExportHooks } from './api/dynamic-exports.js';
 export type { ListedExport, ResolveRequest, ResolveEvent } from './machines/types.js';
 export { directoryExports, type DirectoryExportsOptions } from './backends/directory.js';
+export { warmUp, type WarmUpOptions, type WarmUpResult } from './api/warm-up.js';

@@ -25,6 +25,7 @@ import type { Backend } from './backend.js';
 import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
+import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
 
 export type { Violation } from './violations.js';
 
@@ -88,6 +89,12 @@ export interface ServerOptions extends ExportHooks {
   readonly trace?: TraceSink;
   /** Strict mode for client developers: log every client protocol violation (`violations$`) as a warning with its rule ID, frame and connection (default false). */
   readonly strict?: boolean;
+  /**
+   * Have listen() first run warmUp() (src/api/warm-up.ts, once): V8 compiles the connection code before the first real
+   * client, which then does not wait for it. Costs ~40 ms CPU; this server's logger (debug aside), trace, inspect hook and
+   * observables see nothing of it. Default false (`nbd-engine serve`: on, --no-warm-up). An object: warmUp()'s options.
+   */
+  readonly warmUp?: boolean | WarmUpOptions;
 }
 
 export interface ConnectionInfo extends ConnectionRef {
@@ -124,6 +131,7 @@ export class NbdServer {
   private readonly tlsPolicy: TlsPolicy;
   private nextId = 1;
   private closing: Promise<void> | null = null;
+  private warmed: Promise<void> | undefined;
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
   private spareScheduled = false;
@@ -209,6 +217,8 @@ export class NbdServer {
    * inherited fd (`{ fd }`), or the systemd-activated fds (`'activation'`).
    */
   async listen(target: ListenTarget | 'activation' = { port: 10809, host: 'localhost' }): Promise<ListenResult[]> {
+    // Before binding, so that no client arrives before the code is warm; close() may come meanwhile.
+    if (this.options.warmUp && !this.closing) await (this.warmed ??= warmUpLogged(this.options.warmUp, this.logger));
     if (this.closing) throw new NbdError('NBD_ERR_CLOSED', 'server is closed');
     const targets: ListenTarget[] = target === 'activation' ? activationFds().map((fd) => ({ fd })) : [target];
     if (targets.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'socket activation requested but LISTEN_FDS/LISTEN_PID name no sockets');

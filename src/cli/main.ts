@@ -104,6 +104,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     }
   }
   const trace = parsed.trace ? traceFile(parsed.trace.path, { ...parsed.trace, logger }) : undefined;
+  const activation = socketActivation(process.env);
   let server: NbdServer;
   try {
     server = createServer({
@@ -111,6 +112,9 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
       logger,
       trace,
       strict: !!values.strict,
+      // Compile the connection code before listening, so the first client does not wait for it
+      // (src/api/warm-up.ts). Not for -s or socket activation: their one client is already waiting.
+      warmUp: !values['no-warm-up'] && !values.single && activation.fds.length === 0,
       limits: Object.keys(limits).length > 0 ? limits : undefined,
       tls:
         tlsMode === 'off'
@@ -131,7 +135,6 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
 
   // Where to listen. Socket activation's variables are for this process
   // only: children (--run) must not take them as theirs.
-  const activation = socketActivation(process.env);
   for (const v of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[v];
   const single = !!values.single;
   if (activation.lost && !single) {

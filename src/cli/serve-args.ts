@@ -55,6 +55,7 @@ const OPTIONS = {
   'trace-rotate': { type: 'string' },
   inspect: { type: 'string' },
   strict: { type: 'boolean' },
+  'no-warm-up': { type: 'boolean' },
   verbose: { type: 'boolean', short: 'v' },
   help: { type: 'boolean', short: 'h' },
 } as const;

@@ -53,6 +53,8 @@ Other:
   --trace-max SIZE       trace file size cap (default 64M); at the cap recording stops with an end record
   --trace-rotate N       at the cap rotate instead: FILE becomes FILE.1 …, N old files kept (default 0: stop)
   --trace-prefix N       record the first N payload bytes as hex (default 0: lengths only; at most 4096)
+  --no-warm-up           skip the start-up warm-up (a throwaway in-process connection that has the
+                         connection code compiled before the first client; it adds ~0.1 s to start-up)
   -v, --verbose          log connections and protocol decisions
   -h, --help             this text, with every backend and filter and its parameters
   -V, --version          print the version

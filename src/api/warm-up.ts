@@ -1,0 +1,199 @@
+/**
+ * warmUp(): have V8 compile the connection code before the first real client.
+ *
+ * Node compiles a function only when it first runs, and optimises it only
+ * after it ran for a while, so the first clients of a freshly started
+ * server pay for compiling the handshake and connection machines, the
+ * decoder, the session, the reply encoder and the request paths (nbdcopy's
+ * first run out of a sparse file took 3× nbdkit's time, the third 1.5×:
+ * bench/RESULTS.md, "First client after start"). warmUp() runs that code
+ * once, before a server says it is ready: a throwaway server with a small
+ * in-memory export, on a UNIX socket in a private temporary directory, and
+ * connections to it that negotiate and send requests as nbdcopy, nbdinfo
+ * and qemu do — structured replies, extended headers, base:allocation,
+ * pipelined READ / WRITE / WRITE_ZEROES / TRIM / FLUSH / CACHE /
+ * BLOCK_STATUS. The client side is blind: each connection writes its whole
+ * script (options, requests, NBD_CMD_DISC or NBD_OPT_ABORT) at once and
+ * reads until the server closes, so that no client code is compiled for
+ * nothing; the server's close events say whether every script ran. Compiled code is shared by every server of the process, so
+ * the real server's clients find it compiled; the throwaway server has
+ * nothing of the real one (no exports, logger, trace, inspect hook,
+ * connections$ or violations$), so no real observer sees it.
+ *
+ * It never fails: anything that goes wrong (no temporary directory, say)
+ * only leaves the code less warm, and is reported in the result.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { memoryBackend } from '../backends/memory.js';
+import { clientFlagsBytes, infoGoData, metaContextData, optionBytes, requestHeaderBytes } from '../client/encode.js';
+import { CLIENT_FLAGS, CMD, INFO, OPT } from '../protocol/constants.js';
+import type { Logger } from '../transport/logger.js';
+import { createServer } from './server.js';
+
+export interface WarmUpOptions {
+  /** Passes over the connection scripts (default 1: the first pass compiles the code; more passes were measured to gain nothing more). */
+  readonly rounds?: number;
+  /** Where the private socket directory is made (default os.tmpdir()). */
+  readonly tmpDir?: string;
+  /** Milliseconds one warm-up connection may take before it is dropped and the warm-up given up (default 5000). */
+  readonly timeoutMs?: number;
+}
+
+export interface WarmUpResult {
+  /** Milliseconds it took. */
+  readonly ms: number;
+  /** Connections that ran their whole script and ended as planned. */
+  readonly connections: number;
+  /** Requests sent (options not counted). */
+  readonly requests: number;
+  /** What went wrong, if anything did (the server works regardless, only less warm). */
+  readonly error?: string;
+}
+
+/** The throwaway export: small, sparse, in memory. */
+const SIZE = 1024 * 1024;
+/** Batches of pipelined requests per connection (each batch one write). */
+const BATCHES = 4;
+const BASE_ALLOCATION = 'base:allocation';
+const TIMEOUT_MS = 5000;
+type Mode = 'extended' | 'structured' | 'simple';
+
+/**
+ * Run a throwaway server and blind clients in this process so that the
+ * connection code is compiled before real clients arrive. Takes some tens
+ * of milliseconds (bench/RESULTS.md, "Issue 15: the first client after start").
+ */
+export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult> {
+  const t0 = performance.now();
+  const rounds = options.rounds ?? 1;
+  let requests = 0;
+  let connections = 0;
+  const problems: string[] = [];
+  const note = (m: string) => {
+    if (problems.length < 3) problems.push(m);
+  };
+  // The throwaway server's own logger: what it would warn about is a warm-up failure, reported in the result.
+  const logger: Logger = { warn: note, error: note };
+  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: SIZE, spareBlocks: 0 }) }], logger });
+  server.connections$.subscribe((e) => {
+    if (e.type !== 'closed') return;
+    const planned = (e.outcome === 'negotiated' && e.code === 'transmission.disc-drains') || (e.outcome === 'aborted' && e.code === 'option.abort-ack');
+    if (planned) connections++;
+    else note(`a warm-up connection ended ${e.outcome}: ${e.code} ${e.reason}`);
+  });
+  let dir: string | undefined;
+  try {
+    dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), 'nbd-engine-warm-'));
+    const socket = path.join(dir, 's');
+    await server.listen({ path: socket });
+    for (let r = 0; r < rounds; r++) {
+      // As libnbd (nbdcopy, nbdinfo) negotiates: extended headers, else structured replies;
+      // as the oldest clients: simple replies; and as `nbdinfo --size` / `--list`: options only.
+      // Two at once, as nbdcopy's multi-conn connections.
+      const t = options.timeoutMs ?? TIMEOUT_MS;
+      const scripts = await Promise.all([run(socket, transmission('extended'), t), run(socket, transmission('structured'), t)]);
+      scripts.push(await run(socket, transmission('simple'), t), await run(socket, optionsOnly(), t));
+      requests += scripts.reduce((n, s) => n + s, 0);
+    }
+  } catch (err) {
+    note(String(err));
+  } finally {
+    await server.close({ timeout: 1000 });
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const ms = performance.now() - t0;
+  return problems.length > 0 ? { ms, connections, requests, error: problems.join('; ') } : { ms, connections, requests };
+}
+
+/** The `warmUp` server option: warmUp(), then one debug line on the server's logger saying how it went. */
+export async function warmUpLogged(option: true | WarmUpOptions, logger: Logger): Promise<void> {
+  const r = await warmUp(option === true ? {} : option);
+  logger.debug?.(`warm-up: ${r.connections} connections, ${r.requests} requests in ${r.ms.toFixed(0)} ms${r.error ? ` (${r.error})` : ''}`);
+}
+
+/** A connection's script: the writes to make, one after the other, and how many requests they hold. */
+interface Script {
+  readonly writes: Buffer[];
+  readonly requests: number;
+}
+
+/** Connect, write the script, read until the server closes. Resolves with the script's request count. */
+function run(socket: string, script: Script, timeoutMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(socket);
+    // A server that never closes must not keep the real one from starting.
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`a warm-up connection took longer than ${timeoutMs} ms`));
+    }, timeoutMs);
+    s.on('error', reject);
+    s.on('data', () => {}); // replies are not looked at: the server's close events judge the run
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(script.requests);
+    });
+    let i = 0;
+    const next = (): void => {
+      if (i < script.writes.length) s.write(script.writes[i++]!, () => setImmediate(next));
+    };
+    s.once('connect', next);
+  });
+}
+
+/** Negotiation, then batches of pipelined requests as nbdcopy sends them, then NBD_CMD_DISC. */
+function transmission(mode: Mode): Script {
+  const opts: Buffer[] = [clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES)];
+  if (mode === 'extended') opts.push(optionBytes(OPT.NBD_OPT_EXTENDED_HEADERS));
+  if (mode === 'structured') opts.push(optionBytes(OPT.NBD_OPT_STRUCTURED_REPLY));
+  if (mode !== 'simple') opts.push(optionBytes(OPT.NBD_OPT_SET_META_CONTEXT, metaContextData('', [BASE_ALLOCATION])));
+  opts.push(optionBytes(OPT.NBD_OPT_GO, infoGoData('', [INFO.NBD_INFO_NAME, INFO.NBD_INFO_DESCRIPTION, INFO.NBD_INFO_BLOCK_SIZE])));
+  const extended = mode === 'extended';
+  let cookie = 1n;
+  let requests = 0;
+  const req = (type: number, offset: number, length: number, payload?: Buffer, flags = 0): Buffer[] => {
+    requests++;
+    const h = requestHeaderBytes({ type, flags, cookie: cookie++, offset: BigInt(offset), length: BigInt(length), extended });
+    return payload ? [h, payload] : [h];
+  };
+  // Small payloads: what is being warmed is code, not memory (big buffers would only cost GC time).
+  const data = Buffer.alloc(4096, 0x5a);
+  const writes = [Buffer.concat(opts)];
+  for (let batch = 0; batch < BATCHES; batch++) {
+    const at = batch * 64 * 1024;
+    // nbdcopy's pattern: map the export, read what holds data (and holes), write, zero, flush.
+    writes.push(
+      Buffer.concat([
+        ...(mode !== 'simple' ? [...req(CMD.NBD_CMD_BLOCK_STATUS, 0, SIZE), ...req(CMD.NBD_CMD_BLOCK_STATUS, at, 64 * 1024)] : []),
+        ...req(CMD.NBD_CMD_WRITE, at, data.length, data),
+        ...req(CMD.NBD_CMD_WRITE, at + 8192, 512, data.subarray(0, 512)),
+        ...req(CMD.NBD_CMD_READ, at, 16 * 1024),
+        ...req(CMD.NBD_CMD_READ, at + 512 * 1024, 8192),
+        ...req(CMD.NBD_CMD_READ, at + 4096, 512),
+        ...req(CMD.NBD_CMD_WRITE_ZEROES, at + 16 * 1024, 16 * 1024),
+        ...req(CMD.NBD_CMD_TRIM, at + 32 * 1024, 8192),
+        ...req(CMD.NBD_CMD_CACHE, at, 4096),
+        ...req(CMD.NBD_CMD_FLUSH, 0, 0),
+        // An error reply too: a READ past the end.
+        ...req(CMD.NBD_CMD_READ, SIZE, 4096),
+      ]),
+    );
+  }
+  writes.push(Buffer.concat(req(CMD.NBD_CMD_DISC, 0, 0)));
+  return { writes, requests };
+}
+
+/** A connection that only negotiates, as `nbdinfo --size` / `--list`: LIST, LIST_META_CONTEXT, INFO, ABORT. */
+function optionsOnly(): Script {
+  const b = Buffer.concat([
+    clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES),
+    optionBytes(OPT.NBD_OPT_STRUCTURED_REPLY),
+    optionBytes(OPT.NBD_OPT_LIST),
+    optionBytes(OPT.NBD_OPT_LIST_META_CONTEXT, metaContextData('', [BASE_ALLOCATION])),
+    optionBytes(OPT.NBD_OPT_INFO, infoGoData('', [INFO.NBD_INFO_NAME, INFO.NBD_INFO_BLOCK_SIZE])),
+    optionBytes(OPT.NBD_OPT_ABORT),
+  ]);
+  return { writes: [b], requests: 0 };
+}
