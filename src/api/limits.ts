@@ -5,9 +5,47 @@
  * server that never answers (a NaN in-flight cap stops every request) or one
  * that ignores the limit (1e20 bytes).
  */
-import type { ServerLimits } from './server.js';
 import { NbdError } from './errors.js';
 import { DEFAULTS } from '../defaults.js';
+
+export interface ServerLimits {
+  /** Requests with the application at once, per connection (default 64). */
+  readonly maxInFlight?: number;
+  /**
+   * Bytes owed per connection (default 128 MiB): WRITE payloads and READ
+   * lengths of requests in flight, plus reply bytes queued but not yet
+   * written to the socket. Past it the server stops reading that client's
+   * requests until replies drain (the client is throttled, never dropped).
+   */
+  readonly maxInFlightBytes?: number;
+  /**
+   * Reply bytes queued per connection and not yet written to the socket
+   * (default 4 MiB); past it the server stops reading that client's
+   * requests until it reads its replies.
+   */
+  readonly maxQueuedReplyBytes?: number;
+  /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
+  readonly maxPayload?: number;
+  /** Largest option data buffered (default 64 KiB). */
+  readonly maxOptionLength?: number;
+  /** Options per connection before a hard disconnect (default 128). */
+  readonly maxOptions?: number;
+  /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
+  readonly maxBufferedBytes?: number;
+  /** Concurrent connections, server-wide; past it a new connection is closed with one log line (default unlimited). */
+  readonly maxConnections?: number;
+  /**
+   * Milliseconds a client has to finish negotiating (reach transmission or
+   * abort); past it the connection is dropped with one log line (default
+   * 10 000, as qemu-nbd; 0 turns it off).
+   */
+  readonly handshakeTimeout?: number;
+  /**
+   * Milliseconds a negotiated connection may stay idle (no request in flight,
+   * no byte received) before it is closed with one log line (default 0: off).
+   */
+  readonly idleTimeout?: number;
+}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -17,7 +17,7 @@ import { NbdError } from './errors.js';
 import { NbdRequest, type ConnectionRef } from './request.js';
 import { handleWithBackend } from './serve.js';
 import { createTlsUpgrader, type TlsConfig, type TlsUpgrade } from '../transport/tls.js';
-import { validateLimits } from './limits.js';
+import { validateLimits, type ServerLimits } from './limits.js';
 import { DEFAULTS } from '../defaults.js';
 import { describeExport, writePlacement, type ExportConfig, type ExportEntry } from './export-entry.js';
 import { checkExportOptions, closeEntry, ConnectionExports, type DynamicHost, type ExportHooks } from './dynamic-exports.js';
@@ -30,45 +30,8 @@ import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
 export type { Violation } from './violations.js';
 
 export type { ExportConfig } from './export-entry.js';
+export type { ServerLimits } from './limits.js';
 
-export interface ServerLimits {
-  /** Requests with the application at once, per connection (default 64). */
-  readonly maxInFlight?: number;
-  /**
-   * Bytes owed per connection (default 128 MiB): WRITE payloads and READ
-   * lengths of requests in flight, plus reply bytes queued but not yet
-   * written to the socket. Past it the server stops reading that client's
-   * requests until replies drain (the client is throttled, never dropped).
-   */
-  readonly maxInFlightBytes?: number;
-  /**
-   * Reply bytes queued per connection and not yet written to the socket
-   * (default 4 MiB); past it the server stops reading that client's
-   * requests until it reads its replies.
-   */
-  readonly maxQueuedReplyBytes?: number;
-  /** Largest READ / WRITE payload served (default 64 MiB, as nbdkit). */
-  readonly maxPayload?: number;
-  /** Largest option data buffered (default 64 KiB). */
-  readonly maxOptionLength?: number;
-  /** Options per connection before a hard disconnect (default 128). */
-  readonly maxOptions?: number;
-  /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
-  readonly maxBufferedBytes?: number;
-  /** Concurrent connections, server-wide; past it a new connection is closed with one log line (default unlimited). */
-  readonly maxConnections?: number;
-  /**
-   * Milliseconds a client has to finish negotiating (reach transmission or
-   * abort); past it the connection is dropped with one log line (default
-   * 10 000, as qemu-nbd; 0 turns it off).
-   */
-  readonly handshakeTimeout?: number;
-  /**
-   * Milliseconds a negotiated connection may stay idle (no request in flight,
-   * no byte received) before it is closed with one log line (default 0: off).
-   */
-  readonly idleTimeout?: number;
-}
 
 /** Exports per connection (nbdkit's list_exports, default_export, open): docs/exports.md. */
 export interface ServerOptions extends ExportHooks {
