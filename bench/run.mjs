@@ -23,7 +23,11 @@
 // and the handler as a plain function), in the same rounds as
 // the memory backend and nbdkit (the order rotates each round). Their rows
 // add the ratio to the memory-backend path. So does the memory backend with
-// `--trace` (to a tmpfs file): what recording every connection costs.
+// `--trace` (to a tmpfs file): what recording every connection costs, and
+// the memory backend under one filter from the command line (`serve
+// --filter=delay memory 16G`, no delays: a pure layer; `--filter=stats` with
+// a statsfile on tmpfs): what one filter costs (the export without a filter
+// is served by the backend itself, see src/api/export-entry.ts).
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -61,6 +65,13 @@ if (flag('--help') || flag('-h')) {
   (with their memory-backend and nbdkit rows). For these workloads a second table gives each server's
   own CPU time per request (µs, /proc/PID/stat over each fio run): the cost of a request, less
   dependent than IOPS on how much of a busy machine each server got.
+
+  Rows ending "(serve --trace)", "(serve --filter=delay)" and "(serve --filter=stats)": the same
+  memory backend recording every connection (--trace to a tmpfs file), and under one filter given on
+  the command line (\`serve --filter=delay memory 16G\` with no delays: a pure pass-through layer;
+  \`serve --filter=stats memory 16G statsfile=…\` on tmpfs: counts and latency percentiles), in the
+  same rounds; their "ratio / memory backend" is the cost of that layer. --only "--filter" runs just
+  the filter rows (with their memory-backend and nbdkit rows).
 `);
   process.exit(0);
 }
@@ -149,6 +160,14 @@ async function startServer(kind, transport, size, extra = {}) {
     extra.cleanup = () => {
       for (const f of [traceTo, `${traceTo}.1`]) fs.rmSync(f, { force: true });
     };
+  } else if (STREAM_KINDS[kind]?.cli) {
+    // The memory backend under a filter, from nbdkit's command line (`serve --filter=NAME memory SIZE key=value`).
+    cmd = process.execPath;
+    const own = STREAM_KINDS[kind].cli(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : WORK, `nbd-bench-${kind}-${process.pid}-${port}`));
+    argv = [path.join(ROOT, 'bin/nbd-engine.js'), 'serve', ...own.filters, 'memory', size, ...own.params, '--socket', sock];
+    extra.cleanup = () => {
+      for (const f of own.files ?? []) fs.rmSync(f, { force: true });
+    };
   } else if (STREAM_KINDS[kind]) {
     // requests$ served as README's snippet does (UNIX socket only): see bench/stream-server.mjs.
     // Its store is one flat Buffer, allocated whole, so it is as large as the workloads touch (1 GiB).
@@ -195,6 +214,17 @@ const STREAM_KINDS = {
   // Not a request stream: the memory backend (`serve --memory`) recording every connection with
   // `--trace` to a tmpfs file (rotating at 64 MiB, one old file kept), so its rows give what recording costs.
   'engine-traced': { serve: 'trace', suffix: ' (serve --trace)', label: 'memory backend, --trace' },
+  // Not request streams either: the memory backend under one filter from the command line, so their
+  // rows give what one filter layer costs. delay with no delays forwards every call (a pure layer);
+  // stats counts each request and its latency (written to a tmpfs file when the server stops).
+  'engine-filter-delay': { serve: 'filter', filter: 'delay', suffix: ' (serve --filter=delay)', label: 'memory backend, --filter=delay', cli: () => ({ filters: ['--filter=delay'], params: [] }) },
+  'engine-filter-stats': {
+    serve: 'filter',
+    filter: 'stats',
+    suffix: ' (serve --filter=stats)',
+    label: 'memory backend, --filter=stats',
+    cli: (base) => ({ filters: ['--filter=stats'], params: [`statsfile=${base}.stats`], files: [`${base}.stats`] }),
+  },
 };
 const STREAM_SIZE = 1024 ** 3;
 
@@ -324,12 +354,17 @@ const results = [];
 /** Stream workloads' server CPU per request: { name, kinds, cpu: { kind: µs[] } }. */
 const cpuRows = [];
 
-/** The request-stream kinds this build can serve (serveRequests only once dist/ exports it). */
+/** The request-stream kinds this build can serve (serveRequests only once dist/ exports it, filters once the registry has them). */
 async function streamKinds() {
   const lib = await import(path.join(ROOT, 'dist/index.js'));
-  return Object.keys(STREAM_KINDS).filter((k) =>
-    STREAM_KINDS[k].serve === 'trace' ? typeof lib.traceFile === 'function' : !STREAM_KINDS[k].serve.startsWith('serveRequests') || typeof lib.serveRequests === 'function',
-  );
+  const registry = path.join(ROOT, 'dist/plugins/registry.js');
+  const filters = fs.existsSync(registry) ? ((await import(registry)).FILTERS ?? {}) : {};
+  return Object.keys(STREAM_KINDS).filter((k) => {
+    const { serve, filter } = STREAM_KINDS[k];
+    if (serve === 'trace') return typeof lib.traceFile === 'function';
+    if (serve === 'filter') return typeof filters[filter] === 'function';
+    return !serve.startsWith('serveRequests') || typeof lib.serveRequests === 'function';
+  });
 }
 
 async function runGroup(g) {
@@ -337,8 +372,11 @@ async function runGroup(g) {
   const wl = g.workloads.filter(selected);
   if (wl.length === 0) return;
   g.before?.();
-  const streams = wl.some((w) => w.stream) ? await streamKinds() : [];
-  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})${streams.length ? ` and nbd-engine via requests$ (${streams.map((k) => STREAM_KINDS[k].serve).join(', ')})` : ''}…`);
+  // The extra servers: all of them, unless --only names some of their rows only (e.g. --only "--filter").
+  const available = wl.some((w) => w.stream) ? await streamKinds() : [];
+  const named = available.filter((k) => wl.some((w) => w.stream && (w.stream + STREAM_KINDS[k].suffix).includes(ONLY)));
+  const streams = !ONLY || wl.some((w) => w.name.includes(ONLY)) || g.group.includes(ONLY) ? available : named;
+  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})${streams.length ? ` and nbd-engine via requests$ / with a layer (${streams.map((k) => (STREAM_KINDS[k].filter ? `--filter=${STREAM_KINDS[k].filter}` : STREAM_KINDS[k].serve)).join(', ')})` : ''}…`);
   const servers = { engine: await startServer('engine', g.transport, g.size), nbdkit: await startServer('nbdkit', g.transport, g.size) };
   try {
     for (const k of streams) servers[k] = await startServer(k, g.transport, g.size);
