@@ -144,7 +144,9 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout),
   });
   const meta = await openMeta(client, `${prefix}meta`, options, options.readOnly ?? false);
-  const store = new ObjectStore(client, prefix, meta.size, meta.objectSize, positive('maxAttempts', options.maxAttempts, S3_DEFAULTS.maxAttempts));
+  const store = new ObjectStore(client, prefix, meta.size, meta.objectSize, positive('maxAttempts', options.maxAttempts, S3_DEFAULTS.maxAttempts), (key) =>
+    logger.debug?.(`s3: ${client.where(key)} was changed by another writer; reading it again`),
+  );
 
   /** A store failure: one log line, EIO to the client. Anything else is a bug and goes up as it is. */
   const guard = async <T>(op: string, offset: number, length: number, fn: () => Promise<T>): Promise<T> => {

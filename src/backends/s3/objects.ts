@@ -22,6 +22,8 @@ const HOLE = 1;
 const ZERO = 2;
 /** Digits of an object's number in its key. */
 const DIGITS = 16;
+/** 5xx answers to a conditional PUT redone at most (see modify). */
+const SERVER_ERROR_ATTEMPTS = 5;
 
 /** One object's part of a request: object n, bytes [within, within + length) of it, at `at` in the request. */
 interface Piece {
@@ -54,6 +56,8 @@ export class ObjectStore {
     readonly objectSize: number,
     /** Read-modify-write attempts before giving up with an error. */
     readonly maxAttempts: number,
+    /** Told of each refused conditional PUT (the key), e.g. for a debug log line. */
+    private readonly onConflict: (key: string) => void = () => {},
   ) {
     this.keyPattern = new RegExp(`^\\d{${DIGITS}}$`);
   }
@@ -123,15 +127,27 @@ export class ObjectStore {
   private async modify(n: number, patch: (object: Buffer) => void, skipIfMissing = false): Promise<void> {
     const key = this.key(n);
     const length = this.objectLength(n);
+    let serverErrors = 0;
     for (let attempt = 1; ; attempt++) {
       const obj = await this.client.get(key);
       if (!obj && skipIfMissing) return;
       const buf = Buffer.alloc(length);
       if (obj) obj.body.copy(buf, 0, 0, Math.min(obj.body.length, length));
       patch(buf);
-      const answer = await this.client.put(key, buf, obj ? { ifMatch: obj.etag } : { ifNoneMatch: '*' });
+      let answer: 'ok' | 'conflict';
+      try {
+        answer = await this.client.put(key, buf, obj ? { ifMatch: obj.etag } : { ifNoneMatch: '*' });
+      } catch (e) {
+        // radosgw answers a conditional PUT that loses a race inside the store (RADOS's ECANCELED
+        // when the object changed between its check and its write) with 500. Redoing the whole
+        // read-modify-write is safe whatever happened, since the patch only sets our bytes; a store
+        // that keeps failing still fails the request after a few tries.
+        if (!(e instanceof S3Error) || e.status === undefined || e.status < 500 || ++serverErrors > SERVER_ERROR_ATTEMPTS) throw e;
+        answer = 'conflict';
+      }
       if (answer === 'ok') return;
       this.conflicts++;
+      this.onConflict(key);
       if (attempt >= this.maxAttempts) {
         throw new S3Error(`PUT ${this.client.where(key)}: still changed by another writer after ${attempt} read-modify-write attempts`);
       }
