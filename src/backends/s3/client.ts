@@ -101,7 +101,8 @@ export class S3Client {
   }
 
   /** One request; the body is read inside the slot so the connection is freed before the slot is. */
-  private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string } = {}) {
+  private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string; label?: string } = {}) {
+    const what = init.label ?? `${method} ${this.where(key)}`;
     return this.slots.run(async () => {
       let res: Response;
       try {
@@ -114,13 +115,13 @@ export class S3Client {
       } catch (e) {
         const err = e as Error;
         const why = err.name === 'TimeoutError' ? `no answer in ${this.options.timeout} ms` : `${err.message}${err.cause ? ` (${(err.cause as Error).message ?? String(err.cause)})` : ''}`;
-        throw new S3Error(`${method} ${this.where(key)}: ${why}`);
+        throw new S3Error(`${what}: ${why}`);
       }
       try {
         const body = Buffer.from(await res.arrayBuffer());
         return { status: res.status, headers: res.headers, body };
       } catch (e) {
-        throw new S3Error(`${method} ${this.where(key)}: reading the answer: ${(e as Error).message}`);
+        throw new S3Error(`${what}: reading the answer: ${(e as Error).message}`);
       }
     });
   }
@@ -175,7 +176,7 @@ export class S3Client {
       const q = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': '1000' });
       if (token) q.set('continuation-token', token);
       else if (startAfter !== undefined) q.set('start-after', startAfter);
-      const res = await this.request('GET', '', { query: `?${q.toString()}` });
+      const res = await this.request('GET', '', { query: `?${q.toString()}`, label: `LIST ${this.where(prefix)}` });
       if (res.status !== 200) throw this.fail('LIST', prefix, res);
       const xml = res.body.toString('utf8');
       for (const m of xml.matchAll(/<Key>([^<]*)<\/Key>/g)) {

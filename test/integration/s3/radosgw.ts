@@ -68,6 +68,12 @@ export function radosgwPerFile(timeout = 240_000): { get(): Radosgw } {
   };
 }
 
+/** The radosgw daemon's pid (the last line of the cluster's pids file), to stop or pause it in a test. */
+export function radosgwPid(rgw: Radosgw): number {
+  const pids = fs.readFileSync(path.join(rgw.dir, 'pids'), 'utf8').trim().split('\n');
+  return Number(pids[pids.length - 1]);
+}
+
 /** radosgw-admin against the test cluster (e.g. suspend the user to make credentials fail). */
 export async function radosgwAdmin(rgw: Radosgw, args: string[]): Promise<string> {
   const { stdout } = await execFileP('radosgw-admin', ['-c', path.join(rgw.dir, 'ceph.conf'), ...args], { timeout: 60_000 });
