@@ -4,7 +4,8 @@
 // $S3_BUCKET, $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY). For each server, on a fresh prefix:
 //   - nbdcopy SIZE of random data in, then out (compared with cmp),
 //   - fio 4 KiB random writes, iodepth 16, for --seconds (IOPS),
-//   - fio 1 MiB sequential writes of 256 MiB, iodepth 8 (MiB/s).
+//   - fio 1 MiB sequential writes of 256 MiB, iodepth 8 (MiB/s);
+// and the raw store: the same bytes PUT and GET as objects with aws4fetch, 16 at a time.
 // nbdkit's S3 plugin refuses object sizes above 64 KiB (its minimum block size is the object
 // size, and nbdkit caps that at 64K), so the side-by-side rows use 64K objects for both; the
 // rows "nbd-engine 1M" are our default object size alone. nbdkit runs with its blocksize filter
@@ -99,17 +100,56 @@ async function measure(kind, objectSize, n) {
   return row;
 }
 
+/** The store alone: SIZE bytes PUT then GET as objects of `objectSize`, 16 at a time, with the same client library (aws4fetch). */
+async function raw(objectSize) {
+  const { AwsClient } = await import('aws4fetch');
+  const aws = new AwsClient({ accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, region: env.AWS_REGION ?? 'us-east-1', service: 's3', retries: 0 });
+  const os_ = parseSize(objectSize);
+  const fd = fs.openSync(src, 'r');
+  const pool = async (fn) => {
+    let next = 0;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      for (let n = next++; n * os_ < SIZE; n = next++) await fn(n);
+    }));
+    return Number(process.hrtime.bigint() - t0) / 1e9;
+  };
+  const url = (n) => `${env.S3_ENDPOINT}/${env.S3_BUCKET}/bench-raw-${objectSize}/${String(n).padStart(16, '0')}`;
+  const copyIn = await pool(async (n) => {
+    const buf = Buffer.alloc(os_);
+    fs.readSync(fd, buf, 0, os_, n * os_);
+    const r = await aws.fetch(url(n), { method: 'PUT', body: buf });
+    if (r.status !== 200) throw new Error(`raw PUT: ${r.status}`);
+    await r.arrayBuffer();
+  });
+  const copyOut = await pool(async (n) => {
+    const r = await aws.fetch(url(n));
+    if (r.status !== 200) throw new Error(`raw GET: ${r.status}`);
+    await r.arrayBuffer();
+  });
+  fs.closeSync(fd);
+  const row = { server: `raw store (aws4fetch) ${objectSize}`, copyIn, copyOut, randIops: NaN, seqMiBs: NaN };
+  log(JSON.stringify(row));
+  return row;
+}
+
 try {
   const rows = [];
+  rows.push(await raw('64K'));
+  rows.push(await raw('1M'));
   rows.push(await measure('nbd-engine', '64K', 1));
   if (NBDKIT) rows.push(await measure('nbdkit', '64K', 1));
   rows.push(await measure('nbd-engine', '1M', 1));
   const gib = SIZE / 1024 ** 3;
   console.log(`| server, object size | nbdcopy ${gib} GiB in (s) | nbdcopy ${gib} GiB out (s) | fio 4K randwrite (IOPS) | fio 1M seq write (MiB/s) |`);
   console.log('|---|---:|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.server} | ${r.copyIn.toFixed(1)} | ${r.copyOut.toFixed(1)} | ${r.randIops.toFixed(0)} | ${r.seqMiBs.toFixed(1)} |`);
+  const f = (v, d) => (Number.isNaN(v) ? '—' : v.toFixed(d));
+  for (const r of rows) console.log(`| ${r.server} | ${f(r.copyIn, 1)} | ${f(r.copyOut, 1)} | ${f(r.randIops, 0)} | ${f(r.seqMiBs, 1)} |`);
+  const [raw64, raw1m, a] = rows;
+  const last = rows[rows.length - 1];
+  console.log(`\nnbd-engine vs the raw store: 64K objects copy in ${(a.copyIn / raw64.copyIn).toFixed(2)}× the raw time, out ${(a.copyOut / raw64.copyOut).toFixed(2)}×; 1M objects in ${(last.copyIn / raw1m.copyIn).toFixed(2)}×, out ${(last.copyOut / raw1m.copyOut).toFixed(2)}×`);
   if (NBDKIT) {
-    const [a, b] = rows;
+    const b = rows[3];
     console.log(`\nnbd-engine vs nbdkit S3 (64K objects): copy in ${(b.copyIn / a.copyIn).toFixed(2)}× faster, copy out ${(b.copyOut / a.copyOut).toFixed(2)}×, 4K random writes ${(a.randIops / b.randIops).toFixed(2)}×, 1M sequential ${(a.seqMiBs / b.seqMiBs).toFixed(2)}×`);
   }
 } finally {
