@@ -116,6 +116,32 @@ describe('s3 backend on radosgw', () => {
     expect(out.same).toBe(true);
   });
 
+  it('WRITE_ZEROES: whole objects become holes (kept as zero data with NO_HOLE), partial edges are zeroed; FUA writes and FLUSH succeed', async () => {
+    const { running } = await serveS3('zero/', { size: 1 * MiB, objectSize: 64 * 1024 });
+    const K = 64 * 1024;
+    const out = await py<{ zeroed: boolean; kept: boolean; map: number[][]; flush: string | null }>(running.uri(), `
+      K = ${K}
+      h = connect()
+      h.pwrite(b'\x5a' * (8 * K), 0, nbd.CMD_FLAG_FUA)
+      out['flush'] = err(h.flush)
+      h.zero(2 * K + 200, K - 100)                            # part of 0, all of 1 and 2, part of 3
+      h.zero(2 * K, 5 * K, nbd.CMD_FLAG_NO_HOLE)              # all of 5 and 6, as zero data
+      data = h.pread(8 * K, 0)
+      out['zeroed'] = data[:K - 100] == b'\x5a' * (K - 100) and data[K - 100:3 * K + 100] == bytes(2 * K + 200) and data[3 * K + 100:5 * K] == b'\x5a' * (2 * K - 100)
+      out['kept'] = data[5 * K:7 * K] == bytes(2 * K) and data[7 * K:] == b'\x5a' * K
+      out['map'] = extents(h, 8 * K, 0)['extents']
+    `);
+    expect(out.flush).toBeNull();
+    expect(out.zeroed).toBe(true);
+    expect(out.kept).toBe(true);
+    // Objects 1 and 2 deleted (holes); 0, 3, 4 hold data; 5 and 6 are zero-filled data (NO_HOLE); 7 data.
+    expect(out.map).toEqual([
+      [K, 0],
+      [2 * K, 3],
+      [5 * K, 0],
+    ]);
+  });
+
   it('reopening an export: its size comes from the metadata object; other settings are refused with a clear error', async () => {
     const rgw = store.get();
     const first = await s3Backend(opts(rgw, 'meta/', { size: 3 * MiB, objectSize: 128 * 1024 }));
