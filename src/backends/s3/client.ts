@@ -146,7 +146,8 @@ export class S3Client {
 
   /**
    * PUT the object; with a condition, 'conflict' when it no longer holds (412, or 409 which
-   * some stores answer to a concurrent conditional write). Resolves once the store has it.
+   * some stores answer to a concurrent conditional write, or 404 NoSuchKey: deleted meanwhile).
+   * Resolves once the store has it.
    */
   async put(key: string, body: Buffer, condition?: PutCondition): Promise<'ok' | 'conflict'> {
     const headers: Record<string, string> = {};
@@ -156,7 +157,11 @@ export class S3Client {
     const res = await this.request('PUT', key, { headers, body });
     if (res.status === 200) return 'ok';
     if (condition && (res.status === 412 || res.status === 409)) return 'conflict';
-    throw this.fail('PUT', key, res);
+    const err = this.fail('PUT', key, res);
+    // radosgw: an If-Match PUT whose object is deleted between its check and its write (another
+    // server's TRIM) fails with RADOS's ENOENT, answered as 404 NoSuchKey: the object changed.
+    if (condition && res.status === 404 && err.code === 'NoSuchKey') return 'conflict';
+    throw err;
   }
 
   /** DELETE the object (a missing one is fine). */

@@ -91,6 +91,65 @@ describe('s3: several servers and connections on one export', () => {
     expect(conflicts).toBeGreaterThan(0);
   });
 
+  it('writes through one server racing TRIM and WRITE_ZEROES of the same objects through another: no error, every slot whole', async () => {
+    const a = await serveCli('race/', ['size=1M', 'object-size=64K']);
+    const b = await serveCli('race/', ['size=1M', 'object-size=64K']);
+    const writer = `
+      SLOT = ${SLOT}
+      ${SLOT_DATA.trim().split('\n').join('\n      ')}
+      h = connect()
+      errors = []
+      def done(s, err):
+          if err.value != 0:
+              errors.append([s, err.value])
+          return 1
+      for s in range(262):
+          while h.aio_in_flight() >= 8:
+              h.poll(-1)
+          h.aio_pwrite(slot_data('A', s), s * SLOT, completion=lambda err, s=s: done(s, err))
+      while h.aio_in_flight() > 0:
+          h.poll(-1)
+      out['errors'] = errors
+    `;
+    const trimmer = `
+      K = 64 * 1024
+      h = connect()
+      errors = []
+      for i in range(60):
+          for fn in (h.trim, h.zero):
+              e = err(fn, K, (i % 4) * K)
+              if e:
+                  errors.append(e)
+      out['errors'] = errors
+    `;
+    type E = { errors: unknown[] };
+    const [wa, tb] = await Promise.all([py<E>(a.uri, writer), py<E>(b.uri, trimmer)]);
+    expect(wa.errors).toEqual([]);
+    expect(tb.errors).toEqual([]);
+    const check = await py<{ torn: number[] }>(a.uri, `
+      SLOT = ${SLOT}
+      ${SLOT_DATA.trim().split('\n').join('\n      ')}
+      h = connect()
+      got = h.pread(262 * SLOT, 0)
+      # A slot is A's bytes or zeroes in each 64K object it touches (a trim may come after the write).
+      K = 64 * 1024
+      torn = []
+      for s in range(262):
+          lo, hi = s * SLOT, (s + 1) * SLOT
+          want = slot_data('A', s)
+          cut = lo
+          while cut < hi:
+              end = min(hi, (cut // K + 1) * K)
+              part = got[cut:end]
+              if part != want[cut - lo:end - lo] and part != bytes(end - cut):
+                  torn.append(s)
+                  break
+              cut = end
+      out['torn'] = torn
+    `);
+    expect(check.torn).toEqual([]);
+  });
+
   it('kill -9 of a server in the middle of a write stream: every acknowledged write is in the store', async () => {
     const a = await serveCli('kill/', ['size=4M', 'object-size=64K']);
     // A client streams unaligned 3000-byte writes (8 in flight) and prints each acknowledged one.
