@@ -26,12 +26,16 @@ afterEach(() => {
 });
 
 /** One nbd-engine process serving the s3 export; -v so its debug lines (conflicts) are on stderr. */
-async function serveCli(prefix: string, extra: string[] = []) {
+async function serveCli(prefix: string, extra: string[] = [], dashed = false) {
   const rgw = store.get();
   const dir = tmpDir();
   dirs.push(dir);
   const sock = path.join(dir, 'sock');
-  const started = await spawnCli(['serve', '-v', '-U', sock, 's3', `endpoint=${rgw.endpoint}`, `bucket=${rgw.bucket}`, `prefix=${prefix}`, ...extra], rgw.env);
+  // `dashed`: the option form of the same keys (`s3 --endpoint URL --bucket B --prefix P`).
+  const keys = dashed
+    ? ['--endpoint', rgw.endpoint, '--bucket', rgw.bucket, '--prefix', prefix]
+    : [`endpoint=${rgw.endpoint}`, `bucket=${rgw.bucket}`, `prefix=${prefix}`];
+  const started = await spawnCli(['serve', '-v', '-U', sock, 's3', ...keys, ...extra], rgw.env);
   children.push(started.child);
   return { ...started, uri: `nbd+unix:///?socket=${sock}` };
 }
@@ -190,8 +194,8 @@ except nbd.Error as e:
     expect(out).toMatch(/^error /m); // the stream was cut short by the kill
     expect(acked.size).toBeGreaterThanOrEqual(100);
     expect(acked.size).toBeLessThan(1390);
-    // A new server on the same prefix (no size: taken from the metadata object).
-    const b = await serveCli('kill/');
+    // A new server on the same prefix (no size: taken from the metadata object), started with the option form.
+    const b = await serveCli('kill/', [], true);
     const res = await py<{ missing: number[] }>(
       b.uri,
       `
