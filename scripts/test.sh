@@ -21,6 +21,13 @@ have chromium  || need+=(chromium)
 # compiler it falls back quietly and the sparse tests fail, so make sure there is one.
 have cc || need+=(gcc libc6-dev)
 have make || need+=(make)
+# A real S3 store for the s3 backend's tests: Ceph's RADOS Gateway (scripts/radosgw.sh).
+[ -x /usr/bin/ceph-mon ] || need+=(ceph-mon)
+[ -x /usr/bin/ceph-osd ] || need+=(ceph-osd)
+[ -x /usr/bin/radosgw ] || need+=(radosgw)
+[ -x /usr/bin/ceph ] || need+=(ceph-common)
+have curl || need+=(curl)
+have uuidgen || need+=(uuid-runtime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing Debian peers: ${need[*]}"
   SUDO=""

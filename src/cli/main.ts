@@ -31,6 +31,7 @@ import { socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
+import { backendOptionsToPairs } from './backend-options.js';
 import { createPlugins, pluginHelp, resolvePlugins, type PluginTables, type ResolvedPlugins } from './nbdkit-args.js';
 import { packageVersion, runEnvironment, stdioStream, watchParent, writePidfile } from './serve-process.js';
 import { traceFile } from '../inspect/trace-file.js';
@@ -65,7 +66,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   let parsed: ServeArgs;
   let plugins: ResolvedPlugins;
   try {
-    parsed = parseServeArgs(rest);
+    parsed = parseServeArgs(await backendOptionsToPairs(rest, tables));
     if (parsed.help) {
       process.stdout.write(await helpText(tables));
       return 0;

@@ -73,6 +73,9 @@ const ALIASES: Readonly<Record<string, keyof typeof OPTIONS>> = {
   'pid-file': 'pidfile',
 };
 
+/** Whether `--name` is one of serve's own options (or nbdkit's name for one). */
+export const isServeOption = (name: string): boolean => Object.hasOwn(OPTIONS, name) || Object.hasOwn(ALIASES, name);
+
 /** Short options that take a value (`-U SOCKET`), by letter: their long name. */
 const SHORT_VALUES: Readonly<Record<string, string>> = Object.fromEntries(
   Object.entries(OPTIONS as Record<string, { type: string; short?: string }>)

@@ -40,6 +40,7 @@ export const BACKENDS: Readonly<Record<string, () => Promise<BackendPlugin>>> = 
   file: () => import('../backends/builtin-plugins.js').then((m) => m.filePlugin),
   null: () => import('../backends/everyday-plugins.js').then((m) => m.nullPlugin),
   pattern: () => import('../backends/everyday-plugins.js').then((m) => m.patternPlugin),
+  s3: () => import('../backends/s3/plugin.js').then((m) => m.s3Plugin),
   'sparse-random': () => import('../backends/everyday-plugins.js').then((m) => m.sparseRandomPlugin),
   zero: () => import('../backends/everyday-plugins.js').then((m) => m.zeroPlugin),
 };

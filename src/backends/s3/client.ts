@@ -1,0 +1,197 @@
+/**
+ * The few S3 calls the s3 backend needs (GET, conditional PUT, DELETE,
+ * ListObjectsV2), signed with SigV4 by aws4fetch over Node's fetch, path-style
+ * (`endpoint/bucket/key`, as radosgw and MinIO serve by default). Every request
+ * has a timeout and waits for one of `concurrency` slots, so a slow or dead
+ * store never piles up unbounded requests or hangs a client forever.
+ */
+import { AwsClient } from 'aws4fetch';
+
+export interface S3ClientOptions {
+  /** e.g. http://127.0.0.1:7480 (no bucket in it). */
+  readonly endpoint: string;
+  readonly bucket: string;
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  readonly sessionToken?: string;
+  readonly region: string;
+  /** Requests in flight at most. */
+  readonly concurrency: number;
+  /** Milliseconds before a request is abandoned (an error). */
+  readonly timeout: number;
+}
+
+/** A failure of the store (HTTP status ≠ the expected ones, network, timeout): the client gets EIO. */
+export class S3Error extends Error {
+  constructor(
+    message: string,
+    readonly status?: number,
+    readonly code?: string,
+  ) {
+    super(message);
+    this.name = 'S3Error';
+  }
+}
+
+export interface S3Object {
+  readonly body: Buffer;
+  /** The ETag as the store sent it (quotes included). */
+  readonly etag: string;
+}
+
+/** Condition of a PUT: none, the object must not exist, or it must still have this ETag. */
+export type PutCondition = { readonly ifMatch: string } | { readonly ifNoneMatch: '*' } | undefined;
+
+/** A counting semaphore: at most `n` holders. */
+class Slots {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.free++;
+    }
+  }
+}
+
+/** The <Code> of an S3 XML error body, if any. */
+function errorCode(xml: string): string | undefined {
+  return /<Code>([^<]*)<\/Code>/.exec(xml)?.[1];
+}
+
+function unescapeXml(s: string): string {
+  return s.replace(/&(lt|gt|quot|apos|amp);/g, (_, e: string) => ({ lt: '<', gt: '>', quot: '"', apos: "'", amp: '&' })[e]!);
+}
+
+export class S3Client {
+  private readonly aws: AwsClient;
+  private readonly slots: Slots;
+  private readonly base: string;
+
+  constructor(readonly options: S3ClientOptions) {
+    // retries: 0 — aws4fetch would otherwise retry 5xx answers itself with growing sleeps; a
+    // failure must reach the NBD client as EIO promptly (the retry filter exists for retrying).
+    this.aws = new AwsClient({
+      accessKeyId: options.accessKeyId,
+      secretAccessKey: options.secretAccessKey,
+      sessionToken: options.sessionToken,
+      service: 's3',
+      region: options.region,
+      retries: 0,
+    });
+    this.slots = new Slots(options.concurrency);
+    this.base = `${options.endpoint.replace(/\/+$/, '')}/${encodeURIComponent(options.bucket)}`;
+  }
+
+  /** Where `key` is, for messages. */
+  where(key?: string): string {
+    return `s3://${this.options.bucket}/${key ?? ''}`;
+  }
+
+  private url(key: string, query = ''): string {
+    return `${this.base}/${key.split('/').map(encodeURIComponent).join('/')}${query}`;
+  }
+
+  /** One request; the body is read inside the slot so the connection is freed before the slot is. */
+  private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string; label?: string } = {}) {
+    const what = init.label ?? `${method} ${this.where(key)}`;
+    return this.slots.run(async () => {
+      let res: Response;
+      try {
+        res = await this.aws.fetch(this.url(key, init.query), {
+          method,
+          headers: init.headers,
+          body: init.body,
+          signal: AbortSignal.timeout(this.options.timeout),
+        });
+      } catch (e) {
+        const err = e as Error;
+        const why = err.name === 'TimeoutError' ? `no answer in ${this.options.timeout} ms` : `${err.message}${err.cause ? ` (${(err.cause as Error).message ?? String(err.cause)})` : ''}`;
+        throw new S3Error(`${what}: ${why}`);
+      }
+      try {
+        const body = Buffer.from(await res.arrayBuffer());
+        return { status: res.status, headers: res.headers, body };
+      } catch (e) {
+        throw new S3Error(`${what}: reading the answer: ${(e as Error).message}`);
+      }
+    });
+  }
+
+  private fail(method: string, key: string, res: { status: number; body: Buffer }): S3Error {
+    const code = errorCode(res.body.toString('utf8', 0, Math.min(res.body.length, 4096)));
+    return new S3Error(`${method} ${this.where(key)}: HTTP ${res.status}${code ? ` ${code}` : ''}`, res.status, code);
+  }
+
+  /**
+   * The object (or bytes [from, from + length) of it), or null when there is no such key.
+   * A missing bucket is an error, not a missing object.
+   */
+  async get(key: string, range?: { from: number; length: number }): Promise<S3Object | null> {
+    const headers = range ? { range: `bytes=${range.from}-${range.from + range.length - 1}` } : undefined;
+    const res = await this.request('GET', key, { headers });
+    if (res.status === 200 || res.status === 206) return { body: res.body, etag: res.headers.get('etag') ?? '' };
+    const err = this.fail('GET', key, res);
+    if (res.status === 404 && (err.code === 'NoSuchKey' || err.code === undefined)) return null;
+    throw err;
+  }
+
+  /**
+   * PUT the object; with a condition, 'conflict' when it no longer holds (412, or 409 which
+   * some stores answer to a concurrent conditional write, or 404 NoSuchKey: deleted meanwhile).
+   * Resolves once the store has it.
+   */
+  async put(key: string, body: Buffer, condition?: PutCondition): Promise<'ok' | 'conflict'> {
+    const headers: Record<string, string> = {};
+    // radosgw (16.x) compares If-Match with the ETag without its quotes, and fails a quoted one.
+    if (condition && 'ifMatch' in condition) headers['if-match'] = condition.ifMatch.replace(/^"|"$/g, '');
+    if (condition && 'ifNoneMatch' in condition) headers['if-none-match'] = '*';
+    const res = await this.request('PUT', key, { headers, body });
+    if (res.status === 200) return 'ok';
+    if (condition && (res.status === 412 || res.status === 409)) return 'conflict';
+    const err = this.fail('PUT', key, res);
+    // radosgw: an If-Match PUT whose object is deleted between its check and its write (another
+    // server's TRIM) fails with RADOS's ENOENT, answered as 404 NoSuchKey: the object changed.
+    if (condition && res.status === 404 && err.code === 'NoSuchKey') return 'conflict';
+    throw err;
+  }
+
+  /** DELETE the object (a missing one is fine). */
+  async delete(key: string): Promise<void> {
+    const res = await this.request('DELETE', key);
+    if (res.status === 204 || res.status === 200) return;
+    const err = this.fail('DELETE', key, res);
+    if (res.status === 404 && err.code === 'NoSuchKey') return;
+    throw err;
+  }
+
+  /** Keys beginning with `prefix`, after `startAfter`, in order, until `last` (inclusive) or the end. */
+  async list(prefix: string, startAfter: string | undefined, last: string): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    for (;;) {
+      const q = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': '1000' });
+      if (token) q.set('continuation-token', token);
+      else if (startAfter !== undefined) q.set('start-after', startAfter);
+      const res = await this.request('GET', '', { query: `?${q.toString()}`, label: `LIST ${this.where(prefix)}` });
+      if (res.status !== 200) throw this.fail('LIST', prefix, res);
+      const xml = res.body.toString('utf8');
+      for (const m of xml.matchAll(/<Key>([^<]*)<\/Key>/g)) {
+        const key = unescapeXml(m[1]!);
+        if (key > last) return keys;
+        keys.push(key);
+      }
+      token = /<IsTruncated>true<\/IsTruncated>/.test(xml) ? /<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(xml)?.[1] : undefined;
+      if (!token) return keys;
+      token = unescapeXml(token);
+    }
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The s3 backend against a real Ceph radosgw (one per file, radosgw.ts):
+ * nbdcopy and qemu-img in and out, unaligned writes and zeroes checked
+ * against a model, holes in BLOCK_STATUS, the metadata object, and the
+ * store failing (bucket gone, suspended credentials) → EIO and one log line.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { AwsClient } from 'aws4fetch';
+import { describe, expect, it } from 'vitest';
+import { s3Backend, S3ConfigError, type S3BackendOptions } from '../../../src/index.js';
+import { recordingLogger, run, serverPerTest, spawnCli, tmpDir } from '../harness.js';
+import { py } from '../pylibnbd.js';
+import { radosgwAdmin, radosgwPerFile, type Radosgw } from './radosgw.js';
+
+const store = radosgwPerFile();
+const servers = serverPerTest();
+const MiB = 1024 * 1024;
+
+function opts(rgw: Radosgw, prefix: string, extra: Partial<S3BackendOptions> = {}): S3BackendOptions {
+  return { endpoint: rgw.endpoint, bucket: rgw.bucket, prefix, accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey, region: rgw.region, ...extra };
+}
+
+async function serveS3(prefix: string, extra: Partial<S3BackendOptions> = {}) {
+  const logs: string[] = [];
+  const backend = await s3Backend(opts(store.get(), prefix, { logger: recordingLogger(logs), ...extra }));
+  const running = await servers.serve({ exports: [{ name: 's3', backend }] });
+  return { running, backend, logs };
+}
+
+const sha256 = (file: string) => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
+/** An image with data and zero runs, so holes are exercised too. */
+function makeImage(file: string, size: number, seed: number): void {
+  const buf = Buffer.alloc(size);
+  let x = seed;
+  for (let off = 0; off < size; off += 65536) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    if (x % 3 !== 0) crypto.randomFillSync(buf, off, Math.min(65536, size - off) - (x % 5000));
+  }
+  fs.writeFileSync(file, buf);
+}
+
+describe('s3 backend on radosgw', () => {
+  it('nbdcopy in and out: same sha256; unwritten objects are holes in BLOCK_STATUS; flags and block sizes', async () => {
+    const { running } = await serveS3('copy/', { size: 8 * MiB, objectSize: 256 * 1024 });
+    const dir = tmpDir();
+    const src = path.join(dir, 'src.img');
+    makeImage(src, 8 * MiB, 7);
+    await run('nbdcopy', [src, running.uri()]);
+    await run('nbdcopy', [running.uri(), path.join(dir, 'back.img')]);
+    expect(sha256(path.join(dir, 'back.img'))).toBe(sha256(src));
+
+    // Trim whole objects 4 and 5 (1M..1.5M): they become holes and read as zeroes.
+    const out = await py<{ flags: Record<string, unknown>; map: { extents: number[][] }; zero: boolean }>(running.uri(), `
+      h = connect()
+      out['flags'] = flags(h)
+      h.trim(512 * 1024, 1024 * 1024)
+      out['zero'] = h.pread(512 * 1024, 1024 * 1024) == bytes(512 * 1024)
+      out['map'] = extents(h, 2 * 1024 * 1024, 0)
+    `);
+    expect(out.flags).toMatchObject({ size: 8 * MiB, multi_conn: true, flush: true, fua: true, trim: true, zero: true, block_size: [1, 256 * 1024, 32 * MiB] });
+    expect(out.zero).toBe(true);
+    const ext = out.map.extents;
+    const at = (offset: number) => {
+      let pos = 0;
+      for (const [len, flags] of ext) {
+        if (offset < pos + len!) return flags;
+        pos += len!;
+      }
+      return undefined;
+    };
+    expect(at(1024 * 1024)).toBe(3);
+    expect(at(1024 * 1024 + 256 * 1024)).toBe(3);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('qemu-img convert in and out, compared by qemu-img compare', async () => {
+    const { running } = await serveS3('qemu/', { size: 6 * MiB });
+    const dir = tmpDir();
+    const src = path.join(dir, 'src.img');
+    makeImage(src, 6 * MiB, 3);
+    await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, running.uri()]);
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', running.uri(), path.join(dir, 'back.qcow2')]);
+    await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, path.join(dir, 'back.qcow2')]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('unaligned writes, write-zeroes and reads across object edges match a model (several requests in flight)', async () => {
+    const { running } = await serveS3('model/', { size: 1 * MiB, objectSize: 64 * 1024 });
+    const out = await py<{ same: boolean; ops: number }>(running.uri(), `
+      import random
+      rnd = random.Random(11)
+      SIZE = 1024 * 1024
+      model = bytearray(SIZE)
+      h = connect()
+      ops = 0
+      for rnd_i in range(60):
+          off = rnd.randrange(SIZE - 1)
+          ln = rnd.randrange(1, min(200000, SIZE - off) + 1)
+          if rnd.random() < 0.75:
+              data = bytes(rnd.getrandbits(8) for _ in range(min(ln, 4096))) * (ln // 4096 + 1)
+              data = data[:ln]
+              h.pwrite(data, off)
+              model[off:off + ln] = data
+          else:
+              h.zero(ln, off)
+              model[off:off + ln] = bytes(ln)
+          ops += 1
+      got = h.pread(SIZE, 0)
+      out['same'] = got == bytes(model)
+      out['ops'] = ops
+    `);
+    expect(out.ops).toBe(60);
+    expect(out.same).toBe(true);
+  });
+
+  it('WRITE_ZEROES: whole objects become holes (kept as zero data with NO_HOLE), partial edges are zeroed; FUA writes and FLUSH succeed', async () => {
+    const { running } = await serveS3('zero/', { size: 1 * MiB, objectSize: 64 * 1024 });
+    const K = 64 * 1024;
+    const out = await py<{ zeroed: boolean; kept: boolean; map: number[][]; flush: string | null }>(running.uri(), `
+      K = ${K}
+      h = connect()
+      h.pwrite(b'\x5a' * (8 * K), 0, nbd.CMD_FLAG_FUA)
+      out['flush'] = err(h.flush)
+      h.zero(2 * K + 200, K - 100)                            # part of 0, all of 1 and 2, part of 3
+      h.zero(2 * K, 5 * K, nbd.CMD_FLAG_NO_HOLE)              # all of 5 and 6, as zero data
+      data = h.pread(8 * K, 0)
+      out['zeroed'] = data[:K - 100] == b'\x5a' * (K - 100) and data[K - 100:3 * K + 100] == bytes(2 * K + 200) and data[3 * K + 100:5 * K] == b'\x5a' * (2 * K - 100)
+      out['kept'] = data[5 * K:7 * K] == bytes(2 * K) and data[7 * K:] == b'\x5a' * K
+      out['map'] = extents(h, 8 * K, 0)['extents']
+    `);
+    expect(out.flush).toBeNull();
+    expect(out.zeroed).toBe(true);
+    expect(out.kept).toBe(true);
+    // Objects 1 and 2 deleted (holes); 0, 3, 4 hold data; 5 and 6 are zero-filled data (NO_HOLE); 7 data.
+    expect(out.map).toEqual([
+      [K, 0],
+      [2 * K, 3],
+      [5 * K, 0],
+    ]);
+  });
+
+  it('reopening an export: its size comes from the metadata object; other settings are refused with a clear error', async () => {
+    const rgw = store.get();
+    const first = await s3Backend(opts(rgw, 'meta/', { size: 3 * MiB, objectSize: 128 * 1024 }));
+    await first.write!(100, Buffer.from('kept'), { fua: false });
+    const again = await s3Backend(opts(rgw, 'meta/'));
+    expect([again.size, again.objectSize]).toEqual([3 * MiB, 128 * 1024]);
+    const segs = (await again.read(100, 4)) as { data: Buffer }[];
+    expect(Buffer.concat(segs.map((s) => s.data)).toString()).toBe('kept');
+    await expect(s3Backend(opts(rgw, 'meta/', { size: 4 * MiB }))).rejects.toThrow(/already exists with size 3145728 \(asked for 4194304\)/);
+    await expect(s3Backend(opts(rgw, 'meta/', { objectSize: 1 * MiB }))).rejects.toThrow(S3ConfigError);
+    await expect(s3Backend(opts(rgw, 'absent/'))).rejects.toThrow(/no export at s3:\/\/nbd-engine\/absent\/meta: give its size/);
+  });
+
+  it('the bucket disappearing: the client gets EIO, the server logs one line and keeps serving', async () => {
+    const rgw = store.get();
+    const aws = new AwsClient({ accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey, region: rgw.region, service: 's3', retries: 0 });
+    const bucketUrl = `${rgw.endpoint}/doomed`;
+    expect((await aws.fetch(bucketUrl, { method: 'PUT' })).status).toBe(200);
+    const { running, logs } = await serveS3('', { bucket: 'doomed', size: 1 * MiB });
+    expect((await aws.fetch(`${bucketUrl}/meta`, { method: 'DELETE' })).status).toBe(204);
+    expect((await aws.fetch(bucketUrl, { method: 'DELETE' })).status).toBe(204);
+    const out = await py<{ read: string | null; write: string | null; size: number }>(running.uri(), `
+      h = connect()
+      out['read'] = err(h.pread, 4096, 0)
+      out['write'] = err(h.pwrite, b'x' * 100, 10)
+      out['size'] = h.get_size()
+    `);
+    expect(out).toEqual({ read: 'EIO', write: 'EIO', size: MiB });
+    const errors = logs.filter((l) => l.startsWith('error:'));
+    expect(errors).toHaveLength(2);
+    expect(errors[0]).toMatch(/s3: read 0\+4096 failed: GET s3:\/\/doomed\/0000000000000000: HTTP 404 NoSuchBucket/);
+    expect(errors[1]).toMatch(/s3: write 10\+100 failed: GET s3:\/\/doomed\/0000000000000000: HTTP 404 NoSuchBucket/);
+  });
+
+  it('credentials refused while serving (user suspended): EIO and one log line per request; at start: the CLI exits with one clear line', async () => {
+    const rgw = store.get();
+    const access = 'SUSPENDME0000000000';
+    const secret = 'suspendme-secret-0000000000000000000000';
+    await radosgwAdmin(rgw, ['user', 'create', '--uid=suspended', '--display-name=suspended', `--access-key=${access}`, `--secret-key=${secret}`]);
+    // The user's own bucket (another user's would be refused from the start).
+    const aws = new AwsClient({ accessKeyId: access, secretAccessKey: secret, region: rgw.region, service: 's3', retries: 0 });
+    expect((await aws.fetch(`${rgw.endpoint}/creds`, { method: 'PUT' })).status).toBe(200);
+    const { running, logs } = await serveS3('', { bucket: 'creds', accessKeyId: access, secretAccessKey: secret, size: 1 * MiB });
+    await radosgwAdmin(rgw, ['user', 'suspend', '--uid=suspended']);
+    const out = await py<{ read: string | null; zero: string | null }>(running.uri(), `
+      h = connect()
+      out['read'] = err(h.pread, 512, 0)
+      out['zero'] = err(h.zero, 4096, 1000)
+    `);
+    expect(out).toEqual({ read: 'EIO', zero: 'EIO' });
+    const errors = logs.filter((l) => l.startsWith('error:'));
+    expect(errors).toHaveLength(2);
+    expect(errors[0]).toMatch(/s3: read 0\+512 failed: GET s3:\/\/creds\/0000000000000000: HTTP 403/);
+
+    const dir = tmpDir();
+    const started = spawnCli(['serve', '-U', path.join(dir, 'sock'), 's3', `endpoint=${rgw.endpoint}`, 'bucket=creds'], {
+      AWS_ACCESS_KEY_ID: access,
+      AWS_SECRET_ACCESS_KEY: secret,
+    });
+    const failure = await started.then(
+      () => 'started',
+      (e: Error) => e.message,
+    );
+    expect(failure).toMatch(/exited 1 before listening/);
+    const lines = failure.split('\n').filter((l) => /s3/.test(l));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/cannot open the export: GET s3:\/\/creds\/meta: HTTP 403/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
