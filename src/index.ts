@@ -51,5 +51,5 @@ export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';
 export type { ExportHooks } from './api/dynamic-exports.js';
 export type { ListedExport, ResolveRequest, ResolveEvent } from './machines/types.js';
 export { directoryExports, type DirectoryExportsOptions } from './backends/directory.js';
-export { warmUp, type WarmUpOptions, type WarmUpResult } from './api/warm-up.js';
+export { warmUp, WARM_UP_ROUNDS, type WarmUpOptions, type WarmUpResult } from './api/warm-up.js';
 export { s3Backend, S3ConfigError, S3_DEFAULTS, type S3Backend, type S3BackendOptions } from './backends/s3/backend.js';

@@ -33,8 +33,17 @@ import { CLIENT_FLAGS, CMD, INFO, OPT } from '../protocol/constants.js';
 import type { Logger } from '../transport/logger.js';
 import { createServer } from './server.js';
 
+/** Passes over the connection scripts unless told otherwise: see WarmUpOptions.rounds. */
+export const WARM_UP_ROUNDS = 3;
+
 export interface WarmUpOptions {
-  /** Passes over the connection scripts (default 1: the first pass compiles the code; more passes were measured to gain nothing more). */
+  /**
+   * Passes over the connection scripts (default 3). One pass gets the code compiled by V8's
+   * baseline tiers, but V8's optimizing compiler then picks up xstate's transition functions
+   * (getAllStateNodes took 30 ms to compile on this 2-vCPU host) during the first real clients'
+   * sessions: with one pass, a file export's 4th `qemu-io write -z 512M` session ran 3.2-3.4x
+   * nbdkit's time against 1.5x with three (bench/RESULTS.md, "Issue 15 ... warm-up rounds").
+   */
   readonly rounds?: number;
   /** Where the private socket directory is made (default os.tmpdir()). */
   readonly tmpDir?: string;
@@ -68,7 +77,7 @@ type Mode = 'extended' | 'structured' | 'simple';
  */
 export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult> {
   const t0 = performance.now();
-  const rounds = options.rounds ?? 1;
+  const rounds = options.rounds ?? WARM_UP_ROUNDS;
   let requests = 0;
   let connections = 0;
   const problems: string[] = [];
