@@ -13,6 +13,7 @@ import type { ConnectionRef, ExportRef } from './request.js';
 import { applyFilters, checkFilters, connectionSplit, layer, prepareFilters, type Filter, type FilterContext } from './filter.js';
 import { silentLogger, type Logger } from '../transport/logger.js';
 import type { MaybePromise } from './backend.js';
+import { isPowerOf2 } from '../plugins/common.js';
 
 export interface ExportConfig {
   readonly name: string;
@@ -114,10 +115,6 @@ function filterChain(cfg: ExportConfig, logger: Logger): Pick<ExportEntry, 'back
 }
 
 const DEFAULT_BLOCK = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
-
-function isPowerOf2(n: number): boolean {
-  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
-}
 
 /** Validate and describe one export (sizes ≤ 2^53, block sizes per option.block-size-constraints). */
 export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Logger): ExportEntry {

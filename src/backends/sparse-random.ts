@@ -24,6 +24,7 @@ import type { ReadSegment } from '../protocol/replies.js';
 import type { Backend } from '../api/backend.js';
 import { NbdRequestError } from '../api/errors.js';
 import type { Logger } from '../transport/logger.js';
+import { mulberry32 } from '../plugins/common.js';
 
 export interface SparseRandomOptions {
   /** Export size in bytes (required). */
@@ -62,18 +63,6 @@ function hash3(a: number, b: number, c: number): number {
   return h >>> 0;
 }
 
-/** mulberry32: a small, fast 32-bit generator; enough for test data (not cryptographic). */
-function generator(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
 const hi32 = (n: number) => Math.floor(n / 2 ** 32) >>> 0;
 const lo32 = (n: number) => n >>> 0;
 
@@ -107,7 +96,7 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
   const makeSegment = (k: number): Segment => {
     if (percent === 0) return { firstData: false, flips: new Float64Array(0) };
     if (percent === 100) return { firstData: true, flips: new Float64Array(0) };
-    const next = generator(hash3(seedLo, seedHi ^ 0x5eed, k));
+    const next = mulberry32(hash3(seedLo, seedHi ^ 0x5eed, k));
     const uniform = () => (next() + 1) / 4294967297; // in (0, 1): log() stays finite
     const len = Math.min(segBlocks, blocks - k * segBlocks);
     // The state at a segment's start is drawn with the long-run odds, so segments join without a visible seam.
@@ -180,7 +169,7 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
       const at = (b - first) * SPARSE_BLOCK;
       if (words === undefined) buf.fill((h % 255) + 1, at, at + SPARSE_BLOCK);
       else {
-        const next = generator(h);
+        const next = mulberry32(h);
         for (let i = at / 4, e = (at + SPARSE_BLOCK) / 4; i < e; i++) words[i] = next();
       }
     }

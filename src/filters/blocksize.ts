@@ -25,7 +25,8 @@ import type { Backend, Extent, WriteOptions, ZeroOptions } from '../api/backend.
 import type { Filter } from '../api/filter.js';
 import { layer } from '../api/filter.js';
 import { NbdRequestError } from '../api/errors.js';
-import { BlockLocks, check, isPowerOf2, readBuffer } from './util.js';
+import { check } from './util.js';
+import { BlockLocks, isPowerOf2, readBuffer } from '../plugins/common.js';
 
 export interface BlocksizeOptions {
   /** Alignment for the backend: a power of 2 ≤ 64 KiB (default: the backend's minimum block size, or 1). */

@@ -18,7 +18,8 @@ import fs from 'node:fs';
 import type { Backend, WriteOptions, ZeroOptions } from '../api/backend.js';
 import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
-import { check, isPowerOf2, readBuffer, oneExport } from './util.js';
+import { check, oneExport } from './util.js';
+import { isPowerOf2, readBuffer } from '../plugins/common.js';
 
 export interface CacheOptions {
   /** Only 'writethrough' (the default; see above). */

@@ -25,7 +25,8 @@ import { layer } from '../api/filter.js';
 import { normalizeExtents } from '../api/backend.js';
 import { STATE } from '../protocol/constants.js';
 import { NbdRequestError } from '../api/errors.js';
-import { BlockLocks, check, isPowerOf2, readBuffer, oneExport } from './util.js';
+import { check, oneExport } from './util.js';
+import { BlockLocks, isPowerOf2, readBuffer } from '../plugins/common.js';
 
 export interface CowOptions {
   /** Overlay block size: a power of 2 ≥ 4096 (default 64 KiB, as nbdkit's `cow-block-size`). */

@@ -9,6 +9,7 @@ import { layer } from '../api/filter.js';
 import { NbdRequestError } from '../api/errors.js';
 import { ERRNO, errnoName, hostErrnoToNbd, type ErrnoName } from '../protocol/constants.js';
 import type { RequestType } from '../api/request.js';
+import { mulberry32 } from '../plugins/common.js';
 
 /** The operations a filter sees (writev counts as write). */
 export type OpName = 'read' | 'write' | 'zero' | 'trim' | 'flush' | 'extents' | 'cache';
@@ -157,12 +158,6 @@ export function errnoOf(err: unknown): string {
  * the same seed and the same request order give the same errors.
  */
 export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  return () => next() / 4294967296;
 }

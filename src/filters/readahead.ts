@@ -20,7 +20,8 @@
 import type { Backend, WriteOptions, ZeroOptions } from '../api/backend.js';
 import type { Filter } from '../api/filter.js';
 import { layer } from '../api/filter.js';
-import { check, readBuffer } from './util.js';
+import { check } from './util.js';
+import { readBuffer } from '../plugins/common.js';
 
 export interface ReadaheadOptions {
   /** First window, in bytes (default 64 KiB). */

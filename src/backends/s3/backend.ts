@@ -15,6 +15,7 @@ import { NbdRequestError } from '../../api/errors.js';
 import { consoleLogger, type Logger } from '../../transport/logger.js';
 import { S3Client, S3Error } from './client.js';
 import { ObjectStore } from './objects.js';
+import { isPowerOf2 } from '../../plugins/common.js';
 
 export const S3_DEFAULTS = {
   objectSize: 1024 * 1024,
@@ -70,10 +71,6 @@ const META_FORMAT = 'nbd-engine-s3/1';
 interface Meta {
   readonly size: number;
   readonly objectSize: number;
-}
-
-function isPowerOf2(n: number): boolean {
-  return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
 function parseMeta(where: string, body: Buffer): Meta {

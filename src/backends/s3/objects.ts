@@ -17,6 +17,7 @@
  */
 import type { Extent, ReadSegment } from '../../api/backend.js';
 import { S3Client, S3Error } from './client.js';
+import { BlockLocks } from '../../plugins/common.js';
 
 const HOLE = 1;
 const ZERO = 2;
@@ -44,7 +45,8 @@ async function settleAll<T>(work: Promise<T>[]): Promise<T[]> {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class ObjectStore {
-  private readonly locks = new Map<number, Promise<void>>();
+  /** Read-modify-write cycles of this process on one object run one after another. */
+  private readonly locks = new BlockLocks();
   private readonly keyPattern: RegExp;
   /** Conditional PUTs refused because another writer got there first (for tests and stats). */
   conflicts = 0;
@@ -87,22 +89,6 @@ export class ObjectStore {
 
   private whole(p: Piece): boolean {
     return p.within === 0 && p.length === this.objectLength(p.n);
-  }
-
-  /** Run fn after every earlier operation of this process on object n. */
-  private async locked<T>(n: number, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(n) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((resolve) => (release = resolve));
-    const tail = prev.then(() => mine);
-    this.locks.set(n, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.locks.get(n) === tail) this.locks.delete(n);
-    }
   }
 
   async read(offset: number, length: number): Promise<ReadSegment[]> {
@@ -159,7 +145,7 @@ export class ObjectStore {
   async write(offset: number, data: Buffer): Promise<void> {
     await settleAll(
       this.pieces(offset, data.length).map((p) =>
-        this.locked(p.n, async () => {
+        this.locks.with(p.n, async () => {
           const slice = data.subarray(p.at, p.at + p.length);
           if (this.whole(p)) {
             await this.client.put(this.key(p.n), slice);
@@ -179,7 +165,7 @@ export class ObjectStore {
   async zero(offset: number, length: number, edges: boolean, keepAllocated = false): Promise<void> {
     await settleAll(
       this.pieces(offset, length).map((p) =>
-        this.locked(p.n, async () => {
+        this.locks.with(p.n, async () => {
           if (this.whole(p)) {
             if (keepAllocated) await this.client.put(this.key(p.n), Buffer.alloc(p.length));
             else await this.client.delete(this.key(p.n));

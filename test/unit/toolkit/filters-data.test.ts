@@ -5,7 +5,7 @@
  * buffers, and the command-line plugins use nbdkit's parameter names.
  */
 import { describe, expect, it } from 'vitest';
-import { BlockLocks, readBuffer } from '../../../src/filters/util.js';
+import { BlockLocks, readBuffer } from '../../../src/plugins/common.js';
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { readParams, ParamError } from '../../../src/plugins/params.js';
 import { silentLogger } from '../../../src/transport/logger.js';
