@@ -4,25 +4,12 @@
  * that never answers, never parseArgs' "ambiguous" for a negative number,
  * never the whole usage); a good value gives a server nbdinfo can use.
  */
-import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { CLI, requireTool } from './harness.js';
+import { cliToEnd, requireTool } from './harness.js';
 
-function cli(args: string[], timeout = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    // A server that took a bad value starts and waits for ever: kill it, which fails the test.
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+/** A server that took a bad value starts and waits for ever: cliToEnd kills it at 30 s, which fails the test. */
+const cli = (args: string[]) => cliToEnd(args, 30_000);
+
 
 /** Every numeric option, with values it must refuse and values it must take. */
 const OPTIONS: Array<{ flag: string; bad: string[]; good: string[] }> = [

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
+import { CLI, cliToEnd, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
 import { layer, pluginExport, type PluginTables } from '../../src/index.js';
 import { BACKENDS } from '../../src/plugins/registry.js';
 import { CLIENT_FLAGS, clientFlagsBytes, MAGIC, OPT, optionBytes, REP } from '../../src/client/index.js';
@@ -18,20 +18,7 @@ import { makePki } from './tls-support.js';
 const node = process.execPath;
 
 /** Run the CLI to completion; never rejects (the exit code is the result). */
-function cli(args: string[], timeout = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const cli = cliToEnd;
 
 /** Whether a process has exited (gone, or a zombie nobody reaped yet). */
 function gone(pid: number): boolean {

@@ -4,48 +4,28 @@
  * client saw from both. Python bodies run under Debian's python3-libnbd
  * with the shared prelude (pylibnbd.ts).
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLI, requirePythonNbd, requireTool } from './harness.js';
+import { CLI, cliToEnd, requirePythonNbd, requireTool, runToEnd, type Ran } from './harness.js';
+
+export type { Ran };
 import { PRELUDE } from './pylibnbd.js';
-
-export interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function runTo(cmd: string, args: string[], timeout = 60_000): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 /** `nbd-engine ARGS` to completion. */
 export function cli(args: string[]): Promise<Ran> {
-  return runTo(process.execPath, [CLI, ...args]);
+  return cliToEnd(args);
 }
 
 /** `nbd-engine serve -U - ARGS --run CMD`; stdout without the URI line serve prints first. */
 export async function engine(args: string[], cmd: string): Promise<Ran> {
-  const r = await runTo(process.execPath, [CLI, 'serve', '-U', '-', ...args, '--run', cmd]);
+  const r = await runToEnd(process.execPath, [CLI, 'serve', '-U', '-', ...args, '--run', cmd]);
   return { ...r, stdout: r.stdout.replace(/^nbd\+unix:\S*\n/, '') };
 }
 
 /** `nbdkit -U - ARGS --run CMD` (nbdkit 1.32 from Debian). */
 export function nbdkit(args: string[], cmd: string): Promise<Ran> {
   requireTool('nbdkit');
-  return runTo('nbdkit', ['-U', '-', ...args, '--run', cmd]);
+  return runToEnd('nbdkit', ['-U', '-', ...args, '--run', cmd]);
 }
 
 /** Both servers, the same command line and client command. */

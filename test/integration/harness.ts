@@ -117,6 +117,37 @@ export async function run(tool: string, args: string[], opts: { timeout?: number
   return execFileP(tool, args, { timeout: opts.timeout ?? 60_000, env: { ...process.env, ...opts.env }, maxBuffer: 64 * 1024 * 1024 });
 }
 
+export interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run a command to its end; never rejects (the exit code is the result). Past
+ * `timeout` ms it is killed (a server that should have refused to start and
+ * waits instead ends with code null, which fails the test).
+ */
+export function runToEnd(cmd: string, args: readonly string[], timeout = 60_000): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `nbd-engine ARGS` (the built CLI) to its end, as runToEnd. */
+export function cliToEnd(args: readonly string[], timeout = 60_000): Promise<Ran> {
+  return runToEnd(process.execPath, [CLI, ...args], timeout);
+}
+
 /** Run a Python script with Debian's python3 + libnbd; returns stdout. */
 export async function nbdPython(script: string, args: string[] = [], timeout = 60_000): Promise<string> {
   const py = requirePythonNbd();
