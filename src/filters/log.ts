@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import { consoleLogger, type Logger } from '../transport/logger.js';
 import { backendCapabilities } from '../api/backend.js';
 import type { Filter } from '../api/filter.js';
-import { errnoOf, interceptOps, isThenable, NBDKIT_ACTION, type OpCall } from './ops-common.js';
+import { errnoOf, interceptOps, NBDKIT_ACTION, whenSettled, type OpCall } from './ops-common.js';
 
 export interface LogOptions {
   /** The log file; '-' for stderr. */
@@ -111,29 +111,11 @@ export class LogWriter {
     const fields = describeCall(call);
     this.line(connection, `${action} id=${id}${extra}${fields ? ` ${fields}` : ''} ...`);
     const start = process.hrtime.bigint();
-    const leave = (err?: unknown) => {
+    return whenSettled(run, (failed, err) => {
       const elapsed = (Number(process.hrtime.bigint() - start) / 1e9).toFixed(6);
-      const result = err === undefined ? 'return=0' : `return=-1 error=${errnoOf(err)}`;
+      const result = failed ? `return=-1 error=${errnoOf(err)}` : 'return=0';
       this.line(connection, `...${action} id=${id} ${result} elapsed=${elapsed}`);
-    };
-    let r: T | PromiseLike<T>;
-    try {
-      r = run();
-    } catch (e) {
-      leave(e);
-      throw e;
-    }
-    if (!isThenable(r)) {
-      leave();
-      return r;
-    }
-    return Promise.resolve(r).then(
-      (v) => (leave(), v),
-      (e: unknown) => {
-        leave(e);
-        throw e;
-      },
-    );
+    });
   }
 
   close(): void {

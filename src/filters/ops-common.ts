@@ -91,6 +91,32 @@ export function interceptOps(next: Backend, around: Around): Backend {
   return layer(next, o as Parameters<typeof layer>[1]);
 }
 
+/**
+ * Run `fn` and tell `done` how it ended — at once when it returns or
+ * throws, else when its promise settles — passing its result or error on
+ * unchanged (a synchronous answer stays synchronous).
+ */
+export function whenSettled<T>(fn: () => T | PromiseLike<T>, done: (failed: boolean, error?: unknown) => void): T | Promise<T> {
+  let r: T | PromiseLike<T>;
+  try {
+    r = fn();
+  } catch (e) {
+    done(true, e);
+    throw e;
+  }
+  if (!isThenable(r)) {
+    done(false);
+    return r;
+  }
+  return Promise.resolve(r).then(
+    (v) => (done(false), v),
+    (e: unknown) => {
+      done(true, e);
+      throw e;
+    },
+  );
+}
+
 export function isThenable(v: unknown): v is PromiseLike<unknown> {
   return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
 }

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
 import type { Filter } from '../api/filter.js';
 import type { Logger } from '../transport/logger.js';
-import { interceptOps, isThenable, OP_NAMES, type OpName } from './ops-common.js';
+import { interceptOps, OP_NAMES, whenSettled, type OpName } from './ops-common.js';
 
 export interface StatsOptions {
   /** Where the stats are written at close and on the signal (nbdkit's statsfile; absent: only `snapshot()`). */
@@ -72,25 +72,7 @@ export class StatsCollector {
   measure<T>(op: OpName, bytes: number, fn: () => T | PromiseLike<T>): T | Promise<T> {
     // performance.now(): a double in milliseconds, no bigint allocated per request.
     const start = performance.now();
-    const done = (failed: boolean) => this.record(op, bytes, failed, (performance.now() - start) * 1e6);
-    let r: T | PromiseLike<T>;
-    try {
-      r = fn();
-    } catch (e) {
-      done(true);
-      throw e;
-    }
-    if (!isThenable(r)) {
-      done(false);
-      return r;
-    }
-    return Promise.resolve(r).then(
-      (v) => (done(false), v),
-      (e: unknown) => {
-        done(true);
-        throw e;
-      },
-    );
+    return whenSettled(fn, (failed) => this.record(op, bytes, failed, (performance.now() - start) * 1e6));
   }
 
   snapshot(): StatsSnapshot {
