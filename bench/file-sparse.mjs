@@ -28,6 +28,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freshImage } from './sparse-image.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -49,15 +50,6 @@ for (const tool of ['nbdkit', 'nbdcopy', 'nbdinfo', 'qemu-io']) {
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-bench-file-'));
 const log = (m) => process.stderr.write(`${m}\n`);
 
-function freshImage() {
-  const img = path.join(work, 'sparse.img');
-  fs.rmSync(img, { force: true });
-  const fd = fs.openSync(img, 'w');
-  fs.ftruncateSync(fd, SIZE);
-  fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 256 << 20);
-  fs.closeSync(fd);
-  return img;
-}
 
 /** Start a server on `img`; resolves with { uri, stop }. */
 async function start(kind, img) {
@@ -102,7 +94,7 @@ const t0 = Date.now();
 for (let round = 0; round <= ROUNDS; round++) {
   const order = round % 2 ? [...kinds].reverse() : kinds;
   for (const kind of order) {
-    const img = freshImage();
+    const img = freshImage(work, SIZE);
     const srv = await start(kind, img);
     const out = path.join(work, 'out.img');
     fs.rmSync(out, { force: true });

@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freshImage } from './sparse-image.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -24,15 +25,6 @@ const RUNS = num('--runs', 5);
 const SIZE = 1 << 30;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-bench-first-'));
 
-function freshImage() {
-  const img = path.join(work, 'sparse.img');
-  fs.rmSync(img, { force: true });
-  const fd = fs.openSync(img, 'w');
-  fs.ftruncateSync(fd, SIZE);
-  fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 256 << 20);
-  fs.closeSync(fd);
-  return img;
-}
 
 const KINDS = {
   engine: (img, sock) => [process.execPath, [path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--file', img, '--socket', sock]],
@@ -74,7 +66,7 @@ for (let round = 0; round <= ROUNDS; round++) {
   const order = round % 2 ? [...kinds].reverse() : kinds;
   for (const kind of order) {
     const out = path.join(work, 'out.img');
-    let srv = await start(kind, freshImage());
+    let srv = await start(kind, freshImage(work, SIZE));
     const copies = [];
     for (let i = 0; i < RUNS; i++) {
       fs.rmSync(out, { force: true });
@@ -82,7 +74,7 @@ for (let round = 0; round <= ROUNDS; round++) {
     }
     await srv.stop();
     const startup = srv.startup;
-    srv = await start(kind, freshImage());
+    srv = await start(kind, freshImage(work, SIZE));
     const info = timed('nbdinfo', ['--size', srv.uri]);
     await srv.stop();
     process.stderr.write(`round ${round} ${kind}: start-up ${(startup * 1000).toFixed(0)} ms, nbdinfo first ${(info * 1000).toFixed(1)} ms, nbdcopy ${copies.map((c) => (c * 1000).toFixed(1)).join(' ')} ms\n`);
