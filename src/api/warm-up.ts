@@ -8,9 +8,10 @@
  * first run out of a sparse file took 3× nbdkit's time, the third 1.5×:
  * bench/RESULTS.md, "First client after start"). warmUp() runs that code
  * once, before a server says it is ready: a throwaway server with a small
- * in-memory export, on a UNIX socket in a private temporary directory, and
- * connections to it that negotiate and send requests as nbdcopy, nbdinfo
- * and qemu do — structured replies, extended headers, base:allocation,
+ * in-memory export and a small file export (a sparse file of its own, so
+ * the file backend's calls are compiled too), on a UNIX socket in a private
+ * temporary directory, and connections to it that negotiate and send
+ * requests as nbdcopy, nbdinfo and qemu do — structured replies, extended headers, base:allocation,
  * pipelined READ / WRITE / WRITE_ZEROES / TRIM / FLUSH / CACHE /
  * BLOCK_STATUS. The client side is blind: each connection writes its whole
  * script (options, requests, NBD_CMD_DISC or NBD_OPT_ABORT) at once and
@@ -27,14 +28,17 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileBackend } from '../backends/file.js';
 import { memoryBackend } from '../backends/memory.js';
 import { clientFlagsBytes, infoGoData, metaContextData, optionBytes, requestHeaderBytes } from '../client/encode.js';
-import { CLIENT_FLAGS, CMD, INFO, OPT } from '../protocol/constants.js';
+import { CLIENT_FLAGS, CMD, CMD_FLAG, INFO, OPT } from '../protocol/constants.js';
 import type { Logger } from '../transport/logger.js';
 import { createServer } from './server.js';
 
 /** Passes over the connection scripts unless told otherwise: see WarmUpOptions.rounds. */
 export const WARM_UP_ROUNDS = 3;
+/** Connections of one pass: extended, structured and simple transmission, 8 options-only, and two on the file export. */
+export const WARM_UP_CONNECTIONS_PER_ROUND = 13;
 
 export interface WarmUpOptions {
   /**
@@ -43,6 +47,10 @@ export interface WarmUpOptions {
    * (getAllStateNodes took 30 ms to compile on this 2-vCPU host) during the first real clients'
    * sessions: with one pass, a file export's 4th `qemu-io write -z 512M` session ran 3.2-3.4x
    * nbdkit's time against 1.5x with three (bench/RESULTS.md, "Issue 15 ... warm-up rounds").
+   * xstate's transition code runs per connection more than per request, so each pass also makes
+   * eight negotiation-only connections: with them getAllStateNodes and
+   * resolveAndExecuteActionsWithContext are optimized during the warm-up (`node --trace-opt`),
+   * not in the first clients' sessions ("Issue 15: native FUA and a wider warm-up").
    */
   readonly rounds?: number;
   /** Where the private socket directory is made (default os.tmpdir()). */
@@ -67,6 +75,12 @@ const SIZE = 1024 * 1024;
 /** Batches of pipelined requests per connection (each batch one write). */
 const BATCHES = 4;
 const BASE_ALLOCATION = 'base:allocation';
+/** Negotiation-only connections per pass. */
+const OPTIONS_ONLY = 8;
+/** Requests of the one-request-per-write script. */
+const SERIAL_REQUESTS = 32;
+/** The throwaway server's file export. */
+const FILE_EXPORT = 'file';
 const TIMEOUT_MS = 5000;
 type Mode = 'extended' | 'structured' | 'simple';
 
@@ -86,35 +100,52 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
   };
   // The throwaway server's own logger: what it would warn about is a warm-up failure, reported in the result.
   const logger: Logger = { warn: note, error: note };
-  const server = createServer({ exports: [{ name: '', backend: memoryBackend({ size: SIZE, spareBlocks: 0 }) }], logger });
-  server.connections$.subscribe((e) => {
-    if (e.type !== 'closed') return;
-    const planned = (e.outcome === 'negotiated' && e.code === 'transmission.disc-drains') || (e.outcome === 'aborted' && e.code === 'option.abort-ack');
-    if (planned) connections++;
-    else note(`a warm-up connection ended ${e.outcome}: ${e.code} ${e.reason}`);
-  });
   let dir: string | undefined;
+  let server: ReturnType<typeof createServer> | undefined;
   try {
     dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), 'nbd-engine-warm-'));
-    const socket = path.join(dir, 's');
-    await server.listen({ path: socket });
-    for (let r = 0; r < rounds; r++) {
-      // As libnbd (nbdcopy, nbdinfo) negotiates: extended headers, else structured replies;
-      // as the oldest clients: simple replies; and as `nbdinfo --size` / `--list`: options only.
-      // Two at once, as nbdcopy's multi-conn connections.
-      const t = options.timeoutMs ?? TIMEOUT_MS;
-      const scripts = await Promise.all([run(socket, transmission('extended'), t), run(socket, transmission('structured'), t)]);
-      scripts.push(await run(socket, transmission('simple'), t), await run(socket, optionsOnly(), t));
-      requests += scripts.reduce((n, s) => n + s, 0);
-    }
+    // Two exports: memory, and a file export on a small sparse file of our own, so that the file
+    // backend's calls (native or not) are compiled too — the first WRITE_ZEROES with FUA on a
+    // file export cost its client ~4 ms more than the next ones without this.
+    const file = await fileBackend({ path: path.join(dir, 'f'), createSize: SIZE });
+    const exports = [
+      { name: '', backend: memoryBackend({ size: SIZE, spareBlocks: 0 }) },
+      { name: FILE_EXPORT, backend: file },
+    ];
+    server = createServer({ exports, logger });
+    await serveScripts(server, path.join(dir, 's'));
   } catch (err) {
     note(String(err));
   } finally {
-    await server.close({ timeout: 1000 });
+    await server?.close({ timeout: 1000 });
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }
   const ms = performance.now() - t0;
   return problems.length > 0 ? { ms, connections, requests, error: problems.join('; ') } : { ms, connections, requests };
+
+  async function serveScripts(server: ReturnType<typeof createServer>, socket: string): Promise<void> {
+    server.connections$.subscribe((e) => {
+      if (e.type !== 'closed') return;
+      const planned = (e.outcome === 'negotiated' && e.code === 'transmission.disc-drains') || (e.outcome === 'aborted' && e.code === 'option.abort-ack');
+      if (planned) connections++;
+      else note(`a warm-up connection ended ${e.outcome}: ${e.code} ${e.reason}`);
+    });
+    await server.listen({ path: socket });
+    const t = options.timeoutMs ?? TIMEOUT_MS;
+    for (let r = 0; r < rounds; r++) {
+      // As libnbd (nbdcopy, nbdinfo) negotiates: extended headers, else structured replies;
+      // as the oldest clients: simple replies; and as `nbdinfo --size` / `--list`: options only.
+      // Two at once, as nbdcopy's multi-conn connections; then the file export as qemu-io / nbdcopy use it.
+      const scripts = await Promise.all([run(socket, transmission('extended'), t), run(socket, transmission('structured'), t)]);
+      scripts.push(await run(socket, transmission('simple'), t));
+      // Negotiation-only connections, several at once: xstate's transition code runs per connection
+      // more than per request, and V8 optimizes it only after enough connections (without these,
+      // its 10-16 ms compiles landed in the first real clients' sessions).
+      scripts.push(...(await Promise.all(Array.from({ length: OPTIONS_ONLY }, () => run(socket, optionsOnly(), t)))));
+      scripts.push(await run(socket, transmission('extended', FILE_EXPORT), t), await run(socket, serial(FILE_EXPORT), t));
+      requests += scripts.reduce((n, s) => n + s, 0);
+    }
+  }
 }
 
 /** The `warmUp` server option: warmUp(), then one debug line on the server's logger saying how it went. */
@@ -153,12 +184,12 @@ function run(socket: string, script: Script, timeoutMs: number): Promise<number>
 }
 
 /** Negotiation, then batches of pipelined requests as nbdcopy sends them, then NBD_CMD_DISC. */
-function transmission(mode: Mode): Script {
+function transmission(mode: Mode, name = ''): Script {
   const opts: Buffer[] = [clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES)];
   if (mode === 'extended') opts.push(optionBytes(OPT.NBD_OPT_EXTENDED_HEADERS));
   if (mode === 'structured') opts.push(optionBytes(OPT.NBD_OPT_STRUCTURED_REPLY));
-  if (mode !== 'simple') opts.push(optionBytes(OPT.NBD_OPT_SET_META_CONTEXT, metaContextData('', [BASE_ALLOCATION])));
-  opts.push(optionBytes(OPT.NBD_OPT_GO, infoGoData('', [INFO.NBD_INFO_NAME, INFO.NBD_INFO_DESCRIPTION, INFO.NBD_INFO_BLOCK_SIZE])));
+  if (mode !== 'simple') opts.push(optionBytes(OPT.NBD_OPT_SET_META_CONTEXT, metaContextData(name, [BASE_ALLOCATION])));
+  opts.push(optionBytes(OPT.NBD_OPT_GO, infoGoData(name, [INFO.NBD_INFO_NAME, INFO.NBD_INFO_DESCRIPTION, INFO.NBD_INFO_BLOCK_SIZE])));
   const extended = mode === 'extended';
   let cookie = 1n;
   let requests = 0;
@@ -183,6 +214,10 @@ function transmission(mode: Mode): Script {
         ...req(CMD.NBD_CMD_READ, at + 4096, 512),
         ...req(CMD.NBD_CMD_WRITE_ZEROES, at + 16 * 1024, 16 * 1024),
         ...req(CMD.NBD_CMD_TRIM, at + 32 * 1024, 8192),
+        // With flags, as qemu sends them (`write -z` in writethrough mode: FUA | NO_HOLE).
+        ...req(CMD.NBD_CMD_WRITE, at + 40 * 1024, data.length, data, CMD_FLAG.NBD_CMD_FLAG_FUA),
+        ...req(CMD.NBD_CMD_WRITE_ZEROES, at + 48 * 1024, 8192, undefined, CMD_FLAG.NBD_CMD_FLAG_FUA | CMD_FLAG.NBD_CMD_FLAG_NO_HOLE),
+        ...req(CMD.NBD_CMD_TRIM, at + 56 * 1024, 4096, undefined, CMD_FLAG.NBD_CMD_FLAG_FUA),
         ...req(CMD.NBD_CMD_CACHE, at, 4096),
         ...req(CMD.NBD_CMD_FLUSH, 0, 0),
         // An error reply too: a READ past the end.
@@ -192,6 +227,30 @@ function transmission(mode: Mode): Script {
   }
   writes.push(Buffer.concat(req(CMD.NBD_CMD_DISC, 0, 0)));
   return { writes, requests };
+}
+
+/**
+ * One request per write, as qemu-io and `nbdsh` send them (each its own frame, its own
+ * machine event), the writes of qemu's `write -z` (WRITE_ZEROES with FUA | NO_HOLE) among them.
+ */
+function serial(name: string): Script {
+  const opts = [
+    clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES),
+    optionBytes(OPT.NBD_OPT_STRUCTURED_REPLY),
+    optionBytes(OPT.NBD_OPT_SET_META_CONTEXT, metaContextData(name, [BASE_ALLOCATION])),
+    optionBytes(OPT.NBD_OPT_GO, infoGoData(name, [INFO.NBD_INFO_BLOCK_SIZE])),
+  ];
+  const writes: Buffer[] = [Buffer.concat(opts)];
+  let cookie = 1n;
+  const req = (type: number, offset: number, length: number, flags = 0): Buffer =>
+    requestHeaderBytes({ type, flags, cookie: cookie++, offset: BigInt(offset), length: BigInt(length), extended: false });
+  for (let i = 0; i < SERIAL_REQUESTS; i++) {
+    const at = (i * 64 * 1024) % SIZE;
+    const zero = req(CMD.NBD_CMD_WRITE_ZEROES, at, 64 * 1024, CMD_FLAG.NBD_CMD_FLAG_FUA | CMD_FLAG.NBD_CMD_FLAG_NO_HOLE);
+    writes.push(i % 4 === 3 ? req(CMD.NBD_CMD_BLOCK_STATUS, at, 64 * 1024) : i % 4 === 2 ? req(CMD.NBD_CMD_READ, at, 4096) : zero);
+  }
+  writes.push(req(CMD.NBD_CMD_FLUSH, 0, 0), req(CMD.NBD_CMD_DISC, 0, 0));
+  return { writes, requests: SERIAL_REQUESTS + 2 };
 }
 
 /** A connection that only negotiates, as `nbdinfo --size` / `--list`: LIST, LIST_META_CONTEXT, INFO, ABORT. */

@@ -20,14 +20,17 @@ export interface FileExtent {
 
 /** The addon's calls, checked and typed. Every call runs on the thread pool. */
 export interface FileNative {
-  /** fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads return zeroes. */
-  punchHole(fd: number, offset: number, length: number): Promise<void>;
-  /** fallocate(ZERO_RANGE | KEEP_SIZE): zeroes without writing data. */
-  zeroRange(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads return zeroes. `sync`: fdatasync after,
+   * in the same thread-pool job (FUA for one round trip instead of two).
+   */
+  punchHole(fd: number, offset: number, length: number, sync?: boolean): Promise<void>;
+  /** fallocate(ZERO_RANGE | KEEP_SIZE): zeroes without writing data; `sync` as for punchHole. */
+  zeroRange(fd: number, offset: number, length: number, sync?: boolean): Promise<void>;
   /** posix_fadvise(WILLNEED): start reading the range into the page cache. */
   fadviseWillneed(fd: number, offset: number, length: number): Promise<void>;
-  /** ioctl(BLKDISCARD) on a block device. */
-  blkDiscard(fd: number, offset: number, length: number): Promise<void>;
+  /** ioctl(BLKDISCARD) on a block device; `sync` as for punchHole. */
+  blkDiscard(fd: number, offset: number, length: number, sync?: boolean): Promise<void>;
   /** ioctl(BLKGETSIZE64): a block device's size in bytes. */
   blkGetSize64(fd: number): Promise<number>;
   /** Data and holes of [offset, offset + length), at most `maxExtents` of them, in order. */
@@ -36,14 +39,19 @@ export interface FileNative {
 }
 
 interface RawAddon {
-  punchHole(fd: number, offset: number, length: number): Promise<void>;
-  zeroRange(fd: number, offset: number, length: number): Promise<void>;
+  punchHole(fd: number, offset: number, length: number, sync: boolean): Promise<void>;
+  zeroRange(fd: number, offset: number, length: number, sync: boolean): Promise<void>;
   fadviseWillneed(fd: number, offset: number, length: number): Promise<void>;
-  blkDiscard(fd: number, offset: number, length: number): Promise<void>;
+  blkDiscard(fd: number, offset: number, length: number, sync: boolean): Promise<void>;
   blkGetSize64(fd: number): Promise<number>;
   mapExtents(fd: number, offset: number, length: number): Promise<number[]>;
   maxExtents: number;
+  /** The calls' version (2: punch, zero and discard take `sync`); an older build is not used. */
+  version?: number;
 }
+
+/** The addon version this code speaks (native/nbd_file.c's `version`). */
+export const ADDON_VERSION = 2;
 
 export type NativeState = { readonly native: FileNative; readonly path: string } | { readonly native: null; readonly reason: string };
 
@@ -68,10 +76,10 @@ function checkRange(fd: number, offset: number, length: number): void {
 export function wrapAddon(raw: RawAddon): FileNative {
   return {
     maxExtents: raw.maxExtents,
-    punchHole: async (fd, offset, length) => (checkRange(fd, offset, length), raw.punchHole(fd, offset, length)),
-    zeroRange: async (fd, offset, length) => (checkRange(fd, offset, length), raw.zeroRange(fd, offset, length)),
+    punchHole: async (fd, offset, length, sync = false) => (checkRange(fd, offset, length), raw.punchHole(fd, offset, length, sync)),
+    zeroRange: async (fd, offset, length, sync = false) => (checkRange(fd, offset, length), raw.zeroRange(fd, offset, length, sync)),
     fadviseWillneed: async (fd, offset, length) => (checkRange(fd, offset, length), raw.fadviseWillneed(fd, offset, length)),
-    blkDiscard: async (fd, offset, length) => (checkRange(fd, offset, length), raw.blkDiscard(fd, offset, length)),
+    blkDiscard: async (fd, offset, length, sync = false) => (checkRange(fd, offset, length), raw.blkDiscard(fd, offset, length, sync)),
     blkGetSize64: async (fd) => (checkRange(fd, 0, 0), raw.blkGetSize64(fd)),
     mapExtents: async (fd, offset, length) => {
       checkRange(fd, offset, length);
@@ -101,6 +109,8 @@ export function loadFileNative(addonPath?: string): NativeState {
     try {
       const raw = createRequire(import.meta.url)(file) as RawAddon;
       if (typeof raw.mapExtents !== 'function' || typeof raw.punchHole !== 'function') throw new Error('not the nbd_file addon');
+      // An addon built from older source would ignore `sync` (a FUA that does not reach the disk): rebuild it.
+      if (raw.version !== ADDON_VERSION) throw new Error(`version ${raw.version ?? 1}, expected ${ADDON_VERSION} (rebuild: npm run build:native)`);
       state = { native: wrapAddon(raw), path: file };
     } catch (err) {
       state = { native: null, reason: `${file} failed to load: ${(err as Error).message}` };

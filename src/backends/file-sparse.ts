@@ -16,7 +16,7 @@
  * What the filesystem refused once is not asked again (a refusal is a
  * property of the filesystem, and asking costs a thread-pool round trip).
  */
-import type { Backend, Extent, ZeroOptions } from '../api/backend.js';
+import type { Backend, Extent, WriteOptions, ZeroOptions } from '../api/backend.js';
 import { NbdRequestError } from '../api/errors.js';
 import type { Logger } from '../transport/logger.js';
 import type { FileNative } from './file-native.js';
@@ -32,6 +32,8 @@ export interface SparseContext {
   readonly size: number;
   /** The fallback: write real zeroes over [offset, offset + length). */
   writeZeroes(offset: number, length: number): Promise<void>;
+  /** fdatasync (FUA where the native call did not do it). */
+  datasync(): Promise<void>;
   readonly logger?: Logger;
   readonly name: string;
 }
@@ -53,25 +55,27 @@ export function sparseOps(ctx: SparseContext): SparseOps {
     ctx.logger?.info?.(`file ${ctx.name}: ${(err as Error).message}; not asked again`);
   };
 
-  const trim = async (offset: number, length: number): Promise<void> => {
-    if (length === 0) return;
+  // FUA (opts.fua): the native call's `sync` does fdatasync in its own job; the other ways sync after.
+  const trim = async (offset: number, length: number, opts: WriteOptions): Promise<void> => {
     const what = device ? 'discard' : 'punch';
-    if (!can[what]) return;
-    try {
-      await (device ? native.blkDiscard(fd, offset, length) : native.punchHole(fd, offset, length));
-    } catch (err) {
-      if (!unsupported(err)) throw err;
-      refused(what, err);
+    if (length > 0 && can[what]) {
+      try {
+        return await (device ? native.blkDiscard(fd, offset, length, opts.fua) : native.punchHole(fd, offset, length, opts.fua));
+      } catch (err) {
+        if (!unsupported(err)) throw err;
+        refused(what, err);
+      }
     }
+    if (opts.fua) await ctx.datasync();
   };
 
   const zero = async (offset: number, length: number, opts: ZeroOptions): Promise<void> => {
-    if (length === 0) return;
+    if (length === 0) return opts.fua ? ctx.datasync() : undefined;
     // A hole is allowed: punching both zeroes and frees the space. On a block
     // device the kernel does it only where the hardware can (no slow fallback).
     if (!opts.noHole && can.punch) {
       try {
-        return await native.punchHole(fd, offset, length);
+        return await native.punchHole(fd, offset, length, opts.fua);
       } catch (err) {
         if (!unsupported(err)) throw err;
         refused('punch', err);
@@ -81,7 +85,7 @@ export function sparseOps(ctx: SparseContext): SparseOps {
     // not fast, so a FAST_ZERO request does not take that way.
     if (can.zeroRange && !(device && opts.fastZero)) {
       try {
-        return await native.zeroRange(fd, offset, length);
+        return await native.zeroRange(fd, offset, length, opts.fua);
       } catch (err) {
         if (!unsupported(err)) throw err;
         refused('zeroRange', err);
@@ -89,6 +93,7 @@ export function sparseOps(ctx: SparseContext): SparseOps {
     }
     if (opts.fastZero) throw new NbdRequestError('ENOTSUP', `file ${ctx.name}: no fast way to zero here`);
     await ctx.writeZeroes(offset, length);
+    if (opts.fua) await ctx.datasync();
   };
 
   const extents = async (offset: number, length: number): Promise<readonly Extent[]> => {

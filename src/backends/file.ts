@@ -1,5 +1,7 @@
 /**
- * A file or block device through a FileHandle. FLUSH and FUA by fdatasync;
+ * A file or block device through a FileHandle. FLUSH and FUA by fdatasync
+ * (with the native addon FUA is native: TRIM and WRITE_ZEROES sync in the
+ * same thread-pool job as their fallocate);
  * read-only when asked. Opened once, shared by every connection (multi-conn
  * safe: one page cache, fdatasync is global).
  *
@@ -129,14 +131,19 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   let backend: FileBackend;
   if (native) {
     opts.logger?.info?.(`file ${name}: native sparse support (${device ? 'block device: fallocate, BLKGETSIZE64, BLKDISCARD' : 'fallocate, SEEK_DATA/SEEK_HOLE'})`);
-    const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, logger: opts.logger, name });
+    const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, datasync: () => fh.datasync(), logger: opts.logger, name });
     // Read-only: no trim/zero (the server would not send them, and they must not be advertised).
-    const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero };
+    // FUA native: trim and zero sync in the native call's own job (one thread-pool trip, as nbdkit's file plugin).
+    const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero, fua: 'native' as const };
     backend = { ...base, sparse: 'native', ...writeOps, cache: ops.cache, ...(ops.extents ? { extents: ops.extents } : {}) };
   } else {
     opts.logger?.warn(`file ${name}: no native sparse support (${reason}): holes read as data, zeroing writes zeroes`);
     backend = { ...base, sparse: 'fallback', fallbackReason: reason };
   }
-  if (!opts.readOnly) (backend as { write?: Backend['write'] }).write = (offset, data) => writeAll(offset, data);
+  if (!opts.readOnly) {
+    // With native FUA the flag reaches write: write, then fdatasync. (Fallback: the server emulates FUA by flush.)
+    (backend as { write?: Backend['write'] }).write =
+      backend.sparse === 'native' ? async (offset, data, w) => (await writeAll(offset, data), w.fua ? fh.datasync() : undefined) : (offset, data) => writeAll(offset, data);
+  }
   return backend;
 }

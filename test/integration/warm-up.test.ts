@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, warmUp, WARM_UP_ROUNDS } from '../../src/index.js';
+import { WARM_UP_CONNECTIONS_PER_ROUND as PER_ROUND } from '../../src/api/warm-up.js';
 import type { TraceRecord } from '../../src/inspect/trace-format.js';
 import { recordingLogger, run, spawnCli, tmpDir } from './harness.js';
 
@@ -15,14 +16,14 @@ describe('warmUp()', () => {
   it('runs every connection script to its planned end (DISC, ABORT), once per round', async () => {
     const one = await warmUp({ rounds: 1 });
     expect(one.error).toBeUndefined();
-    expect(one.connections).toBe(4);
+    expect(one.connections).toBe(PER_ROUND);
     expect(one.requests).toBeGreaterThan(100);
     const two = await warmUp({ rounds: 2 });
     expect(two.error).toBeUndefined();
-    expect(two.connections).toBe(8);
+    expect(two.connections).toBe(2 * PER_ROUND);
     expect(two.requests).toBe(2 * one.requests);
     const byDefault = await warmUp();
-    expect(byDefault.connections).toBe(4 * WARM_UP_ROUNDS);
+    expect(byDefault.connections).toBe(PER_ROUND * WARM_UP_ROUNDS);
     expect(byDefault.requests).toBe(WARM_UP_ROUNDS * one.requests);
   });
 
@@ -55,7 +56,7 @@ describe('the warmUp server option', () => {
       await server.listen({ path: socket });
       // Only the one debug line about it.
       expect(logs).toHaveLength(1);
-      expect(logs[0]).toMatch(/^debug: warm-up: 12 connections, \d+ requests in \d+ ms$/);
+      expect(logs[0]).toMatch(new RegExp(`^debug: warm-up: ${PER_ROUND * WARM_UP_ROUNDS} connections, \\d+ requests in \\d+ ms$`));
       expect(records).toEqual([]);
       expect(inspected).toEqual([]);
       expect(events).toEqual([]);
@@ -105,7 +106,7 @@ describe('nbd-engine serve', () => {
 
   it('warms up by default, before printing its URIs; the trace and the log hold only the real client', async () => {
     const { stderr, conns } = await startAndStop([]);
-    expect(stderr).toMatch(/debug: warm-up: 12 connections, \d+ requests in \d+ ms\n/);
+    expect(stderr).toMatch(new RegExp(`debug: warm-up: ${PER_ROUND * WARM_UP_ROUNDS} connections, \\d+ requests in \\d+ ms\n`));
     // The warm-up line comes before the first client's.
     expect(stderr.indexOf('warm-up:')).toBeLessThan(stderr.indexOf('connection 1: opened'));
     expect(stderr).not.toMatch(/connection 2/);

@@ -179,6 +179,36 @@ describe('file backend, native sparse support', () => {
     expect(await nbdinfoMap(srv2.uri())).toEqual([[0, SIZE, 3]]);
   });
 
+  it('FUA is native: WRITE, WRITE_ZEROES and TRIM with FUA sync in the backend (no server flush), bytes and holes right', async () => {
+    const { file } = sparseImage('fua.img', [[0, 4 * MiB]]);
+    const backend = await fileBackend({ path: file, logger: silentLogger });
+    expect(backend.fua).toBe('native');
+    // The server emulates FUA by calling flush; with native FUA it must not.
+    let flushes = 0;
+    const counted = { ...backend, flush: async () => (flushes++, backend.flush!()) };
+    const srv = await serve({ exports: [{ name: '', backend: counted }] });
+    const got = await py<{ fua: boolean; map: { extents: number[][] }; head: string }>(
+      srv.uri(),
+      `
+      h = connect()
+      out['fua'] = h.can_fua()
+      h.pwrite(bytes([0xab]) * ${64 * KiB}, ${8 * MiB}, nbd.CMD_FLAG_FUA)
+      h.zero(${MiB}, 0, nbd.CMD_FLAG_FUA | nbd.CMD_FLAG_NO_HOLE)
+      h.trim(${2 * MiB}, ${MiB}, nbd.CMD_FLAG_FUA)
+      out['map'] = extents(h, ${2 * MiB}, ${MiB})
+      out['head'] = h.pread(${2 * MiB}, 0).hex() + h.pread(${64 * KiB}, ${8 * MiB}).hex()
+      `,
+    );
+    expect(got.fua).toBe(true);
+    expect(flushes).toBe(0);
+    expect(got.map.extents).toEqual([[2 * MiB, 3]]);
+    const on = fs.readFileSync(file);
+    expect(on.subarray(0, MiB).every((b) => b === 0)).toBe(true);
+    expect(on.subarray(MiB, 3 * MiB).every((b) => b === 0)).toBe(true);
+    expect(on.subarray(8 * MiB, 8 * MiB + 64 * KiB).every((b) => b === 0xab)).toBe(true);
+    expect(got.head).toBe(Buffer.alloc(2 * MiB).toString('hex') + Buffer.alloc(64 * KiB, 0xab).toString('hex'));
+  });
+
   it('FAST_ZERO succeeds where fallocate can, and gets ENOTSUP where only writing zeroes would do (tmpfs has no ZERO_RANGE)', async () => {
     const fsType = execFileSync('stat', ['-f', '-c', '%T', '/dev/shm'], { encoding: 'utf8' }).trim();
     expect(fsType, '/dev/shm must be a tmpfs for this test').toBe('tmpfs');

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fencedNative, loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
+import { createRequire } from 'node:module';
+import { ADDON_RELATIVE_PATH, fencedNative, loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
 import { sparseOps } from '../../../src/backends/file-sparse.js';
 import { NbdRequestError } from '../../../src/api/errors.js';
 
@@ -47,6 +48,15 @@ describe('loadFileNative', () => {
       delete process.env[NO_NATIVE_ENV];
     }
     expect(loadFileNative().native).not.toBeNull();
+  });
+
+  it('refuses an addon of another version (an old build would ignore the FUA sync flag)', () => {
+    const old = path.join(dir, 'old-addon.cjs');
+    const fns = ['punchHole', 'zeroRange', 'fadviseWillneed', 'blkDiscard', 'blkGetSize64', 'mapExtents'];
+    fs.writeFileSync(old, `module.exports = { maxExtents: 1, ${fns.map((f) => `${f}: async () => {}`).join(', ')} };`);
+    const state = loadFileNative(old);
+    expect(state.native).toBeNull();
+    expect('reason' in state && state.reason).toMatch(/version 1, expected 2/);
   });
 });
 
@@ -89,6 +99,19 @@ describe('the addon on a real file', () => {
     await n.fadviseWillneed(fd, 0, MiB);
   });
 
+  it('sync: zeroRange and punchHole with fdatasync in the same call; a non-boolean sync is refused by the addon', async () => {
+    const n = loaded();
+    fs.writeSync(fd, Buffer.alloc(8192, 0xbb), 0, 8192, 8 * MiB);
+    await n.zeroRange(fd, 8 * MiB, 4096, true);
+    await n.punchHole(fd, 8 * MiB + 4096, 4096, true);
+    const back = Buffer.alloc(8192, 1);
+    fs.readSync(fd, back, 0, 8192, 8 * MiB);
+    expect(back.equals(Buffer.alloc(8192))).toBe(true);
+    const raw = createRequire(import.meta.url)(path.resolve(ADDON_RELATIVE_PATH)) as { zeroRange(...a: unknown[]): Promise<void>; version: number };
+    expect(raw.version).toBe(2);
+    expect(() => raw.zeroRange(fd, 0, 4096, 'yes')).toThrow(TypeError);
+  });
+
   it('errors carry the errno name as code; bad arguments are RangeErrors', async () => {
     const n = loaded();
     await expect(n.blkGetSize64(fd)).rejects.toMatchObject({ code: 'ENOTTY' });
@@ -108,8 +131,8 @@ describe('the addon on a real file', () => {
 /** A stand-in addon: records calls, and fails the ones named in `fail` with that errno code. */
 function fake(fail: Partial<Record<keyof FileNative, string>>) {
   const calls: string[] = [];
-  const op = (name: keyof FileNative) => async (_fd: number, offset: number, length: number) => {
-    calls.push(`${name}(${offset},${length})`);
+  const op = (name: keyof FileNative) => async (_fd: number, offset: number, length: number, sync?: boolean) => {
+    calls.push(`${name}(${offset},${length}${sync ? ',sync' : ''})`);
     const code = fail[name];
     if (code) throw Object.assign(new Error(`${name}: ${code}`), { code });
   };
@@ -124,7 +147,15 @@ function fake(fail: Partial<Record<keyof FileNative, string>>) {
   };
   const written: string[] = [];
   const make = (device = false) =>
-    sparseOps({ fd: 3, native, device, size: 16 * MiB, name: 'x', writeZeroes: async (o, l) => void written.push(`${o},${l}`) });
+    sparseOps({
+      fd: 3,
+      native,
+      device,
+      size: 16 * MiB,
+      name: 'x',
+      writeZeroes: async (o, l) => void written.push(`${o},${l}`),
+      datasync: async () => void calls.push('datasync'),
+    });
   return { calls, written, make };
 }
 
@@ -178,11 +209,30 @@ describe('sparseOps: which call for which request', () => {
     await expect(fake({ punchHole: 'EIO' }).make().trim(0, 4096, { fua: false })).rejects.toMatchObject({ code: 'EIO' });
   });
 
+  it('FUA: the native call syncs in its own job; where it was refused or not needed, a datasync follows', async () => {
+    const f = fake({});
+    const ops = f.make();
+    await ops.zero(0, 4096, { noHole: false, fastZero: false, fua: true });
+    await ops.zero(8192, 4096, { noHole: true, fastZero: false, fua: true });
+    await ops.trim(0, 4096, { fua: true });
+    await f.make(true).trim(0, 4096, { fua: true });
+    expect(f.calls).toEqual(['punchHole(0,4096,sync)', 'zeroRange(8192,4096,sync)', 'punchHole(0,4096,sync)', 'blkDiscard(0,4096,sync)']);
+
+    const g = fake({ punchHole: 'EOPNOTSUPP', zeroRange: 'EOPNOTSUPP' });
+    const refused = g.make();
+    await refused.zero(0, 4096, { noHole: false, fastZero: false, fua: true });
+    await refused.trim(0, 4096, { fua: true });
+    await refused.zero(0, 0, { noHole: false, fastZero: false, fua: true });
+    // Zeroes written, then synced; the no-op trim and the empty zero still sync (FUA answered honestly).
+    expect(g.written).toEqual(['0,4096']);
+    expect(g.calls).toEqual(['punchHole(0,4096,sync)', 'zeroRange(0,4096,sync)', 'datasync', 'datasync', 'datasync']);
+  });
+
   it('extents: a failing lseek reports data rather than failing the client', async () => {
     const f = fake({});
     const ops = f.make();
     const native = { mapExtents: async () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' })) };
-    const broken = sparseOps({ fd: 3, native: { ...({} as FileNative), ...native } as FileNative, device: false, size: MiB, name: 'x', writeZeroes: async () => {} });
+    const broken = sparseOps({ fd: 3, native: { ...({} as FileNative), ...native } as FileNative, device: false, size: MiB, name: 'x', writeZeroes: async () => {}, datasync: async () => {} });
     expect(await broken.extents!(0, 2 * MiB, { reqOne: false, context: 'base:allocation' })).toEqual([{ length: MiB, flags: 0 }]);
     expect(ops.extents).toBeDefined();
   });
