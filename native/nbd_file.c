@@ -55,7 +55,8 @@ struct work {
   int sync;       /* fdatasync after a successful punch / zero / discard (FUA in one job) */
   int err;        /* errno of the failing call, 0 on success */
   int64_t result; /* BLKGETSIZE64 */
-  /* OP_MAP_EXTENTS: pairs of (length, hole 0/1). */
+  /* OP_MAP_EXTENTS: pairs of (length, hole 0/1), at most max (0: MAX_EXTENTS). */
+  int max;
   int count;
   int64_t ext_len[MAX_EXTENTS];
   uint8_t ext_hole[MAX_EXTENTS];
@@ -86,8 +87,9 @@ static const char *errno_name(int e) {
 static void map_extents(struct work *w) {
   int64_t pos = w->offset;
   const int64_t end = w->offset + w->length;
+  const int max = w->max > 0 && w->max < MAX_EXTENTS ? w->max : MAX_EXTENTS;
   w->count = 0;
-  while (pos < end && w->count < MAX_EXTENTS) {
+  while (pos < end && w->count < max) {
     off_t data = lseek(w->fd, pos, SEEK_DATA);
     if (data < 0) {
       if (errno != ENXIO) { w->err = errno; return; }
@@ -175,6 +177,20 @@ static const char *op_name(enum op op) {
   return "?";
 }
 
+/* Flat [length0, hole0, length1, hole1, …] of a finished map. */
+static napi_value extents_array(napi_env env, const struct work *w) {
+  napi_value value;
+  napi_create_array_with_length(env, (size_t)w->count * 2, &value);
+  for (int i = 0; i < w->count; i++) {
+    napi_value len, hole;
+    napi_create_double(env, (double)w->ext_len[i], &len);
+    napi_create_uint32(env, w->ext_hole[i], &hole);
+    napi_set_element(env, value, (uint32_t)i * 2, len);
+    napi_set_element(env, value, (uint32_t)i * 2 + 1, hole);
+  }
+  return value;
+}
+
 static void complete(napi_env env, napi_status status, void *data) {
   struct work *w = data;
   napi_value value;
@@ -189,15 +205,7 @@ static void complete(napi_env env, napi_status status, void *data) {
     if (w->op == OP_BLK_GETSIZE64) {
       napi_create_double(env, (double)w->result, &value);
     } else if (w->op == OP_MAP_EXTENTS) {
-      /* Flat array [length0, hole0, length1, hole1, …]. */
-      napi_create_array_with_length(env, (size_t)w->count * 2, &value);
-      for (int i = 0; i < w->count; i++) {
-        napi_value len, hole;
-        napi_create_double(env, (double)w->ext_len[i], &len);
-        napi_create_uint32(env, w->ext_hole[i], &hole);
-        napi_set_element(env, value, (uint32_t)i * 2, len);
-        napi_set_element(env, value, (uint32_t)i * 2 + 1, hole);
-      }
+      value = extents_array(env, w);
     } else {
       napi_get_undefined(env, &value);
     }
@@ -257,6 +265,43 @@ static napi_value start(napi_env env, napi_callback_info info, enum op op, size_
   return promise;
 }
 
+/*
+ * mapExtentsSync(fd, offset, length, maxExtents) → flat array, on the calling thread: the
+ * SEEK_DATA / SEEK_HOLE walk without the thread-pool round trip (QEMU's file driver also calls
+ * lseek inline). At most maxExtents (≤ MAX_EXTENTS) extents, so the work is bounded.
+ */
+static napi_value map_extents_sync(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  size_t argc = 4;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t a[4] = { 0, 0, 0, MAX_EXTENTS };
+  for (size_t i = 0; i < 4; i++) {
+    if ((i < 3 && i >= argc) || (i < argc && !get_i64(env, argv[i], &a[i]))) {
+      napi_throw_type_error(env, NULL, "nbd_file: expected non-negative integer arguments (fd, offset, length[, maxExtents])");
+      return NULL;
+    }
+  }
+  if (a[0] > INT32_MAX || a[3] < 1) {
+    napi_throw_type_error(env, NULL, "nbd_file: bad fd or maxExtents");
+    return NULL;
+  }
+  struct work *w = calloc(1, sizeof *w);
+  if (!w) {
+    napi_throw_error(env, "ENOMEM", "nbd_file: out of memory");
+    return NULL;
+  }
+  w->fd = (int)a[0];
+  w->offset = a[1];
+  w->length = a[2];
+  w->max = a[3] < MAX_EXTENTS ? (int)a[3] : MAX_EXTENTS;
+  map_extents(w);
+  napi_value result = NULL;
+  if (w->err != 0) napi_throw(env, make_error(env, w->err, op_name(OP_MAP_EXTENTS)));
+  else result = extents_array(env, w);
+  free(w);
+  return result;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info i) { return start(env, i, OP_PUNCH_HOLE, 3); }
 static napi_value zero_range(napi_env env, napi_callback_info i) { return start(env, i, OP_ZERO_RANGE, 3); }
 static napi_value fadvise_willneed(napi_env env, napi_callback_info i) { return start(env, i, OP_FADVISE_WILLNEED, 3); }
@@ -272,12 +317,13 @@ static napi_value init(napi_env env, napi_value exports) {
     { "blkDiscard", NULL, blk_discard, NULL, NULL, NULL, napi_enumerable, NULL },
     { "blkGetSize64", NULL, blk_getsize64, NULL, NULL, NULL, napi_enumerable, NULL },
     { "mapExtents", NULL, map_extents_js, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "mapExtentsSync", NULL, map_extents_sync, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value max;
   napi_create_uint32(env, MAX_EXTENTS, &max);
   napi_set_named_property(env, exports, "maxExtents", max);
-  /* 2: punch, zero and discard take `sync` (src/backends/file-native.ts checks this). */
+  /* 2: punch, zero and discard take `sync`; mapExtentsSync (src/backends/file-native.ts checks this). */
   napi_value version;
   napi_create_uint32(env, 2, &version);
   napi_set_named_property(env, exports, "version", version);

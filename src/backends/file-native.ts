@@ -35,6 +35,12 @@ export interface FileNative {
   blkGetSize64(fd: number): Promise<number>;
   /** Data and holes of [offset, offset + length), at most `maxExtents` of them, in order. */
   mapExtents(fd: number, offset: number, length: number): Promise<FileExtent[]>;
+  /**
+   * The same walk on the calling thread, at most `max` extents (default and cap `maxExtents`):
+   * no thread-pool round trip (QEMU's file driver calls lseek inline too). Throws what
+   * mapExtents rejects with.
+   */
+  mapExtentsSync(fd: number, offset: number, length: number, max?: number): FileExtent[];
   readonly maxExtents: number;
 }
 
@@ -45,8 +51,9 @@ interface RawAddon {
   blkDiscard(fd: number, offset: number, length: number, sync: boolean): Promise<void>;
   blkGetSize64(fd: number): Promise<number>;
   mapExtents(fd: number, offset: number, length: number): Promise<number[]>;
+  mapExtentsSync(fd: number, offset: number, length: number, max: number): number[];
   maxExtents: number;
-  /** The calls' version (2: punch, zero and discard take `sync`); an older build is not used. */
+  /** The calls' version (2: punch, zero and discard take `sync`; mapExtentsSync); an older build is not used. */
   version?: number;
 }
 
@@ -72,6 +79,13 @@ function checkRange(fd: number, offset: number, length: number): void {
   }
 }
 
+/** The addon's flat [length, hole, length, hole, …] as objects. */
+function extentsOf(flat: readonly number[]): FileExtent[] {
+  const out: FileExtent[] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push({ length: flat[i]!, hole: flat[i + 1] === 1 });
+  return out;
+}
+
 /** Wrap the raw addon: argument checks in JS (clear messages), extents as objects. */
 export function wrapAddon(raw: RawAddon): FileNative {
   return {
@@ -83,10 +97,12 @@ export function wrapAddon(raw: RawAddon): FileNative {
     blkGetSize64: async (fd) => (checkRange(fd, 0, 0), raw.blkGetSize64(fd)),
     mapExtents: async (fd, offset, length) => {
       checkRange(fd, offset, length);
-      const flat = await raw.mapExtents(fd, offset, length);
-      const out: FileExtent[] = [];
-      for (let i = 0; i + 1 < flat.length; i += 2) out.push({ length: flat[i]!, hole: flat[i + 1] === 1 });
-      return out;
+      return extentsOf(await raw.mapExtents(fd, offset, length));
+    },
+    mapExtentsSync: (fd, offset, length, max = raw.maxExtents) => {
+      checkRange(fd, offset, length);
+      if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`nbd_file: max must be a positive integer, got ${max}`);
+      return extentsOf(raw.mapExtentsSync(fd, offset, length, Math.min(max, raw.maxExtents)));
     },
   };
 }
@@ -109,7 +125,8 @@ export function loadFileNative(addonPath?: string): NativeState {
     try {
       const raw = createRequire(import.meta.url)(file) as RawAddon;
       if (typeof raw.mapExtents !== 'function' || typeof raw.punchHole !== 'function') throw new Error('not the nbd_file addon');
-      // An addon built from older source would ignore `sync` (a FUA that does not reach the disk): rebuild it.
+      // An addon built from older source would ignore `sync` (a FUA that does not reach the disk) and lack
+      // mapExtentsSync: rebuild it.
       if (raw.version !== ADDON_VERSION) throw new Error(`version ${raw.version ?? 1}, expected ${ADDON_VERSION} (rebuild: npm run build:native)`);
       state = { native: wrapAddon(raw), path: file };
     } catch (err) {
@@ -148,6 +165,10 @@ export function fencedNative(native: FileNative): { native: FileNative; close():
       blkDiscard: fence(native.blkDiscard),
       blkGetSize64: fence(native.blkGetSize64),
       mapExtents: fence(native.mapExtents),
+      mapExtentsSync: (...a) => {
+        if (closed) throw Object.assign(new Error('file backend closed'), { code: 'EBADF' });
+        return native.mapExtentsSync(...a);
+      },
     },
     close: async () => {
       closed = true;

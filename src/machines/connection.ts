@@ -12,14 +12,14 @@
  * `reading` is the connection's flow control, and the transport does what
  * its states say: entering `paused` pauses reading from the socket
  * (`pauseReading`), leaving it resumes (`resumeReading`), and `stopped` —
- * entered as soon as `phase` is closed — stops the decoder and the socket
+ * entered by the very transition that closes `phase` — stops the decoder and the socket
  * subscription for good (`stopReading`). The transport reports only the
  * budget crossings (`budget.full` when a budget of the connection is used
  * up, `budget.room` when all have room again; see the README's limits), so
  * the pause an inspector shows is the pause that happened. The machine is
  * done when both regions are final.
  */
-import { assign, emit, setup, stateIn } from 'xstate';
+import { assign, emit, setup } from 'xstate';
 import { handshakeMachine, type HandshakeInput } from './handshake.js';
 import { transmissionMachine } from './transmission.js';
 import type { HandshakeOutcome, Negotiated } from './types.js';
@@ -42,6 +42,12 @@ export type ConnectionEvent = { type: 'budget.full' } | { type: 'budget.room' };
 /** What the connection asks the transport to do with the socket's input. */
 export type ConnectionEmitted = { type: 'pauseReading' } | { type: 'resumeReading' } | { type: 'stopReading' };
 
+/**
+ * Where every end of the phase goes: phase.closed and reading.stopped, both regions in one
+ * transition (no eventless re-check of the phase after every step).
+ */
+const CLOSE = ['#connection.phase.closed', '#connection.reading.stopped'];
+
 export const connectionMachine = setup({
   types: {
     context: {} as ConnectionContext,
@@ -53,7 +59,6 @@ export const connectionMachine = setup({
   actors: { handshake: handshakeMachine, transmission: transmissionMachine },
   guards: {
     negotiated: ({ event }) => (event as unknown as { output: HandshakeOutcome }).output.outcome === 'negotiated',
-    phaseClosed: stateIn({ phase: 'closed' }),
   },
   actions: {
     pauseReading: emit({ type: 'pauseReading' } as const),
@@ -83,11 +88,11 @@ export const connectionMachine = setup({
                 })),
               },
               {
-                target: 'closed',
+                target: CLOSE,
                 actions: assign({ outcome: ({ event }) => (event.output as HandshakeOutcome).outcome }),
               },
             ],
-            onError: { target: 'closed' },
+            onError: { target: CLOSE },
           },
         },
         transmission: {
@@ -95,8 +100,8 @@ export const connectionMachine = setup({
             id: 'transmission',
             src: 'transmission',
             input: ({ context }) => ({ negotiated: context.negotiated!, maxPayload: context.input.maxPayload }),
-            onDone: 'closed',
-            onError: 'closed',
+            onDone: { target: CLOSE },
+            onError: { target: CLOSE },
           },
         },
         closed: { type: 'final' },
@@ -106,17 +111,15 @@ export const connectionMachine = setup({
       initial: 'flowing',
       states: {
         flowing: {
-          always: { guard: 'phaseClosed', target: 'stopped' },
           on: { 'budget.full': 'paused' },
         },
         // A budget is used up: the socket is not read until budget.room.
         paused: {
           entry: 'pauseReading',
           exit: 'resumeReading',
-          always: { guard: 'phaseClosed', target: 'stopped' },
           on: { 'budget.room': 'flowing' },
         },
-        // The connection is over: nothing more is read or interpreted.
+        // The connection is over (entered with phase.closed, by the same transition): nothing more is read or interpreted.
         stopped: { type: 'final', entry: 'stopReading' },
       },
     },

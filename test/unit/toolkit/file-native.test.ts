@@ -9,8 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRequire } from 'node:module';
-import { ADDON_RELATIVE_PATH, fencedNative, loadFileNative, NO_NATIVE_ENV, type FileNative } from '../../../src/backends/file-native.js';
-import { sparseOps } from '../../../src/backends/file-sparse.js';
+import { ADDON_RELATIVE_PATH, fencedNative, loadFileNative, NO_NATIVE_ENV, type FileExtent, type FileNative } from '../../../src/backends/file-native.js';
+import { INLINE_EXTENTS, sparseOps } from '../../../src/backends/file-sparse.js';
 import { NbdRequestError } from '../../../src/api/errors.js';
 
 const MiB = 1 << 20;
@@ -84,6 +84,17 @@ describe('the addon on a real file', () => {
     expect(await n.mapExtents(fd, 32 * MiB, MiB)).toEqual([{ length: MiB, hole: true }]);
   });
 
+  it('mapExtentsSync walks the same extents inline, at most max of them; errors throw', async () => {
+    const n = loaded();
+    expect(n.mapExtentsSync(fd, 0, 16 * MiB)).toEqual(await n.mapExtents(fd, 0, 16 * MiB));
+    expect(n.mapExtentsSync(fd, 0, 16 * MiB, 2)).toEqual([
+      { length: 4 * MiB, hole: true },
+      { length: MiB, hole: false },
+    ]);
+    expect(() => n.mapExtentsSync(fd, 0, MiB, 0)).toThrow(RangeError);
+    expect(() => n.mapExtentsSync(999_999, 0, MiB)).toThrow(expect.objectContaining({ code: 'EBADF' }) as Error);
+  });
+
   it('punchHole and zeroRange zero the bytes; punching frees the blocks', async () => {
     const n = loaded();
     const before = fs.fstatSync(fd).blocks;
@@ -144,6 +155,7 @@ function fake(fail: Partial<Record<keyof FileNative, string>>) {
     blkDiscard: op('blkDiscard'),
     blkGetSize64: async () => 0,
     mapExtents: async () => [],
+    mapExtentsSync: () => [],
   };
   const written: string[] = [];
   const make = (device = false) =>
@@ -231,10 +243,46 @@ describe('sparseOps: which call for which request', () => {
   it('extents: a failing lseek reports data rather than failing the client', async () => {
     const f = fake({});
     const ops = f.make();
-    const native = { mapExtents: async () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' })) };
+    const native = {
+      mapExtentsSync: () => {
+        throw Object.assign(new Error('EIO'), { code: 'EIO' });
+      },
+    };
     const broken = sparseOps({ fd: 3, native: { ...({} as FileNative), ...native } as FileNative, device: false, size: MiB, name: 'x', writeZeroes: async () => {}, datasync: async () => {} });
     expect(await broken.extents!(0, 2 * MiB, { reqOne: false, context: 'base:allocation' })).toEqual([{ length: MiB, flags: 0 }]);
     expect(ops.extents).toBeDefined();
+  });
+
+  it('extents: the first INLINE_EXTENTS inline, the rest of a fragmented range on the thread pool (and a failing rest keeps the first)', async () => {
+    const calls: string[] = [];
+    const piece = (n: number, at: number) => Array.from({ length: n }, (_, i) => ({ length: 4096, hole: (at + i) % 2 === 1 }));
+    const make = (rest: () => Promise<FileExtent[]>) =>
+      sparseOps({
+        fd: 3,
+        native: {
+          ...({} as FileNative),
+          maxExtents: 1024,
+          mapExtentsSync: (_fd, offset, length, max) => (calls.push(`sync ${offset} ${length} ${max}`), piece(Math.min(max!, length / 4096), 0)),
+          mapExtents: async (_fd, offset, length) => (calls.push(`async ${offset} ${length}`), rest()),
+        } as FileNative,
+        device: false,
+        size: MiB,
+        name: 'x',
+        writeZeroes: async () => {},
+        datasync: async () => {},
+      });
+    const opts = { reqOne: false, context: 'base:allocation' };
+    // Few extents: answered inline, synchronously (no promise), no thread-pool call.
+    const small = make(async () => []).extents!(0, 8 * 4096, opts);
+    expect(Array.isArray(small)).toBe(true);
+    expect(calls).toEqual([`sync 0 ${8 * 4096} ${INLINE_EXTENTS}`]);
+    calls.length = 0;
+    const all = await make(async () => piece(3, INLINE_EXTENTS)).extents!(0, MiB, opts);
+    expect(calls).toEqual([`sync 0 ${MiB} ${INLINE_EXTENTS}`, `async ${INLINE_EXTENTS * 4096} ${MiB - INLINE_EXTENTS * 4096}`]);
+    expect(all).toHaveLength(INLINE_EXTENTS + 3);
+    expect(all.map((e) => e.flags)).toEqual(piece(INLINE_EXTENTS + 3, 0).map((e) => (e.hole ? 3 : 0)));
+    const partial = await make(() => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }))).extents!(0, MiB, opts);
+    expect(partial).toHaveLength(INLINE_EXTENTS);
   });
 });
 
