@@ -244,6 +244,8 @@ export class NbdConnectionBase {
     secure.on('error', () => {});
     this.stream = secure;
     this.reader.attach(secure);
+    // tls.starttls-resets: the server forgot what was negotiated before STARTTLS; so does the client.
+    this.mode = 'simple';
     return replies;
   }
 

@@ -18,7 +18,7 @@ import { CLI, execFileP, requireTool, startServer, tmpDir, type Running } from '
 import { makePki, until } from './tls-support.js';
 
 interface Line { status: string; rule: string }
-interface Report { results: Array<{ status: string; rule: string; detail: string }>; summary: Record<string, number>; scratch: { offset: string; length: number } | null }
+interface Report { results: Array<{ status: string; rule: string; detail: string; evidence?: string }>; summary: Record<string, number>; scratch: { offset: string; length: number } | null }
 
 async function probeJson(uri: string, extra: string[] = []): Promise<{ code: number; report: Report; stderr: string }> {
   const r = await execFileP(process.execPath, [CLI, 'probe', uri, '--json', '--timeout', '3', ...extra]).then(
@@ -29,6 +29,7 @@ async function probeJson(uri: string, extra: string[] = []): Promise<{ code: num
 }
 
 const failed = (r: Report): string[] => r.results.filter((x) => x.status === 'FAIL').map((x) => x.rule);
+const statusOf = (r: Report, rule: string): string | undefined => r.results.find((x) => x.rule === rule)?.status;
 
 function background(cmd: string, args: string[]): ChildProcess {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -77,12 +78,39 @@ describe('nbd-engine probe', () => {
       expect(code).toBe(0);
       expect(report.results.find((r) => r.rule === 'tls.mode-selectivetls')!.detail).toBe('the probe connects with TLS (nbds URI)');
       expect(report.results.filter((r) => r.status === 'PASS').length).toBeGreaterThanOrEqual(25);
+      // The STARTTLS rules themselves: a second STARTTLS is refused; nothing before TLS to forget (every
+      // option before it gets TLS_REQD); plaintext behind STARTTLS ends the session unanswered.
+      expect(statusOf(report, 'tls.starttls-repeat')).toBe('PASS');
+      expect(statusOf(report, 'tls.starttls-resets')).toBe('NOT ADVERTISED');
+      expect(statusOf(report, 'tls.plaintext-after-starttls')).toBe('PASS');
       // Plaintext against a TLS-only server: the probe cannot negotiate and says so (exit 1).
       const plain = await execFileP(process.execPath, [CLI, 'probe', `nbd+unix:///disk?socket=${tlsSrv.socket}`, '--timeout', '3']).then(() => null, (e: { code: number; stderr: string }) => e);
       expect(plain?.code).toBe(1);
       expect(plain!.stderr).toMatch(/^nbd-engine probe: cannot negotiate with .*NBD_REP_ERR_TLS_REQD/);
     } finally {
       await tlsSrv.close();
+    }
+  });
+
+  it('STARTTLS rules with TLS optional (SELECTIVETLS): nbd-engine and nbdkit --tls=on pass all three, nothing fails', async () => {
+    const pki = makePki(path.join(dir, 'pki-on'));
+    const onSrv = await startServer({
+      exports: [{ name: 'disk', backend: memoryBackend({ size: 16 << 20 }) }],
+      tls: { mode: 'on', cert: path.join(pki, 'server-cert.pem'), key: path.join(pki, 'server-key.pem') },
+    });
+    const sock = path.join(dir, 'nbdkit-tls.sock');
+    children.push(background('nbdkit', ['-f', '-U', sock, '--tls=on', `--tls-certificates=${pki}`, 'memory', '16M']));
+    try {
+      await until(() => fs.existsSync(sock), 10_000, 'nbdkit --tls=on');
+      for (const uri of [`nbds+unix:///disk?socket=${onSrv.socket}&tls-certificates=${pki}`, `nbds+unix:///?socket=${sock}&tls-certificates=${pki}`]) {
+        const { code, report } = await probeJson(uri);
+        expect(failed(report), uri).toEqual([]);
+        expect(code).toBe(0);
+        for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets', 'tls.plaintext-after-starttls']) expect(statusOf(report, rule), `${uri} ${rule}`).toBe('PASS');
+        expect(report.results.find((r) => r.rule === 'tls.starttls-resets')!.detail).toBe('STRUCTURED_REPLY acknowledged before TLS; after it, simple replies');
+      }
+    } finally {
+      await onSrv.close();
     }
   });
 
@@ -157,7 +185,7 @@ describe('nbd-engine probe against a server with known defects', () => {
   // A 60-line server written for this test, wrong on purpose in three ways the probe must catch:
   // it acknowledges options it does not know (instead of NBD_REP_ERR_UNSUP), answers a READ with
   // the cookie plus one, and advertises an undefined handshake flag bit.
-  function defectiveServer(sock: string): Promise<import('node:net').Server> {
+  function defectiveServer(sock: string, o: { ackStartTls?: boolean } = {}): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
       const optReply = (opt: number, type: number, data = Buffer.alloc(0)) => {
@@ -197,6 +225,8 @@ describe('nbd-engine probe against a server with known defects', () => {
               } else if (opt === 2) {
                 s.end(optReply(opt, 1));
                 return;
+              } else if (opt === 5 && o.ackStartTls) {
+                s.write(optReply(opt, 1)); // defect: ACKs STARTTLS and goes on in plaintext
               } else if (opt === 8 || opt === 11 || opt === 5 || opt === 10) {
                 s.write(optReply(opt, 0x8000_0001)); // ERR_UNSUP for what it really lacks
               } else {
@@ -238,6 +268,20 @@ describe('nbd-engine probe against a server with known defects', () => {
       expect(f).toContain('option.unknown-code');
       expect(f).toContain('reply.cookie-echo');
       expect(report.results.find((r) => r.rule === 'option.unknown-code')!.detail).toBe('answered NBD_REP_ACK');
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a server that ACKs STARTTLS and goes on in plaintext fails tls.plaintext-after-starttls, with the bytes as evidence', async () => {
+    const sock = path.join(dir, 'defective-tls.sock');
+    const server = await defectiveServer(sock, { ackStartTls: true });
+    try {
+      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
+      const r = report.results.find((x) => x.rule === 'tls.plaintext-after-starttls')!;
+      expect(r.status).toBe('FAIL');
+      expect(r.detail).toBe('the LIST behind STARTTLS was answered in plaintext');
+      expect(r.evidence).toBe('0003e889045565a9');
     } finally {
       server.close();
     }
