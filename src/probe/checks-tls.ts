@@ -67,6 +67,31 @@ export const TLS_CHECKS: readonly C[] = [
     },
   },
   {
+    rule: 'tls.handshake-failed',
+    title: 'a TLS handshake that fails after the STARTTLS ACK ends the session',
+    async run(ctx, signal) {
+      return own(await plain(ctx, signal), async (c) => {
+        const replies = await c.option(OPT.NBD_OPT_STARTTLS);
+        if (last(replies) !== 'NBD_REP_ACK') return notAdvertised(`STARTTLS was answered ${last(replies)}`);
+        // Not a TLS record ('N' is no record type): every TLS stack gives up at once. An NBD option follows,
+        // which a server that went on in plaintext would answer.
+        c.raw(Buffer.concat([Buffer.from('NOT A TLS CLIENT HELLO\n'), optionBytes(OPT.NBD_OPT_LIST)]));
+        const wait = Math.min(ctx.timeoutMs / 4, 2000); // its waits end well inside the check's own timeout
+        const seen: Buffer[] = [];
+        for (;;) {
+          const b = await c.readRaw(1, wait).catch(() => null);
+          if (b === null) break;
+          seen.push(b);
+          const all = Buffer.concat(seen);
+          if (all.length >= 8 && all.indexOf(Buffer.from('0003e889045565a9', 'hex')) >= 0) return fail('the server answered in plaintext after the failed TLS handshake', all.toString('hex'));
+          if (all.length > 4096) break;
+        }
+        if (!(await c.closedWithin(wait))) return fail(`the session went on: still open ${wait} ms after the failed TLS handshake`);
+        return pass(seen.length ? `the connection closed (after ${seen.length} bytes${seen[0]![0] === 0x15 ? ': a TLS alert' : ''})` : 'the connection closed');
+      });
+    },
+  },
+  {
     rule: 'tls.plaintext-after-starttls',
     title: 'a LIST pipelined in plaintext behind STARTTLS is never answered in plaintext',
     async run(ctx, signal) {
@@ -79,7 +104,7 @@ export const TLS_CHECKS: readonly C[] = [
         // TLS not offered: the LIST behind it is an ordinary option and may be answered.
         if (reply.typeName !== 'NBD_REP_ACK') return notAdvertised(`STARTTLS was answered ${reply.typeName}`);
         // After the ACK only TLS may follow: an option reply's magic here means the LIST was read as an option.
-        const wait = Math.min(ctx.timeoutMs, 2000);
+        const wait = Math.min(ctx.timeoutMs / 4, 2000); // its waits end well inside the check's own timeout
         const first = await c.readRaw(1, wait).catch(() => null);
         if (first === null) return pass('NBD_REP_ACK, then nothing in plaintext (closed or waiting for TLS)');
         if (first[0] === 0x00) {

@@ -83,6 +83,7 @@ describe('nbd-engine probe', () => {
       expect(statusOf(report, 'tls.starttls-repeat')).toBe('PASS');
       expect(statusOf(report, 'tls.starttls-resets')).toBe('NOT ADVERTISED');
       expect(statusOf(report, 'tls.plaintext-after-starttls')).toBe('PASS');
+      expect(statusOf(report, 'tls.handshake-failed')).toBe('PASS');
       // Plaintext against a TLS-only server: the probe cannot negotiate and says so (exit 1).
       const plain = await execFileP(process.execPath, [CLI, 'probe', `nbd+unix:///disk?socket=${tlsSrv.socket}`, '--timeout', '3']).then(() => null, (e: { code: number; stderr: string }) => e);
       expect(plain?.code).toBe(1);
@@ -92,7 +93,7 @@ describe('nbd-engine probe', () => {
     }
   });
 
-  it('STARTTLS rules with TLS optional (SELECTIVETLS): nbd-engine and nbdkit --tls=on pass all three, nothing fails', async () => {
+  it('STARTTLS rules with TLS optional (SELECTIVETLS): nbd-engine and nbdkit --tls=on pass all four, nothing fails', async () => {
     const pki = makePki(path.join(dir, 'pki-on'));
     const onSrv = await startServer({
       exports: [{ name: 'disk', backend: memoryBackend({ size: 16 << 20 }) }],
@@ -106,7 +107,7 @@ describe('nbd-engine probe', () => {
         const { code, report } = await probeJson(uri);
         expect(failed(report), uri).toEqual([]);
         expect(code).toBe(0);
-        for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets', 'tls.plaintext-after-starttls']) expect(statusOf(report, rule), `${uri} ${rule}`).toBe('PASS');
+        for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets', 'tls.handshake-failed', 'tls.plaintext-after-starttls']) expect(statusOf(report, rule), `${uri} ${rule}`).toBe('PASS');
         expect(report.results.find((r) => r.rule === 'tls.starttls-resets')!.detail).toBe('STRUCTURED_REPLY acknowledged before TLS; after it, simple replies');
       }
     } finally {
@@ -282,6 +283,9 @@ describe('nbd-engine probe against a server with known defects', () => {
       expect(r.status).toBe('FAIL');
       expect(r.detail).toBe('the LIST behind STARTTLS was answered in plaintext');
       expect(r.evidence).toBe('0003e889045565a9');
+      // After the ACK it reads the probe's non-TLS bytes as an option and waits for the rest of it.
+      expect(statusOf(report, 'tls.handshake-failed')).toBe('FAIL');
+      expect(report.results.find((x) => x.rule === 'tls.handshake-failed')!.detail).toMatch(/^the session went on: still open \d+ ms after the failed TLS handshake$/);
     } finally {
       server.close();
     }
