@@ -93,7 +93,7 @@ describe('nbd-engine probe', () => {
     }
   });
 
-  it('STARTTLS rules with TLS optional (SELECTIVETLS): nbd-engine and nbdkit --tls=on pass all four, nothing fails', async () => {
+  it('STARTTLS rules with TLS optional (SELECTIVETLS): nbd-engine and nbdkit --tls=on pass all four; nothing else fails but nbdkit\'s refused WRITE over TLS', async () => {
     const pki = makePki(path.join(dir, 'pki-on'));
     const onSrv = await startServer({
       exports: [{ name: 'disk', backend: memoryBackend({ size: 16 << 20 }) }],
@@ -105,8 +105,16 @@ describe('nbd-engine probe', () => {
       await until(() => fs.existsSync(sock), 10_000, 'nbdkit --tls=on');
       for (const uri of [`nbds+unix:///disk?socket=${onSrv.socket}&tls-certificates=${pki}`, `nbds+unix:///?socket=${sock}&tls-certificates=${pki}`]) {
         const { code, report } = await probeJson(uri);
-        expect(failed(report), uri).toEqual([]);
-        expect(code).toBe(0);
+        if (uri.includes('nbdkit')) {
+          // nbdkit 1.32 over TLS never reads a refused WRITE's payload (docs/probe.md, findings): with the probe's
+          // TLS records the connection hangs (FAIL); with other record layouts it drops (a hard disconnect, allowed).
+          const pc = report.results.find((r) => r.rule === 'transmission.payload-consumed')!;
+          expect(pc.status === 'FAIL' ? pc.detail : pc.status === 'PASS' && pc.detail.includes('disconnected')).toBeTruthy();
+          expect(failed(report).filter((r) => r !== 'transmission.payload-consumed'), uri).toEqual([]);
+        } else {
+          expect(failed(report), uri).toEqual([]);
+          expect(code).toBe(0);
+        }
         for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets', 'tls.handshake-failed', 'tls.plaintext-after-starttls']) expect(statusOf(report, rule), `${uri} ${rule}`).toBe('PASS');
         expect(report.results.find((r) => r.rule === 'tls.starttls-resets')!.detail).toBe('STRUCTURED_REPLY acknowledged before TLS; after it, simple replies');
       }
@@ -186,7 +194,7 @@ describe('nbd-engine probe against a server with known defects', () => {
   // A 60-line server written for this test, wrong on purpose in three ways the probe must catch:
   // it acknowledges options it does not know (instead of NBD_REP_ERR_UNSUP), answers a READ with
   // the cookie plus one, and advertises an undefined handshake flag bit.
-  function defectiveServer(sock: string, o: { ackStartTls?: boolean } = {}): Promise<import('node:net').Server> {
+  function defectiveServer(sock: string, o: { ackStartTls?: boolean; keepRefusedPayload?: boolean } = {}): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
       const optReply = (opt: number, type: number, data = Buffer.alloc(0)) => {
@@ -238,6 +246,16 @@ describe('nbd-engine probe against a server with known defects', () => {
               const type = buf.readUInt16BE(6);
               const cookie = buf.readBigUInt64BE(8);
               const len = buf.readUInt32BE(24);
+              if (o.keepRefusedPayload && type === 1 && buf.readBigUInt64BE(16) + BigInt(len) > size) {
+                // defect: a WRITE past the end is refused (right cookie, EINVAL) but its payload stays in the stream
+                buf = buf.subarray(28);
+                const e = Buffer.alloc(16);
+                e.writeUInt32BE(0x67446698, 0);
+                e.writeUInt32BE(22, 4);
+                e.writeBigUInt64BE(cookie, 8);
+                s.write(e);
+                continue;
+              }
               buf = buf.subarray(28 + (type === 1 ? len : 0));
               if (type === 2) {
                 s.end();
@@ -286,6 +304,20 @@ describe('nbd-engine probe against a server with known defects', () => {
       // After the ACK it reads the probe's non-TLS bytes as an option and waits for the rest of it.
       expect(statusOf(report, 'tls.handshake-failed')).toBe('FAIL');
       expect(report.results.find((x) => x.rule === 'tls.handshake-failed')!.detail).toMatch(/^the session went on: still open \d+ ms after the failed TLS handshake$/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a server that refuses a WRITE but leaves its payload in the stream fails transmission.payload-consumed', async () => {
+    const sock = path.join(dir, 'defective-payload.sock');
+    const server = await defectiveServer(sock, { keepRefusedPayload: true });
+    try {
+      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
+      const r = report.results.find((x) => x.rule === 'transmission.payload-consumed')!;
+      expect(r.status, r.detail).toBe('FAIL');
+      // Its next "request" is the READ hidden in the payload: a reply the client never asked for.
+      expect(r.detail).toMatch(/payload was parsed as requests|a plain READ afterwards/);
     } finally {
       server.close();
     }
