@@ -6,17 +6,14 @@
  * sync: most checks end by seeing that a plain READ still gets its answer.
  */
 import { CMD, CMD_FLAG, ERRNO, FLAG, errnoName } from '../protocol/constants.js';
-import { requestHeaderBytes, type NbdClientError, type NbdConnection, type Reply } from '../client/index.js';
+import type { NbdConnection, Reply } from '../client/index.js';
 import { fail, notAdvertised, pass, type Check, type Outcome } from './runner.js';
 import { negotiated, type Negotiate, type ProbeContext } from './context.js';
 
 type C = Check<ProbeContext>;
 
-/** The cookie of the READ request hidden in transmission.payload-consumed's WRITE payload. */
-const PAYLOAD_COOKIE = 0x5041_594c_4f41_4421n;
-
 /** Run `body` on a fresh negotiated connection (structured replies when offered); destroyed afterwards. */
-async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection) => Promise<Outcome>, n: Negotiate = { structured: ctx.facts.structured }): Promise<Outcome> {
+export async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdConnection) => Promise<Outcome>, n: Negotiate = { structured: ctx.facts.structured }): Promise<Outcome> {
   const c = await negotiated(ctx, n, signal);
   try {
     return await body(c);
@@ -27,10 +24,10 @@ async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (c: NbdC
   }
 }
 
-const smallRead = (ctx: ProbeContext): number => Math.min(ctx.facts.blockSize?.preferred ?? 4096, 4096, Number(ctx.facts.size));
+export const smallRead = (ctx: ProbeContext): number => Math.min(ctx.facts.blockSize?.preferred ?? 4096, 4096, Number(ctx.facts.size));
 
 /** A valid READ still gets a successful answer with no deviation: the stream is in sync. */
-async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | null> {
+export async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | null> {
   const r = await c.read(0, smallRead(ctx));
   if (r.error !== 0) return `a plain READ afterwards failed with ${errnoName(r.error)}`;
   return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
@@ -294,30 +291,6 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const sync = await inSync(c, ctx);
         if (sync) return fail(sync);
         return r.error === 0 ? (firstDeviation(r) ?? pass('answered successfully, then a READ')) : pass(`answered ${errnoName(r.error)}, then a READ`);
-      }),
-  },
-  {
-    rule: 'transmission.payload-consumed',
-    title: 'a refused WRITE (past the end) has its payload skipped: the READ request inside it is never answered',
-    run: (ctx, signal) =>
-      withExport(ctx, signal, async (c) => {
-        // The payload is a READ request with a cookie of its own, then zeroes: a server that refuses the
-        // WRITE without reading its payload off the wire answers that READ (or chokes on the zeroes).
-        const inner = requestHeaderBytes({ type: CMD.NBD_CMD_READ, flags: 0, cookie: PAYLOAD_COOKIE, offset: 0n, length: 512n, extended: c.mode === 'extended' });
-        const payload = Buffer.concat([inner, Buffer.alloc(4096 - inner.length)]);
-        const w = await c.write(ctx.facts.size, payload).catch((err: Error) => err);
-        // The rule's other way out: a hard disconnect instead of reading the payload. Only the server closing
-        // counts (the client also closes when the stream stops making sense: that is a desync, a FAIL).
-        const DISCONNECTED = 'the server disconnected instead of reading the payload (the rule allows a hard disconnect)';
-        const serverClosed = (err: Error) => !signal.aborted && (err as NbdClientError).code === 'closed';
-        if (w instanceof Error) return serverClosed(w) ? pass(DISCONNECTED) : fail(`no answer to the WRITE: ${w.message}`);
-        if (w.error === 0) return fail('a WRITE past the end of the export succeeded');
-        const after = await c.read(0, smallRead(ctx)).catch((err: Error) => err);
-        if (after instanceof Error) return serverClosed(after) ? pass(`${errnoName(w.error)}, then ${DISCONNECTED}`) : fail(`a plain READ afterwards: ${after.message}`);
-        const stray = c.deviations.find((d) => d.message.includes(`cookie ${PAYLOAD_COOKIE}`));
-        if (stray) return fail("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests", stray.message);
-        const sync = after.error !== 0 ? `a plain READ afterwards failed with ${errnoName(after.error)}` : after.deviations[0]?.message;
-        return sync ? fail(sync) : pass(`${errnoName(w.error)}, the payload skipped, then a READ answered`);
       }),
   },
   // offset + length overflows 64 bits: a server adding them without care would read at offset 0.

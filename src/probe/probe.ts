@@ -10,12 +10,13 @@
 import { HANDSHAKE_CHECKS } from './checks-handshake.js';
 import { TLS_CHECKS } from './checks-tls.js';
 import { TRANSMISSION_CHECKS } from './checks-transmission.js';
+import { LENGTH_CHECKS } from './checks-lengths.js';
 import { REQUEST_SEQUENCE_CHECKS, SEQUENCE_CHECKS } from './checks-sequences.js';
 import { survey, type ProbeContext } from './context.js';
 import { runChecks, type Check, type Result } from './runner.js';
 import type { NbdTarget } from './uri.js';
 
-export const PROBE_CHECKS: ReadonlyArray<Check<ProbeContext>> = [...HANDSHAKE_CHECKS, ...TLS_CHECKS, ...SEQUENCE_CHECKS, ...TRANSMISSION_CHECKS, ...REQUEST_SEQUENCE_CHECKS];
+export const PROBE_CHECKS: ReadonlyArray<Check<ProbeContext>> = [...HANDSHAKE_CHECKS, ...TLS_CHECKS, ...SEQUENCE_CHECKS, ...TRANSMISSION_CHECKS, ...LENGTH_CHECKS, ...REQUEST_SEQUENCE_CHECKS];
 
 export interface ProbeOptions {
   /** Milliseconds per check (default 10 000). */
