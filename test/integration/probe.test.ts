@@ -18,7 +18,7 @@ import { CLI, execFileP, requireTool, startServer, tmpDir, type Running } from '
 import { makePki, until } from './tls-support.js';
 
 interface Line { status: string; rule: string }
-interface Report { results: Array<{ status: string; rule: string; detail: string; evidence?: string }>; summary: Record<string, number>; scratch: { offset: string; length: number } | null }
+interface Report { results: Array<{ status: string; rule: string; title: string; detail: string; evidence?: string }>; summary: Record<string, number>; scratch: { offset: string; length: number } | null }
 
 async function probeJson(uri: string, extra: string[] = []): Promise<{ code: number; report: Report; stderr: string }> {
   const r = await execFileP(process.execPath, [CLI, 'probe', uri, '--json', '--timeout', '3', ...extra]).then(
@@ -191,10 +191,12 @@ describe('nbd-engine probe', () => {
 });
 
 describe('nbd-engine probe against a server with known defects', () => {
-  // A 60-line server written for this test, wrong on purpose in three ways the probe must catch:
-  // it acknowledges options it does not know (instead of NBD_REP_ERR_UNSUP), answers a READ with
-  // the cookie plus one, and advertises an undefined handshake flag bit.
-  function defectiveServer(sock: string, o: { ackStartTls?: boolean; keepRefusedPayload?: boolean } = {}): Promise<import('node:net').Server> {
+  // A small server written for this test, wrong on purpose in three ways the probe must catch
+  // (it acknowledges options it does not know instead of NBD_REP_ERR_UNSUP, answers a READ with
+  // the cookie plus one, and advertises an undefined handshake flag bit), and, when asked, in three
+  // more: it ACKs STARTTLS and reads on in plaintext, leaves a refused WRITE's payload in the stream,
+  // or reads 64-bit lengths (extended headers) as their low 32 bits.
+  function defectiveServer(sock: string, o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean } = {}): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
       const optReply = (opt: number, type: number, data = Buffer.alloc(0)) => {
@@ -212,6 +214,7 @@ describe('nbd-engine probe against a server with known defects', () => {
         s.write(g);
         let buf = Buffer.alloc(0);
         let phase: 'flags' | 'options' | 'transmission' = 'flags';
+        let extended = false;
         s.on('data', (d) => {
           buf = Buffer.concat([buf, d]);
           for (;;) {
@@ -228,18 +231,57 @@ describe('nbd-engine probe against a server with known defects', () => {
               if (opt === 7) {
                 const info = Buffer.alloc(12);
                 info.writeBigUInt64BE(size, 2);
-                info.writeUInt16BE(1, 10);
+                info.writeUInt16BE(o.truncating64 ? 0x41 : 1, 10); // HAS_FLAGS (| SEND_WRITE_ZEROES)
                 s.write(Buffer.concat([optReply(opt, 3, info), optReply(opt, 1)]));
                 phase = 'transmission';
               } else if (opt === 2) {
                 s.end(optReply(opt, 1));
                 return;
+              } else if (opt === 11 && o.truncating64) {
+                extended = true;
+                s.write(optReply(opt, 1));
               } else if (opt === 5 && o.ackStartTls) {
                 s.write(optReply(opt, 1)); // defect: ACKs STARTTLS and goes on in plaintext
               } else if (opt === 8 || opt === 11 || opt === 5 || opt === 10) {
                 s.write(optReply(opt, 0x8000_0001)); // ERR_UNSUP for what it really lacks
               } else {
                 s.write(optReply(opt, 1)); // defect: ACK for anything else, known or not
+              }
+            } else if (extended) {
+              // Extended headers (32-byte requests and reply chunks), with the right cookies, but
+              // defect: a 64-bit length is read as its low 32 bits (4 GiB + 512 becomes 512).
+              if (buf.length < 32) return;
+              const type = buf.readUInt16BE(6);
+              const cookie = buf.readBigUInt64BE(8);
+              const offset = buf.readBigUInt64BE(16);
+              const len = Number(buf.readBigUInt64BE(24) & 0xffff_ffffn);
+              if (type === 1 && buf.length < 32 + len) return;
+              buf = buf.subarray(32 + (type === 1 ? len : 0));
+              if (type === 2) {
+                s.end();
+                return;
+              }
+              const chunk = (chunkType: number, payload: Buffer) => {
+                const h = Buffer.alloc(32);
+                h.writeUInt32BE(0x6e8a278c, 0);
+                h.writeUInt16BE(1, 4); // NBD_REPLY_FLAG_DONE
+                h.writeUInt16BE(chunkType, 6);
+                h.writeBigUInt64BE(cookie, 8);
+                h.writeBigUInt64BE(offset, 16);
+                h.writeBigUInt64BE(BigInt(payload.length), 24);
+                return Buffer.concat([h, payload]);
+              };
+              const outside = offset + BigInt(len) > size;
+              if (outside) {
+                const err = Buffer.alloc(6);
+                err.writeUInt32BE(22, 0); // EINVAL, no message
+                s.write(chunk(0x8001, err)); // NBD_REPLY_TYPE_ERROR
+              } else if (type === 0) {
+                const data = Buffer.alloc(8 + len);
+                data.writeBigUInt64BE(offset, 0);
+                s.write(chunk(1, data)); // NBD_REPLY_TYPE_OFFSET_DATA
+              } else {
+                s.write(chunk(0, Buffer.alloc(0))); // NBD_REPLY_TYPE_NONE: done
               }
             } else {
               if (buf.length < 28) return;
@@ -318,6 +360,23 @@ describe('nbd-engine probe against a server with known defects', () => {
       expect(r.status, r.detail).toBe('FAIL');
       // Its next "request" is the READ hidden in the payload: a reply the client never asked for.
       expect(r.detail).toMatch(/payload was parsed as requests|a plain READ afterwards/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a server that reads 64-bit lengths as 32 bits fails both extended-length checks', async () => {
+    const sock = path.join(dir, 'defective-64.sock');
+    const server = await defectiveServer(sock, { truncating64: true });
+    try {
+      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--timeout', '2']);
+      const byTitle = (t: RegExp) => report.results.find((x) => t.test(x.title))!;
+      const read = byTitle(/READ of 4 GiB \+ 512/);
+      expect(read.status, read.detail).toBe('FAIL');
+      expect(read.detail).toBe('succeeded: the length was read as 512 (or the server served 4 GiB + 512 bytes)');
+      const zero = byTitle(/WRITE_ZEROES of 4 GiB \+ 512/);
+      expect(zero.status, zero.detail).toBe('FAIL');
+      expect(zero.detail).toBe('WRITE_ZEROES past the end succeeded');
     } finally {
       server.close();
     }
