@@ -248,14 +248,17 @@ static napi_value start(napi_env env, napi_callback_info info, enum op op, size_
   w->fd = (int)a[0];
   w->offset = a[1];
   w->length = a[2];
-  if (want == 3 && argc > 3) {
+  const int takes_sync = op == OP_PUNCH_HOLE || op == OP_ZERO_RANGE || op == OP_BLK_DISCARD;
+  napi_valuetype sync_type = napi_undefined;
+  if (takes_sync && argc > 3) napi_typeof(env, argv[3], &sync_type);
+  if (sync_type != napi_undefined) {
     bool sync = false;
     if (napi_get_value_bool(env, argv[3], &sync) != napi_ok) {
       free(w);
       napi_throw_type_error(env, NULL, "nbd_file: the fourth argument (sync) must be a boolean");
       return NULL;
     }
-    w->sync = sync && (op == OP_PUNCH_HOLE || op == OP_ZERO_RANGE || op == OP_BLK_DISCARD);
+    w->sync = sync;
   }
   napi_value promise, name;
   napi_create_promise(env, &w->deferred, &promise);

@@ -102,12 +102,13 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
   const logger: Logger = { warn: note, error: note };
   let dir: string | undefined;
   let server: ReturnType<typeof createServer> | undefined;
+  let file: Awaited<ReturnType<typeof fileBackend>> | undefined;
   try {
     dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), 'nbd-engine-warm-'));
     // Two exports: memory, and a file export on a small sparse file of our own, so that the file
     // backend's calls (native or not) are compiled too — the first WRITE_ZEROES with FUA on a
     // file export cost its client ~4 ms more than the next ones without this.
-    const file = await fileBackend({ path: path.join(dir, 'f'), createSize: SIZE });
+    file = await fileBackend({ path: path.join(dir, 'f'), createSize: SIZE });
     const exports = [
       { name: '', backend: memoryBackend({ size: SIZE, spareBlocks: 0 }) },
       { name: FILE_EXPORT, backend: file },
@@ -117,7 +118,9 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
   } catch (err) {
     note(String(err));
   } finally {
-    await server?.close({ timeout: 1000 });
+    // The server closes its exports' backends; without a server the file is closed here.
+    if (server) await server.close({ timeout: 1000 });
+    else await file?.close?.();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }
   const ms = performance.now() - t0;

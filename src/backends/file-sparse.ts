@@ -36,6 +36,12 @@ export interface SparseContext {
   writeZeroes(offset: number, length: number): Promise<void>;
   /** fdatasync (FUA where the native call did not do it). */
   datasync(): Promise<void>;
+  /**
+   * Whether BLOCK_STATUS may walk inline now: false while a write, trim, zero or flush of this
+   * file is in flight (lseek waits for the inode lock those hold, for as long as they run) or when
+   * inline walking is turned off (`inlineExtents: false`). Default: always.
+   */
+  inlineWalk?(): boolean;
   readonly logger?: Logger;
   readonly name: string;
 }
@@ -101,8 +107,11 @@ export function sparseOps(ctx: SparseContext): SparseOps {
   // The first INLINE_EXTENTS extents are walked inline (mapExtentsSync), as QEMU's file driver
   // does: SEEK_DATA / SEEK_HOLE answer from the filesystem's extent tree in microseconds, where a
   // thread-pool round trip took 0.1-3 ms on a busy 2-vCPU host (bench/RESULTS.md, "Issue 15:
-  // inline BLOCK_STATUS"). A range with more extents than that (a fragmented image) is finished on
-  // the thread pool, so the event loop never does more than INLINE_EXTENTS steps of the walk.
+  // native FUA, inline BLOCK_STATUS …"). A range with more extents than that (a fragmented image)
+  // is finished on the thread pool, so the event loop never does more than INLINE_EXTENTS steps of
+  // the walk; and while this file is being written (ctx.inlineWalk() false) the whole walk goes to
+  // the thread pool: on ext4 lseek waits for the inode lock a buffered write holds (a 1 GiB write
+  // kept it for 1.2 s), which must not stop every connection's event loop.
   const toExtents = (map: readonly FileExtent[]): Extent[] => map.map((e) => ({ length: e.length, flags: e.hole ? HOLE_ZERO : 0 }));
   const failed = (err: unknown, len: number): Extent[] => {
     // "All data" is always a correct answer; a failing lseek must not fail the client.
@@ -112,6 +121,7 @@ export function sparseOps(ctx: SparseContext): SparseOps {
   const extents = (offset: number, length: number): readonly Extent[] | Promise<readonly Extent[]> => {
     const len = Math.min(length, ctx.size - offset);
     if (len <= 0) return [{ length, flags: 0 }];
+    if (ctx.inlineWalk && !ctx.inlineWalk()) return native.mapExtents(fd, offset, len).then(toExtents, (err: unknown) => failed(err, len));
     let first: FileExtent[];
     try {
       first = native.mapExtentsSync(fd, offset, len, INLINE_EXTENTS);

@@ -33,6 +33,12 @@ export interface FileBackendOptions {
   readonly native?: boolean;
   /** Where the one line saying native vs fallback goes (native: info, fallback: warn). */
   readonly logger?: Logger;
+  /**
+   * BLOCK_STATUS walks SEEK_DATA / SEEK_HOLE on the event loop when nothing writes the file (default
+   * true; docs/file-backend.md). false: always on the thread pool — for files where lseek itself may
+   * wait (NFS, FUSE), at the cost of a thread-pool round trip per BLOCK_STATUS.
+   */
+  readonly inlineExtents?: boolean;
 }
 
 export interface FileBackend extends Backend {
@@ -106,6 +112,19 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       done += bytesWritten;
     }
   };
+  // Writes, trims, zeroes and flushes of this file in flight: while any runs, BLOCK_STATUS does not
+  // walk on the event loop (see inlineExtents).
+  let mutating = 0;
+  const tracked =
+    <A extends unknown[], R>(fn: (...a: A) => R | Promise<R>) =>
+    async (...a: A): Promise<R> => {
+      mutating++;
+      try {
+        return await fn(...a);
+      } finally {
+        mutating--;
+      }
+    };
   const writeZeroes = async (offset: number, length: number): Promise<void> => {
     for (let done = 0; done < length; ) {
       const n = Math.min(ZERO_CHUNK.length, length - done);
@@ -118,7 +137,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     size,
     path: opts.path,
     read,
-    flush: () => fh.datasync(),
+    flush: tracked(() => fh.datasync()),
     // Native calls use the bare fd: let them finish before it can be reused.
     close: async () => {
       await fenced?.close();
@@ -131,10 +150,11 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   let backend: FileBackend;
   if (native) {
     opts.logger?.info?.(`file ${name}: native sparse support (${device ? 'block device: fallocate, BLKGETSIZE64, BLKDISCARD' : 'fallocate, SEEK_DATA/SEEK_HOLE'})`);
-    const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, datasync: () => fh.datasync(), logger: opts.logger, name });
+    const inline = opts.inlineExtents !== false;
+    const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, datasync: () => fh.datasync(), inlineWalk: () => inline && mutating === 0, logger: opts.logger, name });
     // Read-only: no trim/zero (the server would not send them, and they must not be advertised).
     // FUA native: trim and zero sync in the native call's own job (one thread-pool trip, as nbdkit's file plugin).
-    const writeOps = opts.readOnly ? {} : { trim: ops.trim, zero: ops.zero, canFastZero: ops.canFastZero, fua: 'native' as const };
+    const writeOps = opts.readOnly ? {} : { trim: tracked(ops.trim), zero: tracked(ops.zero), canFastZero: ops.canFastZero, fua: 'native' as const };
     backend = { ...base, sparse: 'native', ...writeOps, cache: ops.cache, ...(ops.extents ? { extents: ops.extents } : {}) };
   } else {
     opts.logger?.warn(`file ${name}: no native sparse support (${reason}): holes read as data, zeroing writes zeroes`);
@@ -143,7 +163,9 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   if (!opts.readOnly) {
     // With native FUA the flag reaches write: write, then fdatasync. (Fallback: the server emulates FUA by flush.)
     (backend as { write?: Backend['write'] }).write =
-      backend.sparse === 'native' ? async (offset, data, w) => (await writeAll(offset, data), w.fua ? fh.datasync() : undefined) : (offset, data) => writeAll(offset, data);
+      backend.sparse === 'native'
+        ? tracked(async (offset: number, data: Buffer, w: { fua: boolean }) => (await writeAll(offset, data), w.fua ? fh.datasync() : undefined))
+        : (offset, data) => writeAll(offset, data);
   }
   return backend;
 }

@@ -32,12 +32,18 @@ export const LENGTH_CHECKS: readonly C[] = [
         // counts (the client also closes when the stream stops making sense: that is a desync, a FAIL).
         const DISCONNECTED = 'the server disconnected instead of reading the payload (the rule allows a hard disconnect)';
         const serverClosed = (err: Error) => !signal.aborted && (err as NbdClientError).code === 'closed';
-        if (w instanceof Error) return serverClosed(w) ? pass(DISCONNECTED) : fail(`no answer to the WRITE: ${w.message}`);
+        // An answer to the READ hidden in the payload fails the check whatever happens next (a server
+        // that answers it and then chokes on the padding also hangs up: that is no "instead").
+        const answeredInner = () => {
+          const stray = c.deviations.find((d) => d.message.includes(`cookie ${PAYLOAD_COOKIE}`));
+          return stray ? fail("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests", stray.message) : null;
+        };
+        if (w instanceof Error) return answeredInner() ?? (serverClosed(w) ? pass(DISCONNECTED) : fail(`no answer to the WRITE: ${w.message}`));
         if (w.error === 0) return fail('a WRITE past the end of the export succeeded');
         const after = await c.read(0, smallRead(ctx)).catch((err: Error) => err);
+        const innerAnswered = answeredInner();
+        if (innerAnswered) return innerAnswered;
         if (after instanceof Error) return serverClosed(after) ? pass(`${errnoName(w.error)}, then ${DISCONNECTED}`) : fail(`a plain READ afterwards: ${after.message}`);
-        const stray = c.deviations.find((d) => d.message.includes(`cookie ${PAYLOAD_COOKIE}`));
-        if (stray) return fail("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests", stray.message);
         const sync = after.error !== 0 ? `a plain READ afterwards failed with ${errnoName(after.error)}` : after.deviations[0]?.message;
         return sync ? fail(sync) : pass(`${errnoName(w.error)}, the payload skipped, then a READ answered`);
       }),

@@ -100,7 +100,7 @@ export const TLS_CHECKS: readonly C[] = [
         c.raw(Buffer.concat([optionBytes(OPT.NBD_OPT_STARTTLS), optionBytes(OPT.NBD_OPT_LIST)]));
         const reply = await c.optionReply(OPT.NBD_OPT_STARTTLS).catch((err: Error) => err);
         // A server may see the plaintext behind STARTTLS at once and end the session without answering.
-        if (reply instanceof Error) return (await c.closedWithin(0)) ? pass('the connection closed without an answer (plaintext behind STARTTLS refused)') : fail(`no answer to STARTTLS: ${reply.message}`);
+        if (reply instanceof Error) return (await c.closedWithin(Math.min(ctx.timeoutMs / 4, 2000))) ? pass('the connection closed without an answer (plaintext behind STARTTLS refused)') : fail(`no answer to STARTTLS: ${reply.message}`);
         // TLS not offered: the LIST behind it is an ordinary option and may be answered.
         if (reply.typeName !== 'NBD_REP_ACK') return notAdvertised(`STARTTLS was answered ${reply.typeName}`);
         // After the ACK only TLS may follow: an option reply's magic here means the LIST was read as an option.

@@ -196,7 +196,10 @@ describe('nbd-engine probe against a server with known defects', () => {
   // the cookie plus one, and advertises an undefined handshake flag bit), and, when asked, in three
   // more: it ACKs STARTTLS and reads on in plaintext, leaves a refused WRITE's payload in the stream,
   // or reads 64-bit lengths (extended headers) as their low 32 bits.
-  function defectiveServer(sock: string, o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean } = {}): Promise<import('node:net').Server> {
+  function defectiveServer(
+    sock: string,
+    o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean; structuredStrict?: boolean } = {},
+  ): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
       const optReply = (opt: number, type: number, data = Buffer.alloc(0)) => {
@@ -215,6 +218,7 @@ describe('nbd-engine probe against a server with known defects', () => {
         let buf = Buffer.alloc(0);
         let phase: 'flags' | 'options' | 'transmission' = 'flags';
         let extended = false;
+        let structured = false;
         s.on('data', (d) => {
           buf = Buffer.concat([buf, d]);
           for (;;) {
@@ -237,6 +241,9 @@ describe('nbd-engine probe against a server with known defects', () => {
               } else if (opt === 2) {
                 s.end(optReply(opt, 1));
                 return;
+              } else if (opt === 8 && o.structuredStrict) {
+                structured = true;
+                s.write(optReply(opt, 1));
               } else if (opt === 11 && o.truncating64) {
                 extended = true;
                 s.write(optReply(opt, 1));
@@ -246,6 +253,45 @@ describe('nbd-engine probe against a server with known defects', () => {
                 s.write(optReply(opt, 0x8000_0001)); // ERR_UNSUP for what it really lacks
               } else {
                 s.write(optReply(opt, 1)); // defect: ACK for anything else, known or not
+              }
+            } else if (structured) {
+              // Structured replies, right cookies, and a request magic check that hangs up on a bad one —
+              // but defect: a WRITE past the end is refused without reading its payload off the wire.
+              if (buf.length < 28) return;
+              if (buf.readUInt32BE(0) !== 0x25609513) {
+                s.destroy();
+                return;
+              }
+              const type = buf.readUInt16BE(6);
+              const cookie = buf.readBigUInt64BE(8);
+              const offset = buf.readBigUInt64BE(16);
+              const len = buf.readUInt32BE(24);
+              const outside = offset + BigInt(len) > size;
+              if (type === 1 && !outside && buf.length < 28 + len) return;
+              buf = buf.subarray(28 + (type === 1 && !outside ? len : 0));
+              if (type === 2) {
+                s.end();
+                return;
+              }
+              const chunk = (chunkType: number, payload: Buffer) => {
+                const h = Buffer.alloc(20);
+                h.writeUInt32BE(0x668e33ef, 0);
+                h.writeUInt16BE(1, 4); // NBD_REPLY_FLAG_DONE
+                h.writeUInt16BE(chunkType, 6);
+                h.writeBigUInt64BE(cookie, 8);
+                h.writeUInt32BE(payload.length, 16);
+                return Buffer.concat([h, payload]);
+              };
+              if (outside) {
+                const err = Buffer.alloc(6);
+                err.writeUInt32BE(22, 0);
+                s.write(chunk(0x8001, err));
+              } else if (type === 0) {
+                const data = Buffer.alloc(8 + len);
+                data.writeBigUInt64BE(offset, 0);
+                s.write(chunk(1, data));
+              } else {
+                s.write(chunk(0, Buffer.alloc(0)));
               }
             } else if (extended) {
               // Extended headers (32-byte requests and reply chunks), with the right cookies, but
@@ -377,6 +423,19 @@ describe('nbd-engine probe against a server with known defects', () => {
       const zero = byTitle(/WRITE_ZEROES of 4 GiB \+ 512/);
       expect(zero.status, zero.detail).toBe('FAIL');
       expect(zero.detail).toBe('WRITE_ZEROES past the end succeeded');
+    } finally {
+      server.close();
+    }
+  });
+
+  it('a server that answers the READ hidden in a refused WRITE\'s payload, then hangs up on the padding, fails too', async () => {
+    const sock = path.join(dir, 'defective-strict.sock');
+    const server = await defectiveServer(sock, { structuredStrict: true });
+    try {
+      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
+      const r = report.results.find((x) => x.rule === 'transmission.payload-consumed')!;
+      expect(r.status, r.detail).toBe('FAIL');
+      expect(r.detail).toBe("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests");
     } finally {
       server.close();
     }

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRequire } from 'node:module';
 import { ADDON_RELATIVE_PATH, fencedNative, loadFileNative, NO_NATIVE_ENV, type FileExtent, type FileNative } from '../../../src/backends/file-native.js';
 import { INLINE_EXTENTS, sparseOps } from '../../../src/backends/file-sparse.js';
+import { fileBackend } from '../../../src/backends/file.js';
 import { NbdRequestError } from '../../../src/api/errors.js';
 
 const MiB = 1 << 20;
@@ -121,6 +122,9 @@ describe('the addon on a real file', () => {
     const raw = createRequire(import.meta.url)(path.resolve(ADDON_RELATIVE_PATH)) as { zeroRange(...a: unknown[]): Promise<void>; version: number };
     expect(raw.version).toBe(2);
     expect(() => raw.zeroRange(fd, 0, 4096, 'yes')).toThrow(TypeError);
+    // An explicit undefined is no sync; calls without `sync` ignore a fourth argument.
+    await raw.zeroRange(fd, 0, 4096, undefined);
+    await (raw as unknown as { fadviseWillneed(...a: unknown[]): Promise<void> }).fadviseWillneed(fd, 0, 4096, 'ignored');
   });
 
   it('errors carry the errno name as code; bad arguments are RangeErrors', async () => {
@@ -283,6 +287,29 @@ describe('sparseOps: which call for which request', () => {
     expect(all.map((e) => e.flags)).toEqual(piece(INLINE_EXTENTS + 3, 0).map((e) => (e.hole ? 3 : 0)));
     const partial = await make(() => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }))).extents!(0, MiB, opts);
     expect(partial).toHaveLength(INLINE_EXTENTS);
+  });
+
+  it('extents while the file is being written: the whole walk on the thread pool (lseek would wait for the inode lock)', async () => {
+    const file = path.join(dir, 'busy.img');
+    fs.writeFileSync(file, Buffer.alloc(0));
+    fs.truncateSync(file, 16 * MiB);
+    const b = await fileBackend({ path: file });
+    const opts = { reqOne: false, context: 'base:allocation' };
+    try {
+      expect(Array.isArray(b.extents!(0, 16 * MiB, opts))).toBe(true); // idle: inline, synchronous
+      const writing = b.write!(0, Buffer.alloc(MiB, 1), { fua: false });
+      const during = b.extents!(0, 16 * MiB, opts);
+      expect(Array.isArray(during)).toBe(false); // a promise: the thread pool
+      await writing;
+      // Walked on the thread pool while the write ran: either before or after its data landed, all 16 MiB mapped.
+      expect((await during).reduce((n, e) => n + e.length, 0)).toBe(16 * MiB);
+      expect(b.extents!(0, 16 * MiB, opts)).toEqual([{ length: MiB, flags: 0 }, { length: 15 * MiB, flags: 3 }]);
+      const off = await fileBackend({ path: file, inlineExtents: false });
+      expect(Array.isArray(off.extents!(0, 16 * MiB, opts))).toBe(false);
+      await off.close?.();
+    } finally {
+      await b.close?.();
+    }
   });
 });
 
