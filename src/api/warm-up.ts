@@ -145,7 +145,8 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
       // more than per request, and V8 optimizes it only after enough connections (without these,
       // its 10-16 ms compiles landed in the first real clients' sessions).
       scripts.push(...(await Promise.all(Array.from({ length: OPTIONS_ONLY }, () => run(socket, optionsOnly(), t)))));
-      scripts.push(await run(socket, transmission('extended', FILE_EXPORT), t), await run(socket, serial(FILE_EXPORT), t));
+      // One batch on the file export: its FUA and FLUSH requests are fdatasyncs of TMPDIR's disk.
+      scripts.push(await run(socket, transmission('extended', FILE_EXPORT, 1), t), await run(socket, serial(FILE_EXPORT), t));
       requests += scripts.reduce((n, s) => n + s, 0);
     }
   }
@@ -187,7 +188,7 @@ function run(socket: string, script: Script, timeoutMs: number): Promise<number>
 }
 
 /** Negotiation, then batches of pipelined requests as nbdcopy sends them, then NBD_CMD_DISC. */
-function transmission(mode: Mode, name = ''): Script {
+function transmission(mode: Mode, name = '', batches = BATCHES): Script {
   const opts: Buffer[] = [clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES)];
   if (mode === 'extended') opts.push(optionBytes(OPT.NBD_OPT_EXTENDED_HEADERS));
   if (mode === 'structured') opts.push(optionBytes(OPT.NBD_OPT_STRUCTURED_REPLY));
@@ -204,7 +205,7 @@ function transmission(mode: Mode, name = ''): Script {
   // Small payloads: what is being warmed is code, not memory (big buffers would only cost GC time).
   const data = Buffer.alloc(4096, 0x5a);
   const writes = [Buffer.concat(opts)];
-  for (let batch = 0; batch < BATCHES; batch++) {
+  for (let batch = 0; batch < batches; batch++) {
     const at = batch * 64 * 1024;
     // nbdcopy's pattern: map the export, read what holds data (and holes), write, zero, flush.
     writes.push(
@@ -249,7 +250,8 @@ function serial(name: string): Script {
     requestHeaderBytes({ type, flags, cookie: cookie++, offset: BigInt(offset), length: BigInt(length), extended: false });
   for (let i = 0; i < SERIAL_REQUESTS; i++) {
     const at = (i * 64 * 1024) % SIZE;
-    const zero = req(CMD.NBD_CMD_WRITE_ZEROES, at, 64 * 1024, CMD_FLAG.NBD_CMD_FLAG_FUA | CMD_FLAG.NBD_CMD_FLAG_NO_HOLE);
+    // FUA on one in eight: the code path is the same, and each FUA is an fdatasync of TMPDIR's disk.
+    const zero = req(CMD.NBD_CMD_WRITE_ZEROES, at, 64 * 1024, CMD_FLAG.NBD_CMD_FLAG_NO_HOLE | (i % 8 === 0 ? CMD_FLAG.NBD_CMD_FLAG_FUA : 0));
     writes.push(i % 4 === 3 ? req(CMD.NBD_CMD_BLOCK_STATUS, at, 64 * 1024) : i % 4 === 2 ? req(CMD.NBD_CMD_READ, at, 4096) : zero);
   }
   writes.push(req(CMD.NBD_CMD_FLUSH, 0, 0), req(CMD.NBD_CMD_DISC, 0, 0));
