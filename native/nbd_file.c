@@ -223,11 +223,8 @@ static int get_i64(napi_env env, napi_value v, int64_t *out) {
   return 1;
 }
 
-/* fn(fd[, offset, length[, sync]]) → Promise. `sync` (punch, zero, discard): fdatasync after, in the same job. */
-static napi_value start(napi_env env, napi_callback_info info, enum op op, size_t want) {
-  napi_value argv[4];
-  size_t argc = 4;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+/* The fd, offset and length a call names (its first `want` arguments), checked, in a new work item; NULL after throwing. */
+static struct work *new_work(napi_env env, napi_value *argv, size_t argc, size_t want, enum op op) {
   int64_t a[3] = { 0, 0, 0 };
   for (size_t i = 0; i < want; i++) {
     if (i >= argc || !get_i64(env, argv[i], &a[i])) {
@@ -248,6 +245,16 @@ static napi_value start(napi_env env, napi_callback_info info, enum op op, size_
   w->fd = (int)a[0];
   w->offset = a[1];
   w->length = a[2];
+  return w;
+}
+
+/* fn(fd[, offset, length[, sync]]) → Promise. `sync` (punch, zero, discard): fdatasync after, in the same job. */
+static napi_value start(napi_env env, napi_callback_info info, enum op op, size_t want) {
+  napi_value argv[4];
+  size_t argc = 4;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct work *w = new_work(env, argv, argc, want, op);
+  if (!w) return NULL;
   const int takes_sync = op == OP_PUNCH_HOLE || op == OP_ZERO_RANGE || op == OP_BLK_DISCARD;
   napi_valuetype sync_type = napi_undefined;
   if (takes_sync && argc > 3) napi_typeof(env, argv[3], &sync_type);
@@ -277,26 +284,14 @@ static napi_value map_extents_sync(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   size_t argc = 4;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int64_t a[4] = { 0, 0, 0, MAX_EXTENTS };
-  for (size_t i = 0; i < 4; i++) {
-    if ((i < 3 && i >= argc) || (i < argc && !get_i64(env, argv[i], &a[i]))) {
-      napi_throw_type_error(env, NULL, "nbd_file: expected non-negative integer arguments (fd, offset, length[, maxExtents])");
-      return NULL;
-    }
-  }
-  if (a[0] > INT32_MAX || a[3] < 1) {
-    napi_throw_type_error(env, NULL, "nbd_file: bad fd or maxExtents");
+  int64_t max = MAX_EXTENTS;
+  if (argc > 3 && (!get_i64(env, argv[3], &max) || max < 1)) {
+    napi_throw_type_error(env, NULL, "nbd_file: maxExtents must be a positive integer");
     return NULL;
   }
-  struct work *w = calloc(1, sizeof *w);
-  if (!w) {
-    napi_throw_error(env, "ENOMEM", "nbd_file: out of memory");
-    return NULL;
-  }
-  w->fd = (int)a[0];
-  w->offset = a[1];
-  w->length = a[2];
-  w->max = a[3] < MAX_EXTENTS ? (int)a[3] : MAX_EXTENTS;
+  struct work *w = new_work(env, argv, argc, 3, OP_MAP_EXTENTS);
+  if (!w) return NULL;
+  w->max = max < MAX_EXTENTS ? (int)max : MAX_EXTENTS;
   map_extents(w);
   napi_value result = NULL;
   if (w->err != 0) napi_throw(env, make_error(env, w->err, op_name(OP_MAP_EXTENTS)));

@@ -210,6 +210,31 @@ describe('nbd-engine probe against a server with known defects', () => {
         b.writeUInt32BE(data.length, 16);
         return Buffer.concat([b, data]);
       };
+      /** A reply chunk with NBD_REPLY_FLAG_DONE: structured (20-byte header) or extended (32-byte). */
+      const chunkOf = (extendedHeader: boolean, cookie: bigint, offset: bigint) => (chunkType: number, payload: Buffer) => {
+        const h = Buffer.alloc(extendedHeader ? 32 : 20);
+        h.writeUInt32BE(extendedHeader ? 0x6e8a278c : 0x668e33ef, 0);
+        h.writeUInt16BE(1, 4);
+        h.writeUInt16BE(chunkType, 6);
+        h.writeBigUInt64BE(cookie, 8);
+        if (extendedHeader) {
+          h.writeBigUInt64BE(offset, 16);
+          h.writeBigUInt64BE(BigInt(payload.length), 24);
+        } else h.writeUInt32BE(payload.length, 16);
+        return Buffer.concat([h, payload]);
+      };
+      /** EINVAL past the end, the data of a READ (zeroes), or NONE. */
+      const answer = (chunk: (t: number, p: Buffer) => Buffer, type: number, offset: bigint, len: number) => {
+        if (offset + BigInt(len) > size) {
+          const err = Buffer.alloc(6);
+          err.writeUInt32BE(22, 0);
+          return chunk(0x8001, err); // NBD_REPLY_TYPE_ERROR
+        }
+        if (type !== 0) return chunk(0, Buffer.alloc(0)); // NBD_REPLY_TYPE_NONE
+        const data = Buffer.alloc(8 + len);
+        data.writeBigUInt64BE(offset, 0);
+        return chunk(1, data); // NBD_REPLY_TYPE_OFFSET_DATA
+      };
       const server = net.createServer((s) => {
         const g = Buffer.alloc(18);
         g.write('NBDMAGICIHAVEOPT', 0, 'latin1');
@@ -273,26 +298,7 @@ describe('nbd-engine probe against a server with known defects', () => {
                 s.end();
                 return;
               }
-              const chunk = (chunkType: number, payload: Buffer) => {
-                const h = Buffer.alloc(20);
-                h.writeUInt32BE(0x668e33ef, 0);
-                h.writeUInt16BE(1, 4); // NBD_REPLY_FLAG_DONE
-                h.writeUInt16BE(chunkType, 6);
-                h.writeBigUInt64BE(cookie, 8);
-                h.writeUInt32BE(payload.length, 16);
-                return Buffer.concat([h, payload]);
-              };
-              if (outside) {
-                const err = Buffer.alloc(6);
-                err.writeUInt32BE(22, 0);
-                s.write(chunk(0x8001, err));
-              } else if (type === 0) {
-                const data = Buffer.alloc(8 + len);
-                data.writeBigUInt64BE(offset, 0);
-                s.write(chunk(1, data));
-              } else {
-                s.write(chunk(0, Buffer.alloc(0)));
-              }
+              s.write(answer(chunkOf(false, cookie, offset), type, offset, len));
             } else if (extended) {
               // Extended headers (32-byte requests and reply chunks), with the right cookies, but
               // defect: a 64-bit length is read as its low 32 bits (4 GiB + 512 becomes 512).
@@ -307,28 +313,7 @@ describe('nbd-engine probe against a server with known defects', () => {
                 s.end();
                 return;
               }
-              const chunk = (chunkType: number, payload: Buffer) => {
-                const h = Buffer.alloc(32);
-                h.writeUInt32BE(0x6e8a278c, 0);
-                h.writeUInt16BE(1, 4); // NBD_REPLY_FLAG_DONE
-                h.writeUInt16BE(chunkType, 6);
-                h.writeBigUInt64BE(cookie, 8);
-                h.writeBigUInt64BE(offset, 16);
-                h.writeBigUInt64BE(BigInt(payload.length), 24);
-                return Buffer.concat([h, payload]);
-              };
-              const outside = offset + BigInt(len) > size;
-              if (outside) {
-                const err = Buffer.alloc(6);
-                err.writeUInt32BE(22, 0); // EINVAL, no message
-                s.write(chunk(0x8001, err)); // NBD_REPLY_TYPE_ERROR
-              } else if (type === 0) {
-                const data = Buffer.alloc(8 + len);
-                data.writeBigUInt64BE(offset, 0);
-                s.write(chunk(1, data)); // NBD_REPLY_TYPE_OFFSET_DATA
-              } else {
-                s.write(chunk(0, Buffer.alloc(0))); // NBD_REPLY_TYPE_NONE: done
-              }
+              s.write(answer(chunkOf(true, cookie, offset), type, offset, len));
             } else {
               if (buf.length < 28) return;
               const type = buf.readUInt16BE(6);
@@ -364,80 +349,60 @@ describe('nbd-engine probe against a server with known defects', () => {
     });
   }
 
-  it('fails the checks of each defect, with evidence, and never hangs', async () => {
-    const sock = path.join(dir, 'defective.sock');
-    const server = await defectiveServer(sock);
+  /** Probe a defective server made with `opts` (read-only unless `writes`), and close it. */
+  async function probeDefective(name: string, opts: Parameters<typeof defectiveServer>[1], writes = false): ReturnType<typeof probeJson> {
+    const sock = path.join(dir, `defective-${name}.sock`);
+    const server = await defectiveServer(sock, opts);
     try {
-      const { code, report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
-      expect(code).toBe(1);
-      const f = failed(report);
-      expect(f).toContain('handshake.greeting-flags');
-      expect(f).toContain('option.unknown-code');
-      expect(f).toContain('reply.cookie-echo');
-      expect(report.results.find((r) => r.rule === 'option.unknown-code')!.detail).toBe('answered NBD_REP_ACK');
+      return await probeJson(`nbd+unix:///?socket=${sock}`, [...(writes ? [] : ['--read-only']), '--timeout', '2']);
     } finally {
       server.close();
     }
+  }
+  const result = (report: Report, rule: string) => report.results.find((x) => x.rule === rule)!;
+
+  it('fails the checks of each defect, with evidence, and never hangs', async () => {
+    const { code, report } = await probeDefective('plain', {});
+    expect(code).toBe(1);
+    const f = failed(report);
+    expect(f).toContain('handshake.greeting-flags');
+    expect(f).toContain('option.unknown-code');
+    expect(f).toContain('reply.cookie-echo');
+    expect(result(report, 'option.unknown-code').detail).toBe('answered NBD_REP_ACK');
   });
 
   it('a server that ACKs STARTTLS and goes on in plaintext fails tls.plaintext-after-starttls, with the bytes as evidence', async () => {
-    const sock = path.join(dir, 'defective-tls.sock');
-    const server = await defectiveServer(sock, { ackStartTls: true });
-    try {
-      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
-      const r = report.results.find((x) => x.rule === 'tls.plaintext-after-starttls')!;
-      expect(r.status).toBe('FAIL');
-      expect(r.detail).toBe('the LIST behind STARTTLS was answered in plaintext');
-      expect(r.evidence).toBe('0003e889045565a9');
-      // After the ACK it reads the probe's non-TLS bytes as an option and waits for the rest of it.
-      expect(statusOf(report, 'tls.handshake-failed')).toBe('FAIL');
-      expect(report.results.find((x) => x.rule === 'tls.handshake-failed')!.detail).toMatch(/^the session went on: still open \d+ ms after the failed TLS handshake$/);
-    } finally {
-      server.close();
-    }
+    const { report } = await probeDefective('tls', { ackStartTls: true });
+    const r = result(report, 'tls.plaintext-after-starttls');
+    expect(r.status).toBe('FAIL');
+    expect(r.detail).toBe('the LIST behind STARTTLS was answered in plaintext');
+    expect(r.evidence).toBe('0003e889045565a9');
+    // After the ACK it reads the probe's non-TLS bytes as an option and waits for the rest of it.
+    expect(statusOf(report, 'tls.handshake-failed')).toBe('FAIL');
+    expect(result(report, 'tls.handshake-failed').detail).toMatch(/^the session went on: still open \d+ ms after the failed TLS handshake$/);
   });
 
   it('a server that refuses a WRITE but leaves its payload in the stream fails transmission.payload-consumed', async () => {
-    const sock = path.join(dir, 'defective-payload.sock');
-    const server = await defectiveServer(sock, { keepRefusedPayload: true });
-    try {
-      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
-      const r = report.results.find((x) => x.rule === 'transmission.payload-consumed')!;
-      expect(r.status, r.detail).toBe('FAIL');
-      // Its next "request" is the READ hidden in the payload: a reply the client never asked for.
-      expect(r.detail).toMatch(/payload was parsed as requests|a plain READ afterwards/);
-    } finally {
-      server.close();
-    }
+    const r = result((await probeDefective('payload', { keepRefusedPayload: true })).report, 'transmission.payload-consumed');
+    expect(r.status, r.detail).toBe('FAIL');
+    // Its next "request" is the READ hidden in the payload: a reply the client never asked for.
+    expect(r.detail).toMatch(/payload was parsed as requests|a plain READ afterwards/);
+  });
+
+  it("a server that answers the READ hidden in a refused WRITE's payload, then hangs up on the padding, fails too", async () => {
+    const r = result((await probeDefective('strict', { structuredStrict: true })).report, 'transmission.payload-consumed');
+    expect(r.status, r.detail).toBe('FAIL');
+    expect(r.detail).toBe("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests");
   });
 
   it('a server that reads 64-bit lengths as 32 bits fails both extended-length checks', async () => {
-    const sock = path.join(dir, 'defective-64.sock');
-    const server = await defectiveServer(sock, { truncating64: true });
-    try {
-      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--timeout', '2']);
-      const byTitle = (t: RegExp) => report.results.find((x) => t.test(x.title))!;
-      const read = byTitle(/READ of 4 GiB \+ 512/);
-      expect(read.status, read.detail).toBe('FAIL');
-      expect(read.detail).toBe('succeeded: the length was read as 512 (or the server served 4 GiB + 512 bytes)');
-      const zero = byTitle(/WRITE_ZEROES of 4 GiB \+ 512/);
-      expect(zero.status, zero.detail).toBe('FAIL');
-      expect(zero.detail).toBe('WRITE_ZEROES past the end succeeded');
-    } finally {
-      server.close();
-    }
-  });
-
-  it('a server that answers the READ hidden in a refused WRITE\'s payload, then hangs up on the padding, fails too', async () => {
-    const sock = path.join(dir, 'defective-strict.sock');
-    const server = await defectiveServer(sock, { structuredStrict: true });
-    try {
-      const { report } = await probeJson(`nbd+unix:///?socket=${sock}`, ['--read-only', '--timeout', '2']);
-      const r = report.results.find((x) => x.rule === 'transmission.payload-consumed')!;
-      expect(r.status, r.detail).toBe('FAIL');
-      expect(r.detail).toBe("the READ inside the refused WRITE's payload was answered: the payload was parsed as requests");
-    } finally {
-      server.close();
-    }
+    const { report } = await probeDefective('64', { truncating64: true }, true);
+    const byTitle = (t: RegExp) => report.results.find((x) => t.test(x.title))!;
+    const read = byTitle(/READ of 4 GiB \+ 512/);
+    expect(read.status, read.detail).toBe('FAIL');
+    expect(read.detail).toBe('succeeded: the length was read as 512 (or the server served 4 GiB + 512 bytes)');
+    const zero = byTitle(/WRITE_ZEROES of 4 GiB \+ 512/);
+    expect(zero.status, zero.detail).toBe('FAIL');
+    expect(zero.detail).toBe('WRITE_ZEROES past the end succeeded');
   });
 });
