@@ -10,7 +10,7 @@
  *   refused (EOPNOTSUPP: tmpfs has no ZERO_RANGE, old filesystems neither)
  *   are zeroes written — unless the client asked FAST_ZERO, which then gets
  *   ENOTSUP so it can pick another way (qemu-img convert does).
- * - BLOCK_STATUS: SEEK_DATA / SEEK_HOLE, inline (no thread pool), holes reported HOLE|ZERO.
+ * - BLOCK_STATUS: SEEK_DATA / SEEK_HOLE, on the event loop unless the file is being written, holes HOLE|ZERO.
  * - CACHE: posix_fadvise WILLNEED.
  *
  * What the filesystem refused once is not asked again (a refusal is a
