@@ -1,10 +1,11 @@
 /**
  * The probe's questions about STARTTLS itself (docs/rules.md, the `tls.*`
- * rules): a second STARTTLS once TLS is up, what STARTTLS forgets, and
- * plaintext a client pipelined behind it. The first two need TLS to come up,
- * so they run for an `nbds` URI (with its certificates or key); the third
- * only needs the server to offer STARTTLS. A server that does not offer what
- * a check needs gets NOT ADVERTISED.
+ * rules): a second STARTTLS once TLS is up, what STARTTLS forgets, a failed
+ * TLS handshake, and plaintext a client pipelined behind STARTTLS. The first
+ * two need TLS to come up: with an `nbds` URI's certificates or key, else
+ * without checking the server's certificate (what is checked is the
+ * protocol), which a server asking for client credentials refuses. A server
+ * that does not offer what a check needs gets NOT ADVERTISED.
  */
 import { MAGIC, OPT } from '../protocol/constants.js';
 import { optionBytes, type NbdConnection } from '../client/index.js';
@@ -14,7 +15,33 @@ import { opened, tlsOptions, type ProbeContext } from './context.js';
 type C = Check<ProbeContext>;
 
 const last = (replies: ReadonlyArray<{ typeName: string }>): string => replies.at(-1)?.typeName ?? 'nothing';
-const NEEDS_NBDS = 'needs an nbds URI (TLS credentials) to bring TLS up';
+/**
+ * A connection with TLS up: through the URI's credentials for an nbds URI; for a plain URI, a STARTTLS
+ * that checks no certificate (the probe checks the protocol, not the server's identity). A string when
+ * TLS does not come up that way: the server does not offer it, or wants credentials.
+ */
+async function withTls(ctx: ProbeContext, signal: AbortSignal, before?: (c: NbdConnection) => Promise<string | null>): Promise<NbdConnection | string> {
+  if (ctx.target.tls && !before) return opened(ctx, signal);
+  const c = await plain(ctx, signal);
+  try {
+    const why = before ? await before(c) : null;
+    if (why !== null) return (c.destroy(), why);
+    const st = await c.starttls(ctx.target.tls ? tlsOptions(ctx.target) : { rejectUnauthorized: false });
+    if (last(st) !== 'NBD_REP_ACK') {
+      // With an nbds URI TLS came up for the survey: a refusal now is the server's fault.
+      if (ctx.target.tls) throw new Error(`STARTTLS was answered ${last(st)}`);
+      return (c.destroy(), `STARTTLS was answered ${last(st)}`);
+    }
+    // TLS 1.3: a server that wants a client certificate says so only after the client's side of the
+    // handshake is done. One option over TLS shows the session really works.
+    if (!ctx.target.tls) await c.info(ctx.target.exportName);
+    return c;
+  } catch (err) {
+    c.destroy();
+    if (ctx.target.tls) throw err;
+    return `TLS did not come up without credentials (${(err as Error).message}): an nbds URI with them runs this check`;
+  }
+}
 
 /** Run `body` on a connection of the check's own, destroyed afterwards. */
 async function own(c: NbdConnection, body: (c: NbdConnection) => Promise<Outcome>): Promise<Outcome> {
@@ -33,8 +60,9 @@ export const TLS_CHECKS: readonly C[] = [
     rule: 'tls.starttls-repeat',
     title: 'STARTTLS once TLS is up gets NBD_REP_ERR_INVALID, and options go on',
     async run(ctx, signal) {
-      if (!ctx.target.tls) return notAdvertised(NEEDS_NBDS);
-      return own(await opened(ctx, signal), async (c) => {
+      const t = await withTls(ctx, signal);
+      if (typeof t === 'string') return notAdvertised(t);
+      return own(t, async (c) => {
         const again = await c.option(OPT.NBD_OPT_STARTTLS);
         if (last(again) !== 'NBD_REP_ERR_INVALID') return fail(`a second STARTTLS was answered ${last(again)}`);
         // Still inside TLS: the next option is answered over it.
@@ -49,13 +77,13 @@ export const TLS_CHECKS: readonly C[] = [
     rule: 'tls.starttls-resets',
     title: 'STRUCTURED_REPLY before STARTTLS is forgotten: after TLS and GO, a READ gets a simple reply',
     async run(ctx, signal) {
-      if (!ctx.target.tls) return notAdvertised(NEEDS_NBDS);
-      return own(await plain(ctx, signal), async (c) => {
+      // A server that requires TLS refuses every option before it (tls.mode-forcedtls): nothing to forget.
+      const t = await withTls(ctx, signal, async (c) => {
         const sr = await c.structuredReply();
-        // A server that requires TLS refuses every option before it (tls.mode-forcedtls): nothing to forget.
-        if (!sr.ok) return notAdvertised(`STRUCTURED_REPLY before TLS was answered ${last(sr.replies)}: nothing negotiated to forget`);
-        const st = await c.starttls(tlsOptions(ctx.target));
-        if (last(st) !== 'NBD_REP_ACK') return fail(`STARTTLS was answered ${last(st)}`);
+        return sr.ok ? null : `STRUCTURED_REPLY before TLS was answered ${last(sr.replies)}: nothing negotiated to forget`;
+      });
+      if (typeof t === 'string') return notAdvertised(t);
+      return own(t, async (c) => {
         // The client forgot too (c.mode is simple again): GO without asking for structured replies.
         const go = await c.go(ctx.target.exportName, []);
         if (!go.ok) return fail(`GO over TLS was answered ${last(go.replies)}`);

@@ -123,6 +123,30 @@ describe('nbd-engine probe', () => {
     }
   });
 
+  it('a plain URI to a server offering STARTTLS: the TLS checks bring TLS up without checking its certificate, unless it wants client credentials', async () => {
+    const pki = makePki(path.join(dir, 'pki-plain'));
+    const sock = path.join(dir, 'nbdkit-tls-plain.sock');
+    children.push(background('nbdkit', ['-f', '-U', sock, '--tls=on', `--tls-certificates=${pki}`, 'memory', '16M']));
+    const strict = await startServer({
+      exports: [{ name: '', backend: memoryBackend({ size: 16 << 20 }) }],
+      tls: { mode: 'on', cert: path.join(pki, 'server-cert.pem'), key: path.join(pki, 'server-key.pem'), ca: path.join(pki, 'ca-cert.pem'), verifyPeer: true },
+    });
+    try {
+      await until(() => fs.existsSync(sock), 10_000, 'nbdkit --tls=on');
+      const open = (await probeJson(`nbd+unix:///?socket=${sock}`)).report;
+      for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets', 'tls.handshake-failed', 'tls.plaintext-after-starttls']) expect(statusOf(open, rule), rule).toBe('PASS');
+      const { code, report } = await probeJson(`nbd+unix:///?socket=${strict.socket}`);
+      expect(failed(report)).toEqual([]);
+      expect(code).toBe(0);
+      for (const rule of ['tls.starttls-repeat', 'tls.starttls-resets']) {
+        expect(statusOf(report, rule), rule).toBe('NOT ADVERTISED');
+        expect(report.results.find((r) => r.rule === rule)!.detail).toMatch(/^TLS did not come up without credentials \(.*certificate required/);
+      }
+    } finally {
+      await strict.close();
+    }
+  });
+
   it('--read-only writes nothing: the writing check is SKIPPED and the scratch region null', async () => {
     const { code, report } = await probeJson(srv.uri(), ['--read-only']);
     expect(code).toBe(0);
