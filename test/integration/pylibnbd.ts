@@ -50,6 +50,23 @@ def pattern(n, seed):
     """The test pattern; nbdsh.test.ts builds the same bytes in TypeScript."""
     return bytes(((i * 31 + seed * 7 + (i >> 8)) & 0xff) for i in range(n))
 
+def aio_writes(h, pieces, depth, done=None):
+    """aio_pwrite each (key, offset, data) with at most depth in flight, then wait for all;
+    done(key, err) is called as each completes (err.value: 0 or the errno)."""
+    for key, offset, data in pieces:
+        while h.aio_in_flight() >= depth:
+            h.poll(-1)
+        if done is None:
+            h.aio_pwrite(data, offset)
+        else:
+            h.aio_pwrite(data, offset, completion=lambda err, key=key: done(key, err))
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+
+def interleaved(k, count):
+    """Writer k's pieces of two interleaved writers: 700 bytes at 1400*i + 700*k, never aligned."""
+    return ((i, 1400 * i + 700 * k, bytes([k + 1 + (i % 100)]) * 700) for i in range(count))
+
 def flags(h):
     return {
         'size': h.get_size(),
@@ -79,4 +96,11 @@ function dedent(text: string): string {
   const indent = lines.find((l) => l.trim())?.match(/^ */)![0].length ?? 0;
   const strip = new RegExp(`^ {0,${indent}}`);
   return lines.map((l) => l.replace(strip, '')).join('\n');
+}
+
+/** What two writers of `interleaved` (the prelude) leave in the first 1400 * `count` bytes. */
+export function interleavedBytes(count: number): Buffer {
+  const want = Buffer.alloc(1400 * count);
+  for (let i = 0; i < count; i++) for (let k = 0; k < 2; k++) want.fill(k + 1 + (i % 100), 1400 * i + 700 * k, 1400 * i + 700 * (k + 1));
+  return want;
 }

@@ -66,12 +66,7 @@ describe('s3: several servers and connections on one export', () => {
           if err.value != 0:
               errors.append([s, err.value])
           return 1
-      for s in slots:
-          while h.aio_in_flight() >= 16:
-              h.poll(-1)
-          h.aio_pwrite(slot_data('${who}', s), s * SLOT, completion=lambda err, s=s: done(s, err))
-      while h.aio_in_flight() > 0:
-          h.poll(-1)
+      aio_writes(h, ((s, s * SLOT, slot_data('${who}', s)) for s in slots), 16, done)
       out['n'] = len(slots)
       out['errors'] = errors
     `;
@@ -107,12 +102,7 @@ describe('s3: several servers and connections on one export', () => {
           if err.value != 0:
               errors.append([s, err.value])
           return 1
-      for s in range(262):
-          while h.aio_in_flight() >= 8:
-              h.poll(-1)
-          h.aio_pwrite(slot_data('A', s), s * SLOT, completion=lambda err, s=s: done(s, err))
-      while h.aio_in_flight() > 0:
-          h.poll(-1)
+      aio_writes(h, ((s, s * SLOT, slot_data('A', s)) for s in range(262)), 8, done)
       out['errors'] = errors
     `;
     const trimmer = `
@@ -166,13 +156,7 @@ def done(s, err):
         print('ack', s, flush=True)
     return 1
 try:
-    for s in range(1390):
-        while h.aio_in_flight() >= 8:
-            h.poll(-1)
-        data = (('K%07d' % s) * 375).encode()
-        h.aio_pwrite(data, s * SLOT, completion=lambda err, s=s: done(s, err))
-    while h.aio_in_flight() > 0:
-        h.poll(-1)
+    aio_writes(h, ((s, s * SLOT, (('K%07d' % s) * 375).encode()) for s in range(1390)), 8, done)
 except nbd.Error as e:
     print('error', e, flush=True)
 `;

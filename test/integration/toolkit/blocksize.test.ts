@@ -11,7 +11,7 @@ import { blocksizeFilter, layer, memoryBackend, NbdRequestError, type Backend, t
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { readParams } from '../../../src/plugins/params.js';
 import { silentLogger } from '../../../src/transport/logger.js';
-import { py } from '../pylibnbd.js';
+import { interleavedBytes, py } from '../pylibnbd.js';
 import { run, serverPerTest, tmpDir } from '../harness.js';
 import { withNbdkit } from './nbdkit-peer.js';
 
@@ -167,22 +167,12 @@ describe('blocksize filter', () => {
       open('${dir}/ready${k}', 'w').close()
       while not os.path.exists('${dir}/ready${1 - k}'):
           time.sleep(0.001)
-      bufs = []
-      for i in range(300):
-          b = nbd.Buffer.from_bytearray(bytearray([${k + 1} + (i % 100)] * 700))
-          bufs.append(b)
-          h.aio_pwrite(b, 1400 * i + 700 * ${k})
-          while h.aio_in_flight() >= 16:
-              h.poll(-1)
-      while h.aio_in_flight() > 0:
-          h.poll(-1)
+      aio_writes(h, interleaved(${k}, 300), 16)
       out = {}
     `);
     await Promise.all([writer(0), writer(1)]);
     const bytes = toBuffer(await mem.read(0, 1400 * 300), 1400 * 300);
-    const want = Buffer.alloc(1400 * 300);
-    for (let i = 0; i < 300; i++) for (let k = 0; k < 2; k++) want.fill(k + 1 + (i % 100), 1400 * i + 700 * k, 1400 * i + 700 * (k + 1));
-    expect(bytes.equals(want)).toBe(true);
+    expect(bytes.equals(interleavedBytes(300))).toBe(true);
   });
 
   it('refuses bad parameters with a clear error', async () => {

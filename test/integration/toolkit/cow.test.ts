@@ -14,7 +14,7 @@ import { cowFilter, fileBackend, layer, memoryBackend, type Filter } from '../..
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { readParams } from '../../../src/plugins/params.js';
 import { silentLogger } from '../../../src/transport/logger.js';
-import { py } from '../pylibnbd.js';
+import { interleavedBytes, py } from '../pylibnbd.js';
 import { run, serverPerTest, tmpDir } from '../harness.js';
 import { withNbdkit } from './nbdkit-peer.js';
 
@@ -154,23 +154,13 @@ describe('cow filter', () => {
     // Connection k writes 700-byte pieces at 1400*i + 700*k: interleaved, never aligned, many per 64 KiB block, 16 in flight.
     const writer = (k: number) => py(srv.uri(), `
       h = connect()
-      bufs = []
-      for i in range(700):
-          b = nbd.Buffer.from_bytearray(bytearray([${k + 1} + (i % 100)] * 700))
-          bufs.append(b)
-          h.aio_pwrite(b, 1400 * i + 700 * ${k})
-          while h.aio_in_flight() >= 16:
-              h.poll(-1)
-      while h.aio_in_flight() > 0:
-          h.poll(-1)
+      aio_writes(h, interleaved(${k}, 700), 16)
       out = {}
     `);
     await Promise.all([writer(0), writer(1)]);
     const out = await py<{ data: string }>(srv.uri(), `h = connect(); out = {'data': h.pread(1400 * 700, 0).hex()}`);
     const got = Buffer.from(out.data, 'hex');
-    const want = Buffer.alloc(1400 * 700);
-    for (let i = 0; i < 700; i++) for (let k = 0; k < 2; k++) want.fill(k + 1 + (i % 100), 1400 * i + 700 * k, 1400 * i + 700 * (k + 1));
-    expect(got.equals(want)).toBe(true);
+    expect(got.equals(interleavedBytes(700))).toBe(true);
     expect(sha(fs.readFileSync(base.file))).toBe(sha(base.bytes));
   });
 
