@@ -135,18 +135,25 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
     });
     await server.listen({ path: socket });
     const t = options.timeoutMs ?? TIMEOUT_MS;
+    // The same scripts every pass: made once.
+    const extended = transmission('extended');
+    const structured = transmission('structured');
+    const simple = transmission('simple');
+    const negotiationOnly = optionsOnly();
+    // One batch on the file export: its FUA and FLUSH requests are fdatasyncs of TMPDIR's disk.
+    const onFile = transmission('extended', FILE_EXPORT, 1);
+    const oneByOne = serial(FILE_EXPORT);
     for (let r = 0; r < rounds; r++) {
       // As libnbd (nbdcopy, nbdinfo) negotiates: extended headers, else structured replies;
       // as the oldest clients: simple replies; and as `nbdinfo --size` / `--list`: options only.
       // Two at once, as nbdcopy's multi-conn connections; then the file export as qemu-io / nbdcopy use it.
-      const scripts = await Promise.all([run(socket, transmission('extended'), t), run(socket, transmission('structured'), t)]);
-      scripts.push(await run(socket, transmission('simple'), t));
+      const scripts = await Promise.all([run(socket, extended, t), run(socket, structured, t)]);
+      scripts.push(await run(socket, simple, t));
       // Negotiation-only connections, several at once: xstate's transition code runs per connection
       // more than per request, and V8 optimizes it only after enough connections (without these,
       // its 10-16 ms compiles landed in the first real clients' sessions).
-      scripts.push(...(await Promise.all(Array.from({ length: OPTIONS_ONLY }, () => run(socket, optionsOnly(), t)))));
-      // One batch on the file export: its FUA and FLUSH requests are fdatasyncs of TMPDIR's disk.
-      scripts.push(await run(socket, transmission('extended', FILE_EXPORT, 1), t), await run(socket, serial(FILE_EXPORT), t));
+      scripts.push(...(await Promise.all(Array.from({ length: OPTIONS_ONLY }, () => run(socket, negotiationOnly, t)))));
+      scripts.push(await run(socket, onFile, t), await run(socket, oneByOne, t));
       requests += scripts.reduce((n, s) => n + s, 0);
     }
   }
