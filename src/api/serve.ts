@@ -12,10 +12,7 @@ import { backendCapabilities, normalizeExtents } from './backend.js';
 import type { NbdRequest } from './request.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Logger } from '../transport/logger.js';
-
-function isThenable<T>(v: unknown): v is PromiseLike<T> {
-  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
-}
+import { isThenable, writeZeroChunks } from '../plugins/common.js';
 
 /** Run `fn`; continue with `ok` synchronously when it returned a plain value. */
 function step<T>(fn: () => T | PromiseLike<T>, ok: (v: T) => void | Promise<void>, fail: (e: unknown) => void): void | Promise<void> {
@@ -45,18 +42,9 @@ function step<T>(fn: () => T | PromiseLike<T>, ok: (v: T) => void | Promise<void
   }
 }
 
-const ZERO_CHUNK = 1024 * 1024;
-let zeroBuffer: Buffer | undefined;
-
 /** Emulated WRITE_ZEROES: write zero buffers in 1 MiB pieces (as nbdkit emulates zeroing). */
 async function writeZeroes(backend: Backend, offset: number, length: number, fua: boolean): Promise<void> {
-  zeroBuffer ??= Buffer.alloc(ZERO_CHUNK);
-  let at = 0;
-  while (at < length) {
-    const n = Math.min(ZERO_CHUNK, length - at);
-    await backend.write!(offset + at, zeroBuffer.subarray(0, n), { fua: false });
-    at += n;
-  }
+  await writeZeroChunks((o, data) => backend.write!(o, data, NO_FUA), offset, length);
   if (fua && backend.flush) await backend.flush();
 }
 

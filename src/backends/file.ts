@@ -20,6 +20,7 @@ import type { Backend } from '../api/backend.js';
 import type { Logger } from '../transport/logger.js';
 import { fencedNative, loadFileNative, type FileNative } from './file-native.js';
 import { sparseOps } from './file-sparse.js';
+import { writeZeroChunks } from '../plugins/common.js';
 
 export interface FileBackendOptions {
   readonly path: string;
@@ -49,8 +50,6 @@ export interface FileBackend extends Backend {
   readonly fallbackReason?: string;
 }
 
-/** Zeroes for the write-zeroes fallback; shared and never written to. */
-const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
 /** Size of a regular file or a block device (stat reports 0 for devices). */
 async function deviceSize(file: string, st: fs.Stats, fd: number, native: FileNative | null): Promise<number> {
@@ -125,13 +124,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
         mutating--;
       }
     };
-  const writeZeroes = async (offset: number, length: number): Promise<void> => {
-    for (let done = 0; done < length; ) {
-      const n = Math.min(ZERO_CHUNK.length, length - done);
-      await writeAll(offset + done, ZERO_CHUNK.subarray(0, n));
-      done += n;
-    }
-  };
+  const writeZeroes = (offset: number, length: number): Promise<void> => writeZeroChunks(writeAll, offset, length);
 
   const base = {
     size,

@@ -9,7 +9,7 @@ import { layer } from '../api/filter.js';
 import { NbdRequestError } from '../api/errors.js';
 import { ERRNO, errnoName, hostErrnoToNbd, type ErrnoName } from '../protocol/constants.js';
 import type { RequestType } from '../api/request.js';
-import { mulberry32 } from '../plugins/common.js';
+import { isThenable, mulberry32 } from '../plugins/common.js';
 
 /** The operations a filter sees (writev counts as write). */
 export type OpName = 'read' | 'write' | 'zero' | 'trim' | 'flush' | 'extents' | 'cache';
@@ -115,10 +115,6 @@ export function whenSettled<T>(fn: () => T | PromiseLike<T>, done: (failed: bool
       throw e;
     },
   );
-}
-
-export function isThenable(v: unknown): v is PromiseLike<unknown> {
-  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
 }
 
 /** Wait `ms` on a timer (never a busy wait: other requests run meanwhile). */

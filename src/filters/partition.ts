@@ -15,6 +15,7 @@ import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
 import { NbdError } from '../api/errors.js';
 import { ParamError } from '../plugins/params.js';
+import { readBuffer } from '../plugins/common.js';
 import type { FilterPlugin } from '../plugins/registry.js';
 import { findPartition, GPT_ARRAY_LIMIT, type PartitionLocation, type ReadAt } from './partition-table.js';
 
@@ -39,9 +40,9 @@ type Overrides = Parameters<typeof layer>[1];
 function reader(next: Backend): ReadAt {
   return async (offset, length) => {
     const got = await next.read(offset, length);
-    const buf = Buffer.isBuffer(got) ? got : Buffer.concat(got.map((s) => ('data' in s ? s.data : Buffer.alloc(s.hole))));
-    if (buf.length !== length) throw new Error(`the backend returned ${buf.length} bytes for a ${length}-byte read at ${offset}`);
-    return buf;
+    const returned = Buffer.isBuffer(got) ? got.length : got.reduce((n, s) => n + ('data' in s ? s.data.length : s.hole), 0);
+    if (returned !== length) throw new Error(`the backend returned ${returned} bytes for a ${length}-byte read at ${offset}`);
+    return readBuffer(got, length);
   };
 }
 

@@ -1,7 +1,8 @@
 /**
  * Small pieces backends, filters and the server share: a read result as one
- * buffer, a power-of-2 test, per-key locks for read-modify-write, and a
- * seeded generator for reproducible test data and error injection.
+ * buffer, zeroes written in chunks, a thenable test, a power-of-2 test,
+ * per-key locks for read-modify-write, and a seeded generator for
+ * reproducible test data and error injection.
  */
 import type { ReadSegment } from '../api/backend.js';
 
@@ -18,6 +19,25 @@ export function readBuffer(result: Buffer | readonly ReadSegment[], length: numb
     } else at += s.hole;
   }
   return out;
+}
+
+/** Largest piece of zeroes written at once (1 MiB, as nbdkit emulates zeroing). */
+const ZERO_CHUNK = 1 << 20;
+let zeroChunk: Buffer | undefined;
+
+/** Zero [offset, offset + length) through `write`, in pieces of at most 1 MiB of one shared, never-written buffer. */
+export async function writeZeroChunks(write: (offset: number, data: Buffer) => unknown, offset: number, length: number): Promise<void> {
+  zeroChunk ??= Buffer.alloc(ZERO_CHUNK);
+  for (let at = 0; at < length; ) {
+    const n = Math.min(ZERO_CHUNK, length - at);
+    await write(offset + at, zeroChunk.subarray(0, n));
+    at += n;
+  }
+}
+
+/** A promise or any other thenable (what a backend call may return instead of a plain value). */
+export function isThenable<T = unknown>(v: unknown): v is PromiseLike<T> {
+  return v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
 }
 
 /** A positive safe integer that is a power of 2 (also above 2^32, where `n & (n - 1)` would truncate). */
