@@ -33,7 +33,7 @@ export const handshakeGuards = {
     return (event.flags & ~KNOWN_CLIENT_FLAGS & 0xffffffff) !== 0;
   },
   // option.too-many-options: too many options on one connection (DoS guard).
-  tooManyOptions: ({ context }) => context.optionCount >= context.maxOptions,
+  tooManyOptions: ({ context }) => context.optionCount >= context.server.maxOptions,
   // option.shutting-down: while shutting down answer options (except ABORT) with ERR_SHUTDOWN.
   shuttingDown: ({ context }) => context.shuttingDown,
   // handshake.fixed-newstyle-required: without fixed newstyle only EXPORT_NAME is legal.
@@ -58,11 +58,11 @@ export const handshakeGuards = {
     return event.frame.hasData;
   },
   tlsActive: ({ context }) => context.tls,
-  tlsPolicyOff: ({ context }) => context.tlsPolicy === 'off',
+  tlsPolicyOff: ({ context }) => context.server.tlsPolicy === 'off',
   // The name is neither a static export nor the one this connection's last lookup was for: ask the server.
   exportNeedsResolving: ({ context, event }) => {
     assertEvent(event, NAMED_OPTIONS);
-    return context.resolveExports && staticExport(context, event.frame.name) === undefined && context.lookup?.name !== event.frame.name;
+    return context.server.resolveExports && staticExport(context.server, event.frame.name) === undefined && context.lookup?.name !== event.frame.name;
   },
   // The server's hook failed for this name (its log line says why).
   exportOpenFailed: ({ context, event }) => {
@@ -70,7 +70,7 @@ export const handshakeGuards = {
     return context.lookup?.name === event.frame.name && context.lookup.error !== undefined;
   },
   // NBD_OPT_LIST with a per-connection list not made yet for this option.
-  listNeedsResolving: ({ context }) => context.resolveList && context.listing === null,
+  listNeedsResolving: ({ context }) => context.server.resolveList && context.listing === null,
   listFailed: ({ context }) => context.listing !== null && 'error' in context.listing,
   // Where a resolution returns to: the mode the option came from (only open and unfixed resolve).
   notFixedNewstyle: ({ context }) => !context.fixedNewstyle,
@@ -84,7 +84,7 @@ export const handshakeGuards = {
   },
   extendedHeadersOn: ({ context }) => context.extendedHeaders,
   structuredRepliesOn: ({ context }) => context.structuredReplies,
-  structuredRepliesNotOffered: ({ context }) => !context.offerStructuredReplies,
-  extendedHeadersNotOffered: ({ context }) => !context.offerExtendedHeaders,
+  structuredRepliesNotOffered: ({ context }) => !context.server.offerStructuredReplies,
+  extendedHeadersNotOffered: ({ context }) => !context.server.offerExtendedHeaders,
   structuredRepliesOff: ({ context }) => !context.structuredReplies && !context.extendedHeaders,
 } satisfies Record<string, (args: Args) => boolean>;

@@ -34,14 +34,16 @@ export interface HandshakeInput {
 /** The context a handshake starts with: the input, with its defaults, and nothing negotiated yet. */
 export function handshakeContext(input: HandshakeInput): HandshakeContext {
   return {
-    exports: input.exports,
-    defaultExport: input.defaultExport,
-    tlsPolicy: input.tls ?? 'off',
-    maxOptions: input.maxOptions ?? DEFAULTS.maxOptions,
-    offerExtendedHeaders: input.extendedHeaders ?? true,
-    offerStructuredReplies: input.structuredReplies ?? true,
-    resolveExports: input.resolveExports ?? false,
-    resolveList: input.resolveList ?? false,
+    server: {
+      exports: input.exports,
+      defaultExport: input.defaultExport,
+      tlsPolicy: input.tls ?? 'off',
+      maxOptions: input.maxOptions ?? DEFAULTS.maxOptions,
+      offerExtendedHeaders: input.extendedHeaders ?? true,
+      offerStructuredReplies: input.structuredReplies ?? true,
+      resolveExports: input.resolveExports ?? false,
+      resolveList: input.resolveList ?? false,
+    },
     lookup: null,
     listing: null,
     pending: null,

@@ -21,7 +21,11 @@ import {
 import type { InfoGoOption, OptionFrame } from '../protocol/frames.js';
 import type { ExportDescriptor, HandshakeEmitted, HandshakeEvent, HandshakeOutcome, ListedExport, MetaContextSelection, Negotiated, OptionEvent, TlsPolicy } from './types.js';
 
-export interface HandshakeContext {
+/**
+ * What the server set for every connection (from HandshakeInput, with its defaults): one object the context
+ * refers to, never copied by an assign.
+ */
+export interface HandshakeSettings {
   readonly exports: readonly ExportDescriptor[];
   readonly defaultExport: string | undefined;
   readonly tlsPolicy: TlsPolicy;
@@ -32,6 +36,15 @@ export interface HandshakeContext {
   readonly resolveExports: boolean;
   /** NBD_OPT_LIST asks the server for this connection's list. */
   readonly resolveList: boolean;
+}
+
+/**
+ * The handshake's context: the server's settings and what this connection negotiated. Kept to a few fields:
+ * every assign copies the context (xstate's `Object.assign({}, context, update)`), and V8 turns a copy of
+ * 20 or more fields into a slow dictionary-mode object.
+ */
+export interface HandshakeContext {
+  readonly server: HandshakeSettings;
   /**
    * The last name resolved on this connection and what it meant (an export,
    * null for none, or the hook's failure, answered once and then forgotten):
@@ -73,15 +86,15 @@ export interface ExportLookup {
 }
 
 /** A static export by requested name ("" ⇒ the static default export). */
-export function staticExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
-  const wanted = name === '' ? ctx.defaultExport : name;
+export function staticExport(server: Pick<HandshakeSettings, 'exports' | 'defaultExport'>, name: string): ExportDescriptor | undefined {
+  const wanted = name === '' ? server.defaultExport : name;
   if (wanted === undefined) return undefined;
-  return ctx.exports.find((e) => e.name === wanted);
+  return server.exports.find((e) => e.name === wanted);
 }
 
 /** Resolve a requested name to an export: a static one, else what this connection's last lookup found for that name. */
-export function findExport(ctx: Pick<HandshakeContext, 'exports' | 'defaultExport'> & { readonly lookup?: ExportLookup | null }, name: string): ExportDescriptor | undefined {
-  const found = staticExport(ctx, name);
+export function findExport(ctx: { readonly server: Pick<HandshakeSettings, 'exports' | 'defaultExport'>; readonly lookup?: ExportLookup | null }, name: string): ExportDescriptor | undefined {
+  const found = staticExport(ctx.server, name);
   if (found !== undefined || !ctx.lookup || ctx.lookup.name !== name) return found;
   return ctx.lookup.export ?? undefined;
 }
@@ -110,11 +123,11 @@ export function matchMetaContexts(queries: readonly string[], mode: 'list' | 'se
 }
 
 export function isTlsBlocked(ctx: HandshakeContext): boolean {
-  return ctx.tlsPolicy === 'required' && !ctx.tls;
+  return ctx.server.tlsPolicy === 'required' && !ctx.tls;
 }
 
 export function exportTlsBlocked(ctx: HandshakeContext, exp: ExportDescriptor | undefined): boolean {
-  return !!exp?.tlsOnly && !ctx.tls && ctx.tlsPolicy !== 'off';
+  return !!exp?.tlsOnly && !ctx.tls && ctx.server.tlsPolicy !== 'off';
 }
 
 /**
@@ -178,7 +191,7 @@ export const OPTION_ERROR_DETAILS: { readonly [C in OptionErrorCode]: (ctx: Hand
   'option.unexpected-data': (_ctx, f) => [{ option: optionLabel(f.code), length: f.length }],
   'tls.starttls-repeat': () => [],
   'tls.mode-notls': () => [],
-  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.defaultExport !== undefined || ctx.resolveExports }],
+  'option.export-unknown': (ctx, f) => [{ name: requestedName(f), hasDefault: ctx.server.defaultExport !== undefined || ctx.server.resolveExports }],
   NBD_ERR_EXPORT_OPEN: (_ctx, f) => [{ name: requestedName(f) }],
   NBD_ERR_EXPORT_LIST: () => [],
   'tls.mode-selectivetls': (_ctx, f) => [{ name: requestedName(f) }],

@@ -37,7 +37,7 @@ export function settlement(ctx: HandshakeContext, event: ResolveEvent): Pick<Han
  */
 export function listReplies(ctx: HandshakeContext, code: number): HandshakeEmitted[] {
   const listed = ctx.listing && 'exports' in ctx.listing ? ctx.listing.exports : [];
-  const statics = ctx.exports.filter((exp) => !exportTlsBlocked(ctx, exp));
+  const statics = ctx.server.exports.filter((exp) => !exportTlsBlocked(ctx, exp));
   const names = new Set(statics.map((e) => e.name));
   const out = [...statics, ...listed.filter((e) => !names.has(e.name))].map((exp) => sendOf(encodeRepServer(code, exp.name, exp.description), `NBD_REP_SERVER(${exp.name})`));
   out.push(sendOf(encodeAck(code), 'NBD_REP_ACK'));

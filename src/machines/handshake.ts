@@ -79,7 +79,7 @@ export const handshakeMachine = setup({
     countOption: enqueueActions(({ context, enqueue }) => {
       const optionCount = context.optionCount + 1;
       enqueue.assign({ optionCount });
-      if (optionCount >= context.maxOptions) enqueue.raise({ type: 'options.spent' });
+      if (optionCount >= context.server.maxOptions) enqueue.raise({ type: 'options.spent' });
     }),
     // A hard close: the catalogue code, and one reason: its text (rule ID first), then what triggered it.
     // A decoder failure closes with the decoder's own code.
