@@ -14,6 +14,10 @@ have nbdkit   || need+=(nbdkit)
 have fio      || need+=(fio)
 have certtool || need+=(gnutls-bin)
 have chromium  || need+=(chromium)
+# The reference server and client from the NBD project itself (the probe's and strict mode's peers);
+# nbd-client lives in /usr/sbin.
+have nbd-server || need+=(nbd-server)
+[ -x /usr/sbin/nbd-client ] || have nbd-client || need+=(nbd-client)
 # sfdisk and fdisk live in /usr/sbin, often not on a user's PATH.
 [ -x /usr/sbin/sfdisk ] || have sfdisk || need+=(fdisk)
 [ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)

@@ -28,6 +28,8 @@ export const PEERS: Record<string, string> = {
   'qemu-io': 'qemu-utils',
   nbdkit: 'nbdkit',
   fio: 'fio',
+  'nbd-server': 'nbd-server',
+  'nbd-client': 'nbd-client',
   certtool: 'gnutls-bin',
   psktool: 'gnutls-bin',
   sfdisk: 'fdisk',
