@@ -53,6 +53,15 @@ function page(url: string, headers: Record<string, string> = {}): Promise<{ ws: 
   });
 }
 
+/** `promise`, or a failure naming `what` after `ms`. */
+function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
 const closed = (ws: WebSocket): Promise<number> => new Promise((resolve) => (ws.readyState === WebSocket.CLOSED ? resolve(-1) : ws.once('close', (code) => resolve(code))));
 
 describe('live view', () => {
@@ -133,18 +142,25 @@ describe('live view', () => {
     const path = `${srv.dir}/live.sock`;
     live = await startLiveInspector(srv.server, { path, maxBufferedBytes: 64 * 1024, logger: recordingLogger(logs) });
     expect(live.url).toBe(`unix:${path}`);
-    const p = await new Promise<WebSocket>((resolve, reject) => {
-      const ws = new WebSocket(`ws+unix://${path}:/events`);
-      ws.once('open', () => resolve(ws));
-      ws.once('error', reject);
-    });
+    // Each step has its own deadline, so that a stall says where it stalled (once, in a loaded CI run,
+    // this test sat until vitest's 120 s timeout).
+    const p = await within(
+      new Promise<WebSocket>((resolve, reject) => {
+        const ws = new WebSocket(`ws+unix://${path}:/events`);
+        ws.once('open', () => resolve(ws));
+        ws.once('error', reject);
+      }),
+      'the page to connect',
+    );
     // The page stops reading.
     (p as unknown as { _socket: { pause(): void } })._socket.pause();
-    const client = await RawClient.open({ path: srv.socket }, 'disk');
+    const client = await within(RawClient.open({ path: srv.socket }, 'disk'), 'the NBD client to negotiate');
     try {
       for (let round = 0; round < 200 && counted.detached() === 0; round++) {
         for (let i = 0; i < 64; i++) client.send(requestBytes({ type: CMD.READ, offset: 0, length: 4096, cookie: BigInt(i) }));
-        for (let i = 0; i < 64; i++) await client.readSimpleReply(() => 4096);
+        for (let i = 0; i < 64; i++) {
+          await within(client.readSimpleReply(() => 4096), `READ reply ${i} of round ${round} (page taps ${counted.taps()}, detached ${counted.detached()}, pages ${live.pages})`);
+        }
       }
       expect(counted.detached()).toBe(1);
       expect(live.pages).toBe(0);
