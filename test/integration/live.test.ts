@@ -16,6 +16,7 @@ import type { TraceSink } from '../../src/inspect/trace-format.js';
 import { CLI, execFileP, recordingLogger, run, serverPerTest, tmpDir, type Running } from './harness.js';
 import { RawClient, requestBytes, CMD } from './raw-client.js';
 import { until } from './tls-support.js';
+import { within } from '../hostile/support.js';
 
 const servers = serverPerTest();
 let live: LiveInspector | undefined;
@@ -53,14 +54,8 @@ function page(url: string, headers: Record<string, string> = {}): Promise<{ ws: 
   });
 }
 
-/** `promise`, or a failure naming `what` after `ms`. */
-function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
+/** A hang detector for each step of the falls-behind test, not a timing assertion. */
+const STEP_CAP_MS = 20_000;
 
 const closed = (ws: WebSocket): Promise<number> => new Promise((resolve) => (ws.readyState === WebSocket.CLOSED ? resolve(-1) : ws.once('close', (code) => resolve(code))));
 
@@ -150,16 +145,17 @@ describe('live view', () => {
         ws.once('open', () => resolve(ws));
         ws.once('error', reject);
       }),
+      STEP_CAP_MS,
       'the page to connect',
     );
     // The page stops reading.
     (p as unknown as { _socket: { pause(): void } })._socket.pause();
-    const client = await within(RawClient.open({ path: srv.socket }, 'disk'), 'the NBD client to negotiate');
+    const client = await within(RawClient.open({ path: srv.socket }, 'disk'), STEP_CAP_MS, 'the NBD client to negotiate');
     try {
       for (let round = 0; round < 200 && counted.detached() === 0; round++) {
         for (let i = 0; i < 64; i++) client.send(requestBytes({ type: CMD.READ, offset: 0, length: 4096, cookie: BigInt(i) }));
         for (let i = 0; i < 64; i++) {
-          await within(client.readSimpleReply(() => 4096), `READ reply ${i} of round ${round} (page taps ${counted.taps()}, detached ${counted.detached()}, pages ${live.pages})`);
+          await within(client.readSimpleReply(() => 4096), STEP_CAP_MS, `READ reply ${i} of round ${round} (page taps ${counted.taps()}, detached ${counted.detached()}, pages ${live.pages})`);
         }
       }
       expect(counted.detached()).toBe(1);
