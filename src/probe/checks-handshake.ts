@@ -6,8 +6,10 @@
  */
 import { CLIENT_FLAGS, HANDSHAKE_FLAGS, INFO, OPT, REP } from '../protocol/constants.js';
 import { infoGoData, optionBytes, type NbdConnection } from '../client/index.js';
+import type { OptionReply } from '../client/option-replies.js';
 import { fail, notAdvertised, pass, type Check, type Outcome } from './runner.js';
 import { opened, type ProbeContext } from './context.js';
+import { inSync } from './checks-transmission.js';
 
 type C = Check<ProbeContext>;
 
@@ -27,10 +29,21 @@ async function withOptions(ctx: ProbeContext, signal: AbortSignal, body: (c: Nbd
   }
 }
 
-/** The connection still answers options after `what`: a LIST (or anything final) comes back. */
+/**
+ * A reply in `replies` that names another option than the one they answer: the server is out of step
+ * (it is still answering an earlier option, say), whatever the reply's type.
+ */
+function outOfStep(replies: readonly OptionReply[]): string | null {
+  const dev = replies.flatMap((r) => r.deviations).find((d) => d.rule === 'option.reply-header');
+  return dev ? `${dev.message}: the server is answering an earlier option` : null;
+}
+
+/** The connection still answers options after `what`: a LIST (or anything final) comes back, naming the LIST. */
 async function stillInSync(c: NbdConnection): Promise<string | null> {
   try {
     const replies = await c.option(OPT.NBD_OPT_LIST);
+    const stale = outOfStep(replies);
+    if (stale) return `a LIST afterwards: ${stale}`;
     return replies.at(-1)?.final ? null : 'no final reply to a LIST afterwards';
   } catch (err) {
     return `the connection did not answer a LIST afterwards: ${(err as Error).message}`;
@@ -114,6 +127,8 @@ export const HANDSHAKE_CHECKS: readonly C[] = [
         // The 4 bytes must have been read and dropped: the next option is read from its own header.
         const info = await c.info(ctx.target.exportName, []).catch((err: Error) => err);
         if (info instanceof Error) return fail(`the next option (INFO) was not answered: ${info.message}`);
+        const stale = outOfStep(info.replies);
+        if (stale) return fail(`the next option (INFO): ${stale}`, info.replies.map((r) => hex(r.header)).join(' '));
         const t = last(info.replies);
         if (t !== 'NBD_REP_ACK' && t !== 'NBD_REP_ERR_UNSUP') return fail(`the next option (INFO) was answered ${t}: the LIST's data was read as part of it`);
         return pass(`NBD_REP_ERR_INVALID, then INFO answered ${t}`);
@@ -166,8 +181,8 @@ export const HANDSHAKE_CHECKS: readonly C[] = [
       withOptions(ctx, signal, async (c) => {
         const r = await c.exportName(ctx.target.exportName);
         if (r.size !== ctx.facts.size) return fail(`size ${r.size}, GO said ${ctx.facts.size}`, hex(r.bytes.subarray(0, 10)));
-        const read = await c.read(0, Math.min(512, Number(ctx.facts.size)));
-        if (read.error !== 0) return fail(`a READ after EXPORT_NAME failed with errno ${read.error}`);
+        const sync = await inSync(c, ctx);
+        if (sync) return fail(`after EXPORT_NAME, ${sync}`);
         return pass(`size ${r.size}, flags 0x${r.flags.toString(16)}, then a READ answered`);
       }),
   },
@@ -182,8 +197,8 @@ export const HANDSHAKE_CHECKS: readonly C[] = [
           const r = await c.exportName(ctx.target.exportName, { noZeroes: false });
           const dev = c.deviations.find((d) => d.rule === 'handshake.no-zeroes');
           if (dev) return fail(dev.message, hex(dev.evidence.subarray(0, 32)));
-          const read = await c.read(0, Math.min(512, Number(ctx.facts.size)));
-          if (read.error !== 0 || read.deviations.length) return fail('a READ after the 124 bytes was not answered cleanly: the padding was not 124 bytes');
+          const sync = await inSync(c, ctx);
+          if (sync) return fail(`a READ after the 124 bytes was not answered cleanly (the padding was not 124 bytes): ${sync}`);
           return pass(`${r.bytes.length} bytes (size, flags, 124 zeroes), then a READ answered`);
         },
         CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE,

@@ -8,7 +8,7 @@ import { CMD, FLAG, errnoName } from '../protocol/constants.js';
 import { requestHeaderBytes, type NbdClientError } from '../client/index.js';
 import { fail, notAdvertised, pass, type Check } from './runner.js';
 import type { ProbeContext } from './context.js';
-import { inSync, smallRead, withExport } from './checks-transmission.js';
+import { inSync, withExport } from './checks-transmission.js';
 
 type C = Check<ProbeContext>;
 
@@ -40,12 +40,11 @@ export const LENGTH_CHECKS: readonly C[] = [
         };
         if (w instanceof Error) return answeredInner() ?? (serverClosed(w) ? pass(DISCONNECTED) : fail(`no answer to the WRITE: ${w.message}`));
         if (w.error === 0) return fail('a WRITE past the end of the export succeeded');
-        const after = await c.read(0, smallRead(ctx)).catch((err: Error) => err);
+        const after = await inSync(c, ctx).catch((err: Error) => err);
         const innerAnswered = answeredInner();
         if (innerAnswered) return innerAnswered;
         if (after instanceof Error) return serverClosed(after) ? pass(`${errnoName(w.error)}, then ${DISCONNECTED}`) : fail(`a plain READ afterwards: ${after.message}`);
-        const sync = after.error !== 0 ? `a plain READ afterwards failed with ${errnoName(after.error)}` : after.deviations[0]?.message;
-        return sync ? fail(sync) : pass(`${errnoName(w.error)}, the payload skipped, then a READ answered`);
+        return after ? fail(after) : pass(`${errnoName(w.error)}, the payload skipped, then a READ answered`);
       }),
   },
   // 64-bit lengths (extended headers): a server that keeps only the low 32 bits would see 512.

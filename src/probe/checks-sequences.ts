@@ -24,6 +24,7 @@ import { COMMANDS } from '../machines/request-rules.js';
 import { infoGoData, metaContextData, type NbdConnection, type Reply } from '../client/index.js';
 import { fail, pass, type Check } from './runner.js';
 import { negotiated, opened, type ProbeContext } from './context.js';
+import { inSync } from './checks-transmission.js';
 
 /** An option of a sequence: its code, its data, and how it reads in evidence. */
 interface Move {
@@ -109,8 +110,8 @@ export const SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
           try {
             const go = await c.go(ctx.target.exportName, []);
             if (!go.ok) return fail(`GO after the sequence was answered ${go.replies.at(-1)?.typeName}`, where);
-            const read = await c.read(0, Math.min(512, Number(ctx.facts.size)));
-            if (read.error !== 0 || read.deviations.length) return fail('a READ after the sequence was not answered cleanly', where);
+            const sync = await inSync(c, ctx);
+            if (sync) return fail(`a READ after the sequence was not answered cleanly: ${sync}`, where);
           } catch (err) {
             return fail(`after the sequence, GO and a READ failed: ${(err as Error).message}`, where);
           }
@@ -183,6 +184,7 @@ export const REQUEST_SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
   {
     rule: 'transmission.error-values',
     title: `${REQUEST_RUNS} random request sequences from the request rule table: answered, spec errnos only, data as written`,
+    needsData: true,
     async run(ctx, signal) {
       const seed = ctx.seed ?? 1;
       const writable = ctx.scratch !== null && !(ctx.facts.flags & FLAG.NBD_FLAG_READ_ONLY);

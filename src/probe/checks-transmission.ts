@@ -26,8 +26,16 @@ export async function withExport(ctx: ProbeContext, signal: AbortSignal, body: (
 
 export const smallRead = (ctx: ProbeContext): number => Math.min(ctx.facts.blockSize?.preferred ?? 4096, 4096, Number(ctx.facts.size));
 
-/** A valid READ still gets a successful answer with no deviation: the stream is in sync. */
+/**
+ * A plain READ still gets its answer with no deviation: the stream is in sync. On an empty export no READ
+ * can succeed, so a 1-byte READ there must get its error reply instead (it still shows the stream in step).
+ */
 export async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<string | null> {
+  if (ctx.facts.size === 0n) {
+    const r = await c.read(0, 1);
+    if (r.error === 0) return 'a 1-byte READ of the empty export afterwards succeeded';
+    return r.deviations.length ? `a READ afterwards: ${r.deviations[0]!.message}` : null;
+  }
   const r = await c.read(0, smallRead(ctx));
   if (r.error !== 0) return `a plain READ afterwards failed with ${errnoName(r.error)}`;
   return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
@@ -73,6 +81,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.cookie-echo',
     title: 'a 64-bit cookie comes back byte for byte',
+    needsData: true,
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         const cookie = 0xfedc_ba98_7654_3210n;
@@ -84,6 +93,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.structured-chunks',
     title: 'a READ is answered by well-formed chunks covering exactly what was asked',
+    needsData: true,
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         if (!ctx.facts.structured) return notAdvertised('structured replies are not offered');
@@ -97,6 +107,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.df-one-chunk',
     title: 'a READ with DF is one data chunk',
+    needsData: true,
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         if (!ctx.facts.structured || !(ctx.facts.flags & FLAG.NBD_FLAG_SEND_DF)) return notAdvertised('SEND_DF is not advertised');
@@ -125,6 +136,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'transmission.disc-drains',
     title: 'DISC after pipelined READs: every READ answered, then the server closes',
+    needsData: true,
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         const n = 16;
@@ -144,11 +156,13 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.cookie-echo',
     title: '64 pipelined READs: every cookie answered once (in any order)',
+    needsData: true,
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         const n = 64;
+        const length = Math.min(512, Number(ctx.facts.size));
         const cookies = Array.from({ length: n }, (_, i) => 0x1000_0000_0000_0000n + BigInt(i) * 0x10001n);
-        const replies = await Promise.all(cookies.map((cookie, i) => c.request({ type: CMD.NBD_CMD_READ, cookie, offset: BigInt((i * 512) % Math.max(1, Number(ctx.facts.size) - 512)), length: 512 })));
+        const replies = await Promise.all(cookies.map((cookie, i) => c.request({ type: CMD.NBD_CMD_READ, cookie, offset: BigInt((i * 512) % Math.max(1, Number(ctx.facts.size) - length + 1)), length })));
         const wrong = replies.filter((r, i) => r.cookie !== cookies[i] || r.error !== 0);
         if (wrong.length) return fail(`${wrong.length} of ${n} replies wrong (cookie or error)`);
         const dev = replies.find((r) => r.deviations.length);
@@ -195,6 +209,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.block-status-chunks',
     title: 'BLOCK_STATUS with REQ_ONE: one extent, not past the request',
+    needsData: true,
     run: (ctx, signal) =>
       withBaseAllocation(ctx, signal, async (c, length) => {
         const r = await c.blockStatus(0, length, { flags: CMD_FLAG.NBD_CMD_FLAG_REQ_ONE });
@@ -299,6 +314,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'transmission.block-status-needs-context',
     title: 'BLOCK_STATUS with base:allocation: extents within the request, for the selected context',
+    needsData: true,
     run: (ctx, signal) =>
       withBaseAllocation(ctx, signal, async (c, length) => {
         const r = await c.blockStatus(0, length);
@@ -313,6 +329,7 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
   {
     rule: 'reply.extended-offset-echo',
     title: 'with extended headers, a READ gets extended replies',
+    needsData: true,
     async run(ctx, signal) {
       if (!ctx.facts.extended) return notAdvertised('extended headers are not offered');
       return withExport(

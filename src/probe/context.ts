@@ -60,7 +60,11 @@ export async function opened(ctx: Pick<ProbeContext, 'target' | 'timeoutMs'>, si
   const c = await NbdConnection.connect(t.transport === 'unix' ? { path: t.path! } : { host: t.host!, port: t.port! }, { timeoutMs: ctx.timeoutMs });
   signal?.addEventListener('abort', () => c.destroy(), { once: true });
   try {
-    await c.greeting();
+    const greeting = await c.greeting();
+    // Nothing else can be asked of a peer that is not a newstyle NBD server: say so, not what options then did.
+    const badMagic = greeting.deviations.find((d) => d.rule === 'peer.greeting-magic');
+    if (badMagic) throw new Error(`not an NBD server: ${badMagic.message}`);
+    if (greeting.oldstyle) throw new Error('the server sent an oldstyle greeting: it takes no options, and the probe checks newstyle servers');
     // Default: FIXED_NEWSTYLE, and NO_ZEROES when the server offered it.
     if (clientFlags === undefined) c.sendClientFlags();
     else c.sendClientFlags(clientFlags);

@@ -44,14 +44,21 @@ export async function probe(target: NbdTarget, options: ProbeOptions = {}): Prom
   const timeoutMs = options.timeoutMs ?? 10_000;
   const facts = await survey({ target, timeoutMs });
   let scratch: ProbeContext['scratch'] = null;
-  if (!options.readOnly) {
+  const empty = facts.size === 0n;
+  if (!options.readOnly && !empty) {
     const length = options.scratch?.length ?? Number(facts.size < BigInt(SCRATCH_DEFAULT) ? facts.size : BigInt(SCRATCH_DEFAULT));
     const offset = options.scratch?.offset ?? facts.size - BigInt(length);
     if (offset < 0n || offset + BigInt(length) > facts.size) throw new Error(`scratch region ${offset}+${length} is not inside the export (size ${facts.size})`);
     scratch = { offset, length };
   }
-  options.announce?.(scratch ? `scratch region: bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n} of ${facts.size} may be overwritten` : 'read-only: nothing is written');
+  options.announce?.(
+    scratch
+      ? `scratch region: bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n} of ${facts.size} may be overwritten`
+      : empty
+        ? 'the export is empty (0 bytes): nothing is read or written'
+        : 'read-only: nothing is written',
+  );
   const ctx: ProbeContext = { target, timeoutMs, scratch, facts, seed: options.seed ?? 1 };
-  const results = await runChecks(PROBE_CHECKS, ctx, { timeoutMs, readOnly: scratch === null, onResult: options.onResult });
+  const results = await runChecks(PROBE_CHECKS, ctx, { timeoutMs, readOnly: scratch === null, emptyExport: empty, onResult: options.onResult });
   return { target, facts, scratch, results };
 }

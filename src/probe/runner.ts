@@ -25,6 +25,8 @@ export interface Check<C> {
   readonly title: string;
   /** It writes to the export (only inside the scratch region); skipped with `readOnly`. */
   readonly writes?: boolean;
+  /** It reads the export's bytes (a writing check does too); skipped on an empty export (`emptyExport`). */
+  readonly needsData?: boolean;
   run(ctx: C, signal: AbortSignal): Promise<Outcome>;
 }
 
@@ -37,6 +39,8 @@ export interface Result extends Outcome {
 export interface RunOptions {
   readonly timeoutMs: number;
   readonly readOnly: boolean;
+  /** The export has 0 bytes: checks that read or write its bytes are SKIPPED (there is nothing to check them on). */
+  readonly emptyExport?: boolean;
   readonly onResult?: (r: Result) => void;
 }
 
@@ -50,7 +54,9 @@ export async function runChecks<C>(checks: ReadonlyArray<Check<C>>, ctx: C, opti
   for (const check of checks) {
     const t0 = performance.now();
     let outcome: Outcome;
-    if (check.writes && options.readOnly) {
+    if ((check.needsData || check.writes) && options.emptyExport) {
+      outcome = { status: 'SKIPPED', detail: 'the export is empty (0 bytes): nothing to read or write' };
+    } else if (check.writes && options.readOnly) {
       outcome = { status: 'SKIPPED', detail: 'writes to the export (--read-only)' };
     } else {
       const abort = new AbortController();

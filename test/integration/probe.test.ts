@@ -202,6 +202,58 @@ describe('nbd-engine probe', () => {
     }
   });
 
+  it('exports of 0 and 1 bytes: nothing fails; on the empty one, what needs bytes is SKIPPED and nothing is written', async () => {
+    const sock = path.join(dir, 'null0.sock');
+    children.push(background('nbdkit', ['-f', '-U', sock, 'null', '0']));
+    await until(() => fs.existsSync(sock), 10_000, 'nbdkit null 0');
+    const empty = await probeJson(`nbd+unix:///?socket=${sock}`);
+    expect(failed(empty.report)).toEqual([]);
+    expect(empty.code).toBe(0);
+    expect(empty.report.scratch).toBeNull();
+    const skipped = empty.report.results.filter((r) => r.status === 'SKIPPED');
+    // The data checks: READs with and without DF, cookies, pipelining, DISC draining, every write, BLOCK_STATUS.
+    for (const rule of ['reply.structured-chunks', 'reply.cookie-echo', 'transmission.flush-durable', 'transmission.error-values', 'reply.block-status-chunks']) {
+      expect(skipped.map((r) => r.rule), rule).toContain(rule);
+    }
+    for (const r of skipped) expect(r.detail).toBe('the export is empty (0 bytes): nothing to read or write');
+    // What needs no bytes still ran, each ending with a READ refused in step (a 1-byte READ of nothing).
+    expect(statusOf(empty.report, 'transmission.unknown-command')).toBe('PASS');
+    expect(statusOf(empty.report, 'option.export-name-terminates')).toBe('PASS');
+    expect(statusOf(empty.report, 'transmission.payload-consumed')).toBe('PASS');
+
+    const one = await startServer({ exports: [{ name: 'one', backend: memoryBackend({ size: 1 }) }] });
+    try {
+      const r = await probeJson(one.uri());
+      expect(failed(r.report)).toEqual([]);
+      expect(r.report.results.filter((x) => x.status === 'SKIPPED')).toEqual([]);
+      expect(r.report.scratch).toEqual({ offset: '0', length: 1 });
+    } finally {
+      await one.close();
+    }
+  });
+
+  it('a peer that is not a newstyle NBD server: exit 1 and one line that says what it sent', async () => {
+    const net = (await import('node:net')).default;
+    for (const [name, greeting, message] of [
+      ['http', Buffer.from('HTTP/1.0 200 OK\r\n\r\n'), 'not an NBD server: greeting starts with 0x485454502f312e30, not NBDMAGIC'],
+      ['oldstyle', Buffer.concat([Buffer.from('NBDMAGIC'), Buffer.from('0000420281861253', 'hex'), Buffer.alloc(8 + 4 + 124)]), 'the server sent an oldstyle greeting: it takes no options, and the probe checks newstyle servers'],
+    ] as const) {
+      const sock = path.join(dir, `not-nbd-${name}.sock`);
+      const server = net.createServer((c) => {
+        c.on('error', () => {});
+        c.write(greeting);
+      });
+      await new Promise<void>((resolve) => server.listen(sock, resolve));
+      try {
+        const e = await execFileP(process.execPath, [CLI, 'probe', `nbd+unix:///?socket=${sock}`, '--timeout', '3']).then(() => null, (err: { code: number; stderr: string }) => err);
+        expect(e?.code, name).toBe(1);
+        expect(e!.stderr.trim(), name).toBe(`nbd-engine probe: cannot negotiate with nbd+unix:///?socket=${sock}: ${message}`);
+      } finally {
+        server.close();
+      }
+    }
+  });
+
   it('a bad command line is one stderr line and exit 2; a server that is not there, exit 1', async () => {
     for (const args of [[], ['http://x/'], ['nbd://h/', '--timeout', '0'], ['nbd://h/', '--scratch', '12']]) {
       const e = await execFileP(process.execPath, [CLI, 'probe', ...args]).then(() => null, (err: { code: number; stderr: string }) => err);
@@ -222,7 +274,7 @@ describe('nbd-engine probe against a server with known defects', () => {
   // or reads 64-bit lengths (extended headers) as their low 32 bits.
   function defectiveServer(
     sock: string,
-    o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean; structuredStrict?: boolean } = {},
+    o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean; structuredStrict?: boolean; listAnsweredTwice?: boolean } = {},
   ): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
@@ -290,6 +342,10 @@ describe('nbd-engine probe against a server with known defects', () => {
               } else if (opt === 2) {
                 s.end(optReply(opt, 1));
                 return;
+              } else if (opt === 3 && len > 0 && o.listAnsweredTwice) {
+                // defect (as Debian's nbd-server 3.24 without listenaddr): a LIST carrying data is refused, and
+                // then answered anyway, so each later option reads the replies of the one before it
+                s.write(Buffer.concat([optReply(opt, 0x8000_0003), optReply(opt, 2, Buffer.from([0, 0, 0, 4, 0x64, 0x69, 0x73, 0x6b])), optReply(opt, 1)]));
               } else if (opt === 8 && o.structuredStrict) {
                 structured = true;
                 s.write(optReply(opt, 1));
@@ -398,6 +454,12 @@ describe('nbd-engine probe against a server with known defects', () => {
     expect(f).toContain('option.unknown-code');
     expect(f).toContain('reply.cookie-echo');
     expect(result(report, 'option.unknown-code').detail).toBe('answered NBD_REP_ACK');
+  });
+
+  it("a server still answering an earlier option fails option.unexpected-data, though the replies' types look right", async () => {
+    const r = result((await probeDefective('list', { listAnsweredTwice: true })).report, 'option.unexpected-data');
+    expect(r.status, r.detail).toBe('FAIL');
+    expect(r.detail).toBe('the next option (INFO): reply names option 3, the option sent was 6: the server is answering an earlier option');
   });
 
   it('a server that ACKs STARTTLS and goes on in plaintext fails tls.plaintext-after-starttls, with the bytes as evidence', async () => {
