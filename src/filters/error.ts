@@ -28,7 +28,7 @@ export interface ErrorRule {
 }
 
 export interface ErrorOptions extends ErrorRule {
-  /** Per operation settings; each field falls back to the general one above. */
+  /** Per operation settings; each field falls back to the general one above, except that FLUSH fails only by `flush.rate`. */
   readonly read?: ErrorRule;
   readonly write?: ErrorRule;
   readonly zero?: ErrorRule;
@@ -74,9 +74,12 @@ export class ErrorInjector {
   /** The errno to fail this call with, or undefined to let it through. */
   decide(call: Pick<OpCall, 'op' | 'offset' | 'count'>): ErrnoName | undefined {
     const rule = this.options[call.op];
-    const rate = rule?.rate ?? this.options.rate ?? 0;
+    // FLUSH fails only by its own rate (error-flush is ours): nbdkit's error filter never touches FLUSH,
+    // so a command line copied from nbdkit (error-rate=…) must not start failing flushes.
+    const general: ErrorRule | undefined = call.op === 'flush' ? undefined : this.options;
+    const rate = rule?.rate ?? general?.rate ?? 0;
     if (rate <= 0 || !this.inRange(call)) return undefined;
-    const file = rule?.file ?? this.options.file;
+    const file = rule?.file ?? general?.file;
     if (file !== undefined && !fs.existsSync(file)) return undefined;
     // Drawn only for eligible requests, so a seed's sequence does not depend on requests outside the range.
     if (rate < 1 && this.random() >= rate) return undefined;

@@ -48,12 +48,37 @@ export function describeCall(call: OpCall): string {
     case 'trim':
       return `${range} fua=${bit(call.fua)}`;
     case 'zero':
-      return `${range} fua=${bit(call.fua)} may_trim=${bit(!call.noHole)} fast=${bit(call.fastZero)}`;
+      // nbdkit's order and names: trim (the inverse of NO_HOLE), fua, fast.
+      return `${range} trim=${bit(!call.noHole)} fua=${bit(call.fua)} fast=${bit(call.fastZero)}`;
     case 'extents':
       return `${range} req_one=${bit(call.reqOne)}`;
     case 'flush':
       return '';
   }
+}
+
+/** nbdkit's words for an extent's flags: "" (data), "hole", "zero" or "hole,zero". */
+const extentType = (flags: number): string => [flags & 1 ? 'hole' : '', flags & 2 ? 'zero' : ''].filter(Boolean).join(',');
+
+/**
+ * What nbdkit prints of an Extents reply: `extents=(OFFSET LENGTH "TYPE" …) `, from the request's offset,
+ * as nbdkit's extent list holds them: within the request (the last one cut at its end), neighbours of
+ * the same type merged.
+ */
+export function describeExtents(offset: number, count: number, value: unknown): string {
+  if (!Array.isArray(value)) return '';
+  const end = offset + count;
+  const merged: Array<{ at: number; length: number; flags: number }> = [];
+  let at = offset;
+  for (const e of value as ReadonlyArray<{ length: number; flags: number }>) {
+    if (at >= end) break;
+    const length = Math.min(e.length, end - at);
+    const last = merged.at(-1);
+    if (last && last.flags === e.flags) last.length += length;
+    else if (length > 0) merged.push({ at, length, flags: e.flags });
+    at += length;
+  }
+  return `extents=(${merged.map((e) => `${hex(e.at)} ${hex(e.length)} "${extentType(e.flags)}"`).join(' ')}) `;
 }
 
 /** The open log: writes whole lines, numbers requests per connection. */
@@ -111,9 +136,9 @@ export class LogWriter {
     const fields = describeCall(call);
     this.line(connection, `${action} id=${id}${extra}${fields ? ` ${fields}` : ''} ...`);
     const start = process.hrtime.bigint();
-    return whenSettled(run, (failed, err) => {
+    return whenSettled(run, (failed, err, value) => {
       const elapsed = (Number(process.hrtime.bigint() - start) / 1e9).toFixed(6);
-      const result = failed ? `return=-1 error=${errnoOf(err)}` : 'return=0';
+      const result = failed ? `return=-1 error=${errnoOf(err)}` : `${call.op === 'extents' ? describeExtents(call.offset, call.count, value) : ''}return=0`;
       this.line(connection, `...${action} id=${id} ${result} elapsed=${elapsed}`);
     });
   }

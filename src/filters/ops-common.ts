@@ -87,16 +87,18 @@ export function interceptOps(next: Backend, around: Around): Backend {
     o.extents = (offset: number, count: number, opts: { reqOne: boolean; context: string }) =>
       around({ op: 'extents', offset, count, reqOne: opts.reqOne }, (b = next) => b.extents!(offset, count, opts));
   }
-  if (next.cache) o.cache = (offset: number, count: number) => around({ op: 'cache', offset, count }, (b = next) => b.cache!(offset, count));
+  // CACHE reaches the filter even when the backend has no cache (the server would answer it as a no-op):
+  // as in nbdkit, an error, delay, log or stats filter sees every CACHE the client sends.
+  o.cache = (offset: number, count: number) => around({ op: 'cache', offset, count }, (b = next) => (b.cache ? b.cache(offset, count) : undefined));
   return layer(next, o as Parameters<typeof layer>[1]);
 }
 
 /**
  * Run `fn` and tell `done` how it ended — at once when it returns or
  * throws, else when its promise settles — passing its result or error on
- * unchanged (a synchronous answer stays synchronous).
+ * unchanged (a synchronous answer stays synchronous); `done` also gets the result of a call that succeeded.
  */
-export function whenSettled<T>(fn: () => T | PromiseLike<T>, done: (failed: boolean, error?: unknown) => void): T | Promise<T> {
+export function whenSettled<T>(fn: () => T | PromiseLike<T>, done: (failed: boolean, error?: unknown, value?: T) => void): T | Promise<T> {
   let r: T | PromiseLike<T>;
   try {
     r = fn();
@@ -105,11 +107,11 @@ export function whenSettled<T>(fn: () => T | PromiseLike<T>, done: (failed: bool
     throw e;
   }
   if (!isThenable(r)) {
-    done(false);
+    done(false, undefined, r);
     return r;
   }
   return Promise.resolve(r).then(
-    (v) => (done(false), v),
+    (v) => (done(false, undefined, v), v),
     (e: unknown) => {
       done(true, e);
       throw e;

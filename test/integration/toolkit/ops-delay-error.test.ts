@@ -149,6 +149,24 @@ describe('error filter', () => {
     expect(out).toEqual({ extents: 'ESHUTDOWN', read: null });
   });
 
+  it("as nbdkit's: error-rate=100% fails every request but FLUSH, and CACHE too on a backend with no cache of its own", async () => {
+    const error = await filterFromArgs('error', ['error-rate=100%']);
+    const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }), filters: [error] }] });
+    const out = await py(srv.uri(), `
+      h = connect()
+      out = {'read': err(h.pread, 512, 0), 'write': err(h.pwrite, b'x' * 512, 0), 'cache': err(h.cache, 512, 0), 'flush': err(h.flush)}
+    `);
+    expect(out).toEqual({ read: 'EIO', write: 'EIO', cache: 'EIO', flush: null });
+    // FLUSH fails only by its own rate; CACHE by its own errno.
+    const own = await filterFromArgs('error', ['error-flush-rate=1', 'error-cache=ENOSPC', 'error-cache-rate=1']);
+    const srv2 = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }), filters: [own] }] });
+    const out2 = await py(srv2.uri(), `
+      h = connect()
+      out = {'read': err(h.pread, 512, 0), 'cache': err(h.cache, 512, 0), 'flush': err(h.flush)}
+    `);
+    expect(out2).toEqual({ read: null, cache: 'ENOSPC', flush: 'EIO' });
+  });
+
   it('bad parameters are refused with the key named', async () => {
     await expect(filterFromArgs('error', ['error=EBANANA'])).rejects.toThrow(/error: error=EBANANA: unknown errno/);
     await expect(filterFromArgs('error', ['error-rate=150%'])).rejects.toThrow(/error-rate=150%/);
