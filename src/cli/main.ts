@@ -106,6 +106,11 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   }
   const trace = parsed.trace ? traceFile(parsed.trace.path, { ...parsed.trace, logger }) : undefined;
   const activation = socketActivation(process.env);
+  if (values.single && (activation.fds.length > 0 || activation.lost)) {
+    // As nbdkit: the sockets passed and stdin/stdout cannot both be the one connection.
+    process.stderr.write('nbd-engine: -s (--single) serves stdin/stdout: it cannot be used under socket activation (LISTEN_FDS is set)\n');
+    return 2;
+  }
   let server: NbdServer;
   try {
     server = createServer({
@@ -243,7 +248,10 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   }
 
   if (values['print-uri'] || (!activated && !values.run)) for (const u of uris) process.stdout.write(`${u}\n`);
-  else if (activated) logger.info?.(`serving ${uris.join(' ')}`);
+  else if (activated) {
+    const fds = `fd ${activation.fds.join(', ')}`;
+    logger.info?.(`serving on ${activation.fds.length === 1 ? 'the socket' : `${activation.fds.length} sockets`} passed by socket activation (${fds})${uris.length ? `: ${uris.join(' ')}` : ''}`);
+  }
 
   if (values.run) {
     const uri = uris.find((u) => u.includes('+unix')) ?? uris[0] ?? '';

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cliToEnd, nbdPython, requireTool, run, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
+import { CLI, cliToEnd, nbdPython, requireTool, run, runToEnd, serverPerTest, silentLogger, spawnCli, tmpDir } from './harness.js';
 import { layer, pluginExport, type PluginTables } from '../../src/index.js';
 import { BACKENDS } from '../../src/plugins/registry.js';
 import { CLIENT_FLAGS, clientFlagsBytes, MAGIC, OPT, optionBytes, REP } from '../../src/client/index.js';
@@ -85,6 +85,17 @@ describe('BACKEND [[KEY=]VALUE ...]', () => {
     const { stdout } = await run('nbdinfo', ['--json', '--', '[', node, CLI, 'serve', '-r', '-e', 'act', 'memory', '64M', ']']);
     const info = JSON.parse(stdout) as { exports: Array<{ 'export-name': string; 'export-size': number; is_read_only: boolean }> };
     expect(info.exports[0]).toMatchObject({ 'export-name': 'act', 'export-size': 64 * 2 ** 20, is_read_only: true });
+  });
+
+  it('under socket activation -s is refused (one stderr line, nothing on stdout), as nbdkit does; -v says which sockets it serves', async () => {
+    const bad = await runToEnd('nbdinfo', ['--size', '--', '[', node, CLI, 'serve', '-s', 'memory', '1M', ']']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stdout).toBe('');
+    expect(bad.stderr).toContain('nbd-engine: -s (--single) serves stdin/stdout: it cannot be used under socket activation (LISTEN_FDS is set)\n');
+    const ok = await runToEnd('nbdinfo', ['--size', '--', '[', node, CLI, 'serve', '-v', 'memory', '1M', ']']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout.trim()).toBe('1048576');
+    expect(ok.stderr).toContain('nbd-engine: info: serving on the socket passed by socket activation (fd 3)');
   });
 
   it('nbdkit option names: --readonly, --unix, -e / --exportname (the export name and $exportname), -f accepted', async () => {
