@@ -96,8 +96,12 @@ export class ConnectionEnding {
   readonly socketError = (err: Error): void => {
     const code = (err as NodeJS.ErrnoException).code;
     if (!this.host.closed() && !this.host.upgrading()) this.reportIncomplete(`reset the connection (${code ?? err.message})`);
-    // A client vanishing mid-reply is routine; anything else is worth a warning.
-    if (code === 'EPIPE' || code === 'ECONNRESET') this.host.log.info?.(`${this.host.peer}: ${err.message}`);
+    // A client vanishing mid-reply is routine; anything else is worth a warning. After the machines
+    // finished (an ABORT or DISC was answered), the client may close before reading the last reply
+    // (the spec lets it): nothing to say then.
+    if (code === 'EPIPE' || code === 'ECONNRESET') {
+      if (!this.host.closed()) this.host.log.info?.(`${this.host.peer}: ${err.message}`);
+    }
     else this.host.log.warn(`${this.host.peer}: socket error: ${err.message}`);
     this.host.dropSocket();
   };
