@@ -7,8 +7,9 @@
  * writes have separate buckets, as in nbdkit (download and upload).
  *
  * A request that finds too few tokens waits on a timer until the bucket
- * has paid for it; it never fails. Buckets start empty (no free burst at
- * connect) and fill up to `burstiness` seconds' worth of tokens while idle.
+ * has paid for it; it never fails. Buckets start full, as nbdkit's do (a
+ * first burst of `burstiness` seconds' worth passes at once), and refill up
+ * to that while idle.
  *
  * Rates can change while serving: `rateFile` / `connectionRateFile` name
  * files holding a rate; they are re-read at most once a second.
@@ -38,8 +39,9 @@ const RATE_FILE_INTERVAL_MS = 1000;
 
 /** A token bucket in bits that may go into debt: a request takes what it needs and sleeps the debt off. */
 export class TokenBucket {
-  private tokens = 0;
-  /** When tokens were last added; unset until the first request, so a bucket made at start does not fill while nobody uses it. */
+  /** Tokens now (may be negative: debt); unset until the first request, which finds the bucket full, as nbdkit's do. */
+  private tokens: number | undefined;
+  /** When tokens were last added (unset until the first request). */
   private last: number | undefined;
   /** When the rate file was last looked at (never yet: the first request reads it). */
   private checked = -Infinity;
@@ -74,7 +76,8 @@ export class TokenBucket {
     const rate = this.rate;
     if (rate === undefined) return 0;
     const now = performance.now();
-    this.tokens = Math.min(rate * this.burstiness, this.tokens + ((now - (this.last ?? now)) / 1000) * rate);
+    const capacity = rate * this.burstiness;
+    this.tokens = this.tokens === undefined ? capacity : Math.min(capacity, this.tokens + ((now - (this.last ?? now)) / 1000) * rate);
     this.last = now;
     this.tokens -= bits;
     return this.tokens >= 0 ? 0 : (-this.tokens / rate) * 1000;

@@ -86,6 +86,14 @@ describe('TokenBucket', () => {
     expect(b.take(8000)).toBeGreaterThan(wait);
     expect(new TokenBucket(undefined, 2).take(1e12)).toBe(0);
   });
+
+  it("starts full, as nbdkit's buckets: the first burstiness seconds' worth go at once, the next bits wait", () => {
+    const b = new TokenBucket(8000, 2);
+    expect(b.take(16_000)).toBe(0);
+    const wait = b.take(8000);
+    expect(wait).toBeGreaterThan(900);
+    expect(wait).toBeLessThanOrEqual(1000);
+  });
 });
 
 describe('TokenBucket with a rate file', () => {
