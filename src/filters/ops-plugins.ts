@@ -110,10 +110,12 @@ export const logPlugin: FilterPlugin = {
   name: 'log',
   summary: 'log every request and reply to a file (nbdkit log format)',
   params: [
-    { name: 'logfile', kind: 'path', summary: 'the log file, or - for stderr', required: true },
+    { name: 'logfile', kind: 'path', summary: 'the log file, or - for stderr (none: the filter is inactive, as in nbdkit)' },
     { name: 'logappend', kind: 'boolean', summary: 'append instead of truncating (default false)' },
   ],
   async create(params, context) {
+    // nbdkit: "If neither [logfile nor logscript] then the filter is inactive."
+    if (params.logfile === undefined) return { name: 'log', scope: 'shared', wrap: (next) => next };
     const { logFilter } = await import('./log.js');
     try {
       return logFilter({ file: params.logfile as string, append: params.logappend === true, logger: context.logger });
