@@ -20,6 +20,8 @@ export const DEFAULTS = Object.freeze({
   maxOptionLength: 64 * KiB,
   /** Options per handshake before a disconnect. */
   maxOptions: 128,
+  /** Descriptors per BLOCK_STATUS reply and context (more are dropped: the spec lets a server describe less than asked). */
+  maxExtents: 65_536,
   /** What a connection's decoder may hold on top of the largest payload (maxBufferedBytes = maxPayload + this). */
   bufferedSlack: 1 * MiB,
   /** Milliseconds to finish negotiating (as qemu-nbd). */

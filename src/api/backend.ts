@@ -23,6 +23,11 @@ export interface ExtentsOptions {
   readonly reqOne: boolean;
   /** The meta context asked for ('base:allocation'). */
   readonly context: string;
+  /**
+   * The most extents the reply will carry (the server's maxExtents limit); any beyond are dropped, so a
+   * backend may stop there (the client asks again from where the reply ends). Absent: no hint.
+   */
+  readonly maxExtents?: number;
 }
 
 /** Where a zero-copy WRITE's payload is received (Backend.writeTargets), and how it is applied. */

@@ -30,6 +30,13 @@ export interface ServerLimits {
   readonly maxOptionLength?: number;
   /** Options per connection before a hard disconnect (default 128). */
   readonly maxOptions?: number;
+  /**
+   * Extent descriptors per BLOCK_STATUS reply and meta context (default 65 536: 512 KiB compact,
+   * 1 MiB with extended headers). A backend is told (`ExtentsOptions.maxExtents`) and may stop there;
+   * what it returns beyond is dropped. The spec lets a server describe less than the client asked:
+   * the client asks again from where the reply ended.
+   */
+  readonly maxExtents?: number;
   /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
   readonly maxBufferedBytes?: number;
   /** Concurrent connections, server-wide; past it a new connection is closed with one log line (default unlimited). */
@@ -80,6 +87,7 @@ export const LIMIT_RANGES = {
   maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: DEFAULTS.maxPayload },
   maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: DEFAULTS.maxOptionLength },
   maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxOptions },
+  maxExtents: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxExtents },
   // Default: maxPayload + DEFAULTS.bufferedSlack (1 MiB).
   maxBufferedBytes: { min: 512 + REQUEST_HEADER, max: Number.MAX_SAFE_INTEGER, unit: 'bytes' },
   maxConnections: { min: 1, max: 1_048_576, unit: 'count' },

@@ -11,6 +11,7 @@ import type { ReadSegment } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
 import { NbdError, NbdRequestError } from './errors.js';
 import { releaseRequestPayload } from '../transport/slab-account.js';
+import { DEFAULTS } from '../defaults.js';
 
 export type RequestType = 'read' | 'write' | 'flush' | 'trim' | 'cache' | 'writeZeroes' | 'blockStatus';
 
@@ -53,6 +54,8 @@ export interface ReplySink {
   blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void;
   /** An error reply: the errno, and a message where the reply form carries one. */
   error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number, released: number): void;
+  /** Extent descriptors a BLOCK_STATUS reply carries per context at most (default DEFAULTS.maxExtents); more are dropped. */
+  readonly maxExtents?: number;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -104,6 +107,14 @@ export class NbdRequest {
     this.export = exp;
     this.connection = connection;
     this.contexts = contexts;
+  }
+
+  /**
+   * BLOCK_STATUS: the most extents the reply carries per context (the server's `maxExtents` limit);
+   * `reply` drops any beyond, so a backend may stop computing there.
+   */
+  get maxExtents(): number {
+    return this.sink.maxExtents ?? DEFAULTS.maxExtents;
   }
 
   /** The WRITE payload was received straight into memory the backend handed out (Backend.writeTargets). */
@@ -216,10 +227,12 @@ export class NbdRequest {
     if (this.type === 'blockStatus') {
       this.claim('reply');
       const byContext = data instanceof Map ? (data as ReadonlyMap<string, readonly Extent[]>) : undefined;
-      const list = this.contexts.map((c) => ({
-        id: c.id,
-        extents: (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }],
-      }));
+      const max = this.maxExtents;
+      const list = this.contexts.map((c) => {
+        const extents = (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }];
+        // A reply describing less than was asked is valid (the client asks again from where it ended).
+        return { id: c.id, extents: extents.length > max ? extents.slice(0, max) : extents };
+      });
       this.sink.blockStatus(this.cookie, this.offset, list, this.held);
       return;
     }

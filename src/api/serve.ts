@@ -228,7 +228,7 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
       // No extents callback: reply() without extents synthesises one allocated-data extent, as nbdkit does.
       if (!backend.extents) return req.reply();
       return step(
-        () => backend.extents!(req.offset, req.length, { reqOne, context: BASE_ALLOCATION }),
+        () => backend.extents!(req.offset, req.length, { reqOne, context: BASE_ALLOCATION, maxExtents: req.maxExtents }),
         (extents) => req.reply(normalizeExtents(extents, req.length, reqOne)),
         fail,
       );

@@ -259,6 +259,7 @@ export class NbdServer {
         maxQueuedReplyBytes: this.options.limits?.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes,
         handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
         idleTimeout: this.options.limits?.idleTimeout ?? DEFAULTS.idleTimeout,
+        maxExtents: this.options.limits?.maxExtents ?? DEFAULTS.maxExtents,
         inspect: this.options.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,

@@ -29,7 +29,7 @@
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
-import type { Backend, ZeroOptions } from '../api/backend.js';
+import type { Backend, ExtentsOptions, ZeroOptions } from '../api/backend.js';
 
 export interface MemoryBackendOptions {
   /** Export size in bytes. */
@@ -97,6 +97,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
   // The block table: an array indexed by block number (no hashing on the hot path), or a Map for huge exports.
   let getBlock: (i: number) => Block | undefined;
   let setBlock: (i: number, b: Block | undefined) => void;
+  /** The numbers of the blocks holding pages in [first, last], ascending. */
+  let presentBlocks: (first: number, last: number) => number[];
   if (blockCount <= ARRAY_TABLE_MAX) {
     const table: (Block | undefined)[] = [];
     for (let i = 0; i < blockCount; i++) table.push(undefined);
@@ -104,10 +106,26 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     setBlock = (i, b) => {
       table[i] = b;
     };
+    presentBlocks = (first, last) => {
+      const out: number[] = [];
+      for (let i = first; i <= last; i++) if (table[i] !== undefined) out.push(i);
+      return out;
+    };
   } else {
     const table = new Map<number, Block>();
     getBlock = (i) => table.get(i);
     setBlock = (i, b) => (b ? table.set(i, b) : table.delete(i));
+    presentBlocks = (first, last) => {
+      // Probing every block of a wide range would walk the whole export (16 Mi blocks at 16 TiB): list the table instead.
+      if (last - first + 1 <= table.size) {
+        const out: number[] = [];
+        for (let i = first; i <= last; i++) if (table.has(i)) out.push(i);
+        return out;
+      }
+      const out: number[] = [];
+      for (const i of table.keys()) if (i >= first && i <= last) out.push(i);
+      return out.sort((a, b) => a - b);
+    };
   }
 
   const blockFor = (i: number): Block => {
@@ -236,16 +254,46 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     }
   };
 
-  /** Zero [offset, offset+length): whole pages become holes (a block without pages is dropped), partial ones are zero-filled. */
-  const zeroRange = (offset: number, length: number, keepAllocated: boolean) =>
-    eachPage(offset, length, (b, bi, p, inPage, n) => {
-      const st = b?.stores[p];
-      if (st !== undefined) {
-        if (n === pageSize && !keepAllocated) dropPage(bi, b!, p);
-        else st.buf.fill(0, b!.at[p]! + inPage, b!.at[p]! + inPage + n);
-      } else if (keepAllocated) {
-        attachBacking(blockFor(bi), p);
+  /**
+   * Walk [offset, offset+length) as eachPage does, but in time that depends on the blocks holding
+   * pages, not on the range: each run of blocks without pages is one call with b undefined (n may
+   * then span many pages). `fn` returning false stops the walk. For whole-export TRIM, WRITE_ZEROES
+   * and BLOCK_STATUS, which extended headers allow in one request (16 TiB is 256 Mi pages).
+   */
+  const eachPresent = (offset: number, length: number, fn: (b: Block | undefined, bi: number, p: number, inPage: number, n: number) => boolean | void): void => {
+    const end = offset + length;
+    if (length <= 0) return;
+    const first = Math.floor(offset / blockSize);
+    const last = Math.floor((end - 1) / blockSize);
+    let at = offset;
+    for (const bi of presentBlocks(first, last)) {
+      const start = Math.max(at, bi * blockSize);
+      if (start > at && fn(undefined, Math.floor(at / blockSize), 0, 0, start - at) === false) return;
+      const b = getBlock(bi)!;
+      const stop = Math.min(end, (bi + 1) * blockSize);
+      for (at = start; at < stop; ) {
+        locate(at);
+        const n = Math.min(pageSize - atInPage, stop - at);
+        if (fn(b, bi, atPage, atInPage, n) === false) return;
+        at += n;
       }
+    }
+    if (at < end) fn(undefined, Math.floor(at / blockSize), 0, 0, end - at);
+  };
+
+  /**
+   * Zero [offset, offset+length): whole pages become holes (a block without pages is dropped), partial
+   * ones are zero-filled. With `keepAllocated` (NO_HOLE) pages holding data are zero-filled in place;
+   * holes stay holes, as in nbdkit's memory plugin: a hole of a RAM disk reads as zeroes and is
+   * written later like any page, and provisioning it here would let one request of a 16 TiB export
+   * allocate 16 TiB.
+   */
+  const zeroRange = (offset: number, length: number, keepAllocated: boolean) =>
+    eachPresent(offset, length, (b, bi, p, inPage, n) => {
+      const st = b?.stores[p];
+      if (st === undefined) return;
+      if (n === pageSize && !keepAllocated) dropPage(bi, b!, p);
+      else st.buf.fill(0, b!.at[p]! + inPage, b!.at[p]! + inPage + n);
     });
 
   /** Copy `data` in at `offset`, page by page (a page without data is given the block's backing first). */
@@ -371,12 +419,15 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     },
     // Dropping pages is always fast.
     canFastZero: true,
-    extents(offset, length): Extent[] {
+    extents(offset, length, o?: ExtentsOptions): Extent[] {
+      // Only as many extents as the reply will carry (one more is started, then the walk stops).
+      const max = o?.reqOne ? 1 : (o?.maxExtents ?? Infinity);
       const out: Extent[] = [];
-      eachPage(offset, length, (b, _bi, p, _from, n) => {
+      eachPresent(offset, length, (b, _bi, p, _from, n) => {
         const flags = b?.stores[p] !== undefined ? 0 : STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO;
         const last = out[out.length - 1];
         if (last && last.flags === flags) out[out.length - 1] = { length: last.length + n, flags };
+        else if (out.length === max) return false;
         else out.push({ length: n, flags });
       });
       return out;

@@ -21,7 +21,7 @@
 import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
-import type { Backend } from '../api/backend.js';
+import type { Backend, ExtentsOptions } from '../api/backend.js';
 import { NbdRequestError } from '../api/errors.js';
 import type { Logger } from '../transport/logger.js';
 import { mulberry32 } from '../plugins/common.js';
@@ -125,7 +125,8 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
   };
 
   /** Walk [offset, offset+length) as runs: fn(byte offset, bytes, isData). Neighbouring runs differ. */
-  const eachRun = (offset: number, length: number, fn: (at: number, n: number, data: boolean) => void) => {
+  /** Walk the data and hole runs of [offset, offset+length) in order; `fn` returning false stops the walk. */
+  const eachRun = (offset: number, length: number, fn: (at: number, n: number, data: boolean) => boolean | void) => {
     const end = offset + length;
     // The server only passes ranges inside the export; a direct caller going past it would never finish the walk.
     if (offset < 0 || end > size) throw new RangeError(`sparse-random: [${offset}, ${end}) is outside the ${size}-byte disk`);
@@ -149,7 +150,7 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
       const runEnd = Math.min(end, (k * segBlocks + runEndBlock) * SPARSE_BLOCK);
       if (pending && pending.data === data) pending.n += runEnd - at;
       else {
-        if (pending) fn(pending.at, pending.n, pending.data);
+        if (pending && fn(pending.at, pending.n, pending.data) === false) return;
         pending = { at, n: runEnd - at, data };
       }
       at = runEnd;
@@ -205,7 +206,9 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
     seed,
     read(offset, length): ReadSegment[] {
       const out: ReadSegment[] = [];
-      eachRun(offset, length, (at, n, isData) => out.push(isData ? { data: content(at, n) } : { hole: n }));
+      eachRun(offset, length, (at, n, isData) => {
+        out.push(isData ? { data: content(at, n) } : { hole: n });
+      });
       return out;
     },
     write(offset, data) {
@@ -226,9 +229,11 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
     zero(offset, length) {
       holesOnly(offset, length);
     },
-    extents(offset, length): Extent[] {
+    extents(offset, length, o?: ExtentsOptions): Extent[] {
+      // Only as many runs as the reply will carry: a 1 TiB range of 4 KiB runs is 2^28 of them.
+      const max = o?.reqOne ? 1 : (o?.maxExtents ?? Infinity);
       const out: Extent[] = [];
-      eachRun(offset, length, (_at, n, isData) => out.push({ length: n, flags: isData ? 0 : HOLE_ZERO }));
+      eachRun(offset, length, (_at, n, isData) => out.push({ length: n, flags: isData ? 0 : HOLE_ZERO }) < max);
       return out;
     },
     multiConn: true,

@@ -37,6 +37,7 @@ Limits (per connection unless noted):
   --max-in-flight-bytes SIZE   bytes owed: requests in flight plus unsent replies (default 128M)
   --max-payload SIZE           largest READ / WRITE (default 64M; 512 to 2G)
   --max-options N              options before a disconnect (default 128; 1 to 1048576)
+  --max-extents N              descriptors per BLOCK_STATUS reply (default 65536; 1 to 1048576)
   --max-connections N          connections at once, server-wide (default unlimited)
   --max-queued-reply-bytes SIZE  unsent replies before reading pauses (default 4M)
   --max-option-length SIZE     largest option data parsed (default 64K; 256 to 64M)

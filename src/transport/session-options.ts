@@ -24,6 +24,8 @@ export interface SessionOptions extends FlowLimits {
   readonly handshakeTimeout?: number;
   /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
   readonly idleTimeout?: number;
+  /** Extent descriptors per BLOCK_STATUS reply and context (default DEFAULTS.maxExtents); more are dropped. */
+  readonly maxExtents?: number;
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   readonly logger: Logger;
   /** Performs the STARTTLS upgrade on the raw socket; resolves with the encrypted stream. */

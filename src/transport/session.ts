@@ -34,6 +34,7 @@ import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } 
 import type { Logger } from './logger.js';
 import type { ConnectionTrace } from '../inspect/recorder.js';
 import type { ConnectionViolations } from '../api/violations.js';
+import { DEFAULTS } from '../defaults.js';
 
 export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 
@@ -212,6 +213,11 @@ export class Session implements ReplySink {
   read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void {
     this.replies.read(cookie, offset, data, df);
     this.flow.completed(released);
+  }
+
+  /** ReplySink: the BLOCK_STATUS descriptor cap of this connection's server. */
+  get maxExtents(): number {
+    return this.options.maxExtents ?? DEFAULTS.maxExtents;
   }
 
   blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void {

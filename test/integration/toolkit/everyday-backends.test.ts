@@ -183,6 +183,26 @@ describe('sparse-random', () => {
     expect(sha(a)).not.toBe(sha(c));
   });
 
+  it('a BLOCK_STATUS over 1 TiB of 4 KiB runs gets the maxExtents cap: that many extents, less than asked, and the rest on asking again', async () => {
+    // 2^28 runs: computing them all (as before the cap) held the event loop for minutes and GiBs of memory.
+    const backend = sparseRandomBackend({ size: 2 ** 40, seed: 1, percent: 50, runlength: 4096 });
+    const srv = await serve({ exports: [{ name: '', backend }], limits: { maxExtents: 1000 } });
+    const out = await py<{ first: number; covered: number; next: number; nextOffset: number; asked: number }>(
+      srv.uri(),
+      `
+      h = connect()
+      a = extents(h, 2**32 - 4096, 0)['extents']
+      covered = sum(l for l, f in a)
+      b = extents(h, 2**32 - 4096, covered)
+      out = {'first': len(a), 'covered': covered, 'next': len(b['extents']), 'nextOffset': b['offset'], 'asked': 2**32 - 4096}`,
+    );
+    expect(out.first).toBe(1000);
+    expect(out.covered).toBeGreaterThan(0);
+    expect(out.covered).toBeLessThan(out.asked);
+    expect(out.nextOffset).toBe(out.covered);
+    expect(out.next).toBe(1000);
+  });
+
   it('reports its holes in BLOCK_STATUS: they read as zeroes, data blocks as one non-zero byte, about percent% data', async () => {
     const out = await py<{ extents: [number, number][]; ok: boolean }>(
       await ours(sparseRandomBackend(opts)),
