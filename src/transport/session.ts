@@ -110,7 +110,7 @@ export class Session implements ReplySink {
       handshakeExpired: (ms) => this.onHandshakeTimeout(ms),
       busy: () => this.flow.requestsInFlight > 0 || this.writer.pendingBytes > 0,
       idleExpired: (ms) => {
-        this.log.info?.(`${this.peer}: idle for ${ms} ms; closing`);
+        this.log.warn(`${this.peer}: idle for ${ms} ms; closing`);
         this.sendToActive({ type: 'timer.idle', ms });
       },
     });
@@ -207,12 +207,18 @@ export class Session implements ReplySink {
 
   ok(cookie: bigint, offset: number, released: number): void {
     this.replies.ok(cookie, offset);
-    this.flow.completed(released);
+    this.answered(released);
   }
 
   read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void {
     this.replies.read(cookie, offset, data, df);
+    this.answered(released);
+  }
+
+  /** A request was answered: its slot is free; the last one in flight restarts the idle clock. */
+  private answered(released: number): void {
     this.flow.completed(released);
+    if (this.flow.requestsInFlight === 0) this.timers.touch();
   }
 
   /** ReplySink: the BLOCK_STATUS descriptor cap of this connection's server. */
@@ -222,12 +228,12 @@ export class Session implements ReplySink {
 
   blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void {
     this.replies.blockStatus(cookie, offset, contexts);
-    this.flow.completed(released);
+    this.answered(released);
   }
 
   error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number, released: number): void {
     this.replies.error(cookie, command, errno, message, offset);
-    this.flow.completed(released);
+    this.answered(released);
   }
 
   /** Begin a graceful shutdown: in-flight requests finish, new ones get ESHUTDOWN / ERR_SHUTDOWN. */

@@ -17,8 +17,8 @@ export interface TimerHooks {
 export class ConnectionTimers {
   private handshakeTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
-  /** Bytes received since the idle timer last looked. */
-  private activity = false;
+  /** When bytes last arrived or the last request in flight was answered (performance.now()). */
+  private lastActivity = 0;
 
   /** Milliseconds; 0 or absent: no limit. */
   constructor(
@@ -37,31 +37,43 @@ export class ConnectionTimers {
     this.handshakeTimer.unref();
   }
 
-  /** Negotiated: the handshake clock stops, the idle clock starts (checked every `idleTimeout` ms). */
+  /**
+   * Negotiated: the handshake clock stops, the idle clock starts. One timer, set for when the
+   * connection would have been idle `idleTimeout` ms; when it fires early (something happened
+   * meanwhile) it is set again for the rest, so an idle connection closes on time, not up to
+   * twice the timeout late (a fixed interval checking a flag did that).
+   */
   negotiated(): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     const ms = this.limits.idleTimeout ?? 0;
     if (ms <= 0) return;
-    this.idleTimer = setInterval(() => {
-      if (this.activity || this.hooks.busy()) {
-        this.activity = false;
-        return;
-      }
+    this.lastActivity = performance.now();
+    this.armIdle(ms, ms);
+  }
+
+  private armIdle(ms: number, wait: number): void {
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      const now = performance.now();
+      // Still owed something (requests in flight, replies unwritten): idle only once that ends.
+      if (this.hooks.busy()) this.lastActivity = now;
+      const idleFor = now - this.lastActivity;
+      if (idleFor < ms) return this.armIdle(ms, Math.max(1, Math.ceil(ms - idleFor)));
       this.stop();
       this.hooks.idleExpired(ms);
-    }, ms);
+    }, wait);
     this.idleTimer.unref();
   }
 
-  /** Bytes arrived. */
+  /** Bytes arrived, or the last request in flight was answered: the idle clock starts again from now. */
   touch(): void {
-    this.activity = true;
+    this.lastActivity = performance.now();
   }
 
   stop(): void {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    if (this.idleTimer) clearInterval(this.idleTimer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
     this.handshakeTimer = this.idleTimer = null;
   }
 }

@@ -80,7 +80,22 @@ describe('idle timeout', () => {
     const { sock, logs } = await start({ idleTimeout: 300 });
     const c = await RawClient.open({ path: sock });
     await expect(c.readSimpleReply(() => 0)).rejects.toThrow(/closed/);
-    expect(logs.filter((l) => /idle for 300 ms/.test(l))).toHaveLength(1);
+    // One line, at warn level: seen without -v, as the handshake timeout's.
+    expect(logs.filter((l) => /idle for 300 ms/.test(l))).toEqual(['warn: connection 1: idle for 300 ms; closing']);
+  });
+
+  it('counts from the last activity: a connection idle for less than the timeout stays, then closes about on time', async () => {
+    const { sock } = await start({ idleTimeout: 2000 });
+    const c = await RawClient.open({ path: sock });
+    const t0 = performance.now();
+    await sleep(1200);
+    c.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 1n }));
+    expect((await c.readSimpleReply(() => 512)).error).toBe(0);
+    // Idle since ~1.2 s: still open at 3.0 s (idle 1.8 s), closed soon after 3.2 s. (A check every
+    // 2 s, as before, closed it at 4 s: the first check saw the READ, the next one closed.)
+    await sleep(Math.max(0, 3000 - (performance.now() - t0)));
+    expect(await c.closed(0)).toBe(false);
+    expect(await c.closed(3700 - (performance.now() - t0))).toBe(true);
   });
 
   it('keeps a busy connection, and one whose request is still with the application', async () => {
