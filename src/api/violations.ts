@@ -16,9 +16,12 @@
  * SHOULD NOT that the spec itself says existing clients break).
  *
  * `violations$` always emits; with no subscriber and strict mode off the
- * per-connection watcher does nothing but remember the last frame it saw.
- * Strict mode (`strict: true`, `serve --strict`) adds one warning line per
- * violation.
+ * per-connection watcher does little but remember the last frame it saw, and
+ * log one warning line for each client fault the server answered with an
+ * error (a refused request, a rejected option: the connection goes on), the
+ * first REFUSAL_LINES of each connection (closes log their own line). Strict
+ * mode (`strict: true`, `serve --strict`) logs every violation instead, with
+ * its frame, tolerated ones too.
  */
 import { Subject, type Observable } from 'rxjs';
 import { ruleOf, type CloseCode, type ErrorCode } from '../protocol/errors.js';
@@ -129,6 +132,9 @@ export function violatedRule(code: ErrorCode): string | undefined {
   return v === true ? ruleOf(code) : v;
 }
 
+/** Refusal lines logged per connection outside strict mode; past it one line says the rest are not. */
+export const REFUSAL_LINES = 10;
+
 /** Commands whose zero length the spec leaves unspecified (libnbd's strict mode refuses to send them). */
 const ZERO_LENGTH_UNSPECIFIED: ReadonlySet<number> = new Set([CMD.NBD_CMD_READ, CMD.NBD_CMD_WRITE, CMD.NBD_CMD_TRIM, CMD.NBD_CMD_WRITE_ZEROES, CMD.NBD_CMD_BLOCK_STATUS, CMD.NBD_CMD_CACHE]);
 
@@ -145,6 +151,17 @@ export class ViolationHub {
   /** Whether anyone wants violations (strict mode, or a subscriber). */
   get active(): boolean {
     return this.strict || this.subject.observed;
+  }
+
+  /**
+   * Outside strict mode: the `n`th client fault on a connection that the server answered with an
+   * error. One warning line each for the first REFUSAL_LINES, then one saying the rest are not logged.
+   */
+  refusal(peer: string, rule: string, message: string, n: number): void {
+    if (this.strict || n > REFUSAL_LINES) return;
+    const text = message.startsWith(`${rule}: `) ? message.slice(rule.length + 2) : message;
+    this.logger.warn(`${peer}: refused: ${rule}: ${text}`);
+    if (n === REFUSAL_LINES) this.logger.warn(`${peer}: further refusals on this connection are not logged (strict mode logs every one)`);
   }
 
   report(v: Violation): void {
@@ -186,6 +203,8 @@ export class ConnectionViolations {
   /** The session ended on the client's word (ABORT, DISC): anything it sends after is a violation, reported once. */
   private ended: { readonly rule: string; readonly after: string } | undefined;
   private endReported = false;
+  /** Client faults answered with an error so far (for the refusal lines outside strict mode). */
+  private refusals = 0;
   /** The client's next bytes were already here when the last option was decoded. */
   private optionFollowed = false;
   /** The requests of the last burst, in wire order (the machine answers with accepted and refused apart). */
@@ -222,9 +241,11 @@ export class ConnectionViolations {
   handshake(e: HandshakeEmitted): void {
     if (e.type === 'send') {
       const last = this.last;
-      if (e.code === undefined || !last) return;
+      if (e.code === undefined) return;
       // Option data the decoder could not parse: a bad string is general.string-limits (the decoder's string messages start "string").
-      const badString = e.code === 'NBD_ERR_BAD_OPTION_DATA' && last.kind === 'option' && /(^|: )string /.test(last.problem?.message ?? '');
+      const badString = e.code === 'NBD_ERR_BAD_OPTION_DATA' && last?.kind === 'option' && /(^|: )string /.test(last.problem?.message ?? '');
+      this.refusalLine(e.code, e.label, badString ? 'general.string-limits' : violatedRule(e.code));
+      if (!last) return;
       if (badString) this.emit('general.string-limits', e.code, () => summary(last), e.label);
       else this.coded(e.code, () => summary(last), e.label);
     } else if (e.type === 'close') {
@@ -236,12 +257,14 @@ export class ConnectionViolations {
   transmission(e: TransmissionEmitted): void {
     switch (e.type) {
       case 'refuse':
+        this.refusalLine(e.code, e.message);
         return this.refused(e);
       case 'request':
         return this.accepted(e.frame);
       case 'requests': {
         const burst = this.burst;
         this.burst = undefined;
+        for (const r of e.refused) this.refusalLine(r.code, r.message);
         if (!this.hub.active) return;
         if (burst?.length !== e.accepted.length + e.refused.length) {
           for (const f of e.accepted) this.accepted(f);
@@ -276,6 +299,12 @@ export class ConnectionViolations {
   /** The transport dropped the connection itself (TLS). */
   dropped(code: CloseCode, reason: string): void {
     this.closed(code, reason);
+  }
+
+  /** A client fault answered with an error (the connection goes on): a log line outside strict mode. */
+  private refusalLine(code: ErrorCode, message: string, rule = violatedRule(code)): void {
+    if (this.hub.strict) return;
+    if (rule !== undefined) this.hub.refusal(this.connection().peer, rule, message, ++this.refusals);
   }
 
   private refused(r: { readonly frame: RequestFrame; readonly code: ErrorCode; readonly message: string }): void {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { memoryBackend, type Backend, type Violation } from '../../src/index.js';
+import { REFUSAL_LINES } from '../../src/api/violations.js';
 import { serverPerTest, tmpDir, type Running } from './harness.js';
 import { makePki } from './tls-support.js';
 import { py } from './pylibnbd.js';
@@ -232,7 +233,7 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     ]);
   });
 
-  it('without strict mode violations$ still emits, and nothing is logged for it', async () => {
+  it('without strict mode violations$ still emits, and nothing strict is logged for it', async () => {
     const running = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }) }] });
     const violations: Violation[] = [];
     track(running.server.violations$.subscribe((v) => violations.push(v)));
@@ -243,6 +244,26 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     await allClosed(running);
     expect(violations.map((v) => v.rule)).toEqual(['transmission.out-of-bounds']);
     expect(running.logs.filter((l) => l.includes('strict'))).toEqual([]);
+    // Outside strict mode a refused request still gets one plain warning line (as nbdkit's "invalid request").
+    expect(running.logs.filter((l) => l.startsWith('warn:'))).toEqual(['warn: connection 1: refused: transmission.out-of-bounds: request past the end of the export']);
+  });
+
+  it(`outside strict mode: one line per client fault answered with an error, the first ${REFUSAL_LINES} of a connection, then one saying the rest are not logged`, async () => {
+    const running = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }) }] });
+    // A rejected option (LIST with data), then 15 requests past the end, in one burst.
+    const c = await RawClient.connect({ path: running.socket });
+    await c.greet();
+    await c.write(encodeOption(OPT.LIST, Buffer.from([1, 2, 3])));
+    await c.optionReplies();
+    await c.go('');
+    await c.write(Buffer.concat(Array.from({ length: 15 }, (_, i) => requestBytes({ type: CMD.READ, offset: MiB, length: 1, cookie: BigInt(i) }))));
+    for (let i = 0; i < 15; i++) expect((await c.readSimpleReply()).error).toBe(22);
+    c.destroy();
+    await allClosed(running);
+    const lines = running.logs.filter((l) => l.startsWith('warn:'));
+    expect(lines[0]).toBe('warn: connection 1: refused: option.unexpected-data: NBD_REP_ERR_INVALID: NBD_OPT_LIST takes no data (got 3 bytes)');
+    expect(lines.slice(1, REFUSAL_LINES)).toEqual(Array.from({ length: REFUSAL_LINES - 1 }, () => 'warn: connection 1: refused: transmission.out-of-bounds: request past the end of the export'));
+    expect(lines.slice(REFUSAL_LINES)).toEqual(['warn: connection 1: further refusals on this connection are not logged (strict mode logs every one)']);
   });
 });
 
