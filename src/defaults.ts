@@ -18,6 +18,10 @@ export const DEFAULTS = Object.freeze({
   maxPayload: 64 * MiB,
   /** Largest option data parsed. */
   maxOptionLength: 64 * KiB,
+  /** Largest option data skipped (refused with ERR_TOO_BIG, the connection going on); longer ones disconnect. */
+  maxOptionSkip: 64 * MiB,
+  /** Largest WRITE payload skipped (refused, the connection going on); longer ones disconnect. Every compact length. */
+  maxPayloadSkip: 0xffff_ffff,
   /** Options per handshake before a disconnect. */
   maxOptions: 128,
   /** Descriptors per BLOCK_STATUS reply and context (more are dropped: the spec lets a server describe less than asked). */

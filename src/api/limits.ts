@@ -28,6 +28,19 @@ export interface ServerLimits {
   readonly maxPayload?: number;
   /** Largest option data buffered (default 64 KiB). */
   readonly maxOptionLength?: number;
+  /**
+   * Largest option data skipped: a longer option than maxOptionLength but not than this is refused
+   * (NBD_REP_ERR_TOO_BIG) and its data read and dropped; longer still, the connection is dropped
+   * (default 64 MiB; at least maxOptionLength).
+   */
+  readonly maxOptionSkip?: number;
+  /**
+   * Largest WRITE payload skipped: a payload over maxPayload but not over this is read and dropped
+   * and the WRITE refused (EINVAL), the connection going on; longer still (extended headers carry
+   * 64-bit lengths), the connection is dropped (default 4 GiB − 1: every compact length; at least
+   * maxPayload).
+   */
+  readonly maxPayloadSkip?: number;
   /** Options per connection before a hard disconnect (default 128). */
   readonly maxOptions?: number;
   /**
@@ -86,6 +99,8 @@ export const LIMIT_RANGES = {
   maxQueuedReplyBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxQueuedReplyBytes },
   maxPayload: { min: 512, max: 2 * GiB, unit: 'bytes', default: DEFAULTS.maxPayload },
   maxOptionLength: { min: 256, max: 64 * MiB, unit: 'bytes', default: DEFAULTS.maxOptionLength },
+  maxOptionSkip: { min: 256, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxOptionSkip },
+  maxPayloadSkip: { min: 512, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxPayloadSkip },
   maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxOptions },
   maxExtents: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxExtents },
   // Default: maxPayload + DEFAULTS.bufferedSlack (1 MiB).
@@ -133,6 +148,12 @@ export function validateLimits(limits: ServerLimits | undefined): void {
           : `from ${r.min} to ${r.max === Number.MAX_SAFE_INTEGER ? '2^53 − 1' : r.max}`;
       throw new NbdError('NBD_ERR_CONFIG', `${name}: expected ${what} ${range}, got ${describe(value)}`);
     }
+  }
+  // A skip limit below its buffering limit would drop connections the buffering limit means to answer.
+  for (const [skip, below] of [['maxOptionSkip', 'maxOptionLength'], ['maxPayloadSkip', 'maxPayload']] as const) {
+    const s = limits[skip];
+    const b = limits[below] ?? LIMIT_RANGES[below].default;
+    if (s !== undefined && s < b) throw new NbdError('NBD_ERR_CONFIG', `${skip}: must be at least ${below} (${b}), got ${s}`);
   }
   // A WRITE of the largest accepted payload, or an option of the largest
   // accepted length, must fit in what a connection may buffer; otherwise

@@ -336,6 +336,9 @@ export class NbdServer {
     return {
       maxPayload,
       maxOptionLength: l.maxOptionLength ?? DEFAULTS.maxOptionLength,
+      // A skip limit below a raised buffering limit is refused at createServer; one left at its default follows it.
+      maxOptionSkip: Math.max(l.maxOptionSkip ?? DEFAULTS.maxOptionSkip, l.maxOptionLength ?? 0),
+      maxPayloadSkip: Math.max(l.maxPayloadSkip ?? DEFAULTS.maxPayloadSkip, maxPayload),
       maxBufferedBytes: l.maxBufferedBytes ?? maxPayload + DEFAULTS.bufferedSlack,
     };
   }

@@ -41,6 +41,8 @@ Limits (per connection unless noted):
   --max-connections N          connections at once, server-wide (default unlimited)
   --max-queued-reply-bytes SIZE  unsent replies before reading pauses (default 4M)
   --max-option-length SIZE     largest option data parsed (default 64K; 256 to 64M)
+  --max-option-skip SIZE       largest option data skipped (ERR_TOO_BIG) before a disconnect (default 64M)
+  --max-payload-skip SIZE      largest WRITE payload skipped (EINVAL) before a disconnect (default 4G-1)
   --max-buffered-bytes SIZE    bytes a connection's decoder may hold (default max-payload + 1M)
   --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
   --idle-timeout SECONDS       close a connection idle this long (default 0: off)

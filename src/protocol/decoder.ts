@@ -45,10 +45,10 @@ export interface DecoderLimits {
 /** nbdkit-like defaults (nbdkit caps requests at 64 MiB and strings at 4096 bytes). */
 export const DEFAULT_DECODER_LIMITS: Readonly<DecoderLimits> = Object.freeze({
   maxOptionLength: DEFAULTS.maxOptionLength,
-  maxOptionSkip: 64 * 1024 * 1024,
+  maxOptionSkip: DEFAULTS.maxOptionSkip,
   maxStringLength: SIZE.MAX_STRING,
   maxPayload: DEFAULTS.maxPayload,
-  maxPayloadSkip: 0xffffffff,
+  maxPayloadSkip: DEFAULTS.maxPayloadSkip,
   maxBufferedBytes: DEFAULTS.maxPayload + DEFAULTS.bufferedSlack,
 });
 
@@ -305,10 +305,15 @@ export class FrameDecoder {
       const wireOffset = huge ? h.readBigUInt64BE(16) : undefined;
       const offset = huge ? Number.MAX_SAFE_INTEGER : offHi * TWO_32 + offLo;
       let length: number;
+      /** A 64-bit length past 2^53 − 1, as sent (`length` holds it clamped): for the log line. */
+      let wireLength: bigint | undefined;
       if (this.extended) {
         const lenHi = h.readUInt32BE(24);
         const lenLo = h.readUInt32BE(28);
-        if (lenHi > MAX_SAFE_HI) huge = true;
+        if (lenHi > MAX_SAFE_HI) {
+          huge = true;
+          wireLength = h.readBigUInt64BE(24);
+        }
         length = lenHi > MAX_SAFE_HI ? Number.MAX_SAFE_INTEGER : lenHi * TWO_32 + lenLo;
       } else {
         length = h.readUInt32BE(24);
@@ -321,7 +326,7 @@ export class FrameDecoder {
         type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
       const payloadLength = hasPayload ? length : 0;
       if (payloadLength > this.limits.maxPayloadSkip) {
-        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', { length: payloadLength, limit: this.limits.maxPayloadSkip });
+        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', { length: hasPayload && wireLength !== undefined ? wireLength : payloadLength, limit: this.limits.maxPayloadSkip });
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
       if (wireOffset !== undefined) r.wireOffset = wireOffset;

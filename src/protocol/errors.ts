@@ -115,7 +115,7 @@ export const ERRORS = Object.freeze({
   NBD_ERR_BAD_OPTION_MAGIC: entry('disconnect', (d: { magic: string }) => `bad option magic 0x${d.magic}`),
   NBD_ERR_BAD_REQUEST_MAGIC: entry('disconnect', (d: { magic: string }) => `bad request magic 0x${d.magic}`),
   NBD_ERR_OPTION_TOO_LONG: entry('disconnect', (d: { option: number; length: number; limit: number }) => `option ${d.option} declares ${d.length} bytes of data (limit ${d.limit})`),
-  NBD_ERR_PAYLOAD_TOO_LONG: entry('disconnect', (d: { length: number; limit: number }) => `payload of ${d.length} bytes exceeds ${d.limit}`),
+  NBD_ERR_PAYLOAD_TOO_LONG: entry('disconnect', (d: { length: number | bigint; limit: number }) => `payload of ${d.length} bytes exceeds ${d.limit}`),
   NBD_ERR_BUFFER_LIMIT: entry('disconnect', (d: { limit: number }) => `more than ${d.limit} bytes buffered`),
 
   // ── the connection ends in order ──

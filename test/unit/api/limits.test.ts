@@ -52,7 +52,9 @@ describe('validateLimits: every limit, every kind of bad value', () => {
         if (r.min - 1 !== 0) expect(configError(() => serverWith({ [name]: r.min - 1 })).message).toMatch(new RegExp(`^${name}: `));
         // maxBufferedBytes must also hold the largest payload: give a payload that fits. (validateLimits
         // alone: the smallest maxPayload is below the export's default preferred block size.)
-        const extra = name === 'maxBufferedBytes' ? { maxPayload: 512, maxOptionLength: 256 } : {};
+        // The skip limits must be at least what they skip past: give the smallest of those.
+        const extra =
+          name === 'maxBufferedBytes' ? { maxPayload: 512, maxOptionLength: 256 } : name === 'maxOptionSkip' ? { maxOptionLength: 256 } : name === 'maxPayloadSkip' ? { maxPayload: 512 } : {};
         expect(() => validateLimits({ ...extra, [name]: r.min })).not.toThrow();
       });
     } else {
@@ -81,6 +83,12 @@ describe('validateLimits: every limit, every kind of bad value', () => {
     expect(configError(() => serverWith({ maxPayload: 1 << 20, maxBufferedBytes: 1 << 20 })).message).toMatch(/^maxBufferedBytes: /);
     expect(() => serverWith({ maxPayload: 1 << 20, maxBufferedBytes: (1 << 20) + 32 })).not.toThrow();
     expect(configError(() => validateLimits({ maxPayload: 512, maxOptionLength: 4096, maxBufferedBytes: 1024 })).message).toMatch(/maxOptionLength \(4096\) \+ 16/);
+  });
+
+  it('a skip limit below what it skips past is refused (it would drop connections meant to be answered)', () => {
+    expect(configError(() => serverWith({ maxPayloadSkip: 1 << 20 })).message).toBe('maxPayloadSkip: must be at least maxPayload (67108864), got 1048576');
+    expect(configError(() => serverWith({ maxOptionLength: 4096, maxOptionSkip: 1024 })).message).toBe('maxOptionSkip: must be at least maxOptionLength (4096), got 1024');
+    expect(() => serverWith({ maxPayload: 1 << 20, maxBufferedBytes: (1 << 20) + 32, maxPayloadSkip: 1 << 20 })).not.toThrow();
   });
 
   it('limits that are not an object are refused', () => {

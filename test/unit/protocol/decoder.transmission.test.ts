@@ -106,6 +106,12 @@ describe('extended requests', () => {
     const d = decoderAt('extendedRequests');
     d.push(encodeExtendedRequest({ flags: 0x20, type: 1, cookie: 1n, offset: 0, length: 2 ** 40 }));
     expect(d.next()).toMatchObject({ kind: 'fatal', code: 'NBD_ERR_PAYLOAD_TOO_LONG' });
+    // A length past 2^53 − 1 is named as sent, not as the clamped number.
+    const big = decoderAt('extendedRequests');
+    const h = encodeExtendedRequest({ flags: 0x20, type: 1, cookie: 1n, offset: 0, length: 1 });
+    h.writeBigUInt64BE(2n ** 62n, 24);
+    big.push(h);
+    expect(big.next()).toMatchObject({ kind: 'fatal', code: 'NBD_ERR_PAYLOAD_TOO_LONG', message: `payload of ${2n ** 62n} bytes exceeds 4294967295` });
     const e = decoderAt('requests', { maxPayloadSkip: 1000, maxPayload: 100 });
     e.push(encodeRequest({ flags: 0, type: 1, cookie: 1n, offset: 0, length: 1001 }));
     expect(e.next()).toMatchObject({ kind: 'fatal', code: 'NBD_ERR_PAYLOAD_TOO_LONG' });
