@@ -262,13 +262,14 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     const f = LIMIT_FLAGS.find((l) => message.startsWith(`${l.limit}:`));
     throw new UsageError(f ? `--${f.flag}: ${message.slice(f.limit.length + 2)}` : message);
   }
-  const tlsMode = (values.tls ?? 'off') as ServeArgs['tlsMode'];
-  if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);
   const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca', 'tls-verify-peer', 'tls-psk', 'tls-certificates'] as const;
   const given = tlsFlags.filter((f) => values[f] !== undefined && values[f] !== false);
+  // As nbdkit: credentials without --tls turn TLS on (`nbdkit --tls-certificates DIR` offers STARTTLS).
+  const tlsMode = (values.tls ?? (given.length > 0 ? 'on' : 'off')) as ServeArgs['tlsMode'];
+  if (!['off', 'on', 'require'].includes(tlsMode)) throw new UsageError(`--tls: expected off, on or require, got ${JSON.stringify(values.tls)}`);
   if (tlsMode === 'off' && given.length > 0) {
     // Serving plaintext when credentials were given is never what was meant.
-    throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but TLS is off: add --tls=on or --tls=require`);
+    throw new UsageError(`${given.map((f) => `--${f}`).join(', ')} given but --tls=off: leave --tls out (on), or use --tls=on or --tls=require`);
   }
   let tlsFiles: ServeArgs['tlsFiles'];
   if (values['tls-certificates'] !== undefined) {

@@ -26,7 +26,7 @@ Listening (default: UNIX socket and TCP localhost:10809):
   (systemd socket activation via LISTEN_FDS/LISTEN_PID is detected automatically)
 
 TLS:
-  --tls off|on|require   NOTLS, SELECTIVETLS or FORCEDTLS (default off)
+  --tls off|on|require   NOTLS, SELECTIVETLS or FORCEDTLS (default off; on when credentials are given, as nbdkit)
   --tls-certificates DIR  DIR/server-cert.pem, DIR/server-key.pem and DIR/ca-cert.pem (if present), as nbdkit
   --tls-cert FILE        PEM certificate        --tls-key FILE   PEM private key
   --tls-ca FILE          CA for client certs     --tls-verify-peer  require client certs

@@ -56,6 +56,7 @@ import {
   within,
 } from './support.js';
 import { FUZZ_EXPORTS, FUZZ_EXPORT_SIZE, checkReplies, cutPoints, generate, type FuzzStream } from './streams.js';
+import { REFUSAL_LINES } from '../../src/api/violations.js';
 
 const STREAMS = Number(process.env.FUZZ_STREAMS ?? 20_000);
 const SOCKET_SHARE = Number(process.env.FUZZ_SOCKET_SHARE ?? 0.2);
@@ -94,6 +95,7 @@ const failures: Failure[] = [];
 const counts = { streams: 0, inProcess: 0, socket: 0, probes: 0, crashes: 0, hangs: 0, desyncs: 0, serverErrors: 0, warnings: 0, byKind: {} as Record<string, number> };
 /** Log lines at warn level per open connection (the standard is one clear line per dropped connection). */
 const warnsPerConnection = new Map<number, number>();
+const refusalsPerConnection = new Map<number, number>();
 let noisyConnections = 0;
 const noisyExamples: string[] = [];
 
@@ -131,7 +133,11 @@ const logger: Logger = {
   warn: (m) => {
     counts.warnings++;
     const id = idOf(m);
-    if (id > 0) warnsPerConnection.set(id, (warnsPerConnection.get(id) ?? 0) + 1);
+    // A refused request or rejected option is one line each (the connection goes on), up to REFUSAL_LINES
+    // and the line that says the rest are not logged; anything else is the one line a dropped connection gets.
+    const refusal = m.includes(': refused: ') || m.includes(': further refusals ');
+    const table = refusal ? refusalsPerConnection : warnsPerConnection;
+    if (id > 0) table.set(id, (table.get(id) ?? 0) + 1);
     if (ONLY !== undefined) console.log(`server warn: ${m}`);
   },
   error: (m) => {
@@ -187,11 +193,13 @@ beforeAll(async () => {
     if (e.type !== 'closed') return;
     streamOfConnection.delete(e.connection.id);
     const n = warnsPerConnection.get(e.connection.id) ?? 0;
-    if (n > 1) {
+    const r = refusalsPerConnection.get(e.connection.id) ?? 0;
+    if (n > 1 || r > REFUSAL_LINES + 1) {
       noisyConnections++;
-      if (noisyExamples.length < 5) noisyExamples.push(`connection ${e.connection.id}: ${n} warnings`);
+      if (noisyExamples.length < 5) noisyExamples.push(`connection ${e.connection.id}: ${n} warnings, ${r} refusal lines`);
     }
     warnsPerConnection.delete(e.connection.id);
+    refusalsPerConnection.delete(e.connection.id);
   });
   await server.listen({ path: socketPath });
 });

@@ -341,7 +341,7 @@ describe('usage errors: one line, exit 2', () => {
     ['missing required key', ['serve', 'file'], /^nbd-engine: file: file=… is required\n$/],
     ['key before the backend', ['serve', 'size=1G'], /^nbd-engine: "size=1G": expected a backend name first/],
     ['-s with -U', ['serve', '-s', '-U', '-', 'memory', '1G'], /^nbd-engine: -s \(--single\) serves stdin\/stdout: it cannot be used with --socket\n$/],
-    ['--tls-certificates without --tls', ['serve', '--tls-certificates', '/tmp', 'memory', '1G'], /^nbd-engine: --tls-certificates given but TLS is off/],
+    ['--tls-certificates with --tls=off', ['serve', '--tls=off', '--tls-certificates', '/tmp', 'memory', '1G'], /^nbd-engine: --tls-certificates given but --tls=off/],
   ];
   for (const [what, args, message] of cases) {
     it(what, async () => {

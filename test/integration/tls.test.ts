@@ -386,8 +386,8 @@ describe('CLI --tls flags', () => {
     expect(noCreds).toMatch(/certificate and key|PSK/);
     const bad = await fails(execFileP(process.execPath, [CLI, 'serve', '--tls=maybe']));
     expect(bad).toMatch(/--tls: expected off, on or require, got "maybe"/);
-    const off = await fails(execFileP(process.execPath, [CLI, 'serve', '--memory', '1M', '--tls-psk', pskFile]));
-    expect(off).toMatch(/--tls-psk given but TLS is off/);
+    const off = await fails(execFileP(process.execPath, [CLI, 'serve', '--memory', '1M', '--tls=off', '--tls-psk', pskFile]));
+    expect(off).toMatch(/--tls-psk given but --tls=off/);
   });
 
   it('--tls-verify-peer without --tls-ca is refused at startup (not "any public CA")', async () => {

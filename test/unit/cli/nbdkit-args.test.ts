@@ -77,7 +77,9 @@ describe('nbdkit option names', () => {
       expect(parseServeArgs(['--tls=on', '--tls-certificates', dir]).tlsFiles).toEqual({ cert: path.join(dir, 'server-cert.pem'), key: path.join(dir, 'server-key.pem'), ca: undefined });
       fs.writeFileSync(path.join(dir, 'ca-cert.pem'), '');
       expect(parseServeArgs(['--tls=require', '--tls-certificates', dir]).tlsFiles?.ca).toBe(path.join(dir, 'ca-cert.pem'));
-      expect(() => parseServeArgs(['--tls-certificates', dir])).toThrow(/--tls-certificates given but TLS is off/);
+      // As nbdkit: the directory alone turns TLS on; --tls=off with it is a contradiction.
+      expect(parseServeArgs(['--tls-certificates', dir]).tlsMode).toBe('on');
+      expect(() => parseServeArgs(['--tls=off', '--tls-certificates', dir])).toThrow(/--tls-certificates given but --tls=off/);
       expect(() => parseServeArgs(['--tls=on', '--tls-certificates', dir, '--tls-key', 'k'])).toThrow(/^--tls-certificates and --tls-key are exclusive/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
