@@ -204,11 +204,15 @@ export function transmissionFlags(c: Capabilities, opts: { cache?: boolean } = {
 export function normalizeExtents(extents: readonly Extent[], length: number, reqOne: boolean): Extent[] {
   const out: Extent[] = [];
   let covered = 0;
-  for (const e of extents) {
+  // What a buggy backend or request-stream handler returns must still make a valid reply: anything but
+  // an array counts as no extents; entries that are not whole positive lengths are skipped.
+  for (const e of Array.isArray(extents) ? (extents as readonly unknown[]) : []) {
     if (covered >= length) break;
-    if (!(e.length > 0)) continue;
-    const len = Math.min(e.length, length - covered);
-    const flags = (e.flags >>> 0) & (STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO);
+    const el = (e as Partial<Extent> | null)?.length;
+    if (typeof el !== 'number' || !(el >= 1)) continue;
+    const len = Math.min(Math.floor(el), length - covered);
+    const e2 = e as Extent;
+    const flags = (e2.flags >>> 0) & (STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO);
     const last = out[out.length - 1];
     if (last && last.flags === flags) out[out.length - 1] = { length: last.length + len, flags };
     else out.push({ length: len, flags });

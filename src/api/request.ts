@@ -12,6 +12,7 @@ import type { MetaContextSelection } from '../machines/types.js';
 import { NbdError, NbdRequestError } from './errors.js';
 import { releaseRequestPayload } from '../transport/slab-account.js';
 import { DEFAULTS } from '../defaults.js';
+import { normalizeExtents } from './backend.js';
 
 export type RequestType = 'read' | 'write' | 'flush' | 'trim' | 'cache' | 'writeZeroes' | 'blockStatus';
 
@@ -228,8 +229,12 @@ export class NbdRequest {
       this.claim('reply');
       const byContext = data instanceof Map ? (data as ReadonlyMap<string, readonly Extent[]>) : undefined;
       const max = this.maxExtents;
+      const reqOne = (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0;
       const list = this.contexts.map((c) => {
-        const extents = (byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined)) ?? [{ length: this.length || 1, flags: 0 }];
+        const given = byContext ? byContext.get(c.name) : (data as readonly Extent[] | undefined);
+        // Whatever the handler gave becomes a valid reply (reply.block-status-chunks): inside the request, no
+        // empty or negative extents, neighbours merged, one with REQ_ONE; none at all is one data extent.
+        const extents = normalizeExtents(given ?? [], this.length, reqOne);
         // A reply describing less than was asked is valid (the client asks again from where it ended).
         return { id: c.id, extents: extents.length > max ? extents.slice(0, max) : extents };
       });
@@ -266,9 +271,12 @@ function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly
   return data;
 }
 
+const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
+
 export function toErrno(error: ErrnoName | NbdErrno | Error, flags: RequestFlags): NbdErrno {
   let errno: NbdErrno;
-  if (typeof error === 'number') errno = error;
+  // A number the spec does not define (12345, or a host errno) must not reach the wire: EIO instead.
+  if (typeof error === 'number') errno = SPEC_ERRNOS.has(error) ? error : ERRNO.NBD_EIO;
   else if (typeof error === 'string') errno = (ERRNO as Record<string, NbdErrno>)[`NBD_${error}`] ?? ERRNO.NBD_EIO;
   else if (error instanceof NbdRequestError) errno = error.errno;
   else return hostErrnoToNbd((error as NodeJS.ErrnoException).code, { fastZero: flags.fastZero, df: flags.df });

@@ -229,7 +229,8 @@ function handleGeneral(req: NbdRequest, backend: Backend, caps: Capabilities, lo
       if (!backend.extents) return req.reply();
       return step(
         () => backend.extents!(req.offset, req.length, { reqOne, context: BASE_ALLOCATION, maxExtents: req.maxExtents }),
-        (extents) => req.reply(normalizeExtents(extents, req.length, reqOne)),
+        // reply() makes the extents fit the reply rules (normalizeExtents).
+        (extents) => req.reply(extents),
         fail,
       );
     }

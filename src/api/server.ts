@@ -26,6 +26,7 @@ import { ServerRecorder } from '../inspect/recorder.js';
 import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
 import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
+import { checkServerOptions, safeInspect, safeLogger } from './server-options.js';
 
 export type { Violation } from './violations.js';
 
@@ -100,11 +101,15 @@ export class NbdServer {
   private spareScheduled = false;
   private readonly recorder: ServerRecorder;
   private readonly dynamicHost: DynamicHost;
+  /** The caller's inspect hook, wrapped so that a throw cannot break a connection. */
+  private readonly inspect: ((event: InspectionEvent) => void) | undefined;
   /** Connections' clean-up still running (close() waits for it). */
   private readonly closings = new Set<Promise<void>>();
 
   constructor(private readonly options: ServerOptions) {
-    this.logger = options.logger ?? consoleLogger(false);
+    checkServerOptions(options);
+    this.logger = options.logger ? safeLogger(options.logger) : consoleLogger(false);
+    this.inspect = options.inspect ? safeInspect(options.inspect, this.logger) : undefined;
     validateLimits(options.limits);
     const maxPayload = options.limits?.maxPayload ?? DEFAULTS.maxPayload;
     checkExportOptions(options);
@@ -260,7 +265,7 @@ export class NbdServer {
         handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
         idleTimeout: this.options.limits?.idleTimeout ?? DEFAULTS.idleTimeout,
         maxExtents: this.options.limits?.maxExtents ?? DEFAULTS.maxExtents,
-        inspect: this.options.inspect,
+        inspect: this.inspect,
         logger: this.logger,
         upgradeTls: this.upgradeTls,
         actor: this.takeSpareActor(),
@@ -291,7 +296,7 @@ export class NbdServer {
    * whose watchers would see an actor before its connection.
    */
   private prepareSpareActor(): void {
-    if (this.options.inspect || this.spareActor || this.spareScheduled || this.closing) return;
+    if (this.inspect || this.spareActor || this.spareScheduled || this.closing) return;
     this.spareScheduled = true;
     setImmediate(() => {
       this.spareScheduled = false;
@@ -365,6 +370,9 @@ export class NbdServer {
       for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing', 'NBD_CLOSED_SHUTDOWN');
     }
     for (const s of this.sessions) s.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
+    // A destroyed connection says it closed once its socket has (connections$ 'closed', the log line):
+    // give that a moment, so that the stream does not complete before them.
+    for (const grace = Date.now() + 1000; this.sessions.size > 0 && Date.now() < grace; ) await new Promise((r) => setTimeout(r, 10));
     await listenersClosed;
     await Promise.all(this.closings);
     for (const e of this.exports.values()) await closeEntry(e, this.logger, `closing export "${e.ref.name}"`);
