@@ -121,6 +121,10 @@ export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Lo
   if (typeof cfg.name !== 'string' || Buffer.byteLength(cfg.name) > 4096 || cfg.name.includes('\0')) {
     throw new NbdError('NBD_ERR_CONFIG', `export name ${JSON.stringify(cfg.name)} is not a valid NBD string`);
   }
+  // The server never sends a longer string (general.string-limits): libnbd clients refuse the reply.
+  if (cfg.description !== undefined && (typeof cfg.description !== 'string' || Buffer.byteLength(cfg.description) > 4096 || cfg.description.includes('\0'))) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": description must be a string of at most 4096 bytes without NUL`);
+  }
   const chain = filterChain(cfg, logger);
   const filtered = chain.backend !== cfg.backend ? chain.backend : undefined;
   const size = filtered?.size ?? cfg.size ?? cfg.backend?.size;

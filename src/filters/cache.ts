@@ -151,6 +151,13 @@ export function cacheFilter(options: CacheOptions = {}): CacheFilter {
       for (let b = Math.floor(offset / bs); b * bs < offset + length; b++) yield b;
     }
     const invalidate = (offset: number, length: number) => {
+      const first = Math.floor(offset / bs);
+      const last = Math.floor((offset + Math.max(length, 1) - 1) / bs);
+      // A zero or trim of a whole large export must not visit every block of it: visit the cached ones instead.
+      if (last - first + 1 > blocks.size + fetching.size) {
+        for (const b of [...blocks.keys(), ...fetching.keys()]) if (b >= first && b <= last) drop(b);
+        return;
+      }
       for (const b of range(offset, length)) drop(b);
     };
     /** Run a change on the backend, dropping the blocks it touches before and after. */
@@ -168,8 +175,9 @@ export function cacheFilter(options: CacheOptions = {}): CacheFilter {
       write: next.write && ((o: number, d: Buffer, opts: WriteOptions) => through(o, d.length, () => next.write!(o, d, opts))),
       zero: next.zero && ((o: number, l: number, opts: ZeroOptions) => through(o, l, () => next.zero!(o, l, opts))),
       trim: next.trim && ((o: number, l: number, opts: WriteOptions) => through(o, l, () => next.trim!(o, l, opts))),
-      // CACHE: prefetch into this cache (what the request asks for), whatever cache-on-read says.
-      cache: (o: number, l: number) => visit(o, l, true, () => {}),
+      // CACHE: prefetch into this cache (what the request asks for, whatever cache-on-read says), but no
+      // more than the cache holds: CACHE is a hint, and a 4 GiB one must not read 4 GiB at once.
+      cache: (o: number, l: number) => visit(o, Math.min(l, Math.max(max, bs)), true, () => {}),
     });
   };
 

@@ -112,6 +112,17 @@ function fileStore(file: string, blockSize: number): Store {
 
 type BlockState = 'data' | 'zero' | 'trim';
 
+/**
+ * Blocks the overlay keeps a state for (data, zeroed, trimmed), at most: each costs a Map entry
+ * (~100 bytes), so a WRITE_ZEROES of a whole 16 TiB export (256 Mi blocks) would take tens of GiB.
+ * A WRITE_ZEROES that would mark more fails with ENOSPC; a TRIM that would is ignored (TRIM is
+ * advisory: the spec lets a server do nothing).
+ */
+export const COW_MAX_MARKS = 1 << 22;
+
+/** Bytes of one CACHE request that cow-on-cache copies into the overlay, at most. */
+const COW_CACHE_MAX = 64 * 1024 * 1024;
+
 /** A copy-on-write overlay filter (nbdkit-cow-filter). */
 export function cowFilter(options: CowOptions = {}): Filter {
   const bs = options.blockSize ?? COW_BLOCK_SIZE;
@@ -165,7 +176,10 @@ export function cowFilter(options: CowOptions = {}): Filter {
     /** Change [offset, offset + length) block by block: `whole` for covered blocks, `patch` for partial ones. */
     const change = async (offset: number, length: number, whole: (b: number, from: number) => Promise<void>, patch: (buf: Buffer, at: number, from: number, n: number) => void) => {
       const end = offset + length;
+      let steps = 0;
       for (let pos = offset; pos < end; ) {
+        // A change of many blocks lets other requests run between its pieces.
+        if (++steps % 1024 === 0) await new Promise((r) => setImmediate(r));
         const b = Math.floor(pos / bs);
         const bStart = b * bs;
         const stop = Math.min(end, bStart + blockLen(b));
@@ -191,8 +205,13 @@ export function cowFilter(options: CowOptions = {}): Filter {
         (buf, at, from, n) => void data.copy(buf, at, from, from + n),
       );
 
-    const clear = (kind: 'zero' | 'trim') => (offset: number, length: number) =>
-      change(
+    const clear = (kind: 'zero' | 'trim') => async (offset: number, length: number) => {
+      const blocks = Math.ceil((offset + length) / bs) - Math.floor(offset / bs);
+      if (state.size + blocks > COW_MAX_MARKS) {
+        if (kind === 'trim') return;
+        throw new NbdRequestError('ENOSPC', `cow: zeroing ${blocks} blocks would take the overlay past ${COW_MAX_MARKS} tracked blocks`);
+      }
+      return change(
         offset,
         length,
         async (b) => {
@@ -201,6 +220,7 @@ export function cowFilter(options: CowOptions = {}): Filter {
         },
         (buf, at, _from, n) => void buf.fill(0, at, at + n),
       );
+    };
 
     /** Copy absent blocks in [first, last] from the base into the overlay (cow-on-read, cow-on-cache). */
     const keep = async (first: number, last: number, data?: Buffer) => {
@@ -216,13 +236,25 @@ export function cowFilter(options: CowOptions = {}): Filter {
       }
     };
 
+    /** The first block from `b` on (up to `last`) the overlay has a state for, or last + 1. */
+    const nextMarked = (b: number, last: number): number => {
+      // Over a range wider than the overlay, look through the overlay's blocks, not the range's.
+      if (last - b + 1 > state.size) {
+        let best = last + 1;
+        for (const k of state.keys()) if (k >= b && k < best) best = k;
+        return best;
+      }
+      while (b <= last && !state.has(b)) b++;
+      return b;
+    };
+
     /** Runs of blocks in [offset, end): [pos, stop, state] with absent blocks coalesced. */
     function* runs(offset: number, end: number): Generator<[number, number, BlockState | undefined]> {
       for (let pos = offset; pos < end; ) {
         const b = Math.floor(pos / bs);
         const st = state.get(b);
         let stop = Math.min(end, b * bs + blockLen(b));
-        if (!st) while (stop < end && !state.has(Math.floor(stop / bs))) stop = Math.min(end, stop + bs);
+        if (!st && stop < end) stop = Math.min(end, nextMarked(b + 1, Math.floor((end - 1) / bs)) * bs);
         yield [pos, stop, st];
         pos = stop;
       }
@@ -250,23 +282,25 @@ export function cowFilter(options: CowOptions = {}): Filter {
       return out;
     };
 
-    const extents = async (offset: number, length: number, opts: { reqOne: boolean; context: string }): Promise<Extent[]> => {
+    const extents = async (offset: number, length: number, opts: { reqOne: boolean; context: string; maxExtents?: number }): Promise<Extent[]> => {
       const out: Extent[] = [];
+      const max = opts.maxExtents ?? Infinity;
       for (const [pos, stop, st] of runs(offset, offset + length)) {
         if (st === 'data') out.push({ length: stop - pos, flags: 0 });
         else if (st === 'zero') out.push({ length: stop - pos, flags: STATE.NBD_STATE_ZERO });
         else if (st === 'trim') out.push({ length: stop - pos, flags: STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO });
         else if (next.extents) out.push(...normalizeExtents(await next.extents(pos, stop - pos, opts), stop - pos, false));
         else out.push({ length: stop - pos, flags: 0 });
-        if (opts.reqOne) break;
+        if (opts.reqOne || out.length >= max) break;
       }
       return out;
     };
 
     const cache = options.onCache
       ? async (offset: number, length: number) => {
+          // CACHE is a hint: copy in at most COW_CACHE_MAX bytes of it (a 4 GiB CACHE must not copy 4 GiB).
           const first = Math.floor(offset / bs);
-          const last = Math.floor((offset + length - 1) / bs);
+          const last = Math.floor((offset + Math.min(length, COW_CACHE_MAX) - 1) / bs);
           for (let b = first; b <= last; b++) if (!state.has(b)) await keep(b, b);
         }
       : next.cache && ((o: number, l: number) => next.cache!(o, l));

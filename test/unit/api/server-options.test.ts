@@ -83,3 +83,10 @@ describe('what a request handler answers, made valid', () => {
     expect(normalizeExtents([], 4096, true)).toEqual([{ length: 4096, flags: 0 }]);
   });
 });
+
+describe('export descriptions', () => {
+  it('over 4096 bytes or with a NUL are refused (the server never sends a longer string; libnbd refuses the reply)', () => {
+    expect(configError(() => createServer({ exports: [{ name: '', description: 'x'.repeat(4097), backend: memoryBackend({ size: 512 }) }] })).message).toBe('export "": description must be a string of at most 4096 bytes without NUL');
+    expect(() => createServer({ exports: [{ name: '', description: 'x'.repeat(4096), backend: memoryBackend({ size: 512 }) }] })).not.toThrow();
+  });
+});

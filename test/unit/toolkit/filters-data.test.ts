@@ -9,7 +9,7 @@ import { BlockLocks, readBuffer } from '../../../src/plugins/common.js';
 import { FILTERS } from '../../../src/plugins/registry.js';
 import { readParams, ParamError } from '../../../src/plugins/params.js';
 import { silentLogger } from '../../../src/transport/logger.js';
-import { cacheFilter, layer, memoryBackend, readaheadFilter, type Backend } from '../../../src/index.js';
+import { cacheFilter, cowFilter, layer, memoryBackend, readaheadFilter, type Backend } from '../../../src/index.js';
 
 describe('BlockLocks', () => {
   it('runs holders of one block in order, each after the previous finished; other blocks do not wait', async () => {
@@ -132,5 +132,32 @@ describe('stateful filter objects', () => {
         }),
       ).toThrow(new RegExp(`${f.name}: this filter object already serves export "a"`));
     }
+  });
+});
+
+describe('whole-export requests on a huge export (outside-in audit: each stalled every client for seconds and grew memory by GiBs)', () => {
+  const size = 2 ** 50;
+  const o = { reqOne: false, context: 'base:allocation' };
+
+  it('cow: WRITE_ZEROES past the tracked-block cap fails with ENOSPC at once; such a TRIM is ignored; BLOCK_STATUS skips unmarked ranges and stops at maxExtents', async () => {
+    const b = cowFilter().wrap(memoryBackend({ size }), ctx);
+    await expect(Promise.resolve(b.zero!(0, size, { fua: false, noHole: false, fastZero: false }))).rejects.toMatchObject({ errno: 28 });
+    await b.trim!(0, size, { fua: false });
+    await b.write!(2 ** 45, Buffer.alloc(65536, 7), { fua: false });
+    const ext = await b.extents!(0, size, { ...o, maxExtents: 2 });
+    expect(ext.map((e) => e.length)).toEqual([2 ** 45, 65536]);
+    expect(ext[1]!.flags).toBe(0);
+    // Within the cap a whole-block zero still only marks (no data read or kept).
+    await b.zero!(0, 2 ** 30, { fua: false, noHole: false, fastZero: false });
+    expect(readBuffer(await b.read(2 ** 29, 4), 4).equals(Buffer.alloc(4))).toBe(true);
+  });
+
+  it('cache: a 4 GiB CACHE prefetches at most cache-max-size; a TRIM of the whole export drops the cached blocks without walking it', async () => {
+    const f = cacheFilter({ maxSize: 1 << 20 });
+    const b = f.wrap(memoryBackend({ size }), ctx);
+    await b.cache!(0, 2 ** 32 - 4096);
+    expect((f as unknown as { stats(): { bytes: number } }).stats().bytes).toBeLessThanOrEqual(1 << 20);
+    await b.trim!(0, size, { fua: false });
+    expect((f as unknown as { stats(): { blocks: number } }).stats().blocks).toBe(0);
   });
 });
