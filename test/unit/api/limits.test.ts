@@ -7,20 +7,11 @@ import { describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, NbdError, type ServerLimits } from '../../../src/index.js';
 import { LIMIT_RANGES, validateLimits, type LimitName } from '../../../src/api/limits.js';
 import { silentLogger } from '../../../src/transport/logger.js';
+import { configError } from '../../helpers/config-error.js';
 
 const serverWith = (limits: unknown) =>
   createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }) }], logger: silentLogger, limits: limits as ServerLimits });
 
-function configError(fn: () => unknown): NbdError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(NbdError);
-    expect((err as NbdError).code).toBe('NBD_ERR_CONFIG');
-    return err as NbdError;
-  }
-  throw new Error('expected NBD_ERR_CONFIG, nothing was thrown');
-}
 
 const NAMES = Object.keys(LIMIT_RANGES) as LimitName[];
 

@@ -4,23 +4,14 @@
  * (an outside-in audit of the library API found each of these accepted or crashing).
  */
 import { describe, expect, it, vi } from 'vitest';
-import { createServer, memoryBackend, NbdError, normalizeExtents } from '../../../src/index.js';
+import { createServer, memoryBackend, normalizeExtents } from '../../../src/index.js';
 import { safeInspect, safeLogger } from '../../../src/api/server-options.js';
 import { toErrno } from '../../../src/api/request.js';
+import { configError } from '../../helpers/config-error.js';
 
 const flags = { fua: false, noHole: false, df: false, reqOne: false, fastZero: false };
 const exp = () => [{ name: '', backend: memoryBackend({ size: 4096 }) }];
 
-function configError(make: () => unknown): NbdError {
-  try {
-    make();
-  } catch (e) {
-    expect(e).toBeInstanceOf(NbdError);
-    expect((e as NbdError).code).toBe('NBD_ERR_CONFIG');
-    return e as NbdError;
-  }
-  throw new Error('no error');
-}
 
 describe('createServer option checks', () => {
   it('a TLS mode that is not off, on or require is refused, never served in plaintext', () => {
