@@ -129,6 +129,9 @@ export class Transcript {
     if (start === undefined || r.type === 'open') {
       start = r.t;
       this.opened.set(conn, start);
+      // A connection whose open record is in an earlier file (after a rotation): its times here count
+      // from this, its first record in the file, which says so and when it was, instead of a bare +0.
+      if (r.type !== 'open') return `[conn ${conn} ${new Date(r.t).toISOString().slice(11, 23)}Z, opened before this file] ${describeRecord(r)}`;
     }
     return `[conn ${conn} ${elapsed(r.t - start)}] ${describeRecord(r)}`;
   }

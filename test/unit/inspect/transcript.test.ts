@@ -87,6 +87,14 @@ describe('Transcript', () => {
     ]);
   });
 
+  it('a connection opened before this file (a rotated trace): its first line says when, later ones count from it', () => {
+    const t = new Transcript();
+    const first: TraceRecord = { type: 'frame', t: T + 5000, conn: 7, dir: 'in', name: 'NBD_CMD_WRITE', fields: {} };
+    const next: TraceRecord = { ...first, t: T + 5002 };
+    expect(t.line(first)).toBe(`[conn 7 ${new Date(T + 5000).toISOString().slice(11, 23)}Z, opened before this file] ${describeRecord(first)}`);
+    expect(t.line(next)).toBe(`[conn 7 +2.000ms] ${describeRecord(next)}`);
+  });
+
   it('--connection and --no-machines', () => {
     expect(lines(new Transcript({ connection: 1, machines: false }))).toEqual(['[conn 1 +0.000ms] open from local', '[conn 1 +0.412ms] C→S NBD_OPT_LIST']);
   });
