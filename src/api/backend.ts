@@ -206,13 +206,12 @@ export function normalizeExtents(extents: readonly Extent[], length: number, req
   let covered = 0;
   // What a buggy backend or request-stream handler returns must still make a valid reply: anything but
   // an array counts as no extents; entries that are not whole positive lengths are skipped.
-  for (const e of Array.isArray(extents) ? (extents as readonly unknown[]) : []) {
+  for (const e of Array.isArray(extents) ? extents : []) {
     if (covered >= length) break;
-    const el = (e as Partial<Extent> | null)?.length;
+    const el: unknown = (e as Extent | null)?.length;
     if (typeof el !== 'number' || !(el >= 1)) continue;
     const len = Math.min(Math.floor(el), length - covered);
-    const e2 = e as Extent;
-    const flags = (e2.flags >>> 0) & (STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO);
+    const flags = (e.flags >>> 0) & (STATE.NBD_STATE_HOLE | STATE.NBD_STATE_ZERO);
     const last = out[out.length - 1];
     if (last && last.flags === flags) out[out.length - 1] = { length: last.length + len, flags };
     else out.push({ length: len, flags });

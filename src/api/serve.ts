@@ -8,7 +8,7 @@ import { mergeMap, Observable, type OperatorFunction } from 'rxjs';
 import { BASE_ALLOCATION, CMD, CMD_FLAG, ERRNO, hostErrnoToNbd } from '../protocol/constants.js';
 import { NbdError, NbdRequestError } from './errors.js';
 import type { Backend, Capabilities } from './backend.js';
-import { backendCapabilities, normalizeExtents } from './backend.js';
+import { backendCapabilities } from './backend.js';
 import type { NbdRequest } from './request.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Logger } from '../transport/logger.js';

@@ -30,6 +30,7 @@ import { STATE } from '../protocol/constants.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Backend, ExtentsOptions, ZeroOptions } from '../api/backend.js';
+import { keysInRange } from '../plugins/common.js';
 
 export interface MemoryBackendOptions {
   /** Export size in bytes. */
@@ -115,17 +116,8 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     const table = new Map<number, Block>();
     getBlock = (i) => table.get(i);
     setBlock = (i, b) => (b ? table.set(i, b) : table.delete(i));
-    presentBlocks = (first, last) => {
-      // Probing every block of a wide range would walk the whole export (16 Mi blocks at 16 TiB): list the table instead.
-      if (last - first + 1 <= table.size) {
-        const out: number[] = [];
-        for (let i = first; i <= last; i++) if (table.has(i)) out.push(i);
-        return out;
-      }
-      const out: number[] = [];
-      for (const i of table.keys()) if (i >= first && i <= last) out.push(i);
-      return out.sort((a, b) => a - b);
-    };
+    // Probing every block of a wide range would walk the whole export (16 Mi blocks at 16 TiB).
+    presentBlocks = (first, last) => keysInRange(table, first, last);
   }
 
   const blockFor = (i: number): Block => {

@@ -124,8 +124,7 @@ export function sparseRandomBackend(options: SparseRandomOptions): SparseRandomB
     return s;
   };
 
-  /** Walk [offset, offset+length) as runs: fn(byte offset, bytes, isData). Neighbouring runs differ. */
-  /** Walk the data and hole runs of [offset, offset+length) in order; `fn` returning false stops the walk. */
+  /** Walk [offset, offset+length) as runs: fn(byte offset, bytes, isData). Neighbouring runs differ; `fn` returning false stops the walk. */
   const eachRun = (offset: number, length: number, fn: (at: number, n: number, data: boolean) => boolean | void) => {
     const end = offset + length;
     // The server only passes ranges inside the export; a direct caller going past it would never finish the walk.

@@ -19,7 +19,7 @@ import type { Backend, WriteOptions, ZeroOptions } from '../api/backend.js';
 import type { Filter, FilterContext } from '../api/filter.js';
 import { layer } from '../api/filter.js';
 import { check, oneExport } from './util.js';
-import { isPowerOf2, readBuffer } from '../plugins/common.js';
+import { isPowerOf2, keysInRange, readBuffer } from '../plugins/common.js';
 
 export interface CacheOptions {
   /** Only 'writethrough' (the default; see above). */
@@ -150,15 +150,11 @@ export function cacheFilter(options: CacheOptions = {}): CacheFilter {
     function* range(offset: number, length: number) {
       for (let b = Math.floor(offset / bs); b * bs < offset + length; b++) yield b;
     }
+    // A zero or trim of a whole large export must not visit every block of it: keysInRange reads the cached ones.
     const invalidate = (offset: number, length: number) => {
       const first = Math.floor(offset / bs);
-      const last = Math.floor((offset + Math.max(length, 1) - 1) / bs);
-      // A zero or trim of a whole large export must not visit every block of it: visit the cached ones instead.
-      if (last - first + 1 > blocks.size + fetching.size) {
-        for (const b of [...blocks.keys(), ...fetching.keys()]) if (b >= first && b <= last) drop(b);
-        return;
-      }
-      for (const b of range(offset, length)) drop(b);
+      const last = Math.ceil((offset + length) / bs) - 1;
+      for (const map of [blocks, fetching]) for (const b of keysInRange(map, first, last)) drop(b);
     };
     /** Run a change on the backend, dropping the blocks it touches before and after. */
     const through = async (offset: number, length: number, change: () => unknown) => {

@@ -14,7 +14,7 @@
  */
 import fs from 'node:fs';
 import { consoleLogger, type Logger } from '../transport/logger.js';
-import { backendCapabilities } from '../api/backend.js';
+import { backendCapabilities, normalizeExtents, type Extent } from '../api/backend.js';
 import type { Filter } from '../api/filter.js';
 import { errnoOf, interceptOps, NBDKIT_ACTION, whenSettled, type OpCall } from './ops-common.js';
 
@@ -62,23 +62,18 @@ const extentType = (flags: number): string => [flags & 1 ? 'hole' : '', flags & 
 
 /**
  * What nbdkit prints of an Extents reply: `extents=(OFFSET LENGTH "TYPE" …) `, from the request's offset,
- * as nbdkit's extent list holds them: within the request (the last one cut at its end), neighbours of
- * the same type merged.
+ * as nbdkit's extent list holds them — within the request, neighbours of the same type merged: the
+ * list normalizeExtents makes of it, which is also what the client is sent.
  */
 export function describeExtents(offset: number, count: number, value: unknown): string {
   if (!Array.isArray(value)) return '';
-  const end = offset + count;
-  const merged: Array<{ at: number; length: number; flags: number }> = [];
   let at = offset;
-  for (const e of value as ReadonlyArray<{ length: number; flags: number }>) {
-    if (at >= end) break;
-    const length = Math.min(e.length, end - at);
-    const last = merged.at(-1);
-    if (last && last.flags === e.flags) last.length += length;
-    else if (length > 0) merged.push({ at, length, flags: e.flags });
-    at += length;
-  }
-  return `extents=(${merged.map((e) => `${hex(e.at)} ${hex(e.length)} "${extentType(e.flags)}"`).join(' ')}) `;
+  const parts = normalizeExtents(value as readonly Extent[], count, false).map((e) => {
+    const part = `${hex(at)} ${hex(e.length)} "${extentType(e.flags)}"`;
+    at += e.length;
+    return part;
+  });
+  return `extents=(${parts.join(' ')}) `;
 }
 
 /** The open log: writes whole lines, numbers requests per connection. */

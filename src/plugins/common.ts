@@ -83,6 +83,21 @@ export class BlockLocks {
 }
 
 /** mulberry32: a small, fast 32-bit generator (not cryptographic); each call gives the next unsigned 32-bit value. */
+/**
+ * The keys of `map` in [first, last], ascending. A range narrower than the map is probed key by key; a
+ * wider one (a whole-export request over a sparse table) is read off the map's own keys, so the work
+ * depends on what the map holds, not on the range.
+ */
+export function keysInRange(map: ReadonlyMap<number, unknown>, first: number, last: number): number[] {
+  const out: number[] = [];
+  if (last - first + 1 <= map.size) {
+    for (let k = first; k <= last; k++) if (map.has(k)) out.push(k);
+    return out;
+  }
+  for (const k of map.keys()) if (k >= first && k <= last) out.push(k);
+  return out.sort((a, b) => a - b);
+}
+
 export function mulberry32(seed: number): () => number {
   let s = seed >>> 0;
   return () => {

@@ -99,10 +99,8 @@ export class ConnectionEnding {
     // A client vanishing mid-reply is routine; anything else is worth a warning. After the machines
     // finished (an ABORT or DISC was answered), the client may close before reading the last reply
     // (the spec lets it): nothing to say then.
-    if (code === 'EPIPE' || code === 'ECONNRESET') {
-      if (!this.host.closed()) this.host.log.info?.(`${this.host.peer}: ${err.message}`);
-    }
-    else this.host.log.warn(`${this.host.peer}: socket error: ${err.message}`);
+    if (code !== 'EPIPE' && code !== 'ECONNRESET') this.host.log.warn(`${this.host.peer}: socket error: ${err.message}`);
+    else if (!this.host.closed()) this.host.log.info?.(`${this.host.peer}: ${err.message}`);
     this.host.dropSocket();
   };
 

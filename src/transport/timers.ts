@@ -68,7 +68,8 @@ export class ConnectionTimers {
 
   /** Bytes arrived, or the last request in flight was answered: the idle clock starts again from now. */
   touch(): void {
-    this.lastActivity = performance.now();
+    // Only while the idle clock runs (it is off by default): no clock read per chunk otherwise.
+    if (this.idleTimer !== null) this.lastActivity = performance.now();
   }
 
   stop(): void {
