@@ -205,7 +205,7 @@ export function normalizeExtents(extents: readonly Extent[], length: number, req
   const out: Extent[] = [];
   let covered = 0;
   // What a buggy backend or request-stream handler returns must still make a valid reply: anything but
-  // an array counts as no extents; entries that are not whole positive lengths are skipped.
+  // an array counts as no extents; entries whose length is not a number ≥ 1 are skipped, fractions rounded down.
   for (const e of Array.isArray(extents) ? extents : []) {
     if (covered >= length) break;
     const el: unknown = (e as Extent | null)?.length;
