@@ -12,6 +12,11 @@
  * name (EOPNOTSUPP, ENOSPC …) so the JS side can pick the fallback or the
  * NBD error to send.
  *
+ * One call runs on the calling thread and never waits: preadNowait, a
+ * preadv2(RWF_NOWAIT) that copies only what the page cache already holds
+ * (the kernel answers EAGAIN instead of going to the disk), so a READ of
+ * cached data costs no thread-pool round trip.
+ *
  * Plain node_api.h (N-API version 8): no node-addon-api, no C++.
  */
 #define _GNU_SOURCE
@@ -30,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum op {
@@ -300,6 +306,38 @@ static napi_value map_extents_sync(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * preadNowait(fd, buffer, offset) → bytes copied into buffer (0 … its length), or -errno: one
+ * preadv2(RWF_NOWAIT) on the calling thread. It copies only pages already in the page cache: a
+ * short count (or -EAGAIN) means the rest is not cached (or the file ends there), and the caller
+ * reads the rest on the thread pool. -EOPNOTSUPP: the filesystem does not do RWF_NOWAIT.
+ */
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  size_t argc = 3;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t fd, offset;
+  void *data = NULL;
+  size_t length = 0;
+  bool is_buffer = false;
+  if (argc < 3 || !get_i64(env, argv[0], &fd) || fd > INT32_MAX || !get_i64(env, argv[2], &offset) ||
+      napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "nbd_file: expected (fd, buffer, offset)");
+    return NULL;
+  }
+  ssize_t n = 0;
+  if (length > 0) {
+    struct iovec iov = { .iov_base = data, .iov_len = length };
+    do n = preadv2((int)fd, &iov, 1, (off_t)offset, RWF_NOWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) n = -errno;
+  }
+  napi_value result;
+  napi_create_int64(env, (int64_t)n, &result);
+  return result;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info i) { return start(env, i, OP_PUNCH_HOLE, 3); }
 static napi_value zero_range(napi_env env, napi_callback_info i) { return start(env, i, OP_ZERO_RANGE, 3); }
 static napi_value fadvise_willneed(napi_env env, napi_callback_info i) { return start(env, i, OP_FADVISE_WILLNEED, 3); }
@@ -316,14 +354,15 @@ static napi_value init(napi_env env, napi_value exports) {
     { "blkGetSize64", NULL, blk_getsize64, NULL, NULL, NULL, napi_enumerable, NULL },
     { "mapExtents", NULL, map_extents_js, NULL, NULL, NULL, napi_enumerable, NULL },
     { "mapExtentsSync", NULL, map_extents_sync, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value max;
   napi_create_uint32(env, MAX_EXTENTS, &max);
   napi_set_named_property(env, exports, "maxExtents", max);
-  /* 2: punch, zero and discard take `sync`; mapExtentsSync (src/backends/file-native.ts checks this). */
+  /* 2: punch, zero and discard take `sync`; mapExtentsSync. 3: preadNowait (src/backends/file-native.ts checks this). */
   napi_value version;
-  napi_create_uint32(env, 2, &version);
+  napi_create_uint32(env, 3, &version);
   napi_set_named_property(env, exports, "version", version);
   return exports;
 }

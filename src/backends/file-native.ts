@@ -41,6 +41,13 @@ export interface FileNative {
    * mapExtents rejects with.
    */
   mapExtentsSync(fd: number, offset: number, length: number, max?: number): FileExtent[];
+  /**
+   * preadv2(RWF_NOWAIT) into `buffer` at `offset`, on the calling thread: copies only what the page
+   * cache holds, never waits for the disk. Returns the bytes copied (fewer than asked: the rest is
+   * not cached or the file ends) or a negative errno (-EAGAIN: nothing cached; -EOPNOTSUPP: the
+   * filesystem cannot). Absent in an addon built before version 3.
+   */
+  readonly preadNowait?: (fd: number, buffer: Buffer, offset: number) => number;
   readonly maxExtents: number;
 }
 
@@ -52,13 +59,21 @@ interface RawAddon {
   blkGetSize64(fd: number): Promise<number>;
   mapExtents(fd: number, offset: number, length: number): Promise<number[]>;
   mapExtentsSync(fd: number, offset: number, length: number, max: number): number[];
+  preadNowait?(fd: number, buffer: Buffer, offset: number): number;
   maxExtents: number;
-  /** The calls' version (2: punch, zero and discard take `sync`; mapExtentsSync); an older build is not used. */
+  /**
+   * The calls' version (2: punch, zero and discard take `sync`; mapExtentsSync. 3: preadNowait);
+   * a build older than 2 is not used, a build of version 2 is used without preadNowait.
+   */
   version?: number;
 }
 
 /** The addon version this code speaks (native/nbd_file.c's `version`). */
-export const ADDON_VERSION = 2;
+export const ADDON_VERSION = 3;
+/** The oldest addon version still used (without the calls added since). */
+export const ADDON_MIN_VERSION = 2;
+
+const EBADF = 9;
 
 export type NativeState = { readonly native: FileNative; readonly path: string } | { readonly native: null; readonly reason: string };
 
@@ -104,6 +119,8 @@ export function wrapAddon(raw: RawAddon): FileNative {
       if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`nbd_file: max must be a positive integer, got ${max}`);
       return extentsOf(raw.mapExtentsSync(fd, offset, length, Math.min(max, raw.maxExtents)));
     },
+    // The hot path of every cached READ: the addon checks its own arguments (a TypeError).
+    ...(typeof raw.preadNowait === 'function' && (raw.version ?? 0) >= 3 ? { preadNowait: raw.preadNowait.bind(raw) } : {}),
   };
 }
 
@@ -126,8 +143,9 @@ export function loadFileNative(addonPath?: string): NativeState {
       const raw = createRequire(import.meta.url)(file) as RawAddon;
       if (typeof raw.mapExtents !== 'function' || typeof raw.punchHole !== 'function') throw new Error('not the nbd_file addon');
       // An addon built from older source would ignore `sync` (a FUA that does not reach the disk) and lack
-      // mapExtentsSync: rebuild it.
-      if (raw.version !== ADDON_VERSION) throw new Error(`version ${raw.version ?? 1}, expected ${ADDON_VERSION} (rebuild: npm run build:native)`);
+      // mapExtentsSync: rebuild it. Version 2 lacks only preadNowait (every READ then takes the thread pool).
+      const v = raw.version ?? 1;
+      if (!(v >= ADDON_MIN_VERSION && v <= ADDON_VERSION)) throw new Error(`version ${v}, expected ${ADDON_VERSION} (rebuild: npm run build:native)`);
       state = { native: wrapAddon(raw), path: file };
     } catch (err) {
       state = { native: null, reason: `${file} failed to load: ${(err as Error).message}` };
@@ -169,6 +187,7 @@ export function fencedNative(native: FileNative): { native: FileNative; close():
         if (closed) throw Object.assign(new Error('file backend closed'), { code: 'EBADF' });
         return native.mapExtentsSync(...a);
       },
+      ...(native.preadNowait ? { preadNowait: (fd: number, buffer: Buffer, offset: number) => (closed ? -EBADF : native.preadNowait!(fd, buffer, offset)) } : {}),
     },
     close: async () => {
       closed = true;

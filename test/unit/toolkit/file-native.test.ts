@@ -57,7 +57,19 @@ describe('loadFileNative', () => {
     fs.writeFileSync(old, `module.exports = { maxExtents: 1, ${fns.map((f) => `${f}: async () => {}`).join(', ')} };`);
     const state = loadFileNative(old);
     expect(state.native).toBeNull();
-    expect('reason' in state && state.reason).toMatch(/version 1, expected 2/);
+    expect('reason' in state && state.reason).toMatch(/version 1, expected 3/);
+  });
+
+  it('uses a version 2 addon without preadNowait (every READ then takes the thread pool)', () => {
+    const v2 = path.join(dir, 'v2-addon.cjs');
+    const fns = ['punchHole', 'zeroRange', 'fadviseWillneed', 'blkDiscard', 'blkGetSize64', 'mapExtents'];
+    fs.writeFileSync(v2, `module.exports = { version: 2, maxExtents: 1, mapExtentsSync: () => [], preadNowait: () => 0, ${fns.map((f) => `${f}: async () => {}`).join(', ')} };`);
+    const state = loadFileNative(v2);
+    expect(state.native).not.toBeNull();
+    expect(state.native!.preadNowait).toBeUndefined();
+    const v4 = path.join(dir, 'v4-addon.cjs');
+    fs.writeFileSync(v4, fs.readFileSync(v2, 'utf8').replace('version: 2', 'version: 4'));
+    expect(loadFileNative(v4).native).toBeNull();
   });
 });
 
@@ -96,6 +108,40 @@ describe('the addon on a real file', () => {
     expect(() => n.mapExtentsSync(999_999, 0, MiB)).toThrow(expect.objectContaining({ code: 'EBADF' }) as Error);
   });
 
+  it('preadNowait copies cached bytes on the calling thread; short at EOF; errors as -errno; bad arguments throw', () => {
+    const n = loaded();
+    const pread = n.preadNowait!;
+    expect(typeof pread).toBe('function');
+    const want = Buffer.alloc(8192);
+    fs.readSync(fd, want, 0, 8192, 4 * MiB - 4096); // also brings the pages into the cache
+    const got = Buffer.alloc(8192, 7);
+    expect(pread(fd, got, 4 * MiB - 4096)).toBe(8192);
+    expect(got.equals(want)).toBe(true);
+    expect(want.subarray(4096).equals(Buffer.alloc(4096, 0xaa))).toBe(true);
+    // A view into a bigger buffer: only the view is written.
+    const big = Buffer.alloc(3 * 4096, 1);
+    expect(pread(fd, big.subarray(4096, 8192), 4 * MiB)).toBe(4096);
+    expect(big.subarray(0, 4096).equals(Buffer.alloc(4096, 1)) && big.subarray(8192).equals(Buffer.alloc(4096, 1))).toBe(true);
+    expect(big.subarray(4096, 8192).equals(Buffer.alloc(4096, 0xaa))).toBe(true);
+    // The file ends 100 bytes in: 100 bytes; at the end: 0; an empty buffer: 0.
+    fs.readSync(fd, Buffer.alloc(4096), 0, 4096, 16 * MiB - 4096);
+    expect(pread(fd, Buffer.alloc(4096), 16 * MiB - 100)).toBe(100);
+    expect(pread(fd, Buffer.alloc(4096), 16 * MiB)).toBe(0);
+    expect(pread(fd, Buffer.alloc(0), 0)).toBe(0);
+    expect(pread(999_999, Buffer.alloc(16), 0)).toBe(-9); // EBADF
+    expect(() => pread(fd, 'nope' as unknown as Buffer, 0)).toThrow(TypeError);
+    expect(() => pread(fd, Buffer.alloc(1), -1)).toThrow(TypeError);
+  });
+
+  it('preadNowait after the fence closed: -EBADF, the addon is not called', async () => {
+    const calls: number[] = [];
+    const fenced = fencedNative({ ...loaded(), preadNowait: (f) => (calls.push(f), 0) });
+    expect(fenced.native.preadNowait!(fd, Buffer.alloc(1), 0)).toBe(0);
+    await fenced.close();
+    expect(fenced.native.preadNowait!(fd, Buffer.alloc(1), 0)).toBe(-9);
+    expect(calls).toEqual([fd]);
+  });
+
   it('punchHole and zeroRange zero the bytes; punching frees the blocks', async () => {
     const n = loaded();
     const before = fs.fstatSync(fd).blocks;
@@ -120,7 +166,7 @@ describe('the addon on a real file', () => {
     fs.readSync(fd, back, 0, 8192, 8 * MiB);
     expect(back.equals(Buffer.alloc(8192))).toBe(true);
     const raw = createRequire(import.meta.url)(path.resolve(ADDON_RELATIVE_PATH)) as { zeroRange(...a: unknown[]): Promise<void>; version: number };
-    expect(raw.version).toBe(2);
+    expect(raw.version).toBe(3);
     expect(() => raw.zeroRange(fd, 0, 4096, 'yes')).toThrow(TypeError);
     // An explicit undefined is no sync; calls without `sync` ignore a fourth argument.
     await raw.zeroRange(fd, 0, 4096, undefined);
@@ -328,5 +374,79 @@ describe('fencedNative', () => {
     release();
     await Promise.all([running, closing]);
     expect(order).toEqual(['punch done', 'closed']);
+  });
+});
+
+describe('the file backend reads cached data on the event loop (preadNowait)', () => {
+  const isPromise = (v: unknown): v is Promise<Buffer> => typeof (v as { then?: unknown })?.then === 'function';
+
+  it('a READ of cached data is answered synchronously with the file bytes; inlineReadMax bounds it; 0 turns it off', async () => {
+    const file = path.join(dir, 'cached.img');
+    const data = Buffer.alloc(2 * MiB);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i, i);
+    fs.writeFileSync(file, data);
+    fs.readFileSync(file); // in the page cache
+    const b = await fileBackend({ path: file, inlineReadMax: 64 * 1024 });
+    const b0 = await fileBackend({ path: file, inlineReadMax: 0 });
+    try {
+      for (const [off, len] of [[0, 4096], [12345, 777], [MiB - 100, 64 * 1024], [0, 0]] as const) {
+        const r = b.read(off, len);
+        expect(isPromise(r), `${off}+${len}`).toBe(false);
+        expect((r as Buffer).equals(data.subarray(off, off + len))).toBe(true);
+        const r0 = b0.read(off, len);
+        expect(isPromise(r0)).toBe(true);
+        expect((await r0).equals(data.subarray(off, off + len))).toBe(true);
+      }
+      // Bigger than inlineReadMax: the thread pool, same bytes.
+      const big = b.read(4096, 64 * 1024 + 1);
+      expect(isPromise(big)).toBe(true);
+      expect(((await big) as Buffer).equals(data.subarray(4096, 4096 + 64 * 1024 + 1))).toBe(true);
+    } finally {
+      await b.close?.();
+      await b0.close?.();
+    }
+    await expect(fileBackend({ path: file, inlineReadMax: -1 })).rejects.toThrow(/inlineReadMax/);
+  });
+
+  it('a file that shrank: the cached part inline, the rest on the thread pool, zeroes past the end', async () => {
+    const file = path.join(dir, 'shrinks.img');
+    fs.writeFileSync(file, Buffer.alloc(64 * 1024, 0x5c));
+    const b = await fileBackend(file);
+    try {
+      fs.truncateSync(file, 4096 + 10);
+      fs.readFileSync(file);
+      const r = b.read(4096 - 10, 4096);
+      expect(isPromise(r)).toBe(true);
+      const want = Buffer.alloc(4096);
+      want.fill(0x5c, 0, 20);
+      expect(((await r) as Buffer).equals(want)).toBe(true);
+    } finally {
+      await b.close?.();
+    }
+  });
+
+  it('a filesystem without RWF_NOWAIT (tmpfs): asked once, then every READ goes to the thread pool', async () => {
+    const shm = '/dev/shm';
+    const native = loaded();
+    const probe = path.join(shm, `nbd-engine-nowait-${process.pid}.img`);
+    fs.writeFileSync(probe, Buffer.alloc(8192, 0x11));
+    const real = native.preadNowait!;
+    const calls: number[] = [];
+    (native as { preadNowait?: FileNative['preadNowait'] }).preadNowait = (fd, buf, off) => {
+      const n = real(fd, buf, off);
+      calls.push(n);
+      return n;
+    };
+    const b = await fileBackend(probe);
+    try {
+      for (let i = 0; i < 3; i++) expect(((await b.read(0, 4096)) as Buffer).equals(Buffer.alloc(4096, 0x11))).toBe(true);
+      // tmpfs answers EOPNOTSUPP (Linux 6.x): never asked again. A kernel whose tmpfs can would answer every time.
+      if (calls[0]! < 0) expect(calls).toEqual([-95]);
+      else expect(calls).toEqual([4096, 4096, 4096]);
+    } finally {
+      (native as { preadNowait?: FileNative['preadNowait'] }).preadNowait = real;
+      await b.close?.();
+      fs.rmSync(probe, { force: true });
+    }
   });
 });
