@@ -28,6 +28,8 @@ export const DEFAULTS = Object.freeze({
   maxExtents: 65_536,
   /** What a connection's decoder may hold on top of the largest payload (maxBufferedBytes = maxPayload + this). */
   bufferedSlack: 1 * MiB,
+  /** Idle READ buffers kept for reuse, server-wide (lent to backends with readInto and to NbdRequest.readBuffer). */
+  readBufferPool: 32 * MiB,
   /** Milliseconds to finish negotiating (as qemu-nbd). */
   handshakeTimeout: 10_000,
   /** Milliseconds a negotiated connection may sit idle (0: off). */

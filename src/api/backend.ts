@@ -52,6 +52,14 @@ export interface Backend {
   /** Read exactly `length` bytes; may return holes as `{ hole: n }` segments. */
   read(offset: number, length: number): MaybePromise<Buffer | readonly ReadSegment[]>;
   /**
+   * Optional, as nbdkit's `pread`: fill all of `target` (`target.length` bytes) with the data at
+   * `offset`. Present ⇒ the server answers READs with buffers it lends and takes back once the reply
+   * is written (`readBufferPool`), calling this instead of `read`: no allocation per READ. `target` is
+   * valid until `readInto` returns or its promise settles; do not keep it. `read` is still required
+   * (filters and other callers use it). Filters forward `readInto` only when they do not change reads.
+   */
+  readInto?(offset: number, target: Buffer): MaybePromise<void>;
+  /**
    * Present ⇒ writable (no READ_ONLY flag).
    *
    * Payload lifetime: `data` is a view of the server's socket read memory,

@@ -84,6 +84,8 @@ type Overrides = { -readonly [K in keyof Backend]?: Backend[K] | undefined };
  * too), and `writeTargets` (zero-copy WRITEs straight into the backend's
  * memory, which no filter would see) is forwarded only with
  * `forwardWriteTargets: true`, for filters that never look at WRITEs.
+ * `readInto` (READs into buffers the server lends) is forwarded only when
+ * `read` is not overridden: a filter that changes reads never sees it bypassed.
  */
 export function layer(next: Backend, overrides: Overrides = {}, options: { forwardWriteTargets?: boolean } = {}): Backend {
   const out: Record<string, unknown> = {};
@@ -96,6 +98,7 @@ export function layer(next: Backend, overrides: Overrides = {}, options: { forwa
     out.writeTargets = next.writeTargets.bind(next);
   }
   if ('write' in overrides && !('writev' in overrides)) delete out.writev;
+  if (typeof next.readInto === 'function' && !('read' in overrides)) out.readInto = next.readInto.bind(next);
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) delete out[key];
     else out[key] = value;

@@ -50,6 +50,13 @@ export interface ServerLimits {
    * the client asks again from where the reply ended.
    */
   readonly maxExtents?: number;
+  /**
+   * Bytes of idle READ buffers the server keeps for reuse, server-wide (default 32 MiB; 0 keeps none).
+   * READs of backends with `readInto` (the file backend) and handlers that use `request.readBuffer()`
+   * are answered from buffers lent by the server, which take them back once the reply is written: no
+   * allocation (and no garbage) per READ. Buffers in use are bounded by each connection's limits.
+   */
+  readonly readBufferPool?: number;
   /** Bytes a connection's decoder may hold (default maxPayload + 1 MiB). */
   readonly maxBufferedBytes?: number;
   /** Concurrent connections, server-wide; past it a new connection is closed with one log line (default unlimited). */
@@ -103,6 +110,7 @@ export const LIMIT_RANGES = {
   maxPayloadSkip: { min: 512, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxPayloadSkip },
   maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxOptions },
   maxExtents: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxExtents },
+  readBufferPool: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.readBufferPool },
   // Default: maxPayload + DEFAULTS.bufferedSlack (1 MiB).
   maxBufferedBytes: { min: 512 + REQUEST_HEADER, max: Number.MAX_SAFE_INTEGER, unit: 'bytes' },
   maxConnections: { min: 1, max: 1_048_576, unit: 'count' },

@@ -49,8 +49,13 @@ export interface ConnectionRef {
 export interface ReplySink {
   /** Success without data. */
   ok(cookie: bigint, offset: number, released: number): void;
-  /** A successful READ: exactly the requested bytes, one buffer or segments with holes; `df`: NBD_CMD_FLAG_DF. */
-  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void;
+  /**
+   * A successful READ: exactly the requested bytes, one buffer or segments with holes; `df`: NBD_CMD_FLAG_DF.
+   * `lent`: `data` is the buffer `lend` gave for this READ; the sink takes it back once the reply is out of it.
+   */
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number, lent?: boolean): void;
+  /** A buffer of `length` bytes for one READ's data, lent until that READ's reply is written (absent: none lent, one is allocated). */
+  lend?(length: number): Buffer;
   /** A successful BLOCK_STATUS: the extents of each selected context. */
   blockStatus(cookie: bigint, offset: number, contexts: ReadonlyArray<{ readonly id: number; readonly extents: readonly Extent[] }>, released: number): void;
   /** An error reply: the errno, and a message where the reply form carries one. */
@@ -87,6 +92,8 @@ export class NbdRequest {
   readonly contexts: readonly MetaContextSelection[];
   private answered = false;
   private flagsCache: RequestFlags | undefined;
+  /** The buffer readBuffer() lent, if it was called. */
+  private lent: Buffer | undefined;
   private payloadReleased: boolean;
 
   constructor(
@@ -179,6 +186,18 @@ export class NbdRequest {
     return (this.flagsCache ??= decodeFlags(this.rawFlags));
   }
 
+  /**
+   * READ: a buffer of exactly `length` bytes (contents undefined) to fill and answer with
+   * (`reply(buffer)`), lent by the server, which takes it back once the reply is written and lends it
+   * again to a later READ: no allocation per READ (the `readBufferPool` limit). It is yours until you
+   * answer; after `reply(buffer)` do not touch it. Answered otherwise (`fail`, another buffer), it is
+   * simply dropped. The same buffer on every call; undefined for other commands and for 0-byte READs.
+   */
+  readBuffer(): Buffer | undefined {
+    if (this.command !== CMD.NBD_CMD_READ || this.length === 0 || this.answered) return undefined;
+    return (this.lent ??= this.sink.lend ? this.sink.lend(this.length) : Buffer.allocUnsafe(this.length));
+  }
+
   /** The handle, as the seed library called the cookie. */
   get handle(): bigint {
     return this.cookie;
@@ -210,7 +229,7 @@ export class NbdRequest {
       // The common case, one Buffer of the right length: no segment list.
       if (Buffer.isBuffer(data) && data.length === this.length) {
         this.claim('reply');
-        this.sink.read(this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0, this.held);
+        this.sink.read(this.cookie, this.offset, data, (this.rawFlags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0, this.held, data === this.lent);
         return;
       }
       const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);

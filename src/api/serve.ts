@@ -104,6 +104,31 @@ function replyWhenSettled(req: NbdRequest, r: PromiseLike<unknown>, logger: Logg
   );
 }
 
+/** READ into the buffer the request lent (Backend.readInto), then answer with it; synchronous when the backend is. */
+function readIntoLent(req: NbdRequest, backend: Backend, into: Buffer, logger: Logger | undefined): void | Promise<void> {
+  let r: void | PromiseLike<void>;
+  try {
+    r = backend.readInto!(req.offset, into);
+    if (!isThenable(r)) {
+      req.reply(into);
+      return;
+    }
+  } catch (e) {
+    failRequest(req, e, logger);
+    return;
+  }
+  return Promise.resolve(r).then(
+    () => {
+      try {
+        req.reply(into);
+      } catch (e) {
+        failRequest(req, e, logger);
+      }
+    },
+    (e: unknown) => failRequest(req, e, logger),
+  );
+}
+
 /**
  * A WRITE's asynchronous tail: once the backend's promise settles, either
  * way, the payload's lifetime is over (Backend.write) and it is released;
@@ -138,6 +163,9 @@ function releaseWhenSettled(req: NbdRequest, r: PromiseLike<unknown>, logger: Lo
 export function handleWithBackend(req: NbdRequest, backend: Backend, caps: Capabilities, logger?: Logger): void | Promise<void> {
   const command = req.command;
   if (command === CMD.NBD_CMD_READ) {
+    // A backend that fills buffers (nbdkit's pread) gets one the server lends and takes back once written.
+    const into = backend.readInto !== undefined ? req.readBuffer() : undefined;
+    if (into !== undefined) return readIntoLent(req, backend, into, logger);
     let r: ReturnType<Backend['read']>;
     try {
       r = backend.read(req.offset, req.length);

@@ -27,6 +27,7 @@ import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
 import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
 import { checkServerOptions, safeInspect, safeLogger } from './server-options.js';
+import { ReadBufferPool } from '../transport/read-pool.js';
 
 export type { Violation } from './violations.js';
 
@@ -98,6 +99,8 @@ export class NbdServer {
   private warmed: Promise<void> | undefined;
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
+  /** READ buffers lent to backends (readInto) and handlers (request.readBuffer), shared by every connection. */
+  readonly readPool: ReadBufferPool;
   private spareScheduled = false;
   private readonly recorder: ServerRecorder;
   private readonly dynamicHost: DynamicHost;
@@ -138,6 +141,7 @@ export class NbdServer {
       resolveList: !!options.listExports,
     };
     this.dynamicHost = { hooks: options, logger: this.logger, maxPayload, staticEntry: (name) => this.exports.get(name) };
+    this.readPool = new ReadBufferPool(options.limits?.readBufferPool ?? DEFAULTS.readBufferPool);
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();
     this.recorder = new ServerRecorder(options.trace);
@@ -269,6 +273,7 @@ export class NbdServer {
         logger: this.logger,
         upgradeTls: this.upgradeTls,
         actor: this.takeSpareActor(),
+        readPool: this.readPool,
       },
       handlers,
     );

@@ -115,7 +115,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   }
   // Off for good once the filesystem says it cannot (NFS, FUSE, …): one failed call, not one per READ.
   let nowait = native?.preadNowait && inlineReadMax > 0 ? native.preadNowait : undefined;
-  const readPool = async (buf: Buffer, done: number, offset: number, length: number): Promise<Buffer> => {
+  const readPool = async (buf: Buffer, done: number, offset: number, length: number): Promise<void> => {
     while (done < length) {
       const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
       if (bytesRead === 0) {
@@ -125,19 +125,24 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       }
       done += bytesRead;
     }
-    return buf;
   };
-  // Cached data straight from the page cache; what is not cached (or past a shrunk file's end) from the pool.
-  const read = (offset: number, length: number): Buffer | Promise<Buffer> => {
-    const buf = Buffer.allocUnsafe(length);
+  // Fill `buf` from `offset`: cached data straight from the page cache; what is not cached (or past a
+  // shrunk file's end) from the pool. Synchronous (undefined) when everything was cached.
+  const readInto = (offset: number, buf: Buffer): undefined | Promise<void> => {
+    const length = buf.length;
     let done = 0;
     if (nowait !== undefined && length <= inlineReadMax) {
       const n = nowait(fh.fd, buf, offset);
-      if (n === length) return buf;
+      if (n === length) return undefined;
       if (n > 0) done = n;
       else if (NOWAIT_UNSUPPORTED.has(n)) nowait = undefined;
     }
     return readPool(buf, done, offset, length);
+  };
+  const read = (offset: number, length: number): Buffer | Promise<Buffer> => {
+    const buf = Buffer.allocUnsafe(length);
+    const r = readInto(offset, buf);
+    return r === undefined ? buf : r.then(() => buf);
   };
   const writeAll = async (offset: number, data: Buffer): Promise<void> => {
     let done = 0;
@@ -165,6 +170,8 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     size,
     path: opts.path,
     read,
+    // The server's lent buffers (readBufferPool): no allocation per READ.
+    readInto,
     flush: tracked(() => fh.datasync()),
     // Native calls use the bare fd: let them finish before it can be reused.
     close: async () => {

@@ -44,6 +44,7 @@ Limits (per connection unless noted):
   --max-option-skip SIZE       largest option data skipped (ERR_TOO_BIG) before a disconnect (default 64M)
   --max-payload-skip SIZE      largest WRITE payload skipped (EINVAL) before a disconnect (default 4G-1)
   --max-buffered-bytes SIZE    bytes a connection's decoder may hold (default max-payload + 1M)
+  --read-buffer-pool SIZE      idle READ buffers kept for reuse, server-wide (default 32M; 0: none)
   --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
   --idle-timeout SECONDS       close a connection idle this long (default 0: off)
 

@@ -153,13 +153,21 @@ export function needsStructured(mode: ReplyMode, type: number): boolean {
   return mode !== 'simple' && (type === CMD.NBD_CMD_READ || type === CMD.NBD_CMD_BLOCK_STATUS);
 }
 
+/** Where a lent READ buffer goes back once the reply's bytes are out of it (the transport's ReadBufferPool). */
+export interface BufferLender {
+  give(b: Buffer): void;
+}
+
 /** Where encoded replies go: whole frames, plus the two forms written in place (ReplyWriter). */
 export interface ReplyOutput {
   write(frame: readonly Buffer[]): void;
   /** A simple reply: the same bytes as `encodeSimpleReply(cookie, error)`. */
   writeSimple(cookie: bigint, error: number): void;
-  /** A READ answered by one buffer of ≥ 1 byte: the same bytes as `replyReadBuffer(mode, cookie, offset, data)`. */
-  writeRead(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer): void;
+  /**
+   * A READ answered by one buffer of ≥ 1 byte: the same bytes as `replyReadBuffer(mode, cookie, offset, data)`.
+   * `lentFrom`: `data` was lent by it, and goes back to it once written (or copied).
+   */
+  writeRead(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer, lentFrom?: BufferLender): void;
 }
 
 /**
@@ -184,12 +192,19 @@ export class ReplyEncoder {
     else this.out.write(replyOk(this.mode, cookie, requestOffset));
   }
 
-  /** A successful READ: one buffer, or segments with holes (`df`: NBD_CMD_FLAG_DF). */
-  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean): void {
-    if (this.tap) this.tap(Buffer.isBuffer(data) ? replyReadBuffer(this.mode, cookie, offset, data, df) : replyRead(this.mode, cookie, offset, data, df));
+  /**
+   * A successful READ: one buffer, or segments with holes (`df`: NBD_CMD_FLAG_DF). `lentFrom`: the buffer
+   * was lent by it (NbdRequest.readBuffer) and goes back once written — unless a recorder sees the reply
+   * (it may keep views of it): then the collector has it.
+   */
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, lentFrom?: BufferLender): void {
+    if (this.tap) {
+      this.tap(Buffer.isBuffer(data) ? replyReadBuffer(this.mode, cookie, offset, data, df) : replyRead(this.mode, cookie, offset, data, df));
+      lentFrom = undefined;
+    }
     if (!Buffer.isBuffer(data)) this.out.write(replyRead(this.mode, cookie, offset, data, df));
     // One buffer is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing for one chunk.
-    else if (data.length > 0) this.out.writeRead(this.mode, cookie, offset, data);
+    else if (data.length > 0) this.out.writeRead(this.mode, cookie, offset, data, lentFrom);
     else this.out.write(replyReadBuffer(this.mode, cookie, offset, data, df));
   }
 

@@ -15,6 +15,7 @@ import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
 import type { Session } from './session.js';
 import type { CloseInfo } from './endings.js';
+import type { ReadBufferPool } from './read-pool.js';
 
 export interface SessionOptions extends FlowLimits {
   readonly id: number;
@@ -38,6 +39,8 @@ export interface SessionOptions extends FlowLimits {
    * inspect hook; built here when absent.
    */
   readonly actor?: ConnectionActor;
+  /** Where READ buffers are lent from and go back to (the server's, shared by its sessions); one of its own when absent. */
+  readonly readPool?: ReadBufferPool;
 }
 
 export type ConnectionActor = Actor<typeof connectionMachine>;

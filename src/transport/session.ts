@@ -15,6 +15,7 @@ import type { Duplex } from 'node:stream';
 import { FrameDecoder } from '../protocol/decoder.js';
 import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
+import { ReadBufferPool } from './read-pool.js';
 import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReplySink } from '../api/request.js';
@@ -56,6 +57,8 @@ export class Session implements ReplySink {
   private readonly input: SocketInput;
   private readonly ending: ConnectionEnding;
   private readonly log: Logger;
+  /** READ buffers lent to the application and taken back once written (the server's pool, or this session's own). */
+  private readonly readPool: ReadBufferPool;
   /** The recorder while something records this connection (set by `record`, from server.ts); null otherwise: each tap is one check. */
   trace: ConnectionTrace | null = null;
   /** Reports the client's protocol violations (set by server.ts before `start`). */
@@ -66,6 +69,7 @@ export class Session implements ReplySink {
     this.peer = options.peer ?? `connection ${options.id}`;
     this.socket = socket;
     this.log = options.logger;
+    this.readPool = options.readPool ?? new ReadBufferPool(DEFAULTS.readBufferPool);
     this.ending = new ConnectionEnding({
       log: this.log,
       peer: this.peer,
@@ -210,9 +214,14 @@ export class Session implements ReplySink {
     this.answered(released);
   }
 
-  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number): void {
-    this.replies.read(cookie, offset, data, df);
+  read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, released: number, lent?: boolean): void {
+    this.replies.read(cookie, offset, data, df, lent === true ? this.readPool : undefined);
     this.answered(released);
+  }
+
+  /** ReplySink: a buffer for one READ's data, lent from the server's pool (back once the reply is written). */
+  lend(length: number): Buffer {
+    return this.readPool.take(length);
   }
 
   /** A request was answered: its slot is free; the last one in flight restarts the idle clock. */

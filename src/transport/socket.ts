@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
 import { READ_REPLY_HEADER_SIZE, writeReadReplyHeader, writeSimpleReplyHeader } from '../protocol/encoder.js';
+import type { BufferLender } from '../protocol/replies.js';
 import { retireSlab, slabCounters, trackSlab, type SlabAccount } from './slab-account.js';
 import { canReadIntoUserBuffers, readIntoUserBuffers } from './user-buffer.js';
 
@@ -165,6 +166,8 @@ export class ReplyWriter {
   private stageWrites = 0;
   /** Pieces for the next flush, in order (staging slices and big payloads). */
   private parts: Buffer[] = [];
+  /** For each part, the pool it goes back to once written (a lent READ buffer), else undefined. */
+  private partPools: Array<BufferLender | undefined> = [];
   /** Bytes in `parts` (staging slices and big payloads); bytes still staged are pos − start. */
   private partsBytes = 0;
   bytesWritten = 0;
@@ -212,7 +215,7 @@ export class ReplyWriter {
    * straight into the staging chunk, and the data copied behind it (or
    * queued by reference when big). Same bytes as `write(replyReadBuffer(…))`.
    */
-  writeRead(mode: 'simple' | 'structured' | 'extended', cookie: bigint, offset: number, data: Buffer): void {
+  writeRead(mode: 'simple' | 'structured' | 'extended', cookie: bigint, offset: number, data: Buffer, lentFrom?: BufferLender): void {
     if (!this.writable) return;
     const n = data.length;
     // Room for the header and, when it is copied, the data behind it: one contiguous slice.
@@ -220,7 +223,18 @@ export class ReplyWriter {
     const h = writeReadReplyHeader(this.stage, this.pos, mode, cookie, offset, n);
     this.pos += h;
     this.bytesWritten += h;
-    this.append(data);
+    if (lentFrom !== undefined && n > COPY_MAX) {
+      // A lent buffer travels by reference and goes back to its pool once the socket has written it.
+      this.bytesWritten += n;
+      this.cut();
+      this.parts.push(data);
+      this.partPools[this.parts.length - 1] = lentFrom;
+      this.partsBytes += n;
+    } else {
+      this.append(data);
+      // Copied into the staging chunk: the lent buffer is free at once.
+      if (lentFrom !== undefined) lentFrom.give(data);
+    }
     this.schedule();
   }
 
@@ -290,17 +304,26 @@ export class ReplyWriter {
     this.cut();
     const parts = this.parts;
     if (parts.length === 0) return;
+    const pools = this.partPools;
     this.parts = [];
     this.partsBytes = 0;
+    if (pools.length > 0) this.partPools = [];
     if (this.socket.destroyed || this.socket.writableEnded) return;
     let ok = true;
     if (parts.length > 1) this.socket.cork();
     const last = parts.length - 1;
     for (let i = 0; i <= last; i++) {
       const p = parts[i]!;
+      const pool = pools[i];
       if (p.buffer === chunk.buffer) {
         this.stageWrites++;
         ok = this.socket.write(p, i === last ? () => this.lastStageWritten(chunk) : () => this.stageWritten(chunk)) && ok;
+      } else if (pool !== undefined) {
+        // Back to the pool only once written; a failed write (the connection went) leaves it to the collector.
+        ok = this.socket.write(p, (err?: Error | null) => {
+          if (!err) pool.give(p);
+          if (i === last) this.onWritten();
+        }) && ok;
       } else {
         ok = (i === last ? this.socket.write(p, this.onWritten) : this.socket.write(p)) && ok;
       }
@@ -326,6 +349,7 @@ export class ReplyWriter {
   destroy(): void {
     this.closed = true;
     this.parts = [];
+    this.partPools = [];
     this.partsBytes = 0;
     this.start = this.pos;
     this.socket.destroy();

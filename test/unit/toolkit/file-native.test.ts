@@ -395,7 +395,7 @@ describe('the file backend reads cached data on the event loop (preadNowait)', (
         expect((r as Buffer).equals(data.subarray(off, off + len))).toBe(true);
         const r0 = b0.read(off, len);
         expect(isPromise(r0)).toBe(true);
-        expect((await r0).equals(data.subarray(off, off + len))).toBe(true);
+        expect(((await r0) as Buffer).equals(data.subarray(off, off + len))).toBe(true);
       }
       // Bigger than inlineReadMax: the thread pool, same bytes.
       const big = b.read(4096, 64 * 1024 + 1);
