@@ -7,7 +7,8 @@
 #       S3_ENDPOINT, S3_BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, RADOSGW_DIR
 #   scripts/radosgw.sh stop DIR             # kills the pids in DIR/pids, removes DIR
 #
-# e.g.  eval "$(scripts/radosgw.sh start /tmp/rgw)"; …; scripts/radosgw.sh stop /tmp/rgw
+# e.g.  set -a; eval "$(scripts/radosgw.sh start /tmp/rgw)"; set +a; …; scripts/radosgw.sh stop /tmp/rgw
+#       (set -a exports the variables, so programs started afterwards see the credentials)
 #
 # Needs Debian's ceph-mon, ceph-osd, radosgw, ceph-common. Everything lives in
 # DIR (config, data, logs, sockets); every daemon runs in the foreground (-f)

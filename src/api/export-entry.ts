@@ -133,12 +133,15 @@ export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Lo
   }
   const bs = { ...DEFAULT_BLOCK, ...chain.backend?.blockSizes, ...cfg.blockSizes };
   bs.maximum = Math.min(bs.maximum, maxPayload);
+  // A maxPayload below the default's or the backend's preferred size (4 KiB) lowers the preferred size to what may
+  // be sent: the largest power of 2 within the maximum. A preferred size the export sets itself is kept (and checked).
+  if (cfg.blockSizes?.preferred === undefined && bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) bs.preferred = 2 ** Math.floor(Math.log2(bs.maximum));
   if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
   if (!isPowerOf2(bs.preferred) || bs.preferred < Math.max(bs.minimum, 512)) {
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": preferred block size must be a power of 2 ≥ max(minimum, 512)`);
   }
   if (bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) {
-    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum payload must be ≥ the preferred block size`);
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum payload (${bs.maximum}, maxPayload ${maxPayload}) must be ≥ the preferred block size (${bs.preferred})`);
   }
   const caps = chain.backend ? backendCapabilities(chain.backend, cfg.readOnly) : flagCapabilities(cfg.flags, cfg.readOnly);
   const descriptor: ExportDescriptor = {

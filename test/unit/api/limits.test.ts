@@ -133,3 +133,23 @@ describe('listen() refuses a malformed target', () => {
     });
   }
 });
+
+describe('maxPayload below the preferred block size', () => {
+  type Described = { handshakeInput: { exports: Array<{ blockSizes: { minimum: number; preferred: number; maximum: number } }> } };
+  // What the handshake advertises (INFO_BLOCK_SIZE), as the server described the export.
+  const descriptor = (srv: ReturnType<typeof createServer>) => (srv as unknown as Described).handshakeInput.exports[0]!;
+  it('every maxPayload in range serves the built-in backends: the preferred size comes down to the largest power of 2 within it', () => {
+    for (const [maxPayload, preferred] of [[512, 512], [1000, 512], [4095, 2048], [4096, 4096], [1 << 20, 4096]] as const) {
+      const bs = descriptor(serverWith({ maxPayload })).blockSizes;
+      expect(bs, `maxPayload ${maxPayload}`).toEqual({ minimum: 1, preferred, maximum: Math.min(maxPayload, 32 << 20) });
+    }
+  });
+  it('a preferred size the export sets itself is kept, and refused when above maxPayload', () => {
+    const make = (maxPayload: number) =>
+      createServer({ exports: [{ name: '', backend: memoryBackend({ size: 1 << 20 }), blockSizes: { preferred: 4096 } }], logger: silentLogger, limits: { maxPayload } });
+    expect(descriptor(make(8192)).blockSizes.preferred).toBe(4096);
+    const err = configError(() => make(1024));
+    expect(err).toBeInstanceOf(NbdError);
+    expect(err.message).toMatch(/maximum payload \(1024, maxPayload 1024\) must be ≥ the preferred block size \(4096\)/);
+  });
+});
