@@ -10,7 +10,9 @@
 //                                         (includes the request-stream rows: see STREAM below)
 //
 // Both servers run the memory backend: `node bin/nbd-engine.js serve --memory SIZE`
-// (the compiled CLI, so xstate's production build) and `nbdkit -f memory SIZE`.
+// (the compiled CLI, so xstate's production build) and `nbdkit -f memory SIZE`;
+// the `file` group's rows run both file backends on one cached 1 GiB file
+// (`serve file PATH`, `nbdkit file PATH`).
 // Every workload runs against both alternately (A B A B …): one warm-up
 // round, then --rounds measured rounds; the table gives the medians and
 // the ratio nbd-engine / nbdkit. Nothing is installed: a missing tool is
@@ -147,7 +149,7 @@ async function startServer(kind, transport, size, extra = {}) {
   const engine = kind.startsWith('engine');
   if (kind === 'engine') {
     cmd = process.execPath;
-    argv = [...(extra.nodeArgs ?? []), path.join(ROOT, 'bin/nbd-engine.js'), 'serve', '--memory', size];
+    argv = [...(extra.nodeArgs ?? []), path.join(ROOT, 'bin/nbd-engine.js'), 'serve', ...(extra.file ? ['file', extra.file] : ['--memory', size])];
     argv.push(...(transport === 'unix' ? ['--socket', sock] : ['--port', String(port), '--host', '127.0.0.1']));
   } else if (kind === 'engine-null') {
     // Storage-free nbd-engine (UNIX socket only): see bench/null-server.mjs.
@@ -175,8 +177,8 @@ async function startServer(kind, transport, size, extra = {}) {
     argv = [path.join(ROOT, 'bench/stream-server.mjs'), sock, String(STREAM_SIZE), '--serve', STREAM_KINDS[kind].serve];
   } else {
     cmd = 'nbdkit';
-    const plugin = kind === 'nbdkit-null' ? 'null' : 'memory';
-    argv = ['-f', '-P', `${sock}.pid`, ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), plugin, size];
+    const plugin = extra.file ? ['file', extra.file] : [kind === 'nbdkit-null' ? 'null' : 'memory', size];
+    argv = ['-f', '-P', `${sock}.pid`, ...(transport === 'unix' ? ['-U', sock] : ['-p', String(port), '-i', '127.0.0.1']), ...plugin];
   }
   const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'inherit'], cwd: extra.cwd ?? WORK });
   children.add(child);
@@ -283,6 +285,21 @@ const fio4k = (rw, extra = {}) => (s) => fio(s.uri, { rw, bs: '4k', iodepth: 32,
 const fio1m = (rw) => (s) => fio(s.uri, { rw, bs: '1M', iodepth: 8 }).bw / 1024 ** 2;
 
 const SRC = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : WORK, `nbd-bench-src-${process.pid}.img`);
+/** The file backends' image: in the work directory (a disk filesystem), not /dev/shm. */
+const FILE_IMG = path.join(WORK, 'file-backend.img');
+
+/** Write `bytes` random bytes to `file` (8 MiB at a time from /dev/urandom). */
+function fillRandom(file, bytes) {
+  const fd = fs.openSync(file, 'w');
+  const rnd = fs.openSync('/dev/urandom', 'r');
+  const block = Buffer.alloc(8 << 20);
+  for (let i = 0; i < bytes / block.length; i++) {
+    for (let j = 0; j < block.length; ) j += fs.readSync(rnd, block, j, Math.min(1 << 20, block.length - j), null);
+    fs.writeSync(fd, block);
+  }
+  fs.closeSync(rnd);
+  fs.closeSync(fd);
+}
 
 const groups = [
   {
@@ -321,20 +338,31 @@ const groups = [
     before() {
       if (!fs.existsSync(SRC)) {
         log(`creating a 1 GiB source file of random bytes (${SRC})…`);
-        const fd = fs.openSync(SRC, 'w');
-        const rnd = fs.openSync('/dev/urandom', 'r');
-        const block = Buffer.alloc(8 << 20);
-        for (let i = 0; i < GiB / block.length; i++) {
-          for (let j = 0; j < block.length; ) j += fs.readSync(rnd, block, j, Math.min(1 << 20, block.length - j), null);
-          fs.writeSync(fd, block);
-        }
-        fs.closeSync(rnd);
-        fs.closeSync(fd);
+        fillRandom(SRC, GiB);
       }
     },
     workloads: [
       { name: 'nbdcopy 1 GiB file → export', unit: 'MiB/s', measure: (s) => 1024 / seconds(() => run('nbdcopy', [SRC, s.uri])) },
       { name: 'nbdcopy 1 GiB export → null:', unit: 'MiB/s', measure: (s) => 1024 / seconds(() => run('nbdcopy', [s.uri, 'null:'])) },
+    ],
+  },
+  {
+    // Both servers' file backends on one 1 GiB file of random bytes on the work directory's filesystem
+    // (ext4 here; not tmpfs, which lacks RWF_NOWAIT), in the page cache: `serve file PATH` / `nbdkit file PATH`.
+    group: 'file',
+    transport: 'unix',
+    file: FILE_IMG,
+    before() {
+      if (!fs.existsSync(FILE_IMG)) {
+        log(`creating a 1 GiB file of random bytes for the file backend (${FILE_IMG})…`);
+        fillRandom(FILE_IMG, GiB);
+      }
+      fs.readFileSync(FILE_IMG, { encoding: null }).length; // into the page cache
+    },
+    workloads: [
+      { name: 'file backend: nbdcopy 1 GiB export → null:', unit: 'MiB/s', measure: (s) => 1024 / seconds(() => run('nbdcopy', [s.uri, 'null:'])) },
+      { name: 'file backend: 4 KiB random read, QD32, 1 conn', unit: 'IOPS', measure: (s) => fio(s.uri, { rw: 'randread', bs: '4k', iodepth: 32, size: '1G' }).iops },
+      { name: 'file backend: 4 KiB random read, QD1, 1 conn', unit: 'IOPS', measure: (s) => fio(s.uri, { rw: 'randread', bs: '4k', iodepth: 1, size: '1G' }).iops },
     ],
   },
   {
@@ -376,8 +404,9 @@ async function runGroup(g) {
   const available = wl.some((w) => w.stream) ? await streamKinds() : [];
   const named = available.filter((k) => wl.some((w) => w.stream && (w.stream + STREAM_KINDS[k].suffix).includes(ONLY)));
   const streams = !ONLY || wl.some((w) => w.name.includes(ONLY)) || g.group.includes(ONLY) ? available : named;
-  log(`\n[${g.group}] starting nbd-engine and nbdkit (memory ${g.size}, ${g.transport})${streams.length ? ` and nbd-engine via requests$ / with a layer (${streams.map((k) => (STREAM_KINDS[k].filter ? `--filter=${STREAM_KINDS[k].filter}` : STREAM_KINDS[k].serve)).join(', ')})` : ''}…`);
-  const servers = { engine: await startServer('engine', g.transport, g.size), nbdkit: await startServer('nbdkit', g.transport, g.size) };
+  log(`\n[${g.group}] starting nbd-engine and nbdkit (${g.file ? `file ${g.file}` : `memory ${g.size}`}, ${g.transport})${streams.length ? ` and nbd-engine via requests$ / with a layer (${streams.map((k) => (STREAM_KINDS[k].filter ? `--filter=${STREAM_KINDS[k].filter}` : STREAM_KINDS[k].serve)).join(', ')})` : ''}…`);
+  const own = g.file ? { file: g.file } : {};
+  const servers = { engine: await startServer('engine', g.transport, g.size, { ...own }), nbdkit: await startServer('nbdkit', g.transport, g.size, { ...own }) };
   try {
     for (const k of streams) servers[k] = await startServer(k, g.transport, g.size);
     if (g.prepare) for (const s of Object.values(servers)) g.prepare(s);
