@@ -46,6 +46,7 @@ export { retryFilter, type RetryOptions, type Reopen, type ReopenableBackend } f
 export { delayRequests, injectErrors, logRequests, collectStats } from './filters/operators.js';
 export { prepareExports } from './api/export-entry.js';
 export { partitionFilter, partitionPlugin, type PartitionFilter, type PartitionFilterOptions } from './filters/partition.js';
+export { offsetFilter, offsetPlugin, windowOf, type OffsetFilterOptions } from './filters/offset.js';
 export { findPartition, PartitionTableError, GPT_ARRAY_LIMIT, type PartitionLocation, type PartitionTableOptions, type ReadAt } from './filters/partition-table.js';
 export { pluginExport, type PluginTables } from './cli/nbdkit-args.js';
 export type { ExportHooks } from './api/dynamic-exports.js';

@@ -12,7 +12,7 @@
  */
 import type { Backend } from '../api/backend.js';
 import type { Filter, FilterContext } from '../api/filter.js';
-import { layer } from '../api/filter.js';
+import { windowOf } from './offset.js';
 import { NbdError } from '../api/errors.js';
 import { ParamError } from '../plugins/params.js';
 import { readBuffer } from '../plugins/common.js';
@@ -33,8 +33,6 @@ export interface PartitionFilter extends Filter {
   /** Where the partition is, once prepared. */
   readonly location: PartitionLocation | undefined;
 }
-
-type Overrides = Parameters<typeof layer>[1];
 
 /** A read from the backend below as one buffer (holes become zeroes). */
 function reader(next: Backend): ReadAt {
@@ -79,17 +77,7 @@ export function partitionFilter(options: PartitionFilterOptions): PartitionFilte
       if (next.size !== undefined && next.size < at + location.length) {
         throw new Error(`partition filter: partition ${partition} ends at byte ${at + location.length}, beyond the backend below (${next.size} bytes)`);
       }
-      const o: Overrides = { size: location.length, read: (off, len) => next.read(at + off, len) };
-      if (next.write) o.write = (off, data, opts) => next.write!(at + off, data, opts);
-      if (next.writev) o.writev = (off, parts, opts) => next.writev!(at + off, parts, opts);
-      // Zero-copy WRITEs stay zero-copy: only the offset changes.
-      if (next.writeTargets) o.writeTargets = (off, len) => next.writeTargets!(at + off, len);
-      if (next.trim) o.trim = (off, len, opts) => next.trim!(at + off, len, opts);
-      if (next.zero) o.zero = (off, len, opts) => next.zero!(at + off, len, opts);
-      if (next.cache) o.cache = (off, len) => next.cache!(at + off, len);
-      // Extents are lengths from the requested offset, so they need no translation.
-      if (next.extents) o.extents = (off, len, opts) => next.extents!(at + off, len, opts);
-      return layer(next, o);
+      return windowOf(next, at, location.length);
     },
   };
 }

@@ -58,6 +58,7 @@ export const FILTERS: Readonly<Record<string, () => Promise<FilterPlugin>>> = {
   retry: () => import('../filters/ops-plugins.js').then((m) => m.retryPlugin),
   stats: () => import('../filters/ops-plugins.js').then((m) => m.statsPlugin),
   partition: () => import('../filters/partition.js').then((m) => m.partitionPlugin),
+  offset: () => import('../filters/offset.js').then((m) => m.offsetPlugin),
 };
 
 async function lookup<T>(table: Readonly<Record<string, () => Promise<T>>>, kind: string, name: string): Promise<T> {
