@@ -90,7 +90,10 @@ export class Session implements ReplySink {
       decoder: this.decoder,
       queuedReplyBytes: () => this.writer.pendingBytes,
       closed: () => this.machines.closed,
-      pulling: () => this.machines.transmission !== null || (!this.machines.upgrading && !this.machines.resolving),
+      // Nothing is taken once no reply can reach the client (a reset or a write error dropped the socket):
+      // requests still buffered would run against the backend for nobody, past the byte budget the
+      // dropped replies no longer count against.
+      pulling: () => this.writer.open && (this.machines.transmission !== null || (!this.machines.upgrading && !this.machines.resolving)),
       draining: () => this.machines.draining,
       readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),

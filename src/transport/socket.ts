@@ -242,6 +242,11 @@ export class ReplyWriter {
     return !this.closed && !this.socket.destroyed && !this.socket.writableEnded;
   }
 
+  /** Replies can still reach the client: not ended or dropped by us, not destroyed by a socket error. */
+  get open(): boolean {
+    return this.writable;
+  }
+
   /** Queue one buffer: small ones are copied into the staging chunk, big ones queued by reference. */
   private append(b: Buffer): void {
     const n = b.length;
@@ -288,7 +293,8 @@ export class ReplyWriter {
    * socket has gone and nothing is staged or queued, the chunk is rewound and
    * reused: in steady state one staging chunk serves the connection.
    */
-  private stageWritten(chunk: Buffer): void {
+  private stageWritten(chunk: Buffer, err?: Error | null): void {
+    if (err) this.closed = true;
     if (chunk !== this.stage) return;
     if (--this.stageWrites === 0 && this.start === this.pos && this.parts.length === 0) this.start = this.pos = 0;
   }
@@ -317,25 +323,39 @@ export class ReplyWriter {
       const pool = pools[i];
       if (p.buffer === chunk.buffer) {
         this.stageWrites++;
-        ok = this.socket.write(p, i === last ? () => this.lastStageWritten(chunk) : () => this.stageWritten(chunk)) && ok;
+        ok = this.socket.write(p, i === last ? (err?: Error | null) => this.lastStageWritten(chunk, err) : (err?: Error | null) => this.stageWritten(chunk, err)) && ok;
       } else if (pool !== undefined) {
         // Back to the pool only once written; a failed write (the connection went) leaves it to the collector.
         ok = this.socket.write(p, (err?: Error | null) => {
           if (!err) pool.give(p);
-          if (i === last) this.onWritten();
+          if (i === last) this.written(err);
         }) && ok;
       } else {
-        ok = (i === last ? this.socket.write(p, this.onWritten) : this.socket.write(p)) && ok;
+        ok = (i === last ? this.socket.write(p, this.written) : this.socket.write(p, this.failedWrite)) && ok;
       }
     }
     if (parts.length > 1) this.socket.uncork();
     if (!ok) this.onDrainNeeded();
   };
 
-  private lastStageWritten(chunk: Buffer): void {
-    this.stageWritten(chunk);
-    this.onWritten();
+  private lastStageWritten(chunk: Buffer, err?: Error | null): void {
+    this.stageWritten(chunk, err);
+    this.written(err);
   }
+
+  /**
+   * A flush's last write completed. A failed write means no reply can reach the client any more
+   * (the peer reset, the pipe broke): the writer is closed at once — before the socket reports
+   * its error — so nothing reads its freed byte budget as room for more requests.
+   */
+  private readonly written = (err?: Error | null): void => {
+    if (err) this.closed = true;
+    else this.onWritten();
+  };
+
+  private readonly failedWrite = (err?: Error | null): void => {
+    if (err) this.closed = true;
+  };
 
   /** Flush and half-close (soft disconnect). */
   end(): void {
