@@ -3,6 +3,7 @@
  * reply writer (header + payload as separate buffers under cork, `drain`
  * honoured). The only code besides the listeners that touches sockets.
  */
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
 import { SIZE } from '../protocol/constants.js';
@@ -173,14 +174,27 @@ export class ReplyWriter {
   bytesWritten = 0;
 
   /**
+   * Whether a write's callback means the bytes left this process's hands, so a lent READ buffer
+   * may go back to its pool then. True for a net.Socket (TLS included: the plaintext is encrypted
+   * into records when written). A stream built of other streams (`-s` over two pipes:
+   * Duplex.from) may call back as soon as it queued a chunk: lent buffers sent through it are
+   * never reused.
+   */
+  private readonly callbackMeansWritten: boolean;
+
+  /**
    * @param onDrainNeeded the socket refused more (write returned false): a 'drain' will follow.
    * @param onWritten a flush's bytes reached the socket's handle: `pendingBytes` went down.
+   * @param callbackMeansWritten override the check above (tests with a stream of their own).
    */
   constructor(
     private readonly socket: Duplex & { writableNeedDrain?: boolean; writableLength?: number },
     private readonly onDrainNeeded: () => void,
     private readonly onWritten: () => void = () => {},
-  ) {}
+    callbackMeansWritten?: boolean,
+  ) {
+    this.callbackMeansWritten = callbackMeansWritten ?? socket instanceof net.Socket;
+  }
 
   /**
    * Reply bytes queued and not yet handed to the operating system: staged,
@@ -223,7 +237,7 @@ export class ReplyWriter {
     const h = writeReadReplyHeader(this.stage, this.pos, mode, cookie, offset, n);
     this.pos += h;
     this.bytesWritten += h;
-    if (lentFrom !== undefined && n > COPY_MAX) {
+    if (lentFrom !== undefined && n > COPY_MAX && this.callbackMeansWritten) {
       // A lent buffer travels by reference and goes back to its pool once the socket has written it.
       this.bytesWritten += n;
       this.cut();
@@ -232,8 +246,9 @@ export class ReplyWriter {
       this.partsBytes += n;
     } else {
       this.append(data);
-      // Copied into the staging chunk: the lent buffer is free at once.
-      if (lentFrom !== undefined) lentFrom.give(data);
+      // Copied into the staging chunk: the lent buffer is free at once (a big one queued by reference
+      // on a stream whose callbacks say nothing is left to the collector).
+      if (lentFrom !== undefined && n <= COPY_MAX) lentFrom.give(data);
     }
     this.schedule();
   }

@@ -73,7 +73,7 @@ describe('ReplyWriter and lent READ buffers', () => {
   it('a big lent buffer goes back only after the socket has written it, with its bytes intact', async () => {
     const { s, written, release } = heldStream();
     const pool = new ReadBufferPool(1 << 20);
-    const w = new ReplyWriter(s, () => {});
+    const w = new ReplyWriter(s, () => {}, undefined, true);
     const data = pool.take(64 * KiB).fill(0x5a);
     w.writeRead('structured', 9n, 0, data, pool);
     expect(pool.idleSize).toBe(0);
@@ -95,10 +95,23 @@ describe('ReplyWriter and lent READ buffers', () => {
     expect(pool.idleSize).toBe(4 * KiB);
   });
 
+  it('a stream that is not a socket (its callbacks may mean "queued"): big lent buffers never go back, small ones do', async () => {
+    const { s, release } = heldStream();
+    const pool = new ReadBufferPool(1 << 20);
+    const w = new ReplyWriter(s, () => {});
+    w.writeRead('simple', 1n, 0, pool.take(64 * KiB), pool);
+    w.writeRead('simple', 2n, 0, pool.take(4 * KiB), pool);
+    await tick();
+    release();
+    await tick();
+    expect(pool.idleSize).toBe(4 * KiB);
+    expect(pool.counters.returned).toBe(1);
+  });
+
   it('never goes back when the write fails or the connection is dropped first, nor when not lent', async () => {
     const failing = heldStream();
     const pool = new ReadBufferPool(1 << 20);
-    const w = new ReplyWriter(failing.s, () => {});
+    const w = new ReplyWriter(failing.s, () => {}, undefined, true);
     failing.s.on('error', () => {});
     w.writeRead('simple', 1n, 0, pool.take(64 * KiB), pool);
     await tick();
@@ -107,14 +120,14 @@ describe('ReplyWriter and lent READ buffers', () => {
     expect(pool.idleSize).toBe(0);
 
     const dropped = heldStream();
-    const w2 = new ReplyWriter(dropped.s, () => {});
+    const w2 = new ReplyWriter(dropped.s, () => {}, undefined, true);
     w2.writeRead('simple', 2n, 0, pool.take(64 * KiB), pool);
     w2.destroy(); // queued, never handed to the socket
     await tick();
     expect(pool.idleSize).toBe(0);
 
     const plain = heldStream();
-    const w3 = new ReplyWriter(plain.s, () => {});
+    const w3 = new ReplyWriter(plain.s, () => {}, undefined, true);
     w3.writeRead('simple', 3n, 0, Buffer.alloc(64 * KiB));
     await tick();
     plain.release();
