@@ -27,7 +27,7 @@ import type { TraceSink } from '../inspect/trace-format.js';
 import { ConnectionViolations, ViolationHub, type Violation } from './violations.js';
 import { warmUpLogged, type WarmUpOptions } from './warm-up.js';
 import { checkServerOptions, safeInspect, safeLogger } from './server-options.js';
-import { ReadBufferPool } from '../transport/read-pool.js';
+import { BufferPool } from '../transport/buffer-pool.js';
 
 export type { Violation } from './violations.js';
 
@@ -100,7 +100,7 @@ export class NbdServer {
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
   /** READ buffers lent to backends (readInto) and handlers (request.readBuffer), shared by every connection. */
-  readonly readPool: ReadBufferPool;
+  readonly readPool: BufferPool;
   private spareScheduled = false;
   private readonly recorder: ServerRecorder;
   private readonly dynamicHost: DynamicHost;
@@ -141,7 +141,7 @@ export class NbdServer {
       resolveList: !!options.listExports,
     };
     this.dynamicHost = { hooks: options, logger: this.logger, maxPayload, staticEntry: (name) => this.exports.get(name) };
-    this.readPool = new ReadBufferPool(options.limits?.readBufferPool ?? DEFAULTS.readBufferPool);
+    this.readPool = new BufferPool(options.limits?.readBufferPool ?? DEFAULTS.readBufferPool);
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();
     this.recorder = new ServerRecorder(options.trace);

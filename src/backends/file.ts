@@ -115,7 +115,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   }
   // Off for good once the filesystem says it cannot (NFS, FUSE, …): one failed call, not one per READ.
   let nowait = native?.preadNowait && inlineReadMax > 0 ? native.preadNowait : undefined;
-  const readPool = async (buf: Buffer, done: number, offset: number, length: number): Promise<void> => {
+  const readOnPool = async (buf: Buffer, done: number, offset: number, length: number): Promise<void> => {
     while (done < length) {
       const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
       if (bytesRead === 0) {
@@ -137,7 +137,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       if (n > 0) done = n;
       else if (NOWAIT_UNSUPPORTED.has(n)) nowait = undefined;
     }
-    return readPool(buf, done, offset, length);
+    return readOnPool(buf, done, offset, length);
   };
   const read = (offset: number, length: number): Buffer | Promise<Buffer> => {
     const buf = Buffer.allocUnsafe(length);

@@ -31,6 +31,7 @@ import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { Backend, ExtentsOptions, ZeroOptions } from '../api/backend.js';
 import { keysInRange } from '../plugins/common.js';
+import { BufferPool } from '../transport/buffer-pool.js';
 
 export interface MemoryBackendOptions {
   /** Export size in bytes. */
@@ -131,26 +132,12 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     return b;
   };
 
-  // ── spares: received stores no page and no READ holds, by length ──
-  const spares = new Map<number, Buffer[]>();
-  let spareBytes = 0;
-  const spareLimit = spareMax * BLOCK_SIZE;
-  const takeSpare = (n: number): Buffer => {
-    const list = spares.get(n);
-    const b = list?.pop();
-    if (b === undefined) return Buffer.allocUnsafeSlow(n);
-    spareBytes -= n;
-    return b;
-  };
+  // ── spares: received stores no page and no READ holds, by length, at most spareBlocks MiB ──
+  const spares = new BufferPool(spareMax * BLOCK_SIZE);
 
   /** A store no page points at: back to the spares if it was received and no READ saw it. */
   const retire = (st: Store) => {
-    if (st.received && !st.viewed && spareBytes + st.buf.length <= spareLimit) {
-      let list = spares.get(st.buf.length);
-      if (list === undefined) spares.set(st.buf.length, (list = []));
-      list.push(st.buf);
-      spareBytes += st.buf.length;
-    }
+    if (st.received && !st.viewed) spares.give(st.buf);
   };
 
   /** Page p of block b stops pointing at its store (replaced or made a hole); returns that store. */
@@ -389,7 +376,7 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
       const starts: number[] = [];
       for (let at = offset; at < offset + length; ) {
         const n = Math.min(blockSize - (at % blockSize), offset + length - at);
-        targets.push(takeSpare(n));
+        targets.push(spares.take(n));
         starts.push(at);
         at += n;
       }

@@ -153,7 +153,7 @@ export function needsStructured(mode: ReplyMode, type: number): boolean {
   return mode !== 'simple' && (type === CMD.NBD_CMD_READ || type === CMD.NBD_CMD_BLOCK_STATUS);
 }
 
-/** Where a lent READ buffer goes back once the reply's bytes are out of it (the transport's ReadBufferPool). */
+/** Where a lent READ buffer goes back once the reply's bytes are out of it (the transport's BufferPool). */
 export interface BufferLender {
   give(b: Buffer): void;
 }

@@ -15,7 +15,7 @@ import type { Logger } from './logger.js';
 import type { TlsUpgrade } from './tls.js';
 import type { Session } from './session.js';
 import type { CloseInfo } from './endings.js';
-import type { ReadBufferPool } from './read-pool.js';
+import type { BufferPool } from './buffer-pool.js';
 
 export interface SessionOptions extends FlowLimits {
   readonly id: number;
@@ -40,7 +40,7 @@ export interface SessionOptions extends FlowLimits {
    */
   readonly actor?: ConnectionActor;
   /** Where READ buffers are lent from and go back to (the server's, shared by its sessions); one of its own when absent. */
-  readonly readPool?: ReadBufferPool;
+  readonly readPool?: BufferPool;
 }
 
 export type ConnectionActor = Actor<typeof connectionMachine>;

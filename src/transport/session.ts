@@ -15,7 +15,7 @@ import type { Duplex } from 'node:stream';
 import { FrameDecoder } from '../protocol/decoder.js';
 import { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
-import { ReadBufferPool } from './read-pool.js';
+import { BufferPool } from './buffer-pool.js';
 import { ReplyEncoder, replyModeOf, type ReadSegment, type ReplyMode } from '../protocol/replies.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReplySink } from '../api/request.js';
@@ -58,7 +58,7 @@ export class Session implements ReplySink {
   private readonly ending: ConnectionEnding;
   private readonly log: Logger;
   /** READ buffers lent to the application and taken back once written (the server's pool, or this session's own). */
-  private readonly readPool: ReadBufferPool;
+  private readonly readPool: BufferPool;
   /** The recorder while something records this connection (set by `record`, from server.ts); null otherwise: each tap is one check. */
   trace: ConnectionTrace | null = null;
   /** Reports the client's protocol violations (set by server.ts before `start`). */
@@ -69,7 +69,7 @@ export class Session implements ReplySink {
     this.peer = options.peer ?? `connection ${options.id}`;
     this.socket = socket;
     this.log = options.logger;
-    this.readPool = options.readPool ?? new ReadBufferPool(DEFAULTS.readBufferPool);
+    this.readPool = options.readPool ?? new BufferPool(DEFAULTS.readBufferPool);
     this.ending = new ConnectionEnding({
       log: this.log,
       peer: this.peer,

@@ -237,19 +237,11 @@ export class ReplyWriter {
     const h = writeReadReplyHeader(this.stage, this.pos, mode, cookie, offset, n);
     this.pos += h;
     this.bytesWritten += h;
-    if (lentFrom !== undefined && n > COPY_MAX && this.callbackMeansWritten) {
-      // A lent buffer travels by reference and goes back to its pool once the socket has written it.
-      this.bytesWritten += n;
-      this.cut();
-      this.parts.push(data);
-      this.partPools[this.parts.length - 1] = lentFrom;
-      this.partsBytes += n;
-    } else {
-      this.append(data);
-      // Copied into the staging chunk: the lent buffer is free at once (a big one queued by reference
-      // on a stream whose callbacks say nothing is left to the collector).
-      if (lentFrom !== undefined && n <= COPY_MAX) lentFrom.give(data);
-    }
+    // A big lent buffer travels by reference and goes back to its pool once the socket has written it
+    // (never through a stream whose callbacks say nothing: the collector has it then).
+    this.append(data, this.callbackMeansWritten ? lentFrom : undefined);
+    // Copied into the staging chunk: the lent buffer is free at once.
+    if (lentFrom !== undefined && n <= COPY_MAX) lentFrom.give(data);
     this.schedule();
   }
 
@@ -262,8 +254,11 @@ export class ReplyWriter {
     return this.writable;
   }
 
-  /** Queue one buffer: small ones are copied into the staging chunk, big ones queued by reference. */
-  private append(b: Buffer): void {
+  /**
+   * Queue one buffer: small ones are copied into the staging chunk, big ones queued by reference
+   * (`lentFrom`: the pool such a buffer goes back to once written).
+   */
+  private append(b: Buffer, lentFrom?: BufferLender): void {
     const n = b.length;
     if (n === 0) return;
     this.bytesWritten += n;
@@ -274,6 +269,7 @@ export class ReplyWriter {
     } else {
       this.cut();
       this.parts.push(b);
+      if (lentFrom !== undefined) this.partPools[this.parts.length - 1] = lentFrom;
       this.partsBytes += n;
     }
   }

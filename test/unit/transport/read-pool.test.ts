@@ -6,7 +6,7 @@
  */
 import { Duplex } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { ReadBufferPool } from '../../../src/transport/read-pool.js';
+import { BufferPool } from '../../../src/transport/buffer-pool.js';
 import { ReplyWriter } from '../../../src/transport/socket.js';
 import { handleWithBackend, layer, NbdRequest, type Backend, type ReplySink } from '../../../src/index.js';
 import { CMD } from '../../../src/protocol/constants.js';
@@ -16,9 +16,9 @@ import { backendCapabilities } from '../../../src/api/backend.js';
 
 const KiB = 1024;
 
-describe('ReadBufferPool', () => {
+describe('BufferPool', () => {
   it('lends a buffer of the exact length, takes it back, lends the same one again; keeps at most maxIdleBytes', () => {
-    const pool = new ReadBufferPool(200 * KiB);
+    const pool = new BufferPool(200 * KiB);
     const a = pool.take(64 * KiB);
     const b = pool.take(64 * KiB);
     expect(a).not.toBe(b);
@@ -40,7 +40,7 @@ describe('ReadBufferPool', () => {
   });
 
   it('a pool of 0 bytes keeps nothing', () => {
-    const pool = new ReadBufferPool(0);
+    const pool = new BufferPool(0);
     const a = pool.take(4096);
     pool.give(a);
     expect(pool.idleSize).toBe(0);
@@ -72,7 +72,7 @@ const tick = () => new Promise((r) => setImmediate(r));
 describe('ReplyWriter and lent READ buffers', () => {
   it('a big lent buffer goes back only after the socket has written it, with its bytes intact', async () => {
     const { s, written, release } = heldStream();
-    const pool = new ReadBufferPool(1 << 20);
+    const pool = new BufferPool(1 << 20);
     const w = new ReplyWriter(s, () => {}, undefined, true);
     const data = pool.take(64 * KiB).fill(0x5a);
     w.writeRead('structured', 9n, 0, data, pool);
@@ -88,7 +88,7 @@ describe('ReplyWriter and lent READ buffers', () => {
 
   it('a small lent buffer is copied into the staging chunk and goes back at once', () => {
     const { s } = heldStream();
-    const pool = new ReadBufferPool(1 << 20);
+    const pool = new BufferPool(1 << 20);
     const w = new ReplyWriter(s, () => {});
     const data = pool.take(4 * KiB);
     w.writeRead('simple', 1n, 0, data, pool);
@@ -97,7 +97,7 @@ describe('ReplyWriter and lent READ buffers', () => {
 
   it('a stream that is not a socket (its callbacks may mean "queued"): big lent buffers never go back, small ones do', async () => {
     const { s, release } = heldStream();
-    const pool = new ReadBufferPool(1 << 20);
+    const pool = new BufferPool(1 << 20);
     const w = new ReplyWriter(s, () => {});
     w.writeRead('simple', 1n, 0, pool.take(64 * KiB), pool);
     w.writeRead('simple', 2n, 0, pool.take(4 * KiB), pool);
@@ -110,7 +110,7 @@ describe('ReplyWriter and lent READ buffers', () => {
 
   it('never goes back when the write fails or the connection is dropped first, nor when not lent', async () => {
     const failing = heldStream();
-    const pool = new ReadBufferPool(1 << 20);
+    const pool = new BufferPool(1 << 20);
     const w = new ReplyWriter(failing.s, () => {}, undefined, true);
     failing.s.on('error', () => {});
     w.writeRead('simple', 1n, 0, pool.take(64 * KiB), pool);
@@ -143,7 +143,7 @@ function frame(type: number, length: number): RequestFrame {
 class LendingSink implements ReplySink {
   reads: Array<{ data: Buffer | readonly ReadSegment[]; lent: boolean | undefined }> = [];
   errors: number[] = [];
-  readonly pool = new ReadBufferPool(1 << 20);
+  readonly pool = new BufferPool(1 << 20);
   ok(): void {}
   read(_c: bigint, _o: number, data: Buffer | readonly ReadSegment[], _df: boolean, _r: number, lent?: boolean): void {
     this.reads.push({ data, lent });

@@ -1,8 +1,10 @@
 /**
- * READ reply buffers the server lends and takes back (`Backend.readInto`,
- * `NbdRequest.readBuffer`): one pool per server.
+ * Buffers of exact lengths kept for reuse, at most `maxIdleBytes` of them
+ * idle: the READ reply buffers a server lends and takes back
+ * (`Backend.readInto`, `NbdRequest.readBuffer`; one pool per server), and the
+ * memory backend's spare receive buffers for zero-copy WRITEs.
  *
- * A buffer is lent for one READ; the backend (or request handler) fills it and
+ * READs: a buffer is lent for one READ; the backend (or request handler) fills it and
  * the request is answered with it. It comes back once the reply's bytes are
  * out of it: copied into the connection's staging chunk (small READs) or
  * written to the socket (the write's callback, without error). A buffer that
@@ -13,7 +15,7 @@
  * Why: a READ answered with a freshly allocated buffer costs an allocation
  * V8 counts as external memory, and 1 GiB copied out of a file export in
  * 256 KiB READs made the collector run full collections for a third of the
- * copy's time (bench/RESULTS.md, "Issue 15: READ buffers lent …"). Reused
+ * copy's time (bench/RESULTS.md, "Stop 25: the file backend's READs …"). Reused
  * buffers cost nothing of the kind.
  *
  * Idle buffers are kept by exact length (clients repeat a few sizes: 4 KiB,
@@ -21,7 +23,7 @@
  * server's `readBufferPool` limit); buffers in use are bounded by each
  * connection's in-flight limits like any READ.
  */
-export class ReadBufferPool {
+export class BufferPool {
   private readonly idle = new Map<number, Buffer[]>();
   private idleBytes = 0;
   /** Counters for tests and diagnostics: buffers allocated, lent from the idle lists, and taken back. */
