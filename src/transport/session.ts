@@ -98,7 +98,8 @@ export class Session implements ReplySink {
       readingPaused: () => this.machines.readingPaused,
       crossed: (full) => this.actor.send({ type: full ? 'budget.full' : 'budget.room' }),
       sendRequests: (frames) => {
-        if (this.trace) for (const f of frames) this.trace.frameIn(f);
+        // Recording a frame may end the recording (a live page that falls behind is detached): ask each time.
+        if (this.trace) for (const f of frames) this.trace?.frameIn(f);
         this.violations?.burstIn(frames);
         this.sendToActive(frames.length === 1 ? { type: 'request', frame: frames[0] } : { type: 'requests', frames });
       },

@@ -256,4 +256,24 @@ describe('Session on an in-memory duplex pair', () => {
     expect(h.closed).toEqual([{ outcome: 'negotiated', code: 'NBD_ERR_INTERNAL', reason: 'machine error on request: Error: boom' }]);
     expect(h.logs.filter((l) => l.startsWith('error:'))).toEqual(['error: connection 1: NBD_ERR_INTERNAL: machine error on request: Error: boom']);
   });
+
+  it('a recorder detached while a burst is recorded (a live page that fell behind) stops there; the burst is still served', async () => {
+    const h = start();
+    await negotiate(h);
+    const seen: bigint[] = [];
+    const stand = {
+      frameIn: (f: RequestFrame) => {
+        seen.push(f.cookie);
+        h.session.record(null); // what the live view does to a page that falls behind
+      },
+      refusal: () => {},
+      replyOut: () => {},
+      handshakeEffect: () => {},
+      tls: () => {},
+    };
+    h.session.record(stand as unknown as Parameters<Session['record']>[0]);
+    await h.send(Buffer.concat([read(1n), read(2n), read(3n)]));
+    expect(seen).toEqual([1n]);
+    expect(h.requests.map((r) => r.cookie)).toEqual([1n, 2n, 3n]);
+  });
 });
