@@ -77,8 +77,9 @@ export class S3Client {
   private readonly base: string;
 
   constructor(readonly options: S3ClientOptions) {
-    // retries: 0 — aws4fetch would otherwise retry 5xx answers itself with growing sleeps; a
-    // failure must reach the NBD client as EIO promptly (the retry filter exists for retrying).
+    // Only its signing is used (see request()); retries: 0 all the same — its own fetch would retry 5xx
+    // answers with growing sleeps, and a failure must reach the NBD client as EIO promptly (the retry
+    // filter exists for retrying).
     this.aws = new AwsClient({
       accessKeyId: options.accessKeyId,
       secretAccessKey: options.secretAccessKey,
@@ -100,28 +101,51 @@ export class S3Client {
     return `${this.base}/${key.split('/').map(encodeURIComponent).join('/')}${query}`;
   }
 
-  /** One request; the body is read inside the slot so the connection is freed before the slot is. */
+  /**
+   * One request; the body is read inside the slot so the connection is freed before the slot is.
+   *
+   * The timeout is a timer of our own that aborts the fetch and fails the request, answer or not.
+   * Not `AbortSignal.timeout()` handed through aws4fetch: aws4fetch signs into a `Request` and
+   * fetch() copies that Request, and a copied Request loses its link to the caller's signal once
+   * the garbage collector has run (nodejs/undici#4068) — the timeout then never fired and a
+   * request to a store that stopped answering hung its NBD client for good (seen under load).
+   * So the request is signed by aws4fetch and sent by us with the URL, the signed headers and our
+   * own signal, and the timer rejects even if the abort should not reach the socket.
+   */
   private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string; label?: string } = {}) {
     const what = init.label ?? `${method} ${this.where(key)}`;
+    const timeout = this.options.timeout;
     return this.slots.run(async () => {
-      let res: Response;
+      const controller = new AbortController();
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const err = new S3Error(`${what}: no answer in ${timeout} ms`);
+          controller.abort(err);
+          reject(err);
+        }, timeout);
+      });
+      // Only ever raced against: a timeout after the answer is nobody's concern.
+      timedOut.catch(() => {});
       try {
-        res = await this.aws.fetch(this.url(key, init.query), {
-          method,
-          headers: init.headers,
-          body: init.body,
-          signal: AbortSignal.timeout(this.options.timeout),
-        });
-      } catch (e) {
-        const err = e as Error;
-        const why = err.name === 'TimeoutError' ? `no answer in ${this.options.timeout} ms` : `${err.message}${err.cause ? ` (${(err.cause as Error).message ?? String(err.cause)})` : ''}`;
-        throw new S3Error(`${what}: ${why}`);
-      }
-      try {
-        const body = Buffer.from(await res.arrayBuffer());
-        return { status: res.status, headers: res.headers, body };
-      } catch (e) {
-        throw new S3Error(`${what}: reading the answer: ${(e as Error).message}`);
+        let res: Response;
+        try {
+          const signed = await this.aws.sign(this.url(key, init.query), { method, headers: init.headers });
+          res = await Promise.race([fetch(signed.url, { method, headers: signed.headers, body: init.body, signal: controller.signal }), timedOut]);
+        } catch (e) {
+          if (e instanceof S3Error) throw e;
+          const err = e as Error;
+          throw new S3Error(`${what}: ${err.message}${err.cause ? ` (${(err.cause as Error).message ?? String(err.cause)})` : ''}`);
+        }
+        try {
+          const body = Buffer.from(await Promise.race([res.arrayBuffer(), timedOut]));
+          return { status: res.status, headers: res.headers, body };
+        } catch (e) {
+          if (e instanceof S3Error) throw e;
+          throw new S3Error(`${what}: reading the answer: ${(e as Error).message}`);
+        }
+      } finally {
+        clearTimeout(timer);
       }
     });
   }
