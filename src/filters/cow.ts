@@ -31,7 +31,7 @@ import { BlockLocks, isPowerOf2, readBuffer } from '../plugins/common.js';
 export interface CowOptions {
   /** Overlay block size: a power of 2 ≥ 4096 (default 64 KiB, as nbdkit's `cow-block-size`). */
   readonly blockSize?: number;
-  /** Keep the overlay in this file (created or truncated, deleted when the server closes) instead of memory. */
+  /** Keep the overlay in this file instead of memory: a path that does not exist yet, created at the first write, deleted when the server closes. */
   readonly file?: string;
   /** Copy blocks read from the base into the overlay (`cow-on-read`); a string is a path: on while it exists. */
   readonly onRead?: boolean | string;
@@ -79,7 +79,15 @@ function memoryStore(): Store {
 
 function fileStore(file: string, blockSize: number): Store {
   let fh: Promise<FileHandle> | undefined;
-  const handle = () => (fh ??= open(file, 'w+'));
+  // Created exclusively ('wx+'): a file that exists is never truncated — were it the base image
+  // itself, or anything else, the first write would destroy it (the path was checked to be free at
+  // start; one made since fails the write instead). Only a file this store made is deleted at close.
+  let made: FileHandle | undefined;
+  const handle = () =>
+    (fh ??= open(file, 'wx+').then((h) => {
+      made = h;
+      return h;
+    }));
   // A block keeps its slot for good (never reused): a READ of a block that is
   // being trimmed can then never see another block's bytes.
   const slots = new Map<number, number>();
@@ -103,8 +111,8 @@ function fileStore(file: string, blockSize: number): Store {
       if (fh) await (await fh).datasync();
     },
     async close() {
-      if (!fh) return;
-      await (await fh).close();
+      if (!made) return;
+      await made.close();
       fs.rmSync(file, { force: true });
     },
   };
@@ -138,6 +146,9 @@ export function cowFilter(options: CowOptions = {}): Filter {
       ok = false;
     }
     check(ok, 'cow', `cow-file=${options.file}: ${dir} is not a writable directory`);
+    // The overlay file is the filter's own, made at the first write and deleted at exit: an existing
+    // path (a file, the base image itself, a directory) is refused, never truncated.
+    check(!fs.existsSync(options.file), 'cow', `cow-file=${options.file}: already exists (cow-file must name a new file: it is created at the first write and deleted at exit)`);
   }
   const store = options.file ? fileStore(options.file, bs) : memoryStore();
   const maxSize = options.maxSize ?? 0;

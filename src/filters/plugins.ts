@@ -28,7 +28,7 @@ export const cowPlugin: FilterPlugin = {
   summary: 'writable copy-on-write overlay; the backend is never written (nbdkit cow)',
   params: [
     { name: 'cow-block-size', kind: 'size', summary: 'overlay block size, a power of 2 ≥ 4k (default 64k)' },
-    { name: 'cow-file', kind: 'path', summary: 'keep the overlay in this file (deleted at exit) instead of memory' },
+    { name: 'cow-file', kind: 'path', summary: 'keep the overlay in this new file (must not exist; deleted at exit) instead of memory' },
     { name: 'cow-on-read', kind: 'string', summary: 'true|false|/PATH: also keep blocks read from the backend (default false)' },
     { name: 'cow-on-cache', kind: 'boolean', summary: 'keep blocks named by CACHE requests in the overlay (default false)' },
     { name: 'cow-max-size', kind: 'size', summary: 'most bytes the overlay holds; writes beyond fail with ENOSPC (default 0: no limit)' },

@@ -137,6 +137,34 @@ describe('cow filter', () => {
     expect(fs.existsSync(overlay)).toBe(false);
   });
 
+  it('cow-file= never clobbers an existing file: the base image, another file or a directory is refused at start; a file made after start fails the write and stays as it was', async () => {
+    const plugin = await FILTERS.cow!();
+    const make = (file: string) => plugin.create(readParams('cow', plugin.params, [`cow-file=${file}`, 'cow-block-size=4k']), { logger: silentLogger, readOnly: false });
+    const base = baseImage(MiB);
+    const before = sha(fs.readFileSync(base.file));
+    const dir = tmpDir();
+    const precious = path.join(dir, 'notes.txt');
+    fs.writeFileSync(precious, 'precious');
+    await expect(make(base.file)).rejects.toThrow(/cow: cow-file=.*: already exists \(cow-file must name a new file/);
+    await expect(make(precious)).rejects.toThrow(/already exists/);
+    await expect(make(dir)).rejects.toThrow(/already exists/);
+    // A path that is free at start but taken before the first write: that write fails, nothing is truncated or removed.
+    const late = path.join(dir, 'late');
+    const filter = await make(late);
+    const srv = await serve({ exports: [{ name: '', backend: await fileBackend({ path: base.file, readOnly: true }), filters: [filter] }] });
+    fs.writeFileSync(late, 'made by someone else');
+    const out = await py(srv.uri(), `
+      h = connect()
+      out['write'] = err(h.pwrite, b'x' * 4096, 0)
+      out['data'] = h.pread(4, 0).hex()
+    `);
+    expect(out).toEqual({ write: 'EIO', data: base.bytes.subarray(0, 4).toString('hex') });
+    await srv.close();
+    expect(fs.readFileSync(late, 'utf8')).toBe('made by someone else');
+    expect(fs.readFileSync(precious, 'utf8')).toBe('precious');
+    expect(sha(fs.readFileSync(base.file))).toBe(before);
+  });
+
   it('cow-on-read keeps base blocks read once: the base is not read again', async () => {
     let baseReads = 0;
     const counting: Filter = { name: 'count', scope: 'shared', wrap: (next) => layer(next, { read: (o, l) => (baseReads++, next.read(o, l)) }) };
