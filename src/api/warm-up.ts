@@ -33,6 +33,7 @@ import { memoryBackend } from '../backends/memory.js';
 import { clientFlagsBytes, infoGoData, metaContextData, optionBytes, requestHeaderBytes } from '../client/encode.js';
 import { CLIENT_FLAGS, CMD, CMD_FLAG, INFO, OPT } from '../protocol/constants.js';
 import type { Logger } from '../transport/logger.js';
+import { privateSocketDir } from '../transport/listen.js';
 import { createServer } from './server.js';
 
 /** Passes over the connection scripts unless told otherwise: see WarmUpOptions.rounds. */
@@ -105,7 +106,7 @@ export async function warmUp(options: WarmUpOptions = {}): Promise<WarmUpResult>
   let server: ReturnType<typeof createServer> | undefined;
   let file: Awaited<ReturnType<typeof fileBackend>> | undefined;
   try {
-    dir = fs.mkdtempSync(path.join(options.tmpDir ?? os.tmpdir(), 'nbd-engine-warm-'));
+    dir = options.tmpDir !== undefined ? fs.mkdtempSync(path.join(options.tmpDir, 'nbd-engine-warm-')) : privateSocketDir('nbd-engine-warm-', 's');
     // Two exports: memory, and a file export on a small sparse file of our own, so that the file
     // backend's calls (native or not) are compiled too — the first WRITE_ZEROES with FUA on a
     // file export cost its client ~4 ms more than the next ones without this.

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { createServer, type ExportConfig, type NbdServer } from '../api/server.js';
 import { prepareExports } from '../api/export-entry.js';
 import { consoleLogger } from '../transport/logger.js';
-import { socketActivation, type ListenTarget } from '../transport/listen.js';
+import { privateSocketDir, socketActivation, type ListenTarget } from '../transport/listen.js';
 import { USAGE } from './usage.js';
 import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
@@ -156,7 +156,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   let unixSocket: string | undefined;
   const privateSocket = () => {
     // nbdkit's `-U -` (and --run without a listener): a socket only this user can reach, removed at exit.
-    privateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-'));
+    privateDir = privateSocketDir('nbd-engine-', 'nbd.sock');
     unixSocket = path.join(privateDir, 'nbd.sock');
     targets.push({ path: unixSocket });
   };

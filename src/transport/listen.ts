@@ -5,6 +5,8 @@
  */
 import net from 'node:net';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { NbdError } from '../api/errors.js';
 
 export type ListenTarget =
@@ -214,12 +216,34 @@ async function clearStaleSocket(socketPath: string): Promise<void> {
   }
 }
 
+/**
+ * The longest UNIX socket path, in bytes: sockaddr_un's sun_path (108 on Linux) less its NUL. A
+ * longer one is not refused by the system call Node makes: it is cut short, and the server would
+ * listen on another path than the one it names in its URIs (as nbdkit, refused instead).
+ */
+export const UNIX_PATH_MAX = 107;
+
+/**
+ * A new private directory (mode 0700) for a socket named `name` in it: under os.tmpdir(), or /tmp
+ * when a long $TMPDIR would make the socket path longer than UNIX_PATH_MAX.
+ */
+export function privateSocketDir(prefix: string, name: string): string {
+  for (const base of [os.tmpdir(), '/tmp']) {
+    const dir = fs.mkdtempSync(path.join(base, prefix));
+    if (Buffer.byteLength(path.join(dir, name)) <= UNIX_PATH_MAX) return dir;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  throw new NbdError('NBD_ERR_CONFIG', `no temporary directory short enough for a UNIX socket (at most ${UNIX_PATH_MAX} bytes)`);
+}
+
 /** Refuse a malformed target with a message naming the bad field (NBD_ERR_CONFIG). */
 function checkTarget(target: ListenTarget): void {
   if ('path' in target) {
     if (typeof target.path !== 'string' || target.path === '' || target.path.includes('\0')) {
       throw new NbdError('NBD_ERR_CONFIG', `listen: path: expected a non-empty file name, got ${JSON.stringify(target.path)}`);
     }
+    const bytes = Buffer.byteLength(target.path);
+    if (bytes > UNIX_PATH_MAX) throw new NbdError('NBD_ERR_CONFIG', `listen: path: too long: ${bytes} bytes > ${UNIX_PATH_MAX} (a UNIX socket path must fit sockaddr_un): ${target.path}`);
   } else if ('fd' in target) {
     if (!Number.isSafeInteger(target.fd) || target.fd < 0) throw new NbdError('NBD_ERR_CONFIG', `listen: fd: expected an integer ≥ 0, got ${String(target.fd)}`);
   } else if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) {

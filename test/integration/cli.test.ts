@@ -253,6 +253,33 @@ describe('--socket on a path that is taken', () => {
   });
 });
 
+describe('UNIX socket paths longer than sun_path', () => {
+  it('--socket with a path over 107 bytes is refused (nbdkit: path too long), not cut short and listened on elsewhere', async () => {
+    const dir = tmpDir();
+    const long = path.join(dir, `${'z'.repeat(Math.max(1, 120 - dir.length))}.sock`);
+    expect(Buffer.byteLength(long)).toBeGreaterThan(107);
+    const r = await cli(['serve', '--memory', '1M', '--socket', long]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/^nbd-engine: cannot listen: listen: path: too long: \d+ bytes > 107 /);
+    // Nothing was made under a shortened name.
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('-U - and the warm-up with a $TMPDIR too long for a socket: served from a directory under /tmp, warm-up complete', async () => {
+    const long = path.join(tmpDir(), 'T'.repeat(100));
+    fs.mkdirSync(long);
+    const r = await cli(['serve', '-v', '-U', '-', 'memory', '1M', '--run', 'nbdinfo --size "$uri"; echo "$unixsocket"'], 30_000, { TMPDIR: long });
+    expect(r.code, r.stderr).toBe(0);
+    const [size, socket] = r.stdout.trim().split('\n');
+    expect(size).toBe('1048576');
+    expect(socket).toMatch(/^\/tmp\/nbd-engine-[^/]+\/nbd\.sock$/);
+    expect(fs.existsSync(path.dirname(socket!))).toBe(false); // removed at exit
+    expect(r.stderr).toMatch(/warm-up: 39 connections, \d+ requests in \d+ ms\n/);
+    expect(r.stderr).not.toMatch(/warm-up: .*\(/); // no warm-up failure noted
+    expect(fs.readdirSync(long)).toEqual([]); // nothing left in $TMPDIR
+  });
+});
+
 describe('--run', () => {
   it("--run 'nbdinfo $uri' exits 0 and prints the size", async () => {
     const r = await cli(['serve', '--memory', '16M', '--run', 'nbdinfo $uri']);
