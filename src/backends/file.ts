@@ -94,7 +94,25 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   const fenced = state.native ? fencedNative(state.native) : null;
   const reason = state.native ? '' : state.reason;
   const native = fenced?.native ?? null;
-  const fh: FileHandle = await open(opts.path, opts.readOnly ? 'r' : 'r+');
+  // As nbdkit's file plugin: a file this process may not write (mode 0444, a read-only mount, an
+  // immutable file) is served read-only, with one line saying so, rather than not at all.
+  let readOnly = opts.readOnly ?? false;
+  let fh: FileHandle;
+  try {
+    fh = await open(opts.path, readOnly ? 'r' : 'r+');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (readOnly || (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS')) {
+      await fenced?.close();
+      throw err;
+    }
+    fh = await open(opts.path, 'r').catch(async (e: unknown) => {
+      await fenced?.close();
+      throw e;
+    });
+    readOnly = true;
+    opts.logger?.warn(`file ${path.basename(opts.path)}: cannot be opened for writing (${code}): served read-only`);
+  }
   let size: number;
   let st: fs.Stats;
   try {
@@ -179,7 +197,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       await fh.close();
     },
     multiConn: true,
-    readOnly: opts.readOnly,
+    readOnly: readOnly,
   };
   const name = path.basename(opts.path);
   let backend: FileBackend;
@@ -189,13 +207,13 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
     const ops = sparseOps({ fd: fh.fd, native, device, size, writeZeroes, datasync: () => fh.datasync(), inlineWalk: () => inline && mutating === 0, logger: opts.logger, name });
     // Read-only: no trim/zero (the server would not send them, and they must not be advertised).
     // FUA native: trim and zero sync in the native call's own job (one thread-pool trip, as nbdkit's file plugin).
-    const writeOps = opts.readOnly ? {} : { trim: tracked(ops.trim), zero: tracked(ops.zero), canFastZero: ops.canFastZero, fua: 'native' as const };
+    const writeOps = readOnly ? {} : { trim: tracked(ops.trim), zero: tracked(ops.zero), canFastZero: ops.canFastZero, fua: 'native' as const };
     backend = { ...base, sparse: 'native', ...writeOps, cache: ops.cache, ...(ops.extents ? { extents: ops.extents } : {}) };
   } else {
     opts.logger?.warn(`file ${name}: no native sparse support (${reason}): holes read as data, zeroing writes zeroes`);
     backend = { ...base, sparse: 'fallback', fallbackReason: reason };
   }
-  if (!opts.readOnly) {
+  if (!readOnly) {
     // With native FUA the flag reaches write: write, then fdatasync. (Fallback: the server emulates FUA by flush.)
     (backend as { write?: Backend['write'] }).write =
       backend.sparse === 'native'

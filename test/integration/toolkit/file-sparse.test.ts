@@ -408,3 +408,41 @@ describe('file backend on a block device (a loop device over a sparse file)', ()
     }
   });
 });
+
+describe('file: a file that cannot be opened for writing', () => {
+  it('is served read-only with one log line (nbdkit file does the same), not refused: an immutable file, by the library and by the CLI', async () => {
+    requireTool('chattr');
+    const dir = tmpDir();
+    const img = path.join(dir, 'immutable.img');
+    fs.writeFileSync(img, Buffer.alloc(1 << 20, 0x3c));
+    execFileSync('chattr', ['+i', img]);
+    try {
+      const logs: string[] = [];
+      const logger = { ...silentLogger, warn: (m: string) => logs.push(m) };
+      const backend = await fileBackend({ path: img, logger });
+      expect(backend.readOnly).toBe(true);
+      expect(logs.filter((l) => l.includes('cannot be opened for writing'))).toEqual(['file immutable.img: cannot be opened for writing (EPERM): served read-only']);
+      const srv = await serve({ exports: [{ name: '', backend }] });
+      const out = await py(srv.uri(), `
+        h = connect()
+        out['ro'] = h.is_read_only()
+        out['data'] = h.pread(4, 4096).hex()
+        out['write'] = err(h.pwrite, b'x' * 512, 0)
+      `);
+      expect(out).toEqual({ ro: true, data: '3c3c3c3c', write: 'EPERM' });
+      // The command line as nbdkit's `nbdkit file IMG`.
+      const cli = await spawnCli(['serve', 'file', img, '-U', path.join(dir, 's.sock')]);
+      try {
+        const { stdout } = await run('nbdinfo', ['--json', cli.uris[0]!]);
+        expect(JSON.parse(stdout).exports[0].is_read_only).toBe(true);
+        expect(cli.stderr()).toMatch(/file immutable\.img: cannot be opened for writing \(EPERM\): served read-only/);
+      } finally {
+        cli.child.kill('SIGTERM');
+        await new Promise((r) => cli.child.once('exit', r));
+      }
+    } finally {
+      execFileSync('chattr', ['-i', img]);
+    }
+    expect(fs.readFileSync(img).equals(Buffer.alloc(1 << 20, 0x3c))).toBe(true);
+  });
+});
