@@ -33,13 +33,14 @@ import { SUBCOMMANDS } from './commands.js';
 import { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 import { backendOptionsToPairs } from './backend-options.js';
 import { createPlugins, pluginHelp, resolvePlugins, type PluginTables, type ResolvedPlugins } from './nbdkit-args.js';
-import { packageVersion, runEnvironment, stdioStream, watchParent, writePidfile } from './serve-process.js';
+import { packageVersion, runEnvironment, signalTree, stdioStream, watchParent, writePidfile } from './serve-process.js';
 import { traceFile } from '../inspect/trace-file.js';
 import type { LiveInspector } from '../inspect/live.js';
 import { STRICT_EXIT_STATUS, violationSummary } from './strict.js';
 import type { Violation } from '../api/violations.js';
 
 export { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
+export { recordStartParent } from './serve-process.js';
 
 /** Usage plus every backend and filter with its parameters. */
 async function helpText(tables?: PluginTables): Promise<string> {
@@ -214,8 +215,9 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
   // What ends the server: a signal, or (--exit-with-parent) the parent's exit.
   let stopNow: (why: string) => void = () => {};
   const stopped = new Promise<string>((resolve) => (stopNow = resolve));
-  process.once('SIGINT', () => stopNow('SIGINT'));
-  process.once('SIGTERM', () => stopNow('SIGTERM'));
+  // As nbdkit: SIGHUP (a closed terminal) and SIGQUIT end the server as cleanly as SIGINT and SIGTERM
+  // (sockets removed, exports flushed, the --run command stopped), not by Node's default exit.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => stopNow(signal));
   if (values['exit-with-parent'] || activated) {
     // With activation too: the program that activated the server stops it by signalling its
     // child; when that child is a launcher that dies of the signal instead of passing it on
@@ -262,7 +264,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     // The command is the one that ends the run; a signal or the parent's exit is passed on to it.
     void stopped.then((why) => {
       logger.info?.(`${why}: stopping the --run command`);
-      child.kill('SIGTERM');
+      if (child.pid !== undefined) signalTree(child.pid, 'SIGTERM');
     });
     const status = await new Promise<number>((resolve) => {
       child.on('error', (err) => {

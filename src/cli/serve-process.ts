@@ -32,21 +32,79 @@ export function stdioStream(): Duplex {
 /** How often `--exit-with-parent` looks at the parent (Node has no prctl(PR_SET_PDEATHSIG)). */
 export const PARENT_POLL_MS = 250;
 
+/** The parent when the process started, as bin/nbd-engine.js read it before loading the CLI. */
+let startParent: number | undefined;
+
+/**
+ * Note the parent pid as the process starts (bin/nbd-engine.js, before the CLI's modules load): a
+ * parent that exits during start-up (loading, the warm-up, opening the backend: up to a second or
+ * two) is then still seen as gone. The first call counts.
+ */
+export function recordStartParent(pid: number): void {
+  startParent ??= pid;
+}
+
 /**
  * Call `onGone` once the parent process has exited: the parent pid changes
  * when this process is re-parented (to init or a subreaper). Polled, so it
  * notices within PARENT_POLL_MS; the timer does not keep the process alive.
+ * The parent is the one at start (recordStartParent) when known, so one
+ * gone before this is called is reported at once.
  */
-export function watchParent(onGone: (parent: number) => void, intervalMs = PARENT_POLL_MS): () => void {
-  const parent = process.ppid;
-  const timer = setInterval(() => {
+export function watchParent(onGone: (parent: number) => void, intervalMs = PARENT_POLL_MS, parent = startParent ?? process.ppid): () => void {
+  const timer = setInterval(check, intervalMs);
+  timer.unref();
+  function check(): void {
     if (process.ppid !== parent) {
       clearInterval(timer);
       onGone(parent);
     }
-  }, intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  }
+  const first = setImmediate(check);
+  return () => {
+    clearImmediate(first);
+    clearInterval(timer);
+  };
+}
+
+/**
+ * `pid` and every process below it, parents before their children (Linux: /proc/PID/task/TID/children).
+ * Where /proc says nothing, just `pid`.
+ */
+export function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length && out.length < 4096; i++) {
+    let tasks: string[];
+    try {
+      tasks = fs.readdirSync(`/proc/${out[i]}/task`);
+    } catch {
+      continue;
+    }
+    for (const t of tasks) {
+      let children = '';
+      try {
+        children = fs.readFileSync(`/proc/${out[i]}/task/${t}/children`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const c of children.split(' ')) if (c.trim() !== '') out.push(Number(c));
+    }
+  }
+  return out;
+}
+
+/**
+ * Signal the `--run` command and everything it started: the shell alone would leave its children
+ * (`sleep`, a client) running under init once it dies. The tree is read before any signal is sent.
+ */
+export function signalTree(pid: number, signal: NodeJS.Signals): void {
+  for (const p of processTree(pid)) {
+    try {
+      process.kill(p, signal);
+    } catch {
+      // gone already
+    }
+  }
 }
 
 /** The package's version (package.json sits two levels above both src/cli and dist/cli). */

@@ -260,6 +260,53 @@ describe('-P, --exit-with-parent, -V', () => {
     }
   });
 
+  it('--exit-with-parent: a parent that exits while the server is still starting (warm-up, backend) counts too', async () => {
+    const pidfile = path.join(work, 'early.pid');
+    const sock = path.join(work, 'early.sock');
+    // The parent starts the server and exits 0.2 s later, long before the server is ready.
+    const parent = spawn('/bin/sh', ['-c', `"${node}" "${CLI}" serve --exit-with-parent -P "${pidfile}" -U "${sock}" memory 1M >/dev/null 2>&1 & sleep 0.2; exit 0`], { stdio: 'ignore' });
+    await new Promise((r) => parent.once('exit', r));
+    await until(() => fs.existsSync(pidfile) && fs.readFileSync(pidfile, 'utf8').endsWith('\n'));
+    const pid = Number(fs.readFileSync(pidfile, 'utf8'));
+    try {
+      await until(() => gone(pid));
+      expect(fs.existsSync(sock)).toBe(false);
+    } finally {
+      if (!gone(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('SIGHUP and SIGQUIT end the server as cleanly as SIGTERM: exit 0, its socket removed', async () => {
+    for (const signal of ['SIGHUP', 'SIGQUIT'] as const) {
+      const sock = path.join(work, `${signal}.sock`);
+      const { child } = await spawnCli(['serve', '-U', sock, 'memory', '1M']);
+      const exited = new Promise<[number | null, string | null]>((r) => child.once('exit', (code, sig) => r([code, sig])));
+      child.kill(signal);
+      expect(await exited, signal).toEqual([0, null]);
+      expect(fs.existsSync(sock), signal).toBe(false);
+    }
+  });
+
+  it('--run: a SIGTERM to the server reaches the command and the processes it started, none is left running', async () => {
+    const pidfile = path.join(work, 'run-child.pid');
+    const child = spawn(node, [CLI, 'serve', '-U', '-', 'memory', '1M', '--run', `sleep 300 & echo $! > "${pidfile}"; wait; echo done`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await until(() => fs.existsSync(pidfile) && fs.readFileSync(pidfile, 'utf8').endsWith('\n'));
+    const sleeper = Number(fs.readFileSync(pidfile, 'utf8'));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    // The command died of the SIGTERM passed on: the server's status says so (128 + 15).
+    expect(await exited).toBe(143);
+    try {
+      // Before, only the shell got the signal and the sleep ran on under init for its 300 s.
+      await until(() => gone(sleeper));
+    } finally {
+      if (!gone(sleeper)) process.kill(sleeper, 'SIGKILL');
+    }
+    expect(out).not.toContain('done');
+  });
+
   it('-V / --version print the package version, also after serve', async () => {
     for (const args of [['-V'], ['--version'], ['serve', '-V'], ['serve', '--version', 'memory', '1G']]) {
       const r = await cli(args);
