@@ -42,6 +42,16 @@ import type { Violation } from '../api/violations.js';
 export { parseServeArgs, UsageError, type ServeArgs } from './serve-args.js';
 export { recordStartParent } from './serve-process.js';
 
+/** Whether `file` is still the file `was` (device and inode). */
+function sameFile(file: string, was: { dev: number; ino: number }): boolean {
+  try {
+    const st = fs.lstatSync(file);
+    return st.dev === was.dev && st.ino === was.ino;
+  } catch {
+    return false;
+  }
+}
+
 /** Usage plus every backend and filter with its parameters. */
 async function helpText(tables?: PluginTables): Promise<string> {
   return USAGE + (await pluginHelp(tables));
@@ -181,8 +191,11 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     }
   }
   const uris: string[] = [];
+  /** The socket file this server made (device and inode): removed at exit only if it is still that one. */
+  let ownSocket: { dev: number; ino: number } | undefined;
   try {
     for (const t of targets) for (const r of await server.listen(t)) uris.push(...r.uris);
+    if (unixSocket) ownSocket = fs.lstatSync(unixSocket);
   } catch (err) {
     process.stderr.write(`nbd-engine: cannot listen: ${(err as Error).message}\n`);
     await server.close({ timeout: 0 });
@@ -206,9 +219,10 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
 
   const cleanup = async () => {
     await live?.close();
-    await server.close({ timeout: 5000 });
+    await server.close({ timeout: parsed.shutdownTimeoutMs });
     await trace?.close();
-    if (unixSocket) fs.rmSync(unixSocket, { force: true });
+    // Not a socket another server made at this path while this one was draining (a restart).
+    if (unixSocket && ownSocket && sameFile(unixSocket, ownSocket)) fs.rmSync(unixSocket, { force: true });
     if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
   };
 

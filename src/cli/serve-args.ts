@@ -53,6 +53,7 @@ const OPTIONS = {
   'max-buffered-bytes': { type: 'string' },
   'handshake-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'shutdown-timeout': { type: 'string' },
   trace: { type: 'string' },
   'trace-max': { type: 'string' },
   'trace-prefix': { type: 'string' },
@@ -215,7 +216,12 @@ export interface ServeArgs {
   readonly tlsMode: 'off' | 'on' | 'require';
   /** `--trace FILE` and its cap, payload prefix and rotation. */
   readonly trace?: TraceFileOptions & { readonly path: string };
+  /** `--shutdown-timeout SECONDS` as milliseconds: how long requests in flight may finish at shutdown (default 5 s). */
+  readonly shutdownTimeoutMs: number;
 }
+
+/** How long requests in flight may run on once the server is told to stop, unless --shutdown-timeout says. */
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5000;
 
 /** Parse `serve`'s arguments; throws UsageError with a one-line message. */
 export function parseServeArgs(args: readonly string[]): ServeArgs {
@@ -228,7 +234,7 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     throw new UsageError(parseArgsMessage(err as Error & { code?: string }));
   }
   const filters = values.filter ?? [];
-  const early = { values, memorySize: 0, limits: {}, tlsMode: 'off' as const, positionals, filters };
+  const early = { values, memorySize: 0, limits: {}, tlsMode: 'off' as const, positionals, filters, shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS };
   if (values.help) return { ...early, help: true };
   if (values.version) return { ...early, help: false, version: true };
   if (values.memory !== undefined && values.file !== undefined) throw new UsageError('--memory and --file are exclusive');
@@ -291,5 +297,6 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
     rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
   };
-  return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace, positionals, filters, tlsFiles };
+  const shutdownTimeoutMs = values['shutdown-timeout'] === undefined ? DEFAULT_SHUTDOWN_TIMEOUT_MS : parseSeconds('shutdown-timeout', values['shutdown-timeout']);
+  return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace, positionals, filters, tlsFiles, shutdownTimeoutMs };
 }

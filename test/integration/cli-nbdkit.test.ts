@@ -307,6 +307,37 @@ describe('-P, --exit-with-parent, -V', () => {
     expect(out).not.toContain('done');
   });
 
+  it('a restart on the same -U path: the draining old server does not remove the new one\'s socket; --shutdown-timeout lets a slow WRITE finish', async () => {
+    const sock = path.join(work, 'restart.sock');
+    // A 6 s WRITE: it outlives the default 5 s drain, not a --shutdown-timeout of 10 s.
+    const old = await spawnCli(['serve', '-U', sock, '--shutdown-timeout', '10', '--filter=delay', 'memory', '1M', 'delay-write=6']);
+    const oldExit = new Promise<number | null>((r) => old.child.once('exit', (code) => r(code)));
+    const writer = nbdPython(`
+import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+c = h.aio_pwrite(b'x' * 512, 0)
+print('sent', flush=True)
+while not h.aio_command_completed(c):
+    h.poll(1)
+print('written')
+`, [`nbd+unix:///?socket=${sock}`]);
+    await new Promise((r) => setTimeout(r, 500));
+    old.child.kill('SIGTERM');
+    await until(() => !fs.existsSync(sock)); // the old listener is closed; its WRITE still runs
+    const next = await spawnCli(['serve', '-U', sock, 'memory', '2M']);
+    try {
+      expect((await writer).trim().split('\n')).toEqual(['sent', 'written']);
+      expect(await oldExit).toBe(0);
+      // The old one has exited: the new one's socket is still there and serving.
+      const { stdout } = await run('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`]);
+      expect(stdout.trim()).toBe('2097152');
+    } finally {
+      next.child.kill('SIGTERM');
+      await new Promise((r) => next.child.once('exit', r));
+    }
+  });
+
   it('-V / --version print the package version, also after serve', async () => {
     for (const args of [['-V'], ['--version'], ['serve', '-V'], ['serve', '--version', 'memory', '1G']]) {
       const r = await cli(args);
