@@ -48,6 +48,8 @@ export interface CommandRule {
   readonly unranged: boolean;
   /** Its reply carries `length` bytes, so `length` is capped by the payload limit. */
   readonly readsData: boolean;
+  /** Its reply must describe at least one byte of the range, so a length of 0 is refused (BLOCK_STATUS: every extent has a length ≥ 1, none past the request). */
+  readonly needsLength: boolean;
 }
 
 const FUA = CMD_FLAG.NBD_CMD_FLAG_FUA;
@@ -62,6 +64,7 @@ const row = (over: Partial<CommandRule>): CommandRule => ({
   needsMetaContext: false,
   unranged: false,
   readsData: false,
+  needsLength: false,
   ...over,
 });
 
@@ -80,7 +83,7 @@ export const COMMANDS: { readonly [K in keyof typeof CMD]: CommandRule | null } 
     writesData: true,
     needs: FLAG.NBD_FLAG_SEND_WRITE_ZEROES,
   }),
-  NBD_CMD_BLOCK_STATUS: row({ flags: FUA | CMD_FLAG.NBD_CMD_FLAG_REQ_ONE, ranged: true, needsMetaContext: true }),
+  NBD_CMD_BLOCK_STATUS: row({ flags: FUA | CMD_FLAG.NBD_CMD_FLAG_REQ_ONE, ranged: true, needsMetaContext: true, needsLength: true }),
   // An experimental extension we do not offer.
   NBD_CMD_RESIZE: null,
 };
@@ -114,6 +117,7 @@ export const REFUSAL = {
   rangePastEnd: refusal('transmission.out-of-bounds'),
   misaligned: refusal('transmission.misaligned-request'),
   readTooLarge: refusal('transmission.read-too-large'),
+  lengthZero: refusal('transmission.block-status-zero-length'),
 } as const;
 
 /**
@@ -147,6 +151,7 @@ interface CompiledRule {
   readonly unranged: boolean;
   readonly ranged: boolean;
   readonly maxLength: number;
+  readonly needsLength: boolean;
 }
 
 export type RequestCheck = (frame: RequestFrame) => RequestRefusal | null;
@@ -205,7 +210,8 @@ function checkRequest(t: CompiledTable, r: RequestFrame): RequestRefusal | null 
     if (past) return REFUSAL.rangePastEnd;
     if (t.minimumBlock > 1 && (r.offset % t.minimumBlock !== 0 || r.length % t.minimumBlock !== 0)) return REFUSAL.misaligned;
   }
-  return r.length > rule.maxLength ? REFUSAL.readTooLarge : null;
+  if (r.length > rule.maxLength) return REFUSAL.readTooLarge;
+  return r.length === 0 && rule.needsLength ? REFUSAL.lengthZero : null;
 }
 
 /** Tables compiled lately, by what they depend on (connections to one export share one); cleared when full. */
@@ -256,6 +262,7 @@ function compile(c: CheckedExport): RequestCheck {
       unranged: r.unranged,
       ranged: r.ranged,
       maxLength: r.readsData ? c.maxPayload : Infinity,
+      needsLength: r.needsLength,
     };
   }
   const notAdvertised = FLAG_NEEDS.filter((f) => !advertised(f.needs));

@@ -71,6 +71,7 @@ function model(x: Export, f: RequestFrame): { code: string; errno: number } | nu
   if (ranged && past) return no('out-of-bounds');
   if (ranged && x.minBlock > 1 && (f.offset % x.minBlock !== 0 || f.length % x.minBlock !== 0)) return no('misaligned-request');
   if (t === C.READ && f.length > x.maxPayload) return no('read-too-large');
+  if (t === C.BLOCK_STATUS && f.length === 0) return no('block-status-zero-length');
   return null;
 }
 

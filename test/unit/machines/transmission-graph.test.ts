@@ -106,6 +106,8 @@ const EVENTS: TransmissionEvent[] = [
   r({ type: CMD.READ, offset: 1, length: 512 }),
   // readTooLarge: READ longer than maxPayload, in bounds and aligned
   r({ type: CMD.READ, offset: 0, length: 8 * KiB }),
+  // lengthZero: BLOCK_STATUS of length 0 where it is otherwise acceptable
+  r({ type: CMD.BLOCK_STATUS, offset: 0, length: 0 }),
   // a pipelined burst: accepted and refused frames (never DISC)
   {
     type: 'requests',
@@ -159,7 +161,7 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
     const table = REFUSALS.map((x) => `${x.code} ${x.message}`);
     expect(table.filter((x) => !graph.observed.has(x))).toEqual([]);
     for (const x of REFUSALS) expect(x.message.startsWith(`${x.code}: `), x.message).toBe(true);
-    expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(14);
+    expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(15);
     console.log(`transmission graph coverage: ${summary}, ${graph.observed.size} distinct refusals (${REFUSALS.length} in the table)`);
   });
 });

@@ -62,6 +62,7 @@ export function expectedErrno(m: TxModel, r: RequestFrame): number | null {
     (r.type === C.WRITE_ZEROES && !has(T.SEND_WRITE_ZEROES)) ||
     (r.type === C.CACHE && !has(T.SEND_CACHE)) ||
     (r.type === C.BLOCK_STATUS && (!m.sr || !m.contexts)) || // transmission.block-status-needs-context
-    (ranged && m.minBlock > 1 && (r.offset % m.minBlock !== 0 || r.length % m.minBlock !== 0)); // transmission.misaligned-request
+    (ranged && m.minBlock > 1 && (r.offset % m.minBlock !== 0 || r.length % m.minBlock !== 0)) || // transmission.misaligned-request
+    (r.type === C.BLOCK_STATUS && r.length === 0); // transmission.block-status-zero-length
   return einval ? E.EINVAL : null;
 }
