@@ -48,6 +48,19 @@ export interface SparseContext {
 
 export type SparseOps = Required<Pick<Backend, 'trim' | 'zero' | 'cache'>> & Pick<Backend, 'extents'> & { readonly canFastZero: boolean };
 
+/**
+ * What a block device's discard and zeroing are aligned to: a multiple of every logical sector size
+ * in use (512 and 4096), so the aligned part of a range is one the device accepts.
+ */
+export const DEVICE_ALIGN = 4096;
+
+/** The largest DEVICE_ALIGN-aligned part of [offset, offset + length), as [offset, length] (length 0: none). */
+function inward(offset: number, length: number): [number, number] {
+  const start = Math.ceil(offset / DEVICE_ALIGN) * DEVICE_ALIGN;
+  const end = Math.floor((offset + length) / DEVICE_ALIGN) * DEVICE_ALIGN;
+  return end > start ? [start, end - start] : [offset, 0];
+}
+
 /** Errors that mean "this filesystem / device cannot", not "this request failed". */
 function unsupported(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -66,9 +79,12 @@ export function sparseOps(ctx: SparseContext): SparseOps {
   // FUA (opts.fua): the native call's `sync` does fdatasync in its own job; the other ways sync after.
   const trim = async (offset: number, length: number, opts: WriteOptions): Promise<void> => {
     const what = device ? 'discard' : 'punch';
-    if (length > 0 && can[what]) {
+    // A device discards whole sectors only (EINVAL otherwise): the aligned part of the range, and
+    // nothing when there is none (TRIM is advisory).
+    const [at, len] = device ? inward(offset, length) : [offset, length];
+    if (len > 0 && can[what]) {
       try {
-        return await (device ? native.blkDiscard(fd, offset, length, opts.fua) : native.punchHole(fd, offset, length, opts.fua));
+        return await (device ? native.blkDiscard(fd, at, len, opts.fua) : native.punchHole(fd, at, len, opts.fua));
       } catch (err) {
         if (!unsupported(err)) throw err;
         refused(what, err);
@@ -77,7 +93,25 @@ export function sparseOps(ctx: SparseContext): SparseOps {
     if (opts.fua) await ctx.datasync();
   };
 
+  // A device zeroes whole sectors only (fallocate and BLKDISCARD refuse the rest with EINVAL): the
+  // aligned middle takes the fast ways, the unaligned head and tail are written as zeroes, and a
+  // FAST_ZERO that has such edges fails with ENOTSUP (writing them is not fast).
   const zero = async (offset: number, length: number, opts: ZeroOptions): Promise<void> => {
+    if (!device || length === 0) return zeroRange(offset, length, opts);
+    const [at, len] = inward(offset, length);
+    if (at === offset && len === length) return zeroRange(offset, length, opts);
+    if (opts.fastZero) throw new NbdRequestError('ENOTSUP', `file ${ctx.name}: no fast way to zero a range that is not aligned to ${DEVICE_ALIGN} bytes on a block device`);
+    if (len === 0) {
+      await ctx.writeZeroes(offset, length);
+    } else {
+      await ctx.writeZeroes(offset, at - offset);
+      await zeroRange(at, len, { ...opts, fua: false });
+      await ctx.writeZeroes(at + len, offset + length - (at + len));
+    }
+    if (opts.fua) await ctx.datasync();
+  };
+
+  const zeroRange = async (offset: number, length: number, opts: ZeroOptions): Promise<void> => {
     if (length === 0) return opts.fua ? ctx.datasync() : undefined;
     // A hole is allowed: punching both zeroes and frees the space. On a block
     // device the kernel does it only where the hardware can (no slow fallback).

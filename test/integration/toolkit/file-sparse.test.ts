@@ -409,6 +409,51 @@ describe('file backend on a block device (a loop device over a sparse file)', ()
   });
 });
 
+describe('file backend on a block device: requests not aligned to its sectors', () => {
+  it('TRIM succeeds (the aligned part discarded), WRITE_ZEROES zeroes exactly the range, FAST_ZERO with unaligned edges is ENOTSUP; the bytes around are kept', async () => {
+    requireTool('losetup');
+    const backing = path.join(work, 'loop-unaligned.img');
+    fs.rmSync(backing, { force: true });
+    const bytes = crypto.randomBytes(16 * MiB);
+    fs.writeFileSync(backing, bytes);
+    const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
+    try {
+      const srv = await serve({ exports: [{ name: '', backend: await fileBackend({ path: dev }) }] });
+      // The export advertises a minimum block size of 1: a client may send any alignment.
+      const got = await py(
+        srv.uri(),
+        `
+        h = connect()
+        out['min'] = h.get_block_size(nbd.SIZE_MINIMUM)
+        out['trim'] = [err(h.trim, 1000, ${6 * MiB}), err(h.trim, 4096, ${6 * MiB} + 100), err(h.trim, ${MiB} + 3, ${7 * MiB} - 1)]
+        out['zero'] = [err(h.zero, 1000, ${9 * MiB}), err(h.zero, ${MiB}, ${10 * MiB} + 100, nbd.CMD_FLAG_NO_HOLE), err(h.zero, 5000, ${12 * MiB} + 7, nbd.CMD_FLAG_FUA)]
+        out['fast'] = [err(h.zero, 1000, ${13 * MiB}, nbd.CMD_FLAG_FAST_ZERO), err(h.zero, 8192, ${13 * MiB}, nbd.CMD_FLAG_FAST_ZERO)]
+        h.flush()
+        out['z1'] = h.pread(1000, ${9 * MiB}) == bytes(1000)
+        out['z2'] = h.pread(${MiB}, ${10 * MiB} + 100) == bytes(${MiB})
+        out['z3'] = h.pread(5000, ${12 * MiB} + 7) == bytes(5000)
+        out['z4'] = h.pread(8192, ${13 * MiB}) == bytes(8192)
+        out['around'] = [h.pread(16, ${9 * MiB} + 1000).hex(), h.pread(100, ${10 * MiB}).hex(), h.pread(16, ${11 * MiB} + 100).hex(), h.pread(7, ${12 * MiB}).hex(), h.pread(16, ${12 * MiB} + 5007).hex(), h.pread(16, ${13 * MiB} + 8192).hex()]
+        `,
+      );
+      const hex = (at: number, n: number) => bytes.subarray(at, at + n).toString('hex');
+      expect(got).toEqual({
+        min: 1,
+        trim: [null, null, null],
+        zero: [null, null, null],
+        fast: ['ENOTSUP', null],
+        z1: true,
+        z2: true,
+        z3: true,
+        z4: true,
+        around: [hex(9 * MiB + 1000, 16), hex(10 * MiB, 100), hex(11 * MiB + 100, 16), hex(12 * MiB, 7), hex(12 * MiB + 5007, 16), hex(13 * MiB + 8192, 16)],
+      });
+    } finally {
+      execFileSync('losetup', ['-d', dev]);
+    }
+  });
+});
+
 describe('file: a file that cannot be opened for writing', () => {
   it('is served read-only with one log line (nbdkit file does the same), not refused: an immutable file, by the library and by the CLI', async () => {
     requireTool('chattr');
