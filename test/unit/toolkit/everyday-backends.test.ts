@@ -103,6 +103,21 @@ describe('data= format', () => {
 });
 
 describe('pattern, null, zero', () => {
+  it('pattern: readInto fills a lent buffer with the same bytes as read, at any offset and length (word edges included)', () => {
+    const p = patternBackend({ size: 2 ** 40 + 5 });
+    const cases: Array<[number, number]> = [[0, 8], [0, 1], [3, 1], [3, 5], [3, 6], [7, 9], [8, 16], [5, 4096], [2 ** 32 - 3, 20], [2 ** 40 - 13, 18], [2 ** 40 - 1, 6]];
+    // 200 more from a fixed seed (replayable): a linear congruential generator.
+    let seed = 12345;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let i = 0; i < 200; i++) cases.push([Math.floor(next() * 2 ** 40), 1 + Math.floor(next() * 70)]);
+    for (const [offset, length] of cases) {
+      const target = Buffer.alloc(length + 2, 0xee);
+      p.readInto!(offset, target.subarray(1, 1 + length));
+      expect(target.subarray(1, 1 + length).equals(p.read(offset, length) as Buffer), `${offset}+${length}`).toBe(true);
+      expect([target[0], target[length + 1]], `${offset}+${length}: no byte outside the target`).toEqual([0xee, 0xee]);
+    }
+  });
+
   it('pattern: every 8-byte word is its offset, across the 4 GiB boundary and at unaligned offsets', async () => {
     const p = patternBackend({ size: 2 ** 40 });
     const at = 2 ** 32 - 16;
