@@ -76,6 +76,7 @@ export const transmissionMachine = setup({
   },
   guards: {
     isDisc: ({ event }) => req(event).type === CMD.NBD_CMD_DISC,
+    repliesUnread: ({ event }) => event.type === 'timer.idle' && event.unread === true,
   },
   actions: {
     // The one place a request is accepted or refused, for a single request and a burst alike: the
@@ -110,6 +111,9 @@ export const transmissionMachine = setup({
     // Why the session ends: a catalogue code; the reason is its message.
     recordReason: assign((_, params: { code: Extract<CloseCode, FixedCode> }) => ({ code: params.code, reason: messageOf(params.code) })),
     closeSoft: emit(({ context }) => ({ type: 'close' as const, hard: false, code: context.code ?? 'NBD_CLOSED_SOCKET', reason: context.reason ?? 'done' })),
+    // Idle with replies the client stopped taking: nothing more can reach it, so no drain (a soft close
+    // would wait behind the unread replies for ever).
+    closeUnread: emit(({ context }) => ({ type: 'close' as const, hard: true, code: context.code ?? 'NBD_CLOSED_IDLE_TIMEOUT', reason: `${context.reason ?? 'idle'} (replies unread)` })),
     // The decoder gave up: its own code (NBD_ERR_PROTOCOL when the report has none) and message.
     closeHard: emit(({ event }) => {
       assertEvent(event, 'wire.fatal');
@@ -147,11 +151,12 @@ export const transmissionMachine = setup({
           target: 'draining',
           actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_SHUTDOWN' } }, { type: 'announceDrain', params: { reason: 'shutdown' } }],
         },
-        // The server's idle timeout: nothing in flight for that long ⇒ close as on shutdown.
-        'timer.idle': {
-          target: 'draining',
-          actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_IDLE_TIMEOUT' } }, { type: 'announceDrain', params: { reason: 'idle' } }],
-        },
+        // The server's idle timeout: nothing in flight for that long ⇒ close as on shutdown; with replies
+        // the client stopped taking ⇒ close at once.
+        'timer.idle': [
+          { guard: 'repliesUnread', target: 'closed', actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_IDLE_TIMEOUT' } }, 'closeUnread'] },
+          { target: 'draining', actions: [{ type: 'recordReason', params: { code: 'NBD_CLOSED_IDLE_TIMEOUT' } }, { type: 'announceDrain', params: { reason: 'idle' } }] },
+        ],
       },
     },
     draining: {

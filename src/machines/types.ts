@@ -123,7 +123,8 @@ export type TransmissionEvent =
   | { type: 'client.eof' }
   | { type: 'server.shutdown' }
   /** The server's idle timeout expired with nothing in flight. */
-  | { type: 'timer.idle'; ms: number };
+  /** `unread`: replies are waiting that the client stopped taking (a soft close would wait for them for ever). */
+  | { type: 'timer.idle'; ms: number; unread?: boolean };
 
 /** A request the machine refused: its code in the error catalogue (the rule's ID in docs/rules.md), the spec's errno, and the message (rule ID first). */
 export interface Refusal {

@@ -36,6 +36,7 @@ import type { Logger } from './logger.js';
 import type { ConnectionTrace } from '../inspect/recorder.js';
 import type { ConnectionViolations } from '../api/violations.js';
 import { DEFAULTS } from '../defaults.js';
+import { bytesTakenByPeer } from './user-buffer.js';
 
 export { createConnectionActor, type ConnectionActor, type SessionHandlers, type SessionOptions } from './session-options.js';
 
@@ -116,10 +117,13 @@ export class Session implements ReplySink {
     });
     this.timers = new ConnectionTimers(options, {
       handshakeExpired: (ms) => this.onHandshakeTimeout(ms),
-      busy: () => this.flow.requestsInFlight > 0 || this.writer.pendingBytes > 0,
+      working: () => this.flow.requestsInFlight > 0,
+      repliesWaiting: () => this.writer.pendingBytes > 0,
+      bytesTaken: () => bytesTakenByPeer(this.socket),
       idleExpired: (ms) => {
-        this.log.warn(`${this.peer}: idle for ${ms} ms; closing`);
-        this.sendToActive({ type: 'timer.idle', ms });
+        const unread = this.writer.pendingBytes > 0;
+        this.log.warn(`${this.peer}: idle for ${ms} ms${unread ? ' (its replies unread)' : ''}; closing`);
+        this.sendToActive({ type: 'timer.idle', ms, unread });
       },
     });
     this.input = new SocketInput(this.decoder, {

@@ -1,15 +1,20 @@
 /**
  * A connection's two clocks: the handshake timeout (a client that has not
  * finished negotiating in time is dropped) and the idle timeout (a
- * negotiated connection with nothing in flight and no byte received for
- * that long is closed). What happens when one fires is the machines'
+ * negotiated connection with nothing in flight, no byte received and no
+ * reply byte taken by the client for that long is closed — a client that
+ * stopped reading its replies included). What happens when one fires is the machines'
  * decision: the session sends them `timer.handshake` / `timer.idle`.
  */
 export interface TimerHooks {
   /** The handshake took longer than `handshakeTimeout` ms. */
   handshakeExpired(ms: number): void;
-  /** Whether anything is still owed (requests in flight, replies unwritten): not idle then. */
-  busy(): boolean;
+  /** Requests are with the backend: not idle. */
+  working(): boolean;
+  /** Replies are waiting to be written: not idle while the client takes them. */
+  repliesWaiting(): boolean;
+  /** Reply bytes the client's side has taken so far (undefined: the stream cannot say). */
+  bytesTaken(): number | undefined;
   /** Nothing happened for `idleTimeout` ms. */
   idleExpired(ms: number): void;
 }
@@ -19,6 +24,8 @@ export class ConnectionTimers {
   private idleTimer: NodeJS.Timeout | null = null;
   /** When bytes last arrived or the last request in flight was answered (performance.now()). */
   private lastActivity = 0;
+  /** bytesTaken() when the idle clock last looked. */
+  private takenAtLastLook: number | undefined = -1;
 
   /** Milliseconds; 0 or absent: no limit. */
   constructor(
@@ -56,14 +63,29 @@ export class ConnectionTimers {
     this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
       const now = performance.now();
-      // Still owed something (requests in flight, replies unwritten): idle only once that ends.
-      if (this.hooks.busy()) this.lastActivity = now;
+      // Requests with the backend, or replies the client is taking: not idle.
+      if (this.busy()) this.lastActivity = now;
       const idleFor = now - this.lastActivity;
       if (idleFor < ms) return this.armIdle(ms, Math.max(1, Math.ceil(ms - idleFor)));
       this.stop();
       this.hooks.idleExpired(ms);
     }, wait);
     this.idleTimer.unref();
+  }
+
+  /**
+   * Requests with the backend, or replies waiting while the client took reply bytes since the last
+   * look. Replies waiting and nothing taken since: the client stopped reading them, idle. A stream
+   * that cannot say what was taken (-s over pipes) is busy while replies wait.
+   */
+  private busy(): boolean {
+    if (this.hooks.working()) return true;
+    if (!this.hooks.repliesWaiting()) return false;
+    const taken = this.hooks.bytesTaken();
+    if (taken === undefined) return true;
+    const moved = taken !== this.takenAtLastLook;
+    this.takenAtLastLook = taken;
+    return moved;
   }
 
   /** Bytes arrived, or the last request in flight was answered: the idle clock starts again from now. */

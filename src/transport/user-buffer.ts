@@ -1,7 +1,7 @@
 /**
  * Reading an accepted `net.Socket` into memory we choose, instead of a
- * fresh 64 KiB buffer per read. The only code that touches `net.Socket`
- * internals.
+ * fresh 64 KiB buffer per read; and how many bytes the peer's side has taken
+ * (`bytesTakenByPeer`). The only code that touches `net.Socket` internals.
  *
  * Node's public way to do this is the `onread` option of `new net.Socket()`,
  * which only exists for sockets you construct yourself. Sockets accepted by a
@@ -73,4 +73,19 @@ export function readIntoUserBuffers(socket: Duplex, first: Buffer, next: () => B
   s[syms.kBuffer] = first;
   handle.useUserBuffer!(first);
   return true;
+}
+
+/**
+ * Bytes written to `socket` that left this process (the kernel took them): what Node counts as
+ * written (`bytesWritten`, which includes what is still buffered) less what still waits in the
+ * stream (`writableLength`) and in the handle's write queue (`_handle.writeQueueSize`, libuv's).
+ * It stops moving when the client stops reading, even while a single big write is in progress.
+ * Undefined for a stream that does not count (`-s` over two pipes). Without the handle's figure
+ * (another Node, a TLS socket's handle) it is the bytes handed to the handle.
+ */
+export function bytesTakenByPeer(socket: Duplex): number | undefined {
+  const s = socket as Duplex & { bytesWritten?: unknown; _handle?: { writeQueueSize?: unknown } | null };
+  if (typeof s.bytesWritten !== 'number') return undefined;
+  const queued = s._handle?.writeQueueSize;
+  return s.bytesWritten - s.writableLength - (typeof queued === 'number' ? queued : 0);
 }

@@ -4,11 +4,13 @@
  * optional idle timeout in transmission, and the server-wide connection
  * cap. Each is one log line and never touches other connections.
  */
+import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createServer, memoryBackend, type NbdServer, type ServerLimits } from '../../src/index.js';
 import { recordingLogger, run, tmpDir } from './harness.js';
 import { RawClient, requestBytes } from './raw-client.js';
+import { CLIENT_FLAGS, clientFlagsBytes, OPT, optionBytes } from '../../src/client/index.js';
 
 const READ = 0;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -131,6 +133,33 @@ describe('idle timeout', () => {
     } finally {
       await held.close({ timeout: 1000 });
     }
+  });
+
+  it('closes a client that stopped reading its replies (nothing with the backend, nothing written for that long), saying so; one that reads slowly stays', async () => {
+    const { sock, logs, server: srv } = await start({ idleTimeout: 500 });
+    const closed: number[] = [];
+    srv.connections$.subscribe((e) => {
+      if (e.type === 'closed') closed.push(e.connection.id);
+    });
+    // A raw client: EXPORT_NAME, then 64 READs of 256 KiB, and its socket never read again.
+    const stalled = net.connect(sock);
+    await new Promise((r) => stalled.once('connect', r));
+    stalled.pause();
+    const reads = Array.from({ length: 64 }, (_, i) => requestBytes({ type: READ, offset: 0, length: 256 * 1024, cookie: BigInt(i) }));
+    stalled.write(Buffer.concat([clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES), optionBytes(OPT.NBD_OPT_EXPORT_NAME), ...reads]));
+    // A slow reader beside it: a 256 KiB READ every 200 ms, read at once, for 3 s.
+    const slow = await RawClient.open({ path: sock });
+    for (let i = 0; i < 15; i++) {
+      slow.send(requestBytes({ type: READ, offset: 0, length: 256 * 1024, cookie: BigInt(i) }));
+      expect((await slow.readSimpleReply(() => 256 * 1024)).error).toBe(0);
+      await sleep(200);
+    }
+    // The stalled one went after ~1-2 timeouts; the slow one is still there.
+    expect(closed).toEqual([1]);
+    expect(logs.filter((l) => /idle for 500 ms/.test(l))).toEqual(['warn: connection 1: idle for 500 ms (its replies unread); closing']);
+    expect(await slow.closed(0)).toBe(false);
+    slow.destroy();
+    stalled.destroy();
   });
 
   it('is off by default', async () => {

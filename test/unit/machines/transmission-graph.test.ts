@@ -117,6 +117,7 @@ const EVENTS: TransmissionEvent[] = [
   { type: 'client.eof' },
   { type: 'server.shutdown' },
   { type: 'timer.idle', ms: 10_000 },
+  { type: 'timer.idle', ms: 10_000, unread: true },
   { type: 'wire.fatal', message: 'bad magic' },
   { type: 'socket.closed' },
 ];
