@@ -271,7 +271,9 @@ export function memoryBackend(options: MemoryBackendOptions | number): MemoryBac
     eachPresent(offset, length, (b, bi, p, inPage, n) => {
       const st = b?.stores[p];
       if (st === undefined) return;
-      if (n === pageSize && !keepAllocated) dropPage(bi, b!, p);
+      // A whole page, or all of the export's last page (cut short by the size): freed.
+      const whole = n === pageSize || (inPage === 0 && bi * blockSize + p * pageSize + n >= size);
+      if (whole && !keepAllocated) dropPage(bi, b!, p);
       else st.buf.fill(0, b!.at[p]! + inPage, b!.at[p]! + inPage + n);
     });
 

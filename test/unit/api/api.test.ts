@@ -311,6 +311,26 @@ describe('memoryBackend', () => {
     ]);
   });
   const MiB = 1 << 20;
+  it('TRIM to the end of an export whose size is not a multiple of the page size frees the short last page too (nbdkit maps it hole,zero); a TRIM that stops short of the end zero-fills it', () => {
+    const size = 1_000_001; // 15 pages of 64 KiB and 16,961 bytes
+    for (const [offset, length] of [[0, size], [983_040, size - 983_040], [983_041, size - 983_041]] as const) {
+      const m = memoryBackend({ size });
+      m.write!(0, Buffer.alloc(size, 5), { fua: false });
+      m.trim!(offset, length, { fua: false });
+      const ext = m.extents!(0, size, { reqOne: false, context: 'base:allocation' });
+      expect(readAll(m, offset, length).every((x) => x === 0), `${offset}`).toBe(true);
+      if (offset % (64 * 1024) === 0) {
+        // The last page went: no data extent reaches the end.
+        expect(ext.at(-1), `${offset}`).toEqual({ length: size - offset, flags: 3 });
+        expect(m.allocatedBytes).toBe(offset);
+      } else {
+        // Part of the last page stays (its first byte): the page stays, zero-filled behind it.
+        expect(ext, `${offset}`).toEqual([{ length: size, flags: 0 }]);
+        expect(readAll(m, 983_040, 1)[0]).toBe(5);
+      }
+    }
+  });
+
   const wholeBlock = (m: ReturnType<typeof memoryBackend>, at: number, fill: number, blocks = 1): Buffer[] => {
     const p = m.writeTargets!(at, blocks * MiB)!;
     expect(p.targets.map((t) => t.length)).toEqual(Array(blocks).fill(MiB));
