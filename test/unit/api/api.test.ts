@@ -317,7 +317,7 @@ describe('memoryBackend', () => {
       const m = memoryBackend({ size });
       m.write!(0, Buffer.alloc(size, 5), { fua: false });
       m.trim!(offset, length, { fua: false });
-      const ext = m.extents!(0, size, { reqOne: false, context: 'base:allocation' });
+      const ext = m.extents!(0, size, { reqOne: false, context: 'base:allocation' }) as ReadonlyArray<{ length: number; flags: number }>;
       expect(readAll(m, offset, length).every((x) => x === 0), `${offset}`).toBe(true);
       if (offset % (64 * 1024) === 0) {
         // The last page went: no data extent reaches the end.
