@@ -76,16 +76,15 @@ export function readIntoUserBuffers(socket: Duplex, first: Buffer, next: () => B
 }
 
 /**
- * Bytes written to `socket` that left this process (the kernel took them): what Node counts as
- * written (`bytesWritten`, which includes what is still buffered) less what still waits in the
- * stream (`writableLength`) and in the handle's write queue (`_handle.writeQueueSize`, libuv's).
- * It stops moving when the client stops reading, even while a single big write is in progress.
- * Undefined for a stream that does not count (`-s` over two pipes). Without the handle's figure
- * (another Node, a TLS socket's handle) it is the bytes handed to the handle.
+ * Bytes written to `socket` that left this process (the kernel took them): what Node handed to the
+ * handle (`_bytesDispatched`) less what libuv still queues (`_handle.writeQueueSize`). It stops
+ * moving when the client stops reading, even in the middle of one big write. Undefined for a
+ * stream that is not a `net.Socket` (`-s` over two pipes). Without the handle's figure (another
+ * Node, a TLS socket's handle) it is the bytes handed to the handle.
  */
 export function bytesTakenByPeer(socket: Duplex): number | undefined {
-  const s = socket as Duplex & { bytesWritten?: unknown; _handle?: { writeQueueSize?: unknown } | null };
-  if (typeof s.bytesWritten !== 'number') return undefined;
+  const s = socket as Duplex & { _bytesDispatched?: unknown; _handle?: { writeQueueSize?: unknown } | null };
+  if (typeof s._bytesDispatched !== 'number') return undefined;
   const queued = s._handle?.writeQueueSize;
-  return s.bytesWritten - s.writableLength - (typeof queued === 'number' ? queued : 0);
+  return s._bytesDispatched - (typeof queued === 'number' ? queued : 0);
 }

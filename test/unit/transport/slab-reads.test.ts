@@ -11,10 +11,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Duplex, PassThrough, Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { fromSocket } from '../../../src/transport/socket.js';
 import { slabCounters } from '../../../src/transport/slab-account.js';
-import { canReadIntoUserBuffers } from '../../../src/transport/user-buffer.js';
+import { bytesTakenByPeer, canReadIntoUserBuffers } from '../../../src/transport/user-buffer.js';
 
 async function pair(): Promise<{ server: net.Socket; client: net.Socket; close: () => void }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-slab-'));
@@ -97,6 +98,45 @@ describe('fromSocket slabReads', () => {
       expect(slabCounters.allocated).toBe(allocated);
     } finally {
       close();
+    }
+  });
+});
+
+describe('bytesTakenByPeer (user-buffer.ts: the written bytes the kernel took)', () => {
+  it('is the bytes the peer could have read: it stops while the peer does not read, moves when it reads, reaches all of them; undefined for a stream that is not a socket', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-engine-taken-'));
+    const sock = path.join(dir, 's');
+    let peer: net.Socket | undefined;
+    const server = net.createServer((c) => {
+      peer = c;
+      c.pause();
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    const client = net.connect(sock);
+    await new Promise((r) => client.once('connect', r));
+    try {
+      const total = 32 << 20;
+      client.write(Buffer.alloc(16 << 20, 1));
+      client.write(Buffer.alloc(16 << 20, 2));
+      await new Promise((r) => setTimeout(r, 100));
+      const stalled = bytesTakenByPeer(client)!;
+      // The kernel's buffers hold some of it, not all 32 MiB.
+      expect(stalled).toBeGreaterThanOrEqual(0);
+      expect(stalled).toBeLessThan(total);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(bytesTakenByPeer(client)).toBe(stalled);
+      // The peer reads everything: the count moves, to all of it.
+      let got = 0;
+      peer!.on('data', (d: Buffer) => (got += d.length));
+      peer!.resume();
+      while (got < total) await new Promise((r) => setTimeout(r, 10));
+      expect(bytesTakenByPeer(client)).toBe(total);
+      expect(bytesTakenByPeer(Duplex.from({ readable: Readable.from([]), writable: new PassThrough() }))).toBeUndefined();
+    } finally {
+      client.destroy();
+      peer?.destroy();
+      await new Promise((r) => server.close(r));
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
