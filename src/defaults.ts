@@ -36,6 +36,8 @@ export const DEFAULTS = Object.freeze({
   idleTimeout: 0,
   /** Milliseconds server.close() waits for connections to finish. */
   closeTimeout: 10_000,
+  /** Milliseconds `nbd-engine serve` lets requests in flight finish after a stop signal (`--shutdown-timeout`). */
+  shutdownTimeout: 5000,
 });
 
 /** The port of `serve --inspect` (the live view) when none is given. */

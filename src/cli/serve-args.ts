@@ -10,7 +10,7 @@ import type { ServerLimits } from '../api/server.js';
 import { LIMIT_RANGES, MAX_TIMER_MS, formatLimitValue, validateLimits, type LimitName } from '../api/limits.js';
 import { parseSize } from './size.js';
 import { TRACE_MAX_BYTES, type TraceFileOptions } from '../inspect/trace-file.js';
-import { INSPECT_PORT } from '../defaults.js';
+import { DEFAULTS, INSPECT_PORT } from '../defaults.js';
 
 /** A bad command line: one line on stderr, exit status 2. */
 export class UsageError extends Error {}
@@ -216,12 +216,9 @@ export interface ServeArgs {
   readonly tlsMode: 'off' | 'on' | 'require';
   /** `--trace FILE` and its cap, payload prefix and rotation. */
   readonly trace?: TraceFileOptions & { readonly path: string };
-  /** `--shutdown-timeout SECONDS` as milliseconds: how long requests in flight may finish at shutdown (default 5 s). */
+  /** `--shutdown-timeout SECONDS` as milliseconds: how long requests in flight may finish at shutdown (default DEFAULTS.shutdownTimeout). */
   readonly shutdownTimeoutMs: number;
 }
-
-/** How long requests in flight may run on once the server is told to stop, unless --shutdown-timeout says. */
-export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 5000;
 
 /** Parse `serve`'s arguments; throws UsageError with a one-line message. */
 export function parseServeArgs(args: readonly string[]): ServeArgs {
@@ -234,7 +231,7 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     throw new UsageError(parseArgsMessage(err as Error & { code?: string }));
   }
   const filters = values.filter ?? [];
-  const early = { values, memorySize: 0, limits: {}, tlsMode: 'off' as const, positionals, filters, shutdownTimeoutMs: DEFAULT_SHUTDOWN_TIMEOUT_MS };
+  const early = { values, memorySize: 0, limits: {}, tlsMode: 'off' as const, positionals, filters, shutdownTimeoutMs: DEFAULTS.shutdownTimeout };
   if (values.help) return { ...early, help: true };
   if (values.version) return { ...early, help: false, version: true };
   if (values.memory !== undefined && values.file !== undefined) throw new UsageError('--memory and --file are exclusive');
@@ -297,6 +294,6 @@ export function parseServeArgs(args: readonly string[]): ServeArgs {
     prefixBytes: parseCount('trace-prefix', values['trace-prefix'] ?? '0', 0, 4096),
     rotate: parseCount('trace-rotate', values['trace-rotate'] ?? '0', 0, 1000),
   };
-  const shutdownTimeoutMs = values['shutdown-timeout'] === undefined ? DEFAULT_SHUTDOWN_TIMEOUT_MS : parseSeconds('shutdown-timeout', values['shutdown-timeout']);
+  const shutdownTimeoutMs = values['shutdown-timeout'] === undefined ? DEFAULTS.shutdownTimeout : parseSeconds('shutdown-timeout', values['shutdown-timeout']);
   return { values, help: false, memorySize, limits, port, inspectPort, tlsMode, trace, positionals, filters, tlsFiles, shutdownTimeoutMs };
 }
