@@ -95,6 +95,28 @@ export function fillPattern(buf: Buffer, start: number): void {
 }
 
 /**
+ * The pattern's bytes at `offset`, into all of `target`: whole words straight in, a partial word at
+ * either end through an 8-byte scratch.
+ */
+function patternAt(offset: number, target: Buffer): void {
+  let done = 0;
+  const skip = offset % 8;
+  if (skip !== 0) {
+    const word = Buffer.allocUnsafe(8);
+    fillPattern(word, offset - skip);
+    done = word.copy(target, 0, skip, Math.min(8, skip + target.length));
+  }
+  const whole = Math.floor((target.length - done) / 8) * 8;
+  if (whole > 0) fillPattern(target.subarray(done, done + whole), offset + done);
+  done += whole;
+  if (done < target.length) {
+    const word = Buffer.allocUnsafe(8);
+    fillPattern(word, offset + done);
+    word.copy(target, done, 0, target.length - done);
+  }
+}
+
+/**
  * nbdkit's pattern plugin, byte for byte: read-only; every 8-byte aligned
  * word holds its own offset, big-endian; a size that is not a multiple of 8
  * cuts the last word short.
@@ -105,31 +127,14 @@ export function patternBackend(options: PatternBackendOptions | number): Backend
   return {
     size,
     read(offset, length): Buffer {
-      const start = offset - (offset % 8);
-      const skip = offset - start;
-      const buf = Buffer.allocUnsafe(Math.ceil((skip + length) / 8) * 8);
-      fillPattern(buf, start);
-      return buf.subarray(skip, skip + length);
+      const buf = Buffer.allocUnsafe(length);
+      patternAt(offset, buf);
+      return buf;
     },
     // Into the server's lent buffer (readBufferPool): no allocation per READ, so reading back many
-    // big READs does not leave their buffers to the collector. Whole words straight in; a partial
-    // word at either end through an 8-byte scratch.
+    // big READs does not leave their buffers to the collector.
     readInto(offset, target): void {
-      let done = 0;
-      const skip = offset % 8;
-      if (skip !== 0) {
-        const word = Buffer.allocUnsafe(8);
-        fillPattern(word, offset - skip);
-        done = word.copy(target, 0, skip, Math.min(8, skip + target.length));
-      }
-      const whole = Math.floor((target.length - done) / 8) * 8;
-      if (whole > 0) fillPattern(target.subarray(done, done + whole), offset + done);
-      done += whole;
-      if (done < target.length) {
-        const word = Buffer.allocUnsafe(8);
-        fillPattern(word, offset + done);
-        word.copy(target, done, 0, target.length - done);
-      }
+      patternAt(offset, target);
     },
     readOnly: true,
     // Computed from the offset: every connection reads the same.
