@@ -99,19 +99,17 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
   let readOnly = opts.readOnly ?? false;
   let fh: FileHandle;
   try {
-    fh = await open(opts.path, readOnly ? 'r' : 'r+');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (readOnly || (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS')) {
-      await fenced?.close();
-      throw err;
-    }
-    fh = await open(opts.path, 'r').catch(async (e: unknown) => {
-      await fenced?.close();
-      throw e;
+    fh = await open(opts.path, readOnly ? 'r' : 'r+').catch((err: NodeJS.ErrnoException) => {
+      if (readOnly || (err.code !== 'EACCES' && err.code !== 'EPERM' && err.code !== 'EROFS')) throw err;
+      return open(opts.path, 'r').then((h) => {
+        readOnly = true;
+        opts.logger?.warn(`file ${path.basename(opts.path)}: cannot be opened for writing (${err.code}): served read-only`);
+        return h;
+      });
     });
-    readOnly = true;
-    opts.logger?.warn(`file ${path.basename(opts.path)}: cannot be opened for writing (${code}): served read-only`);
+  } catch (err) {
+    await fenced?.close();
+    throw err;
   }
   let size: number;
   let st: fs.Stats;
@@ -197,7 +195,7 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       await fh.close();
     },
     multiConn: true,
-    readOnly: readOnly,
+    readOnly,
   };
   const name = path.basename(opts.path);
   let backend: FileBackend;

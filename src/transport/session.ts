@@ -120,8 +120,7 @@ export class Session implements ReplySink {
       working: () => this.flow.requestsInFlight > 0,
       repliesWaiting: () => this.writer.pendingBytes > 0,
       bytesTaken: () => bytesTakenByPeer(this.socket),
-      idleExpired: (ms) => {
-        const unread = this.writer.pendingBytes > 0;
+      idleExpired: (ms, unread) => {
         this.log.warn(`${this.peer}: idle for ${ms} ms${unread ? ' (its replies unread)' : ''}; closing`);
         this.sendToActive({ type: 'timer.idle', ms, unread });
       },

@@ -15,8 +15,8 @@ export interface TimerHooks {
   repliesWaiting(): boolean;
   /** Reply bytes the client's side has taken so far (undefined: the stream cannot say). */
   bytesTaken(): number | undefined;
-  /** Nothing happened for `idleTimeout` ms. */
-  idleExpired(ms: number): void;
+  /** Nothing happened for `idleTimeout` ms; `unread`: with replies the client stopped taking. */
+  idleExpired(ms: number, unread: boolean): void;
 }
 
 export class ConnectionTimers {
@@ -68,7 +68,7 @@ export class ConnectionTimers {
       const idleFor = now - this.lastActivity;
       if (idleFor < ms) return this.armIdle(ms, Math.max(1, Math.ceil(ms - idleFor)));
       this.stop();
-      this.hooks.idleExpired(ms);
+      this.hooks.idleExpired(ms, this.hooks.repliesWaiting());
     }, wait);
     this.idleTimer.unref();
   }
