@@ -263,8 +263,16 @@ describe('-P, --exit-with-parent, -V', () => {
   it('--exit-with-parent: a parent that exits while the server is still starting (warm-up, backend) counts too', async () => {
     const pidfile = path.join(work, 'early.pid');
     const sock = path.join(work, 'early.sock');
-    // The parent starts the server and exits 0.2 s later, long before the server is ready.
-    const parent = spawn('/bin/sh', ['-c', `"${node}" "${CLI}" serve --exit-with-parent -P "${pidfile}" -U "${sock}" memory 1M >/dev/null 2>&1 & sleep 0.2; exit 0`], { stdio: 'ignore' });
+    // The parent starts the server and exits as soon as the server's start-up warm-up has begun (its
+    // private directory appears in the server's TMPDIR): the server's code is running, it is not ready.
+    // (A parent gone before Node runs any of the server's code cannot be told from a parent that is init:
+    // a fixed 0.2 s was that on a loaded host.) If the warm-up were over before the parent saw it, the
+    // parent leaves once the server is ready instead.
+    const tmp = path.join(work, 'early-tmp');
+    fs.mkdirSync(tmp, { recursive: true });
+    const script = `TMPDIR="${tmp}" "${node}" "${CLI}" serve --exit-with-parent -P "${pidfile}" -U "${sock}" memory 1M >/dev/null 2>&1 &
+      until ls "${tmp}" | grep -q nbd-engine-warm || [ -s "${pidfile}" ]; do sleep 0.01; done; exit 0`;
+    const parent = spawn('/bin/sh', ['-c', script], { stdio: 'ignore' });
     await new Promise((r) => parent.once('exit', r));
     await until(() => fs.existsSync(pidfile) && fs.readFileSync(pidfile, 'utf8').endsWith('\n'));
     const pid = Number(fs.readFileSync(pidfile, 'utf8'));
