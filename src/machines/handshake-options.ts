@@ -220,8 +220,12 @@ export type RejectCode = Extract<CloseCode, FixedCode>;
  */
 export function rejection(event: HandshakeEvent | { type: string }, rejectCode: RejectCode): { code: CloseCode; reason: string } {
   const e = event as HandshakeEvent;
+  // An option whose data was refused says why (the decoder's or parser's words: "string of 5000 bytes exceeds 4096").
+  const problem = e.type.startsWith('opt.') ? (e as { frame?: { problem?: { message: string } } }).frame?.problem?.message : undefined;
   const detail = e.type.startsWith('opt.')
-    ? ` (${e.type})`
+    ? problem
+      ? `: ${problem} (${e.type})`
+      : ` (${e.type})`
     : e.type === 'wire.fatal'
       ? `: ${e.message}`
       : e.type === 'timer.handshake'

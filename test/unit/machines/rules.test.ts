@@ -220,6 +220,16 @@ describe('handshake rules (handshake machine)', () => {
     expect(outcome(d)).toMatchObject({ outcome: 'rejected' });
   });
 
+  it('option.export-name-terminates, general.string-limits: an over-long EXPORT_NAME terminates, and the reason says why', () => {
+    const d = startHandshake();
+    const out = d.send(opt(O.EXPORT_NAME, Buffer.alloc(5000, 0x61)));
+    expect(out.filter((e) => e.type === 'send')).toHaveLength(0);
+    // Not just "malformed": the log line names the limit the name broke.
+    expect(closes(out)).toEqual([
+      expect.objectContaining({ hard: true, reason: 'option.export-name-terminates: malformed EXPORT_NAME: string of 5000 bytes exceeds 4096 (opt.exportName)' }),
+    ]);
+  });
+
   it('option.export-name-terminates: EXPORT_NAME "" without a default export terminates', () => {
     const d = startHandshake({ defaultExport: undefined });
     const out = d.send(opt(O.EXPORT_NAME));
