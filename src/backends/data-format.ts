@@ -320,7 +320,8 @@ class Parser {
     this.pos++;
     const start = a === '' ? 0 : safe(parseNumber(a, 'slice start'), 'slice start');
     const end = b === '' ? v.len : safe(parseNumber(b, 'slice end'), 'slice end');
-    if (start > end || end > v.len) this.fail(`slice [${start}:${end}] is outside the expression's ${v.len} bytes`);
+    if (start > end) this.fail(`slice [${start}:${end}] ends before it starts`);
+    if (end > v.len) this.fail(`slice [${start}:${end}] runs past the end of what it applies to (${v.len} byte${v.len === 1 ? '' : 's'}: a slice applies to the element just before it; group with ( ) to slice more)`);
     const pieces: DataPiece[] = [];
     for (const p of v.pieces) {
       const from = Math.max(p.at, start);
