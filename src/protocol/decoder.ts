@@ -201,19 +201,24 @@ export class FrameDecoder {
   }
 
   /**
-   * The frame cut short if the stream ended here, for logs (a client that
-   * disconnects mid-frame); null at a frame boundary or once stopped/failed.
+   * What is cut short if the stream ends here, for logs ("in the middle of a
+   * frame (…)" for a client that disconnects mid-frame, "with N bytes of
+   * requests not yet decoded" for a throttled one); null at a frame boundary
+   * or once stopped/failed.
    */
   get incomplete(): string | null {
     if (this.failure || this.phaseValue === 'stopped') return null;
+    const cut = (what: string) => `in the middle of a frame (${what})`;
     const r = this.pendingRequest;
     const buffered = this.queue.length;
-    if (r) return `${cmdName(r.type)} at offset ${r.offset} with ${r.place ? r.payloadLength - r.place.left : buffered} of ${r.payloadLength} payload bytes`;
+    if (r) return cut(`${cmdName(r.type)} at offset ${r.offset} with ${r.place ? r.payloadLength - r.place.left : buffered} of ${r.payloadLength} payload bytes`);
     const o = this.pendingOption;
-    if (o) return `option ${optName(o.code)} with ${o.skip ? 'part' : buffered} of ${o.length} data bytes`;
+    if (o) return cut(`option ${optName(o.code)} with ${o.skip ? 'part' : buffered} of ${o.length} data bytes`);
     const dropping = this.queue.dropPending;
-    if (dropping > 0) return `a discarded payload with ${dropping} bytes still to come`;
-    if (buffered > 0) return `${buffered} bytes of an incomplete ${this.phaseValue === 'requests' ? 'request header' : this.phaseValue === 'options' ? 'option header' : 'client flags field'}`;
+    if (dropping > 0) return cut(`a discarded payload with ${dropping} bytes still to come`);
+    // A throttled connection holds whole requests it has not decoded yet: not (only) a frame cut short.
+    if (this.phaseValue === 'requests' && buffered >= (this.extended ? SIZE.EXTENDED_REQUEST : SIZE.REQUEST)) return `with ${buffered} bytes of requests not yet decoded`;
+    if (buffered > 0) return cut(`${buffered} bytes of an incomplete ${this.phaseValue === 'requests' ? 'request header' : this.phaseValue === 'options' ? 'option header' : 'client flags field'}`);
     return null;
   }
 

@@ -70,10 +70,10 @@ export class ConnectionEnding {
     this.host.log.warn(`${this.host.peer}: ${message}`);
   }
 
-  /** A client that vanished in the middle of a frame gets one clear warning. */
+  /** A client that vanished in the middle of a frame (or with requests not yet decoded) gets one clear warning. */
   reportIncomplete(how: string): void {
     const partial = this.host.incomplete();
-    if (partial) this.logDrop(`client ${how} in the middle of a frame (${partial}); connection closed`);
+    if (partial) this.logDrop(`client ${how} ${partial}; connection closed`);
   }
 
   /** The client's bytes cannot be decoded: one warning, the machine told, the connection dropped. */

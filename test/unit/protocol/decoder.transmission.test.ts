@@ -72,6 +72,19 @@ describe('compact requests', () => {
       expect(d.push(Buffer.alloc(1))).toBe(false);
     }
   });
+
+  it('incomplete (for the log of a client that goes): a cut header is "in the middle of a frame"; whole undecoded requests are not', () => {
+    const d = decoderAt('requests');
+    const read = encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 512 });
+    d.push(read.subarray(0, 10));
+    expect(d.incomplete).toBe('in the middle of a frame (10 bytes of an incomplete request header)');
+    // A throttled session stops pulling frames: the rest arrives, two whole requests wait undecoded.
+    d.push(Buffer.concat([read.subarray(10), read]));
+    expect(d.incomplete).toBe('with 56 bytes of requests not yet decoded');
+    expect(d.next()).toMatchObject({ kind: 'request', type: 0 });
+    expect(d.next()).toMatchObject({ kind: 'request', type: 0 });
+    expect(d.incomplete).toBeNull();
+  });
 });
 
 describe('extended requests', () => {
