@@ -15,7 +15,10 @@ import { NbdClientError, deviation, hexOf, type Deviation } from './deviations.j
 import { clientFlagsBytes, optionBytes } from './encode.js';
 import { parseOptionReply, replyHeaderFields, type OptionReply } from './option-replies.js';
 import type { ReplyMode } from './reply.js';
-import { Transmission } from './transmission.js';
+import { REPLY_OVERHEAD, Transmission } from './transmission.js';
+
+/** Most deviations a connection keeps in `deviations`; later ones are only counted (`deviationsNotKept`). */
+export const MAX_DEVIATIONS = 10_000;
 
 /** Where the server is: a UNIX socket path, or a TCP host and port. */
 export type ConnectTarget = { readonly path: string } | { readonly host: string; readonly port: number };
@@ -25,6 +28,12 @@ export interface ConnectOptions {
   readonly timeoutMs?: number;
   /** Largest option reply data or chunk payload accepted; more is a deviation and the connection is given up. Default 64 MiB. */
   readonly maxPayload?: number;
+  /**
+   * Most bytes kept for one call: the replies to one option, the chunks of one request's reply (each
+   * counted as its data plus REPLY_OVERHEAD bytes). A server that sends more without a final reply
+   * makes the call fail with code `limit` and the connection is given up. Default twice `maxPayload`.
+   */
+  readonly maxReplyBytes?: number;
   /** Called with the bytes of every write (`out`) and every read from the socket (`in`, after TLS: the plaintext), in order: a wire log. */
   readonly onBytes?: (direction: 'in' | 'out', bytes: Buffer) => void;
 }
@@ -55,8 +64,10 @@ export const DEFAULTS = { timeoutMs: 30_000, maxPayload: 64 * 1024 * 1024 };
 
 /** The handshake half of a connection; `NbdConnection` (client.ts) adds the typed options and the requests. */
 export class NbdConnectionBase {
-  /** Every deviation seen on this connection, in order. */
+  /** Every deviation seen on this connection, in order (the first MAX_DEVIATIONS). */
   readonly deviations: Deviation[] = [];
+  /** Deviations seen after `deviations` held MAX_DEVIATIONS (counted, not kept). */
+  deviationsNotKept = 0;
   /** Reply form once transmission starts: follows STRUCTURED_REPLY / EXTENDED_HEADERS ACKs. */
   mode: ReplyMode = 'simple';
   /** Meta contexts selected by the last successful SET_META_CONTEXT (id → name). */
@@ -70,6 +81,7 @@ export class NbdConnectionBase {
   protected readonly reader: ByteReader;
   readonly timeoutMs: number;
   readonly maxPayload: number;
+  readonly maxReplyBytes: number;
   private readonly onBytes: ConnectOptions['onBytes'];
   /** Resolves when the connection is closed (by either side). */
   readonly closed: Promise<void>;
@@ -81,6 +93,7 @@ export class NbdConnectionBase {
   ) {
     this.timeoutMs = opts.timeoutMs ?? DEFAULTS.timeoutMs;
     this.maxPayload = opts.maxPayload ?? DEFAULTS.maxPayload;
+    this.maxReplyBytes = opts.maxReplyBytes ?? 2 * this.maxPayload;
     this.stream = socket;
     this.reader = new ByteReader(socket);
     this.onBytes = opts.onBytes;
@@ -94,7 +107,9 @@ export class NbdConnectionBase {
 
   /** Record a deviation on the connection. */
   protected readonly note = (d: Deviation): void => {
-    this.deviations.push(d);
+    // A server repeating one fault endlessly (stray replies, say) must not grow this list without bound.
+    if (this.deviations.length < MAX_DEVIATIONS) this.deviations.push(d);
+    else this.deviationsNotKept++;
   };
 
   /** Whether transmission has started. */
@@ -206,15 +221,42 @@ export class NbdConnectionBase {
   /**
    * Send option `code` with `data` (raw: any code, any data; `length` may lie
    * on purpose) and read its replies up to the final one (ACK or an error).
+   * `timeoutMs` (default the connection's) bounds the whole call, however
+   * many replies come; `maxReplyBytes` bounds what is kept of them.
    */
   async option(code: number, data: Buffer = Buffer.alloc(0), o: { length?: number; timeoutMs?: number } = {}): Promise<OptionReply[]> {
     if (this.transmission) throw new NbdClientError('option() after transmission started: use raw(optionBytes(…)) to send one anyway', 'state');
     this.raw(optionBytes(code, data, o.length ?? data.length));
+    const timeoutMs = o.timeoutMs ?? this.timeoutMs;
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : undefined;
     const out: OptionReply[] = [];
+    let kept = 0;
     for (;;) {
-      const r = await this.optionReply(code, o.timeoutMs);
+      const left = deadline === undefined ? 0 : deadline - Date.now();
+      if (deadline !== undefined && left <= 0) {
+        throw new NbdClientError(`no final reply to option ${code} within ${timeoutMs} ms (${out.length} replies without one)`, 'timeout', out.flatMap((r) => r.deviations));
+      }
+      let r: OptionReply;
+      try {
+        r = await this.optionReply(code, deadline === undefined ? 0 : left);
+      } catch (e) {
+        // Replies came, just never the final one: say so (not "no answer").
+        if (e instanceof NbdClientError && e.code === 'timeout' && out.length > 0) {
+          throw new NbdClientError(`no final reply to option ${code} within ${timeoutMs} ms (${out.length} replies without one)`, 'timeout', out.flatMap((x) => x.deviations));
+        }
+        throw e;
+      }
       out.push(r);
       if (r.final) return out;
+      kept += r.data.length + REPLY_OVERHEAD;
+      if (kept > this.maxReplyBytes) {
+        this.destroy();
+        throw new NbdClientError(
+          `${out.length} replies to option ${code} (${kept} bytes counted) and no final one: more than maxReplyBytes (${this.maxReplyBytes}); connection given up`,
+          'limit',
+          out.flatMap((r) => r.deviations),
+        );
+      }
     }
   }
 
@@ -257,6 +299,6 @@ export class NbdConnectionBase {
   /** Start the transmission phase (after GO's ACK or the EXPORT_NAME reply). */
   protected startTransmission(): void {
     if (this.transmission) return;
-    this.transmission = new Transmission(this.reader, (b) => this.raw(b), this, this.note, () => this.destroy(), { maxPayload: this.maxPayload });
+    this.transmission = new Transmission(this.reader, (b) => this.raw(b), this, this.note, () => this.destroy(), { maxPayload: this.maxPayload, maxReplyBytes: this.maxReplyBytes });
   }
 }

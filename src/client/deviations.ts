@@ -33,10 +33,11 @@ export class NbdClientError extends Error {
     /**
      * `closed`: the connection ended; `timeout`: no answer in time; `desync`: the bytes cannot be
      * followed; `refused`: an error reply where the spec allows none (EXPORT_NAME); `state`: the
-     * call does not fit the connection's phase; `internal`: a fault of this client (a bug to
-     * report), never the server's.
+     * call does not fit the connection's phase; `limit`: the server sent more replies to one call
+     * than `maxReplyBytes` lets the client keep (the connection is given up); `internal`: a fault
+     * of this client (a bug to report), never the server's.
      */
-    readonly code: 'closed' | 'timeout' | 'desync' | 'refused' | 'state' | 'internal',
+    readonly code: 'closed' | 'timeout' | 'desync' | 'refused' | 'state' | 'limit' | 'internal',
     /** Deviations seen on the way (also on the connection's list). */
     readonly deviations: readonly Deviation[] = [],
   ) {

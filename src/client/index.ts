@@ -4,7 +4,7 @@
  * deviation from the spec kept. See docs/client.md.
  */
 export { NbdConnection, type ExportDetails, type OptionAnswer, type RequestFlags, type RequestInput } from './client.js';
-export { NbdConnectionBase, type ConnectOptions, type ConnectTarget, type Greeting, type StartTlsOptions } from './connection.js';
+export { MAX_DEVIATIONS, NbdConnectionBase, type ConnectOptions, type ConnectTarget, type Greeting, type StartTlsOptions } from './connection.js';
 export { NbdClientError, type Deviation } from './deviations.js';
 export { parseOptionReply, type InfoDetail, type OptionReply, type RepDetail } from './option-replies.js';
 export type { Chunk, ChunkContent, Extent } from './chunks.js';

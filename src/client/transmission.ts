@@ -18,12 +18,19 @@ interface Pending {
   timer: NodeJS.Timeout | undefined;
   /** The caller gave up (timeout); the reply is still read and checked when it comes. */
   abandoned: boolean;
+  /** Bytes kept of its chunks so far (payload + REPLY_OVERHEAD each), against maxReplyBytes. */
+  kept: number;
 }
 
 export interface TransmissionOptions {
   /** Largest chunk payload (or simple READ data) accepted before the stream is given up. */
   readonly maxPayload: number;
+  /** Most bytes kept of one request's chunks (payload + REPLY_OVERHEAD each) before the stream is given up (`limit`). */
+  readonly maxReplyBytes: number;
 }
+
+/** What one kept reply or chunk is counted as besides its data, against `maxReplyBytes` (its header, buffers and record). */
+export const REPLY_OVERHEAD = 256;
 
 /** How many finished cookies are remembered, to tell "a chunk after DONE" from "a cookie never sent". */
 const RECENT = 4096;
@@ -56,7 +63,7 @@ export class Transmission {
     if (this.stopped) return Promise.reject(this.stopped);
     const sent: SentRequest = { type: h.type, flags: h.flags, cookie: h.cookie, offset: h.offset, length: h.length, extended: h.extended };
     const promise = new Promise<Reply>((resolve, reject) => {
-      const p: Pending = { builder: new ReplyBuilder(sent, this.ctx, this.report), resolve, reject, timer: undefined, abandoned: false };
+      const p: Pending = { builder: new ReplyBuilder(sent, this.ctx, this.report), resolve, reject, timer: undefined, abandoned: false, kept: 0 };
       if (timeoutMs > 0)
         p.timer = setTimeout(() => {
           p.abandoned = true;
@@ -185,6 +192,14 @@ export class Transmission {
       for (const d of devs) this.report(d);
       this.stray(cookie, `${c.typeName} chunk`, [header, payload.subarray(0, 256)]);
       return true;
+    }
+    p.kept += payload.length + REPLY_OVERHEAD;
+    if (p.kept > this.opts.maxReplyBytes) {
+      // An endless reply (chunks and never DONE) would otherwise be kept for as long as the server sends.
+      for (const d of devs) this.report(d);
+      this.stop(new NbdClientError(`cookie ${cookie}: ${p.builder.chunks.length + 1} chunks (${p.kept} bytes counted) and no DONE: more than maxReplyBytes (${this.opts.maxReplyBytes}); connection given up`, 'limit'));
+      this.giveUp();
+      return false;
     }
     const done = p.builder.chunk(c, devs);
     if (done) this.complete(cookie, p, done);
