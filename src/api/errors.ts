@@ -23,10 +23,23 @@ export class NbdError extends Error {
  * (otherwise: the host errno of a SystemError, or NBD_EIO).
  */
 export class NbdRequestError extends Error {
+  /** Always one the spec defines: a name or number it does not (a typo from JavaScript, 0, 999) is NBD_EIO. */
   readonly errno: NbdErrno;
   constructor(errno: ErrnoName | NbdErrno, message?: string) {
     super(message ?? (typeof errno === 'string' ? errno : `NBD errno ${errno}`));
     this.name = 'NbdRequestError';
-    this.errno = typeof errno === 'number' ? errno : ERRNO[`NBD_${errno}`];
+    this.errno = specErrno(errno);
   }
+}
+
+const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
+
+/**
+ * The errno a name or number stands for, if the spec defines it; anything else (an unknown name,
+ * 0 — which would read as success —, a host errno, a non-number) is NBD_EIO. No other errno reaches the wire.
+ */
+export function specErrno(errno: unknown): NbdErrno {
+  if (typeof errno === 'number') return SPEC_ERRNOS.has(errno) ? (errno as NbdErrno) : ERRNO.NBD_EIO;
+  if (typeof errno === 'string') return (ERRNO as Record<string, NbdErrno>)[`NBD_${errno}`] ?? ERRNO.NBD_EIO;
+  return ERRNO.NBD_EIO;
 }

@@ -9,7 +9,7 @@ import { payloadParts } from '../protocol/decoder.js';
 import type { Extent } from '../protocol/encoder.js';
 import type { ReadSegment } from '../protocol/replies.js';
 import type { MetaContextSelection } from '../machines/types.js';
-import { NbdError, NbdRequestError } from './errors.js';
+import { NbdError, NbdRequestError, specErrno } from './errors.js';
 import { releaseRequestPayload } from '../transport/slab-account.js';
 import { DEFAULTS } from '../defaults.js';
 import { normalizeExtents } from './backend.js';
@@ -290,14 +290,12 @@ function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly
   return data;
 }
 
-const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
-
 export function toErrno(error: ErrnoName | NbdErrno | Error, flags: RequestFlags): NbdErrno {
   let errno: NbdErrno;
-  // A number the spec does not define (12345, or a host errno) must not reach the wire: EIO instead.
-  if (typeof error === 'number') errno = SPEC_ERRNOS.has(error) ? error : ERRNO.NBD_EIO;
-  else if (typeof error === 'string') errno = (ERRNO as Record<string, NbdErrno>)[`NBD_${error}`] ?? ERRNO.NBD_EIO;
-  else if (error instanceof NbdRequestError) errno = error.errno;
+  // A name or number the spec does not define (12345, 0, a host errno, a typo) must not reach the wire: EIO instead.
+  if (typeof error === 'number' || typeof error === 'string') errno = specErrno(error);
+  // Checked again here: a subclass or a caller may have set `errno` to anything.
+  else if (error instanceof NbdRequestError) errno = specErrno(error.errno);
   else return hostErrnoToNbd((error as NodeJS.ErrnoException).code, { fastZero: flags.fastZero, df: flags.df });
   // transmission.error-values: ENOTSUP only for FAST_ZERO, EOVERFLOW only for DF; otherwise EINVAL.
   if (errno === ERRNO.NBD_ENOTSUP && !flags.fastZero) return ERRNO.NBD_EINVAL;

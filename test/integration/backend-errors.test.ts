@@ -134,6 +134,35 @@ describe('a failing backend: the errno for the client, the log for the operator'
     c.destroy();
   });
 
+  it('an NbdRequestError naming no errno of the spec (a typo from JavaScript, 0, 999, an errno set to 0 afterwards) is EIO: a failed WRITE is never acknowledged, a failed READ sends no data', async () => {
+    const f = failing();
+    const srv = await servers.serve({ exports: [{ name: 'disk', backend: f.backend }] });
+    const { c } = await connect(srv, 'disk');
+    const bogus = [
+      new NbdRequestError('ENOSPACE' as never),
+      new NbdRequestError(0 as never),
+      new NbdRequestError(999 as never),
+      Object.defineProperty(new NbdRequestError('EPERM'), 'errno', { value: 0 }),
+    ];
+    expect(bogus.slice(0, 3).map((e) => e.errno)).toEqual([EIO, EIO, EIO]);
+    let cookie = 1n;
+    for (const error of bogus) {
+      f.fail(error);
+      await c.write(Buffer.concat([RawClient.request(CMD.WRITE, 0, 4096, cookie), Buffer.alloc(4096, 1)]));
+      expect(await c.readSimpleReply()).toEqual({ error: EIO, cookie });
+      cookie++;
+      await c.write(RawClient.request(CMD.READ, 0, 4096, cookie));
+      expect(await c.readSimpleReply()).toEqual({ error: EIO, cookie });
+      cookie++;
+    }
+    // No data followed the failed READs: the stream is still in step.
+    f.fail(undefined);
+    await c.write(RawClient.request(CMD.READ, 0, 512, cookie));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie });
+    expect(await c.read(512)).toEqual(Buffer.alloc(512));
+    c.destroy();
+  });
+
   it('a zero-copy WRITE whose commit throws: EIO and one error line naming the write', async () => {
     const store = Buffer.alloc(SIZE);
     const b: Backend = {
