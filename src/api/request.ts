@@ -234,7 +234,19 @@ export class NbdRequest {
       }
       const segments = toSegments(data as Buffer | readonly ReadSegment[] | undefined);
       let total = 0;
-      for (const s of segments) total += 'data' in s ? s.data.length : s.hole;
+      for (const s of segments ?? []) {
+        const n = segmentLength(s);
+        if (n < 0) {
+          // A negative or fractional hole, data that is not bytes: it would put the wrong bytes on the wire.
+          this.fail('EIO', `read returned an invalid segment (${describeSegment(s)})`);
+          throw new NbdError('NBD_ERR_BAD_REPLY', `read reply with an invalid segment (${describeSegment(s)}): a segment is { data: Buffer } or { hole: n } with n a non-negative integer`);
+        }
+        total += n;
+      }
+      if (segments === null) {
+        this.fail('EIO', `read returned ${describeSegment(data)}, not a Buffer or a list of segments`);
+        throw new NbdError('NBD_ERR_BAD_REPLY', `read reply is ${describeSegment(data)}, not a Buffer or a list of segments`);
+      }
       if (total !== this.length) {
         // A short or long read would desynchronise the client: fail it instead.
         this.fail('EIO', `read returned ${total} bytes, expected ${this.length}`);
@@ -284,10 +296,28 @@ function payloadReleasedError(req: NbdRequest): NbdError {
   return new NbdError('NBD_ERR_PAYLOAD_RELEASED', `${req.toString()}: the WRITE payload was stored by the backend and released; copy it in the handler to keep it`);
 }
 
-function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly ReadSegment[] {
+/** The segments a READ answer stands for; null when it is none of the accepted shapes. */
+function toSegments(data: Buffer | readonly ReadSegment[] | undefined): readonly ReadSegment[] | null {
   if (data === undefined) return [];
   if (Buffer.isBuffer(data)) return [{ data }];
-  return data;
+  // A Uint8Array (what fs and web APIs give) is bytes too: viewed as a Buffer, not copied.
+  if (data instanceof Uint8Array) return [{ data: Buffer.from((data as Uint8Array).buffer, (data as Uint8Array).byteOffset, (data as Uint8Array).byteLength) }];
+  return Array.isArray(data) ? data : null;
+}
+
+/** Bytes a READ segment covers, or −1 when it is not one (a negative, fractional or huge hole, data that is not bytes). */
+function segmentLength(s: unknown): number {
+  if (typeof s !== 'object' || s === null) return -1;
+  if ('data' in s) return Buffer.isBuffer(s.data) ? s.data.length : -1;
+  if ('hole' in s) return Number.isSafeInteger(s.hole) && (s.hole as number) >= 0 ? (s.hole as number) : -1;
+  return -1;
+}
+
+function describeSegment(s: unknown): string {
+  if (typeof s !== 'object' || s === null) return String(s);
+  if ('hole' in s) return `hole ${String(s.hole)}`;
+  if ('data' in s) return `data that is ${s.data === null ? 'null' : typeof s.data === 'object' ? (s.data as object).constructor?.name ?? 'an object' : typeof s.data}`;
+  return 'an object with neither data nor hole';
 }
 
 export function toErrno(error: ErrnoName | NbdErrno | Error, flags: RequestFlags): NbdErrno {

@@ -163,6 +163,22 @@ describe('a failing backend: the errno for the client, the log for the operator'
     c.destroy();
   });
 
+  it('a backend read answering with a negative hole: EIO and one error line, nothing of it on the wire, the connection goes on', async () => {
+    const m = memoryBackend({ size: SIZE });
+    let bad = true;
+    const b: Backend = { size: SIZE, read: (o, l) => (bad ? [{ hole: -5 }, { data: Buffer.alloc(l + 5, 1) }] : m.read(o, l)) };
+    const srv = await servers.serve({ exports: [{ name: 'holes', backend: b }] });
+    const { c } = await connect(srv, 'holes');
+    await c.write(RawClient.request(CMD.READ, 4096, 4096, 1n));
+    expect(await c.readSimpleReply()).toEqual({ error: EIO, cookie: 1n });
+    bad = false;
+    await c.write(RawClient.request(CMD.READ, 0, 512, 2n));
+    expect(await c.readSimpleReply()).toEqual({ error: 0, cookie: 2n });
+    expect(await c.read(512)).toEqual(Buffer.alloc(512));
+    expect(errorLines(srv)).toEqual([expect.stringMatching(/invalid segment \(hole -5\)/)]);
+    c.destroy();
+  });
+
   it('a zero-copy WRITE whose commit throws: EIO and one error line naming the write', async () => {
     const store = Buffer.alloc(SIZE);
     const b: Backend = {

@@ -151,6 +151,28 @@ describe('NbdRequest', () => {
     expect(sink.frames).toHaveLength(1);
     expect(sink.simpleError()).toBe(ERRNO.NBD_EIO);
   });
+  it.each([
+    ['a negative hole', [{ hole: -5 }, { data: Buffer.alloc(517) }], /invalid segment \(hole -5\)/],
+    ['a fractional hole', [{ hole: 0.5 }, { data: Buffer.alloc(511) }, { hole: 0.5 }], /invalid segment \(hole 0.5\)/],
+    ['a hole past 2^53', [{ hole: 2 ** 60 }], /invalid segment \(hole 1152921504606847000\)/],
+    ['data that is a string', [{ data: 'x'.repeat(512) }], /invalid segment \(data that is string\)/],
+    ['a number among the segments', [512], /invalid segment \(512\)/],
+    ['neither data nor hole', [{ length: 512 }], /neither data nor hole/],
+    ['a plain object', { data: Buffer.alloc(512) }, /not a Buffer or a list of segments/],
+  ])('a read reply with %s becomes EIO before anything of it reaches the wire', (_what, data, message) => {
+    for (const mode of ['simple', 'structured'] as const) {
+      const sink = new Sink(mode);
+      const { req } = request(frame(CMD.NBD_CMD_READ, { length: 512 }), sink);
+      expect(() => req.reply(data as never)).toThrow(message);
+      expect(sink.frames).toHaveLength(1);
+      if (mode === 'simple') expect(sink.simpleError()).toBe(ERRNO.NBD_EIO);
+    }
+  });
+  it('a read reply given as a Uint8Array is taken as its bytes', () => {
+    const { req, sink } = request(frame(CMD.NBD_CMD_READ, { length: 4 }));
+    req.reply(new Uint8Array([1, 2, 3, 4]) as never);
+    expect(Buffer.concat(sink.frames[0]!).subarray(16)).toEqual(Buffer.from([1, 2, 3, 4]));
+  });
   it('transmission.error-values: errors map: names, NbdRequestError, host errno codes, ENOTSUP / EOVERFLOW restrictions', () => {
     const cases: Array<[Parameters<NbdRequest['fail']>[0], number, number]> = [
       ['ENOSPC', 0, ERRNO.NBD_ENOSPC],
