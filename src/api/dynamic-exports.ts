@@ -60,8 +60,15 @@ function nbdString(value: unknown, what: string): string {
   return value;
 }
 
+/**
+ * Most names a `listExports` hook may return (nbdkit's limit too): a LIST is answered in one go, so a
+ * longer list would hold up every other connection while its replies are made.
+ */
+export const MAX_LISTED_EXPORTS = 10_000;
+
 function checkList(list: unknown): ListedExport[] {
   if (!Array.isArray(list)) throw new TypeError(`listExports must return an array (got ${typeof list})`);
+  if (list.length > MAX_LISTED_EXPORTS) throw new RangeError(`listExports returned ${list.length} exports, more than ${MAX_LISTED_EXPORTS}`);
   return list.map((e: unknown, i) => {
     const entry = (e ?? {}) as { name?: unknown; description?: unknown };
     const name = nbdString(entry.name, `listExports()[${i}].name`);

@@ -103,6 +103,20 @@ describe('exports per connection: edges', () => {
     client.socket.destroy();
   });
 
+  it('listExports returning 10 000 exports is listed; 10 001 gets the error reply (nbdkit\'s limit), one log line', async () => {
+    let n = 10_000;
+    const srv = await serve({ exports: [], listExports: () => Array.from({ length: n }, (_, i) => ({ name: `e${i}` })), openExport: () => undefined });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    const listed = await client.option(OPT.LIST);
+    expect(listed).toHaveLength(10_001);
+    expect(listed.at(-1)!.type).toBe(REP.ACK);
+    n = 10_001;
+    expect((await client.option(OPT.LIST)).map((r) => r.type)).toEqual([REP.ERR_PLATFORM]);
+    expect(srv.logs.filter((l) => l.includes('listExports returned 10001 exports, more than 10000'))).toHaveLength(1);
+    client.socket.destroy();
+  });
+
   it('NBD_OPT_EXPORT_NAME for an opened export: served; for a failing one: the connection is dropped with one log line', async () => {
     const srv = await serve({
       exports: [],
