@@ -105,7 +105,7 @@ describe('exports per connection: edges', () => {
 
   it('listExports returning 10 000 exports is listed; 10 001 gets the error reply (nbdkit\'s limit), one log line', async () => {
     let n = 10_000;
-    const srv = await serve({ exports: [], listExports: () => Array.from({ length: n }, (_, i) => ({ name: `e${i}` })), openExport: () => undefined });
+    const srv = await serve({ exports: [], listExports: () => Array.from({ length: n }, (_, i) => ({ name: `e${i}` })), openExport: () => null });
     const client = await RawClient.connect({ path: srv.socket });
     await client.greet();
     const listed = await client.option(OPT.LIST);
