@@ -125,6 +125,11 @@ export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Lo
   if (cfg.description !== undefined && (typeof cfg.description !== 'string' || Buffer.byteLength(cfg.description) > 4096 || cfg.description.includes('\0'))) {
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": description must be a string of at most 4096 bytes without NUL`);
   }
+  // createServer checks its static exports' backends first (naming exports[i]); openExport's results get this check.
+  const backend = cfg.backend as unknown;
+  if (backend !== undefined && (backend === null || typeof backend !== 'object' || typeof (backend as { read?: unknown }).read !== 'function')) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": backend must be an object with read(offset, length)`);
+  }
   const chain = filterChain(cfg, logger);
   const filtered = chain.backend !== cfg.backend ? chain.backend : undefined;
   const size = filtered?.size ?? cfg.size ?? cfg.backend?.size;

@@ -178,6 +178,24 @@ describe('exports per connection', () => {
     expect(lines[0]).toMatch(/^warn: connection \d+: opening export "broken" failed: disk array offline$/);
   });
 
+  it('open returning a backend without read(): refused like a static export would be (NBD_REP_ERR_UNKNOWN, one log line), not served with every READ failing', async () => {
+    const closed: string[] = [];
+    const srv = await serve({
+      exports: [],
+      openExport: (name) => ({ name, backend: { size: 4096, close: () => void closed.push(name) } as never }),
+    });
+    const out = await py<{ noread: string }>(srv.uri('noread'), `
+      h = nbd.NBD()
+      h.set_opt_mode(True)
+      h.connect_uri(URI)
+      h.set_export_name('noread')
+      out = {'noread': err(h.opt_go)}
+    `);
+    expect(out).toEqual({ noread: 'ENOENT' });
+    expect(srv.logs.filter((l) => /opening export "noread" failed: .*backend must be an object with read\(offset, length\)/.test(l))).toHaveLength(1);
+    expect(closed).toEqual(['noread']);
+  });
+
   it('a throwing open is asked again next time (a failure is not remembered); its message reaches only the log', async () => {
     let calls = 0;
     const srv = await serve({
