@@ -359,7 +359,8 @@ export class Session implements ReplySink {
       try {
         this.handlers.onNegotiated?.(this, negotiated);
       } catch (err) {
-        this.log.error(`${this.peer}: negotiated handler threw: ${String(err)}`);
+        // Nothing can serve this connection's requests (a per-connection filter's wrap threw, say): one line, dropped now.
+        this.ending.fail(`setting up export "${negotiated.export.name}" for this connection failed: ${String(err)}`);
       }
     }
   }

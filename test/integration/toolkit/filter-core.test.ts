@@ -72,6 +72,38 @@ describe('filters', () => {
     expect(out.err).toBe('ENOSPC');
   });
 
+  it("a per-connection filter whose wrap throws: that connection is dropped at once with one error line saying so; the next connection is served", async () => {
+    let fail = true;
+    const perConn: Filter = {
+      name: 'flaky',
+      scope: 'connection',
+      wrap: (next, ctx) => {
+        if (ctx.connection && fail) throw new Error('wrap exploded');
+        return layer(next);
+      },
+    };
+    const srv = await serve({ exports: [{ name: '', backend: memoryBackend({ size: MiB }), filters: [perConn] }] });
+    const closed = new Promise<{ code?: string; reason?: string }>((resolve) => {
+      const sub = srv.server.connections$.subscribe((e) => {
+        if (e.type === 'closed') (sub.unsubscribe(), resolve(e));
+      });
+    });
+    const out = await py<{ err: string }>(srv.uri(), `
+      h = connect()
+      try:
+          h.pread(512, 0)
+          out = {'err': 'none'}
+      except nbd.Error as e:
+          out = {'err': 'failed'}
+    `);
+    expect(out.err).toBe('failed');
+    expect(await closed).toMatchObject({ code: 'NBD_ERR_INTERNAL', reason: expect.stringMatching(/setting up export "" for this connection failed: Error: wrap exploded/) });
+    const errors = srv.logs.filter((l) => l.startsWith('error:'));
+    expect(errors).toEqual([expect.stringMatching(/NBD_ERR_INTERNAL: setting up export "" for this connection failed: Error: wrap exploded$/)]);
+    fail = false;
+    expect(await py<{ n: number }>(srv.uri(), `h = connect(); out = {'n': len(h.pread(512, 0))}`)).toEqual({ n: 512 });
+  });
+
   it('per-connection filters are made for each connection and cleaned up when it closes; shared ones once', async () => {
     const made: Array<number | undefined> = [];
     const closed: number[] = [];
