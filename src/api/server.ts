@@ -379,8 +379,18 @@ export class NbdServer {
     // give that a moment, so that the stream does not complete before them.
     for (const grace = Date.now() + 1000; this.sessions.size > 0 && Date.now() < grace; ) await new Promise((r) => setTimeout(r, 10));
     await listenersClosed;
-    await Promise.all(this.closings);
-    for (const e of this.exports.values()) await closeEntry(e, this.logger, `closing export "${e.ref.name}"`);
+    // A backend whose flush or close never settles must not keep close() from resolving: what is left at the
+    // deadline (the timeout again, from here) is given up with one line.
+    const giveUpAt = Date.now() + timeout;
+    const bounded = async (work: Promise<unknown>, what: string): Promise<void> => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), Math.max(0, giveUpAt - Date.now()))));
+      const r = await Promise.race([work.then(() => 'done' as const), late]);
+      clearTimeout(timer);
+      if (r === 'late') this.logger.error(`${what} did not finish within ${timeout} ms of closing; given up`);
+    };
+    await bounded(Promise.all(this.closings), "connections' exports and filters closing");
+    for (const e of this.exports.values()) await bounded(closeEntry(e, this.logger, `closing export "${e.ref.name}"`), `closing export "${e.ref.name}" (flush, close)`);
     this.requestSubject.complete();
     this.connectionSubject.complete();
     this.violationHub.complete();

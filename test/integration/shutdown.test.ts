@@ -106,3 +106,19 @@ describe('shutdown with a failing flush', () => {
     expect(srv.logs.filter((l) => l.startsWith('error:'))).toEqual(['error: closing export "d": flush: Error: disk gone']);
   });
 });
+
+describe('shutdown with a backend that never settles', () => {
+  it('a flush that never settles, or a close that never does: close({ timeout }) still resolves, one error line for each export given up', async () => {
+    const never = () => new Promise<void>(() => {});
+    const stuckFlush: Backend = { size: 4096, read: (_o, l) => Buffer.alloc(l), write: () => undefined, flush: never };
+    const stuckClose: Backend = { size: 4096, read: (_o, l) => Buffer.alloc(l), close: never };
+    const srv = await startServer({ exports: [{ name: 'f', backend: stuckFlush }, { name: 'c', backend: stuckClose }] });
+    const t0 = Date.now();
+    await srv.server.close({ timeout: 300 });
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(srv.logs.filter((l) => l.startsWith('error:'))).toEqual([
+      'error: closing export "f" (flush, close) did not finish within 300 ms of closing; given up',
+      'error: closing export "c" (flush, close) did not finish within 300 ms of closing; given up',
+    ]);
+  });
+});
