@@ -43,10 +43,19 @@ export interface TlsUpgrade {
   readonly cipher?: string;
 }
 
-function pem(v: string | Buffer | undefined): string | Buffer | undefined {
+/** A file the TLS configuration names, read now: a missing or unreadable one is a configuration error naming the option. */
+function readConfigFile(what: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new NbdError('NBD_ERR_CONFIG', `${what}: cannot read ${JSON.stringify(file)}: ${(err as Error).message}`);
+  }
+}
+
+function pem(what: string, v: string | Buffer | undefined): string | Buffer | undefined {
   if (v === undefined) return undefined;
   if (Buffer.isBuffer(v)) return v;
-  return v.includes('-----BEGIN') ? v : fs.readFileSync(v);
+  return v.includes('-----BEGIN') ? v : readConfigFile(what, v);
 }
 
 /** Parse a GnuTLS psktool file: `identity:hexkey` per line. */
@@ -150,13 +159,22 @@ function pskWasUsed(secure: tls.TLSSocket): boolean {
   return /PSK/.test(secure.getCipher()?.name ?? '');
 }
 
+/** OpenSSL's context; a certificate, key or CA it cannot use (not PEM, a key that does not match) is a configuration error. */
+function secureContext(options: tls.SecureContextOptions): tls.SecureContext {
+  try {
+    return tls.createSecureContext(options);
+  } catch (err) {
+    throw new NbdError('NBD_ERR_CONFIG', `TLS: the certificate, key or CA cannot be used: ${(err as Error).message}`);
+  }
+}
+
 /** Build the upgrade function for a TLS configuration (validated now, not per connection). */
 export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<TlsUpgrade> {
-  const psk = cfg.psk === undefined ? undefined : typeof cfg.psk === 'string' ? parsePskFile(fs.readFileSync(cfg.psk, 'utf8')) : cfg.psk;
-  const cert = pem(cfg.cert);
-  const key = pem(cfg.key);
-  const ca = pem(cfg.ca);
-  if (!psk && (!cert || !key)) throw new Error('TLS needs a certificate and key (tls-cert / tls-key) or a PSK file (tls-psk)');
+  const psk = cfg.psk === undefined ? undefined : typeof cfg.psk === 'string' ? parsePskFile(readConfigFile('tls.psk', cfg.psk).toString('utf8')) : cfg.psk;
+  const cert = pem('tls.cert', cfg.cert);
+  const key = pem('tls.key', cfg.key);
+  const ca = pem('tls.ca', cfg.ca);
+  if (!psk && (!cert || !key)) throw new NbdError('NBD_ERR_CONFIG', 'TLS needs a certificate and key (tls.cert / tls.key, --tls-cert / --tls-key) or a PSK file (tls.psk, --tls-psk)');
   // Without a CA, OpenSSL would check client certificates against the
   // system's public CAs: anyone with a certificate from any of them would
   // get in. (A PSK-only server has no certificate handshake to verify.)
@@ -164,7 +182,7 @@ export function createTlsUpgrader(cfg: TlsConfig): (socket: Duplex) => Promise<T
     throw new NbdError('NBD_ERR_CONFIG', 'tls.verifyPeer (--tls-verify-peer) needs tls.ca (--tls-ca): the CA whose client certificates are accepted');
   }
   const verifyPeer = !!cfg.verifyPeer;
-  const context = tls.createSecureContext({
+  const context = secureContext({
     cert,
     key,
     ca,

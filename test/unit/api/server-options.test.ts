@@ -19,6 +19,14 @@ describe('createServer option checks', () => {
     expect(configError(() => createServer({ exports: exp(), tls: {} as never })).message).toBe('tls.mode: expected "off", "on" or "require", got undefined');
   });
 
+  it('TLS without credentials, with a credential file that cannot be read, or with one OpenSSL cannot use: NBD_ERR_CONFIG naming it', () => {
+    expect(configError(() => createServer({ exports: exp(), tls: { mode: 'on' } })).message).toMatch(/^TLS needs a certificate and key \(tls.cert \/ tls.key/);
+    expect(configError(() => createServer({ exports: exp(), tls: { mode: 'on', cert: '/nonexistent/cert.pem', key: '/nonexistent/key.pem' } })).message).toMatch(/^tls.cert: cannot read "\/nonexistent\/cert.pem": ENOENT/);
+    expect(configError(() => createServer({ exports: exp(), tls: { mode: 'on', psk: '/nonexistent/keys.psk' } })).message).toMatch(/^tls.psk: cannot read "\/nonexistent\/keys.psk": ENOENT/);
+    const notPem = '-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n';
+    expect(configError(() => createServer({ exports: exp(), tls: { mode: 'on', cert: notPem, key: notPem } })).message).toMatch(/^TLS: the certificate, key or CA cannot be used: /);
+  });
+
   it('a logger without warn and error, a backend without read, exports that are not objects, flags that are not booleans', () => {
     expect(configError(() => createServer({ exports: exp(), logger: {} as never })).message).toMatch(/^logger: expected an object with warn\(message\) and error\(message\)/);
     expect(configError(() => createServer({ exports: [{ name: '', backend: { size: 512 } as never }] })).message).toBe('exports[0].backend: read(offset, length) is required');
