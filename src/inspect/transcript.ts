@@ -148,7 +148,42 @@ export function parseTraceLine(text: string): TraceRecord | string {
   if (r === null || typeof r !== 'object' || Array.isArray(r)) return 'not a record (expected a JSON object)';
   const { type, t } = r as { type?: unknown; t?: unknown };
   if (typeof type !== 'string') return 'not a record (no "type")';
-  if (!['trace', 'open', 'event', 'step', 'action', 'snapshot', 'frame', 'tls', 'refusal', 'close', 'end'].includes(type)) return `unknown record type ${JSON.stringify(type)}`;
+  const shape = SHAPES[type];
+  if (shape === undefined) return `unknown record type ${JSON.stringify(type)}`;
   if (typeof t !== 'number') return `a ${type} record without a time ("t")`;
+  // Every field the readers use, checked here: a hand-edited line or another version's is skipped with its reason, never a crash.
+  for (const [field, [check, expected, optional]] of Object.entries(shape)) {
+    const v = (r as Record<string, unknown>)[field];
+    if (v === undefined && optional) continue;
+    if (!check(v)) return `a ${type} record ${v === undefined ? 'without' : 'with an invalid'} "${field}" (expected ${expected})`;
+  }
   return r as TraceRecord;
 }
+
+type FieldCheck = readonly [(v: unknown) => boolean, string, optional?: boolean];
+const isNum = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+const isStr = (v: unknown) => typeof v === 'string';
+const isObj = (v: unknown) => v !== null && typeof v === 'object' && !Array.isArray(v);
+const isStrList = (v: unknown) => Array.isArray(v) && v.every(isStr);
+const oneOf = (...xs: string[]): FieldCheck => [(v) => xs.includes(v as string), xs.map((x) => JSON.stringify(x)).join(' or ')];
+const NUM: FieldCheck = [isNum, 'a number'];
+const STR: FieldCheck = [isStr, 'a string'];
+const STRS: FieldCheck = [isStrList, 'a list of strings'];
+const OBJ: FieldCheck = [isObj, 'an object'];
+const ACTOR = oneOf('connection', 'handshake', 'transmission');
+const optional = (c: FieldCheck): FieldCheck => [c[0], c[1], true];
+
+/** The fields of each record type (trace-format.ts) that readers rely on, and what each must be. */
+const SHAPES: Readonly<Record<string, Readonly<Record<string, FieldCheck>>>> = {
+  trace: { v: NUM },
+  open: { conn: NUM, peer: STR },
+  event: { conn: NUM, actor: ACTOR, event: STR, fields: optional(OBJ) },
+  step: { conn: NUM, actor: ACTOR, event: STR, transitions: STRS, guards: optional(STRS), active: STRS },
+  action: { conn: NUM, actor: ACTOR, action: STR, params: optional(OBJ) },
+  snapshot: { conn: NUM, actor: ACTOR, status: STR, context: optional(OBJ) },
+  frame: { conn: NUM, dir: oneOf('in', 'out'), name: STR, fields: OBJ, payload: optional([(v) => isObj(v) && isNum((v as { length?: unknown }).length), 'an object with a length']) },
+  tls: { conn: NUM, step: STR, detail: optional(STR) },
+  refusal: { conn: NUM, code: STR, errno: STR, command: STR, cookie: STR, message: STR },
+  close: { conn: NUM, outcome: STR, code: STR, reason: STR },
+  end: { reason: STR, next: optional(STR) },
+};

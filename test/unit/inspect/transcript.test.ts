@@ -9,8 +9,7 @@ import type { TraceRecord } from '../../../src/inspect/trace-format.js';
 const T = 1_700_000_000_000;
 const conn = 1;
 
-describe('describeRecord', () => {
-  const cases: Array<[TraceRecord, string]> = [
+const describeCases: Array<[TraceRecord, string]> = [
     [{ type: 'trace', v: 1, t: T, server: 'nbd-engine', version: '0.1.0', pid: 42 }, `trace v1 from nbd-engine 0.1.0 (pid 42) started ${new Date(T).toISOString()}`],
     [{ type: 'open', t: T, conn, peer: '127.0.0.1:5000' }, 'open from 127.0.0.1:5000'],
     [{ type: 'event', t: T, conn, actor: 'handshake', event: 'opt.go', fields: { frame: { frame: 'NBD_OPT_GO' } } }, 'handshake: event opt.go'],
@@ -56,8 +55,10 @@ describe('describeRecord', () => {
     [{ type: 'close', t: T, conn, outcome: 'aborted', code: 'option.abort-ack', reason: 'client sent NBD_OPT_ABORT' }, 'close aborted (option.abort-ack): client sent NBD_OPT_ABORT'],
     [{ type: 'end', t: T, reason: 'cap' }, 'trace ends (cap)'],
     [{ type: 'end', t: T, reason: 'rotate', next: '/tmp/t.jsonl' }, 'trace ends (rotate; continues in /tmp/t.jsonl)'],
-  ];
-  for (const [record, text] of cases) it(`${record.type}: ${text}`, () => expect(describeRecord(record)).toBe(text));
+];
+
+describe('describeRecord', () => {
+  for (const [record, text] of describeCases) it(`${record.type}: ${text}`, () => expect(describeRecord(record)).toBe(text));
 
   it('state values as dotted paths', () => {
     expect(stateText('open')).toBe('open');
@@ -107,5 +108,21 @@ describe('parseTraceLine', () => {
     expect(parseTraceLine('[1]')).toMatch(/not a record/);
     expect(parseTraceLine('{"type":"nope","t":1}')).toBe('unknown record type "nope"');
     expect(parseTraceLine('{"type":"open"}')).toBe('a open record without a time ("t")');
+  });
+
+  it('every record the describe cases above use parses back as itself (the checks accept what the recorder writes)', () => {
+    for (const [r] of describeCases) expect(parseTraceLine(JSON.stringify(r))).toEqual(r);
+  });
+
+  it.each([
+    ['{"type":"frame","t":1,"conn":1,"dir":"in","name":"clientFlags"}', 'a frame record without "fields" (expected an object)'],
+    ['{"type":"step","t":1,"conn":1,"actor":"handshake","event":"x","active":[]}', 'a step record without "transitions" (expected a list of strings)'],
+    ['{"type":"step","t":1,"conn":1,"actor":"nosuch","event":"x","transitions":["a|b|1"],"active":[]}', 'a step record with an invalid "actor" (expected "connection" or "handshake" or "transmission")'],
+    ['{"type":"step","t":1,"conn":1,"actor":"handshake","event":"x","transitions":[],"active":"open"}', 'a step record with an invalid "active" (expected a list of strings)'],
+    ['{"type":"open","t":1,"conn":"1","peer":"x"}', 'a open record with an invalid "conn" (expected a number)'],
+    ['{"type":"close","t":1,"conn":1,"outcome":"closed","code":"x"}', 'a close record without "reason" (expected a string)'],
+    ['{"type":"frame","t":1,"conn":1,"dir":"in","name":"x","fields":{},"payload":{}}', 'a frame record with an invalid "payload" (expected an object with a length)'],
+  ])('a record missing what readers need is refused with the reason, not a crash later: %s', (line, reason) => {
+    expect(parseTraceLine(line)).toBe(reason);
   });
 });
