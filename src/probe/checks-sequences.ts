@@ -21,7 +21,7 @@ import { CMD, FLAG, INFO, OPT } from '../protocol/constants.js';
 import { SPEC_ERRNOS } from '../client/chunks.js';
 import { allTransitions } from '../inspect/ids.js';
 import { COMMANDS } from '../machines/request-rules.js';
-import { infoGoData, metaContextData, type NbdConnection, type Reply } from '../client/index.js';
+import { infoGoData, metaContextData, NbdClientError, type NbdConnection, type Reply } from '../client/index.js';
 import { fail, pass, type Check } from './runner.js';
 import { negotiated, opened, type ProbeContext } from './context.js';
 import { inSync } from './checks-transmission.js';
@@ -146,8 +146,16 @@ function servedCommands(flags: number, writable: boolean): Array<keyof typeof CM
   });
 }
 
-/** Run one move; returns what is wrong, or null. `model` holds the scratch bytes (-1: unknown after TRIM). */
-async function runMove(c: NbdConnection, m: RequestMove, ctx: ProbeContext, model: Int16Array): Promise<string | null> {
+/** The server ended the connection where the spec lets it (a request past the end is the client's violation). */
+const ENDED = Symbol('ended');
+
+/**
+ * Run one move; returns what is wrong, or null. `model` holds the scratch bytes (-1: unknown after TRIM).
+ * `mayClose`: a request past the end was just made or refused; the spec lets a server hard-disconnect
+ * over it (instead of answering, or after answering without reading a WRITE's payload), so the
+ * connection ending here is ENDED, not a fault.
+ */
+async function runMove(c: NbdConnection, m: RequestMove, ctx: ProbeContext, model: Int16Array, mayClose: boolean): Promise<string | null | typeof ENDED> {
   const rule = COMMANDS[m.name]!;
   const scratch = ctx.scratch;
   const base = rule.writes && scratch ? scratch.offset : 0n;
@@ -158,6 +166,7 @@ async function runMove(c: NbdConnection, m: RequestMove, ctx: ProbeContext, mode
   try {
     r = await c.request({ type: CMD[m.name], offset, length, payload });
   } catch (err) {
+    if ((mayClose || m.outside) && err instanceof NbdClientError && err.code === 'closed') return ENDED;
     return `${m.name} got no answer: ${(err as Error).message}`;
   }
   if (r.deviations.length) return `${m.name}: ${r.deviations[0]!.message}`;
@@ -196,6 +205,7 @@ export const REQUEST_SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
       const sequences = fc.sample(fc.array(move, { minLength: 1, maxLength: 12 }), { seed, numRuns: REQUEST_RUNS });
       const model = new Int16Array(ctx.scratch?.length ?? 0).fill(-1);
       let requests = 0;
+      let disconnects = 0;
       let current: { destroy(): void } | undefined;
       signal.addEventListener('abort', () => current?.destroy(), { once: true });
       for (const [i, seq] of sequences.entries()) {
@@ -204,17 +214,27 @@ export const REQUEST_SEQUENCE_CHECKS: readonly Check<ProbeContext>[] = [
         const c = await negotiated(ctx, { structured: ctx.facts.structured });
         current = c;
         try {
+          let mayClose = false;
+          let ended = false;
           for (const m of seq) {
-            const wrong = await runMove(c, m, ctx, model);
+            const wrong = await runMove(c, m, ctx, model, mayClose);
             requests++;
+            // A hard disconnect over a request past the end (transmission.out-of-bounds: the client's violation; transmission.payload-consumed): this sequence ends here.
+            if (wrong === ENDED) {
+              ended = true;
+              disconnects++;
+              break;
+            }
             if (wrong) return fail(wrong, where);
+            mayClose = m.outside;
           }
-          await c.disc().catch(() => false);
+          if (!ended) await c.disc().catch(() => false);
         } finally {
           c.destroy();
         }
       }
-      return pass(`${requests} requests in ${sequences.length} sequences (seed ${seed}; ${names.map((n) => n.slice(8)).join(', ')})`);
+      const cut = disconnects ? `; ${disconnects} ended by the server after a request past the end, as the spec allows` : '';
+      return pass(`${requests} requests in ${sequences.length} sequences (seed ${seed}; ${names.map((n) => n.slice(8)).join(', ')})${cut}`);
     },
   },
 ];

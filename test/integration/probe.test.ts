@@ -274,7 +274,7 @@ describe('nbd-engine probe against a server with known defects', () => {
   // or reads 64-bit lengths (extended headers) as their low 32 bits.
   function defectiveServer(
     sock: string,
-    o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean; structuredStrict?: boolean; listAnsweredTwice?: boolean } = {},
+    o: { ackStartTls?: boolean; keepRefusedPayload?: boolean; truncating64?: boolean; structuredStrict?: boolean; listAnsweredTwice?: boolean; closeOnOutsideWrite?: boolean } = {},
   ): Promise<import('node:net').Server> {
     return import('node:net').then(({ default: net }) => {
       const size = 16n << 20n;
@@ -404,6 +404,7 @@ describe('nbd-engine probe against a server with known defects', () => {
               const type = buf.readUInt16BE(6);
               const cookie = buf.readBigUInt64BE(8);
               const len = buf.readUInt32BE(24);
+              const past = buf.readBigUInt64BE(16) + BigInt(len) > size;
               if (o.keepRefusedPayload && type === 1 && buf.readBigUInt64BE(16) + BigInt(len) > size) {
                 // defect: a WRITE past the end is refused (right cookie, EINVAL) but its payload stays in the stream
                 buf = buf.subarray(28);
@@ -414,6 +415,16 @@ describe('nbd-engine probe against a server with known defects', () => {
                 s.write(e);
                 continue;
               }
+              if (o.closeOnOutsideWrite && type === 1 && past) {
+                // Allowed (not a defect): a WRITE past the end gets ENOSPC, then a hard disconnect instead of reading its payload.
+                const e = Buffer.alloc(16);
+                e.writeUInt32BE(0x67446698, 0);
+                e.writeUInt32BE(28, 4);
+                e.writeBigUInt64BE(cookie, 8);
+                s.end(e);
+                s.destroySoon?.();
+                return;
+              }
               buf = buf.subarray(28 + (type === 1 ? len : 0));
               if (type === 2) {
                 s.end();
@@ -421,10 +432,13 @@ describe('nbd-engine probe against a server with known defects', () => {
               }
               const h = Buffer.alloc(16);
               h.writeUInt32BE(0x67446698, 0);
-              h.writeBigUInt64BE((cookie + 1n) & 0xffff_ffff_ffff_ffffn, 8); // defect: the wrong cookie
-              // READs it cannot serve (past 16 MiB: the probe asks for 4 GiB − 1 too) get EINVAL, no data.
-              if (type === 0 && len > 16 << 20) h.writeUInt32BE(22, 4);
-              s.write(type === 0 && len <= 16 << 20 ? Buffer.concat([h, Buffer.alloc(len)]) : h);
+              // defect: the wrong cookie (the right one when only the disconnect is under test)
+              h.writeBigUInt64BE(o.closeOnOutsideWrite ? cookie : (cookie + 1n) & 0xffff_ffff_ffff_ffffn, 8);
+              // READs it cannot serve (past 16 MiB: the probe asks for 4 GiB − 1 too) get EINVAL, no data;
+              // so does any request past the end when only the disconnect is under test.
+              const bad = (type === 0 && len > 16 << 20) || (o.closeOnOutsideWrite === true && type !== 3 && past);
+              if (bad) h.writeUInt32BE(22, 4);
+              s.write(type === 0 && !bad ? Buffer.concat([h, Buffer.alloc(len)]) : h);
             }
           }
         });
@@ -471,6 +485,14 @@ describe('nbd-engine probe against a server with known defects', () => {
     // After the ACK it reads the probe's non-TLS bytes as an option and waits for the rest of it.
     expect(statusOf(report, 'tls.handshake-failed')).toBe('FAIL');
     expect(result(report, 'tls.handshake-failed').detail).toMatch(/^the session went on: still open \d+ ms after the failed TLS handshake$/);
+  });
+
+  it('a server that refuses a WRITE past the end and then hard-disconnects (as the spec allows) passes the random request sequences: those sequences end there', async () => {
+    const { report } = await probeDefective('oob-close', { closeOnOutsideWrite: true }, true);
+    const seq = result(report, 'transmission.error-values');
+    expect(seq.status, seq.detail).toBe('PASS');
+    expect(seq.detail).toMatch(/; [1-9]\d* ended by the server after a request past the end, as the spec allows$/);
+    expect(result(report, 'transmission.payload-consumed').status).toBe('PASS');
   });
 
   it('a server that refuses a WRITE but leaves its payload in the stream fails transmission.payload-consumed', async () => {
