@@ -41,6 +41,20 @@ export async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<strin
   return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
 }
 
+/**
+ * A request that got no usable reply on a connection where a reply came back for a cookie never
+ * sent: that is the fault to report (a wrong cookie leaves a READ's data unclaimed, which then
+ * reads as garbage headers), not what followed from it. Otherwise the error is rethrown.
+ */
+/** How long the cookie checks wait for a reply: a little less than the check's own time. */
+const replyWait = (ctx: ProbeContext): number => Math.max(1, Math.floor(ctx.timeoutMs * 0.8));
+
+function strayCookie(c: NbdConnection, err: Error): Outcome {
+  const stray = c.deviations.find((d) => d.rule === 'peer.unknown-cookie');
+  if (!stray) throw err;
+  return fail(`a reply came back with a cookie that was not sent: ${stray.message} (then: ${err.message})`, `peer.unknown-cookie: ${stray.evidence.toString('hex').slice(0, 64)}`);
+}
+
 const firstDeviation = (r: Reply): Outcome | null => (r.deviations.length ? fail(r.deviations[0]!.message, `${r.deviations[0]!.rule}: ${r.deviations[0]!.evidence.toString('hex').slice(0, 64)}`) : null);
 
 /**
@@ -85,7 +99,9 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
     run: (ctx, signal) =>
       withExport(ctx, signal, async (c) => {
         const cookie = 0xfedc_ba98_7654_3210n;
-        const r = await c.request({ type: CMD.NBD_CMD_READ, cookie, offset: 0, length: smallRead(ctx) });
+        // Its own timeout ends before the check's, so that a reply under a wrong cookie is what gets reported.
+        const r = await c.request({ type: CMD.NBD_CMD_READ, cookie, offset: 0, length: smallRead(ctx), timeoutMs: replyWait(ctx) }).catch((err: Error) => strayCookie(c, err));
+        if (!('cookie' in r)) return r;
         if (r.cookie !== cookie) return fail(`reply cookie 0x${r.cookie.toString(16)}`);
         return firstDeviation(r) ?? pass(`cookie 0x${cookie.toString(16)} echoed (${r.form} reply)`);
       }),
@@ -162,7 +178,12 @@ export const TRANSMISSION_CHECKS: readonly C[] = [
         const n = 64;
         const length = Math.min(512, Number(ctx.facts.size));
         const cookies = Array.from({ length: n }, (_, i) => 0x1000_0000_0000_0000n + BigInt(i) * 0x10001n);
-        const replies = await Promise.all(cookies.map((cookie, i) => c.request({ type: CMD.NBD_CMD_READ, cookie, offset: BigInt((i * 512) % Math.max(1, Number(ctx.facts.size) - length + 1)), length })));
+        let replies: Reply[];
+        try {
+          replies = await Promise.all(cookies.map((cookie, i) => c.request({ type: CMD.NBD_CMD_READ, cookie, offset: BigInt((i * 512) % Math.max(1, Number(ctx.facts.size) - length + 1)), length, timeoutMs: replyWait(ctx) })));
+        } catch (err) {
+          return strayCookie(c, err as Error);
+        }
         const wrong = replies.filter((r, i) => r.cookie !== cookies[i] || r.error !== 0);
         if (wrong.length) return fail(`${wrong.length} of ${n} replies wrong (cookie or error)`);
         const dev = replies.find((r) => r.deviations.length);

@@ -468,6 +468,14 @@ describe('nbd-engine probe against a server with known defects', () => {
     expect(f).toContain('option.unknown-code');
     expect(f).toContain('reply.cookie-echo');
     expect(result(report, 'option.unknown-code').detail).toBe('answered NBD_REP_ACK');
+    // The cookie checks name the wrong cookie, not what the unclaimed READ data did to the stream after it.
+    const cookieChecks = report.results.filter((r) => r.rule === 'reply.cookie-echo');
+    expect(cookieChecks).toHaveLength(2);
+    for (const r of cookieChecks) {
+      expect(r.status).toBe('FAIL');
+      expect(r.detail).toMatch(/^a reply came back with a cookie that was not sent: simple reply for cookie \d+, which no request in flight has/);
+      expect(r.evidence).toMatch(/^peer\.unknown-cookie: 67446698/);
+    }
   });
 
   it("a server still answering an earlier option fails option.unexpected-data, though the replies' types look right", async () => {
