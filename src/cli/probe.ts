@@ -7,7 +7,7 @@
  * negotiated with, 2 for a bad command line.
  */
 import { parseArgs } from 'node:util';
-import { probe, SCRATCH_DEFAULT } from '../probe/probe.js';
+import { probe, SCRATCH_DEFAULT, ScratchError } from '../probe/probe.js';
 import { formatResult, summary } from '../probe/runner.js';
 import { parseNbdUri, type NbdTarget } from '../probe/uri.js';
 
@@ -62,7 +62,7 @@ export async function runProbe(args: readonly string[]): Promise<number> {
   let scratch: { offset: bigint; length: number } | undefined;
   if (values.scratch !== undefined) {
     const m = /^(\d+):(\d+)$/.exec(values.scratch);
-    if (!m || Number(m[2]) < 512) return usage(`--scratch: expected OFFSET:LENGTH in bytes (LENGTH at least 512), got ${JSON.stringify(values.scratch)}`);
+    if (!m || Number(m[2]) < 512 || Number(m[2]) > 2 ** 30) return usage(`--scratch: expected OFFSET:LENGTH in bytes (LENGTH from 512 to 1 GiB), got ${JSON.stringify(values.scratch)}`);
     if (values['read-only']) return usage('--scratch and --read-only are exclusive');
     scratch = { offset: BigInt(m[1]!), length: Number(m[2]) };
   }
@@ -85,6 +85,8 @@ export async function runProbe(args: readonly string[]): Promise<number> {
     }
     return counts.FAIL > 0 ? 1 : 0;
   } catch (err) {
+    // A --scratch region outside the export is the caller's mistake, known only once the size is: a usage error.
+    if (err instanceof ScratchError) return usage(`--scratch: ${err.message}`);
     process.stderr.write(`nbd-engine probe: cannot negotiate with ${positionals[0]}: ${(err as Error).message}\n`);
     return 1;
   }

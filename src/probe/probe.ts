@@ -15,6 +15,7 @@ import { REQUEST_SEQUENCE_CHECKS, SEQUENCE_CHECKS } from './checks-sequences.js'
 import { survey, type ProbeContext } from './context.js';
 import { runChecks, type Check, type Result } from './runner.js';
 import type { NbdTarget } from './uri.js';
+import { FLAG } from '../protocol/constants.js';
 
 export const PROBE_CHECKS: ReadonlyArray<Check<ProbeContext>> = [...HANDSHAKE_CHECKS, ...TLS_CHECKS, ...SEQUENCE_CHECKS, ...TRANSMISSION_CHECKS, ...LENGTH_CHECKS, ...REQUEST_SEQUENCE_CHECKS];
 
@@ -40,6 +41,11 @@ export interface ProbeReport {
 
 export const SCRATCH_DEFAULT = 64 * 1024;
 
+/** The scratch region asked for does not fit the export (known once its size is). */
+export class ScratchError extends Error {
+  override readonly name = 'ScratchError';
+}
+
 export async function probe(target: NbdTarget, options: ProbeOptions = {}): Promise<ProbeReport> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const facts = await survey({ target, timeoutMs });
@@ -48,12 +54,14 @@ export async function probe(target: NbdTarget, options: ProbeOptions = {}): Prom
   if (!options.readOnly && !empty) {
     const length = options.scratch?.length ?? Number(facts.size < BigInt(SCRATCH_DEFAULT) ? facts.size : BigInt(SCRATCH_DEFAULT));
     const offset = options.scratch?.offset ?? facts.size - BigInt(length);
-    if (offset < 0n || offset + BigInt(length) > facts.size) throw new Error(`scratch region ${offset}+${length} is not inside the export (size ${facts.size})`);
+    if (offset < 0n || offset + BigInt(length) > facts.size) throw new ScratchError(`the region ${offset}+${length} is not inside the export (size ${facts.size})`);
     scratch = { offset, length };
   }
   options.announce?.(
     scratch
-      ? `scratch region: bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n} of ${facts.size} may be overwritten`
+      ? facts.flags & FLAG.NBD_FLAG_READ_ONLY
+        ? `the export is read-only: writes are sent only to check they are refused (at bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n})`
+        : `scratch region: bytes ${scratch.offset}..${scratch.offset + BigInt(scratch.length) - 1n} of ${facts.size} may be overwritten`
       : empty
         ? 'the export is empty (0 bytes): nothing is read or written'
         : 'read-only: nothing is written',

@@ -66,6 +66,20 @@ describe('nbd-engine probe', () => {
     expect(lines.at(-1)).toMatch(/^\d+ passed, 0 failed, \d+ not advertised, 0 skipped$/);
   });
 
+  it('--scratch outside the export is a usage error naming it (exit 2), not "cannot negotiate"; a read-only export is announced as such', async () => {
+    const ro = await startServer({ exports: [{ name: 'ro', backend: memoryBackend({ size: 1 << 20 }), readOnly: true }] });
+    try {
+      const bad = await execFileP(process.execPath, [CLI, 'probe', ro.uri(), '--scratch', `${1 << 20}:4096`, '--timeout', '3']).catch((e: { code: number; stderr: string }) => e);
+      expect(bad).toMatchObject({ code: 2, stderr: `nbd-engine probe: --scratch: the region ${1 << 20}+4096 is not inside the export (size ${1 << 20})\n` });
+      const huge = await execFileP(process.execPath, [CLI, 'probe', ro.uri(), '--scratch', '0:18446744073709551616']).catch((e: { code: number; stderr: string }) => e);
+      expect(huge).toMatchObject({ code: 2, stderr: expect.stringMatching(/--scratch: expected OFFSET:LENGTH in bytes \(LENGTH from 512 to 1 GiB\)/) });
+      const { stdout } = await execFileP(process.execPath, [CLI, 'probe', ro.uri(), '--timeout', '3']);
+      expect(stdout.split('\n')[0]).toBe(`the export is read-only: writes are sent only to check they are refused (at bytes ${(1 << 20) - 65536}..${(1 << 20) - 1})`);
+    } finally {
+      await ro.close();
+    }
+  });
+
   it('over STARTTLS (an nbds URI with a certificate directory) against nbd-engine requiring TLS: nothing fails', async () => {
     const pki = makePki(path.join(dir, 'pki'));
     const tlsSrv = await startServer({
