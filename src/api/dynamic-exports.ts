@@ -142,8 +142,11 @@ export class ConnectionExports {
     if (found) return found.descriptor;
     const openExport = this.host.hooks.openExport;
     if (!openExport) return null;
-    if (this.current?.key === name) return this.current.entry.descriptor;
-    const cfg = await openExport(name, this.connection());
+    const conn = this.connection();
+    // What was opened for the plaintext client is not what a TLS client (or another identity) gets: asked again then.
+    const key = JSON.stringify([name, conn.tls, conn.tlsIdentity ?? null]);
+    if (this.current?.key === key) return this.current.entry.descriptor;
+    const cfg = await openExport(name, conn);
     if (cfg === null || cfg === undefined) return null;
     let entry: ExportEntry;
     try {
@@ -159,7 +162,7 @@ export class ConnectionExports {
     }
     // Held before the earlier one is closed, so a connection ending meanwhile closes this one too.
     const previous = this.current;
-    this.current = { key: name, entry };
+    this.current = { key, entry };
     if (previous) await closeEntry(previous.entry, this.host.logger, `${this.connection().peer}: closing export "${previous.entry.ref.name}"`);
     return entry.descriptor;
   }

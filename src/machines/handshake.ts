@@ -152,12 +152,15 @@ export const handshakeMachine = setup({
       for (const e of replies) enqueue.emit(e);
     }),
     requestTlsUpgrade: emit({ type: 'startTls' } as const),
-    // tls.starttls-resets: STARTTLS success ⇒ forget everything negotiated so far.
+    // tls.starttls-resets: STARTTLS success ⇒ forget everything negotiated so far, what the server's hooks answered
+    // before TLS included (an export opened or refused for the plaintext client must be asked for again, with the TLS identity).
     forgetNegotiation: assign({
       tls: true,
       structuredReplies: false,
       extendedHeaders: false,
       metaContexts: null,
+      lookup: null,
+      listing: null,
     }),
     markShuttingDown: assign({ shuttingDown: true }),
     recordDisconnect: assign({ outcome: () => ({ outcome: 'disconnected' }) as const }),

@@ -12,7 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, directoryExports, layer, memoryBackend, NbdError, type ExportConfig } from '../../../src/index.js';
 import { py } from '../pylibnbd.js';
 import { CLI, execFileP, run, serverPerTest, startServer, tmpDir } from '../harness.js';
-import { makePsk } from '../tls-support.js';
+import { makePsk, pskKey } from '../tls-support.js';
+import { NbdConnection } from '../../../src/client/index.js';
 import { RawClient } from '../raw-client.js';
 import { CLIENT_FLAG, OPT, REP, encodeClientFlags, encodeInfoGoData, encodeOption, parseExportNameReply } from '../../helpers/wire.js';
 
@@ -70,6 +71,46 @@ describe('exports per TLS identity (PSK, python3-libnbd)', () => {
       `, [pskFile, srv.socket]);
     expect(await asUser('alice')).toEqual({ list: ['home-alice'], own: MiB, other: 'ENOENT' });
     expect(await asUser('bob')).toEqual({ list: ['home-bob'], own: 2 * MiB, other: 'ENOENT' });
+  });
+});
+
+describe('exports per TLS identity: nothing a hook answered before STARTTLS carries over (tls.starttls-resets)', () => {
+  let dir: string;
+  let pskFile: string;
+  beforeAll(() => {
+    dir = tmpDir('nbd-engine-dynexp-starttls-');
+    pskFile = makePsk(path.join(dir, 'keys.psk'), ['alice', 'admin']);
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('an export looked up in plaintext is asked for again after STARTTLS, with the TLS identity: a refused identity stays refused', async () => {
+    const asked: string[] = [];
+    const srv = await serve({
+      exports: [],
+      tls: { mode: 'on', psk: pskFile },
+      defaultExport: (conn) => (conn.tlsIdentity === 'admin' ? 'secret' : null),
+      openExport: (name, conn) => {
+        asked.push(`${name} tls=${conn.tls} ${conn.tlsIdentity ?? '-'}`);
+        if (name !== 'secret') return null;
+        if (!conn.tls) return { name, backend: memoryBackend({ size: MiB }), tlsOnly: true };
+        return conn.tlsIdentity === 'admin' ? { name, backend: memoryBackend({ size: 2 * MiB }) } : null;
+      },
+    });
+    const session = async (user: string) => {
+      const c = await NbdConnection.connect({ path: srv.socket }, { timeoutMs: 5000 });
+      await c.handshake();
+      const before = await c.info('secret', []);
+      const defaultBefore = await c.info('', []);
+      await c.starttls({ psk: { identity: user, key: pskKey(pskFile, user) } });
+      const after = await c.go('secret', []);
+      c.destroy();
+      return { before: before.replies.at(-1)!.typeName, defaultBefore: defaultBefore.replies.at(-1)!.typeName, after: after.ok ? `served ${after.size}` : after.replies.at(-1)!.typeName };
+    };
+    expect(await session('alice')).toEqual({ before: 'NBD_REP_ERR_TLS_REQD', defaultBefore: 'NBD_REP_ERR_UNKNOWN', after: 'NBD_REP_ERR_UNKNOWN' });
+    expect(asked).toEqual(['secret tls=false -', 'secret tls=true alice']);
+    asked.length = 0;
+    expect(await session('admin')).toEqual({ before: 'NBD_REP_ERR_TLS_REQD', defaultBefore: 'NBD_REP_ERR_UNKNOWN', after: 'served 2097152' });
+    expect(asked).toEqual(['secret tls=false -', 'secret tls=true admin']);
   });
 });
 
