@@ -36,6 +36,8 @@ export interface LiveOptions {
   readonly path?: string;
   /** Unsent bytes a page may fall behind by before it is disconnected (default 8 MiB). */
   readonly maxBufferedBytes?: number;
+  /** Pages open at once; one more is refused (its WebSocket closed at once, one log line). Default 8. */
+  readonly maxPages?: number;
   readonly logger?: Logger;
 }
 
@@ -65,6 +67,7 @@ export async function startLiveInspector(server: Tappable, options: LiveOptions 
   const host = options.host ?? '127.0.0.1';
   if (options.path === undefined && !LOOPBACK.has(host)) throw new Error(`the live view listens on a loopback address only (127.0.0.1, ::1, localhost), not ${JSON.stringify(host)}`);
   const maxBuffered = options.maxBufferedBytes ?? 8 * 1024 * 1024;
+  const maxPages = options.maxPages ?? 8;
   const log = options.logger;
   const charts = Object.fromEntries(await Promise.all(MACHINE_NAMES.map(async (name) => [name, inlineSvg(await toSvg(machineGraph(MACHINES[name])), name)] as const)));
   const page = livePage(charts);
@@ -103,9 +106,18 @@ export async function startLiveInspector(server: Tappable, options: LiveOptions 
     server: http$,
     path: '/events',
     verifyClient: ({ origin: o }: { origin?: string }) => o === undefined || origins.has(o),
+    // The page sends nothing: a peer's messages are not buffered (ws's default would take 100 MiB each).
+    maxPayload: 1024,
   });
   const pages = new Set<WebSocket>();
   wss.on('connection', (ws) => {
+    // Each page holds up to maxBuffered of its own backlog: their number bounds the memory they may take.
+    if (pages.size >= maxPages) {
+      log?.warn?.(`live view: ${maxPages} pages open already (maxPages); one more refused`);
+      ws.close(1013, 'too many pages open');
+      return;
+    }
+    ws.on('message', () => {}); // nothing a page sends is used
     pages.add(ws);
     let open = true;
     const sink: TraceSink = {

@@ -171,6 +171,34 @@ describe('live view', () => {
   });
 });
 
+describe('the live view bounds what pages may cost', () => {
+  it('one page more than maxPages is refused with one log line; a page that sends more than 1 KiB is dropped, its message never kept', async () => {
+    const srv = await servers.serve({ exports: [{ name: 'disk', backend: memoryBackend({ size: 1 << 20 }) }] });
+    const counted = countTaps(srv);
+    const logs: string[] = [];
+    live = await startLiveInspector(srv.server, { port: 0, maxPages: 2, logger: recordingLogger(logs) });
+    const a = await page(live.url);
+    const b = await page(live.url);
+    const c = await page(live.url);
+    const refused = await new Promise<number>((resolve) => c.ws.once('close', (code) => resolve(code)));
+    expect(refused).toBe(1013);
+    expect(live.pages).toBe(2);
+    expect(counted.taps()).toBe(2);
+    expect(logs.filter((l) => l.includes('live view'))).toEqual(['warn: live view: 2 pages open already (maxPages); one more refused']);
+    // A page that talks: ws refuses the oversized message (1009) and the page goes, its tap with it.
+    const closed = new Promise<number>((resolve) => a.ws.once('close', (code) => resolve(code)));
+    a.ws.send(Buffer.alloc(2048));
+    expect(await closed).toBe(1009);
+    await until(() => live!.pages === 1, 5000, 'the talking page to be dropped');
+    expect(counted.detached()).toBe(1);
+    // The room it left is taken by the next page.
+    const d = await page(live.url);
+    await until(() => live!.pages === 2, 5000, 'a new page to be accepted');
+    b.ws.terminate();
+    d.ws.terminate();
+  });
+});
+
 describe('serve --inspect', () => {
   it('serves the live view next to the NBD server and says where, on stderr', async () => {
     const dir = tmpDir();
