@@ -59,18 +59,26 @@ function pem(what: string, v: string | Buffer | undefined): string | Buffer | un
 }
 
 /** Parse a GnuTLS psktool file: `identity:hexkey` per line. */
+/** The longest pre-shared key OpenSSL (node:tls) takes, in bytes. */
+const PSK_MAX_KEY = 512;
+
 export function parsePskFile(text: string): Map<string, Buffer> {
   const keys = new Map<string, Buffer>();
-  for (const raw of text.split(/\r?\n/)) {
+  // Messages name the line and never quote it: the rest of a line is key material.
+  text.split(/\r?\n/).forEach((raw, n) => {
     const line = raw.trim();
-    if (!line || line.startsWith('#')) continue;
-    const i = line.lastIndexOf(':');
-    if (i <= 0) throw new Error(`PSK file line without "identity:key": ${JSON.stringify(line.slice(0, 40))}`);
+    if (!line || line.startsWith('#')) return;
+    // As GnuTLS (nbdkit's --tls-psk) reads the file: the identity ends at the first colon.
+    const i = line.indexOf(':');
+    if (i <= 0) throw new NbdError('NBD_ERR_CONFIG', `PSK file line ${n + 1}: expected "identity:hexkey"`);
+    const identity = line.slice(0, i);
     const hex = line.slice(i + 1);
-    if (!/^([0-9a-fA-F]{2})+$/.test(hex)) throw new Error(`PSK key for "${line.slice(0, i)}" is not hex`);
-    keys.set(line.slice(0, i), Buffer.from(hex, 'hex'));
-  }
-  if (keys.size === 0) throw new Error('PSK file has no keys');
+    if (!/^([0-9a-fA-F]{2})+$/.test(hex)) throw new NbdError('NBD_ERR_CONFIG', `PSK file line ${n + 1}: the key for ${JSON.stringify(identity)} is not an even number of hex digits`);
+    if (hex.length / 2 > PSK_MAX_KEY) throw new NbdError('NBD_ERR_CONFIG', `PSK file line ${n + 1}: the key for ${JSON.stringify(identity)} has ${hex.length / 2} bytes, more than ${PSK_MAX_KEY}`);
+    // The first line for an identity is the one used (as GnuTLS).
+    if (!keys.has(identity)) keys.set(identity, Buffer.from(hex, 'hex'));
+  });
+  if (keys.size === 0) throw new NbdError('NBD_ERR_CONFIG', 'PSK file has no keys');
   return keys;
 }
 

@@ -14,18 +14,27 @@ describe('parsePskFile (psktool format)', () => {
     expect(keys.get('bob')).toEqual(Buffer.from('deadbeef', 'hex'));
   });
 
-  it('splits at the last colon (usernames may contain colons)', () => {
-    expect(parsePskFile('a:b:c:0102').get('a:b:c')).toEqual(Buffer.from([1, 2]));
+  it('reads it as GnuTLS (nbdkit --tls-psk) does: the identity ends at the first colon, the first line for an identity wins', () => {
+    expect(() => parsePskFile('a:b:0102')).toThrow(/line 1: the key for "a" is not an even number of hex digits/);
+    const keys = parsePskFile('alice:0102\nalice:0304\n');
+    expect(keys.get('alice')).toEqual(Buffer.from([1, 2]));
   });
 
   it.each([
     ['', /no keys/],
-    ['alice', /without "identity:key"/],
-    [':0102', /without "identity:key"/],
-    ['alice:xyz', /not hex/],
-    ['alice:012', /not hex/],
-  ])('rejects %j', (text, message) => {
+    ['alice', /line 1: expected "identity:hexkey"/],
+    ['\n:0102', /line 2: expected "identity:hexkey"/],
+    ['alice:xyz', /not an even number of hex digits/],
+    ['alice:012', /not an even number of hex digits/],
+    [`alice:${'ab'.repeat(513)}`, /line 1: the key for "alice" has 513 bytes, more than 512/],
+  ])('rejects %j with NBD_ERR_CONFIG, never quoting key material', (text, message) => {
     expect(() => parsePskFile(text)).toThrow(message);
+    try {
+      parsePskFile(text);
+    } catch (err) {
+      expect((err as { code?: string }).code).toBe('NBD_ERR_CONFIG');
+      expect((err as Error).message).not.toMatch(/0102|abab|xyz|012/);
+    }
   });
 });
 
