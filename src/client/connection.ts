@@ -230,21 +230,17 @@ export class NbdConnectionBase {
     const timeoutMs = o.timeoutMs ?? this.timeoutMs;
     const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : undefined;
     const out: OptionReply[] = [];
+    // Replies came, just never the final one: said so (not "no answer").
+    const noFinal = () => new NbdClientError(`no final reply to option ${code} within ${timeoutMs} ms (${out.length} replies without one)`, 'timeout', out.flatMap((r) => r.deviations));
     let kept = 0;
     for (;;) {
       const left = deadline === undefined ? 0 : deadline - Date.now();
-      if (deadline !== undefined && left <= 0) {
-        throw new NbdClientError(`no final reply to option ${code} within ${timeoutMs} ms (${out.length} replies without one)`, 'timeout', out.flatMap((r) => r.deviations));
-      }
+      if (deadline !== undefined && left <= 0) throw noFinal();
       let r: OptionReply;
       try {
         r = await this.optionReply(code, deadline === undefined ? 0 : left);
       } catch (e) {
-        // Replies came, just never the final one: say so (not "no answer").
-        if (e instanceof NbdClientError && e.code === 'timeout' && out.length > 0) {
-          throw new NbdClientError(`no final reply to option ${code} within ${timeoutMs} ms (${out.length} replies without one)`, 'timeout', out.flatMap((x) => x.deviations));
-        }
-        throw e;
+        throw e instanceof NbdClientError && e.code === 'timeout' && out.length > 0 ? noFinal() : e;
       }
       out.push(r);
       if (r.final) return out;
