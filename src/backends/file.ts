@@ -22,6 +22,9 @@ import { fencedNative, loadFileNative, type FileNative } from './file-native.js'
 import { sparseOps } from './file-sparse.js';
 import { writeZeroChunks } from '../plugins/common.js';
 
+/** Most buffers one pwritev takes (Linux's IOV_MAX). */
+const IOV_MAX = 1024;
+
 export interface FileBackendOptions {
   readonly path: string;
   readonly readOnly?: boolean;
@@ -167,6 +170,23 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       done += bytesWritten;
     }
   };
+  // A payload that arrived in pieces goes to the file as those pieces (pwritev): no joining copy, no
+  // payload-sized buffer per WRITE for the collector (4 MiB writes spent most of their time on both).
+  const writevAll = async (offset: number, parts: readonly Buffer[]): Promise<void> => {
+    let list = parts.filter((p) => p.length > 0);
+    let at = offset;
+    while (list.length > 0) {
+      const batch = list.length > IOV_MAX ? list.slice(0, IOV_MAX) : list;
+      const { bytesWritten } = await fh.writev(batch as Buffer[], at);
+      if (bytesWritten === 0) throw new Error(`writev at ${at} wrote nothing`);
+      at += bytesWritten;
+      // Drop what was written; a part written only in part continues from where it stopped.
+      let n = bytesWritten;
+      let i = 0;
+      while (i < list.length && n >= list[i]!.length) n -= list[i++]!.length;
+      list = i < list.length ? [list[i]!.subarray(n), ...list.slice(i + 1)] : [];
+    }
+  };
   // Writes, trims, zeroes and flushes of this file in flight: while any runs, BLOCK_STATUS does not
   // walk on the event loop (see inlineExtents).
   let mutating = 0;
@@ -217,6 +237,10 @@ export async function fileBackend(options: FileBackendOptions | string): Promise
       backend.sparse === 'native'
         ? tracked(async (offset: number, data: Buffer, w: { fua: boolean }) => (await writeAll(offset, data), w.fua ? fh.datasync() : undefined))
         : (offset, data) => writeAll(offset, data);
+    (backend as { writev?: Backend['writev'] }).writev =
+      backend.sparse === 'native'
+        ? tracked(async (offset: number, parts: readonly Buffer[], w: { fua: boolean }) => (await writevAll(offset, parts), w.fua ? fh.datasync() : undefined))
+        : (offset, parts) => writevAll(offset, parts);
   }
   return backend;
 }

@@ -450,3 +450,29 @@ describe('the file backend reads cached data on the event loop (preadNowait)', (
     }
   });
 });
+
+describe('the file backend writes a payload in pieces as those pieces (writev)', () => {
+  it('pieces of any size (empty ones, more than IOV_MAX of them, with FUA) land exactly where write would put them', async () => {
+    const file = path.join(dir, 'writev.img');
+    fs.writeFileSync(file, Buffer.alloc(MiB, 0xee));
+    const b = await fileBackend({ path: file });
+    try {
+      expect(typeof b.writev).toBe('function');
+      const want = Buffer.alloc(MiB, 0xee);
+      const cases: Array<[number, Buffer[], boolean]> = [
+        [0, [Buffer.from('ab'), Buffer.alloc(0), Buffer.from('cdef')], false],
+        [4093, [Buffer.alloc(3, 1), Buffer.alloc(70000, 2), Buffer.alloc(1, 3)], true],
+        // 1500 parts of 3 bytes: more than one pwritev may take.
+        [200000, Array.from({ length: 1500 }, (_, i) => Buffer.alloc(3, i & 0xff)), false],
+        [MiB - 5, [Buffer.alloc(2, 9), Buffer.alloc(3, 8)], false],
+      ];
+      for (const [at, parts, fua] of cases) {
+        await b.writev!(at, parts, { fua });
+        Buffer.concat(parts).copy(want, at);
+      }
+      expect(fs.readFileSync(file).equals(want)).toBe(true);
+    } finally {
+      await b.close?.();
+    }
+  });
+});
