@@ -37,7 +37,7 @@ describe('exports per TLS identity (PSK, python3-libnbd)', () => {
   let pskFile: string;
   beforeAll(() => {
     dir = tmpDir('nbd-engine-dynexp-tls-');
-    pskFile = makePsk(path.join(dir, 'keys.psk'), ['alice', 'bob']);
+    pskFile = makePsk(path.join(dir, 'keys.psk'), ['alice', 'bob', 'admin']);
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -72,17 +72,8 @@ describe('exports per TLS identity (PSK, python3-libnbd)', () => {
     expect(await asUser('alice')).toEqual({ list: ['home-alice'], own: MiB, other: 'ENOENT' });
     expect(await asUser('bob')).toEqual({ list: ['home-bob'], own: 2 * MiB, other: 'ENOENT' });
   });
-});
 
-describe('exports per TLS identity: nothing a hook answered before STARTTLS carries over (tls.starttls-resets)', () => {
-  let dir: string;
-  let pskFile: string;
-  beforeAll(() => {
-    dir = tmpDir('nbd-engine-dynexp-starttls-');
-    pskFile = makePsk(path.join(dir, 'keys.psk'), ['alice', 'admin']);
-  });
-  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
+  // tls.starttls-resets: nothing a hook answered before STARTTLS carries over.
   it('an export looked up in plaintext is asked for again after STARTTLS, with the TLS identity: a refused identity stays refused', async () => {
     const asked: string[] = [];
     const srv = await serve({
