@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { DEFAULT_MAX_RECORDS, parseTrace, renderView } from '../inspect/view.js';
+import { DEFAULT_MAX_RECORDS, PAGE_MAX_RECORDS, PAGE_MIN_RECORDS, parseTrace, renderView } from '../inspect/view.js';
 
 export const TRACE_VIEW_USAGE = `usage: nbd-engine trace view FILE -o OUT.html [--connection N] [--max-records N]
 
@@ -16,7 +16,8 @@ diagram, and a step slider showing the active states, event, frames and context 
 record. The page loads nothing from anywhere: it works offline, from file://.
   -o, --output FILE   the page to write (required; - for standard output)
   --connection N      only connection N
-  --max-records N     records of each connection the page embeds (default ${DEFAULT_MAX_RECORDS};
+  --max-records N     records of each connection the page embeds (default ${DEFAULT_MAX_RECORDS}, fewer
+                      when many connections share the page's ${PAGE_MAX_RECORDS}, at least ${PAGE_MIN_RECORDS} each;
                       coverage counts all of them)
   -h, --help
 `;

@@ -20,11 +20,21 @@ import { PAGE_SCRIPT, PAGE_STYLE } from './view-page.js';
 
 /** Records of one connection the page embeds at most, by default (the rest are counted, not shown). */
 export const DEFAULT_MAX_RECORDS = 5000;
+/**
+ * Without `maxRecords`, what the whole page embeds is about this many records: with many connections each
+ * gets its share (at least PAGE_MIN_RECORDS, enough for a handshake), so that a trace of thousands of
+ * connections makes a page a browser can open (3 500 connections made a 100 MB page).
+ */
+export const PAGE_MAX_RECORDS = 100_000;
+export const PAGE_MIN_RECORDS = 50;
 
 export interface ViewOptions {
   /** Only this connection (by its `conn` id). */
   readonly connection?: number;
-  /** Records of each connection embedded for the slider and the sequence diagram (default {@link DEFAULT_MAX_RECORDS}); coverage counts all of them. */
+  /**
+   * Records of each connection embedded for the slider and the sequence diagram (default
+   * {@link DEFAULT_MAX_RECORDS}, less with many connections: {@link PAGE_MAX_RECORDS}); coverage counts all of them.
+   */
   readonly maxRecords?: number;
   /** The page title (default: "nbd-engine trace"). */
   readonly title?: string;
@@ -108,7 +118,6 @@ export function activity(records: readonly TraceRecord[]): ActiveAt[] {
 
 /** Which connections a trace holds, what each did, and how much of each machine that covers. */
 export function viewModel(records: readonly TraceRecord[], opts: ViewOptions = {}): ViewModel {
-  const max = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
   const graphs = perMachine((n) => machineGraph(MACHINES[n]));
   const machines = perMachine((n) => ({ states: graphs[n].states.map((s) => s.id), transitions: graphs[n].transitions.map((t) => t.id) }));
   const known = perMachine((n) => new Set(machines[n].transitions));
@@ -121,6 +130,8 @@ export function viewModel(records: readonly TraceRecord[], opts: ViewOptions = {
     list.push(r);
     byConn.set(r.conn, list);
   }
+  // An explicit maxRecords is taken as given; the default shares PAGE_MAX_RECORDS among the connections.
+  const max = opts.maxRecords ?? Math.max(PAGE_MIN_RECORDS, Math.min(DEFAULT_MAX_RECORDS, Math.floor(PAGE_MAX_RECORDS / Math.max(1, byConn.size))));
   const connections = [...byConn].map(([conn, list]): ConnectionView => {
     const taken = perMachine(() => new Set<string>());
     const visited = perMachine(() => new Set<string>());

@@ -99,6 +99,22 @@ describe('trace viewer page', () => {
     expect(capped.coverage.handshake.taken).toBe(3);
   });
 
+  it('by default, many connections share what the page embeds (each at least 50 records); an explicit --max-records is taken as given', () => {
+    const T0 = 1_700_000_000_000;
+    const many: TraceRecord[] = [];
+    for (let conn = 1; conn <= 2500; conn++) {
+      many.push({ type: 'open', t: T0, conn, peer: 'local' });
+      for (let i = 0; i < 99; i++) many.push({ type: 'event', t: T0 + i, conn, actor: 'handshake', event: 'opt.list' });
+    }
+    const shared = viewModel(many).connections;
+    expect(shared).toHaveLength(2500);
+    // 100 000 / 2 500 = 40 < 50: each connection shows its first 50 of its 100 records, every one counted.
+    expect(shared.every((c) => c.records.length === 50 && c.total === 100)).toBe(true);
+    const few = viewModel(many.filter((r) => 'conn' in r && r.conn <= 10)).connections;
+    expect(few.every((c) => c.records.length === 100)).toBe(true);
+    expect(viewModel(many, { maxRecords: 80 }).connections.every((c) => c.records.length === 80)).toBe(true);
+  });
+
   it('the sequence rows: frames both ways with names and fields, state changes, TLS and close', () => {
     const rows = sequenceRows(fixture.filter((r) => 'conn' in r && r.conn === 1));
     expect(rows.some((r) => r.includes('class="msg c2s"') && r.includes('C→S NBD_OPT_LIST payload=0B'))).toBe(true);
