@@ -163,7 +163,7 @@ export class ConnectionExports {
     // Held before the earlier one is closed, so a connection ending meanwhile closes this one too.
     const previous = this.current;
     this.current = { key, entry };
-    if (previous) await closeEntry(previous.entry, this.host.logger, `${this.connection().peer}: closing export "${previous.entry.ref.name}"`);
+    if (previous) await closeEntry(previous.entry, this.host.logger, `${conn.peer}: closing export "${previous.entry.ref.name}"`);
     return entry.descriptor;
   }
 

@@ -3,7 +3,7 @@
  * data (an errno in a reply), not exceptions; these are for programming
  * errors and configuration mistakes.
  */
-import { ERRNO, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
+import { ERRNO, SPEC_ERRNOS, type ErrnoName, type NbdErrno } from '../protocol/constants.js';
 import type { ApiErrorCode } from '../protocol/errors.js';
 
 /** The codes an NbdError may carry: the `thrown` entries of the error catalogue (src/protocol/errors.ts). */
@@ -31,8 +31,6 @@ export class NbdRequestError extends Error {
     this.errno = specErrno(errno);
   }
 }
-
-const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
 
 /**
  * The errno a name or number stands for, if the spec defines it; anything else (an unknown name,

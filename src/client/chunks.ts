@@ -4,7 +4,7 @@
  * its type demands is a `peer.chunk-payload` deviation; what can still be
  * read from it is returned.
  */
-import { ERRNO, REPLY_TYPE, replyTypeName } from '../protocol/constants.js';
+import { REPLY_TYPE, SPEC_ERRNOS, replyTypeName } from '../protocol/constants.js';
 import { deviation, type Deviation } from './deviations.js';
 
 /** One block status descriptor (flags: the low 32 bits; base:allocation uses bits 0–1). */
@@ -38,9 +38,6 @@ export interface Chunk {
   readonly payload: Buffer;
   readonly content: ChunkContent;
 }
-
-/** The error values the spec defines; anything else in a reply is a deviation. */
-export const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
 
 const bad = (devs: Deviation[], what: string, p: Buffer): ChunkContent => {
   devs.push(deviation('peer.chunk-payload', what, p));

@@ -5,8 +5,8 @@
  * negotiated, READ chunks inside the request, not overlapping and covering
  * it, block status for the contexts selected, the extended offset echo.
  */
-import { CMD, CMD_FLAG, REPLY_FLAG, cmdName } from '../protocol/constants.js';
-import { SPEC_ERRNOS, type Chunk, type Extent } from './chunks.js';
+import { CMD, CMD_FLAG, REPLY_FLAG, SPEC_ERRNOS, cmdName } from '../protocol/constants.js';
+import type { Chunk, Extent } from './chunks.js';
 import { deviation, type Deviation } from './deviations.js';
 import type { RequestHeader } from './encode.js';
 

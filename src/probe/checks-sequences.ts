@@ -17,8 +17,7 @@
  */
 import fc from 'fast-check';
 import { handshakeMachine } from '../machines/handshake.js';
-import { CMD, FLAG, INFO, OPT } from '../protocol/constants.js';
-import { SPEC_ERRNOS } from '../client/chunks.js';
+import { CMD, FLAG, INFO, OPT, SPEC_ERRNOS } from '../protocol/constants.js';
 import { allTransitions } from '../inspect/ids.js';
 import { COMMANDS } from '../machines/request-rules.js';
 import { infoGoData, metaContextData, NbdClientError, type NbdConnection, type Reply } from '../client/index.js';

@@ -41,14 +41,14 @@ export async function inSync(c: NbdConnection, ctx: ProbeContext): Promise<strin
   return r.deviations.length ? `a plain READ afterwards: ${r.deviations[0]!.message}` : null;
 }
 
+/** How long the cookie checks wait for a reply: a little less than the check's own time. */
+const replyWait = (ctx: ProbeContext): number => Math.max(1, Math.floor(ctx.timeoutMs * 0.8));
+
 /**
  * A request that got no usable reply on a connection where a reply came back for a cookie never
  * sent: that is the fault to report (a wrong cookie leaves a READ's data unclaimed, which then
  * reads as garbage headers), not what followed from it. Otherwise the error is rethrown.
  */
-/** How long the cookie checks wait for a reply: a little less than the check's own time. */
-const replyWait = (ctx: ProbeContext): number => Math.max(1, Math.floor(ctx.timeoutMs * 0.8));
-
 function strayCookie(c: NbdConnection, err: Error): Outcome {
   const stray = c.deviations.find((d) => d.rule === 'peer.unknown-cookie');
   if (!stray) throw err;

@@ -192,6 +192,8 @@ export type NbdErrnoName = keyof typeof ERRNO;
 /** Short errno names accepted by the API (`'EIO'`, `'ENOSPC'`, …). */
 export type ErrnoName = NbdErrnoName extends `NBD_${infer N}` ? N : never;
 export type NbdErrno = (typeof ERRNO)[NbdErrnoName];
+/** The error values the spec defines: no other reaches the wire from this server, and any other in a reply is a client's deviation. */
+export const SPEC_ERRNOS: ReadonlySet<number> = new Set(Object.values(ERRNO));
 
 /** Meta context namespace and the one context the spec defines. */
 export const BASE_ALLOCATION = 'base:allocation' as const;

@@ -58,10 +58,10 @@ function pem(what: string, v: string | Buffer | undefined): string | Buffer | un
   return v.includes('-----BEGIN') ? v : readConfigFile(what, v);
 }
 
-/** Parse a GnuTLS psktool file: `identity:hexkey` per line. */
 /** The longest pre-shared key OpenSSL (node:tls) takes, in bytes. */
 const PSK_MAX_KEY = 512;
 
+/** Parse a GnuTLS psktool file: `identity:hexkey` per line. */
 export function parsePskFile(text: string): Map<string, Buffer> {
   const keys = new Map<string, Buffer>();
   // Messages name the line and never quote it: the rest of a line is key material.
