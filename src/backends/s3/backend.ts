@@ -22,6 +22,7 @@ export const S3_DEFAULTS = {
   concurrency: 16,
   timeout: 30_000,
   maxAttempts: 100,
+  etagCache: 65_536,
   region: 'us-east-1',
 } as const;
 
@@ -47,8 +48,10 @@ export interface S3BackendOptions {
   readonly concurrency?: number;
   /** Milliseconds before a request to the store is given up (default 30000). */
   readonly timeout?: number;
-  /** Read-modify-write attempts when other writers keep changing an object (default 100). */
+  /** Write attempts when other writers keep changing an object (default 100). */
   readonly maxAttempts?: number;
+  /** Objects whose ETag is remembered for conditional whole-object writes (default 65 536; about 100 bytes each). */
+  readonly etagCache?: number;
   readonly readOnly?: boolean;
   /** Where store failures are reported (default: stderr). */
   readonly logger?: Logger;
@@ -104,7 +107,7 @@ async function openMeta(client: S3Client, key: string, want: { size?: number; ob
     const meta = { size: want.size, objectSize: want.objectSize ?? S3_DEFAULTS.objectSize };
     const body = Buffer.from(JSON.stringify({ format: META_FORMAT, ...meta }) + '\n');
     // If-None-Match: * — when another server creates it at the same moment, read theirs and compare.
-    if ((await client.put(key, body, { ifNoneMatch: '*' })) === 'ok') return meta;
+    if ((await client.put(key, body, { ifNoneMatch: '*' })) !== null) return meta;
   }
 }
 
@@ -141,8 +144,14 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout),
   });
   const meta = await openMeta(client, `${prefix}meta`, options, options.readOnly ?? false);
-  const store = new ObjectStore(client, prefix, meta.size, meta.objectSize, positive('maxAttempts', options.maxAttempts, S3_DEFAULTS.maxAttempts), (key) =>
-    logger.debug?.(`s3: ${client.where(key)} was changed by another writer; reading it again`),
+  const store = new ObjectStore(
+    client,
+    prefix,
+    meta.size,
+    meta.objectSize,
+    positive('maxAttempts', options.maxAttempts, S3_DEFAULTS.maxAttempts),
+    (key) => logger.debug?.(`s3: ${client.where(key)} was changed by another writer; reading it again`),
+    positive('etagCache', options.etagCache, S3_DEFAULTS.etagCache),
   );
 
   /** A store failure: one log line, EIO to the client. Anything else is a bug and goes up as it is. */

@@ -1,5 +1,5 @@
 /**
- * The few S3 calls the s3 backend needs (GET, conditional PUT, DELETE,
+ * The few S3 calls the s3 backend needs (GET, HEAD, conditional PUT,
  * ListObjectsV2), signed with SigV4 by aws4fetch over Node's fetch, path-style
  * (`endpoint/bucket/key`, as radosgw and MinIO serve by default). Every request
  * has a timeout and waits for one of `concurrency` slots, so a slow or dead
@@ -39,8 +39,24 @@ export interface S3Object {
   readonly etag: string;
 }
 
-/** Condition of a PUT: none, the object must not exist, or it must still have this ETag. */
-export type PutCondition = { readonly ifMatch: string } | { readonly ifNoneMatch: '*' } | undefined;
+/** Condition of a PUT: the object must not exist, or it must still have this ETag. */
+export type PutCondition = { readonly ifMatch: string } | { readonly ifNoneMatch: '*' };
+
+/**
+ * What one NBD request's store calls share: `deadline` (Date.now() milliseconds) bounds them all,
+ * waiting for a slot included; once `signal` is aborted (another piece of the request failed),
+ * calls that have not started fail at once with its reason instead of waiting their turn.
+ */
+export interface CallContext {
+  readonly deadline: number;
+  readonly signal: AbortSignal;
+}
+
+/** A key as ListObjectsV2 lists it. */
+export interface ListedKey {
+  readonly key: string;
+  readonly size: number;
+}
 
 /** A counting semaphore: at most `n` holders. */
 class Slots {
@@ -112,15 +128,19 @@ export class S3Client {
    * So the request is signed by aws4fetch and sent by us with the URL, the signed headers and our
    * own signal, and the timer rejects even if the abort should not reach the socket.
    */
-  private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string; label?: string } = {}) {
+  private request(method: string, key: string, init: { headers?: Record<string, string>; body?: Buffer; query?: string; label?: string; call?: CallContext } = {}) {
     const what = init.label ?? `${method} ${this.where(key)}`;
-    const timeout = this.options.timeout;
+    const call = init.call;
     return this.slots.run(async () => {
+      // A call of a request that already failed, or whose time ran out while it waited for its slot, is not sent.
+      call?.signal.throwIfAborted();
+      const timeout = call ? Math.min(this.options.timeout, call.deadline - Date.now()) : this.options.timeout;
+      if (timeout <= 0) throw new S3Error(`${what}: not sent, the request's ${this.options.timeout} ms ran out`);
       const controller = new AbortController();
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
-          const err = new S3Error(`${what}: no answer in ${timeout} ms`);
+          const err = new S3Error(`${what}: no answer in ${this.options.timeout} ms`);
           controller.abort(err);
           reject(err);
         }, timeout);
@@ -159,59 +179,63 @@ export class S3Client {
    * The object (or bytes [from, from + length) of it), or null when there is no such key.
    * A missing bucket is an error, not a missing object.
    */
-  async get(key: string, range?: { from: number; length: number }): Promise<S3Object | null> {
+  async get(key: string, range?: { from: number; length: number }, call?: CallContext): Promise<S3Object | null> {
     const headers = range ? { range: `bytes=${range.from}-${range.from + range.length - 1}` } : undefined;
-    const res = await this.request('GET', key, { headers });
+    const res = await this.request('GET', key, { headers, call });
     if (res.status === 200 || res.status === 206) return { body: res.body, etag: res.headers.get('etag') ?? '' };
+    // A range that starts past the object's end: the object is shorter (an empty one marks a hole), nothing of it is there.
+    if (res.status === 416 && range) return { body: Buffer.alloc(0), etag: res.headers.get('etag') ?? '' };
     const err = this.fail('GET', key, res);
     if (res.status === 404 && (err.code === 'NoSuchKey' || err.code === undefined)) return null;
     throw err;
   }
 
   /**
-   * PUT the object; with a condition, 'conflict' when it no longer holds (412, or 409 which
-   * some stores answer to a concurrent conditional write, or 404 NoSuchKey: deleted meanwhile).
-   * Resolves once the store has it.
+   * PUT the object on a condition: its new ETag ('' if the store sent none) once the store has
+   * it, or null when the condition no longer holds (412, or 409 which some stores answer to a
+   * concurrent conditional write, or 404 NoSuchKey: deleted meanwhile). Never unconditional: a
+   * PUT that timed out may still be carried out by the store later, and only its condition keeps
+   * it from replacing what was written since (objects.ts).
    */
-  async put(key: string, body: Buffer, condition?: PutCondition): Promise<'ok' | 'conflict'> {
+  async put(key: string, body: Buffer, condition: PutCondition, call?: CallContext): Promise<string | null> {
     const headers: Record<string, string> = {};
     // radosgw (16.x) compares If-Match with the ETag without its quotes, and fails a quoted one.
-    if (condition && 'ifMatch' in condition) headers['if-match'] = condition.ifMatch.replace(/^"|"$/g, '');
-    if (condition && 'ifNoneMatch' in condition) headers['if-none-match'] = '*';
-    const res = await this.request('PUT', key, { headers, body });
-    if (res.status === 200) return 'ok';
-    if (condition && (res.status === 412 || res.status === 409)) return 'conflict';
+    if ('ifMatch' in condition) headers['if-match'] = condition.ifMatch.replace(/^"|"$/g, '');
+    else headers['if-none-match'] = '*';
+    const res = await this.request('PUT', key, { headers, body, call });
+    if (res.status === 200) return res.headers.get('etag') ?? '';
+    if (res.status === 412 || res.status === 409) return null;
     const err = this.fail('PUT', key, res);
     // radosgw: an If-Match PUT whose object is deleted between its check and its write (another
     // server's TRIM) fails with RADOS's ENOENT, answered as 404 NoSuchKey: the object changed.
-    if (condition && res.status === 404 && err.code === 'NoSuchKey') return 'conflict';
+    if (res.status === 404 && err.code === 'NoSuchKey') return null;
     throw err;
   }
 
-  /** DELETE the object (a missing one is fine). */
-  async delete(key: string): Promise<void> {
-    const res = await this.request('DELETE', key);
-    if (res.status === 204 || res.status === 200) return;
-    const err = this.fail('DELETE', key, res);
-    if (res.status === 404 && err.code === 'NoSuchKey') return;
-    throw err;
+  /** The object's ETag ('' if the store sent none), or null when there is no such key. */
+  async head(key: string, call?: CallContext): Promise<string | null> {
+    const res = await this.request('HEAD', key, { call });
+    if (res.status === 200) return res.headers.get('etag') ?? '';
+    // A HEAD answer has no body, so no error code: 404 is a missing key (a missing bucket fails the PUT before it).
+    if (res.status === 404) return null;
+    throw this.fail('HEAD', key, res);
   }
 
-  /** Keys beginning with `prefix`, after `startAfter`, in order, until `last` (inclusive) or the end. */
-  async list(prefix: string, startAfter: string | undefined, last: string): Promise<string[]> {
-    const keys: string[] = [];
+  /** Keys beginning with `prefix`, after `startAfter`, in order, until `last` (inclusive) or the end, with their sizes. */
+  async list(prefix: string, startAfter: string | undefined, last: string, call?: CallContext): Promise<ListedKey[]> {
+    const keys: ListedKey[] = [];
     let token: string | undefined;
     for (;;) {
       const q = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': '1000' });
       if (token) q.set('continuation-token', token);
       else if (startAfter !== undefined) q.set('start-after', startAfter);
-      const res = await this.request('GET', '', { query: `?${q.toString()}`, label: `LIST ${this.where(prefix)}` });
+      const res = await this.request('GET', '', { query: `?${q.toString()}`, label: `LIST ${this.where(prefix)}`, call });
       if (res.status !== 200) throw this.fail('LIST', prefix, res);
       const xml = res.body.toString('utf8');
-      for (const m of xml.matchAll(/<Key>([^<]*)<\/Key>/g)) {
-        const key = unescapeXml(m[1]!);
+      for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
+        const key = unescapeXml(/<Key>([^<]*)<\/Key>/.exec(m[1]!)?.[1] ?? '');
         if (key > last) return keys;
-        keys.push(key);
+        keys.push({ key, size: Number(/<Size>(\d+)<\/Size>/.exec(m[1]!)?.[1] ?? 0) });
       }
       token = /<IsTruncated>true<\/IsTruncated>/.test(xml) ? /<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(xml)?.[1] : undefined;
       if (!token) return keys;

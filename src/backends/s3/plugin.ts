@@ -22,7 +22,9 @@ export const s3Plugin: BackendPlugin = {
     { name: 'session-token', kind: 'string', summary: 'session token (default $AWS_SESSION_TOKEN)' },
     { name: 'region', kind: 'string', summary: `signing region (default $AWS_REGION, else ${S3_DEFAULTS.region})` },
     { name: 'concurrency', kind: 'integer', summary: `HTTP requests in flight at most (default ${S3_DEFAULTS.concurrency})` },
-    { name: 'timeout', kind: 'integer', summary: `milliseconds before a store request fails (default ${S3_DEFAULTS.timeout})` },
+    { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout})` },
+    { name: 'max-attempts', kind: 'integer', summary: `write attempts while other writers keep changing an object (default ${S3_DEFAULTS.maxAttempts})` },
+    { name: 'etag-cache', kind: 'integer', summary: `objects whose ETag is remembered for conditional whole-object writes (default ${S3_DEFAULTS.etagCache})` },
   ],
   create: async (p, ctx) => {
     try {
@@ -38,6 +40,8 @@ export const s3Plugin: BackendPlugin = {
         region: p.region as string | undefined,
         concurrency: p.concurrency as number | undefined,
         timeout: p.timeout as number | undefined,
+        maxAttempts: p['max-attempts'] as number | undefined,
+        etagCache: p['etag-cache'] as number | undefined,
         readOnly: ctx.readOnly,
         logger: ctx.logger,
       });

@@ -6,10 +6,11 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { AwsClient } from 'aws4fetch';
 import { describe, expect, it } from 'vitest';
-import { s3Backend, S3ConfigError, type S3BackendOptions } from '../../../src/index.js';
+import { s3Backend, S3ConfigError, type ReadSegment, type S3BackendOptions } from '../../../src/index.js';
 import { recordingLogger, run, serverPerTest, spawnCli, tmpDir } from '../harness.js';
 import { py } from '../pylibnbd.js';
 import { radosgwAdmin, radosgwPerFile, type Radosgw } from './radosgw.js';
@@ -155,6 +156,35 @@ describe('s3 backend on radosgw', () => {
     await expect(s3Backend(opts(rgw, 'absent/'))).rejects.toThrow(/no export at s3:\/\/nbd-engine\/absent\/meta: give its size/);
   });
 
+  it('whole-object overwrites with a one-object ETag cache (etag-cache=1, max-attempts=3 on the command line): the data is right', async () => {
+    const rgw = store.get();
+    const dir = tmpDir();
+    const sock = path.join(dir, 'sock');
+    const server = await spawnCli(['serve', '-U', sock, 's3', `endpoint=${rgw.endpoint}`, `bucket=${rgw.bucket}`, 'prefix=etag1/', 'size=1M', 'object-size=64K', 'etag-cache=1', 'max-attempts=3'], rgw.env);
+    try {
+      const out = await py<{ same: boolean }>(`nbd+unix:///?socket=${sock}`, `
+        K = 64 * 1024
+        h = connect()
+        for rnd in range(3):
+            for i in range(16):
+                h.pwrite(bytes([rnd * 16 + i + 1]) * K, i * K)
+        h.trim(4 * K, 0)
+        got = h.pread(16 * K, 0)
+        out['same'] = got == bytes(4 * K) + b''.join(bytes([32 + i + 1]) * K for i in range(4, 16))
+      `);
+      expect(out.same).toBe(true);
+    } finally {
+      server.child.kill('SIGTERM');
+      await new Promise((r) => server.child.once('exit', r));
+    }
+    const refused = await spawnCli(['serve', '-U', path.join(dir, 'sock2'), 's3', `endpoint=${rgw.endpoint}`, `bucket=${rgw.bucket}`, 'prefix=etag1/', 'etag-cache=0'], rgw.env).then(
+      () => 'started',
+      (e: Error) => e.message,
+    );
+    expect(refused).toMatch(/etagCache must be a positive integer \(got 0\)/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it('the bucket disappearing: the client gets EIO, the server logs one line and keeps serving', async () => {
     const rgw = store.get();
     const aws = new AwsClient({ accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey, region: rgw.region, service: 's3', retries: 0 });
@@ -211,4 +241,70 @@ describe('s3 backend on radosgw', () => {
     expect(lines[0]).toMatch(/cannot open the export: GET s3:\/\/creds\/meta: HTTP 403/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
+});
+
+/**
+ * A TCP proxy in front of the store that can hold what the client sends for `delayMs`, as a slow
+ * network or an overloaded store would: a request the client gave up on still reaches the store,
+ * later.
+ */
+async function slowLink(target: string): Promise<{ endpoint: string; delayMs: number; close(): Promise<void> }> {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set<net.Socket>();
+  const link = { endpoint: '', delayMs: 0, close: async () => {} };
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => sockets.delete(s));
+    }
+    const later = (fn: () => void) => (link.delayMs ? setTimeout(fn, link.delayMs) : fn());
+    client.on('data', (d) => later(() => upstream.write(d)));
+    // The client giving up does not reach the store (a FIN right behind the request would make
+    // radosgw drop it): the store answers a request nobody waits for any more.
+    upstream.on('data', (d) => client.destroyed || client.write(d));
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  link.endpoint = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  link.close = async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return link;
+}
+
+describe('s3: a request that timed out but reaches the store later', () => {
+  // Every PUT is conditional on the ETag the object had, so the late one is refused by the store
+  // once anything was written after it: an unconditional PUT (or DELETE) replaced the acknowledged
+  // write that came in between.
+  for (const late of ['write', 'trim'] as const) {
+    it(`a late ${late.toUpperCase()} does not replace the write acknowledged after it`, async () => {
+      const rgw = store.get();
+      const link = await slowLink(rgw.endpoint);
+      try {
+        const K = 64 * 1024;
+        const logs: string[] = [];
+        const backend = await s3Backend(opts(rgw, `late-${late}/`, { endpoint: link.endpoint, size: 4 * K, objectSize: K, timeout: 1000, logger: recordingLogger(logs) }));
+        await backend.write!(0, Buffer.alloc(K, 0x58), { fua: false });
+        link.delayMs = 2500;
+        const failed = await Promise.resolve(late === 'write' ? backend.write!(0, Buffer.alloc(K, 0x59), { fua: false }) : backend.trim!(0, K, { fua: false })).then(
+          () => 'acknowledged',
+          (e: Error) => e.message,
+        );
+        expect(failed).toMatch(/no answer in 1000 ms/);
+        link.delayMs = 0;
+        await backend.write!(0, Buffer.alloc(K, 0x5a), { fua: false });
+        // The late request reaches the store now.
+        await new Promise((r) => setTimeout(r, 3000));
+        const segments = (await backend.read(0, K)) as readonly ReadSegment[];
+        const back = Buffer.concat(segments.map((seg) => ('data' in seg ? seg.data : Buffer.alloc(seg.hole))));
+        expect(back.length).toBe(K);
+        expect(back.every((b) => b === 0x5a)).toBe(true);
+      } finally {
+        await link.close();
+      }
+    });
+  }
 });

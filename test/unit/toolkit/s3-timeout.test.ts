@@ -16,6 +16,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Client, S3Error } from '../../../src/backends/s3/client.js';
+import { ObjectStore } from '../../../src/backends/s3/objects.js';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
@@ -65,12 +66,12 @@ describe('s3 client: a store that never answers', () => {
     const calls = [
       () => client.get('disk/0000000000000000'),
       () => client.put('disk/0000000000000001', Buffer.alloc(4096, 1), { ifNoneMatch: '*' }),
-      () => client.delete('disk/0000000000000002'),
+      () => client.head('disk/0000000000000002'),
       () => client.list('disk/', undefined, 'disk/0000000000000009'),
     ];
     for (const call of calls) {
       const r = await settle(call(), 5000);
-      expect(r.outcome).toMatch(/^S3Error: (GET|PUT|DELETE|LIST) s3:\/\/b\/.*: no answer in 300 ms$/);
+      expect(r.outcome).toMatch(/^S3Error: (GET|PUT|HEAD|LIST) s3:\/\/b\/.*: no answer in 300 ms$/);
       expect(r.ms).toBeLessThan(3000);
     }
     // The aborts reached the sockets: the timed-out requests' connections do not pile up (undici
@@ -86,4 +87,20 @@ describe('s3 client: a store that never answers', () => {
     // One slot: one after the other, about 200 ms each.
     expect(Math.max(...results.map((r) => r.ms))).toBeGreaterThanOrEqual(550);
   });
+});
+
+describe('s3 objects: one NBD request over many objects, to a store that never answers', () => {
+  // 16 objects, 2 slots, 300 ms: the request's pieces share one deadline (slot waits included) and
+  // the ones not yet sent are dropped once one failed, so the request fails after about 300 ms —
+  // not 16 / 2 × 300 ms, each wave of pieces waiting for its own timeout.
+  for (const op of ['read', 'write', 'zero'] as const) {
+    it(`a ${op} fails within about the timeout, not the timeout per wave of objects`, async () => {
+      const client = new S3Client({ endpoint, bucket: 'b', accessKeyId: 'k', secretAccessKey: 's', region: 'us-east-1', concurrency: 2, timeout: 300 });
+      const objects = new ObjectStore(client, 'disk/', 16 * 4096, 4096, 100);
+      const call = op === 'read' ? objects.read(0, 16 * 4096) : op === 'write' ? objects.write(0, Buffer.alloc(16 * 4096, 1)) : objects.zero(0, 16 * 4096, true);
+      const r = await settle(call, 10_000);
+      expect(r.outcome).toMatch(/^S3Error: (GET|PUT) s3:\/\/b\/disk\/00000000000000\d\d: no answer in 300 ms$/);
+      expect(r.ms).toBeLessThan(1200);
+    });
+  }
 });
