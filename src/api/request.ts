@@ -62,6 +62,8 @@ export interface ReplySink {
   error(cookie: bigint, command: number, errno: number, message: string | undefined, offset: number, released: number): void;
   /** Extent descriptors a BLOCK_STATUS reply carries per context at most (default DEFAULTS.maxExtents); more are dropped. */
   readonly maxExtents?: number;
+  /** Bytes the request counts against the connection's byte budget until answered, given back as `released` (absent: 0, a sink without flow control). */
+  heldBytes?(frame: RequestFrame): number;
 }
 
 function decodeFlags(bits: number): RequestFlags {
@@ -174,12 +176,9 @@ export class NbdRequest {
     releaseRequestPayload(this.frame);
   }
 
-  /**
-   * Bytes this request counts against the connection's byte budget until it
-   * is answered: its WRITE payload, or the READ reply it will send.
-   */
+  /** Bytes this request counts against the connection's byte budget until it is answered (the sink's flow control decides). */
   private get held(): number {
-    return this.command === CMD.NBD_CMD_WRITE || this.command === CMD.NBD_CMD_READ ? this.length : 0;
+    return this.sink.heldBytes?.(this.frame) ?? 0;
   }
 
   get flags(): RequestFlags {

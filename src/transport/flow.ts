@@ -6,7 +6,8 @@
  * - at most `maxInFlight` requests are with the application;
  * - at most `maxInFlightBytes` bytes are owed: WRITE payloads held by
  *   requests in flight, READ lengths of requests in flight (their replies
- *   are coming), and reply bytes queued but not yet handed to the OS;
+ *   are coming), the largest reply each BLOCK_STATUS in flight may send,
+ *   and reply bytes queued but not yet handed to the OS;
  * - at most `maxQueuedReplyBytes` of those queued reply bytes (a client
  *   that does not read its replies soon stops being read).
  * The pump loop stops pulling exactly when `hasRoom` says no, and the same
@@ -14,8 +15,15 @@
  * `budget.room`): its `reading` region pauses and resumes the socket (TCP
  * backpressure: the client is throttled, never dropped). Completions,
  * written replies and 'drain' ask again.
+ *
+ * One pump takes at most PUMP_SLICE_MS of the event loop: past it, what is
+ * left waits for the next turn (setImmediate), after other connections' I/O.
+ * A BLOCK_STATUS goes to the machine alone, so that the slice is checked
+ * between them: a synchronous backend's extents over a fragmented export take
+ * tens of milliseconds each, and 64 of them in one burst stalled every other
+ * connection for seconds.
  */
-import { CMD } from '../protocol/constants.js';
+import { CMD, CMD_FLAG } from '../protocol/constants.js';
 import type { DecodeFailure, FrameDecoder } from '../protocol/decoder.js';
 import type { ClientFrame, RequestFrame } from '../protocol/frames.js';
 import { DEFAULTS } from '../defaults.js';
@@ -63,9 +71,12 @@ export interface FlowHost {
   idle(): void;
 }
 
-/** Bytes a request holds while with the application: its WRITE payload, or its READ reply to come. */
-export function heldBytes(frame: RequestFrame): number {
-  return frame.type === CMD.NBD_CMD_WRITE || frame.type === CMD.NBD_CMD_READ ? frame.length : 0;
+/** Event-loop time one pump may take before it lets other connections run (see above). */
+export const PUMP_SLICE_MS = 10;
+
+/** The largest BLOCK_STATUS reply of a connection: `contexts` chunks of at most `maxExtents` descriptors (16 bytes extended, else 8), and a header each. */
+export function blockStatusReplyBound(contexts: number, maxExtents: number, extendedHeaders: boolean): number {
+  return contexts * (64 + maxExtents * (extendedHeaders ? 16 : 8));
 }
 
 export class FlowControl {
@@ -74,8 +85,14 @@ export class FlowControl {
   private readonly maxQueuedReplyBytes: number;
   /** Requests with the application. */
   private inFlight = 0;
-  /** WRITE payload bytes and READ lengths held by requests with the application. */
+  /** WRITE payload bytes, READ lengths and BLOCK_STATUS reply bounds held by requests with the application. */
   private inFlightBytes = 0;
+  /** What a BLOCK_STATUS holds (its largest reply), with and without NBD_CMD_FLAG_REQ_ONE: set once negotiated. */
+  private blockStatus = { all: 0, one: 0 };
+  /** When the running pump began (performance.now()), for PUMP_SLICE_MS. */
+  private sliceStart = 0;
+  /** A pump is scheduled for the next turn of the event loop. */
+  private resumeScheduled = false;
   private pumping = false;
   /** A completion happened while pumping: pump again before returning. */
   private repump = false;
@@ -97,6 +114,27 @@ export class FlowControl {
     return this.inFlight;
   }
 
+  /** The negotiated reply form and contexts decide how large a BLOCK_STATUS reply may get. */
+  negotiated(contexts: number, maxExtents: number, extendedHeaders: boolean): void {
+    this.blockStatus = { all: blockStatusReplyBound(contexts, maxExtents, extendedHeaders), one: blockStatusReplyBound(contexts, 1, extendedHeaders) };
+  }
+
+  /**
+   * Bytes a request holds while with the application: its WRITE payload, its READ reply to come,
+   * or the largest reply its BLOCK_STATUS may send. The request gives the same back when answered.
+   */
+  held(frame: RequestFrame): number {
+    switch (frame.type) {
+      case CMD.NBD_CMD_WRITE:
+      case CMD.NBD_CMD_READ:
+        return frame.length;
+      case CMD.NBD_CMD_BLOCK_STATUS:
+        return (frame.flags & CMD_FLAG.NBD_CMD_FLAG_REQ_ONE) !== 0 ? this.blockStatus.one : this.blockStatus.all;
+      default:
+        return 0;
+    }
+  }
+
   /**
    * Whether one more request may be taken from the decoder: all three
    * budgets have room, counting `count` requests holding `bytes` that are
@@ -114,7 +152,7 @@ export class FlowControl {
   /** A request was handed to the application. */
   taken(frame: RequestFrame): void {
     this.inFlight++;
-    this.inFlightBytes += heldBytes(frame);
+    this.inFlightBytes += this.held(frame);
   }
 
   /** A request was answered: its slot and the bytes it held (`released`) are free. */
@@ -149,15 +187,17 @@ export class FlowControl {
       return;
     }
     this.pumping = true;
+    this.sliceStart = performance.now();
     let exhausted = false;
     try {
       do {
         this.repump = false;
         exhausted = this.pumpOnce();
-      } while (this.repump && !this.host.closed());
+      } while (this.repump && !this.host.closed() && !this.sliceUsed());
     } finally {
       this.pumping = false;
     }
+    if (this.repump && !this.host.closed()) this.resumeLater();
     if (this.eofPending && exhausted && !this.host.closed()) {
       this.eofPending = false;
       this.host.eof();
@@ -179,6 +219,22 @@ export class FlowControl {
     if (!this.host.readingPaused()) this.pump();
   };
 
+  /** This pump has had its PUMP_SLICE_MS. */
+  private sliceUsed(): boolean {
+    return performance.now() - this.sliceStart > PUMP_SLICE_MS;
+  }
+
+  /** Go on at the next turn of the event loop, after other connections' I/O. */
+  private resumeLater(): void {
+    this.repump = false;
+    if (this.resumeScheduled) return;
+    this.resumeScheduled = true;
+    setImmediate(() => {
+      this.resumeScheduled = false;
+      if (!this.host.closed()) this.pump();
+    });
+  }
+
   /** One pass; true when it stopped because the decoder had no complete frame left. */
   private pumpOnce(): boolean {
     const host = this.host;
@@ -195,7 +251,16 @@ export class FlowControl {
       // Request frames exist only in transmission (the decoder starts decoding them once GO's ACK is out).
       if (f.kind === 'request' && f.type !== CMD.NBD_CMD_DISC) {
         (batch ??= []).push(f);
-        batchBytes += heldBytes(f);
+        batchBytes += this.held(f);
+        // A BLOCK_STATUS may be slow to answer: it goes alone, and the slice is checked after it.
+        if (f.type !== CMD.NBD_CMD_BLOCK_STATUS) continue;
+        host.sendRequests(batch);
+        batch = null;
+        batchBytes = 0;
+        if (this.sliceUsed()) {
+          this.repump = true;
+          return false;
+        }
         continue;
       }
       if (batch !== null) {

@@ -237,6 +237,11 @@ export class Session implements ReplySink {
     if (this.flow.requestsInFlight === 0) this.timers.touch();
   }
 
+  /** ReplySink: what the request counts against the byte budget until answered (flow control decides). */
+  heldBytes(frame: RequestFrame): number {
+    return this.flow.held(frame);
+  }
+
   /** ReplySink: the BLOCK_STATUS descriptor cap of this connection's server. */
   get maxExtents(): number {
     return this.options.maxExtents ?? DEFAULTS.maxExtents;
@@ -348,6 +353,7 @@ export class Session implements ReplySink {
       const negotiated = this.actor.getSnapshot().context.negotiated!;
       this.negotiated = negotiated;
       this.replies.mode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
+      this.flow.negotiated(negotiated.metaContexts.length, this.maxExtents, negotiated.extendedHeaders);
       // option.go-starts-transmission: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
