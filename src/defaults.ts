@@ -34,6 +34,8 @@ export const DEFAULTS = Object.freeze({
   handshakeTimeout: 10_000,
   /** Milliseconds a negotiated connection may sit idle (0: off). */
   idleTimeout: 0,
+  /** Milliseconds a connection the server ended may stay open for the client to close its side (0: none). */
+  lingerTimeout: 2000,
   /** Milliseconds server.close() waits for connections to finish. */
   closeTimeout: 10_000,
   /** Milliseconds `nbd-engine serve` lets requests in flight finish after a stop signal (`--shutdown-timeout`). */

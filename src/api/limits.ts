@@ -72,6 +72,13 @@ export interface ServerLimits {
    * no byte received) before it is closed with one log line (default 0: off).
    */
   readonly idleTimeout?: number;
+  /**
+   * Milliseconds a connection the server has ended (NBD_CMD_DISC or ABORT answered, a timeout, a
+   * refusal) stays open after its last reply for the client to read it and close its side; then
+   * it is dropped, and its `maxConnections` slot freed (default 2000; 0: as soon as the last reply
+   * is handed to the OS).
+   */
+  readonly lingerTimeout?: number;
 }
 
 const KiB = 1024;
@@ -116,6 +123,7 @@ export const LIMIT_RANGES = {
   maxConnections: { min: 1, max: 1_048_576, unit: 'count' },
   handshakeTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: DEFAULTS.handshakeTimeout },
   idleTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: DEFAULTS.idleTimeout },
+  lingerTimeout: { min: 0, max: MAX_TIMER_MS, unit: 'ms', default: DEFAULTS.lingerTimeout },
 } as const satisfies Record<keyof ServerLimits, LimitRange>;
 
 export type LimitName = keyof typeof LIMIT_RANGES;

@@ -268,6 +268,7 @@ export class NbdServer {
         maxQueuedReplyBytes: this.options.limits?.maxQueuedReplyBytes ?? DEFAULTS.maxQueuedReplyBytes,
         handshakeTimeout: this.options.limits?.handshakeTimeout ?? DEFAULTS.handshakeTimeout,
         idleTimeout: this.options.limits?.idleTimeout ?? DEFAULTS.idleTimeout,
+        lingerTimeout: this.options.limits?.lingerTimeout ?? DEFAULTS.lingerTimeout,
         maxExtents: this.options.limits?.maxExtents ?? DEFAULTS.maxExtents,
         inspect: this.inspect,
         logger: this.logger,

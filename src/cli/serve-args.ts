@@ -53,6 +53,7 @@ const OPTIONS = {
   'max-buffered-bytes': { type: 'string' },
   'handshake-timeout': { type: 'string' },
   'idle-timeout': { type: 'string' },
+  'linger-timeout': { type: 'string' },
   'shutdown-timeout': { type: 'string' },
   trace: { type: 'string' },
   'trace-max': { type: 'string' },
@@ -109,6 +110,7 @@ const LIMIT_FLAGS: ReadonlyArray<{ flag: keyof typeof OPTIONS; limit: LimitName;
   { flag: 'max-buffered-bytes', limit: 'maxBufferedBytes', kind: 'size' },
   { flag: 'handshake-timeout', limit: 'handshakeTimeout', kind: 'seconds' },
   { flag: 'idle-timeout', limit: 'idleTimeout', kind: 'seconds' },
+  { flag: 'linger-timeout', limit: 'lingerTimeout', kind: 'seconds' },
 ];
 
 /**

@@ -47,6 +47,8 @@ Limits (per connection unless noted):
   --read-buffer-pool SIZE      idle READ buffers kept for reuse, server-wide (default 32M; 0: none)
   --handshake-timeout SECONDS  time to finish negotiating (default 10; 0: off)
   --idle-timeout SECONDS       close a connection idle this long (default 0: off)
+  --linger-timeout SECONDS     drop a connection the server ended if the client has not closed it
+                               this long after the last reply (default 2)
   --shutdown-timeout SECONDS   at a stop signal, let requests in flight finish this long (default 5; 0: close at once)
 
 Other:

@@ -25,6 +25,8 @@ export interface SessionOptions extends FlowLimits {
   readonly handshakeTimeout?: number;
   /** Milliseconds a negotiated connection may sit idle before it is closed (0 or absent: no limit). */
   readonly idleTimeout?: number;
+  /** Milliseconds a connection the server ended may stay open for the client to close (ReplyWriter.lingerMs). */
+  readonly lingerTimeout?: number;
   /** Extent descriptors per BLOCK_STATUS reply and context (default DEFAULTS.maxExtents); more are dropped. */
   readonly maxExtents?: number;
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);

@@ -140,6 +140,7 @@ export class Session implements ReplySink {
       peer: this.peer,
     });
     this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.flow.written);
+    this.writer.lingerMs = options.lingerTimeout ?? DEFAULTS.lingerTimeout;
     this.replies = new ReplyEncoder(this.writer);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
     this.machines = new ConnectionMachines(this.actor, {
@@ -403,6 +404,7 @@ export class Session implements ReplySink {
       this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
       this.socket = secure;
       this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
+      this.writer.lingerMs = this.options.lingerTimeout ?? DEFAULTS.lingerTimeout;
       this.replies.out = this.writer;
       secure.on('error', this.ending.socketError);
       secure.on('close', this.ending.socketClosed);

@@ -3,6 +3,7 @@
  * reply writer (header + payload as separate buffers under cork, `drain`
  * honoured). The only code besides the listeners that touches sockets.
  */
+import { DEFAULTS } from '../defaults.js';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
@@ -368,12 +369,28 @@ export class ReplyWriter {
     if (err) this.closed = true;
   };
 
-  /** Flush and half-close (soft disconnect). */
+  /**
+   * After end(): milliseconds the socket may stay open for the client to read what is left and
+   * close its side; then it is destroyed (0: once our last bytes are handed to the OS). A client
+   * that never closes must not keep the connection, and its maxConnections slot, for good.
+   */
+  lingerMs: number = DEFAULTS.lingerTimeout;
+
+  /** Flush and half-close (soft disconnect); the socket goes after `lingerMs` if the client keeps it open. */
   end(): void {
     if (this.closed) return;
     this.flush();
     this.closed = true;
-    if (!this.socket.destroyed) this.socket.end();
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    socket.end();
+    if (this.lingerMs === 0) {
+      socket.once('finish', () => socket.destroy());
+      return;
+    }
+    const timer = setTimeout(() => socket.destroy(), this.lingerMs);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
   }
 
   /** Drop the connection now (hard disconnect). */

@@ -25,6 +25,7 @@ const OPTIONS: Array<{ flag: string; bad: string[]; good: string[] }> = [
   { flag: '--max-buffered-bytes', bad: ['abc', '-5', '0', '1.5', '1e20', ''], good: ['65M', '128M'] },
   { flag: '--handshake-timeout', bad: ['abc', '-5', '1e20', '', '1.5.2', '0.0001', '9999999'], good: ['0', '0.5', '10', '30'] },
   { flag: '--idle-timeout', bad: ['abc', '-5', '1e20', '', '-0.5'], good: ['0', '2.5', '3600'] },
+  { flag: '--linger-timeout', bad: ['abc', '-5', '1e20', '', '-0.5'], good: ['0', '0.5', '2'] },
 ];
 
 describe('a bad numeric value: one line naming the option, exit 2', () => {

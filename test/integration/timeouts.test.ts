@@ -192,4 +192,39 @@ describe('maxConnections', () => {
     expect((await again.readSimpleReply(() => 512)).error).toBe(0);
     for (const c of [again, open[1]!, open[2]!]) c.destroy();
   });
+
+  /** A client that never closes its side (allowHalfOpen: the server's FIN does not close it): EXPORT_NAME, then `after`. */
+  async function stubborn(sock: string, after: Buffer[] = []): Promise<net.Socket> {
+    const c = net.connect({ path: sock, allowHalfOpen: true });
+    await new Promise((r) => c.once('connect', r));
+    c.on('data', () => {});
+    c.on('error', () => {});
+    c.write(Buffer.concat([clientFlagsBytes(CLIENT_FLAGS.NBD_FLAG_C_FIXED_NEWSTYLE | CLIENT_FLAGS.NBD_FLAG_C_NO_ZEROES), optionBytes(OPT.NBD_OPT_EXPORT_NAME), ...after]));
+    return c;
+  }
+
+  it('a connection the server ended (idle timeout, DISC answered) that the client keeps open is dropped after lingerTimeout, freeing its slot', async () => {
+    const { sock, logs, server: srv } = await start({ maxConnections: 2, idleTimeout: 300, lingerTimeout: 600 });
+    // One goes idle and is closed by the server; the other sends DISC. Neither client ever closes its socket.
+    const idle = await stubborn(sock);
+    const disc = await stubborn(sock, [requestBytes({ type: 2, offset: 0, length: 0, cookie: 1n })]);
+    await expect.poll(() => logs.some((l) => /idle for 300 ms/.test(l)), { timeout: 5000 }).toBe(true);
+    // Ended but still open: the clients have not closed their side, and the linger has not run out.
+    expect(srv.connectionCount).toBe(2);
+    // Then both slots come back: the server does not wait for clients that never close.
+    await expect.poll(() => srv.connectionCount, { timeout: 5000 }).toBe(0);
+    const next = await RawClient.open({ path: sock });
+    next.send(requestBytes({ type: READ, offset: 0, length: 512, cookie: 3n }));
+    expect((await next.readSimpleReply(() => 512)).error).toBe(0);
+    expect(logs.filter((l) => /refused: .* connections open/.test(l))).toEqual([]);
+    next.destroy();
+    for (const c of [idle, disc]) c.destroy();
+  });
+
+  it('lingerTimeout 0: the ended connection goes as soon as its last bytes are out', async () => {
+    const { sock, server: srv } = await start({ maxConnections: 1, lingerTimeout: 0 });
+    const disc = await stubborn(sock, [requestBytes({ type: 2, offset: 0, length: 0, cookie: 1n })]);
+    await expect.poll(() => srv.connectionCount, { timeout: 2000 }).toBe(0);
+    disc.destroy();
+  });
 });
