@@ -375,6 +375,8 @@ export class NbdServer {
       await new Promise((r) => setTimeout(r, 20));
       for (const s of this.sessions) if (!s.negotiated && Date.now() > deadline - timeout + 1000) s.destroy('server closing', 'NBD_CLOSED_SHUTDOWN');
     }
+    // One line for the operator who wonders why stopping took the whole timeout (each connection's own close line is info).
+    if (this.sessions.size > 0) this.logger.warn(`closing: ${this.sessions.size} connection(s) still busy after ${timeout} ms; dropping them`);
     for (const s of this.sessions) s.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
     // A destroyed connection says it closed once its socket has (connections$ 'closed', the log line):
     // give that a moment, so that the stream does not complete before them.

@@ -60,9 +60,14 @@ export class SocketInput {
     this.bytes = null;
   }
 
-  /** The connection is over: nothing more is read or interpreted. */
+  /**
+   * The connection is over: nothing more is read or interpreted. Bytes still undecoded here were
+   * sent before the server ended the session (shutdown, a timeout, a fatal error): the client broke
+   * no rule, so they are said as such, not as bytes after its DISC.
+   */
   stop(): void {
-    this.ignore(this.decoder.stop());
+    const left = this.decoder.stop();
+    if (left > 0) this.host.log.info?.(`${this.host.peer}: the connection ended with ${left} bytes of requests not yet decoded`);
     this.detach();
   }
 

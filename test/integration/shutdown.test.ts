@@ -122,3 +122,25 @@ describe('shutdown with a backend that never settles', () => {
     ]);
   });
 });
+
+describe('shutdown timeout with a request that never finishes', () => {
+  it('the connections still busy at the timeout are dropped with one warning line (their own close lines are info)', async () => {
+    const stuckRead: Backend = { size: 4096, read: () => new Promise<Buffer>(() => {}) };
+    const srv = await startServer({ exports: [{ name: '', backend: stuckRead }] });
+    const c = net.connect(srv.socket);
+    c.on('error', () => {});
+    c.on('data', () => {});
+    await new Promise((r) => c.once('connect', r));
+    // Client flags, EXPORT_NAME "" and one READ whose answer never comes.
+    const read = Buffer.alloc(28);
+    read.writeUInt32BE(0x25609513, 0);
+    read.writeUInt16BE(0, 6);
+    read.writeUInt32BE(512, 24);
+    c.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('IHAVEOPT'), Buffer.from([0, 0, 0, 1, 0, 0, 0, 0]), read]));
+    await expect.poll(() => srv.server.connectionCount, { timeout: 2000 }).toBe(1);
+    await new Promise((r) => setTimeout(r, 200));
+    await srv.server.close({ timeout: 300 });
+    expect(srv.logs.filter((l) => l.startsWith('warn:'))).toEqual(['warn: closing: 1 connection(s) still busy after 300 ms; dropping them']);
+    c.destroy();
+  });
+});

@@ -193,6 +193,18 @@ describe('Session on an in-memory duplex pair', () => {
     expect(h.closed).toEqual([{ outcome: 'negotiated', code: 'transmission.disc-drains', reason: 'NBD_CMD_DISC' }]);
   });
 
+  it('the server ending the connection with requests still undecoded (shutdown timeout) says so, not "bytes after DISC"', async () => {
+    const h = start({ maxInFlight: 1 });
+    await negotiate(h);
+    h.client.write(Buffer.concat([read(1n), read(2n), read(3n)]));
+    await settle();
+    expect(h.requests.map((r) => r.cookie)).toEqual([1n]);
+    h.session.destroy('server closing (timeout)', 'NBD_CLOSED_SHUTDOWN');
+    await settle(10);
+    expect(h.logs.filter((l) => l.includes('ignoring bytes sent after the end'))).toEqual([]);
+    expect(h.logs.filter((l) => /ended with \d+ bytes of requests not yet decoded/.test(l))).toHaveLength(1);
+  });
+
   it('EOF with requests still buffered at the cap: they are served first, then the connection closes', async () => {
     const h = start({ maxInFlight: 1 });
     await negotiate(h);
