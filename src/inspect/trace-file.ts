@@ -15,11 +15,13 @@ import { TRACE_VERSION, type TraceHeader, type TraceRecord, type TraceSink } fro
 export const TRACE_MAX_BYTES = 64 * 1024 * 1024;
 /** Default `maxPendingBytes`: what a slow disk may leave unwritten before recording stops. */
 export const TRACE_MAX_PENDING_BYTES = 16 * 1024 * 1024;
+/** The most payload bytes a record carries as hex (`prefixBytes`). */
+export const TRACE_MAX_PREFIX_BYTES = 4096;
 
 export interface TraceFileOptions {
   /** Bytes per file before the cap applies (default 64 MiB). */
   readonly maxBytes?: number;
-  /** Leading payload bytes recorded as hex (default 0: lengths only). */
+  /** Leading payload bytes recorded as hex (default 0: lengths only; at most 4096). */
   readonly prefixBytes?: number;
   /**
    * Bytes recorded but not yet written to the file (queued, or in the file
@@ -30,8 +32,8 @@ export interface TraceFileOptions {
   readonly maxPendingBytes?: number;
   /** At the cap, rotate and keep this many old files (FILE.1 … FILE.N); default 0: stop recording at the cap. */
   readonly rotate?: number;
-  /** Where the one line about a write error goes (default stderr). */
-  readonly logger?: Pick<Logger, 'error'>;
+  /** Where the one line about a write error (error) or the cap (warn, if given) goes (default stderr). */
+  readonly logger?: Pick<Logger, 'error'> & Partial<Pick<Logger, 'warn'>>;
 }
 
 export interface TraceFile extends TraceSink {
@@ -53,8 +55,15 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   const keep = options.rotate ?? 0;
   const maxPending = options.maxPendingBytes ?? TRACE_MAX_PENDING_BYTES;
   const logger = options.logger ?? { error: (m: string) => process.stderr.write(`nbd-engine: ${m}\n`) };
+  const prefixBytes = options.prefixBytes ?? 0;
   if (!(maxBytes > 0)) throw new RangeError(`trace maxBytes must be positive, got ${maxBytes}`);
   if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`trace rotate must be a whole number ≥ 0, got ${keep}`);
+  if (!(maxPending > 0)) throw new RangeError(`trace maxPendingBytes must be positive, got ${maxPending}`);
+  if (!Number.isInteger(prefixBytes) || prefixBytes < 0 || prefixBytes > TRACE_MAX_PREFIX_BYTES) {
+    throw new RangeError(`trace prefixBytes must be a whole number from 0 to ${TRACE_MAX_PREFIX_BYTES}, got ${prefixBytes}`);
+  }
+  // Room kept for the `end` record, so that a file never grows past maxBytes (the rotation's names the file: the longest).
+  const endReserve = Buffer.byteLength(JSON.stringify({ type: 'end', t: Date.now(), reason: 'rotate', next: path })) + 8;
   const version = packageVersion();
   let stream: fs.WriteStream | null = null;
   let queue: string[] = [];
@@ -72,6 +81,8 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
     // Opened now (once per file, not per record), so that a rotation's rename moves a file this stream already holds.
     let fd: number;
     try {
+      // A FIFO with no reader would block this open (and the whole server) until one comes: ask without waiting first.
+      if (fs.statSync(path, { throwIfNoEntry: false })?.isFIFO()) fs.closeSync(fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
       fd = fs.openSync(path, 'w');
     } catch (err) {
       logger.error(`trace file ${path}: ${(err as Error).message}; recording stopped`);
@@ -140,14 +151,15 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   if (state === 'on') schedule();
   return {
     path,
-    prefixBytes: options.prefixBytes ?? 0,
+    prefixBytes,
     write(record: TraceRecord): void {
       if (state !== 'on') return;
       const l = line(record);
       const n = Buffer.byteLength(l);
-      if (bytes + n > maxBytes) {
+      if (bytes + n + endReserve > maxBytes) {
         if (keep === 0) {
           state = 'capped';
+          (logger.warn ?? logger.error)(`trace file ${path}: reached its ${maxBytes}-byte cap; recording stopped (--trace-rotate keeps recording)`);
           end('cap');
           return;
         }

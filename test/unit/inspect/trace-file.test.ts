@@ -2,6 +2,7 @@
  * traceFile(): header first, JSON Lines, the size cap (an end record by
  * default, rotation with `rotate`), and a write error as one log line.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,11 +32,15 @@ describe('traceFile', () => {
 
   it('stops at the cap with an end record (the default)', async () => {
     const f = path.join(dir, 't.jsonl');
-    const t = traceFile(f, { maxBytes: 1000 });
+    const logs: string[] = [];
+    const t = traceFile(f, { maxBytes: 1000, logger: { error: (m) => logs.push(`error: ${m}`), warn: (m) => logs.push(`warn: ${m}`) } });
     for (let i = 1; i <= 100; i++) t.write(open(i));
     await t.close();
     const rs = read(f);
     expect(rs.at(-1)).toMatchObject({ type: 'end', reason: 'cap' });
+    // The end record fits too: the file never grows past the cap; one line says recording stopped.
+    expect(fs.statSync(f).size).toBeLessThanOrEqual(1000);
+    expect(logs).toEqual([`warn: trace file ${f}: reached its 1000-byte cap; recording stopped (--trace-rotate keeps recording)`]);
     expect(rs.filter((r) => r.type === 'end')).toHaveLength(1);
     const opens = rs.filter((r) => r.type === 'open');
     expect(opens.length).toBeGreaterThan(3);
@@ -72,6 +77,7 @@ describe('traceFile', () => {
     expect(current[0]!.type).toBe('trace');
     expect(older[0]!.type).toBe('trace');
     expect(older.at(-1)).toMatchObject({ type: 'end', reason: 'rotate', next: f });
+    for (const name of ['t.jsonl', 't.jsonl.1', 't.jsonl.2']) expect(fs.statSync(path.join(dir, name)).size).toBeLessThanOrEqual(1000);
     // The newest records are in FILE, the last of them conn 100; FILE.1 holds the ones just before.
     const lastOlder = (older.filter((r) => r.type === 'open').at(-1) as { conn: number }).conn;
     const firstCurrent = (current.find((r) => r.type === 'open') as { conn: number }).conn;
@@ -93,5 +99,19 @@ describe('traceFile', () => {
   it('rejects a cap that is not positive and a rotate count that is not a whole number', () => {
     expect(() => traceFile(path.join(dir, 'a'), { maxBytes: 0 })).toThrow(/maxBytes/);
     expect(() => traceFile(path.join(dir, 'b'), { rotate: 1.5 })).toThrow(/rotate/);
+    // As the command line's --trace-prefix: at most 4096; a pending bound of 0 would stop at the first record.
+    expect(() => traceFile(path.join(dir, 'c'), { prefixBytes: 5000 })).toThrow(/prefixBytes/);
+    expect(() => traceFile(path.join(dir, 'd'), { maxPendingBytes: 0 })).toThrow(/maxPendingBytes/);
+  });
+
+  it('a FIFO with no reader: one log line, recording stopped, the server not blocked in open()', async () => {
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const lines: string[] = [];
+    const t = traceFile(fifo, { logger: { error: (m) => lines.push(m) } });
+    t.write(open(1));
+    await t.close();
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/fifo.*recording stopped/);
   });
 });
