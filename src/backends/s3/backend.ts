@@ -46,7 +46,7 @@ export interface S3BackendOptions {
   readonly region?: string;
   /** HTTP requests in flight at most (default 16). */
   readonly concurrency?: number;
-  /** Milliseconds before a request to the store is given up (default 30000). */
+  /** Milliseconds before a request to the store is given up (default 30000, at most 2^31 − 1). */
   readonly timeout?: number;
   /** Write attempts when other writers keep changing an object (default 100). */
   readonly maxAttempts?: number;
@@ -111,9 +111,14 @@ async function openMeta(client: S3Client, key: string, want: { size?: number; ob
   }
 }
 
-function positive(name: string, v: number | undefined, fallback: number): number {
+/** The longest timer Node keeps: a longer one fires after 1 ms (with a TimeoutOverflowWarning). */
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
+function positive(name: string, v: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = v ?? fallback;
-  if (!Number.isSafeInteger(n) || n < 1) throw new S3ConfigError(`s3: ${name} must be a positive integer (got ${v})`);
+  if (!Number.isSafeInteger(n) || n < 1 || n > max) {
+    throw new S3ConfigError(`s3: ${name} must be a positive integer${max < Number.MAX_SAFE_INTEGER ? ` of at most ${max}` : ''} (got ${v})`);
+  }
   return n;
 }
 
@@ -141,7 +146,8 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     sessionToken: options.sessionToken ?? env.AWS_SESSION_TOKEN,
     region: options.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? S3_DEFAULTS.region,
     concurrency: positive('concurrency', options.concurrency, S3_DEFAULTS.concurrency),
-    timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout),
+    // A Node timer of more than 2^31 − 1 ms fires at once: every request would fail at once.
+    timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout, MAX_TIMEOUT),
   });
   const meta = await openMeta(client, `${prefix}meta`, options, options.readOnly ?? false);
   const store = new ObjectStore(

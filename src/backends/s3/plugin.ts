@@ -22,7 +22,7 @@ export const s3Plugin: BackendPlugin = {
     { name: 'session-token', kind: 'string', summary: 'session token (default $AWS_SESSION_TOKEN)' },
     { name: 'region', kind: 'string', summary: `signing region (default $AWS_REGION, else ${S3_DEFAULTS.region})` },
     { name: 'concurrency', kind: 'integer', summary: `HTTP requests in flight at most (default ${S3_DEFAULTS.concurrency})` },
-    { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout})` },
+    { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout}, at most 2147483647)` },
     { name: 'max-attempts', kind: 'integer', summary: `write attempts while other writers keep changing an object (default ${S3_DEFAULTS.maxAttempts})` },
     { name: 'etag-cache', kind: 'integer', summary: `objects whose ETag is remembered for conditional whole-object writes (default ${S3_DEFAULTS.etagCache})` },
   ],

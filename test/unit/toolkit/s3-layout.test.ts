@@ -7,6 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { s3Backend, S3ConfigError } from '../../../src/index.js';
 import { S3Client } from '../../../src/backends/s3/client.js';
 import { ObjectStore } from '../../../src/backends/s3/objects.js';
+import { backendPlugin } from '../../../src/plugins/registry.js';
+import { ParamError, readParams } from '../../../src/plugins/params.js';
 
 const client = new S3Client({ endpoint: 'http://127.0.0.1:9', bucket: 'b', accessKeyId: 'k', secretAccessKey: 's', region: 'us-east-1', concurrency: 1, timeout: 1000 });
 
@@ -39,9 +41,21 @@ describe('s3Backend configuration', () => {
     [{ bucket: '' }, /bucket is required/],
     [{ concurrency: 0 }, /concurrency must be a positive integer/],
     [{ size: -1 }, /bad size -1/],
+    // Node fires a timer of more than 2^31 − 1 ms after 1 ms: every request failed at once with
+    // "no answer in 3000000000 ms".
+    [{ timeout: 3_000_000_000 }, /s3: timeout must be a positive integer of at most 2147483647 \(got 3000000000\)/],
+    [{ timeout: 2 ** 31 }, /timeout must be a positive integer of at most 2147483647/],
   ])('%o is refused before any request', async (extra, message) => {
     await expect(s3Backend({ ...base, ...extra })).rejects.toThrow(S3ConfigError);
     await expect(s3Backend({ ...base, ...extra })).rejects.toThrow(message);
+  });
+
+  it('on the command line a timeout past 2^31 − 1 ms is a parameter error naming it, before any request', async () => {
+    const plugin = await backendPlugin('s3');
+    const args = ['endpoint=http://127.0.0.1:9', 'bucket=b', 'access-key=k', 'secret-key=s', 'size=1M', 'timeout=3000000000'];
+    const create = plugin.create(readParams('s3', plugin.params, args, plugin.magic), { logger: { warn: () => {}, error: () => {} }, readOnly: false });
+    await expect(create).rejects.toThrow(ParamError);
+    await expect(create).rejects.toThrow(/timeout must be a positive integer of at most 2147483647 \(got 3000000000\)/);
   });
 
   it('no credentials in the options nor in the environment: refused', async () => {
