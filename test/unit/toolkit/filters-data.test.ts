@@ -118,6 +118,20 @@ describe('a READ racing a WRITE', () => {
   });
 });
 
+describe('cache and multi-conn', () => {
+  it('one cache for the export even when wrapped per connection (a per-connection filter below it): a write on one connection is seen on the other, and multi-conn stays advertised', async () => {
+    const below = memoryBackend(1 << 20);
+    const f = cacheFilter();
+    const a = f.wrap(below, ctx);
+    const b = f.wrap(below, ctx);
+    expect(readBuffer(await b.read(0, 4096), 4096).subarray(0, 4).toString()).toBe('\0\0\0\0'); // now cached
+    await a.write!(0, Buffer.from('new!'), { fua: false });
+    expect(readBuffer(await b.read(0, 4096), 4096).subarray(0, 4).toString()).toBe('new!');
+    expect(a.multiConn).toBe(below.multiConn);
+    expect(below.multiConn).toBe(true);
+  });
+});
+
 describe('stateful filter objects', () => {
   it('serve one export: the same cow or cache object in two exports is a clear configuration error', async () => {
     const { createServer, cowFilter } = await import('../../../src/index.js');
