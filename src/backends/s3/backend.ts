@@ -16,6 +16,7 @@ import { consoleLogger, type Logger } from '../../transport/logger.js';
 import { S3Client, S3Error } from './client.js';
 import { ObjectStore } from './objects.js';
 import { isPowerOf2 } from '../../plugins/common.js';
+import { DEFAULTS } from '../../defaults.js';
 
 export const S3_DEFAULTS = {
   objectSize: 1024 * 1024,
@@ -23,6 +24,7 @@ export const S3_DEFAULTS = {
   timeout: 30_000,
   maxAttempts: 100,
   etagCache: 65_536,
+  listKeys: 10_000,
   region: 'us-east-1',
 } as const;
 
@@ -52,6 +54,8 @@ export interface S3BackendOptions {
   readonly maxAttempts?: number;
   /** Objects whose ETag is remembered for conditional whole-object writes (default 65 536; about 100 bytes each). */
   readonly etagCache?: number;
+  /** Keys one BLOCK_STATUS lists at most (default 10 000, 10 LIST pages); its reply ends with the last object listed. */
+  readonly listKeys?: number;
   readonly readOnly?: boolean;
   /** Where store failures are reported (default: stderr). */
   readonly logger?: Logger;
@@ -158,6 +162,7 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     positive('maxAttempts', options.maxAttempts, S3_DEFAULTS.maxAttempts),
     (key) => logger.debug?.(`s3: ${client.where(key)} was changed by another writer; reading it again`),
     positive('etagCache', options.etagCache, S3_DEFAULTS.etagCache),
+    positive('listKeys', options.listKeys, S3_DEFAULTS.listKeys),
   );
 
   /** A store failure: one log line, EIO to the client. Anything else is a bug and goes up as it is. */
@@ -186,7 +191,9 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     flush: () => {},
     trim: (offset: number, length: number, _o: WriteOptions) => guard('trim', offset, length, () => store.zero(offset, length, false)),
     zero: (offset: number, length: number, o: ZeroOptions) => guard('zero', offset, length, () => store.zero(offset, length, true, o.noHole)),
-    extents: (offset: number, length: number, _o: ExtentsOptions) => guard('block status', offset, length, () => store.extents(offset, length)),
+    // A reply carries at most maxExtents extents (one with REQ_ONE): the listing need not go further.
+    extents: (offset: number, length: number, o: ExtentsOptions) =>
+      guard('block status', offset, length, () => store.extents(offset, length, o.reqOne ? 1 : (o.maxExtents ?? DEFAULTS.maxExtents))),
   };
   if (options.readOnly) {
     delete (backend as { write?: unknown }).write;

@@ -221,12 +221,15 @@ export class S3Client {
     throw this.fail('HEAD', key, res);
   }
 
-  /** Keys beginning with `prefix`, after `startAfter`, in order, until `last` (inclusive) or the end, with their sizes. */
-  async list(prefix: string, startAfter: string | undefined, last: string, call?: CallContext): Promise<ListedKey[]> {
+  /**
+   * Keys beginning with `prefix`, after `startAfter`, in order, until `last` (inclusive) or the end, with
+   * their sizes; at most `maxKeys` of them (when there are that many, the listing may have stopped short).
+   */
+  async list(prefix: string, startAfter: string | undefined, last: string, call?: CallContext, maxKeys = Infinity): Promise<ListedKey[]> {
     const keys: ListedKey[] = [];
     let token: string | undefined;
     for (;;) {
-      const q = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': '1000' });
+      const q = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': String(Math.min(1000, maxKeys - keys.length)) });
       if (token) q.set('continuation-token', token);
       else if (startAfter !== undefined) q.set('start-after', startAfter);
       const res = await this.request('GET', '', { query: `?${q.toString()}`, label: `LIST ${this.where(prefix)}`, call });
@@ -236,6 +239,7 @@ export class S3Client {
         const key = unescapeXml(/<Key>([^<]*)<\/Key>/.exec(m[1]!)?.[1] ?? '');
         if (key > last) return keys;
         keys.push({ key, size: Number(/<Size>(\d+)<\/Size>/.exec(m[1]!)?.[1] ?? 0) });
+        if (keys.length >= maxKeys) return keys;
       }
       token = /<IsTruncated>true<\/IsTruncated>/.test(xml) ? /<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(xml)?.[1] : undefined;
       if (!token) return keys;

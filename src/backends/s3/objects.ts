@@ -42,6 +42,12 @@ const SERVER_ERROR_ATTEMPTS = 5;
 /** The body of an object that marks a hole. */
 const EMPTY = Buffer.alloc(0);
 
+/** An object found by a LIST: its number and its size (0: an empty object, a hole). */
+export interface ListedObject {
+  readonly n: number;
+  readonly size: number;
+}
+
 /** One object's part of a request: object n, bytes [within, within + length) of it, at `at` in the request. */
 interface Piece {
   readonly n: number;
@@ -99,6 +105,8 @@ export class ObjectStore {
     private readonly onConflict: (key: string) => void = () => {},
     /** Objects whose ETag is remembered at most. */
     readonly etagCacheSize = 65_536,
+    /** Keys one BLOCK_STATUS lists at most (its reply ends with the last object listed). */
+    readonly listKeys = 10_000,
   ) {
     this.keyPattern = new RegExp(`^\\d{${DIGITS}}$`);
   }
@@ -248,24 +256,68 @@ export class ObjectStore {
     );
   }
 
-  /** base:allocation from which objects exist: a missing or empty object is a hole that reads as zeroes. */
-  async extents(offset: number, length: number): Promise<Extent[]> {
+  /** The object number of a listed key, or undefined for a key that is not one of ours. */
+  private objectOf(key: string): number | undefined {
+    const rest = key.slice(this.prefix.length);
+    return this.keyPattern.test(rest) ? Number(rest) : undefined;
+  }
+
+  /**
+   * base:allocation from which objects exist: a missing or empty object is a hole that reads as
+   * zeroes. The cost follows the objects stored, not the range: one LIST of at most `listKeys`
+   * keys (and `max`, the extents the reply carries), holes are the runs between listed objects.
+   * When the listing stopped short, the answer ends with the last object listed (a reply may
+   * cover less than asked; the client asks again from there).
+   */
+  async extents(offset: number, length: number, max: number = Infinity): Promise<Extent[]> {
     const first = Math.floor(offset / this.objectSize);
     const last = Math.floor((offset + length - 1) / this.objectSize);
     const call: CallContext = { deadline: Date.now() + this.timeout, signal: new AbortController().signal };
-    const keys = await this.client.list(this.prefix, first > 0 ? this.key(first - 1) : undefined, this.key(last), call);
-    const present = new Set<number>();
-    for (const { key, size } of keys) {
-      const rest = key.slice(this.prefix.length);
-      if (size > 0 && this.keyPattern.test(rest)) present.add(Number(rest));
+    const want = Math.max(1, Math.min(this.listKeys, max));
+    const listed: ListedObject[] = [];
+    let after = first > 0 ? this.key(first - 1) : undefined;
+    for (;;) {
+      const keys = await this.client.list(this.prefix, after, this.key(last), call, want);
+      for (const { key, size } of keys) {
+        const n = this.objectOf(key);
+        if (n !== undefined) listed.push({ n, size });
+      }
+      if (keys.length < want) return this.extentsOf(offset, length, listed, true, max);
+      if (listed.length > 0) return this.extentsOf(offset, length, listed, false, max);
+      // A full page of keys that are not ours (someone else's, under our prefix): nothing learnt yet.
+      after = keys[keys.length - 1]!.key;
     }
+  }
+
+  /**
+   * The extents of [offset, offset + length) given the objects listed in it, in order: data for
+   * each object with bytes (neighbours merged), a hole for each run between them. `complete`: the
+   * listing reached the end of the range; otherwise the answer ends with the last object listed.
+   * At most `max` extents; the work is proportional to `listed`, whatever the range.
+   */
+  extentsOf(offset: number, length: number, listed: readonly ListedObject[], complete: boolean, max: number = Infinity): Extent[] {
+    let end = offset + length;
+    if (!complete && listed.length > 0) end = Math.min(end, listed[listed.length - 1]!.n * this.objectSize + this.objectLength(listed[listed.length - 1]!.n));
     const out: { length: number; flags: number }[] = [];
-    for (const p of this.pieces(offset, length)) {
-      const flags = present.has(p.n) ? 0 : HOLE | ZERO;
+    const add = (len: number, flags: number) => {
+      if (len <= 0) return;
       const prev = out[out.length - 1];
-      if (prev && prev.flags === flags) prev.length += p.length;
-      else out.push({ length: p.length, flags });
+      if (prev && prev.flags === flags) prev.length += len;
+      else out.push({ length: len, flags });
+    };
+    let pos = offset;
+    for (const { n, size } of listed) {
+      if (out.length > max) break;
+      if (size === 0) continue;
+      const start = Math.max(n * this.objectSize, pos);
+      const stop = Math.min(n * this.objectSize + this.objectLength(n), end);
+      if (start >= end) break;
+      if (stop <= start) continue;
+      add(start - pos, HOLE | ZERO);
+      add(stop - start, 0);
+      pos = stop;
     }
-    return out;
+    if (out.length <= max) add(end - pos, HOLE | ZERO);
+    return out.length > max ? out.slice(0, max) : out;
   }
 }

@@ -24,6 +24,7 @@ export const s3Plugin: BackendPlugin = {
     { name: 'concurrency', kind: 'integer', summary: `HTTP requests in flight at most (default ${S3_DEFAULTS.concurrency})` },
     { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout}, at most 2147483647)` },
     { name: 'max-attempts', kind: 'integer', summary: `write attempts while other writers keep changing an object (default ${S3_DEFAULTS.maxAttempts})` },
+    { name: 'list-keys', kind: 'integer', summary: `keys one BLOCK_STATUS lists at most; its reply ends with the last object listed (default ${S3_DEFAULTS.listKeys})` },
     { name: 'etag-cache', kind: 'integer', summary: `objects whose ETag is remembered for conditional whole-object writes (default ${S3_DEFAULTS.etagCache})` },
   ],
   create: async (p, ctx) => {
@@ -42,6 +43,7 @@ export const s3Plugin: BackendPlugin = {
         timeout: p.timeout as number | undefined,
         maxAttempts: p['max-attempts'] as number | undefined,
         etagCache: p['etag-cache'] as number | undefined,
+        listKeys: p['list-keys'] as number | undefined,
         readOnly: ctx.readOnly,
         logger: ctx.logger,
       });
