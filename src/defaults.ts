@@ -24,6 +24,8 @@ export const DEFAULTS = Object.freeze({
   maxPayloadSkip: 0xffff_ffff,
   /** Options per handshake before a disconnect. */
   maxOptions: 128,
+  /** Bytes of the NBD_REP_SERVER replies one NBD_OPT_LIST answer makes from a `listExports` hook's list. */
+  maxListBytes: 4 * MiB,
   /** Descriptors per BLOCK_STATUS reply and context (more are dropped: the spec lets a server describe less than asked). */
   maxExtents: 65_536,
   /** What a connection's decoder may hold on top of the largest payload (maxBufferedBytes = maxPayload + this). */

@@ -39,6 +39,8 @@ export interface DynamicHost {
   readonly hooks: ExportHooks;
   readonly logger: Logger;
   readonly maxPayload: number;
+  /** Bytes of NBD_REP_SERVER replies one LIST answer may make from listExports' list (maxListBytes). */
+  readonly maxListBytes: number;
   /** The static export of this name. */
   staticEntry(name: string): ExportEntry | undefined;
 }
@@ -62,17 +64,25 @@ function nbdString(value: unknown, what: string): string {
 
 /**
  * Most names a `listExports` hook may return (nbdkit's limit too): a LIST is answered in one go, so a
- * longer list would hold up every other connection while its replies are made.
+ * longer list would hold up every other connection while its replies are made. Their bytes are
+ * bounded too (maxListBytes): 10 000 names and descriptions of 4 KiB each would be 82 MB.
  */
 export const MAX_LISTED_EXPORTS = 10_000;
 
-function checkList(list: unknown): ListedExport[] {
+/** An NBD_REP_SERVER reply's bytes besides the name and description: reply header (20) and name length (4). */
+const LIST_ENTRY_OVERHEAD = 24;
+
+function checkList(list: unknown, maxBytes: number): ListedExport[] {
   if (!Array.isArray(list)) throw new TypeError(`listExports must return an array (got ${typeof list})`);
   if (list.length > MAX_LISTED_EXPORTS) throw new RangeError(`listExports returned ${list.length} exports, more than ${MAX_LISTED_EXPORTS}`);
+  let bytes = 0;
   return list.map((e: unknown, i) => {
     const entry = (e ?? {}) as { name?: unknown; description?: unknown };
     const name = nbdString(entry.name, `listExports()[${i}].name`);
-    return entry.description === undefined ? { name } : { name, description: nbdString(entry.description, `listExports()[${i}].description`) };
+    const out = entry.description === undefined ? { name } : { name, description: nbdString(entry.description, `listExports()[${i}].description`) };
+    bytes += LIST_ENTRY_OVERHEAD + Buffer.byteLength(name) + (out.description === undefined ? 0 : Buffer.byteLength(out.description));
+    if (bytes > maxBytes) throw new RangeError(`listExports returned ${list.length} exports, whose replies pass maxListBytes (${maxBytes} bytes) at entry ${i}`);
+    return out;
   });
 }
 
@@ -109,7 +119,7 @@ export class ConnectionExports {
     const hooks = this.host.hooks;
     if (request.kind === 'list') {
       if (!hooks.listExports) throw new Error('no listExports hook');
-      return { type: 'resolve.list', exports: checkList(await hooks.listExports(this.connection())) };
+      return { type: 'resolve.list', exports: checkList(await hooks.listExports(this.connection()), this.host.maxListBytes) };
     }
     const name = request.name === '' ? await this.defaultName() : request.name;
     return { type: 'resolve.export', export: name === null ? null : await this.open(name) };

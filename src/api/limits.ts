@@ -51,6 +51,14 @@ export interface ServerLimits {
    */
   readonly maxExtents?: number;
   /**
+   * Bytes of one NBD_OPT_LIST answer made from the `listExports` hook's list (default 4 MiB): each
+   * entry costs its NBD_REP_SERVER reply, 24 bytes plus its name and description. A LIST is answered
+   * in one go, so a longer answer would hold up the other connections while it is made (10 000
+   * entries of 4 KiB names and descriptions are 82 MB). Over it, as over 10 000 entries, the LIST
+   * gets NBD_REP_ERR_PLATFORM and the server logs one line.
+   */
+  readonly maxListBytes?: number;
+  /**
    * Bytes of idle READ buffers the server keeps for reuse, server-wide (default 32 MiB; 0 keeps none).
    * READs of backends with `readInto` (the file backend) and handlers that use `request.readBuffer()`
    * are answered from buffers lent by the server, which take them back once the reply is written: no
@@ -117,6 +125,7 @@ export const LIMIT_RANGES = {
   maxPayloadSkip: { min: 512, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxPayloadSkip },
   maxOptions: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxOptions },
   maxExtents: { min: 1, max: 1_048_576, unit: 'count', default: DEFAULTS.maxExtents },
+  maxListBytes: { min: 1, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.maxListBytes },
   readBufferPool: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes', default: DEFAULTS.readBufferPool },
   // Default: maxPayload + DEFAULTS.bufferedSlack (1 MiB).
   maxBufferedBytes: { min: 512 + REQUEST_HEADER, max: Number.MAX_SAFE_INTEGER, unit: 'bytes' },

@@ -140,7 +140,7 @@ export class NbdServer {
       resolveExports: !!options.openExport || computedDefault,
       resolveList: !!options.listExports,
     };
-    this.dynamicHost = { hooks: options, logger: this.logger, maxPayload, staticEntry: (name) => this.exports.get(name) };
+    this.dynamicHost = { hooks: options, logger: this.logger, maxPayload, maxListBytes: options.limits?.maxListBytes ?? DEFAULTS.maxListBytes, staticEntry: (name) => this.exports.get(name) };
     this.readPool = new BufferPool(options.limits?.readBufferPool ?? DEFAULTS.readBufferPool);
     this.requests$ = this.requestSubject.asObservable();
     this.connections$ = this.connectionSubject.asObservable();

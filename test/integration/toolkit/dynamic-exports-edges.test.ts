@@ -149,6 +149,32 @@ describe('exports per connection: edges', () => {
     client.socket.destroy();
   });
 
+  it('listExports within 10 000 exports but over maxListBytes (names and descriptions of 4 KiB): the error reply, one log line; the limit is configurable', async () => {
+    // Before: 10 000 entries of 4 KiB names and descriptions made an 82 MB answer in one go (a second
+    // client's READ stalled 1.3 s; 20 clients looping on LIST took the server to 1.2 GB).
+    const big = (i: number) => ({ name: `${i}`.padStart(4096, 'n'), description: 'd'.repeat(4096) });
+    let n = 10_000;
+    const srv = await serve({ exports: [], listExports: () => Array.from({ length: n }, (_, i) => big(i)), openExport: () => null });
+    const client = await RawClient.connect({ path: srv.socket });
+    await client.greet();
+    expect((await client.option(OPT.LIST)).map((r) => r.type)).toEqual([REP.ERR_PLATFORM]);
+    const lines = srv.logs.filter((l) => l.includes('maxListBytes'));
+    expect(lines).toEqual([expect.stringMatching(/^warn: connection \d+: listing exports failed: listExports returned 10000 exports, whose replies pass maxListBytes \(4194304 bytes\) at entry 510$/)]);
+    // Within the default 4 MiB: 510 entries of 8216 bytes (24 + 4096 + 4096) are listed.
+    n = 510;
+    const listed = await client.option(OPT.LIST);
+    expect(listed).toHaveLength(511);
+    expect(listed.at(-1)!.type).toBe(REP.ACK);
+    client.socket.destroy();
+
+    const small = await serve({ exports: [], limits: { maxListBytes: 100 }, listExports: () => [{ name: 'a'.repeat(40) }, { name: 'b'.repeat(40) }], openExport: () => null });
+    const c2 = await RawClient.connect({ path: small.socket });
+    await c2.greet();
+    expect((await c2.option(OPT.LIST)).map((r) => r.type)).toEqual([REP.ERR_PLATFORM]);
+    expect(small.logs.filter((l) => l.includes('maxListBytes (100 bytes) at entry 1'))).toHaveLength(1);
+    c2.socket.destroy();
+  });
+
   it('NBD_OPT_EXPORT_NAME for an opened export: served; for a failing one: the connection is dropped with one log line', async () => {
     const srv = await serve({
       exports: [],
