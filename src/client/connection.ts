@@ -30,8 +30,9 @@ export interface ConnectOptions {
   readonly maxPayload?: number;
   /**
    * Most bytes kept for one call: the replies to one option, the chunks of one request's reply (each
-   * counted as its data plus REPLY_OVERHEAD bytes). A server that sends more without a final reply
-   * makes the call fail with code `limit` and the connection is given up. Default twice `maxPayload`.
+   * counted as its data plus REPLY_OVERHEAD = 1536 bytes, more than a kept chunk costs besides its
+   * data). A server that sends more without a final reply makes the call fail with code `limit` and
+   * the connection is given up. What the call holds stays within about 1.5 × this. Default twice `maxPayload`.
    */
   readonly maxReplyBytes?: number;
   /** Called with the bytes of every write (`out`) and every read from the socket (`in`, after TLS: the plaintext), in order: a wire log. */
