@@ -161,6 +161,12 @@ export function validateLimits(limits: ServerLimits | undefined): void {
   if (limits === null || typeof limits !== 'object') {
     throw new NbdError('NBD_ERR_CONFIG', `limits: expected an object, got ${describe(limits)}`);
   }
+  // A misspelled limit (maxInflight) would otherwise be ignored without a word, its default in force.
+  for (const key of Object.keys(limits)) {
+    if (Object.hasOwn(LIMIT_RANGES, key)) continue;
+    const near = (Object.keys(LIMIT_RANGES) as LimitName[]).find((n) => n.toLowerCase() === key.toLowerCase());
+    throw new NbdError('NBD_ERR_CONFIG', `limits: unknown limit ${JSON.stringify(key)}${near ? ` (did you mean ${near}?)` : ''}; the limits are ${Object.keys(LIMIT_RANGES).join(', ')}`);
+  }
   for (const name of Object.keys(LIMIT_RANGES) as LimitName[]) {
     const value: unknown = limits[name];
     if (value === undefined) continue;

@@ -59,6 +59,12 @@ describe('validateLimits: every limit, every kind of bad value', () => {
     });
   }
 
+  it('an unknown or misspelled limit is refused, naming it (before: silently ignored, the default in force)', () => {
+    expect(configError(() => serverWith({ maxInflight: 8 })).message).toMatch(/^limits: unknown limit "maxInflight" \(did you mean maxInFlight\?\); the limits are maxInFlight, /);
+    expect(configError(() => serverWith({ bogusLimit: 5 })).message).toMatch(/^limits: unknown limit "bogusLimit"; the limits are /);
+    expect(() => serverWith({ maxInFlight: 8 })).not.toThrow();
+  });
+
   it('the brief example: maxInFlight: NaN', () => {
     expect(configError(() => serverWith({ maxInFlight: NaN })).message).toBe('maxInFlight: expected an integer from 1 to 1048576, got NaN');
   });
