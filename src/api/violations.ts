@@ -71,6 +71,8 @@ export const CLIENT_VIOLATIONS: { readonly [C in ErrorCode]: boolean | string } 
   'transmission.out-of-bounds': true,
   'transmission.misaligned-request': true,
   'transmission.read-too-large': true,
+  // The spec lets the client ask (the server MAY refuse with EOVERFLOW): a limit of this server, not a violation.
+  'reply.df-one-chunk': false,
   // Unspecified rather than forbidden: reported as the zero-length requests the server accepts are.
   'transmission.block-status-zero-length': 'transmission.zero-length',
   'transmission.shutdown-drains': false,

@@ -18,6 +18,8 @@ export interface CheckedExport {
   readonly size: number;
   readonly flags: number;
   readonly minimumBlock: number;
+  /** The export's maximum payload size, as NBD_INFO_BLOCK_SIZE advertises it (≤ maxPayload): no reply chunk carries more data. */
+  readonly maximumBlock: number;
   readonly maxPayload: number;
   readonly structuredReplies: boolean;
   readonly extendedHeaders: boolean;
@@ -117,6 +119,7 @@ export const REFUSAL = {
   rangePastEnd: refusal('transmission.out-of-bounds'),
   misaligned: refusal('transmission.misaligned-request'),
   readTooLarge: refusal('transmission.read-too-large'),
+  dfTooLarge: refusal('reply.df-one-chunk'),
   lengthZero: refusal('transmission.block-status-zero-length'),
 } as const;
 
@@ -151,6 +154,8 @@ interface CompiledRule {
   readonly unranged: boolean;
   readonly ranged: boolean;
   readonly maxLength: number;
+  /** With DF, `length` up to this is answered with one chunk; above it EOVERFLOW (reply.df-one-chunk). Infinity where DF is not valid. */
+  readonly dfMaxLength: number;
   readonly needsLength: boolean;
 }
 
@@ -158,6 +163,9 @@ export type RequestCheck = (frame: RequestFrame) => RequestRefusal | null;
 
 const READ = CMD.NBD_CMD_READ;
 const WRITE = CMD.NBD_CMD_WRITE;
+const DF = CMD_FLAG.NBD_CMD_FLAG_DF;
+/** DF reads up to this length must be served unfragmented, whatever the maximum payload (reply.df-one-chunk). */
+const DF_ALWAYS = 65536;
 
 /** The table compiled for one export: what `checkRequest` reads. */
 interface CompiledTable {
@@ -211,6 +219,7 @@ function checkRequest(t: CompiledTable, r: RequestFrame): RequestRefusal | null 
     if (t.minimumBlock > 1 && (r.offset % t.minimumBlock !== 0 || r.length % t.minimumBlock !== 0)) return REFUSAL.misaligned;
   }
   if (r.length > rule.maxLength) return REFUSAL.readTooLarge;
+  if ((flags & DF) !== 0 && r.length > rule.dfMaxLength) return REFUSAL.dfTooLarge;
   return r.length === 0 && rule.needsLength ? REFUSAL.lengthZero : null;
 }
 
@@ -228,7 +237,7 @@ const COMPILED_KEPT = 64;
  * same one instead of compiling it again (~8 µs a connection).
  */
 export function checkFor(c: CheckedExport): RequestCheck {
-  const key = `${c.size}/${c.flags}/${c.minimumBlock}/${c.maxPayload}/${+c.structuredReplies}${+c.extendedHeaders}${+(c.metaContextIds.length > 0)}`;
+  const key = `${c.size}/${c.flags}/${c.minimumBlock}/${c.maximumBlock}/${c.maxPayload}/${+c.structuredReplies}${+c.extendedHeaders}${+(c.metaContextIds.length > 0)}`;
   let check = compiled.get(key);
   if (check === undefined) {
     if (compiled.size >= COMPILED_KEPT) compiled.clear();
@@ -262,6 +271,8 @@ function compile(c: CheckedExport): RequestCheck {
       unranged: r.unranged,
       ranged: r.ranged,
       maxLength: r.readsData ? c.maxPayload : Infinity,
+      // One chunk carries at most the advertised maximum (reply.structured-chunks), but DF reads of 64 KiB must work.
+      dfMaxLength: (r.flags & DF) !== 0 ? Math.max(c.maximumBlock, DF_ALWAYS) : Infinity,
       needsLength: r.needsLength,
     };
   }

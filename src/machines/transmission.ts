@@ -58,6 +58,7 @@ export function transmissionContext(input: TransmissionInput): TransmissionConte
     size: n.export.size,
     flags: n.flags,
     minimumBlock: n.export.blockSizes.minimum,
+    maximumBlock: n.export.blockSizes.maximum,
     maxPayload: input.maxPayload ?? DEFAULTS.maxPayload,
     structuredReplies: n.structuredReplies || n.extendedHeaders,
     extendedHeaders: n.extendedHeaders,

@@ -62,6 +62,7 @@ export const ERRORS = Object.freeze({
   'transmission.out-of-bounds': entry('NBD_EINVAL', 'request past the end of the export'),
   'transmission.misaligned-request': entry('NBD_EINVAL', 'not aligned to the minimum block size'),
   'transmission.read-too-large': entry('NBD_EINVAL', 'read larger than the maximum payload'),
+  'reply.df-one-chunk': entry('NBD_EOVERFLOW', 'DF read larger than one chunk may carry (the advertised maximum payload)'),
   'transmission.block-status-zero-length': entry('NBD_EINVAL', 'BLOCK_STATUS of length 0 (no extent can describe it)'),
   'transmission.shutdown-drains': entry('NBD_ESHUTDOWN', 'server is shutting down'),
 

@@ -49,8 +49,13 @@ function zeroView(n: number): Buffer {
  * are sent as zero bytes; in structured mode each segment is a chunk
  * (OFFSET_DATA / OFFSET_HOLE) and the last one carries DONE; with `df`
  * (NBD_CMD_FLAG_DF) everything goes in one OFFSET_DATA chunk (reply.df-one-chunk).
+ * `maxChunk`: the most data one OFFSET_DATA chunk carries (the export's
+ * advertised maximum payload, reply.structured-chunks); longer data is split
+ * into chunks of that size, by views of the buffers. DF replies are never
+ * split: the request rules refuse a DF read that would need it. A simple
+ * reply cannot be split at all.
  */
-export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segments: readonly ReadSegment[], df = false): Frame {
+export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segments: readonly ReadSegment[], df = false, maxChunk = Infinity): Frame {
   // A zero-length read (transmission.zero-length: unspecified, answered successfully):
   // content chunks must carry ≥ 1 byte, so structured forms send NONE.
   if (mode !== 'simple' && segments.every((s) => ('data' in s ? s.data.length : s.hole) === 0)) {
@@ -67,7 +72,7 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
   if (segments.length === 1) {
     const s = segments[0]!;
     if ('data' in s) {
-      if (s.data.length > 0) return encodeChunkOffsetData(cookie, offset, s.data, { extended, requestOffset: offset, done: true });
+      if (s.data.length > 0 && s.data.length <= maxChunk) return encodeChunkOffsetData(cookie, offset, s.data, { extended, requestOffset: offset, done: true });
     } else if (s.hole > 0) {
       return encodeChunkOffsetHole(cookie, offset, s.hole, { extended, requestOffset: offset, done: true });
     }
@@ -76,16 +81,20 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
   // follow each other as its payload): a 1 MiB read from 64 KiB pages is one
   // chunk, not sixteen, which is one header for the client to parse instead
   // of sixteen. Holes stay OFFSET_HOLE chunks; empty segments are dropped
-  // (every content chunk covers ≥ 1 byte, reply.structured-chunks).
+  // (every content chunk covers ≥ 1 byte, reply.structured-chunks). A run
+  // never carries more than `maxChunk` bytes: a buffer that would take it
+  // past is cut there (OFFSET_HOLE has no data part, so holes are never cut).
   const frame: Frame = [];
   let at = offset;
   let run: Buffer[] = [];
   let runStart = offset;
+  let runBytes = 0;
   const flushRun = (done: boolean) => {
     if (run.length === 0) return;
     const chunk = encodeChunkOffsetData(cookie, runStart, run.length === 1 ? run[0]! : run, { extended, requestOffset: offset, done });
     for (const b of chunk) frame.push(b);
     run = [];
+    runBytes = 0;
   };
   // Find the last live segment: its chunk carries DONE.
   let lastLive = -1;
@@ -100,10 +109,20 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
   for (let i = 0; i <= lastLive; i++) {
     const s = segments[i]!;
     if ('data' in s) {
-      if (s.data.length === 0) continue;
+      let d = s.data;
+      if (d.length === 0) continue;
       if (run.length === 0) runStart = at;
-      run.push(s.data);
-      at += s.data.length;
+      while (runBytes + d.length > maxChunk) {
+        const room = maxChunk - runBytes;
+        if (room > 0) run.push(d.subarray(0, room));
+        at += room;
+        d = d.subarray(room);
+        flushRun(false);
+        runStart = at;
+      }
+      run.push(d);
+      runBytes += d.length;
+      at += d.length;
     } else {
       if (s.hole === 0) continue;
       flushRun(false);
@@ -118,12 +137,14 @@ export function replyRead(mode: ReplyMode, cookie: bigint, offset: number, segme
 
 /**
  * A successful READ answered by one buffer: the same bytes as
- * `replyRead(mode, cookie, offset, [{ data }], df)`, without the segment list.
+ * `replyRead(mode, cookie, offset, [{ data }], df, maxChunk)`, without the segment list.
  */
-export function replyReadBuffer(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer, df = false): Frame {
+export function replyReadBuffer(mode: ReplyMode, cookie: bigint, offset: number, data: Buffer, df = false, maxChunk = Infinity): Frame {
   if (mode === 'simple') return encodeSimpleReply(cookie, 0, data);
   // Zero-length: content chunks carry at least one byte, so NONE, with or without DF (as replyRead).
   if (data.length === 0) return encodeChunkNone(cookie, { extended: mode === 'extended', requestOffset: offset });
+  // More than one chunk may carry (reply.structured-chunks): split.
+  if (data.length > maxChunk && !df) return replyRead(mode, cookie, offset, [{ data }], false, maxChunk);
   return encodeChunkOffsetData(cookie, offset, data, { extended: mode === 'extended', requestOffset: offset, done: true });
 }
 
@@ -178,6 +199,11 @@ export interface ReplyOutput {
  */
 export class ReplyEncoder {
   mode: ReplyMode = 'simple';
+  /**
+   * The most data one OFFSET_DATA chunk carries: the export's advertised maximum payload, set when
+   * transmission starts (reply.structured-chunks). A longer READ is answered with several chunks.
+   */
+  maxChunk = Infinity;
   /** Sees every reply's frames when something records the connection (the trace); null otherwise, one check per reply. */
   tap: ((frame: readonly Buffer[]) => void) | null = null;
 
@@ -198,14 +224,17 @@ export class ReplyEncoder {
    * (it may keep views of it): then the collector has it.
    */
   read(cookie: bigint, offset: number, data: Buffer | readonly ReadSegment[], df: boolean, lentFrom?: BufferLender): void {
+    const max = this.maxChunk;
     if (this.tap) {
-      this.tap(Buffer.isBuffer(data) ? replyReadBuffer(this.mode, cookie, offset, data, df) : replyRead(this.mode, cookie, offset, data, df));
+      this.tap(Buffer.isBuffer(data) ? replyReadBuffer(this.mode, cookie, offset, data, df, max) : replyRead(this.mode, cookie, offset, data, df, max));
       lentFrom = undefined;
     }
-    if (!Buffer.isBuffer(data)) this.out.write(replyRead(this.mode, cookie, offset, data, df));
-    // One buffer is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing for one chunk.
-    else if (data.length > 0) this.out.writeRead(this.mode, cookie, offset, data, lentFrom);
-    else this.out.write(replyReadBuffer(this.mode, cookie, offset, data, df));
+    if (!Buffer.isBuffer(data)) this.out.write(replyRead(this.mode, cookie, offset, data, df, max));
+    // One buffer within one chunk is one OFFSET_DATA chunk (or simple reply) encoded in place; DF changes nothing
+    // for one chunk, and a simple reply is never split.
+    else if (data.length > 0 && (data.length <= max || df || this.mode === 'simple')) this.out.writeRead(this.mode, cookie, offset, data, lentFrom);
+    // Empty, or split into chunks of views of it: a lent buffer is left to the collector then.
+    else this.out.write(replyReadBuffer(this.mode, cookie, offset, data, df, max));
   }
 
   /** BLOCK_STATUS: the extents of each selected context. */

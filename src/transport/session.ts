@@ -355,6 +355,8 @@ export class Session implements ReplySink {
       this.negotiated = negotiated;
       this.replies.mode = replyModeOf(negotiated.structuredReplies, negotiated.extendedHeaders);
       this.flow.negotiated(negotiated.metaContexts.length, this.maxExtents, negotiated.extendedHeaders);
+      // reply.structured-chunks: no chunk carries more data than the export advertises as its maximum payload.
+      this.replies.maxChunk = negotiated.export.blockSizes.maximum;
       // option.go-starts-transmission: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
       this.decoder.startTransmission(negotiated.extendedHeaders);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.

@@ -12,6 +12,7 @@ import {
   DONE,
   W,
   decodeBlockStatusExt,
+  decodeError,
   decodeOffsetData,
   encodeClientFlags,
   encodeExtendedRequest,
@@ -23,7 +24,10 @@ import {
 import { RawClient } from './raw-client.js';
 import { startServer, type Running } from './harness.js';
 
-const OPT = { EXPORT_NAME: 1, GO: 7, SET_META_CONTEXT: 10, EXTENDED_HEADERS: 11 };
+const OPT = { EXPORT_NAME: 1, GO: 7, STRUCTURED_REPLY: 8, SET_META_CONTEXT: 10, EXTENDED_HEADERS: 11 };
+const INFO_BLOCK_SIZE = 3;
+const DF = 1 << 2;
+const NBD_EOVERFLOW = 75;
 const REP = { ACK: 1, INFO: 3, META_CONTEXT: 4 };
 const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, BLOCK_STATUS: 7 };
 const PAYLOAD_LEN = 1 << 5;
@@ -57,6 +61,24 @@ async function extendedChunk(c: RawClient) {
     offset: h.readBigUInt64BE(16),
     payload: Buffer.from(await c.read(Number(h.readBigUInt64BE(24)))),
   };
+}
+
+/** One structured (20-byte header) or extended (32-byte header) reply chunk. */
+async function replyChunk(c: RawClient, extended: boolean) {
+  if (extended) return extendedChunk(c);
+  const h = await c.read(20);
+  expect(h.readUInt32BE(0)).toBe(W.STRUCTURED_REPLY_MAGIC);
+  return { flags: h.readUInt16BE(4), type: h.readUInt16BE(6), cookie: h.readBigUInt64BE(8), offset: 0n, payload: Buffer.from(await c.read(h.readUInt32BE(16))) };
+}
+
+/** The chunks of one reply, up to the one flagged DONE. */
+async function replyChunks(c: RawClient, extended: boolean) {
+  const got = [];
+  for (;;) {
+    const ch = await replyChunk(c, extended);
+    got.push(ch);
+    if (ch.flags & DONE) return got;
+  }
 }
 
 describe('raw protocol paths over a real socket', () => {
@@ -215,4 +237,65 @@ describe('raw protocol paths over a real socket', () => {
       c.destroy();
     }
   });
+});
+
+describe('reply.structured-chunks, reply.df-one-chunk: READ chunks stay within the advertised maximum payload', () => {
+  const KiB = 1024;
+  const MAX = 256 * KiB;
+  let srv: Running;
+  beforeAll(async () => {
+    // The export advertises a 256 KiB maximum; the server serves READs up to maxPayload (1 MiB).
+    srv = await startServer({ exports: [{ name: 'm', backend: memoryBackend({ size: 4 * 1024 * KiB }), blockSizes: { maximum: MAX } }], limits: { maxPayload: 1024 * KiB } });
+  });
+  afterAll(() => srv?.close());
+
+  for (const extended of [false, true]) {
+    it(`${extended ? 'extended headers' : 'structured replies'}: a 600 KiB READ comes in chunks of ≤ 256 KiB; with DF it is refused with EOVERFLOW; a 64 KiB DF READ is one chunk`, async () => {
+      const c = await RawClient.connect({ path: srv.socket });
+      try {
+        await c.readGreeting();
+        await c.write(Buffer.concat([encodeClientFlags(3), encodeOption(extended ? OPT.EXTENDED_HEADERS : OPT.STRUCTURED_REPLY)]));
+        expect(await optionReply(c)).toMatchObject({ type: REP.ACK });
+        await c.write(encodeOption(OPT.GO, encodeInfoGoData('m', [INFO_BLOCK_SIZE])));
+        const go = await untilAck(c);
+        const bs = go.find((r) => r.type === REP.INFO && r.data.readUInt16BE(0) === INFO_BLOCK_SIZE)!.data;
+        expect([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)]).toEqual([1, 4096, MAX]);
+        const request = (r: { flags: number; type: number; cookie: bigint; offset: number; length: number }, payload?: Buffer) =>
+          extended ? encodeExtendedRequest({ ...r, flags: r.flags | (payload ? PAYLOAD_LEN : 0) }, payload) : encodeRequest(r, payload);
+        // 600 KiB of data, written in pieces the client may send (≤ the maximum).
+        const data = Buffer.alloc(600 * KiB);
+        for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 0xff;
+        for (let at = 0, cookie = 1n; at < data.length; at += MAX, cookie++) {
+          const piece = data.subarray(at, at + MAX);
+          await c.write(request({ flags: 0, type: CMD.WRITE, cookie, offset: at, length: piece.length }, piece));
+          const [ok] = extended ? await replyChunks(c, true) : [await c.readSimpleReply()];
+          expect(ok).toMatchObject(extended ? { type: CHUNK.NONE } : { error: 0 });
+        }
+        await c.write(request({ flags: 0, type: CMD.READ, cookie: 10n, offset: 0, length: data.length }));
+        const read = await replyChunks(c, extended);
+        expect(read.every((ch) => ch.type === CHUNK.OFFSET_DATA && ch.cookie === 10n)).toBe(true);
+        const parts = read.map((ch) => decodeOffsetData(ch.payload));
+        expect(parts.map((p) => [Number(p.offset), p.data.length])).toEqual([
+          [0, MAX],
+          [MAX, MAX],
+          [2 * MAX, 600 * KiB - 2 * MAX],
+        ]);
+        expect(Buffer.concat(parts.map((p) => p.data)).equals(data)).toBe(true);
+        expect(read.map((ch) => ch.flags & DONE)).toEqual([0, 0, DONE]);
+        // DF: too long for one chunk of at most the maximum: EOVERFLOW, no content chunk.
+        await c.write(request({ flags: DF, type: CMD.READ, cookie: 11n, offset: 0, length: MAX + 512 }));
+        const refused = await replyChunks(c, extended);
+        expect(refused).toHaveLength(1);
+        expect(refused[0]!.type).toBe(CHUNK.ERROR);
+        expect(decodeError(refused[0]!.payload)).toEqual({ error: NBD_EOVERFLOW, message: expect.stringMatching(/^reply\.df-one-chunk: /) });
+        // DF up to the maximum: one chunk.
+        await c.write(request({ flags: DF, type: CMD.READ, cookie: 12n, offset: 4096, length: MAX }));
+        const one = await replyChunks(c, extended);
+        expect(one.map((ch) => [ch.type, ch.flags])).toEqual([[CHUNK.OFFSET_DATA, DONE]]);
+        expect(decodeOffsetData(one[0]!.payload).data.equals(data.subarray(4096, 4096 + MAX))).toBe(true);
+      } finally {
+        c.destroy();
+      }
+    });
+  }
 });

@@ -12,9 +12,10 @@ import { request } from './support.js';
 const MiB = 1 << 20;
 const base: CheckedExport = {
   size: MiB,
-  flags: FLAG.NBD_FLAG_HAS_FLAGS | FLAG.NBD_FLAG_SEND_FLUSH | FLAG.NBD_FLAG_SEND_FUA,
+  flags: FLAG.NBD_FLAG_HAS_FLAGS | FLAG.NBD_FLAG_SEND_FLUSH | FLAG.NBD_FLAG_SEND_FUA | FLAG.NBD_FLAG_SEND_DF,
   minimumBlock: 1,
-  maxPayload: 64 * 1024,
+  maximumBlock: 64 * 1024,
+  maxPayload: 256 * 1024,
   structuredReplies: true,
   extendedHeaders: false,
   metaContextIds: [1],
@@ -27,6 +28,7 @@ const CASES: ReadonlyArray<[keyof CheckedExport, Partial<CheckedExport>, ReturnT
   ['size', { size: 2 * MiB }, request({ type: CMD.NBD_CMD_READ, offset: MiB, length: 512 })],
   ['flags', { flags: base.flags | FLAG.NBD_FLAG_READ_ONLY }, request({ type: CMD.NBD_CMD_WRITE, offset: 0, length: 512, payload: Buffer.alloc(512) })],
   ['minimumBlock', { minimumBlock: 512 }, request({ type: CMD.NBD_CMD_READ, offset: 1, length: 1 })],
+  ['maximumBlock', { maximumBlock: 128 * 1024 }, request({ type: CMD.NBD_CMD_READ, offset: 0, length: 128 * 1024, flags: CMD_FLAG.NBD_CMD_FLAG_DF })],
   ['maxPayload', { maxPayload: 32 * 1024 }, request({ type: CMD.NBD_CMD_READ, offset: 0, length: 64 * 1024 })],
   ['structuredReplies', { structuredReplies: false }, request({ type: CMD.NBD_CMD_BLOCK_STATUS, offset: 0, length: 512 })],
   ['extendedHeaders', { extendedHeaders: true }, request({ type: CMD.NBD_CMD_READ, offset: 0, length: 512, flags: CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN })],

@@ -979,6 +979,20 @@ describe('transmission rules (transmission machine, replies)', () => {
     expect(chunks[0]!.payload.length - 8).toBe(65536);
   });
 
+  it('reply.df-one-chunk: a DF read longer than one chunk may carry (the advertised maximum, but never below 64 KiB) is refused with EOVERFLOW', () => {
+    const df = CMD_FLAG.NBD_CMD_FLAG_DF;
+    // Maximum 256 KiB, reads served up to maxPayload (64 MiB by default): without DF they are split, with DF refused.
+    const t = tx({ blockSizes: { minimum: 1, preferred: 4096, maximum: 256 * 1024 } }, { sr: true });
+    accepted(t.request({ type: CMD.NBD_CMD_READ, flags: df, length: 256 * 1024 }));
+    refused(t.request({ type: CMD.NBD_CMD_READ, flags: df, length: 256 * 1024 + 1 }), ERRNO.NBD_EOVERFLOW);
+    expect(t.request({ type: CMD.NBD_CMD_READ, flags: df, length: 256 * 1024 + 1 })[0]).toMatchObject({ code: 'reply.df-one-chunk' });
+    accepted(t.request({ type: CMD.NBD_CMD_READ, length: 512 * 1024 }));
+    // A maximum below 64 KiB: DF reads up to 64 KiB must still work (the spec's MUST), one chunk.
+    const small = tx({ blockSizes: { minimum: 1, preferred: 4096, maximum: 4096 } }, { eh: true });
+    accepted(small.request({ type: CMD.NBD_CMD_READ, flags: df, length: 65536 }));
+    refused(small.request({ type: CMD.NBD_CMD_READ, flags: df, length: 65537 }), ERRNO.NBD_EOVERFLOW);
+  });
+
   it('transmission.block-status-needs-context, reply.block-status-chunks: BLOCK_STATUS only with SR and a selected context; one chunk per context, DONE on the last', () => {
     refused(tx().request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8 }), ERRNO.NBD_EINVAL);
     refused(tx({}, { sr: true }).request({ type: CMD.NBD_CMD_BLOCK_STATUS, length: 8 }), ERRNO.NBD_EINVAL);
@@ -1054,8 +1068,8 @@ describe('transmission rules (transmission machine, replies)', () => {
   it('transmission.error-values: every errno the machine or the errno mapper can produce is in the error set of the spec', () => {
     const allowed = new Set([1, 5, 12, 22, 28, 75, 95, 108]);
     for (const r of REFUSALS) expect(allowed.has(r.errno)).toBe(true);
-    // EOVERFLOW / ENOTSUP are not used for refusals at all (only DF reads / FAST_ZERO may use them).
-    expect(REFUSALS.map((r) => r.errno).filter((e) => e === 75 || e === 95)).toEqual([]);
+    // ENOTSUP is not used for refusals at all (only FAST_ZERO may use it); EOVERFLOW only for a DF read (reply.df-one-chunk).
+    expect(REFUSALS.filter((r) => r.errno === 75 || r.errno === 95).map((r) => r.code)).toEqual(['reply.df-one-chunk']);
     for (const code of ['EROFS', 'EPERM', 'EACCES', 'EIO', 'ENOMEM', 'EDQUOT', 'EFBIG', 'ENOSPC', 'ESHUTDOWN', 'ENOTSUP', 'EOPNOTSUPP', 'EOVERFLOW', 'EINVAL', 'EBADF', undefined]) {
       for (const opts of [{}, { df: true }, { fastZero: true }]) expect(allowed.has(hostErrnoToNbd(code, opts))).toBe(true);
     }

@@ -53,6 +53,11 @@ const INPUTS: Array<[string, TransmissionInput]> = [
   ],
   // Extended headers (PAYLOAD_LEN known) but no meta context; nothing optional advertised.
   ['writable, extended headers without a meta context, minimum block 1, no flags advertised', { negotiated: negotiatedFor(BARE, { flags: TF.HAS_FLAGS, extendedHeaders: true }) }],
+  // Structured replies and DF on an export advertising a 128 KiB maximum (dfTooLarge).
+  [
+    'writable, structured replies, DF, maximum 128 KiB',
+    { negotiated: negotiatedFor({ ...BARE, blockSizes: { ...BARE.blockSizes, maximum: 128 * KiB } }, { flags: TF.HAS_FLAGS | TF.SEND_DF, structuredReplies: true }) },
+  ],
 ];
 
 const r = (over: Partial<RequestFrame>): TransmissionEvent => ({ type: 'request', frame: request(over) });
@@ -106,6 +111,8 @@ const EVENTS: TransmissionEvent[] = [
   r({ type: CMD.READ, offset: 1, length: 512 }),
   // readTooLarge: READ longer than maxPayload, in bounds and aligned
   r({ type: CMD.READ, offset: 0, length: 8 * KiB }),
+  // dfTooLarge: a DF READ longer than the advertised maximum (and than 64 KiB), in bounds, under maxPayload
+  r({ type: CMD.READ, flags: CF.DF, offset: 0, length: 192 * KiB }),
   // lengthZero: BLOCK_STATUS of length 0 where it is otherwise acceptable
   r({ type: CMD.BLOCK_STATUS, offset: 0, length: 0 }),
   // a pipelined burst: accepted and refused frames (never DISC)
@@ -162,7 +169,7 @@ describe('transmission machine: graph coverage with xstate/graph', () => {
     const table = REFUSALS.map((x) => `${x.code} ${x.message}`);
     expect(table.filter((x) => !graph.observed.has(x))).toEqual([]);
     for (const x of REFUSALS) expect(x.message.startsWith(`${x.code}: `), x.message).toBe(true);
-    expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(15);
+    expect(new Set(REFUSALS.map((x) => x.code)).size).toBe(16);
     console.log(`transmission graph coverage: ${summary}, ${graph.observed.size} distinct refusals (${REFUSALS.length} in the table)`);
   });
 });

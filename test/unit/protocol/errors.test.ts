@@ -106,8 +106,8 @@ describe('wire statuses are spec values', () => {
     }
   });
 
-  it('EOVERFLOW and ENOTSUP are never a refusal (transmission.error-values: only for DF reads and FAST_ZERO)', () => {
-    expect(CODES.filter((c) => wireOf(c) === 'NBD_EOVERFLOW' || wireOf(c) === 'NBD_ENOTSUP')).toEqual([]);
+  it('EOVERFLOW only refuses a DF read, ENOTSUP never a request (transmission.error-values: only for DF reads and FAST_ZERO)', () => {
+    expect(CODES.filter((c) => wireOf(c) === 'NBD_EOVERFLOW' || wireOf(c) === 'NBD_ENOTSUP')).toEqual(['reply.df-one-chunk']);
   });
 });
 

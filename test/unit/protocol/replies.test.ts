@@ -4,7 +4,7 @@
  * parsed back with the test-side client parser.
  */
 import { describe, expect, it } from 'vitest';
-import { needsStructured, replyBlockStatus, replyError, replyModeOf, replyOk, replyRead, type ReplyMode } from '../../../src/protocol/replies.js';
+import { needsStructured, ReplyEncoder, replyBlockStatus, replyError, replyModeOf, replyOk, replyRead, replyReadBuffer, type ReplyMode } from '../../../src/protocol/replies.js';
 import { decodeChunk, DONE, flat, parseTransmissionReplies, type ReplyChunk, type TransmissionReply } from '../../helpers/wire.js';
 
 const parse = (mode: ReplyMode, frame: Buffer[], reads = new Map<bigint, number>()) =>
@@ -112,6 +112,63 @@ describe('replyRead', () => {
     expect(decodeChunk(rs[0] as ReplyChunk)).toEqual({ type: 'none' });
     const rs2 = parse('structured', replyRead('structured', 9n, 0, [{ hole: 0 }, { data }]));
     expect(rs2.map((r) => decodeChunk(r as ReplyChunk).type)).toEqual(['offsetData']);
+  });
+});
+
+describe('reply.structured-chunks: no OFFSET_DATA chunk carries more than the maximum payload (maxChunk)', () => {
+  const bytes = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff));
+
+  it.each(['structured', 'extended'] as const)('%s: data runs are cut at maxChunk by views of the buffers; holes are never cut; DONE on the last', (mode) => {
+    const a = bytes(10, 1);
+    const b = bytes(7, 2);
+    const c = bytes(9, 3);
+    const frame = replyRead(mode, 9n, 100, [{ data: a }, { data: b }, { hole: 20 }, { data: c }], false, 8);
+    // No copy: the data buffers on the wire are views of the segments' memory.
+    for (const d of [a, b, c]) expect(frame.some((f) => f.buffer === d.buffer && f.length > 0 && f.length <= 8)).toBe(true);
+    const rs = parse(mode, frame);
+    expectOneDoneLast(rs);
+    expect(rs.map((r) => decodeChunk(r as ReplyChunk))).toEqual([
+      { type: 'offsetData', offset: 100n, data: a.subarray(0, 8) },
+      { type: 'offsetData', offset: 108n, data: Buffer.concat([a.subarray(8), b.subarray(0, 6)]) },
+      { type: 'offsetData', offset: 116n, data: b.subarray(6) },
+      { type: 'offsetHole', offset: 117n, size: 20 },
+      { type: 'offsetData', offset: 137n, data: c.subarray(0, 8) },
+      { type: 'offsetData', offset: 145n, data: c.subarray(8) },
+    ]);
+  });
+
+  it.each(['structured', 'extended'] as const)('%s: one buffer over maxChunk is split (replyReadBuffer); within it, or with DF, it is one chunk', (mode) => {
+    const d = bytes(20, 5);
+    const split = parse(mode, replyReadBuffer(mode, 3n, 4096, d, false, 8)).map((r) => decodeChunk(r as ReplyChunk));
+    expect(split).toEqual([
+      { type: 'offsetData', offset: 4096n, data: d.subarray(0, 8) },
+      { type: 'offsetData', offset: 4104n, data: d.subarray(8, 16) },
+      { type: 'offsetData', offset: 4112n, data: d.subarray(16) },
+    ]);
+    expect(parse(mode, replyReadBuffer(mode, 3n, 4096, d, false, 20))).toHaveLength(1);
+    // DF: the request rules refuse what would need more than one chunk; what they let through is never split.
+    expect(parse(mode, replyReadBuffer(mode, 3n, 4096, d, true, 8))).toHaveLength(1);
+    expect(parse(mode, replyRead(mode, 3n, 4096, [{ data: d }], true, 8))).toHaveLength(1);
+  });
+
+  it('simple replies cannot be split: maxChunk does not apply', () => {
+    const d = bytes(20, 6);
+    expect(parse('simple', replyReadBuffer('simple', 3n, 0, d, false, 8), new Map([[3n, 20]]))).toHaveLength(1);
+  });
+
+  it('ReplyEncoder: a READ within maxChunk goes to writeRead (in place); a longer one is written as split chunks', () => {
+    const written: Buffer[][] = [];
+    const inPlace: number[] = [];
+    const enc = new ReplyEncoder({ write: (f) => void written.push([...f]), writeSimple: () => {}, writeRead: (_m, _c, _o, data) => void inPlace.push(data.length) });
+    enc.mode = 'extended';
+    enc.maxChunk = 8;
+    enc.read(1n, 0, bytes(8, 1), false);
+    expect(inPlace).toEqual([8]);
+    enc.read(2n, 0, bytes(17, 1), false);
+    expect(inPlace).toEqual([8]);
+    expect(parse('extended', written[0]!).map((r) => (decodeChunk(r as ReplyChunk) as { data: Buffer }).data.length)).toEqual([8, 8, 1]);
+    enc.read(3n, 0, [{ data: bytes(17, 1) }], false);
+    expect(parse('extended', written[1]!)).toHaveLength(3);
   });
 });
 
