@@ -115,7 +115,10 @@ export interface Backend {
   readonly multiConn?: boolean;
   readonly rotational?: boolean;
   readonly readOnly?: boolean;
-  /** Block size constraints; defaults min 1, preferred 4096, max 32 MiB. */
+  /**
+   * Block size constraints; defaults min 1, preferred 4096, max 32 MiB. The maximum must be a multiple of the
+   * minimum (or 0xffffffff); the one advertised is at most `maxPayload`, rounded down to a multiple of the minimum.
+   */
   readonly blockSizes?: { readonly minimum?: number; readonly preferred?: number; readonly maximum?: number };
 }
 

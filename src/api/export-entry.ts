@@ -25,6 +25,12 @@ export interface ExportConfig {
   /** For request-stream exports: what to advertise. */
   readonly flags?: ExportFlags;
   readonly readOnly?: boolean;
+  /**
+   * Block size constraints, over the backend's (option.block-size-constraints): the minimum a power of 2 ≤ 64 KiB,
+   * the preferred size a power of 2 ≥ max(minimum, 512), the maximum ≥ the preferred size and a multiple of the
+   * minimum (or 0xffffffff); anything else is refused by createServer (NbdError NBD_ERR_CONFIG). The maximum
+   * advertised is at most the server's `maxPayload`, rounded down to a multiple of the minimum.
+   */
   readonly blockSizes?: { readonly minimum?: number; readonly preferred?: number; readonly maximum?: number };
   /** Only served over TLS (SELECTIVETLS, with `tls.mode: 'on'`). */
   readonly tlsOnly?: boolean;
@@ -137,11 +143,16 @@ export function describeExport(cfg: ExportConfig, maxPayload: number, logger: Lo
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": size must be an integer between 0 and 2^53 (got ${size})`);
   }
   const bs = { ...DEFAULT_BLOCK, ...chain.backend?.blockSizes, ...cfg.blockSizes };
-  bs.maximum = Math.min(bs.maximum, maxPayload);
+  if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
+  // option.block-size-constraints: the maximum is a multiple of the minimum, or 0xffffffff. One the export (or its
+  // backend) sets itself is refused otherwise; one lowered to maxPayload (a server-wide limit) is rounded down to it.
+  if (bs.maximum !== 0xffffffff && (!Number.isSafeInteger(bs.maximum) || bs.maximum < 1 || bs.maximum % bs.minimum !== 0)) {
+    throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": maximum block size (${bs.maximum}) must be a multiple of the minimum block size (${bs.minimum}), or 0xffffffff`);
+  }
+  if (bs.maximum > maxPayload) bs.maximum = maxPayload - (maxPayload % bs.minimum);
   // A maxPayload below the default's or the backend's preferred size (4 KiB) lowers the preferred size to what may
   // be sent: the largest power of 2 within the maximum. A preferred size the export sets itself is kept (and checked).
-  if (cfg.blockSizes?.preferred === undefined && bs.maximum < bs.preferred && bs.maximum !== 0xffffffff) bs.preferred = 2 ** Math.floor(Math.log2(bs.maximum));
-  if (!isPowerOf2(bs.minimum) || bs.minimum > 65536) throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": minimum block size must be a power of 2 ≤ 64 KiB`);
+  if (cfg.blockSizes?.preferred === undefined && bs.maximum < bs.preferred && bs.maximum !== 0xffffffff && bs.maximum > 0) bs.preferred = 2 ** Math.floor(Math.log2(bs.maximum));
   if (!isPowerOf2(bs.preferred) || bs.preferred < Math.max(bs.minimum, 512)) {
     throw new NbdError('NBD_ERR_CONFIG', `export "${cfg.name}": preferred block size must be a power of 2 ≥ max(minimum, 512)`);
   }

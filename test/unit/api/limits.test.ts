@@ -159,3 +159,31 @@ describe('maxPayload below the preferred block size', () => {
     expect(err.message).toMatch(/maximum payload \(1024, maxPayload 1024\) must be ≥ the preferred block size \(4096\)/);
   });
 });
+
+describe('option.block-size-constraints: the maximum block size is a multiple of the minimum', () => {
+  type Described = { handshakeInput: { exports: Array<{ blockSizes: { minimum: number; preferred: number; maximum: number } }> } };
+  const descriptor = (srv: ReturnType<typeof createServer>) => (srv as unknown as Described).handshakeInput.exports[0]!;
+  const make = (blockSizes: { minimum?: number; preferred?: number; maximum?: number }, maxPayload?: number, backendBlockSizes?: { minimum?: number; maximum?: number }) =>
+    createServer({
+      exports: [{ name: '', backend: { ...memoryBackend({ size: 1 << 20 }), ...(backendBlockSizes ? { blockSizes: backendBlockSizes } : {}) }, blockSizes }],
+      logger: silentLogger,
+      limits: maxPayload === undefined ? undefined : { maxPayload },
+    });
+
+  it('a maximum lowered to maxPayload is rounded down to a multiple of the minimum (minimum 512, maxPayload 1000000 → 999936)', () => {
+    expect(descriptor(make({ minimum: 512 }, 1_000_000)).blockSizes).toEqual({ minimum: 512, preferred: 4096, maximum: 999_936 });
+    expect(descriptor(make({ minimum: 4096 }, 5000)).blockSizes).toEqual({ minimum: 4096, preferred: 4096, maximum: 4096 });
+    // A multiple already, or no larger than maxPayload: as set.
+    expect(descriptor(make({ minimum: 512, maximum: 1 << 20 }, 4 << 20)).blockSizes.maximum).toBe(1 << 20);
+    expect(descriptor(make({ minimum: 512 })).blockSizes.maximum).toBe(32 << 20);
+  });
+
+  it('a maximum the export or its backend sets that is not a multiple of the minimum is refused (NBD_ERR_CONFIG); 0xffffffff is allowed', () => {
+    for (const build of [() => make({ minimum: 512, maximum: 1_000_000 }), () => make({}, undefined, { minimum: 512, maximum: 1_000_000 })]) {
+      const err = configError(build);
+      expect(err).toBeInstanceOf(NbdError);
+      expect(err.message).toMatch(/maximum block size \(1000000\) must be a multiple of the minimum block size \(512\), or 0xffffffff/);
+    }
+    expect(descriptor(make({ minimum: 512, maximum: 0xffffffff }, 1_000_000)).blockSizes.maximum).toBe(999_936);
+  });
+});
