@@ -109,6 +109,8 @@ export class FrameDecoder {
   private pendingRequest: PendingRequest | null = null;
   private failure: DecodeFailure | null = null;
   private placement: PlacementProvider | null = null;
+  /** Largest payload read at all; past it ⇒ hard disconnect (maxPayloadSkip, or less with extended headers: startTransmission). */
+  private payloadLimit: number;
 
   /**
    * @param dead told of the bytes the decoder is done with (parsed headers,
@@ -121,6 +123,7 @@ export class FrameDecoder {
     private readonly dead: DeadBytes = ignoreDeadBytes,
   ) {
     this.limits = { ...DEFAULT_DECODER_LIMITS, ...limits };
+    this.payloadLimit = this.limits.maxPayloadSkip;
     this.queue = new ByteQueue(dead);
   }
 
@@ -177,16 +180,23 @@ export class FrameDecoder {
     advancePlacement(p, n);
   }
 
-  /** Switch to the transmission phase at the current frame boundary; buffered bytes carry over. */
-  startTransmission(extendedHeaders: boolean): void {
+  /**
+   * Switch to the transmission phase at the current frame boundary; buffered bytes carry over.
+   * `maxExtendedPayload`: with extended headers, the export's maximum payload (what NBD_INFO_BLOCK_SIZE
+   * advertises): a request declaring a longer payload is a hard disconnect (transmission.payload-too-large),
+   * as the extended-headers spec asks, instead of being read and refused.
+   */
+  startTransmission(extendedHeaders: boolean, maxExtendedPayload = Infinity): void {
     this.phaseValue = 'requests';
     this.extended = extendedHeaders;
+    this.payloadLimit = extendedHeaders ? Math.min(this.limits.maxPayloadSkip, maxExtendedPayload) : this.limits.maxPayloadSkip;
   }
 
   /** Go back to expecting options (after a TLS upgrade the byte stream starts afresh). */
   restartOptions(): void {
     this.phaseValue = 'options';
     this.extended = false;
+    this.payloadLimit = this.limits.maxPayloadSkip;
     this.failure = null;
   }
 
@@ -330,8 +340,10 @@ export class FrameDecoder {
       const hasPayload =
         type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
       const payloadLength = hasPayload ? length : 0;
-      if (payloadLength > this.limits.maxPayloadSkip) {
-        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', { length: hasPayload && wireLength !== undefined ? wireLength : payloadLength, limit: this.limits.maxPayloadSkip });
+      // Too long to read at all (transmission.payload-consumed): past maxPayloadSkip, or with extended headers past
+      // the export's maximum payload (transmission.payload-too-large).
+      if (payloadLength > this.payloadLimit) {
+        return this.fail('NBD_ERR_PAYLOAD_TOO_LONG', { length: hasPayload && wireLength !== undefined ? wireLength : payloadLength, limit: this.payloadLimit });
       }
       r = { extended: this.extended, flags, type, cookie, offset, length, huge, payloadLength, skip: payloadLength > this.limits.maxPayload };
       if (wireOffset !== undefined) r.wireOffset = wireOffset;

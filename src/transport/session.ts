@@ -358,7 +358,8 @@ export class Session implements ReplySink {
       // reply.structured-chunks: no chunk carries more data than the export advertises as its maximum payload.
       this.replies.maxChunk = negotiated.export.blockSizes.maximum;
       // option.go-starts-transmission: the bytes after GO's ACK are requests; the decoder keeps its leftovers.
-      this.decoder.startTransmission(negotiated.extendedHeaders);
+      // transmission.payload-too-large: with extended headers, a payload over the export's maximum is a hard disconnect.
+      this.decoder.startTransmission(negotiated.extendedHeaders, negotiated.export.blockSizes.maximum);
       // The handler may offer zero-copy WRITEs (decided in onNegotiated below): asked per large WRITE.
       this.decoder.setPlacement(this.placeWrite);
       this.timers.negotiated();

@@ -298,4 +298,36 @@ describe('reply.structured-chunks, reply.df-one-chunk: READ chunks stay within t
       }
     });
   }
+
+  it('transmission.payload-too-large: with extended headers a WRITE payload over the advertised maximum is a hard disconnect (not read); compact headers serve it up to maxPayload', async () => {
+    const payload = Buffer.alloc(MAX + 512, 0x5a);
+    // Compact headers: the client broke the maximum it was told, the server still serves up to maxPayload (1 MiB).
+    const sr = await RawClient.connect({ path: srv.socket });
+    try {
+      await sr.readGreeting();
+      await sr.write(Buffer.concat([encodeClientFlags(3), encodeOption(OPT.GO, encodeInfoGoData('m', [INFO_BLOCK_SIZE]))]));
+      expect((await untilAck(sr)).at(-1)!.type).toBe(REP.ACK);
+      await sr.write(encodeRequest({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: 0, length: payload.length }, payload));
+      expect(await sr.readSimpleReply()).toEqual({ error: 0, cookie: 1n });
+    } finally {
+      sr.destroy();
+    }
+    const eh = await RawClient.connect({ path: srv.socket });
+    try {
+      await eh.readGreeting();
+      await eh.write(Buffer.concat([encodeClientFlags(3), encodeOption(OPT.EXTENDED_HEADERS)]));
+      expect(await optionReply(eh)).toMatchObject({ type: REP.ACK });
+      await eh.write(encodeOption(OPT.GO, encodeInfoGoData('m', [INFO_BLOCK_SIZE])));
+      expect((await untilAck(eh)).at(-1)!.type).toBe(REP.ACK);
+      // Up to the maximum: served.
+      await eh.write(encodeExtendedRequest({ flags: PAYLOAD_LEN, type: CMD.WRITE, cookie: 2n, offset: 0, length: MAX }, payload.subarray(0, MAX)));
+      expect(await replyChunks(eh, true)).toEqual([expect.objectContaining({ type: CHUNK.NONE, flags: DONE, cookie: 2n })]);
+      // Over it: dropped without a reply, before the payload is read (only the header is sent here).
+      await eh.write(encodeExtendedRequest({ flags: PAYLOAD_LEN, type: CMD.WRITE, cookie: 3n, offset: 0, length: MAX + 512 }));
+      await eh.expectClosedWithin(2000);
+      expect(srv.logs.some((l) => l.includes(`payload of ${MAX + 512} bytes exceeds ${MAX}`))).toBe(true);
+    } finally {
+      eh.destroy();
+    }
+  });
 });

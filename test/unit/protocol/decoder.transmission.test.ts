@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { decoderAt, decodeStream } from '../../helpers/decode.js';
+import { FrameDecoder } from '../../../src/protocol/decoder.js';
 import { chunksOf, encodeExtendedRequest, encodeRequest, hex } from '../../helpers/wire.js';
 
 const C = '0102030405060708';
@@ -128,6 +129,32 @@ describe('extended requests', () => {
     const e = decoderAt('requests', { maxPayloadSkip: 1000, maxPayload: 100 });
     e.push(encodeRequest({ flags: 0, type: 1, cookie: 1n, offset: 0, length: 1001 }));
     expect(e.next()).toMatchObject({ kind: 'fatal', code: 'NBD_ERR_PAYLOAD_TOO_LONG' });
+  });
+
+  it('transmission.payload-too-large: with extended headers, a payload over the export\'s maximum ⇒ fatal NBD_ERR_PAYLOAD_TOO_LONG, not read; compact headers read and skip it', () => {
+    const limits = { maxPayload: 8192, maxPayloadSkip: 2 ** 32 - 1 };
+    const ext = (length: number, flags = 0x20, type = 1) => {
+      const d = new FrameDecoder(limits);
+      d.startTransmission(true, 4096);
+      d.push(encodeExtendedRequest({ flags, type, cookie: 1n, offset: 0, length }, flags & 0x20 || type === 1 ? Buffer.alloc(length) : undefined));
+      return d.next();
+    };
+    // Up to the maximum: a WRITE, and a payload on a command without one (consumed, refused by the machine).
+    expect(ext(4096)).toMatchObject({ kind: 'request', length: 4096, payloadDiscarded: false });
+    expect(ext(4096, 0x20, 0)).toMatchObject({ kind: 'request', type: 0, payloadDiscarded: false });
+    // Over it, under maxPayload: the SHOULD of the extended-headers spec is a hard disconnect (also without PAYLOAD_LEN).
+    for (const [flags, type] of [[0x20, 1], [0, 1], [0x20, 0]] as const) {
+      expect(ext(4097, flags, type)).toMatchObject({ kind: 'fatal', code: 'NBD_ERR_PAYLOAD_TOO_LONG', message: 'payload of 4097 bytes exceeds 4096' });
+    }
+    // Without a payload, the length is an effect length: no limit here.
+    expect(ext(1 << 20, 0, 0)).toMatchObject({ kind: 'request', length: 1 << 20 });
+    // Compact headers: the maximum does not apply; over maxPayload the payload is skipped and refused.
+    const compact = new FrameDecoder(limits);
+    compact.startTransmission(false, 4096);
+    compact.push(encodeRequest({ flags: 0, type: 1, cookie: 1n, offset: 0, length: 8192 }, Buffer.alloc(8192)));
+    expect(compact.next()).toMatchObject({ kind: 'request', length: 8192, payloadDiscarded: false });
+    compact.push(encodeRequest({ flags: 0, type: 1, cookie: 2n, offset: 0, length: 8193 }, Buffer.alloc(8193)));
+    expect(compact.next()).toMatchObject({ kind: 'request', length: 8193, payloadDiscarded: true });
   });
 });
 
