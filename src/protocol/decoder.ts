@@ -336,7 +336,9 @@ export class FrameDecoder {
       // The header is parsed: its bytes are dead (a copied header's sources were reported by take).
       this.dead(h.buffer, size);
       // Which requests carry a payload: compact WRITE; extended WRITE, or any
-      // extended request with PAYLOAD_LEN (transmission.payload-unexpected).
+      // extended request with PAYLOAD_LEN (transmission.payload-unexpected). An extended
+      // WRITE without PAYLOAD_LEN (the client broke a MUST) is read as if it had the flag:
+      // `length` payload bytes follow (transmission.write-payload-len).
       const hasPayload =
         type === CMD.NBD_CMD_WRITE || (this.extended && (flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) !== 0);
       const payloadLength = hasPayload ? length : 0;

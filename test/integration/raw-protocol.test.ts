@@ -219,6 +219,30 @@ describe('raw protocol paths over a real socket', () => {
     }
   });
 
+  it('transmission.write-payload-len: with extended headers, a WRITE without PAYLOAD_LEN is read as carrying its length of payload, served, and the stream stays in sync', async () => {
+    const c = await RawClient.connect({ path: srv.socket });
+    try {
+      await c.readGreeting();
+      await c.write(Buffer.concat([encodeClientFlags(3), encodeOption(OPT.EXTENDED_HEADERS)]));
+      expect(await optionReply(c)).toMatchObject({ type: REP.ACK });
+      await c.write(encodeOption(OPT.GO, encodeInfoGoData('fresh', [])));
+      expect((await untilAck(c)).at(-1)!.type).toBe(REP.ACK);
+      const payload = Buffer.alloc(4096, 0x7e);
+      await c.write(
+        Buffer.concat([
+          encodeExtendedRequest({ flags: 0, type: CMD.WRITE, cookie: 1n, offset: 8192, length: payload.length }, payload),
+          encodeExtendedRequest({ flags: 0, type: CMD.READ, cookie: 2n, offset: 8192, length: payload.length }),
+        ]),
+      );
+      expect(await extendedChunk(c)).toMatchObject({ type: CHUNK.NONE, flags: DONE, cookie: 1n });
+      const read = await extendedChunk(c);
+      expect(read).toMatchObject({ type: CHUNK.OFFSET_DATA, flags: DONE, cookie: 2n });
+      expect(decodeOffsetData(read.payload).data.equals(payload)).toBe(true);
+    } finally {
+      c.destroy();
+    }
+  });
+
   it('option.go-starts-transmission: a request pipelined in the same segment as NBD_OPT_GO is served', async () => {
     const c = await RawClient.connect({ path: srv.socket });
     try {

@@ -98,7 +98,7 @@ describe('extended requests', () => {
   const cases: Array<[string, string, object]> = [
     ['READ with a 64-bit effect length', `21e41c71 0000 0000 ${C} 0000000000001000 0000000200000000`, req({ extended: true, offset: 0x1000, length: 2 ** 33 })],
     ['WRITE with PAYLOAD_LEN', `21e41c71 0020 0001 ${C} 0000000000000000 0000000000000003 | 78797a`, req({ extended: true, type: 1, flags: 0x20, length: 3, payload: Buffer.from('xyz') })],
-    ['WRITE without PAYLOAD_LEN still carries its payload', `21e41c71 0000 0001 ${C} 0000000000000000 0000000000000002 | 7879`, req({ extended: true, type: 1, length: 2, payload: Buffer.from('xy') })],
+    ['transmission.write-payload-len: WRITE without PAYLOAD_LEN still carries its payload', `21e41c71 0000 0001 ${C} 0000000000000000 0000000000000002 | 7879`, req({ extended: true, type: 1, length: 2, payload: Buffer.from('xy') })],
     ['BLOCK_STATUS with a filter payload (PAYLOAD_LEN)', `21e41c71 0020 0007 ${C} 0000000000000000 000000000000000c | 0000000000010000 00000001`, req({ extended: true, type: 7, flags: 0x20, length: 12, payload: hex('0000000000010000 00000001') })],
     ['TRIM of 2^40 bytes', `21e41c71 0000 0004 ${C} 0000000000000000 0000010000000000`, req({ extended: true, type: 4, length: 2 ** 40 })],
     ['DISC', `21e41c71 0000 0002 ${C} 0000000000000000 0000000000000000`, req({ extended: true, type: 2 })],
