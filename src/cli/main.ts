@@ -263,8 +263,14 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     return 0;
   }
 
-  if (values['print-uri'] || (!activated && !values.run)) for (const u of uris) process.stdout.write(`${u}\n`);
-  else if (activated) {
+  if (values['print-uri'] || (!activated && !values.run)) {
+    // The URIs are information: a stdout that cannot take them (a full disk, a reader that exited)
+    // is one line on stderr, and the server, already listening, goes on serving.
+    process.stdout.on('error', () => {});
+    process.stdout.write(uris.map((u) => `${u}\n`).join(''), (err) => {
+      if (err) logger.warn(`cannot print the URIs on stdout: ${err.message}; serving on ${uris.join(' ')}`);
+    });
+  } else if (activated) {
     const fds = `fd ${activation.fds.join(', ')}`;
     logger.info?.(`serving on ${activation.fds.length === 1 ? 'the socket' : `${activation.fds.length} sockets`} passed by socket activation (${fds})${uris.length ? `: ${uris.join(' ')}` : ''}`);
   }

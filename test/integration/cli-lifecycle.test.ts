@@ -63,3 +63,26 @@ describe('stderr that cannot be written', () => {
     expect(await exited).toBe(0);
   });
 });
+
+describe('stdout that cannot take the URIs', () => {
+  for (const [what, stdout] of [
+    ['/dev/full (ENOSPC)', 'full'],
+    ['a pipe whose reader is gone (EPIPE)', 'pipe'],
+  ] as const) {
+    it(`--print-uri with stdout ${what}: one warning naming the URIs, no stack trace, still serving`, async () => {
+      const socket = path.join(work, `uri-${stdout}.sock`);
+      const full = fs.openSync('/dev/full', 'w');
+      const { child, exited } = start(['serve', '--no-warm-up', '--print-uri', '-U', socket, 'memory', '1M'], ['ignore', stdout === 'full' ? full : 'pipe', 'pipe']);
+      fs.closeSync(full);
+      if (stdout === 'pipe') child.stdout!.destroy();
+      let stderr = '';
+      child.stderr!.on('data', (d) => (stderr += d));
+      await waitFor(socket);
+      expect(await size(socket)).toBe('1048576');
+      expect(child.exitCode).toBe(null);
+      expect(stderr.split('\n').filter(Boolean)).toEqual([expect.stringMatching(/^nbd-engine: warn: cannot print the URIs on stdout: .*(ENOSPC|EPIPE).*; serving on nbd\+unix:\/\/\/\?socket=\S+uri-/)]);
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    });
+  }
+});
