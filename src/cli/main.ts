@@ -217,26 +217,49 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     }
   }
 
-  const cleanup = async () => {
-    await live?.close();
-    await server.close({ timeout: parsed.shutdownTimeoutMs });
-    await trace?.close();
+  const removeSockets = () => {
     // Not a socket another server made at this path while this one was draining (a restart).
     if (unixSocket && ownSocket && sameFile(unixSocket, ownSocket)) fs.rmSync(unixSocket, { force: true });
     if (privateDir) fs.rmSync(privateDir, { recursive: true, force: true });
   };
+  const cleanup = async () => {
+    await live?.close();
+    await server.close({ timeout: parsed.shutdownTimeoutMs });
+    await trace?.close();
+    removeSockets();
+  };
+  /** The --run command, once started: a second signal kills what is left of it. */
+  let runPid: number | undefined;
 
   // What ends the server: a signal, or (--exit-with-parent) the parent's exit.
   let stopNow: (why: string) => void = () => {};
   const stopped = new Promise<string>((resolve) => (stopNow = resolve));
   // As nbdkit: SIGHUP (a closed terminal) and SIGQUIT end the server as cleanly as SIGINT and SIGTERM
   // (sockets removed, exports flushed, the --run command stopped), not by Node's default exit.
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => stopNow(signal));
+  // Any second one of the four (a double Ctrl-C, `systemctl stop` then `kill`) stops waiting for
+  // the clients: one line, the sockets removed, the --run command killed, exit at once.
+  let stopping = false;
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const) {
+    process.on(signal, () => {
+      if (!stopping) {
+        stopping = true;
+        stopNow(signal);
+        return;
+      }
+      logger.warn(`${signal} during shutdown: exiting now (open connections dropped, exports not flushed${runPid !== undefined ? ', the --run command killed' : ''})`);
+      if (runPid !== undefined) signalTree(runPid, 'SIGKILL');
+      removeSockets();
+      process.exit(128 + os.constants.signals[signal]);
+    });
+  }
   if (values['exit-with-parent'] || activated) {
     // With activation too: the program that activated the server stops it by signalling its
     // child; when that child is a launcher that dies of the signal instead of passing it on
     // (a plain `sh -c`), this process is orphaned and nobody would ever stop it.
-    watchParent((parent) => stopNow(`parent process ${parent} exited`));
+    watchParent((parent) => {
+      stopping = true;
+      stopNow(`parent process ${parent} exited`);
+    });
   }
 
   if (values.pidfile !== undefined) {
@@ -281,6 +304,7 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     if (values.strict) server.violations$.subscribe((v) => violations.push(v));
     const env = runEnvironment(process.env, { uri, addresses: server.addresses, unixSocket, exportName: exp.name, tlsMode });
     const child = spawn('/bin/sh', ['-c', values.run], { stdio: 'inherit', env });
+    runPid = child.pid;
     // The command is the one that ends the run; a signal or the parent's exit is passed on to it.
     void stopped.then((why) => {
       logger.info?.(`${why}: stopping the --run command`);

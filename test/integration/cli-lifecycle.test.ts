@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, requireTool, run, tmpDir } from './harness.js';
@@ -20,9 +21,12 @@ afterEach(() => {
   for (const c of started.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
 
-/** Start the CLI with the given stdio (stdin ignored); `exited` resolves with its exit code or signal. */
+/**
+ * Start the CLI with the given stdio (stdin ignored); `exited` resolves with its exit code or signal.
+ * Its $TMPDIR (`-U -`) is the test's directory, removed at the end whatever the server left there.
+ */
 function start(args: string[], stdio: StdioOptions, env: NodeJS.ProcessEnv = {}): { child: ChildProcess; exited: Promise<number | string> } {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio, env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, [CLI, ...args], { stdio, env: { ...process.env, TMPDIR: work, ...env } });
   started.push(child);
   const exited = new Promise<number | string>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   return { child, exited };
@@ -83,6 +87,55 @@ describe('stdout that cannot take the URIs', () => {
       expect(stderr.split('\n').filter(Boolean)).toEqual([expect.stringMatching(/^nbd-engine: warn: cannot print the URIs on stdout: .*(ENOSPC|EPIPE).*; serving on nbd\+unix:\/\/\/\?socket=\S+uri-/)]);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
+    });
+  }
+});
+
+/** Whether process `pid` is gone (or a zombie nobody has reaped yet). */
+function gone(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+describe('a second stop signal', () => {
+  const orphans: number[] = [];
+  afterEach(() => {
+    for (const pid of orphans.splice(0)) if (!gone(pid)) process.kill(pid, 'SIGKILL');
+  });
+  // The --run command ignores SIGTERM, so the first signal leaves the server waiting for it.
+  const RUN = 'trap "" TERM; sleep 30 & echo "$unixsocket $!"; wait';
+  for (const [first, second, socketArg] of [
+    ['SIGTERM', 'SIGTERM', '-'],
+    ['SIGTERM', 'SIGINT', 'own'],
+    ['SIGINT', 'SIGHUP', '-'],
+  ] as const) {
+    it(`${first} then ${second} (-U ${socketArg}): one line, exit at once, socket ${socketArg === '-' ? 'directory' : 'file'} removed, the --run command killed`, async () => {
+      const socket = socketArg === '-' ? '-' : path.join(work, `second-${second}.sock`);
+      const { child, exited } = start(['serve', '--no-warm-up', '-U', socket, 'memory', '1M', '--run', RUN], ['ignore', 'pipe', 'pipe']);
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d) => (stdout += d));
+      child.stderr!.on('data', (d) => (stderr += d));
+      for (const end = Date.now() + 20_000; !stdout.includes('\n') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+      const [unixsocket, sleepPid] = stdout.trim().split(' ');
+      orphans.push(Number(sleepPid));
+      expect(fs.existsSync(unixsocket!)).toBe(true);
+      child.kill(first);
+      await new Promise((r) => setTimeout(r, 700));
+      expect(child.exitCode).toBe(null); // waiting for the command, which ignores SIGTERM
+      const t0 = Date.now();
+      child.kill(second);
+      const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running'), 3000))]);
+      expect(code).toBe(128 + os.constants.signals[second]);
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(stderr).toMatch(new RegExp(`^nbd-engine: warn: ${second} during shutdown: exiting now \\(.*the --run command killed\\)$`, 'm'));
+      expect(fs.existsSync(unixsocket!)).toBe(false);
+      if (socketArg === '-') expect(fs.existsSync(path.dirname(unixsocket!))).toBe(false);
+      for (let i = 0; i < 40 && !gone(Number(sleepPid)); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(gone(Number(sleepPid))).toBe(true);
     });
   }
 });
