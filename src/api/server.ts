@@ -11,7 +11,7 @@ import type { DecoderLimits } from '../protocol/decoder.js';
 import type { CloseCode } from '../protocol/errors.js';
 import { withCode } from '../transport/effects.js';
 import { createConnectionActor, Session, type ConnectionActor, type SessionHandlers } from '../transport/session.js';
-import { activationFds, listen, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
+import { activationFds, listen, listenHost, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
 import { NbdError } from './errors.js';
 import { NbdRequest, type ConnectionRef } from './request.js';
@@ -196,12 +196,15 @@ export class NbdServer {
     if (targets.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'socket activation requested but LISTEN_FDS/LISTEN_PID name no sockets');
     const results: ListenResult[] = [];
     for (const t of targets) {
-      const l = await listen(t, (socket) => this.accept(socket));
-      l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));
-      this.listeners.push(l);
-      this.prepareSpareActor();
-      const uris = [...this.exports.keys()].map((n) => nbdUri(l.address, n, this.tlsRequired)).filter((u): u is string => !!u);
-      results.push({ address: l.address, uris });
+      const onSocket = (socket: net.Socket) => this.accept(socket);
+      // A TCP host name: every address it resolves to.
+      for (const l of 'port' in t ? await listenHost(t, onSocket, { warn: (m) => this.logger.warn(m) }) : [await listen(t, onSocket)]) {
+        l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));
+        this.listeners.push(l);
+        this.prepareSpareActor();
+        const uris = [...this.exports.keys()].map((n) => nbdUri(l.address, n, this.tlsRequired)).filter((u): u is string => !!u);
+        results.push({ address: l.address, uris });
+      }
     }
     return results;
   }

@@ -3,6 +3,7 @@
  * (LISTEN_PID / LISTEN_FDS, first fd 3), each a `net.Server` whose sockets
  * are handed to `onSocket`.
  */
+import dns from 'node:dns';
 import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -251,7 +252,47 @@ function checkTarget(target: ListenTarget): void {
   }
 }
 
-export async function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void): Promise<{ server: net.Server; address: BoundAddress }> {
+/** Every address a host name stands for (dns.lookup with `all`), in the resolver's order. Replaceable in tests. */
+export type HostLookup = (host: string) => Promise<string[]>;
+
+const systemLookup: HostLookup = (host) =>
+  new Promise((resolve, reject) => dns.lookup(host, { all: true }, (err, addresses) => (err ? reject(err) : resolve(addresses.map((a) => a.address)))));
+
+/**
+ * Listen on TCP `port` at every address `host` resolves to, each its own listener (as nbdkit:
+ * `localhost` in an /etc/hosts that lists both ::1 and 127.0.0.1 is served on both; net.Server
+ * alone takes the first). Port 0 is the port the first listener got, for the others too. An
+ * address that cannot be bound while another can (IPv6 disabled, a port taken in one family only)
+ * is one `warn` line; when none can, the first error is thrown.
+ */
+export async function listenHost(
+  target: { readonly port: number; readonly host?: string },
+  onSocket: (socket: net.Socket) => void,
+  options: { lookup?: HostLookup; warn?: (message: string) => void } = {},
+): Promise<Array<{ server: net.Server; address: BoundAddress }>> {
+  checkTarget(target);
+  const host = target.host ?? 'localhost';
+  const addresses = net.isIP(host) ? [host] : [...new Set(await (options.lookup ?? systemLookup)(host))];
+  if (addresses.length <= 1) return [await listen({ port: target.port, host: addresses[0] ?? host }, onSocket)];
+  const bound: Array<{ server: net.Server; address: BoundAddress }> = [];
+  const failed: Array<{ address: string; err: Error }> = [];
+  let port = target.port;
+  for (const address of addresses) {
+    try {
+      // Each IPv6 listener IPv6 only: the IPv4 addresses have listeners of their own.
+      const l = await listen({ port, host: address }, onSocket, true);
+      bound.push(l);
+      port = l.address.port ?? port;
+    } catch (err) {
+      failed.push({ address, err: err as Error });
+    }
+  }
+  if (bound.length === 0) throw failed[0]!.err;
+  for (const f of failed) options.warn?.(`cannot listen on ${f.address.includes(':') ? `[${f.address}]` : f.address}:${port} (${f.err.message}); listening on the other addresses of ${host}`);
+  return bound;
+}
+
+export async function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void, ipv6Only = false): Promise<{ server: net.Server; address: BoundAddress }> {
   checkTarget(target);
   if ('path' in target) await clearStaleSocket(target.path);
   return new Promise((resolve, reject) => {
@@ -276,7 +317,7 @@ export async function listen(target: ListenTarget, onSocket: (socket: net.Socket
     } else if ('fd' in target) {
       server.listen({ fd: target.fd }, done);
     } else {
-      server.listen({ port: target.port, host: target.host ?? 'localhost', ipv6Only: false }, done);
+      server.listen({ port: target.port, host: target.host ?? 'localhost', ipv6Only }, done);
     }
   });
 }
