@@ -11,7 +11,7 @@ import type { DecoderLimits } from '../protocol/decoder.js';
 import type { CloseCode } from '../protocol/errors.js';
 import { withCode } from '../transport/effects.js';
 import { createConnectionActor, Session, type ConnectionActor, type SessionHandlers } from '../transport/session.js';
-import { activationFds, listen, listenHost, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
+import { activationFds, descriptorWatch, listen, listenHost, nbdUri, type BoundAddress, type ListenTarget } from '../transport/listen.js';
 import { consoleLogger, type Logger } from '../transport/logger.js';
 import { NbdError } from './errors.js';
 import { NbdRequest, type ConnectionRef } from './request.js';
@@ -97,6 +97,8 @@ export class NbdServer {
   private nextId = 1;
   private closing: Promise<void> | null = null;
   private warmed: Promise<void> | undefined;
+  /** Says when accepted sockets have used up the file descriptors (listen.ts descriptorWatch), for every listener. */
+  private fdWatch: ((socket: net.Socket) => void) | undefined;
   /** The next connection's actor, built while idle (only without an inspect hook). */
   private spareActor: ConnectionActor | null = null;
   /** READ buffers lent to backends (readInto) and handlers (request.readBuffer), shared by every connection. */
@@ -195,8 +197,13 @@ export class NbdServer {
     const targets: ListenTarget[] = target === 'activation' ? activationFds().map((fd) => ({ fd })) : [target];
     if (targets.length === 0) throw new NbdError('NBD_ERR_CONFIG', 'socket activation requested but LISTEN_FDS/LISTEN_PID name no sockets');
     const results: ListenResult[] = [];
+    this.fdWatch ??= descriptorWatch((m) => this.logger.warn(m));
+    const fdWatch = this.fdWatch;
     for (const t of targets) {
-      const onSocket = (socket: net.Socket) => this.accept(socket);
+      const onSocket = (socket: net.Socket) => {
+        fdWatch(socket);
+        this.accept(socket);
+      };
       // A TCP host name: every address it resolves to.
       for (const l of 'port' in t ? await listenHost(t, onSocket, { warn: (m) => this.logger.warn(m) }) : [await listen(t, onSocket)]) {
         l.server.on('error', (err) => this.logger.error(`listener error: ${err.message}`));

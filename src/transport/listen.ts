@@ -322,6 +322,40 @@ export async function listen(target: ListenTarget, onSocket: (socket: net.Socket
   });
 }
 
+/** The soft limit on open files (`ulimit -n`, /proc/self/limits), or undefined where it cannot be read. */
+export function openFileLimit(): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A check for each accepted socket that says, in one `warn` line, when the process has run out of
+ * file descriptors. Once the table is full the next accept fails with EMFILE, and libuv then accepts
+ * and closes the waiting connections itself (its reserve-descriptor trick) without telling Node: the
+ * clients are dropped with nothing logged. Descriptors are handed out lowest first, so a socket that
+ * got the highest one (limit − 1) means none is left. At most one line per `intervalMs`; the times
+ * it happened in between are counted in the next line.
+ */
+export function descriptorWatch(warn: (message: string) => void, limit = openFileLimit(), intervalMs = 1000, now: () => number = Date.now): (socket: net.Socket) => void {
+  let last = -Infinity;
+  let unreported = 0;
+  return (socket) => {
+    const fd = (socket as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+    if (limit === undefined || fd === undefined || fd < limit - 1) return;
+    unreported++;
+    const t = now();
+    if (t - last < intervalMs) return;
+    const times = unreported > 1 ? ` (${unreported} times since the last such line)` : '';
+    last = t;
+    unreported = 0;
+    warn(`out of file descriptors: all ${limit} (ulimit -n) are open${times}; new connections are dropped until some close`);
+  };
+}
+
 /** NBD URI for an address and export (the NBD URI standard, doc/uri.md in the NBD repository). */
 export function nbdUri(address: BoundAddress, exportName: string, tls = false): string | undefined {
   const name = encodeURIComponent(exportName).replace(/%2F/g, '/');

@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -25,8 +26,8 @@ afterEach(() => {
  * Start the CLI with the given stdio (stdin ignored); `exited` resolves with its exit code or signal.
  * Its $TMPDIR (`-U -`) is the test's directory, removed at the end whatever the server left there.
  */
-function start(args: string[], stdio: StdioOptions, env: NodeJS.ProcessEnv = {}): { child: ChildProcess; exited: Promise<number | string> } {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio, env: { ...process.env, TMPDIR: work, ...env } });
+function start(args: string[], stdio: StdioOptions, env: NodeJS.ProcessEnv = {}, command: string[] = [process.execPath, CLI]): { child: ChildProcess; exited: Promise<number | string> } {
+  const child = spawn(command[0]!, [...command.slice(1), ...args], { stdio, env: { ...process.env, TMPDIR: work, ...env } });
   started.push(child);
   const exited = new Promise<number | string>((resolve) => child.on('exit', (code, signal) => resolve(code ?? signal ?? -1)));
   return { child, exited };
@@ -138,4 +139,29 @@ describe('a second stop signal', () => {
       expect(gone(Number(sleepPid))).toBe(true);
     });
   }
+});
+
+describe('out of file descriptors', () => {
+  it('ulimit -n 64 and 100 clients: one warning saying why clients are dropped; served again once they leave', async () => {
+    const socket = path.join(work, 'emfile.sock');
+    // Only the server is limited: the clients are this process's sockets.
+    const { child, exited } = start(['serve', '--no-warm-up', '-U', socket, 'memory', '1M'], ['ignore', 'ignore', 'pipe'], {}, ['/bin/sh', '-c', 'ulimit -n 64 && exec "$0" "$@"', process.execPath, CLI]);
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    await waitFor(socket);
+    const clients = await Promise.all(
+      Array.from({ length: 100 }, () => new Promise<net.Socket>((resolve) => {
+        const s = net.connect(socket, () => resolve(s));
+        s.on('error', () => resolve(s));
+      })),
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    const lines = stderr.split('\n').filter(Boolean);
+    expect(lines).toEqual([expect.stringMatching(/^nbd-engine: warn: out of file descriptors: all 64 \(ulimit -n\) are open.*; new connections are dropped until some close$/)]);
+    for (const c of clients) c.destroy();
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await size(socket)).toBe('1048576');
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
 });
