@@ -292,15 +292,33 @@ export async function listenHost(
   return bound;
 }
 
+/**
+ * libuv reports a UNIX socket path in a directory that does not exist as EACCES ("permission
+ * denied"); it is said as it is (ENOENT), as nbdkit says "No such file or directory".
+ */
+function socketPathError(socketPath: string, err: NodeJS.ErrnoException): NodeJS.ErrnoException {
+  const dir = path.dirname(socketPath);
+  if (err.code !== 'EACCES') return err;
+  try {
+    fs.statSync(dir);
+    return err;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return err; // a directory this user cannot see into, say
+  }
+  const e = new Error(`${socketPath}: no such file or directory: the directory ${dir} does not exist`) as NodeJS.ErrnoException;
+  e.code = 'ENOENT';
+  return e;
+}
+
 export async function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void, ipv6Only = false): Promise<{ server: net.Server; address: BoundAddress }> {
   checkTarget(target);
   if ('path' in target) await clearStaleSocket(target.path);
   return new Promise((resolve, reject) => {
     // allowHalfOpen: a client that shuts down its write side still gets its replies (transmission.disc-drains).
     const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onSocket);
-    const onError = (err: Error) => {
+    const onError = (err: NodeJS.ErrnoException) => {
       server.close();
-      reject(err);
+      reject('path' in target ? socketPathError(target.path, err) : err);
     };
     server.once('error', onError);
     const done = () => {

@@ -8,7 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, requireTool, run, tmpDir } from './harness.js';
+import { CLI, cliToEnd, requireTool, run, tmpDir } from './harness.js';
 
 let work: string;
 beforeAll(() => {
@@ -163,5 +163,14 @@ describe('out of file descriptors', () => {
     expect(await size(socket)).toBe('1048576');
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+  });
+});
+
+describe('-U in a directory that does not exist', () => {
+  it('one line saying the directory does not exist (libuv says EACCES, "permission denied"), exit 1', async () => {
+    const missing = path.join(work, 'no-such-dir', 'x.sock');
+    const r = await cliToEnd(['serve', '--no-warm-up', '-U', missing, 'memory', '1M'], 30_000);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`nbd-engine: cannot listen: ${missing}: no such file or directory: the directory ${path.dirname(missing)} does not exist\n`);
   });
 });
