@@ -302,7 +302,9 @@ export async function main(argv: string[], tables?: PluginTables): Promise<numbe
     const uri = uris.find((u) => u.includes('+unix')) ?? uris[0] ?? '';
     const violations: Violation[] = [];
     if (values.strict) server.violations$.subscribe((v) => violations.push(v));
-    const env = runEnvironment(process.env, { uri, addresses: server.addresses, unixSocket, exportName: exp.name, tlsMode });
+    // Under socket activation, the inherited UNIX socket's path when known (not removed at exit: not this server's).
+    const runSocket = unixSocket ?? server.addresses.find((a) => a.kind === 'fd' && a.path)?.path;
+    const env = runEnvironment(process.env, { uri, addresses: server.addresses, unixSocket: runSocket, exportName: exp.name, tlsMode });
     const child = spawn('/bin/sh', ['-c', values.run], { stdio: 'inherit', env });
     runPid = child.pid;
     // The command is the one that ends the run; a signal or the parent's exit is passed on to it.

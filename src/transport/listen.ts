@@ -310,6 +310,25 @@ function socketPathError(socketPath: string, err: NodeJS.ErrnoException): NodeJS
   return e;
 }
 
+/**
+ * The path an inherited UNIX socket is bound to (its URI), which Node's server.address() does not
+ * give for a listener on an fd: the socket's inode (/proc/self/fd) looked up in /proc/net/unix
+ * (Linux). Undefined for an abstract or unnamed socket, or where /proc cannot tell.
+ */
+export function unixSocketPath(fd: number): string | undefined {
+  try {
+    const inode = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/self/fd/${fd}`))?.[1];
+    if (inode === undefined) return undefined;
+    for (const line of fs.readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[6] === inode && f[7] !== undefined && f[7].startsWith('/')) return f.slice(7).join(' ');
+    }
+  } catch {
+    // not Linux, or no /proc
+  }
+  return undefined;
+}
+
 export async function listen(target: ListenTarget, onSocket: (socket: net.Socket) => void, ipv6Only = false): Promise<{ server: net.Server; address: BoundAddress }> {
   checkTarget(target);
   if ('path' in target) await clearStaleSocket(target.path);
@@ -325,7 +344,7 @@ export async function listen(target: ListenTarget, onSocket: (socket: net.Socket
       server.off('error', onError);
       const a = server.address();
       let address: BoundAddress;
-      if ('fd' in target) address = typeof a === 'object' && a ? { kind: 'fd', fd: target.fd, host: a.address, port: a.port } : { kind: 'fd', fd: target.fd, path: typeof a === 'string' ? a : undefined };
+      if ('fd' in target) address = typeof a === 'object' && a ? { kind: 'fd', fd: target.fd, host: a.address, port: a.port } : { kind: 'fd', fd: target.fd, path: typeof a === 'string' ? a : unixSocketPath(target.fd) };
       else if ('path' in target) address = { kind: 'unix', path: target.path };
       else address = { kind: 'tcp', host: typeof a === 'object' && a ? a.address : target.host, port: typeof a === 'object' && a ? a.port : target.port };
       resolve({ server, address });

@@ -174,3 +174,27 @@ describe('-U in a directory that does not exist', () => {
     expect(r.stderr).toBe(`nbd-engine: cannot listen: ${missing}: no such file or directory: the directory ${path.dirname(missing)} does not exist\n`);
   });
 });
+
+describe('socket activation with a UNIX socket', () => {
+  it('--print-uri prints the inherited socket\'s URI (its path read from /proc), and it serves', async () => {
+    const socket = path.join(work, 'activated.sock');
+    // Bind and listen, put the socket on fd 3, name this process in LISTEN_PID, exec the server.
+    const activate = [
+      'import os, socket, sys',
+      's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()',
+      'os.dup2(s.fileno(), 3); os.set_inheritable(3, True)',
+      "os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_PID'] = str(os.getpid())",
+      'os.execv(sys.argv[2], sys.argv[2:])',
+    ].join('\n');
+    const { child, exited } = start(['serve', '--print-uri', 'memory', '1M'], ['ignore', 'pipe', 'pipe'], {}, ['/usr/bin/python3', '-c', activate, socket, process.execPath, CLI]);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    for (const end = Date.now() + 20_000; !stdout.includes('\n') && child.exitCode === null && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+    expect(stdout, stderr).toBe(`nbd+unix:///?socket=${socket}\n`);
+    expect((await run('nbdinfo', ['--size', stdout.trim()], { timeout: 20_000 })).stdout.trim()).toBe('1048576');
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+});
