@@ -41,18 +41,23 @@ async function waitFor(file: string, ms = 20_000): Promise<void> {
 
 const size = async (socket: string) => (await run('nbdinfo', ['--size', `nbd+unix:///?socket=${socket}`], { timeout: 20_000 })).stdout.trim();
 
+/** The server on `socket` answers two clients in a row, is still running, and stops cleanly on SIGTERM. */
+async function servesTwiceThenStops(socket: string, child: ChildProcess, exited: Promise<number | string>): Promise<void> {
+  await waitFor(socket);
+  expect(await size(socket)).toBe('1048576');
+  expect(await size(socket)).toBe('1048576');
+  expect(child.exitCode).toBe(null);
+  child.kill('SIGTERM');
+  expect(await exited).toBe(0);
+}
+
 describe('stderr that cannot be written', () => {
   it('-v with stderr on /dev/full (ENOSPC): the log lines are dropped, two clients in a row are served', async () => {
     const socket = path.join(work, 'full.sock');
     const full = fs.openSync('/dev/full', 'w');
     const { child, exited } = start(['serve', '--no-warm-up', '-v', '-U', socket, 'memory', '1M'], ['ignore', 'ignore', full]);
     fs.closeSync(full);
-    await waitFor(socket);
-    expect(await size(socket)).toBe('1048576');
-    expect(await size(socket)).toBe('1048576');
-    expect(child.exitCode).toBe(null);
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    await servesTwiceThenStops(socket, child, exited);
     expect(fs.existsSync(socket)).toBe(false);
   });
 
@@ -60,12 +65,7 @@ describe('stderr that cannot be written', () => {
     const socket = path.join(work, 'epipe.sock');
     const { child, exited } = start(['serve', '--no-warm-up', '-v', '-U', socket, 'memory', '1M'], ['ignore', 'ignore', 'pipe']);
     child.stderr!.destroy(); // the log reader exits before the server's first line
-    await waitFor(socket);
-    expect(await size(socket)).toBe('1048576');
-    expect(await size(socket)).toBe('1048576');
-    expect(child.exitCode).toBe(null);
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    await servesTwiceThenStops(socket, child, exited);
   });
 });
 
