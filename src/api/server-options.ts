@@ -6,7 +6,7 @@
  */
 import type { InspectionEvent, Observer } from 'xstate';
 import { NbdError } from './errors.js';
-import type { Logger } from '../transport/logger.js';
+import { writeStderr, type Logger } from '../transport/logger.js';
 
 const TLS_MODES = ['off', 'on', 'require'] as const;
 
@@ -69,7 +69,7 @@ export function safeLogger(logger: Logger): Logger {
       } catch (err) {
         if (reported) return;
         reported = true;
-        process.stderr.write(`nbd-engine: the logger threw (${String(err)}); its messages are dropped when it does\n`);
+        writeStderr(`nbd-engine: the logger threw (${String(err)}); its messages are dropped when it does\n`);
       }
     };
   return {

@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Logger } from '../transport/logger.js';
+import { writeStderr, type Logger } from '../transport/logger.js';
 import { TRACE_VERSION, type TraceHeader, type TraceRecord, type TraceSink } from './trace-format.js';
 
 /** Default size cap of one trace file: 64 MiB. */
@@ -54,7 +54,7 @@ export function traceFile(path: string, options: TraceFileOptions = {}): TraceFi
   const maxBytes = options.maxBytes ?? TRACE_MAX_BYTES;
   const keep = options.rotate ?? 0;
   const maxPending = options.maxPendingBytes ?? TRACE_MAX_PENDING_BYTES;
-  const logger = options.logger ?? { error: (m: string) => process.stderr.write(`nbd-engine: ${m}\n`) };
+  const logger = options.logger ?? { error: (m: string) => writeStderr(`nbd-engine: ${m}\n`) };
   const prefixBytes = options.prefixBytes ?? 0;
   if (!(maxBytes > 0)) throw new RangeError(`trace maxBytes must be positive, got ${maxBytes}`);
   if (!Number.isInteger(keep) || keep < 0) throw new RangeError(`trace rotate must be a whole number ≥ 0, got ${keep}`);

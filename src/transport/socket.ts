@@ -3,10 +3,10 @@
  * reply writer (header + payload as separate buffers under cork, `drain`
  * honoured). The only code besides the listeners that touches sockets.
  */
-import { DEFAULTS } from '../defaults.js';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Observable } from 'rxjs';
+import { DEFAULTS } from '../defaults.js';
 import { SIZE } from '../protocol/constants.js';
 import { READ_REPLY_HEADER_SIZE, writeReadReplyHeader, writeSimpleReplyHeader } from '../protocol/encoder.js';
 import type { BufferLender } from '../protocol/replies.js';

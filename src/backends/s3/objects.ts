@@ -152,13 +152,13 @@ export class ObjectStore {
 
   async read(offset: number, length: number): Promise<ReadSegment[]> {
     return eachPiece(this.pieces(offset, length), this.timeout, async (p, call): Promise<ReadSegment> => {
-        const obj = await this.client.get(this.key(p.n), this.whole(p) ? undefined : { from: p.within, length: p.length }, call);
-        if (!obj || obj.body.length === 0) return { hole: p.length };
-        if (obj.body.length === p.length) return { data: obj.body };
-        // A shorter object than ours (written by someone else): the rest reads as zeroes.
-        const data = Buffer.alloc(p.length);
-        obj.body.copy(data, 0, 0, Math.min(obj.body.length, p.length));
-        return { data };
+      const obj = await this.client.get(this.key(p.n), this.whole(p) ? undefined : { from: p.within, length: p.length }, call);
+      if (!obj || obj.body.length === 0) return { hole: p.length };
+      if (obj.body.length === p.length) return { data: obj.body };
+      // A shorter object than ours (written by someone else): the rest reads as zeroes.
+      const data = Buffer.alloc(p.length);
+      obj.body.copy(data, 0, 0, Math.min(obj.body.length, p.length));
+      return { data };
     });
   }
 
