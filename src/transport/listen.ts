@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { NbdError } from '../api/errors.js';
+import { socketFd } from './user-buffer.js';
 
 export type ListenTarget =
   | { readonly path: string }
@@ -381,7 +382,7 @@ export function descriptorWatch(warn: (message: string) => void, limit = openFil
   let last = -Infinity;
   let unreported = 0;
   return (socket) => {
-    const fd = (socket as net.Socket & { _handle?: { fd?: number } })._handle?.fd;
+    const fd = socketFd(socket);
     if (limit === undefined || fd === undefined || fd < limit - 1) return;
     unreported++;
     const t = now();

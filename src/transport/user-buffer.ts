@@ -1,7 +1,8 @@
 /**
  * Reading an accepted `net.Socket` into memory we choose, instead of a
- * fresh 64 KiB buffer per read; and how many bytes the peer's side has taken
- * (`bytesTakenByPeer`). The only code that touches `net.Socket` internals.
+ * fresh 64 KiB buffer per read; how many bytes the peer's side has taken
+ * (`bytesTakenByPeer`); and its file descriptor (`socketFd`). The only code
+ * that touches `net.Socket` internals.
  *
  * Node's public way to do this is the `onread` option of `new net.Socket()`,
  * which only exists for sockets you construct yourself. Sockets accepted by a
@@ -87,4 +88,10 @@ export function bytesTakenByPeer(socket: Duplex): number | undefined {
   if (typeof s._bytesDispatched !== 'number') return undefined;
   const queued = s._handle?.writeQueueSize;
   return s._bytesDispatched - (typeof queued === 'number' ? queued : 0);
+}
+
+/** The file descriptor of an accepted socket (its libuv handle's `fd`), or undefined where Node does not show it. */
+export function socketFd(socket: net.Socket): number | undefined {
+  const fd = (socket as net.Socket & { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' ? fd : undefined;
 }
