@@ -15,8 +15,10 @@
 // (`serve file PATH`, `nbdkit file PATH`).
 // Every workload runs against both alternately (A B A B …): one warm-up
 // round, then --rounds measured rounds; the table gives the medians and
-// the ratio nbd-engine / nbdkit. Nothing is installed: a missing tool is
-// named with its Debian package.
+// the ratio nbd-engine / nbdkit. The first handshake row alternates inside
+// each round, in blocks of 10 connections (see handshakeBlocks), and a line
+// after the table gives its per-block-pair ratios with a bootstrap interval.
+// Nothing is installed: a missing tool is named with its Debian package.
 //
 // The 4 KiB random read and write workloads also run against nbd-engine
 // served through `requests$` as README's request-stream snippet does
@@ -50,6 +52,7 @@ if (flag('--help') || flag('-h')) {
   --runtime S   seconds per fio run (default 3)
   --only TEXT   run only workloads whose name (or group: unix, nbdcopy, tcp, rss) contains TEXT,
                 e.g. --only "1 MiB sequential write", --only nbdcopy, --only TCP, --only rss
+  --hs-blocks N blocks per server per round in the alternating-blocks handshake row (default 12)
   --profile     CPU profile of nbd-engine under the 4 KiB random 50/50 mix, summarised
   --ceiling     the 4 KiB QD32 workloads against four servers in turn — nbd-engine and nbdkit
                 with the memory backend, and both with no storage at all (bench/null-server.mjs,
@@ -272,6 +275,59 @@ function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime (fields 14 and 15)
 }
 
+/**
+ * Handshake rate, both servers measured together: HS_BLOCKS blocks of HS_BLOCK back-to-back
+ * `nbdinfo --size` runs per server, alternating (engine, nbdkit, nbdkit, engine, …), so that a
+ * drift of the shared host (the 3 s loops of the row below land in different seconds and vary by
+ * ±10 %) falls on both alike. The first HS_WASHOUT runs of each block are not counted: what the
+ * other server left running (its GC, its JIT compiles, its threads exiting) lands on them, which
+ * per-connection alternation would bill to the wrong server. conn/s = counted runs / their wall
+ * time. Each adjacent pair of blocks also gives one ratio (engine / nbdkit conn/s), summarised
+ * after the table (pairRatios).
+ */
+const HS_BLOCK = 10;
+const HS_WASHOUT = 2;
+const HS_BLOCKS = Number(opt('--hs-blocks', '12'));
+const pairRatios = {};
+function handshakeBlocks(engine, nbdkit, name, round) {
+  const rate = { engine: [0, 0], nbdkit: [0, 0] };
+  const blockRate = (s) => {
+    let n = 0;
+    let ns = 0n;
+    for (let i = 0; i < HS_BLOCK; i++) {
+      const t0 = process.hrtime.bigint();
+      run('nbdinfo', ['--size', s.uri]);
+      if (i >= HS_WASHOUT) {
+        ns += process.hrtime.bigint() - t0;
+        n++;
+      }
+    }
+    return [n, Number(ns) / 1e9];
+  };
+  for (let b = 0; b < HS_BLOCKS; b++) {
+    const order = (b + round) % 2 === 0 ? ['engine', 'nbdkit'] : ['nbdkit', 'engine'];
+    const got = {};
+    for (const k of order) {
+      got[k] = blockRate(k === 'engine' ? engine : nbdkit);
+      rate[k][0] += got[k][0];
+      rate[k][1] += got[k][1];
+    }
+    if (round > 0) (pairRatios[name] ??= []).push(got.engine[0] / got.engine[1] / (got.nbdkit[0] / got.nbdkit[1]));
+  }
+  return { engine: rate.engine[0] / rate.engine[1], nbdkit: rate.nbdkit[0] / rate.nbdkit[1] };
+}
+
+/** Median, mean and a bootstrap 95 % interval (seeded, 2000 resamples) of the mean of `xs`. */
+function bootstrapMean(xs, seed = 1) {
+  let x = seed >>> 0;
+  const rnd = () => ((x = (Math.imul(x, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const mean = (a) => a.reduce((p, q) => p + q, 0) / a.length;
+  const means = [];
+  for (let r = 0; r < 2000; r++) means.push(mean(Array.from(xs, () => xs[Math.floor(rnd() * xs.length)])));
+  means.sort((a, b) => a - b);
+  return { median: median(xs), mean: mean(xs), lo: means[50], hi: means[1949] };
+}
+
 function seconds(fn) {
   const t0 = process.hrtime.bigint();
   fn();
@@ -316,6 +372,12 @@ const groups = [
       { name: '4 KiB random 50/50, QD32, 4 jobs/4 conns', unit: 'IOPS', measure: fio4k('randrw', { rwmixread: 50, jobs: 4 }) },
       { name: '1 MiB sequential read, QD8', unit: 'MiB/s', measure: fio1m('read') },
       { name: '1 MiB sequential write, QD8', unit: 'MiB/s', measure: fio1m('write') },
+      {
+        // Both servers in one measurement, in short alternating blocks: see handshakeBlocks.
+        name: `handshakes (nbdinfo --size, alternating blocks of ${HS_BLOCK}, ${HS_WASHOUT} washout)`,
+        unit: 'conn/s',
+        pair: handshakeBlocks,
+      },
       {
         name: 'handshakes (nbdinfo --size, 3 s loop)',
         unit: 'conn/s',
@@ -420,6 +482,15 @@ async function runGroup(g) {
         // Alternate which one goes first, so neither always runs on a warmer machine
         // (with more than two servers, the order rotates by one each round).
         const order = kinds.length === 2 ? (round % 2 === 0 ? kinds : [...kinds].reverse()) : kinds.map((_, i) => kinds[(i + round) % kinds.length]);
+        if (w.pair) {
+          // Both servers in one measurement (they take turns inside it).
+          const v = w.pair(servers.engine, servers.nbdkit, w.name, round);
+          for (const k of kinds) {
+            if (round > 0) runs[k].push(v[k]);
+            log(`  ${w.name} · ${k} · ${round === 0 ? 'warm-up' : `round ${round}`}: ${fmt(v[k])} ${w.unit}`);
+          }
+          continue;
+        }
         for (const k of order) {
           const c0 = w.stream ? cpuSeconds(servers[k].pid) : 0;
           const v = w.measure(servers[k]);
@@ -573,6 +644,12 @@ for (const r of results) {
   );
 }
 process.stdout.write(`\n${header.join('\n')}\n\n${lines.join('\n')}\n`);
+for (const [name, xs] of Object.entries(pairRatios)) {
+  const b = bootstrapMean(xs);
+  process.stdout.write(
+    `\n${name}: ${xs.length} block pairs, engine/nbdkit conn/s per pair: median ${b.median.toFixed(3)}, mean ${b.mean.toFixed(3)} (95 % bootstrap interval of the mean ${b.lo.toFixed(3)}–${b.hi.toFixed(3)}), engine faster in ${xs.filter((r) => r > 1).length} of ${xs.length}\n`,
+  );
+}
 if (cpuRows.length > 0) {
   // The server process's CPU time (user + system, all threads) over each fio run, per request.
   const label = { engine: 'memory backend', nbdkit: 'nbdkit memory', ...Object.fromEntries(Object.entries(STREAM_KINDS).map(([k, v]) => [k, v.label ?? `requests$ + ${v.serve}`])) };
