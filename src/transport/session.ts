@@ -31,7 +31,7 @@ import { messageOf, type CloseCode } from '../protocol/errors.js';
 import { SocketInput } from './input.js';
 import { ConnectionMachines } from './machines.js';
 import { ConnectionEnding } from './endings.js';
-import { plaintextDuringUpgrade, startTls, type TlsDropCode, type UpgradeHost } from './starttls.js';
+import { plaintextDuringUpgrade, SessionUpgrade, startTls } from './starttls.js';
 import type { Logger } from './logger.js';
 import type { ConnectionTrace } from '../inspect/recorder.js';
 import type { ConnectionViolations } from '../api/violations.js';
@@ -56,6 +56,7 @@ export class Session implements ReplySink {
   private readonly timers: ConnectionTimers;
   private readonly machines: ConnectionMachines;
   private readonly input: SocketInput;
+  private readonly upgrade: SessionUpgrade;
   private readonly ending: ConnectionEnding;
   private readonly log: Logger;
   /** READ buffers lent to the application and taken back once written (the server's pool, or this session's own). */
@@ -128,7 +129,7 @@ export class Session implements ReplySink {
     this.input = new SocketInput(this.decoder, {
       closed: () => this.machines.closed,
       upgrading: () => this.machines.upgrading,
-      plaintextDuringUpgrade: (n) => plaintextDuringUpgrade(this.upgradeHost, n),
+      plaintextDuringUpgrade: (n) => plaintextDuringUpgrade(this.upgrade, n),
       touched: () => this.timers.touch(),
       pump: () => this.flow.pump(),
       fatal: (f) => this.ending.fatal(f),
@@ -158,6 +159,7 @@ export class Session implements ReplySink {
       },
       failed: (message) => this.ending.fail(message),
     });
+    this.upgrade = this.upgradeOf();
   }
 
   /** Start the connection: greeting out, bytes in. */
@@ -317,7 +319,7 @@ export class Session implements ReplySink {
     ending: (code, reason) => this.ending.because(code, reason),
     logDrop: (message) => this.ending.logDrop(message),
     ignoreAfterStop: (n) => this.input.ignore(n),
-    startTls: () => startTls(this.upgradeHost, this.options.upgradeTls),
+    startTls: () => startTls(this.upgrade, this.options.upgradeTls),
     resolver: () => this.handlers.resolve && ((r) => this.handlers.resolve!(this, r)),
     resolving: () => this.machines.resolving,
     answer: (event) => {
@@ -386,57 +388,38 @@ export class Session implements ReplySink {
     // The handshake machine decides: it rejects the connection (a hard close, one log line).
     this.sendToActive({ type: 'timer.handshake', ms });
     // Mid TLS upgrade the raw socket is not ours to close through the writer: drop everything.
-    if (upgrading) this.failTls('NBD_ERR_HANDSHAKE_TIMEOUT', `handshake not finished within ${ms} ms; disconnecting`);
+    if (upgrading) this.upgrade.fail('NBD_ERR_HANDSHAKE_TIMEOUT', `handshake not finished within ${ms} ms; disconnecting`);
   }
 
   // ── STARTTLS (starttls.ts) ───────────────────────────────────────────
 
-  private readonly upgradeHost: UpgradeHost = {
-    discardPlaintext: () => this.decoder.discardBuffered(),
-    releaseRaw: () => {
-      // The ACK goes out in plaintext before the socket is handed to TLS.
-      this.writer.flushNow();
-      this.input.detach();
-      this.socket.off('drain', this.onDrain);
-      return this.socket;
-    },
-    stillUpgrading: () => !this.machines.closed && this.machines.upgrading,
-    adopt: ({ stream: secure, identity, protocol, cipher }) => {
-      this.tlsIdentity = identity;
-      this.trace?.tls('established', [protocol, cipher].filter(Boolean).join(' '));
-      this.log.info?.(`${this.peer}: TLS established (${[protocol, cipher, identity ? `identity ${identity}` : ''].filter(Boolean).join(', ')})`);
-      this.socket = secure;
-      this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
-      this.writer.lingerMs = this.options.lingerTimeout ?? DEFAULTS.lingerTimeout;
-      this.replies.out = this.writer;
-      secure.on('error', this.ending.socketError);
-      secure.on('close', this.ending.socketClosed);
-      secure.on('drain', this.onDrain);
-      this.decoder.restartOptions();
-      this.sendToActive({ type: 'tls.established' });
-      this.input.attach(secure, false);
-      this.flow.pump();
-    },
-    fail: (code, logLine) => this.failTls(code, logLine),
-  };
-
-  /**
-   * The STARTTLS upgrade failed or must not happen: one log line, the
-   * handshake machine told, the socket dropped and the session finished
-   * (while upgrading, the raw socket's close is not ours to act on).
-   */
-  private failTls(code: TlsDropCode, logLine: string): void {
-    if (this.machines.closed) return;
-    this.ending.logDrop(withCode(code, logLine));
-    this.trace?.tls('failed', withCode(code, logLine));
-    this.violations?.dropped(code, messageOf(code));
-    this.input.detach();
-    const reason = messageOf(code);
-    this.sendToActive({ type: 'tls.failed', message: reason });
-    this.ending.because(code, reason);
-    this.writer.destroy();
-    this.socket.destroy();
-    this.ending.finish();
+  /** The session's parts as the STARTTLS upgrade uses them (built last in the constructor). */
+  private upgradeOf(): SessionUpgrade {
+    return new SessionUpgrade({
+      peer: this.peer,
+      log: this.log,
+      decoder: this.decoder,
+      input: this.input,
+      machines: this.machines,
+      ending: this.ending,
+      trace: () => this.trace,
+      violations: () => this.violations,
+      stream: () => this.socket,
+      writer: () => this.writer,
+      releaseDrain: () => this.socket.off('drain', this.onDrain),
+      switchTo: (secure, identity) => {
+        this.tlsIdentity = identity;
+        this.socket = secure;
+        this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
+        this.writer.lingerMs = this.options.lingerTimeout ?? DEFAULTS.lingerTimeout;
+        this.replies.out = this.writer;
+        secure.on('error', this.ending.socketError);
+        secure.on('close', this.ending.socketClosed);
+        secure.on('drain', this.onDrain);
+      },
+      send: (event) => this.sendToActive(event),
+      pump: () => this.flow.pump(),
+    });
   }
 
   // ── the client's end of input (the socket's errors and close: endings.ts) ──
