@@ -199,7 +199,8 @@ function summary(f: ClientFrame): FrameSummary {
  * frames it dispatches and the bytes it ignores; it reports what the
  * machines refused, rejected or dropped for a client fault, plus what they
  * tolerate although the spec forbids it (bytes after NBD_OPT_ABORT or
- * NBD_CMD_DISC, zero-length requests).
+ * NBD_CMD_DISC, zero-length requests, an extended-header WRITE without
+ * NBD_CMD_FLAG_PAYLOAD_LEN).
  */
 export class ConnectionViolations {
   /** The last option or client-flags frame: what an option error or a handshake rejection answers. */
@@ -312,12 +313,22 @@ export class ConnectionViolations {
   }
 
   private refused(r: { readonly frame: RequestFrame; readonly code: ErrorCode; readonly message: string }): void {
+    this.unflaggedWrite(r.frame);
     this.coded(r.code, () => summary(r.frame), r.message);
   }
 
   private accepted(f: RequestFrame): void {
-    if (f.length === 0 && ZERO_LENGTH_UNSPECIFIED.has(f.type) && this.hub.active) {
+    if (!this.hub.active) return;
+    this.unflaggedWrite(f);
+    if (f.length === 0 && ZERO_LENGTH_UNSPECIFIED.has(f.type)) {
       this.emit('transmission.zero-length', undefined, () => summary(f), 'zero-length request (its behaviour is unspecified; accepted)');
+    }
+  }
+
+  /** Tolerated: an extended-header WRITE without NBD_CMD_FLAG_PAYLOAD_LEN (the decoder reads its length of payload anyway). */
+  private unflaggedWrite(f: RequestFrame): void {
+    if (f.extended && f.type === CMD.NBD_CMD_WRITE && (f.flags & CMD_FLAG.NBD_CMD_FLAG_PAYLOAD_LEN) === 0) {
+      this.emit('transmission.write-payload-len', undefined, () => summary(f), 'extended-header WRITE without NBD_CMD_FLAG_PAYLOAD_LEN (read as carrying its length of payload)');
     }
   }
 

@@ -14,7 +14,7 @@ import { serverPerTest, tmpDir, type Running } from './harness.js';
 import { makePki } from './tls-support.js';
 import { py } from './pylibnbd.js';
 import { RawClient, requestBytes, CMD } from './raw-client.js';
-import { CLIENT_FLAG, OPT, encodeClientFlags, encodeMetaContextData, encodeOption, encodeRequest } from '../helpers/wire.js';
+import { CLIENT_FLAG, OPT, encodeClientFlags, encodeExtendedRequest, encodeMetaContextData, encodeOption, encodeRequest } from '../helpers/wire.js';
 
 const MiB = 1 << 20;
 
@@ -187,6 +187,29 @@ describe('strict mode: the raw client (what libnbd cannot send)', () => {
     await c.closed();
     await allClosed(running);
     expect(violations.map((v) => [v.rule, v.frame])).toEqual([['transmission.disc-drains', { name: 'bytesAfterEnd', fields: { after: 'NBD_CMD_DISC', bytes: 28 } }]]);
+  });
+
+  it('extended headers, a WRITE without NBD_CMD_FLAG_PAYLOAD_LEN: transmission.write-payload-len, tolerated (served), alone and in a burst', async () => {
+    const { running, violations } = await strictServer();
+    const c = await RawClient.connect({ path: running.socket });
+    await c.greet();
+    expect((await c.option(OPT.EXTENDED_HEADERS)).at(-1)!.type).toBe(1);
+    await c.go('aligned');
+    const payload = Buffer.alloc(512, 0x33);
+    const write = (cookie: bigint, flags: number) => encodeExtendedRequest({ flags, type: CMD.WRITE, cookie, offset: 0, length: payload.length }, payload);
+    // One lone, then a burst of a flagged WRITE (no violation) and one more without the flag.
+    await c.write(write(1n, 0));
+    expect((await c.read(32)).readUInt16BE(6)).toBe(0); // NBD_REPLY_TYPE_NONE: served
+    await c.write(Buffer.concat([write(2n, 1 << 5), write(3n, 0)]));
+    await c.read(64);
+    await c.write(encodeExtendedRequest({ flags: 0, type: CMD.DISC, cookie: 4n, offset: 0, length: 0 }));
+    await c.closed();
+    await allClosed(running);
+    expect(violations.map((v) => [v.rule, v.code, v.frame.name, v.frame.fields.cookie])).toEqual([
+      ['transmission.write-payload-len', undefined, 'NBD_CMD_WRITE', '1'],
+      ['transmission.write-payload-len', undefined, 'NBD_CMD_WRITE', '3'],
+    ]);
+    expect(violations[0]!.message).toContain('without NBD_CMD_FLAG_PAYLOAD_LEN');
   });
 
   it('a WRITE whose payload is longer than its header says: transmission.request-magic', async () => {
