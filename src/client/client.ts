@@ -143,6 +143,7 @@ export class NbdConnection extends NbdConnectionBase {
     if (d.ok) {
       this.size = d.size ?? 0n;
       this.transmissionFlags = d.flags ?? 0;
+      this.advertisedMaxPayload = d.blockSize?.maximum;
       this.startTransmission();
     }
     return d;

@@ -73,6 +73,8 @@ export class NbdConnectionBase {
   mode: ReplyMode = 'simple';
   /** Meta contexts selected by the last successful SET_META_CONTEXT (id → name). */
   readonly contexts = new Map<number, string>();
+  /** The maximum payload the server advertised for the export it served (GO's NBD_INFO_BLOCK_SIZE), if any. */
+  advertisedMaxPayload: number | undefined;
   /** Handshake flags from the greeting, client flags sent. */
   handshakeFlags = 0;
   clientFlags = 0;

@@ -44,7 +44,12 @@ export interface ReplyContext {
   readonly mode: ReplyMode;
   /** Meta contexts selected with SET_META_CONTEXT (id → name); empty if none. */
   readonly contexts: ReadonlyMap<number, string>;
+  /** The maximum payload the server advertised for the export (NBD_INFO_BLOCK_SIZE), if it did. */
+  readonly advertisedMaxPayload?: number;
 }
+
+/** DF READs up to this length must be answered in one chunk whatever the advertised maximum (reply.df-one-chunk). */
+const DF_GUARANTEE = 64 * 1024;
 
 /** Bytes of a chunk's payload copied into a deviation's evidence. */
 const EVIDENCE_PAYLOAD = 256;
@@ -137,8 +142,15 @@ export class ReplyBuilder {
   private content(c: Chunk, evidence: readonly Buffer[]): void {
     const x = c.content;
     switch (x.kind) {
-      case 'offsetData':
+      case 'offsetData': {
+        // reply.structured-chunks: no chunk carries more data than the advertised maximum (a DF READ up to 64 KiB excepted).
+        const max = this.ctx.advertisedMaxPayload;
+        const dfGuarantee = (this.request.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && this.request.length <= BigInt(DF_GUARANTEE);
+        if (max !== undefined && x.data.length > max && !dfGuarantee) {
+          this.flag('reply.structured-chunks', `data chunk of ${x.data.length} bytes, more than the advertised maximum payload ${max}`, evidence);
+        }
         return this.dataRange(x.offset, BigInt(x.data.length), x.data, evidence);
+      }
       case 'offsetHole':
         return this.dataRange(x.offset, BigInt(x.size), undefined, evidence);
       case 'blockStatus':

@@ -300,6 +300,33 @@ describe('transmission deviations', () => {
     expect(rulesOf(r.deviations)).toEqual(['reply.df-one-chunk']);
   });
 
+  it('reply.structured-chunks: a data chunk over the advertised maximum payload (a DF READ up to 64 KiB in one chunk is not one)', async () => {
+    const { client: c } = await scripted(async (s) => {
+      await s.greet();
+      for (;;) {
+        const o = await s.option();
+        if (o.code === OPT.NBD_OPT_GO) {
+          // The export advertises a 4 KiB maximum payload.
+          s.write(encodeInfoExport(o.code, 1 << 20, 1 | (1 << 11)), encodeOptionReply(o.code, REP.NBD_REP_INFO, Buffer.concat([Buffer.from([0, 3]), u32(1, 4096, 4096)])), encodeOptionReply(o.code, REP.NBD_REP_ACK));
+          break;
+        }
+        s.write(encodeOptionReply(o.code, REP.NBD_REP_ACK));
+      }
+      for (const length of [8192, 8192, 4096]) {
+        const r = await s.request();
+        s.write(chunk(r.cookie, T.NBD_REPLY_TYPE_OFFSET_DATA, at(0, Buffer.alloc(length)), { done: true }));
+      }
+    });
+    await c.handshake();
+    await c.structuredReply();
+    expect((await c.go('', [INFO.NBD_INFO_BLOCK_SIZE])).blockSize?.maximum).toBe(4096);
+    const over = await c.read(0, 8192);
+    expect(rulesOf(over.deviations)).toEqual(['reply.structured-chunks']);
+    expect(over.deviations[0]!.message).toBe('NBD_CMD_READ cookie 1: data chunk of 8192 bytes, more than the advertised maximum payload 4096');
+    expect(rulesOf((await c.read(0, 8192, { flags: CMD_FLAG.NBD_CMD_FLAG_DF })).deviations)).toEqual([]);
+    expect(rulesOf((await c.read(0, 4096)).deviations)).toEqual([]);
+  });
+
   it('peer.chunk-payload: a chunk longer than maxPayload gives the stream up (`desync`) instead of buffering it', async () => {
     const { client: c } = await scripted(
       async (s) => {
