@@ -44,9 +44,8 @@ export const WARM_UP_ROUNDS = 3;
  * Connections of one pass that negotiate and disconnect at once (GO, then DISC), four at a time. What
  * a connection costs the server falls as V8 optimizes the code that runs once per connection (xstate's
  * actor creation and transitions above all), and that takes hundreds of connections, not tens: with
- * these 120 more in the warm-up, the server's CPU per `nbdinfo --size` over its first 150 real
- * connections fell from ~6.1 to ~4.3 ms, and `nbdcopy` out of a sparse image after 3 runs went from
- * 1.26x to 0.97x nbdkit's time (bench/RESULTS.md, "Stop 29"), for ~0.45 s more start-up.
+ * these 120 more in the warm-up, a fresh server's CPU per `nbdinfo --size` fell from 6.8 to 4.7 ms
+ * (nbdkit: 5.2) and its first clients got faster (bench/RESULTS.md, "Stop 29"), for ~0.5 s more start-up.
  */
 const GO_THEN_DISC = 40;
 /** Connections of one pass: extended, structured and simple transmission, 8 options-only, two on the file export, and GO_THEN_DISC. */
