@@ -5,7 +5,7 @@
  * negotiated, READ chunks inside the request, not overlapping and covering
  * it, block status for the contexts selected, the extended offset echo.
  */
-import { CMD, CMD_FLAG, REPLY_FLAG, SPEC_ERRNOS, cmdName } from '../protocol/constants.js';
+import { CMD, CMD_FLAG, REPLY_FLAG, SIZE, SPEC_ERRNOS, cmdName } from '../protocol/constants.js';
 import type { Chunk, Extent } from './chunks.js';
 import { deviation, type Deviation } from './deviations.js';
 import type { RequestHeader } from './encode.js';
@@ -47,9 +47,6 @@ export interface ReplyContext {
   /** The maximum payload the server advertised for the export (NBD_INFO_BLOCK_SIZE), if it did. */
   readonly advertisedMaxPayload?: number;
 }
-
-/** DF READs up to this length must be answered in one chunk whatever the advertised maximum (reply.df-one-chunk). */
-const DF_GUARANTEE = 64 * 1024;
 
 /** Bytes of a chunk's payload copied into a deviation's evidence. */
 const EVIDENCE_PAYLOAD = 256;
@@ -145,7 +142,7 @@ export class ReplyBuilder {
       case 'offsetData': {
         // reply.structured-chunks: no chunk carries more data than the advertised maximum (a DF READ up to 64 KiB excepted).
         const max = this.ctx.advertisedMaxPayload;
-        const dfGuarantee = (this.request.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && this.request.length <= BigInt(DF_GUARANTEE);
+        const dfGuarantee = (this.request.flags & CMD_FLAG.NBD_CMD_FLAG_DF) !== 0 && this.request.length <= BigInt(SIZE.DF_UNFRAGMENTED);
         if (max !== undefined && x.data.length > max && !dfGuarantee) {
           this.flag('reply.structured-chunks', `data chunk of ${x.data.length} bytes, more than the advertised maximum payload ${max}`, evidence);
         }

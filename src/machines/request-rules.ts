@@ -9,7 +9,7 @@
  * function the transmission machine's `validate` action calls on every
  * request (src/machines/transmission.ts).
  */
-import { CMD, CMD_FLAG, FLAG } from '../protocol/constants.js';
+import { CMD, CMD_FLAG, FLAG, SIZE } from '../protocol/constants.js';
 import { textOf, wireValue, type DetailsArg, type RefusalCode } from '../protocol/errors.js';
 import type { RequestFrame } from '../protocol/frames.js';
 
@@ -164,8 +164,6 @@ export type RequestCheck = (frame: RequestFrame) => RequestRefusal | null;
 const READ = CMD.NBD_CMD_READ;
 const WRITE = CMD.NBD_CMD_WRITE;
 const DF = CMD_FLAG.NBD_CMD_FLAG_DF;
-/** DF reads up to this length must be served unfragmented, whatever the maximum payload (reply.df-one-chunk). */
-const DF_ALWAYS = 65536;
 
 /** The table compiled for one export: what `checkRequest` reads. */
 interface CompiledTable {
@@ -272,7 +270,7 @@ function compile(c: CheckedExport): RequestCheck {
       ranged: r.ranged,
       maxLength: r.readsData ? c.maxPayload : Infinity,
       // One chunk carries at most the advertised maximum (reply.structured-chunks), but DF reads of 64 KiB must work.
-      dfMaxLength: (r.flags & DF) !== 0 ? Math.max(c.maximumBlock, DF_ALWAYS) : Infinity,
+      dfMaxLength: (r.flags & DF) !== 0 ? Math.max(c.maximumBlock, SIZE.DF_UNFRAGMENTED) : Infinity,
       needsLength: r.needsLength,
     };
   }

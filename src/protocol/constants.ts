@@ -213,6 +213,8 @@ export const SIZE = {
   EXTENDED_REPLY: 32,
   /** Strings MUST be ≤ 4096 bytes (general.string-limits). */
   MAX_STRING: 4096,
+  /** A READ with DF up to this length must be answered in one chunk, whatever the advertised maximum (reply.df-one-chunk). */
+  DF_UNFRAGMENTED: 65536,
 } as const;
 
 export const magicName = namer(MAGIC);

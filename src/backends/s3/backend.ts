@@ -17,6 +17,7 @@ import { S3Client, S3Error } from './client.js';
 import { ObjectStore } from './objects.js';
 import { isPowerOf2 } from '../../plugins/common.js';
 import { DEFAULTS } from '../../defaults.js';
+import { MAX_TIMER_MS } from '../../api/limits.js';
 
 export const S3_DEFAULTS = {
   objectSize: 1024 * 1024,
@@ -115,9 +116,6 @@ async function openMeta(client: S3Client, key: string, want: { size?: number; ob
   }
 }
 
-/** The longest timer Node keeps: a longer one fires after 1 ms (with a TimeoutOverflowWarning). */
-const MAX_TIMEOUT = 2 ** 31 - 1;
-
 function positive(name: string, v: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
   const n = v ?? fallback;
   if (!Number.isSafeInteger(n) || n < 1 || n > max) {
@@ -151,7 +149,7 @@ export async function s3Backend(options: S3BackendOptions): Promise<S3Backend> {
     region: options.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? S3_DEFAULTS.region,
     concurrency: positive('concurrency', options.concurrency, S3_DEFAULTS.concurrency),
     // A Node timer of more than 2^31 − 1 ms fires at once: every request would fail at once.
-    timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout, MAX_TIMEOUT),
+    timeout: positive('timeout', options.timeout, S3_DEFAULTS.timeout, MAX_TIMER_MS),
   });
   const meta = await openMeta(client, `${prefix}meta`, options, options.readOnly ?? false);
   const store = new ObjectStore(

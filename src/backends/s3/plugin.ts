@@ -7,6 +7,7 @@ import type { BackendPlugin } from '../../plugins/registry.js';
 import { ParamError } from '../../plugins/params.js';
 import { s3Backend, S3ConfigError, S3_DEFAULTS } from './backend.js';
 import { S3Error } from './client.js';
+import { MAX_TIMER_MS } from '../../api/limits.js';
 
 export const s3Plugin: BackendPlugin = {
   name: 's3',
@@ -22,7 +23,7 @@ export const s3Plugin: BackendPlugin = {
     { name: 'session-token', kind: 'string', summary: 'session token (default $AWS_SESSION_TOKEN)' },
     { name: 'region', kind: 'string', summary: `signing region (default $AWS_REGION, else ${S3_DEFAULTS.region})` },
     { name: 'concurrency', kind: 'integer', summary: `HTTP requests in flight at most (default ${S3_DEFAULTS.concurrency})` },
-    { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout}, at most 2147483647)` },
+    { name: 'timeout', kind: 'integer', summary: `milliseconds an NBD request may spend on the store before it fails (default ${S3_DEFAULTS.timeout}, at most ${MAX_TIMER_MS})` },
     { name: 'max-attempts', kind: 'integer', summary: `write attempts while other writers keep changing an object (default ${S3_DEFAULTS.maxAttempts})` },
     { name: 'list-keys', kind: 'integer', summary: `keys one BLOCK_STATUS lists at most; its reply ends with the last object listed (default ${S3_DEFAULTS.listKeys})` },
     { name: 'etag-cache', kind: 'integer', summary: `objects whose ETag is remembered for conditional whole-object writes (default ${S3_DEFAULTS.etagCache})` },
