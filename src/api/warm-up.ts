@@ -28,7 +28,6 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { fileBackend } from '../backends/file.js';
 import { memoryBackend } from '../backends/memory.js';

@@ -26,8 +26,8 @@ import { releaseBytes } from './slab-account.js';
 import { FlowControl } from './flow.js';
 import { ConnectionTimers } from './timers.js';
 import { acceptedTargets } from './placement.js';
-import { handshakeEffect, transmissionEffect, withCode, type EffectHost } from './effects.js';
-import { messageOf, type CloseCode } from '../protocol/errors.js';
+import { handshakeEffect, transmissionEffect, type EffectHost } from './effects.js';
+import type { CloseCode } from '../protocol/errors.js';
 import { SocketInput } from './input.js';
 import { ConnectionMachines } from './machines.js';
 import { ConnectionEnding } from './endings.js';
@@ -140,8 +140,7 @@ export class Session implements ReplySink {
       log: this.log,
       peer: this.peer,
     });
-    this.writer = new ReplyWriter(socket, this.onDrainNeeded, this.flow.written);
-    this.writer.lingerMs = options.lingerTimeout ?? DEFAULTS.lingerTimeout;
+    this.writer = this.writerOn(socket);
     this.replies = new ReplyEncoder(this.writer);
     this.actor = options.actor ?? createConnectionActor(options.handshake, this.decoder.limits.maxPayload, options.inspect);
     this.machines = new ConnectionMachines(this.actor, {
@@ -299,6 +298,13 @@ export class Session implements ReplySink {
 
   private readonly onDrainNeeded = () => this.flow.update();
 
+  /** The reply writer on `stream` (the socket, or the TLS stream after STARTTLS), with this session's linger time. */
+  private writerOn(stream: Duplex): ReplyWriter {
+    const writer = new ReplyWriter(stream, this.onDrainNeeded, this.flow.written);
+    writer.lingerMs = this.options.lingerTimeout ?? DEFAULTS.lingerTimeout;
+    return writer;
+  }
+
   private readonly onDrain = () => {
     this.flow.update();
     if (!this.machines.closed && !this.machines.readingPaused) this.flow.pump();
@@ -410,8 +416,7 @@ export class Session implements ReplySink {
       switchTo: (secure, identity) => {
         this.tlsIdentity = identity;
         this.socket = secure;
-        this.writer = new ReplyWriter(secure, this.onDrainNeeded, this.flow.written);
-        this.writer.lingerMs = this.options.lingerTimeout ?? DEFAULTS.lingerTimeout;
+        this.writer = this.writerOn(secure);
         this.replies.out = this.writer;
         secure.on('error', this.ending.socketError);
         secure.on('close', this.ending.socketClosed);
